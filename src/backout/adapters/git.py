@@ -1,0 +1,65 @@
+"""The deployment repository, through the ``git`` CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from backout import proc
+from backout.environment import Environment
+from backout.errors import NotFoundError
+
+
+@dataclass(frozen=True)
+class TreeState:
+    commit: str | None  # None outside a repository or before the first commit
+    dirty: bool
+    diff: str  # `git diff HEAD` (tracked changes) when dirty
+    untracked: tuple[str, ...]
+
+
+class Git:
+    def __init__(self, env: Environment, repo_dir: Path) -> None:
+        self.env = env
+        self.repo_dir = repo_dir
+
+    def _git(self, *args: str, check: bool = True, timeout: float = 60) -> proc.Result:
+        return proc.run(self.env, ["git", "-C", str(self.repo_dir), *args], check=check,
+                        timeout=timeout, what=f"git {args[0]}")
+
+    def is_repo(self) -> bool:
+        return self._git("rev-parse", "--is-inside-work-tree", check=False).stdout.strip() == "true"
+
+    def state(self) -> TreeState:
+        if not self.is_repo():
+            return TreeState(None, False, "", ())
+        head = self._git("rev-parse", "--verify", "-q", "HEAD", check=False)
+        commit = head.stdout.strip() or None
+        status = self._git("status", "--porcelain=v1", "--untracked-files=all").stdout
+        untracked = tuple(line[3:] for line in status.splitlines() if line.startswith("??"))
+        dirty = bool(status.strip())
+        diff = self._git("diff", "HEAD", "--binary").stdout if dirty and commit else ""
+        return TreeState(commit, dirty, diff, untracked)
+
+    def resolve(self, ref: str) -> str:
+        result = self._git("rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
+        if not result.ok or not result.stdout.strip():
+            raise NotFoundError(f'no commit or tag "{ref}" in {self.repo_dir}',
+                                fix="list candidates with `git log --oneline -10` or "
+                                    "`backout releases`")
+        return result.stdout.strip()
+
+    def tags_by_commit(self, pattern: str = "v*") -> dict[str, list[str]]:
+        result = self._git("tag", "-l", pattern, "--format=%(objectname) %(*objectname) %(refname:short)",
+                           check=False)
+        out: dict[str, list[str]] = {}
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3:  # annotated: tag object, peeled commit, name
+                commit, name = parts[1], parts[2]
+            elif len(parts) == 2:
+                commit, name = parts[0], parts[1]
+            else:
+                continue
+            out.setdefault(commit, []).append(name)
+        return out

@@ -1,0 +1,65 @@
+"""``backout init``: find the compose project, derive, render, write (never clobber)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from backout import dotenv
+from backout.adapters.docker import Compose
+from backout.config.generate import derive, render
+from backout.config.load import display_path, load_config
+from backout.environment import Environment
+from backout.errors import BackoutError, ConfigError, UsageError
+
+# Compose's own lookup order for a project's default file.
+COMPOSE_DEFAULTS = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
+
+
+@dataclass(frozen=True)
+class InitResult:
+    path: Path
+    services: list[str]
+    databases: dict[str, str]
+    warnings: list[str]
+
+
+def init_project(env: Environment, project_dir: Path, target: Path, *, force: bool) -> InitResult:
+    if target.exists() and not force:
+        raise UsageError(f"{display_path(target)} already exists",
+                         fix="pass --force to overwrite it")
+    compose_file = next((n for n in COMPOSE_DEFAULTS if (project_dir / n).is_file()), None)
+    if compose_file is None:
+        raise UsageError(f"no compose file in {project_dir} (looked for {', '.join(COMPOSE_DEFAULTS)})",
+                         fix="run init in the compose project's directory or pass --project-dir")
+    env_file = ".env" if (project_dir / ".env").exists() else None
+    env_values: dict[str, str] = {}
+    if env_file:
+        try:
+            env_values = dotenv.load(project_dir / env_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(env_file, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
+        for value in env_values.values():
+            env.redact.add(value)
+    compose = Compose(env, project_dir, [compose_file], env_file=env_file)
+    try:
+        data = compose.config()
+    except BackoutError as exc:
+        raise ConfigError(compose_file, "", f"docker compose config failed: {exc.message}") from exc
+    derived = derive(data, env_values)
+    text = render(derived, [compose_file], env_file)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    # What we write must pass our own validation; if not, that is our bug to see now.
+    check_env = Environment(project_dir=project_dir, config_path=target, verbose=env.verbose,
+                            stderr=env.stderr, redact=env.redact)
+    warnings = [f"{key}: {note}" for key, notes in derived.notes.items() for note in notes
+                if "export" in note or "set password_env" in note]
+    try:
+        load_config(check_env, target)
+    except BackoutError as exc:
+        warnings.append(f"config check reports: {exc.one_line()}")
+    return InitResult(target, sorted(derived.services),
+                      {k: v["type"] for k, v in derived.databases.items()}, warnings)

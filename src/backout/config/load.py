@@ -1,0 +1,306 @@
+"""Load and validate backout.toml once; every problem as ``file: key.path: problem``.
+
+Validation happens in two passes: the file on its own (syntax, known keys, types,
+choices), then against the Compose project it describes (files exist, service
+names exist, credential variables resolve). The first problem found is reported,
+in a stable order, so the operator fixes one line at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backout import dotenv
+from backout.config.model import (
+    ACCESS_MODES,
+    DATABASE_TYPES,
+    SERVICE_KINDS,
+    BackupsConfig,
+    Config,
+    DatabaseConfig,
+    ProjectConfig,
+    ReleasesConfig,
+    ServiceConfig,
+)
+from backout.environment import Environment
+from backout.errors import BackoutError, ConfigError, did_you_mean
+
+CONFIG_NAME = "backout.toml"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One allowed key: its type, whether required, and allowed values."""
+
+    kind: type
+    required: bool = False
+    choices: tuple[str, ...] | None = None
+    minimum: int | None = None
+    list_of: type | None = None
+
+
+PROJECT_KEYS = {
+    "compose_files": Key(list, list_of=str),
+    "name": Key(str),
+    "env_file": Key(str),
+    "state_dir": Key(str),
+}
+SERVICE_KEYS = {
+    "kind": Key(str, choices=SERVICE_KINDS),
+    "health_url": Key(str),
+    "health_status": Key(int, minimum=100),
+    "health_body": Key(str),
+    "metrics_url": Key(str),
+    "writes_to": Key(list, list_of=str),
+    "log_error_pattern": Key(str),
+    "log_error_allowance": Key(int, minimum=0),
+}
+DATABASE_KEYS = {
+    "type": Key(str, required=True, choices=DATABASE_TYPES),
+    "service": Key(str, required=True),
+    "mode": Key(str, choices=ACCESS_MODES),
+    "host": Key(str),
+    "port": Key(int, minimum=1),
+    "databases": Key(list, list_of=str),
+    "user": Key(str),
+    "user_env": Key(str),
+    "password_env": Key(str),
+    "password_file": Key(str),
+}
+BACKUPS_KEYS = {
+    "dir": Key(str),
+    "keep_last": Key(int, minimum=1),
+    "keep_daily": Key(int, minimum=0),
+    "zstd_level": Key(int, minimum=1),
+}
+RELEASES_KEYS = {"keep_last": Key(int, minimum=2)}
+TOP_LEVEL = ("project", "services", "databases", "backups", "releases")
+
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", bool: "true or false"}
+
+
+def display_path(path: Path) -> str:
+    """How a file is named in messages: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def find_config(project_dir: Path, explicit: Path | None) -> Path:
+    path = explicit if explicit is not None else project_dir / CONFIG_NAME
+    if not path.is_file():
+        shown = display_path(path)
+        if explicit is not None:
+            raise ConfigError(shown, "", "no such file", fix="check --config")
+        raise ConfigError(shown, "", "not found",
+                          fix="run `backout init` in the directory of your compose file, "
+                              "or pass --project-dir / --config")
+    return path
+
+
+def _is_type(value: object, kind: type) -> bool:
+    # bool is an int in Python; a TOML `true` is never a valid integer here.
+    return isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+
+
+def _check_table(file: str, prefix: str, table: Mapping[str, Any],
+                 spec: Mapping[str, Key]) -> None:
+    for key in table:
+        if key not in spec:
+            raise ConfigError(file, f"{prefix}.{key}",
+                              "unknown key" + did_you_mean(key, spec))
+    for key, rule in spec.items():
+        where = f"{prefix}.{key}"
+        if key not in table:
+            if rule.required:
+                raise ConfigError(file, where, "missing (required)")
+            continue
+        value: Any = table[key]
+        if not _is_type(value, rule.kind):
+            raise ConfigError(file, where,
+                              f"must be {_TYPE_NAMES.get(rule.kind, str(rule.kind))}, "
+                              f"not {type(value).__name__} {value!r}")
+        if rule.list_of is not None:
+            for i, item in enumerate(value):
+                if not isinstance(item, rule.list_of):
+                    raise ConfigError(file, f"{where}[{i}]",
+                                      f"must be {_TYPE_NAMES[rule.list_of]}, not {item!r}")
+        if rule.choices is not None and value not in rule.choices:
+            raise ConfigError(file, where, f"must be one of {', '.join(rule.choices)}, "
+                                           f"not {value!r}" + did_you_mean(value, rule.choices))
+        if rule.minimum is not None and value < rule.minimum:
+            raise ConfigError(file, where, f"must be at least {rule.minimum}, not {value}")
+
+
+def _table(file: str, doc: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(file, key, f"must be a table ([{key}]), not {type(value).__name__}")
+    return value
+
+
+def parse_document(file: str, text: str, project_dir: Path) -> Config:
+    """Pass one: the file on its own. No external calls."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"invalid TOML: {exc}",
+                          fix="correct the syntax at that line") from exc
+    for key in doc:
+        if key not in TOP_LEVEL:
+            raise ConfigError(file, key, "unknown section" + did_you_mean(key, TOP_LEVEL))
+
+    project_t = _table(file, doc, "project")
+    _check_table(file, "project", project_t, PROJECT_KEYS)
+    if "compose_files" in project_t and not project_t["compose_files"]:
+        raise ConfigError(file, "project.compose_files", "must name at least one file")
+    project = ProjectConfig(
+        compose_files=tuple(project_t.get("compose_files", ProjectConfig.compose_files)),
+        name=project_t.get("name") or None,
+        env_file=project_t.get("env_file", ProjectConfig.env_file) or None,
+        state_dir=project_t.get("state_dir", ProjectConfig.state_dir),
+    )
+
+    services: dict[str, ServiceConfig] = {}
+    for name, table in _table(file, doc, "services").items():
+        if not isinstance(table, dict):
+            raise ConfigError(file, f"services.{name}", "must be a table")
+        _check_table(file, f"services.{name}", table, SERVICE_KEYS)
+        fields = dict(table)
+        fields["writes_to"] = tuple(fields.get("writes_to", ()))
+        services[name] = ServiceConfig(name=name, **fields)
+
+    databases: dict[str, DatabaseConfig] = {}
+    for name, table in _table(file, doc, "databases").items():
+        if not isinstance(table, dict):
+            raise ConfigError(file, f"databases.{name}", "must be a table")
+        _check_table(file, f"databases.{name}", table, DATABASE_KEYS)
+        fields = dict(table)
+        fields["databases"] = tuple(fields.get("databases", ()))
+        databases[name] = DatabaseConfig(name=name, **fields)
+        if databases[name].mode == "tcp" and databases[name].port is None:
+            raise ConfigError(file, f"databases.{name}.port", "required when mode = \"tcp\"")
+
+    backups_t = _table(file, doc, "backups")
+    _check_table(file, "backups", backups_t, BACKUPS_KEYS)
+    releases_t = _table(file, doc, "releases")
+    _check_table(file, "releases", releases_t, RELEASES_KEYS)
+
+    for svc in services.values():
+        for i, db in enumerate(svc.writes_to):
+            if db not in databases:
+                raise ConfigError(file, f"services.{svc.name}.writes_to[{i}]",
+                                  f'no database "{db}" in [databases]'
+                                  + did_you_mean(db, databases))
+    return Config(
+        path=Path(file),
+        project_dir=project_dir,
+        project=project,
+        services=services,
+        databases=databases,
+        backups=BackupsConfig(**backups_t),
+        releases=ReleasesConfig(**releases_t),
+    )
+
+
+def load_config(
+    env: Environment,
+    path: Path,
+    *,
+    compose_services: Callable[[Environment, Config], set[str]] | None = None,
+) -> Config:
+    """Read, validate and resolve ``path``.
+
+    ``compose_services`` returns the service names of the Compose project (the
+    default asks ``docker compose config``); tests pass a fake for pure checks.
+    """
+    file = display_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
+    config = parse_document(file, text, env.project_dir.resolve())
+    object.__setattr__(config, "path", path)
+
+    for i, name in enumerate(config.project.compose_files):
+        if not (config.project_dir / name).is_file():
+            raise ConfigError(file, f"project.compose_files[{i}]",
+                              f"{name} does not exist in {config.project_dir}",
+                              fix="name the compose file of this project")
+
+    env_values: dict[str, str] = {}
+    if config.project.env_file:
+        env_path = config.project_dir / config.project.env_file
+        if not env_path.exists():
+            raise ConfigError(file, "project.env_file", f"{config.project.env_file} does not exist",
+                              fix="create it, or set env_file = \"\" if the project has none")
+        try:
+            env_values = dotenv.load(env_path)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(file, "project.env_file",
+                              f"cannot read {config.project.env_file}: {reason}") from exc
+
+    secrets = _resolve_credentials(env, file, config, env_values)
+    object.__setattr__(config, "secrets", secrets)
+
+    names = (compose_services or _compose_service_names)(env, config)
+    for svc in config.services:
+        if svc not in names:
+            raise ConfigError(file, f"services.{svc}",
+                              "no service of that name in compose project"
+                              + did_you_mean(svc, names))
+    for db in config.databases.values():
+        if db.service not in names:
+            raise ConfigError(file, f"databases.{db.name}.service",
+                              f'no service "{db.service}" in compose project'
+                              + did_you_mean(db.service, names))
+    return config
+
+
+def _resolve_credentials(env: Environment, file: str, config: Config,
+                         env_values: Mapping[str, str]) -> dict[str, str]:
+    secrets: dict[str, str] = {}
+    shown_env = config.project.env_file or "the environment"
+    for db in config.databases.values():
+        for key in ("user_env", "password_env"):
+            var = getattr(db, key)
+            if not var:
+                continue
+            value = env_values.get(var, os.environ.get(var))
+            if value is None:
+                raise ConfigError(file, f"databases.{db.name}.{key}",
+                                  f"{var} is not set in {shown_env} or the environment",
+                                  fix=f"add {var}=... to {shown_env}, or export it")
+            secrets[var] = value
+            if key == "password_env":
+                env.redact.add(value)
+        if db.password_file:
+            pf = config.project_dir / db.password_file
+            try:
+                value = pf.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(file, f"databases.{db.name}.password_file",
+                                  f"cannot read {db.password_file}: {exc.strerror}") from exc
+            secrets[f"file:{db.password_file}"] = value
+            env.redact.add(value)
+    return secrets
+
+
+def _compose_service_names(env: Environment, config: Config) -> set[str]:
+    from backout.adapters.docker import Compose  # local: keeps pass one free of I/O imports
+
+    compose = Compose(env, config.project_dir, config.project.compose_files,
+                      config.project.name, config.project.env_file)
+    try:
+        data = compose.config()
+    except BackoutError as exc:
+        raise ConfigError(config.project.compose_files[0], "",
+                          f"docker compose config failed: {exc.message}") from exc
+    return set((data.get("services") or {}).keys())

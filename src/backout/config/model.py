@@ -1,0 +1,81 @@
+"""The validated configuration. Built only by ``backout.config.load``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICE_KINDS = ("app", "database", "proxy")
+DATABASE_TYPES = ("mysql", "mongodb", "redis")
+ACCESS_MODES = ("exec", "tcp")
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    compose_files: tuple[str, ...] = ("docker-compose.yml",)
+    name: str | None = None  # compose project name; default: compose's own rule
+    env_file: str | None = ".env"
+    state_dir: str = ".backout"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    kind: str = "app"
+    health_url: str | None = None
+    health_status: int = 200
+    health_body: str | None = None  # a substring the health response must contain
+    metrics_url: str | None = None
+    writes_to: tuple[str, ...] = ()  # database names this service writes to
+    log_error_pattern: str = r"(?i)\b(error|exception|traceback)\b"
+    log_error_allowance: int = 0
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    name: str
+    type: str
+    service: str
+    mode: str = "exec"  # exec: client tools inside the container; tcp: local tools
+    host: str = "127.0.0.1"
+    port: int | None = None
+    databases: tuple[str, ...] = ()
+    user: str | None = None
+    user_env: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupsConfig:
+    dir: str = ".backout/backups"
+    keep_last: int = 10
+    keep_daily: int = 7
+    zstd_level: int = 3
+
+
+@dataclass(frozen=True)
+class ReleasesConfig:
+    keep_last: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    project_dir: Path
+    project: ProjectConfig = field(default_factory=ProjectConfig)
+    services: dict[str, ServiceConfig] = field(default_factory=dict)
+    databases: dict[str, DatabaseConfig] = field(default_factory=dict)
+    backups: BackupsConfig = field(default_factory=BackupsConfig)
+    releases: ReleasesConfig = field(default_factory=ReleasesConfig)
+    # Values of the credential variables the config names, read from the .env
+    # file or the process environment. Never serialised.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.project_dir / self.project.state_dir
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.project_dir / self.backups.dir

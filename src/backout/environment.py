@@ -1,0 +1,64 @@
+"""The ``Environment`` passed to everything that talks to the outside world.
+
+Like HTTPie's, it bundles the streams and the global options so tests can swap
+them, and it owns the ``Redactor`` that masks every known secret before any text
+reaches a log line, an error message or JSON output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+LOG = logging.getLogger("backout")
+MASK = "******"
+
+
+class Redactor:
+    """Replaces every registered secret value with a mask."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+
+    def add(self, value: str | None) -> None:
+        # Very short values would mask unrelated text ("1", "on") and are not
+        # meaningful secrets anyway; they are still never put in argv.
+        if value and len(value) >= 4:
+            self._secrets.add(value)
+
+    def __call__(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._secrets
+
+
+@dataclass
+class Environment:
+    project_dir: Path = field(default_factory=Path.cwd)
+    config_path: Path | None = None
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    stdin_isatty: bool = field(default_factory=lambda: sys.stdin.isatty())
+    json: bool = False
+    verbose: bool = False
+    debug: bool = False
+    redact: Redactor = field(default_factory=Redactor)
+    # Extra variables for child processes (compose project name and such). Never
+    # secrets: those go through ``proc.run(secret_env=...)`` only.
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def log_external(self, text: str) -> None:
+        """One line per external call when ``--verbose`` (argv/URL, duration, exit)."""
+        if self.verbose:
+            LOG.info(self.redact(text))
+
+    def warn(self, text: str) -> None:
+        LOG.warning(self.redact(text))

@@ -1,0 +1,105 @@
+"""Running external commands: argv lists, timeouts, secrets only via environment.
+
+Secrets are handed to a child through its environment (``secret_env``) or a file,
+never through argv where ``ps`` would show them. The child's environment is
+built from the caller's minus anything that looks like a credential, so a secret
+of one database is never leaked to an unrelated tool (BorgBackup does the same).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from backout.environment import Environment
+from backout.errors import CommandFailedError, ExternalError
+
+_SECRET_NAME = re.compile(r"(PASS|PASSWORD|SECRET|TOKEN|CREDENTIAL|API_KEY|PRIVATE_KEY|AUTH)", re.I)
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def child_env(env: Environment, secret_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: the caller's without credentials, plus ``secret_env``."""
+    clean = {k: v for k, v in env.env.items() if not _SECRET_NAME.search(k)}
+    if secret_env:
+        for value in secret_env.values():
+            env.redact.add(value)
+        clean.update(secret_env)
+    return clean
+
+
+def describe(argv: Sequence[str]) -> str:
+    return shlex.join(argv)
+
+
+def run(
+    env: Environment,
+    argv: Sequence[str],
+    *,
+    timeout: float = 120,
+    cwd: str | None = None,
+    secret_env: Mapping[str, str] | None = None,
+    input_text: str | None = None,
+    check: bool = True,
+    what: str | None = None,
+) -> Result:
+    """Run ``argv`` to completion and capture its output.
+
+    ``what`` names the operation for error messages ("docker compose config").
+    With ``check`` a non-zero exit raises ``CommandFailedError`` carrying the last
+    line of stderr (redacted).
+    """
+    argv = [str(a) for a in argv]
+    label = what or describe(argv[:3])
+    start = time.monotonic()
+    try:
+        completed = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=child_env(env, secret_env),
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        env.log_external(f"$ {describe(argv)}  (not found)")
+        raise ExternalError(
+            f"{label}: {argv[0]} is not installed or not on PATH",
+            fix=f"install {argv[0]}",
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        env.log_external(f"$ {describe(argv)}  (timed out after {timeout:.0f}s)")
+        raise ExternalError(f"{label}: timed out after {timeout:.0f}s") from exc
+    duration = time.monotonic() - start
+    env.log_external(f"$ {describe(argv)}  ({duration:.2f}s, exit {completed.returncode})")
+    result = Result(
+        tuple(argv), completed.returncode, completed.stdout, completed.stderr, duration
+    )
+    if check and not result.ok:
+        raise CommandFailedError(
+            f"{label} failed (exit {result.returncode}): {last_line(env.redact(result.stderr))}"
+        )
+    return result
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no error output"

@@ -1,0 +1,219 @@
+"""The state store: one SQLite file under ``.backout/``, WAL mode, no server.
+
+Schema changes are migrations applied in order and recorded in the store itself
+(``schema_migrations``), so an older store is upgraded in place and a newer one
+(written by a newer backout) is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backout.errors import BackoutError, ExitCode
+
+DB_NAME = "state.db"
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "initial schema",
+        """
+        CREATE TABLE releases (
+            id INTEGER PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            git_commit TEXT,
+            git_dirty INTEGER NOT NULL DEFAULT 0,
+            diff_path TEXT,
+            compose_config TEXT NOT NULL,   -- JSON, secrets redacted
+            services TEXT NOT NULL,         -- JSON: service -> {image, image_id, digests, retained_as}
+            status TEXT NOT NULL,           -- recorded | deployed | rolled_back | failed
+            note TEXT
+        );
+        CREATE TABLE checkpoints (
+            id INTEGER PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            release_id INTEGER REFERENCES releases(id),
+            label TEXT,
+            path TEXT,
+            status TEXT NOT NULL            -- complete | failed
+        );
+        CREATE TABLE operations (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            params TEXT NOT NULL,           -- JSON
+            plan TEXT NOT NULL,             -- JSON list of steps
+            status TEXT NOT NULL,           -- running | succeeded | failed | interrupted
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            finished_at TEXT,
+            error TEXT
+        );
+        CREATE TABLE steps (
+            id INTEGER PRIMARY KEY,
+            operation_id INTEGER NOT NULL REFERENCES operations(id),
+            seq INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            status TEXT NOT NULL,           -- pending | running | done | failed
+            started_at TEXT,
+            finished_at TEXT,
+            detail TEXT,
+            UNIQUE (operation_id, seq)
+        );
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            host TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            reason TEXT,
+            detail TEXT
+        );
+        CREATE INDEX events_ts ON events(ts);
+        """,
+    ),
+]
+
+
+class StoreError(BackoutError):
+    exit_code = ExitCode.EXTERNAL
+    code = "state_store"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def actor() -> str:
+    """Who is acting: BACKOUT_ACTOR (CI job, on-call name) or the login user."""
+    explicit = os.environ.get("BACKOUT_ACTOR")
+    if explicit:
+        return explicit
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / DB_NAME
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store {self.path}: {exc}",
+                             fix="check the file's permissions; restore .backout/ from backup "
+                                 "if it is damaged") from exc
+        except OSError as exc:
+            raise StoreError(f"state store {self.path}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        current = self.schema_version()
+        if current > len(MIGRATIONS):
+            raise StoreError(
+                f"state store {self.path} has schema {current}, newer than this backout "
+                f"understands ({len(MIGRATIONS)})", fix="upgrade backout")
+        for version, (name, sql) in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            with self.transaction() as db:
+                # executescript would COMMIT our transaction; run statements one by one.
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                           (version, name, now()))
+
+    def schema_version(self) -> int:
+        row = self.db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    # -- audit log ---------------------------------------------------------
+    def record_event(self, action: str, *, target: str | None = None, reason: str | None = None,
+                     detail: Mapping[str, Any] | None = None) -> int:
+        cur = self.db.execute(
+            "INSERT INTO events (ts, actor, host, action, target, reason, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (now(), actor(), socket.gethostname(), action, target, reason,
+             json.dumps(detail or {}, sort_keys=True)),
+        )
+        return int(cur.lastrowid or 0)
+
+    def events(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        return [_row(r, json_fields=("detail",)) for r in rows]
+
+    # -- releases ----------------------------------------------------------
+    def add_release(self, *, git_commit: str | None, git_dirty: bool, diff_path: str | None,
+                    compose_config: Mapping[str, Any], services: Mapping[str, Any],
+                    status: str = "recorded", note: str | None = None) -> int:
+        cur = self.db.execute(
+            "INSERT INTO releases (created_at, created_by, git_commit, git_dirty, diff_path,"
+            " compose_config, services, status, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now(), actor(), git_commit, int(git_dirty), diff_path,
+             json.dumps(compose_config, sort_keys=True), json.dumps(services, sort_keys=True),
+             status, note),
+        )
+        return int(cur.lastrowid or 0)
+
+    def update_release(self, release_id: int, **fields: Any) -> None:
+        allowed = {"services", "status", "note", "diff_path"}
+        sets, values = [], []
+        for key, value in fields.items():
+            if key not in allowed:
+                raise ValueError(key)
+            sets.append(f"{key} = ?")
+            values.append(json.dumps(value, sort_keys=True) if key == "services" else value)
+        self.db.execute(f"UPDATE releases SET {', '.join(sets)} WHERE id = ?", (*values, release_id))
+
+    def releases(self, limit: int | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM releases ORDER BY id DESC"
+        rows = self.db.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
+        return [_row(r, json_fields=("services", "compose_config")) for r in rows]
+
+    def release(self, release_id: int) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM releases WHERE id = ?", (release_id,)).fetchone()
+        return _row(row, json_fields=("services", "compose_config")) if row else None
+
+
+def _row(row: sqlite3.Row, json_fields: tuple[str, ...] = ()) -> dict[str, Any]:
+    out = dict(row)
+    for key in json_fields:
+        if out.get(key) is not None:
+            out[key] = json.loads(out[key])
+    return out
