@@ -34,6 +34,11 @@ class Result:
         return self.returncode == 0
 
 
+def is_secret_name(name: str) -> bool:
+    """Does a variable's name say it holds a credential?"""
+    return bool(_SECRET_NAME.search(name))
+
+
 def child_env(env: Environment, secret_env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a child: the caller's without credentials, plus ``secret_env``."""
     clean = {k: v for k, v in env.env.items() if not _SECRET_NAME.search(k)}

@@ -115,6 +115,21 @@ def record_release(env: Environment, config: Config, store: Store, *,
     return RecordedRelease(release_id, tree.commit, tree.dirty, diff_path, services)
 
 
+def current_or_new_release(env: Environment, config: Config, store: Store) -> int:
+    """The latest release if it is exactly what runs now, else a newly recorded one."""
+    latest = store.releases(1)
+    if latest:
+        rel = latest[0]
+        compose = compose_for(env, config)
+        running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+        recorded = {name: svc["image_id"] for name, svc in rel["services"].items()}
+        tree = Git(env, config.project_dir).state()
+        if running == recorded and tree.commit == rel["git_commit"] and not tree.dirty \
+                and not rel["git_dirty"]:
+            return int(rel["id"])
+    return record_release(env, config, store, note="recorded by checkpoint").id
+
+
 def get_release(store: Store, release_id: int) -> dict[str, Any]:
     release = store.release(release_id)
     if release is None:

@@ -159,7 +159,7 @@ def cli() -> None:
 def register() -> None:
     # Command modules attach themselves to ``cli``; imported here, not at module
     # top, so ``backout.cli.main`` has no import cycle with them.
-    from backout.cli import commands_config, commands_releases  # noqa: F401
+    from backout.cli import commands_backup, commands_config, commands_releases  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from backout import dotenv
+from backout import dotenv, proc
 from backout.adapters.docker import Compose
 from backout.config.generate import derive, render
 from backout.config.load import display_path, load_config
@@ -40,8 +40,9 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
             env_values = dotenv.load(project_dir / env_file)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(env_file, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
-        for value in env_values.values():
-            env.redact.add(value)
+        for key, value in env_values.items():
+            if proc.is_secret_name(key):
+                env.redact.add(value)
     compose = Compose(env, project_dir, [compose_file], env_file=env_file)
     try:
         data = compose.config()

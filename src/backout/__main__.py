@@ -1,0 +1,3 @@
+from backout.cli.main import entry
+
+entry()

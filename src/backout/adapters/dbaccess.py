@@ -1,0 +1,80 @@
+"""How backout reaches a database: inside its container (``docker compose exec
+-T``) or over TCP with local client tools. Credentials travel in the child's
+environment (``-e NAME`` without a value makes the docker CLI copy it from ours),
+never in argv."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from backout import proc
+from backout.adapters.docker import Compose
+from backout.config import Config, DatabaseConfig
+from backout.environment import Environment
+from backout.errors import BackoutError, ExternalError, UnhealthyError
+
+
+class DbAccess:
+    def __init__(self, env: Environment, config: Config, db: DatabaseConfig,
+                 compose: Compose) -> None:
+        self.env = env
+        self.config = config
+        self.db = db
+        self.compose = compose
+
+    def secret(self, env_name: str | None) -> str | None:
+        if env_name is None:
+            return None
+        return self.config.secrets.get(env_name)
+
+    def password(self) -> str | None:
+        if self.db.password_file:
+            return self.config.secrets.get(f"file:{self.db.password_file}")
+        return self.secret(self.db.password_env)
+
+    def user(self, default: str | None = None) -> str | None:
+        if self.db.user_env:
+            return self.secret(self.db.user_env)
+        return self.db.user or default
+
+    def argv(self, inner: Sequence[str], secret_names: Sequence[str] = (),
+             interactive: bool = False) -> list[str]:
+        """argv running ``inner`` where the database's client tools are."""
+        if self.db.mode == "tcp":
+            return list(inner)
+        flags = ["exec", "-T"]
+        for name in secret_names:
+            flags += ["-e", name]
+        del interactive
+        return self.compose.argv(*flags, self.db.service, *inner)
+
+    def run(self, inner: Sequence[str], secret_env: Mapping[str, str], *, what: str,
+            timeout: float = 120, input_text: str | None = None) -> proc.Result:
+        result = proc.run(self.env, self.argv(inner, list(secret_env)), timeout=timeout,
+                          secret_env=secret_env, check=False, what=what,
+                          cwd=str(self.config.project_dir), input_text=input_text)
+        if not result.ok:
+            raise self.explain(result, what)
+        return result
+
+    def explain(self, result: proc.Result, what: str) -> BackoutError:
+        """Turn a failed client call into an error naming the database and the fix."""
+        err = self.env.redact(result.stderr)
+        name = self.db.name
+        if "is not running" in err or "No container found" in err or "no such service" in err.lower():
+            return UnhealthyError(f"{name}: service {self.db.service!r} is not running",
+                                  fix=f"start it (docker compose up -d {self.db.service})")
+        if "Access denied" in err or "WRONGPASS" in err or "NOAUTH" in err or \
+                "Authentication failed" in err or "invalid password" in err:
+            var = self.db.password_env or self.db.password_file or "the password"
+            return ExternalError(f"{name}: authentication failed for user "
+                                 f"{self.user('default')!r}",
+                                 fix=f"check {var} in {self.config.project.env_file or 'the environment'}")
+        if "Can't connect" in err or "Connection refused" in err or "Could not connect" in err:
+            return ExternalError(f"{name}: database unreachable: {proc.last_line(err)}",
+                                 fix=f"check that {self.db.service} is up and healthy")
+        if "Cannot connect to the Docker daemon" in err:
+            return ExternalError("Docker Engine is not reachable",
+                                 fix="start the Docker Engine and retry")
+        return ExternalError(f"{name}: {what} failed (exit {result.returncode}): "
+                             f"{proc.last_line(err)}")

@@ -1,0 +1,311 @@
+"""Format checks run on the decompressed stream of each artifact.
+
+Each checker proves the artifact is whole (not just that a checksum matches) and
+derives the counts recorded in the manifest from the artifact itself, so the
+counts describe exactly the data a restore will produce.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from typing import Any
+
+from backout.backup.pipeline import IntegrityError
+
+_STRINGS = re.compile(rb"'(?:[^'\\]|\\.)*'", re.S)
+_USE = re.compile(rb"^USE `((?:[^`]|``)+)`;")
+_CREATE = re.compile(rb"^CREATE TABLE `((?:[^`]|``)+)`")
+_INSERT = re.compile(rb"^INSERT INTO `((?:[^`]|``)+)` VALUES ?")
+_MASTER = re.compile(rb"MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+)")
+_GTID = re.compile(rb"gtid_slave_pos='([^']*)'")
+_SERVER = re.compile(rb"^-- Server version\s+(.+)$")
+
+
+class MySQLDumpChecker:
+    """A mysqldump/mariadb-dump SQL stream: trailer, databases, rows per table."""
+
+    def __init__(self, expected_databases: list[str], what: str) -> None:
+        self.expected = expected_databases
+        self.what = what
+        self.rest = b""
+        self.db: str | None = None
+        self.tables: dict[str, dict[str, int]] = {}
+        self.last_line = b""
+        self.binlog: dict[str, Any] | None = None
+        self.server: str | None = None
+        self.lines = 0
+        self.insert_table: str | None = None
+
+    def _rows(self, text: bytes) -> None:
+        """Count row tuples of an INSERT, on one line (MySQL) or one per line (MariaDB).
+
+        Dumps escape newlines inside strings, and values hold parentheses only
+        inside strings; with strings blanked, each "(" opens one row.
+        """
+        body = _STRINGS.sub(b"''", text) if b"'" in text else text
+        assert self.db is not None and self.insert_table is not None
+        self.tables[self.db][self.insert_table] += body.count(b"(")
+        if body.rstrip().endswith(b";"):
+            self.insert_table = None
+
+    def feed(self, chunk: bytes) -> None:
+        data = self.rest + chunk
+        lines = data.split(b"\n")
+        self.rest = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        self.lines += 1
+        if line.strip():
+            self.last_line = line
+        if self.insert_table is not None:
+            self._rows(line)
+            return
+        if line.startswith(b"INSERT INTO "):
+            m = _INSERT.match(line)
+            if m and self.db is not None:
+                self.insert_table = m.group(1).decode().replace("``", "`")
+                self.tables[self.db].setdefault(self.insert_table, 0)
+                self._rows(line[m.end():])
+            return
+        if line.startswith(b"USE "):
+            m = _USE.match(line)
+            if m:
+                self.db = m.group(1).decode().replace("``", "`")
+                self.tables.setdefault(self.db, {})
+        elif line.startswith(b"CREATE TABLE ") and self.db is not None:
+            m = _CREATE.match(line)
+            if m:
+                self.tables[self.db].setdefault(m.group(1).decode().replace("``", "`"), 0)
+        elif line.startswith(b"-- ") and self.lines < 200:
+            if (m := _MASTER.search(line)) is not None:
+                self.binlog = {"file": m.group(1).decode(), "position": int(m.group(2))}
+            elif (m := _SERVER.match(line)) is not None:
+                self.server = m.group(1).decode().strip()
+            if (g := _GTID.search(line)) is not None and self.binlog is not None:
+                self.binlog["gtid"] = g.group(1).decode()
+
+    def finish(self) -> dict[str, Any]:
+        if self.rest:
+            self._line(self.rest)
+            self.rest = b""
+        if not self.last_line.startswith(b"-- Dump completed"):
+            raise IntegrityError(f"{self.what}: the dump has no '-- Dump completed' trailer "
+                                 "(truncated or the dump tool failed)")
+        missing = [d for d in self.expected if d not in self.tables]
+        if missing:
+            raise IntegrityError(f"{self.what}: database(s) missing from the dump: {', '.join(missing)}")
+        return {"databases": {db: {"tables": tables} for db, tables in self.tables.items()},
+                "binlog": self.binlog, "server_version": self.server}
+
+
+RDB_EOF = 0xFF
+RDB_SELECTDB = 0xFE
+RDB_RESIZEDB = 0xFB
+RDB_AUX = 0xFA
+
+
+class RDBChecker:
+    """A Redis RDB file: magic, version, and the EOF opcode + checksum at the end.
+
+    Key counts come from the RESIZEDB opcodes that follow each SELECTDB (Redis
+    writes the exact size of the keyspace at the snapshot). The first database's
+    header is parsed from the head of the file; later databases are found by a
+    scan for their SELECTDB+RESIZEDB signature only when they precede no data.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.head = b""
+        self.tail = b""
+        self.size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if len(self.head) < 65536:
+            self.head += chunk[: 65536 - len(self.head)]
+        self.tail = (self.tail + chunk)[-9:]
+        self.size += len(chunk)
+
+    def finish(self) -> dict[str, Any]:
+        if not self.head.startswith(b"REDIS") or not self.head[5:9].isdigit():
+            raise IntegrityError(f"{self.what}: not an RDB file (no REDIS magic)")
+        version = int(self.head[5:9])
+        if len(self.tail) < 9 or self.tail[0] != RDB_EOF:
+            raise IntegrityError(f"{self.what}: RDB is truncated (no EOF marker at the end)")
+        return {"rdb_version": version, "keys": parse_rdb_keycounts(self.head), "bytes": self.size}
+
+
+def _length(buf: bytes, i: int) -> tuple[int | None, int]:
+    """RDB length encoding; (None, i) for the special string encodings."""
+    first = buf[i]
+    kind = first >> 6
+    if kind == 0:
+        return first & 0x3F, i + 1
+    if kind == 1:
+        return ((first & 0x3F) << 8) | buf[i + 1], i + 2
+    if kind == 2:
+        if first == 0x80:
+            return struct.unpack(">I", buf[i + 1:i + 5])[0], i + 5
+        if first == 0x81:
+            return struct.unpack(">Q", buf[i + 1:i + 9])[0], i + 9
+    return None, i
+
+
+def _skip_string(buf: bytes, i: int) -> int:
+    first = buf[i]
+    if first >> 6 == 3:
+        enc = first & 0x3F
+        if enc in (0, 1, 2):
+            return i + 1 + (1, 2, 4)[enc]
+        if enc == 3:  # LZF: compressed len, uncompressed len, data
+            clen, j = _length(buf, i + 1)
+            _ulen, j = _length(buf, j)
+            return j + int(clen or 0)
+        raise IntegrityError(f"unknown RDB string encoding {enc}")
+    n, j = _length(buf, i)
+    return j + int(n or 0)
+
+
+def parse_rdb_keycounts(head: bytes) -> dict[str, int]:
+    """``{"db0": N}`` from the SELECTDB/RESIZEDB header after the AUX fields."""
+    i = 9
+    counts: dict[str, int] = {}
+    try:
+        while i < len(head):
+            op = head[i]
+            if op == RDB_AUX:
+                i = _skip_string(head, i + 1)
+                i = _skip_string(head, i)
+            elif op == RDB_SELECTDB:
+                db, i = _length(head, i + 1)
+                if i < len(head) and head[i] == RDB_RESIZEDB:
+                    size, i = _length(head, i + 1)
+                    _exp, i = _length(head, i)
+                    counts[f"db{db}"] = int(size or 0)
+                break
+            elif op == 0xF5 or op == 0xF7:  # FUNCTION2 / MODULE_AUX: stop, counts unknown
+                break
+            else:
+                break  # EOF (empty keyspace) or data
+    except (IndexError, struct.error):
+        pass
+    return counts
+
+
+class TarBsonChecker:
+    """Our MongoDB artifact: a tar of mongodump's directory layout
+    (``dump/<db>/<coll>.bson`` + ``.metadata.json``). Counts BSON documents."""
+
+    def __init__(self, expected_databases: list[str], what: str) -> None:
+        self.expected = expected_databases
+        self.what = what
+        self.buf = bytearray()
+        self.member: str | None = None
+        self.remaining = 0
+        self.pad = 0
+        self.ended = False
+        self.docs: dict[str, dict[str, int]] = {}
+        self.meta: dict[str, dict[str, Any]] = {}
+        self.bson_rest = bytearray()
+        self.json_buf = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.buf += chunk
+        while True:
+            if self.member is not None:
+                if self.remaining:
+                    take = min(self.remaining, len(self.buf))
+                    if not take:
+                        return
+                    self._content(bytes(self.buf[:take]))
+                    del self.buf[:take]
+                    self.remaining -= take
+                    if self.remaining:
+                        return
+                    self._end_member()
+                if len(self.buf) < self.pad:
+                    return
+                del self.buf[: self.pad]
+                self.member = None
+            if self.ended:
+                self.buf.clear()
+                return
+            if len(self.buf) < 512:
+                return
+            header = bytes(self.buf[:512])
+            del self.buf[:512]
+            if header == b"\0" * 512:
+                self.ended = True
+                continue
+            name = header[:100].rstrip(b"\0").decode()
+            prefix = header[345:500].rstrip(b"\0").decode()
+            if prefix:
+                name = f"{prefix}/{name}"
+            size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
+            typeflag = header[156:157]
+            self.member = name if typeflag in (b"0", b"\0") else ""
+            self.remaining = size
+            self.pad = (512 - size % 512) % 512
+            if size == 0:
+                self._end_member()
+
+    def _content(self, data: bytes) -> None:
+        if not self.member:
+            return
+        if self.member.endswith(".bson"):
+            self.bson_rest += data
+            self._count_docs()
+        elif self.member.endswith(".metadata.json"):
+            self.json_buf += data
+
+    def _count_docs(self) -> None:
+        db, coll = self._ns(".bson")
+        count = 0
+        pos = 0
+        while len(self.bson_rest) - pos >= 4:
+            n = int.from_bytes(self.bson_rest[pos:pos + 4], "little")
+            if n < 5:
+                raise IntegrityError(f"{self.what}: corrupt BSON in {self.member}")
+            if len(self.bson_rest) - pos < n:
+                break
+            if self.bson_rest[pos + n - 1] != 0:
+                raise IntegrityError(f"{self.what}: corrupt BSON in {self.member}")
+            pos += n
+            count += 1
+        del self.bson_rest[:pos]
+        d = self.docs.setdefault(db, {})
+        d[coll] = d.get(coll, 0) + count
+
+    def _end_member(self) -> None:
+        if self.member and self.member.endswith(".bson"):
+            db, coll = self._ns(".bson")
+            self.docs.setdefault(db, {}).setdefault(coll, 0)
+            if self.bson_rest:
+                raise IntegrityError(f"{self.what}: truncated BSON document in {self.member}")
+        elif self.member and self.member.endswith(".metadata.json"):
+            db, coll = self._ns(".metadata.json")
+            try:
+                self.meta.setdefault(db, {})[coll] = json.loads(bytes(self.json_buf))
+            except ValueError as exc:
+                raise IntegrityError(f"{self.what}: bad metadata in {self.member}") from exc
+            self.json_buf.clear()
+
+    def _ns(self, suffix: str) -> tuple[str, str]:
+        assert self.member is not None
+        parts = self.member.split("/")
+        return parts[-2], parts[-1][: -len(suffix)]
+
+    def finish(self) -> dict[str, Any]:
+        if not self.ended or self.member is not None:
+            raise IntegrityError(f"{self.what}: the archive is truncated (no end-of-archive marker)")
+        missing = [d for d in self.expected if d not in self.docs]
+        if missing:
+            raise IntegrityError(f"{self.what}: database(s) missing from the dump: {', '.join(missing)}")
+        for db, colls in self.docs.items():
+            for coll in colls:
+                if coll not in self.meta.get(db, {}):
+                    raise IntegrityError(f"{self.what}: {db}.{coll} has no metadata.json")
+        return {"databases": {db: {"collections": c} for db, c in self.docs.items()}}

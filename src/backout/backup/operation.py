@@ -1,0 +1,210 @@
+"""``backout checkpoint`` and ``backout backup``: the plan and its actions.
+
+A checkpoint is the current release plus a backup set of every configured
+database, as one record. The plan, when ``--quiesce`` is asked for, stops the
+app services that write, dumps everything, and starts them again in a step that
+runs even when a dump failed (and again on ``backout resume`` after a crash).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from backout import __version__
+from backout.adapters.docker import Compose, Docker
+from backout.adapters.git import Git
+from backout.backup import sets
+from backout.backup.engines import DumpContext, dump
+from backout.backup.pipeline import Progress
+from backout.config import Config
+from backout.environment import Environment
+from backout.errors import UsageError
+from backout.operations import Plan, Step, register_action
+from backout.operations.executor import RunContext
+from backout.state import Store
+
+
+def writers(config: Config, databases: list[str]) -> list[str]:
+    """App services that write to any of ``databases`` (configured by writes_to)."""
+    return sorted(s.name for s in config.services.values()
+                  if s.kind == "app" and set(s.writes_to) & set(databases))
+
+
+def plan_backup(config: Config, *, which: list[str], quiesce: bool, checkpoint: bool,
+                label: str | None) -> Plan:
+    unknown = [w for w in which if w not in config.databases]
+    if unknown:
+        raise UsageError(f"no database {unknown[0]!r} in backout.toml "
+                         f"(configured: {', '.join(config.databases) or 'none'})",
+                         fix="name one of the [databases.*] sections, or `all`")
+    if not which:
+        raise UsageError("no databases configured to back up",
+                         fix="add [databases.*] sections to backout.toml (see `backout init`)")
+    set_id = sets.new_set_id()
+    steps: list[Step] = [Step("clean up interrupted backups", "backup.cleanup",
+                              "remove partial sets left by interrupted runs (never a published set)",
+                              {"keep": set_id})]
+    stopped = writers(config, which) if quiesce else []
+    if quiesce:
+        if not stopped:
+            raise UsageError("--quiesce: no app service is configured to write to "
+                             f"{', '.join(which)}",
+                             fix="set services.<name>.writes_to in backout.toml")
+        steps.append(Step(f"stop writers: {', '.join(stopped)}", "compose.stop",
+                          f"pause writes so {', '.join(which)} share one point in time "
+                          "(downtime for these services until the dumps finish)",
+                          {"services": stopped}))
+    for name in which:
+        db = config.databases[name]
+        steps.append(Step(f"dump {name}", "backup.dump",
+                          f"{db.type} on service {db.service}: consistent dump into the "
+                          f"partial set (read-only for the database)",
+                          {"database": name, "set_id": set_id}))
+    if quiesce:
+        steps.append(Step(f"start writers: {', '.join(stopped)}", "compose.start",
+                          "writers run again, also when a dump failed", {"services": stopped},
+                          always=True))
+    steps.append(Step("publish backup set", "backup.publish",
+                      "verify every artifact is listed, write manifest.json last, rename the set "
+                      "into place atomically", {"set_id": set_id, "databases": which,
+                                                "quiesce": quiesce, "label": label,
+                                                "kind": "checkpoint" if checkpoint else "backup"}))
+    if checkpoint:
+        steps.append(Step("record checkpoint", "backup.record_checkpoint",
+                          "link the backup set to the current release", {"set_id": set_id,
+                                                                         "label": label}))
+    summary = (f"{'checkpoint' if checkpoint else 'backup'} of {', '.join(which)}"
+               f"{' (quiesced)' if quiesce else ''} into set {set_id}")
+    downtime = (f"{', '.join(stopped)} stopped while the dumps run" if quiesce
+                else "none (online dumps)")
+    return Plan("checkpoint" if checkpoint else "backup",
+                {"set_id": set_id, "databases": which, "quiesce": quiesce, "label": label},
+                tuple(steps), summary=summary, downtime=downtime)
+
+
+def _env(ctx: RunContext) -> Environment:
+    env: Environment = ctx["env"]
+    return env
+
+
+def _config(ctx: RunContext) -> Config:
+    config: Config = ctx["config"]
+    return config
+
+
+def _compose(ctx: RunContext) -> Compose:
+    compose: Compose = ctx["compose"]
+    return compose
+
+
+@register_action("backup.cleanup")
+def _cleanup(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    return {"removed": sets.cleanup_partials(_config(ctx).backup_dir, keep=params["keep"])}
+
+
+@register_action("compose.stop")
+def _stop(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    start = time.time()
+    _compose(ctx).run("stop", *params["services"], timeout=180)
+    return {"stopped_at": start}
+
+
+@register_action("compose.start")
+def _start(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    _compose(ctx).run("start", *params["services"], timeout=300)
+    return {"started_at": time.time()}
+
+
+@register_action("backup.dump")
+def _dump(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    config = _config(ctx)
+    writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
+    progress: Progress | None = ctx.services.get("progress")
+    dctx = DumpContext(_env(ctx), config, _compose(ctx), progress)
+    return dump(dctx, config.databases[params["database"]], writer.dir)
+
+
+@register_action("backup.publish")
+def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    config = _config(ctx)
+    env = _env(ctx)
+    writer = sets.SetWriter(config.backup_dir, params["set_id"])
+    if writer.final.is_dir() and not writer.dir.exists():
+        sets.read_manifest(writer.final)  # resumed after the rename: already published
+        return {"set_id": params["set_id"], "path": str(writer.final)}
+    databases: dict[str, Any] = {}
+    artifacts: dict[str, Any] = {}
+    for name in params["databases"]:
+        section = results[f"dump {name}"]
+        databases[name] = section["database"]
+        art = dict(section["artifact"])
+        artifacts[art.pop("name")] = art
+    paused = None
+    stop = next((v for k, v in results.items() if k.startswith("stop writers")), None)
+    start = next((v for k, v in results.items() if k.startswith("start writers")), None)
+    if stop and start:
+        paused = round(start["started_at"] - stop["stopped_at"], 3)
+    tree = Git(env, config.project_dir).state()
+    images = {c.service: c.image_id for c in _compose(ctx).containers() if c.state == "running"}
+    manifest = {
+        "format": sets.FORMAT, "format_version": sets.FORMAT_VERSION,
+        "id": params["set_id"], "kind": params["kind"], "label": params["label"],
+        "tool": {"name": "backout", "version": __version__},
+        "created_at": _iso(min((_dump_start(results, n) for n in params["databases"]),
+                               default=time.time())),
+        "completed_at": _iso(time.time()),
+        "git_commit": tree.commit, "git_dirty": tree.dirty,
+        "images": images,
+        "quiesce": {"enabled": params["quiesce"], "writers_paused_seconds": paused},
+        "databases": databases, "artifacts": artifacts,
+        "operation_id": ctx.operation_id,
+    }
+    path = writer.publish(manifest)
+    env.log_external(f"published backup set {path}")
+    return {"set_id": params["set_id"], "path": str(path)}
+
+
+def _dump_start(results: dict[str, Any], name: str) -> float:
+    section = results.get(f"dump {name}") or {}
+    return float(time.time() - section.get("database", {}).get("duration_s", 0))
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@register_action("backup.record_checkpoint")
+def _record_checkpoint(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    from backout.releases import current_or_new_release
+
+    store: Store = ctx["store"]
+    existing = store.db.execute("SELECT id, release_id FROM checkpoints WHERE path = ?",
+                                (params["set_id"],)).fetchone()
+    if existing is not None:  # resumed after a crash between insert and journal
+        return {"checkpoint_id": existing["id"], "release_id": existing["release_id"]}
+    release_id = current_or_new_release(_env(ctx), _config(ctx), store)
+    cur = store.db.execute(
+        "INSERT INTO checkpoints (created_at, created_by, release_id, label, path, status)"
+        " VALUES (?, ?, ?, ?, ?, 'complete')",
+        (_now(), _actor(), release_id, params["label"], params["set_id"]))
+    cp_id = int(cur.lastrowid or 0)
+    store.record_event("checkpoint", target=f"checkpoint {cp_id}", reason=params["label"],
+                       detail={"set_id": params["set_id"], "release_id": release_id})
+    return {"checkpoint_id": cp_id, "release_id": release_id}
+
+
+def _now() -> str:
+    from backout.state.store import now
+
+    return now()
+
+
+def _actor() -> str:
+    from backout.state.store import actor
+
+    return actor()
+
+
+def docker_check(env: Environment) -> str:
+    return Docker(env).ping()

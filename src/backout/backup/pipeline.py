@@ -1,0 +1,268 @@
+"""Streaming a producer's output through zstd into a file, then proving the file.
+
+Write path: ``producer | zstd > file`` as two processes joined by an OS pipe, so
+no byte passes through Python and nothing is buffered whole in memory; the file
+is fsync'd. A dump is complete only if every stage exited 0.
+
+Verify path (one read of the file): Python reads the compressed file, hashes it
+(sha256) and feeds it to ``zstd -d``; the decompressed stream goes to a
+format-specific checker (the MySQL trailer, the RDB structure, the tar of BSON).
+A zero-byte, truncated or corrupt artifact fails here even if a checksum exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from backout import proc
+from backout.environment import Environment
+from backout.errors import BackoutError, ExitCode, ExternalError
+
+CHUNK = 1 << 20
+Progress = Callable[[int, float], None]  # bytes written so far, seconds elapsed
+
+
+class IntegrityError(BackoutError):
+    """An artifact is missing, empty, truncated, corrupt, or not what it claims."""
+
+    exit_code = ExitCode.VERIFICATION_FAILED
+    code = "integrity"
+
+
+class DiskFullError(ExternalError):
+    code = "disk_full"
+
+
+class Checker(Protocol):
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Written:
+    path: Path
+    bytes: int
+    duration: float
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _watch(path: Path, progress: Progress | None, stop: threading.Event, start: float) -> None:
+    while progress is not None and not stop.wait(0.5):
+        with contextlib.suppress(OSError):
+            progress(path.stat().st_size, time.monotonic() - start)
+
+
+def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], dest: Path, *,
+                       what: str, level: int = 3, progress: Progress | None = None) -> Written:
+    """Like ``stream_to_file`` with Python as the producer: ``write(pipe)`` | zstd > dest."""
+    start = time.monotonic()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with tempfile.TemporaryFile() as z_err, os.fdopen(fd, "wb") as out:
+        try:
+            zstd = subprocess.Popen(["zstd", "-q", "-c", f"-{level}", "-T0"], stdin=subprocess.PIPE,
+                                    stdout=out, stderr=z_err, env=proc.child_env(env))
+        except FileNotFoundError as exc:
+            raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
+        assert zstd.stdin is not None
+        stop = threading.Event()
+        threading.Thread(target=_watch, args=(dest, progress, stop, start), daemon=True).start()
+        try:
+            write(zstd.stdin)
+            zstd.stdin.close()
+        except BrokenPipeError:
+            pass  # zstd died: its exit code and stderr explain why
+        except BaseException:
+            zstd.kill()
+            zstd.wait()
+            raise
+        finally:
+            stop.set()
+        z_rc = zstd.wait()
+        z_err.seek(0)
+        z_msg = z_err.read().decode(errors="replace")
+        if z_rc != 0:
+            if "No space left" in z_msg or _disk_full(dest):
+                raise DiskFullError(f"{what}: no space left on the backup disk ({dest.parent})",
+                                    fix="free space or point [backups] dir at a larger disk")
+            raise ExternalError(f"{what}: zstd failed (exit {z_rc}): {proc.last_line(z_msg)}")
+        _fsync_out(out, what, dest)
+    duration = time.monotonic() - start
+    if progress is not None:
+        progress(dest.stat().st_size, duration)
+    return Written(dest, dest.stat().st_size, duration)
+
+
+def _fsync_out(out: IO[bytes], what: str, dest: Path) -> None:
+    try:
+        out.flush()
+        os.fsync(out.fileno())
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"{what}: no space left on the backup disk ({dest.parent})",
+                                fix="free space or point [backups] dir at a larger disk") from exc
+        raise
+
+
+def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, what: str,
+                   level: int = 3, secret_env: Mapping[str, str] | None = None,
+                   cwd: str | None = None, timeout: float = 6 * 3600,
+                   progress: Progress | None = None, stdin: IO[bytes] | None = None) -> Written:
+    """Run ``producer | zstd -<level>`` into ``dest`` (mode 0600) and fsync it."""
+    start = time.monotonic()
+    env.log_external(f"$ {proc.describe(producer)} | zstd -{level} > {dest.name}")
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with tempfile.TemporaryFile() as p_err, tempfile.TemporaryFile() as z_err, \
+            os.fdopen(fd, "wb") as out:
+        try:
+            prod = subprocess.Popen(list(producer), stdin=stdin or subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=p_err, cwd=cwd,
+                                    env=proc.child_env(env, secret_env))
+        except FileNotFoundError as exc:
+            raise ExternalError(f"{what}: {producer[0]} is not installed") from exc
+        try:
+            zstd = subprocess.Popen(["zstd", "-q", "-c", f"-{level}", "-T0"], stdin=prod.stdout,
+                                    stdout=out, stderr=z_err, env=proc.child_env(env))
+        except FileNotFoundError as exc:
+            prod.kill()
+            raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
+        assert prod.stdout is not None
+        prod.stdout.close()  # zstd owns the read end; a dead zstd must SIGPIPE the producer
+        stop = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(dest, progress, stop, start), daemon=True)
+        watcher.start()
+        try:
+            z_rc = zstd.wait(timeout=timeout)
+            p_rc = prod.wait(timeout=max(1.0, timeout - (time.monotonic() - start)))
+        except subprocess.TimeoutExpired as exc:
+            prod.kill()
+            zstd.kill()
+            raise ExternalError(f"{what}: timed out after {timeout:.0f}s") from exc
+        except BaseException:
+            prod.kill()
+            zstd.kill()
+            raise
+        finally:
+            stop.set()
+        p_err.seek(0)
+        z_err.seek(0)
+        p_msg = env.redact(p_err.read().decode(errors="replace"))
+        z_msg = z_err.read().decode(errors="replace")
+        duration = time.monotonic() - start
+        env.log_external(f"  {what}: producer exit {p_rc}, zstd exit {z_rc}, {duration:.2f}s")
+        if z_rc != 0:
+            if "No space left" in z_msg or _disk_full(dest):
+                raise DiskFullError(f"{what}: no space left on the backup disk ({dest.parent})",
+                                    fix="free space or point [backups] dir at a larger disk")
+            raise ExternalError(f"{what}: zstd failed (exit {z_rc}): {proc.last_line(z_msg)}")
+        if p_rc != 0:
+            raise ExternalError(f"{what} failed (exit {p_rc}): {proc.last_line(p_msg)}")
+        _fsync_out(out, what, dest)
+    if progress is not None:
+        progress(dest.stat().st_size, duration)
+    return Written(dest, dest.stat().st_size, duration)
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < CHUNK
+
+
+@dataclass(frozen=True)
+class Scanned:
+    sha256: str
+    bytes: int  # compressed, on disk
+    raw_bytes: int  # decompressed
+    checks: dict[str, Any]
+
+
+def scan(env: Environment, path: Path, checker: Checker, *, what: str) -> Scanned:
+    """Hash ``path`` and decompress it through ``checker`` in one read."""
+    if not path.is_file():
+        raise IntegrityError(f"{what}: artifact {path.name} is missing")
+    size = path.stat().st_size
+    if size == 0:
+        raise IntegrityError(f"{what}: artifact {path.name} is empty (0 bytes)")
+    digest = hashlib.sha256()
+    zstd = subprocess.Popen(["zstd", "-d", "-q", "-c"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=proc.child_env(env))
+    assert zstd.stdin is not None and zstd.stdout is not None and zstd.stderr is not None
+    feed_error: list[BaseException] = []
+
+    def feeder() -> None:
+        try:
+            with path.open("rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    digest.update(chunk)
+                    zstd.stdin.write(chunk)  # type: ignore[union-attr]
+        except BrokenPipeError:
+            pass  # zstd gave up on corrupt input; its exit code says so
+        except BaseException as exc:  # pragma: no cover - reported below
+            feed_error.append(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                zstd.stdin.close()  # type: ignore[union-attr]
+
+    thread = threading.Thread(target=feeder, daemon=True)
+    thread.start()
+    raw = 0
+    check_error: BackoutError | None = None
+    while chunk := zstd.stdout.read(CHUNK):
+        raw += len(chunk)
+        if check_error is None:
+            try:
+                checker.feed(chunk)
+            except BackoutError as exc:
+                check_error = exc
+    thread.join()
+    err = zstd.stderr.read().decode(errors="replace")
+    rc = zstd.wait()
+    if feed_error:
+        raise IntegrityError(f"{what}: cannot read {path.name}: {feed_error[0]}")
+    if rc != 0:
+        raise IntegrityError(f"{what}: {path.name} is not a valid zstd stream "
+                             f"(truncated or corrupt): {proc.last_line(err)}")
+    if check_error is not None:
+        raise check_error
+    if raw == 0:
+        raise IntegrityError(f"{what}: {path.name} decompresses to nothing")
+    checks = checker.finish()
+    return Scanned(digest.hexdigest(), size, raw, checks)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

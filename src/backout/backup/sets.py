@@ -1,0 +1,137 @@
+"""Backup sets on disk: written in a hidden partial directory, published by one
+atomic rename once ``manifest.json`` (written last) is durable.
+
+Layout under the backup directory::
+
+    <set-id>/manifest.json          a usable set (valid manifest)
+    <set-id>/<artifact>.zst         its artifacts, mode 0600
+    .partial-<set-id>/              a set being written, or left by a crash
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as _secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backout.backup.pipeline import IntegrityError, fsync_dir, fsync_file
+from backout.errors import NotFoundError
+
+MANIFEST = "manifest.json"
+FORMAT = "backout-backup"
+FORMAT_VERSION = 1
+PARTIAL = ".partial-"
+
+
+def new_set_id(now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    return f"{stamp}-{_secrets.token_hex(2)}"
+
+
+class SetWriter:
+    def __init__(self, root: Path, set_id: str) -> None:
+        self.root = root
+        self.id = set_id
+        self.dir = root / f"{PARTIAL}{set_id}"
+        self.final = root / set_id
+
+    def open(self) -> SetWriter:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir.mkdir(exist_ok=True, mode=0o700)  # exists on resume: keep what it holds
+        return self
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def publish(self, manifest: dict[str, Any]) -> Path:
+        """Manifest last, then one rename; a crash before the rename leaves a partial set."""
+        for name in manifest.get("artifacts", {}):
+            fsync_file(self.dir / name)
+        tmp = self.dir / f".{MANIFEST}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(manifest, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.dir / MANIFEST)
+        fsync_dir(self.dir)
+        os.replace(self.dir, self.final)
+        fsync_dir(self.root)
+        return self.final
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class SetInfo:
+    id: str
+    path: Path
+    usable: bool
+    problem: str | None
+    manifest: dict[str, Any] | None
+
+
+def read_manifest(set_dir: Path) -> dict[str, Any]:
+    path = set_dir / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise IntegrityError(f"backup {set_dir.name}: no manifest (incomplete set)") from exc
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"backup {set_dir.name}: unreadable manifest: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise IntegrityError(f"backup {set_dir.name}: manifest is not a backout backup manifest")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise IntegrityError(f"backup {set_dir.name}: manifest format "
+                             f"{data.get('format_version')} is not supported")
+    for name, art in (data.get("artifacts") or {}).items():
+        if not (set_dir / name).is_file():
+            raise IntegrityError(f"backup {set_dir.name}: artifact {name} is missing")
+        if (set_dir / name).stat().st_size != art.get("bytes"):
+            raise IntegrityError(f"backup {set_dir.name}: artifact {name} has the wrong size "
+                                 f"({(set_dir / name).stat().st_size} bytes, manifest says "
+                                 f"{art.get('bytes')})")
+    return data
+
+
+def list_sets(root: Path) -> list[SetInfo]:
+    """Every set directory, newest first; only those with a valid manifest are usable.
+
+    Partial directories are not sets and are not listed.
+    """
+    if not root.is_dir():
+        return []
+    out = []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name, reverse=True):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        try:
+            manifest = read_manifest(entry)
+            out.append(SetInfo(entry.name, entry, True, None, manifest))
+        except IntegrityError as exc:
+            out.append(SetInfo(entry.name, entry, False, exc.message, None))
+    return out
+
+
+def get_set(root: Path, set_id: str) -> SetInfo:
+    for info in list_sets(root):
+        if info.id == set_id:
+            return info
+    raise NotFoundError(f'no backup "{set_id}" in {root}', fix="list them with `backout backups list`")
+
+
+def cleanup_partials(root: Path, keep: str | None = None) -> list[str]:
+    """Remove leftovers of interrupted runs. Call only under the operation lock."""
+    removed = []
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name.startswith(PARTIAL) and entry.name != f"{PARTIAL}{keep}":
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+    return removed

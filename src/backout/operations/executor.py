@@ -1,0 +1,167 @@
+"""The journaling executor.
+
+Every step is written to the store as ``running`` before it starts and ``done``
+(with its result) after it finishes, each in its own committed transaction. A
+crash between the two leaves a ``running`` step: resume runs it again, so every
+action must be idempotent (safe to repeat after a partial run). Results of done
+steps are kept and handed to later steps, so a resumed run sees what an
+uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from backout import faults
+from backout.errors import BackoutError, ExitCode, NotFoundError, UsageError
+from backout.operations.plan import Plan, Step
+from backout.state.store import Store, now
+
+# An action gets the run context, the step's params and the results of the
+# steps done so far (by step name); it returns a JSON-serialisable result.
+Action = Callable[["RunContext", dict[str, Any], dict[str, Any]], Any]
+_ACTIONS: dict[str, Action] = {}
+
+
+def register_action(name: str) -> Callable[[Action], Action]:
+    def decorate(fn: Action) -> Action:
+        _ACTIONS[name] = fn
+        return fn
+
+    return decorate
+
+
+@dataclass
+class RunContext:
+    """What actions need: passed in by the caller (env, config, store, ...)."""
+
+    operation_id: int
+    services: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.services[key]
+
+
+@dataclass(frozen=True)
+class OperationOutcome:
+    operation_id: int
+    status: str  # succeeded | failed
+    results: dict[str, Any]
+    error: BackoutError | None = None
+    failed_step: str | None = None
+
+
+class Executor:
+    def __init__(self, store: Store, services: dict[str, Any],
+                 on_step: Callable[[Step, str], None] | None = None) -> None:
+        self.store = store
+        self.services = services
+        self.on_step = on_step or (lambda _s, _st: None)
+
+    def start(self, plan: Plan) -> int:
+        for step in plan.steps:
+            if step.action not in _ACTIONS:
+                raise RuntimeError(f"plan names unknown action {step.action!r}")
+        with self.store.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO operations (kind, params, plan, status, created_at, created_by)"
+                " VALUES (?, ?, ?, 'running', ?, ?)",
+                (plan.kind, json.dumps(plan.params), json.dumps(plan.to_json()), now(),
+                 _actor()))
+            op_id = int(cur.lastrowid or 0)
+            for seq, step in enumerate(plan.steps):
+                db.execute("INSERT INTO steps (operation_id, seq, name, reason, status)"
+                           " VALUES (?, ?, ?, ?, 'pending')", (op_id, seq, step.name, step.reason))
+        self.store.record_event("operation.start", target=f"{plan.kind} #{op_id}",
+                                reason=plan.summary)
+        return op_id
+
+    def run(self, plan: Plan, op_id: int) -> OperationOutcome:
+        rows = self.store.db.execute(
+            "SELECT seq, status, detail FROM steps WHERE operation_id = ? ORDER BY seq", (op_id,)
+        ).fetchall()
+        status = {r["seq"]: r["status"] for r in rows}
+        results: dict[str, Any] = {}
+        for r in rows:
+            if r["status"] == "done" and r["detail"] is not None:
+                results[plan.steps[r["seq"]].name] = json.loads(r["detail"])
+        ctx = RunContext(op_id, self.services)
+        error: BackoutError | None = None
+        failed_step: str | None = None
+        for seq, step in enumerate(plan.steps):
+            if status.get(seq) == "done":
+                continue
+            if error is not None and not step.always:
+                self._mark(op_id, seq, "skipped", None)
+                continue
+            self._mark(op_id, seq, "running", None, started=True)
+            self.on_step(step, "running")
+            faults.hit(f"step-{seq}-started")
+            try:
+                result = _ACTIONS[step.action](ctx, step.params, results)
+            except BackoutError as exc:
+                self._mark(op_id, seq, "failed", {"error": exc.one_line()})
+                self.on_step(step, "failed")
+                if error is None:
+                    error, failed_step = exc, step.name
+                continue
+            results[step.name] = result
+            self._mark(op_id, seq, "done", result)
+            self.on_step(step, "done")
+            faults.hit(f"step-{seq}-done")
+        final = "failed" if error else "succeeded"
+        self.store.db.execute(
+            "UPDATE operations SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+            (final, now(), error.one_line() if error else None, op_id))
+        self.store.record_event(f"operation.{final}", target=f"{plan.kind} #{op_id}",
+                                reason=error.one_line() if error else None)
+        return OperationOutcome(op_id, final, results, error, failed_step)
+
+    def _mark(self, op_id: int, seq: int, status: str, detail: Any, started: bool = False) -> None:
+        ts = now()
+        if started:
+            self.store.db.execute(
+                "UPDATE steps SET status = ?, started_at = ? WHERE operation_id = ? AND seq = ?",
+                (status, ts, op_id, seq))
+        else:
+            self.store.db.execute(
+                "UPDATE steps SET status = ?, finished_at = ?, detail = ? "
+                "WHERE operation_id = ? AND seq = ?",
+                (status, ts, json.dumps(detail) if detail is not None else None, op_id, seq))
+
+
+def _actor() -> str:
+    from backout.state.store import actor
+
+    return actor()
+
+
+def unfinished(store: Store) -> list[dict[str, Any]]:
+    rows = store.db.execute("SELECT * FROM operations WHERE status = 'running' ORDER BY id")
+    return [dict(r) for r in rows]
+
+
+def load_plan(store: Store, op_id: int) -> Plan:
+    row = store.db.execute("SELECT plan, status FROM operations WHERE id = ?", (op_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no operation {op_id}", fix="list them with `backout history`")
+    if row["status"] != "running":
+        raise UsageError(f"operation {op_id} is {row['status']}, nothing to resume")
+    return Plan.from_json(json.loads(row["plan"]))
+
+
+def history(store: Store, limit: int = 20) -> list[dict[str, Any]]:
+    rows = store.db.execute("SELECT id, kind, status, created_at, created_by, finished_at, error"
+                            " FROM operations ORDER BY id DESC LIMIT ?", (limit,))
+    return [dict(r) for r in rows]
+
+
+def mark_abandoned(store: Store, op_id: int, why: str) -> None:
+    store.db.execute("UPDATE operations SET status = 'abandoned', finished_at = ?, error = ?"
+                     " WHERE id = ?", (now(), why, op_id))
+
+
+EXIT_FOR_STATUS = {"succeeded": ExitCode.OK, "failed": ExitCode.EXTERNAL}
