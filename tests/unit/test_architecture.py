@@ -20,7 +20,8 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_core_never_imports_the_cli_layer() -> None:
-    core = [p for p in SRC.rglob("*.py") if not {"cli", "web"} & set(p.relative_to(SRC).parts)]
+    # __main__ is the `python -m backout` edge: it only calls the CLI's entry point.
+    core = [p for p in SRC.rglob("*.py") if not {"cli", "web", "__main__.py"} & set(p.relative_to(SRC).parts)]
     assert len(core) > 10, "the scan must see the core modules"
     offenders = {
         str(p.relative_to(SRC)): sorted(n for n in _imports(p)
