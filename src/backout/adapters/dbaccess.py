@@ -16,11 +16,13 @@ from backout.errors import BackoutError, ExternalError, UnhealthyError
 
 class DbAccess:
     def __init__(self, env: Environment, config: Config, db: DatabaseConfig,
-                 compose: Compose) -> None:
+                 compose: Compose, container: str | None = None) -> None:
         self.env = env
         self.config = config
         self.db = db
         self.compose = compose
+        # A container ID instead of the compose service: a throwaway restore target.
+        self.container = container
 
     def secret(self, env_name: str | None) -> str | None:
         if env_name is None:
@@ -42,11 +44,11 @@ class DbAccess:
         """argv running ``inner`` where the database's client tools are."""
         if self.db.mode == "tcp":
             return list(inner)
-        flags = ["exec", "-T"]
-        for name in secret_names:
-            flags += ["-e", name]
         del interactive
-        return self.compose.argv(*flags, self.db.service, *inner)
+        env_flags = [f for name in secret_names for f in ("-e", name)]
+        if self.container is not None:
+            return ["docker", "exec", "-i", *env_flags, self.container, *inner]
+        return self.compose.argv("exec", "-T", *env_flags, self.db.service, *inner)
 
     def run(self, inner: Sequence[str], secret_env: Mapping[str, str], *, what: str,
             timeout: float = 120, input_text: str | None = None) -> proc.Result:

@@ -151,7 +151,10 @@ def backups_list(ctx: Ctx, show_all: bool) -> None:
 
 @command(backups_group, "verify")
 @click.argument("set_id")
-def backups_verify(ctx: Ctx, set_id: str) -> int:
+@click.option("--restore-test", is_flag=True,
+              help="Also restore into throwaway containers of the same images and compare "
+                   "counts with the manifest.")
+def backups_verify(ctx: Ctx, set_id: str, restore_test: bool) -> int:
     """Re-read every artifact: checksum, decompression, format and counts."""
     info = sets.get_set(ctx.config.backup_dir, set_id)
     report = verify_set(ctx.env, info)
@@ -159,8 +162,23 @@ def backups_verify(ctx: Ctx, set_id: str) -> int:
     if report.problem:
         human.append(f"  {report.problem}")
     human += [f"  {a.name}: {'ok' if a.ok else a.problem}" for a in report.artifacts]
-    emit(ctx.env, "backups verify", {"verify": report.to_json()}, human)
-    return ExitCode.OK if report.ok else ExitCode.VERIFICATION_FAILED
+    data: dict[str, Any] = {"verify": report.to_json()}
+    ok = report.ok
+    if restore_test and report.ok and info.manifest is not None:
+        from backout.backup.restore_test import restore_test as run_restore_test
+
+        results = run_restore_test(ctx.env, ctx.config, compose_for(ctx.env, ctx.config),
+                                   info.path, info.manifest)
+        data["restore_test"] = results
+        for name, res in results.items():
+            ok = ok and bool(res["ok"])
+            detail = res.get("error") or ("counts match the manifest" if res["ok"] else
+                                          f"counts differ: expected {res['expected']}, "
+                                          f"restored {res['restored']}")
+            human.append(f"  restore test {name}: {'ok' if res['ok'] else 'FAILED'} ({detail})")
+    data["verify"]["ok"] = ok
+    emit(ctx.env, "backups verify", data, human)
+    return ExitCode.OK if ok else ExitCode.VERIFICATION_FAILED
 
 
 @command(cli, "resume")
