@@ -23,11 +23,24 @@ def test_store_is_wal_and_records_migrations(tmp_path: Path) -> None:
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.schema_version() == len(MIGRATIONS)
     rows = store.db.execute("SELECT version, name FROM schema_migrations").fetchall()
-    assert [tuple(r) for r in rows] == [(1, "initial schema")]
+    assert [tuple(r) for r in rows] == [(i + 1, name) for i, (name, _) in enumerate(MIGRATIONS)]
     store.close()
     # reopening applies nothing twice
     again = Store(tmp_path / ".backout")
-    assert again.db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 1
+    assert again.db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_store_upgrades_an_older_schema_in_place(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.record_event("x")
+    store.db.execute("DROP TABLE facts")
+    store.db.execute("DELETE FROM schema_migrations WHERE version > 1")
+    store.close()
+    upgraded = Store(tmp_path)
+    assert upgraded.schema_version() == len(MIGRATIONS)
+    upgraded.set_fact("k", {"a": 1})
+    assert upgraded.fact("k") == {"a": 1}
+    assert upgraded.events()[0]["action"] == "x"  # data of the old schema kept
 
 
 def test_store_refuses_newer_schema(tmp_path: Path) -> None:

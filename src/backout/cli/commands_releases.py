@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from backout.adapters.git import Git
@@ -82,14 +84,38 @@ def events_cmd(ctx: Ctx, limit: int) -> None:
 @command(cli, "status")
 def status_cmd(ctx: Ctx) -> None:
     """Current release, lock holder and state store, without a running monitor."""
+    from backout.errors import BackoutError
+    from backout.operations.executor import unfinished
+    from backout.releases import compose_for
+    from backout.rollback.service import drift
+
     holder = OperationLock(ctx.config.state_dir).holder()
     latest = ctx.store.releases(1)
     rel = latest[0] if latest else None
-    human = [f"project:  {ctx.config.project_dir}",
-             f"release:  {rel['id']} at {(rel['git_commit'] or '-')[:12]} ({rel['status']})" if rel
-             else "release:  none recorded",
-             f"lock:     held by {holder.describe()}" if holder else "lock:     free"]
+    cp = ctx.store.db.execute("SELECT * FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+    pending = unfinished(ctx.store) if holder is None else []
+    try:
+        drifted: dict[str, Any] | None = drift(ctx.env, compose_for(ctx.env, ctx.config))
+    except BackoutError as exc:  # status must work with the engine down
+        drifted = None
+        ctx.env.warn(f"cannot compare running images: {exc.one_line()}")
+    human = [f"project:    {ctx.config.project_dir}",
+             f"release:    {rel['id']} at {(rel['git_commit'] or '-')[:12]} ({rel['status']})" if rel
+             else "release:    none recorded",
+             f"checkpoint: {cp['id']} ({cp['created_at']}, set {cp['path']})" if cp
+             else "checkpoint: none",
+             f"lock:       held by {holder.describe()}" if holder else "lock:       free"]
+    for op in pending:
+        human.append(f"INTERRUPTED: operation #{op['id']} ({op['kind']}) did not finish: "
+                     "run `backout resume`")
+    for svc, d in (drifted or {}).items():
+        human.append(f"DRIFT: {svc} runs {d['running'][7:19]}, the compose files name "
+                     f"{d['compose_image']} ({d['compose_file'][7:19]})")
     emit(ctx.env, "status", {
+        "checkpoint": {"id": cp["id"], "set_id": cp["path"], "created_at": cp["created_at"]}
+        if cp else None,
+        "interrupted": [{"id": op["id"], "kind": op["kind"]} for op in pending],
+        "drift": drifted,
         "project_dir": str(ctx.config.project_dir),
         "release": {"id": rel["id"], "commit": rel["git_commit"], "status": rel["status"]} if rel else None,
         "lock": {"pid": holder.pid, "host": holder.host, "command": holder.command,

@@ -159,7 +159,12 @@ def cli() -> None:
 def register() -> None:
     # Command modules attach themselves to ``cli``; imported here, not at module
     # top, so ``backout.cli.main`` has no import cycle with them.
-    from backout.cli import commands_backup, commands_config, commands_releases  # noqa: F401
+    from backout.cli import (  # noqa: F401
+        commands_backup,
+        commands_config,
+        commands_releases,
+        commands_rollback,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

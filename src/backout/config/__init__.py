@@ -8,6 +8,7 @@ from backout.config.model import (
     ProjectConfig,
     ReleasesConfig,
     ServiceConfig,
+    VerifyConfig,
 )
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ProjectConfig",
     "ReleasesConfig",
     "ServiceConfig",
+    "VerifyConfig",
     "find_config",
     "load_config",
 ]

@@ -26,6 +26,7 @@ from backout.config.model import (
     ProjectConfig,
     ReleasesConfig,
     ServiceConfig,
+    VerifyConfig,
 )
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, did_you_mean
@@ -79,7 +80,8 @@ BACKUPS_KEYS = {
     "zstd_level": Key(int, minimum=1),
 }
 RELEASES_KEYS = {"keep_last": Key(int, minimum=2)}
-TOP_LEVEL = ("project", "services", "databases", "backups", "releases")
+VERIFY_KEYS = {"settle_seconds": Key(int, minimum=0), "log_window_seconds": Key(int, minimum=1)}
+TOP_LEVEL = ("project", "services", "databases", "backups", "releases", "verify")
 
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", bool: "true or false"}
 
@@ -191,6 +193,8 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
     _check_table(file, "backups", backups_t, BACKUPS_KEYS)
     releases_t = _table(file, doc, "releases")
     _check_table(file, "releases", releases_t, RELEASES_KEYS)
+    verify_t = _table(file, doc, "verify")
+    _check_table(file, "verify", verify_t, VERIFY_KEYS)
 
     for svc in services.values():
         for i, db in enumerate(svc.writes_to):
@@ -206,6 +210,7 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         databases=databases,
         backups=BackupsConfig(**backups_t),
         releases=ReleasesConfig(**releases_t),
+        verify=VerifyConfig(**verify_t),
     )
 
 

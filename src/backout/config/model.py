@@ -60,6 +60,12 @@ class ReleasesConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    settle_seconds: int = 10  # watch restart counts this long
+    log_window_seconds: int = 300  # how far back logs are searched for errors
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     project_dir: Path
@@ -68,6 +74,7 @@ class Config:
     databases: dict[str, DatabaseConfig] = field(default_factory=dict)
     backups: BackupsConfig = field(default_factory=BackupsConfig)
     releases: ReleasesConfig = field(default_factory=ReleasesConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     # Values of the credential variables the config names, read from the .env
     # file or the process environment. Never serialised.
     secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)

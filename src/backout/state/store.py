@@ -83,6 +83,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX events_ts ON events(ts);
         """,
     ),
+    (
+        "key-value facts (expected images after an operation)",
+        """
+        CREATE TABLE facts (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,            -- JSON
+            updated_at TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 
@@ -177,6 +187,16 @@ class Store:
     def events(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
         return [_row(r, json_fields=("detail",)) for r in rows]
+
+    # -- facts -------------------------------------------------------------
+    def set_fact(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT INTO facts (key, value, updated_at) VALUES (?, ?, ?)"
+                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                        " updated_at = excluded.updated_at", (key, json.dumps(value), now()))
+
+    def fact(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM facts WHERE key = ?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else None
 
     # -- releases ----------------------------------------------------------
     def add_release(self, *, git_commit: str | None, git_dirty: bool, diff_path: str | None,

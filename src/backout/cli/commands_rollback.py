@@ -1,0 +1,101 @@
+"""``backout verify`` and ``backout rollback ...``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from backout.adapters.docker import Docker
+from backout.cli.commands_backup import run_plan
+from backout.cli.main import Ctx, cli, command
+from backout.cli.output import emit
+from backout.errors import ExitCode, UsageError
+from backout.operations import Plan
+from backout.releases import compose_for
+from backout.rollback.service import drift
+from backout.verify import run_verify
+
+
+@command(cli, "verify")
+@click.option("--settle", type=int, default=None,
+              help="Seconds to watch for restarts (default: [verify] settle_seconds).")
+def verify_cmd(ctx: Ctx, settle: int | None) -> int:
+    """Post-rollback checks: containers, health URLs, logs, databases, images."""
+    result = run_verify(ctx.env, ctx.config, ctx.store, compose_for(ctx.env, ctx.config),
+                        settle=settle)
+    human = [f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}" for c in result.checks]
+    human.append("verify: passed" if result.ok else
+                 f"verify: FAILED ({', '.join(c.name for c in result.failed)})")
+    emit(ctx.env, "verify", result.to_json(), human)
+    return ExitCode.OK if result.ok else ExitCode.VERIFICATION_FAILED
+
+
+@cli.group("rollback")
+def rollback_group() -> None:
+    """Roll back one service, the whole stack, or one database."""
+
+
+def _confirm(ctx: Ctx, yes: bool, question: str) -> None:
+    from backout.rollback.common import require_yes
+
+    require_yes(yes, ctx.env.stdin_isatty and ctx.env.stderr.isatty(),
+                lambda q: click.confirm(q, default=False, err=True), question)
+
+
+def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
+                 extra: dict[str, Any] | None = None) -> int:
+    """Dry-run printing, confirmation, the lock, the executor, and the report."""
+    if dry_run:
+        emit(ctx.env, name, {"dry_run": True, "plan": plan.to_json()}, plan.render())
+        return ExitCode.OK
+    if not ctx.env.json:
+        for line in plan.render():
+            ctx.env.stderr.write(line + "\n")
+    _confirm(ctx, yes, f"{plan.summary}: proceed?")
+    with ctx.mutating(name):
+        from backout.operations.executor import unfinished
+
+        pending = unfinished(ctx.store)
+        if pending:
+            raise UsageError(f"operation #{pending[-1]['id']} ({pending[-1]['kind']}) was "
+                             "interrupted and is unfinished", fix="run `backout resume` first")
+        outcome = run_plan(ctx, plan)
+    data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
+                            "plan": plan.to_json(), **(extra or {})}
+    if outcome.error is not None:
+        data["failed_step"] = outcome.failed_step
+        if ctx.env.json:
+            emit(ctx.env, name, data, [])
+        raise outcome.error
+    human = [f"{name}: done (operation #{outcome.operation_id})"]
+    drifted = drift(ctx.env, compose_for(ctx.env, ctx.config))
+    if drifted:
+        data["drift"] = drifted
+        for svc, d in drifted.items():
+            human.append(f"note: {svc} runs {d['running'][7:19]} but the compose files name "
+                         f"{d['compose_image']} ({d['compose_file'][7:19]}): a plain "
+                         f"`docker compose up` would undo this rollback. Commit a fix to the "
+                         f"compose files, or roll the code back too (`backout rollback emergency`).")
+    emit(ctx.env, name, data, human)
+    return ExitCode.OK
+
+
+@command(rollback_group, "service")
+@click.argument("service")
+@click.argument("version", required=False)
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool, yes: bool) -> int:
+    """Recreate one service from an earlier image; the others keep running untouched.
+
+    VERSION is a release id (12, r12, release:12), an image tag (v1.2.0 or repo:tag), or
+    omitted: then the newest recorded release whose image of SERVICE differs from the
+    running one (also when the bad version was deployed outside backout).
+    """
+    from backout.rollback import service as service_rollback
+
+    compose = compose_for(ctx.env, ctx.config)
+    Docker(ctx.env).ping()
+    plan = service_rollback.plan(ctx.env, ctx.config, ctx.store, compose, service, version)
+    return run_rollback(ctx, plan, name="rollback service", yes=yes, dry_run=dry_run)

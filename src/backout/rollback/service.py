@@ -1,0 +1,130 @@
+"""``backout rollback service SERVICE [VERSION]``: one service back, the rest untouched.
+
+The compose files are not edited: the target image is put in place through an
+override file used for that one ``up --no-deps`` call. Other services keep their
+containers (same IDs). When the running image then differs from what the
+compose files say, we say so (and ``backout status`` keeps saying so).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backout.adapters.docker import Compose, Docker
+from backout.config import Config
+from backout.environment import Environment
+from backout.errors import NotFoundError, UnhealthyError
+from backout.operations import Plan, Step, register_action
+from backout.operations.executor import RunContext
+from backout.rollback import common
+from backout.state import Store
+from backout.verify import EXPECTED_IMAGES
+
+
+def resolve(env: Environment, config: Config, store: Store, compose: Compose, service: str,
+            version: str | None) -> dict[str, Any]:
+    data = compose.config()
+    spec = common.require_service(data, service)
+    project = common.project_name(compose, data)
+    current = common.running_image(compose, service)
+    if version is None:
+        for rel in store.releases():
+            svc = rel["services"].get(service)
+            if svc and svc["image_id"] != current:
+                return {"image_id": svc["image_id"], "source": f"release {rel['id']}",
+                        "release_id": rel["id"], "current": current, "project": project}
+        raise NotFoundError(f"no recorded release ran another image of {service} than the one "
+                            "running now", fix="name a VERSION (image tag or release id); "
+                                               "see `backout releases`")
+    release = common.release_by_ref(store, version)
+    if release is not None:
+        svc = release["services"].get(service)
+        if not svc:
+            raise NotFoundError(f"release {release['id']} has no service {service}")
+        return {"image_id": svc["image_id"], "source": f"release {release['id']}",
+                "release_id": release["id"], "current": current, "project": project}
+    ref = version if (":" in version or "/" in version) else \
+        f"{str(spec.get('image') or service).rsplit(':', 1)[0]}:{version}"
+    info = Docker(env).inspect_image(ref)
+    if info is None:
+        raise NotFoundError(f"no image {ref} on this host for {service}",
+                            fix="name a tag that exists (`docker image ls`) or a release id")
+    return {"image_id": info.id, "source": f"image {ref}", "release_id": None, "current": current,
+            "project": project}
+
+
+def plan(env: Environment, config: Config, store: Store, compose: Compose, service: str,
+         version: str | None) -> Plan:
+    target = resolve(env, config, store, compose, service, version)
+    short = target["image_id"][7:19]
+    cur = (target["current"] or "none")[7:19]
+    steps = (
+        Step(f"recreate {service} from image {short}", "rollback.service.recreate",
+             f"{service} now runs {cur}; its container is replaced by one of {short} "
+             f"({target['source']}); no other container is touched, no image is built or pulled",
+             {"service": service, "image_id": target["image_id"], "project": target["project"]}),
+        Step(f"verify {service}", "rollback.service.verify",
+             "the new container is healthy and its health URL answers", {"service": service}),
+        Step("record the expected image", "rollback.record_expected",
+             "`backout verify` and `backout status` compare against it",
+             {"images": {service: target["image_id"]}}),
+    )
+    return Plan("rollback.service", {"service": service, "version": version, **target}, steps,
+                summary=f"roll {service} back from {cur} to {short} ({target['source']})",
+                downtime=f"{service} only, while its container is recreated (seconds)")
+
+
+@register_action("rollback.service.recreate")
+def _recreate(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    env, config, _store, compose = common.ctx_parts(ctx)
+    ref = common.ensure_tagged(env, params["project"], params["service"], params["image_id"])
+    override = common.write_override(config.state_dir, f"op-{ctx.operation_id}",
+                                     {params["service"]: ref})
+    pinned = common.with_override(compose, override)
+    pinned.run("up", "-d", "--no-deps", "--no-build", "--pull", "never", "--wait",
+               params["service"], timeout=600, what=f"docker compose up {params['service']}")
+    return {"ref": ref}
+
+
+@register_action("rollback.service.verify")
+def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    from backout.adapters import http
+
+    env, config, _store, compose = common.ctx_parts(ctx)
+    svc = params["service"]
+    containers = compose.containers(svc)
+    bad = [c for c in containers if c.state != "running" or c.health not in (None, "healthy")]
+    if not containers or bad:
+        raise UnhealthyError(f"{svc} is not healthy after the rollback: "
+                             + ", ".join(f"{c.name} {c.state}/{c.health}" for c in bad or containers))
+    svc_cfg = config.services.get(svc)
+    if svc_cfg and svc_cfg.health_url:
+        probe = http.get(env, svc_cfg.health_url)
+        if probe.status != svc_cfg.health_status:
+            raise UnhealthyError(f"{svc}: {svc_cfg.health_url} answered "
+                                 f"{probe.status or probe.error} after the rollback")
+    return {"healthy": True}
+
+
+@register_action("rollback.record_expected")
+def _record_expected(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    store: Store = ctx["store"]
+    expected = dict(store.fact(EXPECTED_IMAGES) or {})
+    expected.update(params["images"])
+    store.set_fact(EXPECTED_IMAGES, expected)
+    return {"expected": params["images"]}
+
+
+def drift(env: Environment, compose: Compose) -> dict[str, dict[str, str]]:
+    """Services whose running image differs from what the compose files name."""
+    data = compose.config()
+    project = common.project_name(compose, data)
+    out = {}
+    running = {c.service: c.image_id for c in compose.containers() if c.state in
+               ("running", "restarting")}
+    for svc, spec in (data.get("services") or {}).items():
+        wanted = common.compose_file_image(env, spec, project, svc)
+        if svc in running and wanted and running[svc] != wanted:
+            out[svc] = {"running": running[svc], "compose_file": wanted,
+                        "compose_image": str(spec.get("image") or "")}
+    return out

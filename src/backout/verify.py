@@ -1,0 +1,182 @@
+"""``backout verify``: the runbook's post-rollback checks, automated.
+
+Checks, each reported by name: every service's container runs (and is healthy
+where it has a healthcheck) without restarting during a settle period; every
+health URL answers as configured; recent logs hold no more error lines than
+allowed; every database answers; every service runs the image the last
+operation targeted.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from backout.adapters import http
+from backout.adapters.dbaccess import DbAccess
+from backout.adapters.docker import Compose, ContainerInfo
+from backout.config import Config
+from backout.environment import Environment
+from backout.errors import BackoutError
+from backout.state import Store
+
+EXPECTED_IMAGES = "expected_images"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # e.g. "container backend", "health backend", "logs backend", "database mysql"
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyResult:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks],
+                "failed": [c.name for c in self.failed]}
+
+
+def _container_checks(compose: Compose, services: list[str], settle: float) -> list[Check]:
+    def by_service() -> dict[str, list[ContainerInfo]]:
+        out: dict[str, list[ContainerInfo]] = {}
+        for c in compose.containers():
+            out.setdefault(c.service, []).append(c)
+        return out
+
+    first = by_service()
+    if settle > 0:
+        time.sleep(settle)
+    second = by_service()
+    checks = []
+    for svc in services:
+        now = second.get(svc, [])
+        if not now:
+            checks.append(Check(f"container {svc}", False, "no container"))
+            continue
+        problems = []
+        for c in now:
+            if c.state != "running":
+                problems.append(f"{c.name} is {c.state}")
+            elif c.health not in (None, "healthy"):
+                problems.append(f"{c.name} health is {c.health}")
+            before = next((b for b in first.get(svc, []) if b.id == c.id), None)
+            if before is None:
+                problems.append(f"{c.name} was replaced during the settle period")
+            elif c.restart_count > before.restart_count:
+                problems.append(f"{c.name} restarted {c.restart_count - before.restart_count} "
+                                f"time(s) in {settle:.0f}s (restart loop)")
+        checks.append(Check(f"container {svc}", not problems,
+                            "; ".join(problems) or f"running{', healthy' if now[0].health else ''}"))
+    return checks
+
+
+def _health_checks(env: Environment, config: Config) -> list[Check]:
+    checks = []
+    for svc in config.services.values():
+        if not svc.health_url:
+            continue
+        probe = http.get(env, svc.health_url)
+        if probe.status is None:
+            checks.append(Check(f"health {svc.name}", False, f"{svc.health_url}: {probe.error}"))
+            continue
+        problems = []
+        if probe.status != svc.health_status:
+            problems.append(f"status {probe.status}, expected {svc.health_status}")
+        if svc.health_body and svc.health_body.encode() not in probe.body:
+            problems.append(f"body lacks {svc.health_body!r}")
+        checks.append(Check(f"health {svc.name}", not problems,
+                            "; ".join(problems) or f"{probe.status} in {probe.latency * 1000:.0f} ms"))
+    return checks
+
+
+def _log_checks(compose: Compose, config: Config, since: datetime) -> list[Check]:
+    checks = []
+    stamp = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for svc in config.services.values():
+        if svc.kind == "database":
+            continue
+        result = compose.run("logs", "--no-color", "--no-log-prefix", "--since", stamp, svc.name,
+                             check=False, timeout=60)
+        pattern = re.compile(svc.log_error_pattern)
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if pattern.search(line)]
+        ok = len(lines) <= svc.log_error_allowance
+        detail = (f"{len(lines)} error line(s) since {stamp} (allowed {svc.log_error_allowance})"
+                  + (f"; last: {lines[-1][:160]}" if lines else ""))
+        checks.append(Check(f"logs {svc.name}", ok, detail))
+    return checks
+
+
+def _database_checks(env: Environment, config: Config, compose: Compose) -> list[Check]:
+    from backout.adapters.mongodb import MongoDB
+    from backout.adapters.mysql import MySQL
+    from backout.adapters.redis import Redis
+
+    checks = []
+    for db in config.databases.values():
+        access = DbAccess(env, config, db, compose)
+        try:
+            if db.type == "mysql":
+                detail = f"answers (version {MySQL(access).version()})"
+            elif db.type == "redis":
+                detail = f"answers ({Redis(access).call('PING')})"
+            else:
+                mongo = MongoDB(access)
+                try:
+                    detail = f"answers (version {mongo.ping()})"
+                finally:
+                    mongo.close()
+            checks.append(Check(f"database {db.name}", True, detail))
+        except BackoutError as exc:
+            checks.append(Check(f"database {db.name}", False, exc.one_line()))
+    return checks
+
+
+def _image_checks(compose: Compose, store: Store) -> list[Check]:
+    expected: dict[str, str] | None = store.fact(EXPECTED_IMAGES)
+    if not expected:
+        return []
+    running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+    checks = []
+    for svc, image_id in sorted(expected.items()):
+        actual = running.get(svc)
+        ok = actual == image_id
+        checks.append(Check(f"image {svc}", ok,
+                            f"runs {str(actual)[7:19]}" + ("" if ok else
+                                                           f", expected {image_id[7:19]}")))
+    return checks
+
+
+def run_verify(env: Environment, config: Config, store: Store, compose: Compose, *,
+               settle: float | None = None, since: datetime | None = None) -> VerifyResult:
+    settle = config.verify.settle_seconds if settle is None else settle
+    if since is None:
+        # Errors logged before the last operation finished are what it was fixing.
+        since = datetime.now(UTC) - timedelta(seconds=config.verify.log_window_seconds)
+        row = store.db.execute("SELECT MAX(finished_at) FROM operations WHERE status = "
+                               "'succeeded' AND kind LIKE 'rollback%'").fetchone()
+        if row and row[0]:
+            since = max(since, datetime.fromisoformat(row[0]))
+    services = sorted(set(compose.config().get("services", {})))
+    checks: list[Check] = []
+    checks += _container_checks(compose, services, settle)
+    checks += _health_checks(env, config)
+    checks += _log_checks(compose, config, since)
+    checks += _database_checks(env, config, compose)
+    checks += _image_checks(compose, store)
+    store.record_event("verify", target="stack", reason="ok" if all(c.ok for c in checks)
+                       else "failed: " + ", ".join(c.name for c in checks if not c.ok))
+    return VerifyResult(checks)
