@@ -105,15 +105,25 @@ def _cleanup(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any
 
 @register_action("compose.stop")
 def _stop(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    """Stop those of the services that run; remember which, so only they are started."""
     start = time.time()
-    _compose(ctx).run("stop", *params["services"], timeout=180)
-    return {"stopped_at": start}
+    compose = _compose(ctx)
+    running = sorted({c.service for c in compose.containers(*params["services"])
+                      if c.state in ("running", "restarting")})
+    if running:
+        compose.run("stop", *running, timeout=180)
+    return {"stopped_at": start, "stopped": running}
 
 
 @register_action("compose.start")
-def _start(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    _compose(ctx).run("start", *params["services"], timeout=300)
-    return {"started_at": time.time()}
+def _start(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    stop = next((v for k, v in results.items() if k.startswith("stop writers")), None)
+    # Without a record of the stop (a crash inside it), start them all: uptime wins
+    # over the rare service an operator had stopped on purpose.
+    services = stop["stopped"] if stop is not None else params["services"]
+    if services:
+        _compose(ctx).run("start", *services, timeout=300)
+    return {"started_at": time.time(), "started": services}
 
 
 @register_action("backup.dump")

@@ -205,15 +205,21 @@ class Scanned:
     checks: dict[str, Any]
 
 
-def scan(env: Environment, path: Path, checker: Checker, *, what: str) -> Scanned:
-    """Hash ``path`` and decompress it through ``checker`` in one read."""
+def scan(env: Environment, path: Path, checker: Checker, *, what: str,
+         passthrough: bool = False) -> Scanned:
+    """Hash ``path`` and decompress it through ``checker`` in one read.
+
+    ``passthrough`` accepts a plain or gzip file too (an operator's own dump);
+    backout's own artifacts must be zstd.
+    """
     if not path.is_file():
         raise IntegrityError(f"{what}: artifact {path.name} is missing")
     size = path.stat().st_size
     if size == 0:
         raise IntegrityError(f"{what}: artifact {path.name} is empty (0 bytes)")
     digest = hashlib.sha256()
-    zstd = subprocess.Popen(["zstd", "-d", "-q", "-c"], stdin=subprocess.PIPE,
+    zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", *(["-f"] if passthrough else [])],
+                            stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=proc.child_env(env))
     assert zstd.stdin is not None and zstd.stdout is not None and zstd.stderr is not None

@@ -32,8 +32,8 @@ def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, wh
     """``zstd -dc artifact | consumer``; both stages must exit 0."""
     env.log_external(f"$ zstd -dc {artifact.name} | {proc.describe(consumer)}")
     with tempfile.TemporaryFile() as c_err, tempfile.TemporaryFile() as z_err:
-        zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", str(artifact)], stdout=subprocess.PIPE,
-                                stderr=z_err, env=proc.child_env(env))
+        zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)],
+                                stdout=subprocess.PIPE, stderr=z_err, env=proc.child_env(env))
         cons = subprocess.Popen(consumer, stdin=zstd.stdout, stdout=subprocess.DEVNULL,
                                 stderr=c_err, env=proc.child_env(env, secret_env), cwd=cwd)
         assert zstd.stdout is not None
@@ -88,7 +88,7 @@ def restore_mongodb(env: Environment, access: DbAccess, artifact: Path,
             for coll in mongo.collections(dbname):
                 if coll not in section["databases"][dbname]["collections"]:
                     client[dbname].drop_collection(coll)
-        with subprocess.Popen(["zstd", "-d", "-q", "-c", str(artifact)], stdout=subprocess.PIPE,
+        with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)], stdout=subprocess.PIPE,
                               env=proc.child_env(env)) as zstd:
             assert zstd.stdout is not None
             for member, data in _tar_members(zstd.stdout):

@@ -99,3 +99,23 @@ def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool,
     Docker(ctx.env).ping()
     plan = service_rollback.plan(ctx.env, ctx.config, ctx.store, compose, service, version)
     return run_rollback(ctx, plan, name="rollback service", yes=yes, dry_run=dry_run)
+
+
+@command(rollback_group, "db")
+@click.argument("database")
+@click.argument("backup")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool) -> int:
+    """Restore one database from a backup id, a checkpoint (cpN) or a dump file.
+
+    A dump file may be a plain or compressed .sql from mysqldump/mariadb-dump, a Redis
+    .rdb, or a mongodump directory. A safety backup of the current data is taken first,
+    so the restore itself can be rolled back.
+    """
+    from backout.rollback import db as db_rollback
+
+    Docker(ctx.env).ping()
+    plan = db_rollback.plan(ctx.env, ctx.config, ctx.store, database, backup)
+    return run_rollback(ctx, plan, name="rollback db", yes=yes, dry_run=dry_run,
+                        extra={"safety_set": plan.params["safety_set"]})
