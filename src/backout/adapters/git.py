@@ -30,12 +30,14 @@ class Git:
     def is_repo(self) -> bool:
         return self._git("rev-parse", "--is-inside-work-tree", check=False).stdout.strip() == "true"
 
-    def state(self) -> TreeState:
+    def state(self, exclude: tuple[str, ...] = (".backout",)) -> TreeState:
+        """HEAD and whether the tree has changes, ignoring ``exclude`` (backout's own state)."""
         if not self.is_repo():
             return TreeState(None, False, "", ())
         head = self._git("rev-parse", "--verify", "-q", "HEAD", check=False)
         commit = head.stdout.strip() or None
-        status = self._git("status", "--porcelain=v1", "--untracked-files=all").stdout
+        status = self._git("status", "--porcelain=v1", "--untracked-files=all", "--", ".",
+                           *[f":(exclude){p}" for p in exclude]).stdout
         untracked = tuple(line[3:] for line in status.splitlines() if line.startswith("??"))
         dirty = bool(status.strip())
         diff = self._git("diff", "HEAD", "--binary").stdout if dirty and commit else ""
@@ -63,3 +65,34 @@ class Git:
                 continue
             out.setdefault(commit, []).append(name)
         return out
+
+
+class GitWrite:
+    """The few git commands that change the work tree, each safe to repeat."""
+
+    def __init__(self, git: Git) -> None:
+        self.git = git
+
+    def current_branch(self) -> str | None:
+        result = self.git._git("symbolic-ref", "--short", "-q", "HEAD", check=False)
+        return result.stdout.strip() or None
+
+    def stash_all(self, message: str, exclude: list[str]) -> str | None:
+        """Stash tracked and untracked changes (never ignored files), except ``exclude``.
+
+        Returns the stash commit, or None when there was nothing to stash.
+        """
+        pathspec = ["--", ".", *[f":(exclude){p}" for p in exclude]]
+        before = self.git._git("rev-parse", "-q", "--verify", "refs/stash", check=False).stdout.strip()
+        self.git._git("stash", "push", "--include-untracked", "-m", message, *pathspec)
+        after = self.git._git("rev-parse", "-q", "--verify", "refs/stash", check=False).stdout.strip()
+        return after if after and after != before else None
+
+    def checkout_detached(self, commit: str) -> None:
+        self.git._git("checkout", "--quiet", "--detach", commit)
+
+    def head(self) -> str | None:
+        return self.git._git("rev-parse", "-q", "--verify", "HEAD", check=False).stdout.strip() or None
+
+    def has_commit(self, commit: str) -> bool:
+        return self.git._git("cat-file", "-e", f"{commit}^{{commit}}", check=False).ok

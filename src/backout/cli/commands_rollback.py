@@ -119,3 +119,25 @@ def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool) 
     plan = db_rollback.plan(ctx.env, ctx.config, ctx.store, database, backup)
     return run_rollback(ctx, plan, name="rollback db", yes=yes, dry_run=dry_run,
                         extra={"safety_set": plan.params["safety_set"]})
+
+
+@command(rollback_group, "emergency")
+@click.argument("target")
+@click.option("--with-data", is_flag=True,
+              help="Also restore the databases from the target's checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def rollback_emergency(ctx: Ctx, target: str, with_data: bool, dry_run: bool, yes: bool) -> int:
+    """Roll the whole stack back to TARGET: a checkpoint (cpN or backup id), a release
+    (N, rN, release:N), or a git commit or tag.
+
+    Uncommitted changes are saved (patch under .backout/saved + git stash), the
+    repository is switched to the target commit (detached), every service gets the
+    target's retained image, the stack comes up in dependency order, and it is verified.
+    """
+    from backout.rollback import emergency
+
+    Docker(ctx.env).ping()
+    compose = compose_for(ctx.env, ctx.config)
+    plan = emergency.plan(ctx.env, ctx.config, ctx.store, compose, target, with_data)
+    return run_rollback(ctx, plan, name="rollback emergency", yes=yes, dry_run=dry_run)

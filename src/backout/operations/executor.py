@@ -26,6 +26,19 @@ Action = Callable[["RunContext", dict[str, Any], dict[str, Any]], Any]
 _ACTIONS: dict[str, Action] = {}
 
 
+# Modules whose import registers actions. A resumed operation may be of any kind,
+# so the executor loads them all before it looks an action up.
+ACTION_MODULES = ("backout.backup.operation", "backout.rollback.service", "backout.rollback.db",
+                  "backout.rollback.emergency")
+
+
+def load_actions() -> None:
+    import importlib
+
+    for name in ACTION_MODULES:
+        importlib.import_module(name)
+
+
 def register_action(name: str) -> Callable[[Action], Action]:
     def decorate(fn: Action) -> Action:
         _ACTIONS[name] = fn
@@ -62,6 +75,7 @@ class Executor:
         self.on_step = on_step or (lambda _s, _st: None)
 
     def start(self, plan: Plan) -> int:
+        load_actions()
         for step in plan.steps:
             if step.action not in _ACTIONS:
                 raise RuntimeError(f"plan names unknown action {step.action!r}")
@@ -80,6 +94,7 @@ class Executor:
         return op_id
 
     def run(self, plan: Plan, op_id: int) -> OperationOutcome:
+        load_actions()
         rows = self.store.db.execute(
             "SELECT seq, status, detail FROM steps WHERE operation_id = ? ORDER BY seq", (op_id,)
         ).fetchall()

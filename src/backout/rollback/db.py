@@ -263,17 +263,18 @@ def _restore(env: Environment, access: DbAccess, artifact: Path, section: dict[s
 @register_action("rollback.db.restore")
 def _restore_action(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     env, _config, access = _access(ctx, params["database"])
-    verified = next(v for k, v in results.items() if k.startswith("verify "))
+    verified = results.get(f"verify {params['database']} backup") or next(
+        v for k, v in results.items() if k.startswith("verify "))
     store: Store = ctx["store"]
-    store.set_fact(f"op{ctx.operation_id}.restore_started", True)
+    store.set_fact(f"op{ctx.operation_id}.restore_started.{params['database']}", True)
     return _restore(env, access, Path(verified["artifact"]), verified["section"])
 
 
 @register_action("rollback.db.undo")
 def _undo(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     store: Store = ctx["store"]
-    restored = any(k.startswith("restore ") for k in results)
-    if restored or not store.fact(f"op{ctx.operation_id}.restore_started"):
+    restored = f"restore {params['database']}" in results
+    if restored or not store.fact(f"op{ctx.operation_id}.restore_started.{params['database']}"):
         return {"undone": False}
     env, config, access = _access(ctx, params["database"])
     info = sets.get_set(config.backup_dir, params["set_id"])

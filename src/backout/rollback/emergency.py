@@ -1,0 +1,248 @@
+"""``backout rollback emergency TARGET [--with-data]``: the whole stack back.
+
+TARGET is a checkpoint (cpN, or a backup set id), a release (N, rN, release:N), or
+a git commit or tag. The deployment repository is switched to the target commit
+(detached; the branch is not moved) after the operator's uncommitted changes are
+saved as a patch and a stash, never discarded. Every service gets the target
+release's retained image (re-tagged under the name the compose files use, so
+nothing is rebuilt or pulled); only an image the target never had is built.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backout.adapters.docker import Compose, Docker
+from backout.adapters.git import Git, GitWrite
+from backout.backup import sets
+from backout.backup.operation import writers
+from backout.config import Config
+from backout.environment import Environment
+from backout.errors import NotFoundError, UnhealthyError, UsageError, VerificationFailedError
+from backout.operations import Plan, Step, register_action
+from backout.operations.executor import RunContext
+from backout.rollback import common
+from backout.rollback.db import resolve_backup
+from backout.state import Store
+from backout.verify import EXPECTED_IMAGES, run_verify
+
+
+def resolve(env: Environment, config: Config, store: Store, target: str,
+            with_data: bool) -> dict[str, Any]:
+    git = Git(env, config.project_dir)
+    checkpoint = None
+    release = None
+    m = common.CHECKPOINT_REF.match(target)
+    set_like = (config.backup_dir / target).is_dir() and "/" not in target
+    if m or set_like:
+        row = store.db.execute(
+            "SELECT * FROM checkpoints WHERE " + ("id = ?" if m else "path = ?"),
+            (int(m.group(1)) if m else target,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no checkpoint {target}", fix="list them with `backout backups list`")
+        checkpoint = dict(row)
+        release = store.release(int(row["release_id"]))
+    else:
+        try:
+            release = common.release_by_ref(store, target)
+        except NotFoundError:
+            release = None
+            if not common.RELEASE_REF.match(target) or not _looks_like_commit(git, target):
+                raise
+    if release is not None:
+        commit = release["git_commit"]
+        if not commit:
+            raise UsageError(f"release {release['id']} has no git commit recorded")
+    else:
+        commit = git.resolve(target)
+        rows = [r for r in store.releases() if r["git_commit"] == commit]
+        release = rows[0] if rows else None
+    if with_data and checkpoint is None:
+        rid = release["id"] if release else None
+        row = store.db.execute("SELECT * FROM checkpoints WHERE release_id = ? ORDER BY id DESC "
+                               "LIMIT 1", (rid,)).fetchone() if rid else None
+        if row is None:
+            raise NotFoundError(f"--with-data: no checkpoint was taken for {target}",
+                                fix="name a checkpoint (cpN) as TARGET, or roll back the code only")
+        checkpoint = dict(row)
+    has_source = GitWrite(git).has_commit(commit)
+    images: dict[str, str] = {}
+    missing: list[str] = []
+    if release is not None:
+        docker = Docker(env)
+        for svc, info in release["services"].items():
+            if docker.inspect_image(info["image_id"]) is not None:
+                images[svc] = info["image_id"]
+            else:
+                missing.append(svc)
+    if missing and not has_source:
+        raise NotFoundError(f"the images of {', '.join(missing)} for {target} are gone and so is "
+                            f"commit {commit[:12]}: nothing to rebuild them from",
+                            fix="pick another target (`backout releases`)")
+    if not has_source:
+        raise NotFoundError(f"commit {commit[:12]} of {target} is not in the repository",
+                            fix="fetch it (git fetch) or pick another target")
+    return {"commit": commit, "release_id": release["id"] if release else None,
+            "checkpoint_id": checkpoint["id"] if checkpoint else None,
+            "set_id": checkpoint["path"] if checkpoint else None, "images": images,
+            "rebuild": missing}
+
+
+def _looks_like_commit(git: Git, ref: str) -> bool:
+    try:
+        git.resolve(ref)
+        return True
+    except NotFoundError:
+        return False
+
+
+def plan(env: Environment, config: Config, store: Store, compose: Compose, target: str,
+         with_data: bool) -> Plan:
+    t = resolve(env, config, store, target, with_data)
+    git = Git(env, config.project_dir)
+    head = GitWrite(git).head()
+    tree = git.state()
+    short = t["commit"][:12]
+    steps = [Step("save uncommitted changes", "emergency.save_changes",
+                  "the operator's changes are kept as a patch under .backout/saved and a git stash "
+                  "(nothing is discarded)" if tree.dirty else
+                  "the tree is clean; nothing to save", {"target": target})]
+    steps.append(Step(f"switch code to {short}", "emergency.checkout",
+                      f"HEAD {str(head)[:12]} -> {short} (detached: no branch is moved)",
+                      {"commit": t["commit"]}))
+    steps.append(Step("put the target's images in place", "emergency.images",
+                      ("re-tag the retained images of release "
+                       f"{t['release_id']}; no rebuild or pull" if t["release_id"] else
+                       "use the images the compose files name at the target")
+                      + (f"; build {', '.join(t['rebuild'])} (the target's images are gone)"
+                         if t["rebuild"] else ""),
+                      {"images": t["images"], "rebuild": t["rebuild"]}))
+    data_dbs: list[str] = []
+    if with_data and t["set_id"]:
+        info = sets.get_set(config.backup_dir, t["set_id"])
+        data_dbs = [d for d in config.databases if info.manifest and d in info.manifest["databases"]]
+        stopped = writers(config, data_dbs)
+        safety = sets.new_set_id()
+        steps.append(Step(f"stop writers: {', '.join(stopped)}", "compose.stop",
+                          "nothing may write while the databases are restored",
+                          {"services": stopped}))
+        for name in data_dbs:
+            backup = resolve_backup(env, config, store, config.databases[name], t["set_id"])
+            steps.append(Step(f"verify {name} backup", "rollback.db.verify",
+                              "prove the backup whole before anything changes",
+                              {"database": name, **backup}))
+            steps.append(Step(f"safety backup of {name}", "rollback.db.safety",
+                              "so the data restore can itself be rolled back",
+                              {"database": name, "set_id": f"{safety}-{name}"}))
+            steps.append(Step(f"restore {name}", "rollback.db.restore",
+                              f"{name} is replaced by checkpoint {t['checkpoint_id']}'s data",
+                              {"database": name, **backup}))
+            steps.append(Step(f"put {name}'s safety backup back if its restore failed",
+                              "rollback.db.undo", "never leave half-restored data",
+                              {"database": name, "set_id": f"{safety}-{name}"}, always=True))
+    steps.append(Step("bring the stack up at the target", "emergency.up",
+                      "docker compose up -d --wait in dependency order (no build, no pull); "
+                      "containers of services that changed are recreated", {}))
+    steps.append(Step("verify the stack", "emergency.verify",
+                      "the runbook's post-rollback checks (health, restarts, logs, databases, images)",
+                      {}))
+    desc = f"release {t['release_id']}" if t["release_id"] else f"commit {short}"
+    return Plan("rollback.emergency", {"target": target, "with_data": with_data, **t},
+                tuple(steps),
+                summary=f"emergency rollback of the whole stack to {desc}"
+                        + (f" with the data of checkpoint {t['checkpoint_id']}" if data_dbs else ""),
+                downtime="services whose image changes are recreated one by one"
+                         + ("; app services stopped while the databases are restored"
+                            if data_dbs else ""))
+
+
+@register_action("emergency.save_changes")
+def _save(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    env, config, _store, _compose = common.ctx_parts(ctx)
+    git = Git(env, config.project_dir)
+    tree = git.state()
+    if not tree.dirty:
+        return {"saved": False}
+    saved = config.state_dir / "saved"
+    saved.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    patch = saved / f"op{ctx.operation_id}-{stamp}.patch"
+    fd = os.open(patch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(tree.diff)
+    exclude = [config.project.state_dir, Path(config.path).name]
+    stash = GitWrite(git).stash_all(f"backout: before emergency rollback (operation "
+                                    f"{ctx.operation_id})", exclude)
+    rel = str(patch.relative_to(config.project_dir))
+    env.warn(f"your uncommitted changes are saved in {rel}"
+             + (f" and in git stash {stash[:12]} (`git stash list`)" if stash else ""))
+    return {"saved": True, "patch": rel, "stash": stash, "untracked": list(tree.untracked)}
+
+
+@register_action("emergency.checkout")
+def _checkout(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    env, config, _store, _compose = common.ctx_parts(ctx)
+    gw = GitWrite(Git(env, config.project_dir))
+    if gw.head() != params["commit"]:
+        gw.checkout_detached(params["commit"])
+    return {"head": params["commit"]}
+
+
+@register_action("emergency.images")
+def _images(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    env, _config, _store, compose = common.ctx_parts(ctx)
+    data = compose.config()  # at the target commit now
+    project = common.project_name(compose, data)
+    docker = Docker(env)
+    tagged = {}
+    for svc, spec in (data.get("services") or {}).items():
+        image_id = params["images"].get(svc)
+        ref = str(spec.get("image") or f"{project}-{svc}")
+        if image_id:
+            docker.tag(image_id, ref)
+            tagged[svc] = ref
+    to_build = [svc for svc in (data.get("services") or {})
+                if svc not in tagged and docker.inspect_image(
+                    str(data["services"][svc].get("image") or f"{project}-{svc}")) is None]
+    unbuildable = [s for s in to_build if not data["services"][s].get("build")]
+    if unbuildable:
+        raise NotFoundError(f"no image for {', '.join(unbuildable)} at the target and no build "
+                            "section to make one", fix="pick another target")
+    if to_build:
+        compose.run("build", *to_build, timeout=3600)
+    return {"tagged": tagged, "built": to_build}
+
+
+@register_action("emergency.up")
+def _up(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    _env, _config, _store, compose = common.ctx_parts(ctx)
+    result = compose.run("up", "-d", "--wait", "--no-build", "--pull", "never", "--remove-orphans",
+                         timeout=900, check=False, what="docker compose up")
+    if not result.ok:
+        raise UnhealthyError(f"the stack did not become healthy at the target: "
+                             f"{_env.redact(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output')}",
+                             fix="inspect with `backout verify` and `docker compose logs`")
+    running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+    store: Store = ctx["store"]
+    store.set_fact(EXPECTED_IMAGES, running)
+    return {"images": running}
+
+
+@register_action("emergency.verify")
+def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    env, config, store, compose = common.ctx_parts(ctx)
+    settle = min(config.verify.settle_seconds, 10)
+    # Errors logged while services restarted during the rollback are expected; what
+    # counts is the stack once it is up, so logs are read from now (plus the settle).
+    since = datetime.now(UTC)
+    result = run_verify(env, config, store, compose, settle=settle, since=since)
+    if not result.ok:
+        raise VerificationFailedError(
+            "verification failed after the rollback: "
+            + "; ".join(f"{c.name}: {c.detail}" for c in result.failed),
+            fix="investigate now (backout verify, docker compose logs); escalate")
+    return result.to_json()
