@@ -13,8 +13,11 @@ from backout.errors import ExitCode
 
 
 @command(cli, "init")
-@click.option("--force", is_flag=True, help="Overwrite an existing backout.toml.")
-def init_cmd(ctx: Ctx, force: bool) -> ExitCode:
+@click.option("--force", is_flag=True, help="Overwrite an existing backout.toml (and scripts).")
+@click.option("--scripts", is_flag=True,
+              help="Also write deploy/rollback/*.sh and deploy/scripts/*.sh wrappers so the "
+                   "runbook's commands keep working.")
+def init_cmd(ctx: Ctx, force: bool, scripts: bool) -> ExitCode:
     """Inspect the Compose project and write a commented backout.toml.
 
     Services get a kind (app / database / proxy) and a health URL where one can
@@ -22,13 +25,27 @@ def init_cmd(ctx: Ctx, force: bool) -> ExitCode:
     and their credentials referenced by variable NAME from the .env file.
     """
     target = ctx.env.config_path or (ctx.env.project_dir / "backout.toml")
+    if scripts and Path(target).exists() and not force:
+        from backout.config.scripts import write_scripts
+
+        written = write_scripts(Path(ctx.env.project_dir), force=False)
+        emit(ctx.env, "init", {"path": str(target), "scripts": written},
+             [f"kept {target}; wrote {', '.join(written) or 'no scripts (they exist; --force)'}"])
+        return ExitCode.OK
     result = init_project(ctx.env, Path(ctx.env.project_dir), Path(target), force=force)
+    written_scripts: list[str] = []
+    if scripts:
+        from backout.config.scripts import write_scripts
+
+        written_scripts = write_scripts(Path(ctx.env.project_dir), force=force)
     human = [f"wrote {result.path}", f"  services:  {', '.join(result.services) or '-'}",
              f"  databases: {', '.join(f'{k} ({v})' for k, v in result.databases.items()) or '-'}",
+             *([f"  scripts:   {', '.join(written_scripts)}"] if written_scripts else []),
              *[f"warning: {w}" for w in result.warnings],
              "next: review it, then run `backout config check`"]
     emit(ctx.env, "init", {"path": str(result.path), "services": result.services,
-                           "databases": result.databases, "warnings": result.warnings}, human)
+                           "databases": result.databases, "warnings": result.warnings,
+                           "scripts": written_scripts}, human)
     return ExitCode.WARNINGS if result.warnings else ExitCode.OK
 
 
