@@ -12,18 +12,19 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.stack import TestStack, cleanup_stale  # noqa: E402
+from tests.support.stack import TestStack, cleanup_stale, wait_for  # noqa: E402
 
 
 def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
-def backout(stack: TestStack, *args: str, expect: int = 0) -> dict[str, object]:
+def backout(stack: TestStack, *args: str, expect: int = 0) -> dict[str, Any]:
     shown = " ".join(args)
     print(f"$ backout {shown}", flush=True)
     result = subprocess.run([sys.executable, "-m", "backout", *args, "--json"],
@@ -33,7 +34,7 @@ def backout(stack: TestStack, *args: str, expect: int = 0) -> dict[str, object]:
     if result.returncode != expect:
         print(result.stderr, file=sys.stderr)
         if data.get("failed"):
-            print("failed checks:", [c for c in data["checks"] if not c["ok"]],  # type: ignore[union-attr]
+            print("failed checks:", [c for c in data["checks"] if not c["ok"]],
                   file=sys.stderr)
         raise SystemExit(f"try-it: `backout {shown}` exited {result.returncode}, expected {expect}")
     return data
@@ -92,15 +93,20 @@ def main() -> int:
         print(f"customers after `rollback db`: {after} (safety backup {rb['safety_set']})")
         if after != before:
             raise SystemExit("try-it: the restore did not bring the rows back")
-        stack.compose("up", "-d", "--wait", "backend", "frontend", "model-server")
+        # `start`, not `up`: `up` would recreate the backend from the compose file's
+        # (still broken) image and undo the service rollback; backout warned about that.
+        writers = ("backend", "frontend", "model-server")
+        stack.compose("start", *writers)
+        wait_for(lambda: all(stack.health(s) == "healthy" for s in writers), timeout=120,
+                 message="writers healthy again")
 
         say("verify: containers, health URLs, logs, databases, images")
         result = backout(stack, "verify", "--settle", "5")
-        for check in result["checks"]:  # type: ignore[attr-defined]
+        for check in result["checks"]:
             print(f"  {'ok  ' if check['ok'] else 'FAIL'} {check['name']}: {check['detail']}")
 
         say("history")
-        for op in backout(stack, "history")["operations"]:  # type: ignore[union-attr]
+        for op in backout(stack, "history")["operations"]:
             print(f"  #{op['id']} {op['kind']}: {op['status']} ({op['duration_s']:.1f}s)")
         return 0
     finally:

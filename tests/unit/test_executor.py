@@ -111,7 +111,7 @@ def test_kill_9_then_resume_finishes_the_plan(tmp_path: Path, point: str) -> Non
     done_before = {"step-0-started": [], "step-1-started": ["a"], "step-1-done": ["a", "b"],
                    "step-2-done": ["a", "b", "c"]}[point]
     # resumed run executes exactly the steps not journaled as done
-    assert CALLS == [s for s in ["a", "b", "c"] if s not in done_before]
+    assert [s for s in ["a", "b", "c"] if s not in done_before] == CALLS
     details = [json.loads(r["detail"]) for r in
                store.db.execute("SELECT detail FROM steps WHERE operation_id = ? ORDER BY seq",
                                 (op["id"],))]

@@ -70,6 +70,9 @@ def plan_backup(config: Config, *, which: list[str], quiesce: bool, checkpoint: 
                       "into place atomically", {"set_id": set_id, "databases": which,
                                                 "quiesce": quiesce, "label": label,
                                                 "kind": "checkpoint" if checkpoint else "backup"}))
+    steps.append(Step("remove the partial set if it was not published", "backup.discard",
+                      "a failed backup must not leave a half-written set (or fill the disk)",
+                      {"set_id": set_id}, always=True))
     if checkpoint:
         steps.append(Step("record checkpoint", "backup.record_checkpoint",
                           "link the backup set to the current release", {"set_id": set_id,
@@ -103,6 +106,15 @@ def _cleanup(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any
     return {"removed": sets.cleanup_partials(_config(ctx).backup_dir, keep=params["keep"])}
 
 
+@register_action("backup.discard")
+def _discard(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    writer = sets.SetWriter(_config(ctx).backup_dir, params["set_id"])
+    if writer.final.is_dir():
+        return {"discarded": False}
+    writer.discard()
+    return {"discarded": True}
+
+
 @register_action("compose.stop")
 def _stop(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     """Stop those of the services that run; remember which, so only they are started."""
@@ -122,7 +134,7 @@ def _start(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # over the rare service an operator had stopped on purpose.
     services = stop["stopped"] if stop is not None else params["services"]
     if services:
-        _compose(ctx).run("start", *services, timeout=300)
+        _compose(ctx).run("up", "-d", "--no-deps", "--no-recreate", *services, timeout=300)
     return {"started_at": time.time(), "started": services}
 
 

@@ -98,9 +98,13 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
             zstd.stdin.close()
         except BrokenPipeError:
             pass  # zstd died: its exit code and stderr explain why
-        except BaseException:
+        except BaseException as exc:
             zstd.kill()
             zstd.wait()
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise DiskFullError(f"{what}: no space left on the backup disk ({dest.parent})",
+                                    fix="free space or point [backups] dir at a larger disk"
+                                    ) from exc
             raise
         finally:
             stop.set()

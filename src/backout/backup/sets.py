@@ -10,6 +10,7 @@ Layout under the backup directory::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets as _secrets
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backout.backup.pipeline import IntegrityError, fsync_dir, fsync_file
+from backout.backup.pipeline import DiskFullError, IntegrityError, fsync_dir, fsync_file
 from backout.errors import NotFoundError
 
 MANIFEST = "manifest.json"
@@ -53,11 +54,18 @@ class SetWriter:
         for name in manifest.get("artifacts", {}):
             fsync_file(self.dir / name)
         tmp = self.dir / f".{MANIFEST}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(manifest, fh, indent=2, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(f"backup {self.id}: no space left on the backup disk for "
+                                    f"{MANIFEST} ({self.root})",
+                                    fix="free space or point [backups] dir at a larger disk") from exc
+            raise
         os.replace(tmp, self.dir / MANIFEST)
         fsync_dir(self.dir)
         os.replace(self.dir, self.final)

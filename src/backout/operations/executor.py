@@ -106,6 +106,7 @@ class Executor:
         ctx = RunContext(op_id, self.services)
         error: BackoutError | None = None
         failed_step: str | None = None
+        unexpected: Exception | None = None
         for seq, step in enumerate(plan.steps):
             if status.get(seq) == "done":
                 continue
@@ -123,6 +124,14 @@ class Executor:
                 if error is None:
                     error, failed_step = exc, step.name
                 continue
+            except Exception as exc:  # a bug: still run the always-steps, then re-raise it
+                text = f"internal error: {type(exc).__name__}: {exc}"
+                self._mark(op_id, seq, "failed", {"error": text})
+                self.on_step(step, "failed")
+                if error is None:
+                    error, failed_step = BackoutError(f"{step.name}: {text}"), step.name
+                unexpected = unexpected or exc
+                continue
             results[step.name] = result
             self._mark(op_id, seq, "done", result)
             self.on_step(step, "done")
@@ -133,6 +142,8 @@ class Executor:
             (final, now(), error.one_line() if error else None, op_id))
         self.store.record_event(f"operation.{final}", target=f"{plan.kind} #{op_id}",
                                 reason=error.one_line() if error else None)
+        if unexpected is not None:
+            raise unexpected  # the operation is closed as failed; the CLI reports the bug (70)
         return OperationOutcome(op_id, final, results, error, failed_step)
 
     def _mark(self, op_id: int, seq: int, status: str, detail: Any, started: bool = False) -> None:

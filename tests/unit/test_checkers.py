@@ -1,0 +1,349 @@
+"""The format checkers on synthetic artifacts: MySQL dumps (MariaDB's one-row-per-line and
+MySQL's single-line INSERTs), hand-made RDB files, and tars of BSON documents.
+
+Every input is fed in several chunkings (whole, odd sizes, one byte at a time), since
+the real checkers see the decompressed stream in arbitrary pieces.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import bson
+import pytest
+
+from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
+from backout.backup.pipeline import IntegrityError
+
+CHUNKINGS = [0, 1, 7, 512, 4096]  # 0: all at once
+
+
+def chunks(data: bytes, size: int) -> Iterator[bytes]:
+    if size == 0:
+        yield data
+        return
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+def run(checker: Any, data: bytes, size: int = 0) -> dict[str, Any]:
+    for piece in chunks(data, size):
+        checker.feed(piece)
+    result: dict[str, Any] = checker.finish()
+    return result
+
+
+# --------------------------------------------------------------------------- MySQL
+
+
+HEAD = b"""-- MariaDB dump 10.19  Distrib 10.11.6-MariaDB, for debian-linux-gnu (x86_64)
+--
+-- Host: localhost    Database: shop
+-- ------------------------------------------------------
+-- Server version\t10.11.6-MariaDB-0+deb12u1-log
+
+/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */;
+--
+-- CHANGE MASTER TO MASTER_LOG_FILE='mysql-bin.000042', MASTER_LOG_POS=1234;
+-- SET GLOBAL gtid_slave_pos='0-1-77';
+--
+
+CREATE DATABASE /*!32312 IF NOT EXISTS*/ `shop` /*!40100 DEFAULT CHARACTER SET utf8mb4 */;
+
+USE `shop`;
+"""
+TRAILER = b"""/*!40111 SET SQL_NOTES=@OLD_SQL_NOTES */;
+
+-- Dump completed on 2026-11-27 12:17:51
+"""
+
+# MariaDB: "INSERT INTO `t` VALUES" alone on its line, then one row per line.
+MARIADB_BODY = rb"""
+DROP TABLE IF EXISTS `notes`;
+CREATE TABLE `notes` (
+  `id` int(11) NOT NULL,
+  `body` text NOT NULL,
+  PRIMARY KEY (`id`)
+) ENGINE=InnoDB;
+
+LOCK TABLES `notes` WRITE;
+INSERT INTO `notes` VALUES
+(1,'plain'),
+(2,'a),(b'),
+(3,'it\'s (nested (parens)) and \'quotes\''),
+(4,'ends with a backslash\\'),
+(5,'semicolon; and ),( and );'),
+(6,''),
+(7,NULL),
+(8,'line one\nline two with ( and \r'),
+(9,'\\\'(\\'),
+(10,0x28292C28);
+UNLOCK TABLES;
+
+DROP TABLE IF EXISTS `empty_table`;
+CREATE TABLE `empty_table` (
+  `id` int(11) NOT NULL
+) ENGINE=InnoDB;
+
+DROP TABLE IF EXISTS `odd``name`;
+CREATE TABLE `odd``name` (
+  `id` int(11) NOT NULL
+) ENGINE=InnoDB;
+LOCK TABLES `odd``name` WRITE;
+INSERT INTO `odd``name` VALUES
+(1),
+(2);
+INSERT INTO `odd``name` VALUES
+(3);
+UNLOCK TABLES;
+"""
+
+# MySQL: the whole extended INSERT on one line.
+MYSQL_BODY = rb"""
+DROP TABLE IF EXISTS `notes`;
+CREATE TABLE `notes` (
+  `id` int NOT NULL,
+  `body` text NOT NULL,
+  PRIMARY KEY (`id`)
+) ENGINE=InnoDB;
+LOCK TABLES `notes` WRITE;
+INSERT INTO `notes` VALUES (1,'plain'),(2,'a),(b'),(3,'it\'s (nested (parens)) and \'quotes\''),(4,'ends with a backslash\\'),(5,'semicolon; and ),( and );'),(6,''),(7,NULL),(8,'line one\nline two with ( and \r'),(9,'\\\'(\\'),(10,0x28292C28);
+INSERT INTO `notes` VALUES (11,'second statement: ('),(12,'x');
+UNLOCK TABLES;
+DROP TABLE IF EXISTS `empty_table`;
+CREATE TABLE `empty_table` (
+  `id` int NOT NULL
+) ENGINE=InnoDB;
+"""
+
+
+@pytest.mark.parametrize("size", CHUNKINGS)
+def test_mariadb_one_row_per_line(size: int) -> None:
+    result = run(MySQLDumpChecker(["shop"], "t"), HEAD + MARIADB_BODY + TRAILER, size)
+    assert result["databases"] == {"shop": {"tables": {"notes": 10, "empty_table": 0,
+                                                       "odd`name": 3}}}
+    assert result["binlog"] == {"file": "mysql-bin.000042", "position": 1234, "gtid": "0-1-77"}
+    assert result["server_version"] == "10.11.6-MariaDB-0+deb12u1-log"
+
+
+@pytest.mark.parametrize("size", CHUNKINGS)
+def test_mysql_single_line_inserts(size: int) -> None:
+    result = run(MySQLDumpChecker(["shop"], "t"), HEAD + MYSQL_BODY + TRAILER, size)
+    assert result["databases"] == {"shop": {"tables": {"notes": 12, "empty_table": 0}}}
+
+
+def test_rows_are_counted_per_database() -> None:
+    second = (b"CREATE DATABASE `crm`;\nUSE `crm`;\nCREATE TABLE `people` (\n  `id` int\n);\n"
+              b"INSERT INTO `people` VALUES (1),(2);\n")
+    result = run(MySQLDumpChecker(["shop", "crm"], "t"), HEAD + MYSQL_BODY + second + TRAILER)
+    assert result["databases"]["crm"] == {"tables": {"people": 2}}
+    assert result["databases"]["shop"]["tables"]["notes"] == 12
+
+
+def test_a_dump_without_trailer_is_refused() -> None:
+    with pytest.raises(IntegrityError, match="Dump completed"):
+        run(MySQLDumpChecker(["shop"], "mysql dump"), HEAD + MARIADB_BODY)
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.6, 0.95])
+def test_a_truncated_dump_is_refused(cut: float) -> None:
+    data = HEAD + MARIADB_BODY + TRAILER
+    with pytest.raises(IntegrityError, match="trailer"):
+        run(MySQLDumpChecker(["shop"], "t"), data[: int(len(data) * cut)])
+
+
+def test_the_trailer_must_be_the_last_line() -> None:
+    data = HEAD + TRAILER + MARIADB_BODY  # a trailer in the middle proves nothing
+    with pytest.raises(IntegrityError, match="trailer"):
+        run(MySQLDumpChecker(["shop"], "t"), data)
+
+
+def test_the_trailer_without_final_newline_counts() -> None:
+    data = HEAD + MARIADB_BODY + TRAILER.rstrip(b"\n")
+    assert run(MySQLDumpChecker(["shop"], "t"), data)["databases"]["shop"]["tables"]["notes"] == 10
+
+
+def test_a_missing_database_is_refused() -> None:
+    with pytest.raises(IntegrityError, match="missing from the dump: crm"):
+        run(MySQLDumpChecker(["shop", "crm"], "t"), HEAD + MARIADB_BODY + TRAILER)
+
+
+def test_no_binlog_without_master_data() -> None:
+    head = b"\n".join(line for line in HEAD.split(b"\n") if b"MASTER" not in line and b"gtid" not in line)
+    result = run(MySQLDumpChecker(["shop"], "t"), head + MARIADB_BODY + TRAILER)
+    assert result["binlog"] is None
+
+
+# --------------------------------------------------------------------------- RDB
+
+
+def rdb_string(value: bytes) -> bytes:
+    assert len(value) < 64
+    return bytes([len(value)]) + value
+
+
+def aux(key: bytes, encoded_value: bytes) -> bytes:
+    return b"\xfa" + rdb_string(key) + encoded_value
+
+
+def make_rdb(*, version: bytes = b"0011", keys: bytes | None = b"\x03", expires: bytes = b"\x01",
+             extra_aux: bytes = b"") -> bytes:
+    """An RDB as Redis 7 writes it: magic, AUX fields, SELECTDB 0 + RESIZEDB, entries,
+    EOF and an 8-byte checksum (its value is not checked by the checker)."""
+    out = b"REDIS" + version
+    out += aux(b"redis-ver", rdb_string(b"7.0.15"))
+    out += aux(b"redis-bits", b"\xc0\x40")  # 8-bit integer encoding: 64
+    out += aux(b"ctime", b"\xc2" + struct.pack("<I", 1764240000))  # 32-bit integer
+    out += aux(b"used-mem", b"\xc2" + struct.pack("<I", 1_000_000))
+    out += aux(b"aof-base", b"\xc0\x00")
+    out += extra_aux
+    if keys is not None:
+        out += b"\xfe\x00" + b"\xfb" + keys + expires
+        out += b"\x00" + rdb_string(b"k1") + rdb_string(b"v1")
+        out += b"\xfc" + struct.pack("<Q", 1_900_000_000_000) + b"\x00" + rdb_string(b"k2") \
+            + rdb_string(b"v2")
+        out += b"\x00" + rdb_string(b"k3") + rdb_string(b"v3")
+    return out + b"\xff" + b"\x12\x34\x56\x78\x9a\xbc\xde\xf0"
+
+
+@pytest.mark.parametrize("size", CHUNKINGS)
+def test_rdb_version_and_key_count(size: int) -> None:
+    data = make_rdb()
+    assert run(RDBChecker("t"), data, size) == {"rdb_version": 11, "keys": {"db0": 3},
+                                                 "bytes": len(data)}
+
+
+@pytest.mark.parametrize(("encoded", "count"), [
+    (b"\x41\x2c", 300),  # 14-bit length
+    (b"\x80" + struct.pack(">I", 70_000), 70_000),  # 32-bit length
+    (b"\x81" + struct.pack(">Q", 5_000_000_000), 5_000_000_000),  # 64-bit length
+])
+def test_rdb_long_key_counts(encoded: bytes, count: int) -> None:
+    assert run(RDBChecker("t"), make_rdb(keys=encoded))["keys"] == {"db0": count}
+
+
+def test_rdb_lzf_and_14_bit_aux_values_are_skipped() -> None:
+    long_value = b"x" * 100
+    extra = aux(b"big", b"\x40\x64" + long_value)  # 14-bit length string
+    extra += aux(b"lzf", b"\xc3" + b"\x05" + b"\x0a" + b"\x01abcde"[:5])  # LZF: clen 5, ulen 10
+    assert run(RDBChecker("t"), make_rdb(extra_aux=extra))["keys"] == {"db0": 3}
+
+
+def test_rdb_empty_keyspace() -> None:
+    assert run(RDBChecker("t"), make_rdb(keys=None))["keys"] == {}
+
+
+def test_rdb_without_magic_is_refused() -> None:
+    with pytest.raises(IntegrityError, match="not an RDB"):
+        run(RDBChecker("t"), b"NOTREDIS" + make_rdb()[8:])
+
+
+@pytest.mark.parametrize("cut", [1, 5, 8, 20])
+def test_truncated_rdb_is_refused(cut: int) -> None:
+    with pytest.raises(IntegrityError, match="truncated"):
+        run(RDBChecker("t"), make_rdb()[:-cut])
+
+
+def test_tiny_rdb_is_refused() -> None:
+    with pytest.raises(IntegrityError):
+        run(RDBChecker("t"), b"REDIS0011\xff")
+
+
+# --------------------------------------------------------------------------- tar of BSON
+
+
+DOCS = [{"_id": 1, "name": "Ada", "note": "a),(b"}, {"_id": 2, "nested": {"x": [1, 2, 3]}},
+        {"_id": 3, "blob": b"\x00" * 40}]
+
+
+def member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o600
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_tar(collections: dict[str, bytes], *, db: str = "app",
+             meta: dict[str, bytes | None] | None = None) -> bytes:
+    """mongodump's layout: dump/<db>/<coll>.bson + dump/<db>/<coll>.metadata.json."""
+    meta = meta or {}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for coll, data in collections.items():
+            member(tar, f"dump/{db}/{coll}.bson", data)
+            metadata = meta.get(coll, json.dumps({"indexes": [], "collectionName": coll}).encode())
+            if metadata is not None:
+                member(tar, f"dump/{db}/{coll}.metadata.json", metadata)
+    return buf.getvalue()
+
+
+def encode(docs: list[dict[str, Any]]) -> bytes:
+    return b"".join(bson.encode(d) for d in docs)
+
+
+@pytest.mark.parametrize("size", CHUNKINGS)
+def test_tar_counts_documents_per_collection(size: int) -> None:
+    many = encode([{"_id": i, "pad": "y" * (i % 700)} for i in range(300)])  # spans blocks
+    data = make_tar({"customers": encode(DOCS), "empty": b"", "events": many})
+    result = run(TarBsonChecker(["app"], "t"), data, size)
+    assert result == {"databases": {"app": {"collections": {"customers": 3, "empty": 0,
+                                                            "events": 300}}}}
+
+
+def test_tar_with_long_paths_uses_the_ustar_prefix() -> None:
+    db = "d" * 90  # dump/<db>/customers.bson is longer than the 100-byte name field
+    data = make_tar({"customers": encode(DOCS)}, db=db)
+    assert run(TarBsonChecker([db], "t"), data, 97)["databases"] == {
+        db: {"collections": {"customers": 3}}}
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20])
+def test_a_truncated_document_is_refused(cut: int) -> None:
+    data = make_tar({"customers": encode(DOCS)[:-cut]})
+    with pytest.raises(IntegrityError, match=re.escape("truncated BSON document in dump/app/customers.bson")):
+        run(TarBsonChecker(["app"], "t"), data, 64)
+
+
+def test_a_document_with_an_impossible_length_is_refused() -> None:
+    data = make_tar({"customers": encode(DOCS[:1]) + b"\x03\x00\x00\x00\x00"})
+    with pytest.raises(IntegrityError, match="corrupt BSON"):
+        run(TarBsonChecker(["app"], "t"), data)
+
+
+def test_a_document_without_its_terminator_is_refused() -> None:
+    doc = bytearray(bson.encode(DOCS[0]))
+    doc[-1] = 1
+    with pytest.raises(IntegrityError, match="corrupt BSON"):
+        run(TarBsonChecker(["app"], "t"), make_tar({"customers": bytes(doc)}))
+
+
+@pytest.mark.parametrize("where", ["mid-member", "before-end-marker", "mid-header"])
+def test_a_truncated_archive_is_refused(where: str) -> None:
+    data = make_tar({"customers": encode(DOCS)})
+    content_end = 3 * 512 + 512  # two members of one block each, plus headers
+    cut = {"mid-member": 600, "before-end-marker": content_end, "mid-header": 1024 + 100}[where]
+    with pytest.raises(IntegrityError, match="truncated"):
+        run(TarBsonChecker(["app"], "t"), data[:cut])
+
+
+def test_a_collection_without_metadata_is_refused() -> None:
+    data = make_tar({"customers": encode(DOCS)}, meta={"customers": None})
+    with pytest.raises(IntegrityError, match=re.escape("no metadata.json")):
+        run(TarBsonChecker(["app"], "t"), data)
+
+
+def test_bad_metadata_is_refused() -> None:
+    data = make_tar({"customers": encode(DOCS)}, meta={"customers": b"{not json"})
+    with pytest.raises(IntegrityError, match="bad metadata"):
+        run(TarBsonChecker(["app"], "t"), data)
+
+
+def test_a_missing_database_is_refused_in_the_tar() -> None:
+    with pytest.raises(IntegrityError, match="missing from the dump: other"):
+        run(TarBsonChecker(["app", "other"], "t"), make_tar({"customers": encode(DOCS)}))
