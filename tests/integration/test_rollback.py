@@ -27,6 +27,7 @@ backout's pymongo-based dump/restore against the stand-in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -250,7 +251,6 @@ class Rig:
         self.project: Path = stack.project_dir
         self.main = git(stack, "rev-parse", "main")
         self.stashes = len(git(stack, "stash", "list").splitlines())
-        self.quiet = False
 
     # -- CLI
 
@@ -266,8 +266,15 @@ class Rig:
         return steps
 
     def interrupted(self) -> list[dict[str, Any]]:
+        """Unfinished operations, as `backout status` reports them."""
         found: list[dict[str, Any]] = self.json("status")["interrupted"]
         return found
+
+    def unfinished(self) -> list[tuple[int, str]]:
+        """Unfinished operations, straight from the state store (cheap)."""
+        with self.db() as conn:
+            return conn.execute("SELECT id, kind FROM operations WHERE status = 'running'"
+                                " ORDER BY id").fetchall()
 
     # -- state store
 
@@ -336,6 +343,9 @@ def rig(stack: TestStack) -> Iterator[Rig]:
     original_toml = toml.read_text() if toml.exists() else None
     toml.unlink(missing_ok=True)
     ok(backout("init", cwd=project))
+    # Watch for restarts 3 s instead of 10 after each emergency rollback: the test
+    # stack's healthchecks run every 1-2 s, and this module runs many rollbacks.
+    toml.write_text(toml.read_text() + "\n[verify]\nsettle_seconds = 3\n")
     r = Rig(stack)
     r.json("status")  # creates the state store if this is the first backout command
     original_interval = stack.env.get("WRITE_INTERVAL", "0.5")
@@ -372,6 +382,15 @@ def base(rig: Rig) -> Rig:
 def quiet(rig: Rig) -> Rig:
     """The baseline with the backend's writer paused, so data only changes when a test
     changes it (needed for exact, row-level comparisons)."""
+    rig.set_write_interval("0")
+    rig.baseline()
+    return rig
+
+
+@pytest.fixture(scope="module")
+def still(rig: Rig) -> Rig:
+    """Like quiet, set up once for a group of tests that change nothing (bad input):
+    each of them compares the state before and after itself."""
     rig.set_write_interval("0")
     rig.baseline()
     return rig
@@ -440,12 +459,14 @@ def test_service_rollback_after_bad_deploy_by_hand(rig: Rig, errors_deployed_by_
     assert rig.tracked_changes() == ""
     assert git(stack, "diff", "HEAD") == ""
     assert stack.compose_file.read_text() == compose_text
+    assert "note: backend runs" in result.stdout and "docker compose up" in result.stdout, \
+        result.stdout
+    if version != "newest-differing":
+        return  # the rest does not depend on how the version was named
     # The healthy image answers the API again (the errors image fails 60%).
     statuses = [stack.http("backend", "/api/v1/items")[0] for _ in range(20)]
     assert statuses == [200] * 20, statuses
-    # The drift is told now and kept visible in `backout status`.
-    assert "note: backend runs" in result.stdout and "docker compose up" in result.stdout, \
-        result.stdout
+    # The drift is told (above) and kept visible in `backout status`.
     drift = rig.json("status")["drift"]
     assert set(drift) == {"backend"}, drift
     assert drift["backend"]["running"] == info["healthy"]
@@ -725,16 +746,16 @@ def kill_and_resume(kind: Kind, point: str, reference: dict[str, Any]) -> None:
     assert [p["kind"] for p in rig.interrupted()] == [f"rollback.{kind.name}"], point
     resumed = rig.run("resume")
     assert resumed.returncode == 0, (point, resumed.stdout, resumed.stderr[-3000:])
-    assert rig.interrupted() == [], point
+    assert rig.unfinished() == [], point
     assert kind.end_state() == reference, f"end state after a kill at {point} differs"
 
 
-def reference_run(kind: Kind) -> tuple[int, dict[str, Any]]:
-    """The number of plan steps and the end state of an uninterrupted run."""
-    steps = kind.rig.plan(*kind.command())
+def reference_run(kind: Kind) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The plan's steps and the end state of an uninterrupted run."""
     kind.prepare()
+    steps = kind.rig.plan(*kind.command())
     ok(kind.rig.run(*kind.command(), "--yes"))
-    return len(steps), kind.end_state()
+    return steps, kind.end_state()
 
 
 def make_kind(name: str, rig: Rig, checkpoint: dict[str, Any]) -> Kind:
@@ -758,12 +779,10 @@ REPRESENTATIVE = {"service": "rollback.service.recreate", "db": "rollback.db.res
 def test_kill_9_mid_rollback_then_resume_equals_uninterrupted(
         rig: Rig, checkpoint: dict[str, Any], kind_name: str) -> None:
     kind = make_kind(kind_name, rig, checkpoint)
-    steps = rig.plan(*kind.command())
-    n, reference = reference_run(kind)
+    steps, reference = reference_run(kind)
     index = next(i for i, s in enumerate(steps) if s["action"] == REPRESENTATIVE[kind_name])
     when = "done" if kind_name == "emergency" else "started"
     kill_and_resume(kind, f"step-{index}-{when}", reference)
-    assert n == len(steps)
 
 
 @pytest.mark.soak
@@ -773,8 +792,8 @@ def test_kill_9_at_every_step_then_resume_equals_uninterrupted(
         kind_name: str) -> None:
     soak_only(request)
     kind = make_kind(kind_name, rig, checkpoint)
-    n, reference = reference_run(kind)
-    points = [f"step-{i}-{when}" for i in range(n) for when in ("started", "done")]
+    steps, reference = reference_run(kind)
+    points = [f"step-{i}-{when}" for i in range(len(steps)) for when in ("started", "done")]
     for point in points:
         kill_and_resume(kind, point, reference)
 
@@ -796,7 +815,7 @@ def unchanged_state(rig: Rig) -> dict[str, Any]:
     return {"containers": {s: (c["id"], c["image"], c["state"])
                            for s, c in containers(rig.stack).items()},
             "head": rig.head(), "tracked": rig.tracked_changes(),
-            "data": data_snapshot(rig.stack), "interrupted": rig.interrupted()}
+            "data": data_snapshot(rig.stack), "unfinished": rig.unfinished()}
 
 
 BAD_INPUT = [
@@ -819,24 +838,24 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize(("argv", "code", "needles"), [c[1:] for c in BAD_INPUT],
                          ids=[c[0] for c in BAD_INPUT])
-def test_bad_target_fails_cleanly_and_changes_nothing(quiet: Rig, argv: list[str], code: int,
+def test_bad_target_fails_cleanly_and_changes_nothing(still: Rig, argv: list[str], code: int,
                                                       needles: list[str]) -> None:
-    before = unchanged_state(quiet)
-    assert_clean_error(quiet.run(*argv, "--yes"), code, *needles)
-    assert_clean_error(quiet.run(*argv, "--dry-run"), code, *needles)
-    assert unchanged_state(quiet) == before
+    before = unchanged_state(still)
+    assert_clean_error(still.run(*argv, "--yes"), code, *needles)
+    assert_clean_error(still.run(*argv, "--dry-run"), code, *needles)
+    assert unchanged_state(still) == before
 
 
-def test_dump_of_the_wrong_type(quiet: Rig, sql_file: Path) -> None:
-    before = unchanged_state(quiet)
-    assert_clean_error(quiet.run("rollback", "db", "redis", str(sql_file), "--yes"), 2,
+def test_dump_of_the_wrong_type(still: Rig, sql_file: Path) -> None:
+    before = unchanged_state(still)
+    assert_clean_error(still.run("rollback", "db", "redis", str(sql_file), "--yes"), 2,
                        "is a MySQL dump", "not a Redis RDB")
-    assert unchanged_state(quiet) == before
+    assert unchanged_state(still) == before
 
 
-def test_corrupt_backup_is_refused_before_anything_changes(quiet: Rig,
+def test_corrupt_backup_is_refused_before_anything_changes(still: Rig,
                                                            checkpoint: dict[str, Any]) -> None:
-    backups = quiet.project / ".backout" / "backups"
+    backups = still.project / ".backout" / "backups"
     copy = backups / f"{checkpoint['set_id']}-corrupt"
     shutil.copytree(backups / checkpoint["set_id"], copy)
     try:
@@ -845,44 +864,66 @@ def test_corrupt_backup_is_refused_before_anything_changes(quiet: Rig,
         data = bytearray(artifact.read_bytes())
         data[len(data) // 2] ^= 0xFF  # same size: only the content check can tell
         artifact.write_bytes(bytes(data))
-        mutate(quiet.stack, "mysql", "corrupt")  # differs from the backup: a restore would show
-        before = unchanged_state(quiet)
-        result = quiet.run("rollback", "db", "mysql", copy.name, "--yes")
+        mutate(still.stack, "mysql", "corrupt")  # differs from the backup: a restore would show
+        before = unchanged_state(still)
+        result = still.run("rollback", "db", "mysql", copy.name, "--yes")
         assert_clean_error(result, 5, copy.name)
-        assert unchanged_state(quiet) == before
-        ops = quiet.json("history")["operations"]
+        assert unchanged_state(still) == before
+        ops = still.json("history")["operations"]
         assert ops[0]["kind"] == "rollback.db" and ops[0]["status"] == "failed"
     finally:
         shutil.rmtree(copy, ignore_errors=True)
 
 
-def test_target_whose_images_and_source_are_gone(quiet: Rig) -> None:
-    """A release whose images were removed and whose commit no longer exists (faked in
-    the state store: a commit that never existed, an image id that no longer does)."""
-    release = quiet.record_release("test_rollback: images and source gone")
+GONE_IMAGE = "sha256:" + "0" * 64
+GONE_COMMIT = "1" * 40
+
+
+@contextlib.contextmanager
+def release_with_gone_images(rig: Rig, note: str) -> Iterator[dict[str, Any]]:
+    """A release whose images were removed and whose commit no longer exists. Faked in
+    the state store (a commit that never existed, a backend image id that no longer
+    does) plus its retained tags really removed; all put back afterwards."""
+    release = rig.record_release(note)
     services = dict(release["services"])
-    gone = "sha256:" + "0" * 64
-    faked = {**services, "backend": {**services["backend"], "image_id": gone}}
-    with quiet.db() as conn:
+    faked = {**services, "backend": {**services["backend"], "image_id": GONE_IMAGE}}
+    with rig.db() as conn:
         conn.execute("UPDATE releases SET git_commit = ?, services = ? WHERE id = ?",
-                     ("1" * 40, json.dumps(faked), release["id"]))
+                     (GONE_COMMIT, json.dumps(faked), release["id"]))
     for svc in services.values():
         subprocess.run(["docker", "image", "rm", svc["retained_as"]], capture_output=True,
                        check=False, timeout=60)
     try:
-        before = unchanged_state(quiet)
-        assert_clean_error(quiet.run("rollback", "emergency", f"r{release['id']}", "--yes"), 7,
-                           "are gone", "1111111111")
-        assert_clean_error(quiet.run("rollback", "service", "backend", f"r{release['id']}",
-                                     "--yes"), 7, "no longer on this host")
-        assert unchanged_state(quiet) == before
+        yield release
     finally:
-        with quiet.db() as conn:
+        with rig.db() as conn:
             conn.execute("UPDATE releases SET git_commit = ?, services = ? WHERE id = ?",
                          (release["commit"], json.dumps(services), release["id"]))
         for svc in services.values():
             subprocess.run(["docker", "image", "tag", svc["image_id"], svc["retained_as"]],
                            capture_output=True, check=False, timeout=60)
+
+
+def test_target_whose_images_and_source_are_gone(still: Rig) -> None:
+    with release_with_gone_images(still, "test_rollback: images and source gone") as release:
+        before = unchanged_state(still)
+        for args in (["--dry-run"], ["--yes"]):
+            assert_clean_error(still.run("rollback", "emergency", f"r{release['id']}", *args),
+                               7, "are gone", GONE_COMMIT[:12])
+        assert_clean_error(still.run("rollback", "service", "backend", f"r{release['id']}",
+                                     "--yes"), 7, "no longer on this host")
+        assert unchanged_state(still) == before
+        ops = still.json("history")["operations"]
+        assert ops[0]["kind"] == "rollback.service" and ops[0]["status"] == "failed"
+
+
+@pytest.mark.xfail(strict=True, reason="src: rollback.service.resolve() does not check that "
+                   "the target image exists, so --dry-run shows a plan that fails at step 1 "
+                   "(and --yes records a failed operation) -- see the report")
+def test_dry_run_of_a_service_rollback_to_a_gone_image_says_so(still: Rig) -> None:
+    with release_with_gone_images(still, "test_rollback: image gone (dry-run)") as release:
+        assert_clean_error(still.run("rollback", "service", "backend", f"r{release['id']}",
+                                     "--dry-run"), 7, "no longer on this host")
 
 
 ROLLBACKS = {
@@ -893,20 +934,20 @@ ROLLBACKS = {
 
 
 @pytest.mark.parametrize("kind", list(ROLLBACKS))
-def test_docker_engine_down(quiet: Rig, checkpoint: dict[str, Any], kind: str) -> None:
+def test_docker_engine_down(still: Rig, checkpoint: dict[str, Any], kind: str) -> None:
     argv = [a.format(cp=checkpoint["id"]) for a in ROLLBACKS[kind]]
-    before = unchanged_state(quiet)
-    result = quiet.run(*argv, "--yes", DOCKER_HOST="unix:///nonexistent.sock")
+    before = unchanged_state(still)
+    result = still.run(*argv, "--yes", DOCKER_HOST="unix:///nonexistent.sock")
     assert_clean_error(result, 6, "Docker Engine")
-    assert unchanged_state(quiet) == before
+    assert unchanged_state(still) == before
 
 
 @pytest.mark.parametrize("kind", list(ROLLBACKS))
-def test_no_yes_and_no_terminal_refuses(quiet: Rig, checkpoint: dict[str, Any], kind: str) -> None:
+def test_no_yes_and_no_terminal_refuses(still: Rig, checkpoint: dict[str, Any], kind: str) -> None:
     argv = [a.format(cp=checkpoint["id"]) for a in ROLLBACKS[kind]]
-    before = unchanged_state(quiet)
-    assert_clean_error(quiet.run(*argv), 2, "--yes")
-    assert unchanged_state(quiet) == before
+    before = unchanged_state(still)
+    assert_clean_error(still.run(*argv), 2, "--yes")
+    assert unchanged_state(still) == before
 
 
 # --------------------------------------------------------------------------- 8. verify

@@ -116,3 +116,15 @@ def test_kill_9_then_resume_finishes_the_plan(tmp_path: Path, point: str) -> Non
                store.db.execute("SELECT detail FROM steps WHERE operation_id = ? ORDER BY seq",
                                 (op["id"],))]
     assert details[-1] == {"seen": ["a", "b"]}
+
+
+def test_only_always_runs_just_the_cleanup_of_an_abandoned_plan(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    plan = _plan(Step("a", "test.record", "", {"name": "a"}),
+                 Step("b", "test.record", "", {"name": "b"}),
+                 Step("cleanup", "test.record", "", {"name": "cleanup"}, always=True))
+    ex = Executor(store, {})
+    op = ex.start(plan)
+    outcome = ex.run(plan, op, only_always=True)
+    assert CALLS == ["cleanup"]
+    assert outcome.results == {"cleanup": {"seen": []}}

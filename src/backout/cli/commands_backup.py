@@ -65,11 +65,10 @@ def _abandon_interrupted_backups(ctx: Ctx) -> None:
             raise UsageError(f"operation #{op['id']} ({op['kind']}) was interrupted and is "
                              "unfinished", fix="run `backout resume` first")
         plan = load_plan(ctx.store, op["id"])
-        always = Plan(plan.kind, plan.params, tuple(s for s in plan.steps if s.always),
-                      plan.summary)
-        if always.steps:
+        if any(s.always for s in plan.steps):
             Executor(ctx.store, {"env": ctx.env, "config": ctx.config, "store": ctx.store,
-                                 "compose": compose_for(ctx.env, ctx.config)}).run(always, op["id"])
+                                 "compose": compose_for(ctx.env, ctx.config)}
+                     ).run(plan, op["id"], only_always=True)
         mark_abandoned(ctx.store, op["id"], "superseded by a new backup after an interruption")
         ctx.env.warn(f"operation #{op['id']} ({op['kind']}) had been interrupted; abandoned it")
 

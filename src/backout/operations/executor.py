@@ -93,7 +93,9 @@ class Executor:
                                 reason=plan.summary)
         return op_id
 
-    def run(self, plan: Plan, op_id: int) -> OperationOutcome:
+    def run(self, plan: Plan, op_id: int, *, only_always: bool = False) -> OperationOutcome:
+        """Run the steps not journaled as done. ``only_always`` runs just the steps
+        that must run in every case (used to abandon an interrupted operation)."""
         load_actions()
         rows = self.store.db.execute(
             "SELECT seq, status, detail FROM steps WHERE operation_id = ? ORDER BY seq", (op_id,)
@@ -110,7 +112,7 @@ class Executor:
         for seq, step in enumerate(plan.steps):
             if status.get(seq) == "done":
                 continue
-            if error is not None and not step.always:
+            if (error is not None or only_always) and not step.always:
                 self._mark(op_id, seq, "skipped", None)
                 continue
             self._mark(op_id, seq, "running", None, started=True)
