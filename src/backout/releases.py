@@ -109,10 +109,37 @@ def record_release(env: Environment, config: Config, store: Store, *,
         docker.tag(svc["image_id"], ref)
         svc["retained_as"] = ref
     store.update_release(release_id, services=services, diff_path=diff_path)
+    retire_old_images(env, config, store)
     store.record_event("release.record", target=f"release {release_id}", reason=note,
                        detail={"commit": tree.commit, "dirty": tree.dirty,
                                "not_running": missing})
     return RecordedRelease(release_id, tree.commit, tree.dirty, diff_path, services)
+
+
+def retire_old_images(env: Environment, config: Config, store: Store) -> list[str]:
+    """Untag the retained images of releases beyond ``[releases] keep_last``.
+
+    Never an image of the current or previous release (the two newest), nor one
+    that a kept release still uses; only backout's own tags are removed, so an
+    image another tag or a container uses stays.
+    """
+    releases = store.releases()
+    keep = releases[: max(config.releases.keep_last, 2)]
+    kept_refs = {svc.get("retained_as") for r in keep for svc in r["services"].values()}
+    docker = Docker(env)
+    removed = []
+    for rel in releases[len(keep):]:
+        for svc in rel["services"].values():
+            ref = svc.get("retained_as")
+            if ref and ref not in kept_refs and docker.inspect_image(ref) is not None:
+                # Removing a tag deletes the image only when no other tag (e.g. a kept
+                # release's) and no container uses it.
+                docker.remove_tag(ref)
+                removed.append(ref)
+    if removed:
+        store.record_event("release.retire_images", target=f"{len(removed)} tags",
+                           detail={"removed": removed, "keep_last": config.releases.keep_last})
+    return removed
 
 
 def current_or_new_release(env: Environment, config: Config, store: Store) -> int:

@@ -147,3 +147,27 @@ def test_concurrent_mutations_and_kill9_takeover(initialised: Path) -> None:
     finally:
         if first.poll() is None:
             first.kill()
+
+
+def test_release_retention_keeps_the_newest_and_survives_image_prune(initialised: Path) -> None:
+    cfg = initialised / "backout.toml"
+    original = cfg.read_text()
+    cfg.write_text(original.replace("keep_last = 10    #", "keep_last = 2    #"))
+    try:
+        ids = []
+        for _ in range(3):
+            result = backout("release", "record", "--json", cwd=initialised)
+            assert result.returncode == 0, result.stderr
+            ids.append(json.loads(result.stdout)["release"])
+        subprocess.run(["docker", "image", "prune", "-f"], capture_output=True, check=True)
+
+        def exists(ref: str) -> bool:
+            return subprocess.run(["docker", "image", "inspect", ref], capture_output=True,
+                                  check=False).returncode == 0
+
+        oldest, previous, current = ids
+        for rel in (previous, current):  # current and previous: always retained
+            assert all(exists(s["retained_as"]) for s in rel["services"].values())
+        assert not any(exists(s["retained_as"]) for s in oldest["services"].values())
+    finally:
+        cfg.write_text(original)

@@ -28,9 +28,11 @@ def resolve(env: Environment, config: Config, store: Store, compose: Compose, se
     project = common.project_name(compose, data)
     current = common.running_image(compose, service)
     if version is None:
+        docker = Docker(env)
         for rel in store.releases():
             svc = rel["services"].get(service)
-            if svc and svc["image_id"] != current:
+            # a release whose image retention removed is no candidate
+            if svc and svc["image_id"] != current and docker.inspect_image(svc["image_id"]):
                 return {"image_id": svc["image_id"], "source": f"release {rel['id']}",
                         "release_id": rel["id"], "current": current, "project": project}
         raise NotFoundError(f"no recorded release ran another image of {service} than the one "
