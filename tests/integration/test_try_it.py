@@ -19,5 +19,4 @@ def test_try_it_runs_the_runbook_scenarios() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "try_it.py")], cwd=ROOT,
                             capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "error share through nginx: 0%" in result.stdout
     assert "#2 rollback.service: succeeded" in result.stdout
