@@ -84,7 +84,12 @@ class GitWrite:
         """
         pathspec = ["--", ".", *[f":(exclude){p}" for p in exclude]]
         before = self.git._git("rev-parse", "-q", "--verify", "refs/stash", check=False).stdout.strip()
-        self.git._git("stash", "push", "--include-untracked", "-m", message, *pathspec)
+        # A stash is a commit: without an identity configured git refuses to make one,
+        # and an emergency is no time for that question.
+        identity: list[str] = []
+        if not self.git._git("config", "user.email", check=False).stdout.strip():
+            identity = ["-c", "user.name=backout", "-c", "user.email=backout@localhost"]
+        self.git._git(*identity, "stash", "push", "--include-untracked", "-m", message, *pathspec)
         after = self.git._git("rev-parse", "-q", "--verify", "refs/stash", check=False).stdout.strip()
         return after if after and after != before else None
 
