@@ -31,6 +31,7 @@ class ContainerInfo:
     restart_count: int
     started_at: str
     labels: dict[str, str] = field(default_factory=dict)
+    failing_streak: int = 0  # consecutive failed healthchecks (Docker counts them)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Docker:
                     restart_count=int(raw.get("RestartCount", 0)),
                     started_at=state.get("StartedAt", ""),
                     labels=dict(labels),
+                    failing_streak=int((state.get("Health") or {}).get("FailingStreak", 0)),
                 )
             )
         return out
@@ -104,6 +106,22 @@ class Docker:
             labels=dict((raw.get("Config") or {}).get("Labels") or {}),
         )
 
+    def stats(self, ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Memory % (of the limit, or of the host without one) and CPU % per container."""
+        if not ids:
+            return {}
+        result = self._run(["stats", "--no-stream", "--no-trunc", "--format", "{{json .}}", *ids],
+                           timeout=60, check=False, what="docker stats")
+        out: dict[str, dict[str, float]] = {}
+        for line in result.stdout.splitlines():
+            try:
+                raw = json.loads(line)
+                out[raw["ID"]] = {"memory_percent": _percent(raw.get("MemPerc")),
+                                  "cpu_percent": _percent(raw.get("CPUPerc"))}
+            except (ValueError, KeyError):
+                continue
+        return out
+
     def tag(self, image_id: str, ref: str) -> None:
         self._run(["image", "tag", image_id, ref], what="docker image tag")
 
@@ -115,6 +133,13 @@ class Docker:
         result = self._run(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
                             "--filter", f"reference={reference}"], what="docker image ls")
         return [line for line in result.stdout.splitlines() if line and "<none>" not in line]
+
+
+def _percent(text: str | None) -> float:
+    try:
+        return float(str(text or "0").rstrip("%") or 0)
+    except ValueError:
+        return 0.0
 
 
 class Compose:

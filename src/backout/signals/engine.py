@@ -1,0 +1,30 @@
+"""Container signals from the Docker Engine, per compose service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backout.adapters.docker import Compose, Docker
+
+
+@dataclass(frozen=True)
+class ContainerSignals:
+    service: str
+    running: bool
+    health: str | None
+    failing_streak: int  # consecutive failed compose healthchecks
+    restart_count: int
+    memory_percent: float
+    cpu_percent: float
+
+
+def container_signals(compose: Compose) -> dict[str, ContainerSignals]:
+    containers = compose.containers()
+    stats = Docker(compose.env).stats([c.id for c in containers if c.state == "running"])
+    out = {}
+    for c in containers:
+        s = stats.get(c.id, {})
+        out[c.service] = ContainerSignals(
+            c.service, c.state == "running", c.health, c.failing_streak, c.restart_count,
+            s.get("memory_percent", 0.0), s.get("cpu_percent", 0.0))
+    return out

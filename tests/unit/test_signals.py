@@ -1,0 +1,87 @@
+"""Signal adapters against real local HTTP servers and real commands."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import pytest
+
+from backout.config import ServiceConfig
+from backout.environment import Environment
+from backout.signals.external import command_value, promql
+from backout.signals.probes import ProbeTracker
+
+
+class Handler(BaseHTTPRequestHandler):
+    routes: ClassVar[dict[str, tuple[int, bytes]]] = {}
+
+    def do_GET(self) -> None:
+        status, body = self.routes.get(self.path.split("?")[0], (404, b"no"))
+        if self.path.startswith("/api/v1/query"):
+            status, body = self.routes["/api/v1/query"]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_probe_counts_consecutive_failures_and_resets(server: str) -> None:
+    env = Environment()
+    svc = ServiceConfig("backend", health_url=f"{server}/health", health_body="ok")
+    tracker = ProbeTracker()
+    Handler.routes["/health"] = (200, b"ok")
+    assert tracker.probe(env, svc).ok and tracker.consecutive["backend"] == 0
+    Handler.routes["/health"] = (503, b"down")
+    tracker.probe(env, svc)
+    result = tracker.probe(env, svc)
+    assert not result.ok and result.status == 503 and tracker.consecutive["backend"] == 2
+    Handler.routes["/health"] = (200, b"not the body")
+    assert not tracker.probe(env, svc).ok and tracker.consecutive["backend"] == 3
+    Handler.routes["/health"] = (200, b"ok")
+    assert tracker.probe(env, svc).ok and tracker.consecutive["backend"] == 0
+
+
+def test_probe_of_a_closed_port_is_a_failure() -> None:
+    svc = ServiceConfig("x", health_url="http://127.0.0.1:9/health")
+    result = ProbeTracker().probe(Environment(), svc, timeout=1)
+    assert not result.ok and result.status is None and "no answer" in result.detail
+
+
+def test_promql_vector_scalar_and_empty(server: str) -> None:
+    env = Environment()
+    Handler.routes["/api/v1/query"] = (200, json.dumps({"status": "success", "data": {
+        "resultType": "vector", "result": [{"metric": {}, "value": [1, "0.625"]}]}}).encode())
+    assert promql(env, server, "sum(rate(x[1m]))") == 0.625
+    Handler.routes["/api/v1/query"] = (200, json.dumps({"status": "success", "data": {
+        "resultType": "scalar", "result": [1, "3"]}}).encode())
+    assert promql(env, server, "scalar(1)") == 3.0
+    Handler.routes["/api/v1/query"] = (200, json.dumps({"status": "success", "data": {
+        "resultType": "vector", "result": []}}).encode())
+    assert promql(env, server, "absent_metric") is None
+    Handler.routes["/api/v1/query"] = (400, b"bad query")
+    assert promql(env, server, "((") is None
+
+
+def test_command_value() -> None:
+    env = Environment()
+    assert command_value(env, "echo 1200") == 1200.0
+    assert command_value(env, "sh -c 'echo noise; echo 7.5'") == 7.5
+    assert command_value(env, "sh -c 'exit 3'") is None
+    assert command_value(env, "echo not-a-number") is None
+    assert command_value(env, "no-such-binary-xyz") is None
