@@ -66,7 +66,13 @@ if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
     fi
 fi
 
-# 4. Host tools backout itself calls: zstd for compressed backups.
+# 4. Host tools: zstd (backout compresses backups with it); Prometheus from Debian,
+#    which the tests run as a real server for the PromQL signal source.
 command -v zstd >/dev/null 2>&1 || apt_install zstd
+if ! command -v prometheus >/dev/null 2>&1; then
+    apt_install --no-install-recommends prometheus
+    # the package starts a system-wide server where it can; tests run their own
+    pkill -x prometheus 2>/dev/null || true
+fi
 
 log "ready: $(docker version --format 'engine {{.Server.Version}}') / $(docker compose version --short)"
