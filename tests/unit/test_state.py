@@ -33,7 +33,8 @@ def test_store_is_wal_and_records_migrations(tmp_path: Path) -> None:
 def test_store_upgrades_an_older_schema_in_place(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.record_event("x")
-    store.db.execute("DROP TABLE facts")
+    for table in ("facts", "incident_events", "incidents"):  # what migrations 2.. created
+        store.db.execute(f"DROP TABLE {table}")
     store.db.execute("DELETE FROM schema_migrations WHERE version > 1")
     store.close()
     upgraded = Store(tmp_path)
@@ -64,6 +65,20 @@ def test_events_and_releases_round_trip(tmp_path: Path, monkeypatch: pytest.Monk
     assert (event["actor"], event["action"], event["reason"]) == ("alice", "release.record", "pre-migration")
     assert event["detail"] == {"commit": "abc"}
     assert store.release(rid)["services"] == {"web": {"image_id": "sha256:1"}}  # type: ignore[index]
+
+
+def test_incident_timeline(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    iid = store.open_incident(rule="error-rate-red", level="RED", severity="SEV-2",
+                              reason="error_rate 0.62 > 0.5 for 60s", values={"error_rate": 0.62})
+    store.incident_event(iid, "action", {"rollback": "service backend"})
+    assert [i["id"] for i in store.open_incidents()] == [iid]
+    store.incident_event(iid, "resolved", {"verified": True})
+    assert store.open_incidents() == []
+    [incident] = store.incidents()
+    assert incident["status"] == "resolved" and incident["resolved_at"]
+    assert [e["kind"] for e in incident["timeline"]] == ["detected", "action", "resolved"]
+    assert incident["timeline"][0]["detail"]["values"] == {"error_rate": 0.62}
 
 
 HOLDER = textwrap.dedent("""

@@ -93,6 +93,28 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "incidents and their timeline",
+        """
+        CREATE TABLE incidents (
+            id INTEGER PRIMARY KEY,
+            opened_at TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            level TEXT NOT NULL,            -- RED | YELLOW
+            severity TEXT NOT NULL,         -- SEV-0 .. SEV-4
+            reason TEXT NOT NULL,
+            status TEXT NOT NULL,           -- open | escalated | resolved
+            resolved_at TEXT
+        );
+        CREATE TABLE incident_events (
+            id INTEGER PRIMARY KEY,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id),
+            ts TEXT NOT NULL,
+            kind TEXT NOT NULL,             -- detected | action | verified | escalated | resolved | notified | notify_failed
+            detail TEXT NOT NULL            -- JSON
+        );
+        """,
+    ),
 ]
 
 
@@ -197,6 +219,43 @@ class Store:
     def fact(self, key: str) -> Any:
         row = self.db.execute("SELECT value FROM facts WHERE key = ?", (key,)).fetchone()
         return json.loads(row["value"]) if row else None
+
+    # -- incidents ---------------------------------------------------------
+    def open_incident(self, *, rule: str, level: str, severity: str, reason: str,
+                      values: Mapping[str, Any]) -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO incidents (opened_at, rule, level, severity, reason,"
+                             " status) VALUES (?, ?, ?, ?, ?, 'open')",
+                             (now(), rule, level, severity, reason))
+            incident_id = int(cur.lastrowid or 0)
+            db.execute("INSERT INTO incident_events (incident_id, ts, kind, detail)"
+                       " VALUES (?, ?, 'detected', ?)",
+                       (incident_id, now(), json.dumps({"rule": rule, "values": dict(values),
+                                                        "reason": reason}, sort_keys=True)))
+        return incident_id
+
+    def incident_event(self, incident_id: int, kind: str, detail: Mapping[str, Any]) -> None:
+        self.db.execute("INSERT INTO incident_events (incident_id, ts, kind, detail)"
+                        " VALUES (?, ?, ?, ?)",
+                        (incident_id, now(), kind, json.dumps(dict(detail), sort_keys=True)))
+        if kind in ("resolved", "escalated"):
+            self.db.execute("UPDATE incidents SET status = ?, resolved_at = CASE WHEN ? = "
+                            "'resolved' THEN ? ELSE resolved_at END WHERE id = ?",
+                            (kind, kind, now(), incident_id))
+
+    def open_incidents(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM incidents WHERE status != 'resolved' ORDER BY id")
+        return [dict(r) for r in rows]
+
+    def incidents(self, limit: int = 20) -> list[dict[str, Any]]:
+        out = []
+        for row in self.db.execute("SELECT * FROM incidents ORDER BY id DESC LIMIT ?", (limit,)):
+            item = dict(row)
+            item["timeline"] = [_row(e, json_fields=("detail",)) for e in self.db.execute(
+                "SELECT ts, kind, detail FROM incident_events WHERE incident_id = ? ORDER BY id",
+                (row["id"],))]
+            out.append(item)
+        return out
 
     # -- releases ----------------------------------------------------------
     def add_release(self, *, git_commit: str | None, git_dirty: bool, diff_path: str | None,
