@@ -143,3 +143,155 @@ def test_defaults_when_sections_absent() -> None:
     config = parse_document("backout.toml", "", Path("/x"))
     assert config.project.compose_files == ("docker-compose.yml",)
     assert config.state_dir == Path("/x/.backout")
+
+
+# --- [monitor] ----------------------------------------------------------------------------
+
+MONITOR = """
+[monitor]
+interval_seconds = 10
+window_seconds = 120
+use_default_rules = true
+
+[[monitor.rules]]
+name = "red-memory"
+signal = "memory_percent"
+comparison = ">"
+threshold = 90
+level = "RED"
+severity = "SEV-2"
+action = "rollback-service"
+clear_threshold = 80.5
+clear_for_seconds = 120
+
+[[monitor.rules]]
+name = "slow-checkout"
+signal = 'p95_latency_seconds{service="backend"}'
+comparison = ">"
+threshold = 2.5
+relative_to_baseline = true
+for_seconds = 60
+level = "YELLOW"
+no_data = "failing"
+description = "checkout slower than 2.5x its baseline"
+
+[[monitor.rules]]
+name = "probe"
+signal = "probe_failed"
+comparison = ">="
+threshold = 1
+consecutive = 3
+level = "GREEN"
+
+[monitor.notify]
+webhook_url = "https://hooks.slack.com/services/T000/B000/XXXX"
+webhook_format = "slack"
+command = "logger -t backout"
+"""
+
+
+def test_monitor_defaults_when_absent() -> None:
+    from backout.config.model import MonitorConfig
+    from backout.monitor.policy import DEFAULT_RULES
+
+    config = parse_document("backout.toml", "", Path("/x"))
+    assert config.monitor == MonitorConfig()
+    assert (config.monitor.interval_seconds, config.monitor.window_seconds) == (5, 15)
+    assert config.monitor.effective_rules == DEFAULT_RULES
+    assert config.monitor.notify.webhook_url is None
+
+
+def test_monitor_section_is_parsed() -> None:
+    from backout.monitor.policy import DEFAULT_RULES, Level
+
+    monitor = parse_document("backout.toml", MONITOR, Path("/x")).monitor
+    assert (monitor.interval_seconds, monitor.window_seconds) == (10, 120)
+    memory, slow, probe = monitor.rules
+    assert (memory.threshold, memory.clear_threshold, memory.clear_for_seconds) == (90.0, 80.5, 120)
+    assert isinstance(memory.threshold, float)
+    assert (slow.signal, slow.service, slow.relative_to_baseline) == (
+        "p95_latency_seconds{service=backend}", "backend", True)
+    assert (slow.level, slow.severity, slow.action, slow.no_data) == (
+        Level.YELLOW, "SEV-3", "notify", "failing")  # severity and action from the level
+    assert (probe.consecutive, probe.severity, probe.action) == (3, "SEV-4", "none")
+    rules = monitor.effective_rules
+    assert len(rules) == len(DEFAULT_RULES) + 2
+    assert [r for r in rules if r.name == "red-memory"] == [memory]  # replaces the default
+    assert monitor.notify.webhook_format == "slack"
+    assert monitor.notify.command == "logger -t backout"
+
+
+def test_monitor_without_default_rules() -> None:
+    text = MONITOR.replace("use_default_rules = true", "use_default_rules = false")
+    monitor = parse_document("backout.toml", text, Path("/x")).monitor
+    assert [r.name for r in monitor.effective_rules] == ["red-memory", "slow-checkout", "probe"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("consecutive = 3", 'consecutive = 3\nfor_seconds = "60"',
+         "monitor.rules[2].for_seconds: must be an integer, not str '60'"),
+        ("threshold = 2.5", "treshold = 2.5",
+         'monitor.rules[1].treshold: unknown key (did you mean "threshold"?)'),
+        ('signal = "probe_failed"\n', "",
+         "monitor.rules[2].signal: missing (required)"),
+        ("threshold = 2.5", 'threshold = "2.5x baseline"',
+         "monitor.rules[1].threshold: must be a number, not str '2.5x baseline'"),
+        ("threshold = 90", "threshold = true", "monitor.rules[0].threshold: must be a number"),
+        ('comparison = ">="', 'comparison = "=>"', "monitor.rules[2].comparison: must be one of"),
+        ('level = "GREEN"', 'level = "NODATA"',
+         "monitor.rules[2].level: must be one of RED, YELLOW, GREEN, not 'NODATA'"),
+        ('action = "rollback-service"', 'action = "rollback"',
+         'monitor.rules[0].action: must be one of rollback-service, rollback-emergency, notify, '
+         "none, not 'rollback'"),
+        ('no_data = "failing"', 'no_data = "ignore"', "monitor.rules[1].no_data: must be one of"),
+        ("clear_threshold = 80.5", "clear_threshold = 95",
+         "monitor.rules[0].clear_threshold: must be at most the threshold (90)"),
+        ("consecutive = 3", "consecutive = 0", "monitor.rules[2].consecutive: must be at least 1"),
+        ("clear_for_seconds = 120", "clear_for_seconds = -1",
+         "monitor.rules[0].clear_for_seconds: must be at least 0"),
+        ('signal = "probe_failed"', 'signal = "probe failed"',
+         "monitor.rules[2].signal: invalid signal 'probe failed'"),
+        ('name = "probe"', 'name = "red-memory"',
+         'monitor.rules[2].name: duplicate rule name "red-memory"'),
+        ("window_seconds = 120", "window_seconds = 10",
+         "monitor.window_seconds: must be greater than interval_seconds (10)"),
+        ("interval_seconds = 10", "interval_seconds = 0",
+         "monitor.interval_seconds: must be at least 1"),
+        ("use_default_rules = true", 'use_default_rules = "yes"',
+         "monitor.use_default_rules: must be true or false"),
+        ("interval_seconds = 10", "interval = 10",
+         'monitor.interval: unknown key (did you mean "interval_seconds"?)'),
+        ('webhook_format = "slack"', 'webhook_format = "teams"',
+         "monitor.notify.webhook_format: must be one of json, slack, not 'teams'"),
+        ('webhook_url = "https', 'webhook_url = "ftp', "monitor.notify.webhook_url: must be an http"),
+        ('command = "logger -t backout"', "command = ['logger']",
+         "monitor.notify.command: must be a string"),
+        ("[monitor.notify]", "[monitor.notfiy]",
+         'monitor.notfiy: unknown key (did you mean "notify"?)'),
+    ],
+)
+def test_monitor_problems_are_one_line_naming_the_key(old: str, new: str, expected: str) -> None:
+    assert old in MONITOR
+    with pytest.raises(ConfigError) as info:
+        parse_document("backout.toml", MONITOR.replace(old, new, 1), Path("/x"))
+    line = info.value.one_line()
+    assert line.startswith("backout.toml: ")
+    assert expected in line
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("monitor = 5", "monitor: must be a table"),
+    ("[monitor.rules]\nname = 'x'", "monitor.rules: must be a list"),
+    ("[monitor]\nrules = [1]", "monitor.rules[0]: must be a table"),
+    ("[monitor]\nnotify = 'x'", "monitor.notify: must be a table"),
+])
+def test_monitor_shapes(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        parse_document("backout.toml", text, Path("/x"))
+
+
+def test_monitor_in_a_loaded_config(project: Path) -> None:
+    config = load(project, GOOD + MONITOR)
+    assert config.monitor.interval_seconds == 10  # type: ignore[attr-defined]

@@ -105,6 +105,13 @@ def status_cmd(ctx: Ctx) -> None:
              f"checkpoint: {cp['id']} ({cp['created_at']}, set {cp['path']})" if cp
              else "checkpoint: none",
              f"lock:       held by {holder.describe()}" if holder else "lock:       free"]
+    level = ctx.store.fact("monitor.level")
+    incidents = ctx.store.open_incidents()
+    human.append(f"level:      {level['level']} (last evaluated {level['t']:.0f})" if level
+                 else "level:      unknown (no monitor has run)")
+    for inc in incidents:
+        human.append(f"INCIDENT:   #{inc['id']} {inc['level']} {inc['severity']} {inc['rule']} "
+                     f"({inc['status']}) since {inc['opened_at']}")
     for op in pending:
         human.append(f"INTERRUPTED: operation #{op['id']} ({op['kind']}) did not finish: "
                      "run `backout resume`")
@@ -115,6 +122,9 @@ def status_cmd(ctx: Ctx) -> None:
         "checkpoint": {"id": cp["id"], "set_id": cp["path"], "created_at": cp["created_at"]}
         if cp else None,
         "interrupted": [{"id": op["id"], "kind": op["kind"]} for op in pending],
+        "level": level,
+        "open_incidents": [{"id": i["id"], "rule": i["rule"], "level": i["level"],
+                            "severity": i["severity"], "status": i["status"]} for i in incidents],
         "drift": drifted,
         "project_dir": str(ctx.config.project_dir),
         "release": {"id": rel["id"], "commit": rel["git_commit"], "status": rel["status"]} if rel else None,

@@ -210,7 +210,7 @@ def render(derived: Derived, compose_files: list[str], env_file: str | None) -> 
         lines += [f"# {n}" for n in derived.notes.get(f"services.{name}", [])]
         for key, value in entry.items():
             lines.append(f"{key} = {_toml_value(value)}")
-        if entry.get("kind") == "app" and entry.get("health_url"):
+        if entry.get("kind") == "app" and entry.get("health_url") and "metrics_url" not in entry:
             base = entry["health_url"].split("/", 3)
             lines.append(f"# metrics_url = \"{'/'.join(base[:3])}/metrics\"   # Prometheus text, if served")
         lines.append("")

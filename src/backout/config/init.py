@@ -8,7 +8,7 @@ from pathlib import Path
 
 from backout import dotenv, proc
 from backout.adapters.docker import Compose
-from backout.config.generate import derive, render
+from backout.config.generate import Derived, derive, render
 from backout.config.load import display_path, load_config
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, UsageError
@@ -23,6 +23,22 @@ class InitResult:
     services: list[str]
     databases: dict[str, str]
     warnings: list[str]
+
+
+def _find_metrics(env: Environment, derived: Derived) -> None:
+    """Where a running app service serves Prometheus text at /metrics, configure it."""
+    from backout.adapters import http
+
+    for name, entry in derived.services.items():
+        url = entry.get("health_url")
+        if entry.get("kind") != "app" or not url:
+            continue
+        candidate = "/".join(url.split("/", 3)[:3]) + "/metrics"
+        probe = http.get(env, candidate, timeout=2, limit=65536)
+        if probe.status == 200 and b"# TYPE " in probe.body:
+            entry["metrics_url"] = candidate
+            derived.notes.setdefault(f"services.{name}", []).append(
+                "metrics: found Prometheus text at /metrics")
 
 
 def init_project(env: Environment, project_dir: Path, target: Path, *, force: bool) -> InitResult:
@@ -49,6 +65,7 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
     except BackoutError as exc:
         raise ConfigError(compose_file, "", f"docker compose config failed: {exc.message}") from exc
     derived = derive(data, env_values)
+    _find_metrics(env, derived)
     text = render(derived, [compose_file], env_file)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")

@@ -20,9 +20,12 @@ from backout.config.model import (
     ACCESS_MODES,
     DATABASE_TYPES,
     SERVICE_KINDS,
+    WEBHOOK_FORMATS,
     BackupsConfig,
     Config,
     DatabaseConfig,
+    MonitorConfig,
+    NotifyConfig,
     ProjectConfig,
     ReleasesConfig,
     ServiceConfig,
@@ -30,6 +33,7 @@ from backout.config.model import (
 )
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, did_you_mean
+from backout.monitor import policy
 
 CONFIG_NAME = "backout.toml"
 
@@ -81,9 +85,38 @@ BACKUPS_KEYS = {
 }
 RELEASES_KEYS = {"keep_last": Key(int, minimum=2)}
 VERIFY_KEYS = {"settle_seconds": Key(int, minimum=0), "log_window_seconds": Key(int, minimum=1)}
-TOP_LEVEL = ("project", "services", "databases", "backups", "releases", "verify")
+MONITOR_KEYS = {
+    "interval_seconds": Key(int, minimum=1),
+    "window_seconds": Key(int, minimum=1),
+    "use_default_rules": Key(bool),
+    "rules": Key(list, list_of=dict),  # [[monitor.rules]]
+    "notify": Key(dict),  # [monitor.notify]
+}
+RULE_KEYS = {
+    "name": Key(str, required=True),
+    "signal": Key(str, required=True),
+    "comparison": Key(str, required=True, choices=policy.COMPARISONS),
+    "threshold": Key(float, required=True),
+    "level": Key(str, required=True, choices=policy.RULE_LEVELS),
+    "severity": Key(str, choices=policy.SEVERITIES),
+    "action": Key(str, choices=policy.ACTIONS),
+    "relative_to_baseline": Key(bool),
+    "for_seconds": Key(int, minimum=0),
+    "consecutive": Key(int, minimum=1),
+    "clear_threshold": Key(float),
+    "clear_for_seconds": Key(int, minimum=0),
+    "no_data": Key(str, choices=policy.NO_DATA_MODES),
+    "description": Key(str),
+}
+NOTIFY_KEYS = {
+    "webhook_url": Key(str),
+    "webhook_format": Key(str, choices=WEBHOOK_FORMATS),
+    "command": Key(str),
+}
+TOP_LEVEL = ("project", "services", "databases", "backups", "releases", "verify", "monitor")
 
-_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", bool: "true or false"}
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", bool: "true or false",
+               float: "a number", dict: "a table"}
 
 
 def display_path(path: Path) -> str:
@@ -107,6 +140,8 @@ def find_config(project_dir: Path, explicit: Path | None) -> Path:
 
 
 def _is_type(value: object, kind: type) -> bool:
+    if kind is float:  # a number: TOML writes 5 as an integer, 0.5 as a float
+        return isinstance(value, int | float) and not isinstance(value, bool)
     # bool is an int in Python; a TOML `true` is never a valid integer here.
     return isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
 
@@ -195,6 +230,7 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
     _check_table(file, "releases", releases_t, RELEASES_KEYS)
     verify_t = _table(file, doc, "verify")
     _check_table(file, "verify", verify_t, VERIFY_KEYS)
+    monitor = _parse_monitor(file, _table(file, doc, "monitor"))
 
     for svc in services.values():
         for i, db in enumerate(svc.writes_to):
@@ -211,7 +247,48 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         backups=BackupsConfig(**backups_t),
         releases=ReleasesConfig(**releases_t),
         verify=VerifyConfig(**verify_t),
+        monitor=monitor,
     )
+
+
+def _parse_monitor(file: str, table: dict[str, Any]) -> MonitorConfig:
+    """[monitor], its [[monitor.rules]] and [monitor.notify]: parsed and validated only."""
+    _check_table(file, "monitor", table, MONITOR_KEYS)
+    fields = {k: v for k, v in table.items() if k not in ("rules", "notify")}
+    monitor = MonitorConfig(**fields)
+    if monitor.window_seconds <= monitor.interval_seconds:
+        raise ConfigError(file, "monitor.window_seconds",
+                          f"must be greater than interval_seconds ({monitor.interval_seconds}): "
+                          "a rate needs two scrapes in the window")
+    rules: list[policy.Rule] = []
+    for i, rule_t in enumerate(table.get("rules", [])):
+        rule = _parse_rule(file, f"monitor.rules[{i}]", rule_t)
+        if any(r.name == rule.name for r in rules):
+            raise ConfigError(file, f"monitor.rules[{i}].name", f'duplicate rule name "{rule.name}"')
+        rules.append(rule)
+    notify_t = table.get("notify", {})
+    _check_table(file, "monitor.notify", notify_t, NOTIFY_KEYS)
+    url = notify_t.get("webhook_url")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(file, "monitor.notify.webhook_url",
+                          f"must be an http:// or https:// URL, not {url!r}")
+    return MonitorConfig(**fields, rules=tuple(rules), notify=NotifyConfig(**notify_t))
+
+
+def _parse_rule(file: str, where: str, table: dict[str, Any]) -> policy.Rule:
+    _check_table(file, where, table, RULE_KEYS)
+    level = policy.Level(table["level"])
+    fields = dict(table)
+    fields["level"] = level
+    fields.setdefault("severity", policy.DEFAULT_SEVERITY[level])
+    fields.setdefault("action", policy.DEFAULT_ACTION[level])
+    for key in ("threshold", "clear_threshold"):
+        if key in fields:
+            fields[key] = float(fields[key])
+    try:
+        return policy.Rule(**fields)
+    except policy.RuleError as exc:
+        raise ConfigError(file, f"{where}.{exc.field}", exc.message) from None
 
 
 def load_config(

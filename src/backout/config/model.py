@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backout.monitor.policy import DEFAULT_RULES, Rule, merge_rules
+
 SERVICE_KINDS = ("app", "database", "proxy")
 DATABASE_TYPES = ("mysql", "mongodb", "redis")
 ACCESS_MODES = ("exec", "tcp")
+WEBHOOK_FORMATS = ("json", "slack")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,26 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    webhook_url: str | None = None
+    webhook_format: str = "json"  # json | slack
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    interval_seconds: int = 5  # one evaluation (and scrape) every this many seconds
+    window_seconds: int = 15  # rates, ratios, quantiles: short, so `for:` alone says how long
+    use_default_rules: bool = True  # the runbook's matrix (backout.monitor.policy.DEFAULT_RULES)
+    rules: tuple[Rule, ...] = ()  # [[monitor.rules]]; a rule named like a default replaces it
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+
+    @property
+    def effective_rules(self) -> tuple[Rule, ...]:
+        return merge_rules(DEFAULT_RULES if self.use_default_rules else (), self.rules)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     project_dir: Path
@@ -75,6 +98,7 @@ class Config:
     backups: BackupsConfig = field(default_factory=BackupsConfig)
     releases: ReleasesConfig = field(default_factory=ReleasesConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     # Values of the credential variables the config names, read from the .env
     # file or the process environment. Never serialised.
     secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)

@@ -1,0 +1,138 @@
+"""Collecting one ``Snapshot`` of every signal the policy reads, per service.
+
+Signals (``name{service=NAME}``, see backout.monitor.policy):
+- ``health_consecutive_failures``: consecutive failed HTTP probes of the
+  service's health URL, or Docker's healthcheck failing streak, whichever is
+  larger (so a service whose only health signal is a compose healthcheck is
+  watched too); a container that is not running counts as a failed probe.
+- from the service's ``metrics_url`` (Prometheus text, scraped directly):
+  ``error_rate`` (5xx share of requests over the window, scrapes and health
+  probes excluded), ``p95_latency_seconds``, ``circuit_breakers_open``,
+  ``db_pool_utilization`` (in use / size), ``auth_failure_ratio``, ``queue_lag``.
+- from the engine: ``memory_percent``, ``restarts`` (since the monitor started).
+- ``log_errors``: error lines in the window, by the service's log pattern.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from backout.adapters import http
+from backout.adapters.docker import Compose
+from backout.config import Config
+from backout.environment import Environment
+from backout.errors import BackoutError
+from backout.monitor import promtext, series
+from backout.monitor.policy import Snapshot, signal_key
+from backout.signals.engine import container_signals
+from backout.signals.logs import LogWatcher
+from backout.signals.probes import ProbeTracker
+
+REQUESTS = 'http_requests_total{path!~"/metrics|/health.*|/api/v1/health/check|/healthy-check"}'
+ERRORS = ('http_requests_total{status=~"5..",'
+          'path!~"/metrics|/health.*|/api/v1/health/check|/healthy-check"}')
+LATENCY = 'http_request_duration_seconds{path!~"/metrics|/health.*|/api/v1/health/check|/healthy-check"}'
+
+
+@dataclass
+class ServiceView:
+    """What the live screen shows for one service."""
+
+    service: str
+    state: str = "?"
+    health: str | None = None
+    probe: str = ""
+    latency_ms: float | None = None
+    memory_percent: float | None = None
+    cpu_percent: float | None = None
+    restarts: int = 0
+    log_errors: int = 0
+    last_errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Collector:
+    env: Environment
+    config: Config
+    compose: Compose
+    window: float = 15.0
+    probes: ProbeTracker = field(default_factory=ProbeTracker)
+    logs: LogWatcher = field(default_factory=LogWatcher)
+    restarts_at_start: dict[str, int] = field(default_factory=dict)
+    store: series.SeriesStore | None = None
+
+    def __post_init__(self) -> None:
+        if self.store is None:
+            self.store = series.SeriesStore(self.window * 2 + 30)
+
+    def collect(self, t: float | None = None) -> tuple[Snapshot, dict[str, ServiceView]]:
+        t = time.time() if t is None else t
+        signals: dict[str, float | None] = {}
+        views: dict[str, ServiceView] = {}
+        try:
+            engine = container_signals(self.compose)
+        except BackoutError as exc:
+            self.env.warn(f"engine signals unavailable: {exc.one_line()}")
+            engine = {}
+        for name, svc in self.config.services.items():
+            if svc.kind == "database":
+                continue
+            view = views[name] = ServiceView(name)
+            c = engine.get(name)
+            failures = 0
+            if c is not None:
+                view.state = "running" if c.running else "down"
+                view.health, view.restarts = c.health, c.restart_count
+                view.memory_percent, view.cpu_percent = c.memory_percent, c.cpu_percent
+                signals[signal_key("memory_percent", name)] = c.memory_percent if c.running else None
+                base = self.restarts_at_start.setdefault(name, c.restart_count)
+                signals[signal_key("restarts", name)] = float(c.restart_count - base)
+                failures = c.failing_streak
+            if svc.health_url:
+                probe = self.probes.probe(self.env, svc)
+                view.probe, view.latency_ms = probe.detail, probe.latency * 1000
+                failures = max(failures, self.probes.consecutive.get(name, 0))
+            elif c is not None and not c.running:
+                failures = max(failures, 1)
+            if svc.health_url or c is not None:
+                signals[signal_key("health_consecutive_failures", name)] = float(failures)
+            if svc.metrics_url:
+                self._scrape(name, svc.metrics_url, t, signals)
+            try:
+                self.logs.read(self.compose, svc)
+                view.log_errors = self.logs.errors_in(name, self.window)
+                view.last_errors = self.logs.last_lines(name)
+                signals[signal_key("log_errors", name)] = float(view.log_errors)
+            except BackoutError:
+                signals[signal_key("log_errors", name)] = None
+        return Snapshot(t, signals), views
+
+    def _scrape(self, name: str, url: str, t: float, signals: dict[str, float | None]) -> None:
+        assert self.store is not None
+        probe = http.get(self.env, url, timeout=5)
+        if probe.status == 200:
+            self.store.add(name, t, promtext.parse(probe.body.decode(errors="replace")).samples)
+        w, store = self.window, self.store
+        sel = series.Selector.parse
+
+        def put(signal: str, value: float | None) -> None:
+            signals[signal_key(signal, name)] = value
+
+        put("error_rate", series.ratio(store, name, sel(ERRORS), sel(REQUESTS), end=t, window=w))
+        put("p95_latency_seconds", series.quantile_over_window(store, name, 0.95, sel(LATENCY),
+                                                               end=t, window=w))
+        fresh = w
+        put("circuit_breakers_open", series.latest(store, name, sel("circuit_breakers_open"),
+                                                   end=t, max_age=fresh))
+        in_use = series.latest(store, name, sel("db_pool_in_use"), end=t, max_age=fresh)
+        size = series.latest(store, name, sel("db_pool_size"), end=t, max_age=fresh)
+        put("db_pool_utilization", in_use / size if in_use is not None and size else None)
+        put("auth_failure_ratio", series.ratio(store, name, sel("auth_failures_total"),
+                                               sel("auth_attempts_total"), end=t, window=w))
+        put("queue_lag", series.latest(store, name, sel("queue_lag"), end=t, max_age=fresh))
+
+
+def describe(views: dict[str, ServiceView]) -> list[dict[str, Any]]:
+    return [vars(v) for v in views.values()]
