@@ -80,7 +80,7 @@ def record_release(env: Environment, config: Config, store: Store, *,
         raise UnhealthyError(
             f"no container of compose project {project_name!r} is running: nothing to record",
             fix="start the stack (docker compose up -d) first")
-    tree = Git(env, config.project_dir).state()
+    tree = Git(env, config.project_dir).state(config.own_paths)
 
     services: dict[str, dict[str, Any]] = {}
     for name, container in sorted(running.items()):
@@ -150,7 +150,7 @@ def current_or_new_release(env: Environment, config: Config, store: Store) -> in
         compose = compose_for(env, config)
         running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
         recorded = {name: svc["image_id"] for name, svc in rel["services"].items()}
-        tree = Git(env, config.project_dir).state()
+        tree = Git(env, config.project_dir).state(config.own_paths)
         if running == recorded and tree.commit == rel["git_commit"] and not tree.dirty \
                 and not rel["git_dirty"]:
             return int(rel["id"])

@@ -167,7 +167,7 @@ def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     start = next((v for k, v in results.items() if k.startswith("start writers")), None)
     if stop and start:
         paused = round(start["started_at"] - stop["stopped_at"], 3)
-    tree = Git(env, config.project_dir).state()
+    tree = Git(env, config.project_dir).state(config.own_paths)
     images = {c.service: c.image_id for c in _compose(ctx).containers() if c.state == "running"}
     manifest = {
         "format": sets.FORMAT, "format_version": sets.FORMAT_VERSION,

@@ -64,9 +64,9 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
     data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
                             "plan": plan.to_json(), **(extra or {})}
     if outcome.error is not None:
-        data["failed_step"] = outcome.failed_step
-        if ctx.env.json:
-            emit(ctx.env, name, data, [])
+        # One document on stdout: the error's (see main._fail); the journal has the rest.
+        ctx.env.warn(f"operation #{outcome.operation_id} failed at step "
+                     f"{outcome.failed_step!r}; see `backout history`")
         raise outcome.error
     human = [f"{name}: done (operation #{outcome.operation_id})"]
     drifted = drift(ctx.env, compose_for(ctx.env, ctx.config))

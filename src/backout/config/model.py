@@ -108,5 +108,11 @@ class Config:
         return self.project_dir / self.project.state_dir
 
     @property
+    def own_paths(self) -> tuple[str, ...]:
+        """backout's state directory and config file: never counted as the operator's
+        uncommitted changes, never stashed."""
+        return (self.project.state_dir, self.path.name)
+
+    @property
     def backup_dir(self) -> Path:
         return self.project_dir / self.backups.dir

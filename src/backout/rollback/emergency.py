@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from backout.adapters.docker import Compose, Docker
@@ -105,7 +104,7 @@ def plan(env: Environment, config: Config, store: Store, compose: Compose, targe
     t = resolve(env, config, store, target, with_data)
     git = Git(env, config.project_dir)
     head = GitWrite(git).head()
-    tree = git.state()
+    tree = git.state(config.own_paths)
     short = t["commit"][:12]
     steps = [Step("save uncommitted changes", "emergency.save_changes",
                   "the operator's changes are kept as a patch under .backout/saved and a git stash "
@@ -164,7 +163,7 @@ def plan(env: Environment, config: Config, store: Store, compose: Compose, targe
 def _save(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     env, config, _store, _compose = common.ctx_parts(ctx)
     git = Git(env, config.project_dir)
-    tree = git.state()
+    tree = git.state(config.own_paths)
     if not tree.dirty:
         return {"saved": False}
     saved = config.state_dir / "saved"
@@ -174,7 +173,7 @@ def _save(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     fd = os.open(patch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(tree.diff)
-    exclude = [config.project.state_dir, Path(config.path).name]
+    exclude = list(config.own_paths)
     stash = GitWrite(git).stash_all(f"backout: before emergency rollback (operation "
                                     f"{ctx.operation_id})", exclude)
     rel = str(patch.relative_to(config.project_dir))

@@ -43,6 +43,10 @@ def resolve(env: Environment, config: Config, store: Store, compose: Compose, se
         svc = release["services"].get(service)
         if not svc:
             raise NotFoundError(f"release {release['id']} has no service {service}")
+        if Docker(env).inspect_image(svc["image_id"]) is None:
+            raise NotFoundError(f"the image of {service} in release {release['id']} "
+                                f"({svc['image_id'][7:19]}) is no longer on this host",
+                                fix="pick a newer release (`backout releases`) or an image tag")
         return {"image_id": svc["image_id"], "source": f"release {release['id']}",
                 "release_id": release["id"], "current": current, "project": project}
     ref = version if (":" in version or "/" in version) else \
