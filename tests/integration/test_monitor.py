@@ -160,3 +160,112 @@ def test_policy_test_replays_a_recording(mstack: TestStack, tmp_path: Path) -> N
     fired = [t for t in transitions if t["kind"] == "fired" and t["rule"] == "red-error-rate"]
     assert fired and fired[0]["t"] == 70  # condition from t=10, held for 60 s
     assert any(t["kind"] == "cleared" and t["rule"] == "red-error-rate" for t in transitions)
+
+
+def reset_monitor_state(project: Path) -> None:
+    """Forget the policy state earlier tests left (a real monitor keeps it on purpose)."""
+    import sqlite3
+
+    db = sqlite3.connect(project / ".backout" / "state.db")
+    db.execute("DELETE FROM facts WHERE key LIKE 'monitor.%'")
+    db.execute("UPDATE incidents SET status = 'resolved' WHERE status != 'resolved'")
+    db.commit()
+    db.close()
+
+
+def fired(decisions: list[dict[str, Any]], rule: str) -> list[dict[str, Any]]:
+    return [tr for d in decisions for tr in d["transitions"]
+            if tr["rule"] == rule and tr["kind"] == "fired"]
+
+
+def test_crash_looping_version_is_detected(mstack: TestStack) -> None:
+    project = mstack.project_dir
+    reset_monitor_state(project)
+    mstack.set_image_tag("backend", "crashloop")
+    try:
+        mstack.compose("up", "-d", "backend")
+        decisions = monitor(project, "--interval", "2",
+                            until=lambda ds: bool(fired(ds, "red-health-check")
+                                                  and any("backend" in t["signal"]
+                                                          for t in fired(ds, "red-health-check"))),
+                            timeout=120)
+        assert any("backend" in t["signal"] for t in fired(decisions, "red-health-check"))
+        assert decisions[-1]["level"] == "RED"
+    finally:
+        mstack.set_image_tag("backend", "healthy")
+        mstack.compose("up", "-d", "--wait", "backend")
+
+
+def test_slow_version_reaches_yellow(mstack: TestStack) -> None:
+    project = mstack.project_dir
+    reset_monitor_state(project)
+    mstack.set_image_tag("backend", "slow")
+    try:
+        mstack.compose("up", "-d", "--wait", "backend")
+        loads = [Load(f"{mstack.url('backend')}/api/v1/items", period=0.2) for _ in range(4)]
+        for load in loads:
+            load.__enter__()
+        try:
+            decisions = monitor(project, "--interval", "2",
+                                until=lambda ds: bool(fired(ds, "yellow-p95-latency")),
+                                timeout=150)
+        finally:
+            for load in loads:
+                load.__exit__()
+        [tr] = [t for t in fired(decisions, "yellow-p95-latency") if "backend" in t["signal"]]
+        assert tr["value"] > 5
+        assert decisions[-1]["level"] in ("YELLOW", "RED")
+        assert not fired(decisions, "red-error-rate")  # slow is not failing
+    finally:
+        mstack.set_image_tag("backend", "healthy")
+        mstack.compose("up", "-d", "--wait", "backend")
+
+
+def test_recovery_is_green_only_after_the_clear_condition_held(mstack: TestStack) -> None:
+    project = mstack.project_dir
+    reset_monitor_state(project)
+    restored_at: list[float] = []
+
+    def until(ds: list[dict[str, Any]]) -> bool:
+        if len(ds) == 2:
+            mstack.fault("model-server", health=False)
+        if fired(ds, "red-health-check") and not restored_at:
+            mstack.fault("model-server", health=True)
+            restored_at.append(time.time())
+        return bool(restored_at) and ds[-1]["level"] == "GREEN"
+
+    # Traffic on every app service: without requests an error rate is "no data"
+    # (never silently green), and the level would stay NODATA.
+    loads = [Load(f"{mstack.url('backend')}/api/v1/items", period=0.2),
+             Load(f"{mstack.url('frontend')}/", period=0.2),
+             Load(f"{mstack.url('model-server')}/predict", period=0.2)]
+    for load in loads:
+        load.__enter__()
+    try:
+        decisions = monitor(project, "--interval", "1", until=until, timeout=150)
+    finally:
+        mstack.fault("model-server", health=True)
+        for load in loads:
+            load.__exit__()
+    assert restored_at and decisions[-1]["level"] == "GREEN", decisions[-1]["nodata"]
+    cleared = [tr for d in decisions for tr in d["transitions"]
+               if tr["rule"] == "red-health-check" and tr["kind"] == "cleared"]
+    assert cleared, "the rule never cleared"
+    # clear_for_seconds = 30 for the health rule: not a moment sooner
+    assert cleared[0]["t"] - restored_at[0] >= 30 - 2
+    red_after_restore = [d for d in decisions if d["t"] >= restored_at[0] + 2
+                         and d["t"] < cleared[0]["t"]]
+    assert red_after_restore and all(d["level"] == "RED" for d in red_after_restore)
+
+
+@pytest.mark.soak
+def test_healthy_stack_under_load_stays_green_for_ten_minutes(mstack: TestStack) -> None:
+    project = mstack.project_dir
+    reset_monitor_state(project)
+    with Load(f"{mstack.url('nginx')}/api/v1/items", period=0.05) as load:
+        decisions = monitor(project, "--interval", "5", "--duration", "610",
+                            until=lambda ds: False, timeout=700)
+    assert load.sent > 5000 and load.failed == 0
+    assert len(decisions) >= 100
+    levels = {d["level"] for d in decisions}
+    assert not levels & {"RED", "YELLOW"}, [d for d in decisions if d["level"] != "GREEN"][:3]

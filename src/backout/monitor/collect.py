@@ -120,7 +120,16 @@ class Collector:
         def put(signal: str, value: float | None) -> None:
             signals[signal_key(signal, name)] = value
 
-        put("error_rate", series.ratio(store, name, sel(ERRORS), sel(REQUESTS), end=t, window=w))
+        def share(num: str, den: str) -> float | None:
+            # Scraped fine but nothing happened in the window (no requests, no logins):
+            # that is known, not missing: no failures. None stays for a failed scrape
+            # or absent series, which the policy treats as no data.
+            value = series.ratio(store, name, sel(num), sel(den), end=t, window=w)
+            if value is None and series.sum_rate(store, name, sel(den), end=t, window=w) == 0.0:
+                return 0.0
+            return value
+
+        put("error_rate", share(ERRORS, REQUESTS))
         put("p95_latency_seconds", series.quantile_over_window(store, name, 0.95, sel(LATENCY),
                                                                end=t, window=w))
         fresh = w
@@ -129,8 +138,7 @@ class Collector:
         in_use = series.latest(store, name, sel("db_pool_in_use"), end=t, max_age=fresh)
         size = series.latest(store, name, sel("db_pool_size"), end=t, max_age=fresh)
         put("db_pool_utilization", in_use / size if in_use is not None and size else None)
-        put("auth_failure_ratio", series.ratio(store, name, sel("auth_failures_total"),
-                                               sel("auth_attempts_total"), end=t, window=w))
+        put("auth_failure_ratio", share("auth_failures_total", "auth_attempts_total"))
         put("queue_lag", series.latest(store, name, sel("queue_lag"), end=t, max_age=fresh))
 
 
