@@ -295,3 +295,30 @@ def test_monitor_shapes(text: str, expected: str) -> None:
 def test_monitor_in_a_loaded_config(project: Path) -> None:
     config = load(project, GOOD + MONITOR)
     assert config.monitor.interval_seconds == 10  # type: ignore[attr-defined]
+
+
+def test_monitor_extra_signals(project: Path) -> None:
+    text = GOOD + """
+[monitor]
+prometheus_url = "http://127.0.0.1:9090"
+
+[monitor.commands]
+user_reports = "sh -c 'echo 3'"
+data_corruption = "/usr/local/bin/check-invariants"
+
+[monitor.promql]
+"error_rate{service=backend}" = 'sum(rate(http_requests_total{status=~"5.."}[1m]))'
+"""
+    config = load(project, text)
+    mon = config.monitor  # type: ignore[attr-defined]
+    assert dict(mon.commands)["user_reports"] == "sh -c 'echo 3'"
+    assert "error_rate{service=backend}" in dict(mon.promql)
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ('[monitor.commands]\nuser_reports = ""\n', "monitor.commands.user_reports: must be a non-empty"),
+    ('[monitor.promql]\nq = "up"\n', "monitor.prometheus_url: required by [monitor.promql]"),
+    ('[monitor.commands]\n"bad{x=1" = "true"\n', 'monitor.commands.bad{x=1: invalid signal'),
+])
+def test_monitor_extra_signal_errors(project: Path, extra: str, expected: str) -> None:
+    assert expected in error_of(project, GOOD + "\n" + extra)

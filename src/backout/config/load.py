@@ -91,6 +91,9 @@ MONITOR_KEYS = {
     "use_default_rules": Key(bool),
     "rules": Key(list, list_of=dict),  # [[monitor.rules]]
     "notify": Key(dict),  # [monitor.notify]
+    "prometheus_url": Key(str),  # a Prometheus server for [monitor.promql] signals
+    "commands": Key(dict),  # [monitor.commands] signal = "command printing a number"
+    "promql": Key(dict),  # [monitor.promql] signal = "PromQL instant query"
 }
 RULE_KEYS = {
     "name": Key(str, required=True),
@@ -254,7 +257,19 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
 def _parse_monitor(file: str, table: dict[str, Any]) -> MonitorConfig:
     """[monitor], its [[monitor.rules]] and [monitor.notify]: parsed and validated only."""
     _check_table(file, "monitor", table, MONITOR_KEYS)
-    fields = {k: v for k, v in table.items() if k not in ("rules", "notify")}
+    fields = {k: v for k, v in table.items() if k not in ("rules", "notify", "commands", "promql")}
+    for section in ("commands", "promql"):
+        for signal, value in table.get(section, {}).items():
+            where = f"monitor.{section}.{signal}"
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(file, where, "must be a non-empty string")
+            try:
+                policy.parse_signal(signal)
+            except ValueError as exc:
+                raise ConfigError(file, where, str(exc)) from exc
+        fields[section] = tuple(sorted(table.get(section, {}).items()))
+    if table.get("promql") and not table.get("prometheus_url"):
+        raise ConfigError(file, "monitor.prometheus_url", "required by [monitor.promql]")
     monitor = MonitorConfig(**fields)
     if monitor.window_seconds <= monitor.interval_seconds:
         raise ConfigError(file, "monitor.window_seconds",

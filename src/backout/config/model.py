@@ -82,6 +82,9 @@ class MonitorConfig:
     use_default_rules: bool = True  # the runbook's matrix (backout.monitor.policy.DEFAULT_RULES)
     rules: tuple[Rule, ...] = ()  # [[monitor.rules]]; a rule named like a default replaces it
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    prometheus_url: str | None = None
+    commands: tuple[tuple[str, str], ...] = ()  # (signal, command): e.g. user_reports
+    promql: tuple[tuple[str, str], ...] = ()  # (signal, query) against prometheus_url
 
     @property
     def effective_rules(self) -> tuple[Rule, ...]:

@@ -107,7 +107,20 @@ class Collector:
                 signals[signal_key("log_errors", name)] = float(view.log_errors)
             except BackoutError:
                 signals[signal_key("log_errors", name)] = None
+        self._external(signals)
         return Snapshot(t, signals), views
+
+    def _external(self, signals: dict[str, float | None]) -> None:
+        """Configured extra signals: commands (a data-corruption check, user report
+        counts) and PromQL queries for teams that already run Prometheus."""
+        from backout.signals.external import command_value, promql
+
+        mon = self.config.monitor
+        for signal, command in mon.commands:
+            signals[signal] = command_value(self.env, command)
+        for signal, query in mon.promql:
+            assert mon.prometheus_url is not None
+            signals[signal] = promql(self.env, mon.prometheus_url, query)
 
     def _scrape(self, name: str, url: str, t: float, signals: dict[str, float | None]) -> None:
         assert self.store is not None
