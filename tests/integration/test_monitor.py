@@ -269,3 +269,89 @@ def test_healthy_stack_under_load_stays_green_for_ten_minutes(mstack: TestStack)
     assert len(decisions) >= 100
     levels = {d["level"] for d in decisions}
     assert not levels & {"RED", "YELLOW"}, [d for d in decisions if d["level"] != "GREEN"][:3]
+
+
+@pytest.mark.parametrize(("fault", "rule", "level"), [
+    ({"db_pool_in_use": 10}, "red-db-pool-exhausted", "RED"),  # pool size is 10
+    ({"circuit_breakers_open": 3}, "yellow-circuit-breakers", "YELLOW"),
+])
+def test_gauge_faults_reach_their_level(mstack: TestStack, fault: dict[str, Any], rule: str,
+                                        level: str) -> None:
+    project = mstack.project_dir
+    reset_monitor_state(project)
+
+    def until(ds: list[dict[str, Any]]) -> bool:
+        if len(ds) == 2:  # watched healthy first, then the fault
+            mstack.fault("backend", **fault)
+        return bool(fired(ds, rule))
+
+    try:
+        decisions = monitor(project, "--interval", "1", until=until, timeout=60)
+    finally:
+        mstack.fault("backend", reset=True)
+    [tr] = fired(decisions, rule)
+    assert "backend" in tr["signal"] and tr["rule_level"] == level
+    assert not fired(decisions[:2], rule)  # nothing fired before the fault
+
+
+def test_auth_failures_reach_red(mstack: TestStack) -> None:
+    project = mstack.project_dir
+    reset_monitor_state(project)
+    stop = threading.Event()
+
+    def logins() -> None:
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            mstack.http("backend", "/api/v1/login", method="POST",
+                        body={"user": "u", "password": "right"})
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=logins, daemon=True)
+    thread.start()
+    def until(ds: list[dict[str, Any]]) -> bool:
+        if len(ds) == 3:  # logins succeed at first; then 97% of them fail
+            mstack.fault("backend", auth_failure_rate=0.97)
+        return bool(fired(ds, "red-auth-failures"))
+
+    try:
+        decisions = monitor(project, "--interval", "1", until=until, timeout=90)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        mstack.fault("backend", reset=True)
+    [tr] = fired(decisions, "red-auth-failures")
+    assert tr["value"] > 0.9 and "backend" in tr["signal"]
+
+
+def test_command_signals_and_a_restart_that_does_not_refire(mstack: TestStack,
+                                                            tmp_path: Path) -> None:
+    """Data corruption and user reports come from commands; a monitor restarted during
+    the incident keeps it (state in the store) and does not open a second one."""
+    project = mstack.project_dir
+    reset_monitor_state(project)
+    flag = tmp_path / "corruption"
+    flag.write_text("0\n")
+    cfg = project / "backout.toml"
+    original = cfg.read_text()
+    cfg.write_text(original + f'\n[monitor.commands]\ndata_corruption = "cat {flag}"\n'
+                              'user_reports = "echo 7"\n')
+    try:
+        def until(ds: list[dict[str, Any]]) -> bool:
+            if len(ds) == 2:
+                flag.write_text("1\n")
+            return bool(fired(ds, "red-data-corruption")) and bool(
+                fired(ds, "yellow-user-reports"))
+
+        first = monitor(project, "--interval", "1", until=until, timeout=60)
+        assert fired(first, "red-data-corruption")[0]["signal"] == "data_corruption"
+        before = json.loads(backout(project, "incidents", "--json").stdout)["incidents"]
+        # the monitor restarts while the condition still holds
+        second = monitor(project, "--interval", "1", until=lambda ds: len(ds) >= 5, timeout=60)
+        assert not fired(second, "red-data-corruption")  # no second firing
+        assert second[-1]["level"] == "RED"  # still in the incident
+        after = json.loads(backout(project, "incidents", "--json").stdout)["incidents"]
+        assert [i["id"] for i in after] == [i["id"] for i in before]
+        status = json.loads(backout(project, "status", "--json").stdout)
+        assert any(i["rule"] == "red-data-corruption" for i in status["open_incidents"])
+    finally:
+        cfg.write_text(original)
