@@ -171,3 +171,31 @@ def test_release_retention_keeps_the_newest_and_survives_image_prune(initialised
         assert not any(exists(s["retained_as"]) for s in oldest["services"].values())
     finally:
         cfg.write_text(original)
+
+
+def test_init_scripts_keep_the_runbook_commands_working(initialised: Path) -> None:
+    result = backout("init", "--scripts", "--json", cwd=initialised)
+    assert result.returncode == 0, result.stderr
+    expected = {"deploy/rollback/emergency_rollback.sh", "deploy/rollback/service_rollback.sh",
+                "deploy/rollback/db_rollback.sh", "deploy/rollback/verify_rollback.sh",
+                "deploy/scripts/backup.sh", "deploy/scripts/monitor_migration.sh"}
+    assert set(json.loads(result.stdout)["scripts"]) == expected
+    for rel in expected:
+        assert os.access(initialised / rel, os.X_OK)
+    # the venv's `backout` entry point, as an installed backout would be on PATH
+    bindir = str(Path(sys.executable).parent)
+    assert os.access(Path(bindir) / "backout", os.X_OK)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+    # the wrappers run backout with the runbook's arguments, letter for letter
+    usage = subprocess.run([str(initialised / "deploy/rollback/db_rollback.sh"), "mysql"],
+                           capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    verify = subprocess.run([str(initialised / "deploy/rollback/verify_rollback.sh"),
+                             "--settle", "0", "--json"], capture_output=True, text=True,
+                            env=env, timeout=300, check=False)
+    assert verify.returncode in (0, 5), verify.stderr
+    assert "checks" in json.loads(verify.stdout)
+    dry = subprocess.run([str(initialised / "deploy/rollback/service_rollback.sh"), "backend",
+                          "no-such-tag"], capture_output=True, text=True, env=env, timeout=120,
+                         check=False)
+    assert dry.returncode == 7 and "no image" in dry.stderr
