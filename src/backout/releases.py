@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from backout.adapters.docker import Compose, Docker
@@ -162,7 +161,3 @@ def get_release(store: Store, release_id: int) -> dict[str, Any]:
     if release is None:
         raise NotFoundError(f"no release {release_id}", fix="list them with `backout releases`")
     return release
-
-
-def state_path(config: Config) -> Path:
-    return config.state_dir

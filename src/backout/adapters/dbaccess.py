@@ -39,12 +39,10 @@ class DbAccess:
             return self.secret(self.db.user_env)
         return self.db.user or default
 
-    def argv(self, inner: Sequence[str], secret_names: Sequence[str] = (),
-             interactive: bool = False) -> list[str]:
+    def argv(self, inner: Sequence[str], secret_names: Sequence[str] = ()) -> list[str]:
         """argv running ``inner`` where the database's client tools are."""
         if self.db.mode == "tcp":
             return list(inner)
-        del interactive
         env_flags = [f for name in secret_names for f in ("-e", name)]
         if self.container is not None:
             return ["docker", "exec", "-i", *env_flags, self.container, *inner]

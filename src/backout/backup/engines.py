@@ -4,7 +4,6 @@ set, proves it (``pipeline.scan``) and returns the manifest sections for it."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 import time
@@ -215,7 +214,3 @@ def manifest_counts(section: dict[str, Any]) -> dict[str, Any]:
     if section["type"] == "redis":
         return dict(section["keys"])
     return {db: v["collections"] for db, v in section["databases"].items()}
-
-
-def as_json(data: Any) -> str:
-    return json.dumps(data, sort_keys=True)

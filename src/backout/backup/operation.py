@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from backout import __version__
-from backout.adapters.docker import Compose, Docker
+from backout.adapters.docker import Compose
 from backout.adapters.git import Git
 from backout.backup import sets
 from backout.backup.engines import DumpContext, dump
@@ -23,6 +23,7 @@ from backout.errors import UsageError
 from backout.operations import Plan, Step, register_action
 from backout.operations.executor import RunContext
 from backout.state import Store
+from backout.state.store import actor, now
 
 
 def writers(config: Config, databases: list[str]) -> list[str]:
@@ -209,24 +210,8 @@ def _record_checkpoint(ctx: RunContext, params: dict[str, Any], _r: dict[str, An
     cur = store.db.execute(
         "INSERT INTO checkpoints (created_at, created_by, release_id, label, path, status)"
         " VALUES (?, ?, ?, ?, ?, 'complete')",
-        (_now(), _actor(), release_id, params["label"], params["set_id"]))
+        (now(), actor(), release_id, params["label"], params["set_id"]))
     cp_id = int(cur.lastrowid or 0)
     store.record_event("checkpoint", target=f"checkpoint {cp_id}", reason=params["label"],
                        detail={"set_id": params["set_id"], "release_id": release_id})
     return {"checkpoint_id": cp_id, "release_id": release_id}
-
-
-def _now() -> str:
-    from backout.state.store import now
-
-    return now()
-
-
-def _actor() -> str:
-    from backout.state.store import actor
-
-    return actor()
-
-
-def docker_check(env: Environment) -> str:
-    return Docker(env).ping()

@@ -43,6 +43,11 @@ class IntegrityError(BackoutError):
 class DiskFullError(ExternalError):
     code = "disk_full"
 
+    @classmethod
+    def at(cls, what: str, where: Path) -> DiskFullError:
+        return cls(f"{what}: no space left on the backup disk ({where})",
+                   fix="free space or point [backups] dir at a larger disk")
+
 
 class Checker(Protocol):
     def feed(self, chunk: bytes) -> None: ...
@@ -102,9 +107,7 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
             zstd.kill()
             zstd.wait()
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise DiskFullError(f"{what}: no space left on the backup disk ({dest.parent})",
-                                    fix="free space or point [backups] dir at a larger disk"
-                                    ) from exc
+                raise DiskFullError.at(what, dest.parent) from exc
             raise
         finally:
             stop.set()
@@ -113,8 +116,7 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
         z_msg = z_err.read().decode(errors="replace")
         if z_rc != 0:
             if "No space left" in z_msg or _disk_full(dest):
-                raise DiskFullError(f"{what}: no space left on the backup disk ({dest.parent})",
-                                    fix="free space or point [backups] dir at a larger disk")
+                raise DiskFullError.at(what, dest.parent)
             raise ExternalError(f"{what}: zstd failed (exit {z_rc}): {proc.last_line(z_msg)}")
         _fsync_out(out, what, dest)
     duration = time.monotonic() - start
@@ -129,8 +131,7 @@ def _fsync_out(out: IO[bytes], what: str, dest: Path) -> None:
         os.fsync(out.fileno())
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise DiskFullError(f"{what}: no space left on the backup disk ({dest.parent})",
-                                fix="free space or point [backups] dir at a larger disk") from exc
+            raise DiskFullError.at(what, dest.parent) from exc
         raise
 
 
@@ -182,8 +183,7 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         env.log_external(f"  {what}: producer exit {p_rc}, zstd exit {z_rc}, {duration:.2f}s")
         if z_rc != 0:
             if "No space left" in z_msg or _disk_full(dest):
-                raise DiskFullError(f"{what}: no space left on the backup disk ({dest.parent})",
-                                    fix="free space or point [backups] dir at a larger disk")
+                raise DiskFullError.at(what, dest.parent)
             raise ExternalError(f"{what}: zstd failed (exit {z_rc}): {proc.last_line(z_msg)}")
         if p_rc != 0:
             raise ExternalError(f"{what} failed (exit {p_rc}): {proc.last_line(p_msg)}")

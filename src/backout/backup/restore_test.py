@@ -21,6 +21,7 @@ from backout import proc
 from backout.adapters.dbaccess import DbAccess
 from backout.adapters.docker import Compose
 from backout.backup import restore
+from backout.backup.engines import manifest_counts
 from backout.backup.pipeline import IntegrityError
 from backout.config import Config, DatabaseConfig
 from backout.environment import Environment
@@ -96,7 +97,7 @@ def _test_mysql(env: Environment, cfg: Config, db: DatabaseConfig, compose: Comp
     _wait(lambda: bool(MySQL(access).version()), "mysql")
     result = restore.restore_mysql(env, access, artifact, section)
     return {"ok": restore.mysql_counts_match(section, result["counts"]),
-            "expected": {d: v["tables"] for d, v in section["databases"].items()},
+            "expected": manifest_counts(section),
             "restored": result["counts"]}
 
 
@@ -111,7 +112,7 @@ def _test_redis(env: Environment, cfg: Config, db: DatabaseConfig, compose: Comp
                       container=container)
     _wait(lambda: Redis(access).call("PING") == "PONG", "redis")
     counts = {"db0": Redis(access).dbsize()}
-    return {"ok": restore.redis_counts_match(section, counts), "expected": section.get("keys"),
+    return {"ok": restore.redis_counts_match(section, counts), "expected": manifest_counts(section),
             "restored": counts}
 
 
@@ -138,7 +139,7 @@ def _test_mongodb(env: Environment, cfg: Config, db: DatabaseConfig, compose: Co
     _wait(ready, "mongodb")
     result = restore.restore_mongodb(env, access, artifact, section)
     return {"ok": restore.mongo_counts_match(section, result["counts"]),
-            "expected": {d: v["collections"] for d, v in section["databases"].items()},
+            "expected": manifest_counts(section),
             "restored": result["counts"]}
 
 

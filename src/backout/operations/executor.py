@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backout import faults
-from backout.errors import BackoutError, ExitCode, NotFoundError, UsageError
+from backout.errors import BackoutError, NotFoundError, UsageError
 from backout.operations.plan import Plan, Step
-from backout.state.store import Store, now
+from backout.state.store import Store, actor, now
 
 # An action gets the run context, the step's params and the results of the
 # steps done so far (by step name); it returns a JSON-serialisable result.
@@ -84,7 +84,7 @@ class Executor:
                 "INSERT INTO operations (kind, params, plan, status, created_at, created_by)"
                 " VALUES (?, ?, ?, 'running', ?, ?)",
                 (plan.kind, json.dumps(plan.params), json.dumps(plan.to_json()), now(),
-                 _actor()))
+                 actor()))
             op_id = int(cur.lastrowid or 0)
             for seq, step in enumerate(plan.steps):
                 db.execute("INSERT INTO steps (operation_id, seq, name, reason, status)"
@@ -161,12 +161,6 @@ class Executor:
                 (status, ts, json.dumps(detail) if detail is not None else None, op_id, seq))
 
 
-def _actor() -> str:
-    from backout.state.store import actor
-
-    return actor()
-
-
 def unfinished(store: Store) -> list[dict[str, Any]]:
     rows = store.db.execute("SELECT * FROM operations WHERE status = 'running' ORDER BY id")
     return [dict(r) for r in rows]
@@ -191,5 +185,3 @@ def mark_abandoned(store: Store, op_id: int, why: str) -> None:
     store.db.execute("UPDATE operations SET status = 'abandoned', finished_at = ?, error = ?"
                      " WHERE id = ?", (now(), why, op_id))
 
-
-EXIT_FOR_STATUS = {"succeeded": ExitCode.OK, "failed": ExitCode.EXTERNAL}

@@ -17,7 +17,13 @@ from typing import Any
 from backout.adapters.dbaccess import DbAccess
 from backout.backup import restore, sets
 from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
-from backout.backup.engines import DumpContext, artifact_name, checker_for, dump
+from backout.backup.engines import (
+    DumpContext,
+    artifact_name,
+    checker_for,
+    dump,
+    manifest_counts,
+)
 from backout.backup.operation import writers
 from backout.backup.pipeline import IntegrityError, scan
 from backout.config import Config, DatabaseConfig
@@ -244,15 +250,13 @@ def _restore(env: Environment, access: DbAccess, artifact: Path, section: dict[s
     if kind == "mysql":
         result = restore.restore_mysql(env, access, artifact, section)
         ok = restore.mysql_counts_match(section, result["counts"])
-        expected: Any = {d: v["tables"] for d, v in section["databases"].items()}
     elif kind == "redis":
         result = restore.restore_redis(env, access, artifact, section)
         ok = restore.redis_counts_match(section, result["counts"])
-        expected = section.get("keys")
     else:
         result = restore.restore_mongodb(env, access, artifact, section)
         ok = restore.mongo_counts_match(section, result["counts"])
-        expected = {d: v["collections"] for d, v in section["databases"].items()}
+    expected = manifest_counts(section)
     if not ok:
         raise IntegrityError(f"{access.db.name}: restored counts differ from the backup's: "
                              f"expected {restore.describe_counts(expected)}, found "
