@@ -119,3 +119,10 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """' (did you mean "x"?)' for the closest candidate, or '' when none is close."""
     match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f' (did you mean "{match[0]}"?)' if match else ""
+
+
+class NeedsHumanError(BackoutError):
+    """backout stopped on purpose: an automatic response did not verify."""
+
+    exit_code = ExitCode.NEEDS_HUMAN
+    code = "needs_human"

@@ -164,10 +164,12 @@ def run_verify(env: Environment, config: Config, store: Store, compose: Compose,
                settle: float | None = None, since: datetime | None = None) -> VerifyResult:
     settle = config.verify.settle_seconds if settle is None else settle
     if since is None:
-        # Errors logged before the last operation finished are what it was fixing.
+        # Errors logged before the last rollback or deploy finished are what it was
+        # fixing (a deploy that rolled itself back finished as "failed").
         since = datetime.now(UTC) - timedelta(seconds=config.verify.log_window_seconds)
-        row = store.db.execute("SELECT MAX(finished_at) FROM operations WHERE status = "
-                               "'succeeded' AND kind LIKE 'rollback%'").fetchone()
+        row = store.db.execute("SELECT MAX(finished_at) FROM operations WHERE (status = "
+                               "'succeeded' AND kind LIKE 'rollback%') OR kind = 'deploy'"
+                               ).fetchone()
         if row and row[0]:
             since = max(since, datetime.fromisoformat(row[0]))
     services = sorted(set(compose.config().get("services", {})))

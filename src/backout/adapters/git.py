@@ -51,6 +51,11 @@ class Git:
                                     "`backout releases`")
         return result.stdout.strip()
 
+    def changed_files(self, old: str, new: str) -> list[str]:
+        """Paths under the project directory that differ between two commits, relative to it."""
+        out = self._git("diff", "--name-only", "--relative", "-z", old, new).stdout
+        return [p for p in out.split("\0") if p]
+
     def tags_by_commit(self, pattern: str = "v*") -> dict[str, list[str]]:
         result = self._git("tag", "-l", pattern, "--format=%(objectname) %(*objectname) %(refname:short)",
                            check=False)

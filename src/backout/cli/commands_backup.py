@@ -38,9 +38,11 @@ def _progress(ctx: Ctx) -> Any:
     return show
 
 
-def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None) -> Any:
+def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
+             extra: dict[str, Any] | None = None) -> Any:
     services = {"env": ctx.env, "config": ctx.config, "store": ctx.store,
-                "compose": compose_for(ctx.env, ctx.config), "progress": _progress(ctx)}
+                "compose": compose_for(ctx.env, ctx.config), "progress": _progress(ctx),
+                **(extra or {})}
 
     def on_step(step: Any, status: str) -> None:
         if not ctx.env.json:
@@ -191,6 +193,10 @@ def resume_cmd(ctx: Ctx) -> int:
         op = ops[-1]
         plan = load_plan(ctx.store, op["id"])
         outcome = run_plan(ctx, plan, op_id=op["id"])
+    if plan.kind == "deploy":
+        from backout.cli.commands_deploy import deploy_report
+
+        return deploy_report(ctx, plan, outcome, None)
     if outcome.error is not None:
         raise outcome.error
     emit(ctx.env, "resume", {"resumed": op["id"], "kind": op["kind"], "status": outcome.status},

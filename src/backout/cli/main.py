@@ -162,6 +162,7 @@ def register() -> None:
     from backout.cli import (  # noqa: F401
         commands_backup,
         commands_config,
+        commands_deploy,
         commands_monitor,
         commands_releases,
         commands_rollback,

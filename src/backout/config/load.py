@@ -24,6 +24,7 @@ from backout.config.model import (
     BackupsConfig,
     Config,
     DatabaseConfig,
+    DeployConfig,
     MonitorConfig,
     NotifyConfig,
     ProjectConfig,
@@ -116,7 +117,13 @@ NOTIFY_KEYS = {
     "webhook_format": Key(str, choices=WEBHOOK_FORMATS),
     "command": Key(str),
 }
-TOP_LEVEL = ("project", "services", "databases", "backups", "releases", "verify", "monitor")
+DEPLOY_KEYS = {
+    "watch_seconds": Key(int, minimum=0),
+    "disk_margin": Key(float, minimum=1),
+    "rollback_with_data": Key(bool),
+}
+TOP_LEVEL = ("project", "services", "databases", "backups", "releases", "verify", "monitor",
+             "deploy")
 
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", bool: "true or false",
                float: "a number", dict: "a table"}
@@ -234,6 +241,8 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
     verify_t = _table(file, doc, "verify")
     _check_table(file, "verify", verify_t, VERIFY_KEYS)
     monitor = _parse_monitor(file, _table(file, doc, "monitor"))
+    deploy_t = _table(file, doc, "deploy")
+    _check_table(file, "deploy", deploy_t, DEPLOY_KEYS)
 
     for svc in services.values():
         for i, db in enumerate(svc.writes_to):
@@ -251,6 +260,8 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         releases=ReleasesConfig(**releases_t),
         verify=VerifyConfig(**verify_t),
         monitor=monitor,
+        deploy=DeployConfig(**{**deploy_t, **({"disk_margin": float(deploy_t["disk_margin"])}
+                                                if "disk_margin" in deploy_t else {})}),
     )
 
 

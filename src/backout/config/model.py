@@ -69,6 +69,17 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
+class DeployConfig:
+    watch_seconds: int = 600  # watch the new release this long under the policy
+    # Free space needed for the pre-deploy checkpoint: the last checkpoint's size
+    # times this margin (databases grow; the set is written beside the old ones).
+    disk_margin: float = 1.5
+    # Roll back with the checkpoint's data too (the release carries a migration that
+    # the old code cannot read); `backout deploy --migration` sets it per deploy.
+    rollback_with_data: bool = False
+
+
+@dataclass(frozen=True)
 class NotifyConfig:
     webhook_url: str | None = None
     webhook_format: str = "json"  # json | slack
@@ -102,6 +113,7 @@ class Config:
     releases: ReleasesConfig = field(default_factory=ReleasesConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     # Values of the credential variables the config names, read from the .env
     # file or the process environment. Never serialised.
     secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)

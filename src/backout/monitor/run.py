@@ -20,7 +20,7 @@ from typing import Any
 from backout.adapters.docker import Compose
 from backout.config import Config
 from backout.environment import Environment
-from backout.errors import BackoutError
+from backout.errors import BackoutError, LockedError
 from backout.monitor.collect import Collector, ServiceView
 from backout.monitor.policy import Decision, Level, PolicyState, Rule, evaluate
 from backout.notify import Notifier
@@ -48,18 +48,21 @@ class Monitor:
     baseline: dict[str, float] = field(default_factory=dict)
     views: dict[str, ServiceView] = field(default_factory=dict)
     escalated: bool = False
+    # Where the policy state persists: the monitor's own, or a deploy's watch (which
+    # must neither inherit nor disturb a long-running monitor's timers).
+    state_key: str = STATE_KEY
 
     def __post_init__(self) -> None:
         if self.collector is None:
             self.collector = Collector(self.env, self.config, self.compose, window=self.window)
-        raw = self.store.fact(STATE_KEY)
+        raw = self.store.fact(self.state_key)
         self.state = PolicyState.from_json(raw) if raw else PolicyState()
 
     def step(self, t: float | None = None) -> Decision:
         assert self.collector is not None
         snapshot, self.views = self.collector.collect(t)
         decision, self.state = evaluate(self.rules, snapshot, self.state, self.baseline)
-        self.store.set_fact(STATE_KEY, self.state.to_json())
+        self.store.set_fact(self.state_key, self.state.to_json())
         self.store.set_fact("monitor.level", {"level": decision.level.value, "t": decision.t,
                                               "since": decision.level_since})
         self._record(decision)
@@ -147,6 +150,14 @@ class Monitor:
                 self.store.incident_event(iid, "verified", {"checks": len(result.checks)})
             self._notify({"kind": "rolled_back", "incident": iid, "level": "RED",
                           "summary": f"automatic rollback done and verified: {plan.summary}"})
+        except LockedError as exc:
+            # Another operation (a guarded deploy watching its release, an operator's
+            # rollback) is changing the stack: it owns the response, so this monitor
+            # neither acts nor escalates; the next RED after it finishes may act.
+            self.store.set_fact(LAST_ACTION_KEY, last)
+            if iid is not None:
+                self.store.incident_event(iid, "action", {"skipped": "locked",
+                                                          "holder": exc.one_line()})
         except BackoutError as exc:
             self.escalated = True
             if iid is not None:

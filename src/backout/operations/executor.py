@@ -29,7 +29,7 @@ _ACTIONS: dict[str, Action] = {}
 # Modules whose import registers actions. A resumed operation may be of any kind,
 # so the executor loads them all before it looks an action up.
 ACTION_MODULES = ("backout.backup.operation", "backout.rollback.service", "backout.rollback.db",
-                  "backout.rollback.emergency")
+                  "backout.rollback.emergency", "backout.deploy.operation")
 
 
 def load_actions() -> None:
@@ -45,6 +45,14 @@ def register_action(name: str) -> Callable[[Action], Action]:
         return fn
 
     return decorate
+
+
+def call_action(name: str, ctx: RunContext, params: dict[str, Any],
+                results: dict[str, Any]) -> Any:
+    """Run another registered action inside a step (a guarded deploy's rollback steps
+    reuse the rollback actions this way)."""
+    load_actions()
+    return _ACTIONS[name](ctx, params, results)
 
 
 @dataclass
@@ -102,17 +110,27 @@ class Executor:
         ).fetchall()
         status = {r["seq"]: r["status"] for r in rows}
         results: dict[str, Any] = {}
+        error: BackoutError | None = None
+        failed_step: str | None = None
+        for r in rows:
+            # A step that failed before an interruption stays failed: the resumed run
+            # finishes the always-steps (and the on-failure ones) as the first would have.
+            if r["status"] == "failed" and error is None:
+                detail = json.loads(r["detail"]) if r["detail"] else {}
+                failed_step = plan.steps[r["seq"]].name
+                error = BackoutError(f"{failed_step}: {detail.get('error', 'failed')}")
         for r in rows:
             if r["status"] == "done" and r["detail"] is not None:
                 results[plan.steps[r["seq"]].name] = json.loads(r["detail"])
         ctx = RunContext(op_id, self.services)
-        error: BackoutError | None = None
-        failed_step: str | None = None
         unexpected: Exception | None = None
         for seq, step in enumerate(plan.steps):
-            if status.get(seq) == "done":
+            if status.get(seq) in ("done", "failed"):
                 continue
-            if (error is not None or only_always) and not step.always:
+            if step.on_failure and error is None and not only_always:
+                self._mark(op_id, seq, "skipped", None)
+                continue
+            if (error is not None or only_always) and not (step.always or step.on_failure):
                 self._mark(op_id, seq, "skipped", None)
                 continue
             self._mark(op_id, seq, "running", None, started=True)

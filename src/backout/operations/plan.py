@@ -17,6 +17,9 @@ class Step:
     # "always" steps run even when an earlier step failed (restart the writers
     # after a quiesced backup, put the safety backup back after a failed restore).
     always: bool = False
+    # "on_failure" steps run only when an earlier step of the operation failed (in
+    # this run or before an interruption): a guarded deploy's rollback.
+    on_failure: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,7 +48,8 @@ class Plan:
         if self.downtime:
             lines.append(f"  expected downtime: {self.downtime}")
         for i, step in enumerate(self.steps, 1):
-            flag = " (runs even if an earlier step fails)" if step.always else ""
+            flag = (" (only if an earlier step fails)" if step.on_failure else
+                    " (runs even if an earlier step fails)" if step.always else "")
             lines.append(f"  {i}. {step.name}{flag}")
             lines.append(f"     why: {step.reason}")
         return lines

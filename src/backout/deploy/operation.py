@@ -1,0 +1,336 @@
+"""``backout deploy``: the runbook's pre-migration checklist and the watch, as one
+journaled operation.
+
+    record the running release -> checkpoint -> switch code -> build -> up --wait
+    -> record the new release -> verify -> watch under the policy
+    [only if a step failed]  decide -> code back -> previous images -> (data back)
+                             -> up -> verify
+    [always]                 record the outcome (release status, incident timeline)
+
+The rollback steps are part of the same plan (``on_failure``), so a ``kill -9``
+anywhere, then ``backout resume``, finishes the deploy or its rollback exactly as
+an uninterrupted run would. Each rollback step re-checks reality: when the failure
+came before anything changed (say the checkpoint failed), there is nothing to undo.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backout.adapters.docker import Compose, Docker
+from backout.adapters.git import Git, GitWrite
+from backout.backup.operation import plan_backup, writers
+from backout.config import Config
+from backout.deploy.preflight import Preflight
+from backout.deploy.watch import INCIDENT_FACT, watch
+from backout.errors import UnhealthyError, VerificationFailedError
+from backout.operations import Plan, Step, register_action
+from backout.operations.executor import RunContext, call_action
+from backout.releases import current_or_new_release, record_release
+from backout.rollback import common
+from backout.rollback.db import resolve_backup
+from backout.state import Store
+from backout.verify import EXPECTED_IMAGES, run_verify
+
+PREVIOUS = "record the release running now"
+BUILD = "build images"
+UP = "start the new release"
+RECORD = "record the new release"
+VERIFY = "verify the new release"
+WATCH = "watch the new release"
+DECIDE = "decide the rollback"
+RB_VERIFY = "roll back: verify"
+OUTCOME = "record the outcome"
+
+# outcome -> what it means, for the operator and CI (exit codes in the CLI)
+OUTCOMES = {
+    "deployed": "deployed and healthy",
+    "rolled_back": "rolled back to the previous release, verified",
+    "needs_human": "the rollback did not verify: left for a human",
+    "failed": "failed before anything changed",
+}
+
+
+def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data: bool,
+                label: str | None = None) -> Plan:
+    short = pf.commit[:12]
+    head = pf.head or ""
+    steps: list[Step] = [Step(PREVIOUS, "deploy.previous",
+                              "the release to come back to: its images get backout's tags so "
+                              "nothing can prune them", {})]
+    set_id = None
+    if config.databases:
+        checkpoint = plan_backup(config, which=list(config.databases), quiesce=False,
+                                 checkpoint=True, label=label or f"before deploy of {pf.ref}")
+        set_id = checkpoint.params["set_id"]
+        steps += checkpoint.steps
+    if pf.dirty:
+        steps.append(Step("save uncommitted changes", "emergency.save_changes",
+                          "the operator's changes are kept as a patch under .backout/saved and a "
+                          "git stash (nothing is discarded)", {"target": pf.ref}))
+    steps += [
+        Step(f"switch code to {short}", "emergency.checkout",
+             f"HEAD {head[:12]} -> {short} ({pf.ref}; detached: no branch is moved)",
+             {"commit": pf.commit}),
+        Step(BUILD, "deploy.build", "build the services whose build context changed between "
+                                    "the two commits, or whose image is missing",
+             {"from": head, "to": pf.commit}),
+        Step(UP, "deploy.up", "docker compose up -d --wait: changed services are recreated "
+                              "in dependency order", {}),
+        Step(RECORD, "deploy.record", "commit, resolved config and image IDs of the new "
+                                      "release; its images retained", {"ref": pf.ref}),
+        Step(VERIFY, "deploy.verify", "the post-deploy checks: containers, health URLs, logs, "
+                                      "databases, images", {}),
+        Step(WATCH, "deploy.watch",
+             f"{watch_seconds}s under the decision matrix; RED means roll back"
+             if watch_seconds else "no watch period (--watch 0)",
+             {"seconds": watch_seconds}),
+        Step(DECIDE, "deploy.decide", "whether anything changed that must be undone; opens the "
+                                      "incident", {"head": head}, on_failure=True),
+    ]
+    rb = _rollback_steps(config, head, set_id if with_data else None)
+    steps += rb
+    steps.append(Step(OUTCOME, "deploy.outcome", "release status and the incident timeline",
+                      {"ref": pf.ref}, always=True))
+    return Plan("deploy", {"ref": pf.ref, "commit": pf.commit, "previous_commit": head,
+                           "set_id": set_id, "with_data": with_data,
+                           "watch_seconds": watch_seconds},
+                tuple(steps),
+                summary=f"deploy {pf.ref} ({short}), watched for {watch_seconds}s"
+                        + (", checkpoint first" if set_id else ""),
+                downtime="services whose image changes are recreated one by one; if it is "
+                         "rolled back, again" + (" with app services stopped while the "
+                                                 "databases are restored" if with_data else ""))
+
+
+def _wrap(name: str, action: str, reason: str, params: dict[str, Any],
+          fill: str | None = None) -> Step:
+    return Step(name, "deploy.rollback_step", reason,
+                {"action": action, "params": params, "fill": fill}, on_failure=True)
+
+
+def _rollback_steps(config: Config, head: str, set_id: str | None) -> list[Step]:
+    steps = [
+        _wrap(f"roll back: code to {head[:12]}", "emergency.checkout",
+              "the deployment repository back at the previous release's commit",
+              {"commit": head}),
+        _wrap("roll back: previous images", "emergency.images",
+              "the previous release's retained images under the names the compose files use; "
+              "nothing rebuilt or pulled", {"rebuild": []}, fill="images"),
+    ]
+    if set_id is not None:
+        dbs = list(config.databases)
+        stopped = writers(config, dbs)
+        steps.append(_wrap(f"stop writers: {', '.join(stopped)}", "compose.stop",
+                           "nothing may write while the databases are restored",
+                           {"services": stopped}))
+        safety = f"{set_id}-safety"
+        for name in dbs:
+            steps += [
+                _wrap(f"verify {name} backup", "rollback.db.verify",
+                      "prove the pre-deploy checkpoint whole before anything changes",
+                      {"database": name, "set_id": set_id}, fill="backup"),
+                _wrap(f"safety backup of {name}", "rollback.db.safety",
+                      "so the data restore can itself be rolled back",
+                      {"database": name, "set_id": f"{safety}-{name}"}),
+                _wrap(f"restore {name}", "rollback.db.restore",
+                      f"{name} is replaced by the pre-deploy checkpoint's data",
+                      {"database": name, "set_id": set_id}, fill="backup"),
+                _wrap(f"put {name}'s safety backup back if its restore failed",
+                      "rollback.db.undo", "never leave half-restored data",
+                      {"database": name, "set_id": f"{safety}-{name}"}),
+            ]
+    steps += [
+        _wrap("roll back: start the previous release", "emergency.up",
+              "docker compose up -d --wait at the previous commit (no build, no pull)", {}),
+        _wrap(RB_VERIFY, "emergency.verify",
+              "the runbook's post-rollback checks; if they fail, a human decides", {}),
+    ]
+    return steps
+
+
+def _parts(ctx: RunContext) -> tuple[Any, Config, Store, Compose]:
+    return common.ctx_parts(ctx)
+
+
+@register_action("deploy.previous")
+def _previous(ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    env, config, store, _compose = _parts(ctx)
+    release_id = current_or_new_release(env, config, store)
+    release = store.release(release_id) or {}
+    images = {svc: info["image_id"] for svc, info in release.get("services", {}).items()}
+    return {"release_id": release_id, "images": images}
+
+
+@register_action("deploy.build")
+def _build(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    """Build what changed: a service with a build section whose image is missing, or
+    whose build context has files that differ between the two commits."""
+    env, config, _store, compose = _parts(ctx)
+    data = compose.config()
+    project = common.project_name(compose, data)
+    changed = Git(env, config.project_dir).changed_files(params["from"], params["to"]) \
+        if params["from"] else None
+    if changed is not None:
+        # The compose files, .env and backout's own files are deployment settings, not
+        # build input (a context of "." holds them too): a change there alone builds
+        # nothing.
+        settings = {*config.project.compose_files, config.project.env_file or "",
+                    *config.own_paths}
+        changed = [f for f in changed if f not in settings
+                   and not any(f.startswith(f"{p}/") for p in config.own_paths)]
+    docker = Docker(env)
+    build: list[str] = []
+    for svc, spec in sorted((data.get("services") or {}).items()):
+        if not spec.get("build"):
+            continue
+        ref = str(spec.get("image") or f"{project}-{svc}")
+        context = Path(str(spec["build"].get("context", "."))).resolve()
+        try:
+            rel = context.relative_to(config.project_dir.resolve())
+        except ValueError:
+            rel = None  # a context outside the repository: git cannot tell, build it
+        touched = changed is None or rel is None or any(
+            rel == Path(".") or Path(f).is_relative_to(rel) for f in changed)
+        if touched or docker.inspect_image(ref) is None:
+            build.append(svc)
+    if build:
+        compose.run("build", *build, timeout=3600)
+    return {"built": build}
+
+
+@register_action("deploy.up")
+def _up(ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    env, _config, _store, compose = _parts(ctx)
+    started = datetime.now(UTC).isoformat()
+    result = compose.run("up", "-d", "--wait", "--no-build", "--remove-orphans", timeout=900,
+                         check=False, what="docker compose up")
+    if not result.ok:
+        lines = result.stderr.strip().splitlines()
+        raise UnhealthyError("the new release did not come up healthy: "
+                             + env.redact(lines[-1] if lines else "no output"))
+    return {"started_at": started}
+
+
+@register_action("deploy.record")
+def _record(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    env, config, store, _compose = _parts(ctx)
+    rec = record_release(env, config, store, note=f"deploy of {params['ref']}")
+    store.set_fact(EXPECTED_IMAGES, {s: i["image_id"] for s, i in rec.services.items()})
+    return {"release_id": rec.id}
+
+
+@register_action("deploy.verify")
+def _verify(ctx: RunContext, _params: dict[str, Any], results: dict[str, Any]) -> Any:
+    env, config, store, compose = _parts(ctx)
+    # Errors logged while containers were recreated (a proxy losing its upstream for a
+    # moment) are the deploy's expected blip; what counts is the release once it is up.
+    result = run_verify(env, config, store, compose,
+                        settle=min(config.verify.settle_seconds, 10), since=datetime.now(UTC))
+    if not result.ok:
+        raise VerificationFailedError("the new release failed verification: "
+                                      + "; ".join(f"{c.name}: {c.detail}" for c in result.failed))
+    return result.to_json()
+
+
+@register_action("deploy.watch")
+def _watch(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    env, config, store, compose = _parts(ctx)
+    return watch(env, config, store, compose, float(params["seconds"]), ctx.operation_id,
+                 on_decision=ctx.services.get("on_decision"))
+
+
+@register_action("deploy.decide")
+def _decide(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    env, config, store, compose = _parts(ctx)
+    failed = store.db.execute("SELECT name, detail FROM steps WHERE operation_id = ? AND "
+                              "status = 'failed' ORDER BY seq LIMIT 1",
+                              (ctx.operation_id,)).fetchone()
+    reason = (f"{failed['name']}: " + str(_detail(failed["detail"]).get("error", "failed"))
+              if failed else "an earlier step failed")
+    head = GitWrite(Git(env, config.project_dir)).head()
+    previous = results.get(PREVIOUS, {}).get("images", {})
+    running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+    changed = (bool(params["head"]) and head != params["head"]) or any(
+        running.get(svc) != image for svc, image in previous.items())
+    if not changed:
+        return {"needed": False, "reason": reason}
+    if PREVIOUS not in results:
+        # Cannot happen in a sane run (nothing changes before it), but never guess.
+        return {"needed": False, "reason": reason, "problem": "no previous release recorded"}
+    iid = store.fact(INCIDENT_FACT.format(op=ctx.operation_id))
+    if iid is None:
+        iid = store.open_incident(rule="deploy", level="RED", severity="SEV-1", reason=reason,
+                                  values={"operation": ctx.operation_id})
+        store.set_fact(INCIDENT_FACT.format(op=ctx.operation_id), iid)
+    store.incident_event(int(iid), "action", {"rollback": "previous release "
+                                              f"{results[PREVIOUS]['release_id']}",
+                                              "automatic": True, "reason": reason})
+    return {"needed": True, "reason": reason, "incident": iid,
+            "to_release": results[PREVIOUS]["release_id"]}
+
+
+def _step_failed(store: Store, op_id: int, name: str) -> bool:
+    row = store.db.execute("SELECT status FROM steps WHERE operation_id = ? AND name = ?",
+                           (op_id, name)).fetchone()
+    return row is not None and row["status"] == "failed"
+
+
+def _detail(raw: str | None) -> dict[str, Any]:
+    import json
+
+    value = json.loads(raw) if raw else {}
+    return value if isinstance(value, dict) else {}
+
+
+@register_action("deploy.rollback_step")
+def _rollback_step(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    decision = results.get(DECIDE) or {}
+    if not decision.get("needed"):
+        return {"skipped": "nothing to roll back"}
+    env, config, store, _compose = _parts(ctx)
+    inner = dict(params["params"])
+    if params.get("fill") == "images":
+        inner["images"] = results[PREVIOUS]["images"]
+    elif params.get("fill") == "backup":
+        db = config.databases[inner["database"]]
+        inner.update(resolve_backup(env, config, store, db, inner["set_id"]))
+    return call_action(params["action"], ctx, inner, results)
+
+
+@register_action("deploy.outcome")
+def _outcome(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    _env, _config, store, _compose = _parts(ctx)
+    new_release = (results.get(RECORD) or {}).get("release_id")
+    decision = results.get(DECIDE)
+    iid = store.fact(INCIDENT_FACT.format(op=ctx.operation_id))
+    if WATCH in results:
+        outcome = "deployed"
+    elif decision is None and _step_failed(store, ctx.operation_id, DECIDE):
+        outcome = "needs_human"  # could not even tell what changed: a human looks
+    elif decision is None or not decision.get("needed"):
+        outcome = "failed"
+    elif RB_VERIFY in results and "skipped" not in results[RB_VERIFY]:
+        outcome = "rolled_back"
+    else:
+        outcome = "needs_human"
+    if new_release is not None:
+        store.update_release(int(new_release), status={"deployed": "deployed",
+                                                       "rolled_back": "rolled_back"}
+                             .get(outcome, "failed"))
+    if iid is not None:
+        iid = int(iid)
+        if outcome == "rolled_back":
+            store.incident_event(iid, "verified", {"checks": len(results[RB_VERIFY]["checks"])})
+            store.incident_event(iid, "resolved", {"reason": "rolled back to release "
+                                                   f"{decision and decision.get('to_release')}"})
+        elif outcome == "needs_human":
+            store.incident_event(iid, "escalated", {"error": "the rollback did not verify"})
+    store.record_event(f"deploy.{outcome}", target=f"deploy of {params['ref']}",
+                       reason=(decision or {}).get("reason"),
+                       detail={"release_id": new_release, "incident": iid})
+    return {"outcome": outcome, "release_id": new_release, "incident": iid,
+            "reason": (decision or {}).get("reason"), "finished_at": time.time()}

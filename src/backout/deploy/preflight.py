@@ -1,0 +1,198 @@
+"""Preflight of ``backout deploy``: everything that could stop a deploy, checked
+before anything changes (read-only: git, compose config, the engine, the disk).
+
+Each check is recorded with its detail so ``--dry-run`` and the JSON output show
+them all; the first failing one becomes the error, with its own exit code
+(a missing ref is "not found", a dirty tree or a full disk is a refusal).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backout import proc
+from backout.adapters.docker import Compose, Docker
+from backout.adapters.git import Git
+from backout.backup import sets
+from backout.config import Config
+from backout.environment import Environment
+from backout.errors import BackoutError, NotFoundError, UsageError
+from backout.operations.executor import unfinished
+from backout.state import Store
+
+DiskUsage = Callable[[Path], Any]  # shutil.disk_usage's shape: .free in bytes
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class Preflight:
+    ref: str
+    commit: str = ""
+    head: str | None = None
+    dirty: bool = False
+    running: dict[str, str] = field(default_factory=dict)  # service -> image id now
+    checkpoint_estimate: int | None = None
+    checks: list[Check] = field(default_factory=list)
+    error: BackoutError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def fail(self, name: str, error: BackoutError) -> None:
+        self.checks.append(Check(name, False, error.message))
+        if self.error is None:
+            self.error = error
+
+    def passed(self, name: str, detail: str) -> None:
+        self.checks.append(Check(name, True, detail))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.ref, "commit": self.commit, "head": self.head, "dirty": self.dirty,
+                "checkpoint_estimate_bytes": self.checkpoint_estimate,
+                "checks": [c.to_json() for c in self.checks]}
+
+
+def last_checkpoint_bytes(config: Config, store: Store) -> int | None:
+    """Size of the newest checkpoint's backup set still on disk, from its manifest."""
+    for row in store.db.execute("SELECT path FROM checkpoints ORDER BY id DESC LIMIT 5"):
+        info = sets.get_set(config.backup_dir, row["path"])
+        if info.usable and info.manifest:
+            return sum(int(a.get("bytes", 0)) for a in info.manifest["artifacts"].values())
+    return None
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_compose_at(env: Environment, config: Config, commit: str) -> str | None:
+    """Validate the compose files as they are at ``commit``, without switching the tree:
+    the commit's files are exported to a scratch directory and ``docker compose
+    config`` reads them there (with the project's .env, which is usually untracked).
+    Returns a problem, or None."""
+    with tempfile.TemporaryDirectory(prefix="backout-preflight-") as tmp:
+        tarball = Path(tmp) / "tree.tar"
+        tree = Path(tmp) / "tree"
+        tree.mkdir()
+        made = proc.run(env, ["git", "-C", str(config.project_dir), "archive", "--format=tar",
+                              "-o", str(tarball), commit], timeout=120, check=False,
+                        what="git archive")
+        if not made.ok or not proc.run(env, ["tar", "-xf", str(tarball), "-C", str(tree)],
+                                       timeout=120, check=False, what="tar").ok:
+            return f"could not export the files of {commit[:12]}"
+        missing = [f for f in config.project.compose_files if not (tree / f).is_file()]
+        if missing:
+            return f"{', '.join(missing)} missing at {commit[:12]}"
+        env_file = config.project.env_file
+        # .env is usually untracked (it holds secrets): use the project's own.
+        scratch = Compose(env, tree, config.project.compose_files, config.project.name,
+                          str(config.project_dir / env_file)
+                          if env_file and (config.project_dir / env_file).is_file() else None)
+        result = scratch.run("config", "-q", timeout=60, check=False,
+                             what="docker compose config (at the ref)")
+        if not result.ok:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            return env.redact(lines[-1] if lines else "invalid")
+    return None
+
+
+def preflight(env: Environment, config: Config, store: Store, compose: Compose,
+              ref: str | None, *, allow_dirty: bool,
+              disk_usage: DiskUsage = shutil.disk_usage) -> Preflight:
+    git = Git(env, config.project_dir)
+    pf = Preflight(ref or "HEAD")
+    if not git.is_repo():
+        pf.fail("git repository", UsageError(
+            f"{config.project_dir} is not a git repository: deploy switches code by git ref",
+            fix="keep the compose project in git, or deploy by hand and `backout release record`"))
+        return pf
+    pf.passed("git repository", str(config.project_dir))
+    try:
+        pf.commit = git.resolve(pf.ref)
+        pf.passed("ref", f"{pf.ref} is {pf.commit[:12]}")
+    except NotFoundError as exc:
+        pf.fail("ref", exc)
+        return pf
+    tree = git.state(config.own_paths)
+    pf.head, pf.dirty = tree.commit, tree.dirty
+    if tree.dirty and not allow_dirty:
+        changed = (len(tree.diff.splitlines()) and "tracked changes") or "changes"
+        files = ", ".join(tree.untracked[:3])
+        pf.fail("clean tree", UsageError(
+            f"the deployment repository has uncommitted {changed}"
+            + (f" (untracked: {files})" if files else ""),
+            fix="commit or stash them, or pass --allow-dirty (they are then saved as a patch "
+                "and a git stash before the switch)"))
+    else:
+        pf.passed("clean tree", "dirty, allowed: saved before the switch" if tree.dirty
+                  else "no uncommitted changes")
+    problem = check_compose_at(env, config, pf.commit)
+    if problem:
+        pf.fail("compose config", UsageError(
+            f"the compose configuration at {pf.ref} is invalid: {problem}",
+            fix="fix it in the repository and deploy the fixed commit"))
+    else:
+        pf.passed("compose config", f"valid at {pf.commit[:12]}")
+    pending = unfinished(store)
+    if pending:
+        pf.fail("no interrupted operation", UsageError(
+            f"operation #{pending[-1]['id']} ({pending[-1]['kind']}) was interrupted and is "
+            "unfinished", fix="run `backout resume` first"))
+    else:
+        pf.passed("no interrupted operation", "none")
+    docker = Docker(env)
+    running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+    pf.running = running
+    if not running:
+        pf.fail("previous release", UsageError(
+            "nothing of the stack runs: there would be no release to roll back to",
+            fix="start it first (docker compose up -d --wait), then deploy"))
+    else:
+        gone = sorted(s for s, image in running.items() if docker.inspect_image(image) is None)
+        if gone:
+            pf.fail("previous release", NotFoundError(
+                f"the running image of {', '.join(gone)} is no longer on this host: a rollback "
+                "could not use it", fix="redeploy the current release first"))
+        else:
+            pf.passed("previous release", f"{len(running)} running services; their images are "
+                                          "retained under backout's tags before the switch")
+    if config.databases:
+        estimate = last_checkpoint_bytes(config, store)
+        where = _existing_parent(config.backup_dir)
+        free = int(disk_usage(where).free)
+        if estimate is None:
+            pf.passed("disk room", f"{free // 2**20} MiB free on {where}; no earlier checkpoint "
+                                   "to estimate from")
+        else:
+            need = int(estimate * config.deploy.disk_margin)
+            pf.checkpoint_estimate = need
+            if need > free:
+                pf.fail("disk room", UsageError(
+                    f"not enough room for the pre-deploy checkpoint on {where}: about "
+                    f"{_mib(need)} needed (last checkpoint {_mib(estimate)} x "
+                    f"{config.deploy.disk_margin:g}), {_mib(free)} free",
+                    fix="free space (`backout backups prune`) or set [backups] dir elsewhere"))
+            else:
+                pf.passed("disk room", f"{_mib(free)} free, about {_mib(need)} needed")
+    return pf
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"

@@ -1,0 +1,67 @@
+"""The watch period of a guarded deploy: the monitor's loop, for a bounded time,
+without its own rollback (the deploy's plan rolls back), stopping at the first RED.
+
+The policy state lives under a key of the deploy's operation, so a resumed deploy
+keeps its pending ``for:`` timers and a long-running ``backout monitor`` is neither
+inherited from nor disturbed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from backout.adapters.docker import Compose
+from backout.config import Config
+from backout.environment import Environment
+from backout.errors import UnhealthyError
+from backout.monitor.policy import Decision, Level
+from backout.monitor.run import Monitor
+from backout.notify import Notifier
+from backout.state import Store
+
+INCIDENT_FACT = "deploy.op{op}.incident"
+
+
+class RedDuringWatch(UnhealthyError):
+    code = "red"
+
+
+def watch(env: Environment, config: Config, store: Store, compose: Compose, seconds: float,
+          op_id: int, *, on_decision: Callable[[Decision, float], None] | None = None,
+          clock: Callable[[], float] = time.monotonic,
+          sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    if seconds <= 0:
+        return {"watched_s": 0, "evaluations": 0, "level": None}
+    notify = config.monitor.notify
+    mon = Monitor(env, config, store, compose, config.monitor.effective_rules,
+                  notifier=Notifier(notify.webhook_url, notify.webhook_format, notify.command),
+                  auto_rollback=False, window=float(config.monitor.window_seconds),
+                  state_key=f"deploy.op{op_id}.policy_state")
+    interval = float(config.monitor.interval_seconds)
+    opened_before = {i["id"] for i in store.open_incidents()}
+    start = clock()
+    evaluations = 0
+    worst = Level.GREEN
+    while True:
+        tick = clock()
+        decision = mon.step()
+        evaluations += 1
+        if on_decision is not None:
+            on_decision(decision, tick - start)
+        if decision.level == Level.YELLOW:
+            worst = Level.YELLOW
+        if decision.level == Level.RED:
+            red = [f for f in decision.active if f.level == Level.RED]
+            why = "; ".join(f"{f.rule}: {f.reason}" for f in red) or "RED"
+            new = [i["id"] for i in store.open_incidents() if i["id"] not in opened_before]
+            if new:
+                store.set_fact(INCIDENT_FACT.format(op=op_id), new[0])
+            raise RedDuringWatch(f"RED after {tick - start:.0f}s of the watch: {why}",
+                                 fix="the deploy rolls back by itself; see `backout incidents`")
+        elapsed = clock() - start
+        if elapsed >= seconds:
+            return {"watched_s": round(elapsed, 1), "evaluations": evaluations,
+                    "level": decision.level.value, "worst": worst.value}
+        sleep(max(0.0, min(interval - (clock() - tick), seconds - elapsed)))
