@@ -12,6 +12,7 @@ import re
 import struct
 from typing import Any
 
+from backout.backup.crc64 import CRC64
 from backout.backup.pipeline import IntegrityError
 
 _STRINGS = re.compile(rb"'(?:[^'\\]|\\.)*'", re.S)
@@ -109,8 +110,10 @@ RDB_AUX = 0xFA
 
 
 class RDBChecker:
-    """A Redis RDB file: magic, version, and the EOF opcode + checksum at the end.
+    """A Redis RDB file: magic, version, the EOF opcode and the CRC-64 after it.
 
+    The checksum (RDB version 5+, 8 little-endian bytes after EOF, 0 = disabled) is
+    computed over the whole stream as it passes, so a flipped byte anywhere fails.
     Key counts come from the RESIZEDB opcodes that follow each SELECTDB (Redis
     writes the exact size of the keyspace at the snapshot). The first database's
     header is parsed from the head of the file; later databases are found by a
@@ -120,12 +123,15 @@ class RDBChecker:
     def __init__(self, what: str) -> None:
         self.what = what
         self.head = b""
-        self.tail = b""
+        self.tail = b""  # the last 9 bytes seen: EOF opcode + checksum
         self.size = 0
+        self.crc = CRC64()  # over every byte except the last 8
 
     def feed(self, chunk: bytes) -> None:
         if len(self.head) < 65536:
             self.head += chunk[: 65536 - len(self.head)]
+        pending = self.tail[-8:] + chunk
+        self.crc.update(pending[:-8])
         self.tail = (self.tail + chunk)[-9:]
         self.size += len(chunk)
 
@@ -135,7 +141,17 @@ class RDBChecker:
         version = int(self.head[5:9])
         if len(self.tail) < 9 or self.tail[0] != RDB_EOF:
             raise IntegrityError(f"{self.what}: RDB is truncated (no EOF marker at the end)")
-        return {"rdb_version": version, "keys": parse_rdb_keycounts(self.head), "bytes": self.size}
+        stored = int.from_bytes(self.tail[1:], "little")
+        checksum = "disabled"
+        if version >= 5 and stored != 0:
+            computed = self.crc.value()
+            if computed != stored:
+                raise IntegrityError(f"{self.what}: RDB checksum mismatch (the file says "
+                                     f"{stored:016x}, its contents give {computed:016x}): "
+                                     "corrupt")
+            checksum = "ok"
+        return {"rdb_version": version, "keys": parse_rdb_keycounts(self.head),
+                "bytes": self.size, "checksum": checksum}
 
 
 def _length(buf: bytes, i: int) -> tuple[int | None, int]:
