@@ -17,7 +17,12 @@ from backout.adapters.docker import Compose
 from backout.adapters.mongodb import MongoDB
 from backout.adapters.mysql import DUMP_FLAGS, MySQL
 from backout.adapters.redis import Redis
-from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
+from backout.backup.checkers import (
+    MySQLDumpChecker,
+    RDBChecker,
+    TarBsonChecker,
+    VolumeTarChecker,
+)
 from backout.backup.pipeline import (
     Checker,
     IntegrityError,
@@ -56,6 +61,8 @@ def checker_for(db_section: dict[str, Any], what: str) -> Checker:
         return RDBChecker(what)
     if kind == "mongodb":
         return TarBsonChecker(list(db_section.get("databases", {})), what)
+    if kind == "volume":
+        return VolumeTarChecker(what)
     raise IntegrityError(f"{what}: unknown database type {kind!r} in manifest")
 
 
