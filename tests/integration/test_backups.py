@@ -917,3 +917,88 @@ def test_rdb_checksum_of_the_stacks_redis_verifies_and_catches_a_flipped_byte(
         assert f"backup {copy_id}: redis.rdb.zst: RDB checksum mismatch" in bad["problem"]
     finally:
         shutil.rmtree(root / copy_id, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- mongodump
+
+
+FAKE_MONGODUMP = Path(__file__).resolve().parent.parent / "data" / "mongodump" / "fake-mongodump"
+
+
+@pytest.fixture
+def fake_mongodump(project: Path, stack: TestStack) -> Iterator[str]:
+    """A FAKE mongodump (no real one exists here) in the stand-in's container, dumping
+    the live stand-in with pymongo; plus a MongoDB password (a sentinel: the stand-in
+    ignores authentication) so that the credential path is exercised."""
+    container = stack.container_id("mongodb")
+    subprocess.run(["docker", "cp", str(FAKE_MONGODUMP), f"{container}:/usr/local/lib/fake-mongodump"],
+                   check=True, capture_output=True, timeout=60)
+    wrapper = ("printf '#!/bin/sh\\nFAKE_MONGODUMP_LIVE=1 exec /opt/nx/bin/python "
+               "/usr/local/lib/fake-mongodump \"$@\"\\n' > /usr/local/bin/mongodump && "
+               "chmod 755 /usr/local/bin/mongodump && rm -f /tmp/fake-mongodump.log")
+    stack.compose("exec", "-T", "mongodb", "sh", "-c", wrapper)
+    sentinel = f"mongo-sentinel-{secrets.token_hex(16)}"
+    config, env_file = project / "backout.toml", project / ".env"
+    original_config, original_env = config.read_text(), env_file.read_text()
+    text, n = re.subn(r'(\[databases\.mongodb\]\n(?:.*\n)*?service = "mongodb"\n)',
+                      r'\1user = "root"\npassword_env = "MONGO_TEST_PASSWORD"\n', original_config)
+    assert n == 1, original_config
+    try:
+        config.write_text(text)
+        env_file.write_text(original_env + f"\nMONGO_TEST_PASSWORD={sentinel}\n")
+        yield sentinel
+    finally:
+        config.write_text(original_config)
+        env_file.write_text(original_env)
+        stack.compose("exec", "-T", "mongodb", "rm", "-f", "/usr/local/bin/mongodump",
+                      "/usr/local/lib/fake-mongodump")
+
+
+def test_mongodump_inside_the_container_is_used_when_it_exists(
+        project: Path, stack: TestStack, fake_mongodump: str) -> None:
+    sentinel = fake_mongodump
+    stack.compose("stop", *WRITERS)  # still data while we compare
+    try:
+        before = mongo_snapshot(stack)
+        watcher = CmdlineWatcher([sentinel.encode()], (b"backout-mongodump", b"fake-mongodump"))
+        watcher.start()
+        try:
+            result = backout("backup", "mongodb", "--verbose", "--json", cwd=project)
+        finally:
+            watcher.stop.set()
+            watcher.join(timeout=10)
+        data = ok_json(result)
+        assert watcher.hits == [], watcher.hits
+        assert {b"backout-mongodump", b"fake-mongodump"} <= watcher.seen, watcher.seen
+        assert sentinel not in result.stdout + result.stderr
+        raw_manifest = (backup_dir(project) / data["set_id"] / "manifest.json").read_text()
+        assert sentinel not in raw_manifest
+        section = json.loads(raw_manifest)["databases"]["mongodb"]
+        assert section["mode"] == "mongodump" and "fake" in section["tool_version"]
+        assert section["databases"][DATABASE]["collections"] == \
+            {c: len(docs) for c, docs in before.items()}
+
+        # what the fake mongodump saw: the password only in its 0600 --config file
+        runs = [json.loads(line) for line in stack.compose(
+            "exec", "-T", "mongodb", "cat", "/tmp/fake-mongodump.log").stdout.splitlines()]
+        assert len(runs) == 1
+        assert runs[0]["password_sha256"] == hashlib.sha256(sentinel.encode()).hexdigest()
+        assert runs[0]["config_mode"] == "0o600"
+        assert not any(sentinel in a for a in runs[0]["argv"])
+        leftovers = stack.compose("exec", "-T", "mongodb", "sh", "-c",
+                                  "ls -d /tmp/backout-mongodump.* 2>/dev/null || true").stdout
+        assert leftovers.strip() == ""
+
+        # the artifact restores by hand to the same documents
+        stack.mongo_eval("db.customers.update_one({'_id': 1}, {'$set': {'name': 'changed'}})")
+        assert mongo_snapshot(stack) != before
+        restore_mongo_by_hand(stack, artifact(project, data["set_id"], "mongodb"))
+        assert mongo_snapshot(stack) == before
+        ok_json(backout("backups", "verify", data["set_id"], "--json", cwd=project))
+    finally:
+        writers_up(stack)
+
+
+def test_without_mongodump_the_driver_dumps(project: Path) -> None:
+    data = ok_json(backout("backup", "mongodb", "--json", cwd=project))
+    assert manifest(project, data["set_id"])["databases"]["mongodb"]["mode"] == "driver"
