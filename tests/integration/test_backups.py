@@ -7,6 +7,9 @@
   end in one clear line, a documented exit code, and nothing published.
 * Secrets never reach argv, output, the manifest or the state database.
 * Redis with AOF, a backup under continuous writes, ``--restore-test``, ``--quiesce``.
+* Named volumes (tar with the service stopped, restored by hand into a new volume),
+  the RDB's own CRC-64, and mongodump inside the container (a FAKE mongodump: no
+  real one exists on our machines).
 
 The CLI runs as a real subprocess (``python -m backout``, cwd = the project), as an
 operator would run it. Everything a test changes on the shared session stack (.env,

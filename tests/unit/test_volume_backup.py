@@ -8,6 +8,8 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -16,7 +18,10 @@ from backout.backup.operation import plan_backup
 from backout.backup.pipeline import IntegrityError
 from backout.backup.volumes import tar_argv
 from backout.config.load import parse_document
-from backout.errors import UsageError
+from backout.errors import ExternalError, UsageError
+from backout.operations import Executor, Plan, Step, register_action
+from backout.operations.executor import RunContext
+from backout.state import Store
 
 
 def gnu_tar_of(tree: Path) -> bytes:
@@ -137,3 +142,57 @@ def test_the_tar_runs_read_only_without_network_as_root() -> None:
     assert "proj_uploads:/v:ro" in argv and argv[3:5] == ["--network", "none"]
     assert argv[argv.index("--entrypoint") + 1] == "tar"
     assert argv[-5:] == ["-C", "/v", "-cf", "-", "."]
+
+
+class FakeCompose:
+    def __init__(self, running: set[str]) -> None:
+        self.running = set(running)
+        self.calls: list[tuple[str, ...]] = []
+
+    def containers(self, *services: str) -> list[Any]:
+        return [SimpleNamespace(service=s, state="running" if s in self.running else "exited")
+                for s in services]
+
+    def run(self, *args: str, **_kw: Any) -> None:
+        self.calls.append(args)
+        if args[0] == "stop":
+            self.running -= set(args[1:])
+        else:
+            self.running |= {a for a in args if not a.startswith("-") and a != "up"}
+
+
+@register_action("test.volume-fail")
+def _fail(_ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    raise ExternalError("the dump before failed")
+
+
+def _stop_start(fail_first: bool) -> Plan:
+    steps = [Step("dump mysql", "test.volume-fail", "fails")] if fail_first else []
+    steps += [Step("stop backend for volume v", "compose.stop", "r", {"services": ["backend"]}),
+              Step("start backend after volume v", "compose.start", "r",
+                   {"services": ["backend"], "stop_step": "stop backend for volume v"},
+                   always=True)]
+    return Plan("backup", {}, tuple(steps))
+
+
+def test_a_service_the_plan_never_stopped_is_not_started(tmp_path: Path) -> None:
+    """The operator stopped backend on purpose; a dump failed before the volume's stop
+    step ran: the always-step must not start backend."""
+    compose = FakeCompose(running=set())
+    store = Store(tmp_path)
+    ex = Executor(store, {"store": store, "compose": compose})
+    plan = _stop_start(fail_first=True)
+    outcome = ex.run(plan, ex.start(plan))
+    assert outcome.status == "failed"
+    assert outcome.results["start backend after volume v"]["started"] == []
+    assert compose.calls == [] and compose.running == set()
+
+
+def test_the_service_the_plan_stopped_is_started_again(tmp_path: Path) -> None:
+    compose = FakeCompose(running={"backend"})
+    store = Store(tmp_path)
+    ex = Executor(store, {"store": store, "compose": compose})
+    plan = _stop_start(fail_first=False)
+    outcome = ex.run(plan, ex.start(plan))
+    assert outcome.results["start backend after volume v"]["started"] == ["backend"]
+    assert compose.running == {"backend"}

@@ -164,6 +164,9 @@ def _stop(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
 def _start(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     if "stop_step" in params:
         stop = results.get(params["stop_step"])
+        if stop is None and not _started(ctx, params["stop_step"]):
+            # an earlier step failed before the stop: we stopped nothing, so start nothing
+            return {"started_at": time.time(), "started": []}
     else:  # plans journaled before stop_step existed
         stop = next((v for k, v in results.items() if k.startswith("stop writers")), None)
     # Without a record of the stop (a crash inside it), start them all: uptime wins
@@ -172,6 +175,14 @@ def _start(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     if services:
         _compose(ctx).run("up", "-d", "--no-deps", "--no-recreate", *services, timeout=300)
     return {"started_at": time.time(), "started": services}
+
+
+def _started(ctx: RunContext, step_name: str) -> bool:
+    """Did this operation ever start the step (journaled, even if it crashed inside)?"""
+    store: Store = ctx["store"]
+    row = store.db.execute("SELECT started_at FROM steps WHERE operation_id = ? AND name = ?",
+                           (ctx.operation_id, step_name)).fetchone()
+    return row is not None and row["started_at"] is not None
 
 
 @register_action("backup.dump")
