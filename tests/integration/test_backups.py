@@ -7,6 +7,9 @@
   end in one clear line, a documented exit code, and nothing published.
 * Secrets never reach argv, output, the manifest or the state database.
 * Redis with AOF, a backup under continuous writes, ``--restore-test``, ``--quiesce``.
+* Named volumes (tar with the service stopped, restored by hand into a new volume),
+  the RDB's own CRC-64, and mongodump inside the container (a FAKE mongodump: no
+  real one exists on our machines).
 
 The CLI runs as a real subprocess (``python -m backout``, cwd = the project), as an
 operator would run it. Everything a test changes on the shared session stack (.env,
@@ -19,6 +22,7 @@ stand-in's insert/find behaviour.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -768,3 +772,236 @@ def test_quiesced_checkpoint_on_a_full_disk_restarts_writers(project: Path, stac
     states = service_states(stack)
     assert all(states.get(w) == "running" for w in WRITERS), states
     assert_one_line_error(result, 6, "disk_full", "no space left")
+
+
+# --------------------------------------------------------------------------- named volumes
+
+VOLUME_SECTION = """
+[volumes.redisdata]
+volume = "redis-data"
+service = "redis"
+stop_service = true
+"""
+
+
+@pytest.fixture
+def redis_volume(project: Path, stack: TestStack) -> Iterator[dict[str, str]]:
+    """[volumes.redisdata] (Redis's own volume, Redis stopped during the tar) and known
+    files planted in it: 300 KB of random bytes, a file owned by uid 1234, a symlink."""
+    config = project / "backout.toml"
+    original = config.read_text()
+    plant = ("mkdir -p /data/voltest && head -c 300000 /dev/urandom > /data/voltest/blob && "
+             "echo planted > /data/voltest/note && chown 1234:1234 /data/voltest/note && "
+             "ln -sf note /data/voltest/link && sha256sum /data/voltest/blob")
+    out = stack.compose("exec", "-T", "redis", "sh", "-c", plant).stdout
+    try:
+        config.write_text(original + VOLUME_SECTION)
+        yield {"blob_sha256": out.split()[0]}
+    finally:
+        config.write_text(original)
+        services_up(stack, "redis")
+        stack.compose("exec", "-T", "redis", "rm", "-rf", "/data/voltest")
+
+
+def _in_volume(volume: str, script: str, *, stdin: Path | None = None) -> str:
+    """Run `sh -c script` in a throwaway debian container with the volume at /v."""
+    argv = ["docker", "run", "--rm", "-i", "--network", "none", "-v", f"{volume}:/v",
+            "debian:bookworm-slim", "sh", "-c", script]
+    if stdin is None:
+        return subprocess.run(argv, capture_output=True, text=True, check=True,
+                              timeout=120).stdout
+    zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", str(stdin)], stdout=subprocess.PIPE)
+    try:
+        out = subprocess.run(argv, stdin=zstd.stdout, capture_output=True, text=True,
+                             check=True, timeout=120).stdout
+    finally:
+        assert zstd.stdout is not None
+        zstd.stdout.close()
+    assert zstd.wait(timeout=60) == 0
+    return out
+
+
+def test_volume_backup_with_the_service_stopped_restores_by_hand(
+        project: Path, stack: TestStack, redis_volume: dict[str, str]) -> None:
+    steps = [s["name"] for s in ok_json(backout("backup", "redisdata", "--dry-run", "--json",
+                                                cwd=project))["plan"]["steps"]]
+    assert steps[1:4] == ["stop redis for volume redisdata", "back up volume redisdata",
+                          "start redis after volume redisdata"]
+    result = backout("backup", "redisdata", "--json", cwd=project)
+    data = ok_json(result)
+    assert service_states(stack)["redis"] == "running"  # started again by the plan
+    m = manifest(project, data["set_id"])
+    assert m["databases"] == {}
+    section = m["volumes"]["redisdata"]
+    assert section["service_stopped"] is True
+    assert section["docker_volume"] == f"{stack.project_name}_redis-data"
+    assert section["files"] >= 2 and section["symlinks"] >= 1
+    assert section["bytes"] >= 300_000
+    art = backup_dir(project) / data["set_id"] / section["artifacts"][0]
+    assert art.name == "volume-redisdata.tar.zst" and art.stat().st_mode & 0o777 == 0o600
+    assert m["artifacts"][art.name]["volume"] == "redisdata"
+    # the journal shows the stop happened before the tar and the start after it
+    ops = ok_json(backout("history", "--json", "--limit", "1", cwd=project))["operations"]
+    assert ops[0]["status"] == "succeeded"
+    verified = ok_json(backout("backups", "verify", data["set_id"], "--json", cwd=project))
+    assert [a["name"] for a in verified["verify"]["artifacts"]] == [art.name]
+    listed_row = next(r for r in ok_json(backout("backups", "list", "--json", cwd=project))
+                      ["backups"] if r["id"] == data["set_id"])
+    assert listed_row["volumes"] == ["redisdata"]
+
+    # Restore BY HAND into a fresh volume, as the README says.
+    restored = f"backout-voltest-{secrets.token_hex(3)}"
+    subprocess.run(["docker", "volume", "create", "--label", f"io.backout.test.run={stack.run_id}",
+                    restored], check=True, capture_output=True, timeout=60)
+    try:
+        _in_volume(restored, "tar -C /v -xpf - --numeric-owner", stdin=art)
+        out = _in_volume(restored, "sha256sum /v/voltest/blob; stat -c %u /v/voltest/note; "
+                                   "cat /v/voltest/note; readlink /v/voltest/link")
+        assert out.split() == [redis_volume["blob_sha256"], "/v/voltest/blob", "1234",
+                               "planted", "note"]
+    finally:
+        subprocess.run(["docker", "volume", "rm", "-f", restored], capture_output=True,
+                       timeout=60, check=False)
+
+
+def test_volume_artifact_damage_is_named_by_verify(project: Path,
+                                                   redis_volume: dict[str, str]) -> None:
+    data = ok_json(backout("backup", "redisdata", "--json", cwd=project))
+    root = backup_dir(project)
+    copy_id = f"19990101T000001Z-{secrets.token_hex(2)}"
+    shutil.copytree(root / data["set_id"], root / copy_id)
+    try:
+        _flip_middle_byte(root / copy_id / "volume-redisdata.tar.zst")
+        result = backout("backups", "verify", copy_id, "--json", cwd=project)
+        assert result.returncode == 5, (result.stdout, result.stderr)
+        [bad] = [a for a in json.loads(result.stdout)["verify"]["artifacts"] if not a["ok"]]
+        assert bad["name"] == "volume-redisdata.tar.zst" and "volume-redisdata" in bad["problem"]
+    finally:
+        shutil.rmtree(root / copy_id, ignore_errors=True)
+
+
+def test_a_missing_volume_fails_cleanly(project: Path) -> None:
+    config = project / "backout.toml"
+    original = config.read_text()
+    try:
+        config.write_text(original + VOLUME_SECTION.replace('"redis-data"', '"redis-dta"'))
+        result = backout("backup", "redisdata", "--json", cwd=project)
+        assert_one_line_error(result, 2, "config", "volumes.redisdata.volume",
+                              'no volume "redis-dta" in compose project')
+    finally:
+        config.write_text(original)
+
+
+# --------------------------------------------------------------------------- RDB checksum
+
+
+def test_rdb_checksum_of_the_stacks_redis_verifies_and_catches_a_flipped_byte(
+        project: Path) -> None:
+    data = ok_json(backout("backup", "redis", "--json", cwd=project))
+    m = manifest(project, data["set_id"])
+    assert m["databases"]["redis"]["rdb_checksum"] == "ok"  # Redis's CRC-64, recomputed
+    root = backup_dir(project)
+    copy_id = f"19990101T000002Z-{secrets.token_hex(2)}"
+    shutil.copytree(root / data["set_id"], root / copy_id)
+    try:
+        art = root / copy_id / "redis.rdb.zst"
+        rdb = bytearray(zstd_bytes(art))
+        rdb[len(rdb) // 2] ^= 0x01
+        art.write_bytes(subprocess.run(["zstd", "-q", "-c"], input=bytes(rdb), check=True,
+                                       capture_output=True, timeout=60).stdout)
+        # a consistent manifest, so only the RDB's own checksum can tell
+        m["artifacts"]["redis.rdb.zst"].update(bytes=art.stat().st_size,
+                                               sha256=hashlib.sha256(art.read_bytes()).hexdigest())
+        (root / copy_id / "manifest.json").write_text(json.dumps(m))
+        result = backout("backups", "verify", copy_id, "--json", cwd=project)
+        assert result.returncode == 5, (result.stdout, result.stderr)
+        [bad] = [a for a in json.loads(result.stdout)["verify"]["artifacts"] if not a["ok"]]
+        assert bad["name"] == "redis.rdb.zst"
+        assert f"backup {copy_id}: redis.rdb.zst: RDB checksum mismatch" in bad["problem"]
+    finally:
+        shutil.rmtree(root / copy_id, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- mongodump
+
+
+FAKE_MONGODUMP = Path(__file__).resolve().parent.parent / "data" / "mongodump" / "fake-mongodump"
+
+
+@pytest.fixture
+def fake_mongodump(project: Path, stack: TestStack) -> Iterator[str]:
+    """A FAKE mongodump (no real one exists here) in the stand-in's container, dumping
+    the live stand-in with pymongo; plus a MongoDB password (a sentinel: the stand-in
+    ignores authentication) so that the credential path is exercised."""
+    container = stack.container_id("mongodb")
+    subprocess.run(["docker", "cp", str(FAKE_MONGODUMP), f"{container}:/usr/local/lib/fake-mongodump"],
+                   check=True, capture_output=True, timeout=60)
+    wrapper = ("printf '#!/bin/sh\\nFAKE_MONGODUMP_LIVE=1 exec /opt/nx/bin/python "
+               "/usr/local/lib/fake-mongodump \"$@\"\\n' > /usr/local/bin/mongodump && "
+               "chmod 755 /usr/local/bin/mongodump && rm -f /tmp/fake-mongodump.log")
+    stack.compose("exec", "-T", "mongodb", "sh", "-c", wrapper)
+    sentinel = f"mongo-sentinel-{secrets.token_hex(16)}"
+    config, env_file = project / "backout.toml", project / ".env"
+    original_config, original_env = config.read_text(), env_file.read_text()
+    text, n = re.subn(r'(\[databases\.mongodb\]\n(?:.*\n)*?service = "mongodb"\n)',
+                      r'\1user = "root"\npassword_env = "MONGO_TEST_PASSWORD"\n', original_config)
+    assert n == 1, original_config
+    try:
+        config.write_text(text)
+        env_file.write_text(original_env + f"\nMONGO_TEST_PASSWORD={sentinel}\n")
+        yield sentinel
+    finally:
+        config.write_text(original_config)
+        env_file.write_text(original_env)
+        stack.compose("exec", "-T", "mongodb", "rm", "-f", "/usr/local/bin/mongodump",
+                      "/usr/local/lib/fake-mongodump")
+
+
+def test_mongodump_inside_the_container_is_used_when_it_exists(
+        project: Path, stack: TestStack, fake_mongodump: str) -> None:
+    sentinel = fake_mongodump
+    stack.compose("stop", *WRITERS)  # still data while we compare
+    try:
+        before = mongo_snapshot(stack)
+        watcher = CmdlineWatcher([sentinel.encode()], (b"backout-mongodump", b"fake-mongodump"))
+        watcher.start()
+        try:
+            result = backout("backup", "mongodb", "--verbose", "--json", cwd=project)
+        finally:
+            watcher.stop.set()
+            watcher.join(timeout=10)
+        data = ok_json(result)
+        assert watcher.hits == [], watcher.hits
+        assert {b"backout-mongodump", b"fake-mongodump"} <= watcher.seen, watcher.seen
+        assert sentinel not in result.stdout + result.stderr
+        raw_manifest = (backup_dir(project) / data["set_id"] / "manifest.json").read_text()
+        assert sentinel not in raw_manifest
+        section = json.loads(raw_manifest)["databases"]["mongodb"]
+        assert section["mode"] == "mongodump" and "fake" in section["tool_version"]
+        assert section["databases"][DATABASE]["collections"] == \
+            {c: len(docs) for c, docs in before.items()}
+
+        # what the fake mongodump saw: the password only in its 0600 --config file
+        runs = [json.loads(line) for line in stack.compose(
+            "exec", "-T", "mongodb", "cat", "/tmp/fake-mongodump.log").stdout.splitlines()]
+        assert len(runs) == 1
+        assert runs[0]["password_sha256"] == hashlib.sha256(sentinel.encode()).hexdigest()
+        assert runs[0]["config_mode"] == "0o600"
+        assert not any(sentinel in a for a in runs[0]["argv"])
+        leftovers = stack.compose("exec", "-T", "mongodb", "sh", "-c",
+                                  "ls -d /tmp/backout-mongodump.* 2>/dev/null || true").stdout
+        assert leftovers.strip() == ""
+
+        # the artifact restores by hand to the same documents
+        stack.mongo_eval("db.customers.update_one({'_id': 1}, {'$set': {'name': 'changed'}})")
+        assert mongo_snapshot(stack) != before
+        restore_mongo_by_hand(stack, artifact(project, data["set_id"], "mongodb"))
+        assert mongo_snapshot(stack) == before
+        ok_json(backout("backups", "verify", data["set_id"], "--json", cwd=project))
+    finally:
+        writers_up(stack)
+
+
+def test_without_mongodump_the_driver_dumps(project: Path) -> None:
+    data = ok_json(backout("backup", "mongodb", "--json", cwd=project))
+    assert manifest(project, data["set_id"])["databases"]["mongodb"]["mode"] == "driver"

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import struct
 import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import bson
 import pytest
 
 from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
+from backout.backup.crc64 import CRC64, crc64, crc64_table
 from backout.backup.pipeline import IntegrityError
 
 CHUNKINGS = [0, 1, 7, 512, 4096]  # 0: all at once
@@ -193,9 +196,9 @@ def aux(key: bytes, encoded_value: bytes) -> bytes:
 
 
 def make_rdb(*, version: bytes = b"0011", keys: bytes | None = b"\x03", expires: bytes = b"\x01",
-             extra_aux: bytes = b"") -> bytes:
+             extra_aux: bytes = b"", checksum: int | None = None) -> bytes:
     """An RDB as Redis 7 writes it: magic, AUX fields, SELECTDB 0 + RESIZEDB, entries,
-    EOF and an 8-byte checksum (its value is not checked by the checker)."""
+    EOF and its CRC-64 (``checksum`` replaces it, e.g. 0 = disabled)."""
     out = b"REDIS" + version
     out += aux(b"redis-ver", rdb_string(b"7.0.15"))
     out += aux(b"redis-bits", b"\xc0\x40")  # 8-bit integer encoding: 64
@@ -209,14 +212,15 @@ def make_rdb(*, version: bytes = b"0011", keys: bytes | None = b"\x03", expires:
         out += b"\xfc" + struct.pack("<Q", 1_900_000_000_000) + b"\x00" + rdb_string(b"k2") \
             + rdb_string(b"v2")
         out += b"\x00" + rdb_string(b"k3") + rdb_string(b"v3")
-    return out + b"\xff" + b"\x12\x34\x56\x78\x9a\xbc\xde\xf0"
+    out += b"\xff"
+    return out + struct.pack("<Q", crc64_table(out) if checksum is None else checksum)
 
 
 @pytest.mark.parametrize("size", CHUNKINGS)
 def test_rdb_version_and_key_count(size: int) -> None:
     data = make_rdb()
     assert run(RDBChecker("t"), data, size) == {"rdb_version": 11, "keys": {"db0": 3},
-                                                 "bytes": len(data)}
+                                                 "bytes": len(data), "checksum": "ok"}
 
 
 @pytest.mark.parametrize(("encoded", "count"), [
@@ -248,6 +252,53 @@ def test_rdb_without_magic_is_refused() -> None:
 def test_truncated_rdb_is_refused(cut: int) -> None:
     with pytest.raises(IntegrityError, match="truncated"):
         run(RDBChecker("t"), make_rdb()[:-cut])
+
+
+REAL_RDB = Path(__file__).resolve().parent.parent / "data" / "redis" / "redis-7.0.rdb"
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 64])
+def test_a_real_redis_rdb_verifies(size: int) -> None:
+    """tests/data/redis/redis-7.0.rdb was written by redis-server 7.0.15 (SAVE) with a
+    string, a list, a hash, an integer and an LZF-compressed value: its checksum is
+    Redis's own, not ours."""
+    data = REAL_RDB.read_bytes()
+    assert data.startswith(b"REDIS0010") and data[-9] == 0xFF
+    checks = run(RDBChecker("t"), data, size)
+    assert checks["checksum"] == "ok" and checks["keys"] == {"db0": 5}
+
+
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.9])
+def test_a_flipped_byte_is_a_checksum_mismatch_naming_the_artifact(where: float) -> None:
+    data = bytearray(REAL_RDB.read_bytes())
+    data[int(len(data) * where)] ^= 0x01
+    with pytest.raises(IntegrityError, match=r"^backup X: redis.rdb.zst: RDB checksum mismatch"):
+        run(RDBChecker("backup X: redis.rdb.zst"), bytes(data), 16)
+
+
+def test_a_flipped_checksum_byte_is_a_mismatch() -> None:
+    data = bytearray(make_rdb())
+    data[-3] ^= 0x80
+    with pytest.raises(IntegrityError, match="checksum mismatch"):
+        run(RDBChecker("t"), bytes(data))
+
+
+def test_a_zero_checksum_means_disabled() -> None:
+    data = bytearray(make_rdb(checksum=0))
+    data[20] ^= 0x01  # undetectable without a checksum: the structure still parses
+    assert run(RDBChecker("t"), bytes(data))["checksum"] == "disabled"
+
+
+def test_crc64_check_value_and_both_implementations_agree() -> None:
+    assert crc64(b"123456789") == crc64_table(b"123456789") == 0xE9C6D914C4B8D9CA
+    assert crc64(b"") == crc64_table(b"") == 0
+    rng = random.Random(3)
+    for n in (1, 7, 8, 63, 64, 65, 4096, 65536 + 13, 200_000):
+        data = rng.randbytes(n)
+        streamed = CRC64()
+        for piece in chunks(data, rng.choice([1, 5, 4096, 70_000])):
+            streamed.update(piece)
+        assert streamed.value() == crc64_table(data), n
 
 
 def test_tiny_rdb_is_refused() -> None:

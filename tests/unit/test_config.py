@@ -322,3 +322,67 @@ data_corruption = "/usr/local/bin/check-invariants"
 ])
 def test_monitor_extra_signal_errors(project: Path, extra: str, expected: str) -> None:
     assert expected in error_of(project, GOOD + "\n" + extra)
+
+
+# --------------------------------------------------------------------------- [volumes]
+
+VOLUMES = GOOD + """
+[volumes.uploads]
+volume = "uploads"
+service = "backend"
+stop_service = true
+"""
+COMPOSE_VOLUMES = {"uploads": {"backend"}, "mysql-data": {"mysql"}, "cache": set()}
+
+
+def load_volumes(project: Path, text: str) -> object:
+    (project / "backout.toml").write_text(text)
+    return load_config(Environment(project_dir=project), project / "backout.toml",
+                       compose_services=fake_compose,
+                       compose_volumes=lambda _e, _c: COMPOSE_VOLUMES)
+
+
+def test_a_volume_section_loads(project: Path) -> None:
+    config = load_volumes(project, VOLUMES)
+    vol = config.volumes["uploads"]  # type: ignore[attr-defined]
+    assert (vol.volume, vol.service, vol.stop_service, vol.image) == \
+        ("uploads", "backend", True, None)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('volume = "uploads"', 'volume = "uplods"',
+         'volumes.uploads.volume: no volume "uplods" in compose project (did you mean "uploads"?)'),
+        ('volume = "uploads"', "volume = 3", "volumes.uploads.volume: must be a string"),
+        ('volume = "uploads"', 'volume = ""', "volumes.uploads.volume: must not be empty"),
+        ('volume = "uploads"\n', "", "volumes.uploads.volume: missing (required)"),
+        ('service = "backend"\nstop', 'service = "mysql"\nstop',
+         'volumes.uploads.service: service "mysql" does not mount volume "uploads" '
+         "(fix: name the service that uses it (backend))"),
+        ('service = "backend"\nstop', 'service = "backendd"\nstop',
+         'volumes.uploads.service: no service "backendd" in compose project'),
+        ('service = "backend"\nstop', "stop", "volumes.uploads.stop_service: needs a service"),
+        ("stop_service = true", 'stop_service = "yes"',
+         "volumes.uploads.stop_service: must be true or false"),
+        ("stop_service = true", "stop_servce = true",
+         'volumes.uploads.stop_servce: unknown key (did you mean "stop_service"?)'),
+        ("[volumes.uploads]", "[volumes.redis]",
+         'volumes.redis: "redis" is taken by a database'),
+        ("[volumes.uploads]", "[volumes.all]", 'volumes.all: "all" is taken by `backout backup all`'),
+    ],
+)
+def test_each_volume_problem_is_one_line_naming_the_key(project: Path, old: str, new: str,
+                                                        expected: str) -> None:
+    assert old in VOLUMES
+    with pytest.raises(ConfigError) as info:
+        load_volumes(project, VOLUMES.replace(old, new, 1))
+    assert info.value.exit_code == ExitCode.USAGE
+    assert "backout.toml: volumes." in info.value.one_line()
+    assert expected in info.value.one_line(), info.value.one_line()
+
+
+def test_a_volume_without_a_service_is_fine(project: Path) -> None:
+    text = VOLUMES.replace('service = "backend"\nstop_service = true\n', 'image = "debian:x"\n')
+    config = load_volumes(project, text)
+    assert config.volumes["uploads"].service is None  # type: ignore[attr-defined]

@@ -76,3 +76,26 @@ def test_hard_coded_password_is_flagged_not_copied() -> None:
 def test_health_url_without_published_port() -> None:
     url, how = health_url("worker", {"image": "x"})
     assert url is None and "healthcheck" in how
+
+
+def test_named_volumes_not_of_a_database_become_commented_examples() -> None:
+    compose = {**COMPOSE, "volumes": {"mysql-data": {}, "uploads": {}, "spare": {}}}
+    services = dict(compose["services"])  # type: ignore[call-overload]
+    services["mysql"] = {**services["mysql"], "volumes": [
+        {"type": "volume", "source": "mysql-data", "target": "/var/lib/mysql"}]}
+    services["worker"] = {**services["worker"], "volumes": [
+        {"type": "volume", "source": "uploads", "target": "/srv/uploads"},
+        {"type": "bind", "source": "/etc/hosts", "target": "/etc/hosts"}]}
+    compose["services"] = services
+    d = derive(compose, DOTENV)
+    assert d.volumes == {"spare": {"volume": "spare"},
+                         "uploads": {"volume": "uploads", "service": "worker",
+                                     "stop_service": False}}
+    text = render(d, ["docker-compose.yml"], ".env")
+    assert "# [volumes.uploads]" in text and '# service = "worker"' in text
+    assert "mysql-data" not in text
+    assert "volumes" not in tomllib.loads(text)  # commented out: nothing is backed up unasked
+    uncommented = text.replace("# [volumes.", "[volumes.").replace('# volume = "', 'volume = "') \
+        .replace('# service = "', 'service = "').replace("# stop_service = ", "stop_service = ")
+    assert tomllib.loads(uncommented)["volumes"]["uploads"] == {
+        "volume": "uploads", "service": "worker", "stop_service": False}

@@ -129,6 +129,12 @@ class Docker:
         # ``rmi`` of a tag only untags while other tags or containers use the image.
         self._run(["image", "rm", ref], check=False, what="docker image rm")
 
+    def volume_exists(self, name: str) -> bool:
+        result = self._run(["volume", "inspect", name], check=False, what="docker volume inspect")
+        if not result.ok and "no such volume" not in result.stderr.lower():
+            raise ExternalError(f"docker volume inspect failed: {proc.last_line(result.stderr)}")
+        return result.ok
+
     def images(self, reference: str) -> list[str]:
         result = self._run(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
                             "--filter", f"reference={reference}"], what="docker image ls")

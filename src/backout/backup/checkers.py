@@ -12,6 +12,7 @@ import re
 import struct
 from typing import Any
 
+from backout.backup.crc64 import CRC64
 from backout.backup.pipeline import IntegrityError
 
 _STRINGS = re.compile(rb"'(?:[^'\\]|\\.)*'", re.S)
@@ -109,8 +110,10 @@ RDB_AUX = 0xFA
 
 
 class RDBChecker:
-    """A Redis RDB file: magic, version, and the EOF opcode + checksum at the end.
+    """A Redis RDB file: magic, version, the EOF opcode and the CRC-64 after it.
 
+    The checksum (RDB version 5+, 8 little-endian bytes after EOF, 0 = disabled) is
+    computed over the whole stream as it passes, so a flipped byte anywhere fails.
     Key counts come from the RESIZEDB opcodes that follow each SELECTDB (Redis
     writes the exact size of the keyspace at the snapshot). The first database's
     header is parsed from the head of the file; later databases are found by a
@@ -120,12 +123,15 @@ class RDBChecker:
     def __init__(self, what: str) -> None:
         self.what = what
         self.head = b""
-        self.tail = b""
+        self.tail = b""  # the last 9 bytes seen: EOF opcode + checksum
         self.size = 0
+        self.crc = CRC64()  # over every byte except the last 8
 
     def feed(self, chunk: bytes) -> None:
         if len(self.head) < 65536:
             self.head += chunk[: 65536 - len(self.head)]
+        pending = self.tail[-8:] + chunk
+        self.crc.update(pending[:-8])
         self.tail = (self.tail + chunk)[-9:]
         self.size += len(chunk)
 
@@ -135,7 +141,17 @@ class RDBChecker:
         version = int(self.head[5:9])
         if len(self.tail) < 9 or self.tail[0] != RDB_EOF:
             raise IntegrityError(f"{self.what}: RDB is truncated (no EOF marker at the end)")
-        return {"rdb_version": version, "keys": parse_rdb_keycounts(self.head), "bytes": self.size}
+        stored = int.from_bytes(self.tail[1:], "little")
+        checksum = "disabled"
+        if version >= 5 and stored != 0:
+            computed = self.crc.value()
+            if computed != stored:
+                raise IntegrityError(f"{self.what}: RDB checksum mismatch (the file says "
+                                     f"{stored:016x}, its contents give {computed:016x}): "
+                                     "corrupt")
+            checksum = "ok"
+        return {"rdb_version": version, "keys": parse_rdb_keycounts(self.head),
+                "bytes": self.size, "checksum": checksum}
 
 
 def _length(buf: bytes, i: int) -> tuple[int | None, int]:
@@ -195,22 +211,23 @@ def parse_rdb_keycounts(head: bytes) -> dict[str, int]:
     return counts
 
 
-class TarBsonChecker:
-    """Our MongoDB artifact: a tar of mongodump's directory layout
-    (``dump/<db>/<coll>.bson`` + ``.metadata.json``). Counts BSON documents."""
+class TarStream:
+    """A tar archive read as a stream: every header's checksum is verified, GNU long
+    names (``L``) and pax ``path``/``size`` records are applied, and the archive must
+    end with its zero blocks. Subclasses see members through ``_begin``,
+    ``_content`` and ``_end_member``."""
 
-    def __init__(self, expected_databases: list[str], what: str) -> None:
-        self.expected = expected_databases
+    def __init__(self, what: str) -> None:
         self.what = what
         self.buf = bytearray()
-        self.member: str | None = None
+        self.member: str | None = None  # the member being read ("" = skipped content)
         self.remaining = 0
         self.pad = 0
         self.ended = False
-        self.docs: dict[str, dict[str, int]] = {}
-        self.meta: dict[str, dict[str, Any]] = {}
-        self.bson_rest = bytearray()
-        self.json_buf = bytearray()
+        self.entries = 0
+        self._meta: bytes | None = None  # typeflag of an L/x record being read
+        self._meta_buf = bytearray()
+        self._next: dict[str, str] = {}  # overrides for the next header (long name, pax)
 
     def feed(self, chunk: bytes) -> None:
         self.buf += chunk
@@ -220,12 +237,12 @@ class TarBsonChecker:
                     take = min(self.remaining, len(self.buf))
                     if not take:
                         return
-                    self._content(bytes(self.buf[:take]))
+                    self._member_data(bytes(self.buf[:take]))
                     del self.buf[:take]
                     self.remaining -= take
                     if self.remaining:
                         return
-                    self._end_member()
+                    self._member_end()
                 if len(self.buf) < self.pad:
                     return
                 del self.buf[: self.pad]
@@ -240,25 +257,128 @@ class TarBsonChecker:
             if header == b"\0" * 512:
                 self.ended = True
                 continue
-            name = header[:100].rstrip(b"\0").decode()
-            prefix = header[345:500].rstrip(b"\0").decode()
-            if prefix:
-                name = f"{prefix}/{name}"
-            size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
-            typeflag = header[156:157]
-            self.member = name if typeflag in (b"0", b"\0") else ""
-            self.remaining = size
-            self.pad = (512 - size % 512) % 512
-            if size == 0:
-                self._end_member()
+            self._header(header)
+
+    def _header(self, header: bytes) -> None:
+        stored = header[148:156].rstrip(b"\0 ")
+        computed = sum(header[:148]) + 8 * 32 + sum(header[156:])
+        try:
+            ok = int(stored or b"-1", 8) == computed
+        except ValueError:
+            ok = False
+        if not ok:
+            raise IntegrityError(f"{self.what}: corrupt tar header after {self.entries} "
+                                 "entries (bad header checksum)")
+        name = header[:100].split(b"\0", 1)[0].decode(errors="replace")
+        prefix = header[345:500].split(b"\0", 1)[0].decode(errors="replace")
+        if prefix and header[257:262] == b"ustar" and header[257:265] != b"ustar  \0":
+            name = f"{prefix}/{name}"
+        size = _tar_number(header[124:136])
+        typeflag = header[156:157]
+        self.remaining = size
+        self.pad = (512 - size % 512) % 512
+        if typeflag in (b"L", b"x", b"g"):
+            self._meta = typeflag
+            self._meta_buf.clear()
+            self.member = ""
+        else:
+            name = self._next.pop("path", name)
+            if "size" in self._next:
+                self.remaining = int(self._next.pop("size"))
+                self.pad = (512 - self.remaining % 512) % 512
+            self._next.clear()
+            self.entries += 1
+            self._meta = None
+            self.member = name
+            self._begin(name, typeflag, self.remaining)
+        if self.remaining == 0:
+            self._member_end()
+
+    def _member_data(self, data: bytes) -> None:
+        if self._meta is not None:
+            self._meta_buf += data
+        else:
+            self._content(data)
+
+    def _member_end(self) -> None:
+        if self._meta == b"L":
+            self._next["path"] = bytes(self._meta_buf).split(b"\0", 1)[0].decode(errors="replace")
+        elif self._meta == b"x":
+            for line in bytes(self._meta_buf).decode(errors="replace").splitlines():
+                _len, _, record = line.partition(" ")
+                key, _, value = record.partition("=")
+                if key in ("path", "size"):
+                    self._next[key] = value
+        if self._meta is None:
+            self._end_member()
+        self._meta = None
+
+    def _begin(self, name: str, typeflag: bytes, size: int) -> None:
+        """A member starts (hook)."""
 
     def _content(self, data: bytes) -> None:
-        if not self.member:
+        """Some of the current member's content (hook)."""
+
+    def _end_member(self) -> None:
+        """The current member is complete (hook)."""
+
+    def _require_end(self) -> None:
+        if not self.ended or self.member is not None:
+            raise IntegrityError(f"{self.what}: the archive is truncated (no end-of-archive marker)")
+
+
+def _tar_number(field: bytes) -> int:
+    if field and field[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    text = field.rstrip(b"\0 ").strip()
+    return int(text or b"0", 8)
+
+
+class VolumeTarChecker(TarStream):
+    """A tar of a Docker volume: lists cleanly to its end; counts entries and bytes."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "other": 0, "bytes": 0}
+
+    def _begin(self, name: str, typeflag: bytes, size: int) -> None:
+        kind = {b"0": "files", b"\0": "files", b"7": "files", b"5": "dirs",
+                b"2": "symlinks"}.get(typeflag, "other")
+        self.counts[kind] += 1
+        if kind == "files":
+            self.counts["bytes"] += size
+
+    def finish(self) -> dict[str, Any]:
+        self._require_end()
+        if self.entries == 0:
+            raise IntegrityError(f"{self.what}: the archive lists nothing (not even the "
+                                 "volume's root directory)")
+        return dict(self.counts)
+
+
+class TarBsonChecker(TarStream):
+    """Our MongoDB artifact: a tar of mongodump's directory layout
+    (``dump/<db>/<coll>.bson`` + ``.metadata.json``). Counts BSON documents."""
+
+    def __init__(self, expected_databases: list[str], what: str) -> None:
+        super().__init__(what)
+        self.expected = expected_databases
+        self.docs: dict[str, dict[str, int]] = {}
+        self.meta: dict[str, dict[str, Any]] = {}
+        self.bson_rest = bytearray()
+        self.json_buf = bytearray()
+        self.current = ""  # the regular file being read, "" for anything else
+
+    def _begin(self, name: str, typeflag: bytes, size: int) -> None:
+        self.current = name if typeflag in (b"0", b"\0") else ""
+
+    def _content(self, data: bytes) -> None:
+        if not self.current:
             return
-        if self.member.endswith(".bson"):
+        if self.current.endswith(".bson"):
             self.bson_rest += data
             self._count_docs()
-        elif self.member.endswith(".metadata.json"):
+        elif self.current.endswith(".metadata.json"):
             self.json_buf += data
 
     def _count_docs(self) -> None:
@@ -268,11 +388,11 @@ class TarBsonChecker:
         while len(self.bson_rest) - pos >= 4:
             n = int.from_bytes(self.bson_rest[pos:pos + 4], "little")
             if n < 5:
-                raise IntegrityError(f"{self.what}: corrupt BSON in {self.member}")
+                raise IntegrityError(f"{self.what}: corrupt BSON in {self.current}")
             if len(self.bson_rest) - pos < n:
                 break
             if self.bson_rest[pos + n - 1] != 0:
-                raise IntegrityError(f"{self.what}: corrupt BSON in {self.member}")
+                raise IntegrityError(f"{self.what}: corrupt BSON in {self.current}")
             pos += n
             count += 1
         del self.bson_rest[:pos]
@@ -280,27 +400,26 @@ class TarBsonChecker:
         d[coll] = d.get(coll, 0) + count
 
     def _end_member(self) -> None:
-        if self.member and self.member.endswith(".bson"):
+        if self.current.endswith(".bson"):
             db, coll = self._ns(".bson")
             self.docs.setdefault(db, {}).setdefault(coll, 0)
             if self.bson_rest:
-                raise IntegrityError(f"{self.what}: truncated BSON document in {self.member}")
-        elif self.member and self.member.endswith(".metadata.json"):
+                raise IntegrityError(f"{self.what}: truncated BSON document in {self.current}")
+        elif self.current.endswith(".metadata.json"):
             db, coll = self._ns(".metadata.json")
             try:
                 self.meta.setdefault(db, {})[coll] = json.loads(bytes(self.json_buf))
             except ValueError as exc:
-                raise IntegrityError(f"{self.what}: bad metadata in {self.member}") from exc
+                raise IntegrityError(f"{self.what}: bad metadata in {self.current}") from exc
             self.json_buf.clear()
+        self.current = ""
 
     def _ns(self, suffix: str) -> tuple[str, str]:
-        assert self.member is not None
-        parts = self.member.split("/")
+        parts = self.current.split("/")
         return parts[-2], parts[-1][: -len(suffix)]
 
     def finish(self) -> dict[str, Any]:
-        if not self.ended or self.member is not None:
-            raise IntegrityError(f"{self.what}: the archive is truncated (no end-of-archive marker)")
+        self._require_end()
         missing = [d for d in self.expected if d not in self.docs]
         if missing:
             raise IntegrityError(f"{self.what}: database(s) missing from the dump: {', '.join(missing)}")

@@ -14,10 +14,15 @@ from typing import IO, Any
 
 from backout.adapters.dbaccess import DbAccess
 from backout.adapters.docker import Compose
-from backout.adapters.mongodb import MongoDB
+from backout.adapters.mongodb import MongoDB, MongoDump
 from backout.adapters.mysql import DUMP_FLAGS, MySQL
 from backout.adapters.redis import Redis
-from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
+from backout.backup.checkers import (
+    MySQLDumpChecker,
+    RDBChecker,
+    TarBsonChecker,
+    VolumeTarChecker,
+)
 from backout.backup.pipeline import (
     Checker,
     IntegrityError,
@@ -56,6 +61,8 @@ def checker_for(db_section: dict[str, Any], what: str) -> Checker:
         return RDBChecker(what)
     if kind == "mongodb":
         return TarBsonChecker(list(db_section.get("databases", {})), what)
+    if kind == "volume":
+        return VolumeTarChecker(what)
     raise IntegrityError(f"{what}: unknown database type {kind!r} in manifest")
 
 
@@ -131,6 +138,7 @@ def _dump_redis(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
             "image_id": _image_id(ctx, db.service), "mode": db.mode,
             "consistency": "point-in-time RDB snapshot (BGSAVE)",
             "rdb_path": path, "rdb_version": scanned.checks["rdb_version"],
+            "rdb_checksum": scanned.checks["checksum"],
             "aof_enabled": bool(saved["aof_enabled"]), "bgsave_seconds": saved["seconds"],
             "keys": scanned.checks["keys"], "artifacts": [name],
         },
@@ -139,6 +147,11 @@ def _dump_redis(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
 
 
 def _dump_mongodb(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, Any]:
+    """With mongodump inside the container (exec mode) use it, else the driver."""
+    tool = MongoDump(access)
+    tool_version = tool.version()
+    if tool_version is not None:
+        return _dump_mongodb_tool(ctx, tool, tool_version, set_dir)
     mongo = MongoDB(access)
     db = access.db
     try:
@@ -159,10 +172,35 @@ def _dump_mongodb(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str
         scanned = scan(ctx.env, set_dir / name, TarBsonChecker(wanted, what), what=what)
     finally:
         mongo.close()
+    return _mongo_section(ctx, db, scanned, {"server_version": version, "mode": "driver"})
+
+
+def _dump_mongodb_tool(ctx: DumpContext, tool: MongoDump, tool_version: str,
+                       set_dir: Path) -> dict[str, Any]:
+    db = tool.access.db
+    wanted = list(db.databases)
+    name = artifact_name(db)
+    what = f"{db.name} dump"
+    server = tool.server_version()
+    read_end, write_end = os.pipe()  # the --config file (with the password) goes in on stdin
+    os.write(write_end, tool.config_file())  # a few hundred bytes: never blocks
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as stdin:
+        stream_to_file(ctx.env, tool.argv(wanted), set_dir / name, what=what,
+                       level=ctx.config.backups.zstd_level, cwd=str(ctx.config.project_dir),
+                       progress=ctx.progress, stdin=stdin)
+    scanned = scan(ctx.env, set_dir / name, TarBsonChecker(wanted, what), what=what)
+    return _mongo_section(ctx, db, scanned, {"server_version": server, "mode": "mongodump",
+                                             "tool_version": tool_version})
+
+
+def _mongo_section(ctx: DumpContext, db: DatabaseConfig, scanned: Any,
+                   how: dict[str, Any]) -> dict[str, Any]:
+    name = artifact_name(db)
     return {
         "database": {
-            "type": "mongodb", "service": db.service, "server_version": version,
-            "image_id": _image_id(ctx, db.service), "mode": "driver",
+            "type": "mongodb", "service": db.service, **how,
+            "image_id": _image_id(ctx, db.service),
             "layout": "mongodump directory layout (dump/<db>/<collection>.bson + "
                       ".metadata.json) in a tar; extract, then `mongorestore --drop dump/`",
             "consistency": "per collection (no cross-collection snapshot); use --quiesce "

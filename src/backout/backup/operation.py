@@ -17,6 +17,7 @@ from backout.adapters.git import Git
 from backout.backup import sets
 from backout.backup.engines import DumpContext, dump
 from backout.backup.pipeline import Progress
+from backout.backup.volumes import back_up_volume
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import UsageError
@@ -34,42 +35,50 @@ def writers(config: Config, databases: list[str]) -> list[str]:
 
 def plan_backup(config: Config, *, which: list[str], quiesce: bool, checkpoint: bool,
                 label: str | None) -> Plan:
-    unknown = [w for w in which if w not in config.databases]
+    """``which`` names databases and volumes (by their backout.toml section names)."""
+    unknown = [w for w in which if w not in config.databases and w not in config.volumes]
     if unknown:
-        raise UsageError(f"no database {unknown[0]!r} in backout.toml "
-                         f"(configured: {', '.join(config.databases) or 'none'})",
-                         fix="name one of the [databases.*] sections, or `all`")
+        configured = [*config.databases, *config.volumes]
+        raise UsageError(f"no database or volume {unknown[0]!r} in backout.toml "
+                         f"(configured: {', '.join(configured) or 'none'})",
+                         fix="name one of the [databases.*] or [volumes.*] sections, or `all`")
     if not which:
-        raise UsageError("no databases configured to back up",
-                         fix="add [databases.*] sections to backout.toml (see `backout init`)")
+        raise UsageError("nothing configured to back up",
+                         fix="add [databases.*] (or [volumes.*]) sections to backout.toml "
+                             "(see `backout init`)")
+    dbs = [w for w in which if w in config.databases]
+    vols = [w for w in which if w in config.volumes]
     set_id = sets.new_set_id()
     steps: list[Step] = [Step("clean up interrupted backups", "backup.cleanup",
                               "remove partial sets left by interrupted runs (never a published set)",
                               {"keep": set_id})]
-    stopped = writers(config, which) if quiesce else []
+    stopped = writers(config, dbs) if quiesce else []
+    stop_writers = f"stop writers: {', '.join(stopped)}"
     if quiesce:
         if not stopped:
             raise UsageError("--quiesce: no app service is configured to write to "
-                             f"{', '.join(which)}",
+                             f"{', '.join(dbs) or 'a database'}",
                              fix="set services.<name>.writes_to in backout.toml")
-        steps.append(Step(f"stop writers: {', '.join(stopped)}", "compose.stop",
-                          f"pause writes so {', '.join(which)} share one point in time "
+        steps.append(Step(stop_writers, "compose.stop",
+                          f"pause writes so {', '.join(dbs)} share one point in time "
                           "(downtime for these services until the dumps finish)",
                           {"services": stopped}))
-    for name in which:
+    for name in dbs:
         db = config.databases[name]
         steps.append(Step(f"dump {name}", "backup.dump",
                           f"{db.type} on service {db.service}: consistent dump into the "
                           f"partial set (read-only for the database)",
                           {"database": name, "set_id": set_id}))
+    steps += _volume_steps(config, vols, set_id)
     if quiesce:
         steps.append(Step(f"start writers: {', '.join(stopped)}", "compose.start",
-                          "writers run again, also when a dump failed", {"services": stopped},
-                          always=True))
+                          "writers run again, also when a dump failed",
+                          {"services": stopped, "stop_step": stop_writers}, always=True))
     steps.append(Step("publish backup set", "backup.publish",
                       "verify every artifact is listed, write manifest.json last, rename the set "
-                      "into place atomically", {"set_id": set_id, "databases": which,
-                                                "quiesce": quiesce, "label": label,
+                      "into place atomically", {"set_id": set_id, "databases": dbs,
+                                                "volumes": vols, "quiesce": quiesce,
+                                                "label": label,
                                                 "kind": "checkpoint" if checkpoint else "backup"}))
     steps.append(Step("remove the partial set if it was not published", "backup.discard",
                       "a failed backup must not leave a half-written set (or fill the disk)",
@@ -80,11 +89,34 @@ def plan_backup(config: Config, *, which: list[str], quiesce: bool, checkpoint: 
                                                                          "label": label}))
     summary = (f"{'checkpoint' if checkpoint else 'backup'} of {', '.join(which)}"
                f"{' (quiesced)' if quiesce else ''} into set {set_id}")
-    downtime = (f"{', '.join(stopped)} stopped while the dumps run" if quiesce
-                else "none (online dumps)")
+    downtime = [f"{', '.join(stopped)} stopped while the dumps run"] if quiesce else []
+    downtime += [f"{config.volumes[v].service} stopped while volume {v} is copied"
+                 for v in vols if config.volumes[v].stop_service]
     return Plan("checkpoint" if checkpoint else "backup",
-                {"set_id": set_id, "databases": which, "quiesce": quiesce, "label": label},
-                tuple(steps), summary=summary, downtime=downtime)
+                {"set_id": set_id, "databases": dbs, "volumes": vols, "quiesce": quiesce,
+                 "label": label},
+                tuple(steps), summary=summary,
+                downtime="; ".join(downtime) or "none (online dumps)")
+
+
+def _volume_steps(config: Config, names: list[str], set_id: str) -> list[Step]:
+    steps: list[Step] = []
+    for name in names:
+        vol = config.volumes[name]
+        stop = f"stop {vol.service} for volume {name}"
+        if vol.stop_service:
+            steps.append(Step(stop, "compose.stop",
+                              f"a consistent copy of volume {vol.volume}: {vol.service} is down "
+                              "until the tar is done", {"services": [vol.service]}))
+        steps.append(Step(f"back up volume {name}", "backup.volume",
+                          f"tar of docker volume {vol.volume} by a throwaway container (mounted "
+                          "read-only) into the partial set",
+                          {"volume": name, "set_id": set_id}))
+        if vol.stop_service:
+            steps.append(Step(f"start {vol.service} after volume {name}", "compose.start",
+                              f"{vol.service} runs again, also when the tar failed",
+                              {"services": [vol.service], "stop_step": stop}, always=True))
+    return steps
 
 
 def _env(ctx: RunContext) -> Environment:
@@ -130,13 +162,27 @@ def _stop(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
 
 @register_action("compose.start")
 def _start(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
-    stop = next((v for k, v in results.items() if k.startswith("stop writers")), None)
+    if "stop_step" in params:
+        stop = results.get(params["stop_step"])
+        if stop is None and not _started(ctx, params["stop_step"]):
+            # an earlier step failed before the stop: we stopped nothing, so start nothing
+            return {"started_at": time.time(), "started": []}
+    else:  # plans journaled before stop_step existed
+        stop = next((v for k, v in results.items() if k.startswith("stop writers")), None)
     # Without a record of the stop (a crash inside it), start them all: uptime wins
     # over the rare service an operator had stopped on purpose.
     services = stop["stopped"] if stop is not None else params["services"]
     if services:
         _compose(ctx).run("up", "-d", "--no-deps", "--no-recreate", *services, timeout=300)
     return {"started_at": time.time(), "started": services}
+
+
+def _started(ctx: RunContext, step_name: str) -> bool:
+    """Did this operation ever start the step (journaled, even if it crashed inside)?"""
+    store: Store = ctx["store"]
+    row = store.db.execute("SELECT started_at FROM steps WHERE operation_id = ? AND name = ?",
+                           (ctx.operation_id, step_name)).fetchone()
+    return row is not None and row["started_at"] is not None
 
 
 @register_action("backup.dump")
@@ -146,6 +192,15 @@ def _dump(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     progress: Progress | None = ctx.services.get("progress")
     dctx = DumpContext(_env(ctx), config, _compose(ctx), progress)
     return dump(dctx, config.databases[params["database"]], writer.dir)
+
+
+@register_action("backup.volume")
+def _volume(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    config = _config(ctx)
+    writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
+    progress: Progress | None = ctx.services.get("progress")
+    return back_up_volume(_env(ctx), config, _compose(ctx), config.volumes[params["volume"]],
+                          writer.dir, progress)
 
 
 @register_action("backup.publish")
@@ -161,6 +216,12 @@ def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     for name in params["databases"]:
         section = results[f"dump {name}"]
         databases[name] = section["database"]
+        art = dict(section["artifact"])
+        artifacts[art.pop("name")] = art
+    volumes: dict[str, Any] = {}
+    for name in params.get("volumes", []):
+        section = results[f"back up volume {name}"]
+        volumes[name] = section["volume"]
         art = dict(section["artifact"])
         artifacts[art.pop("name")] = art
     paused = None
@@ -180,7 +241,7 @@ def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
         "git_commit": tree.commit, "git_dirty": tree.dirty,
         "images": images,
         "quiesce": {"enabled": params["quiesce"], "writers_paused_seconds": paused},
-        "databases": databases, "artifacts": artifacts,
+        "databases": databases, "volumes": volumes, "artifacts": artifacts,
         "operation_id": ctx.operation_id,
     }
     path = writer.publish(manifest)

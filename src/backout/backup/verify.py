@@ -8,6 +8,7 @@ from typing import Any
 from backout.backup import sets
 from backout.backup.engines import checker_for
 from backout.backup.pipeline import IntegrityError, scan
+from backout.backup.volumes import volume_counts
 from backout.environment import Environment
 
 
@@ -32,6 +33,8 @@ class VerifyReport:
 
 
 def _counts(section: dict[str, Any], checks: dict[str, Any]) -> tuple[Any, Any]:
+    if section["type"] == "volume":
+        return volume_counts(section), volume_counts(checks)
     if section["type"] == "redis":
         return section.get("keys"), checks.get("keys")
     return section.get("databases"), checks.get("databases")
@@ -47,7 +50,8 @@ def verify_set(env: Environment, info: sets.SetInfo) -> VerifyReport:
         report.problem = exc.message
         return report
     for name, art in sorted(manifest["artifacts"].items()):
-        section = manifest["databases"][art["database"]]
+        section = (manifest["volumes"][art["volume"]] if "volume" in art
+                   else manifest["databases"][art["database"]])
         what = f"backup {info.id}: {name}"
         try:
             scanned = scan(env, info.path / name, checker_for(section, what), what=what)

@@ -108,8 +108,10 @@ def _backup(ctx: Ctx, which: list[str], quiesce: bool, checkpoint: bool, label: 
                    "point in time; they are started again even if the backup fails.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 def checkpoint_cmd(ctx: Ctx, label: str | None, quiesce: bool, dry_run: bool) -> int:
-    """Record the current release and back up every configured database, as one record."""
-    return _backup(ctx, list(ctx.config.databases), quiesce, True, label, dry_run)
+    """Record the current release and back up every configured database (and volume),
+    as one record."""
+    return _backup(ctx, [*ctx.config.databases, *ctx.config.volumes], quiesce, True, label,
+                   dry_run)
 
 
 @command(cli, "backup")
@@ -118,8 +120,8 @@ def checkpoint_cmd(ctx: Ctx, label: str | None, quiesce: bool, dry_run: bool) ->
 @click.option("--quiesce", is_flag=True, help="Stop writers while dumping (see checkpoint).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 def backup_cmd(ctx: Ctx, which: str, label: str | None, quiesce: bool, dry_run: bool) -> int:
-    """Back up one database (by its name in backout.toml) or `all`."""
-    names = list(ctx.config.databases) if which == "all" else [which]
+    """Back up one database or volume (by its name in backout.toml), or `all`."""
+    names = [*ctx.config.databases, *ctx.config.volumes] if which == "all" else [which]
     return _backup(ctx, names, quiesce, False, label, dry_run)
 
 
@@ -142,8 +144,9 @@ def backups_list(ctx: Ctx, show_all: bool) -> None:
         rows.append({"id": info.id, "usable": info.usable, "problem": info.problem,
                      "kind": m.get("kind"), "label": m.get("label"),
                      "completed_at": m.get("completed_at"), "databases": sorted(m.get("databases") or {}),
-                     "bytes": size, "git_commit": m.get("git_commit")})
-    human = table([[r["id"], r["kind"] or "-", ",".join(r["databases"]) or "-",
+                     "volumes": sorted(m.get("volumes") or {}), "bytes": size, "git_commit": m.get("git_commit")})
+    human = table([[r["id"], r["kind"] or "-",
+                    ",".join([*r["databases"], *(f"volume:{v}" for v in r["volumes"])]) or "-",
                     _human_size(r["bytes"]), r["label"] or "",
                     "usable" if r["usable"] else f"UNUSABLE: {r['problem']}"] for r in rows],
                   ["ID", "KIND", "DATABASES", "SIZE", "LABEL", "STATE"]) if rows else ["no backup sets"]

@@ -9,6 +9,7 @@ from backout.config.model import (
     ReleasesConfig,
     ServiceConfig,
     VerifyConfig,
+    VolumeConfig,
 )
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ReleasesConfig",
     "ServiceConfig",
     "VerifyConfig",
+    "VolumeConfig",
     "find_config",
     "load_config",
 ]

@@ -40,6 +40,8 @@ _URL_IN_TEST = re.compile(r"https?://(?:localhost|127\.0\.0\.1|0\.0\.0\.0)(?::(\
 class Derived:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     databases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # named volumes that no database mounts: written as commented-out [volumes.*]
+    volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -154,6 +156,32 @@ def derive(compose: Mapping[str, Any], env_values: Mapping[str, str]) -> Derived
                 entry["writes_to"] = writes
         out.services[name] = entry
         out.notes[f"services.{name}"] = notes
+    out.volumes = _volumes(compose, set(db_types))
+    return out
+
+
+def volume_users(compose: Mapping[str, Any]) -> dict[str, set[str]]:
+    """Each named volume of a compose config, with the services that mount it."""
+    users: dict[str, set[str]] = {name: set() for name in compose.get("volumes") or {}}
+    for service, spec in (compose.get("services") or {}).items():
+        for mount in spec.get("volumes") or []:
+            if isinstance(mount, dict) and mount.get("type") == "volume" \
+                    and mount.get("source") in users:
+                users[mount["source"]].add(service)
+    return users
+
+
+def _volumes(compose: Mapping[str, Any], db_services: set[str]) -> dict[str, dict[str, Any]]:
+    """Named volumes not mounted by a database service (those are dumped, not tarred)."""
+    out: dict[str, dict[str, Any]] = {}
+    for volume, services in sorted(volume_users(compose).items()):
+        if db_services & set(services):
+            continue
+        entry: dict[str, Any] = {"volume": volume}
+        if services:
+            entry["service"] = sorted(services)[0]
+            entry["stop_service"] = False
+        out[volume] = entry
     return out
 
 
@@ -204,6 +232,15 @@ def render(derived: Derived, compose_files: list[str], env_file: str | None) -> 
             if key == "mode":
                 comment = "   # exec: dump inside the container; tcp: local client tools"
             lines.append(f"{key} = {_toml_value(value)}{comment}")
+        lines.append("")
+    for name, entry in derived.volumes.items():
+        lines.append("# A named volume no database uses: uncomment to back it up as a tar.")
+        lines.append(f"# [volumes.{name}]")
+        for key, value in entry.items():
+            comment = {"stop_service": "   # true: stopped during the tar (consistent copy, "
+                                       "downtime)",
+                       "service": "   # the service that mounts it"}.get(key, "")
+            lines.append(f"# {key} = {_toml_value(value)}{comment}")
         lines.append("")
     for name, entry in derived.services.items():
         lines.append(f"[services.{name}]")

@@ -31,6 +31,7 @@ from backout.config.model import (
     ReleasesConfig,
     ServiceConfig,
     VerifyConfig,
+    VolumeConfig,
 )
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, did_you_mean
@@ -78,6 +79,12 @@ DATABASE_KEYS = {
     "password_env": Key(str),
     "password_file": Key(str),
 }
+VOLUME_KEYS = {
+    "volume": Key(str, required=True),
+    "service": Key(str),
+    "stop_service": Key(bool),
+    "image": Key(str),
+}
 BACKUPS_KEYS = {
     "dir": Key(str),
     "keep_last": Key(int, minimum=1),
@@ -122,8 +129,8 @@ DEPLOY_KEYS = {
     "disk_margin": Key(float, minimum=1),
     "rollback_with_data": Key(bool),
 }
-TOP_LEVEL = ("project", "services", "databases", "backups", "releases", "verify", "monitor",
-             "deploy")
+TOP_LEVEL = ("project", "services", "databases", "volumes", "backups", "releases", "verify",
+             "monitor", "deploy")
 
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", bool: "true or false",
                float: "a number", dict: "a table"}
@@ -234,6 +241,8 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         if databases[name].mode == "tcp" and databases[name].port is None:
             raise ConfigError(file, f"databases.{name}.port", "required when mode = \"tcp\"")
 
+    volumes = _parse_volumes(file, _table(file, doc, "volumes"), databases)
+
     backups_t = _table(file, doc, "backups")
     _check_table(file, "backups", backups_t, BACKUPS_KEYS)
     releases_t = _table(file, doc, "releases")
@@ -256,6 +265,7 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         project=project,
         services=services,
         databases=databases,
+        volumes=volumes,
         backups=BackupsConfig(**backups_t),
         releases=ReleasesConfig(**releases_t),
         verify=VerifyConfig(**verify_t),
@@ -263,6 +273,30 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         deploy=DeployConfig(**{**deploy_t, **({"disk_margin": float(deploy_t["disk_margin"])}
                                                 if "disk_margin" in deploy_t else {})}),
     )
+
+
+def _parse_volumes(file: str, table: dict[str, Any],
+                   databases: Mapping[str, DatabaseConfig]) -> dict[str, VolumeConfig]:
+    """[volumes.<name>]: named Docker volumes backed up as a tar."""
+    volumes: dict[str, VolumeConfig] = {}
+    for name, entry in table.items():
+        where = f"volumes.{name}"
+        if not isinstance(entry, dict):
+            raise ConfigError(file, where, "must be a table")
+        if name in databases or name == "all":
+            raise ConfigError(file, where, f'"{name}" is taken by '
+                              + ("a database" if name in databases else "`backout backup all`"),
+                              fix="rename the volume's section: `backout backup NAME` must "
+                                  "mean one thing")
+        _check_table(file, where, entry, VOLUME_KEYS)
+        if not entry["volume"].strip():
+            raise ConfigError(file, f"{where}.volume", "must not be empty",
+                              fix="name a volume of the compose file's `volumes:`")
+        if entry.get("stop_service") and not entry.get("service"):
+            raise ConfigError(file, f"{where}.stop_service", "needs a service to stop",
+                              fix=f"set {where}.service to the service that mounts the volume")
+        volumes[name] = VolumeConfig(name=name, **entry)
+    return volumes
 
 
 def _parse_monitor(file: str, table: dict[str, Any]) -> MonitorConfig:
@@ -322,11 +356,14 @@ def load_config(
     path: Path,
     *,
     compose_services: Callable[[Environment, Config], set[str]] | None = None,
+    compose_volumes: Callable[[Environment, Config], dict[str, set[str]]] | None = None,
 ) -> Config:
     """Read, validate and resolve ``path``.
 
     ``compose_services`` returns the service names of the Compose project (the
     default asks ``docker compose config``); tests pass a fake for pure checks.
+    ``compose_volumes`` likewise returns its named volumes, each with the services
+    that mount it (asked only when [volumes] is configured).
     """
     file = display_path(path)
     try:
@@ -369,7 +406,39 @@ def load_config(
             raise ConfigError(file, f"databases.{db.name}.service",
                               f'no service "{db.service}" in compose project'
                               + did_you_mean(db.service, names))
+    if config.volumes:
+        _check_volumes(file, config, names,
+                       (compose_volumes or _compose_volume_mounts)(env, config))
     return config
+
+
+def _check_volumes(file: str, config: Config, services: set[str],
+                   mounts: Mapping[str, set[str]]) -> None:
+    for vol in config.volumes.values():
+        where = f"volumes.{vol.name}"
+        if vol.volume not in mounts:
+            raise ConfigError(file, f"{where}.volume",
+                              f'no volume "{vol.volume}" in compose project'
+                              + did_you_mean(vol.volume, mounts),
+                              fix="name a key of the compose file's top-level `volumes:` "
+                                  "(bind mounts are not backed up)")
+        if vol.service is None:
+            continue
+        if vol.service not in services:
+            raise ConfigError(file, f"{where}.service",
+                              f'no service "{vol.service}" in compose project'
+                              + did_you_mean(vol.service, services))
+        if vol.service not in mounts[vol.volume]:
+            users = ", ".join(sorted(mounts[vol.volume])) or "no service"
+            raise ConfigError(file, f"{where}.service",
+                              f'service "{vol.service}" does not mount volume "{vol.volume}"',
+                              fix=f"name the service that uses it ({users})")
+
+
+def _compose_volume_mounts(env: Environment, config: Config) -> dict[str, set[str]]:
+    from backout.config.generate import volume_users
+
+    return volume_users(_compose(env, config).config())
 
 
 def _resolve_credentials(env: Environment, file: str, config: Config,
@@ -401,11 +470,15 @@ def _resolve_credentials(env: Environment, file: str, config: Config,
     return secrets
 
 
-def _compose_service_names(env: Environment, config: Config) -> set[str]:
+def _compose(env: Environment, config: Config) -> Any:
     from backout.adapters.docker import Compose  # local: keeps pass one free of I/O imports
 
-    compose = Compose(env, config.project_dir, config.project.compose_files,
-                      config.project.name, config.project.env_file)
+    return Compose(env, config.project_dir, config.project.compose_files,
+                   config.project.name, config.project.env_file)
+
+
+def _compose_service_names(env: Environment, config: Config) -> set[str]:
+    compose = _compose(env, config)
     try:
         data = compose.config()
     except BackoutError as exc:

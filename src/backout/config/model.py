@@ -50,6 +50,17 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class VolumeConfig:
+    """A named Docker volume backed up as a tar (``[volumes.<name>]``)."""
+
+    name: str
+    volume: str  # the volume's key under `volumes:` in the compose file
+    service: str | None = None  # the service that mounts it (stopped when stop_service)
+    stop_service: bool = False  # stop the service during the tar: a consistent copy
+    image: str | None = None  # image with tar for the throwaway container; default: the service's
+
+
+@dataclass(frozen=True)
 class BackupsConfig:
     dir: str = ".backout/backups"
     keep_last: int = 10
@@ -109,6 +120,7 @@ class Config:
     project: ProjectConfig = field(default_factory=ProjectConfig)
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     databases: dict[str, DatabaseConfig] = field(default_factory=dict)
+    volumes: dict[str, VolumeConfig] = field(default_factory=dict)
     backups: BackupsConfig = field(default_factory=BackupsConfig)
     releases: ReleasesConfig = field(default_factory=ReleasesConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
