@@ -44,14 +44,15 @@ def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
                 "compose": compose_for(ctx.env, ctx.config), "progress": _progress(ctx),
                 **(extra or {})}
 
+    tty = ctx.env.stderr.isatty()
+
     def on_step(step: Any, status: str) -> None:
-        if not ctx.env.json:
-            mark = {"running": "…", "done": "ok", "failed": "FAILED"}.get(status, status)
-            if status == "running":
-                ctx.env.stderr.write(f"  {step.name} …\n")
-            else:
-                ctx.env.stderr.write(f"\r  {step.name}: {mark}\n")
-            ctx.env.stderr.flush()
+        if ctx.env.json or (status == "running" and not tty):
+            return  # a log file gets one line per step, with its outcome
+        mark = {"running": "…", "done": "ok", "failed": "FAILED"}.get(status, status)
+        ctx.env.stderr.write(f"  {step.name} {mark}\n" if status == "running" else
+                             f"  {step.name}: {mark}\n")
+        ctx.env.stderr.flush()
 
     executor = Executor(ctx.store, services, on_step)
     if op_id is None:

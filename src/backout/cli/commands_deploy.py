@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -28,7 +29,8 @@ def _watch_progress(ctx: Ctx, total: float) -> Any:
         if ctx.env.json or (level == last["level"] and last["n"] % 6):
             return
         last["level"] = level
-        why = f": {decision.active[0].rule}: {decision.active[0].reason}" if decision.active else ""
+        firing = next((f for f in decision.active if f.level.value in ("RED", "YELLOW")), None)
+        why = f": {firing.rule}: {firing.reason}" if firing else ""
         ctx.env.stderr.write(f"    watch {elapsed:4.0f}s/{total:.0f}s  {level}{why}\n")
         ctx.env.stderr.flush()
 
@@ -128,3 +130,23 @@ def deploy_cmd(ctx: Ctx, ref: str | None, watch_seconds: int | None, migration: 
                 ctx.env.stderr.write(line + "\n")
         outcome = run_plan(ctx, plan, extra={"on_decision": _watch_progress(ctx, seconds)})
     return deploy_report(ctx, plan, outcome, pf.to_json())
+
+
+@command(cli, "demo")
+@click.option("--keep", is_flag=True, help="Leave the demo stack running afterwards.")
+@click.option("--watch", "watch_seconds", type=click.IntRange(min=10), default=90,
+              show_default=True, help="Longest watch of the broken release.")
+@click.option("--dir", "workdir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where the demo's project directory is created (default: a temp dir).")
+def demo_cmd(ctx: Ctx, keep: bool, watch_seconds: int, workdir: Path | None) -> int:
+    """Show a guarded deploy end to end on a small demo stack: deploy a healthy
+    release, then a broken one that backout detects and rolls back by itself.
+
+    Needs only Docker with Compose v2 (the images build FROM debian:bookworm-slim);
+    about 2 minutes once the images exist. Everything is removed afterwards.
+    """
+    from backout.demo import run_demo
+
+    Docker(ctx.env).ping()
+    return run_demo(ctx.env.stdout, keep=keep, workdir=workdir, watch_seconds=watch_seconds,
+                    color=ctx.env.stdout.isatty())

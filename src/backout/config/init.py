@@ -25,6 +25,30 @@ class InitResult:
     warnings: list[str]
 
 
+# Tried, in order, on an app service whose only derived health URL is its root.
+COMMON_HEALTH_PATHS = ("/health", "/healthz", "/health/check", "/api/v1/health/check",
+                       "/healthy-check", "/ready", "/status")
+
+
+def _find_health(env: Environment, derived: Derived) -> None:
+    """A running service's root page is a poor health check (it does real work, may
+    count page views, fails with the app): prefer a health endpoint that answers."""
+    from backout.adapters import http
+
+    for name, entry in derived.services.items():
+        url = entry.get("health_url")
+        if entry.get("kind") != "app" or not url or not url.endswith("/") \
+                or url.count("/") != 3:
+            continue
+        base = url.rstrip("/")
+        for path in COMMON_HEALTH_PATHS:
+            if http.get(env, base + path, timeout=2, limit=4096).status == 200:
+                entry["health_url"] = base + path
+                derived.notes.setdefault(f"services.{name}", []).append(
+                    f"health: {path} answers 200 (preferred over the root page)")
+                break
+
+
 def _find_metrics(env: Environment, derived: Derived) -> None:
     """Where a running app service serves Prometheus text at /metrics, configure it."""
     from backout.adapters import http
@@ -65,6 +89,7 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
     except BackoutError as exc:
         raise ConfigError(compose_file, "", f"docker compose config failed: {exc.message}") from exc
     derived = derive(data, env_values)
+    _find_health(env, derived)
     _find_metrics(env, derived)
     text = render(derived, [compose_file], env_file)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
