@@ -386,3 +386,16 @@ def test_a_volume_without_a_service_is_fine(project: Path) -> None:
     text = VOLUMES.replace('service = "backend"\nstop_service = true\n', 'image = "debian:x"\n')
     config = load_volumes(project, text)
     assert config.volumes["uploads"].service is None  # type: ignore[attr-defined]
+
+
+def test_deploy_section() -> None:
+    config = parse_document("backout.toml", "[deploy]\nwatch_seconds = 120\ndisk_margin = 2\n"
+                            "rollback_with_data = true\n", Path("/x"))
+    assert (config.deploy.watch_seconds, config.deploy.disk_margin,
+            config.deploy.rollback_with_data) == (120, 2.0, True)
+    assert parse_document("backout.toml", "", Path("/x")).deploy.watch_seconds == 600
+    for text, needle in (("[deploy]\nwatch = 3\n", "deploy.watch: unknown key"),
+                         ("[deploy]\ndisk_margin = 0.5\n", "deploy.disk_margin: must be at least 1"),
+                         ("[deploy]\nwatch_seconds = \"10m\"\n", "deploy.watch_seconds: must be")):
+        with pytest.raises(ConfigError, match=needle):
+            parse_document("backout.toml", text, Path("/x"))

@@ -128,3 +128,47 @@ def test_only_always_runs_just_the_cleanup_of_an_abandoned_plan(tmp_path: Path) 
     outcome = ex.run(plan, op, only_always=True)
     assert CALLS == ["cleanup"]
     assert outcome.results == {"cleanup": {"seen": []}}
+
+
+def test_on_failure_steps_run_only_after_a_failure(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    ok_plan = _plan(Step("a", "test.record", "", {"name": "a"}),
+                    Step("undo", "test.record", "", {"name": "undo"}, on_failure=True),
+                    Step("report", "test.record", "", {"name": "report"}, always=True))
+    ex = Executor(store, {})
+    assert ex.run(ok_plan, ex.start(ok_plan)).status == "succeeded"
+    assert CALLS == ["a", "report"]
+    CALLS.clear()
+    bad_plan = _plan(Step("x", "test.fail", ""),
+                     Step("b", "test.record", "", {"name": "b"}),
+                     Step("undo", "test.record", "", {"name": "undo"}, on_failure=True),
+                     Step("report", "test.record", "", {"name": "report"}, always=True))
+    op = ex.start(bad_plan)
+    outcome = ex.run(bad_plan, op)
+    assert outcome.status == "failed" and outcome.failed_step == "x"
+    assert CALLS == ["fail", "undo", "report"]
+    statuses = [r["status"] for r in store.db.execute(
+        "SELECT status FROM steps WHERE operation_id = ? ORDER BY seq", (op,))]
+    assert statuses == ["failed", "skipped", "done", "done"]
+    assert "only if an earlier step fails" in "\n".join(bad_plan.render())
+
+
+def test_resume_after_a_failure_keeps_it_failed_and_finishes_the_on_failure_steps(
+        tmp_path: Path) -> None:
+    """Interrupted after step x failed and while `undo` ran: the resumed run must not
+    retry x nor run b, but finish undo and report, as the first run would have."""
+    store = Store(tmp_path)
+    plan = _plan(Step("x", "test.fail", ""),
+                 Step("b", "test.record", "", {"name": "b"}),
+                 Step("undo", "test.record", "", {"name": "undo"}, on_failure=True),
+                 Step("report", "test.record", "", {"name": "report"}, always=True))
+    ex = Executor(store, {})
+    op = ex.start(plan)
+    store.db.execute("UPDATE steps SET status = 'failed', detail = ? WHERE operation_id = ? "
+                     "AND seq = 0", (json.dumps({"error": "boom"}), op))
+    store.db.execute("UPDATE steps SET status = 'running' WHERE operation_id = ? AND seq = 2",
+                     (op,))
+    outcome = ex.run(plan, op)
+    assert CALLS == ["undo", "report"]
+    assert outcome.status == "failed" and outcome.failed_step == "x"
+    assert outcome.error is not None and "boom" in outcome.error.message

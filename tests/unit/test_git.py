@@ -80,3 +80,15 @@ def test_stash_keeps_changes_without_identity_and_spares_excluded(repo: Path) ->
     assert (repo / "app.txt").read_text() == "operator's fix\n"
     assert (repo / "notes.txt").read_text() == "untracked work\n"
     assert gw.stash_all("nothing", exclude=[".backout", "app.txt", "notes.txt"]) is None
+
+
+def test_changed_files_between_commits_relative_to_the_project(repo: Path) -> None:
+    (repo / "web").mkdir()
+    (repo / "web" / "app.py").write_text("print(1)\n")
+    sh(repo, "add", "-A")
+    sh(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "three")
+    git = git_for(repo)
+    assert git.changed_files("HEAD~2", "HEAD") == ["app.txt", "web/app.py"]
+    assert git.changed_files("HEAD~1", "HEAD") == ["web/app.py"]
+    assert Git(git.env, repo / "web").changed_files("HEAD~2", "HEAD") == ["app.py"]
+    assert git.changed_files("HEAD", "HEAD") == []
