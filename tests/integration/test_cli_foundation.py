@@ -44,6 +44,8 @@ def test_init_writes_a_config_that_check_accepts(initialised: Path, stack: Any) 
     assert {"mysql", "redis", "mongodb"} <= set(data["databases"])
     assert {"nginx", "backend", "frontend", "model-server"} <= set(data["services"])
     assert f'http://127.0.0.1:{stack.ports["backend"]}/api/v1/health/check' in text
+    # the frontend's root page counts views: init found its /health endpoint instead
+    assert f'health_url = "http://127.0.0.1:{stack.ports["frontend"]}/health"' in text
     assert 'password_env = "MYSQL_ROOT_PASSWORD"' in text
 
 

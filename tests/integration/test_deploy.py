@@ -113,6 +113,10 @@ def test_preflight_refusals_change_nothing(dstack: TestStack) -> None:
     tracked.write_text(original + "# an operator's edit\n")
     try:
         assert_clean_error(deploy(dstack, "HEAD", "--watch", "0"), 2, "uncommitted")
+        allowed = ok_json(deploy(dstack, "HEAD", "--watch", "0", "--allow-dirty", "--dry-run"))
+        assert allowed["plan"]["steps"][[s["name"] for s in allowed["plan"]["steps"]].index(
+            "save uncommitted changes")]["action"] == "emergency.save_changes"
+        assert "an operator's edit" in tracked.read_text()  # a dry run touched nothing
     finally:
         tracked.write_text(original)
 
