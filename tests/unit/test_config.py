@@ -243,7 +243,7 @@ def test_monitor_without_default_rules() -> None:
         ('level = "GREEN"', 'level = "NODATA"',
          "monitor.rules[2].level: must be one of RED, YELLOW, GREEN, not 'NODATA'"),
         ('action = "rollback-service"', 'action = "rollback"',
-         'monitor.rules[0].action: must be one of rollback-service, rollback-emergency, notify, '
+         'monitor.rules[0].action: must be one of rollback-service, rollback-emergency, rollback-with-data, notify, '
          "none, not 'rollback'"),
         ('no_data = "failing"', 'no_data = "ignore"', "monitor.rules[1].no_data: must be one of"),
         ("clear_threshold = 80.5", "clear_threshold = 95",

@@ -31,7 +31,11 @@ def test_plan_checkpoints_switches_and_rolls_back_only_on_failure() -> None:
     tail = plan.steps[names.index("decide the rollback"):-1]
     assert tail and all(s.on_failure for s in tail)
     assert not any(s.on_failure for s in plan.steps[:names.index("decide the rollback")])
-    assert "restore mysql" not in names  # code only without --migration
+    # Without --migration the data steps are planned but act only if the RED rule's
+    # action asks for the data back.
+    restore = plan.steps[names.index("restore mysql")]
+    assert restore.params["data"] and "rollback-with-data" in restore.reason
+    assert plan.steps[names.index("decide the rollback")].params["with_data"] is False
     assert plan.params["previous_commit"] == "a" * 40
 
 

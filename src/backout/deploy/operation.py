@@ -25,7 +25,7 @@ from backout.adapters.git import Git, GitWrite
 from backout.backup.operation import plan_backup, writers
 from backout.config import Config
 from backout.deploy.preflight import Preflight
-from backout.deploy.watch import INCIDENT_FACT, watch
+from backout.deploy.watch import INCIDENT_FACT, RED_ACTIONS_FACT, watch
 from backout.errors import UnhealthyError, VerificationFailedError
 from backout.operations import Plan, Step, register_action
 from backout.operations.executor import RunContext, call_action
@@ -88,10 +88,11 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
              f"{watch_seconds}s under the decision matrix; RED means roll back"
              if watch_seconds else "no watch period (--watch 0)",
              {"seconds": watch_seconds}),
-        Step(DECIDE, "deploy.decide", "whether anything changed that must be undone; opens the "
-                                      "incident", {"head": head}, on_failure=True),
+        Step(DECIDE, "deploy.decide", "whether anything changed that must be undone, and the "
+                                      "data too; opens the incident",
+             {"head": head, "with_data": with_data}, on_failure=True),
     ]
-    rb = _rollback_steps(config, head, set_id if with_data else None)
+    rb = _rollback_steps(config, head, set_id, with_data)
     steps += rb
     steps.append(Step(OUTCOME, "deploy.outcome", "release status and the incident timeline",
                       {"ref": pf.ref}, always=True))
@@ -107,12 +108,14 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
 
 
 def _wrap(name: str, action: str, reason: str, params: dict[str, Any],
-          fill: str | None = None) -> Step:
+          fill: str | None = None, data: bool = False) -> Step:
     return Step(name, "deploy.rollback_step", reason,
-                {"action": action, "params": params, "fill": fill}, on_failure=True)
+                {"action": action, "params": params, "fill": fill, "data": data},
+                on_failure=True)
 
 
-def _rollback_steps(config: Config, head: str, set_id: str | None) -> list[Step]:
+def _rollback_steps(config: Config, head: str, set_id: str | None,
+                    with_data: bool) -> list[Step]:
     steps = [
         _wrap(f"roll back: code to {head[:12]}", "emergency.checkout",
               "the deployment repository back at the previous release's commit",
@@ -122,26 +125,29 @@ def _rollback_steps(config: Config, head: str, set_id: str | None) -> list[Step]
               "nothing rebuilt or pulled", {"rebuild": []}, fill="images"),
     ]
     if set_id is not None:
+        # Always planned when there is a checkpoint; they act only with --migration
+        # or when the RED rule asks for the data back (rollback-with-data).
+        when = "" if with_data else " (only if the RED rule's action is rollback-with-data)"
         dbs = list(config.databases)
         stopped = writers(config, dbs)
         steps.append(_wrap(f"stop writers: {', '.join(stopped)}", "compose.stop",
-                           "nothing may write while the databases are restored",
-                           {"services": stopped}))
+                           "nothing may write while the databases are restored" + when,
+                           {"services": stopped}, data=True))
         safety = f"{set_id}-safety"
         for name in dbs:
             steps += [
                 _wrap(f"verify {name} backup", "rollback.db.verify",
-                      "prove the pre-deploy checkpoint whole before anything changes",
-                      {"database": name, "set_id": set_id}, fill="backup"),
+                      "prove the pre-deploy checkpoint whole before anything changes" + when,
+                      {"database": name, "set_id": set_id}, fill="backup", data=True),
                 _wrap(f"safety backup of {name}", "rollback.db.safety",
-                      "so the data restore can itself be rolled back",
-                      {"database": name, "set_id": f"{safety}-{name}"}),
+                      "so the data restore can itself be rolled back" + when,
+                      {"database": name, "set_id": f"{safety}-{name}"}, data=True),
                 _wrap(f"restore {name}", "rollback.db.restore",
-                      f"{name} is replaced by the pre-deploy checkpoint's data",
-                      {"database": name, "set_id": set_id}, fill="backup"),
+                      f"{name} is replaced by the pre-deploy checkpoint's data" + when,
+                      {"database": name, "set_id": set_id}, fill="backup", data=True),
                 _wrap(f"put {name}'s safety backup back if its restore failed",
                       "rollback.db.undo", "never leave half-restored data",
-                      {"database": name, "set_id": f"{safety}-{name}"}),
+                      {"database": name, "set_id": f"{safety}-{name}"}, data=True),
             ]
     steps += [
         _wrap("roll back: start the previous release", "emergency.up",
@@ -269,7 +275,9 @@ def _decide(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) ->
     store.incident_event(int(iid), "action", {"rollback": "previous release "
                                               f"{results[PREVIOUS]['release_id']}",
                                               "automatic": True, "reason": reason})
-    return {"needed": True, "reason": reason, "incident": iid,
+    red_actions = store.fact(RED_ACTIONS_FACT.format(op=ctx.operation_id)) or []
+    with_data = bool(params.get("with_data")) or "rollback-with-data" in red_actions
+    return {"needed": True, "reason": reason, "incident": iid, "with_data": with_data,
             "to_release": results[PREVIOUS]["release_id"]}
 
 
@@ -291,6 +299,8 @@ def _rollback_step(ctx: RunContext, params: dict[str, Any], results: dict[str, A
     decision = results.get(DECIDE) or {}
     if not decision.get("needed"):
         return {"skipped": "nothing to roll back"}
+    if params.get("data") and not decision.get("with_data"):
+        return {"skipped": "code-only rollback: the data stays"}
     env, config, store, _compose = _parts(ctx)
     inner = dict(params["params"])
     if params.get("fill") == "images":

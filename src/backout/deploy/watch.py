@@ -22,6 +22,7 @@ from backout.notify import Notifier
 from backout.state import Store
 
 INCIDENT_FACT = "deploy.op{op}.incident"
+RED_ACTIONS_FACT = "deploy.op{op}.red_actions"
 
 
 class RedDuringWatch(UnhealthyError):
@@ -58,6 +59,8 @@ def watch(env: Environment, config: Config, store: Store, compose: Compose, seco
             new = [i["id"] for i in store.open_incidents() if i["id"] not in opened_before]
             if new:
                 store.set_fact(INCIDENT_FACT.format(op=op_id), new[0])
+            # A rule may ask for the data to go back too (rollback-with-data).
+            store.set_fact(RED_ACTIONS_FACT.format(op=op_id), sorted({f.action for f in red}))
             raise RedDuringWatch(f"RED after {tick - start:.0f}s of the watch: {why}",
                                  fix="the deploy rolls back by itself; see `backout incidents`")
         elapsed = clock() - start

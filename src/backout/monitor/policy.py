@@ -74,7 +74,9 @@ _LEVEL_RANK = {Level.GREEN: 0, Level.NODATA: 1, Level.YELLOW: 2, Level.RED: 3}
 COMPARISONS = (">", ">=", "<", "<=", "==")
 RULE_LEVELS = (Level.RED.value, Level.YELLOW.value, Level.GREEN.value)
 SEVERITIES = ("SEV-0", "SEV-1", "SEV-2", "SEV-3", "SEV-4")
-ACTIONS = ("rollback-service", "rollback-emergency", "notify", "none")
+# rollback-with-data: the whole stack back with its databases restored from the
+# target's checkpoint (for a signal that says the data itself is wrong).
+ACTIONS = ("rollback-service", "rollback-emergency", "rollback-with-data", "notify", "none")
 NO_DATA_MODES = ("failing", "passing", "nodata")
 # What a rule written without severity/action gets. Rollbacks are never a default.
 DEFAULT_SEVERITY = {Level.RED: "SEV-2", Level.YELLOW: "SEV-3", Level.GREEN: "SEV-4"}

@@ -132,7 +132,7 @@ class Monitor:
             else:
                 target = previous_release(self.store, self.compose)
                 plan = emergency.plan(self.env, self.config, self.store, self.compose,
-                                      str(target), with_data=False)
+                                      str(target), with_data=action == "rollback-with-data")
             if iid is not None:
                 self.store.incident_event(iid, "action", {"rollback": plan.summary,
                                                           "automatic": True, "reason": reason})
