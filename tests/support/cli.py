@@ -22,10 +22,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def backout(*args: str, cwd: Path, timeout: float = 900,
             **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as an operator would, without a terminal (stdin from /dev/null)."""
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "backout", *args], cwd=cwd,
                             env=clean_env(**extra_env), stdin=subprocess.DEVNULL,
                             capture_output=True, text=True, timeout=timeout, check=False)
+    # Shown with a failing test (or -s): where the time went.
     print(f"[{time.monotonic() - start:5.1f}s] backout {' '.join(args)} -> {result.returncode}")
     return result
 

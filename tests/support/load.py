@@ -1,35 +1,5 @@
-"""Steady HTTP traffic on 127.0.0.1 from a background thread, counting failures: the
-error-rate rules need requests to judge, as production traffic would give them."""
+"""Steady HTTP traffic for tests: the same load generator the demo uses."""
 
-from __future__ import annotations
+from backout.demo.traffic import Traffic as Load
 
-import threading
-import time
-import urllib.error
-import urllib.request
-
-
-class Load:
-    def __init__(self, url: str, period: float = 0.05, limit: float = 600) -> None:
-        self.url, self.period, self.limit = url, period, limit
-        self.stop = threading.Event()
-        self.sent = self.failed = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.limit
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            self.sent += 1
-            try:
-                urllib.request.urlopen(self.url, timeout=10).read()
-            except (urllib.error.URLError, OSError):
-                self.failed += 1
-            time.sleep(self.period)
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=15)
+__all__ = ["Load"]

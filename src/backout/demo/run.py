@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+from backout.demo.traffic import Traffic
 from backout.errors import ExitCode, ExternalError, VerificationFailedError
 
 LABEL = "io.backout.demo"
@@ -255,33 +255,6 @@ class Demo:
         _untag_retained(self.project)
         if self.dir.parent.name.startswith("backout-demo-"):
             shutil.rmtree(self.dir.parent, ignore_errors=True)
-
-
-class Traffic:
-    """Requests on 127.0.0.1 from a background thread, as users would send them."""
-
-    def __init__(self, url: str, period: float = 0.05) -> None:
-        self.url, self.period = url, period
-        self.stop = threading.Event()
-        self.sent = self.failed = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.sent += 1
-            try:
-                urllib.request.urlopen(self.url, timeout=5).read()
-            except (urllib.error.URLError, OSError):
-                self.failed += 1
-            self.stop.wait(self.period)
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
 
 
 def _child_env() -> dict[str, str]:
