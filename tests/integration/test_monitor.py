@@ -557,3 +557,32 @@ def test_sigterm_stops_cleanly_and_a_restart_keeps_the_incident(mstack: TestStac
         assert [i["rule"] for i in after if i["status"] == "open"] == ["red-data-corruption"]
     finally:
         (project / "backout.toml").write_text(original)
+
+
+@pytest.mark.soak
+def test_error_rate_over_10_percent_for_5_minutes_is_yellow_not_red(mstack: TestStack) -> None:
+    """The YELLOW error rule needs its 5 minutes (a soak: it runs with -m soak)."""
+    project = mstack.project_dir
+    reset_monitor_state(project)
+    started: list[float] = []
+
+    def until(ds: list[dict[str, Any]]) -> bool:
+        if len(ds) == 2:
+            mstack.fault("backend", error_rate=0.25)
+            started.append(time.time())
+        return bool(fired(ds, "yellow-error-rate"))
+
+    loads = api_loads(mstack)
+    for load in loads:
+        load.__enter__()
+    try:
+        decisions = monitor(project, "--interval", "5", until=until, timeout=480)
+    finally:
+        mstack.fault("backend", reset=True)
+        for load in loads:
+            load.__exit__()
+    [tr] = fired(decisions, "yellow-error-rate")
+    assert "backend" in tr["signal"] and 0.1 < tr["value"] < 0.5
+    assert tr["t"] - started[0] >= 300 - 5  # not before the condition held for 5 minutes
+    assert not fired(decisions, "red-error-rate")
+    assert decisions[-1]["level"] == "YELLOW"
