@@ -90,7 +90,7 @@ def _stop_on_signals() -> Iterator[tuple[threading.Event, list[str]]]:
 @contextlib.contextmanager
 def _monitor_lock(ctx: Ctx, pid_file: Path | None) -> Iterator[None]:
     """One monitor per project (two would open every incident twice), and the pid file."""
-    from backout.errors import LockedError
+    from backout.errors import LockedError, UsageError
     from backout.state import OperationLock
     from backout.state.lock import MONITOR_LOCK_NAME
 
@@ -107,8 +107,12 @@ def _monitor_lock(ctx: Ctx, pid_file: Path | None) -> Iterator[None]:
     try:
         if pid_file is not None:
             tmp = pid_file.with_name(f".{pid_file.name}.{os.getpid()}")
-            tmp.write_text(f"{os.getpid()}\n")
-            tmp.replace(pid_file)
+            try:
+                tmp.write_text(f"{os.getpid()}\n")
+                tmp.replace(pid_file)
+            except OSError as exc:
+                raise UsageError(f"cannot write the pid file {pid_file}: {exc.strerror}",
+                                 fix="create its directory or pass another --pid-file") from None
         yield
     finally:
         if pid_file is not None:
