@@ -5,8 +5,10 @@ streaming --json decisions)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -355,3 +357,232 @@ def test_command_signals_and_a_restart_that_does_not_refire(mstack: TestStack,
         assert any(i["rule"] == "red-data-corruption" for i in status["open_incidents"])
     finally:
         cfg.write_text(original)
+
+
+def add_config(project: Path, text: str) -> str:
+    """Append to backout.toml; returns the original text to put back."""
+    cfg = project / "backout.toml"
+    original = cfg.read_text()
+    cfg.write_text(original + "\n" + text)
+    return original
+
+
+def api_loads(mstack: TestStack) -> list[Load]:
+    """Traffic on every app service: an idle service has no P95 (no data, never green)."""
+    return [Load(f"{mstack.url('backend')}/api/v1/items", period=0.2),
+            Load(f"{mstack.url('frontend')}/", period=0.2),
+            Load(f"{mstack.url('model-server')}/predict", period=0.2),
+            Load(f"{mstack.url('backend')}/api/v1/items", period=0.2)]
+
+
+BACKEND_P95 = "p95_latency_seconds{service=backend}"
+
+
+def test_healthy_release_gets_a_baseline_and_the_slow_version_trips_a_relative_rule(
+        mstack: TestStack) -> None:
+    project = mstack.project_dir
+    reset_monitor_state(project)
+    original = add_config(project, """[monitor]
+baseline_evaluations = 4
+
+[[monitor.rules]]
+name = "yellow-latency-vs-baseline"
+signal = "p95_latency_seconds{service=backend}"
+comparison = ">"
+threshold = 3
+relative_to_baseline = true
+level = "YELLOW"
+clear_threshold = 2
+""")
+    loads = api_loads(mstack)
+    for load in loads:
+        load.__enter__()
+    try:
+        def own_baseline(ds: list[dict[str, Any]]) -> bool:
+            b = ds[-1]["baseline"]
+            return bool(b and b["captured_for"] == b["release"])
+
+        healthy = monitor(project, "--interval", "1", until=own_baseline, timeout=150)
+        captured = healthy[-1]["baseline"]
+        assert own_baseline(healthy), healthy[-1]
+        assert not captured["inherited"] and captured["values"][BACKEND_P95] > 0
+        assert all(d["level"] in ("GREEN", "NODATA") for d in healthy)
+        # before the capture the monitor said it was warming up
+        assert any(d["baseline"]["warmup"] for d in healthy[:-1])
+
+        status = json.loads(backout(project, "status", "--json").stdout)
+        assert status["baseline"]["captured_for"] == captured["release"]
+        assert status["baseline"]["values"] == captured["values"]
+        shown = json.loads(backout(project, "policy", "show", "--json").stdout)
+        assert {"yellow-latency-vs-baseline", "green-latency-vs-baseline"} <= set(shown["relative"])
+        # the live screen, with no terminal: the baseline in use, no screen clearing
+        screen = backout(project, "monitor", "--interval", "1", "--duration", "2")
+        assert "baseline: " in screen.stdout and "captured" in screen.stdout, screen.stdout
+        assert "\x1b[" not in screen.stdout
+
+        mstack.set_image_tag("backend", "slow")
+        mstack.compose("up", "-d", "--wait", "backend")
+        slow = monitor(project, "--interval", "2",
+                       until=lambda ds: bool(fired(ds, "yellow-latency-vs-baseline")),
+                       timeout=150)
+    finally:
+        for load in loads:
+            load.__exit__()
+        (project / "backout.toml").write_text(original)
+    [tr] = fired(slow, "yellow-latency-vs-baseline")
+    assert tr["signal"] == BACKEND_P95
+    assert tr["value"] > 3 * captured["values"][BACKEND_P95] and "x baseline" in tr["reason"]
+    # the new version is measured against the release that was healthy before it
+    in_use = slow[-1]["baseline"]
+    assert in_use["inherited"] and in_use["captured_for"] == captured["release"]
+    assert in_use["release"] != captured["release"]
+    mstack.set_image_tag("backend", "healthy")
+    mstack.compose("up", "-d", "--wait", "backend")
+
+
+def docker_mem_percent(mstack: TestStack, service: str) -> float:
+    out = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemPerc}}",
+                          mstack.container_id(service)], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return float(out.strip().rstrip("%"))
+
+
+def test_memory_over_95_percent_of_the_limit_is_red(mstack: TestStack, tmp_path: Path) -> None:
+    """A backend with a 512 MiB limit (a test-only compose override) that holds memory
+    like a leak until the engine reports > 95 % of the limit."""
+    project = mstack.project_dir
+    reset_monitor_state(project)
+    limit_mb = 512
+    override = tmp_path / "memory-limit.yml"
+    override.write_text(f"services:\n  backend:\n    mem_limit: {limit_mb}m\n"
+                        f"    memswap_limit: {limit_mb}m\n")
+    files = ("-f", "docker-compose.yml", "-f", str(override))
+    try:
+        # The image tags are shared by every checkout on the host: make sure the tag
+        # holds this checkout's app (with the hold_mb knob) right before recreating.
+        mstack.build_images()
+        mstack.compose(*files, "up", "-d", "--wait", "backend")
+        assert mstack.inspect("backend")["HostConfig"]["Memory"] == limit_mb << 20
+        held: list[float] = []
+
+        def leak() -> None:
+            """Hold memory until the engine says 96.5-99 % (under the OOM killer)."""
+            hold = 0.0
+            for _ in range(6):
+                percent = docker_mem_percent(mstack, "backend")
+                if percent >= 96.5:
+                    break
+                target = 97.5 if hold else 90.0  # approach the limit in two steps
+                hold += (target - percent) / 100 * limit_mb
+                mstack.fault("backend", hold_mb=hold)
+            held.append(docker_mem_percent(mstack, "backend"))
+
+        def until(ds: list[dict[str, Any]]) -> bool:
+            if len(ds) == 2:  # watched the service under its limit first, then the leak
+                leak()
+            return bool(fired(ds, "red-memory"))
+
+        decisions = monitor(project, "--interval", "1", until=until, timeout=120)
+    finally:
+        with contextlib.suppress(Exception):
+            mstack.fault("backend", reset=True)
+        mstack.compose("up", "-d", "--wait", "backend")  # without the limit again
+    assert held and held[0] > 95, held
+    assert not fired(decisions[:2], "red-memory")
+    [tr] = fired(decisions, "red-memory")
+    assert tr["signal"] == "memory_percent{service=backend}" and tr["value"] > 95
+    assert "memory_percent" in tr["reason"] and "memory usage > 95%" in tr["reason"]
+    assert decisions[-1]["level"] == "RED"
+    incidents = json.loads(backout(project, "incidents", "--json").stdout)["incidents"]
+    assert any(i["rule"] == "red-memory" and i["status"] == "open" for i in incidents)
+
+
+def test_sigterm_stops_cleanly_and_a_restart_keeps_the_incident(mstack: TestStack,
+                                                                tmp_path: Path) -> None:
+    """Unattended: no terminal, a pid file, SIGTERM ends it with exit 130 after the
+    evaluation under way, the policy state saved; a second monitor is refused while
+    one runs; the restarted one keeps the open incident instead of opening another."""
+    project = mstack.project_dir
+    reset_monitor_state(project)
+    flag = tmp_path / "corruption"
+    flag.write_text("0\n")
+    original = add_config(project, f'[monitor.commands]\ndata_corruption = "cat {flag}"\n')
+    pid_file = tmp_path / "run" / "monitor.pid"
+    pid_file.parent.mkdir()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "backout", "monitor", "--json",
+                                 "--interval", "1", "--pid-file", str(pid_file)],
+                                cwd=project, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        decisions: list[dict[str, Any]] = []
+        try:
+            assert proc.stdout is not None
+            deadline = time.monotonic() + 90
+            for line in proc.stdout:
+                decisions.append(json.loads(line))
+                if len(decisions) == 2:
+                    flag.write_text("1\n")
+                if fired(decisions, "red-data-corruption") or time.monotonic() > deadline:
+                    break
+            assert fired(decisions, "red-data-corruption")
+            assert pid_file.read_text().strip() == str(proc.pid)
+            status = json.loads(backout(project, "status", "--json").stdout)
+            assert status["monitor"]["pid"] == proc.pid
+            second = backout(project, "monitor", "--json", "--duration", "1")
+            assert second.returncode == 4, second.stderr
+            assert json.loads(second.stdout.splitlines()[-1])["error"]["code"] == "locked"
+
+            proc.send_signal(signal.SIGTERM)
+            rest, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 130, err
+        lines = [json.loads(line) for line in rest.splitlines()]
+        assert lines and lines[-1]["error"]["code"] == "interrupted"
+        decisions += lines[:-1]
+        assert "stopped by SIGTERM" in err and "Traceback" not in err
+        assert "\x1b[" not in rest
+        assert not pid_file.exists()
+        saved = json.loads(backout(project, "status", "--json").stdout)
+        assert saved["monitor"] is None and saved["level"]["t"] == decisions[-1]["t"]
+        before = json.loads(backout(project, "incidents", "--json").stdout)["incidents"]
+
+        again = monitor(project, "--interval", "1", until=lambda ds: len(ds) >= 3, timeout=60)
+        assert not fired(again, "red-data-corruption")  # the open incident is kept
+        assert again[-1]["level"] == "RED"
+        after = json.loads(backout(project, "incidents", "--json").stdout)["incidents"]
+        assert [i["id"] for i in after] == [i["id"] for i in before]
+        assert [i["rule"] for i in after if i["status"] == "open"] == ["red-data-corruption"]
+    finally:
+        (project / "backout.toml").write_text(original)
+
+
+@pytest.mark.soak
+def test_error_rate_over_10_percent_for_5_minutes_is_yellow_not_red(mstack: TestStack) -> None:
+    """The YELLOW error rule needs its 5 minutes (a soak: it runs with -m soak)."""
+    project = mstack.project_dir
+    reset_monitor_state(project)
+    started: list[float] = []
+
+    def until(ds: list[dict[str, Any]]) -> bool:
+        if len(ds) == 2:
+            mstack.fault("backend", error_rate=0.25)
+            started.append(time.time())
+        return bool(fired(ds, "yellow-error-rate"))
+
+    loads = api_loads(mstack)
+    for load in loads:
+        load.__enter__()
+    try:
+        decisions = monitor(project, "--interval", "5", until=until, timeout=480)
+    finally:
+        mstack.fault("backend", reset=True)
+        for load in loads:
+            load.__exit__()
+    [tr] = fired(decisions, "yellow-error-rate")
+    assert "backend" in tr["signal"] and 0.1 < tr["value"] < 0.5
+    assert tr["t"] - started[0] >= 300 - 5  # not before the condition held for 5 minutes
+    assert not fired(decisions, "red-error-rate")
+    assert decisions[-1]["level"] == "YELLOW"

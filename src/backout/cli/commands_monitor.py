@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +19,34 @@ from backout.cli.output import emit, table
 from backout.errors import ExitCode
 
 
-def _render(ctx: Ctx, decision: Any, views: dict[str, Any], started: float) -> None:
+def baseline_line(summary: dict[str, Any] | None) -> str:
+    """``baseline: release 3 (captured 10:31:02): p95_latency_seconds{service=backend}=0.012``"""
+    from backout.monitor.baseline import describe_release
+
+    if summary is None:
+        return "baseline: unknown (no running containers seen yet)"
+    warm = summary["warmup"]
+    waiting = (f"; this release's after {warm['needed']} healthy evaluations "
+               f"({warm['healthy']} so far)" if warm else "")
+    if summary["captured_for"] is None:
+        return f"baseline: none yet for {describe_release(summary['release'])}{waiting}"
+    when = time.strftime("%H:%M:%S", time.localtime(summary["captured_at"]))
+    values = ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary["values"].items()))
+    source = describe_release(summary["captured_for"])
+    if summary["inherited"]:
+        source = f"inherited from {source}"
+    return f"baseline: {source} (captured {when}){waiting}: {values or 'no values'}"
+
+
+def _render(ctx: Ctx, decision: Any, mon: Any, started: float) -> None:
     env = ctx.env
+    views = mon.views
     in_level = decision.t - decision.level_since
     lines = [f"backout monitor  {time.strftime('%H:%M:%S')}  level {decision.level.value} "
              f"for {in_level:.0f}s  (up {time.monotonic() - started:.0f}s)"]
     for firing in decision.active:
         lines.append(f"  {firing.level.value:<6} {firing.rule}: {firing.reason}")
+    lines.append(f"  {baseline_line(mon.baseline_summary())}")
     lines.append("")
     lines.append(f"  {'SERVICE':<14} {'STATE':<8} {'HEALTH':<10} {'PROBE':<22} {'MEM%':>6} "
                  f"{'CPU%':>6} {'RESTARTS':>8} {'LOG ERR':>7}")
@@ -35,10 +61,65 @@ def _render(ctx: Ctx, decision: Any, views: dict[str, Any], started: float) -> N
         lines += [f"    {svc}: {line[:150]}" for svc, line in errors[-5:]]
     if decision.nodata:
         lines.append(f"  no data: {', '.join(decision.nodata)}")
-    if env.stdout.isatty():
+    if env.stdout.isatty():  # a live screen; to a file or journal: one block per evaluation
         env.stdout.write("\x1b[2J\x1b[H")
     env.stdout.write("\n".join(lines) + "\n")
     env.stdout.flush()
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[tuple[threading.Event, list[str]]]:
+    """SIGTERM and SIGINT end the loop after the evaluation under way (a second SIGINT
+    interrupts at once); the previous handlers are restored afterwards."""
+    stop, received = threading.Event(), []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop, received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _monitor_lock(ctx: Ctx, pid_file: Path | None) -> Iterator[None]:
+    """One monitor per project (two would open every incident twice), and the pid file."""
+    from backout.errors import LockedError, UsageError
+    from backout.state import OperationLock
+    from backout.state.lock import MONITOR_LOCK_NAME
+
+    lock = OperationLock(ctx.config.state_dir, MONITOR_LOCK_NAME)
+    try:
+        lock.acquire("backout monitor")
+    except LockedError:
+        holder = lock.holder()
+        raise LockedError(
+            f"a monitor already watches this project: "
+            f"{holder.describe() if holder else 'another process'}",
+            fix="stop it first (systemctl stop backout-monitor, or kill its pid); "
+                "`backout status` shows its level and incidents") from None
+    try:
+        if pid_file is not None:
+            tmp = pid_file.with_name(f".{pid_file.name}.{os.getpid()}")
+            try:
+                tmp.write_text(f"{os.getpid()}\n")
+                tmp.replace(pid_file)
+            except OSError as exc:
+                raise UsageError(f"cannot write the pid file {pid_file}: {exc.strerror}",
+                                 fix="create its directory or pass another --pid-file") from None
+        yield
+    finally:
+        if pid_file is not None:
+            with contextlib.suppress(OSError):
+                if pid_file.read_text().strip() == str(os.getpid()):
+                    pid_file.unlink()
+        lock.release()
 
 
 @command(cli, "monitor")
@@ -50,37 +131,55 @@ def _render(ctx: Ctx, decision: Any, views: dict[str, Any], started: float) -> N
               help="Stop after this many seconds (default: run until interrupted).")
 @click.option("--cooldown", type=float, default=300.0, show_default=True,
               help="Minimum seconds between two automatic rollbacks.")
+@click.option("--pid-file", type=click.Path(path_type=Path), default=None,
+              help="Write the monitor's pid here while it runs (removed on exit).")
 def monitor_cmd(ctx: Ctx, auto_rollback: bool, interval: float | None, duration: float | None,
-                cooldown: float) -> int:
+                cooldown: float, pid_file: Path | None) -> int:
     """Watch the stack against the decision matrix; --json streams decisions as JSON lines.
 
     One screen instead of four terminals: level and the rule that set it, per-service
-    health and latency, memory and CPU, restarts, error lines from the logs.
+    health and latency, memory and CPU, restarts, error lines from the logs, and the
+    baseline relative rules compare with. Runs unattended too (no terminal needed):
+    SIGTERM or SIGINT stop it after the evaluation under way, with exit code 130.
     """
+    from backout.errors import InterruptedOperation
     from backout.monitor.run import Monitor
     from backout.notify import Notifier
     from backout.releases import compose_for
 
     cfg = ctx.config
     notify = cfg.monitor.notify
-    mon = Monitor(ctx.env, cfg, ctx.store, compose_for(ctx.env, cfg), cfg.monitor.effective_rules,
-                  notifier=Notifier(notify.webhook_url, notify.webhook_format, notify.command),
-                  auto_rollback=auto_rollback, cooldown=cooldown,
-                  window=float(cfg.monitor.window_seconds))
-    started = time.monotonic()
+    with _monitor_lock(ctx, pid_file), _stop_on_signals() as (stop, received):
+        mon = Monitor(ctx.env, cfg, ctx.store, compose_for(ctx.env, cfg),
+                      cfg.monitor.effective_rules,
+                      notifier=Notifier(notify.webhook_url, notify.webhook_format,
+                                        notify.command),
+                      auto_rollback=auto_rollback, cooldown=cooldown,
+                      window=float(cfg.monitor.window_seconds),
+                      baseline_evaluations=cfg.monitor.baseline_evaluations)
+        started = time.monotonic()
+        evaluations = 0
 
-    def show(decision: Any) -> None:
-        if ctx.env.json:
-            ctx.env.stdout.write(ctx.env.redact(json.dumps(decision.to_json(), sort_keys=True))
-                                 + "\n")
-            ctx.env.stdout.flush()
-        else:
-            _render(ctx, decision, mon.views, started)
+        def show(decision: Any) -> None:
+            nonlocal evaluations
+            evaluations += 1
+            if ctx.env.json:
+                line = {**decision.to_json(), "baseline": mon.baseline_summary()}
+                ctx.env.stdout.write(ctx.env.redact(json.dumps(line, sort_keys=True)) + "\n")
+                ctx.env.stdout.flush()
+            else:
+                _render(ctx, decision, mon, started)
 
-    last = mon.run(interval or float(cfg.monitor.interval_seconds), duration=duration,
-                   on_decision=show)
+        last = mon.run(interval or float(cfg.monitor.interval_seconds), duration=duration,
+                       on_decision=show, stop=stop)
     if mon.escalated:
         return ExitCode.NEEDS_HUMAN
+    if received:
+        raise InterruptedOperation(
+            f"monitor stopped by {received[0]} after {evaluations} evaluation(s); "
+            f"policy state saved (level {last.level.value if last else 'unknown'})",
+            fix="start `backout monitor` again: it resumes from the saved state without "
+                "re-firing open incidents")
     return ExitCode.OK if last is None or last.level.value != "RED" else ExitCode.UNHEALTHY
 
 
@@ -124,9 +223,16 @@ def policy_test(ctx: Ctx, file: Path, defaults: bool) -> None:
 def policy_show(ctx: Ctx) -> None:
     """The effective rules (the runbook's matrix plus the project's [[monitor.rules]])."""
     rules = ctx.config.monitor.effective_rules
-    rows = [[r.name, r.level.value, r.severity, f"{r.signal} {r.comparison} {r.threshold:g}"
-             + ("x baseline" if r.relative_to_baseline else "")
+    rows = [[r.name, r.level.value, r.severity, f"{r.signal} {r.condition()}"
              + (f" for {r.for_seconds:g}s" if r.for_seconds else "")
-             + (f" x{r.consecutive}" if r.consecutive > 1 else ""), r.action] for r in rules]
-    emit(ctx.env, "policy show", {"rules": [r.name for r in rules]},
-         table(rows, ["RULE", "LEVEL", "SEV", "CONDITION", "ACTION"]))
+             + (f" x{r.consecutive}" if r.consecutive > 1 else ""), r.action,
+             "yes" if r.relative_to_baseline else ""] for r in rules]
+    evaluations = ctx.config.monitor.baseline_evaluations
+    human = table(rows, ["RULE", "LEVEL", "SEV", "CONDITION", "ACTION", "BASELINE"])
+    if any(r.relative_to_baseline for r in rules):
+        human.append(f"BASELINE yes: the threshold is a factor of the baseline, the median of "
+                     f"the signal over {evaluations} healthy evaluations in a row of the "
+                     "running release (`backout status` shows it)")
+    emit(ctx.env, "policy show", {"rules": [r.name for r in rules],
+                                  "relative": [r.name for r in rules if r.relative_to_baseline],
+                                  "baseline_evaluations": evaluations}, human)

@@ -84,20 +84,26 @@ def events_cmd(ctx: Ctx, limit: int) -> None:
 @command(cli, "status")
 def status_cmd(ctx: Ctx) -> None:
     """Current release, lock holder and state store, without a running monitor."""
+    from backout.cli.commands_monitor import baseline_line
     from backout.errors import BackoutError
+    from backout.monitor.run import baseline_in_use
     from backout.operations.executor import unfinished
     from backout.releases import compose_for
     from backout.rollback.service import drift
+    from backout.state.lock import MONITOR_LOCK_NAME
 
     holder = OperationLock(ctx.config.state_dir).holder()
     latest = ctx.store.releases(1)
     rel = latest[0] if latest else None
     cp = ctx.store.db.execute("SELECT * FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
     pending = unfinished(ctx.store) if holder is None else []
+    monitor = OperationLock(ctx.config.state_dir, MONITOR_LOCK_NAME).holder()
+    compose = compose_for(ctx.env, ctx.config)
     try:
-        drifted: dict[str, Any] | None = drift(ctx.env, compose_for(ctx.env, ctx.config))
+        drifted: dict[str, Any] | None = drift(ctx.env, compose)
+        baseline = baseline_in_use(ctx.store, compose)
     except BackoutError as exc:  # status must work with the engine down
-        drifted = None
+        drifted = baseline = None
         ctx.env.warn(f"cannot compare running images: {exc.one_line()}")
     human = [f"project:    {ctx.config.project_dir}",
              f"release:    {rel['id']} at {(rel['git_commit'] or '-')[:12]} ({rel['status']})" if rel
@@ -109,6 +115,10 @@ def status_cmd(ctx: Ctx) -> None:
     incidents = ctx.store.open_incidents()
     human.append(f"level:      {level['level']} (last evaluated {level['t']:.0f})" if level
                  else "level:      unknown (no monitor has run)")
+    human.append(f"monitor:    running: {monitor.describe()}" if monitor
+                 else "monitor:    not running")
+    if baseline is not None:
+        human.append(f"{baseline_line(baseline).replace('baseline: ', 'baseline:   ', 1)}")
     for inc in incidents:
         human.append(f"INCIDENT:   #{inc['id']} {inc['level']} {inc['severity']} {inc['rule']} "
                      f"({inc['status']}) since {inc['opened_at']}")
@@ -123,6 +133,9 @@ def status_cmd(ctx: Ctx) -> None:
         if cp else None,
         "interrupted": [{"id": op["id"], "kind": op["kind"]} for op in pending],
         "level": level,
+        "monitor": {"pid": monitor.pid, "host": monitor.host, "since": monitor.since}
+        if monitor else None,
+        "baseline": baseline,
         "open_incidents": [{"id": i["id"], "rule": i["rule"], "level": i["level"],
                             "severity": i["severity"], "status": i["status"]} for i in incidents],
         "drift": drifted,

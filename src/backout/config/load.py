@@ -96,6 +96,7 @@ VERIFY_KEYS = {"settle_seconds": Key(int, minimum=0), "log_window_seconds": Key(
 MONITOR_KEYS = {
     "interval_seconds": Key(int, minimum=1),
     "window_seconds": Key(int, minimum=1),
+    "baseline_evaluations": Key(int, minimum=1),
     "use_default_rules": Key(bool),
     "rules": Key(list, list_of=dict),  # [[monitor.rules]]
     "notify": Key(dict),  # [monitor.notify]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backout.monitor.baseline import DEFAULT_EVALUATIONS
 from backout.monitor.policy import DEFAULT_RULES, Rule, merge_rules
 
 SERVICE_KINDS = ("app", "database", "proxy")
@@ -101,6 +102,8 @@ class NotifyConfig:
 class MonitorConfig:
     interval_seconds: int = 5  # one evaluation (and scrape) every this many seconds
     window_seconds: int = 15  # rates, ratios, quantiles: short, so `for:` alone says how long
+    # healthy evaluations in a row before a release's baseline is captured
+    baseline_evaluations: int = DEFAULT_EVALUATIONS
     use_default_rules: bool = True  # the runbook's matrix (backout.monitor.policy.DEFAULT_RULES)
     rules: tuple[Rule, ...] = ()  # [[monitor.rules]]; a rule named like a default replaces it
     notify: NotifyConfig = field(default_factory=NotifyConfig)

@@ -10,6 +10,8 @@ without a running stack, so it is split into pure layers:
   them into signal values;
 - ``policy``: the decision matrix as data (``Rule``, ``DEFAULT_RULES``) and the
   pure ``evaluate`` function;
+- ``baseline``: when a healthy release's baseline is captured (the median of
+  each signal a relative rule reads) and which one is in use;
 - ``replay``: recorded signals replayed through the policy (``backout policy
   test FILE``).
 

@@ -62,6 +62,7 @@ class Collector:
     logs: LogWatcher = field(default_factory=LogWatcher)
     restarts_at_start: dict[str, int] = field(default_factory=dict)
     store: series.SeriesStore | None = None
+    images: dict[str, str] = field(default_factory=dict)  # running service -> image ID
 
     def __post_init__(self) -> None:
         if self.store is None:
@@ -76,6 +77,8 @@ class Collector:
         except BackoutError as exc:
             self.env.warn(f"engine signals unavailable: {exc.one_line()}")
             engine = {}
+        if engine:
+            self.images = {name: c.image_id for name, c in engine.items() if c.running}
         for name, svc in self.config.services.items():
             if svc.kind == "database":
                 continue

@@ -3,14 +3,16 @@
 Each evaluation collects a Snapshot, applies the policy (pure), persists the
 policy state in the store (so a restarted monitor neither forgets a pending
 `for:` timer nor fires an incident twice), records incidents and their
-timeline, sends notifications (never blocking), and with auto-rollback runs
-the rule's rollback exactly once per incident, with a cool-down, then verifies.
-If verification fails the incident is escalated and no further automatic
-action is taken: a human decides.
+timeline, captures the release's baseline once it has been healthy for a while
+(``backout.monitor.baseline``), sends notifications (never blocking), and with
+auto-rollback runs the rule's rollback exactly once per incident, with a
+cool-down, then verifies. If verification fails the incident is escalated, no
+further automatic action is taken and the loop stops: a human decides.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,16 +23,49 @@ from backout.adapters.docker import Compose
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import BackoutError, LockedError
+from backout.monitor import baseline
+from backout.monitor.baseline import Baseline
 from backout.monitor.collect import Collector, ServiceView
-from backout.monitor.policy import Decision, Level, PolicyState, Rule, evaluate
+from backout.monitor.policy import (
+    ActionRequest,
+    Decision,
+    Level,
+    PolicyState,
+    Rule,
+    Snapshot,
+    evaluate,
+)
 from backout.notify import Notifier
 from backout.operations.runner import run_locked
 from backout.state import Store
 from backout.verify import run_verify
 
 STATE_KEY = "monitor.policy_state"
+LEVEL_KEY = "monitor.level"
 INCIDENT_KEY = "monitor.incidents"  # rule instance -> incident id, for open incidents
 LAST_ACTION_KEY = "monitor.last_action_at"
+BASELINES_KEY = "monitor.baselines"  # release key -> captured baseline (JSON)
+
+
+def load_baselines(store: Store) -> dict[str, Baseline]:
+    """The captured baselines in the store (unreadable entries are skipped)."""
+    out: dict[str, Baseline] = {}
+    for key, data in (store.fact(BASELINES_KEY) or {}).items():
+        try:
+            out[str(key)] = Baseline.from_json(data)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return out
+
+
+def baseline_in_use(store: Store, compose: Compose) -> dict[str, Any] | None:
+    """What ``backout status`` shows: the baseline relative rules use for what runs now
+    (None when nothing runs); asks the engine, not a running monitor."""
+    images = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+    if not images:
+        return None
+    key = baseline.release_key(store.releases(), images)
+    return baseline.summary(baseline.select(load_baselines(store), key), key)
 
 
 @dataclass
@@ -45,38 +80,98 @@ class Monitor:
     cooldown: float = 300.0
     window: float = 15.0
     collector: Collector | None = None
-    baseline: dict[str, float] = field(default_factory=dict)
+    baseline_evaluations: int = baseline.DEFAULT_EVALUATIONS
     views: dict[str, ServiceView] = field(default_factory=dict)
     escalated: bool = False
     # Where the policy state persists: the monitor's own, or a deploy's watch (which
     # must neither inherit nor disturb a long-running monitor's timers).
     state_key: str = STATE_KEY
+    release: str | None = None  # baseline.release_key of what runs
 
     def __post_init__(self) -> None:
         if self.collector is None:
             self.collector = Collector(self.env, self.config, self.compose, window=self.window)
         raw = self.store.fact(self.state_key)
         self.state = PolicyState.from_json(raw) if raw else PolicyState()
+        self.baselines = load_baselines(self.store)
+        self.warmup = baseline.Warmup()
+        self._images: dict[str, str] | None = None
 
+    # -- baseline ------------------------------------------------------------
+    @property
+    def baseline(self) -> Baseline | None:
+        """The baseline relative rules use now (this release's, else inherited)."""
+        return None if self.release is None else baseline.select(self.baselines, self.release)
+
+    def baseline_summary(self) -> dict[str, Any] | None:
+        if self.release is None:
+            return None
+        own = self.release in self.baselines
+        return baseline.summary(self.baseline, self.release,
+                                None if own else len(self.warmup.samples),
+                                None if own else self.baseline_evaluations)
+
+    def _follow_release(self) -> None:
+        assert self.collector is not None
+        images = self.collector.images
+        if images and images != self._images:
+            self._images = dict(images)
+            self.release = baseline.release_key(self.store.releases(), images)
+
+    def _capture(self, decision: Decision, snapshot: Snapshot) -> None:
+        """Feed the warm-up; store a baseline once the release was healthy long enough."""
+        if self.release is None or self.release in self.baselines:
+            return
+        self.warmup, captured = baseline.observe(
+            self.warmup, self.release, baseline.healthy(decision, self.rules), snapshot,
+            baseline.watched(self.rules), self.baseline_evaluations)
+        if captured is None:
+            return
+        self.baselines = baseline.keep({**self.baselines, captured.release: captured})
+        self.store.set_fact(BASELINES_KEY, {k: b.to_json() for k, b in self.baselines.items()})
+        self.store.record_event("monitor.baseline", target=baseline.describe_release(self.release),
+                                reason=f"{captured.evaluations} healthy evaluations in a row",
+                                detail={"values": dict(captured.values)})
+
+    # -- one evaluation ------------------------------------------------------
     def step(self, t: float | None = None) -> Decision:
+        """Collect, decide, then record everything the decision changes in one store
+        transaction (policy state, level, baseline, incidents), so a monitor killed at
+        any moment restarts from a consistent state: an incident is opened exactly when
+        the state saying its rule fired is saved. Notifications and rollbacks follow."""
         assert self.collector is not None
         snapshot, self.views = self.collector.collect(t)
-        decision, self.state = evaluate(self.rules, snapshot, self.state, self.baseline)
-        self.store.set_fact(self.state_key, self.state.to_json())
-        self.store.set_fact("monitor.level", {"level": decision.level.value, "t": decision.t,
-                                              "since": decision.level_since})
-        self._record(decision)
+        self._follow_release()
+        current = self.baseline
+        decision, state = evaluate(self.rules, snapshot, self.state,
+                                   None if current is None else current.values)
+        with self.store.transaction():
+            self.store.set_fact(self.state_key, state.to_json())
+            self.store.set_fact(LEVEL_KEY, {"level": decision.level.value, "t": decision.t,
+                                            "since": decision.level_since})
+            self._capture(decision, snapshot)
+            notices, rollbacks = self._book(decision)
+        self.state = state
+        for event in notices:
+            self._notify(event)
+        for action, open_id in rollbacks:
+            self._rollback(action.action, action.service, open_id, action.reason)
         return decision
 
     # -- incidents, notifications, actions ---------------------------------
-    def _record(self, decision: Decision) -> None:
+    def _book(self, decision: Decision) -> tuple[list[dict[str, Any]],
+                                                 list[tuple[ActionRequest, int | None]]]:
+        """Open and resolve incidents (store writes only); returns the notifications to
+        send and the rollbacks to run once the writes are committed."""
         incidents: dict[str, int] = dict(self.store.fact(INCIDENT_KEY) or {})
+        notices: list[dict[str, Any]] = []
         if decision.level != decision.previous_level:
-            self._notify({"kind": "level", "level": decision.level.value,
-                          "previous": decision.previous_level.value,
-                          "summary": f"level {decision.previous_level.value} -> "
-                                     f"{decision.level.value}"
-                                     + (f": {decision.active[0].reason}" if decision.active else "")})
+            notices.append({"kind": "level", "level": decision.level.value,
+                            "previous": decision.previous_level.value,
+                            "summary": f"level {decision.previous_level.value} -> "
+                                       f"{decision.level.value}"
+                                       + (f": {decision.active[0].reason}" if decision.active
+                                          else "")})
         for tr in decision.transitions:
             key = f"{tr.rule}|{tr.signal}"
             if tr.kind == "fired" and tr.rule_level in (Level.RED, Level.YELLOW):
@@ -86,23 +181,26 @@ class Monitor:
                                                values={"signal": tr.signal, "value": tr.value,
                                                        "threshold": tr.threshold})
                 incidents[key] = iid
-                self._notify({"kind": "incident", "incident": iid, "level": tr.rule_level.value,
-                              "severity": rule.severity, "summary": tr.reason})
+                notices.append({"kind": "incident", "incident": iid,
+                                "level": tr.rule_level.value, "severity": rule.severity,
+                                "summary": tr.reason})
             elif tr.kind == "cleared" and key in incidents:
                 iid = incidents.pop(key)
                 self.store.incident_event(iid, "resolved", {"reason": tr.reason})
-                self._notify({"kind": "resolved", "incident": iid, "level": "GREEN",
-                              "summary": f"incident {iid} resolved: {tr.reason}"})
+                notices.append({"kind": "resolved", "incident": iid, "level": "GREEN",
+                                "summary": f"incident {iid} resolved: {tr.reason}"})
         self.store.set_fact(INCIDENT_KEY, incidents)
+        rollbacks: list[tuple[ActionRequest, int | None]] = []
         for action in decision.actions:
             key = f"{action.rule}|" + next((tr.signal for tr in decision.transitions
                                            if tr.rule == action.rule and tr.kind == "fired"), "")
             open_id = incidents.get(key)
             if action.action.startswith("rollback") and self.auto_rollback:
-                self._rollback(action.action, action.service, open_id, action.reason)
+                rollbacks.append((action, open_id))
             elif open_id is not None:
                 self.store.incident_event(open_id, "action", {"action": action.action,
                                                               "automatic": False})
+        return notices, rollbacks
 
     def _notify(self, event: dict[str, Any]) -> None:
         problems = self.notifier.send(self.env, event)
@@ -167,15 +265,22 @@ class Monitor:
                                      f"{exc.one_line()}"})
 
     def run(self, interval: float, *, duration: float | None = None,
-            on_decision: Callable[[Decision], None] | None = None) -> Decision | None:
+            on_decision: Callable[[Decision], None] | None = None,
+            stop: threading.Event | None = None) -> Decision | None:
+        """Evaluate every ``interval`` seconds until ``duration`` is over, ``stop`` is set
+        (checked between evaluations, never in the middle of one) or an automatic
+        rollback escalated (a human decides; nothing more is done automatically)."""
+        stop = stop or threading.Event()
         start = time.monotonic()
         decision = None
-        while duration is None or time.monotonic() - start < duration:
+        while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
             tick = time.monotonic()
             decision = self.step()
             if on_decision is not None:
                 on_decision(decision)
-            time.sleep(max(0.0, interval - (time.monotonic() - tick)))
+            if self.escalated:
+                break
+            stop.wait(max(0.0, interval - (time.monotonic() - tick)))
         return decision
 
 

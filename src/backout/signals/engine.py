@@ -16,6 +16,7 @@ class ContainerSignals:
     restart_count: int
     memory_percent: float
     cpu_percent: float
+    image_id: str = ""
 
 
 def container_signals(compose: Compose) -> dict[str, ContainerSignals]:
@@ -26,5 +27,5 @@ def container_signals(compose: Compose) -> dict[str, ContainerSignals]:
         s = stats.get(c.id, {})
         out[c.service] = ContainerSignals(
             c.service, c.state == "running", c.health, c.failing_streak, c.restart_count,
-            s.get("memory_percent", 0.0), s.get("cpu_percent", 0.0))
+            s.get("memory_percent", 0.0), s.get("cpu_percent", 0.0), c.image_id)
     return out

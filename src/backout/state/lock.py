@@ -22,6 +22,7 @@ from pathlib import Path
 from backout.errors import LockedError
 
 LOCK_NAME = "lock"
+MONITOR_LOCK_NAME = "monitor.lock"  # one monitor per project (not an operation lock)
 
 
 def process_start_time(pid: int) -> str | None:
@@ -58,8 +59,8 @@ class LockHolder:
 
 
 class OperationLock:
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / LOCK_NAME
+    def __init__(self, state_dir: Path, name: str = LOCK_NAME) -> None:
+        self.path = state_dir / name
         self._fd: int | None = None
         self.took_over: LockHolder | None = None
 

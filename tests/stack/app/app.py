@@ -16,7 +16,9 @@ Endpoints (all roles):
                          {"health": false}, {"error_rate": 0.5}, {"latency_seconds": 6},
                          {"circuit_breakers_open": 3}, {"db_pool_in_use": 10},
                          {"auth_failure_rate": 0.9}, {"queue_lag": 5000},
-                         {"write_interval": 0}, {"reset": true}
+                         {"write_interval": 0}, {"hold_mb": 200}, {"reset": true}
+                         (hold_mb: keep that many MiB of touched memory allocated, as a
+                         leak would; 0 frees it)
 backend:       GET /api/v1/health/check, GET|POST /api/v1/items, POST /api/v1/login,
                GET /api/v1/stats
 frontend:      GET /, GET /health
@@ -121,6 +123,7 @@ class Faults:
             "auth_failure_rate": env_float("AUTH_FAILURE_RATE", 0.0),
             "queue_lag": env_float("QUEUE_LAG", 0.0),
             "write_interval": env_float("WRITE_INTERVAL", 0.5),
+            "hold_mb": 0.0,
         }
 
     def get(self, key: str):
@@ -149,7 +152,21 @@ class Faults:
                 else:
                     value = float(value)
                 self._state[key] = value
+            hold_memory(self._state["hold_mb"])
             return dict(self._state)
+
+
+_HELD: list[bytes] = []
+
+
+def hold_memory(mib: float) -> None:
+    """Keep ``mib`` MiB allocated and written (so resident, not just reserved), in 1 MiB
+    blocks; the blocks are mmap'ed by the allocator, so dropping them gives the memory
+    back to the kernel at once."""
+    want = max(0, int(mib))
+    del _HELD[want:]
+    while len(_HELD) < want:
+        _HELD.append(bytes([len(_HELD) % 251 + 1]) * (1 << 20))
 
 
 FAULTS = Faults()
