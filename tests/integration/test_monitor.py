@@ -13,14 +13,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.load import Load
 from tests.support.stack import TestStack
 
 pytestmark = pytest.mark.docker
@@ -46,34 +45,6 @@ def mstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestStack]:
         yield stack
     finally:
         stack.down()
-
-
-class Load:
-    """Steady API traffic on 127.0.0.1, bounded in time, counting failures."""
-
-    def __init__(self, url: str, period: float = 0.05) -> None:
-        self.url, self.period = url, period
-        self.stop = threading.Event()
-        self.sent = self.failed = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 600
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            self.sent += 1
-            try:
-                urllib.request.urlopen(self.url, timeout=10).read()
-            except (urllib.error.URLError, OSError):
-                self.failed += 1
-            time.sleep(self.period)
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=15)
 
 
 def monitor(project: Path, *args: str, until: Any, timeout: float) -> list[dict[str, Any]]:
