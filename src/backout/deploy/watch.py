@@ -32,14 +32,19 @@ class RedDuringWatch(UnhealthyError):
 def watch(env: Environment, config: Config, store: Store, compose: Compose, seconds: float,
           op_id: int, *, on_decision: Callable[[Decision, float], None] | None = None,
           clock: Callable[[], float] = time.monotonic,
-          sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+          sleep: Callable[[float], None] = time.sleep,
+          monitor: Any = None) -> dict[str, Any]:
+    """Evaluate every ``[monitor] interval_seconds`` for ``seconds``; raise
+    RedDuringWatch at the first RED (recording its incident and the RED rules'
+    actions for the rollback steps). ``monitor`` is for tests (anything with step())."""
     if seconds <= 0:
         return {"watched_s": 0, "evaluations": 0, "level": None}
     notify = config.monitor.notify
-    mon = Monitor(env, config, store, compose, config.monitor.effective_rules,
-                  notifier=Notifier(notify.webhook_url, notify.webhook_format, notify.command),
-                  auto_rollback=False, window=float(config.monitor.window_seconds),
-                  state_key=f"deploy.op{op_id}.policy_state")
+    mon = monitor or Monitor(
+        env, config, store, compose, config.monitor.effective_rules,
+        notifier=Notifier(notify.webhook_url, notify.webhook_format, notify.command),
+        auto_rollback=False, window=float(config.monitor.window_seconds),
+        state_key=f"deploy.op{op_id}.policy_state")
     interval = float(config.monitor.interval_seconds)
     opened_before = {i["id"] for i in store.open_incidents()}
     start = clock()
