@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -189,10 +190,10 @@ class Rig:
             raise BenchError(f"{service} does not run {tag} after the deploy")
         return commit
 
-    def back_to_main(self) -> None:
-        """main checked out and everything running as its compose file says."""
+    def back_to_main(self, *services: str) -> None:
+        """main checked out and SERVICES (default: all) running as its compose file says."""
         self.git("checkout", "-q", "-f", "main")
-        self.compose_up(no_deps=False)
+        self.compose_up(*services, no_deps=bool(services))
 
     def image_id(self, service: str) -> str:
         return str(self.stack.inspect(service)["Image"])
@@ -231,6 +232,12 @@ class Rig:
         return data
 
     # -- configuration
+
+    def writers(self, database: str) -> list[str]:
+        """The app services that write to a database (writes_to in backout.toml)."""
+        services = tomllib.loads(self.init_toml).get("services", {})
+        return sorted(name for name, svc in services.items()
+                      if database in svc.get("writes_to", []))
 
     def write_config(self, extra: str = "") -> None:
         """backout.toml as `backout init` wrote it, plus the bench's settings and extra."""
@@ -364,6 +371,13 @@ class Monitor:
         found = wait_for(find, timeout=timeout, interval=0.1, message=what)
         assert found is not None
         return found
+
+    def spacing(self) -> float | None:
+        """Median time between two consecutive decisions (the effective interval)."""
+        with self._lock:
+            ts = [float(d["t"]) for _a, d in self.decisions if "t" in d]
+        gaps = [b - a for a, b in itertools.pairwise(ts)]
+        return round(statistics.median(gaps), 3) if gaps else None
 
     def stop(self) -> int:
         if self.proc.poll() is None:

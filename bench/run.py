@@ -30,14 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support.stack import TestStack, cleanup_stale  # noqa: E402
-
 from bench import report  # noqa: E402
 from bench.benchmarks import BENCHMARKS, Params, build_v2, log  # noqa: E402
 from bench.core import JsonDict, Rig  # noqa: E402
+from tests.support.stack import TestStack, cleanup_stale  # noqa: E402
 
 SMOKE = Params(reps=1, mysql_mb=[4.0], redis_keys=[20_000], mongo_docs=[500],
-               monitor_seconds=10, rule_for=6, window=6, interval=2)
+               monitor_seconds=6, rule_for=6, window=6, interval=2)
 
 
 def _floats(text: str) -> list[float]:
@@ -66,7 +65,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--mongo-docs", type=_ints,
                     help="documents in the MongoDB stand-in (default 20000; smoke 500)")
     ap.add_argument("--monitor-seconds", type=float,
-                    help="how long each monitor overhead run watches (default 60; smoke 10)")
+                    help="how long each monitor overhead run watches (default 60; smoke 6)")
     ap.add_argument("--keep", action="store_true", help="leave the stack running at the end")
     return ap.parse_args(argv)
 
