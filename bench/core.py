@@ -113,6 +113,8 @@ class Rig:
         self.scratch = scratch  # bare dumps, dd test files: removed with the run
         self.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.init_toml = ""  # backout.toml as `backout init` wrote it
+        # measurements one benchmark makes and a later one of the same run reuses
+        self.measured: dict[str, list[float]] = {}
 
     # -- backout and bare commands
 

@@ -36,7 +36,7 @@ from bench.core import JsonDict, Rig  # noqa: E402
 from tests.support.stack import TestStack, cleanup_stale  # noqa: E402
 
 SMOKE = Params(reps=1, mysql_mb=[4.0], redis_keys=[20_000], mongo_docs=[500],
-               monitor_seconds=6, rule_for=6, window=6, interval=2)
+               monitor_seconds=6, rule_for=6, window=6, interval=2, tail=3.0)
 
 
 def _floats(text: str) -> list[float]:
@@ -63,7 +63,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--redis-keys", type=_ints,
                     help="Redis key counts (default 1000000; smoke 20000; full: 1000000,10000000)")
     ap.add_argument("--mongo-docs", type=_ints,
-                    help="documents in the MongoDB stand-in (default 20000; smoke 500)")
+                    help="documents in the MongoDB stand-in (default 10000; smoke 500)")
     ap.add_argument("--monitor-seconds", type=float,
                     help="how long each monitor overhead run watches (default 60; smoke 6)")
     ap.add_argument("--keep", action="store_true", help="leave the stack running at the end")
