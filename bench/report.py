@@ -21,6 +21,11 @@ def _num(value: float | None) -> str:
     return f"{value:.2f}"
 
 
+def _esc(text: str) -> str:
+    """Text safe inside a markdown table cell (no column breaks, no HTML tags)."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _cell(figure: JsonDict | None) -> str:
     if not figure:
         return "-"
@@ -46,17 +51,17 @@ def markdown(results: JsonDict) -> str:
     notes: list[str] = []
     for name, bench in results["benchmarks"].items():
         if "error" in bench:
-            lines.append(f"| {name} | **failed**: {bench['error'][:200]} | | | | | |")
+            lines.append(f"| {name} | **failed**: {_esc(bench['error'][:200])} | | | | | |")
             continue
         for i, row in enumerate(bench["rows"]):
             title = bench["title"] if i == 0 else ""
             base = _cell(row["baseline"])
             if row["baseline_label"]:
-                base += f"<br><sub>{row['baseline_label']}</sub>"
+                base += f"<br><sub>{_esc(row['baseline_label'])}</sub>"
             fl = (f"{_num(row['floor']['value'])} {row['floor']['unit']}<br>"
-                  f"<sub>{row['floor']['label']}</sub>" if row["floor"] else "-")
+                  f"<sub>{_esc(row['floor']['label'])}</sub>" if row["floor"] else "-")
             ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
-            lines.append(f"| {title} | {row['name']} | {row['unit']} | {_cell(row['backout'])} | "
+            lines.append(f"| {title} | {_esc(row['name'])} | {row['unit']} | {_cell(row['backout'])} | "
                          f"{base} | {ratio} | {fl} |")
         notes += [f"- {bench['title']}: {n}" for n in bench["notes"]]
     lines += ["", "Ratios: backout / baseline of the medians; for MB/s higher is better, for "
