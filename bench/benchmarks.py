@@ -1,0 +1,749 @@
+"""The seven benchmarks of issue 7. Each takes the Rig and the Params and returns
+``{"title", "rows": [Row.as_json()], "notes", "config"}``; every backout figure is
+paired with the bare tool measured in the same loop, on the same stack."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backout.adapters.mysql import DUMP_FLAGS
+from bench.core import (
+    BenchError,
+    JsonDict,
+    Load,
+    Monitor,
+    Rig,
+    Row,
+    cpu_seconds,
+    fired,
+    floor,
+    gap_figures,
+    iso_epoch,
+    rss_mib,
+    tag_image_id,
+)
+from tests.support.stack import DATABASE, wait_for
+
+MB = 1_000_000
+GB = 1_000_000_000
+ZSTD_LEVEL = 3  # backout's [backups] zstd_level default; the bare pipes use the same
+
+
+@dataclass
+class Params:
+    reps: int = 3
+    mysql_mb: list[float] = field(default_factory=lambda: [100.0])
+    redis_keys: list[int] = field(default_factory=lambda: [1_000_000])
+    mongo_docs: list[int] = field(default_factory=lambda: [10_000])
+    monitor_seconds: float = 60.0
+    rule_for: int = 10  # `for` of the shortened red-error-rate rule (bench 4 and 7)
+    window: int = 10  # [monitor] window_seconds for bench 4 and 7
+    interval: int = 2  # monitor --interval for bench 4 and 7
+    v2_tag: str = "bench-v2"  # a second healthy backend image (bench 5)
+    tail: float = 6.0  # bench 5 counts until this long after the rollback (nginx DNS: 5 s)
+
+
+Bench = Callable[[Rig, Params], JsonDict]
+
+
+def med(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def result(title: str, rows: list[Row], notes: list[str], config: JsonDict | None = None,
+           ) -> JsonDict:
+    return {"title": title, "rows": [r.as_json() for r in rows], "notes": notes,
+            "config": config or {}}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def container_floor(rig: Rig, service: str) -> float:
+    """The physical floor of replacing a container: docker stop + docker start of the
+    existing container + its healthcheck turning healthy (no create, no compose)."""
+    cid = rig.stack.container_id(service)
+    start = time.monotonic()
+    for verb in ("stop", "start"):
+        subprocess.run(["docker", verb, cid], capture_output=True, check=True, timeout=120)
+    def healthy() -> bool:
+        out = subprocess.run(["docker", "inspect", "--format", "{{.State.Health.Status}}", cid],
+                             capture_output=True, text=True, check=False, timeout=60).stdout
+        return out.strip() == "healthy"
+
+    wait_for(healthy, timeout=120, interval=0.05, message=f"{service} healthy again")
+    return time.monotonic() - start
+
+
+def short_rule_toml(p: Params) -> str:
+    """The runbook's RED error-rate rule with a shorter `for`, so a run finishes quickly."""
+    return (f"\n[monitor]\ninterval_seconds = {p.interval}\nwindow_seconds = {p.window}\n\n"
+            "[[monitor.rules]]\nname = \"red-error-rate\"\nsignal = \"error_rate\"\n"
+            "comparison = \">\"\nthreshold = 0.5\n"
+            f"for_seconds = {p.rule_for}\nlevel = \"RED\"\nseverity = \"SEV-2\"\n"
+            "action = \"rollback-service\"\nclear_threshold = 0.1\nclear_for_seconds = 60\n")
+
+
+# --------------------------------------------------------------------------- 1. service
+
+
+def service_rollback(rig: Rig, p: Params) -> JsonDict:
+    healthy = tag_image_id("backout-test/backend:healthy")
+    ours: list[float] = []
+    bare: list[float] = []
+    floors: list[float] = []
+    for i in range(p.reps):
+        log(f"service rollback {i + 1}/{p.reps}")
+        rig.deploy("backend", "errors")
+        took = rig.backout("rollback", "service", "backend", "--yes").seconds
+        if rig.image_id("backend") != healthy:
+            raise BenchError("rollback service did not bring the healthy image back")
+        ours.append(took)
+        rig.deploy("backend", "errors")
+        rig.set_image("backend", "healthy")
+        bare.append(rig.compose_up("backend"))
+        floors.append(container_floor(rig, "backend"))
+    rig.measured["container_floor_s"] = floors
+    rig.measured["bare_service_rollback_s"] = bare
+    row = Row("rollback service backend (errors -> previous healthy image)", "s", ours, bare,
+              "docker compose up -d --no-deps --wait backend (image present)",
+              floor=floor("container stop+start+healthcheck (backend)", med(floors), "s"),
+              extra={"floor_s": floors})
+    return result("1. Service rollback", [row], [
+        "Both start from the `errors` backend running; backout picks the previous release's "
+        "image itself, the bare command gets the compose file edited back by hand (untimed).",
+        "backout's figure includes its own verify of the service (health URL, container "
+        "health, logs); the restart watch is off (`[verify] settle_seconds = 0`).",
+    ])
+
+
+# --------------------------------------------------------------------------- 2. emergency
+
+
+def emergency_rollback(rig: Rig, p: Params) -> JsonDict:
+    healthy = tag_image_id("backout-test/backend:healthy")
+    ours: list[float] = []
+    bare: list[float] = []
+    floors: list[float] = []
+    for i in range(p.reps):
+        log(f"emergency rollback (code only) {i + 1}/{p.reps}")
+        target = rig.set_image("backend", "healthy")
+        rig.back_to_main("backend")
+        rig.deploy("backend", "errors")
+        ours.append(rig.backout("rollback", "emergency", target, "--yes").seconds)
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: rig.image_id("backend") == healthy, timeout=10, interval=0.5)
+        if rig.head() != target or rig.image_id("backend") != healthy:
+            raise BenchError(f"rollback emergency: HEAD {rig.head()} (target {target}), "
+                             f"backend {rig.image_id('backend')} (healthy {healthy})")
+        rig.back_to_main("backend")  # the errors commit again
+        bare.append(rig.sh('git checkout -q "$TARGET" && docker compose up -d --wait '
+                           "--wait-timeout 240", env={"TARGET": target}, timeout=600).seconds)
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: rig.image_id("backend") == healthy, timeout=10, interval=0.5)
+        if rig.image_id("backend") != healthy:
+            raise BenchError(f"the bare emergency rollback did not reach the target: HEAD "
+                             f"{rig.head()} (target {target}), backend {rig.image_id('backend')}"
+                             f" (healthy {healthy}); {rig.stack.inspect('backend')['Config']['Labels']}")
+        if "container_floor_s" not in rig.measured:  # else: measured by service_rollback
+            floors.append(container_floor(rig, "backend"))
+        rig.git("checkout", "-q", "-f", "main")
+    floors = floors or rig.measured["container_floor_s"]
+
+    # --with-data: a checkpoint at the healthy commit holding the generated MySQL rows
+    ensure_mysql_rows(rig, p.mysql_mb[0])
+    data_ours: list[float] = []
+    data_bare: list[float] = []
+    per_gb_ours: list[float] = []
+    per_gb_bare: list[float] = []
+    restored: list[float] = []
+    for i in range(p.reps):
+        log(f"emergency rollback --with-data {i + 1}/{p.reps}")
+        target = rig.set_image("backend", "healthy")
+        rig.back_to_main("backend")
+        cp = rig.backout("checkpoint", "--label", "bench: before a deploy").json()
+        manifest = rig.manifest(cp["set_id"])
+        raw = sum(int(a["raw_bytes"]) for a in manifest["artifacts"].values())
+        mysql_dump = rig.project / ".backout" / "backups" / cp["set_id"] / "mysql.sql.zst"
+        rig.deploy("backend", "errors")
+        took = rig.backout("rollback", "emergency", f"cp{cp['checkpoint_id']}", "--with-data",
+                           "--yes").seconds
+        if rig.head() != target:
+            raise BenchError(f"rollback emergency --with-data: HEAD {rig.head()}, not {target}")
+        rig.back_to_main("backend")
+        bare_took = rig.sh(
+            'git checkout -q "$TARGET" && docker compose up -d --wait --wait-timeout 240 && '
+            'zstd -q -dc "$DUMP" | docker compose exec -T -e MYSQL_PWD mysql mariadb --user=root',
+            env={"TARGET": target, "DUMP": str(mysql_dump),
+                 "MYSQL_PWD": rig.stack.secrets["MYSQL_ROOT_PASSWORD"]}, timeout=7200).seconds
+        rig.git("checkout", "-q", "-f", "main")
+        data_ours.append(took)
+        data_bare.append(bare_took)
+        restored.append(raw / GB)
+        per_gb_ours.append(took / (raw / GB))
+        per_gb_bare.append(bare_took / (raw / GB))
+    rows = [
+        Row("rollback emergency <commit> (code only, whole stack)", "s", ours, bare,
+            "git checkout <commit> && docker compose up -d --wait (images present)",
+            floor=floor("container stop+start+healthcheck (backend, the one service that "
+                        "changes)", med(floors), "s"), extra={"floor_s": floors}),
+        Row("rollback emergency cpN --with-data (code + MySQL + Redis + MongoDB)", "s",
+            data_ours, data_bare,
+            "git checkout + docker compose up -d --wait + zstd -dc mysql dump | mariadb "
+            "(code + MySQL only)", extra={"gb_restored": restored}),
+        Row("  the same, per GB restored (uncompressed dump bytes)", "s/GB", per_gb_ours,
+            per_gb_bare, "the bare figure above over the same GB",
+            extra={"gb_restored": restored}),
+    ]
+    return result("2. Emergency rollback", rows, [
+        "Code only: HEAD is the healthy commit, a commit deploying the `errors` backend is "
+        "deployed by hand, then rolled back to the healthy commit.",
+        "--with-data restores every database of the checkpoint (safety backups first, writers "
+        "stopped, counts checked); at small sizes the fixed cost dominates the per-GB figure.",
+        f"MySQL holds the generated rows of the first size ({p.mysql_mb[0]:g} MB).",
+    ], {"mysql_mb": p.mysql_mb[0]})
+
+
+# --------------------------------------------------------------------------- 3. backups
+
+
+def ensure_mysql_rows(rig: Rig, size_mb: float) -> int:
+    """bench_rows in the app database, about size_mb MB of dump (rows of ~190 bytes:
+    ids, ints, a datetime and 136 hex characters), added in chunks with MariaDB's
+    SEQUENCE engine. Returns the row count."""
+    want = max(1000, int(size_mb * MB / 190))
+    rig.stack.mysql_query(
+        "CREATE TABLE IF NOT EXISTS bench_rows (id BIGINT PRIMARY KEY, customer INT NOT NULL,"
+        " amount_cents INT NOT NULL, created_at DATETIME NOT NULL, note VARCHAR(255) NOT NULL)"
+        " ENGINE=InnoDB")
+    have = int(rig.stack.mysql_scalar("SELECT COALESCE(MAX(id), 0) FROM bench_rows") or 0)
+    while have < want:
+        upto = min(want, have + 250_000)
+        rig.stack.mysql_query(
+            "INSERT INTO bench_rows SELECT seq, seq % 10007, (seq * 7919) % 100000,"
+            " '2026-01-01' + INTERVAL (seq % 31536000) SECOND,"
+            " CONCAT(SHA2(seq, 256), MD5(seq), SHA1(seq * 3))"
+            f" FROM seq_{have + 1}_to_{upto}", timeout=1800)
+        have = upto
+    return have
+
+
+def ensure_redis_keys(rig: Rig, keys: int) -> int:
+    """bench:<i> string keys (about 40-byte values) up to `keys` in all, by a Lua loop
+    in batches (EVAL runs in the server: fast, no client round trips)."""
+    script = ("for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do "
+              "redis.call('SET', 'bench:' .. i, 'value-' .. i .. '-abcdefghijklmnopqrstuvwxyz')"
+              " end return 1")
+    if int(rig.stack.redis_cmd("EXISTS", f"bench:{keys}")):
+        return int(rig.stack.redis_cmd("DBSIZE"))
+    start = 1
+    while start <= keys:
+        upto = min(keys, start + 200_000 - 1)
+        rig.stack.redis_cmd("EVAL", script, "0", str(start), str(upto), timeout=600)
+        start = upto + 1
+    return int(rig.stack.redis_cmd("DBSIZE"))
+
+
+def ensure_mongo_docs(rig: Rig, docs: int) -> int:
+    code = (
+        "coll = db['bench_docs']\n"
+        f"want = {int(docs)}\n"
+        "have = coll.estimated_document_count()\n"
+        "while have < want:\n"
+        "    upto = min(want, have + 2000)\n"
+        "    coll.insert_many([{'_id': i, 'customer': i % 1000, 'amount_cents': (i * 7919) % 100000,"
+        " 'note': ('%064x' % (i * 2654435761)) * 2, 'tags': ['a', 'b', str(i % 7)]}"
+        " for i in range(have, upto)])\n"
+        "    have = upto\n"
+        "result = coll.estimated_document_count()\n"
+    )
+    return int(rig.stack.mongo_eval(code, timeout=1800))
+
+
+def disk_write_mb_s(rig: Rig, mb: int) -> float:
+    """dd of `mb` MiB with fsync into the scratch directory (the backups' disk)."""
+    path = rig.scratch / "dd.test"
+    start = time.monotonic()
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={mb}", "conv=fsync"],
+                   capture_output=True, check=True, timeout=600)
+    took = time.monotonic() - start
+    path.unlink()
+    return mb * 1024 * 1024 / MB / took
+
+
+def zstd_speeds(raw_file: Path) -> tuple[float, float]:
+    """MB/s of `zstd -3 -T0` compressing raw_file and of `zstd -d` decompressing it,
+    both to /dev/null (so the disk does not count)."""
+    size = raw_file.stat().st_size
+    zfile = raw_file.with_suffix(".zst-speed")
+    start = time.monotonic()
+    subprocess.run(["zstd", "-q", f"-{ZSTD_LEVEL}", "-T0", "-c", str(raw_file)],
+                   stdout=subprocess.DEVNULL, check=True, timeout=3600)
+    comp = size / MB / (time.monotonic() - start)
+    subprocess.run(["zstd", "-q", f"-{ZSTD_LEVEL}", "-T0", "-f", "-o", str(zfile), str(raw_file)],
+                   check=True, timeout=3600)
+    start = time.monotonic()
+    subprocess.run(["zstd", "-q", "-dc", str(zfile)], stdout=subprocess.DEVNULL, check=True,
+                   timeout=3600)
+    decomp = size / MB / (time.monotonic() - start)
+    zfile.unlink()
+    return comp, decomp
+
+
+@dataclass
+class Rounds:
+    """MB/s of each repetition: backout's backup and restore next to the bare pipes'."""
+
+    raw_mb: float = 0.0
+    backup: list[float] = field(default_factory=list)
+    bare_backup: list[float] = field(default_factory=list)
+    restore_step: list[float] = field(default_factory=list)
+    restore_whole: list[float] = field(default_factory=list)
+    bare_restore: list[float] = field(default_factory=list)
+    bare_restore_whole: list[float] = field(default_factory=list)
+
+
+def rounds(rig: Rig, p: Params, db: str, artifact: str, bare_dump: str, bare_load: str,
+           env: dict[str, str], what: str) -> Rounds:
+    """`backout backup DB`, the bare dump pipe (writing "$OUT"), `backout rollback db DB`
+    and the bare load pipe (reading "$IN"), each timed, p.reps times."""
+    out = rig.scratch / f"bare-{artifact}"
+    r = Rounds()
+    for i in range(p.reps):
+        log(f"{what} {i + 1}/{p.reps}")
+        done = rig.backout("backup", db)
+        set_id = done.json()["set_id"]
+        r.raw_mb = rig.manifest(set_id)["artifacts"][artifact]["raw_bytes"] / MB
+        r.backup.append(r.raw_mb / done.seconds)
+        r.bare_backup.append(r.raw_mb / rig.sh(bare_dump, env={**env, "OUT": str(out)}).seconds)
+        back = rig.backout("rollback", "db", db, set_id, "--yes")
+        r.restore_whole.append(r.raw_mb / back.seconds)
+        r.restore_step.append(r.raw_mb / rig.step_seconds(int(back.json()["operation_id"]),
+                                                           f"restore {db}"))
+        # like backout, the bare restore runs with the writers stopped (the app would
+        # otherwise write into half-loaded tables)
+        writers = " ".join(rig.writers(db))
+        stop = rig.sh(f"docker compose stop {writers}").seconds if writers else 0.0
+        load = rig.sh(bare_load, env={**env, "IN": str(out)}).seconds
+        start = rig.sh(f"docker compose start {writers}").seconds if writers else 0.0
+        r.bare_restore.append(r.raw_mb / load)
+        r.bare_restore_whole.append(r.raw_mb / (stop + load + start))
+    return r
+
+
+def backups(rig: Rig, p: Params) -> JsonDict:
+    rows: list[Row] = []
+    disk = disk_write_mb_s(rig, 64 if p.reps <= 1 else 256)
+    log_bin = rig.stack.mysql_scalar("SELECT @@log_bin") == "1"
+    flags = " ".join([*DUMP_FLAGS, *(["--master-data=2"] if log_bin else [])])
+    dump_cmd = (f"docker compose exec -T -e MYSQL_PWD mysql mariadb-dump --user=root {flags} "
+                f"--databases {DATABASE} | zstd -q -{ZSTD_LEVEL} -T0 > \"$OUT\"")
+    load_cmd = 'zstd -q -dc "$IN" | docker compose exec -T -e MYSQL_PWD mysql mariadb --user=root'
+    for size in p.mysql_mb:
+        nrows = ensure_mysql_rows(rig, size)
+        r = rounds(rig, p, "mysql", "mysql.sql.zst", dump_cmd, load_cmd,
+                   {"MYSQL_PWD": rig.stack.secrets["MYSQL_ROOT_PASSWORD"]}, f"MySQL {size:g} MB")
+        out = rig.scratch / "bare-mysql.sql.zst"
+        raw_file = rig.scratch / "bare-mysql.sql"
+        subprocess.run(["zstd", "-q", "-d", "-f", "-o", str(raw_file), str(out)], check=True,
+                       timeout=3600)
+        ratio_c = raw_file.stat().st_size / max(1, out.stat().st_size)
+        comp, decomp = zstd_speeds(raw_file)
+        raw_file.unlink()
+        out.unlink()
+        label = f"MySQL {r.raw_mb:.0f} MB dump ({nrows} generated rows + seed)"
+        rows += [
+            Row(f"{label}: backup", "MB/s", r.backup, r.bare_backup,
+                f"mariadb-dump {flags} | zstd -{ZSTD_LEVEL} -T0 > file (in the container via "
+                "docker compose exec -T, MYSQL_PWD in the environment)", kind="higher",
+                floor=floor(f"min(zstd -{ZSTD_LEVEL} -T0 {comp:.0f} MB/s, disk write "
+                            f"{disk:.0f} MB/s (dd, fsync) x compression {ratio_c:.1f})",
+                            min(comp, disk * ratio_c), "MB/s"),
+                extra={"raw_mb": round(r.raw_mb, 1), "rows": nrows,
+                       "compression": round(ratio_c, 2)}),
+            Row(f"{label}: restore (the restore step)", "MB/s", r.restore_step, r.bare_restore,
+                "zstd -dc file | mariadb (in the container via docker compose exec -T; "
+                "writers stopped, untimed)",
+                kind="higher", floor=floor(f"zstd -d {decomp:.0f} MB/s", decomp, "MB/s"),
+                extra={"raw_mb": round(r.raw_mb, 1)}),
+            Row(f"{label}: whole `rollback db mysql`", "MB/s", r.restore_whole,
+                r.bare_restore_whole, "docker compose stop <writers>; zstd -dc file | mariadb; "
+                "docker compose start <writers>", kind="higher",
+                extra={"includes": "verify the backup, safety backup, stop writers, restore, "
+                                   "counts, start writers"}),
+        ]
+
+    bgsave = ("docker compose exec -T -e REDISCLI_AUTH redis sh -c 'redis-cli --no-auth-warning "
+              "BGSAVE >/dev/null && while redis-cli --no-auth-warning INFO persistence | grep -q "
+              "\"rdb_bgsave_in_progress:1\"; do sleep 0.1; done' && docker compose exec -T redis "
+              f"cat /data/dump.rdb | zstd -q -{ZSTD_LEVEL} -T0 > \"$OUT\"")
+    rdb_put = ('cid=$(docker compose ps -q redis) && zstd -q -d -f -o "$RDB" "$IN" && '
+               'docker compose stop redis >/dev/null && docker cp "$RDB" "$cid:/data/dump.rdb" && '
+               "docker compose up -d --no-deps --wait --wait-timeout 240 redis")
+    for keys in p.redis_keys:
+        total = ensure_redis_keys(rig, keys)
+        r = rounds(rig, p, "redis", "redis.rdb.zst", bgsave, rdb_put,
+                   {"REDISCLI_AUTH": rig.stack.secrets["REDIS_PASSWORD"],
+                    "RDB": str(rig.scratch / "dump.rdb")}, f"Redis {keys} keys")
+        if int(rig.stack.redis_cmd("DBSIZE")) != total:
+            raise BenchError("the bare Redis restore lost keys")
+        (rig.scratch / "bare-redis.rdb.zst").unlink(missing_ok=True)
+        (rig.scratch / "dump.rdb").unlink(missing_ok=True)
+        label = f"Redis {total} keys ({r.raw_mb:.0f} MB RDB)"
+        rows += [
+            Row(f"{label}: backup", "MB/s", r.backup, r.bare_backup,
+                f"redis-cli BGSAVE, wait, cat dump.rdb | zstd -{ZSTD_LEVEL} -T0 > file",
+                kind="higher", floor=floor(f"disk write {disk:.0f} MB/s (dd, fsync)", disk, "MB/s"),
+                extra={"raw_mb": round(r.raw_mb, 1), "keys": total}),
+            Row(f"{label}: restore (the restore step)", "MB/s", r.restore_step, r.bare_restore,
+                "zstd -d > dump.rdb; docker compose stop redis; docker cp; "
+                "docker compose up -d --wait redis", kind="higher",
+                extra={"raw_mb": round(r.raw_mb, 1), "keys": total}),
+            Row(f"{label}: whole `rollback db redis`", "MB/s", r.restore_whole,
+                r.bare_restore_whole, "the same, with docker compose stop/start <writers>",
+                kind="higher"),
+        ]
+
+    raw_tool = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).with_name('rawmongo.py')))}"
+    port = rig.stack.ports["mongo"]
+    for docs in p.mongo_docs:
+        total = ensure_mongo_docs(rig, docs)
+        r = rounds(rig, p, "mongodb", "mongodb.tar.zst",
+                   f'{raw_tool} dump {port} {DATABASE} | zstd -q -{ZSTD_LEVEL} -T0 > "$OUT"',
+                   f'zstd -q -dc "$IN" | {raw_tool} restore {port} {DATABASE}', {},
+                   f"MongoDB stand-in {docs} docs")
+        (rig.scratch / "bare-mongodb.tar.zst").unlink(missing_ok=True)
+        label = f"MongoDB STAND-IN (nx-27017, not MongoDB) {total} docs ({r.raw_mb:.1f} MB BSON)"
+        rows += [
+            Row(f"{label}: backup", "MB/s", r.backup, r.bare_backup,
+                "pymongo find() raw BSON of every collection | zstd (bench/rawmongo.py)",
+                kind="higher", extra={"raw_mb": round(r.raw_mb, 2), "docs": total}),
+            Row(f"{label}: restore (the restore step)", "MB/s", r.restore_step, r.bare_restore,
+                "zstd -dc | drop + insert_many per collection (bench/rawmongo.py)",
+                kind="higher", extra={"raw_mb": round(r.raw_mb, 2), "docs": total}),
+        ]
+    notes = [
+        "MB/s are uncompressed dump bytes (the SQL text, the RDB file, the BSON) per second "
+        "of wall time, the same byte count for backout and the bare pipe.",
+        "backout's backup figure includes what the bare pipe does not: fsync, the re-read "
+        "that proves the artifact (sha256, decompression, format check, row/key counts) and "
+        "the manifest.",
+        "The restore step is `rollback db`'s journaled `restore <db>` step (drop + load + "
+        "exact row counts); the whole command adds a verify of the backup and a safety "
+        "backup of the current data first.",
+        "MongoDB figures come from the nx-27017 wire-protocol stand-in (SQLite underneath), "
+        "not from MongoDB: they say nothing about mongod's speed.",
+    ]
+    return result("3. Backup and restore throughput", rows, notes,
+                  {"disk_write_mb_s": round(disk, 1), "mysql_mb": p.mysql_mb,
+                   "redis_keys": p.redis_keys, "mongo_docs": p.mongo_docs})
+
+
+# --------------------------------------------------------------------------- 4. detection
+
+
+def traffic(rig: Rig) -> list[Load]:
+    """Steady API traffic on every app service (an error rate without requests is "no
+    data", never silently green)."""
+    return [Load(f"{rig.stack.url('backend')}/api/v1/items", workers=2, period=0.05),
+            Load(f"{rig.stack.url('frontend')}/", workers=1, period=0.2),
+            Load(f"{rig.stack.url('model-server')}/predict", workers=1, period=0.2)]
+
+
+def _green(decision: JsonDict) -> bool:
+    return decision.get("level") == "GREEN"
+
+
+def detection_latency(rig: Rig, p: Params) -> JsonDict:
+    rig.write_config(short_rule_toml(p))
+    bound = float(p.rule_for + p.interval)
+    took: list[float] = []
+    arrival: list[float] = []
+    spacing: list[float | None] = []
+    try:
+        for i in range(p.reps):
+            log(f"detection {i + 1}/{p.reps}")
+            rig.deploy("backend", "healthy")
+            rig.reset_monitor_state()
+            loads = traffic(rig)
+            for load in loads:
+                load.__enter__()
+            mon = Monitor(rig, "--interval", str(p.interval))
+            try:
+                mon.wait_for(_green, timeout=120, what="a GREEN decision before the fault")
+                deployed = time.time()
+                rig.deploy("backend", "errors")
+                at, red = mon.wait_for(lambda d: fired(d, "red-error-rate", "backend"),
+                                       timeout=p.rule_for + p.window + 120,
+                                       what="red-error-rate firing for backend")
+                onset = loads[0].first_failure_after(deployed)
+                if onset is None:
+                    raise BenchError("the errors version never failed a request")
+                took.append(float(red["t"]) - onset)
+                arrival.append(at - onset)
+            finally:
+                mon.stop()
+                spacing.append(mon.spacing())
+                for load in loads:
+                    load.__exit__()
+    finally:
+        rig.write_config()
+        rig.reset_monitor_state()
+        rig.deploy("backend", "healthy")
+    rows = [Row("fault onset (first 5xx) -> RED decision (red-error-rate, backend)", "s", took,
+                [bound] * len(took), f"configured bound: `for` {p.rule_for} s + interval "
+                f"{p.interval} s (not a tool)",
+                floor=floor(f"`for` {p.rule_for} s + one interval {p.interval} s", bound, "s"),
+                extra={"target_s": bound + 2, "decision_line_received_s": arrival,
+                       "decision_spacing_s": spacing})]
+    return result("4. Detection latency", rows, [
+        f"Rule red-error-rate shortened to `for` {p.rule_for} s (runbook: 60 s) with "
+        f"[monitor] window_seconds = {p.window} and --interval {p.interval}; the target is "
+        "window + one interval + 2 s.",
+        "Onset is the first 5xx the load generator saw from the `errors` backend; the RED "
+        "time is the decision's own timestamp (extra: when its JSON line reached us, and "
+        "the median time between decisions, i.e. the interval as achieved).",
+    ], {"for_seconds": p.rule_for, "window_seconds": p.window, "interval_seconds": p.interval})
+
+
+# --------------------------------------------------------------------------- 5. nginx gap
+
+
+def build_v2(tag: str) -> None:
+    """A second healthy backend image (a label on top of :healthy), so that a rollback
+    swaps containers without the errors version's own 5xx muddying the count."""
+    dockerfile = ("FROM backout-test/backend:healthy\n"
+                  f"LABEL io.backout.bench.version=\"{tag}\"\n")
+    subprocess.run(["docker", "build", "-q", "-t", f"backout-test/backend:{tag}", "-"],
+                   input=dockerfile, text=True, capture_output=True, check=True, timeout=300)
+
+
+def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
+    healthy = tag_image_id("backout-test/backend:healthy")
+    url = f"{rig.stack.url('nginx')}/api/v1/items"
+    tail = p.tail
+    ours: list[JsonDict] = []
+    bare: list[JsonDict] = []
+    for i in range(p.reps):
+        log(f"requests during a rollback {i + 1}/{p.reps}")
+        for who in ("backout", "bare"):
+            rig.deploy("backend", p.v2_tag)
+            if who == "bare":
+                rig.set_image("backend", "healthy")
+            with Load(url, workers=4, period=0.02) as load:
+                time.sleep(1)
+                t0 = time.time()
+                if who == "backout":
+                    took = rig.backout("rollback", "service", "backend", "healthy",
+                                       "--yes").seconds
+                else:
+                    took = rig.compose_up("backend")
+                t1 = time.time()
+                time.sleep(tail)
+            if rig.image_id("backend") != healthy:
+                raise BenchError(f"{who}: backend is not the healthy image after the rollback")
+            figures = {**gap_figures(load.between(t0, t1 + tail)), "rollback_s": round(took, 3),
+                       "window_s": round(t1 + tail - t0, 3)}
+            (ours if who == "backout" else bare).append(figures)
+    rig.deploy("backend", "healthy")
+    rows = [
+        Row("failed requests through nginx during the rollback", "requests",
+            [f["failed"] for f in ours], [f["failed"] for f in bare],
+            "docker compose up -d --no-deps --wait backend, same load", kind="count",
+            extra={"backout_failed": [f["failed"] for f in ours],
+                   "baseline_failed": [f["failed"] for f in bare],
+                   "backout_requests": [f["requests"] for f in ours],
+                   "baseline_requests": [f["requests"] for f in bare],
+                   "statuses": sorted({s for f in ours + bare for s in f["statuses"]})}),
+        Row("  longest stretch without a successful answer", "s",
+            [f["longest_without_success_s"] for f in ours],
+            [f["longest_without_success_s"] for f in bare], "the same bare rollback",
+            floor=floor("the load's own spacing (4 workers, 20 ms pause)", 0.02, "s")),
+        Row("  span from first to last failed request", "s", [f["failed_span_s"] for f in ours],
+            [f["failed_span_s"] for f in bare], "the same bare rollback", kind="count"),
+    ]
+    return result("5. Requests failing during a service rollback behind nginx", rows, [
+        f"4 threads GET {url.split('//')[1].split(':')[0]}:<nginx>/api/v1/items with a 20 ms "
+        "pause each; counted from the rollback's start to 6 s after its end (nginx caches "
+        "the backend's address for 5 s).",
+        "Both roll the backend from a second healthy image (`:healthy` + a label) back to "
+        "`:healthy`, so every failure is the container swap's, not the app's.",
+        "Failure = no HTTP answer or a status >= 400 (statuses seen are in extra).",
+    ], {"tail_s": tail, "workers": 4, "pause_s": 0.02})
+
+
+# --------------------------------------------------------------------------- 6. overhead
+
+
+def _watch_process(pid: int, seconds: float) -> tuple[float, float, float]:
+    """(CPU s/min incl. reaped children, own CPU s/min, max RSS MiB) over `seconds`."""
+    own0, kids0 = cpu_seconds(pid)
+    t0 = time.monotonic()
+    peak = rss_mib(pid)
+    while time.monotonic() - t0 < seconds:
+        time.sleep(1)
+        peak = max(peak, rss_mib(pid))
+    own1, kids1 = cpu_seconds(pid)
+    minutes = (time.monotonic() - t0) / 60
+    return (own1 + kids1 - own0 - kids0) / minutes, (own1 - own0) / minutes, peak
+
+
+def monitor_overhead(rig: Rig, p: Params) -> JsonDict:
+    rig.write_config()  # the default policy, the default interval
+    loads = traffic(rig)
+    for load in loads:
+        load.__enter__()
+    cpu: list[float] = []
+    own: list[float] = []
+    rss: list[float] = []
+    b_cpu: list[float] = []
+    b_rss: list[float] = []
+    urls = [f"{rig.stack.url('backend')}/api/v1/health/check", f"{rig.stack.url('frontend')}/",
+            f"{rig.stack.url('model-server')}/healthy-check", f"{rig.stack.url('nginx')}/",
+            *(f"{rig.stack.url(s)}/metrics" for s in ("backend", "frontend", "model-server"))]
+    loop = ("while :; do for u in " + " ".join(urls) + "; do curl -fsS -o /dev/null \"$u\" || "
+            "true; done; docker compose ps --format json >/dev/null; docker compose logs "
+            "--since 5s --no-color 2>&1 | grep -ciE 'error|exception|traceback' >/dev/null || "
+            "true; sleep 5; done")
+    try:
+        for i in range(p.reps):
+            log(f"monitor overhead {i + 1}/{p.reps} ({p.monitor_seconds:g} s each)")
+            rig.reset_monitor_state()
+            mon = Monitor(rig)
+            try:
+                mon.wait_for(lambda d: True, timeout=120, what="the monitor's first decision")
+                c, o, r = _watch_process(mon.proc.pid, p.monitor_seconds)
+            finally:
+                mon.stop()
+            cpu.append(c)
+            own.append(o)
+            rss.append(r)
+            bash = subprocess.Popen(["bash", "-c", loop], cwd=rig.project,
+                                    env=rig.stack.compose_env(), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(1)
+                c, _o, r = _watch_process(bash.pid, p.monitor_seconds)
+            finally:
+                bash.terminate()
+                bash.wait(timeout=30)
+            b_cpu.append(c)
+            b_rss.append(r)
+    finally:
+        for load in loads:
+            load.__exit__()
+    label = ("a bash loop every 5 s: curl of the 4 health URLs and 3 /metrics, docker compose "
+             "ps, docker compose logs --since 5s | grep errors (the runbook's four terminals)")
+    rows = [
+        Row("CPU seconds per minute, incl. child processes (docker CLI)", "CPU s/min", cpu, b_cpu,
+            label, extra={"own_cpu_s_per_min": own}),
+        Row("resident memory (peak)", "MiB", rss, b_rss, "the same bash loop (bash itself)"),
+    ]
+    return result("6. Monitor overhead", rows, [
+        "`backout monitor --json` with the default policy and interval (5 s), watching the "
+        "whole stack under light traffic; measured from its first decision on (startup "
+        "excluded), from /proc/<pid>/stat (utime+stime, plus cutime+cstime of reaped "
+        "children) and /proc/<pid>/status (VmRSS, sampled every second).",
+    ], {"seconds": p.monitor_seconds, "interval_seconds": 5})
+
+
+# --------------------------------------------------------------------------- 7. end to end
+
+
+def end_to_end_recovery(rig: Rig, p: Params) -> JsonDict:
+    healthy = tag_image_id("backout-test/backend:healthy")
+    rig.write_config(short_rule_toml(p))
+    from_onset: list[float] = []
+    from_deploy: list[float] = []
+    failed: list[int] = []
+    bare: list[float] = []
+    try:
+        for i in range(p.reps):
+            log(f"end-to-end recovery {i + 1}/{p.reps}")
+            rig.deploy("backend", "healthy")
+            rig.backout("release", "record", "--note", "bench: healthy before the deploy")
+            rig.reset_monitor_state()
+            loads = traffic(rig)
+            for load in loads:
+                load.__enter__()
+            mon = Monitor(rig, "--auto-rollback", "--interval", str(p.interval))
+            try:
+                mon.wait_for(_green, timeout=120, what="a GREEN decision before the deploy")
+                deployed = time.time()
+                rig.set_image("backend", "errors")
+                rig.compose_up("backend")
+                at, _red = mon.wait_for(lambda d: fired(d, "red-error-rate", "backend"),
+                                        timeout=p.rule_for + p.window + 300,
+                                        what="the RED decision (after rollback and verify)")
+                onset = loads[0].first_failure_after(deployed)
+            finally:
+                mon.stop()
+                for load in loads:
+                    load.__exit__()
+            if onset is None:
+                raise BenchError("the errors version never failed a request")
+            if rig.image_id("backend") != healthy:
+                raise BenchError("the automatic rollback did not bring the healthy image back")
+            recovered = _verified_at(rig, deployed) or at
+            from_onset.append(recovered - onset)
+            from_deploy.append(recovered - deployed)
+            failed.append(sum(1 for s in loads[0].between(onset, recovered)
+                              if not 200 <= s.status < 400))
+            if "bare_service_rollback_s" not in rig.measured:
+                # the bare rollback of the same change, for the bound
+                rig.deploy("backend", "errors")
+                rig.set_image("backend", "healthy")
+                bare.append(rig.compose_up("backend"))
+    finally:
+        rig.write_config()
+        rig.reset_monitor_state()
+        rig.deploy("backend", "healthy")
+    bare = bare or rig.measured["bare_service_rollback_s"]
+    bound = [p.rule_for + p.interval + b for b in bare]
+    rows = [
+        Row("broken deploy: first 5xx -> verified healthy previous release", "s", from_onset,
+            bound, f"bound: `for` {p.rule_for} s + interval {p.interval} s + the bare "
+            "docker compose up --no-deps --wait rollback (measured in this run)",
+            floor=floor(f"`for` {p.rule_for} s + interval {p.interval} s + container swap",
+                        p.rule_for + p.interval + med(bare), "s"),
+            extra={"bare_rollback_s": bare, "failed_requests": failed}),
+        Row("  the same, from the start of the deploy command", "s", from_deploy, None, None),
+        Row("  failed backend requests from onset to recovery", "requests",
+            [float(f) for f in failed], None, None, kind="count",
+            extra={"failed_requests": failed}),
+    ]
+    return result("7. End-to-end recovery with monitor --auto-rollback", rows, [
+        "`backout monitor --auto-rollback --interval "
+        f"{p.interval}` with red-error-rate `for` {p.rule_for} s; the `errors` backend is "
+        "deployed by hand (commit + docker compose up); recovery ends when the incident's "
+        "timeline records `verified` (the rollback's own checks passed).",
+    ], {"for_seconds": p.rule_for, "interval_seconds": p.interval, "window_seconds": p.window})
+
+
+def _verified_at(rig: Rig, since: float) -> float | None:
+    """When the incident opened after `since` recorded its `verified` step."""
+    times = [iso_epoch(ev["ts"]) for incident in rig.backout("incidents").json()["incidents"]
+             if incident.get("rule") == "red-error-rate"
+             for ev in incident.get("timeline", [])
+             if ev.get("kind") == "verified" and iso_epoch(ev["ts"]) >= since]
+    return min(times) if times else None
+
+
+BENCHMARKS: dict[str, Bench] = {
+    "service_rollback": service_rollback,
+    "emergency_rollback": emergency_rollback,
+    "backups": backups,
+    "detection_latency": detection_latency,
+    "requests_during_rollback": requests_during_rollback,
+    "monitor_overhead": monitor_overhead,
+    "end_to_end_recovery": end_to_end_recovery,
+}
