@@ -147,7 +147,7 @@ def current_or_new_release(env: Environment, config: Config, store: Store) -> in
     if latest:
         rel = latest[0]
         compose = compose_for(env, config)
-        running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+        running = compose.running_images()
         recorded = {name: svc["image_id"] for name, svc in rel["services"].items()}
         tree = Git(env, config.project_dir).state(config.own_paths)
         if running == recorded and tree.commit == rel["git_commit"] and not tree.dirty \

@@ -149,7 +149,7 @@ def _image_checks(compose: Compose, store: Store) -> list[Check]:
     expected: dict[str, str] | None = store.fact(EXPECTED_IMAGES)
     if not expected:
         return []
-    running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+    running = compose.running_images()
     checks = []
     for svc, image_id in sorted(expected.items()):
         actual = running.get(svc)

@@ -230,7 +230,7 @@ def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     if stop and start:
         paused = round(start["started_at"] - stop["stopped_at"], 3)
     tree = Git(env, config.project_dir).state(config.own_paths)
-    images = {c.service: c.image_id for c in _compose(ctx).containers() if c.state == "running"}
+    images = _compose(ctx).running_images()
     manifest = {
         "format": sets.FORMAT, "format_version": sets.FORMAT_VERSION,
         "id": params["set_id"], "kind": params["kind"], "label": params["label"],

@@ -259,7 +259,7 @@ def _decide(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) ->
               if failed else "an earlier step failed")
     head = GitWrite(Git(env, config.project_dir)).head()
     previous = results.get(PREVIOUS, {}).get("images", {})
-    running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+    running = compose.running_images()
     changed = (bool(params["head"]) and head != params["head"]) or any(
         running.get(svc) != image for svc, image in previous.items())
     if not changed:

@@ -158,7 +158,7 @@ def preflight(env: Environment, config: Config, store: Store, compose: Compose,
     else:
         pf.passed("no interrupted operation", "none")
     docker = Docker(env)
-    running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+    running = compose.running_images()
     pf.running = running
     if not running:
         pf.fail("previous release", UsageError(

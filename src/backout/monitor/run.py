@@ -61,7 +61,7 @@ def load_baselines(store: Store) -> dict[str, Baseline]:
 def baseline_in_use(store: Store, compose: Compose) -> dict[str, Any] | None:
     """What ``backout status`` shows: the baseline relative rules use for what runs now
     (None when nothing runs); asks the engine, not a running monitor."""
-    images = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+    images = compose.running_images()
     if not images:
         return None
     key = baseline.release_key(store.releases(), images)
@@ -286,7 +286,7 @@ class Monitor:
 
 def previous_release(store: Store, compose: Compose) -> int:
     """The newest recorded release whose images differ from what runs now."""
-    running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+    running = compose.running_images()
     for rel in store.releases():
         if any(running.get(svc) != info["image_id"] for svc, info in rel["services"].items()
                if svc in running):

@@ -225,7 +225,7 @@ def _up(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
         raise UnhealthyError(f"the stack did not become healthy at the target: "
                              f"{_env.redact(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output')}",
                              fix="inspect with `backout verify` and `docker compose logs`")
-    running = {c.service: c.image_id for c in compose.containers() if c.state == "running"}
+    running = compose.running_images()
     store: Store = ctx["store"]
     store.set_fact(EXPECTED_IMAGES, running)
     return {"images": running}
