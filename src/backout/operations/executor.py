@@ -113,15 +113,14 @@ class Executor:
         error: BackoutError | None = None
         failed_step: str | None = None
         for r in rows:
+            if r["status"] == "done" and r["detail"] is not None:
+                results[plan.steps[r["seq"]].name] = json.loads(r["detail"])
             # A step that failed before an interruption stays failed: the resumed run
             # finishes the always-steps (and the on-failure ones) as the first would have.
-            if r["status"] == "failed" and error is None:
+            elif r["status"] == "failed" and error is None:
                 detail = json.loads(r["detail"]) if r["detail"] else {}
                 failed_step = plan.steps[r["seq"]].name
                 error = BackoutError(f"{failed_step}: {detail.get('error', 'failed')}")
-        for r in rows:
-            if r["status"] == "done" and r["detail"] is not None:
-                results[plan.steps[r["seq"]].name] = json.loads(r["detail"])
         ctx = RunContext(op_id, self.services)
         unexpected: Exception | None = None
         for seq, step in enumerate(plan.steps):
