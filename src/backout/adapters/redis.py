@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from backout.adapters.dbaccess import DbAccess
 from backout.errors import ExternalError
@@ -98,3 +99,34 @@ class Redis:
 
     def dbsize(self) -> int:
         return int(self.call("DBSIZE"))
+
+    def keyspace(self) -> dict[str, int]:
+        """Keys per logical database ({"db0": N, ...}) from INFO keyspace."""
+        out = {}
+        for name, value in self.info("keyspace").items():
+            fields = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
+            out[name] = int(fields.get("keys", 0))
+        return out
+
+    def write_stats(self) -> dict[str, Any] | None:
+        """Write commands the server has executed since it started (INFO commandstats,
+        commands of the ACL category @write), with the server's run id: the difference
+        of two readings of the same run is the number of writes between them. None
+        when the server cannot tell (before Redis 7, or COMMAND/INFO renamed away)."""
+        try:
+            write_cmds = set(self.call("COMMAND", "LIST", "FILTERBY", "ACLCAT", "write")
+                             .split())
+            run_id = self.info("server").get("run_id")
+            stats = self.info("commandstats")
+        except ExternalError:
+            return None
+        if not write_cmds or not run_id:
+            return None
+        total = 0
+        for key, value in stats.items():
+            command = key.removeprefix("cmdstat_").split("|")[0]
+            if command in write_cmds:
+                fields = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
+                # calls reached execution (rejected ones are not in it); some failed
+                total += int(fields.get("calls", 0)) - int(fields.get("failed_calls", 0))
+        return {"run_id": run_id, "write_commands": total}

@@ -28,6 +28,7 @@ from typing import IO, Any, Protocol
 from backout import proc
 from backout.environment import Environment
 from backout.errors import BackoutError, ExitCode, ExternalError
+from backout.operations import interrupt
 
 CHUNK = 1 << 20
 Progress = Callable[[int, float], None]  # bytes written so far, seconds elapsed
@@ -38,6 +39,59 @@ class IntegrityError(BackoutError):
 
     exit_code = ExitCode.VERIFICATION_FAILED
     code = "integrity"
+
+
+class StalledError(ExternalError):
+    """The data of a dump or restore stopped moving (a hung database or engine)."""
+
+    code = "stalled"
+
+
+class Stall:
+    """Called at every poll of a child: raises StalledError (after ``stop()``) when
+    ``progress()`` has not changed for ``seconds``. None disables it."""
+
+    def __init__(self, seconds: float | None, progress: Callable[[], int | None], what: str,
+                 stop: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self.progress = progress
+        self.what = what
+        self.stop = stop
+        self.last: int | None = None
+        self.since = time.monotonic()
+
+    def __call__(self) -> None:
+        if self.seconds is None:
+            return
+        value = self.progress()
+        now = time.monotonic()
+        if value is None or value != self.last:
+            self.last, self.since = value, now
+            return
+        if now - self.since > self.seconds:
+            self.stop()
+            raise StalledError(f"{self.what}: no data moved for {self.seconds:.0f}s "
+                               "(the database or the Docker Engine stopped answering)",
+                               fix="check `docker info` and the database's logs; "
+                                   "[backups] stall_seconds sets the limit")
+
+
+def bytes_written_by(pid: int) -> int | None:
+    """What a process has written so far (Linux /proc/<pid>/io), None if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 class DiskFullError(ExternalError):
@@ -60,6 +114,8 @@ class Written:
     path: Path
     bytes: int
     duration: float
+    exit_code: int = 0  # the producer's
+    stderr: str = ""  # the producer's (redacted)
 
 
 def fsync_file(path: Path) -> None:
@@ -92,7 +148,8 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
     with tempfile.TemporaryFile() as z_err, os.fdopen(fd, "wb") as out:
         try:
             zstd = subprocess.Popen(["zstd", "-q", "-c", f"-{level}", "-T0"], stdin=subprocess.PIPE,
-                                    stdout=out, stderr=z_err, env=proc.child_env(env))
+                                    stdout=out, stderr=z_err, env=proc.child_env(env),
+                                    **proc.CHILD)
         except FileNotFoundError as exc:
             raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
         assert zstd.stdin is not None
@@ -138,8 +195,14 @@ def _fsync_out(out: IO[bytes], what: str, dest: Path) -> None:
 def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, what: str,
                    level: int = 3, secret_env: Mapping[str, str] | None = None,
                    cwd: str | None = None, timeout: float = 6 * 3600,
-                   progress: Progress | None = None, stdin: IO[bytes] | None = None) -> Written:
-    """Run ``producer | zstd -<level>`` into ``dest`` (mode 0600) and fsync it."""
+                   progress: Progress | None = None, stdin: IO[bytes] | None = None,
+                   stall: float | None = None, ok_exit: tuple[int, ...] = (0,)) -> Written:
+    """Run ``producer | zstd -<level>`` into ``dest`` (mode 0600) and fsync it.
+
+    The wait is cut short by an interrupt of the step (InterruptedOperation) or when
+    the file stops growing for ``stall`` seconds (StalledError). ``ok_exit``: the
+    producer's exit codes that count as success (the dump's own checks decide).
+    """
     start = time.monotonic()
     env.log_external(f"$ {proc.describe(producer)} | zstd -{level} > {dest.name}")
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -148,12 +211,13 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         try:
             prod = subprocess.Popen(list(producer), stdin=stdin or subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=p_err, cwd=cwd,
-                                    env=proc.child_env(env, secret_env))
+                                    env=proc.child_env(env, secret_env), **proc.CHILD)
         except FileNotFoundError as exc:
             raise ExternalError(f"{what}: {producer[0]} is not installed") from exc
         try:
             zstd = subprocess.Popen(["zstd", "-q", "-c", f"-{level}", "-T0"], stdin=prod.stdout,
-                                    stdout=out, stderr=z_err, env=proc.child_env(env))
+                                    stdout=out, stderr=z_err, env=proc.child_env(env),
+                                    **proc.CHILD)
         except FileNotFoundError as exc:
             prod.kill()
             raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
@@ -162,9 +226,17 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         stop = threading.Event()
         watcher = threading.Thread(target=_watch, args=(dest, progress, stop, start), daemon=True)
         watcher.start()
+
+        def kill_both() -> None:
+            prod.kill()
+            zstd.kill()
+
+        intr = interrupt.current()
+        stalled = Stall(stall, lambda: file_size(dest), what, kill_both)
         try:
-            z_rc = zstd.wait(timeout=timeout)
-            p_rc = prod.wait(timeout=max(1.0, timeout - (time.monotonic() - start)))
+            z_rc = intr.wait(zstd, timeout, what, on_stop=kill_both, tick=stalled)
+            p_rc = intr.wait(prod, max(1.0, timeout - (time.monotonic() - start)), what,
+                             on_stop=kill_both, tick=stalled)
         except subprocess.TimeoutExpired as exc:
             prod.kill()
             zstd.kill()
@@ -185,12 +257,12 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
             if "No space left" in z_msg or _disk_full(dest):
                 raise DiskFullError.at(what, dest.parent)
             raise ExternalError(f"{what}: zstd failed (exit {z_rc}): {proc.last_line(z_msg)}")
-        if p_rc != 0:
+        if p_rc not in ok_exit:
             raise ExternalError(f"{what} failed (exit {p_rc}): {proc.last_line(p_msg)}")
         _fsync_out(out, what, dest)
     if progress is not None:
         progress(dest.stat().st_size, duration)
-    return Written(dest, dest.stat().st_size, duration)
+    return Written(dest, dest.stat().st_size, duration, p_rc, p_msg)
 
 
 def _disk_full(path: Path) -> bool:
@@ -225,7 +297,7 @@ def scan(env: Environment, path: Path, checker: Checker, *, what: str,
     zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", *(["-f"] if passthrough else [])],
                             stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=proc.child_env(env))
+                            env=proc.child_env(env), **proc.CHILD)
     assert zstd.stdin is not None and zstd.stdout is not None and zstd.stderr is not None
     feed_error: list[BaseException] = []
 
@@ -247,13 +319,21 @@ def scan(env: Environment, path: Path, checker: Checker, *, what: str,
     thread.start()
     raw = 0
     check_error: BackoutError | None = None
-    while chunk := zstd.stdout.read(CHUNK):
-        raw += len(chunk)
-        if check_error is None:
-            try:
-                checker.feed(chunk)
-            except BackoutError as exc:
-                check_error = exc
+    intr = interrupt.current()
+    try:
+        while chunk := zstd.stdout.read(CHUNK):
+            intr.check(what)
+            raw += len(chunk)
+            if check_error is None:
+                try:
+                    checker.feed(chunk)
+                except BackoutError as exc:
+                    check_error = exc
+    except BaseException:
+        zstd.kill()
+        zstd.wait()
+        thread.join()
+        raise
     thread.join()
     err = zstd.stderr.read().decode(errors="replace")
     rc = zstd.wait()

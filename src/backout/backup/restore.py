@@ -21,30 +21,47 @@ from backout.adapters.dbaccess import DbAccess
 from backout.adapters.mongodb import MongoDB
 from backout.adapters.mysql import MySQL, _ident
 from backout.adapters.redis import Redis
-from backout.backup.pipeline import IntegrityError
+from backout.backup.pipeline import IntegrityError, Stall, bytes_written_by
 from backout.environment import Environment
-from backout.errors import ExternalError
+from backout.errors import ExternalError, InterruptedOperation
+from backout.operations import interrupt
 
 
 def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, what: str,
                     secret_env: dict[str, str] | None = None, cwd: str | None = None,
-                    timeout: float = 6 * 3600) -> None:
-    """``zstd -dc artifact | consumer``; both stages must exit 0."""
+                    timeout: float = 6 * 3600, stall: float | None = None) -> None:
+    """``zstd -dc artifact | consumer``; both stages must exit 0.
+
+    Cut short by an interrupt of the step, or when zstd could write nothing into the
+    consumer for ``stall`` seconds (the consumer, or the engine carrying its stream,
+    stopped reading)."""
     env.log_external(f"$ zstd -dc {artifact.name} | {proc.describe(consumer)}")
     with tempfile.TemporaryFile() as c_err, tempfile.TemporaryFile() as z_err:
         zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)],
-                                stdout=subprocess.PIPE, stderr=z_err, env=proc.child_env(env))
+                                stdout=subprocess.PIPE, stderr=z_err, env=proc.child_env(env),
+                                **proc.CHILD)
         cons = subprocess.Popen(consumer, stdin=zstd.stdout, stdout=subprocess.DEVNULL,
-                                stderr=c_err, env=proc.child_env(env, secret_env), cwd=cwd)
+                                stderr=c_err, env=proc.child_env(env, secret_env), cwd=cwd,
+                                **proc.CHILD)
         assert zstd.stdout is not None
         zstd.stdout.close()
-        try:
-            c_rc = cons.wait(timeout=timeout)
-            z_rc = zstd.wait(timeout=60)
-        except subprocess.TimeoutExpired as exc:
+
+        def kill_both() -> None:
             cons.kill()
             zstd.kill()
+
+        intr = interrupt.current()
+        stalled = Stall(stall, lambda: bytes_written_by(zstd.pid), what, kill_both)
+        try:
+            c_rc = intr.wait(cons, timeout, what, on_stop=kill_both, tick=stalled)
+            z_rc = zstd.wait(timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            kill_both()
             raise ExternalError(f"{what}: timed out") from exc
+        except BaseException:
+            kill_both()
+            zstd.wait()
+            raise
         c_err.seek(0)
         z_err.seek(0)
         if z_rc != 0:
@@ -57,12 +74,16 @@ def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, wh
 
 def restore_mysql(env: Environment, access: DbAccess, artifact: Path,
                   section: dict[str, Any]) -> dict[str, Any]:
+    """Drop and reload every database of the dump. Databases the dump records as
+    absent when it was taken (a safety backup after a DROP DATABASE) are dropped, so
+    putting a safety backup back reproduces exactly what was there."""
     my = MySQL(access)
     databases = list(section["databases"])
-    for db in databases:
+    for db in [*databases, *section.get("absent", [])]:
         my.query(f"DROP DATABASE IF EXISTS `{_ident(db)}`")
     decompress_into(env, artifact, my.restore_argv(), what=f"{access.db.name} restore",
-                    secret_env=my.secret_env(), cwd=str(access.config.project_dir))
+                    secret_env=my.secret_env(), cwd=str(access.config.project_dir),
+                    stall=access.config.backups.stall_seconds)
     counts = my.table_counts(databases)
     return {"counts": counts}
 
@@ -88,10 +109,12 @@ def restore_mongodb(env: Environment, access: DbAccess, artifact: Path,
             for coll in mongo.collections(dbname):
                 if coll not in section["databases"][dbname]["collections"]:
                     client[dbname].drop_collection(coll)
+        intr = interrupt.current()
         with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)], stdout=subprocess.PIPE,
-                              env=proc.child_env(env)) as zstd:
+                              env=proc.child_env(env), **proc.CHILD) as zstd:
             assert zstd.stdout is not None
             for member, data in _tar_members(zstd.stdout):
+                intr.check(f"{access.db.name} restore")
                 parts = member.split("/")
                 if len(parts) < 3:
                     continue
@@ -118,13 +141,14 @@ def restore_mongodb(env: Environment, access: DbAccess, artifact: Path,
                         if len(batch) >= 1000:
                             client[dbname][coll].insert_many(batch, ordered=True)
                             batch = []
+                            intr.check(f"{access.db.name} restore")
                     if batch:
                         client[dbname][coll].insert_many(batch, ordered=True)
             if zstd.wait() != 0:
                 raise IntegrityError(f"{access.db.name}: {artifact.name} does not decompress")
         counts = {db: {c: client[db][c].count_documents({}) for c in mongo.collections(db)}
                   for db in wanted}
-    except IntegrityError:
+    except (IntegrityError, InterruptedOperation):
         raise
     except Exception as exc:  # pymongo errors: the first failure stops the restore
         if isinstance(exc, ExternalError):
@@ -184,7 +208,8 @@ def put_rdb_into_volume(env: Environment, access: DbAccess, artifact: Path, rdb_
                                stamp, aof.get("mode", "none"), aof.get("dir", ""),
                                aof.get("file", ""))
     decompress_into(env, artifact, argv, what=f"{access.db.name} restore",
-                    cwd=str(access.config.project_dir))
+                    cwd=str(access.config.project_dir),
+                    stall=access.config.backups.stall_seconds)
 
 
 def aof_layout(redis: Redis) -> dict[str, str]:
@@ -201,11 +226,15 @@ def aof_layout(redis: Redis) -> dict[str, str]:
 
 def restore_redis(env: Environment, access: DbAccess, artifact: Path,
                   section: dict[str, Any]) -> dict[str, Any]:
-    """Stop Redis, replace its RDB (and AOF), start it, compare DBSIZE."""
+    """Stop Redis, replace its RDB (and AOF), start it, compare DBSIZE.
+
+    Redis is started first if it is down (an earlier attempt stopped it, then was
+    interrupted): its persistence settings are read from the running server."""
     redis = Redis(access)
     rdb_path = section.get("rdb_path") or "/data/dump.rdb"
-    aof = aof_layout(redis)
     compose = access.compose
+    compose.run("up", "-d", "--no-deps", "--wait", access.db.service, timeout=300)
+    aof = aof_layout(redis)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     compose.run("stop", access.db.service, timeout=120)
     put_rdb_into_volume(env, access, artifact, rdb_path, stamp, aof)

@@ -159,12 +159,13 @@ def _redis_with_rdb(env: Environment, image: str, artifact: Path, holder: list[s
         rdb = Path(tmp) / "dump.rdb"
         with rdb.open("wb") as fh:
             subprocess.run(["zstd", "-d", "-q", "-c", str(artifact)], stdout=fh, check=True,
-                           env=proc.child_env(env))
+                           env=proc.child_env(env), **proc.CHILD)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             tar.add(rdb, arcname="dump.rdb")
         proc_result = subprocess.run(["docker", "cp", "-", f"{cid}:/data"], input=buf.getvalue(),
-                                     capture_output=True, check=False, env=proc.child_env(env))
+                                     capture_output=True, check=False, env=proc.child_env(env),
+                                     **proc.CHILD)
         if proc_result.returncode != 0:
             raise ExternalError("restore test: cannot copy the RDB into the throwaway container: "
                                 f"{proc.last_line(proc_result.stderr.decode(errors='replace'))}")
