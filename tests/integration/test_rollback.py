@@ -35,40 +35,25 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.cli import assert_clean_error, backout, ok, ok_json
+from tests.support.snapshots import (
+    SNAPSHOTS,
+    VOLATILE_REDIS_KEYS,
+    data_snapshot,
+    mysql_snapshot,
+)
 from tests.support.stack import DATABASE, SERVICES, TestStack, wait_for
 
 pytestmark = pytest.mark.docker
 
 APPS = ("backend", "frontend", "model-server")
 SIGKILLED = (-9, 137)
-
-# Every key of every type, as JSON, in one round trip (EVAL is atomic: one instant).
-REDIS_SNAPSHOT_LUA = """
-local out = {}
-for _, k in ipairs(redis.call('KEYS', '*')) do
-  local t = redis.call('TYPE', k)['ok']
-  local v
-  if t == 'string' then v = redis.call('GET', k)
-  elseif t == 'hash' then v = redis.call('HGETALL', k)
-  elseif t == 'list' then v = redis.call('LRANGE', k, 0, -1)
-  elseif t == 'set' then v = redis.call('SMEMBERS', k); table.sort(v)
-  elseif t == 'zset' then v = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
-  else v = 'unsupported type' end
-  out[#out + 1] = {k, t, v}
-end
-return cjson.encode(out)
-"""
-# Incremented by every GET / on the frontend, which is the frontend's health URL in the
-# generated backout.toml: `backout verify` itself changes it.
-VOLATILE_REDIS_KEYS = ("frontend:pageviews",)
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -128,53 +113,6 @@ def up_all(stack: TestStack, *services: str) -> None:
         time.sleep(5)
         stack.up(*services)
     wait_healthy(stack, *services)
-
-
-# -- data snapshots (row-, key-, doc-level)
-
-
-def mysql_snapshot(stack: TestStack) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every base table (ordered by its first column, the primary key of
-    every table of the test app) and the column definitions (so a migration shows)."""
-    tables = [r[0] for r in stack.mysql_query(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
-        " AND table_type = 'BASE TABLE' ORDER BY table_name")]
-    assert tables, f"no tables in {DATABASE}"
-    sql = "\n".join(f"SELECT '{t}', x.* FROM `{t}` x ORDER BY 2;" for t in tables)
-    sql += ("\nSELECT '@columns', table_name, column_name, column_type, is_nullable"
-            " FROM information_schema.columns WHERE table_schema = DATABASE()"
-            " ORDER BY table_name, ordinal_position;")
-    snap: dict[str, list[tuple[Any, ...]]] = {t: [] for t in [*tables, "@columns"]}
-    for row in stack.mysql_query(sql):
-        snap[str(row[0])].append(row[1:])
-    return snap
-
-
-def redis_snapshot(stack: TestStack, volatile: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, kind, value in json.loads(stack.redis_cmd("--raw", "EVAL", REDIS_SNAPSHOT_LUA, "0")):
-        if kind == "hash":
-            value = dict(zip(value[::2], value[1::2], strict=True))
-        if volatile or key not in VOLATILE_REDIS_KEYS:
-            out[key] = (kind, value)
-    return out
-
-
-def mongo_snapshot(stack: TestStack) -> dict[str, list[Any]]:
-    colls = stack.mongo_eval(
-        "result = {c: list(db[c].find()) for c in db.list_collection_names()"
-        " if not c.startswith('system.')}")
-    return {c: sorted(docs, key=lambda d: json.dumps(d["_id"], sort_keys=True))
-            for c, docs in sorted(colls.items())}
-
-
-SNAPSHOTS: dict[str, Callable[[TestStack], Any]] = {
-    "mysql": mysql_snapshot, "redis": redis_snapshot, "mongodb": mongo_snapshot}
-
-
-def data_snapshot(stack: TestStack, volatile: bool = True) -> dict[str, Any]:
-    return {"mysql": mysql_snapshot(stack), "redis": redis_snapshot(stack, volatile),
-            "mongodb": mongo_snapshot(stack)}
 
 
 # Changes that make the data differ from any checkpoint. They avoid the rows the

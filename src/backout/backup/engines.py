@@ -171,8 +171,7 @@ def _dump_redis(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
     db = access.db
     version = redis.version()
     path = redis.rdb_path()
-    writes = redis.write_stats()  # just before the snapshot: what "writes since" counts from
-    saved = redis.bgsave_and_wait()
+    saved = redis.bgsave_and_wait(count_writes=True)  # "writes since" count from here
     name = artifact_name(db)
     what = f"{db.name} snapshot"
     # The file is renamed into place by each save; `cat` holds the inode it opened,
@@ -189,7 +188,8 @@ def _dump_redis(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
             "rdb_path": path, "rdb_version": scanned.checks["rdb_version"],
             "rdb_checksum": scanned.checks["checksum"],
             "aof_enabled": bool(saved["aof_enabled"]), "bgsave_seconds": saved["seconds"],
-            "keys": scanned.checks["keys"], "write_stats": writes, "artifacts": [name],
+            "keys": scanned.checks["keys"], "write_stats": saved["write_stats"],
+            "artifacts": [name],
         },
         "artifact": _artifact(name, "redis", scanned, db.name),
     }

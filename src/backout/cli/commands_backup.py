@@ -82,9 +82,10 @@ def set_ids_in_use(store: Store) -> set[str]:
     return sets.referenced_set_ids(op["plan"] for op in store.unfinished_operations())
 
 
-def check_outcome(ctx: Ctx, plan: Plan, outcome: Any) -> None:
+def check_outcome(ctx: Ctx, plan: Plan, outcome: Any, also: str | None = None) -> None:
     """Raise the error an unsuccessful operation ends with, naming the state it left
-    (each database, the writers) and the next command, as `backout status` does."""
+    (each database, the writers) and the next command, as `backout status` does.
+    ``also``: more of the state, in words (a deploy's outcome)."""
     if outcome.status == "succeeded":
         if outcome.signal:
             ctx.env.warn(f"{outcome.signal} arrived after the last change; the operation "
@@ -92,7 +93,7 @@ def check_outcome(ctx: Ctx, plan: Plan, outcome: Any) -> None:
         return
     state = summary.describe(ctx.store, outcome.operation_id)
     where = f" at step {outcome.failed_step!r}" if outcome.failed_step else ""
-    told = summary.one_line(state)
+    told = "; ".join(t for t in (also, summary.one_line(state)) if t)
     if outcome.status == "interrupted":
         raise InterruptedOperation(
             f"{plan.summary}: interrupted by {outcome.signal or 'a signal'}{where} "
