@@ -19,11 +19,13 @@ stand-in, not MongoDB.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,12 +33,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.cli import assert_clean_error, backout, ok, ok_json
+from tests.support.cli import assert_clean_error, backout, clean_env, ok, ok_json
 from tests.support.dockerproxy import FreezingProxy
 from tests.support.integrity import (
     AckWriter,
     check_window,
     index_of,
+    journal_step_started,
+    last_operation_id,
     live_tokens,
     prove,
     redis_overwritten,
@@ -44,6 +48,7 @@ from tests.support.integrity import (
     steps_of,
     tokens_in_artifact,
 )
+from tests.support.snapshots import mongo_snapshot, mysql_objects, mysql_snapshot, redis_snapshot
 from tests.support.stack import TestStack, wait_for
 
 pytestmark = pytest.mark.docker
@@ -258,3 +263,299 @@ def test_deploy_migration_rolled_back_under_live_writes(rig: Rig) -> None:
         window = final_window(report, database)
         print(f"deploy {database}: {proof}; window: {window['summary']}")
         check_window(window, proof, rig.backups, report["set_id"], safety)
+
+
+# --------------------------------------------------------------------------- shapes of restores
+
+EXTRA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS item_tags (
+    id INT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    item_id BIGINT NOT NULL,
+    tag VARCHAR(32) NOT NULL,
+    CONSTRAINT fk_item_tags_item FOREIGN KEY (item_id) REFERENCES items (id)
+) ENGINE=InnoDB;
+INSERT INTO item_tags (item_id, tag) SELECT id, 'seeded' FROM items ORDER BY id LIMIT 7;
+CREATE OR REPLACE VIEW item_names AS SELECT id, name FROM items;
+CREATE OR REPLACE VIEW tagged_items AS
+    SELECT i.id, i.name, t.tag FROM items i JOIN item_tags t ON t.item_id = i.id;
+CREATE TRIGGER items_tag_new AFTER INSERT ON items FOR EACH ROW
+    INSERT INTO item_tags (item_id, tag) VALUES (NEW.id, 'new');
+CREATE PROCEDURE count_items() SELECT COUNT(*) FROM items;
+CREATE FUNCTION item_label(i BIGINT) RETURNS VARCHAR(300) DETERMINISTIC
+    RETURN (SELECT CONCAT('#', id, ' ', name) FROM items WHERE id = i);
+CREATE EVENT purge_untagged ON SCHEDULE EVERY 1 DAY DO
+    DELETE FROM item_tags WHERE tag = 'none';
+"""
+DROP_EXTRA_SCHEMA = """
+DROP EVENT IF EXISTS purge_untagged; DROP FUNCTION IF EXISTS item_label;
+DROP PROCEDURE IF EXISTS count_items; DROP TRIGGER IF EXISTS items_tag_new;
+DROP VIEW IF EXISTS tagged_items; DROP VIEW IF EXISTS item_names; DROP TABLE IF EXISTS item_tags;
+"""
+MONGO_CATALOG = """
+db.catalog.drop()
+db.catalog.insert_many([{'_id': i, 'sku': f'SKU-{i:04d}', 'price': i * 7, 'shelf': i % 5}
+                        for i in range(1, 201)])
+db.catalog.create_index('sku', unique=True, name='sku_unique')
+db.catalog.create_index([('shelf', 1), ('price', -1)], name='shelf_price')
+result = True
+"""
+
+
+def mongo_collection(stack: TestStack, name: str) -> dict[str, Any]:
+    return stack.mongo_eval(
+        f"c = db[{name!r}]\n"
+        "result = {'docs': sorted(c.find(), key=lambda d: d['_id']),"
+        " 'indexes': sorted((i['name'], sorted(i['key'].items()), bool(i.get('unique')))"
+        " for i in c.list_indexes())}")
+
+
+@pytest.fixture(scope="module")
+def shaped(rig: Rig) -> Iterator[dict[str, Any]]:
+    """The app database with views, a trigger, a foreign key, routines and an event,
+    a MongoDB collection with indexes; snapshots of everything, and a checkpoint of it
+    (the data is still: no writer runs in these tests)."""
+    stack = rig.stack
+    stack.mysql_query(EXTRA_SCHEMA)
+    stack.mongo_eval(MONGO_CATALOG)
+    before = {"mysql": mysql_snapshot(stack), "objects": mysql_objects(stack),
+              "redis": redis_snapshot(stack, volatile=False),
+              "catalog": mongo_collection(stack, "catalog"), "mongodb": mongo_snapshot(stack)}
+    assert [o for o in before["objects"] if o[0] in ("view", "trigger", "routine", "event")]
+    cp = rig.checkpoint()
+    try:
+        yield {"cp": cp, **before}
+    finally:
+        stack.mysql_query(DROP_EXTRA_SCHEMA)
+        stack.mongo_eval("db.catalog.drop()\nresult = True")
+
+
+MYSQL_DAMAGE = {
+    # The issue's case: a view reads the dropped table, so a plain safety dump fails.
+    "drop-table-with-dependents": "SET FOREIGN_KEY_CHECKS = 0; DROP TABLE items;"
+                                  " SET FOREIGN_KEY_CHECKS = 1;",
+    "truncate": "TRUNCATE TABLE item_tags; TRUNCATE TABLE customers;",
+    "drop-database": "DROP DATABASE backout_app;",
+    # A migration that stopped halfway: a column added and filled, a table created,
+    # then the next statement failed (the rest never ran).
+    "half-applied-migration": "ALTER TABLE customers ADD COLUMN loyalty INT NOT NULL DEFAULT 0;"
+                              " UPDATE customers SET loyalty = id * 10 WHERE id <= 10;"
+                              " CREATE TABLE loyalty_tiers (id INT PRIMARY KEY, name TEXT);"
+                              " DELETE FROM order_lines WHERE id % 3 = 0;",
+}
+
+
+@pytest.mark.parametrize("shape", list(MYSQL_DAMAGE))
+def test_mysql_restore_of_every_shape_is_exact(rig: Rig, shaped: dict[str, Any],
+                                               shape: str) -> None:
+    stack = rig.stack
+    stack.mysql_query(MYSQL_DAMAGE[shape], database=None if shape == "drop-database"
+                      else "backout_app")
+    result = rig.json("rollback", "db", "mysql", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
+    assert mysql_snapshot(stack) == shaped["mysql"], f"{shape}: rows differ after the restore"
+    assert mysql_objects(stack) == shaped["objects"], f"{shape}: schema objects differ"
+    safety = rig.safety_sets(result)["mysql"]
+    manifest = json.loads((rig.backups / safety / "manifest.json").read_text())
+    section = manifest["databases"]["mysql"]
+    if shape == "drop-table-with-dependents":
+        # The safety backup left out what cannot be dumped (or restored), and says why.
+        skipped = {item["object"]: item for item in section["not_dumped"]}
+        assert set(skipped) == {"backout_app.item_names", "backout_app.tagged_items"}, skipped
+        assert all("1356" in item["why"] and "CREATE" in item["definition"]
+                   for item in skipped.values())
+    if shape == "drop-database":
+        assert section["absent"] == ["backout_app"] and section["databases"] == {}
+    rig.wait_apps_up()
+
+
+def test_rollback_of_the_rollback_after_drop_database_drops_it_again(rig: Rig,
+                                                                     shaped: dict[str, Any]) -> None:
+    """The safety backup of a dropped database records it as absent: putting that
+    safety backup back reproduces the state before the restore exactly (no database)."""
+    stack = rig.stack
+    stack.mysql_query("DROP DATABASE backout_app;", database=None)
+    first = rig.json("rollback", "db", "mysql", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
+    assert mysql_snapshot(stack) == shaped["mysql"]
+    rig.json("rollback", "db", "mysql", rig.safety_sets(first)["mysql"], "--yes")
+    assert "backout_app" not in {r[0] for r in stack.mysql_query("SHOW DATABASES", database=None)}
+    rig.json("rollback", "db", "mysql", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
+    assert mysql_snapshot(stack) == shaped["mysql"]
+    rig.wait_apps_up()
+
+
+def test_redis_flushall_with_aof_and_a_password(rig: Rig, shaped: dict[str, Any]) -> None:
+    stack = rig.stack
+    stack.redis_cmd("FLUSHALL")
+    assert stack.redis_cmd("DBSIZE") == "0"
+    rig.json("rollback", "db", "redis", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
+    assert redis_snapshot(stack, volatile=False) == shaped["redis"]
+    # The data is in the AOF, not only in memory: a restart loads the same keyspace.
+    assert stack.redis_cmd("CONFIG", "GET", "appendonly").splitlines()[-1] == "yes"
+    stack.compose("restart", "redis", timeout=120)
+    wait_for(lambda: stack.health("redis") == "healthy", timeout=60, message="redis healthy")
+    assert redis_snapshot(stack, volatile=False) == shaped["redis"]
+    rig.wait_apps_up()
+
+
+def test_mongodb_dropped_collection_with_indexes(rig: Rig, shaped: dict[str, Any]) -> None:
+    stack = rig.stack
+    stack.mongo_eval("db.catalog.drop()\nresult = True")
+    assert mongo_collection(stack, "catalog")["docs"] == []
+    rig.json("rollback", "db", "mongodb", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
+    assert mongo_collection(stack, "catalog") == shaped["catalog"]
+    assert mongo_snapshot(stack) == shaped["mongodb"]
+    rig.wait_apps_up()
+
+
+# --------------------------------------------------------------------------- failures around a restore
+
+
+@contextlib.contextmanager
+def backups_setting(rig: Rig, **values: Any) -> Iterator[None]:
+    """Set keys of [backups] in backout.toml for the duration."""
+    toml = rig.project / "backout.toml"
+    original = toml.read_text()
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    keys = tuple(f"{k} =" for k in values)
+    text = "\n".join(line for line in original.splitlines() if not line.startswith(keys))
+    toml.write_text(text.replace("[backups]\n", "[backups]\n" + "\n".join(lines) + "\n", 1)
+                    + "\n")
+    try:
+        yield
+    finally:
+        toml.write_text(original)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                   check=True, timeout=30)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
+
+
+def test_disk_full_during_the_safety_backup(rig: Rig, tmp_path: Path) -> None:
+    """The backup disk fills up while the safety backup is written: nothing is restored,
+    the partial set is removed (the disk is not left full), the writers run again, and
+    the one error line names the cause and the explicit override."""
+    stack = rig.stack
+    cp = rig.checkpoint()
+    with small_disk(tmp_path / "backups", "1m") as disk, backups_setting(rig, dir=str(disk)):
+        shutil.copytree(rig.backups / cp["set_id"], disk / cp["set_id"])
+        artifact = disk / cp["set_id"] / "mysql.sql.zst"
+        free = shutil.disk_usage(disk).free
+        filler = free - artifact.stat().st_size // 2  # room for half a dump
+        (disk / "filler").write_bytes(b"\0" * max(0, filler))
+        free_before = shutil.disk_usage(disk).free
+        before = mysql_snapshot(stack)
+        stack.mysql_query("DELETE FROM customers WHERE id > 18")  # differs from the backup
+        changed = mysql_snapshot(stack)
+        assert changed != before
+        result = rig.run("rollback", "db", "mysql", cp["set_id"], "--yes")
+        line = assert_clean_error(result, 6, "no space left", "nothing was restored",
+                                  "--no-safety-backup")
+        print(line)
+        assert mysql_snapshot(stack) == changed, "data changed although nothing was restored"
+        assert not list(disk.glob(".partial-*")), "the partial safety set was left behind"
+        assert shutil.disk_usage(disk).free == free_before
+        assert rig.unfinished() == []
+        rig.wait_apps_up()
+        # The override needs a human at a terminal, even with --yes.
+        assert_clean_error(rig.run("rollback", "db", "mysql", cp["set_id"], "--yes",
+                                   "--no-safety-backup"), 2, "typed on a terminal")
+        assert mysql_snapshot(stack) == changed
+    rig.json("rollback", "db", "mysql", cp["set_id"], "--yes")
+    assert mysql_snapshot(stack) == before
+
+
+def test_docker_engine_stops_answering_mid_restore(rig: Rig, tmp_path: Path) -> None:
+    """The engine freezes while the restore streams into MySQL (a proxy of ours between
+    backout and the engine): backout notices the stream stalled, finds the engine gone,
+    leaves the cleanup (safety backup back, writers started) for `backout resume` and
+    says so; once the engine answers, `resume` makes the data whole."""
+    stack = rig.stack
+    # Enough rows that the restore stream is still flowing when the proxy freezes.
+    stack.mysql_query("INSERT INTO items (name) SELECT CONCAT('bulk-', seq, '-', REPEAT('x', 180))"
+                      " FROM seq_1_to_4000")
+    cp = rig.checkpoint()
+    stack.mysql_query("DELETE FROM items WHERE name LIKE 'bulk-%' AND id % 2 = 0")
+    before = mysql_snapshot(stack)
+    steps = steps_of(rig.json("rollback", "db", "mysql", cp["set_id"], "--dry-run"))
+    restore = index_of(steps, "rollback.db.restore")
+    with backups_setting(rig, stall_seconds=5), \
+            FreezingProxy(tmp_path / "docker.sock") as proxy:
+        since = last_operation_id(rig.project)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backout", "rollback", "db", "mysql", cp["set_id"], "--yes"],
+            cwd=rig.project, env=clean_env(DOCKER_HOST=proxy.docker_host,
+                                           BACKOUT_FAULT_INJECT=f"step-{restore}-started=sleep:1"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: journal_step_started(rig.project, restore, since), timeout=300,
+                 interval=0.1, message="restore started")
+        proxy.arm(after_bytes=150_000)
+        start = time.monotonic()
+        _out, err = proc.communicate(timeout=300)
+        took = time.monotonic() - start
+        print(f"exit {proc.returncode} after {took:.0f}s (froze at {proxy.froze_at_bytes} bytes)")
+        assert proxy.froze_at_bytes is not None, "the restore stream never reached the proxy"
+        errors = [x for x in err.splitlines() if x.startswith("backout: error:")]
+        assert proc.returncode == 6 and len(errors) == 1, (proc.returncode, err[-3000:])
+        for needle in ("Docker Engine stopped answering", "left unfinished", "backout resume",
+                       "MAY BE HALF-RESTORED", "STOPPED"):
+            assert needle in errors[0], (needle, errors[0])
+        assert "Traceback" not in err
+    # The real engine again (the proxy is gone): status agrees, resume finishes.
+    status = rig.json("status")
+    assert [op["kind"] for op in status["interrupted"]] == ["rollback.db"]
+    assert status["last_operation"]["state"]["data"][0].startswith("mysql: MAY BE HALF-RESTORED")
+    resumed = rig.run("resume")
+    assert resumed.returncode == 6, (resumed.stdout, resumed.stderr[-2000:])  # the restore failed
+    assert "mysql: as before the restore" in resumed.stderr, resumed.stderr[-2000:]
+    assert rig.unfinished() == []
+    assert mysql_snapshot(stack) == before
+    rig.wait_apps_up()
+    stack.mysql_query("DELETE FROM items WHERE name LIKE 'bulk-%'")
+
+
+def test_partial_sets_are_removed_by_prune_and_resume(rig: Rig) -> None:
+    for name in (".partial-20000101T000000Z-dead", ".partial-20000101T000001Z-beef"):
+        (rig.backups / name).mkdir()
+        (rig.backups / name / "mysql.sql.zst").write_bytes(b"\0" * 4096)
+    dry = rig.json("backups", "prune", "--dry-run")
+    assert set(dry["removed_partial_sets"]) == {".partial-20000101T000000Z-dead",
+                                                ".partial-20000101T000001Z-beef"}
+    assert (rig.backups / ".partial-20000101T000000Z-dead").is_dir()  # a dry run
+    rig.json("backups", "prune")
+    assert not list(rig.backups.glob(".partial-*"))
+    (rig.backups / ".partial-20000101T000002Z-cafe").mkdir()
+    assert rig.json("resume")["removed_partial_sets"] == [".partial-20000101T000002Z-cafe"]
+    assert not list(rig.backups.glob(".partial-*"))
+
+
+def test_backups_list_tells_verified_from_sized_and_hides_a_failed_set(rig: Rig) -> None:
+    cp = rig.checkpoint()
+    flipped = f"{cp['set_id']}-flipped"
+    shutil.copytree(rig.backups / cp["set_id"], rig.backups / flipped)
+    artifact = rig.backups / flipped / "mysql.sql.zst"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only a full read can tell
+    artifact.write_bytes(bytes(data))
+    try:
+        listed = {b["id"]: b for b in rig.json("backups", "list")["backups"]}
+        assert listed[cp["set_id"]]["usable"] and listed[cp["set_id"]]["verified"]["ok"]
+        assert listed[flipped]["usable"] and listed[flipped]["verified"] is None
+        assert "never (sizes only)" in rig.run("backups", "list").stdout
+        assert rig.run("backups", "verify", flipped).returncode == 5
+        listed = {b["id"]: b for b in rig.json("backups", "list")["backups"]}
+        assert flipped not in listed
+        shown = {b["id"]: b for b in rig.json("backups", "list", "--all")["backups"]}
+        assert shown[flipped]["usable"] is False
+        assert "failed verification" in shown[flipped]["problem"]
+        assert_clean_error(rig.run("rollback", "db", "mysql", flipped, "--yes"), 5, flipped)
+    finally:
+        shutil.rmtree(rig.backups / flipped, ignore_errors=True)

@@ -99,6 +99,8 @@ class DiskFullError(ExternalError):
 
     @classmethod
     def at(cls, what: str, where: Path) -> DiskFullError:
+        if where.name.startswith(".partial-"):  # the set being written: name the disk's dir
+            where = where.parent
         return cls(f"{what}: no space left on the backup disk ({where})",
                    fix="free space or point [backups] dir at a larger disk")
 
