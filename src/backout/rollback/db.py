@@ -1,11 +1,13 @@
 """``backout rollback db (mysql|mongodb|redis) BACKUP``.
 
-Order, and why: the backup is proven first (checksum, or a parse of an
-operator's own file) so nothing changes for a bad one; a safety backup of the
-current data is taken so the restore itself can be undone; the services that
-write are stopped; the restore replaces the data and its counts are checked;
-if the restore failed midway, the safety backup is put back; the writers are
-started again in every case.
+Order, and why (``data_steps``, shared with ``rollback emergency --with-data`` and
+the deploy's data rollback): the backup is proven first (checksum, format, counts,
+or a parse of an operator's own file) so nothing changes for a bad one; the
+services that write are stopped, so that the safety backup taken next holds every
+write they acknowledged; the restore replaces the data and its counts are checked;
+if a restore failed or was interrupted, the safety backup is put back; the writers
+are started again in every case. The data-loss window is shown in the plan and
+measured again right before the restore.
 """
 
 from __future__ import annotations
