@@ -41,10 +41,12 @@ from tests.support.integrity import (
     index_of,
     journal_step_started,
     last_operation_id,
+    last_plan,
     live_tokens,
     prove,
     redis_overwritten,
     run_signalled,
+    safety_sets_of,
     steps_of,
     tokens_in_artifact,
 )
@@ -559,3 +561,141 @@ def test_backups_list_tells_verified_from_sized_and_hides_a_failed_set(rig: Rig)
         assert_clean_error(rig.run("rollback", "db", "mysql", flipped, "--yes"), 5, flipped)
     finally:
         shutil.rmtree(rig.backups / flipped, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- soak: every step
+
+
+def soak_only(request: pytest.FixtureRequest) -> None:
+    """pyproject deselects soak tests (`-m 'not soak'`); this keeps them out of a run
+    selected by another marker expression too."""
+    if "soak" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("every-step signal sweep: run with `-m soak`")
+
+
+SWEEPS = {
+    "db-mysql": ["mysql"], "db-redis": ["redis"], "db-mongodb": ["mongodb"],
+    "emergency": list(ENGINES), "deploy": list(ENGINES),
+}
+
+
+def sweep_command(rig: Rig, name: str, cp: dict[str, Any] | None, bad: str | None) -> list[str]:
+    if name.startswith("db-"):
+        assert cp is not None
+        return ["rollback", "db", name[3:], cp["set_id"], "--yes"]
+    if name == "emergency":
+        assert cp is not None
+        return ["rollback", "emergency", f"cp{cp['checkpoint_id']}", "--with-data", "--yes"]
+    assert bad is not None
+    return ["deploy", bad, "--watch", "0", "--migration"]
+
+
+def whole(rig: Rig, writer: AckWriter, databases: list[str], *, started: float,
+          finished: float, label: str) -> dict[str, str]:
+    """Data whole after an interrupt: per database, as `backout status` tells it, either
+    everything acknowledged is live (not restored, or put back), or the restore's proof
+    holds (restored from the checkpoint, the rest in the safety backup)."""
+    state = rig.json("status")["last_operation"]["state"]
+    plan = last_plan(rig.project)
+    safety = safety_sets_of(plan)
+    params = plan["params"]
+    checkpoint = params["backup"] if plan["kind"] == "rollback.db" else params["set_id"]
+    told = {}
+    for database in databases:
+        line = next(x for x in state["data"] if x.startswith(f"{database}:"))
+        told[database] = line
+        assert "HALF" not in line, (label, line)
+        if "restored from" in line:
+            prove_restored(rig, writer, database, checkpoint, safety[database],
+                           started=started, finished=finished)
+        else:
+            assert writer.tokens() <= live_tokens(rig.stack, database), (label, line)
+    return told
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("name", list(SWEEPS))
+def test_signal_at_every_step(request: pytest.FixtureRequest, rig: Rig, name: str,
+                              sig: int) -> None:
+    """SIGINT to the process group at every journaled step (held there 2 s): the
+    command winds down by itself, writers running and data whole, no resume. SIGKILL
+    at every step (as it starts, and as it ends): `backout resume` reaches an end
+    state that is whole and has every acknowledged write."""
+    soak_only(request)
+    databases = SWEEPS[name]
+    cp = rig.checkpoint() if name != "deploy" else None
+    bad = branch_with(rig.stack, f"sweep-{name}-{signal.Signals(sig).name}", "crashloop") \
+        if name == "deploy" else None
+    dry = rig.json(*[a for a in sweep_command(rig, name, cp, bad) if a != "--yes"], "--dry-run")
+    points = [(i, when) for i in range(len(dry["plan"]["steps"]))
+              for when in (("started", "done") if sig == signal.SIGKILL else ("started",))]
+    outcomes: dict[str, int] = {}
+    for step, when in points:
+        label = f"{name} {signal.Signals(sig).name} at step {step} ({when})"
+        with AckWriter(rig.stack) as writer:
+            writer.wait_for(3)
+            started = time.time()
+            result = run_signalled(rig.project, sweep_command(rig, name, cp, bad), step=step,
+                                   sig=sig, when=when, hold=2.0)
+            assert "Traceback" not in result.stderr, (label, result.stderr[-3000:])
+            if sig == signal.SIGKILL:
+                assert result.returncode in (-9, 137), (label, result.returncode)
+                result = rig.run("resume")
+            assert result.returncode in (0, 8, 130), (label, result.returncode,
+                                                      result.stderr[-3000:])
+            outcomes[f"{step}-{when}"] = result.returncode
+            finished = time.time()
+            assert rig.unfinished() == [], label
+            rig.wait_apps_up()
+            writer.wait_for(5)
+        whole(rig, writer, databases, started=started, finished=finished, label=label)
+    print(f"{name} {signal.Signals(sig).name}: {len(points)} points, exit codes {outcomes}")
+
+
+@pytest.mark.soak
+def test_ctrl_c_during_a_500mb_mysql_restore(request: pytest.FixtureRequest, rig: Rig) -> None:
+    """The acceptance case: 500 MB in MySQL, Ctrl-C in the middle of loading it. The
+    command returns with exit 130, the writers running, the data exactly as before the
+    restore (its safety backup put back), and names the next step."""
+    soak_only(request)
+    stack = rig.stack
+    stack.mysql_query("CREATE TABLE big (id INT NOT NULL PRIMARY KEY, payload TEXT NOT NULL)"
+                      " ENGINE=InnoDB", timeout=120)
+    for part in range(5):  # 5 x 100k rows of 1 KiB: about 500 MB of dump
+        stack.mysql_query(f"INSERT INTO big SELECT seq, REPEAT(MD5(seq), 32) FROM "
+                          f"seq_{part * 100_000 + 1}_to_{(part + 1) * 100_000}", timeout=900)
+    try:
+        t0 = time.monotonic()
+        cp = rig.checkpoint()
+        took_cp = time.monotonic() - t0
+        raw = json.loads((rig.backups / cp["set_id"] / "manifest.json").read_text())[
+            "artifacts"]["mysql.sql.zst"]["raw_bytes"]
+        stack.mysql_query("DELETE FROM big WHERE id % 10 = 0; UPDATE customers SET email ="
+                          " 'changed@example.test' WHERE id = 1", timeout=300)
+        checksum = stack.mysql_query("CHECKSUM TABLE big, customers, items", timeout=600)
+        steps = steps_of(rig.json("rollback", "db", "mysql", cp["set_id"], "--dry-run"))
+        restore = index_of(steps, "rollback.db.restore")
+        with AckWriter(rig.stack) as writer:
+            writer.wait_for(3)
+            t1 = time.monotonic()
+            result = run_signalled(rig.project, ["rollback", "db", "mysql", cp["set_id"], "--yes"],
+                                   step=restore, sig=signal.SIGINT, hold=0, delay=20,
+                                   timeout=3600)
+            took = time.monotonic() - t1
+            assert result.returncode == 130, (result.returncode, result.stderr[-3000:])
+            line = [x for x in result.stderr.splitlines() if x.startswith("backout: error:")][-1]
+            for needle in ("interrupted by SIGINT", "mysql: as before the restore",
+                           "running again", "to try again"):
+                assert needle in line, (needle, line)
+            assert rig.unfinished() == []
+            assert all(rig.running().get(s) == "running" for s in APPS)
+            rig.wait_apps_up()
+            writer.wait_for(5)
+        assert stack.mysql_query("CHECKSUM TABLE big, customers, items",
+                                 timeout=600)[:2] == checksum[:2]
+        assert writer.tokens() <= live_tokens(stack, "mysql")
+        print(f"500 MB case: dump {raw / 1e6:.0f} MB raw, checkpoint {took_cp:.0f}s, "
+              f"rollback with Ctrl-C 20 s into the restore returned after {took:.0f}s")
+    finally:
+        stack.mysql_query("DROP TABLE IF EXISTS big", timeout=300)

@@ -222,21 +222,23 @@ def check_window(window: dict[str, Any], proof: Proof, backup_dir: Path, checkpo
 # --------------------------------------------------------------------------- signals
 
 
-def journal_step_started(project: Path, seq: int, since_op: int) -> bool:
-    """Has step ``seq`` of an operation newer than ``since_op`` started?"""
+def journal_step_started(project: Path, seq: int, since_op: int, done: bool = False) -> bool:
+    """Has step ``seq`` of an operation newer than ``since_op`` started (or ended)?"""
     db = project / ".backout" / "state.db"
     if not db.exists():
         return False
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        row = conn.execute("SELECT s.started_at FROM steps s JOIN operations o ON "
+        row = conn.execute("SELECT s.started_at, s.status FROM steps s JOIN operations o ON "
                            "o.id = s.operation_id WHERE o.id > ? AND s.seq = ? ORDER BY o.id "
                            "DESC LIMIT 1", (since_op, seq)).fetchone()
     except sqlite3.Error:
         return False
     finally:
         conn.close()
-    return row is not None and row[0] is not None
+    if row is None or row[0] is None:
+        return False
+    return not done or row[1] in ("done", "failed", "skipped")
 
 
 def last_operation_id(project: Path) -> int:
@@ -252,23 +254,25 @@ def last_operation_id(project: Path) -> int:
 
 
 def run_signalled(project: Path, args: Iterable[str], *, step: int, sig: int,
-                  when: str = "started", hold: float = 3.0, timeout: float = 600,
-                  **env: str) -> subprocess.CompletedProcess[str]:
+                  when: str = "started", hold: float = 3.0, delay: float = 0.0,
+                  timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
     """Run the CLI in a process group of its own (as a terminal's foreground job) and
     send ``sig`` to the group while step ``step`` runs: the step is held ``hold``
     seconds at its start (or end) by BACKOUT_FAULT_INJECT, and the signal goes out
-    as soon as the journal shows the step started."""
+    as soon as the journal shows the step started (``delay`` seconds later: into the
+    step's own work)."""
     since = last_operation_id(project)
     point = f"step-{step}-{when}"
     argv = [sys.executable, "-m", "backout", *args]
-    proc = subprocess.Popen(argv, cwd=project, env=clean_env(
-        BACKOUT_FAULT_INJECT=f"{point}=sleep:{hold}", **env), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    inject = {"BACKOUT_FAULT_INJECT": f"{point}=sleep:{hold}"} if hold else {}
+    proc = subprocess.Popen(argv, cwd=project, env=clean_env(**inject, **env),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        wait_for(lambda: journal_step_started(project, step, since) or proc.poll() is not None,
-                 timeout=timeout, interval=0.1, message=f"step {step} started")
-        if when == "done":
-            time.sleep(0.5)  # the step's own work is over; the hold follows it
+        wait_for(lambda: journal_step_started(project, step, since, done=when == "done")
+                 or proc.poll() is not None, timeout=timeout, interval=0.1,
+                 message=f"step {step} {when}")
+        time.sleep(delay)
         if proc.poll() is None:
             os.killpg(proc.pid, sig)
         out, err = proc.communicate(timeout=timeout)
@@ -294,3 +298,26 @@ def index_of(steps: list[dict[str, Any]], action: str, database: str | None = No
                                                   or params.get("database") == database):
             return i
     raise AssertionError(f"no step {action} {database or ''} in the plan")
+
+
+def last_plan(project: Path) -> dict[str, Any]:
+    """The plan of the newest operation, as journaled."""
+    conn = sqlite3.connect(project / ".backout" / "state.db", timeout=5)
+    try:
+        row = conn.execute("SELECT plan FROM operations ORDER BY id DESC LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    plan: dict[str, Any] = json.loads(row[0])
+    return plan
+
+
+def safety_sets_of(plan: dict[str, Any]) -> dict[str, str]:
+    """database -> safety set id, from a journaled plan (a deploy's wrapped steps too)."""
+    out = {}
+    for step in plan["steps"]:
+        wrapped = step["action"] == "deploy.rollback_step"
+        action = step["params"]["action"] if wrapped else step["action"]
+        params = step["params"]["params"] if wrapped else step["params"]
+        if action == "rollback.db.safety":
+            out[params["database"]] = params["set_id"]
+    return out

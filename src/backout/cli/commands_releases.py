@@ -127,10 +127,10 @@ def status_cmd(ctx: Ctx) -> None:
         human.append(f"INTERRUPTED: operation #{op['id']} ({op['kind']}) did not finish: "
                      "run `backout resume`")
     last = ctx.store.last_operation()
-    last_state = None
-    if last is not None and last["status"] in ("interrupted", "failed", "running"):
-        # The same words the operation's own exit message used (operations.summary).
-        last_state = summary.describe(ctx.store, last["id"])
+    # The same words the operation's own exit message used (operations.summary).
+    last_state = summary.describe(ctx.store, last["id"]) if last is not None else None
+    if last is not None and last_state is not None \
+            and last["status"] in ("interrupted", "failed", "running"):
         human.append(f"last op:    #{last['id']} ({last['kind']}) {last['status']}"
                      + (f" at step {last_state['stopped_at']!r}"
                         if last_state["stopped_at"] else ""))
