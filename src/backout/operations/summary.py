@@ -80,6 +80,8 @@ def _database_state(name: str, row: dict[str, Any] | None, undo: dict[str, Any] 
     if row is None or row["status"] in ("pending", "skipped") or (result or {}).get("skipped"):
         return f"{name}: unchanged (not restored)"
     # running (a crash or a second signal inside the restore) or failed, not undone yet
+    if undo is None:  # restored without a safety backup (--no-safety-backup)
+        return f"{name}: MAY BE HALF-RESTORED and there is no safety backup: restore it again"
     return (f"{name}: MAY BE HALF-RESTORED: its safety backup has not been put back yet "
             "(`backout resume` does it)")
 
