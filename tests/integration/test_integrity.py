@@ -40,6 +40,7 @@ from tests.support.integrity import (
     check_window,
     index_of,
     journal_step_started,
+    journal_steps,
     last_operation_id,
     last_plan,
     live_tokens,
@@ -138,6 +139,8 @@ def test_rollback_db_under_live_writes_loses_no_acknowledged_write(rig: Rig,
         cp = rig.checkpoint()
         writer.wait_for(20)
         dry = rig.json("rollback", "db", database, cp["set_id"], "--dry-run")
+        shown = ok(rig.run("rollback", "db", database, cp["set_id"], "--dry-run")).stdout
+        assert "data loss:" in shown and f"{database}: backup taken" in shown, shown
         [planned] = dry["data_loss"]
         assert planned["taken_at"] and planned["age_seconds"] is not None
         assert planned["changes"] > 0, planned
@@ -311,11 +314,12 @@ def mongo_collection(stack: TestStack, name: str) -> dict[str, Any]:
         " for i in c.list_indexes())}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def shaped(rig: Rig) -> Iterator[dict[str, Any]]:
     """The app database with views, a trigger, a foreign key, routines and an event,
     a MongoDB collection with indexes; snapshots of everything, and a checkpoint of it
-    (the data is still: no writer runs in these tests)."""
+    (the data is still: no writer runs in these tests). Removed after the class, so
+    the trigger and the foreign key do not reach the other tests."""
     stack = rig.stack
     stack.mysql_query(EXTRA_SCHEMA)
     stack.mongo_eval(MONGO_CATALOG)
@@ -332,9 +336,12 @@ def shaped(rig: Rig) -> Iterator[dict[str, Any]]:
 
 
 MYSQL_DAMAGE = {
-    # The issue's case: a view reads the dropped table, so a plain safety dump fails.
+    # The issue's case: a view reads the dropped table, so a plain safety dump fails;
+    # and a view whose definer does not exist (error 1449 when it is opened).
     "drop-table-with-dependents": "SET FOREIGN_KEY_CHECKS = 0; DROP TABLE items;"
-                                  " SET FOREIGN_KEY_CHECKS = 1;",
+                                  " SET FOREIGN_KEY_CHECKS = 1; CREATE DEFINER = 'ghost'@'%'"
+                                  " SQL SECURITY DEFINER VIEW ghost_customers AS"
+                                  " SELECT id FROM customers;",
     "truncate": "TRUNCATE TABLE item_tags; TRUNCATE TABLE customers;",
     "drop-database": "DROP DATABASE backout_app;",
     # A migration that stopped halfway: a column added and filled, a table created,
@@ -346,66 +353,70 @@ MYSQL_DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("shape", list(MYSQL_DAMAGE))
-def test_mysql_restore_of_every_shape_is_exact(rig: Rig, shaped: dict[str, Any],
-                                               shape: str) -> None:
-    stack = rig.stack
-    stack.mysql_query(MYSQL_DAMAGE[shape], database=None if shape == "drop-database"
-                      else "backout_app")
-    result = rig.json("rollback", "db", "mysql", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
-    assert mysql_snapshot(stack) == shaped["mysql"], f"{shape}: rows differ after the restore"
-    assert mysql_objects(stack) == shaped["objects"], f"{shape}: schema objects differ"
-    safety = rig.safety_sets(result)["mysql"]
-    manifest = json.loads((rig.backups / safety / "manifest.json").read_text())
-    section = manifest["databases"]["mysql"]
-    if shape == "drop-table-with-dependents":
-        # The safety backup left out what cannot be dumped (or restored), and says why.
-        skipped = {item["object"]: item for item in section["not_dumped"]}
-        assert set(skipped) == {"backout_app.item_names", "backout_app.tagged_items"}, skipped
-        assert all("1356" in item["why"] and "CREATE" in item["definition"]
-                   for item in skipped.values())
-    if shape == "drop-database":
-        assert section["absent"] == ["backout_app"] and section["databases"] == {}
-    rig.wait_apps_up()
+class TestRestoreShapes:
+    """Each shape restored from one checkpoint of `shaped`, compared exactly."""
 
+    @pytest.mark.parametrize("shape", list(MYSQL_DAMAGE))
+    def test_mysql_restore_of_every_shape_is_exact(self, rig: Rig, shaped: dict[str, Any],
+                                                   shape: str) -> None:
+        stack = rig.stack
+        stack.mysql_query(MYSQL_DAMAGE[shape], database=None if shape == "drop-database"
+                          else "backout_app")
+        result = rig.json("rollback", "db", "mysql", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
+        assert mysql_snapshot(stack) == shaped["mysql"], f"{shape}: rows differ after the restore"
+        assert mysql_objects(stack) == shaped["objects"], f"{shape}: schema objects differ"
+        safety = rig.safety_sets(result)["mysql"]
+        manifest = json.loads((rig.backups / safety / "manifest.json").read_text())
+        section = manifest["databases"]["mysql"]
+        if shape == "drop-table-with-dependents":
+            # The safety backup left out what cannot be dumped (or restored), and says why.
+            skipped = {item["object"]: item for item in section["not_dumped"]}
+            assert set(skipped) == {"backout_app.item_names", "backout_app.tagged_items",
+                                    "backout_app.ghost_customers"}, skipped
+            assert all("1356" in item["why"] and "CREATE" in item["definition"]
+                       for item in skipped.values())
+            assert "ghost" in skipped["backout_app.ghost_customers"]["why"]
+        if shape == "drop-database":
+            assert section["absent"] == ["backout_app"] and section["databases"] == {}
+        rig.wait_apps_up()
 
-def test_rollback_of_the_rollback_after_drop_database_drops_it_again(rig: Rig,
-                                                                     shaped: dict[str, Any]) -> None:
-    """The safety backup of a dropped database records it as absent: putting that
-    safety backup back reproduces the state before the restore exactly (no database)."""
-    stack = rig.stack
-    stack.mysql_query("DROP DATABASE backout_app;", database=None)
-    first = rig.json("rollback", "db", "mysql", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
-    assert mysql_snapshot(stack) == shaped["mysql"]
-    rig.json("rollback", "db", "mysql", rig.safety_sets(first)["mysql"], "--yes")
-    assert "backout_app" not in {r[0] for r in stack.mysql_query("SHOW DATABASES", database=None)}
-    rig.json("rollback", "db", "mysql", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
-    assert mysql_snapshot(stack) == shaped["mysql"]
-    rig.wait_apps_up()
+    def test_rollback_of_the_rollback_after_drop_database_drops_it_again(
+            self, rig: Rig, shaped: dict[str, Any]) -> None:
+        """The safety backup of a dropped database records it as absent: putting that
+        safety backup back reproduces the state before the restore exactly (no database)."""
+        stack = rig.stack
+        stack.mysql_query("DROP DATABASE backout_app;", database=None)
+        first = rig.json("rollback", "db", "mysql", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
+        assert mysql_snapshot(stack) == shaped["mysql"]
+        rig.json("rollback", "db", "mysql", rig.safety_sets(first)["mysql"], "--yes")
+        assert "backout_app" not in {r[0] for r in stack.mysql_query("SHOW DATABASES", database=None)}
+        rig.json("rollback", "db", "mysql", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
+        assert mysql_snapshot(stack) == shaped["mysql"]
+        rig.wait_apps_up()
 
+    def test_redis_flushall_with_aof_and_a_password(self, rig: Rig,
+                                                    shaped: dict[str, Any]) -> None:
+        stack = rig.stack
+        stack.redis_cmd("FLUSHALL")
+        assert stack.redis_cmd("DBSIZE") == "0"
+        rig.json("rollback", "db", "redis", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
+        assert redis_snapshot(stack, volatile=False) == shaped["redis"]
+        # The data is in the AOF, not only in memory: a restart loads the same keyspace.
+        assert stack.redis_cmd("CONFIG", "GET", "appendonly").splitlines()[-1] == "yes"
+        stack.compose("restart", "redis", timeout=120)
+        wait_for(lambda: stack.health("redis") == "healthy", timeout=60, message="redis healthy")
+        assert redis_snapshot(stack, volatile=False) == shaped["redis"]
+        rig.wait_apps_up()
 
-def test_redis_flushall_with_aof_and_a_password(rig: Rig, shaped: dict[str, Any]) -> None:
-    stack = rig.stack
-    stack.redis_cmd("FLUSHALL")
-    assert stack.redis_cmd("DBSIZE") == "0"
-    rig.json("rollback", "db", "redis", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
-    assert redis_snapshot(stack, volatile=False) == shaped["redis"]
-    # The data is in the AOF, not only in memory: a restart loads the same keyspace.
-    assert stack.redis_cmd("CONFIG", "GET", "appendonly").splitlines()[-1] == "yes"
-    stack.compose("restart", "redis", timeout=120)
-    wait_for(lambda: stack.health("redis") == "healthy", timeout=60, message="redis healthy")
-    assert redis_snapshot(stack, volatile=False) == shaped["redis"]
-    rig.wait_apps_up()
-
-
-def test_mongodb_dropped_collection_with_indexes(rig: Rig, shaped: dict[str, Any]) -> None:
-    stack = rig.stack
-    stack.mongo_eval("db.catalog.drop()\nresult = True")
-    assert mongo_collection(stack, "catalog")["docs"] == []
-    rig.json("rollback", "db", "mongodb", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
-    assert mongo_collection(stack, "catalog") == shaped["catalog"]
-    assert mongo_snapshot(stack) == shaped["mongodb"]
-    rig.wait_apps_up()
+    def test_mongodb_dropped_collection_with_indexes(self, rig: Rig,
+                                                     shaped: dict[str, Any]) -> None:
+        stack = rig.stack
+        stack.mongo_eval("db.catalog.drop()\nresult = True")
+        assert mongo_collection(stack, "catalog")["docs"] == []
+        rig.json("rollback", "db", "mongodb", f"cp{shaped['cp']['checkpoint_id']}", "--yes")
+        assert mongo_collection(stack, "catalog") == shaped["catalog"]
+        assert mongo_snapshot(stack) == shaped["mongodb"]
+        rig.wait_apps_up()
 
 
 # --------------------------------------------------------------------------- failures around a restore
@@ -467,12 +478,60 @@ def test_disk_full_during_the_safety_backup(rig: Rig, tmp_path: Path) -> None:
         assert shutil.disk_usage(disk).free == free_before
         assert rig.unfinished() == []
         rig.wait_apps_up()
-        # The override needs a human at a terminal, even with --yes.
-        assert_clean_error(rig.run("rollback", "db", "mysql", cp["set_id"], "--yes",
-                                   "--no-safety-backup"), 2, "typed on a terminal")
+        # The override needs a human at a terminal, even with --yes ...
+        override = ["rollback", "db", "mysql", cp["set_id"], "--yes", "--no-safety-backup"]
+        assert_clean_error(rig.run(*override), 2, "typed on a terminal")
         assert mysql_snapshot(stack) == changed
-    rig.json("rollback", "db", "mysql", cp["set_id"], "--yes")
-    assert mysql_snapshot(stack) == before
+        # ... who types the database's name (anything else changes nothing) ...
+        code, shown = on_a_terminal(rig.project, override, "Type 'mysql' to confirm", "nope")
+        assert code == 2 and "not confirmed" in shown, shown[-2000:]
+        assert mysql_snapshot(stack) == changed
+        code, shown = on_a_terminal(rig.project, override, "Type 'mysql' to confirm", "mysql")
+        assert code == 0, shown[-3000:]
+        assert "WITHOUT a safety backup" in shown
+        assert mysql_snapshot(stack) == before
+        assert not list(disk.glob(".partial-*"))
+    # ... and the audit log keeps who overrode what.
+    actions = [e["action"] for e in rig.json("events", "--limit", "20")["events"]]
+    assert "rollback.db.no_safety_backup_confirmed" in actions
+    assert "restore.without_safety_backup" in actions
+    rig.wait_apps_up()
+
+
+def on_a_terminal(project: Path, args: list[str], prompt: str, answer: str) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as stdin and stderr; type ``answer`` when
+    ``prompt`` appears. Returns the exit code and what the terminal showed."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "backout", *args], cwd=project,
+                            env=clean_env(), stdin=slave, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    shown = b""
+    typed = False
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk and proc.poll() is not None:
+                    break
+                shown += chunk
+            if not typed and prompt.encode() in shown:
+                os.write(master, f"{answer}\n".encode())
+                typed = True
+            if proc.poll() is not None and not ready:
+                break
+    finally:
+        os.close(master)
+    out, _ = proc.communicate(timeout=60)
+    print(f"[terminal] backout {' '.join(args)} (typed {answer!r}) -> {proc.returncode}")
+    return proc.returncode, shown.decode(errors="replace") + out.decode(errors="replace")
 
 
 def test_docker_engine_stops_answering_mid_restore(rig: Rig, tmp_path: Path) -> None:
@@ -683,8 +742,10 @@ def test_ctrl_c_during_a_500mb_mysql_restore(request: pytest.FixtureRequest, rig
         with AckWriter(rig.stack) as writer:
             writer.wait_for(3)
             t1 = time.monotonic()
+            # Ctrl-C 4 s into the restore step: past its data-loss count and the DROP
+            # DATABASE, in the middle of loading the rows.
             result = run_signalled(rig.project, ["rollback", "db", "mysql", cp["set_id"], "--yes"],
-                                   step=restore, sig=signal.SIGINT, hold=0, delay=20,
+                                   step=restore, sig=signal.SIGINT, hold=0, delay=4,
                                    timeout=3600)
             took = time.monotonic() - t1
             assert result.returncode == 130, (result.returncode, result.stderr[-3000:])
@@ -699,7 +760,11 @@ def test_ctrl_c_during_a_500mb_mysql_restore(request: pytest.FixtureRequest, rig
         assert stack.mysql_query("CHECKSUM TABLE big, customers, items",
                                  timeout=600)[:2] == checksum[:2]
         assert writer.tokens() <= live_tokens(stack, "mysql")
+        steps = {r[0]: r for r in journal_steps(rig.project)}
+        assert steps["restore mysql"][1] == "failed", steps  # cut short, not finished
+        assert steps["put mysql's safety backup back if a restore failed"][1] == "done"
         print(f"500 MB case: dump {raw / 1e6:.0f} MB raw, checkpoint {took_cp:.0f}s, "
-              f"rollback with Ctrl-C 20 s into the restore returned after {took:.0f}s")
+              f"rollback with Ctrl-C 4 s into the restore returned after {took:.0f}s; "
+              f"steps: {steps}")
     finally:
         stack.mysql_query("DROP TABLE IF EXISTS big", timeout=300)

@@ -321,3 +321,15 @@ def safety_sets_of(plan: dict[str, Any]) -> dict[str, str]:
         if action == "rollback.db.safety":
             out[params["database"]] = params["set_id"]
     return out
+
+
+def journal_steps(project: Path) -> list[tuple[str, str, str | None, str | None]]:
+    """(name, status, started_at, finished_at) of the newest operation's steps."""
+    conn = sqlite3.connect(project / ".backout" / "state.db", timeout=5)
+    try:
+        rows = conn.execute("SELECT name, status, started_at, finished_at FROM steps WHERE "
+                            "operation_id = (SELECT MAX(id) FROM operations) ORDER BY seq"
+                            ).fetchall()
+    finally:
+        conn.close()
+    return [(str(r[0]), str(r[1]), r[2], r[3]) for r in rows]

@@ -514,3 +514,38 @@ def test_emergency_with_data_restores_before_touching_code_and_restarts_writers(
     assert outcome.status == "failed"
     assert fakes.calls[fakes.calls.index("rollback.db.restore:mysql"):] == [
         "rollback.db.restore:mysql", "rollback.db.undo:mysql", "compose.start"]
+
+
+# --------------------------------------------------------------------------- the Redis file swap
+
+
+@pytest.mark.parametrize("mode", ["multipart", "none"])
+def test_redis_files_are_swapped_only_when_the_whole_rdb_arrived(tmp_path: Path,
+                                                                 mode: str) -> None:
+    """The script the one-off container runs, here under the local sh: a stream cut
+    short (an interrupt, a stalled engine) leaves the data directory as it was."""
+    from backout.backup.restore import PUT_RDB_SCRIPT
+
+    data = tmp_path / "data"
+    (data / "appendonlydir").mkdir(parents=True)
+    (data / "appendonlydir" / "appendonly.aof.1.base.rdb").write_bytes(b"old aof")
+    (data / "dump.rdb").write_bytes(b"old rdb")
+    before = sorted(p.name for p in data.rglob("*"))
+    rdb = b"REDIS0011" + b"x" * 1000
+
+    def swap(stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["sh", "-c", PUT_RDB_SCRIPT, "sh", str(data), "dump.rdb", "S1",
+                               mode, "appendonlydir", "appendonly.aof", str(len(rdb))],
+                              input=stdin, capture_output=True, timeout=30, check=False)
+
+    cut = swap(rdb[:500])
+    assert cut.returncode == 3 and b"incomplete RDB: 500 of 1009" in cut.stderr
+    assert sorted(p.name for p in data.rglob("*")) == before  # nothing moved, nothing left
+    assert (data / "dump.rdb").read_bytes() == b"old rdb"
+    whole = swap(rdb)
+    assert whole.returncode == 0, whole.stderr
+    assert (data / "dump.rdb").read_bytes() == rdb
+    if mode == "multipart":
+        assert (data / "appendonlydir" / "appendonly.aof.1.base.rdb").read_bytes() == rdb
+        assert (data / "appendonlydir.backout-aside-S1" / "appendonly.aof.1.base.rdb"
+                ).read_bytes() == b"old aof"

@@ -178,6 +178,26 @@ def _tar_members(stream: IO[bytes]) -> Any:
                 yield info.name, fh.read()
 
 
+# Run in a one-off container of the Redis service, the RDB on stdin; arguments: data dir,
+# RDB file name, a stamp, AOF mode (multipart|single|none), AOF dir, AOF file, RDB size.
+PUT_RDB_SCRIPT = (
+    'set -e; d="$1"; n="$2"; s="$3"; mode="$4"; adir="$5"; afile="$6"; size="$7"; cd "$d"; '
+    'cat > ".$n.backout-incoming"; '
+    'got=$(wc -c < ".$n.backout-incoming"); '
+    'if [ "$got" -ne "$size" ]; then rm -f ".$n.backout-incoming"; '
+    '  echo "incomplete RDB: $got of $size bytes arrived" >&2; exit 3; fi; '
+    'for a in "$adir" "$afile"; do '
+    '  if [ -n "$a" ] && [ -e "$a" ]; then mv "$a" "$a.backout-aside-$s"; fi; done; '
+    'if [ "$mode" = multipart ]; then mkdir "$adir"; '
+    '  cp ".$n.backout-incoming" "$adir/$afile.1.base.rdb"; '
+    '  printf "file %s seq 1 type b\\n" "$afile.1.base.rdb" > "$adir/$afile.manifest"; '
+    'elif [ "$mode" = single ]; then cp ".$n.backout-incoming" "$afile"; fi; '
+    'mv ".$n.backout-incoming" "$n"; '
+    'if id redis >/dev/null 2>&1; then chown -R redis:redis "$n" ${adir:+"$adir"} '
+    '${afile:+$( [ -e "$afile" ] && echo "$afile")}; fi'
+)
+
+
 def put_rdb_into_volume(env: Environment, access: DbAccess, artifact: Path, rdb_path: str,
                         stamp: str, aof: dict[str, str] | None) -> None:
     """With the Redis service stopped: the RDB replaced, any AOF set aside.
@@ -187,29 +207,58 @@ def put_rdb_into_volume(env: Environment, access: DbAccess, artifact: Path, rdb_
     AOF (a base may be an RDB), before 7 the AOF file itself (an AOF may start
     with an RDB preamble). A one-off container of the service (same volumes) does
     the file work, so it works whatever the volume driver is.
+
+    Nothing is moved before the whole RDB has arrived (its size is checked): a
+    stream cut short (an interrupt, a stalled engine) leaves the volume as it was.
+    The one-off container is labelled, and removed in every case: one left behind
+    ("created", or exited without its --rm) would fail the stack's verification.
     """
     directory, _, name = rdb_path.rpartition("/")
     aof = aof or {}
-    script = (
-        'set -e; d="$1"; n="$2"; s="$3"; mode="$4"; adir="$5"; afile="$6"; cd "$d"; '
-        'cat > ".$n.backout-incoming"; '
-        'for a in "$adir" "$afile"; do '
-        '  if [ -n "$a" ] && [ -e "$a" ]; then mv "$a" "$a.backout-aside-$s"; fi; done; '
-        'if [ "$mode" = multipart ]; then mkdir "$adir"; '
-        '  cp ".$n.backout-incoming" "$adir/$afile.1.base.rdb"; '
-        '  printf "file %s seq 1 type b\\n" "$afile.1.base.rdb" > "$adir/$afile.manifest"; '
-        'elif [ "$mode" = single ]; then cp ".$n.backout-incoming" "$afile"; fi; '
-        'mv ".$n.backout-incoming" "$n"; '
-        'if id redis >/dev/null 2>&1; then chown -R redis:redis "$n" ${adir:+"$adir"} '
-        '${afile:+$( [ -e "$afile" ] && echo "$afile")}; fi'
-    )
-    argv = access.compose.argv("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh",
-                               access.db.service, "-c", script, "sh", directory or "/data", name,
-                               stamp, aof.get("mode", "none"), aof.get("dir", ""),
-                               aof.get("file", ""))
-    decompress_into(env, artifact, argv, what=f"{access.db.name} restore",
-                    cwd=str(access.config.project_dir),
-                    stall=access.config.backups.stall_seconds)
+    size = decompressed_size(env, artifact)
+    script = PUT_RDB_SCRIPT
+    label = f"{HELPER_LABEL}={access.config.project_dir}:{access.db.service}"
+    argv = access.compose.argv("run", "--rm", "--no-deps", "-T", "--label", label,
+                               "--entrypoint", "sh", access.db.service, "-c", script, "sh",
+                               directory or "/data", name, stamp, aof.get("mode", "none"),
+                               aof.get("dir", ""), aof.get("file", ""), str(size))
+    remove_helpers(env, label)  # left by an attempt that was cut short
+    try:
+        decompress_into(env, artifact, argv, what=f"{access.db.name} restore",
+                        cwd=str(access.config.project_dir),
+                        stall=access.config.backups.stall_seconds)
+    finally:
+        remove_helpers(env, label)
+
+
+HELPER_LABEL = "io.backout.restore-helper"
+
+
+def remove_helpers(env: Environment, label: str) -> None:
+    """Remove the one-off containers of a restore (best effort, bounded: with an engine
+    that does not answer, the next attempt removes them)."""
+    try:
+        found = proc.run(env, ["docker", "ps", "-aq", "--filter", f"label={label}"], timeout=20,
+                         check=False, what="docker ps")
+        ids = found.stdout.split()
+        if ids:
+            proc.run(env, ["docker", "rm", "-f", *ids], timeout=30, check=False,
+                     what="docker rm")
+    except ExternalError:
+        pass
+
+
+def decompressed_size(env: Environment, artifact: Path) -> int:
+    """The bytes ``zstd -d`` makes of ``artifact`` (read through once)."""
+    total = 0
+    with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)], stdout=subprocess.PIPE,
+                          env=proc.child_env(env), **proc.CHILD) as zstd:
+        assert zstd.stdout is not None
+        while chunk := zstd.stdout.read(1 << 20):
+            total += len(chunk)
+    if zstd.returncode != 0:
+        raise IntegrityError(f"{artifact.name} does not decompress")
+    return total
 
 
 def aof_layout(redis: Redis) -> dict[str, str]:

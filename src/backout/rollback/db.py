@@ -342,10 +342,10 @@ def _safety(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
         writer.discard()
         if isinstance(exc, InterruptedOperation):
             raise
-        hint = params.get("hint")
-        raise type(exc)(f"safety backup of {db.name} failed, so nothing was restored: "
-                        f"{exc.message}",
-                        fix="; ".join(f for f in (exc.fix, hint) if f) or None) from exc
+        # The same kind of error (its exit code), saying what it means for the restore.
+        exc.message = f"safety backup of {db.name} failed, so nothing was restored: {exc.message}"
+        exc.fix = "; ".join(f for f in (exc.fix, params.get("hint")) if f) or None
+        raise
     except BaseException:
         writer.discard()
         raise
