@@ -542,10 +542,19 @@ def test_redis_files_are_swapped_only_when_the_whole_rdb_arrived(tmp_path: Path,
     assert cut.returncode == 3 and b"incomplete RDB: 500 of 1009" in cut.stderr
     assert sorted(p.name for p in data.rglob("*")) == before  # nothing moved, nothing left
     assert (data / "dump.rdb").read_bytes() == b"old rdb"
+    if mode == "multipart":  # what a kill in the middle of the preparation leaves
+        (data / ".appendonlydir.backout-new").mkdir()
+        (data / ".appendonlydir.backout-new" / "half").write_bytes(b"x")
     whole = swap(rdb)
     assert whole.returncode == 0, whole.stderr
     assert (data / "dump.rdb").read_bytes() == rdb
+    assert not [p for p in data.iterdir() if ".backout-new" in p.name or "incoming" in p.name]
     if mode == "multipart":
-        assert (data / "appendonlydir" / "appendonly.aof.1.base.rdb").read_bytes() == rdb
+        aof = data / "appendonlydir"
+        assert sorted(x.name for x in aof.iterdir()) == ["appendonly.aof.1.base.rdb",
+                                                          "appendonly.aof.manifest"]
+        assert (aof / "appendonly.aof.1.base.rdb").read_bytes() == rdb
+        assert (aof / "appendonly.aof.manifest").read_text() == \
+            "file appendonly.aof.1.base.rdb seq 1 type b\n"
         assert (data / "appendonlydir.backout-aside-S1" / "appendonly.aof.1.base.rdb"
                 ).read_bytes() == b"old aof"

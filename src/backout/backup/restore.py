@@ -180,21 +180,25 @@ def _tar_members(stream: IO[bytes]) -> Any:
 
 # Run in a one-off container of the Redis service, the RDB on stdin; arguments: data dir,
 # RDB file name, a stamp, AOF mode (multipart|single|none), AOF dir, AOF file, RDB size.
+# Everything is prepared under hidden names, owned by redis, before the switch; the
+# switch is renames only, so a kill at any moment leaves files Redis can start from.
 PUT_RDB_SCRIPT = (
     'set -e; d="$1"; n="$2"; s="$3"; mode="$4"; adir="$5"; afile="$6"; size="$7"; cd "$d"; '
-    'cat > ".$n.backout-incoming"; '
-    'got=$(wc -c < ".$n.backout-incoming"); '
-    'if [ "$got" -ne "$size" ]; then rm -f ".$n.backout-incoming"; '
+    'in=".$n.backout-incoming"; new=""; '
+    'cat > "$in"; '
+    'got=$(wc -c < "$in"); '
+    'if [ "$got" -ne "$size" ]; then rm -f "$in"; '
     '  echo "incomplete RDB: $got of $size bytes arrived" >&2; exit 3; fi; '
+    'if [ "$mode" = multipart ]; then new=".$adir.backout-new"; rm -rf "$new"; mkdir "$new"; '
+    '  cp "$in" "$new/$afile.1.base.rdb"; '
+    '  printf "file %s seq 1 type b\\n" "$afile.1.base.rdb" > "$new/$afile.manifest"; '
+    'elif [ "$mode" = single ]; then new=".$afile.backout-new"; cp "$in" "$new"; fi; '
+    'if id redis >/dev/null 2>&1; then chown -R redis:redis "$in" ${new:+"$new"}; fi; '
     'for a in "$adir" "$afile"; do '
     '  if [ -n "$a" ] && [ -e "$a" ]; then mv "$a" "$a.backout-aside-$s"; fi; done; '
-    'if [ "$mode" = multipart ]; then mkdir "$adir"; '
-    '  cp ".$n.backout-incoming" "$adir/$afile.1.base.rdb"; '
-    '  printf "file %s seq 1 type b\\n" "$afile.1.base.rdb" > "$adir/$afile.manifest"; '
-    'elif [ "$mode" = single ]; then cp ".$n.backout-incoming" "$afile"; fi; '
-    'mv ".$n.backout-incoming" "$n"; '
-    'if id redis >/dev/null 2>&1; then chown -R redis:redis "$n" ${adir:+"$adir"} '
-    '${afile:+$( [ -e "$afile" ] && echo "$afile")}; fi'
+    'if [ "$mode" = multipart ]; then mv "$new" "$adir"; '
+    'elif [ "$mode" = single ]; then mv "$new" "$afile"; fi; '
+    'mv "$in" "$n"'
 )
 
 
@@ -236,8 +240,15 @@ HELPER_LABEL = "io.backout.restore-helper"
 
 def remove_helpers(env: Environment, label: str) -> None:
     """Remove the one-off containers of a restore (best effort, bounded: with an engine
-    that does not answer, the next attempt removes them)."""
+    that does not answer, the next attempt removes them). One still running (its client
+    was stopped) gets a moment to end by itself first: its input has ended, so it is
+    either refusing an incomplete RDB or finishing its renames."""
     try:
+        running = proc.run(env, ["docker", "ps", "-q", "--filter", f"label={label}"],
+                           timeout=20, check=False, what="docker ps").stdout.split()
+        if running:
+            proc.run(env, ["docker", "wait", *running], timeout=30, check=False,
+                     what="docker wait")
         found = proc.run(env, ["docker", "ps", "-aq", "--filter", f"label={label}"], timeout=20,
                          check=False, what="docker ps")
         ids = found.stdout.split()
