@@ -13,7 +13,7 @@ from backout.backup.verify import verify_set
 from backout.cli.main import Ctx, cli, command
 from backout.cli.output import emit, table
 from backout.errors import ExitCode, UsageError
-from backout.operations import Executor, Plan
+from backout.operations import Executor, Plan, Step
 from backout.operations.executor import history, load_plan, mark_abandoned, unfinished
 from backout.releases import compose_for
 
@@ -38,6 +38,22 @@ def _progress(ctx: Ctx) -> Any:
     return show
 
 
+def step_line(step: Step, status: str, detail: str | None, *, tty: bool) -> str | None:
+    """One line per step outcome (and, on a terminal, one as it starts). A skipped
+    step says so and why: "restore redis: ok" for a restore that did not happen
+    would make an operator believe the data was rolled back."""
+    if status == "running":
+        return f"  {step.name} …\n" if tty else None  # a log file: one line per outcome
+    mark = {"done": "ok", "failed": "FAILED"}.get(status, status)
+    return f"  {step.name}: {mark}" + (f" ({detail})" if detail and status != "done" else "") \
+        + "\n"
+
+
+def step_reports(outcome: Any) -> list[dict[str, Any]]:
+    """The ``steps`` key of a plan's JSON result: every step with what became of it."""
+    return [r.to_json() for r in outcome.steps]
+
+
 def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
              extra: dict[str, Any] | None = None) -> Any:
     services = {"env": ctx.env, "config": ctx.config, "store": ctx.store,
@@ -46,13 +62,11 @@ def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
 
     tty = ctx.env.stderr.isatty()
 
-    def on_step(step: Any, status: str) -> None:
-        if ctx.env.json or (status == "running" and not tty):
-            return  # a log file gets one line per step, with its outcome
-        mark = {"running": "…", "done": "ok", "failed": "FAILED"}.get(status, status)
-        ctx.env.stderr.write(f"  {step.name} {mark}\n" if status == "running" else
-                             f"  {step.name}: {mark}\n")
-        ctx.env.stderr.flush()
+    def on_step(step: Step, status: str, detail: str | None) -> None:
+        line = None if ctx.env.json else step_line(step, status, detail, tty=tty)
+        if line is not None:
+            ctx.env.stderr.write(line)
+            ctx.env.stderr.flush()
 
     executor = Executor(ctx.store, services, on_step)
     if op_id is None:
@@ -88,7 +102,7 @@ def _backup(ctx: Ctx, which: list[str], quiesce: bool, checkpoint: bool, label: 
         _abandon_interrupted_backups(ctx)
         outcome = run_plan(ctx, plan)
     data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
-                            "set_id": plan.params["set_id"]}
+                            "set_id": plan.params["set_id"], "steps": step_reports(outcome)}
     if outcome.error is not None:
         raise outcome.error
     cp = outcome.results.get("record checkpoint")
@@ -203,7 +217,8 @@ def resume_cmd(ctx: Ctx) -> int:
         return deploy_report(ctx, plan, outcome, None)
     if outcome.error is not None:
         raise outcome.error
-    emit(ctx.env, "resume", {"resumed": op["id"], "kind": op["kind"], "status": outcome.status},
+    emit(ctx.env, "resume", {"resumed": op["id"], "kind": op["kind"], "status": outcome.status,
+                             "steps": step_reports(outcome)},
          f"resumed operation #{op['id']} ({op['kind']}): {outcome.status}")
     return ExitCode.OK
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from backout.adapters.docker import Docker
-from backout.cli.commands_backup import run_plan
+from backout.cli.commands_backup import run_plan, step_reports
 from backout.cli.main import Ctx, cli, command
 from backout.cli.output import emit
 from backout.errors import BackoutError, ExitCode, NeedsHumanError
@@ -49,7 +49,7 @@ def deploy_report(ctx: Ctx, plan: Plan, outcome: Any, preflight: dict[str, Any] 
         "commit": plan.params["commit"], "release_id": final.get("release_id"),
         "previous_release_id": previous, "checkpoint_id": checkpoint,
         "incident": final.get("incident"), "reason": final.get("reason"),
-        "ok": kind == "deployed"}
+        "ok": kind == "deployed", "steps": step_reports(outcome)}
     if preflight is not None:
         data["preflight"] = preflight
     if kind is None or kind == "failed":

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from backout.adapters.docker import Docker
-from backout.cli.commands_backup import run_plan
+from backout.cli.commands_backup import run_plan, step_reports
 from backout.cli.main import Ctx, cli, command
 from backout.cli.output import emit
 from backout.errors import ExitCode, UsageError
@@ -62,7 +62,8 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
                              "interrupted and is unfinished", fix="run `backout resume` first")
         outcome = run_plan(ctx, plan)
     data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
-                            "plan": plan.to_json(), **(extra or {})}
+                            "plan": plan.to_json(), "steps": step_reports(outcome),
+                            **(extra or {})}
     if outcome.error is not None:
         # One document on stdout: the error's (see main._fail); the journal has the rest.
         ctx.env.warn(f"operation #{outcome.operation_id} failed at step "
