@@ -20,7 +20,7 @@ from backout.backup.pipeline import Progress
 from backout.backup.volumes import back_up_volume
 from backout.config import Config
 from backout.environment import Environment
-from backout.errors import UsageError
+from backout.errors import NotFoundError, UsageError, did_you_mean
 from backout.operations import Plan, Step, register_action
 from backout.operations.executor import RunContext
 from backout.state import Store
@@ -39,9 +39,9 @@ def plan_backup(config: Config, *, which: list[str], quiesce: bool, checkpoint: 
     unknown = [w for w in which if w not in config.databases and w not in config.volumes]
     if unknown:
         configured = [*config.databases, *config.volumes]
-        raise UsageError(f"no database or volume {unknown[0]!r} in backout.toml "
-                         f"(configured: {', '.join(configured) or 'none'})",
-                         fix="name one of the [databases.*] or [volumes.*] sections, or `all`")
+        raise NotFoundError(f'no database or volume "{unknown[0]}" in backout.toml'
+                            + did_you_mean(unknown[0], configured),
+                            fix=f"configured: {', '.join(configured) or 'none'} (or `all`)")
     if not which:
         raise UsageError("nothing configured to back up",
                          fix="add [databases.*] (or [volumes.*]) sections to backout.toml "

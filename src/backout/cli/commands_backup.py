@@ -224,7 +224,7 @@ def resume_cmd(ctx: Ctx) -> int:
 
 
 @command(cli, "history")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 def history_cmd(ctx: Ctx, limit: int) -> None:
     """Operations with their outcome and duration."""
     ops = history(ctx.store, limit)

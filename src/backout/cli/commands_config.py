@@ -41,11 +41,14 @@ def init_cmd(ctx: Ctx, force: bool, scripts: bool) -> ExitCode:
     human = [f"wrote {result.path}", f"  services:  {', '.join(result.services) or '-'}",
              f"  databases: {', '.join(f'{k} ({v})' for k, v in result.databases.items()) or '-'}",
              *([f"  scripts:   {', '.join(written_scripts)}"] if written_scripts else []),
+             f"  state:     {result.state_dir}/ (ignores itself in git: it holds a "
+             "`.gitignore` of `*`)",
              *[f"warning: {w}" for w in result.warnings],
              "next: review it, then run `backout config check`"]
     emit(ctx.env, "init", {"path": str(result.path), "services": result.services,
                            "databases": result.databases, "warnings": result.warnings,
-                           "scripts": written_scripts}, human)
+                           "scripts": written_scripts, "state_dir": str(result.state_dir)},
+         human)
     return ExitCode.WARNINGS if result.warnings else ExitCode.OK
 
 

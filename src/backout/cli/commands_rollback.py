@@ -18,7 +18,7 @@ from backout.verify import run_verify
 
 
 @command(cli, "verify")
-@click.option("--settle", type=int, default=None,
+@click.option("--settle", type=click.IntRange(min=0), default=None,
               help="Seconds to watch for restarts (default: [verify] settle_seconds).")
 def verify_cmd(ctx: Ctx, settle: int | None) -> int:
     """Post-rollback checks: containers, health URLs, logs, databases, images."""
@@ -116,6 +116,7 @@ def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool) 
     """
     from backout.rollback import db as db_rollback
 
+    db_rollback.database(ctx.config, database)  # a wrong name is "not found" even with the engine down
     Docker(ctx.env).ping()
     plan = db_rollback.plan(ctx.env, ctx.config, ctx.store, database, backup)
     return run_rollback(ctx, plan, name="rollback db", yes=yes, dry_run=dry_run,

@@ -119,9 +119,7 @@ def preflight(env: Environment, config: Config, store: Store, compose: Compose,
     git = Git(env, config.project_dir)
     pf = Preflight(ref or "HEAD")
     if not git.is_repo():
-        pf.fail("git repository", UsageError(
-            f"{config.project_dir} is not a git repository: deploy switches code by git ref",
-            fix="keep the compose project in git, or deploy by hand and `backout release record`"))
+        pf.fail("git repository", git.not_a_repo("deploy switches code by git ref"))
         return pf
     pf.passed("git repository", str(config.project_dir))
     try:

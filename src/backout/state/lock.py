@@ -65,7 +65,7 @@ class OperationLock:
         self.took_over: LockHolder | None = None
 
     def acquire(self, command: str) -> OperationLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

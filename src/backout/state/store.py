@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from backout.errors import BackoutError, ExitCode
+from backout.state.dirs import private_dir
 
 DB_NAME = "state.db"
 
@@ -143,7 +144,7 @@ class Store:
         self.state_dir = state_dir
         self.path = state_dir / DB_NAME
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(state_dir)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
