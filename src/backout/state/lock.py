@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backout.errors import LockedError
+from backout.state.dirs import private_dir
 
 LOCK_NAME = "lock"
 MONITOR_LOCK_NAME = "monitor.lock"  # one monitor per project (not an operation lock)
