@@ -18,7 +18,7 @@ from backout.backup.operation import plan_backup
 from backout.backup.pipeline import IntegrityError
 from backout.backup.volumes import tar_argv
 from backout.config.load import parse_document
-from backout.errors import ExternalError, NotFoundError, UsageError
+from backout.errors import ExternalError, NotFoundError
 from backout.operations import Executor, Plan, Step, register_action
 from backout.operations.executor import RunContext
 from backout.state import Store
