@@ -34,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+from backout.adapters import http
 from backout.demo.traffic import Traffic
 from backout.errors import ExitCode, ExternalError, VerificationFailedError
 
@@ -242,7 +243,7 @@ class Demo:
 
     def _get(self, path: str) -> str:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            with http.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
                 return str(r.read().decode().strip())
         except urllib.error.HTTPError as exc:
             return f"HTTP {exc.code}"
