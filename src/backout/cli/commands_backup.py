@@ -10,7 +10,7 @@ import click
 from backout.backup import sets
 from backout.backup.operation import plan_backup
 from backout.backup.verify import verify_set
-from backout.cli.main import Ctx, cli, command
+from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit, table
 from backout.errors import ExitCode, UsageError
 from backout.operations import Executor, Plan, Step
@@ -130,7 +130,7 @@ def checkpoint_cmd(ctx: Ctx, label: str | None, quiesce: bool, dry_run: bool) ->
 
 
 @command(cli, "backup")
-@click.argument("which", default="all")
+@click.argument("which", default="all", shell_complete=complete("backup-name"))
 @click.option("--label", help="A note kept in the manifest.")
 @click.option("--quiesce", is_flag=True, help="Stop writers while dumping (see checkpoint).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
@@ -169,7 +169,7 @@ def backups_list(ctx: Ctx, show_all: bool) -> None:
 
 
 @command(backups_group, "verify")
-@click.argument("set_id")
+@click.argument("set_id", shell_complete=complete("backup"))
 @click.option("--restore-test", is_flag=True,
               help="Also restore into throwaway containers of the same images and compare "
                    "counts with the manifest.")

@@ -9,7 +9,7 @@ import click
 
 from backout.adapters.docker import Docker
 from backout.cli.commands_backup import run_plan, step_reports
-from backout.cli.main import Ctx, cli, command
+from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
 from backout.errors import BackoutError, ExitCode, NeedsHumanError
 from backout.operations import Plan
@@ -77,7 +77,7 @@ def deploy_report(ctx: Ctx, plan: Plan, outcome: Any, preflight: dict[str, Any] 
 
 
 @command(cli, "deploy")
-@click.argument("ref", required=False)
+@click.argument("ref", required=False, shell_complete=complete("ref"))
 @click.option("--watch", "watch_seconds", type=click.IntRange(min=0), default=None,
               help="Seconds to watch the new release under the policy (default: [deploy] "
                    "watch_seconds, 600). 0 skips the watch.")

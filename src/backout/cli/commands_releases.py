@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from backout.adapters.git import Git
-from backout.cli.main import Ctx, cli, command
+from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit, table
 from backout.errors import ExitCode, UsageError
 from backout.releases import get_release, record_release
@@ -53,7 +53,7 @@ def releases_cmd(ctx: Ctx, limit: int) -> None:
 
 
 @command(release_group, "show")
-@click.argument("release_id")
+@click.argument("release_id", shell_complete=complete("release"))
 def release_show(ctx: Ctx, release_id: str) -> None:
     """Show one release: commit, services and the exact images."""
     if not release_id.isdigit():

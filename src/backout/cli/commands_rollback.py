@@ -8,7 +8,7 @@ import click
 
 from backout.adapters.docker import Docker
 from backout.cli.commands_backup import run_plan, step_reports
-from backout.cli.main import Ctx, cli, command
+from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
 from backout.errors import ExitCode, UsageError
 from backout.operations import Plan
@@ -83,8 +83,8 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
 
 
 @command(rollback_group, "service")
-@click.argument("service")
-@click.argument("version", required=False)
+@click.argument("service", shell_complete=complete("service"))
+@click.argument("version", required=False, shell_complete=complete("service-version"))
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool, yes: bool) -> int:
@@ -103,8 +103,8 @@ def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool,
 
 
 @command(rollback_group, "db")
-@click.argument("database")
-@click.argument("backup")
+@click.argument("database", shell_complete=complete("database"))
+@click.argument("backup", shell_complete=complete("restore-source"))
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool) -> int:
@@ -124,7 +124,7 @@ def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool) 
 
 
 @command(rollback_group, "emergency")
-@click.argument("target")
+@click.argument("target", shell_complete=complete("emergency-target"))
 @click.option("--with-data", is_flag=True,
               help="Also restore the databases from the target's checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")

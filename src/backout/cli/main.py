@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import click.shell_completion
 
 from backout.config import Config, find_config, load_config
 from backout.environment import Environment
@@ -155,6 +156,25 @@ GLOBAL_OPTIONS = [
                  help="Directory of the compose project (default: current directory). "
                       "[env: BACKOUT_PROJECT_DIR]"),
 ]
+
+
+def complete(kind: str) -> Callable[[click.Context, click.Parameter, str],
+                                    list[click.shell_completion.CompletionItem]]:
+    """Dynamic shell completion of an argument (see backout.completion): the project
+    is the one the command line names so far (--project-dir, --config, their
+    variables) or the current directory."""
+
+    def shell_complete(ctx: click.Context, _param: click.Parameter,
+                       incomplete: str) -> list[click.shell_completion.CompletionItem]:
+        from backout.completion import candidates
+
+        holder = ctx.find_object(Ctx) or Ctx()
+        config = holder.config_option
+        project = holder.project_dir_option or (config.resolve().parent if config else Path())
+        return [click.shell_completion.CompletionItem(value)
+                for value in candidates(kind, project.resolve(), config, incomplete)]
+
+    return shell_complete
 
 
 def global_options(f: F) -> F:
