@@ -62,3 +62,7 @@ class Environment:
 
     def warn(self, text: str) -> None:
         LOG.warning(self.redact(text))
+
+    def color(self, stream: TextIO) -> bool:
+        """Colour only on a terminal, and never when NO_COLOR is set (no-color.org)."""
+        return not self.env.get("NO_COLOR") and stream.isatty()

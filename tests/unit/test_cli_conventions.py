@@ -4,6 +4,7 @@ completion setup and `doctor`."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -108,3 +109,37 @@ def test_help_lists_the_variables_completion_and_doctor(
                    "BACKOUT_PROJECT_DIR", "NO_COLOR", "_BACKOUT_COMPLETE=bash_source",
                    "zsh_source", "fish_source", "doctor"):
         assert needle in out, needle
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_no_color_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backout.environment import Environment
+
+    terminal = _Terminal()
+    assert Environment(env={}).color(terminal) is True
+    assert Environment(env={"NO_COLOR": "1"}).color(terminal) is False
+    assert Environment(env={"NO_COLOR": ""}).color(terminal) is True  # set but empty: ignored
+    assert Environment(env={}).color(io.StringIO()) is False  # not a terminal
+
+
+def test_the_demo_gets_no_colour_under_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    import backout.demo
+    from backout.adapters.docker import Docker
+
+    seen: dict[str, object] = {}
+
+    def fake_demo(out: object, **kwargs: object) -> int:
+        seen.update(kwargs)
+        return 0
+
+    monkeypatch.setattr(backout.demo, "run_demo", fake_demo)
+    monkeypatch.setattr(Docker, "ping", lambda self: None)
+    monkeypatch.setattr("sys.stdout", _Terminal())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert main(["demo"]) == 0 and seen["color"] is False
+    monkeypatch.delenv("NO_COLOR")
+    assert main(["demo"]) == 0 and seen["color"] is True

@@ -149,4 +149,4 @@ def demo_cmd(ctx: Ctx, keep: bool, watch_seconds: int, workdir: Path | None) -> 
 
     Docker(ctx.env).ping()
     return run_demo(ctx.env.stdout, keep=keep, workdir=workdir, watch_seconds=watch_seconds,
-                    color=ctx.env.stdout.isatty())
+                    color=ctx.env.color(ctx.env.stdout))
