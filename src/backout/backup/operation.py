@@ -16,7 +16,6 @@ from backout.adapters.docker import Compose
 from backout.adapters.git import Git
 from backout.backup import sets
 from backout.backup.engines import DumpContext, dump
-from backout.backup.pipeline import Progress
 from backout.backup.volumes import back_up_volume
 from backout.config import Config
 from backout.environment import Environment
@@ -189,8 +188,7 @@ def _started(ctx: RunContext, step_name: str) -> bool:
 def _dump(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     config = _config(ctx)
     writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
-    progress: Progress | None = ctx.services.get("progress")
-    dctx = DumpContext(_env(ctx), config, _compose(ctx), progress)
+    dctx = DumpContext(_env(ctx), config, _compose(ctx))
     return dump(dctx, config.databases[params["database"]], writer.dir)
 
 
@@ -198,9 +196,8 @@ def _dump(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
 def _volume(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     config = _config(ctx)
     writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
-    progress: Progress | None = ctx.services.get("progress")
     return back_up_volume(_env(ctx), config, _compose(ctx), config.volumes[params["volume"]],
-                          writer.dir, progress)
+                          writer.dir)
 
 
 @register_action("backup.publish")

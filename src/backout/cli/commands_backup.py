@@ -11,31 +11,11 @@ from backout.backup import sets
 from backout.backup.operation import plan_backup
 from backout.backup.verify import verify_set
 from backout.cli.main import Ctx, cli, command, complete
-from backout.cli.output import emit, table
+from backout.cli.output import emit, human_size, table
 from backout.errors import ExitCode, UsageError
 from backout.operations import Executor, Plan, Step
 from backout.operations.executor import history, load_plan, mark_abandoned, unfinished
 from backout.releases import compose_for
-
-
-def _human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-def _progress(ctx: Ctx) -> Any:
-    if ctx.env.json or not ctx.env.stderr.isatty():
-        return None
-
-    def show(done: int, seconds: float) -> None:
-        rate = done / seconds if seconds > 0 else 0
-        ctx.env.stderr.write(f"\r  {_human_size(done)} written, {_human_size(rate)}/s   ")
-        ctx.env.stderr.flush()
-
-    return show
 
 
 def step_line(step: Step, status: str, detail: str | None, *, tty: bool) -> str | None:
@@ -57,7 +37,7 @@ def step_reports(outcome: Any) -> list[dict[str, Any]]:
 def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
              extra: dict[str, Any] | None = None) -> Any:
     services = {"env": ctx.env, "config": ctx.config, "store": ctx.store,
-                "compose": compose_for(ctx.env, ctx.config), "progress": _progress(ctx),
+                "compose": compose_for(ctx.env, ctx.config),
                 **(extra or {})}
 
     tty = ctx.env.stderr.isatty()
@@ -162,7 +142,7 @@ def backups_list(ctx: Ctx, show_all: bool) -> None:
                      "volumes": sorted(m.get("volumes") or {}), "bytes": size, "git_commit": m.get("git_commit")})
     human = table([[r["id"], r["kind"] or "-",
                     ",".join([*r["databases"], *(f"volume:{v}" for v in r["volumes"])]) or "-",
-                    _human_size(r["bytes"]), r["label"] or "",
+                    human_size(r["bytes"]), r["label"] or "",
                     "usable" if r["usable"] else f"UNUSABLE: {r['problem']}"] for r in rows],
                   ["ID", "KIND", "DATABASES", "SIZE", "LABEL", "STATE"]) if rows else ["no backup sets"]
     emit(ctx.env, "backups list", {"backups": rows}, human)

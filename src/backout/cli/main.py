@@ -63,6 +63,10 @@ class Ctx:
         elif self.config_option is not None:
             env.project_dir = self.config_option.resolve().parent
         env.config_path = self.config_option
+        if not env.json and env.stderr.isatty():  # a bar for transfers; never in a log or JSON
+            from backout.cli.progress import TerminalProgress
+
+            env.progress = TerminalProgress(env.stderr)
         handler = logging.StreamHandler(env.stderr)
         handler.setFormatter(logging.Formatter("backout: %(message)s"))
         log = logging.getLogger("backout")
