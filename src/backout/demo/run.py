@@ -11,7 +11,7 @@ is removed (``keep=True`` leaves it running).
 Each backout step runs as the real command in a subprocess, printed as an operator
 would type it, so the narration shows exactly what a user would see. Nothing here
 needs a registry: the images build ``FROM debian:bookworm-slim`` (pulled where a
-registry is reachable, or made locally: scripts/ensure-docker.sh).
+registry is reachable, or made locally: ``bash scripts/setup.sh`` in a clone of backout).
 """
 
 from __future__ import annotations
@@ -307,7 +307,8 @@ def build_images(demo: Demo) -> bool:
         if not pulled:
             raise ExternalError(f"the demo's images build FROM {BASE_IMAGE}, which is not on "
                                 "this machine and could not be pulled",
-                                fix="run scripts/ensure-docker.sh (it builds the base image "
+                                fix="run `bash scripts/setup.sh` in a clone of backout (it "
+                                    "builds the base image "
                                     "locally when no registry is reachable)")
     with tempfile.TemporaryDirectory(prefix="backout-demo-build-") as tmp:
         for name, data in _stack_files().items():
