@@ -26,7 +26,6 @@ from backout.backup.checkers import (
 from backout.backup.pipeline import (
     Checker,
     IntegrityError,
-    Progress,
     scan,
     stream_from_python,
     stream_to_file,
@@ -46,7 +45,6 @@ class DumpContext:
     env: Environment
     config: Config
     compose: Compose
-    progress: Progress | None = None
 
 
 def artifact_name(db: DatabaseConfig) -> str:
@@ -102,7 +100,8 @@ def _dump_mysql(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
     what = f"{db.name} dump"
     stream_to_file(ctx.env, my.dump_argv(wanted, binlog=binlog), set_dir / name, what=what,
                    level=ctx.config.backups.zstd_level, secret_env=my.secret_env(),
-                   cwd=str(ctx.config.project_dir), progress=ctx.progress)
+                   cwd=str(ctx.config.project_dir),
+                   total=my.data_bytes(wanted) if ctx.env.progress else None)
     scanned = scan(ctx.env, set_dir / name, MySQLDumpChecker(wanted, what), what=what)
     return {
         "database": {
@@ -130,7 +129,7 @@ def _dump_redis(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
     # so a save finishing meanwhile cannot tear our copy.
     stream_to_file(ctx.env, access.argv(["cat", path]), set_dir / name, what=what,
                    level=ctx.config.backups.zstd_level, cwd=str(ctx.config.project_dir),
-                   progress=ctx.progress)
+                   total=redis.file_bytes(path) if ctx.env.progress else None)
     scanned = scan(ctx.env, set_dir / name, RDBChecker(what), what=what)
     return {
         "database": {
@@ -166,7 +165,8 @@ def _dump_mongodb(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str
 
         try:
             stream_from_python(ctx.env, write, set_dir / name, what=what,
-                               level=ctx.config.backups.zstd_level, progress=ctx.progress)
+                               level=ctx.config.backups.zstd_level,
+                               total=mongo.data_bytes(wanted) if ctx.env.progress else None)
         finally:
             scratch.unlink(missing_ok=True)
         scanned = scan(ctx.env, set_dir / name, TarBsonChecker(wanted, what), what=what)
@@ -188,7 +188,7 @@ def _dump_mongodb_tool(ctx: DumpContext, tool: MongoDump, tool_version: str,
     with os.fdopen(read_end, "rb") as stdin:
         stream_to_file(ctx.env, tool.argv(wanted), set_dir / name, what=what,
                        level=ctx.config.backups.zstd_level, cwd=str(ctx.config.project_dir),
-                       progress=ctx.progress, stdin=stdin)
+                       stdin=stdin)
     scanned = scan(ctx.env, set_dir / name, TarBsonChecker(wanted, what), what=what)
     return _mongo_section(ctx, db, scanned, {"server_version": server, "mode": "mongodump",
                                              "tool_version": tool_version})

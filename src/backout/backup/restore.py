@@ -21,7 +21,7 @@ from backout.adapters.dbaccess import DbAccess
 from backout.adapters.mongodb import MongoDB
 from backout.adapters.mysql import MySQL, _ident
 from backout.adapters.redis import Redis
-from backout.backup.pipeline import IntegrityError
+from backout.backup.pipeline import IntegrityError, metered
 from backout.environment import Environment
 from backout.errors import ExternalError
 
@@ -29,7 +29,8 @@ from backout.errors import ExternalError
 def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, what: str,
                     secret_env: dict[str, str] | None = None, cwd: str | None = None,
                     timeout: float = 6 * 3600) -> None:
-    """``zstd -dc artifact | consumer``; both stages must exit 0."""
+    """``zstd -dc artifact | consumer``; both stages must exit 0. Progress: the bytes of
+    the artifact zstd has read, of its size (exact, so the ETA is too)."""
     env.log_external(f"$ zstd -dc {artifact.name} | {proc.describe(consumer)}")
     with tempfile.TemporaryFile() as c_err, tempfile.TemporaryFile() as z_err:
         zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)],
@@ -39,7 +40,8 @@ def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, wh
         assert zstd.stdout is not None
         zstd.stdout.close()
         try:
-            c_rc = cons.wait(timeout=timeout)
+            with metered(env, what, zstd.pid, artifact.stat().st_size, estimated=False):
+                c_rc = cons.wait(timeout=timeout)
             z_rc = zstd.wait(timeout=60)
         except subprocess.TimeoutExpired as exc:
             cons.kill()
@@ -89,7 +91,9 @@ def restore_mongodb(env: Environment, access: DbAccess, artifact: Path,
                 if coll not in section["databases"][dbname]["collections"]:
                     client[dbname].drop_collection(coll)
         with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)], stdout=subprocess.PIPE,
-                              env=proc.child_env(env)) as zstd:
+                              env=proc.child_env(env)) as zstd, \
+                metered(env, f"{access.db.name} restore", zstd.pid, artifact.stat().st_size,
+                        estimated=False):
             assert zstd.stdout is not None
             for member, data in _tar_members(zstd.stdout):
                 parts = member.split("/")

@@ -10,49 +10,43 @@ import click
 from backout.backup import sets
 from backout.backup.operation import plan_backup
 from backout.backup.verify import verify_set
-from backout.cli.main import Ctx, cli, command
-from backout.cli.output import emit, table
+from backout.cli.main import Ctx, cli, command, complete
+from backout.cli.output import emit, human_size, table
 from backout.errors import ExitCode, UsageError
-from backout.operations import Executor, Plan
+from backout.operations import Executor, Plan, Step
 from backout.operations.executor import history, load_plan, mark_abandoned, unfinished
 from backout.releases import compose_for
 
 
-def _human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
+def step_line(step: Step, status: str, detail: str | None, *, tty: bool) -> str | None:
+    """One line per step outcome (and, on a terminal, one as it starts). A skipped
+    step says so and why: "restore redis: ok" for a restore that did not happen
+    would make an operator believe the data was rolled back."""
+    if status == "running":
+        return f"  {step.name} …\n" if tty else None  # a log file: one line per outcome
+    mark = {"done": "ok", "failed": "FAILED"}.get(status, status)
+    return f"  {step.name}: {mark}" + (f" ({detail})" if detail and status != "done" else "") \
+        + "\n"
 
 
-def _progress(ctx: Ctx) -> Any:
-    if ctx.env.json or not ctx.env.stderr.isatty():
-        return None
-
-    def show(done: int, seconds: float) -> None:
-        rate = done / seconds if seconds > 0 else 0
-        ctx.env.stderr.write(f"\r  {_human_size(done)} written, {_human_size(rate)}/s   ")
-        ctx.env.stderr.flush()
-
-    return show
+def step_reports(outcome: Any) -> list[dict[str, Any]]:
+    """The ``steps`` key of a plan's JSON result: every step with what became of it."""
+    return [r.to_json() for r in outcome.steps]
 
 
 def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
              extra: dict[str, Any] | None = None) -> Any:
     services = {"env": ctx.env, "config": ctx.config, "store": ctx.store,
-                "compose": compose_for(ctx.env, ctx.config), "progress": _progress(ctx),
+                "compose": compose_for(ctx.env, ctx.config),
                 **(extra or {})}
 
     tty = ctx.env.stderr.isatty()
 
-    def on_step(step: Any, status: str) -> None:
-        if ctx.env.json or (status == "running" and not tty):
-            return  # a log file gets one line per step, with its outcome
-        mark = {"running": "…", "done": "ok", "failed": "FAILED"}.get(status, status)
-        ctx.env.stderr.write(f"  {step.name} {mark}\n" if status == "running" else
-                             f"  {step.name}: {mark}\n")
-        ctx.env.stderr.flush()
+    def on_step(step: Step, status: str, detail: str | None) -> None:
+        line = None if ctx.env.json else step_line(step, status, detail, tty=tty)
+        if line is not None:
+            ctx.env.stderr.write(line)
+            ctx.env.stderr.flush()
 
     executor = Executor(ctx.store, services, on_step)
     if op_id is None:
@@ -88,7 +82,7 @@ def _backup(ctx: Ctx, which: list[str], quiesce: bool, checkpoint: bool, label: 
         _abandon_interrupted_backups(ctx)
         outcome = run_plan(ctx, plan)
     data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
-                            "set_id": plan.params["set_id"]}
+                            "set_id": plan.params["set_id"], "steps": step_reports(outcome)}
     if outcome.error is not None:
         raise outcome.error
     cp = outcome.results.get("record checkpoint")
@@ -116,7 +110,7 @@ def checkpoint_cmd(ctx: Ctx, label: str | None, quiesce: bool, dry_run: bool) ->
 
 
 @command(cli, "backup")
-@click.argument("which", default="all")
+@click.argument("which", default="all", shell_complete=complete("backup-name"))
 @click.option("--label", help="A note kept in the manifest.")
 @click.option("--quiesce", is_flag=True, help="Stop writers while dumping (see checkpoint).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
@@ -148,14 +142,14 @@ def backups_list(ctx: Ctx, show_all: bool) -> None:
                      "volumes": sorted(m.get("volumes") or {}), "bytes": size, "git_commit": m.get("git_commit")})
     human = table([[r["id"], r["kind"] or "-",
                     ",".join([*r["databases"], *(f"volume:{v}" for v in r["volumes"])]) or "-",
-                    _human_size(r["bytes"]), r["label"] or "",
+                    human_size(r["bytes"]), r["label"] or "",
                     "usable" if r["usable"] else f"UNUSABLE: {r['problem']}"] for r in rows],
                   ["ID", "KIND", "DATABASES", "SIZE", "LABEL", "STATE"]) if rows else ["no backup sets"]
     emit(ctx.env, "backups list", {"backups": rows}, human)
 
 
 @command(backups_group, "verify")
-@click.argument("set_id")
+@click.argument("set_id", shell_complete=complete("backup"))
 @click.option("--restore-test", is_flag=True,
               help="Also restore into throwaway containers of the same images and compare "
                    "counts with the manifest.")
@@ -203,13 +197,14 @@ def resume_cmd(ctx: Ctx) -> int:
         return deploy_report(ctx, plan, outcome, None)
     if outcome.error is not None:
         raise outcome.error
-    emit(ctx.env, "resume", {"resumed": op["id"], "kind": op["kind"], "status": outcome.status},
+    emit(ctx.env, "resume", {"resumed": op["id"], "kind": op["kind"], "status": outcome.status,
+                             "steps": step_reports(outcome)},
          f"resumed operation #{op['id']} ({op['kind']}): {outcome.status}")
     return ExitCode.OK
 
 
 @command(cli, "history")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 def history_cmd(ctx: Ctx, limit: int) -> None:
     """Operations with their outcome and duration."""
     ops = history(ctx.store, limit)

@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from backout.adapters.docker import Docker
-from backout.cli.commands_backup import run_plan
-from backout.cli.main import Ctx, cli, command
+from backout.cli.commands_backup import run_plan, step_reports
+from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
 from backout.errors import BackoutError, ExitCode, NeedsHumanError
 from backout.operations import Plan
@@ -49,7 +49,7 @@ def deploy_report(ctx: Ctx, plan: Plan, outcome: Any, preflight: dict[str, Any] 
         "commit": plan.params["commit"], "release_id": final.get("release_id"),
         "previous_release_id": previous, "checkpoint_id": checkpoint,
         "incident": final.get("incident"), "reason": final.get("reason"),
-        "ok": kind == "deployed"}
+        "ok": kind == "deployed", "steps": step_reports(outcome)}
     if preflight is not None:
         data["preflight"] = preflight
     if kind is None or kind == "failed":
@@ -77,7 +77,7 @@ def deploy_report(ctx: Ctx, plan: Plan, outcome: Any, preflight: dict[str, Any] 
 
 
 @command(cli, "deploy")
-@click.argument("ref", required=False)
+@click.argument("ref", required=False, shell_complete=complete("ref"))
 @click.option("--watch", "watch_seconds", type=click.IntRange(min=0), default=None,
               help="Seconds to watch the new release under the policy (default: [deploy] "
                    "watch_seconds, 600). 0 skips the watch.")
@@ -149,4 +149,4 @@ def demo_cmd(ctx: Ctx, keep: bool, watch_seconds: int, workdir: Path | None) -> 
 
     Docker(ctx.env).ping()
     return run_demo(ctx.env.stdout, keep=keep, workdir=workdir, watch_seconds=watch_seconds,
-                    color=ctx.env.stdout.isatty())
+                    color=ctx.env.color(ctx.env.stdout))

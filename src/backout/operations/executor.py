@@ -67,20 +67,50 @@ class RunContext:
 
 
 @dataclass(frozen=True)
+class StepReport:
+    """What became of one step, for the operator: ``done``, ``skipped`` (with why:
+    the action decided there was nothing to do, or the executor did not run it) or
+    ``failed`` (with the error). A step that did nothing is never reported done."""
+
+    name: str
+    status: str  # done | skipped | failed
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "reason": self.reason}
+
+
+# Told about each step as it starts and ends: (step, running|done|skipped|failed,
+# the skip reason or the error).
+StepCallback = Callable[[Step, str, "str | None"], None]
+
+NOT_NEEDED = "runs only if an earlier step fails"
+ABANDONING = "the operation is abandoned: only its cleanup steps run"
+
+
+def skip_reason(result: Any) -> str | None:
+    """An action says it decided to do nothing by returning ``{"skipped": why}``."""
+    if isinstance(result, dict) and isinstance(result.get("skipped"), str):
+        return str(result["skipped"])
+    return None
+
+
+@dataclass(frozen=True)
 class OperationOutcome:
     operation_id: int
     status: str  # succeeded | failed
     results: dict[str, Any]
     error: BackoutError | None = None
     failed_step: str | None = None
+    steps: tuple[StepReport, ...] = ()
 
 
 class Executor:
     def __init__(self, store: Store, services: dict[str, Any],
-                 on_step: Callable[[Step, str], None] | None = None) -> None:
+                 on_step: StepCallback | None = None) -> None:
         self.store = store
         self.services = services
-        self.on_step = on_step or (lambda _s, _st: None)
+        self.on_step: StepCallback = on_step or (lambda _s, _st, _d: None)
 
     def start(self, plan: Plan) -> int:
         load_actions()
@@ -123,37 +153,53 @@ class Executor:
                 error = BackoutError(f"{failed_step}: {detail.get('error', 'failed')}")
         ctx = RunContext(op_id, self.services)
         unexpected: Exception | None = None
+        reports: list[StepReport] = []
+
+        def report(step: Step, state: str, detail: str | None) -> None:
+            reports.append(StepReport(step.name, state, detail))
+            self.on_step(step, state, detail)
+
         for seq, step in enumerate(plan.steps):
-            if status.get(seq) in ("done", "failed"):
+            if status.get(seq) == "done":
+                reason = skip_reason(results.get(step.name))
+                reports.append(StepReport(step.name, "skipped" if reason else "done",
+                                          reason or "in an earlier run"))
                 continue
-            if step.on_failure and error is None and not only_always:
-                self._mark(op_id, seq, "skipped", None)
+            if status.get(seq) == "failed":
+                reports.append(StepReport(step.name, "failed", "in an earlier run"))
                 continue
-            if (error is not None or only_always) and not (step.always or step.on_failure):
+            why_not = (NOT_NEEDED if step.on_failure and error is None and not only_always else
+                       ABANDONING if only_always and not (step.always or step.on_failure) else
+                       f"an earlier step failed ({failed_step})"
+                       if error is not None and not (step.always or step.on_failure) else None)
+            if why_not is not None:
                 self._mark(op_id, seq, "skipped", None)
+                report(step, "skipped", why_not)
                 continue
             self._mark(op_id, seq, "running", None, started=True)
-            self.on_step(step, "running")
+            self.on_step(step, "running", None)
             faults.hit(f"step-{seq}-started")
             try:
                 result = _ACTIONS[step.action](ctx, step.params, results)
             except BackoutError as exc:
                 self._mark(op_id, seq, "failed", {"error": exc.one_line()})
-                self.on_step(step, "failed")
+                report(step, "failed", exc.one_line())
                 if error is None:
                     error, failed_step = exc, step.name
                 continue
             except Exception as exc:  # a bug: still run the always-steps, then re-raise it
                 text = f"internal error: {type(exc).__name__}: {exc}"
                 self._mark(op_id, seq, "failed", {"error": text})
-                self.on_step(step, "failed")
+                report(step, "failed", text)
                 if error is None:
                     error, failed_step = BackoutError(f"{step.name}: {text}"), step.name
                 unexpected = unexpected or exc
                 continue
             results[step.name] = result
+            # Journaled as done (the step ran and decided); reported as what it did.
             self._mark(op_id, seq, "done", result)
-            self.on_step(step, "done")
+            reason = skip_reason(result)
+            report(step, "skipped" if reason else "done", reason)
             faults.hit(f"step-{seq}-done")
         final = "failed" if error else "succeeded"
         self.store.db.execute(
@@ -163,7 +209,7 @@ class Executor:
                                 reason=error.one_line() if error else None)
         if unexpected is not None:
             raise unexpected  # the operation is closed as failed; the CLI reports the bug (70)
-        return OperationOutcome(op_id, final, results, error, failed_step)
+        return OperationOutcome(op_id, final, results, error, failed_step, tuple(reports))
 
     def _mark(self, op_id: int, seq: int, status: str, detail: Any, started: bool = False) -> None:
         ts = now()
