@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from backout.adapters import http
 from tests.support.stack import TestStack, wait_for
 
 JsonDict = dict[str, Any]
@@ -294,9 +295,9 @@ class Load:
             start = time.time()
             status = 0
             try:
-                with urllib.request.urlopen(self.url, timeout=self.timeout) as resp:
+                with http.urlopen(self.url, timeout=self.timeout) as resp:
                     resp.read()
-                    status = resp.status
+                    status = int(getattr(resp, "status", 0))
             except urllib.error.HTTPError as err:
                 status = err.code
                 err.close()

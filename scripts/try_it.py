@@ -17,6 +17,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backout.adapters import http  # noqa: E402
 from tests.support.stack import TestStack, cleanup_stale, wait_for  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def error_share(url: str, n: int = 40) -> float:
     errors = 0
     for _ in range(n):
         try:
-            urllib.request.urlopen(url, timeout=10).read()
+            http.urlopen(url, timeout=10).read()
         except urllib.error.HTTPError:
             errors += 1
     return errors / n

@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 LOG = logging.getLogger("backout")
 MASK = "******"
@@ -40,6 +40,22 @@ class Redactor:
         return value in self._secrets
 
 
+class Meter(Protocol):
+    """The progress of one transfer (a dump, a restore): bytes moved so far."""
+
+    def update(self, done: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ProgressSink(Protocol):
+    """Where progress goes (the CLI draws a bar on a terminal; nothing otherwise).
+    ``total`` is None when unknown; ``estimated`` when it is the engine's guess of
+    the size rather than an exact byte count."""
+
+    def start(self, label: str, total: int | None, *, estimated: bool) -> Meter: ...
+
+
 @dataclass
 class Environment:
     project_dir: Path = field(default_factory=Path.cwd)
@@ -54,6 +70,7 @@ class Environment:
     # Extra variables for child processes (compose project name and such). Never
     # secrets: those go through ``proc.run(secret_env=...)`` only.
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    progress: ProgressSink | None = None  # set by the CLI on a terminal without --json
 
     def log_external(self, text: str) -> None:
         """One line per external call when ``--verbose`` (argv/URL, duration, exit)."""
@@ -62,3 +79,12 @@ class Environment:
 
     def warn(self, text: str) -> None:
         LOG.warning(self.redact(text))
+
+    def meter(self, label: str, total: int | None, *, estimated: bool = False) -> Meter | None:
+        """A meter for one transfer, or None when nobody watches (no terminal, --json)."""
+        return None if self.progress is None else self.progress.start(label, total,
+                                                                      estimated=estimated)
+
+    def color(self, stream: TextIO) -> bool:
+        """Colour only on a terminal, and never when NO_COLOR is set (no-color.org)."""
+        return not self.env.get("NO_COLOR") and stream.isatty()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backout import proc
+from backout.adapters import http
 from backout.environment import Environment
 from backout.errors import BackoutError
 
@@ -34,9 +35,10 @@ class Notifier:
                 req = urllib.request.Request(self.webhook_url, data=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json"},
                                              method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    if resp.status >= 300:
-                        problems.append(f"webhook answered {resp.status}")
+                with http.urlopen(req, timeout=self.timeout) as resp:
+                    status = int(getattr(resp, "status", 200))
+                    if status >= 300:
+                        problems.append(f"webhook answered {status}")
                 env.log_external(f"POST {self.webhook_url} (notification)")
             except (OSError, ValueError) as exc:
                 problems.append(f"webhook failed: {exc}")

@@ -18,7 +18,7 @@ from backout.backup.operation import plan_backup
 from backout.backup.pipeline import IntegrityError
 from backout.backup.volumes import tar_argv
 from backout.config.load import parse_document
-from backout.errors import ExternalError, UsageError
+from backout.errors import ExternalError, NotFoundError
 from backout.operations import Executor, Plan, Step, register_action
 from backout.operations.executor import RunContext
 from backout.state import Store
@@ -131,8 +131,12 @@ def test_the_plan_stops_tars_and_always_restarts() -> None:
 
 def test_an_unknown_name_lists_databases_and_volumes() -> None:
     config = parse_document("backout.toml", CONFIG, Path("."))
-    with pytest.raises(UsageError, match=r"no database or volume 'upload' .*redis, uploads, cache"):
+    # a name that does not exist is "not found" (7), as for `rollback db`
+    with pytest.raises(NotFoundError) as caught:
         plan_backup(config, which=["upload"], quiesce=False, checkpoint=False, label=None)
+    assert 'no database or volume "upload"' in caught.value.message
+    assert 'did you mean "uploads"?' in caught.value.message
+    assert caught.value.fix is not None and "redis, uploads, cache" in caught.value.fix
 
 
 def test_the_tar_runs_read_only_without_network_as_root() -> None:

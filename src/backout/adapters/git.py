@@ -7,7 +7,7 @@ from pathlib import Path
 
 from backout import proc
 from backout.environment import Environment
-from backout.errors import NotFoundError
+from backout.errors import NotFoundError, UsageError
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,14 @@ class Git:
 
     def is_repo(self) -> bool:
         return self._git("rev-parse", "--is-inside-work-tree", check=False).stdout.strip() == "true"
+
+    def not_a_repo(self, why: str) -> UsageError:
+        """The error of a command that needs the project in git (deploy, emergency)."""
+        return UsageError(f"{self.repo_dir} is not a git repository: {why}",
+                          fix="keep the compose project in git; without it, roll back one "
+                              "service (`backout rollback service`) or one database "
+                              "(`backout rollback db`), or deploy by hand and `backout "
+                              "release record`")
 
     def state(self, exclude: tuple[str, ...] = (".backout",)) -> TreeState:
         """HEAD and whether the tree has changes, ignoring ``exclude`` (backout's own state)."""

@@ -80,6 +80,15 @@ class MongoDB:
                 out.append(spec["name"])
         return sorted(out)
 
+    def data_bytes(self, databases: list[str]) -> int | None:
+        """The BSON size of the documents (dbStats dataSize), or None when the server
+        will not say (the stand-in may not)."""
+        try:
+            return sum(int(self.client()[d].command("dbStats").get("dataSize", 0))
+                       for d in databases) or None
+        except Exception:  # a progress estimate only: never fail a backup for it
+            return None
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

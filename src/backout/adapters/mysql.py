@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from backout.adapters.dbaccess import DbAccess
-from backout.errors import ExternalError
+from backout.errors import BackoutError, ExternalError
 
 SYSTEM_DATABASES = {"information_schema", "performance_schema", "mysql", "sys"}
 # The flags the runbook's backup used, plus what makes a dump restorable as-is.
@@ -49,6 +49,17 @@ class MySQL:
 
     def version(self) -> str:
         return self.query("SELECT VERSION()")[0][0]
+
+    def data_bytes(self, databases: Sequence[str]) -> int | None:
+        """The server's idea of the data's size (information_schema), a dump's likely
+        size for a progress bar's ETA; None when it will not say."""
+        names = ", ".join(f"'{_sql_str(d)}'" for d in databases)
+        try:
+            rows = self.query("SELECT COALESCE(SUM(data_length), 0) FROM information_schema.tables"
+                              f" WHERE table_schema IN ({names})", timeout=30)
+            return int(rows[0][0]) or None
+        except (BackoutError, IndexError, ValueError):
+            return None
 
     def user_databases(self) -> list[str]:
         return [r[0] for r in self.query("SHOW DATABASES") if r[0] not in SYSTEM_DATABASES]

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from backout.adapters.dbaccess import DbAccess
-from backout.errors import ExternalError
+from backout.errors import BackoutError, ExternalError
 
 
 class Redis:
@@ -104,6 +104,15 @@ class Redis:
         directory = self.config_get("dir", "/data")
         name = self.config_get("dbfilename", "dump.rdb")
         return f"{directory.rstrip('/')}/{name}"
+
+    def file_bytes(self, path: str) -> int | None:
+        """Size of the snapshot file (what a copy of it moves), or None."""
+        try:
+            out = self.access.run(["stat", "-c", "%s", path], {}, what="redis snapshot size",
+                                  timeout=30).stdout
+            return int(out.strip())
+        except (BackoutError, ValueError):
+            return None
 
     def dbsize(self) -> int:
         return int(self.call("DBSIZE"))

@@ -27,7 +27,6 @@ from backout.backup.pipeline import (
     Checker,
     DiskFullError,
     IntegrityError,
-    Progress,
     StalledError,
     scan,
     stream_from_python,
@@ -49,7 +48,6 @@ class DumpContext:
     env: Environment
     config: Config
     compose: Compose
-    progress: Progress | None = None
     # A safety backup before a restore: the data may be damaged (a dropped table
     # under a view, a dropped database) and the dump must still take what exists,
     # recording what it could not take, rather than block the restore.
@@ -126,7 +124,8 @@ def _dump_mysql(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
             return stream_to_file(
                 ctx.env, my.dump_argv(dumpable, binlog=binlog, ignore=ignore, force=force),
                 set_dir / name, what=what, level=level, secret_env=my.secret_env(),
-                cwd=str(ctx.config.project_dir), progress=ctx.progress,
+                cwd=str(ctx.config.project_dir),
+                total=my.data_bytes(dumpable) if ctx.env.progress else None,
                 stall=ctx.config.backups.stall_seconds, ok_exit=(0, 2) if force else (0,))
 
         try:
@@ -178,7 +177,8 @@ def _dump_redis(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
     # so a save finishing meanwhile cannot tear our copy.
     stream_to_file(ctx.env, access.argv(["cat", path]), set_dir / name, what=what,
                    level=ctx.config.backups.zstd_level, cwd=str(ctx.config.project_dir),
-                   progress=ctx.progress, stall=ctx.config.backups.stall_seconds)
+                   total=redis.file_bytes(path) if ctx.env.progress else None,
+                   stall=ctx.config.backups.stall_seconds)
     scanned = scan(ctx.env, set_dir / name, RDBChecker(what), what=what)
     return {
         "database": {
@@ -215,7 +215,8 @@ def _dump_mongodb(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str
 
         try:
             stream_from_python(ctx.env, write, set_dir / name, what=what,
-                               level=ctx.config.backups.zstd_level, progress=ctx.progress)
+                               level=ctx.config.backups.zstd_level,
+                               total=mongo.data_bytes(wanted) if ctx.env.progress else None)
         finally:
             scratch.unlink(missing_ok=True)
         scanned = scan(ctx.env, set_dir / name, TarBsonChecker(wanted, what), what=what)
@@ -237,7 +238,7 @@ def _dump_mongodb_tool(ctx: DumpContext, tool: MongoDump, tool_version: str,
     with os.fdopen(read_end, "rb") as stdin:
         stream_to_file(ctx.env, tool.argv(wanted), set_dir / name, what=what,
                        level=ctx.config.backups.zstd_level, cwd=str(ctx.config.project_dir),
-                       progress=ctx.progress, stdin=stdin, stall=ctx.config.backups.stall_seconds)
+                       stdin=stdin, stall=ctx.config.backups.stall_seconds)
     scanned = scan(ctx.env, set_dir / name, TarBsonChecker(wanted, what), what=what)
     return _mongo_section(ctx, db, scanned, {"server_version": server, "mode": "mongodump",
                                              "tool_version": tool_version})

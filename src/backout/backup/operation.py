@@ -16,11 +16,10 @@ from backout.adapters.docker import Compose
 from backout.adapters.git import Git
 from backout.backup import sets
 from backout.backup.engines import DumpContext, dump
-from backout.backup.pipeline import Progress
 from backout.backup.volumes import back_up_volume
 from backout.config import Config
 from backout.environment import Environment
-from backout.errors import UsageError
+from backout.errors import NotFoundError, UsageError, did_you_mean
 from backout.operations import Plan, Step, register_action
 from backout.operations.executor import RunContext
 from backout.state import Store
@@ -39,9 +38,9 @@ def plan_backup(config: Config, *, which: list[str], quiesce: bool, checkpoint: 
     unknown = [w for w in which if w not in config.databases and w not in config.volumes]
     if unknown:
         configured = [*config.databases, *config.volumes]
-        raise UsageError(f"no database or volume {unknown[0]!r} in backout.toml "
-                         f"(configured: {', '.join(configured) or 'none'})",
-                         fix="name one of the [databases.*] or [volumes.*] sections, or `all`")
+        raise NotFoundError(f'no database or volume "{unknown[0]}" in backout.toml'
+                            + did_you_mean(unknown[0], configured),
+                            fix=f"configured: {', '.join(configured) or 'none'} (or `all`)")
     if not which:
         raise UsageError("nothing configured to back up",
                          fix="add [databases.*] (or [volumes.*]) sections to backout.toml "
@@ -189,8 +188,7 @@ def _started(ctx: RunContext, step_name: str) -> bool:
 def _dump(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     config = _config(ctx)
     writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
-    progress: Progress | None = ctx.services.get("progress")
-    dctx = DumpContext(_env(ctx), config, _compose(ctx), progress)
+    dctx = DumpContext(_env(ctx), config, _compose(ctx))
     return dump(dctx, config.databases[params["database"]], writer.dir)
 
 
@@ -198,9 +196,8 @@ def _dump(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
 def _volume(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     config = _config(ctx)
     writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
-    progress: Progress | None = ctx.services.get("progress")
     return back_up_volume(_env(ctx), config, _compose(ctx), config.volumes[params["volume"]],
-                          writer.dir, progress)
+                          writer.dir)
 
 
 @register_action("backup.publish")

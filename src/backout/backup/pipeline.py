@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -31,7 +31,6 @@ from backout.errors import BackoutError, ExitCode, ExternalError
 from backout.operations import interrupt
 
 CHUNK = 1 << 20
-Progress = Callable[[int, float], None]  # bytes written so far, seconds elapsed
 
 
 class IntegrityError(BackoutError):
@@ -74,17 +73,6 @@ class Stall:
                                "(the database or the Docker Engine stopped answering)",
                                fix="check `docker info` and the database's logs; "
                                    "[backups] stall_seconds sets the limit")
-
-
-def bytes_written_by(pid: int) -> int | None:
-    """What a process has written so far (Linux /proc/<pid>/io), None if unknown."""
-    try:
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def file_size(path: Path) -> int | None:
@@ -136,15 +124,62 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _watch(path: Path, progress: Progress | None, stop: threading.Event, start: float) -> None:
-    while progress is not None and not stop.wait(0.5):
-        with contextlib.suppress(OSError):
-            progress(path.stat().st_size, time.monotonic() - start)
+def _io_count(pid: int, field: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/io", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def chars_read(pid: int) -> int | None:
+    """Bytes process ``pid`` has read so far (``rchar`` of /proc/PID/io), or None.
+
+    zstd reads exactly the stream it compresses (or the file it decompresses), so
+    this is the progress of a transfer no byte of which passes through Python."""
+    return _io_count(pid, "rchar")
+
+
+def bytes_written_by(pid: int) -> int | None:
+    """What process ``pid`` has written so far (``wchar``), or None if unknown."""
+    return _io_count(pid, "wchar")
+
+
+@contextlib.contextmanager
+def metered(env: Environment, what: str, pid: int, total: int | None, *,
+            estimated: bool) -> Iterator[None]:
+    """Report what ``pid`` (a zstd) has read to the environment's progress sink, while
+    the body runs; nothing at all when no one watches (no terminal, --json)."""
+    meter = env.meter(what, total, estimated=estimated)
+    if meter is None:
+        yield
+        return
+    meter.update(0)  # shown at once: a short transfer is seen too
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.25):
+            done = chars_read(pid)
+            if done is not None:
+                meter.update(done)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        poller.join(timeout=2)
+        meter.close()
 
 
 def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], dest: Path, *,
-                       what: str, level: int = 3, progress: Progress | None = None) -> Written:
-    """Like ``stream_to_file`` with Python as the producer: ``write(pipe)`` | zstd > dest."""
+                       what: str, level: int = 3, total: int | None = None) -> Written:
+    """Like ``stream_to_file`` with Python as the producer: ``write(pipe)`` | zstd > dest.
+    ``total``: the engine's estimate of the bytes written, for the progress bar."""
     start = time.monotonic()
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with tempfile.TemporaryFile() as z_err, os.fdopen(fd, "wb") as out:
@@ -155,22 +190,19 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
         except FileNotFoundError as exc:
             raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
         assert zstd.stdin is not None
-        stop = threading.Event()
-        threading.Thread(target=_watch, args=(dest, progress, stop, start), daemon=True).start()
-        try:
-            write(zstd.stdin)
-            zstd.stdin.close()
-        except BrokenPipeError:
-            pass  # zstd died: its exit code and stderr explain why
-        except BaseException as exc:
-            zstd.kill()
-            zstd.wait()
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise DiskFullError.at(what, dest.parent) from exc
-            raise
-        finally:
-            stop.set()
-        z_rc = zstd.wait()
+        with metered(env, what, zstd.pid, total, estimated=True):
+            try:
+                write(zstd.stdin)
+                zstd.stdin.close()
+            except BrokenPipeError:
+                pass  # zstd died: its exit code and stderr explain why
+            except BaseException as exc:
+                zstd.kill()
+                zstd.wait()
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                    raise DiskFullError.at(what, dest.parent) from exc
+                raise
+            z_rc = zstd.wait()
         z_err.seek(0)
         z_msg = z_err.read().decode(errors="replace")
         if z_rc != 0:
@@ -179,8 +211,6 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
             raise ExternalError(f"{what}: zstd failed (exit {z_rc}): {proc.last_line(z_msg)}")
         _fsync_out(out, what, dest)
     duration = time.monotonic() - start
-    if progress is not None:
-        progress(dest.stat().st_size, duration)
     return Written(dest, dest.stat().st_size, duration)
 
 
@@ -197,9 +227,10 @@ def _fsync_out(out: IO[bytes], what: str, dest: Path) -> None:
 def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, what: str,
                    level: int = 3, secret_env: Mapping[str, str] | None = None,
                    cwd: str | None = None, timeout: float = 6 * 3600,
-                   progress: Progress | None = None, stdin: IO[bytes] | None = None,
+                   total: int | None = None, stdin: IO[bytes] | None = None,
                    stall: float | None = None, ok_exit: tuple[int, ...] = (0,)) -> Written:
     """Run ``producer | zstd -<level>`` into ``dest`` (mode 0600) and fsync it.
+    ``total``: the engine's estimate of the bytes produced, for the progress bar.
 
     The wait is cut short by an interrupt of the step (InterruptedOperation) or when
     the file stops growing for ``stall`` seconds (StalledError). ``ok_exit``: the
@@ -225,9 +256,6 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
             raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
         assert prod.stdout is not None
         prod.stdout.close()  # zstd owns the read end; a dead zstd must SIGPIPE the producer
-        stop = threading.Event()
-        watcher = threading.Thread(target=_watch, args=(dest, progress, stop, start), daemon=True)
-        watcher.start()
 
         def kill_both() -> None:
             prod.kill()
@@ -236,7 +264,8 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         intr = interrupt.current()
         stalled = Stall(stall, lambda: file_size(dest), what, kill_both)
         try:
-            z_rc = intr.wait(zstd, timeout, what, on_stop=kill_both, tick=stalled)
+            with metered(env, what, zstd.pid, total, estimated=True):
+                z_rc = intr.wait(zstd, timeout, what, on_stop=kill_both, tick=stalled)
             p_rc = intr.wait(prod, max(1.0, timeout - (time.monotonic() - start)), what,
                              on_stop=kill_both, tick=stalled)
         except subprocess.TimeoutExpired as exc:
@@ -247,8 +276,6 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
             prod.kill()
             zstd.kill()
             raise
-        finally:
-            stop.set()
         p_err.seek(0)
         z_err.seek(0)
         p_msg = env.redact(p_err.read().decode(errors="replace"))
@@ -262,8 +289,6 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         if p_rc not in ok_exit:
             raise ExternalError(f"{what} failed (exit {p_rc}): {proc.last_line(p_msg)}")
         _fsync_out(out, what, dest)
-    if progress is not None:
-        progress(dest.stat().st_size, duration)
     return Written(dest, dest.stat().st_size, duration, p_rc, p_msg)
 
 

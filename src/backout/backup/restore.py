@@ -21,7 +21,7 @@ from backout.adapters.dbaccess import DbAccess
 from backout.adapters.mongodb import MongoDB
 from backout.adapters.mysql import MySQL, _ident
 from backout.adapters.redis import Redis
-from backout.backup.pipeline import IntegrityError, Stall, bytes_written_by
+from backout.backup.pipeline import IntegrityError, Stall, bytes_written_by, metered
 from backout.environment import Environment
 from backout.errors import ExternalError, InterruptedOperation
 from backout.operations import interrupt
@@ -30,7 +30,8 @@ from backout.operations import interrupt
 def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, what: str,
                     secret_env: dict[str, str] | None = None, cwd: str | None = None,
                     timeout: float = 6 * 3600, stall: float | None = None) -> None:
-    """``zstd -dc artifact | consumer``; both stages must exit 0.
+    """``zstd -dc artifact | consumer``; both stages must exit 0. Progress: the bytes of
+    the artifact zstd has read, of its size (exact, so the ETA is too).
 
     Cut short by an interrupt of the step, or when zstd could write nothing into the
     consumer for ``stall`` seconds (the consumer, or the engine carrying its stream,
@@ -53,7 +54,8 @@ def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, wh
         intr = interrupt.current()
         stalled = Stall(stall, lambda: bytes_written_by(zstd.pid), what, kill_both)
         try:
-            c_rc = intr.wait(cons, timeout, what, on_stop=kill_both, tick=stalled)
+            with metered(env, what, zstd.pid, artifact.stat().st_size, estimated=False):
+                c_rc = intr.wait(cons, timeout, what, on_stop=kill_both, tick=stalled)
             z_rc = zstd.wait(timeout=60)
         except subprocess.TimeoutExpired as exc:
             kill_both()
@@ -111,7 +113,9 @@ def restore_mongodb(env: Environment, access: DbAccess, artifact: Path,
                     client[dbname].drop_collection(coll)
         intr = interrupt.current()
         with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)], stdout=subprocess.PIPE,
-                              env=proc.child_env(env), **proc.CHILD) as zstd:
+                              env=proc.child_env(env), **proc.CHILD) as zstd, \
+                metered(env, f"{access.db.name} restore", zstd.pid, artifact.stat().st_size,
+                        estimated=False):
             assert zstd.stdout is not None
             for member, data in _tar_members(zstd.stdout):
                 intr.check(f"{access.db.name} restore")

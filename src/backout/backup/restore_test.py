@@ -22,7 +22,7 @@ from backout.adapters.dbaccess import DbAccess
 from backout.adapters.docker import Compose
 from backout.backup import restore
 from backout.backup.engines import manifest_counts
-from backout.backup.pipeline import IntegrityError
+from backout.backup.pipeline import IntegrityError, metered
 from backout.config import Config, DatabaseConfig
 from backout.environment import Environment
 from backout.errors import ExternalError, NotFoundError
@@ -157,9 +157,13 @@ def _redis_with_rdb(env: Environment, image: str, artifact: Path, holder: list[s
     holder.append(cid)
     with tempfile.TemporaryDirectory() as tmp:
         rdb = Path(tmp) / "dump.rdb"
-        with rdb.open("wb") as fh:
-            subprocess.run(["zstd", "-d", "-q", "-c", str(artifact)], stdout=fh, check=True,
-                           env=proc.child_env(env), **proc.CHILD)
+        with rdb.open("wb") as fh, subprocess.Popen(
+                ["zstd", "-d", "-q", "-c", str(artifact)], stdout=fh,
+                env=proc.child_env(env), **proc.CHILD) as zstd, \
+                metered(env, "restore test redis", zstd.pid, artifact.stat().st_size,
+                        estimated=False):
+            if zstd.wait() != 0:
+                raise IntegrityError(f"restore test: {artifact.name} does not decompress")
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             tar.add(rdb, arcname="dump.rdb")

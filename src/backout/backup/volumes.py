@@ -24,7 +24,7 @@ from typing import Any
 
 from backout.adapters.docker import Compose, Docker
 from backout.backup.checkers import VolumeTarChecker
-from backout.backup.pipeline import Progress, scan, stream_to_file
+from backout.backup.pipeline import scan, stream_to_file
 from backout.config import Config, VolumeConfig
 from backout.environment import Environment
 from backout.errors import ExternalError, NotFoundError, UnhealthyError
@@ -69,7 +69,7 @@ def tar_argv(docker_name: str, image: str, vol: VolumeConfig) -> list[str]:
 
 
 def back_up_volume(env: Environment, config: Config, compose: Compose, vol: VolumeConfig,
-                   set_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+                   set_dir: Path) -> dict[str, Any]:
     """Tar one volume into ``set_dir``; returns ``{"volume": ..., "artifact": ...}``."""
     start = time.monotonic()
     docker_name = docker_volume(compose, vol)
@@ -84,8 +84,7 @@ def back_up_volume(env: Environment, config: Config, compose: Compose, vol: Volu
     what = f"volume {vol.name} tar"
     try:
         stream_to_file(env, tar_argv(docker_name, image, vol), set_dir / name, what=what,
-                       level=config.backups.zstd_level, cwd=str(config.project_dir),
-                       progress=progress)
+                       level=config.backups.zstd_level, cwd=str(config.project_dir))
     except ExternalError as exc:
         if "executable file not found" in exc.message or "No such image" in exc.message:
             raise ExternalError(f"{what}: image {image} cannot run tar",

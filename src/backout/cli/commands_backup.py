@@ -11,50 +11,44 @@ import click
 from backout.backup import sets
 from backout.backup.operation import plan_backup
 from backout.backup.verify import verify_set
-from backout.cli.main import Ctx, cli, command
-from backout.cli.output import emit, table
+from backout.cli.main import Ctx, cli, command, complete
+from backout.cli.output import emit, human_size, table
 from backout.errors import BackoutError, ExitCode, InterruptedOperation, UsageError
-from backout.operations import Executor, Plan, interrupt, summary
+from backout.operations import Executor, Plan, Step, interrupt, summary
 from backout.operations.executor import history, load_plan, mark_abandoned, unfinished
 from backout.releases import compose_for
 from backout.state import Store
 
 
-def _human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
+def step_line(step: Step, status: str, detail: str | None, *, tty: bool) -> str | None:
+    """One line per step outcome (and, on a terminal, one as it starts). A skipped
+    step says so and why: "restore redis: ok" for a restore that did not happen
+    would make an operator believe the data was rolled back."""
+    if status == "running":
+        return f"  {step.name} …\n" if tty else None  # a log file: one line per outcome
+    mark = {"done": "ok", "failed": "FAILED"}.get(status, status)
+    return f"  {step.name}: {mark}" + (f" ({detail})" if detail and status != "done" else "") \
+        + "\n"
 
 
-def _progress(ctx: Ctx) -> Any:
-    if ctx.env.json or not ctx.env.stderr.isatty():
-        return None
-
-    def show(done: int, seconds: float) -> None:
-        rate = done / seconds if seconds > 0 else 0
-        ctx.env.stderr.write(f"\r  {_human_size(done)} written, {_human_size(rate)}/s   ")
-        ctx.env.stderr.flush()
-
-    return show
+def step_reports(outcome: Any) -> list[dict[str, Any]]:
+    """The ``steps`` key of a plan's JSON result: every step with what became of it."""
+    return [r.to_json() for r in outcome.steps]
 
 
 def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
              extra: dict[str, Any] | None = None) -> Any:
     services = {"env": ctx.env, "config": ctx.config, "store": ctx.store,
-                "compose": compose_for(ctx.env, ctx.config), "progress": _progress(ctx),
+                "compose": compose_for(ctx.env, ctx.config),
                 **(extra or {})}
 
     tty = ctx.env.stderr.isatty()
 
-    def on_step(step: Any, status: str) -> None:
-        if ctx.env.json or (status == "running" and not tty):
-            return  # a log file gets one line per step, with its outcome
-        mark = {"running": "…", "done": "ok", "failed": "FAILED"}.get(status, status)
-        ctx.env.stderr.write(f"  {step.name} {mark}\n" if status == "running" else
-                             f"  {step.name}: {mark}\n")
-        ctx.env.stderr.flush()
+    def on_step(step: Step, status: str, detail: str | None) -> None:
+        line = None if ctx.env.json else step_line(step, status, detail, tty=tty)
+        if line is not None:
+            ctx.env.stderr.write(line)
+            ctx.env.stderr.flush()
 
     def notify(text: str) -> None:
         # From a signal handler: straight to the descriptor, not through a buffered
@@ -141,7 +135,7 @@ def _backup(ctx: Ctx, which: list[str], quiesce: bool, checkpoint: bool, label: 
         _abandon_interrupted_backups(ctx)
         outcome = run_plan(ctx, plan)
     data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
-                            "set_id": plan.params["set_id"]}
+                            "set_id": plan.params["set_id"], "steps": step_reports(outcome)}
     check_outcome(ctx, plan, outcome)
     cp = outcome.results.get("record checkpoint")
     if cp:
@@ -168,7 +162,7 @@ def checkpoint_cmd(ctx: Ctx, label: str | None, quiesce: bool, dry_run: bool) ->
 
 
 @command(cli, "backup")
-@click.argument("which", default="all")
+@click.argument("which", default="all", shell_complete=complete("backup-name"))
 @click.option("--label", help="A note kept in the manifest.")
 @click.option("--quiesce", is_flag=True, help="Stop writers while dumping (see checkpoint).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
@@ -208,7 +202,7 @@ def backups_list(ctx: Ctx, show_all: bool) -> None:
                      "git_commit": m.get("git_commit"), "verified": last})
     human = table([[r["id"], r["kind"] or "-",
                     ",".join([*r["databases"], *(f"volume:{v}" for v in r["volumes"])]) or "-",
-                    _human_size(r["bytes"]), r["label"] or "",
+                    human_size(r["bytes"]), r["label"] or "",
                     _verified(r["verified"]),
                     "usable" if r["usable"] else f"UNUSABLE: {r['problem']}"] for r in rows],
                   ["ID", "KIND", "DATABASES", "SIZE", "LABEL", "VERIFIED", "STATE"]) \
@@ -223,7 +217,7 @@ def _verified(last: dict[str, Any] | None) -> str:
 
 
 @command(backups_group, "verify")
-@click.argument("set_id")
+@click.argument("set_id", shell_complete=complete("backup"))
 @click.option("--restore-test", is_flag=True,
               help="Also restore into throwaway containers of the same images and compare "
                    "counts with the manifest.")
@@ -288,14 +282,15 @@ def resume_cmd(ctx: Ctx) -> int:
     check_outcome(ctx, plan, outcome)
     state = summary.describe(ctx.store, op["id"])
     emit(ctx.env, "resume", {"resumed": op["id"], "kind": op["kind"], "status": outcome.status,
-                             "state": state, "removed_partial_sets": removed},
+                             "steps": step_reports(outcome), "state": state,
+                             "removed_partial_sets": removed},
          [f"resumed operation #{op['id']} ({op['kind']}): {outcome.status}",
           *summary.lines(state)])
     return ExitCode.OK
 
 
 @command(cli, "history")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 def history_cmd(ctx: Ctx, limit: int) -> None:
     """Operations with their outcome and duration."""
     ops = history(ctx.store, limit)

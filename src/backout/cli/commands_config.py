@@ -41,11 +41,14 @@ def init_cmd(ctx: Ctx, force: bool, scripts: bool) -> ExitCode:
     human = [f"wrote {result.path}", f"  services:  {', '.join(result.services) or '-'}",
              f"  databases: {', '.join(f'{k} ({v})' for k, v in result.databases.items()) or '-'}",
              *([f"  scripts:   {', '.join(written_scripts)}"] if written_scripts else []),
+             f"  state:     {result.state_dir}/ (ignores itself in git: it holds a "
+             "`.gitignore` of `*`)",
              *[f"warning: {w}" for w in result.warnings],
              "next: review it, then run `backout config check`"]
     emit(ctx.env, "init", {"path": str(result.path), "services": result.services,
                            "databases": result.databases, "warnings": result.warnings,
-                           "scripts": written_scripts}, human)
+                           "scripts": written_scripts, "state_dir": str(result.state_dir)},
+         human)
     return ExitCode.WARNINGS if result.warnings else ExitCode.OK
 
 
@@ -69,3 +72,34 @@ def config_check(ctx: Ctx) -> None:
         "services": sorted(config.services),
         "databases": sorted(config.databases),
     }, human)
+
+
+@command(cli, "doctor")
+def doctor_cmd(ctx: Ctx) -> int:
+    """Check what the next rollback will need, before it is needed: engine and Compose
+    versions, backout.toml, git, zstd, disk room for a checkpoint, every database
+    reachable with the configured credentials, the images of the current and previous
+    release, the lock, no interrupted operation. Each problem with its fix.
+
+    Read-only. Exit 0 when every check passes, 1 otherwise.
+    """
+    from backout.doctor import real_sources, run_doctor
+    from backout.errors import BackoutError
+    from backout.state.store import DB_NAME
+
+    try:
+        config, problem = ctx.config, None
+    except BackoutError as exc:  # reported as the config check; the rest still runs
+        config, problem = None, exc
+    store = ctx.store if config is not None and (config.state_dir / DB_NAME).is_file() else None
+    report = run_doctor(ctx.env, config, problem, store, real_sources(ctx.env, config))
+    human: list[str] = []
+    for check in report.checks:
+        human.append(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+        if check.fix:
+            human.append(f"       fix: {check.fix}")
+    human.append("doctor: ready for the next rollback" if report.ok else
+                 f"doctor: {len(report.failed)} problem(s): "
+                 f"{', '.join(c.name for c in report.failed)}")
+    emit(ctx.env, "doctor", report.to_json(), human)
+    return ExitCode.OK if report.ok else ExitCode.WARNINGS

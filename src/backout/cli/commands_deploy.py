@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from backout.adapters.docker import Docker
-from backout.cli.commands_backup import check_outcome, run_plan
-from backout.cli.main import Ctx, cli, command
+from backout.cli.commands_backup import check_outcome, run_plan, step_reports
+from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
 from backout.errors import BackoutError, ExitCode, NeedsHumanError
 from backout.operations import Plan
@@ -49,7 +49,8 @@ def deploy_report(ctx: Ctx, plan: Plan, outcome: Any, preflight: dict[str, Any] 
         "commit": plan.params["commit"], "release_id": final.get("release_id"),
         "previous_release_id": previous, "checkpoint_id": checkpoint,
         "incident": final.get("incident"), "reason": final.get("reason"),
-        "ok": kind == "deployed", "set_id": plan.params.get("set_id"),
+        "ok": kind == "deployed", "steps": step_reports(outcome),
+        "set_id": plan.params.get("set_id"),
         # A rollback with data: what left the live data (kept in the safety sets).
         "data_loss": [r["data_loss"] for r in results.values()
                       if isinstance(r, dict) and "data_loss" in r],
@@ -90,7 +91,7 @@ def deploy_report(ctx: Ctx, plan: Plan, outcome: Any, preflight: dict[str, Any] 
 
 
 @command(cli, "deploy")
-@click.argument("ref", required=False)
+@click.argument("ref", required=False, shell_complete=complete("ref"))
 @click.option("--watch", "watch_seconds", type=click.IntRange(min=0), default=None,
               help="Seconds to watch the new release under the policy (default: [deploy] "
                    "watch_seconds, 600). 0 skips the watch.")
@@ -162,4 +163,4 @@ def demo_cmd(ctx: Ctx, keep: bool, watch_seconds: int, workdir: Path | None) -> 
 
     Docker(ctx.env).ping()
     return run_demo(ctx.env.stdout, keep=keep, workdir=workdir, watch_seconds=watch_seconds,
-                    color=ctx.env.stdout.isatty())
+                    color=ctx.env.color(ctx.env.stdout))

@@ -126,10 +126,11 @@ def _monitor_lock(ctx: Ctx, pid_file: Path | None) -> Iterator[None]:
 @click.option("--auto-rollback", is_flag=True,
               help="On RED, run the rule's rollback (once per incident, with a cool-down), "
                    "then verify; escalate instead of looping if verification fails.")
-@click.option("--interval", type=float, default=None, help="Seconds between evaluations.")
-@click.option("--duration", type=float, default=None,
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds between evaluations (default: [monitor] interval_seconds).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after this many seconds (default: run until interrupted).")
-@click.option("--cooldown", type=float, default=300.0, show_default=True,
+@click.option("--cooldown", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help="Minimum seconds between two automatic rollbacks.")
 @click.option("--pid-file", type=click.Path(path_type=Path), default=None,
               help="Write the monitor's pid here while it runs (removed on exit).")
@@ -170,7 +171,8 @@ def monitor_cmd(ctx: Ctx, auto_rollback: bool, interval: float | None, duration:
             else:
                 _render(ctx, decision, mon, started)
 
-        last = mon.run(interval or float(cfg.monitor.interval_seconds), duration=duration,
+        last = mon.run(float(cfg.monitor.interval_seconds) if interval is None else interval,
+                       duration=duration,
                        on_decision=show, stop=stop)
     if mon.escalated:
         return ExitCode.NEEDS_HUMAN
@@ -184,7 +186,7 @@ def monitor_cmd(ctx: Ctx, auto_rollback: bool, interval: float | None, duration:
 
 
 @command(cli, "incidents")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 def incidents_cmd(ctx: Ctx, limit: int) -> None:
     """Incidents with their timeline: detected, actions, verified, resolved."""
     incidents = ctx.store.incidents(limit)

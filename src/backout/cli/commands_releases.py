@@ -7,9 +7,9 @@ from typing import Any
 import click
 
 from backout.adapters.git import Git
-from backout.cli.main import Ctx, cli, command
+from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit, table
-from backout.errors import UsageError
+from backout.errors import ExitCode, UsageError
 from backout.releases import get_release, record_release
 from backout.state import OperationLock
 
@@ -35,7 +35,8 @@ def release_record(ctx: Ctx, note: str | None) -> None:
 
 
 @command(cli, "releases")
-@click.option("--limit", default=20, show_default=True, help="How many to show, newest first.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="How many to show, newest first.")
 def releases_cmd(ctx: Ctx, limit: int) -> None:
     """List recorded releases: id, commit, tag, when, status."""
     rows = ctx.store.releases(limit)
@@ -52,7 +53,7 @@ def releases_cmd(ctx: Ctx, limit: int) -> None:
 
 
 @command(release_group, "show")
-@click.argument("release_id")
+@click.argument("release_id", shell_complete=complete("release"))
 def release_show(ctx: Ctx, release_id: str) -> None:
     """Show one release: commit, services and the exact images."""
     if not release_id.isdigit():
@@ -72,7 +73,7 @@ def release_show(ctx: Ctx, release_id: str) -> None:
 
 
 @command(cli, "events")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 def events_cmd(ctx: Ctx, limit: int) -> None:
     """The audit log: who did what, when, and why."""
     events = ctx.store.events(limit)
@@ -82,8 +83,11 @@ def events_cmd(ctx: Ctx, limit: int) -> None:
 
 
 @command(cli, "status")
-def status_cmd(ctx: Ctx) -> None:
-    """Current release, lock holder and state store, without a running monitor."""
+def status_cmd(ctx: Ctx) -> int:
+    """Current release, lock holder and state store, without a running monitor.
+
+    Exit 1 (warnings) when part of the status could not be read: the Docker Engine
+    does not answer (a script polling `status` sees that Docker is down)."""
     from backout.cli.commands_monitor import baseline_line
     from backout.errors import BackoutError
     from backout.monitor.run import baseline_in_use
@@ -100,12 +104,14 @@ def status_cmd(ctx: Ctx) -> None:
     pending = unfinished(ctx.store) if holder is None else []
     monitor = OperationLock(ctx.config.state_dir, MONITOR_LOCK_NAME).holder()
     compose = compose_for(ctx.env, ctx.config)
+    warnings: list[str] = []
     try:
         drifted: dict[str, Any] | None = drift(ctx.env, compose)
         baseline = baseline_in_use(ctx.store, compose)
     except BackoutError as exc:  # status must work with the engine down
         drifted = baseline = None
-        ctx.env.warn(f"cannot compare running images: {exc.one_line()}")
+        warnings.append(f"cannot compare running images: {exc.one_line()}")
+        ctx.env.warn(warnings[-1])
     human = [f"project:    {ctx.config.project_dir}",
              f"release:    {rel['id']} at {(rel['git_commit'] or '-')[:12]} ({rel['status']})" if rel
              else "release:    none recorded",
@@ -155,4 +161,6 @@ def status_cmd(ctx: Ctx) -> None:
         "release": {"id": rel["id"], "commit": rel["git_commit"], "status": rel["status"]} if rel else None,
         "lock": {"pid": holder.pid, "host": holder.host, "command": holder.command,
                  "since": holder.since} if holder else None,
+        "warnings": warnings,
     }, human)
+    return ExitCode.WARNINGS if warnings else ExitCode.OK

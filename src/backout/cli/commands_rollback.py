@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from backout.adapters.docker import Docker
-from backout.cli.commands_backup import check_outcome, run_plan
-from backout.cli.main import Ctx, cli, command
+from backout.cli.commands_backup import check_outcome, run_plan, step_reports
+from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
 from backout.errors import ExitCode, UsageError
 from backout.operations import Plan
@@ -18,7 +18,7 @@ from backout.verify import run_verify
 
 
 @command(cli, "verify")
-@click.option("--settle", type=int, default=None,
+@click.option("--settle", type=click.IntRange(min=0), default=None,
               help="Seconds to watch for restarts (default: [verify] settle_seconds).")
 def verify_cmd(ctx: Ctx, settle: int | None) -> int:
     """Post-rollback checks: containers, health URLs, logs, databases, images."""
@@ -79,7 +79,8 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
                              "interrupted and is unfinished", fix="run `backout resume` first")
         outcome = run_plan(ctx, plan)
     data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
-                            "plan": plan.to_json(), **(extra or {})}
+                            "plan": plan.to_json(), "steps": step_reports(outcome),
+                            **(extra or {})}
     check_outcome(ctx, plan, outcome)
     # The window as it was when the restore began (writers stopped: final).
     final = [r["data_loss"] for r in outcome.results.values()
@@ -100,8 +101,8 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
 
 
 @command(rollback_group, "service")
-@click.argument("service")
-@click.argument("version", required=False)
+@click.argument("service", shell_complete=complete("service"))
+@click.argument("version", required=False, shell_complete=complete("service-version"))
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool, yes: bool) -> int:
@@ -120,8 +121,8 @@ def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool,
 
 
 @command(rollback_group, "db")
-@click.argument("database")
-@click.argument("backup")
+@click.argument("database", shell_complete=complete("database"))
+@click.argument("backup", shell_complete=complete("restore-source"))
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--no-safety-backup", is_flag=True,
@@ -139,6 +140,7 @@ def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool,
     """
     from backout.rollback import db as db_rollback
 
+    db_rollback.database(ctx.config, database)  # a wrong name is "not found" even with the engine down
     Docker(ctx.env).ping()
     plan = db_rollback.plan(ctx.env, ctx.config, ctx.store, database, backup,
                             compose=compose_for(ctx.env, ctx.config),
@@ -164,7 +166,7 @@ def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool,
 
 
 @command(rollback_group, "emergency")
-@click.argument("target")
+@click.argument("target", shell_complete=complete("emergency-target"))
 @click.option("--with-data", is_flag=True,
               help="Also restore the databases from the target's checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")

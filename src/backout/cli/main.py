@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import click.shell_completion
 
-from backout import __version__
 from backout.config import Config, find_config, load_config
 from backout.environment import Environment
 from backout.errors import BackoutError, ExitCode
@@ -26,6 +27,22 @@ from backout.state import OperationLock, Store
 F = TypeVar("F", bound=Callable[..., Any])
 
 INTERNAL_ERROR = 70  # a bug: an exception backout did not expect (EX_SOFTWARE)
+
+HELP_EPILOG = """\b
+Environment: every global option also comes from a variable; a flag wins over the
+variable, the variable over backout.toml, backout.toml over the default.
+  BACKOUT_JSON=1  BACKOUT_VERBOSE=1  BACKOUT_DEBUG=1  (0/1, true/false, yes/no)
+  BACKOUT_CONFIG=PATH  BACKOUT_PROJECT_DIR=PATH
+  BACKOUT_ACTOR=NAME   who is recorded in the audit log (default: the login name)
+  NO_COLOR=1           no colour, whatever the terminal
+\b
+Shell completion (commands, services, databases, release and backup ids):
+  bash: eval "$(_BACKOUT_COMPLETE=bash_source backout)"   in ~/.bashrc
+  zsh:  eval "$(_BACKOUT_COMPLETE=zsh_source backout)"    in ~/.zshrc
+  fish: _BACKOUT_COMPLETE=fish_source backout > ~/.config/fish/completions/backout.fish
+\b
+Before a rollback is needed: `backout doctor` checks what it will need.
+"""
 
 
 class Ctx:
@@ -37,6 +54,7 @@ class Ctx:
         self._store: Store | None = None
         self.config_option: Path | None = None
         self.project_dir_option: Path | None = None
+        self.from_flags: set[str] = set()  # global options given as flags (beat variables)
 
     def setup(self) -> None:
         env = self.env
@@ -45,6 +63,10 @@ class Ctx:
         elif self.config_option is not None:
             env.project_dir = self.config_option.resolve().parent
         env.config_path = self.config_option
+        if not env.json and env.stderr.isatty():  # a bar for transfers; never in a log or JSON
+            from backout.cli.progress import TerminalProgress
+
+            env.progress = TerminalProgress(env.stderr)
         handler = logging.StreamHandler(env.stderr)
         handler.setFormatter(logging.Formatter("backout: %(message)s"))
         log = logging.getLogger("backout")
@@ -80,44 +102,83 @@ class Ctx:
         return lock
 
 
-def _set_json(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.ensure_object(Ctx).env.json = True
+# Every global option, its environment variable and where its value goes. Precedence:
+# a flag on the command line > the environment variable > backout.toml > the default.
+# The options are accepted before and after the subcommand; a flag given anywhere
+# wins over the variable, wherever the variable is read.
+ENV_VARS = {"json": "BACKOUT_JSON", "verbose": "BACKOUT_VERBOSE", "debug": "BACKOUT_DEBUG",
+            "config": "BACKOUT_CONFIG", "project_dir": "BACKOUT_PROJECT_DIR"}
 
 
-def _set_verbose(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.ensure_object(Ctx).env.verbose = True
+def _apply(target: Callable[[Ctx, Any], None]) -> Callable[[click.Context, click.Parameter, Any],
+                                                           None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        name = str(param.name)
+        source = ctx.get_parameter_source(name)
+        holder = ctx.ensure_object(Ctx)
+        if source == click.core.ParameterSource.COMMANDLINE:
+            holder.from_flags.add(name)
+        elif source != click.core.ParameterSource.ENVIRONMENT or name in holder.from_flags:
+            return  # the default, or a variable under a flag given elsewhere
+        target(holder, value)
+
+    return callback
 
 
-def _set_debug(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.ensure_object(Ctx).env.debug = True
+def _set(attr: str) -> Callable[[Ctx, Any], None]:
+    def assign(holder: Ctx, value: Any) -> None:
+        setattr(holder.env, attr, bool(value))
+
+    return assign
 
 
-def _set_config(ctx: click.Context, _p: click.Parameter, value: Path | None) -> None:
-    if value is not None:
-        ctx.ensure_object(Ctx).config_option = value
+def _show_version(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from backout.version import describe
 
-
-def _set_project_dir(ctx: click.Context, _p: click.Parameter, value: Path | None) -> None:
-    if value is not None:
-        ctx.ensure_object(Ctx).project_dir_option = value
+        click.echo(describe())
+        ctx.exit(0)
 
 
 GLOBAL_OPTIONS = [
-    click.option("--json", "json_", is_flag=True, expose_value=False, callback=_set_json,
-                 is_eager=True, help="Machine-readable output (stable keys, see README)."),
-    click.option("--verbose", "-v", is_flag=True, expose_value=False, callback=_set_verbose,
-                 is_eager=True, help="Log every external call (argv or URL, duration, exit code)."),
-    click.option("--debug", is_flag=True, expose_value=False, callback=_set_debug,
-                 is_eager=True, help="Show tracebacks of unexpected errors."),
-    click.option("--config", "config_", type=click.Path(path_type=Path), expose_value=False,
-                 callback=_set_config, is_eager=True, help="Path to backout.toml."),
-    click.option("--project-dir", type=click.Path(path_type=Path), expose_value=False,
-                 callback=_set_project_dir, is_eager=True,
-                 help="Directory of the compose project (default: current directory)."),
+    click.option("--json/--no-json", "json", default=False, expose_value=False,
+                 callback=_apply(_set("json")), is_eager=True, envvar=ENV_VARS["json"],
+                 help="Machine-readable output (stable keys, see README). [env: BACKOUT_JSON]"),
+    click.option("--verbose/--no-verbose", "-v", "verbose", default=False, expose_value=False,
+                 callback=_apply(_set("verbose")), is_eager=True, envvar=ENV_VARS["verbose"],
+                 help="Log every external call (argv or URL, duration, exit code). "
+                      "[env: BACKOUT_VERBOSE]"),
+    click.option("--debug/--no-debug", "debug", default=False, expose_value=False,
+                 callback=_apply(_set("debug")), is_eager=True, envvar=ENV_VARS["debug"],
+                 help="Show tracebacks of unexpected errors. [env: BACKOUT_DEBUG]"),
+    click.option("--config", "config", type=click.Path(path_type=Path), expose_value=False,
+                 callback=_apply(lambda h, v: setattr(h, "config_option", v)), is_eager=True,
+                 envvar=ENV_VARS["config"], help="Path to backout.toml. [env: BACKOUT_CONFIG]"),
+    click.option("--project-dir", "project_dir", type=click.Path(path_type=Path),
+                 expose_value=False, is_eager=True, envvar=ENV_VARS["project_dir"],
+                 callback=_apply(lambda h, v: setattr(h, "project_dir_option", v)),
+                 help="Directory of the compose project (default: current directory). "
+                      "[env: BACKOUT_PROJECT_DIR]"),
 ]
+
+
+def complete(kind: str) -> Callable[[click.Context, click.Parameter, str],
+                                    list[click.shell_completion.CompletionItem]]:
+    """Dynamic shell completion of an argument (see backout.completion): the project
+    is the one the command line names so far (--project-dir, --config, their
+    variables) or the current directory."""
+
+    def shell_complete(ctx: click.Context, _param: click.Parameter,
+                       incomplete: str) -> list[click.shell_completion.CompletionItem]:
+        from backout.completion import candidates
+
+        holder = ctx.find_object(Ctx) or Ctx()
+        config = holder.config_option
+        project = holder.project_dir_option or (config.resolve().parent if config else Path())
+        return [click.shell_completion.CompletionItem(value)
+                for value in candidates(kind, project.resolve(), config, incomplete)]
+
+    return shell_complete
 
 
 def global_options(f: F) -> F:
@@ -141,8 +202,10 @@ def command(group: click.Group, name: str, **kwargs: Any) -> Callable[[F], F]:
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="backout")
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=HELP_EPILOG)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_show_version, help="Show the version (and, in a checkout, the commit).")
 @global_options
 def cli() -> None:
     """backout: reversible, data-safe deployments for Docker Compose.
@@ -169,10 +232,25 @@ def register() -> None:
     )
 
 
+BOOLEAN_WORDS = {"", "0", "1", "true", "false", "t", "f", "yes", "no", "y", "n", "on", "off"}
+
+
+def _check_boolean_variables() -> None:
+    """A BACKOUT_* switch with a value that is not a boolean: named as the variable
+    (click would blame the flag, which the operator never typed)."""
+    for name in ("json", "verbose", "debug"):
+        var = ENV_VARS[name]
+        value = os.environ.get(var)
+        if value is not None and value.strip().lower() not in BOOLEAN_WORDS:
+            raise click.UsageError(f"{var}={value!r} is not a boolean: use 1 or 0 (true/false, "
+                                   "yes/no, on/off)")
+
+
 def main(argv: list[str] | None = None) -> int:
     register()
     env_holder = Ctx()
     try:
+        _check_boolean_variables()
         rv = cli.main(args=argv, prog_name="backout", standalone_mode=False, obj=env_holder)
         return int(rv) if isinstance(rv, int) else int(ExitCode.OK)
     except click.exceptions.Exit as exc:  # --help, --version

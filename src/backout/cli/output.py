@@ -20,6 +20,14 @@ def emit(env: Environment, command: str, data: dict[str, Any], human: list[str] 
     env.stdout.flush()
 
 
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def table(rows: list[list[str]], headers: list[str]) -> list[str]:
     widths = [len(h) for h in headers]
     for row in rows:

@@ -10,8 +10,10 @@ from backout import dotenv, proc
 from backout.adapters.docker import Compose
 from backout.config.generate import Derived, derive, render
 from backout.config.load import display_path, load_config
+from backout.config.model import ProjectConfig
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, UsageError
+from backout.state.dirs import private_dir
 
 # Compose's own lookup order for a project's default file.
 COMPOSE_DEFAULTS = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
@@ -23,6 +25,7 @@ class InitResult:
     services: list[str]
     databases: dict[str, str]
     warnings: list[str]
+    state_dir: Path | None = None  # made now, self-ignoring: git status stays clean
 
 
 # Tried, in order, on an app service whose only derived health URL is its root.
@@ -101,8 +104,10 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
     warnings = [f"{key}: {note}" for key, notes in derived.notes.items() for note in notes
                 if "export" in note or "set password_env" in note]
     try:
-        load_config(check_env, target)
+        state_dir = load_config(check_env, target).state_dir
     except BackoutError as exc:
         warnings.append(f"config check reports: {exc.one_line()}")
+        state_dir = project_dir / ProjectConfig().state_dir
     return InitResult(target, sorted(derived.services),
-                      {k: v["type"] for k, v in derived.databases.items()}, warnings)
+                      {k: v["type"] for k, v in derived.databases.items()}, warnings,
+                      private_dir(state_dir))

@@ -11,7 +11,7 @@ is removed (``keep=True`` leaves it running).
 Each backout step runs as the real command in a subprocess, printed as an operator
 would type it, so the narration shows exactly what a user would see. Nothing here
 needs a registry: the images build ``FROM debian:bookworm-slim`` (pulled where a
-registry is reachable, or made locally: scripts/ensure-docker.sh).
+registry is reachable, or made locally: ``bash scripts/setup.sh`` in a clone of backout).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+from backout.adapters import http
 from backout.demo.traffic import Traffic
 from backout.errors import ExitCode, ExternalError, VerificationFailedError
 
@@ -242,7 +243,7 @@ class Demo:
 
     def _get(self, path: str) -> str:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            with http.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
                 return str(r.read().decode().strip())
         except urllib.error.HTTPError as exc:
             return f"HTTP {exc.code}"
@@ -306,7 +307,8 @@ def build_images(demo: Demo) -> bool:
         if not pulled:
             raise ExternalError(f"the demo's images build FROM {BASE_IMAGE}, which is not on "
                                 "this machine and could not be pulled",
-                                fix="run scripts/ensure-docker.sh (it builds the base image "
+                                fix="run `bash scripts/setup.sh` in a clone of backout (it "
+                                    "builds the base image "
                                     "locally when no registry is reachable)")
     with tempfile.TemporaryDirectory(prefix="backout-demo-build-") as tmp:
         for name, data in _stack_files().items():

@@ -11,6 +11,8 @@ import time
 import urllib.error
 import urllib.request
 
+from backout.adapters import http
+
 
 class Traffic:
     def __init__(self, url: str, period: float = 0.05, limit: float = 600.0) -> None:
@@ -24,7 +26,7 @@ class Traffic:
         while not self.stop.is_set() and time.monotonic() < deadline:
             self.sent += 1
             try:
-                urllib.request.urlopen(self.url, timeout=10).read()
+                http.urlopen(self.url, timeout=10).read()
             except (urllib.error.URLError, OSError):
                 self.failed += 1
             self.stop.wait(self.period)

@@ -76,7 +76,43 @@ def last_checkpoint_bytes(config: Config, store: Store) -> int | None:
     return None
 
 
-def _existing_parent(path: Path) -> Path:
+@dataclass(frozen=True)
+class Room:
+    """Room on the backup disk for the next checkpoint: the last checkpoint's size x
+    ``[deploy] disk_margin`` against the free space (no estimate without one)."""
+
+    where: Path
+    free: int
+    last: int | None  # bytes of the last checkpoint still on disk
+    need: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.need is None or self.need <= self.free
+
+    def detail(self) -> str:
+        if self.need is None:
+            return (f"{self.free // 2**20} MiB free on {self.where}; no earlier checkpoint "
+                    "to estimate from")
+        return f"{_mib(self.free)} free, about {_mib(self.need)} needed"
+
+    def error(self, margin: float) -> UsageError:
+        return UsageError(
+            f"not enough room for a checkpoint on {self.where}: about "
+            f"{_mib(self.need or 0)} needed (last checkpoint {_mib(self.last or 0)} x "
+            f"{margin:g}), {_mib(self.free)} free",
+            fix="free space (`backout backups prune`) or set [backups] dir elsewhere")
+
+
+def checkpoint_room(config: Config, store: Store,
+                    disk_usage: DiskUsage = shutil.disk_usage) -> Room:
+    last = last_checkpoint_bytes(config, store)
+    where = existing_parent(config.backup_dir)
+    return Room(where, int(disk_usage(where).free), last,
+                None if last is None else int(last * config.deploy.disk_margin))
+
+
+def existing_parent(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
@@ -119,9 +155,7 @@ def preflight(env: Environment, config: Config, store: Store, compose: Compose,
     git = Git(env, config.project_dir)
     pf = Preflight(ref or "HEAD")
     if not git.is_repo():
-        pf.fail("git repository", UsageError(
-            f"{config.project_dir} is not a git repository: deploy switches code by git ref",
-            fix="keep the compose project in git, or deploy by hand and `backout release record`"))
+        pf.fail("git repository", git.not_a_repo("deploy switches code by git ref"))
         return pf
     pf.passed("git repository", str(config.project_dir))
     try:
@@ -174,23 +208,12 @@ def preflight(env: Environment, config: Config, store: Store, compose: Compose,
             pf.passed("previous release", f"{len(running)} running services; their images are "
                                           "retained under backout's tags before the switch")
     if config.databases:
-        estimate = last_checkpoint_bytes(config, store)
-        where = _existing_parent(config.backup_dir)
-        free = int(disk_usage(where).free)
-        if estimate is None:
-            pf.passed("disk room", f"{free // 2**20} MiB free on {where}; no earlier checkpoint "
-                                   "to estimate from")
+        room = checkpoint_room(config, store, disk_usage)
+        pf.checkpoint_estimate = room.need
+        if room.ok:
+            pf.passed("disk room", room.detail())
         else:
-            need = int(estimate * config.deploy.disk_margin)
-            pf.checkpoint_estimate = need
-            if need > free:
-                pf.fail("disk room", UsageError(
-                    f"not enough room for the pre-deploy checkpoint on {where}: about "
-                    f"{_mib(need)} needed (last checkpoint {_mib(estimate)} x "
-                    f"{config.deploy.disk_margin:g}), {_mib(free)} free",
-                    fix="free space (`backout backups prune`) or set [backups] dir elsewhere"))
-            else:
-                pf.passed("disk room", f"{_mib(free)} free, about {_mib(need)} needed")
+            pf.fail("disk room", room.error(config.deploy.disk_margin))
     return pf
 
 

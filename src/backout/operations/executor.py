@@ -68,6 +68,35 @@ class RunContext:
 
 
 @dataclass(frozen=True)
+class StepReport:
+    """What became of one step, for the operator: ``done``, ``skipped`` (with why:
+    the action decided there was nothing to do, or the executor did not run it) or
+    ``failed`` (with the error). A step that did nothing is never reported done."""
+
+    name: str
+    status: str  # done | skipped | failed | deferred (left for `backout resume`)
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "reason": self.reason}
+
+
+# Told about each step as it starts and ends: (step, running|done|skipped|failed|deferred,
+# the skip reason or the error).
+StepCallback = Callable[[Step, str, "str | None"], None]
+
+NOT_NEEDED = "runs only if an earlier step fails"
+ABANDONING = "the operation is abandoned: only its cleanup steps run"
+
+
+def skip_reason(result: Any) -> str | None:
+    """An action says it decided to do nothing by returning ``{"skipped": why}``."""
+    if isinstance(result, dict) and isinstance(result.get("skipped"), str):
+        return str(result["skipped"])
+    return None
+
+
+@dataclass(frozen=True)
 class OperationOutcome:
     operation_id: int
     # succeeded | failed | interrupted (a signal cut it short; the cleanup steps ran)
@@ -76,16 +105,17 @@ class OperationOutcome:
     results: dict[str, Any]
     error: BackoutError | None = None
     failed_step: str | None = None
+    steps: tuple[StepReport, ...] = ()
     signal: str | None = None  # SIGINT/SIGTERM received while it ran
     deferred_step: str | None = None  # the cleanup step left for resume
 
 
 class Executor:
     def __init__(self, store: Store, services: dict[str, Any],
-                 on_step: Callable[[Step, str], None] | None = None) -> None:
+                 on_step: StepCallback | None = None) -> None:
         self.store = store
         self.services = services
-        self.on_step = on_step or (lambda _s, _st: None)
+        self.on_step: StepCallback = on_step or (lambda _s, _st, _d: None)
 
     def start(self, plan: Plan) -> int:
         load_actions()
@@ -135,22 +165,37 @@ class Executor:
         interrupted = False
         deferred: str | None = None
         unexpected: Exception | None = None
+        reports: list[StepReport] = []
+
+        def report(step: Step, state: str, detail: str | None) -> None:
+            reports.append(StepReport(step.name, state, detail))
+            self.on_step(step, state, detail)
+
         for seq, step in enumerate(plan.steps):
-            if status.get(seq) in ("done", "failed"):
+            if status.get(seq) == "done":
+                reason = skip_reason(results.get(step.name))
+                reports.append(StepReport(step.name, "skipped" if reason else "done",
+                                          reason or "in an earlier run"))
+                continue
+            if status.get(seq) == "failed":
+                reports.append(StepReport(step.name, "failed", "in an earlier run"))
                 continue
             cleanup = step.always or step.on_failure
             if intr.requested and error is None and not only_always and not cleanup:
                 error = InterruptedOperation(f"interrupted by {intr.signal} before step "
                                              f"{step.name!r}")
                 failed_step, interrupted = step.name, True
-            if step.on_failure and error is None and not only_always:
+            why_not = (NOT_NEEDED if step.on_failure and error is None and not only_always else
+                       ABANDONING if only_always and not cleanup else
+                       (f"interrupted by {intr.signal}" if interrupted else
+                        f"an earlier step failed ({failed_step})")
+                       if error is not None and not cleanup else None)
+            if why_not is not None:
                 self._mark(op_id, seq, "skipped", None)
-                continue
-            if (error is not None or only_always) and not cleanup:
-                self._mark(op_id, seq, "skipped", None)
+                report(step, "skipped", why_not)
                 continue
             self._mark(op_id, seq, "running", None, started=True)
-            self.on_step(step, "running")
+            self.on_step(step, "running", None)
             intr.enter((op_id, plan.kind), step.name,
                        abortable=error is None and not only_always and not cleanup)
             faults.hit(f"step-{seq}-started")
@@ -161,13 +206,13 @@ class Executor:
                     # The cleanup cannot run now (the engine does not answer): it and
                     # every later step stay pending, for `backout resume`.
                     self._mark(op_id, seq, "pending", {"deferred": exc.one_line()})
-                    self.on_step(step, "deferred")
+                    report(step, "deferred", f"left for `backout resume`: {exc.one_line()}")
                     deferred = step.name
                     error = error or exc
                     failed_step = failed_step or step.name
                     break
                 self._mark(op_id, seq, "failed", {"error": exc.one_line()})
-                self.on_step(step, "failed")
+                report(step, "failed", exc.one_line())
                 if error is None:
                     error, failed_step = exc, step.name
                     interrupted = isinstance(exc, InterruptedOperation)
@@ -175,7 +220,7 @@ class Executor:
             except Exception as exc:  # a bug: still run the always-steps, then re-raise it
                 text = f"internal error: {type(exc).__name__}: {exc}"
                 self._mark(op_id, seq, "failed", {"error": text})
-                self.on_step(step, "failed")
+                report(step, "failed", text)
                 if error is None:
                     error, failed_step = BackoutError(f"{step.name}: {text}"), step.name
                 unexpected = unexpected or exc
@@ -183,15 +228,17 @@ class Executor:
             finally:
                 intr.leave()
             results[step.name] = result
+            # Journaled as done (the step ran and decided); reported as what it did.
             self._mark(op_id, seq, "done", result)
-            self.on_step(step, "done")
+            reason = skip_reason(result)
+            report(step, "skipped" if reason else "done", reason)
             faults.hit(f"step-{seq}-done")
         if deferred is not None:
             self.store.record_event("operation.deferred", target=f"{plan.kind} #{op_id}",
                                     reason=error.one_line() if error else None,
                                     detail={"step": deferred})
             return OperationOutcome(op_id, "unfinished", results, error, failed_step,
-                                    intr.signal, deferred)
+                                    tuple(reports), intr.signal, deferred)
         final = "interrupted" if interrupted else "failed" if error else "succeeded"
         self.store.db.execute(
             "UPDATE operations SET status = ?, finished_at = ?, error = ? WHERE id = ?",
@@ -200,7 +247,8 @@ class Executor:
                                 reason=error.one_line() if error else None)
         if unexpected is not None:
             raise unexpected  # the operation is closed as failed; the CLI reports the bug (70)
-        return OperationOutcome(op_id, final, results, error, failed_step, intr.signal)
+        return OperationOutcome(op_id, final, results, error, failed_step, tuple(reports),
+                                intr.signal)
 
     def _mark(self, op_id: int, seq: int, status: str, detail: Any, started: bool = False) -> None:
         ts = now()

@@ -3,21 +3,17 @@ rollback uses it; the CLI adds confirmation and rendering around the same steps)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from backout.adapters.docker import Compose
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import UsageError
-from backout.operations.executor import Executor, OperationOutcome, unfinished
-from backout.operations.plan import Plan, Step
+from backout.operations.executor import Executor, OperationOutcome, StepCallback, unfinished
+from backout.operations.plan import Plan
 from backout.state import OperationLock, Store
 
 
 def run_locked(env: Environment, config: Config, store: Store, compose: Compose, plan: Plan,
-               command: str, on_step: Callable[[Step, str], None] | None = None,
-               progress: Any = None) -> OperationOutcome:
+               command: str, on_step: StepCallback | None = None) -> OperationOutcome:
     """Take the lock, refuse if an interrupted operation waits for `resume`, run."""
     with OperationLock(config.state_dir).acquire(command) as lock:
         if lock.took_over is not None:
@@ -27,7 +23,6 @@ def run_locked(env: Environment, config: Config, store: Store, compose: Compose,
         if pending:
             raise UsageError(f"operation #{pending[-1]['id']} ({pending[-1]['kind']}) was "
                              "interrupted and is unfinished", fix="run `backout resume` first")
-        services = {"env": env, "config": config, "store": store, "compose": compose,
-                    "progress": progress}
+        services = {"env": env, "config": config, "store": store, "compose": compose}
         executor = Executor(store, services, on_step)
         return executor.run(plan, executor.start(plan))

@@ -325,8 +325,7 @@ def _safety(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     writer.open()
     db = config.databases[params["database"]]
     try:
-        section = dump(DumpContext(env, config, compose, ctx.services.get("progress"),
-                                   safety=True), db, writer.dir)
+        section = dump(DumpContext(env, config, compose, safety=True), db, writer.dir)
         art = dict(section["artifact"])
         name = art.pop("name")
         stamp = _iso()

@@ -34,6 +34,8 @@ from backout.verify import EXPECTED_IMAGES, run_verify
 def resolve(env: Environment, config: Config, store: Store, target: str,
             with_data: bool) -> dict[str, Any]:
     git = Git(env, config.project_dir)
+    if not git.is_repo():
+        raise git.not_a_repo("an emergency rollback switches the code to the target's commit")
     checkpoint = None
     release = None
     m = common.CHECKPOINT_REF.match(target)

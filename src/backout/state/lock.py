@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backout.errors import LockedError
+from backout.state.dirs import private_dir
 
 LOCK_NAME = "lock"
 MONITOR_LOCK_NAME = "monitor.lock"  # one monitor per project (not an operation lock)
@@ -65,7 +66,7 @@ class OperationLock:
         self.took_over: LockHolder | None = None
 
     def acquire(self, command: str) -> OperationLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from backout.errors import BackoutError, ExitCode
+from backout.state.dirs import private_dir
 
 DB_NAME = "state.db"
 
@@ -157,7 +158,7 @@ class Store:
         self.state_dir = state_dir
         self.path = state_dir / DB_NAME
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(state_dir)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -350,3 +351,28 @@ def _row(row: sqlite3.Row, json_fields: tuple[str, ...] = ()) -> dict[str, Any]:
         if out.get(key) is not None:
             out[key] = json.loads(out[key])
     return out
+
+
+def peek_ids(state_dir: Path) -> dict[str, list[int]]:
+    """Release and checkpoint ids, newest first, read without creating or migrating
+    anything (for shell completion, which must be quick and never change state).
+    An absent or unreadable store has none."""
+    path = state_dir / DB_NAME
+    if not path.is_file():
+        return {"releases": [], "checkpoints": []}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+    except sqlite3.Error:
+        return {"releases": [], "checkpoints": []}
+    try:
+        found: dict[str, list[int]] = {}
+        for key, sql in (("releases", "SELECT id FROM releases ORDER BY id DESC LIMIT 50"),
+                         ("checkpoints", "SELECT id FROM checkpoints WHERE status = "
+                                         "'complete' ORDER BY id DESC LIMIT 50")):
+            try:
+                found[key] = [int(r[0]) for r in db.execute(sql)]
+            except sqlite3.Error:
+                found[key] = []
+        return found
+    finally:
+        db.close()
