@@ -89,15 +89,7 @@ class Rig:
 
     def safety_sets(self, result: dict[str, Any]) -> dict[str, str]:
         """database -> the safety set id a rollback's plan wrote."""
-        out = {}
-        for step in result["plan"]["steps"]:
-            inner = step["params"] if step["action"] != "deploy.rollback_step" else \
-                step["params"]["params"]
-            action = step["action"] if step["action"] != "deploy.rollback_step" else \
-                step["params"]["action"]
-            if action == "rollback.db.safety":
-                out[inner["database"]] = inner["set_id"]
-        return out
+        return safety_sets_of(result["plan"])
 
     def unfinished(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self.json("status")["interrupted"]

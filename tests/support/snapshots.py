@@ -10,6 +10,7 @@ from typing import Any
 from tests.support.stack import DATABASE, TestStack
 
 # Every key of every type, as JSON, in one round trip (EVAL is atomic: one instant).
+# TTLs are kept as "has one or not": they tick.
 REDIS_SNAPSHOT_LUA = """
 local out = {}
 for _, k in ipairs(redis.call('KEYS', '*')) do
@@ -21,7 +22,7 @@ for _, k in ipairs(redis.call('KEYS', '*')) do
   elseif t == 'set' then v = redis.call('SMEMBERS', k); table.sort(v)
   elseif t == 'zset' then v = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
   else v = 'unsupported type' end
-  out[#out + 1] = {k, t, v}
+  out[#out + 1] = {k, t, v, redis.call('PTTL', k) > 0}
 end
 return cjson.encode(out)
 """
@@ -48,13 +49,17 @@ def mysql_snapshot(stack: TestStack) -> dict[str, list[tuple[Any, ...]]]:
     return snap
 
 
-def redis_snapshot(stack: TestStack, volatile: bool = True) -> dict[str, Any]:
+def redis_snapshot(stack: TestStack, volatile: bool = True,
+                   ttl: bool = False) -> dict[str, Any]:
+    """key -> (type, value[, has a TTL]); ``volatile``: with the keys the stack's own
+    health checks change."""
     out: dict[str, Any] = {}
-    for key, kind, value in json.loads(stack.redis_cmd("--raw", "EVAL", REDIS_SNAPSHOT_LUA, "0")):
+    for key, kind, value, has_ttl in json.loads(
+            stack.redis_cmd("--raw", "EVAL", REDIS_SNAPSHOT_LUA, "0")):
         if kind == "hash":
             value = dict(zip(value[::2], value[1::2], strict=True))
         if volatile or key not in VOLATILE_REDIS_KEYS:
-            out[key] = (kind, value)
+            out[key] = (kind, value, has_ttl) if ttl else (kind, value)
     return out
 
 

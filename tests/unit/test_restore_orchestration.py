@@ -200,15 +200,27 @@ def test_verify_compares_the_sha256_before_a_restore(tmp_path: Path) -> None:
         verify(ctx_for(config, store), {"database": "mysql", **target, "section": section}, {})
 
 
-@pytest.mark.parametrize(("restored", "ok"), [({"app": {"items": 3}}, True),
-                                              ({"app": {"items": 2}}, False),
-                                              ({"app": {}}, False)])
+COUNTED = {  # engine -> (its manifest section, the restore function)
+    "mysql": ({"type": "mysql", "databases": {"app": {"tables": {"items": 3}}}}, "restore_mysql"),
+    "redis": ({"type": "redis", "keys": {"db0": 3}}, "restore_redis"),
+    "mongodb": ({"type": "mongodb", "databases": {"app": {"collections": {"items": 3}}}},
+                "restore_mongodb"),
+}
+
+
+@pytest.mark.parametrize(("engine", "restored", "ok"), [
+    ("mysql", {"app": {"items": 3}}, True), ("mysql", {"app": {"items": 2}}, False),
+    ("mysql", {"app": {}}, False),
+    ("redis", {"db0": 3}, True), ("redis", {"db0": 2}, False),
+    ("redis", {}, False),
+    ("mongodb", {"app": {"items": 3}}, True), ("mongodb", {"app": {"items": 4}}, False),
+    ("mongodb", {"app": {}}, False)])
 def test_restored_counts_are_compared_with_the_backups(monkeypatch: pytest.MonkeyPatch,
-                                                       restored: dict[str, Any], ok: bool) -> None:
-    section = {"type": "mysql", "databases": {"app": {"tables": {"items": 3}}}}
-    access = type("A", (), {"db": DatabaseConfig("mysql", "mysql", "mysql")})()
-    monkeypatch.setattr(db_rollback.restore, "restore_mysql",
-                        lambda *a: {"counts": restored})
+                                                       engine: str, restored: dict[str, Any],
+                                                       ok: bool) -> None:
+    section, function = COUNTED[engine]
+    access = type("A", (), {"db": DatabaseConfig(engine, engine, engine)})()
+    monkeypatch.setattr(db_rollback.restore, function, lambda *a: {"counts": restored})
     if ok:
         assert db_rollback._restore(Environment(), access, Path("x"), section)  # type: ignore[arg-type]
     else:
