@@ -38,6 +38,9 @@ class BackoutError(Exception):
 
     exit_code: ExitCode = ExitCode.EXTERNAL
     code: str = "error"
+    # A cleanup step failing with such an error (the Docker Engine not answering) is
+    # left for `backout resume` instead of closing the operation as failed.
+    retry_on_resume: bool = False
 
     def __init__(self, message: str, *, fix: str | None = None) -> None:
         super().__init__(message)
@@ -94,6 +97,7 @@ class ExternalError(BackoutError):
 
 class DockerUnavailableError(ExternalError):
     code = "docker_unavailable"
+    retry_on_resume = True
 
 
 class CommandFailedError(ExternalError):

@@ -4,21 +4,60 @@ Secrets are handed to a child through its environment (``secret_env``) or a file
 never through argv where ``ps`` would show them. The child's environment is
 built from the caller's minus anything that looks like a credential, so a secret
 of one database is never leaked to an unrelated tool (BorgBackup does the same).
+
+Every child runs in a session of its own (``CHILD``): a terminal's Ctrl-C goes to
+the whole foreground process group, and a dump or restore pipe must not die with
+it before backout has decided what to do (backout.operations.interrupt). Children
+are still killed with backout (the kernel's parent-death signal), so a ``kill -9``
+of backout never leaves a restore running behind the one ``backout resume`` starts.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import re
 import shlex
+import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 from backout.environment import Environment
 from backout.errors import CommandFailedError, ExternalError
 
 _SECRET_NAME = re.compile(r"(PASS|PASSWORD|SECRET|TOKEN|CREDENTIAL|API_KEY|PRIVATE_KEY|AUTH)", re.I)
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> object | None:
+    # Resolved once, here: the function run in the child between fork and exec
+    # must not import or allocate (other threads may hold locks at fork time).
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl
+    except (OSError, AttributeError):  # not Linux: no parent-death signal
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # type: ignore[operator]
+
+
+class ChildOptions(TypedDict):
+    start_new_session: bool
+    preexec_fn: Callable[[], None]
+
+
+# Keyword arguments for every subprocess backout starts: its own session (no
+# terminal signals), killed when backout dies.
+CHILD = ChildOptions(start_new_session=True, preexec_fn=_die_with_parent)
 
 
 @dataclass(frozen=True)
@@ -79,10 +118,12 @@ def run(
             cwd=cwd,
             env=child_env(env, secret_env),
             input=input_text,
+            stdin=subprocess.DEVNULL if input_text is None else None,
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
+            **CHILD,
         )
     except FileNotFoundError as exc:
         env.log_external(f"$ {describe(argv)}  (not found)")

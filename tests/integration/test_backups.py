@@ -40,29 +40,12 @@ from typing import Any
 
 import pytest
 
+from tests.support.snapshots import mongo_snapshot, mysql_snapshot, redis_snapshot
 from tests.support.stack import DATABASE, TestStack, wait_for
 
 pytestmark = pytest.mark.docker
 
 WRITERS = ("backend", "frontend", "model-server")
-
-# Every key of every type, as JSON, in one round trip (EVAL runs atomically, so the
-# snapshot is of one instant). TTLs are compared as "has one or not": they tick.
-REDIS_SNAPSHOT_LUA = """
-local out = {}
-for _, k in ipairs(redis.call('KEYS', '*')) do
-  local t = redis.call('TYPE', k)['ok']
-  local v
-  if t == 'string' then v = redis.call('GET', k)
-  elseif t == 'hash' then v = redis.call('HGETALL', k)
-  elseif t == 'list' then v = redis.call('LRANGE', k, 0, -1)
-  elseif t == 'set' then v = redis.call('SMEMBERS', k); table.sort(v)
-  elseif t == 'zset' then v = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
-  else v = 'unsupported type' end
-  out[#out + 1] = {k, t, v, redis.call('PTTL', k) > 0}
-end
-return cjson.encode(out)
-"""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -196,39 +179,10 @@ def pipe_zstd_into(path: Path, argv: list[str], *, env: dict[str, str], cwd: Pat
 # -- snapshots of the data
 
 
-def mysql_snapshot(stack: TestStack, database: str = DATABASE) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every base table, ordered by the first column (the primary key
-    of every table of the test app)."""
-    tables = [r[0] for r in stack.mysql_query(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
-        " AND table_type = 'BASE TABLE' ORDER BY table_name", database=database)]
-    assert tables, f"no tables in {database}"
-    sql = "\n".join(f"SELECT '{t}', x.* FROM `{t}` x ORDER BY 2;" for t in tables)
-    snap: dict[str, list[tuple[Any, ...]]] = {t: [] for t in tables}
-    for row in stack.mysql_query(sql, database=database):
-        snap[str(row[0])].append(row[1:])
-    return snap
-
-
-def redis_snapshot(stack: TestStack) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, kind, value, has_ttl in json.loads(stack.redis_cmd("EVAL", REDIS_SNAPSHOT_LUA, "0")):
-        if kind == "hash":
-            value = dict(zip(value[::2], value[1::2], strict=True))
-        out[key] = (kind, value, has_ttl)
-    return out
-
-
-def mongo_snapshot(stack: TestStack) -> dict[str, list[Any]]:
-    colls = stack.mongo_eval(
-        "result = {c: list(db[c].find()) for c in db.list_collection_names()"
-        " if not c.startswith('system.')}")
-    return {c: sorted(docs, key=lambda d: json.dumps(d["_id"], sort_keys=True))
-            for c, docs in sorted(colls.items())}
-
-
 def snapshot(stack: TestStack) -> dict[str, Any]:
-    return {"mysql": mysql_snapshot(stack), "redis": redis_snapshot(stack),
+    """Every row (and column definition), every key with its type and whether it has
+    a TTL, every document."""
+    return {"mysql": mysql_snapshot(stack), "redis": redis_snapshot(stack, ttl=True),
             "mongodb": mongo_snapshot(stack)}
 
 

@@ -43,7 +43,7 @@ def test_migration_plan_restores_the_checkpoint_with_the_rollback_actions_names(
     plan = plan_deploy(_config(True), _pf(), watch_seconds=60, with_data=True)
     names = [s.name for s in plan.steps]
     for name in ("stop writers: web", "verify mysql backup", "safety backup of mysql",
-                 "restore mysql", "put mysql's safety backup back if its restore failed"):
+                 "restore mysql", "put mysql's safety backup back if a restore failed"):
         assert name in names
     restore = plan.steps[names.index("restore mysql")]
     assert restore.params["action"] == "rollback.db.restore"

@@ -33,7 +33,7 @@ def test_store_is_wal_and_records_migrations(tmp_path: Path) -> None:
 def test_store_upgrades_an_older_schema_in_place(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.record_event("x")
-    for table in ("facts", "incident_events", "incidents"):  # what migrations 2.. created
+    for table in ("facts", "incident_events", "incidents", "verifications"):  # migrations 2..
         store.db.execute(f"DROP TABLE {table}")
     store.db.execute("DELETE FROM schema_migrations WHERE version > 1")
     store.close()

@@ -59,6 +59,9 @@ class Docker:
             result = self._run(["version", "--format", "{{.Server.Version}}"], timeout=20,
                                check=False, what="docker version")
         except ExternalError as exc:
+            if "timed out" in exc.message:
+                raise DockerUnavailableError(f"Docker Engine does not answer ({exc.message})",
+                                             fix=ENGINE_FIX) from exc
             raise DockerUnavailableError(exc.message, fix="install Docker (docker.io)") from exc
         version = result.stdout.strip()
         if not result.ok or not version:

@@ -15,7 +15,7 @@ from typing import IO, Any
 from backout.adapters.dbaccess import DbAccess
 from backout.adapters.docker import Compose
 from backout.adapters.mongodb import MongoDB, MongoDump
-from backout.adapters.mysql import DUMP_FLAGS, MySQL
+from backout.adapters.mysql import DUMP_FLAGS, MySQL, dump_errors
 from backout.adapters.redis import Redis
 from backout.backup.checkers import (
     MySQLDumpChecker,
@@ -25,14 +25,17 @@ from backout.backup.checkers import (
 )
 from backout.backup.pipeline import (
     Checker,
+    DiskFullError,
     IntegrityError,
+    StalledError,
     scan,
     stream_from_python,
     stream_to_file,
 )
 from backout.config import Config, DatabaseConfig
 from backout.environment import Environment
-from backout.errors import NotFoundError
+from backout.errors import ExternalError, NotFoundError
+from backout.operations import interrupt
 
 ARTIFACT_NAMES = {"mysql": "{name}.sql.zst", "redis": "{name}.rdb.zst",
                   "mongodb": "{name}.tar.zst"}
@@ -45,6 +48,10 @@ class DumpContext:
     env: Environment
     config: Config
     compose: Compose
+    # A safety backup before a restore: the data may be damaged (a dropped table
+    # under a view, a dropped database) and the dump must still take what exists,
+    # recording what it could not take, rather than block the restore.
+    safety: bool = False
 
 
 def artifact_name(db: DatabaseConfig) -> str:
@@ -91,18 +98,53 @@ def _dump_mysql(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
     version = my.version()  # proves reachability and credentials before anything is written
     present = my.user_databases()
     wanted = list(db.databases) or present
-    missing = [d for d in wanted if d not in present]
-    if missing:
-        raise NotFoundError(f"{db.name}: database(s) {', '.join(missing)} do not exist on the server",
+    absent = [d for d in wanted if d not in present]
+    if absent and not ctx.safety:
+        raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
                             fix=f"correct databases.{db.name}.databases in backout.toml")
+    dumpable = [d for d in wanted if d in present]
+    # Broken views stop the dump tools; they cannot be restored either (CREATE VIEW
+    # checks what it reads), so they are left out and recorded with their definition.
+    not_dumped: list[dict[str, str]] = my.broken_views(dumpable)
     binlog = my.log_bin()
     name = artifact_name(db)
     what = f"{db.name} dump"
-    stream_to_file(ctx.env, my.dump_argv(wanted, binlog=binlog), set_dir / name, what=what,
-                   level=ctx.config.backups.zstd_level, secret_env=my.secret_env(),
-                   cwd=str(ctx.config.project_dir),
-                   total=my.data_bytes(wanted) if ctx.env.progress else None)
-    scanned = scan(ctx.env, set_dir / name, MySQLDumpChecker(wanted, what), what=what)
+    level = ctx.config.backups.zstd_level
+    if not dumpable:  # every configured database was dropped: an empty, valid dump
+        text = _EMPTY_DUMP.format(names=", ".join(absent), at=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+        def write(pipe: IO[bytes]) -> None:
+            pipe.write(text.encode())
+
+        stream_from_python(ctx.env, write, set_dir / name, what=what, level=level)
+    else:
+        ignore = [item["object"] for item in not_dumped]
+
+        def run_dump(force: bool) -> Any:
+            return stream_to_file(
+                ctx.env, my.dump_argv(dumpable, binlog=binlog, ignore=ignore, force=force),
+                set_dir / name, what=what, level=level, secret_env=my.secret_env(),
+                cwd=str(ctx.config.project_dir),
+                total=my.data_bytes(dumpable) if ctx.env.progress else None,
+                stall=ctx.config.backups.stall_seconds, ok_exit=(0, 2) if force else (0,))
+
+        try:
+            run_dump(force=False)
+        except ExternalError as exc:
+            if not ctx.safety or isinstance(exc, (DiskFullError, StalledError)):
+                raise
+            # Something else the damage broke: take everything the server still gives,
+            # and record what it could not.
+            written = run_dump(force=True)
+            not_dumped += dump_errors(written.stderr) or [
+                {"object": db.name, "kind": "object", "why": exc.message}]
+    for item in not_dumped:
+        ctx.env.warn(f"{db.name}: {item['kind']} {item['object']} is not in the backup: "
+                     f"{item['why']}")
+    for gone in absent:
+        ctx.env.warn(f"{db.name}: database {gone} does not exist (dropped?): the backup "
+                     "records it as absent")
+    scanned = scan(ctx.env, set_dir / name, MySQLDumpChecker(dumpable, what), what=what)
     return {
         "database": {
             "type": "mysql", "service": db.service, "server_version": version,
@@ -111,10 +153,16 @@ def _dump_mysql(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
             "consistency": "single-transaction snapshot (consistent for InnoDB tables)",
             "binlog": scanned.checks.get("binlog"),
             "databases": scanned.checks["databases"],
+            "absent": absent, "not_dumped": not_dumped,
             "artifacts": [name],
         },
         "artifact": _artifact(name, "mysql", scanned, db.name),
     }
+
+
+_EMPTY_DUMP = """-- backout: none of the configured databases exist ({names}): nothing to dump
+-- Dump completed on {at}
+"""
 
 
 def _dump_redis(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, Any]:
@@ -122,14 +170,15 @@ def _dump_redis(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
     db = access.db
     version = redis.version()
     path = redis.rdb_path()
-    saved = redis.bgsave_and_wait()
+    saved = redis.bgsave_and_wait(count_writes=True)  # "writes since" count from here
     name = artifact_name(db)
     what = f"{db.name} snapshot"
     # The file is renamed into place by each save; `cat` holds the inode it opened,
     # so a save finishing meanwhile cannot tear our copy.
     stream_to_file(ctx.env, access.argv(["cat", path]), set_dir / name, what=what,
                    level=ctx.config.backups.zstd_level, cwd=str(ctx.config.project_dir),
-                   total=redis.file_bytes(path) if ctx.env.progress else None)
+                   total=redis.file_bytes(path) if ctx.env.progress else None,
+                   stall=ctx.config.backups.stall_seconds)
     scanned = scan(ctx.env, set_dir / name, RDBChecker(what), what=what)
     return {
         "database": {
@@ -139,7 +188,8 @@ def _dump_redis(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
             "rdb_path": path, "rdb_version": scanned.checks["rdb_version"],
             "rdb_checksum": scanned.checks["checksum"],
             "aof_enabled": bool(saved["aof_enabled"]), "bgsave_seconds": saved["seconds"],
-            "keys": scanned.checks["keys"], "artifacts": [name],
+            "keys": scanned.checks["keys"], "write_stats": saved["write_stats"],
+            "artifacts": [name],
         },
         "artifact": _artifact(name, "redis", scanned, db.name),
     }
@@ -188,7 +238,7 @@ def _dump_mongodb_tool(ctx: DumpContext, tool: MongoDump, tool_version: str,
     with os.fdopen(read_end, "rb") as stdin:
         stream_to_file(ctx.env, tool.argv(wanted), set_dir / name, what=what,
                        level=ctx.config.backups.zstd_level, cwd=str(ctx.config.project_dir),
-                       stdin=stdin)
+                       stdin=stdin, stall=ctx.config.backups.stall_seconds)
     scanned = scan(ctx.env, set_dir / name, TarBsonChecker(wanted, what), what=what)
     return _mongo_section(ctx, db, scanned, {"server_version": server, "mode": "mongodump",
                                              "tool_version": tool_version})
@@ -226,7 +276,9 @@ def _write_mongo_tar(mongo: MongoDB, databases: list[str], pipe: IO[bytes], scra
                 coll = database.get_collection(coll_name, codec_options=raw)
                 fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "wb") as fh:
-                    for doc in coll.find({}, batch_size=1000):
+                    for n, doc in enumerate(coll.find({}, batch_size=1000)):
+                        if n % 1000 == 0:
+                            interrupt.current().check(f"dump of {dbname}.{coll_name}")
                         fh.write(doc.raw)
                 info = tarfile.TarInfo(f"dump/{dbname}/{coll_name}.bson")
                 info.size = scratch.stat().st_size

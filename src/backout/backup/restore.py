@@ -21,32 +21,49 @@ from backout.adapters.dbaccess import DbAccess
 from backout.adapters.mongodb import MongoDB
 from backout.adapters.mysql import MySQL, _ident
 from backout.adapters.redis import Redis
-from backout.backup.pipeline import IntegrityError, metered
+from backout.backup.pipeline import IntegrityError, Stall, bytes_written_by, metered
 from backout.environment import Environment
-from backout.errors import ExternalError
+from backout.errors import ExternalError, InterruptedOperation
+from backout.operations import interrupt
 
 
 def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, what: str,
                     secret_env: dict[str, str] | None = None, cwd: str | None = None,
-                    timeout: float = 6 * 3600) -> None:
+                    timeout: float = 6 * 3600, stall: float | None = None) -> None:
     """``zstd -dc artifact | consumer``; both stages must exit 0. Progress: the bytes of
-    the artifact zstd has read, of its size (exact, so the ETA is too)."""
+    the artifact zstd has read, of its size (exact, so the ETA is too).
+
+    Cut short by an interrupt of the step, or when zstd could write nothing into the
+    consumer for ``stall`` seconds (the consumer, or the engine carrying its stream,
+    stopped reading)."""
     env.log_external(f"$ zstd -dc {artifact.name} | {proc.describe(consumer)}")
     with tempfile.TemporaryFile() as c_err, tempfile.TemporaryFile() as z_err:
         zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)],
-                                stdout=subprocess.PIPE, stderr=z_err, env=proc.child_env(env))
+                                stdout=subprocess.PIPE, stderr=z_err, env=proc.child_env(env),
+                                **proc.CHILD)
         cons = subprocess.Popen(consumer, stdin=zstd.stdout, stdout=subprocess.DEVNULL,
-                                stderr=c_err, env=proc.child_env(env, secret_env), cwd=cwd)
+                                stderr=c_err, env=proc.child_env(env, secret_env), cwd=cwd,
+                                **proc.CHILD)
         assert zstd.stdout is not None
         zstd.stdout.close()
-        try:
-            with metered(env, what, zstd.pid, artifact.stat().st_size, estimated=False):
-                c_rc = cons.wait(timeout=timeout)
-            z_rc = zstd.wait(timeout=60)
-        except subprocess.TimeoutExpired as exc:
+
+        def kill_both() -> None:
             cons.kill()
             zstd.kill()
+
+        intr = interrupt.current()
+        stalled = Stall(stall, lambda: bytes_written_by(zstd.pid), what, kill_both)
+        try:
+            with metered(env, what, zstd.pid, artifact.stat().st_size, estimated=False):
+                c_rc = intr.wait(cons, timeout, what, on_stop=kill_both, tick=stalled)
+            z_rc = zstd.wait(timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            kill_both()
             raise ExternalError(f"{what}: timed out") from exc
+        except BaseException:
+            kill_both()
+            zstd.wait()
+            raise
         c_err.seek(0)
         z_err.seek(0)
         if z_rc != 0:
@@ -59,12 +76,16 @@ def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, wh
 
 def restore_mysql(env: Environment, access: DbAccess, artifact: Path,
                   section: dict[str, Any]) -> dict[str, Any]:
+    """Drop and reload every database of the dump. Databases the dump records as
+    absent when it was taken (a safety backup after a DROP DATABASE) are dropped, so
+    putting a safety backup back reproduces exactly what was there."""
     my = MySQL(access)
     databases = list(section["databases"])
-    for db in databases:
+    for db in [*databases, *section.get("absent", [])]:
         my.query(f"DROP DATABASE IF EXISTS `{_ident(db)}`")
     decompress_into(env, artifact, my.restore_argv(), what=f"{access.db.name} restore",
-                    secret_env=my.secret_env(), cwd=str(access.config.project_dir))
+                    secret_env=my.secret_env(), cwd=str(access.config.project_dir),
+                    stall=access.config.backups.stall_seconds)
     counts = my.table_counts(databases)
     return {"counts": counts}
 
@@ -90,12 +111,14 @@ def restore_mongodb(env: Environment, access: DbAccess, artifact: Path,
             for coll in mongo.collections(dbname):
                 if coll not in section["databases"][dbname]["collections"]:
                     client[dbname].drop_collection(coll)
+        intr = interrupt.current()
         with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)], stdout=subprocess.PIPE,
-                              env=proc.child_env(env)) as zstd, \
+                              env=proc.child_env(env), **proc.CHILD) as zstd, \
                 metered(env, f"{access.db.name} restore", zstd.pid, artifact.stat().st_size,
                         estimated=False):
             assert zstd.stdout is not None
             for member, data in _tar_members(zstd.stdout):
+                intr.check(f"{access.db.name} restore")
                 parts = member.split("/")
                 if len(parts) < 3:
                     continue
@@ -122,13 +145,14 @@ def restore_mongodb(env: Environment, access: DbAccess, artifact: Path,
                         if len(batch) >= 1000:
                             client[dbname][coll].insert_many(batch, ordered=True)
                             batch = []
+                            intr.check(f"{access.db.name} restore")
                     if batch:
                         client[dbname][coll].insert_many(batch, ordered=True)
             if zstd.wait() != 0:
                 raise IntegrityError(f"{access.db.name}: {artifact.name} does not decompress")
         counts = {db: {c: client[db][c].count_documents({}) for c in mongo.collections(db)}
                   for db in wanted}
-    except IntegrityError:
+    except (IntegrityError, InterruptedOperation):
         raise
     except Exception as exc:  # pymongo errors: the first failure stops the restore
         if isinstance(exc, ExternalError):
@@ -158,6 +182,30 @@ def _tar_members(stream: IO[bytes]) -> Any:
                 yield info.name, fh.read()
 
 
+# Run in a one-off container of the Redis service, the RDB on stdin; arguments: data dir,
+# RDB file name, a stamp, AOF mode (multipart|single|none), AOF dir, AOF file, RDB size.
+# Everything is prepared under hidden names, owned by redis, before the switch; the
+# switch is renames only, so a kill at any moment leaves files Redis can start from.
+PUT_RDB_SCRIPT = (
+    'set -e; d="$1"; n="$2"; s="$3"; mode="$4"; adir="$5"; afile="$6"; size="$7"; cd "$d"; '
+    'in=".$n.backout-incoming"; new=""; '
+    'cat > "$in"; '
+    'got=$(wc -c < "$in"); '
+    'if [ "$got" -ne "$size" ]; then rm -f "$in"; '
+    '  echo "incomplete RDB: $got of $size bytes arrived" >&2; exit 3; fi; '
+    'if [ "$mode" = multipart ]; then new=".$adir.backout-new"; rm -rf "$new"; mkdir "$new"; '
+    '  cp "$in" "$new/$afile.1.base.rdb"; '
+    '  printf "file %s seq 1 type b\\n" "$afile.1.base.rdb" > "$new/$afile.manifest"; '
+    'elif [ "$mode" = single ]; then new=".$afile.backout-new"; cp "$in" "$new"; fi; '
+    'if id redis >/dev/null 2>&1; then chown -R redis:redis "$in" ${new:+"$new"}; fi; '
+    'for a in "$adir" "$afile"; do '
+    '  if [ -n "$a" ] && [ -e "$a" ]; then mv "$a" "$a.backout-aside-$s"; fi; done; '
+    'if [ "$mode" = multipart ]; then mv "$new" "$adir"; '
+    'elif [ "$mode" = single ]; then mv "$new" "$afile"; fi; '
+    'mv "$in" "$n"'
+)
+
+
 def put_rdb_into_volume(env: Environment, access: DbAccess, artifact: Path, rdb_path: str,
                         stamp: str, aof: dict[str, str] | None) -> None:
     """With the Redis service stopped: the RDB replaced, any AOF set aside.
@@ -167,28 +215,65 @@ def put_rdb_into_volume(env: Environment, access: DbAccess, artifact: Path, rdb_
     AOF (a base may be an RDB), before 7 the AOF file itself (an AOF may start
     with an RDB preamble). A one-off container of the service (same volumes) does
     the file work, so it works whatever the volume driver is.
+
+    Nothing is moved before the whole RDB has arrived (its size is checked): a
+    stream cut short (an interrupt, a stalled engine) leaves the volume as it was.
+    The one-off container is labelled, and removed in every case: one left behind
+    ("created", or exited without its --rm) would fail the stack's verification.
     """
     directory, _, name = rdb_path.rpartition("/")
     aof = aof or {}
-    script = (
-        'set -e; d="$1"; n="$2"; s="$3"; mode="$4"; adir="$5"; afile="$6"; cd "$d"; '
-        'cat > ".$n.backout-incoming"; '
-        'for a in "$adir" "$afile"; do '
-        '  if [ -n "$a" ] && [ -e "$a" ]; then mv "$a" "$a.backout-aside-$s"; fi; done; '
-        'if [ "$mode" = multipart ]; then mkdir "$adir"; '
-        '  cp ".$n.backout-incoming" "$adir/$afile.1.base.rdb"; '
-        '  printf "file %s seq 1 type b\\n" "$afile.1.base.rdb" > "$adir/$afile.manifest"; '
-        'elif [ "$mode" = single ]; then cp ".$n.backout-incoming" "$afile"; fi; '
-        'mv ".$n.backout-incoming" "$n"; '
-        'if id redis >/dev/null 2>&1; then chown -R redis:redis "$n" ${adir:+"$adir"} '
-        '${afile:+$( [ -e "$afile" ] && echo "$afile")}; fi'
-    )
-    argv = access.compose.argv("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh",
-                               access.db.service, "-c", script, "sh", directory or "/data", name,
-                               stamp, aof.get("mode", "none"), aof.get("dir", ""),
-                               aof.get("file", ""))
-    decompress_into(env, artifact, argv, what=f"{access.db.name} restore",
-                    cwd=str(access.config.project_dir))
+    size = decompressed_size(env, artifact)
+    script = PUT_RDB_SCRIPT
+    label = f"{HELPER_LABEL}={access.config.project_dir}:{access.db.service}"
+    argv = access.compose.argv("run", "--rm", "--no-deps", "-T", "--label", label,
+                               "--entrypoint", "sh", access.db.service, "-c", script, "sh",
+                               directory or "/data", name, stamp, aof.get("mode", "none"),
+                               aof.get("dir", ""), aof.get("file", ""), str(size))
+    remove_helpers(env, label)  # left by an attempt that was cut short
+    try:
+        decompress_into(env, artifact, argv, what=f"{access.db.name} restore",
+                        cwd=str(access.config.project_dir),
+                        stall=access.config.backups.stall_seconds)
+    finally:
+        remove_helpers(env, label)
+
+
+HELPER_LABEL = "io.backout.restore-helper"
+
+
+def remove_helpers(env: Environment, label: str) -> None:
+    """Remove the one-off containers of a restore (best effort, bounded: with an engine
+    that does not answer, the next attempt removes them). One still running (its client
+    was stopped) gets a moment to end by itself first: its input has ended, so it is
+    either refusing an incomplete RDB or finishing its renames."""
+    try:
+        running = proc.run(env, ["docker", "ps", "-q", "--filter", f"label={label}"],
+                           timeout=20, check=False, what="docker ps").stdout.split()
+        if running:
+            proc.run(env, ["docker", "wait", *running], timeout=30, check=False,
+                     what="docker wait")
+        found = proc.run(env, ["docker", "ps", "-aq", "--filter", f"label={label}"], timeout=20,
+                         check=False, what="docker ps")
+        ids = found.stdout.split()
+        if ids:
+            proc.run(env, ["docker", "rm", "-f", *ids], timeout=30, check=False,
+                     what="docker rm")
+    except ExternalError:
+        pass
+
+
+def decompressed_size(env: Environment, artifact: Path) -> int:
+    """The bytes ``zstd -d`` makes of ``artifact`` (read through once)."""
+    total = 0
+    with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)], stdout=subprocess.PIPE,
+                          env=proc.child_env(env), **proc.CHILD) as zstd:
+        assert zstd.stdout is not None
+        while chunk := zstd.stdout.read(1 << 20):
+            total += len(chunk)
+    if zstd.returncode != 0:
+        raise IntegrityError(f"{artifact.name} does not decompress")
+    return total
 
 
 def aof_layout(redis: Redis) -> dict[str, str]:
@@ -205,11 +290,15 @@ def aof_layout(redis: Redis) -> dict[str, str]:
 
 def restore_redis(env: Environment, access: DbAccess, artifact: Path,
                   section: dict[str, Any]) -> dict[str, Any]:
-    """Stop Redis, replace its RDB (and AOF), start it, compare DBSIZE."""
+    """Stop Redis, replace its RDB (and AOF), start it, compare DBSIZE.
+
+    Redis is started first if it is down (an earlier attempt stopped it, then was
+    interrupted): its persistence settings are read from the running server."""
     redis = Redis(access)
     rdb_path = section.get("rdb_path") or "/data/dump.rdb"
-    aof = aof_layout(redis)
     compose = access.compose
+    compose.run("up", "-d", "--no-deps", "--wait", access.db.service, timeout=300)
+    aof = aof_layout(redis)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     compose.run("stop", access.db.service, timeout=120)
     put_rdb_into_volume(env, access, artifact, rdb_path, stamp, aof)

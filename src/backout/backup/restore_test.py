@@ -159,7 +159,7 @@ def _redis_with_rdb(env: Environment, image: str, artifact: Path, holder: list[s
         rdb = Path(tmp) / "dump.rdb"
         with rdb.open("wb") as fh, subprocess.Popen(
                 ["zstd", "-d", "-q", "-c", str(artifact)], stdout=fh,
-                env=proc.child_env(env)) as zstd, \
+                env=proc.child_env(env), **proc.CHILD) as zstd, \
                 metered(env, "restore test redis", zstd.pid, artifact.stat().st_size,
                         estimated=False):
             if zstd.wait() != 0:
@@ -168,7 +168,8 @@ def _redis_with_rdb(env: Environment, image: str, artifact: Path, holder: list[s
         with tarfile.open(fileobj=buf, mode="w") as tar:
             tar.add(rdb, arcname="dump.rdb")
         proc_result = subprocess.run(["docker", "cp", "-", f"{cid}:/data"], input=buf.getvalue(),
-                                     capture_output=True, check=False, env=proc.child_env(env))
+                                     capture_output=True, check=False, env=proc.child_env(env),
+                                     **proc.CHILD)
         if proc_result.returncode != 0:
             raise ExternalError("restore test: cannot copy the RDB into the throwaway container: "
                                 f"{proc.last_line(proc_result.stderr.decode(errors='replace'))}")

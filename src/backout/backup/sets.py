@@ -16,6 +16,7 @@ import os
 import secrets as _secrets
 import shutil
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,12 +135,34 @@ def get_set(root: Path, set_id: str) -> SetInfo:
     raise NotFoundError(f'no backup "{set_id}" in {root}', fix="list them with `backout backups list`")
 
 
-def cleanup_partials(root: Path, keep: str | None = None) -> list[str]:
-    """Remove leftovers of interrupted runs. Call only under the operation lock."""
+def cleanup_partials(root: Path, keep: str | Collection[str] | None = None) -> list[str]:
+    """Remove leftovers of interrupted runs, except the sets named in ``keep`` (those
+    an unfinished operation will go on writing). Call only under the operation lock."""
+    kept = {keep} if isinstance(keep, str) else set(keep or ())
     removed = []
     if root.is_dir():
-        for entry in root.iterdir():
-            if entry.name.startswith(PARTIAL) and entry.name != f"{PARTIAL}{keep}":
+        for entry in sorted(root.iterdir()):
+            if entry.name.startswith(PARTIAL) and entry.name[len(PARTIAL):] not in kept:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry.name)
     return removed
+
+
+def referenced_set_ids(plans: Iterable[dict[str, Any]]) -> set[str]:
+    """Every set id the steps of these (journaled) plans write or read."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "set_id" and isinstance(item, str):
+                    found.add(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for plan in plans:
+        walk([step.get("params") for step in plan.get("steps", [])])
+    return found

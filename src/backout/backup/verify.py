@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from backout.backup import sets
 from backout.backup.engines import checker_for
-from backout.backup.pipeline import IntegrityError, scan
+from backout.backup.pipeline import IntegrityError, Scanned, scan
 from backout.backup.volumes import volume_counts
 from backout.environment import Environment
 
@@ -40,6 +41,21 @@ def _counts(section: dict[str, Any], checks: dict[str, Any]) -> tuple[Any, Any]:
     return section.get("databases"), checks.get("databases")
 
 
+def check_artifact(env: Environment, path: Path, section: dict[str, Any], sha256: str,
+                   what: str) -> Scanned:
+    """Re-read one artifact: decompression, format, its sha256 against the manifest's,
+    its counts against the manifest section's. Raises IntegrityError."""
+    scanned = scan(env, path, checker_for(section, what), what=what)
+    if scanned.sha256 != sha256:
+        raise IntegrityError(f"{what}: sha256 mismatch (file {scanned.sha256[:12]}…, "
+                             f"manifest {sha256[:12]}…): the artifact changed since it was "
+                             "written")
+    expected, found = _counts(section, scanned.checks)
+    if expected != found:
+        raise IntegrityError(f"{what}: contents differ from the manifest's counts")
+    return scanned
+
+
 def verify_set(env: Environment, info: sets.SetInfo) -> VerifyReport:
     """Every artifact re-read: size, sha256, decompression, format, counts."""
     report = VerifyReport(info.id, True)
@@ -54,13 +70,7 @@ def verify_set(env: Environment, info: sets.SetInfo) -> VerifyReport:
                    else manifest["databases"][art["database"]])
         what = f"backup {info.id}: {name}"
         try:
-            scanned = scan(env, info.path / name, checker_for(section, what), what=what)
-            if scanned.sha256 != art["sha256"]:
-                raise IntegrityError(f"{what}: sha256 mismatch (file {scanned.sha256[:12]}…, "
-                                     f"manifest {art['sha256'][:12]}…)")
-            expected, found = _counts(section, scanned.checks)
-            if expected != found:
-                raise IntegrityError(f"{what}: contents differ from the manifest's counts")
+            check_artifact(env, info.path / name, section, art["sha256"], what)
             report.artifacts.append(ArtifactReport(name, True))
         except IntegrityError as exc:
             report.ok = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any
 
@@ -12,10 +13,11 @@ from backout.backup.operation import plan_backup
 from backout.backup.verify import verify_set
 from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit, human_size, table
-from backout.errors import ExitCode, UsageError
-from backout.operations import Executor, Plan, Step
+from backout.errors import BackoutError, ExitCode, InterruptedOperation, UsageError
+from backout.operations import Executor, Plan, Step, interrupt, summary
 from backout.operations.executor import history, load_plan, mark_abandoned, unfinished
 from backout.releases import compose_for
+from backout.state import Store
 
 
 def step_line(step: Step, status: str, detail: str | None, *, tty: bool) -> str | None:
@@ -48,10 +50,61 @@ def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
             ctx.env.stderr.write(line)
             ctx.env.stderr.flush()
 
+    def notify(text: str) -> None:
+        # From a signal handler: straight to the descriptor, not through a buffered
+        # stream the handler may have interrupted.
+        os.write(ctx.env.stderr.fileno() if _has_fileno(ctx.env.stderr) else 2,
+                 f"\nbackout: {text}\n".encode())
+
     executor = Executor(ctx.store, services, on_step)
-    if op_id is None:
-        op_id = executor.start(plan)
-    return executor.run(plan, op_id)
+    with interrupt.handling(notify):
+        if op_id is None:
+            op_id = executor.start(plan)
+        return executor.run(plan, op_id)
+
+
+def _has_fileno(stream: Any) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def set_ids_in_use(store: Store) -> set[str]:
+    """Sets the unfinished operations will still write (their partials stay)."""
+    return sets.referenced_set_ids(op["plan"] for op in store.unfinished_operations())
+
+
+def check_outcome(ctx: Ctx, plan: Plan, outcome: Any, also: str | None = None) -> None:
+    """Raise the error an unsuccessful operation ends with, naming the state it left
+    (each database, the writers) and the next command, as `backout status` does.
+    ``also``: more of the state, in words (a deploy's outcome)."""
+    if outcome.status == "succeeded":
+        if outcome.signal:
+            ctx.env.warn(f"{outcome.signal} arrived after the last change; the operation "
+                         "completed")
+        return
+    state = summary.describe(ctx.store, outcome.operation_id)
+    where = f" at step {outcome.failed_step!r}" if outcome.failed_step else ""
+    told = "; ".join(t for t in (also, summary.one_line(state)) if t)
+    if outcome.status == "interrupted":
+        raise InterruptedOperation(
+            f"{plan.summary}: interrupted by {outcome.signal or 'a signal'}{where} "
+            f"(operation #{outcome.operation_id})" + (f"; {told}" if told else ""),
+            fix=(f"nothing to resume; to try again: `{state['next']}`" if state["next"]
+                 else "nothing to resume"))
+    error = outcome.error or BackoutError(f"{plan.summary} failed")
+    if outcome.status == "unfinished":
+        error.message = (f"{plan.summary}: left unfinished{where} (operation "
+                         f"#{outcome.operation_id}): {error.message}"
+                         + (f"; {told}" if told else ""))
+        error.fix = f"{error.fix + '; then ' if error.fix else ''}run `backout resume`"
+        raise error
+    # One document on stdout: the error's (see main._fail); the journal has the rest.
+    ctx.env.warn(f"operation #{outcome.operation_id} failed{where}"
+                 + (f": {told}" if told else "") + "; see `backout history`")
+    raise error
 
 
 def _abandon_interrupted_backups(ctx: Ctx) -> None:
@@ -83,8 +136,7 @@ def _backup(ctx: Ctx, which: list[str], quiesce: bool, checkpoint: bool, label: 
         outcome = run_plan(ctx, plan)
     data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
                             "set_id": plan.params["set_id"], "steps": step_reports(outcome)}
-    if outcome.error is not None:
-        raise outcome.error
+    check_outcome(ctx, plan, outcome)
     cp = outcome.results.get("record checkpoint")
     if cp:
         data.update(checkpoint_id=cp["checkpoint_id"], release_id=cp["release_id"])
@@ -128,24 +180,40 @@ def backups_group() -> None:
 @command(backups_group, "list")
 @click.option("--all", "show_all", is_flag=True, help="Also list unusable (incomplete) sets.")
 def backups_list(ctx: Ctx, show_all: bool) -> None:
-    """Backup sets, newest first. Only sets with a valid manifest are usable."""
+    """Backup sets, newest first. Usable: a valid manifest, every artifact of the
+    recorded size, and no failed verification. VERIFIED: the last full check (every
+    byte read: sha256, format, counts) and when."""
     infos = sets.list_sets(ctx.config.backup_dir)
+    checks = ctx.store.last_verifications()
     rows = []
     for info in infos:
-        if not info.usable and not show_all:
-            continue
         m = info.manifest or {}
+        last = checks.get(info.id)
+        usable, problem = info.usable, info.problem
+        if usable and last is not None and not last["ok"]:
+            usable, problem = False, f"failed verification at {last['verified_at']}: {last['detail']}"
+        if not usable and not show_all:
+            continue
         size = sum(a["bytes"] for a in (m.get("artifacts") or {}).values())
-        rows.append({"id": info.id, "usable": info.usable, "problem": info.problem,
+        rows.append({"id": info.id, "usable": usable, "problem": problem,
                      "kind": m.get("kind"), "label": m.get("label"),
                      "completed_at": m.get("completed_at"), "databases": sorted(m.get("databases") or {}),
-                     "volumes": sorted(m.get("volumes") or {}), "bytes": size, "git_commit": m.get("git_commit")})
+                     "volumes": sorted(m.get("volumes") or {}), "bytes": size,
+                     "git_commit": m.get("git_commit"), "verified": last})
     human = table([[r["id"], r["kind"] or "-",
                     ",".join([*r["databases"], *(f"volume:{v}" for v in r["volumes"])]) or "-",
                     human_size(r["bytes"]), r["label"] or "",
+                    _verified(r["verified"]),
                     "usable" if r["usable"] else f"UNUSABLE: {r['problem']}"] for r in rows],
-                  ["ID", "KIND", "DATABASES", "SIZE", "LABEL", "STATE"]) if rows else ["no backup sets"]
+                  ["ID", "KIND", "DATABASES", "SIZE", "LABEL", "VERIFIED", "STATE"]) \
+        if rows else ["no backup sets"]
     emit(ctx.env, "backups list", {"backups": rows}, human)
+
+
+def _verified(last: dict[str, Any] | None) -> str:
+    if last is None:
+        return "never (sizes only)"
+    return f"{'ok' if last['ok'] else 'FAILED'} {last['verified_at'][:16]}"
 
 
 @command(backups_group, "verify")
@@ -157,6 +225,10 @@ def backups_verify(ctx: Ctx, set_id: str, restore_test: bool) -> int:
     """Re-read every artifact: checksum, decompression, format and counts."""
     info = sets.get_set(ctx.config.backup_dir, set_id)
     report = verify_set(ctx.env, info)
+    ctx.store.record_verification(set_id, ok=report.ok, kind="checksum",
+                                  detail=None if report.ok else "; ".join(
+                                      p for p in [report.problem, *(a.problem for a in
+                                                                    report.artifacts)] if p))
     human = [f"backup {report.set_id}: {'ok' if report.ok else 'FAILED'}"]
     if report.problem:
         human.append(f"  {report.problem}")
@@ -176,6 +248,9 @@ def backups_verify(ctx: Ctx, set_id: str, restore_test: bool) -> int:
                                           f"restored {res['restored']}")
             human.append(f"  restore test {name}: {'ok' if res['ok'] else 'FAILED'} ({detail})")
     data["verify"]["ok"] = ok
+    if restore_test and "restore_test" in data:
+        ctx.store.record_verification(set_id, ok=ok, kind="restore-test",
+                                      detail=None if ok else "restore test failed")
     emit(ctx.env, "backups verify", data, human)
     return ExitCode.OK if ok else ExitCode.VERIFICATION_FAILED
 
@@ -186,20 +261,31 @@ def resume_cmd(ctx: Ctx) -> int:
     with ctx.mutating("resume"):
         ops = unfinished(ctx.store)
         if not ops:
-            emit(ctx.env, "resume", {"resumed": None}, "nothing to resume")
+            removed = sets.cleanup_partials(ctx.config.backup_dir)
+            emit(ctx.env, "resume", {"resumed": None, "removed_partial_sets": removed},
+                 "nothing to resume" + (f"; removed partial backup sets left by interrupted "
+                                        f"runs: {', '.join(removed)}" if removed else ""))
             return ExitCode.OK
         op = ops[-1]
         plan = load_plan(ctx.store, op["id"])
         outcome = run_plan(ctx, plan, op_id=op["id"])
+        # What an earlier run could not remove (a crash inside a dump): partial sets
+        # no unfinished operation will continue.
+        removed = sets.cleanup_partials(ctx.config.backup_dir,
+                                        keep=set_ids_in_use(ctx.store) or None)
+    if removed:
+        ctx.env.warn(f"removed partial backup sets left by interrupted runs: {', '.join(removed)}")
     if plan.kind == "deploy":
         from backout.cli.commands_deploy import deploy_report
 
         return deploy_report(ctx, plan, outcome, None)
-    if outcome.error is not None:
-        raise outcome.error
+    check_outcome(ctx, plan, outcome)
+    state = summary.describe(ctx.store, op["id"])
     emit(ctx.env, "resume", {"resumed": op["id"], "kind": op["kind"], "status": outcome.status,
-                             "steps": step_reports(outcome)},
-         f"resumed operation #{op['id']} ({op['kind']}): {outcome.status}")
+                             "steps": step_reports(outcome), "state": state,
+                             "removed_partial_sets": removed},
+         [f"resumed operation #{op['id']} ({op['kind']}): {outcome.status}",
+          *summary.lines(state)])
     return ExitCode.OK
 
 
@@ -244,15 +330,27 @@ def backups_prune(ctx: Ctx, dry_run: bool) -> None:
                 f"SELECT path, release_id FROM checkpoints WHERE release_id IN ({marks})", releases):
             which = "current" if row["release_id"] == releases[0] else "previous"
             protected[row["path"]] = f"checkpoint of the {which} release ({row['release_id']})"
+    in_use = set_ids_in_use(ctx.store)
+    protected.update({i: "used by an unfinished operation (`backout resume`)" for i in in_use})
     decision = prune(candidates, now=datetime.now(UTC), keep_last=ctx.config.backups.keep_last,
                      keep_daily=ctx.config.backups.keep_daily, protected=protected)
-    if not dry_run and decision.remove:
+    partials = [e.name for e in sorted(ctx.config.backup_dir.glob(f"{sets.PARTIAL}*"))
+                if e.name[len(sets.PARTIAL):] not in in_use] \
+        if ctx.config.backup_dir.is_dir() else []
+    if not dry_run and (decision.remove or partials):
         with ctx.mutating("backups prune"):
             for set_id in decision.remove:
                 shutil.rmtree(ctx.config.backup_dir / set_id)
+            # Half-written sets of runs that died (never usable, often large).
+            partials = sets.cleanup_partials(ctx.config.backup_dir,
+                                             keep=set_ids_in_use(ctx.store))
             ctx.store.record_event("backups.prune", target=f"{len(decision.remove)} sets",
-                                   detail={"removed": decision.remove})
-    human = [f"{'would remove' if dry_run else 'removed'}: {', '.join(decision.remove) or 'nothing'}"]
+                                   detail={"removed": decision.remove, "partials": partials})
+    verb = "would remove" if dry_run else "removed"
+    human = [f"{verb}: {', '.join(decision.remove) or 'nothing'}"]
+    if partials:
+        human.append(f"{verb} partial sets of interrupted runs: {', '.join(partials)}")
     human += [f"  keep {k}: {why}" for k, why in decision.keep.items()]
     emit(ctx.env, "backups prune", {"dry_run": dry_run, "removed": decision.remove,
-                                    "kept": decision.keep}, human)
+                                    "removed_partial_sets": partials, "kept": decision.keep},
+         human)

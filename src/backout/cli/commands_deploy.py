@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from backout.adapters.docker import Docker
-from backout.cli.commands_backup import run_plan, step_reports
+from backout.cli.commands_backup import check_outcome, run_plan, step_reports
 from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
 from backout.errors import BackoutError, ExitCode, NeedsHumanError
@@ -49,9 +49,22 @@ def deploy_report(ctx: Ctx, plan: Plan, outcome: Any, preflight: dict[str, Any] 
         "commit": plan.params["commit"], "release_id": final.get("release_id"),
         "previous_release_id": previous, "checkpoint_id": checkpoint,
         "incident": final.get("incident"), "reason": final.get("reason"),
-        "ok": kind == "deployed", "steps": step_reports(outcome)}
+        "ok": kind == "deployed", "steps": step_reports(outcome),
+        "set_id": plan.params.get("set_id"),
+        # A rollback with data: what left the live data (kept in the safety sets).
+        "data_loss": [r["data_loss"] for r in results.values()
+                      if isinstance(r, dict) and "data_loss" in r],
+        "safety_sets": {name.removeprefix("safety backup of "): r["set_id"]
+                        for name, r in results.items()
+                        if name.startswith("safety backup of ") and isinstance(r, dict)
+                        and "set_id" in r}}
     if preflight is not None:
         data["preflight"] = preflight
+    if outcome.status in ("interrupted", "unfinished"):
+        from backout.deploy import OUTCOMES
+
+        check_outcome(ctx, plan, outcome,
+                      also=f"the deploy {OUTCOMES[kind]}" if kind in OUTCOMES else None)
     if kind is None or kind == "failed":
         # Nothing changed (or the journal could not say): the step's own error and code.
         error = outcome.error or BackoutError("deploy did not finish")
@@ -62,6 +75,7 @@ def deploy_report(ctx: Ctx, plan: Plan, outcome: Any, preflight: dict[str, Any] 
              f"#{outcome.operation_id})"]
     if kind != "deployed":
         human.append(f"  why: {final.get('reason')}")
+        human += [f"  data loss: {w['summary']}" for w in data["data_loss"]]
         if final.get("incident"):
             human.append(f"  incident #{final['incident']}: `backout incidents`")
     if kind == "needs_human":

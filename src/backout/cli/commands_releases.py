@@ -91,6 +91,7 @@ def status_cmd(ctx: Ctx) -> int:
     from backout.cli.commands_monitor import baseline_line
     from backout.errors import BackoutError
     from backout.monitor.run import baseline_in_use
+    from backout.operations import summary
     from backout.operations.executor import unfinished
     from backout.releases import compose_for
     from backout.rollback.service import drift
@@ -131,6 +132,15 @@ def status_cmd(ctx: Ctx) -> int:
     for op in pending:
         human.append(f"INTERRUPTED: operation #{op['id']} ({op['kind']}) did not finish: "
                      "run `backout resume`")
+    last = ctx.store.last_operation()
+    # The same words the operation's own exit message used (operations.summary).
+    last_state = summary.describe(ctx.store, last["id"]) if last is not None else None
+    if last is not None and last_state is not None \
+            and last["status"] in ("interrupted", "failed", "running"):
+        human.append(f"last op:    #{last['id']} ({last['kind']}) {last['status']}"
+                     + (f" at step {last_state['stopped_at']!r}"
+                        if last_state["stopped_at"] else ""))
+        human += [f"           {line.strip()}" for line in summary.lines(last_state)]
     for svc, d in (drifted or {}).items():
         human.append(f"DRIFT: {svc} runs {d['running'][7:19]}, the compose files name "
                      f"{d['compose_image']} ({d['compose_file'][7:19]})")
@@ -138,6 +148,8 @@ def status_cmd(ctx: Ctx) -> int:
         "checkpoint": {"id": cp["id"], "set_id": cp["path"], "created_at": cp["created_at"]}
         if cp else None,
         "interrupted": [{"id": op["id"], "kind": op["kind"]} for op in pending],
+        "last_operation": {"id": last["id"], "kind": last["kind"], "status": last["status"],
+                           "error": last["error"], "state": last_state} if last else None,
         "level": level,
         "monitor": {"pid": monitor.pid, "host": monitor.host, "since": monitor.since}
         if monitor else None,

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from backout.adapters.docker import Docker
-from backout.cli.commands_backup import run_plan, step_reports
+from backout.cli.commands_backup import check_outcome, run_plan, step_reports
 from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
 from backout.errors import ExitCode, UsageError
@@ -43,16 +43,33 @@ def _confirm(ctx: Ctx, yes: bool, question: str) -> None:
                 lambda q: click.confirm(q, default=False, err=True), question)
 
 
+def _loss_lines(plan: Plan) -> list[str]:
+    """The data-loss window of the plan's restores, for the operator to accept."""
+    windows = plan.params.get("data_loss") or []
+    if not windows:
+        return []
+    return ["  data loss: what the live data has that the backup has not (kept in the "
+            "safety backup, gone from the live data):",
+            *(f"    {w['summary']}" for w in windows)]
+
+
 def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
-                 extra: dict[str, Any] | None = None) -> int:
-    """Dry-run printing, confirmation, the lock, the executor, and the report."""
+                 extra: dict[str, Any] | None = None,
+                 confirm: Any = None) -> int:
+    """Dry-run printing, confirmation, the lock, the executor, and the report.
+    ``confirm``: a stronger confirmation than --yes (it runs even with --yes)."""
+    loss = plan.params.get("data_loss") or []
     if dry_run:
-        emit(ctx.env, name, {"dry_run": True, "plan": plan.to_json()}, plan.render())
+        emit(ctx.env, name, {"dry_run": True, "plan": plan.to_json(), "data_loss": loss},
+             [*plan.render(), *_loss_lines(plan)])
         return ExitCode.OK
     if not ctx.env.json:
-        for line in plan.render():
+        for line in [*plan.render(), *_loss_lines(plan)]:
             ctx.env.stderr.write(line + "\n")
-    _confirm(ctx, yes, f"{plan.summary}: proceed?")
+    if confirm is not None:
+        confirm()
+    _confirm(ctx, yes, f"{plan.summary}" + (": accept this data loss and proceed?" if loss
+                                              else ": proceed?"))
     with ctx.mutating(name):
         from backout.operations.executor import unfinished
 
@@ -64,12 +81,13 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
     data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
                             "plan": plan.to_json(), "steps": step_reports(outcome),
                             **(extra or {})}
-    if outcome.error is not None:
-        # One document on stdout: the error's (see main._fail); the journal has the rest.
-        ctx.env.warn(f"operation #{outcome.operation_id} failed at step "
-                     f"{outcome.failed_step!r}; see `backout history`")
-        raise outcome.error
+    check_outcome(ctx, plan, outcome)
+    # The window as it was when the restore began (writers stopped: final).
+    final = [r["data_loss"] for r in outcome.results.values()
+             if isinstance(r, dict) and "data_loss" in r]
+    data["data_loss"] = final or loss
     human = [f"{name}: done (operation #{outcome.operation_id})"]
+    human += [f"  data loss: {w['summary']}" for w in final]
     drifted = drift(ctx.env, compose_for(ctx.env, ctx.config))
     if drifted:
         data["drift"] = drifted
@@ -107,20 +125,44 @@ def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool,
 @click.argument("backup", shell_complete=complete("restore-source"))
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool) -> int:
+@click.option("--no-safety-backup", is_flag=True,
+              help="Restore without a safety backup of the current data (when one cannot be "
+                   "taken): the restore cannot be undone. Needs the database's name typed on a "
+                   "terminal, even with --yes; recorded in the audit log.")
+def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool,
+                no_safety_backup: bool) -> int:
     """Restore one database from a backup id, a checkpoint (cpN) or a dump file.
 
     A dump file may be a plain or compressed .sql from mysqldump/mariadb-dump, a Redis
-    .rdb, or a mongodump directory. A safety backup of the current data is taken first,
-    so the restore itself can be rolled back.
+    .rdb, or a mongodump directory. The writers are stopped first, then a safety backup
+    of the current data is taken (it holds every acknowledged write), so the restore
+    itself can be rolled back; the plan shows the data-loss window before you accept it.
     """
     from backout.rollback import db as db_rollback
 
     db_rollback.database(ctx.config, database)  # a wrong name is "not found" even with the engine down
     Docker(ctx.env).ping()
-    plan = db_rollback.plan(ctx.env, ctx.config, ctx.store, database, backup)
+    plan = db_rollback.plan(ctx.env, ctx.config, ctx.store, database, backup,
+                            compose=compose_for(ctx.env, ctx.config),
+                            no_safety_backup=no_safety_backup)
+
+    def typed() -> None:
+        name = plan.params["database"]
+        if not (ctx.env.stdin_isatty and ctx.env.stderr.isatty()):
+            raise UsageError("--no-safety-backup needs the database's name typed on a terminal",
+                             fix="run it from a terminal; or free what blocks the safety backup")
+        answer = click.prompt(f"restore {name} WITHOUT a safety backup: this cannot be undone. "
+                              f"Type {name!r} to confirm", default="", show_default=False,
+                              err=True)
+        if answer.strip() != name:
+            raise UsageError("not confirmed (the name typed differs); nothing changed")
+        ctx.store.record_event("rollback.db.no_safety_backup_confirmed", target=name,
+                               reason="operator typed the database name",
+                               detail={"backup": backup})
+
     return run_rollback(ctx, plan, name="rollback db", yes=yes, dry_run=dry_run,
-                        extra={"safety_set": plan.params["safety_set"]})
+                        extra={"safety_set": plan.params["safety_set"]},
+                        confirm=typed if no_safety_backup else None)
 
 
 @command(rollback_group, "emergency")

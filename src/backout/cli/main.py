@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         _fail(env_holder.env, "interrupted", "aborted", ExitCode.INTERRUPTED)
         return int(ExitCode.INTERRUPTED)
     except KeyboardInterrupt:
-        _fail(env_holder.env, "interrupted", "interrupted", ExitCode.INTERRUPTED)
+        message, fix = _interrupted(env_holder)
+        _fail(env_holder.env, "interrupted", message, ExitCode.INTERRUPTED, fix=fix)
         return int(ExitCode.INTERRUPTED)
     except BackoutError as exc:
         if env_holder.env.debug:
@@ -277,6 +278,23 @@ def main(argv: list[str] | None = None) -> int:
         _fail(env_holder.env, "internal", f"internal error: {type(exc).__name__}: {exc}",
               INTERNAL_ERROR, fix="this is a bug; rerun with --debug and report the traceback")
         return INTERNAL_ERROR
+
+
+def _interrupted(holder: Ctx) -> tuple[str, str | None]:
+    """The message of an interrupt that stopped backout at once (a second Ctrl-C)."""
+    from backout.operations import interrupt, summary
+
+    running = interrupt.current().operation
+    if running is None:
+        return "interrupted", None
+    op_id, kind = running
+    state = summary.describe(holder._store, op_id) if holder._store is not None else {}
+    step = state.get("stopped_at")
+    told = summary.one_line(state) if state else ""
+    text = (f"interrupted again: operation #{op_id} ({kind}) stopped at once"
+            + (f" in step {step!r}" if step else "") + "; it is unfinished"
+            + (f": {told}" if told else ""))
+    return text, "run `backout resume` to finish it (`backout status` shows it)"
 
 
 def _subcommand(argv: list[str] | None) -> str:

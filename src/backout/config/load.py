@@ -90,6 +90,7 @@ BACKUPS_KEYS = {
     "keep_last": Key(int, minimum=1),
     "keep_daily": Key(int, minimum=0),
     "zstd_level": Key(int, minimum=1),
+    "stall_seconds": Key(int, minimum=1),
 }
 RELEASES_KEYS = {"keep_last": Key(int, minimum=2)}
 VERIFY_KEYS = {"settle_seconds": Key(int, minimum=0), "log_window_seconds": Key(int, minimum=1)}

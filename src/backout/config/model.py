@@ -67,6 +67,9 @@ class BackupsConfig:
     keep_last: int = 10
     keep_daily: int = 7
     zstd_level: int = 3
+    # A dump or restore whose data stops moving this long is stopped (the database or
+    # the Docker Engine stopped answering); the plan then undoes what it changed.
+    stall_seconds: int = 600
 
 
 @dataclass(frozen=True)

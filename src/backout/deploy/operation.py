@@ -31,7 +31,7 @@ from backout.operations import Plan, Step, register_action
 from backout.operations.executor import RunContext, call_action
 from backout.releases import current_or_new_release, record_release
 from backout.rollback import common
-from backout.rollback.db import resolve_backup
+from backout.rollback.db import data_steps, resolve_backup, restore_name, start_step
 from backout.state import Store
 from backout.verify import EXPECTED_IMAGES, run_verify
 
@@ -107,54 +107,53 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
                                                  "databases are restored" if with_data else ""))
 
 
-def _wrap(name: str, action: str, reason: str, params: dict[str, Any],
-          fill: str | None = None, data: bool = False) -> Step:
-    return Step(name, "deploy.rollback_step", reason,
-                {"action": action, "params": params, "fill": fill, "data": data},
-                on_failure=True)
+def _wrap(step: Step, fill: str | None = None, data: bool = False,
+          after_data: bool = False) -> Step:
+    """A rollback step of the deploy: runs only after a failure, and only acts if
+    the decision says so (``data``: only for a rollback with data; ``after_data``:
+    not when the data could not be restored)."""
+    return Step(step.name, "deploy.rollback_step", step.reason,
+                {"action": step.action, "params": step.params, "fill": fill, "data": data,
+                 "after_data": after_data}, on_failure=True)
 
 
 def _rollback_steps(config: Config, head: str, set_id: str | None,
                     with_data: bool) -> list[Step]:
-    steps = [
-        _wrap(f"roll back: code to {head[:12]}", "emergency.checkout",
-              "the deployment repository back at the previous release's commit",
-              {"commit": head}),
-        _wrap("roll back: previous images", "emergency.images",
-              "the previous release's retained images under the names the compose files use; "
-              "nothing rebuilt or pulled", {"rebuild": []}, fill="images"),
-    ]
+    """Data first (verify, stop writers, safety backups, restores, undo), then the code
+    and images of the previous release, up, writers started, verify. When the data
+    cannot be restored, the previous release is not started on the new release's data:
+    the writers are started again and a human decides."""
+    steps: list[Step] = []
+    stopped: list[str] = []
     if set_id is not None:
         # Always planned when there is a checkpoint; they act only with --migration
         # or when the RED rule asks for the data back (rollback-with-data).
         when = "" if with_data else " (only if the RED rule's action is rollback-with-data)"
         dbs = list(config.databases)
         stopped = writers(config, dbs)
-        steps.append(_wrap(f"stop writers: {', '.join(stopped)}", "compose.stop",
-                           "nothing may write while the databases are restored" + when,
-                           {"services": stopped}, data=True))
-        safety = f"{set_id}-safety"
-        for name in dbs:
-            steps += [
-                _wrap(f"verify {name} backup", "rollback.db.verify",
-                      "prove the pre-deploy checkpoint whole before anything changes" + when,
-                      {"database": name, "set_id": set_id}, fill="backup", data=True),
-                _wrap(f"safety backup of {name}", "rollback.db.safety",
-                      "so the data restore can itself be rolled back" + when,
-                      {"database": name, "set_id": f"{safety}-{name}"}, data=True),
-                _wrap(f"restore {name}", "rollback.db.restore",
-                      f"{name} is replaced by the pre-deploy checkpoint's data" + when,
-                      {"database": name, "set_id": set_id}, fill="backup", data=True),
-                _wrap(f"put {name}'s safety backup back if its restore failed",
-                      "rollback.db.undo", "never leave half-restored data",
-                      {"database": name, "set_id": f"{safety}-{name}"}, data=True),
-            ]
+        targets = {name: {"set_id": set_id} for name in dbs}
+        head_steps, undo = data_steps(config, targets,
+                                      {name: f"{set_id}-safety-{name}" for name in dbs}, when=when)
+        steps += [_wrap(s, fill="backup" if s.action in ("rollback.db.verify", "rollback.db.restore")
+                        else None, data=True) for s in head_steps]
+        steps += [_wrap(s, data=True) for s in undo]
     steps += [
-        _wrap("roll back: start the previous release", "emergency.up",
-              "docker compose up -d --wait at the previous commit (no build, no pull)", {}),
-        _wrap(RB_VERIFY, "emergency.verify",
-              "the runbook's post-rollback checks; if they fail, a human decides", {}),
+        _wrap(Step(f"roll back: code to {head[:12]}", "emergency.checkout",
+                   "the deployment repository back at the previous release's commit",
+                   {"commit": head}), after_data=True),
+        _wrap(Step("roll back: previous images", "emergency.images",
+                   "the previous release's retained images under the names the compose files "
+                   "use; nothing rebuilt or pulled", {"rebuild": []}), fill="images",
+              after_data=True),
+        _wrap(Step("roll back: start the previous release", "emergency.up",
+                   "docker compose up -d --wait at the previous commit (no build, no pull)", {}),
+              after_data=True),
     ]
+    if stopped:
+        steps.append(_wrap(start_step(stopped), data=True))
+    steps.append(_wrap(Step(RB_VERIFY, "emergency.verify",
+                            "the runbook's post-rollback checks; if they fail, a human decides",
+                            {}), after_data=True))
     return steps
 
 
@@ -302,6 +301,13 @@ def _rollback_step(ctx: RunContext, params: dict[str, Any], results: dict[str, A
     if params.get("data") and not decision.get("with_data"):
         return {"skipped": "code-only rollback: the data stays"}
     env, config, store, _compose = _parts(ctx)
+    if params.get("after_data") and decision.get("with_data"):
+        unrestored = [name for name in config.databases
+                      if "skipped" in (results.get(restore_name(name)) or {"skipped": True})]
+        if unrestored:
+            return {"skipped": f"the data of {', '.join(unrestored)} could not be restored: "
+                               "the previous release is not started on the new release's "
+                               "data; a human decides"}
     inner = dict(params["params"])
     if params.get("fill") == "images":
         inner["images"] = results[PREVIOUS]["images"]

@@ -19,6 +19,7 @@ from backout.errors import UnhealthyError
 from backout.monitor.policy import Decision, Level
 from backout.monitor.run import Monitor
 from backout.notify import Notifier
+from backout.operations import interrupt
 from backout.state import Store
 
 INCIDENT_FACT = "deploy.op{op}.incident"
@@ -32,11 +33,14 @@ class RedDuringWatch(UnhealthyError):
 def watch(env: Environment, config: Config, store: Store, compose: Compose, seconds: float,
           op_id: int, *, on_decision: Callable[[Decision, float], None] | None = None,
           clock: Callable[[], float] = time.monotonic,
-          sleep: Callable[[float], None] = time.sleep,
+          sleep: Callable[[float], None] | None = None,
           monitor: Any = None) -> dict[str, Any]:
     """Evaluate every ``[monitor] interval_seconds`` for ``seconds``; raise
     RedDuringWatch at the first RED (recording its incident and the RED rules'
-    actions for the rollback steps). ``monitor`` is for tests (anything with step())."""
+    actions for the rollback steps). ``monitor`` is for tests (anything with step()).
+    A first Ctrl-C ends the watch (InterruptedOperation): the deploy then rolls back."""
+    intr = interrupt.current()
+    sleep = sleep or intr.sleep
     if seconds <= 0:
         return {"watched_s": 0, "evaluations": 0, "level": None}
     notify = config.monitor.notify
@@ -51,6 +55,7 @@ def watch(env: Environment, config: Config, store: Store, compose: Compose, seco
     evaluations = 0
     worst = Level.GREEN
     while True:
+        intr.check("the watch")
         tick = clock()
         decision = mon.step()
         evaluations += 1
@@ -73,3 +78,4 @@ def watch(env: Environment, config: Config, store: Store, compose: Compose, seco
             return {"watched_s": round(elapsed, 1), "evaluations": evaluations,
                     "level": decision.level.value, "worst": worst.value}
         sleep(max(0.0, min(interval - (clock() - tick), seconds - elapsed)))
+        intr.check("the watch")

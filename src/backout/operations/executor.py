@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backout import faults
-from backout.errors import BackoutError, NotFoundError, UsageError
+from backout.errors import BackoutError, InterruptedOperation, NotFoundError, UsageError
+from backout.operations import interrupt
 from backout.operations.plan import Plan, Step
 from backout.state.store import Store, actor, now
 
@@ -73,14 +74,14 @@ class StepReport:
     ``failed`` (with the error). A step that did nothing is never reported done."""
 
     name: str
-    status: str  # done | skipped | failed
+    status: str  # done | skipped | failed | deferred (left for `backout resume`)
     reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status, "reason": self.reason}
 
 
-# Told about each step as it starts and ends: (step, running|done|skipped|failed,
+# Told about each step as it starts and ends: (step, running|done|skipped|failed|deferred,
 # the skip reason or the error).
 StepCallback = Callable[[Step, str, "str | None"], None]
 
@@ -98,11 +99,15 @@ def skip_reason(result: Any) -> str | None:
 @dataclass(frozen=True)
 class OperationOutcome:
     operation_id: int
-    status: str  # succeeded | failed
+    # succeeded | failed | interrupted (a signal cut it short; the cleanup steps ran)
+    # | unfinished (a cleanup step waits for `backout resume`)
+    status: str
     results: dict[str, Any]
     error: BackoutError | None = None
     failed_step: str | None = None
     steps: tuple[StepReport, ...] = ()
+    signal: str | None = None  # SIGINT/SIGTERM received while it ran
+    deferred_step: str | None = None  # the cleanup step left for resume
 
 
 class Executor:
@@ -133,7 +138,11 @@ class Executor:
 
     def run(self, plan: Plan, op_id: int, *, only_always: bool = False) -> OperationOutcome:
         """Run the steps not journaled as done. ``only_always`` runs just the steps
-        that must run in every case (used to abandon an interrupted operation)."""
+        that must run in every case (used to abandon an interrupted operation).
+
+        A first SIGINT/SIGTERM (backout.operations.interrupt) skips the remaining
+        normal steps as a failure would, so the always and on-failure steps still run.
+        """
         load_actions()
         rows = self.store.db.execute(
             "SELECT seq, status, detail FROM steps WHERE operation_id = ? ORDER BY seq", (op_id,)
@@ -152,6 +161,9 @@ class Executor:
                 failed_step = plan.steps[r["seq"]].name
                 error = BackoutError(f"{failed_step}: {detail.get('error', 'failed')}")
         ctx = RunContext(op_id, self.services)
+        intr = interrupt.current()
+        interrupted = False
+        deferred: str | None = None
         unexpected: Exception | None = None
         reports: list[StepReport] = []
 
@@ -168,24 +180,42 @@ class Executor:
             if status.get(seq) == "failed":
                 reports.append(StepReport(step.name, "failed", "in an earlier run"))
                 continue
+            cleanup = step.always or step.on_failure
+            if intr.requested and error is None and not only_always and not cleanup:
+                error = InterruptedOperation(f"interrupted by {intr.signal} before step "
+                                             f"{step.name!r}")
+                failed_step, interrupted = step.name, True
             why_not = (NOT_NEEDED if step.on_failure and error is None and not only_always else
-                       ABANDONING if only_always and not (step.always or step.on_failure) else
-                       f"an earlier step failed ({failed_step})"
-                       if error is not None and not (step.always or step.on_failure) else None)
+                       ABANDONING if only_always and not cleanup else
+                       (f"interrupted by {intr.signal}" if interrupted else
+                        f"an earlier step failed ({failed_step})")
+                       if error is not None and not cleanup else None)
             if why_not is not None:
                 self._mark(op_id, seq, "skipped", None)
                 report(step, "skipped", why_not)
                 continue
             self._mark(op_id, seq, "running", None, started=True)
             self.on_step(step, "running", None)
+            intr.enter((op_id, plan.kind), step.name,
+                       abortable=error is None and not only_always and not cleanup)
             faults.hit(f"step-{seq}-started")
             try:
                 result = _ACTIONS[step.action](ctx, step.params, results)
             except BackoutError as exc:
+                if exc.retry_on_resume and cleanup:
+                    # The cleanup cannot run now (the engine does not answer): it and
+                    # every later step stay pending, for `backout resume`.
+                    self._mark(op_id, seq, "pending", {"deferred": exc.one_line()})
+                    report(step, "deferred", f"left for `backout resume`: {exc.one_line()}")
+                    deferred = step.name
+                    error = error or exc
+                    failed_step = failed_step or step.name
+                    break
                 self._mark(op_id, seq, "failed", {"error": exc.one_line()})
                 report(step, "failed", exc.one_line())
                 if error is None:
                     error, failed_step = exc, step.name
+                    interrupted = isinstance(exc, InterruptedOperation)
                 continue
             except Exception as exc:  # a bug: still run the always-steps, then re-raise it
                 text = f"internal error: {type(exc).__name__}: {exc}"
@@ -195,13 +225,21 @@ class Executor:
                     error, failed_step = BackoutError(f"{step.name}: {text}"), step.name
                 unexpected = unexpected or exc
                 continue
+            finally:
+                intr.leave()
             results[step.name] = result
             # Journaled as done (the step ran and decided); reported as what it did.
             self._mark(op_id, seq, "done", result)
             reason = skip_reason(result)
             report(step, "skipped" if reason else "done", reason)
             faults.hit(f"step-{seq}-done")
-        final = "failed" if error else "succeeded"
+        if deferred is not None:
+            self.store.record_event("operation.deferred", target=f"{plan.kind} #{op_id}",
+                                    reason=error.one_line() if error else None,
+                                    detail={"step": deferred})
+            return OperationOutcome(op_id, "unfinished", results, error, failed_step,
+                                    tuple(reports), intr.signal, deferred)
+        final = "interrupted" if interrupted else "failed" if error else "succeeded"
         self.store.db.execute(
             "UPDATE operations SET status = ?, finished_at = ?, error = ? WHERE id = ?",
             (final, now(), error.one_line() if error else None, op_id))
@@ -209,7 +247,8 @@ class Executor:
                                 reason=error.one_line() if error else None)
         if unexpected is not None:
             raise unexpected  # the operation is closed as failed; the CLI reports the bug (70)
-        return OperationOutcome(op_id, final, results, error, failed_step, tuple(reports))
+        return OperationOutcome(op_id, final, results, error, failed_step, tuple(reports),
+                                intr.signal)
 
     def _mark(self, op_id: int, seq: int, status: str, detail: Any, started: bool = False) -> None:
         ts = now()

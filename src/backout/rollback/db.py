@@ -1,34 +1,47 @@
 """``backout rollback db (mysql|mongodb|redis) BACKUP``.
 
-Order, and why: the backup is proven first (checksum, or a parse of an
-operator's own file) so nothing changes for a bad one; a safety backup of the
-current data is taken so the restore itself can be undone; the services that
-write are stopped; the restore replaces the data and its counts are checked;
-if the restore failed midway, the safety backup is put back; the writers are
-started again in every case.
+Order, and why (``data_steps``, shared with ``rollback emergency --with-data`` and
+the deploy's data rollback): the backup is proven first (checksum, format, counts,
+or a parse of an operator's own file) so nothing changes for a bad one; the
+services that write are stopped, so that the safety backup taken next holds every
+write they acknowledged; the restore replaces the data and its counts are checked;
+if a restore failed or was interrupted, the safety backup is put back; the writers
+are started again in every case. The data-loss window is shown in the plan and
+measured again right before the restore.
 """
 
 from __future__ import annotations
 
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
+from backout import __version__
 from backout.adapters.dbaccess import DbAccess
-from backout.backup import restore, sets
+from backout.adapters.docker import ENGINE_FIX, Compose, Docker
+from backout.backup import data_loss, restore, sets
 from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
 from backout.backup.engines import (
     DumpContext,
     artifact_name,
-    checker_for,
     dump,
     manifest_counts,
 )
 from backout.backup.operation import writers
-from backout.backup.pipeline import IntegrityError, scan
+from backout.backup.pipeline import IntegrityError, StalledError, scan
+from backout.backup.verify import check_artifact
 from backout.config import Config, DatabaseConfig
 from backout.environment import Environment
-from backout.errors import ExternalError, NotFoundError, UsageError, did_you_mean
+from backout.errors import (
+    BackoutError,
+    DockerUnavailableError,
+    ExternalError,
+    InterruptedOperation,
+    NotFoundError,
+    UsageError,
+    did_you_mean,
+)
 from backout.operations import Plan, Step, register_action
 from backout.operations.executor import RunContext
 from backout.rollback import common
@@ -57,7 +70,7 @@ def _sniff(env: Environment, path: Path) -> str | None:
     if path.is_dir():
         return "mongodb" if any(path.rglob("*.bson")) else None
     head = subprocess.run(["zstd", "-d", "-q", "-c", "-f", str(path)], capture_output=True,
-                          env=proc.child_env(env), check=False).stdout[:4096] \
+                          env=proc.child_env(env), check=False, **proc.CHILD).stdout[:4096] \
         if path.stat().st_size < (64 << 20) else _head(env, path)
     for magic, kind in SNIFF.items():
         if head.startswith(magic) or magic in head[:200]:
@@ -75,7 +88,7 @@ def _head(env: Environment, path: Path) -> bytes:
     from backout import proc
 
     with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(path)], stdout=subprocess.PIPE,
-                          env=proc.child_env(env)) as p:
+                          env=proc.child_env(env), **proc.CHILD) as p:
         assert p.stdout is not None
         data = p.stdout.read(4096)
         p.kill()
@@ -102,7 +115,8 @@ def resolve_backup(env: Environment, config: Config, store: Store, db: DatabaseC
                                 f"(it has {', '.join(info.manifest['databases'])})")
         name = section["artifacts"][0]
         return {"artifact": str(info.path / name), "section": section, "source": f"backup {ref}",
-                "sha256": info.manifest["artifacts"][name]["sha256"], "set_id": ref}
+                "sha256": info.manifest["artifacts"][name]["sha256"], "set_id": ref,
+                "taken_at": info.manifest.get("created_at")}
     if not path.exists():
         raise NotFoundError(f'no backup "{ref}": neither a backup id, a checkpoint (cpN) nor a file',
                             fix="list them with `backout backups list`")
@@ -113,45 +127,131 @@ def resolve_backup(env: Environment, config: Config, store: Store, db: DatabaseC
                          f"not {what[db.type]} for {db.name}",
                          fix=f"name a {db.type} dump, or the right database")
     return {"artifact": str(path.resolve()), "section": None, "source": f"file {ref}",
-            "sha256": None, "set_id": None}
+            "sha256": None, "set_id": None,
+            "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime))}
 
 
-def plan(env: Environment, config: Config, store: Store, db_name: str, ref: str) -> Plan:
+OVERWRITTEN = {"mysql": "its databases are dropped and reloaded",
+               "redis": "the keyspace is replaced (Redis restarts; any AOF is set aside)",
+               "mongodb": "every collection of the dumped databases is replaced"}
+
+
+def verify_name(db: str) -> str:
+    return f"verify {db} backup"
+
+
+def safety_name(db: str) -> str:
+    return f"safety backup of {db}"
+
+
+def restore_name(db: str) -> str:
+    return f"restore {db}"
+
+
+def stop_name(stopped: list[str]) -> str:
+    return f"stop writers: {', '.join(stopped)}"
+
+
+def data_steps(config: Config, targets: dict[str, dict[str, Any]], safety_ids: dict[str, str],
+               *, when: str = "", safety_hint: str | None = None) -> tuple[list[Step], list[Step]]:
+    """The data part of every plan that restores (rollback db, emergency --with-data,
+    the deploy's data rollback), in the order integrity needs:
+
+        verify every backup            nothing has changed yet, no downtime
+        stop the writers               from here on nothing acknowledges a write
+        safety backup of each database so it holds every acknowledged write
+        restore each database          each needs all of the above done
+        (always) put the safety backups back if any restore failed, so the data is
+                 either fully restored or fully as before
+
+    Returns (steps up to the restores, the undo steps); the caller places the writers'
+    start (always) after whatever else it does. ``targets``: database -> verify and
+    restore parameters; ``safety_ids``: database -> safety set id (none: the operator
+    accepted a restore without one).
+    """
+    dbs = list(targets)
+    stopped = writers(config, dbs)
+    head: list[Step] = [
+        Step(verify_name(name), "rollback.db.verify",
+             f"prove {targets[name].get('source') or 'the backup'} whole before anything "
+             "changes (checksum, format, counts)" + when,
+             {"database": name, **targets[name]}) for name in dbs]
+    requires = [verify_name(name) for name in dbs]
+    if stopped:
+        head.append(Step(stop_name(stopped), "compose.stop",
+                         "nothing may write from here on: the safety backup then holds every "
+                         "acknowledged write, and nothing writes into a half-restored database"
+                         + when, {"services": stopped}))
+        requires.append(stop_name(stopped))
+    for name in dbs:
+        if name in safety_ids:
+            head.append(Step(safety_name(name), "rollback.db.safety",
+                             f"so the restore can itself be undone (set {safety_ids[name]}); "
+                             "dumps what exists even if the data is damaged" + when,
+                             {"database": name, "set_id": safety_ids[name],
+                              "hint": safety_hint}))
+            requires.append(safety_name(name))
+    for name in dbs:
+        db = config.databases[name]
+        head.append(Step(restore_name(name), "rollback.db.restore",
+                         f"{name}: {OVERWRITTEN[db.type]}; the restored counts are compared "
+                         "with the backup's" + when,
+                         {"database": name, **targets[name], "verify_step": verify_name(name),
+                          "requires": list(requires), "no_safety": name not in safety_ids}))
+        requires.append(restore_name(name))
+    undo = [Step(f"put {name}'s safety backup back if a restore failed", "rollback.db.undo",
+                 "never leave half-restored data: if any restore of this plan failed, every "
+                 "database it touched goes back to its safety backup" + when,
+                 {"database": name, "set_id": safety_ids[name]}, always=True)
+            for name in dbs if name in safety_ids]
+    return head, undo
+
+
+def start_step(stopped: list[str], *, when: str = "") -> Step:
+    return Step(f"start writers: {', '.join(stopped)}", "compose.start",
+                "writers run again in every case (also when a step failed or was interrupted)"
+                + when, {"services": stopped, "stop_step": stop_name(stopped)}, always=True)
+
+
+def downtime(config: Config, dbs: list[str], targets: dict[str, dict[str, Any]]) -> str:
+    """What the writers' stop costs, in words: the safety dumps plus the restores."""
+    stopped = writers(config, dbs)
+    if not stopped:
+        return "none for app services (no service writes to " + ", ".join(dbs) + ")"
+    took = [f"{name} {targets[name]['section']['duration_s']:.0f} s" for name in dbs
+            if (targets[name].get("section") or {}).get("duration_s") is not None]
+    text = (f"{', '.join(stopped)} stopped from before the safety backup until the restore is "
+            "checked: the safety dump plus the restore"
+            + (f" (the backup's own dump took {', '.join(took)}; a restore takes about as long "
+               "or longer)" if took else "")
+            + ". Stopping first is what makes the safety backup hold every acknowledged write")
+    restarts = [config.databases[n].service for n in dbs if config.databases[n].type == "redis"]
+    if restarts:
+        text += f"; {', '.join(restarts)} restarts"
+    return text
+
+
+def plan(env: Environment, config: Config, store: Store, db_name: str, ref: str, *,
+         compose: Compose | None = None, no_safety_backup: bool = False) -> Plan:
     db = database(config, db_name)
     target = resolve_backup(env, config, store, db, ref)
     safety_id = sets.new_set_id()
+    safety = {} if no_safety_backup else {db.name: safety_id}
+    hint = (f"or, accepting that this restore cannot be undone: `backout rollback db {db.name} "
+            f"{ref} --no-safety-backup`")
+    head, undo = data_steps(config, {db.name: target}, safety, safety_hint=hint)
+    steps = [*head, *undo]
     stopped = writers(config, [db.name])
-    overwritten = {"mysql": f"databases {', '.join(db.databases) or '(all in the dump)'} are "
-                            "dropped and reloaded",
-                   "redis": "the keyspace is replaced (Redis restarts; any AOF is set aside)",
-                   "mongodb": "every collection of the dumped databases is replaced"}[db.type]
-    steps = [
-        Step(f"verify {target['source']}", "rollback.db.verify",
-             "prove the backup whole before anything changes (checksum and format)",
-             {"database": db.name, **target}),
-        Step(f"safety backup of {db.name}", "rollback.db.safety",
-             f"so this restore can itself be rolled back (set {safety_id})",
-             {"database": db.name, "set_id": safety_id}),
-    ]
     if stopped:
-        steps.append(Step(f"stop writers: {', '.join(stopped)}", "compose.stop",
-                          f"nothing may write to {db.name} during the restore", {"services": stopped}))
-    steps += [
-        Step(f"restore {db.name}", "rollback.db.restore",
-             f"{overwritten}; counts are checked against the backup afterwards",
-             {"database": db.name, **target}),
-        Step("put the safety backup back if the restore failed", "rollback.db.undo",
-             "a restore that failed midway must not leave half the data",
-             {"database": db.name, "set_id": safety_id}, always=True),
-    ]
-    if stopped:
-        steps.append(Step(f"start writers: {', '.join(stopped)}", "compose.start",
-                          "writers run again in every case", {"services": stopped}, always=True))
-    return Plan("rollback.db", {"database": db.name, "backup": ref, "safety_set": safety_id},
-                tuple(steps), summary=f"restore {db.name} from {target['source']}",
-                downtime=(f"{', '.join(stopped)} stopped during the restore" if stopped else
-                          "none for app services") + (f"; {db.service} restarts"
-                                                      if db.type == "redis" else ""))
+        steps.append(start_step(stopped))
+    loss = [data_loss.window(DbAccess(env, config, db, compose), target["section"],
+                             target.get("taken_at"))] if compose is not None else []
+    return Plan("rollback.db", {"database": db.name, "backup": ref,
+                                "safety_set": None if no_safety_backup else safety_id,
+                                "data_loss": loss},
+                tuple(steps), summary=f"restore {db.name} from {target['source']}"
+                + (" WITHOUT a safety backup (cannot be undone)" if no_safety_backup else ""),
+                downtime=downtime(config, [db.name], {db.name: target}))
 
 
 def _access(ctx: RunContext, name: str) -> tuple[Environment, Config, DbAccess]:
@@ -206,46 +306,65 @@ def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     env, config, access = _access(ctx, params["database"])
     artifact = _prepared_artifact(params, config.state_dir)
     if params["section"] is not None:
-        scanned = scan(env, artifact, checker_for(params["section"], params["source"]),
-                       what=params["source"])
-        if scanned.sha256 != params["sha256"]:
-            raise IntegrityError(f"{params['source']}: sha256 mismatch: the artifact changed "
-                                 "since it was written", fix="use another backup")
+        check_artifact(env, artifact, params["section"], params["sha256"], params["source"])
+        if params.get("set_id"):
+            ctx["store"].record_verification(params["set_id"], ok=True, kind="checksum",
+                                             detail=f"before a restore (operation "
+                                                    f"{ctx.operation_id})")
         return {"section": params["section"], "artifact": str(artifact)}
     return {"section": _section_for_file(env, access.db, artifact), "artifact": str(artifact)}
 
 
 @register_action("rollback.db.safety")
 def _safety(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    env, config, _store, compose = common.ctx_parts(ctx)
+    env, config, store, compose = common.ctx_parts(ctx)
     writer = sets.SetWriter(config.backup_dir, params["set_id"])
-    if writer.final.is_dir():
-        sets.read_manifest(writer.final)
-        return {"set_id": params["set_id"]}
+    if writer.final.is_dir():  # resumed after it was published
+        manifest = sets.read_manifest(writer.final)
+        return _safety_result(params["set_id"], manifest["databases"][params["database"]])
     writer.open()
     db = config.databases[params["database"]]
-    section = dump(DumpContext(env, config, compose), db, writer.dir)
-    art = dict(section["artifact"])
-    name = art.pop("name")
-    from backout import __version__
+    try:
+        section = dump(DumpContext(env, config, compose, safety=True), db, writer.dir)
+        art = dict(section["artifact"])
+        name = art.pop("name")
+        stamp = _iso()
+        writer.publish({"format": sets.FORMAT, "format_version": sets.FORMAT_VERSION,
+                        "id": params["set_id"], "kind": "safety",
+                        "label": f"safety backup before a restore (operation {ctx.operation_id})",
+                        "tool": {"name": "backout", "version": __version__},
+                        "created_at": stamp, "completed_at": stamp,
+                        "databases": {db.name: section["database"]}, "artifacts": {name: art},
+                        "operation_id": ctx.operation_id})
+    except BackoutError as exc:
+        # A half-written safety set must not stay behind (nor keep a full disk full).
+        writer.discard()
+        if isinstance(exc, InterruptedOperation):
+            raise
+        # The same kind of error (its exit code), saying what it means for the restore.
+        exc.message = f"safety backup of {db.name} failed, so nothing was restored: {exc.message}"
+        exc.fix = "; ".join(f for f in (exc.fix, params.get("hint")) if f) or None
+        raise
+    except BaseException:
+        writer.discard()
+        raise
+    store.record_verification(params["set_id"], ok=True, kind="checksum",
+                              detail="verified as it was written")
+    return _safety_result(params["set_id"], section["database"])
 
-    writer.publish({"format": sets.FORMAT, "format_version": sets.FORMAT_VERSION,
-                    "id": params["set_id"], "kind": "safety",
-                    "label": f"safety backup before rollback db (operation {ctx.operation_id})",
-                    "tool": {"name": "backout", "version": __version__},
-                    "created_at": _iso(), "completed_at": _iso(),
-                    "databases": {db.name: section["database"]}, "artifacts": {name: art},
-                    "operation_id": ctx.operation_id})
-    return {"set_id": params["set_id"]}
+
+def _safety_result(set_id: str, section: dict[str, Any]) -> dict[str, Any]:
+    return {"set_id": set_id, "not_dumped": section.get("not_dumped", []),
+            "absent": section.get("absent", [])}
 
 
 def _iso() -> str:
-    import time
-
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _restore(env: Environment, access: DbAccess, artifact: Path, section: dict[str, Any]) -> Any:
+    """Restore, then compare the restored counts with the backup's: a restore that
+    does not reproduce them failed, whatever the tools said."""
     kind = access.db.type
     if kind == "mysql":
         result = restore.restore_mysql(env, access, artifact, section)
@@ -264,23 +383,62 @@ def _restore(env: Environment, access: DbAccess, artifact: Path, section: dict[s
     return result
 
 
+def _started_fact(op_id: int, database: str) -> str:
+    return f"op{op_id}.restore_started.{database}"
+
+
+def _failed_fact(op_id: int) -> str:
+    return f"op{op_id}.restore_failed"
+
+
 @register_action("rollback.db.restore")
 def _restore_action(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    missing = [name for name in params.get("requires", [])
+               if name not in results or "skipped" in (results[name] or {})]
+    if missing:
+        # Never restore without a verified backup, stopped writers and a safety
+        # backup (in a deploy's rollback every step runs after a failure: this guards).
+        return {"skipped": f"not restored: {missing[0]!r} did not succeed"}
     env, _config, access = _access(ctx, params["database"])
-    verified = results.get(f"verify {params['database']} backup") or next(
-        v for k, v in results.items() if k.startswith("verify "))
     store: Store = ctx["store"]
-    store.set_fact(f"op{ctx.operation_id}.restore_started.{params['database']}", True)
-    return _restore(env, access, Path(verified["artifact"]), verified["section"])
+    verified = results[params.get("verify_step") or verify_name(params["database"])]
+    loss = data_loss.window(access, verified["section"], params.get("taken_at"))
+    if params.get("no_safety"):
+        store.record_event("restore.without_safety_backup", target=access.db.name,
+                           reason="operator override: --no-safety-backup",
+                           detail={"operation": ctx.operation_id, "backup": params["source"]})
+    store.set_fact(_started_fact(ctx.operation_id, params["database"]), True)
+    try:
+        result = _restore(env, access, Path(verified["artifact"]), verified["section"])
+    except BackoutError as exc:
+        store.set_fact(_failed_fact(ctx.operation_id), params["database"])
+        if isinstance(exc, StalledError):
+            _raise_if_engine_gone(env, exc)
+        raise
+    return {**result, "data_loss": loss}
+
+
+def _raise_if_engine_gone(env: Environment, exc: StalledError) -> None:
+    """A stalled stream through `docker compose exec`: say whether the engine is gone."""
+    try:
+        Docker(env).ping()
+    except DockerUnavailableError as gone:
+        raise DockerUnavailableError(f"{exc.message.split(':')[0]}: the Docker Engine stopped "
+                                     f"answering ({gone.message})", fix=ENGINE_FIX) from exc
 
 
 @register_action("rollback.db.undo")
 def _undo(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    """Put the safety backup back when this database's restore started and it, or any
+    restore of the operation, failed: the data ends fully restored or fully as before."""
     store: Store = ctx["store"]
-    restored = f"restore {params['database']}" in results
-    if restored or not store.fact(f"op{ctx.operation_id}.restore_started.{params['database']}"):
+    name = params["database"]
+    done = "skipped" not in (results.get(restore_name(name)) or {"skipped": True})
+    failed = store.fact(_failed_fact(ctx.operation_id))
+    if not store.fact(_started_fact(ctx.operation_id, name)) or (done and not failed):
         return {"undone": False}
-    env, config, access = _access(ctx, params["database"])
+    env, config, access = _access(ctx, name)
+    Docker(env).ping()  # an engine that does not answer: left for `backout resume`
     info = sets.get_set(config.backup_dir, params["set_id"])
     if info.manifest is None:
         raise ExternalError(f"{access.db.name}: the restore failed and the safety backup "
@@ -288,8 +446,6 @@ def _undo(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> A
                             fix="restore by hand; see `backout backups list --all`")
     section = info.manifest["databases"][access.db.name]
     _restore(env, access, info.path / artifact_name(access.db), section)
-    env.warn(f"the restore of {access.db.name} failed; the safety backup {params['set_id']} "
-             "was put back")
-    return {"undone": True, "set_id": params["set_id"]}
-
-
+    why = "its restore failed" if not done else f"the restore of {failed} failed"
+    env.warn(f"{access.db.name}: {why}; the safety backup {params['set_id']} was put back")
+    return {"undone": True, "set_id": params["set_id"], "why": why}

@@ -15,9 +15,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from backout.adapters.dbaccess import DbAccess
 from backout.adapters.docker import Compose, Docker
 from backout.adapters.git import Git, GitWrite
-from backout.backup import sets
+from backout.backup import data_loss, sets
 from backout.backup.operation import writers
 from backout.config import Config
 from backout.environment import Environment
@@ -25,7 +26,7 @@ from backout.errors import NotFoundError, UnhealthyError, UsageError, Verificati
 from backout.operations import Plan, Step, register_action
 from backout.operations.executor import RunContext
 from backout.rollback import common
-from backout.rollback.db import resolve_backup
+from backout.rollback.db import data_steps, downtime, resolve_backup, start_step
 from backout.state import Store
 from backout.verify import EXPECTED_IMAGES, run_verify
 
@@ -105,15 +106,33 @@ def plan(env: Environment, config: Config, store: Store, compose: Compose, targe
          with_data: bool) -> Plan:
     t = resolve(env, config, store, target, with_data)
     git = Git(env, config.project_dir)
-    head = GitWrite(git).head()
+    head_commit = GitWrite(git).head()
     tree = git.state(config.own_paths)
     short = t["commit"][:12]
     steps = [Step("save uncommitted changes", "emergency.save_changes",
                   "the operator's changes are kept as a patch under .backout/saved and a git stash "
                   "(nothing is discarded)" if tree.dirty else
                   "the tree is clean; nothing to save", {"target": target})]
+    data_dbs: list[str] = []
+    stopped: list[str] = []
+    loss: list[dict[str, Any]] = []
+    targets: dict[str, dict[str, Any]] = {}
+    if with_data and t["set_id"]:
+        # The data first, while the code is untouched: a failed restore then leaves
+        # everything as it was (safety backups back, the old containers started).
+        info = sets.get_set(config.backup_dir, t["set_id"])
+        data_dbs = [d for d in config.databases if info.manifest and d in info.manifest["databases"]]
+        stopped = writers(config, data_dbs)
+        safety = sets.new_set_id()
+        targets = {name: resolve_backup(env, config, store, config.databases[name], t["set_id"])
+                   for name in data_dbs}
+        head, undo = data_steps(config, targets, {name: f"{safety}-{name}" for name in data_dbs})
+        steps += [*head, *undo]
+        loss = [data_loss.window(DbAccess(env, config, config.databases[name], compose),
+                                 targets[name]["section"], targets[name].get("taken_at"))
+                for name in data_dbs]
     steps.append(Step(f"switch code to {short}", "emergency.checkout",
-                      f"HEAD {str(head)[:12]} -> {short} (detached: no branch is moved)",
+                      f"HEAD {str(head_commit)[:12]} -> {short} (detached: no branch is moved)",
                       {"commit": t["commit"]}))
     steps.append(Step("put the target's images in place", "emergency.images",
                       ("re-tag the retained images of release "
@@ -122,43 +141,22 @@ def plan(env: Environment, config: Config, store: Store, compose: Compose, targe
                       + (f"; build {', '.join(t['rebuild'])} (the target's images are gone)"
                          if t["rebuild"] else ""),
                       {"images": t["images"], "rebuild": t["rebuild"]}))
-    data_dbs: list[str] = []
-    if with_data and t["set_id"]:
-        info = sets.get_set(config.backup_dir, t["set_id"])
-        data_dbs = [d for d in config.databases if info.manifest and d in info.manifest["databases"]]
-        stopped = writers(config, data_dbs)
-        safety = sets.new_set_id()
-        steps.append(Step(f"stop writers: {', '.join(stopped)}", "compose.stop",
-                          "nothing may write while the databases are restored",
-                          {"services": stopped}))
-        for name in data_dbs:
-            backup = resolve_backup(env, config, store, config.databases[name], t["set_id"])
-            steps.append(Step(f"verify {name} backup", "rollback.db.verify",
-                              "prove the backup whole before anything changes",
-                              {"database": name, **backup}))
-            steps.append(Step(f"safety backup of {name}", "rollback.db.safety",
-                              "so the data restore can itself be rolled back",
-                              {"database": name, "set_id": f"{safety}-{name}"}))
-            steps.append(Step(f"restore {name}", "rollback.db.restore",
-                              f"{name} is replaced by checkpoint {t['checkpoint_id']}'s data",
-                              {"database": name, **backup}))
-            steps.append(Step(f"put {name}'s safety backup back if its restore failed",
-                              "rollback.db.undo", "never leave half-restored data",
-                              {"database": name, "set_id": f"{safety}-{name}"}, always=True))
     steps.append(Step("bring the stack up at the target", "emergency.up",
                       "docker compose up -d --wait in dependency order (no build, no pull); "
                       "containers of services that changed are recreated", {}))
+    if stopped:
+        steps.append(start_step(stopped))
     steps.append(Step("verify the stack", "emergency.verify",
                       "the runbook's post-rollback checks (health, restarts, logs, databases, images)",
                       {}))
     desc = f"release {t['release_id']}" if t["release_id"] else f"commit {short}"
-    return Plan("rollback.emergency", {"target": target, "with_data": with_data, **t},
+    return Plan("rollback.emergency", {"target": target, "with_data": with_data, **t,
+                                       "data_loss": loss},
                 tuple(steps),
                 summary=f"emergency rollback of the whole stack to {desc}"
                         + (f" with the data of checkpoint {t['checkpoint_id']}" if data_dbs else ""),
                 downtime="services whose image changes are recreated one by one"
-                         + ("; app services stopped while the databases are restored"
-                            if data_dbs else ""))
+                         + (f"; {downtime(config, data_dbs, targets)}" if data_dbs else ""))
 
 
 @register_action("emergency.save_changes")

@@ -116,6 +116,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "verification results of backup sets",
+        """
+        CREATE TABLE verifications (
+            id INTEGER PRIMARY KEY,
+            set_id TEXT NOT NULL,
+            verified_at TEXT NOT NULL,
+            kind TEXT NOT NULL,             -- checksum | restore-test
+            ok INTEGER NOT NULL,
+            detail TEXT                     -- what was checked, or the problem found
+        );
+        CREATE INDEX verifications_set ON verifications(set_id, id);
+        """,
+    ),
 ]
 
 
@@ -224,6 +238,42 @@ class Store:
     def fact(self, key: str) -> Any:
         row = self.db.execute("SELECT value FROM facts WHERE key = ?", (key,)).fetchone()
         return json.loads(row["value"]) if row else None
+
+    # -- verifications of backup sets -------------------------------------
+    def record_verification(self, set_id: str, *, ok: bool, kind: str,
+                            detail: str | None = None) -> None:
+        """A full check of a set (every byte read: sha256, format, counts), or a
+        restore test, and its result."""
+        self.db.execute("INSERT INTO verifications (set_id, verified_at, kind, ok, detail)"
+                        " VALUES (?, ?, ?, ?, ?)", (set_id, now(), kind, int(ok), detail))
+
+    def last_verifications(self) -> dict[str, dict[str, Any]]:
+        """set id -> its newest verification {verified_at, kind, ok, detail}."""
+        rows = self.db.execute(
+            "SELECT v.set_id, v.verified_at, v.kind, v.ok, v.detail FROM verifications v"
+            " JOIN (SELECT set_id, MAX(id) AS id FROM verifications GROUP BY set_id) last"
+            " ON last.id = v.id")
+        return {r["set_id"]: {"verified_at": r["verified_at"], "kind": r["kind"],
+                              "ok": bool(r["ok"]), "detail": r["detail"]} for r in rows}
+
+    # -- operations (read side) -------------------------------------------
+    def operation(self, op_id: int) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM operations WHERE id = ?", (op_id,)).fetchone()
+        return _row(row, json_fields=("params", "plan")) if row else None
+
+    def last_operation(self) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM operations ORDER BY id DESC LIMIT 1").fetchone()
+        return _row(row, json_fields=("params", "plan")) if row else None
+
+    def operation_steps(self, op_id: int) -> list[dict[str, Any]]:
+        """Every step of an operation as journaled: seq, name, status, detail (JSON)."""
+        rows = self.db.execute("SELECT seq, name, status, started_at, finished_at, detail"
+                               " FROM steps WHERE operation_id = ? ORDER BY seq", (op_id,))
+        return [_row(r, json_fields=("detail",)) for r in rows]
+
+    def unfinished_operations(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM operations WHERE status = 'running' ORDER BY id")
+        return [_row(r, json_fields=("params", "plan")) for r in rows]
 
     # -- incidents ---------------------------------------------------------
     def open_incident(self, *, rule: str, level: str, severity: str, reason: str,
