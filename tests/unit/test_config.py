@@ -192,7 +192,7 @@ command = "logger -t backout"
 
 def test_monitor_defaults_when_absent() -> None:
     from backout.config.model import MonitorConfig
-    from backout.monitor.policy import DEFAULT_RULES
+    from backout.policy.rules import DEFAULT_RULES
 
     config = parse_document("backout.toml", "", Path("/x"))
     assert config.monitor == MonitorConfig()
@@ -202,7 +202,7 @@ def test_monitor_defaults_when_absent() -> None:
 
 
 def test_monitor_section_is_parsed() -> None:
-    from backout.monitor.policy import DEFAULT_RULES, Level
+    from backout.policy.rules import DEFAULT_RULES, Level
 
     monitor = parse_document("backout.toml", MONITOR, Path("/x")).monitor
     assert (monitor.interval_seconds, monitor.window_seconds) == (10, 120)

@@ -17,9 +17,7 @@ from typing import Any
 
 import pytest
 
-from backout.backup import sets
 from backout.backup.checkers import MySQLDumpChecker
-from backout.backup.pipeline import IntegrityError, Stall, StalledError, scan
 from backout.config.model import Config, DatabaseConfig, ServiceConfig
 from backout.deploy import Preflight, plan_deploy
 from backout.deploy.watch import RedDuringWatch
@@ -30,6 +28,8 @@ from backout.operations import executor as executor_mod
 from backout.operations.executor import RunContext, load_actions, load_plan, unfinished
 from backout.rollback import db as db_rollback
 from backout.state import Store
+from backout.storage import sets
+from backout.storage.pipeline import IntegrityError, Stall, StalledError, scan
 
 DUMP = b"""-- MariaDB dump 10.19
 USE `app`;

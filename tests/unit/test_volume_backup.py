@@ -15,13 +15,13 @@ import pytest
 
 from backout.backup.checkers import VolumeTarChecker
 from backout.backup.operation import plan_backup
-from backout.backup.pipeline import IntegrityError
 from backout.backup.volumes import tar_argv
 from backout.config.load import parse_document
 from backout.errors import ExternalError, NotFoundError
 from backout.operations import Executor, Plan, Step, register_action
 from backout.operations.executor import RunContext
 from backout.state import Store
+from backout.storage.pipeline import IntegrityError
 
 
 def gnu_tar_of(tree: Path) -> bytes:

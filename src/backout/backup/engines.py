@@ -23,7 +23,11 @@ from backout.backup.checkers import (
     TarBsonChecker,
     VolumeTarChecker,
 )
-from backout.backup.pipeline import (
+from backout.config import Config, DatabaseConfig
+from backout.environment import Environment
+from backout.errors import ExternalError, NotFoundError
+from backout.operations import interrupt
+from backout.storage.pipeline import (
     Checker,
     DiskFullError,
     IntegrityError,
@@ -32,10 +36,6 @@ from backout.backup.pipeline import (
     stream_from_python,
     stream_to_file,
 )
-from backout.config import Config, DatabaseConfig
-from backout.environment import Environment
-from backout.errors import ExternalError, NotFoundError
-from backout.operations import interrupt
 
 ARTIFACT_NAMES = {"mysql": "{name}.sql.zst", "redis": "{name}.rdb.zst",
                   "mongodb": "{name}.tar.zst"}

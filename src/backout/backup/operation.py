@@ -14,7 +14,6 @@ from typing import Any
 from backout import __version__
 from backout.adapters.docker import Compose
 from backout.adapters.git import Git
-from backout.backup import sets
 from backout.backup.engines import DumpContext, dump
 from backout.backup.volumes import back_up_volume
 from backout.config import Config
@@ -24,6 +23,7 @@ from backout.operations import Plan, Step, register_action
 from backout.operations.executor import RunContext
 from backout.state import Store
 from backout.state.store import actor, now
+from backout.storage import sets
 
 
 def writers(config: Config, databases: list[str]) -> list[str]:

@@ -21,10 +21,10 @@ from backout.adapters.dbaccess import DbAccess
 from backout.adapters.mongodb import MongoDB
 from backout.adapters.mysql import MySQL, _ident
 from backout.adapters.redis import Redis
-from backout.backup.pipeline import IntegrityError, Stall, bytes_written_by, metered
 from backout.environment import Environment
 from backout.errors import ExternalError, InterruptedOperation
 from backout.operations import interrupt
+from backout.storage.pipeline import IntegrityError, Stall, bytes_written_by, metered
 
 
 def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, what: str,

@@ -22,10 +22,10 @@ from backout.adapters.dbaccess import DbAccess
 from backout.adapters.docker import Compose
 from backout.backup import restore
 from backout.backup.engines import manifest_counts
-from backout.backup.pipeline import IntegrityError, metered
 from backout.config import Config, DatabaseConfig
 from backout.environment import Environment
 from backout.errors import ExternalError, NotFoundError
+from backout.storage.pipeline import IntegrityError, metered
 
 LABEL = "io.backout.restore-test"
 PASSWORD_VAR = "BACKOUT_RESTORE_TEST_PASSWORD"

@@ -24,10 +24,10 @@ from typing import Any
 
 from backout.adapters.docker import Compose, Docker
 from backout.backup.checkers import VolumeTarChecker
-from backout.backup.pipeline import scan, stream_to_file
 from backout.config import Config, VolumeConfig
 from backout.environment import Environment
 from backout.errors import ExternalError, NotFoundError, UnhealthyError
+from backout.storage.pipeline import scan, stream_to_file
 
 FORMAT = "volume-tar+zstd"
 DEFAULT_IMAGE = "debian:bookworm-slim"

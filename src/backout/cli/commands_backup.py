@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from backout.backup import sets
 from backout.backup.operation import plan_backup
 from backout.backup.verify import verify_set
 from backout.cli.main import Ctx, cli, command, complete
@@ -18,6 +17,7 @@ from backout.operations import Executor, Plan, Step, interrupt, summary
 from backout.operations.executor import history, load_plan, mark_abandoned, unfinished
 from backout.releases import compose_for
 from backout.state import Store
+from backout.storage import sets
 
 
 def step_line(step: Step, status: str, detail: str | None, *, tty: bool) -> str | None:
@@ -317,7 +317,7 @@ def backups_prune(ctx: Ctx, dry_run: bool) -> None:
     import shutil
     from datetime import UTC
 
-    from backout.backup.prune import Candidate, prune
+    from backout.storage.prune import Candidate, prune
 
     infos = [i for i in sets.list_sets(ctx.config.backup_dir) if i.usable and i.manifest]
     candidates = [Candidate(i.id, datetime.strptime(i.manifest["completed_at"], "%Y-%m-%dT%H:%M:%SZ")

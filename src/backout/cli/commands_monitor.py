@@ -21,7 +21,7 @@ from backout.errors import ExitCode
 
 def baseline_line(summary: dict[str, Any] | None) -> str:
     """``baseline: release 3 (captured 10:31:02): p95_latency_seconds{service=backend}=0.012``"""
-    from backout.monitor.baseline import describe_release
+    from backout.policy.baseline import describe_release
 
     if summary is None:
         return "baseline: unknown (no running containers seen yet)"
@@ -212,8 +212,8 @@ def policy_group() -> None:
 def policy_test(ctx: Ctx, file: Path, defaults: bool) -> None:
     """Replay a recorded metrics file (JSON lines: {"t": s, "signals": {...}}) through the
     policy and print each transition with the rule and values that caused it."""
-    from backout.monitor.policy import DEFAULT_RULES
-    from backout.monitor.replay import format_transitions, replay_file
+    from backout.policy.replay import format_transitions, replay_file
+    from backout.policy.rules import DEFAULT_RULES
 
     rules = DEFAULT_RULES if defaults else ctx.config.monitor.effective_rules
     transitions = replay_file(file, rules)

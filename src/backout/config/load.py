@@ -35,7 +35,7 @@ from backout.config.model import (
 )
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, did_you_mean
-from backout.monitor import policy
+from backout.policy import rules as policy
 
 CONFIG_NAME = "backout.toml"
 
@@ -438,7 +438,7 @@ def _check_volumes(file: str, config: Config, services: set[str],
 
 
 def _compose_volume_mounts(env: Environment, config: Config) -> dict[str, set[str]]:
-    from backout.config.generate import volume_users
+    from backout.setup.generate import volume_users
 
     return volume_users(_compose(env, config).config())
 

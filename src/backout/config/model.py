@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backout.monitor.baseline import DEFAULT_EVALUATIONS
-from backout.monitor.policy import DEFAULT_RULES, Rule, merge_rules
+from backout.policy.baseline import DEFAULT_EVALUATIONS
+from backout.policy.rules import DEFAULT_RULES, Rule, merge_rules
 
 SERVICE_KINDS = ("app", "database", "proxy")
 DATABASE_TYPES = ("mysql", "mongodb", "redis")
@@ -107,7 +107,7 @@ class MonitorConfig:
     window_seconds: int = 15  # rates, ratios, quantiles: short, so `for:` alone says how long
     # healthy evaluations in a row before a release's baseline is captured
     baseline_evaluations: int = DEFAULT_EVALUATIONS
-    use_default_rules: bool = True  # the runbook's matrix (backout.monitor.policy.DEFAULT_RULES)
+    use_default_rules: bool = True  # the runbook's matrix (backout.policy.rules.DEFAULT_RULES)
     rules: tuple[Rule, ...] = ()  # [[monitor.rules]]; a rule named like a default replaces it
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     prometheus_url: str | None = None

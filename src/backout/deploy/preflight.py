@@ -18,12 +18,12 @@ from typing import Any
 from backout import proc
 from backout.adapters.docker import Compose, Docker
 from backout.adapters.git import Git
-from backout.backup import sets
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import BackoutError, NotFoundError, UsageError
 from backout.operations.executor import unfinished
 from backout.state import Store
+from backout.storage import sets
 
 DiskUsage = Callable[[Path], Any]  # shutil.disk_usage's shape: .free in bytes
 

@@ -16,10 +16,10 @@ from backout.adapters.docker import Compose
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import UnhealthyError
-from backout.monitor.policy import Decision, Level
 from backout.monitor.run import Monitor
 from backout.notify import Notifier
 from backout.operations import interrupt
+from backout.policy.rules import Decision, Level
 from backout.state import Store
 
 INCIDENT_FACT = "deploy.op{op}.incident"

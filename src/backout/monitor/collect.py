@@ -1,6 +1,6 @@
 """Collecting one ``Snapshot`` of every signal the policy reads, per service.
 
-Signals (``name{service=NAME}``, see backout.monitor.policy):
+Signals (``name{service=NAME}``, see backout.policy.rules):
 - ``health_consecutive_failures``: consecutive failed HTTP probes of the
   service's health URL, or Docker's healthcheck failing streak, whichever is
   larger (so a service whose only health signal is a compose healthcheck is
@@ -24,8 +24,8 @@ from backout.adapters.docker import Compose
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import BackoutError
-from backout.monitor import promtext, series
-from backout.monitor.policy import Snapshot, signal_key
+from backout.policy import promtext, series
+from backout.policy.rules import Snapshot, signal_key
 from backout.signals.engine import container_signals
 from backout.signals.logs import LogWatcher
 from backout.signals.probes import ProbeTracker

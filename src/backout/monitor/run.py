@@ -4,7 +4,7 @@ Each evaluation collects a Snapshot, applies the policy (pure), persists the
 policy state in the store (so a restarted monitor neither forgets a pending
 `for:` timer nor fires an incident twice), records incidents and their
 timeline, captures the release's baseline once it has been healthy for a while
-(``backout.monitor.baseline``), sends notifications (never blocking), and with
+(``backout.policy.baseline``), sends notifications (never blocking), and with
 auto-rollback runs the rule's rollback exactly once per incident, with a
 cool-down, then verifies. If verification fails the incident is escalated, no
 further automatic action is taken and the loop stops: a human decides.
@@ -23,10 +23,12 @@ from backout.adapters.docker import Compose
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import BackoutError, LockedError
-from backout.monitor import baseline
-from backout.monitor.baseline import Baseline
 from backout.monitor.collect import Collector, ServiceView
-from backout.monitor.policy import (
+from backout.notify import Notifier
+from backout.operations.runner import run_locked
+from backout.policy import baseline
+from backout.policy.baseline import Baseline
+from backout.policy.rules import (
     ActionRequest,
     Decision,
     Level,
@@ -35,8 +37,6 @@ from backout.monitor.policy import (
     Snapshot,
     evaluate,
 )
-from backout.notify import Notifier
-from backout.operations.runner import run_locked
 from backout.state import Store
 from backout.verify import run_verify
 

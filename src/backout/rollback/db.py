@@ -20,7 +20,7 @@ from typing import Any
 from backout import __version__
 from backout.adapters.dbaccess import DbAccess
 from backout.adapters.docker import ENGINE_FIX, Compose, Docker
-from backout.backup import data_loss, restore, sets
+from backout.backup import data_loss, restore
 from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
 from backout.backup.engines import (
     DumpContext,
@@ -29,7 +29,6 @@ from backout.backup.engines import (
     manifest_counts,
 )
 from backout.backup.operation import writers
-from backout.backup.pipeline import IntegrityError, StalledError, scan
 from backout.backup.verify import check_artifact
 from backout.config import Config, DatabaseConfig
 from backout.environment import Environment
@@ -46,6 +45,8 @@ from backout.operations import Plan, Step, register_action
 from backout.operations.executor import RunContext
 from backout.rollback import common
 from backout.state import Store
+from backout.storage import sets
+from backout.storage.pipeline import IntegrityError, StalledError, scan
 
 SNIFF = {b"REDIS": "redis", b"-- MySQL dump": "mysql", b"-- MariaDB dump": "mysql",
          b"/*M!999999": "mysql"}

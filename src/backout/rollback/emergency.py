@@ -18,7 +18,7 @@ from typing import Any
 from backout.adapters.dbaccess import DbAccess
 from backout.adapters.docker import Compose, Docker
 from backout.adapters.git import Git, GitWrite
-from backout.backup import data_loss, sets
+from backout.backup import data_loss
 from backout.backup.operation import writers
 from backout.config import Config
 from backout.environment import Environment
@@ -28,6 +28,7 @@ from backout.operations.executor import RunContext
 from backout.rollback import common
 from backout.rollback.db import data_steps, downtime, resolve_backup, start_step
 from backout.state import Store
+from backout.storage import sets
 from backout.verify import EXPECTED_IMAGES, run_verify
 
 

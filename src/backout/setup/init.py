@@ -8,11 +8,11 @@ from pathlib import Path
 
 from backout import dotenv, proc
 from backout.adapters.docker import Compose
-from backout.config.generate import Derived, derive, render
 from backout.config.load import display_path, load_config
 from backout.config.model import ProjectConfig
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, UsageError
+from backout.setup.generate import Derived, derive, render
 from backout.state.dirs import private_dir
 
 # Compose's own lookup order for a project's default file.
