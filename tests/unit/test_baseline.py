@@ -185,7 +185,7 @@ def monitor(tmp_path: Path, frames: list[tuple[dict[str, str], dict[str, float |
         store.add_release(git_commit="c1", git_dirty=False, diff_path=None, compose_config={},
                           services={"backend": {"image_id": "sha256:b1"}})
     cfg = Config(path=tmp_path / "backout.toml", project_dir=tmp_path)
-    return Monitor(Environment(), cfg, store, compose=None,  # type: ignore[arg-type]
+    return Monitor(Environment(), cfg, store, platform=None,  # type: ignore[arg-type]
                    rules=rules, collector=FakeCollector(frames), baseline_evaluations=3)
 
 

@@ -19,6 +19,7 @@ from backout.operations import Executor, Plan, Step
 from backout.setup.doctor import Sources, run_doctor
 from backout.state import OperationLock, Store
 from backout.storage.sets import SetWriter
+from tests.support.fakes import run_context
 
 IMAGE = "sha256:" + "a" * 64
 
@@ -157,7 +158,7 @@ def test_the_lock_held_and_an_interrupted_operation(tmp_path: Path) -> None:
         check = _by_name(run_doctor(Environment(), config, None, store, _sources()))["lock"]
         assert not check.ok and "backout rollback db" in check.detail
     plan = Plan("rollback.db", {}, (Step("x", "emergency.up", "r"),), summary="s")
-    op = Executor(store, {}).start(plan)  # journaled, never finished: as after a kill -9
+    op = Executor(store, run_context(store)).start(plan)  # journaled, never finished: as after a kill -9
     check = _by_name(run_doctor(Environment(), config, None, store, _sources()))[
         "interrupted operation"]
     assert not check.ok and f"#{op}" in check.detail and "backout resume" in str(check.fix)

@@ -12,16 +12,13 @@ import time
 from typing import Any
 
 from backout import __version__
-from backout.adapters.docker import Compose
 from backout.adapters.git import Git
 from backout.backup.engines import DumpContext, dump
 from backout.backup.volumes import back_up_volume
 from backout.config import Config
-from backout.environment import Environment
 from backout.errors import NotFoundError, UsageError, did_you_mean
 from backout.operations import Plan, Step, register_action
 from backout.operations.executor import RunContext
-from backout.state import Store
 from backout.state.store import actor, now
 from backout.storage import sets
 
@@ -118,29 +115,14 @@ def _volume_steps(config: Config, names: list[str], set_id: str) -> list[Step]:
     return steps
 
 
-def _env(ctx: RunContext) -> Environment:
-    env: Environment = ctx["env"]
-    return env
-
-
-def _config(ctx: RunContext) -> Config:
-    config: Config = ctx["config"]
-    return config
-
-
-def _compose(ctx: RunContext) -> Compose:
-    compose: Compose = ctx["compose"]
-    return compose
-
-
 @register_action("backup.cleanup")
 def _cleanup(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    return {"removed": sets.cleanup_partials(_config(ctx).backup_dir, keep=params["keep"])}
+    return {"removed": sets.cleanup_partials(ctx.config.backup_dir, keep=params["keep"])}
 
 
 @register_action("backup.discard")
 def _discard(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    writer = sets.SetWriter(_config(ctx).backup_dir, params["set_id"])
+    writer = sets.SetWriter(ctx.config.backup_dir, params["set_id"])
     if writer.final.is_dir():
         return {"discarded": False}
     writer.discard()
@@ -151,11 +133,7 @@ def _discard(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any
 def _stop(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     """Stop those of the services that run; remember which, so only they are started."""
     start = time.time()
-    compose = _compose(ctx)
-    running = sorted({c.service for c in compose.containers(*params["services"])
-                      if c.state in ("running", "restarting")})
-    if running:
-        compose.run("stop", *running, timeout=180)
+    running = ctx.platform.stop(params["services"])
     return {"stopped_at": start, "stopped": running}
 
 
@@ -172,38 +150,36 @@ def _start(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # over the rare service an operator had stopped on purpose.
     services = stop["stopped"] if stop is not None else params["services"]
     if services:
-        _compose(ctx).run("up", "-d", "--no-deps", "--no-recreate", *services, timeout=300)
+        ctx.platform.start(services)
     return {"started_at": time.time(), "started": services}
 
 
 def _started(ctx: RunContext, step_name: str) -> bool:
     """Did this operation ever start the step (journaled, even if it crashed inside)?"""
-    store: Store = ctx["store"]
-    row = store.db.execute("SELECT started_at FROM steps WHERE operation_id = ? AND name = ?",
+    row = ctx.store.db.execute("SELECT started_at FROM steps WHERE operation_id = ? AND name = ?",
                            (ctx.operation_id, step_name)).fetchone()
     return row is not None and row["started_at"] is not None
 
 
 @register_action("backup.dump")
 def _dump(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    config = _config(ctx)
+    config = ctx.config
     writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
-    dctx = DumpContext(_env(ctx), config, _compose(ctx))
+    dctx = DumpContext(ctx.env, config, ctx.platform)
     return dump(dctx, config.databases[params["database"]], writer.dir)
 
 
 @register_action("backup.volume")
 def _volume(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    config = _config(ctx)
+    config = ctx.config
     writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
-    return back_up_volume(_env(ctx), config, _compose(ctx), config.volumes[params["volume"]],
+    return back_up_volume(ctx.env, config, ctx.platform, config.volumes[params["volume"]],
                           writer.dir)
 
 
 @register_action("backup.publish")
 def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
-    config = _config(ctx)
-    env = _env(ctx)
+    config, env = ctx.config, ctx.env
     writer = sets.SetWriter(config.backup_dir, params["set_id"])
     if writer.final.is_dir() and not writer.dir.exists():
         sets.read_manifest(writer.final)  # resumed after the rename: already published
@@ -227,7 +203,7 @@ def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     if stop and start:
         paused = round(start["started_at"] - stop["stopped_at"], 3)
     tree = Git(env, config.project_dir).state(config.own_paths)
-    images = _compose(ctx).running_images()
+    images = ctx.platform.running_images()
     manifest = {
         "format": sets.FORMAT, "format_version": sets.FORMAT_VERSION,
         "id": params["set_id"], "kind": params["kind"], "label": params["label"],
@@ -242,8 +218,7 @@ def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
         "operation_id": ctx.operation_id,
     }
     path = writer.publish(manifest)
-    store: Store = ctx["store"]
-    store.record_verification(params["set_id"], ok=True, kind="checksum",
+    ctx.store.record_verification(params["set_id"], ok=True, kind="checksum",
                               detail="verified as it was written")
     env.log_external(f"published backup set {path}")
     return {"set_id": params["set_id"], "path": str(path)}
@@ -262,12 +237,12 @@ def _iso(ts: float) -> str:
 def _record_checkpoint(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     from backout.releases import current_or_new_release
 
-    store: Store = ctx["store"]
+    store = ctx.store
     existing = store.db.execute("SELECT id, release_id FROM checkpoints WHERE path = ?",
                                 (params["set_id"],)).fetchone()
     if existing is not None:  # resumed after a crash between insert and journal
         return {"checkpoint_id": existing["id"], "release_id": existing["release_id"]}
-    release_id = current_or_new_release(_env(ctx), _config(ctx), store)
+    release_id = current_or_new_release(ctx.env, ctx.config, store, ctx.platform)
     cur = store.db.execute(
         "INSERT INTO checkpoints (created_at, created_by, release_id, label, path, status)"
         " VALUES (?, ?, ?, ?, ?, 'complete')",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ from backout.cli.output import emit, human_size, table
 from backout.errors import BackoutError, ExitCode, InterruptedOperation, UsageError
 from backout.operations import Executor, Plan, Step, interrupt, summary
 from backout.operations.executor import history, load_plan, mark_abandoned, unfinished
-from backout.releases import compose_for
+from backout.policy.rules import Decision
 from backout.state import Store
 from backout.storage import sets
 
@@ -37,11 +38,7 @@ def step_reports(outcome: Any) -> list[dict[str, Any]]:
 
 
 def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
-             extra: dict[str, Any] | None = None) -> Any:
-    services = {"env": ctx.env, "config": ctx.config, "store": ctx.store,
-                "compose": compose_for(ctx.env, ctx.config),
-                **(extra or {})}
-
+             on_decision: Callable[[Decision, float], None] | None = None) -> Any:
     tty = ctx.env.stderr.isatty()
 
     def on_step(step: Step, status: str, detail: str | None) -> None:
@@ -56,7 +53,7 @@ def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
         os.write(ctx.env.stderr.fileno() if _has_fileno(ctx.env.stderr) else 2,
                  f"\nbackout: {text}\n".encode())
 
-    executor = Executor(ctx.store, services, on_step)
+    executor = Executor(ctx.store, ctx.run_context(on_decision), on_step)
     with interrupt.handling(notify):
         if op_id is None:
             op_id = executor.start(plan)
@@ -116,9 +113,7 @@ def _abandon_interrupted_backups(ctx: Ctx) -> None:
                              "unfinished", fix="run `backout resume` first")
         plan = load_plan(ctx.store, op["id"])
         if any(s.always for s in plan.steps):
-            Executor(ctx.store, {"env": ctx.env, "config": ctx.config, "store": ctx.store,
-                                 "compose": compose_for(ctx.env, ctx.config)}
-                     ).run(plan, op["id"], only_always=True)
+            Executor(ctx.store, ctx.run_context()).run(plan, op["id"], only_always=True)
         mark_abandoned(ctx.store, op["id"], "superseded by a new backup after an interruption")
         ctx.env.warn(f"operation #{op['id']} ({op['kind']}) had been interrupted; abandoned it")
 
@@ -238,8 +233,7 @@ def backups_verify(ctx: Ctx, set_id: str, restore_test: bool) -> int:
     if restore_test and report.ok and info.manifest is not None:
         from backout.backup.restore_test import restore_test as run_restore_test
 
-        results = run_restore_test(ctx.env, ctx.config, compose_for(ctx.env, ctx.config),
-                                   info.path, info.manifest)
+        results = run_restore_test(ctx.env, ctx.config, ctx.platform, info.path, info.manifest)
         data["restore_test"] = results
         for name, res in results.items():
             ok = ok and bool(res["ok"])

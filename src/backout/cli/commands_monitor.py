@@ -146,12 +146,11 @@ def monitor_cmd(ctx: Ctx, auto_rollback: bool, interval: float | None, duration:
     from backout.errors import InterruptedOperation
     from backout.monitor.run import Monitor
     from backout.notify import Notifier
-    from backout.releases import compose_for
 
     cfg = ctx.config
     notify = cfg.monitor.notify
     with _monitor_lock(ctx, pid_file), _stop_on_signals() as (stop, received):
-        mon = Monitor(ctx.env, cfg, ctx.store, compose_for(ctx.env, cfg),
+        mon = Monitor(ctx.env, cfg, ctx.store, ctx.platform,
                       cfg.monitor.effective_rules,
                       notifier=Notifier(notify.webhook_url, notify.webhook_format,
                                         notify.command),

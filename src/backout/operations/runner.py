@@ -3,16 +3,22 @@ rollback uses it; the CLI adds confirmation and rendering around the same steps)
 
 from __future__ import annotations
 
-from backout.adapters.docker import Compose
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import UsageError
-from backout.operations.executor import Executor, OperationOutcome, StepCallback, unfinished
+from backout.operations.executor import (
+    Executor,
+    OperationOutcome,
+    RunContext,
+    StepCallback,
+    unfinished,
+)
 from backout.operations.plan import Plan
+from backout.platforms.base import Platform
 from backout.state import OperationLock, Store
 
 
-def run_locked(env: Environment, config: Config, store: Store, compose: Compose, plan: Plan,
+def run_locked(env: Environment, config: Config, store: Store, platform: Platform, plan: Plan,
                command: str, on_step: StepCallback | None = None) -> OperationOutcome:
     """Take the lock, refuse if an interrupted operation waits for `resume`, run."""
     with OperationLock(config.state_dir).acquire(command) as lock:
@@ -23,6 +29,5 @@ def run_locked(env: Environment, config: Config, store: Store, compose: Compose,
         if pending:
             raise UsageError(f"operation #{pending[-1]['id']} ({pending[-1]['kind']}) was "
                              "interrupted and is unfinished", fix="run `backout resume` first")
-        services = {"env": env, "config": config, "store": store, "compose": compose}
-        executor = Executor(store, services, on_step)
+        executor = Executor(store, RunContext(env, config, store, platform), on_step)
         return executor.run(plan, executor.start(plan))
