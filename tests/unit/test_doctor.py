@@ -15,7 +15,8 @@ from backout.cli.main import main
 from backout.config.model import Config, DatabaseConfig
 from backout.environment import Environment
 from backout.errors import BackoutError, DockerUnavailableError
-from backout.operations import Executor, Plan, Step
+from backout.operations.executor import Executor
+from backout.operations.plan import Plan, Step
 from backout.setup.doctor import Sources, run_doctor
 from backout.state import OperationLock, Store
 from backout.storage.sets import SetWriter

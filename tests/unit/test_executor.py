@@ -15,8 +15,15 @@ from typing import Any
 import pytest
 
 from backout.errors import ExternalError
-from backout.operations import Executor, Plan, Step, register_action
-from backout.operations.executor import RunContext, history, load_plan, unfinished
+from backout.operations.executor import (
+    Executor,
+    RunContext,
+    history,
+    load_plan,
+    register_action,
+    unfinished,
+)
+from backout.operations.plan import Plan, Step
 from backout.state import Store
 from tests.support.fakes import run_context
 
@@ -85,7 +92,7 @@ CRASHER = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     from tests.unit.test_executor import _plan, Step
-    from backout.operations import Executor
+    from backout.operations.executor import Executor
     from backout.state import Store
     from tests.support.fakes import run_context
     store = Store(Path(sys.argv[1]))

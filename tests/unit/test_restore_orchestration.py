@@ -24,9 +24,10 @@ from backout.deploy import Preflight, plan_deploy
 from backout.deploy.watch import RedDuringWatch
 from backout.environment import Environment
 from backout.errors import DockerUnavailableError, ExternalError, InterruptedOperation
-from backout.operations import Executor, Plan, interrupt, summary
 from backout.operations import executor as executor_mod
-from backout.operations.executor import RunContext, load_actions, load_plan, unfinished
+from backout.operations import interrupt, summary
+from backout.operations.executor import Executor, RunContext, load_actions, load_plan, unfinished
+from backout.operations.plan import Plan
 from backout.rollback import db as db_rollback
 from backout.state import Store
 from backout.storage import sets

@@ -11,8 +11,8 @@ from typing import Any
 
 from backout.cli.commands_backup import step_line
 from backout.errors import ExternalError
-from backout.operations import Executor, Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import Executor, RunContext, register_action
+from backout.operations.plan import Plan, Step
 from backout.state import Store
 from tests.support.fakes import run_context
 

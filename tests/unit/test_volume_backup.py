@@ -17,8 +17,8 @@ from backout.backup.operation import plan_backup
 from backout.backup.volumes import tar_argv
 from backout.config.load import parse_document
 from backout.errors import ExternalError, NotFoundError
-from backout.operations import Executor, Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import Executor, RunContext, register_action
+from backout.operations.plan import Plan, Step
 from backout.state import Store
 from backout.storage.pipeline import IntegrityError
 from tests.support.fakes import FakePlatform, run_context

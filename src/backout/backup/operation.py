@@ -17,8 +17,8 @@ from backout.backup.engines import DumpContext, dump
 from backout.backup.volumes import back_up_volume
 from backout.config import Config
 from backout.errors import NotFoundError, UsageError, did_you_mean
-from backout.operations import Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import RunContext, register_action
+from backout.operations.plan import Plan, Step
 from backout.state.store import actor, now
 from backout.storage import sets
 

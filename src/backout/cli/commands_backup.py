@@ -14,8 +14,9 @@ from backout.backup.verify import verify_set
 from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit, human_size, table
 from backout.errors import BackoutError, ExitCode, InterruptedOperation, UsageError
-from backout.operations import Executor, Plan, Step, interrupt, summary
-from backout.operations.executor import history, load_plan, mark_abandoned, unfinished
+from backout.operations import interrupt, summary
+from backout.operations.executor import Executor, history, load_plan, mark_abandoned, unfinished
+from backout.operations.plan import Plan, Step
 from backout.policy.rules import Decision
 from backout.state import Store
 from backout.storage import sets

@@ -12,7 +12,7 @@ from backout.cli.commands_backup import check_outcome, run_plan, step_reports
 from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
 from backout.errors import BackoutError, ExitCode, NeedsHumanError
-from backout.operations import Plan
+from backout.operations.plan import Plan
 
 # The outcome of a deploy is what CI branches on.
 DEPLOY_EXIT = {"deployed": ExitCode.OK, "rolled_back": ExitCode.ROLLED_BACK,

@@ -10,7 +10,7 @@ from backout.cli.commands_backup import check_outcome, run_plan, step_reports
 from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
 from backout.errors import ExitCode, UsageError
-from backout.operations import Plan
+from backout.operations.plan import Plan
 from backout.rollback.service import drift
 from backout.verify import run_verify
 

@@ -26,8 +26,8 @@ from backout.config import Config
 from backout.deploy.preflight import Preflight
 from backout.deploy.watch import INCIDENT_FACT, RED_ACTIONS_FACT, watch
 from backout.errors import UnhealthyError, VerificationFailedError
-from backout.operations import Plan, Step, register_action
-from backout.operations.executor import RunContext, call_action
+from backout.operations.executor import RunContext, call_action, register_action
+from backout.operations.plan import Plan, Step
 from backout.releases import current_or_new_release, record_release
 from backout.rollback.db import data_steps, resolve_backup, restore_name, start_step
 from backout.state import Store

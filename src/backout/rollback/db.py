@@ -41,8 +41,8 @@ from backout.errors import (
     UsageError,
     did_you_mean,
 )
-from backout.operations import Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import RunContext, register_action
+from backout.operations.plan import Plan, Step
 from backout.platforms.base import Platform
 from backout.rollback import common
 from backout.state import Store

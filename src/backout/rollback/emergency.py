@@ -22,8 +22,8 @@ from backout.config import Config
 from backout.engines.access import EngineAccess
 from backout.environment import Environment
 from backout.errors import NotFoundError, UnhealthyError, UsageError, VerificationFailedError
-from backout.operations import Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import RunContext, register_action
+from backout.operations.plan import Plan, Step
 from backout.platforms.base import Platform
 from backout.rollback import common
 from backout.rollback.db import data_steps, downtime, resolve_backup, start_step

@@ -12,8 +12,8 @@ from typing import Any
 
 from backout.adapters import http
 from backout.errors import NotFoundError, UnhealthyError
-from backout.operations import Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import RunContext, register_action
+from backout.operations.plan import Plan, Step
 from backout.platforms.base import Platform
 from backout.rollback import common
 from backout.state import Store
