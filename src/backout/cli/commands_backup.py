@@ -280,8 +280,9 @@ def resume_cmd(ctx: Ctx) -> int:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 def history_cmd(ctx: Ctx, limit: int) -> None:
     """Operations with their outcome and duration."""
-    ops: list[dict[str, Any]] = [{**op, "duration_s": _duration(op["created_at"], op["finished_at"])}
-           for op in ctx.store.history(limit)]
+    ops: list[dict[str, Any]] = [
+        {**op, "duration_s": _duration(op["created_at"], op["finished_at"])}
+        for op in ctx.store.history(limit)]
     human = table([[str(o["id"]), o["kind"], o["status"], o["created_at"],
                     f"{o['duration_s']:.1f}s" if o["duration_s"] is not None else "-",
                     o["error"] or ""] for o in ops],
