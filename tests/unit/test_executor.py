@@ -16,7 +16,7 @@ import pytest
 
 from backout.errors import ExternalError
 from backout.operations import Executor, Plan, Step, register_action
-from backout.operations.executor import RunContext, history, load_plan, unfinished
+from backout.operations.executor import RunContext, load_plan
 from backout.state import Store
 
 CALLS: list[str] = []
@@ -54,7 +54,7 @@ def test_steps_run_in_order_and_see_earlier_results(tmp_path: Path) -> None:
     assert outcome.results["b"] == {"seen": ["a"]}
     rows = store.db.execute("SELECT name, status, started_at, finished_at FROM steps ORDER BY seq")
     assert [(r["name"], r["status"]) for r in rows] == [("a", "done"), ("b", "done")]
-    assert history(store)[0]["status"] == "succeeded"
+    assert store.history()[0]["status"] == "succeeded"
 
 
 def test_failure_skips_later_steps_but_runs_always_steps(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_plan_round_trips_through_the_journal(tmp_path: Path) -> None:
     plan = _plan(Step("a", "test.record", "why a", {"name": "a"}, always=True))
     op = Executor(store, {}).start(plan)
     assert load_plan(store, op) == plan
-    assert [o["id"] for o in unfinished(store)] == [op]
+    assert [o["id"] for o in store.unfinished_operations()] == [op]
 
 
 CRASHER = textwrap.dedent("""
@@ -104,7 +104,7 @@ def test_kill_9_then_resume_finishes_the_plan(tmp_path: Path, point: str) -> Non
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == -9, proc.stderr
     store = Store(tmp_path)
-    [op] = unfinished(store)
+    [op] = store.unfinished_operations()
     plan = load_plan(store, op["id"])
     outcome = Executor(store, {}).run(plan, op["id"])
     assert outcome.status == "succeeded"
