@@ -166,11 +166,9 @@ def run_verify(env: Environment, config: Config, store: Store, platform: Platfor
         # Errors logged before the last rollback or deploy finished are what it was
         # fixing (a deploy that rolled itself back finished as "failed").
         since = datetime.now(UTC) - timedelta(seconds=config.verify.log_window_seconds)
-        row = store.db.execute("SELECT MAX(finished_at) FROM operations WHERE (status = "
-                               "'succeeded' AND kind LIKE 'rollback%') OR kind = 'deploy'"
-                               ).fetchone()
-        if row and row[0]:
-            since = max(since, datetime.fromisoformat(row[0]))
+        finished = store.last_change_finished_at()
+        if finished:
+            since = max(since, datetime.fromisoformat(finished))
     services = sorted(set(platform.definition().get("services", {})))
     checks: list[Check] = []
     checks += _container_checks(platform, services, settle)

@@ -217,33 +217,6 @@ def test_the_cli_has_no_import_cycle() -> None:
     assert cycles(graph()) == []
 
 
-def execute_calls(root: Path = SRC) -> list[str]:
-    """Modules outside state/ calling ``.execute(`` / ``.executemany(`` / ``.executescript(``."""
-    bad = []
-    for path in sorted(root.rglob("*.py")):
-        if "state" in path.relative_to(root).parts:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                    node.func.attr in ("execute", "executemany", "executescript"):
-                bad.append(f"{module_name(path, root)}:{node.lineno}")
-    return bad
-
-
-@pytest.mark.xfail(strict=True, reason="state/ owning every SQL statement is another stage of "
-                   "issue 12: then drop this marker")
-def test_all_sql_lives_in_state() -> None:
-    assert execute_calls() == []
-
-
-def test_the_sql_check_detects_a_statement(tmp_path: Path) -> None:
-    root = tmp_path / "backout"
-    (root / "state").mkdir(parents=True)
-    (root / "state" / "store.py").write_text("db.execute('SELECT 1')\n")
-    (root / "verify.py").write_text("def f(store):\n    store.db.execute('SELECT 1')\n")
-    assert execute_calls(root) == ["backout.verify:2"]
-
-
 def test_only_the_compose_platform_uses_the_compose_adapter() -> None:
     edges = graph()
     assert "backout.platforms.compose" in {m for m, t in edges.items() if COMPOSE_ADAPTER in t}

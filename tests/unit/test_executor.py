@@ -15,14 +15,7 @@ from typing import Any
 import pytest
 
 from backout.errors import ExternalError
-from backout.operations.executor import (
-    Executor,
-    RunContext,
-    history,
-    load_plan,
-    register_action,
-    unfinished,
-)
+from backout.operations.executor import Executor, RunContext, load_plan, register_action
 from backout.operations.plan import Plan, Step
 from backout.state import Store
 from tests.support.fakes import run_context
@@ -62,7 +55,7 @@ def test_steps_run_in_order_and_see_earlier_results(tmp_path: Path) -> None:
     assert outcome.results["b"] == {"seen": ["a"]}
     rows = store.db.execute("SELECT name, status, started_at, finished_at FROM steps ORDER BY seq")
     assert [(r["name"], r["status"]) for r in rows] == [("a", "done"), ("b", "done")]
-    assert history(store)[0]["status"] == "succeeded"
+    assert store.history()[0]["status"] == "succeeded"
 
 
 def test_failure_skips_later_steps_but_runs_always_steps(tmp_path: Path) -> None:
@@ -84,7 +77,7 @@ def test_plan_round_trips_through_the_journal(tmp_path: Path) -> None:
     plan = _plan(Step("a", "test.record", "why a", {"name": "a"}, always=True))
     op = Executor(store, run_context(store)).start(plan)
     assert load_plan(store, op) == plan
-    assert [o["id"] for o in unfinished(store)] == [op]
+    assert [o["id"] for o in store.unfinished_operations()] == [op]
 
 
 CRASHER = textwrap.dedent("""
@@ -113,7 +106,7 @@ def test_kill_9_then_resume_finishes_the_plan(tmp_path: Path, point: str) -> Non
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == -9, proc.stderr
     store = Store(tmp_path)
-    [op] = unfinished(store)
+    [op] = store.unfinished_operations()
     plan = load_plan(store, op["id"])
     outcome = Executor(store, run_context(store)).run(plan, op["id"])
     assert outcome.status == "succeeded"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from backout.backup.operation import START_WRITERS, STOP_WRITERS
 from backout.config import Config, ServiceConfig
 from backout.errors import ExternalError, NotFoundError, UnhealthyError
 from backout.operations.executor import Executor, RunContext, register_action
@@ -84,7 +85,7 @@ def test_the_service_rollback_replaces_one_service_then_verifies_and_records(
                               ("containers", "web")]
     assert platform.running_images() == {"web": OLD, "worker": NEW}  # worker untouched
     assert store.fact(EXPECTED_IMAGES) == {"web": OLD}
-    assert outcome.results[plan.steps[0].name] == {"ref": ref}
+    assert outcome.results[plan.steps[0].key] == {"ref": ref}
 
 
 def test_a_failed_replacement_stops_the_plan_before_anything_is_recorded(
@@ -139,12 +140,12 @@ def _fail(_ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> Any:
 
 def writers_plan(fail_between: bool) -> Plan:
     steps = [Step("stop writers: web, worker", "compose.stop", "r",
-                  {"services": ["web", "worker"]})]
+                  {"services": ["web", "worker"]}, key=STOP_WRITERS)]
     if fail_between:
         steps.append(Step("dump", "test.platform-fail", "r"))
     steps.append(Step("start writers: web, worker", "compose.start", "r",
-                      {"services": ["web", "worker"], "stop_step": "stop writers: web, worker"},
-                      always=True))
+                      {"services": ["web", "worker"], "stop_step": STOP_WRITERS},
+                      always=True, key=START_WRITERS))
     return Plan("backup", {}, tuple(steps))
 
 
@@ -156,8 +157,8 @@ def test_only_the_running_writers_are_stopped_and_only_they_are_started(
     outcome = execute(store, writers_plan(fail_between), run_context(store, config, platform))
     assert outcome.status == ("failed" if fail_between else "succeeded")
     assert platform.calls == [("stop", ("web", "worker")), ("start", ("web",))]
-    assert outcome.results["stop writers: web, worker"]["stopped"] == ["web"]
-    assert outcome.results["start writers: web, worker"]["started"] == ["web"]
+    assert outcome.results[STOP_WRITERS]["stopped"] == ["web"]
+    assert outcome.results[START_WRITERS]["started"] == ["web"]
     assert platform.state == {"web": "running", "worker": "exited"}  # stopped on purpose
 
 
@@ -165,7 +166,7 @@ def test_nothing_stopped_means_nothing_started(tmp_path: Path) -> None:
     config, store, _ = stack(tmp_path)
     platform = FakePlatform(tmp_path, stopped={"web": NEW, "worker": NEW})
     outcome = execute(store, writers_plan(False), run_context(store, config, platform))
-    assert outcome.results["start writers: web, worker"]["started"] == []
+    assert outcome.results[START_WRITERS]["started"] == []
     assert platform.calls == [("stop", ("web", "worker"))]
 
 

@@ -26,7 +26,7 @@ from backout.environment import Environment
 from backout.errors import DockerUnavailableError, ExternalError, InterruptedOperation
 from backout.operations import executor as executor_mod
 from backout.operations import interrupt, summary
-from backout.operations.executor import Executor, RunContext, load_actions, load_plan, unfinished
+from backout.operations.executor import Executor, RunContext, load_actions, load_plan
 from backout.operations.plan import Plan
 from backout.rollback import db as db_rollback
 from backout.state import Store
@@ -132,9 +132,10 @@ def test_rollback_db_plan_stops_writers_before_the_safety_backup(tmp_path: Path)
     assert by_action["rollback.db.undo"].always and by_action["compose.start"].always
     assert not any(s.always for s in plan.steps[:4])
     restore = by_action["rollback.db.restore"].params
-    assert restore["requires"] == ["verify mysql backup", "stop writers: web, worker",
-                                   "safety backup of mysql"]
-    assert by_action["compose.start"].params["stop_step"] == "stop writers: web, worker"
+    assert restore["requires"] == ["verify:mysql", "stop-writers", "safety:mysql"]
+    assert [s.key for s in plan.steps if s.key in restore["requires"]] == restore["requires"]
+    assert by_action["compose.start"].params["stop_step"] == "stop-writers"
+    assert by_action["compose.stop"].key == "stop-writers"
     assert "safety" in plan.downtime and "every acknowledged write" in plan.downtime
 
 
@@ -237,13 +238,13 @@ def test_a_restore_never_runs_without_what_it_requires(tmp_path: Path,
     called: list[str] = []
     monkeypatch.setattr(db_rollback, "_restore", lambda *a: called.append("restore") or {})
     restore = executor_mod._ACTIONS["rollback.db.restore"]
-    params = {"database": "mysql", "requires": ["verify mysql backup", "safety backup of mysql"],
-              "verify_step": "verify mysql backup", "source": "t"}
+    params = {"database": "mysql", "requires": ["verify:mysql", "safety:mysql"],
+              "verify_step": "verify:mysql", "source": "t"}
     assert "skipped" in restore(ctx_for(config, store), params,
-                                {"verify mysql backup": {"section": None, "artifact": "x"}})
+                                {"verify:mysql": {"section": None, "artifact": "x"}})
     assert "skipped" in restore(ctx_for(config, store), params,
-                                {"verify mysql backup": {"section": None, "artifact": "x"},
-                                 "safety backup of mysql": {"skipped": "not with data"}})
+                                {"verify:mysql": {"section": None, "artifact": "x"},
+                                 "safety:mysql": {"skipped": "not with data"}})
     assert called == []
 
 
@@ -267,7 +268,7 @@ def test_undo_puts_the_safety_backup_back_exactly_when_needed(
     put_back: list[str] = []
     monkeypatch.setattr(db_rollback, "_restore", lambda env, access, artifact, section:
                         put_back.append(artifact.name))
-    results = {"restore mysql": {"counts": {}}} if done else {}
+    results = {"restore:mysql": {"counts": {}}} if done else {}
     out = executor_mod._ACTIONS["rollback.db.undo"](
         ctx_for(config, store), {"database": "mysql", "set_id": safety}, results)
     assert out["undone"] is undone
@@ -317,7 +318,7 @@ def test_an_interrupt_skips_the_rest_and_runs_the_cleanup(tmp_path: Path,
     assert fakes.calls == ["rollback.db.verify:mysql", "compose.stop", "rollback.db.safety:mysql",
                            "rollback.db.undo:mysql", "compose.start"]
     assert outcome.failed_step == "restore mysql"
-    assert unfinished(store) == []
+    assert store.unfinished_operations() == []
     state = summary.describe(store, outcome.operation_id)
     assert state["data"] == ["mysql: unchanged (not restored)"]
     assert state["services"] == ["web, worker: running again"]
@@ -359,7 +360,7 @@ def test_a_cleanup_the_engine_cannot_run_is_left_for_resume(tmp_path: Path,
     outcome = run(store, plan)
     assert outcome.status == "unfinished" and outcome.deferred_step.startswith("put mysql")
     assert fakes.calls[-1] == "rollback.db.undo:mysql"  # start writers left pending too
-    [op] = unfinished(store)
+    [op] = store.unfinished_operations()
     state = summary.describe(store, op["id"])
     assert state["data"][0].startswith("mysql: MAY BE HALF-RESTORED")
     assert state["services"] == ["web, worker: STOPPED (started again by `backout resume`)"]
@@ -369,7 +370,7 @@ def test_a_cleanup_the_engine_cannot_run_is_left_for_resume(tmp_path: Path,
     fakes.calls.clear()
     again = Executor(store, run_context(store)).run(load_plan(store, op["id"]), op["id"])
     assert fakes.calls == ["rollback.db.undo:mysql", "compose.start"]
-    assert again.status == "failed" and unfinished(store) == []
+    assert again.status == "failed" and store.unfinished_operations() == []
 
 
 def test_interrupt_wait_stops_a_child_only_when_the_step_may_be_cut_short() -> None:
@@ -453,7 +454,7 @@ def run_deploy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def test_deploy_rolled_back_with_data_reports_rolled_back(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     outcome, fakes, _store = run_deploy(tmp_path, monkeypatch, {})
-    assert outcome.results["record the outcome"]["outcome"] == "rolled_back"
+    assert outcome.results["deploy:outcome"]["outcome"] == "rolled_back"
     rollback = fakes.calls[fakes.calls.index("deploy.decide"):]
     assert rollback == ["deploy.decide", "rollback.db.verify:mysql", "compose.stop",
                         "rollback.db.safety:mysql", "rollback.db.restore:mysql",
@@ -465,7 +466,7 @@ def test_deploy_whose_rollback_did_not_verify_is_not_rolled_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     outcome, _fakes, store = run_deploy(
         tmp_path, monkeypatch, {"emergency.verify": ExternalError("verification failed")})
-    assert outcome.results["record the outcome"]["outcome"] == "needs_human"
+    assert outcome.results["deploy:outcome"]["outcome"] == "needs_human"
     assert "deploy.needs_human" in [e["action"] for e in store.events(5)]
 
 
@@ -474,14 +475,14 @@ def test_deploy_whose_data_could_not_be_restored_restarts_writers_and_calls_a_hu
     outcome, fakes, _store = run_deploy(
         tmp_path, monkeypatch, {"rollback.db.safety:mysql": ExternalError("disk full")},
         real_restore=True)
-    assert outcome.results["record the outcome"]["outcome"] == "needs_human"
+    assert outcome.results["deploy:outcome"]["outcome"] == "needs_human"
     assert "rollback.db.restore:mysql" not in fakes.calls  # the real action refuses too
     # The previous release is not started on data that was not restored; the writers
     # of what ran (stopped for the safety backup) are started again.
     rollback = fakes.calls[fakes.calls.index("deploy.decide"):]
     assert "emergency.up" not in rollback and "emergency.checkout" not in rollback
     assert rollback[-1] == "compose.start"
-    skipped = outcome.results["roll back: start the previous release"]["skipped"]
+    skipped = outcome.results["rollback:up"]["skipped"]
     assert "could not be restored" in skipped
 
 

@@ -35,6 +35,7 @@ def test_store_upgrades_an_older_schema_in_place(tmp_path: Path) -> None:
     store.record_event("x")
     for table in ("facts", "incident_events", "incidents", "verifications"):  # migrations 2..
         store.db.execute(f"DROP TABLE {table}")
+    store.db.execute("ALTER TABLE steps DROP COLUMN key")  # migration 5
     store.db.execute("DELETE FROM schema_migrations WHERE version > 1")
     store.close()
     upgraded = Store(tmp_path)

@@ -121,7 +121,8 @@ def test_the_plan_stops_tars_and_always_restarts() -> None:
         ("back up volume cache", "backup.volume", False),
     ]
     start = plan.steps[4]
-    assert start.params == {"services": ["backend"], "stop_step": "stop backend for volume uploads"}
+    assert start.params == {"services": ["backend"], "stop_step": "stop-for-volume:uploads"}
+    assert plan.steps[2].key == "stop-for-volume:uploads"
     assert all(s.reason for s in plan.steps)
     assert "backend stopped while volume uploads is copied" in plan.downtime
     publish = next(s for s in plan.steps if s.action == "backup.publish")

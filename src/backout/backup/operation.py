@@ -19,8 +19,21 @@ from backout.config import Config
 from backout.errors import NotFoundError, UsageError, did_you_mean
 from backout.operations.executor import RunContext, register_action
 from backout.operations.plan import Plan, Step
-from backout.state.store import actor, now
 from backout.storage import sets
+
+# Keys of the steps other steps (and callers) find by key.
+STOP_WRITERS = "stop-writers"
+START_WRITERS = "start-writers"
+PUBLISH = "publish"
+RECORD_CHECKPOINT = "record-checkpoint"
+
+
+def dump_key(database: str) -> str:
+    return f"dump:{database}"
+
+
+def volume_key(volume: str) -> str:
+    return f"volume:{volume}"
 
 
 def writers(config: Config, databases: list[str]) -> list[str]:
@@ -47,42 +60,44 @@ def plan_backup(config: Config, *, which: list[str], quiesce: bool, checkpoint: 
     set_id = sets.new_set_id()
     steps: list[Step] = [Step("clean up interrupted backups", "backup.cleanup",
                               "remove partial sets left by interrupted runs (never a published set)",
-                              {"keep": set_id})]
+                              {"keep": set_id}, key="cleanup")]
     stopped = writers(config, dbs) if quiesce else []
-    stop_writers = f"stop writers: {', '.join(stopped)}"
     if quiesce:
         if not stopped:
             raise UsageError("--quiesce: no app service is configured to write to "
                              f"{', '.join(dbs) or 'a database'}",
                              fix="set services.<name>.writes_to in backout.toml")
-        steps.append(Step(stop_writers, "compose.stop",
+        steps.append(Step(f"stop writers: {', '.join(stopped)}", "compose.stop",
                           f"pause writes so {', '.join(dbs)} share one point in time "
                           "(downtime for these services until the dumps finish)",
-                          {"services": stopped}))
+                          {"services": stopped}, key=STOP_WRITERS))
     for name in dbs:
         db = config.databases[name]
         steps.append(Step(f"dump {name}", "backup.dump",
                           f"{db.type} on service {db.service}: consistent dump into the "
                           f"partial set (read-only for the database)",
-                          {"database": name, "set_id": set_id}))
+                          {"database": name, "set_id": set_id}, key=dump_key(name)))
     steps += _volume_steps(config, vols, set_id)
     if quiesce:
         steps.append(Step(f"start writers: {', '.join(stopped)}", "compose.start",
                           "writers run again, also when a dump failed",
-                          {"services": stopped, "stop_step": stop_writers}, always=True))
+                          {"services": stopped, "stop_step": STOP_WRITERS}, always=True,
+                          key=START_WRITERS))
     steps.append(Step("publish backup set", "backup.publish",
                       "verify every artifact is listed, write manifest.json last, rename the set "
                       "into place atomically", {"set_id": set_id, "databases": dbs,
                                                 "volumes": vols, "quiesce": quiesce,
                                                 "label": label,
-                                                "kind": "checkpoint" if checkpoint else "backup"}))
+                                                "kind": "checkpoint" if checkpoint else "backup"},
+                      key=PUBLISH))
     steps.append(Step("remove the partial set if it was not published", "backup.discard",
                       "a failed backup must not leave a half-written set (or fill the disk)",
-                      {"set_id": set_id}, always=True))
+                      {"set_id": set_id}, always=True, key="discard"))
     if checkpoint:
         steps.append(Step("record checkpoint", "backup.record_checkpoint",
                           "link the backup set to the current release", {"set_id": set_id,
-                                                                         "label": label}))
+                                                                         "label": label},
+                          key=RECORD_CHECKPOINT))
     summary = (f"{'checkpoint' if checkpoint else 'backup'} of {', '.join(which)}"
                f"{' (quiesced)' if quiesce else ''} into set {set_id}")
     downtime = [f"{', '.join(stopped)} stopped while the dumps run"] if quiesce else []
@@ -99,19 +114,20 @@ def _volume_steps(config: Config, names: list[str], set_id: str) -> list[Step]:
     steps: list[Step] = []
     for name in names:
         vol = config.volumes[name]
-        stop = f"stop {vol.service} for volume {name}"
+        stop = f"stop-for-volume:{name}"
         if vol.stop_service:
-            steps.append(Step(stop, "compose.stop",
+            steps.append(Step(f"stop {vol.service} for volume {name}", "compose.stop",
                               f"a consistent copy of volume {vol.volume}: {vol.service} is down "
-                              "until the tar is done", {"services": [vol.service]}))
+                              "until the tar is done", {"services": [vol.service]}, key=stop))
         steps.append(Step(f"back up volume {name}", "backup.volume",
                           f"tar of docker volume {vol.volume} by a throwaway container (mounted "
                           "read-only) into the partial set",
-                          {"volume": name, "set_id": set_id}))
+                          {"volume": name, "set_id": set_id}, key=volume_key(name)))
         if vol.stop_service:
             steps.append(Step(f"start {vol.service} after volume {name}", "compose.start",
                               f"{vol.service} runs again, also when the tar failed",
-                              {"services": [vol.service], "stop_step": stop}, always=True))
+                              {"services": [vol.service], "stop_step": stop}, always=True,
+                              key=f"start-after-volume:{name}"))
     return steps
 
 
@@ -144,8 +160,8 @@ def _start(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
         if stop is None and not _started(ctx, params["stop_step"]):
             # an earlier step failed before the stop: we stopped nothing, so start nothing
             return {"started_at": time.time(), "started": []}
-    else:  # plans journaled before stop_step existed
-        stop = next((v for k, v in results.items() if k.startswith("stop writers")), None)
+    else:  # plans journaled before stop_step existed: their only stop stopped the writers
+        stop = results.get(STOP_WRITERS)
     # Without a record of the stop (a crash inside it), start them all: uptime wins
     # over the rare service an operator had stopped on purpose.
     services = stop["stopped"] if stop is not None else params["services"]
@@ -154,11 +170,9 @@ def _start(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     return {"started_at": time.time(), "started": services}
 
 
-def _started(ctx: RunContext, step_name: str) -> bool:
+def _started(ctx: RunContext, step_key: str) -> bool:
     """Did this operation ever start the step (journaled, even if it crashed inside)?"""
-    row = ctx.store.db.execute("SELECT started_at FROM steps WHERE operation_id = ? AND name = ?",
-                           (ctx.operation_id, step_name)).fetchone()
-    return row is not None and row["started_at"] is not None
+    return ctx.store.step_started(ctx.operation_id, step_key)
 
 
 @register_action("backup.dump")
@@ -187,19 +201,18 @@ def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     databases: dict[str, Any] = {}
     artifacts: dict[str, Any] = {}
     for name in params["databases"]:
-        section = results[f"dump {name}"]
+        section = results[dump_key(name)]
         databases[name] = section["database"]
         art = dict(section["artifact"])
         artifacts[art.pop("name")] = art
     volumes: dict[str, Any] = {}
     for name in params.get("volumes", []):
-        section = results[f"back up volume {name}"]
+        section = results[volume_key(name)]
         volumes[name] = section["volume"]
         art = dict(section["artifact"])
         artifacts[art.pop("name")] = art
     paused = None
-    stop = next((v for k, v in results.items() if k.startswith("stop writers")), None)
-    start = next((v for k, v in results.items() if k.startswith("start writers")), None)
+    stop, start = results.get(STOP_WRITERS), results.get(START_WRITERS)
     if stop and start:
         paused = round(start["started_at"] - stop["stopped_at"], 3)
     tree = Git(env, config.project_dir).state(config.own_paths)
@@ -225,7 +238,7 @@ def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
 
 
 def _dump_start(results: dict[str, Any], name: str) -> float:
-    section = results.get(f"dump {name}") or {}
+    section = results.get(dump_key(name)) or {}
     return float(time.time() - section.get("database", {}).get("duration_s", 0))
 
 
@@ -238,16 +251,12 @@ def _record_checkpoint(ctx: RunContext, params: dict[str, Any], _r: dict[str, An
     from backout.releases import current_or_new_release
 
     store = ctx.store
-    existing = store.db.execute("SELECT id, release_id FROM checkpoints WHERE path = ?",
-                                (params["set_id"],)).fetchone()
+    existing = store.checkpoint_of_set(params["set_id"])
     if existing is not None:  # resumed after a crash between insert and journal
-        return {"checkpoint_id": existing["id"], "release_id": existing["release_id"]}
+        return {"checkpoint_id": existing.id, "release_id": existing.release_id}
     release_id = current_or_new_release(ctx.env, ctx.config, store, ctx.platform)
-    cur = store.db.execute(
-        "INSERT INTO checkpoints (created_at, created_by, release_id, label, path, status)"
-        " VALUES (?, ?, ?, ?, ?, 'complete')",
-        (now(), actor(), release_id, params["label"], params["set_id"]))
-    cp_id = int(cur.lastrowid or 0)
+    cp_id = store.add_checkpoint(release_id=release_id, label=params["label"],
+                                 set_id=params["set_id"])
     store.record_event("checkpoint", target=f"checkpoint {cp_id}", reason=params["label"],
                        detail={"set_id": params["set_id"], "release_id": release_id})
     return {"checkpoint_id": cp_id, "release_id": release_id}

@@ -9,13 +9,14 @@ from typing import Any
 
 import click
 
-from backout.backup.operation import plan_backup
+from backout.backup.operation import PUBLISH, RECORD_CHECKPOINT, plan_backup
 from backout.backup.verify import verify_set
 from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit, human_size, table
-from backout.errors import BackoutError, ExitCode, InterruptedOperation, UsageError
+from backout.errors import BackoutError, ExitCode, InterruptedOperation
 from backout.operations import interrupt, summary
-from backout.operations.executor import Executor, history, load_plan, mark_abandoned, unfinished
+from backout.operations.executor import Executor, load_plan
+from backout.operations.guard import Unfinished
 from backout.operations.plan import Plan, Step
 from backout.policy.rules import Decision
 from backout.state import Store
@@ -105,20 +106,6 @@ def check_outcome(ctx: Ctx, plan: Plan, outcome: Any, also: str | None = None) -
     raise error
 
 
-def _abandon_interrupted_backups(ctx: Ctx) -> None:
-    """A new backup supersedes an interrupted one: finish its always-steps (restart
-    writers), mark it abandoned; its partial set is cleaned by the new plan."""
-    for op in unfinished(ctx.store):
-        if op["kind"] not in ("backup", "checkpoint"):
-            raise UsageError(f"operation #{op['id']} ({op['kind']}) was interrupted and is "
-                             "unfinished", fix="run `backout resume` first")
-        plan = load_plan(ctx.store, op["id"])
-        if any(s.always for s in plan.steps):
-            Executor(ctx.store, ctx.run_context()).run(plan, op["id"], only_always=True)
-        mark_abandoned(ctx.store, op["id"], "superseded by a new backup after an interruption")
-        ctx.env.warn(f"operation #{op['id']} ({op['kind']}) had been interrupted; abandoned it")
-
-
 def _backup(ctx: Ctx, which: list[str], quiesce: bool, checkpoint: bool, label: str | None,
             dry_run: bool) -> int:
     plan = plan_backup(ctx.config, which=which, quiesce=quiesce, checkpoint=checkpoint,
@@ -127,16 +114,17 @@ def _backup(ctx: Ctx, which: list[str], quiesce: bool, checkpoint: bool, label: 
     if dry_run:
         emit(ctx.env, name, {"dry_run": True, "plan": plan.to_json()}, plan.render())
         return ExitCode.OK
-    with ctx.mutating(name):
-        _abandon_interrupted_backups(ctx)
+    # A new backup supersedes an interrupted one (operations.guard).
+    cleanup = Executor(ctx.store, ctx.run_context())
+    with ctx.mutating(name, Unfinished.ABANDON_BACKUPS, abandon_with=cleanup):
         outcome = run_plan(ctx, plan)
     data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
                             "set_id": plan.params["set_id"], "steps": step_reports(outcome)}
     check_outcome(ctx, plan, outcome)
-    cp = outcome.results.get("record checkpoint")
+    cp = outcome.results.get(RECORD_CHECKPOINT)
     if cp:
         data.update(checkpoint_id=cp["checkpoint_id"], release_id=cp["release_id"])
-    pub = outcome.results["publish backup set"]
+    pub = outcome.results[PUBLISH]
     human = [f"{name} complete: backup set {pub['set_id']}"
              + (f", checkpoint {cp['checkpoint_id']} (release {cp['release_id']})" if cp else ""),
              f"  at {pub['path']}"]
@@ -253,8 +241,8 @@ def backups_verify(ctx: Ctx, set_id: str, restore_test: bool) -> int:
 @command(cli, "resume")
 def resume_cmd(ctx: Ctx) -> int:
     """Finish an operation that was interrupted (crash, kill -9, power loss)."""
-    with ctx.mutating("resume"):
-        ops = unfinished(ctx.store)
+    with ctx.mutating("resume", Unfinished.ALLOW):
+        ops = ctx.store.unfinished_operations()
         if not ops:
             removed = sets.cleanup_partials(ctx.config.backup_dir)
             emit(ctx.env, "resume", {"resumed": None, "removed_partial_sets": removed},
@@ -288,9 +276,9 @@ def resume_cmd(ctx: Ctx) -> int:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 def history_cmd(ctx: Ctx, limit: int) -> None:
     """Operations with their outcome and duration."""
-    ops = history(ctx.store, limit)
-    for op in ops:
-        op["duration_s"] = _duration(op["created_at"], op["finished_at"])
+    ops: list[dict[str, Any]] = [
+        {**op, "duration_s": _duration(op["created_at"], op["finished_at"])}
+        for op in ctx.store.history(limit)]
     human = table([[str(o["id"]), o["kind"], o["status"], o["created_at"],
                     f"{o['duration_s']:.1f}s" if o["duration_s"] is not None else "-",
                     o["error"] or ""] for o in ops],
@@ -319,12 +307,9 @@ def backups_prune(ctx: Ctx, dry_run: bool) -> None:
                             .replace(tzinfo=UTC)) for i in infos if i.manifest]
     releases = [r["id"] for r in ctx.store.releases(2)]
     protected: dict[str, str] = {}
-    if releases:
-        marks = ",".join("?" * len(releases))
-        for row in ctx.store.db.execute(
-                f"SELECT path, release_id FROM checkpoints WHERE release_id IN ({marks})", releases):
-            which = "current" if row["release_id"] == releases[0] else "previous"
-            protected[row["path"]] = f"checkpoint of the {which} release ({row['release_id']})"
+    for cp in ctx.store.checkpoints_of_releases(releases):
+        which = "current" if cp.release_id == releases[0] else "previous"
+        protected[cp.set_id] = f"checkpoint of the {which} release ({cp.release_id})"
     in_use = set_ids_in_use(ctx.store)
     protected.update({i: "used by an unfinished operation (`backout resume`)" for i in in_use})
     decision = prune(candidates, now=datetime.now(UTC), keep_last=ctx.config.backups.keep_last,
@@ -333,7 +318,8 @@ def backups_prune(ctx: Ctx, dry_run: bool) -> None:
                 if e.name[len(sets.PARTIAL):] not in in_use] \
         if ctx.config.backup_dir.is_dir() else []
     if not dry_run and (decision.remove or partials):
-        with ctx.mutating("backups prune"):
+        # Sets an interrupted operation still needs are protected above.
+        with ctx.mutating("backups prune", Unfinished.ALLOW):
             for set_id in decision.remove:
                 shutil.rmtree(ctx.config.backup_dir / set_id)
             # Half-written sets of runs that died (never usable, often large).

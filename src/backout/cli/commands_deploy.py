@@ -8,11 +8,14 @@ from typing import Any
 import click
 
 from backout.adapters.docker import Docker
+from backout.backup.operation import RECORD_CHECKPOINT
 from backout.cli.commands_backup import check_outcome, run_plan, step_reports
 from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
+from backout.deploy.operation import OUTCOME, PREVIOUS
 from backout.errors import BackoutError, ExitCode, NeedsHumanError
 from backout.operations.plan import Plan
+from backout.rollback.db import safety_key
 
 # The outcome of a deploy is what CI branches on.
 DEPLOY_EXIT = {"deployed": ExitCode.OK, "rolled_back": ExitCode.ROLLED_BACK,
@@ -39,10 +42,10 @@ def _watch_progress(ctx: Ctx, total: float) -> Any:
 def deploy_report(ctx: Ctx, plan: Plan, outcome: Any, preflight: dict[str, Any] | None) -> int:
     """Render a finished (or resumed) deploy and pick its exit code."""
     results = outcome.results
-    final = results.get("record the outcome") or {}
+    final = results.get(OUTCOME) or {}
     kind = final.get("outcome")
-    previous = (results.get("record the release running now") or {}).get("release_id")
-    checkpoint = (results.get("record checkpoint") or {}).get("checkpoint_id")
+    previous = (results.get(PREVIOUS) or {}).get("release_id")
+    checkpoint = (results.get(RECORD_CHECKPOINT) or {}).get("checkpoint_id")
     data: dict[str, Any] = {
         "operation_id": outcome.operation_id, "outcome": kind, "ref": plan.params["ref"],
         "commit": plan.params["commit"], "release_id": final.get("release_id"),
@@ -53,9 +56,8 @@ def deploy_report(ctx: Ctx, plan: Plan, outcome: Any, preflight: dict[str, Any] 
         # A rollback with data: what left the live data (kept in the safety sets).
         "data_loss": [r["data_loss"] for r in results.values()
                       if isinstance(r, dict) and "data_loss" in r],
-        "safety_sets": {name.removeprefix("safety backup of "): r["set_id"]
-                        for name, r in results.items()
-                        if name.startswith("safety backup of ") and isinstance(r, dict)
+        "safety_sets": {name: r["set_id"] for name in ctx.config.databases
+                        if isinstance(r := results.get(safety_key(name)), dict)
                         and "set_id" in r}}
     if preflight is not None:
         data["preflight"] = preflight

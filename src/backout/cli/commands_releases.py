@@ -10,6 +10,7 @@ from backout.adapters.git import Git
 from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit, table
 from backout.errors import ExitCode, UsageError
+from backout.operations.guard import Unfinished
 from backout.releases import get_release, record_release
 from backout.state import OperationLock
 
@@ -23,7 +24,7 @@ def release_group() -> None:
 @click.option("--note", help="Why this release is recorded (kept in the audit log).")
 def release_record(ctx: Ctx, note: str | None) -> None:
     """Record what runs now as a release and retain its images."""
-    with ctx.mutating("release record"):
+    with ctx.mutating("release record", Unfinished.ALLOW):
         rel = record_release(ctx.env, ctx.config, ctx.store, ctx.platform, note=note)
     human = [f"recorded release {rel.id} at commit {(rel.commit or 'none')[:12]}"
              + (" (dirty tree, diff saved to " + str(rel.diff_path) + ")" if rel.dirty else "")]
@@ -92,15 +93,14 @@ def status_cmd(ctx: Ctx) -> int:
     from backout.errors import BackoutError
     from backout.monitor.run import baseline_in_use
     from backout.operations import summary
-    from backout.operations.executor import unfinished
     from backout.rollback.service import drift
     from backout.state.lock import MONITOR_LOCK_NAME
 
     holder = OperationLock(ctx.config.state_dir).holder()
     latest = ctx.store.releases(1)
     rel = latest[0] if latest else None
-    cp = ctx.store.db.execute("SELECT * FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
-    pending = unfinished(ctx.store) if holder is None else []
+    cp = ctx.store.latest_checkpoint()
+    pending = ctx.store.unfinished_operations() if holder is None else []
     monitor = OperationLock(ctx.config.state_dir, MONITOR_LOCK_NAME).holder()
     platform = ctx.platform
     warnings: list[str] = []
@@ -114,7 +114,7 @@ def status_cmd(ctx: Ctx) -> int:
     human = [f"project:    {ctx.config.project_dir}",
              f"release:    {rel['id']} at {(rel['git_commit'] or '-')[:12]} ({rel['status']})" if rel
              else "release:    none recorded",
-             f"checkpoint: {cp['id']} ({cp['created_at']}, set {cp['path']})" if cp
+             f"checkpoint: {cp.id} ({cp.created_at}, set {cp.set_id})" if cp
              else "checkpoint: none",
              f"lock:       held by {holder.describe()}" if holder else "lock:       free"]
     level = ctx.store.fact("monitor.level")
@@ -144,7 +144,7 @@ def status_cmd(ctx: Ctx) -> int:
         human.append(f"DRIFT: {svc} runs {d['running'][7:19]}, the compose files name "
                      f"{d['compose_image']} ({d['compose_file'][7:19]})")
     emit(ctx.env, "status", {
-        "checkpoint": {"id": cp["id"], "set_id": cp["path"], "created_at": cp["created_at"]}
+        "checkpoint": {"id": cp.id, "set_id": cp.set_id, "created_at": cp.created_at}
         if cp else None,
         "interrupted": [{"id": op["id"], "kind": op["kind"]} for op in pending],
         "last_operation": {"id": last["id"], "kind": last["kind"], "status": last["status"],

@@ -68,12 +68,6 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
     _confirm(ctx, yes, f"{plan.summary}" + (": accept this data loss and proceed?" if loss
                                               else ": proceed?"))
     with ctx.mutating(name):
-        from backout.operations.executor import unfinished
-
-        pending = unfinished(ctx.store)
-        if pending:
-            raise UsageError(f"operation #{pending[-1]['id']} ({pending[-1]['kind']}) was "
-                             "interrupted and is unfinished", fix="run `backout resume` first")
         outcome = run_plan(ctx, plan)
     data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
                             "plan": plan.to_json(), "steps": step_reports(outcome),

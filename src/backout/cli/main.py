@@ -13,6 +13,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,7 +24,8 @@ from backout import platforms
 from backout.config import Config, find_config, load_config
 from backout.environment import Environment
 from backout.errors import BackoutError, ExitCode
-from backout.operations.executor import RunContext
+from backout.operations.executor import Executor, RunContext
+from backout.operations.guard import Unfinished, guard
 from backout.state import OperationLock, Store
 
 if TYPE_CHECKING:
@@ -104,19 +106,12 @@ class Ctx:
         return RunContext(self.env, self.config, self.store, self.platform,
                           on_decision=on_decision)
 
-    def mutating(self, command: str) -> OperationLock:
-        """Take the operation lock for a command that changes anything."""
-        from backout import faults
-
-        lock = OperationLock(self.config.state_dir).acquire(command)
-        if lock.took_over is not None:
-            prev = lock.took_over
-            self.env.warn(f"took over the lock left by {prev.describe()}, which is no longer running")
-            self.store.record_event("lock.takeover", target=prev.command,
-                                    reason="previous holder died without releasing",
-                                    detail={"pid": prev.pid, "host": prev.host, "since": prev.since})
-        faults.hit("lock-acquired")
-        return lock
+    def mutating(self, command: str, unfinished: Unfinished = Unfinished.REFUSE,
+                 abandon_with: Executor | None = None) -> AbstractContextManager[OperationLock]:
+        """The operation guard (lock, audited takeover, interrupted operations) for a
+        command that changes anything."""
+        return guard(self.env, self.store, self.config.state_dir, command,
+                     unfinished=unfinished, abandon_with=abandon_with)
 
 
 # Every global option, its environment variable and where its value goes. Precedence:

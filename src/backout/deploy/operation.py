@@ -29,19 +29,16 @@ from backout.errors import UnhealthyError, VerificationFailedError
 from backout.operations.executor import RunContext, call_action, register_action
 from backout.operations.plan import Plan, Step
 from backout.releases import current_or_new_release, record_release
-from backout.rollback.db import data_steps, resolve_backup, restore_name, start_step
-from backout.state import Store
+from backout.rollback.db import data_steps, resolve_backup, restore_key, start_step
 from backout.verify import EXPECTED_IMAGES, run_verify
 
-PREVIOUS = "record the release running now"
-BUILD = "build images"
-UP = "start the new release"
-RECORD = "record the new release"
-VERIFY = "verify the new release"
-WATCH = "watch the new release"
-DECIDE = "decide the rollback"
-RB_VERIFY = "roll back: verify"
-OUTCOME = "record the outcome"
+# Step keys (results are found under them; the names are for the operator).
+PREVIOUS = "deploy:previous"
+RECORD = "record-release"
+WATCH = "deploy:watch"
+DECIDE = "deploy:decide"
+RB_VERIFY = "rollback:verify"
+OUTCOME = "deploy:outcome"
 
 # outcome -> what it means, for the operator and CI (exit codes in the CLI)
 OUTCOMES = {
@@ -56,9 +53,9 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
                 label: str | None = None) -> Plan:
     short = pf.commit[:12]
     head = pf.head or ""
-    steps: list[Step] = [Step(PREVIOUS, "deploy.previous",
+    steps: list[Step] = [Step("record the release running now", "deploy.previous",
                               "the release to come back to: its images get backout's tags so "
-                              "nothing can prune them", {})]
+                              "nothing can prune them", {}, key=PREVIOUS)]
     set_id = None
     if config.databases:
         checkpoint = plan_backup(config, which=list(config.databases), quiesce=False,
@@ -68,32 +65,37 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
     if pf.dirty:
         steps.append(Step("save uncommitted changes", "emergency.save_changes",
                           "the operator's changes are kept as a patch under .backout/saved and a "
-                          "git stash (nothing is discarded)", {"target": pf.ref}))
+                          "git stash (nothing is discarded)", {"target": pf.ref},
+                          key="save-changes"))
     steps += [
         Step(f"switch code to {short}", "emergency.checkout",
              f"HEAD {head[:12]} -> {short} ({pf.ref}; detached: no branch is moved)",
-             {"commit": pf.commit}),
-        Step(BUILD, "deploy.build", "build the services whose build context changed between "
-                                    "the two commits, or whose image is missing",
-             {"from": head, "to": pf.commit}),
-        Step(UP, "deploy.up", "docker compose up -d --wait: changed services are recreated "
-                              "in dependency order", {}),
-        Step(RECORD, "deploy.record", "commit, resolved config and image IDs of the new "
-                                      "release; its images retained", {"ref": pf.ref}),
-        Step(VERIFY, "deploy.verify", "the post-deploy checks: containers, health URLs, logs, "
-                                      "databases, images", {}),
-        Step(WATCH, "deploy.watch",
+             {"commit": pf.commit}, key="checkout"),
+        Step("build images", "deploy.build", "build the services whose build context changed "
+                                             "between the two commits, or whose image is missing",
+             {"from": head, "to": pf.commit}, key="deploy:build"),
+        Step("start the new release", "deploy.up", "docker compose up -d --wait: changed "
+                                                   "services are recreated in dependency order",
+             {}, key="deploy:up"),
+        Step("record the new release", "deploy.record", "commit, resolved config and image IDs "
+                                                        "of the new release; its images retained",
+             {"ref": pf.ref}, key=RECORD),
+        Step("verify the new release", "deploy.verify", "the post-deploy checks: containers, "
+                                                        "health URLs, logs, databases, images",
+             {}, key="deploy:verify"),
+        Step("watch the new release", "deploy.watch",
              f"{watch_seconds}s under the decision matrix; RED means roll back"
              if watch_seconds else "no watch period (--watch 0)",
-             {"seconds": watch_seconds}),
-        Step(DECIDE, "deploy.decide", "whether anything changed that must be undone, and the "
-                                      "data too; opens the incident",
-             {"head": head, "with_data": with_data}, on_failure=True),
+             {"seconds": watch_seconds}, key=WATCH),
+        Step("decide the rollback", "deploy.decide", "whether anything changed that must be "
+                                                     "undone, and the data too; opens the incident",
+             {"head": head, "with_data": with_data}, on_failure=True, key=DECIDE),
     ]
     rb = _rollback_steps(config, head, set_id, with_data)
     steps += rb
-    steps.append(Step(OUTCOME, "deploy.outcome", "release status and the incident timeline",
-                      {"ref": pf.ref}, always=True))
+    steps.append(Step("record the outcome", "deploy.outcome", "release status and the incident "
+                                                             "timeline",
+                      {"ref": pf.ref}, always=True, key=OUTCOME))
     return Plan("deploy", {"ref": pf.ref, "commit": pf.commit, "previous_commit": head,
                            "set_id": set_id, "with_data": with_data,
                            "watch_seconds": watch_seconds},
@@ -112,7 +114,7 @@ def _wrap(step: Step, fill: str | None = None, data: bool = False,
     not when the data could not be restored)."""
     return Step(step.name, "deploy.rollback_step", step.reason,
                 {"action": step.action, "params": step.params, "fill": fill, "data": data,
-                 "after_data": after_data}, on_failure=True)
+                 "after_data": after_data}, on_failure=True, key=step.key)
 
 
 def _rollback_steps(config: Config, head: str, set_id: str | None,
@@ -138,20 +140,21 @@ def _rollback_steps(config: Config, head: str, set_id: str | None,
     steps += [
         _wrap(Step(f"roll back: code to {head[:12]}", "emergency.checkout",
                    "the deployment repository back at the previous release's commit",
-                   {"commit": head}), after_data=True),
+                   {"commit": head}, key="rollback:checkout"), after_data=True),
         _wrap(Step("roll back: previous images", "emergency.images",
                    "the previous release's retained images under the names the compose files "
-                   "use; nothing rebuilt or pulled", {"rebuild": []}), fill="images",
+                   "use; nothing rebuilt or pulled", {"rebuild": []}, key="rollback:images"),
+              fill="images",
               after_data=True),
         _wrap(Step("roll back: start the previous release", "emergency.up",
-                   "docker compose up -d --wait at the previous commit (no build, no pull)", {}),
-              after_data=True),
+                   "docker compose up -d --wait at the previous commit (no build, no pull)", {},
+                   key="rollback:up"), after_data=True),
     ]
     if stopped:
         steps.append(_wrap(start_step(stopped), data=True))
-    steps.append(_wrap(Step(RB_VERIFY, "emergency.verify",
+    steps.append(_wrap(Step("roll back: verify", "emergency.verify",
                             "the runbook's post-rollback checks; if they fail, a human decides",
-                            {}), after_data=True))
+                            {}, key=RB_VERIFY), after_data=True))
     return steps
 
 
@@ -240,10 +243,9 @@ def _watch(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
 @register_action("deploy.decide")
 def _decide(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     env, config, store = ctx.env, ctx.config, ctx.store
-    failed = store.db.execute("SELECT name, detail FROM steps WHERE operation_id = ? AND "
-                              "status = 'failed' ORDER BY seq LIMIT 1",
-                              (ctx.operation_id,)).fetchone()
-    reason = (f"{failed['name']}: " + str(_detail(failed["detail"]).get("error", "failed"))
+    failed = store.first_failed_step(ctx.operation_id)
+    detail = failed["detail"] if failed and isinstance(failed["detail"], dict) else {}
+    reason = (f"{failed['name']}: " + str(detail.get("error", "failed"))
               if failed else "an earlier step failed")
     head = GitWrite(Git(env, config.project_dir)).head()
     previous = results.get(PREVIOUS, {}).get("images", {})
@@ -269,19 +271,6 @@ def _decide(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) ->
             "to_release": results[PREVIOUS]["release_id"]}
 
 
-def _step_failed(store: Store, op_id: int, name: str) -> bool:
-    row = store.db.execute("SELECT status FROM steps WHERE operation_id = ? AND name = ?",
-                           (op_id, name)).fetchone()
-    return row is not None and row["status"] == "failed"
-
-
-def _detail(raw: str | None) -> dict[str, Any]:
-    import json
-
-    value = json.loads(raw) if raw else {}
-    return value if isinstance(value, dict) else {}
-
-
 @register_action("deploy.rollback_step")
 def _rollback_step(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     decision = results.get(DECIDE) or {}
@@ -292,7 +281,7 @@ def _rollback_step(ctx: RunContext, params: dict[str, Any], results: dict[str, A
     env, config, store = ctx.env, ctx.config, ctx.store
     if params.get("after_data") and decision.get("with_data"):
         unrestored = [name for name in config.databases
-                      if "skipped" in (results.get(restore_name(name)) or {"skipped": True})]
+                      if "skipped" in (results.get(restore_key(name)) or {"skipped": True})]
         if unrestored:
             return {"skipped": f"the data of {', '.join(unrestored)} could not be restored: "
                                "the previous release is not started on the new release's "
@@ -314,7 +303,7 @@ def _outcome(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     iid = store.fact(INCIDENT_FACT.format(op=ctx.operation_id))
     if WATCH in results:
         outcome = "deployed"
-    elif decision is None and _step_failed(store, ctx.operation_id, DECIDE):
+    elif decision is None and store.step_status(ctx.operation_id, DECIDE) == "failed":
         outcome = "needs_human"  # could not even tell what changed: a human looks
     elif decision is None or not decision.get("needed"):
         outcome = "failed"

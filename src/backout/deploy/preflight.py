@@ -20,7 +20,7 @@ from backout.adapters.git import Git
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import BackoutError, NotFoundError, UsageError
-from backout.operations.executor import unfinished
+from backout.operations.guard import refusal
 from backout.platforms.base import Platform
 from backout.state import Store
 from backout.storage import sets
@@ -69,8 +69,8 @@ class Preflight:
 
 def last_checkpoint_bytes(config: Config, store: Store) -> int | None:
     """Size of the newest checkpoint's backup set still on disk, from its manifest."""
-    for row in store.db.execute("SELECT path FROM checkpoints ORDER BY id DESC LIMIT 5"):
-        info = sets.get_set(config.backup_dir, row["path"])
+    for checkpoint in store.checkpoints(5):
+        info = sets.get_set(config.backup_dir, checkpoint.set_id)
         if info.usable and info.manifest:
             return sum(int(a.get("bytes", 0)) for a in info.manifest["artifacts"].values())
     return None
@@ -172,11 +172,9 @@ def preflight(env: Environment, config: Config, store: Store, platform: Platform
             fix="fix it in the repository and deploy the fixed commit"))
     else:
         pf.passed("compose config", f"valid at {pf.commit[:12]}")
-    pending = unfinished(store)
+    pending = store.unfinished_operations()
     if pending:
-        pf.fail("no interrupted operation", UsageError(
-            f"operation #{pending[-1]['id']} ({pending[-1]['kind']}) was interrupted and is "
-            "unfinished", fix="run `backout resume` first"))
+        pf.fail("no interrupted operation", refusal(pending[-1]))
     else:
         pf.passed("no interrupted operation", "none")
     running = platform.running_images()

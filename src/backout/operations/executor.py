@@ -4,14 +4,13 @@ Every step is written to the store as ``running`` before it starts and ``done``
 (with its result) after it finishes, each in its own committed transaction. A
 crash between the two leaves a ``running`` step: resume runs it again, so every
 action must be idempotent (safe to repeat after a partial run). Results of done
-steps are kept and handed to later steps, so a resumed run sees what an
-uninterrupted one would have seen.
+steps are kept and handed to later steps under their step keys, so a resumed run
+sees what an uninterrupted one would have seen.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +23,10 @@ from backout.operations import interrupt
 from backout.operations.plan import Plan, Step
 from backout.platforms.base import Platform
 from backout.policy.rules import Decision
-from backout.state.store import Store, actor, now
+from backout.state.store import Store
 
 # An action gets the run context, the step's params and the results of the
-# steps done so far (by step name); it returns a JSON-serialisable result.
+# steps done so far (by step key); it returns a JSON-serialisable result.
 Action = Callable[["RunContext", dict[str, Any], dict[str, Any]], Any]
 _ACTIONS: dict[str, Action] = {}
 
@@ -131,16 +130,11 @@ class Executor:
         for step in plan.steps:
             if step.action not in _ACTIONS:
                 raise RuntimeError(f"plan names unknown action {step.action!r}")
-        with self.store.transaction() as db:
-            cur = db.execute(
-                "INSERT INTO operations (kind, params, plan, status, created_at, created_by)"
-                " VALUES (?, ?, ?, 'running', ?, ?)",
-                (plan.kind, json.dumps(plan.params), json.dumps(plan.to_json()), now(),
-                 actor()))
-            op_id = int(cur.lastrowid or 0)
-            for seq, step in enumerate(plan.steps):
-                db.execute("INSERT INTO steps (operation_id, seq, name, reason, status)"
-                           " VALUES (?, ?, ?, ?, 'pending')", (op_id, seq, step.name, step.reason))
+        keys = [step.key for step in plan.steps]
+        if len(set(keys)) != len(keys):
+            raise RuntimeError(f"plan has a step key twice: {sorted(keys)}")
+        op_id = self.store.create_operation(plan.kind, plan.params, plan.to_json(),
+                                            [(s.key, s.name, s.reason) for s in plan.steps])
         self.store.record_event("operation.start", target=f"{plan.kind} #{op_id}",
                                 reason=plan.summary)
         return op_id
@@ -153,20 +147,20 @@ class Executor:
         normal steps as a failure would, so the always and on-failure steps still run.
         """
         load_actions()
-        rows = self.store.db.execute(
-            "SELECT seq, status, detail FROM steps WHERE operation_id = ? ORDER BY seq", (op_id,)
-        ).fetchall()
+        # A journal from before step keys: its steps get the keys its plan reads with.
+        self.store.fill_step_keys(op_id, [s.key for s in plan.steps])
+        rows = self.store.operation_steps(op_id)
         status = {r["seq"]: r["status"] for r in rows}
         results: dict[str, Any] = {}
         error: BackoutError | None = None
         failed_step: str | None = None
         for r in rows:
             if r["status"] == "done" and r["detail"] is not None:
-                results[plan.steps[r["seq"]].name] = json.loads(r["detail"])
+                results[plan.steps[r["seq"]].key] = r["detail"]
             # A step that failed before an interruption stays failed: the resumed run
             # finishes the always-steps (and the on-failure ones) as the first would have.
             elif r["status"] == "failed" and error is None:
-                detail = json.loads(r["detail"]) if r["detail"] else {}
+                detail = r["detail"] or {}
                 failed_step = plan.steps[r["seq"]].name
                 error = BackoutError(f"{failed_step}: {detail.get('error', 'failed')}")
         ctx = dataclasses.replace(self.context, operation_id=op_id)
@@ -182,7 +176,7 @@ class Executor:
 
         for seq, step in enumerate(plan.steps):
             if status.get(seq) == "done":
-                reason = skip_reason(results.get(step.name))
+                reason = skip_reason(results.get(step.key))
                 reports.append(StepReport(step.name, "skipped" if reason else "done",
                                           reason or "in an earlier run"))
                 continue
@@ -200,10 +194,10 @@ class Executor:
                         f"an earlier step failed ({failed_step})")
                        if error is not None and not cleanup else None)
             if why_not is not None:
-                self._mark(op_id, seq, "skipped", None)
+                self.store.mark_step(op_id, seq, "skipped", None)
                 report(step, "skipped", why_not)
                 continue
-            self._mark(op_id, seq, "running", None, started=True)
+            self.store.mark_step_started(op_id, seq)
             self.on_step(step, "running", None)
             intr.enter((op_id, plan.kind), step.name,
                        abortable=error is None and not only_always and not cleanup)
@@ -214,13 +208,13 @@ class Executor:
                 if exc.retry_on_resume and cleanup:
                     # The cleanup cannot run now (the engine does not answer): it and
                     # every later step stay pending, for `backout resume`.
-                    self._mark(op_id, seq, "pending", {"deferred": exc.one_line()})
+                    self.store.mark_step(op_id, seq, "pending", {"deferred": exc.one_line()})
                     report(step, "deferred", f"left for `backout resume`: {exc.one_line()}")
                     deferred = step.name
                     error = error or exc
                     failed_step = failed_step or step.name
                     break
-                self._mark(op_id, seq, "failed", {"error": exc.one_line()})
+                self.store.mark_step(op_id, seq, "failed", {"error": exc.one_line()})
                 report(step, "failed", exc.one_line())
                 if error is None:
                     error, failed_step = exc, step.name
@@ -228,7 +222,7 @@ class Executor:
                 continue
             except Exception as exc:  # a bug: still run the always-steps, then re-raise it
                 text = f"internal error: {type(exc).__name__}: {exc}"
-                self._mark(op_id, seq, "failed", {"error": text})
+                self.store.mark_step(op_id, seq, "failed", {"error": text})
                 report(step, "failed", text)
                 if error is None:
                     error, failed_step = BackoutError(f"{step.name}: {text}"), step.name
@@ -236,9 +230,9 @@ class Executor:
                 continue
             finally:
                 intr.leave()
-            results[step.name] = result
+            results[step.key] = result
             # Journaled as done (the step ran and decided); reported as what it did.
-            self._mark(op_id, seq, "done", result)
+            self.store.mark_step(op_id, seq, "done", result)
             reason = skip_reason(result)
             report(step, "skipped" if reason else "done", reason)
             faults.hit(f"step-{seq}-done")
@@ -249,9 +243,7 @@ class Executor:
             return OperationOutcome(op_id, "unfinished", results, error, failed_step,
                                     tuple(reports), intr.signal, deferred)
         final = "interrupted" if interrupted else "failed" if error else "succeeded"
-        self.store.db.execute(
-            "UPDATE operations SET status = ?, finished_at = ?, error = ? WHERE id = ?",
-            (final, now(), error.one_line() if error else None, op_id))
+        self.store.finish_operation(op_id, final, error.one_line() if error else None)
         self.store.record_event(f"operation.{final}", target=f"{plan.kind} #{op_id}",
                                 reason=error.one_line() if error else None)
         if unexpected is not None:
@@ -259,40 +251,12 @@ class Executor:
         return OperationOutcome(op_id, final, results, error, failed_step, tuple(reports),
                                 intr.signal)
 
-    def _mark(self, op_id: int, seq: int, status: str, detail: Any, started: bool = False) -> None:
-        ts = now()
-        if started:
-            self.store.db.execute(
-                "UPDATE steps SET status = ?, started_at = ? WHERE operation_id = ? AND seq = ?",
-                (status, ts, op_id, seq))
-        else:
-            self.store.db.execute(
-                "UPDATE steps SET status = ?, finished_at = ?, detail = ? "
-                "WHERE operation_id = ? AND seq = ?",
-                (status, ts, json.dumps(detail) if detail is not None else None, op_id, seq))
-
-
-def unfinished(store: Store) -> list[dict[str, Any]]:
-    rows = store.db.execute("SELECT * FROM operations WHERE status = 'running' ORDER BY id")
-    return [dict(r) for r in rows]
-
 
 def load_plan(store: Store, op_id: int) -> Plan:
-    row = store.db.execute("SELECT plan, status FROM operations WHERE id = ?", (op_id,)).fetchone()
-    if row is None:
+    op = store.operation(op_id)
+    if op is None:
         raise NotFoundError(f"no operation {op_id}", fix="list them with `backout history`")
-    if row["status"] != "running":
-        raise UsageError(f"operation {op_id} is {row['status']}, nothing to resume")
-    return Plan.from_json(json.loads(row["plan"]))
-
-
-def history(store: Store, limit: int = 20) -> list[dict[str, Any]]:
-    rows = store.db.execute("SELECT id, kind, status, created_at, created_by, finished_at, error"
-                            " FROM operations ORDER BY id DESC LIMIT ?", (limit,))
-    return [dict(r) for r in rows]
-
-
-def mark_abandoned(store: Store, op_id: int, why: str) -> None:
-    store.db.execute("UPDATE operations SET status = 'abandoned', finished_at = ?, error = ?"
-                     " WHERE id = ?", (now(), why, op_id))
+    if op["status"] != "running":
+        raise UsageError(f"operation {op_id} is {op['status']}, nothing to resume")
+    return Plan.from_json(op["plan"])
 

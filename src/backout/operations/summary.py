@@ -10,17 +10,18 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from backout.state import Store
+from backout.operations.plan import Plan, Step
+from backout.state import OperationRow, StepRow, Store
 
 RESTORE = "rollback.db.restore"
 UNDO = "rollback.db.undo"
 
 
-def _action(step: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _action(step: Step) -> tuple[str, dict[str, Any]]:
     """The action a planned step runs (a deploy wraps the rollback actions)."""
-    if step["action"] == "deploy.rollback_step":
-        return step["params"]["action"], step["params"]["params"]
-    return step["action"], step["params"]
+    if step.action == "deploy.rollback_step":
+        return step.params["action"], step.params["params"]
+    return step.action, step.params
 
 
 def describe(store: Store, op_id: int) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def describe(store: Store, op_id: int) -> dict[str, Any]:
     op = store.operation(op_id)
     if op is None:
         return {"id": op_id, "data": [], "services": [], "next": None}
-    steps = op["plan"]["steps"]
+    steps = Plan.from_json(op["plan"]).steps  # journals older than step keys get theirs
     journal = {row["seq"]: row for row in store.operation_steps(op_id)}
     stopped_at = next((journal[i]["name"] for i in sorted(journal)
                        if journal[i]["status"] in ("failed", "running")), None)
@@ -51,7 +52,7 @@ def describe(store: Store, op_id: int) -> dict[str, Any]:
             continue
         start = next((journal.get(j) for j, s in enumerate(steps)
                       if _action(s)[0] == "compose.start"
-                      and _action(s)[1].get("stop_step") == step["name"]), None)
+                      and _action(s)[1].get("stop_step") == step.key), None)
         names = ", ".join(stopped or params["services"])
         if start is not None and start["status"] == "done" \
                 and "skipped" not in (_result(start) or {}):
@@ -63,12 +64,12 @@ def describe(store: Store, op_id: int) -> dict[str, Any]:
             "data": data, "services": services, "next": _next(op)}
 
 
-def _result(row: dict[str, Any]) -> dict[str, Any] | None:
-    detail = row.get("detail")
+def _result(row: StepRow) -> dict[str, Any] | None:
+    detail = row["detail"]
     return detail if isinstance(detail, dict) else None
 
 
-def _database_state(name: str, row: dict[str, Any] | None, undo: dict[str, Any] | None,
+def _database_state(name: str, row: StepRow | None, undo: StepRow | None,
                     params: dict[str, Any]) -> str:
     result = _result(row) if row else None
     undone = undo is not None and undo["status"] == "done" and (_result(undo) or {}).get("undone")
@@ -86,7 +87,7 @@ def _database_state(name: str, row: dict[str, Any] | None, undo: dict[str, Any] 
             "(`backout resume` does it)")
 
 
-def _next(op: dict[str, Any]) -> str | None:
+def _next(op: OperationRow) -> str | None:
     if op["status"] == "running":
         return "backout resume"
     if op["status"] == "succeeded":

@@ -27,7 +27,7 @@ from backout.backup.engines import (
     dump,
     manifest_counts,
 )
-from backout.backup.operation import writers
+from backout.backup.operation import START_WRITERS, STOP_WRITERS, writers
 from backout.backup.verify import check_artifact
 from backout.config import Config, DatabaseConfig
 from backout.engines.access import EngineAccess
@@ -102,10 +102,10 @@ def resolve_backup(env: Environment, config: Config, store: Store, db: DatabaseC
     """{"artifact": path, "section": manifest section or None, "source": words, ...}."""
     m = common.CHECKPOINT_REF.match(ref)
     if m:
-        row = store.db.execute("SELECT path FROM checkpoints WHERE id = ?", (int(m.group(1)),)).fetchone()
-        if row is None:
+        checkpoint = store.checkpoint(int(m.group(1)))
+        if checkpoint is None:
             raise NotFoundError(f"no checkpoint {m.group(1)}", fix="list them with `backout backups list`")
-        ref = row["path"]
+        ref = checkpoint.set_id
     path = Path(ref)
     if (config.backup_dir / ref).is_dir() and "/" not in ref:
         info = sets.get_set(config.backup_dir, ref)
@@ -138,20 +138,16 @@ OVERWRITTEN = {"mysql": "its databases are dropped and reloaded",
                "mongodb": "every collection of the dumped databases is replaced"}
 
 
-def verify_name(db: str) -> str:
-    return f"verify {db} backup"
+def verify_key(db: str) -> str:
+    return f"verify:{db}"
 
 
-def safety_name(db: str) -> str:
-    return f"safety backup of {db}"
+def safety_key(db: str) -> str:
+    return f"safety:{db}"
 
 
-def restore_name(db: str) -> str:
-    return f"restore {db}"
-
-
-def stop_name(stopped: list[str]) -> str:
-    return f"stop writers: {', '.join(stopped)}"
+def restore_key(db: str) -> str:
+    return f"restore:{db}"
 
 
 def data_steps(config: Config, targets: dict[str, dict[str, Any]], safety_ids: dict[str, str],
@@ -174,37 +170,39 @@ def data_steps(config: Config, targets: dict[str, dict[str, Any]], safety_ids: d
     dbs = list(targets)
     stopped = writers(config, dbs)
     head: list[Step] = [
-        Step(verify_name(name), "rollback.db.verify",
+        Step(f"verify {name} backup", "rollback.db.verify",
              f"prove {targets[name].get('source') or 'the backup'} whole before anything "
              "changes (checksum, format, counts)" + when,
-             {"database": name, **targets[name]}) for name in dbs]
-    requires = [verify_name(name) for name in dbs]
+             {"database": name, **targets[name]}, key=verify_key(name)) for name in dbs]
+    requires = [verify_key(name) for name in dbs]
     if stopped:
-        head.append(Step(stop_name(stopped), "compose.stop",
+        head.append(Step(f"stop writers: {', '.join(stopped)}", "compose.stop",
                          "nothing may write from here on: the safety backup then holds every "
                          "acknowledged write, and nothing writes into a half-restored database"
-                         + when, {"services": stopped}))
-        requires.append(stop_name(stopped))
+                         + when, {"services": stopped}, key=STOP_WRITERS))
+        requires.append(STOP_WRITERS)
     for name in dbs:
         if name in safety_ids:
-            head.append(Step(safety_name(name), "rollback.db.safety",
+            head.append(Step(f"safety backup of {name}", "rollback.db.safety",
                              f"so the restore can itself be undone (set {safety_ids[name]}); "
                              "dumps what exists even if the data is damaged" + when,
                              {"database": name, "set_id": safety_ids[name],
-                              "hint": safety_hint}))
-            requires.append(safety_name(name))
+                              "hint": safety_hint}, key=safety_key(name)))
+            requires.append(safety_key(name))
     for name in dbs:
         db = config.databases[name]
-        head.append(Step(restore_name(name), "rollback.db.restore",
+        head.append(Step(f"restore {name}", "rollback.db.restore",
                          f"{name}: {OVERWRITTEN[db.type]}; the restored counts are compared "
                          "with the backup's" + when,
-                         {"database": name, **targets[name], "verify_step": verify_name(name),
-                          "requires": list(requires), "no_safety": name not in safety_ids}))
-        requires.append(restore_name(name))
+                         {"database": name, **targets[name], "verify_step": verify_key(name),
+                          "requires": list(requires), "no_safety": name not in safety_ids},
+                         key=restore_key(name)))
+        requires.append(restore_key(name))
     undo = [Step(f"put {name}'s safety backup back if a restore failed", "rollback.db.undo",
                  "never leave half-restored data: if any restore of this plan failed, every "
                  "database it touched goes back to its safety backup" + when,
-                 {"database": name, "set_id": safety_ids[name]}, always=True)
+                 {"database": name, "set_id": safety_ids[name]}, always=True,
+                 key=f"undo:{name}")
             for name in dbs if name in safety_ids]
     return head, undo
 
@@ -212,7 +210,8 @@ def data_steps(config: Config, targets: dict[str, dict[str, Any]], safety_ids: d
 def start_step(stopped: list[str], *, when: str = "") -> Step:
     return Step(f"start writers: {', '.join(stopped)}", "compose.start",
                 "writers run again in every case (also when a step failed or was interrupted)"
-                + when, {"services": stopped, "stop_step": stop_name(stopped)}, always=True)
+                + when, {"services": stopped, "stop_step": STOP_WRITERS}, always=True,
+                key=START_WRITERS)
 
 
 def downtime(config: Config, dbs: list[str], targets: dict[str, dict[str, Any]]) -> str:
@@ -395,15 +394,17 @@ def _failed_fact(op_id: int) -> str:
 
 @register_action("rollback.db.restore")
 def _restore_action(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
-    missing = [name for name in params.get("requires", [])
-               if name not in results or "skipped" in (results[name] or {})]
+    store = ctx.store
+    missing = [key for key in params.get("requires", [])
+               if key not in results or "skipped" in (results[key] or {})]
     if missing:
         # Never restore without a verified backup, stopped writers and a safety
         # backup (in a deploy's rollback every step runs after a failure: this guards).
-        return {"skipped": f"not restored: {missing[0]!r} did not succeed"}
+        names = {s["key"]: s["name"] for s in store.operation_steps(ctx.operation_id)}
+        return {"skipped": f"not restored: {names.get(missing[0], missing[0])!r} did not "
+                           "succeed"}
     env, _config, access = _access(ctx, params["database"])
-    store = ctx.store
-    verified = results[params.get("verify_step") or verify_name(params["database"])]
+    verified = results[params.get("verify_step") or verify_key(params["database"])]
     loss = data_loss.window(access, verified["section"], params.get("taken_at"))
     if params.get("no_safety"):
         store.record_event("restore.without_safety_backup", target=access.db.name,
@@ -435,7 +436,7 @@ def _undo(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> A
     restore of the operation, failed: the data ends fully restored or fully as before."""
     store = ctx.store
     name = params["database"]
-    done = "skipped" not in (results.get(restore_name(name)) or {"skipped": True})
+    done = "skipped" not in (results.get(restore_key(name)) or {"skipped": True})
     failed = store.fact(_failed_fact(ctx.operation_id))
     if not store.fact(_started_fact(ctx.operation_id, name)) or (done and not failed):
         return {"undone": False}

@@ -42,13 +42,11 @@ def resolve(env: Environment, config: Config, store: Store, platform: Platform, 
     m = common.CHECKPOINT_REF.match(target)
     set_like = (config.backup_dir / target).is_dir() and "/" not in target
     if m or set_like:
-        row = store.db.execute(
-            "SELECT * FROM checkpoints WHERE " + ("id = ?" if m else "path = ?"),
-            (int(m.group(1)) if m else target,)).fetchone()
-        if row is None:
+        checkpoint = store.checkpoint(int(m.group(1))) if m else store.checkpoint_of_set(target)
+        if checkpoint is None:
             raise NotFoundError(f"no checkpoint {target}", fix="list them with `backout backups list`")
-        checkpoint = dict(row)
-        release = store.release(int(row["release_id"]))
+        release = store.release(checkpoint.release_id) \
+            if checkpoint.release_id is not None else None
     else:
         try:
             release = common.release_by_ref(store, target)
@@ -66,12 +64,10 @@ def resolve(env: Environment, config: Config, store: Store, platform: Platform, 
         release = rows[0] if rows else None
     if with_data and checkpoint is None:
         rid = release["id"] if release else None
-        row = store.db.execute("SELECT * FROM checkpoints WHERE release_id = ? ORDER BY id DESC "
-                               "LIMIT 1", (rid,)).fetchone() if rid else None
-        if row is None:
+        checkpoint = store.latest_checkpoint(release_id=rid) if rid else None
+        if checkpoint is None:
             raise NotFoundError(f"--with-data: no checkpoint was taken for {target}",
                                 fix="name a checkpoint (cpN) as TARGET, or roll back the code only")
-        checkpoint = dict(row)
     has_source = GitWrite(git).has_commit(commit)
     images: dict[str, str] = {}
     missing: list[str] = []
@@ -89,8 +85,8 @@ def resolve(env: Environment, config: Config, store: Store, platform: Platform, 
         raise NotFoundError(f"commit {commit[:12]} of {target} is not in the repository",
                             fix="fetch it (git fetch) or pick another target")
     return {"commit": commit, "release_id": release["id"] if release else None,
-            "checkpoint_id": checkpoint["id"] if checkpoint else None,
-            "set_id": checkpoint["path"] if checkpoint else None, "images": images,
+            "checkpoint_id": checkpoint.id if checkpoint else None,
+            "set_id": checkpoint.set_id if checkpoint else None, "images": images,
             "rebuild": missing}
 
 
@@ -112,7 +108,8 @@ def plan(env: Environment, config: Config, store: Store, platform: Platform, tar
     steps = [Step("save uncommitted changes", "emergency.save_changes",
                   "the operator's changes are kept as a patch under .backout/saved and a git stash "
                   "(nothing is discarded)" if tree.dirty else
-                  "the tree is clean; nothing to save", {"target": target})]
+                  "the tree is clean; nothing to save", {"target": target},
+                  key="save-changes")]
     data_dbs: list[str] = []
     stopped: list[str] = []
     loss: list[dict[str, Any]] = []
@@ -133,22 +130,22 @@ def plan(env: Environment, config: Config, store: Store, platform: Platform, tar
                 for name in data_dbs]
     steps.append(Step(f"switch code to {short}", "emergency.checkout",
                       f"HEAD {str(head_commit)[:12]} -> {short} (detached: no branch is moved)",
-                      {"commit": t["commit"]}))
+                      {"commit": t["commit"]}, key="checkout"))
     steps.append(Step("put the target's images in place", "emergency.images",
                       ("re-tag the retained images of release "
                        f"{t['release_id']}; no rebuild or pull" if t["release_id"] else
                        "use the images the compose files name at the target")
                       + (f"; build {', '.join(t['rebuild'])} (the target's images are gone)"
                          if t["rebuild"] else ""),
-                      {"images": t["images"], "rebuild": t["rebuild"]}))
+                      {"images": t["images"], "rebuild": t["rebuild"]}, key="images"))
     steps.append(Step("bring the stack up at the target", "emergency.up",
                       "docker compose up -d --wait in dependency order (no build, no pull); "
-                      "containers of services that changed are recreated", {}))
+                      "containers of services that changed are recreated", {}, key="up"))
     if stopped:
         steps.append(start_step(stopped))
     steps.append(Step("verify the stack", "emergency.verify",
                       "the runbook's post-rollback checks (health, restarts, logs, databases, images)",
-                      {}))
+                      {}, key="verify-stack"))
     desc = f"release {t['release_id']}" if t["release_id"] else f"commit {short}"
     return Plan("rollback.emergency", {"target": target, "with_data": with_data, **t,
                                        "data_loss": loss},

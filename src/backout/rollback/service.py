@@ -65,12 +65,14 @@ def plan(store: Store, platform: Platform, service: str, version: str | None) ->
         Step(f"recreate {service} from image {short}", "rollback.service.recreate",
              f"{service} now runs {cur}; its container is replaced by one of {short} "
              f"({target['source']}); no other container is touched, no image is built or pulled",
-             {"service": service, "image_id": target["image_id"], "project": target["project"]}),
+             {"service": service, "image_id": target["image_id"], "project": target["project"]},
+             key=f"recreate:{service}"),
         Step(f"verify {service}", "rollback.service.verify",
-             "the new container is healthy and its health URL answers", {"service": service}),
+             "the new container is healthy and its health URL answers", {"service": service},
+             key=f"verify-service:{service}"),
         Step("record the expected image", "rollback.record_expected",
              "`backout verify` and `backout status` compare against it",
-             {"images": {service: target["image_id"]}}),
+             {"images": {service: target["image_id"]}}, key="record-expected"),
     )
     return Plan("rollback.service", {"service": service, "version": version, **target}, steps,
                 summary=f"roll {service} back from {cur} to {short} ({target['source']})",

@@ -259,14 +259,12 @@ def _images(report: DoctorReport, releases: list[dict[str, Any]], sources: Sourc
 
 
 def _lock_and_interrupted(report: DoctorReport, config: Config, store: Store | None) -> None:
-    from backout.operations.executor import unfinished
-
     holder = OperationLock(config.state_dir).holder()
     report.add("lock", holder is None,
                "free" if holder is None else f"held by {holder.describe()}",
                "wait for it to finish (`backout status`); a holder that died is taken over "
                "by the next command")
-    pending = unfinished(store) if holder is None and store is not None else []
+    pending = store.unfinished_operations() if holder is None and store is not None else []
     report.add("interrupted operation", not pending,
                "none" if not pending else
                f"operation #{pending[-1]['id']} ({pending[-1]['kind']}) did not finish",

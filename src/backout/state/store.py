@@ -12,11 +12,12 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from backout.errors import BackoutError, ExitCode
 from backout.state.dirs import private_dir
@@ -130,7 +131,72 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX verifications_set ON verifications(set_id, id);
         """,
     ),
+    (
+        "stable step keys in the journal",
+        """
+        -- The step's key in its plan (``dump:mysql``), NULL in journals written before
+        -- keys existed: filled from the plan when such an operation is resumed.
+        ALTER TABLE steps ADD COLUMN key TEXT;
+        """,
+    ),
 ]
+
+
+class OperationRow(TypedDict):
+    """One operation as journaled; ``params`` and ``plan`` decoded from JSON."""
+
+    id: int
+    kind: str
+    params: dict[str, Any]
+    plan: dict[str, Any]
+    status: str  # running | succeeded | failed | interrupted | abandoned
+    created_at: str
+    created_by: str
+    finished_at: str | None
+    error: str | None
+
+
+class OperationSummary(TypedDict):
+    """An operation without its plan (``backout history``)."""
+
+    id: int
+    kind: str
+    status: str
+    created_at: str
+    created_by: str
+    finished_at: str | None
+    error: str | None
+
+
+class StepRow(TypedDict):
+    """One journaled step; ``detail`` (its result, or the error) decoded from JSON."""
+
+    seq: int
+    key: str  # the plan's step key (its name in journals older than keys)
+    name: str
+    status: str  # pending | running | done | failed | skipped
+    started_at: str | None
+    finished_at: str | None
+    detail: Any
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A backup set linked to the release that ran when it was taken."""
+
+    id: int
+    created_at: str
+    created_by: str
+    release_id: int | None
+    label: str | None
+    set_id: str  # the backup set's id (the ``path`` column)
+    status: str  # complete | failed
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Checkpoint:
+        return cls(id=int(row["id"]), created_at=row["created_at"],
+                   created_by=row["created_by"], release_id=row["release_id"],
+                   label=row["label"], set_id=row["path"], status=row["status"])
 
 
 class StoreError(BackoutError):
@@ -256,24 +322,134 @@ class Store:
         return {r["set_id"]: {"verified_at": r["verified_at"], "kind": r["kind"],
                               "ok": bool(r["ok"]), "detail": r["detail"]} for r in rows}
 
-    # -- operations (read side) -------------------------------------------
-    def operation(self, op_id: int) -> dict[str, Any] | None:
+    # -- operations and their journal ---------------------------------------
+    def create_operation(self, kind: str, params: Mapping[str, Any], plan: Mapping[str, Any],
+                         steps: Sequence[tuple[str, str, str]]) -> int:
+        """A running operation with its steps ``(key, name, reason)`` pending, atomically."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO operations (kind, params, plan, status, created_at, created_by)"
+                " VALUES (?, ?, ?, 'running', ?, ?)",
+                (kind, json.dumps(params), json.dumps(plan), now(), actor()))
+            op_id = int(cur.lastrowid or 0)
+            for seq, (key, name, reason) in enumerate(steps):
+                db.execute("INSERT INTO steps (operation_id, seq, key, name, reason, status)"
+                           " VALUES (?, ?, ?, ?, ?, 'pending')", (op_id, seq, key, name, reason))
+        return op_id
+
+    def operation(self, op_id: int) -> OperationRow | None:
         row = self.db.execute("SELECT * FROM operations WHERE id = ?", (op_id,)).fetchone()
-        return _row(row, json_fields=("params", "plan")) if row else None
+        return _operation(row) if row else None
 
-    def last_operation(self) -> dict[str, Any] | None:
+    def last_operation(self) -> OperationRow | None:
         row = self.db.execute("SELECT * FROM operations ORDER BY id DESC LIMIT 1").fetchone()
-        return _row(row, json_fields=("params", "plan")) if row else None
+        return _operation(row) if row else None
 
-    def operation_steps(self, op_id: int) -> list[dict[str, Any]]:
-        """Every step of an operation as journaled: seq, name, status, detail (JSON)."""
-        rows = self.db.execute("SELECT seq, name, status, started_at, finished_at, detail"
-                               " FROM steps WHERE operation_id = ? ORDER BY seq", (op_id,))
-        return [_row(r, json_fields=("detail",)) for r in rows]
-
-    def unfinished_operations(self) -> list[dict[str, Any]]:
+    def unfinished_operations(self) -> list[OperationRow]:
+        """Operations a crash or kill left ``running``, oldest first."""
         rows = self.db.execute("SELECT * FROM operations WHERE status = 'running' ORDER BY id")
-        return [_row(r, json_fields=("params", "plan")) for r in rows]
+        return [_operation(r) for r in rows]
+
+    def history(self, limit: int = 20) -> list[OperationSummary]:
+        rows = self.db.execute("SELECT id, kind, status, created_at, created_by, finished_at,"
+                               " error FROM operations ORDER BY id DESC LIMIT ?", (limit,))
+        return [OperationSummary(id=r["id"], kind=r["kind"], status=r["status"],
+                                 created_at=r["created_at"], created_by=r["created_by"],
+                                 finished_at=r["finished_at"], error=r["error"]) for r in rows]
+
+    def finish_operation(self, op_id: int, status: str, error: str | None) -> None:
+        self.db.execute("UPDATE operations SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                        (status, now(), error, op_id))
+
+    def abandon_operation(self, op_id: int, why: str) -> None:
+        self.finish_operation(op_id, "abandoned", why)
+
+    def last_change_finished_at(self) -> str | None:
+        """When the last successful rollback, or the last deploy (any outcome: one that
+        rolled itself back finishes as failed), finished."""
+        row = self.db.execute("SELECT MAX(finished_at) FROM operations WHERE (status = "
+                              "'succeeded' AND kind LIKE 'rollback%') OR kind = 'deploy'"
+                              ).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def operation_steps(self, op_id: int) -> list[StepRow]:
+        """Every step of an operation as journaled, in plan order."""
+        rows = self.db.execute("SELECT seq, COALESCE(key, name) AS key, name, status, started_at,"
+                               " finished_at, detail FROM steps WHERE operation_id = ?"
+                               " ORDER BY seq", (op_id,))
+        return [_step(r) for r in rows]
+
+    def fill_step_keys(self, op_id: int, keys: Sequence[str]) -> None:
+        """Give the steps of a journal written before keys existed their plan's keys."""
+        with self.transaction() as db:
+            for seq, key in enumerate(keys):
+                db.execute("UPDATE steps SET key = ? WHERE operation_id = ? AND seq = ?"
+                           " AND key IS NULL", (key, op_id, seq))
+
+    def mark_step_started(self, op_id: int, seq: int) -> None:
+        self.db.execute("UPDATE steps SET status = 'running', started_at = ?"
+                        " WHERE operation_id = ? AND seq = ?", (now(), op_id, seq))
+
+    def mark_step(self, op_id: int, seq: int, status: str, detail: Any = None) -> None:
+        """A step's outcome (done, failed, skipped, or pending again) and its result."""
+        self.db.execute("UPDATE steps SET status = ?, finished_at = ?, detail = ?"
+                        " WHERE operation_id = ? AND seq = ?",
+                        (status, now(), json.dumps(detail) if detail is not None else None,
+                         op_id, seq))
+
+    def first_failed_step(self, op_id: int) -> StepRow | None:
+        row = self.db.execute("SELECT seq, COALESCE(key, name) AS key, name, status, started_at,"
+                              " finished_at, detail FROM steps WHERE operation_id = ? AND"
+                              " status = 'failed' ORDER BY seq LIMIT 1", (op_id,)).fetchone()
+        return _step(row) if row else None
+
+    def step_status(self, op_id: int, key: str) -> str | None:
+        row = self.db.execute("SELECT status FROM steps WHERE operation_id = ? AND"
+                              " COALESCE(key, name) = ?", (op_id, key)).fetchone()
+        return str(row["status"]) if row else None
+
+    def step_started(self, op_id: int, key: str) -> bool:
+        """Did the operation ever start the step (journaled, even if it died inside)?"""
+        row = self.db.execute("SELECT started_at FROM steps WHERE operation_id = ? AND"
+                              " COALESCE(key, name) = ?", (op_id, key)).fetchone()
+        return row is not None and row["started_at"] is not None
+
+    # -- checkpoints -------------------------------------------------------
+    def add_checkpoint(self, *, release_id: int, label: str | None, set_id: str) -> int:
+        cur = self.db.execute(
+            "INSERT INTO checkpoints (created_at, created_by, release_id, label, path, status)"
+            " VALUES (?, ?, ?, ?, ?, 'complete')", (now(), actor(), release_id, label, set_id))
+        return int(cur.lastrowid or 0)
+
+    def checkpoint(self, cp_id: int) -> Checkpoint | None:
+        row = self.db.execute("SELECT * FROM checkpoints WHERE id = ?", (cp_id,)).fetchone()
+        return Checkpoint.from_row(row) if row else None
+
+    def checkpoint_of_set(self, set_id: str) -> Checkpoint | None:
+        row = self.db.execute("SELECT * FROM checkpoints WHERE path = ? ORDER BY id LIMIT 1",
+                              (set_id,)).fetchone()
+        return Checkpoint.from_row(row) if row else None
+
+    def latest_checkpoint(self, release_id: int | None = None) -> Checkpoint | None:
+        """The newest checkpoint (of ``release_id``, when given)."""
+        row = self.db.execute(
+            "SELECT * FROM checkpoints" + (" WHERE release_id = ?" if release_id is not None
+                                           else "") + " ORDER BY id DESC LIMIT 1",
+            (release_id,) if release_id is not None else ()).fetchone()
+        return Checkpoint.from_row(row) if row else None
+
+    def checkpoints(self, limit: int) -> list[Checkpoint]:
+        """The newest checkpoints, newest first."""
+        rows = self.db.execute("SELECT * FROM checkpoints ORDER BY id DESC LIMIT ?", (limit,))
+        return [Checkpoint.from_row(r) for r in rows]
+
+    def checkpoints_of_releases(self, release_ids: Iterable[int]) -> list[Checkpoint]:
+        ids = list(release_ids)
+        if not ids:
+            return []
+        rows = self.db.execute(f"SELECT * FROM checkpoints WHERE release_id IN "
+                               f"({','.join('?' * len(ids))}) ORDER BY id", ids)
+        return [Checkpoint.from_row(r) for r in rows]
 
     # -- incidents ---------------------------------------------------------
     def open_incident(self, *, rule: str, level: str, severity: str, reason: str,
@@ -343,6 +519,19 @@ class Store:
     def release(self, release_id: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM releases WHERE id = ?", (release_id,)).fetchone()
         return _row(row, json_fields=("services", "compose_config")) if row else None
+
+
+def _operation(row: sqlite3.Row) -> OperationRow:
+    return OperationRow(id=row["id"], kind=row["kind"], params=json.loads(row["params"]),
+                        plan=json.loads(row["plan"]), status=row["status"],
+                        created_at=row["created_at"], created_by=row["created_by"],
+                        finished_at=row["finished_at"], error=row["error"])
+
+
+def _step(row: sqlite3.Row) -> StepRow:
+    return StepRow(seq=row["seq"], key=row["key"], name=row["name"], status=row["status"],
+                   started_at=row["started_at"], finished_at=row["finished_at"],
+                   detail=json.loads(row["detail"]) if row["detail"] is not None else None)
 
 
 def _row(row: sqlite3.Row, json_fields: tuple[str, ...] = ()) -> dict[str, Any]:
