@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backout.adapters.mysql import DUMP_FLAGS
+from backout.engines.mysql import DUMP_FLAGS
 from bench.core import (
     BenchError,
     JsonDict,

@@ -14,19 +14,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from backout.adapters.docker import Compose, Docker
 from backout.adapters.git import Git
 from backout.config import Config
 from backout.environment import MASK, Environment
 from backout.errors import NotFoundError, UnhealthyError
+from backout.platforms.base import Platform
 from backout.state import Store
 
 RETAIN_REPO = "backout-retained"
-
-
-def compose_for(env: Environment, config: Config) -> Compose:
-    return Compose(env, config.project_dir, config.project.compose_files, config.project.name,
-                   config.project.env_file)
 
 
 def retained_ref(project: str, service: str, release_id: int) -> str:
@@ -64,15 +59,13 @@ class RecordedRelease:
     services: dict[str, dict[str, Any]]
 
 
-def record_release(env: Environment, config: Config, store: Store, *,
+def record_release(env: Environment, config: Config, store: Store, platform: Platform, *,
                    note: str | None = None) -> RecordedRelease:
     """Record what runs now as a new release. Caller holds the operation lock."""
-    compose = compose_for(env, config)
-    docker = Docker(env)
-    docker.ping()
-    resolved = _mask_environment(redact_config(env, compose.config()))
+    platform.ping()
+    resolved = _mask_environment(redact_config(env, platform.definition()))
     project_name = str(resolved.get("name") or config.project_dir.name)
-    containers = compose.containers()
+    containers = platform.containers()
     running = {c.service: c for c in containers if c.state == "running"}
     missing = sorted(set((resolved.get("services") or {}).keys()) - set(running))
     if not running:
@@ -83,7 +76,7 @@ def record_release(env: Environment, config: Config, store: Store, *,
 
     services: dict[str, dict[str, Any]] = {}
     for name, container in sorted(running.items()):
-        image = docker.inspect_image(container.image_id)
+        image = platform.image(container.image_id)
         services[name] = {
             "image": container.image,
             "image_id": container.image_id,
@@ -105,17 +98,17 @@ def record_release(env: Environment, config: Config, store: Store, *,
         diff_path = str(path.relative_to(config.project_dir))
     for name, svc in services.items():
         ref = retained_ref(project_name, name, release_id)
-        docker.tag(svc["image_id"], ref)
+        platform.tag(svc["image_id"], ref)
         svc["retained_as"] = ref
     store.update_release(release_id, services=services, diff_path=diff_path)
-    retire_old_images(env, config, store)
+    retire_old_images(config, store, platform)
     store.record_event("release.record", target=f"release {release_id}", reason=note,
                        detail={"commit": tree.commit, "dirty": tree.dirty,
                                "not_running": missing})
     return RecordedRelease(release_id, tree.commit, tree.dirty, diff_path, services)
 
 
-def retire_old_images(env: Environment, config: Config, store: Store) -> list[str]:
+def retire_old_images(config: Config, store: Store, platform: Platform) -> list[str]:
     """Untag the retained images of releases beyond ``[releases] keep_last``.
 
     Never an image of the current or previous release (the two newest), nor one
@@ -125,15 +118,14 @@ def retire_old_images(env: Environment, config: Config, store: Store) -> list[st
     releases = store.releases()
     keep = releases[: max(config.releases.keep_last, 2)]
     kept_refs = {svc.get("retained_as") for r in keep for svc in r["services"].values()}
-    docker = Docker(env)
     removed = []
     for rel in releases[len(keep):]:
         for svc in rel["services"].values():
             ref = svc.get("retained_as")
-            if ref and ref not in kept_refs and docker.inspect_image(ref) is not None:
+            if ref and ref not in kept_refs and platform.image(ref) is not None:
                 # Removing a tag deletes the image only when no other tag (e.g. a kept
                 # release's) and no container uses it.
-                docker.remove_tag(ref)
+                platform.untag(ref)
                 removed.append(ref)
     if removed:
         store.record_event("release.retire_images", target=f"{len(removed)} tags",
@@ -141,19 +133,19 @@ def retire_old_images(env: Environment, config: Config, store: Store) -> list[st
     return removed
 
 
-def current_or_new_release(env: Environment, config: Config, store: Store) -> int:
+def current_or_new_release(env: Environment, config: Config, store: Store,
+                           platform: Platform) -> int:
     """The latest release if it is exactly what runs now, else a newly recorded one."""
     latest = store.releases(1)
     if latest:
         rel = latest[0]
-        compose = compose_for(env, config)
-        running = compose.running_images()
+        running = platform.running_images()
         recorded = {name: svc["image_id"] for name, svc in rel["services"].items()}
         tree = Git(env, config.project_dir).state(config.own_paths)
         if running == recorded and tree.commit == rel["git_commit"] and not tree.dirty \
                 and not rel["git_dirty"]:
             return int(rel["id"])
-    return record_release(env, config, store, note="recorded by checkpoint").id
+    return record_release(env, config, store, platform, note="recorded by checkpoint").id
 
 
 def get_release(store: Store, release_id: int) -> dict[str, Any]:

@@ -16,11 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backout.adapters import http
-from backout.adapters.dbaccess import DbAccess
-from backout.adapters.docker import Compose, ContainerInfo
 from backout.config import Config
+from backout.engines.access import EngineAccess
 from backout.environment import Environment
 from backout.errors import BackoutError
+from backout.platforms.base import ContainerInfo, Platform
 from backout.state import Store
 
 EXPECTED_IMAGES = "expected_images"
@@ -50,10 +50,10 @@ class VerifyResult:
                 "failed": [c.name for c in self.failed]}
 
 
-def _container_checks(compose: Compose, services: list[str], settle: float) -> list[Check]:
+def _container_checks(platform: Platform, services: list[str], settle: float) -> list[Check]:
     def by_service() -> dict[str, list[ContainerInfo]]:
         out: dict[str, list[ContainerInfo]] = {}
-        for c in compose.containers():
+        for c in platform.containers():
             out.setdefault(c.service, []).append(c)
         return out
 
@@ -103,16 +103,15 @@ def _health_checks(env: Environment, config: Config) -> list[Check]:
     return checks
 
 
-def _log_checks(compose: Compose, config: Config, since: datetime) -> list[Check]:
+def _log_checks(platform: Platform, config: Config, since: datetime) -> list[Check]:
     checks = []
     stamp = since.strftime("%Y-%m-%dT%H:%M:%SZ")
     for svc in config.services.values():
         if svc.kind == "database":
             continue
-        result = compose.run("logs", "--no-color", "--no-log-prefix", "--since", stamp, svc.name,
-                             check=False, timeout=60)
+        text = platform.logs(svc.name, stamp)
         pattern = re.compile(svc.log_error_pattern)
-        lines = [line for line in (result.stdout + result.stderr).splitlines() if pattern.search(line)]
+        lines = [line for line in text.splitlines() if pattern.search(line)]
         ok = len(lines) <= svc.log_error_allowance
         detail = (f"{len(lines)} error line(s) since {stamp} (allowed {svc.log_error_allowance})"
                   + (f"; last: {lines[-1][:160]}" if lines else ""))
@@ -120,14 +119,14 @@ def _log_checks(compose: Compose, config: Config, since: datetime) -> list[Check
     return checks
 
 
-def _database_checks(env: Environment, config: Config, compose: Compose) -> list[Check]:
-    from backout.adapters.mongodb import MongoDB
-    from backout.adapters.mysql import MySQL
-    from backout.adapters.redis import Redis
+def _database_checks(env: Environment, config: Config, platform: Platform) -> list[Check]:
+    from backout.engines.mongodb import MongoDB
+    from backout.engines.mysql import MySQL
+    from backout.engines.redis import Redis
 
     checks = []
     for db in config.databases.values():
-        access = DbAccess(env, config, db, compose)
+        access = EngineAccess(env, config, db, platform)
         try:
             if db.type == "mysql":
                 detail = f"answers (version {MySQL(access).version()})"
@@ -145,11 +144,11 @@ def _database_checks(env: Environment, config: Config, compose: Compose) -> list
     return checks
 
 
-def _image_checks(compose: Compose, store: Store) -> list[Check]:
+def _image_checks(platform: Platform, store: Store) -> list[Check]:
     expected: dict[str, str] | None = store.fact(EXPECTED_IMAGES)
     if not expected:
         return []
-    running = compose.running_images()
+    running = platform.running_images()
     checks = []
     for svc, image_id in sorted(expected.items()):
         actual = running.get(svc)
@@ -160,7 +159,7 @@ def _image_checks(compose: Compose, store: Store) -> list[Check]:
     return checks
 
 
-def run_verify(env: Environment, config: Config, store: Store, compose: Compose, *,
+def run_verify(env: Environment, config: Config, store: Store, platform: Platform, *,
                settle: float | None = None, since: datetime | None = None) -> VerifyResult:
     settle = config.verify.settle_seconds if settle is None else settle
     if since is None:
@@ -170,13 +169,13 @@ def run_verify(env: Environment, config: Config, store: Store, compose: Compose,
         finished = store.last_change_finished_at()
         if finished:
             since = max(since, datetime.fromisoformat(finished))
-    services = sorted(set(compose.config().get("services", {})))
+    services = sorted(set(platform.definition().get("services", {})))
     checks: list[Check] = []
-    checks += _container_checks(compose, services, settle)
+    checks += _container_checks(platform, services, settle)
     checks += _health_checks(env, config)
-    checks += _log_checks(compose, config, since)
-    checks += _database_checks(env, config, compose)
-    checks += _image_checks(compose, store)
+    checks += _log_checks(platform, config, since)
+    checks += _database_checks(env, config, platform)
+    checks += _image_checks(platform, store)
     store.record_event("verify", target="stack", reason="ok" if all(c.ok for c in checks)
                        else "failed: " + ", ".join(c.name for c in checks if not c.ok))
     return VerifyResult(checks)

@@ -660,11 +660,11 @@ def _set_appendonly(stack: TestStack, value: str) -> None:
 
 
 def test_redis_restore_with_aof_on(project: Path, stack: TestStack) -> None:
-    from backout.adapters.dbaccess import DbAccess
     from backout.backup.restore import restore_redis
     from backout.config import find_config, load_config
+    from backout.engines.access import EngineAccess
     from backout.environment import Environment
-    from backout.releases import compose_for
+    from backout.platforms import for_config
 
     seed = (stack.project_dir / "seed" / "redis.txt").read_text()
     _set_appendonly(stack, "yes")
@@ -681,7 +681,7 @@ def test_redis_restore_with_aof_on(project: Path, stack: TestStack) -> None:
 
         env = Environment(project_dir=project)
         config = load_config(env, find_config(project, None))
-        access = DbAccess(env, config, config.databases["redis"], compose_for(env, config))
+        access = EngineAccess(env, config, config.databases["redis"], for_config(env, config))
         result = restore_redis(env, access, artifact(project, data["set_id"], "redis"), section)
         assert result["aof"] == "multipart"
 

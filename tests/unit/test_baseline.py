@@ -11,10 +11,11 @@ import pytest
 
 from backout.config import Config
 from backout.environment import Environment
-from backout.monitor import baseline
-from backout.monitor.baseline import Baseline, Warmup, observe, release_key, select
 from backout.monitor.collect import Collector, ServiceView
-from backout.monitor.policy import (
+from backout.monitor.run import BASELINES_KEY, INCIDENT_KEY, Monitor, load_baselines
+from backout.policy import baseline
+from backout.policy.baseline import Baseline, Warmup, observe, release_key, select
+from backout.policy.rules import (
     DEFAULT_RULES,
     Decision,
     Level,
@@ -23,7 +24,6 @@ from backout.monitor.policy import (
     Snapshot,
     evaluate,
 )
-from backout.monitor.run import BASELINES_KEY, INCIDENT_KEY, Monitor, load_baselines
 from backout.state import Store
 
 P95 = "p95_latency_seconds{service=backend}"
@@ -55,7 +55,7 @@ def test_unrecorded_releases_differ_by_their_images() -> None:
 
 
 def decision(*active: Level, nodata: Sequence[str] = ()) -> Decision:
-    from backout.monitor.policy import Firing
+    from backout.policy.rules import Firing
 
     firings = tuple(Firing(rule=f"r{i}", signal="s", service=None, level=lv, severity="SEV-3",
                            action="none", value=1.0, threshold=0.0, since=0.0, nodata=False,
@@ -185,7 +185,7 @@ def monitor(tmp_path: Path, frames: list[tuple[dict[str, str], dict[str, float |
         store.add_release(git_commit="c1", git_dirty=False, diff_path=None, compose_config={},
                           services={"backend": {"image_id": "sha256:b1"}})
     cfg = Config(path=tmp_path / "backout.toml", project_dir=tmp_path)
-    return Monitor(Environment(), cfg, store, compose=None,  # type: ignore[arg-type]
+    return Monitor(Environment(), cfg, store, platform=None,  # type: ignore[arg-type]
                    rules=rules, collector=FakeCollector(frames), baseline_evaluations=3)
 
 

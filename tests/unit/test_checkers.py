@@ -21,8 +21,8 @@ import bson
 import pytest
 
 from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
-from backout.backup.crc64 import CRC64, crc64, crc64_table
-from backout.backup.pipeline import IntegrityError
+from backout.storage.crc64 import CRC64, crc64, crc64_table
+from backout.storage.pipeline import IntegrityError
 
 CHUNKINGS = [0, 1, 7, 512, 4096]  # 0: all at once
 

@@ -134,15 +134,16 @@ def test_emergency_resolve_checks_the_repository_before_the_target(project: Path
     from backout.errors import UsageError
     from backout.rollback.emergency import resolve
     from backout.state import Store
+    from tests.support.fakes import FakePlatform
 
     env = Environment(project_dir=project)
     config = load_config(env, project / "backout.toml")
     with pytest.raises(UsageError, match="not a git repository"):
-        resolve(env, config, Store(config.state_dir), "v1", False)
+        resolve(env, config, Store(config.state_dir), FakePlatform(project), "v1", False)
     subprocess.run(["git", "init", "-q", str(project)], check=True)
     from backout.errors import NotFoundError
     with pytest.raises(NotFoundError, match='no commit or tag "v1"'):
-        resolve(env, config, Store(config.state_dir), "v1", False)
+        resolve(env, config, Store(config.state_dir), FakePlatform(project), "v1", False)
 
 
 def test_status_with_the_engine_unreachable_exits_1_warnings(

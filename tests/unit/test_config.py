@@ -192,7 +192,7 @@ command = "logger -t backout"
 
 def test_monitor_defaults_when_absent() -> None:
     from backout.config.model import MonitorConfig
-    from backout.monitor.policy import DEFAULT_RULES
+    from backout.policy.rules import DEFAULT_RULES
 
     config = parse_document("backout.toml", "", Path("/x"))
     assert config.monitor == MonitorConfig()
@@ -202,7 +202,7 @@ def test_monitor_defaults_when_absent() -> None:
 
 
 def test_monitor_section_is_parsed() -> None:
-    from backout.monitor.policy import DEFAULT_RULES, Level
+    from backout.policy.rules import DEFAULT_RULES, Level
 
     monitor = parse_document("backout.toml", MONITOR, Path("/x")).monitor
     assert (monitor.interval_seconds, monitor.window_seconds) == (10, 120)
@@ -399,3 +399,22 @@ def test_deploy_section() -> None:
                          ("[deploy]\nwatch_seconds = \"10m\"\n", "deploy.watch_seconds: must be")):
         with pytest.raises(ConfigError, match=needle):
             parse_document("backout.toml", text, Path("/x"))
+
+
+def test_the_platform_defaults_to_compose_and_names_the_known_kinds(project: Path) -> None:
+    from backout import platforms
+
+    assert load(project).platform.kind == "compose"  # type: ignore[attr-defined]
+    assert load(project, GOOD + '\n[platform]\nkind = "compose"\n'
+                ).platform.kind == "compose"  # type: ignore[attr-defined]
+    line = error_of(project, GOOD + '\n[platform]\nkind = "swarm"\n')
+    assert line.endswith("backout.toml: platform.kind: must be one of compose, not 'swarm'")
+    assert platforms.names() == ("compose",)
+    assert "platform.kndi" in error_of(project, GOOD + '\n[platform]\nkndi = "compose"\n')
+
+
+def test_database_types_come_from_the_engine_table(project: Path) -> None:
+    from backout import engines
+
+    line = error_of(project, GOOD.replace('type = "redis"', 'type = "postgres"'))
+    assert f"must be one of {', '.join(engines.names())}, not 'postgres'" in line

@@ -12,7 +12,7 @@ import pytest
 from backout.config.model import Config
 from backout.deploy.watch import INCIDENT_FACT, RED_ACTIONS_FACT, RedDuringWatch, watch
 from backout.environment import Environment
-from backout.monitor.policy import Decision, Firing, Level
+from backout.policy.rules import Decision, Firing, Level
 from backout.state import Store
 
 

@@ -11,14 +11,16 @@ from typing import Any
 
 import pytest
 
-from backout.backup.sets import SetWriter
 from backout.cli.main import main
 from backout.config.model import Config, DatabaseConfig
-from backout.doctor import Sources, run_doctor
 from backout.environment import Environment
 from backout.errors import BackoutError, DockerUnavailableError
-from backout.operations import Executor, Plan, Step
+from backout.operations.executor import Executor
+from backout.operations.plan import Plan, Step
+from backout.setup.doctor import Sources, run_doctor
 from backout.state import OperationLock, Store
+from backout.storage.sets import SetWriter
+from tests.support.fakes import run_context
 
 IMAGE = "sha256:" + "a" * 64
 
@@ -157,7 +159,7 @@ def test_the_lock_held_and_an_interrupted_operation(tmp_path: Path) -> None:
         check = _by_name(run_doctor(Environment(), config, None, store, _sources()))["lock"]
         assert not check.ok and "backout rollback db" in check.detail
     plan = Plan("rollback.db", {}, (Step("x", "emergency.up", "r"),), summary="s")
-    op = Executor(store, {}).start(plan)  # journaled, never finished: as after a kill -9
+    op = Executor(store, run_context(store)).start(plan)  # journaled, never finished: as after a kill -9
     check = _by_name(run_doctor(Environment(), config, None, store, _sources()))[
         "interrupted operation"]
     assert not check.ok and f"#{op}" in check.detail and "backout resume" in str(check.fix)
@@ -173,18 +175,18 @@ def test_a_broken_config_still_checks_the_engine(tmp_path: Path) -> None:
 
 def test_the_command_exits_0_or_1_and_speaks_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    import backout.doctor
+    import backout.setup.doctor
 
     (tmp_path / "docker-compose.yml").write_text("services: {}\n")
     (tmp_path / "backout.toml").write_text(
         '[project]\ncompose_files = ["docker-compose.yml"]\nenv_file = ""\n')
     _store(Config(path=tmp_path / "backout.toml", project_dir=tmp_path))
-    monkeypatch.setattr(backout.doctor, "real_sources", lambda env, config: _sources())
+    monkeypatch.setattr(backout.setup.doctor, "real_sources", lambda env, config: _sources())
     assert main(["doctor", "--json", "--project-dir", str(tmp_path)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is True and data["command"] == "doctor" and data["failed"] == []
     assert {"name", "ok", "detail", "fix"} <= set(data["checks"][0])
-    monkeypatch.setattr(backout.doctor, "real_sources",
+    monkeypatch.setattr(backout.setup.doctor, "real_sources",
                         lambda env, config: _sources(which=lambda tool: None))
     assert main(["doctor", "--project-dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from backout.errors import ExternalError
-from backout.operations import Executor, Plan, Step, register_action
-from backout.operations.executor import RunContext, load_plan
+from backout.operations.executor import Executor, RunContext, load_plan, register_action
+from backout.operations.plan import Plan, Step
 from backout.state import Store
+from tests.support.fakes import run_context
 
 CALLS: list[str] = []
 
@@ -47,7 +48,7 @@ def test_steps_run_in_order_and_see_earlier_results(tmp_path: Path) -> None:
     store = Store(tmp_path)
     plan = _plan(Step("a", "test.record", "first", {"name": "a"}),
                  Step("b", "test.record", "second", {"name": "b"}))
-    ex = Executor(store, {})
+    ex = Executor(store, run_context(store))
     outcome = ex.run(plan, ex.start(plan))
     assert outcome.status == "succeeded"
     assert CALLS == ["a", "b"]
@@ -63,7 +64,7 @@ def test_failure_skips_later_steps_but_runs_always_steps(tmp_path: Path) -> None
                  Step("x", "test.fail", ""),
                  Step("b", "test.record", "", {"name": "b"}),
                  Step("cleanup", "test.record", "", {"name": "cleanup"}, always=True))
-    ex = Executor(store, {})
+    ex = Executor(store, run_context(store))
     outcome = ex.run(plan, ex.start(plan))
     assert outcome.status == "failed" and outcome.failed_step == "x"
     assert CALLS == ["a", "fail", "cleanup"]
@@ -74,7 +75,7 @@ def test_failure_skips_later_steps_but_runs_always_steps(tmp_path: Path) -> None
 def test_plan_round_trips_through_the_journal(tmp_path: Path) -> None:
     store = Store(tmp_path)
     plan = _plan(Step("a", "test.record", "why a", {"name": "a"}, always=True))
-    op = Executor(store, {}).start(plan)
+    op = Executor(store, run_context(store)).start(plan)
     assert load_plan(store, op) == plan
     assert [o["id"] for o in store.unfinished_operations()] == [op]
 
@@ -84,13 +85,14 @@ CRASHER = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     from tests.unit.test_executor import _plan, Step
-    from backout.operations import Executor
+    from backout.operations.executor import Executor
     from backout.state import Store
+    from tests.support.fakes import run_context
     store = Store(Path(sys.argv[1]))
     plan = _plan(Step("a", "test.record", "", {"name": "a"}),
                  Step("b", "test.record", "", {"name": "b"}),
                  Step("c", "test.record", "", {"name": "c"}))
-    ex = Executor(store, {})
+    ex = Executor(store, run_context(store))
     ex.run(plan, ex.start(plan))
 """)
 
@@ -106,7 +108,7 @@ def test_kill_9_then_resume_finishes_the_plan(tmp_path: Path, point: str) -> Non
     store = Store(tmp_path)
     [op] = store.unfinished_operations()
     plan = load_plan(store, op["id"])
-    outcome = Executor(store, {}).run(plan, op["id"])
+    outcome = Executor(store, run_context(store)).run(plan, op["id"])
     assert outcome.status == "succeeded"
     done_before = {"step-0-started": [], "step-1-started": ["a"], "step-1-done": ["a", "b"],
                    "step-2-done": ["a", "b", "c"]}[point]
@@ -123,7 +125,7 @@ def test_only_always_runs_just_the_cleanup_of_an_abandoned_plan(tmp_path: Path) 
     plan = _plan(Step("a", "test.record", "", {"name": "a"}),
                  Step("b", "test.record", "", {"name": "b"}),
                  Step("cleanup", "test.record", "", {"name": "cleanup"}, always=True))
-    ex = Executor(store, {})
+    ex = Executor(store, run_context(store))
     op = ex.start(plan)
     outcome = ex.run(plan, op, only_always=True)
     assert CALLS == ["cleanup"]
@@ -135,7 +137,7 @@ def test_on_failure_steps_run_only_after_a_failure(tmp_path: Path) -> None:
     ok_plan = _plan(Step("a", "test.record", "", {"name": "a"}),
                     Step("undo", "test.record", "", {"name": "undo"}, on_failure=True),
                     Step("report", "test.record", "", {"name": "report"}, always=True))
-    ex = Executor(store, {})
+    ex = Executor(store, run_context(store))
     assert ex.run(ok_plan, ex.start(ok_plan)).status == "succeeded"
     assert CALLS == ["a", "report"]
     CALLS.clear()
@@ -162,7 +164,7 @@ def test_resume_after_a_failure_keeps_it_failed_and_finishes_the_on_failure_step
                  Step("b", "test.record", "", {"name": "b"}),
                  Step("undo", "test.record", "", {"name": "undo"}, on_failure=True),
                  Step("report", "test.record", "", {"name": "report"}, always=True))
-    ex = Executor(store, {})
+    ex = Executor(store, run_context(store))
     op = ex.start(plan)
     store.db.execute("UPDATE steps SET status = 'failed', detail = ? WHERE operation_id = ? "
                      "AND seq = 0", (json.dumps({"error": "boom"}), op))

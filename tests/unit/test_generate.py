@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from backout.config.generate import derive, health_url, render
+from backout.setup.generate import derive, health_url, render
 
 COMPOSE = {
     "name": "layra",

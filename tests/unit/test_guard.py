@@ -15,11 +15,12 @@ import pytest
 from backout.config.model import Config
 from backout.environment import Environment
 from backout.errors import ExitCode, LockedError, UsageError
-from backout.operations import Executor, Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import Executor, RunContext, register_action
 from backout.operations.guard import Unfinished, guard, refusal
+from backout.operations.plan import Plan, Step
 from backout.operations.runner import run_locked
 from backout.state import OperationLock, Store
+from tests.support.fakes import run_context
 
 RAN: list[str] = []
 
@@ -54,7 +55,7 @@ def _dead_holder(state_dir: Path, command: str = "rollback db") -> int:
 
 def _interrupted(store: Store, kind: str, always: bool = False) -> int:
     """An operation a crash left running, after its first step."""
-    ex = Executor(store, {})
+    ex = Executor(store, run_context(store))
     plan = _plan(kind, always)
     op = ex.start(plan)
     store.mark_step_started(op, 0)
@@ -121,7 +122,7 @@ def test_a_new_backup_abandons_interrupted_backups_after_their_cleanup(
     without = _interrupted(store, "backup", always=False)
     with caplog.at_level(logging.WARNING, logger="backout"), \
             guard(Environment(), store, tmp_path, "backup",
-                  unfinished=Unfinished.ABANDON_BACKUPS, abandon_with=Executor(store, {})):
+                  unfinished=Unfinished.ABANDON_BACKUPS, abandon_with=Executor(store, run_context(store))):
         RAN.append("body")
     # Only the cleanup (always) step of the first ran; the normal step was done before.
     assert RAN == ["two", "body"]
@@ -140,7 +141,7 @@ def test_a_new_backup_refuses_other_interrupted_operations(tmp_path: Path) -> No
     with pytest.raises(UsageError, match=f"operation #{restore} \\(rollback.db\\) was "
                                          "interrupted"), \
             guard(Environment(), store, tmp_path, "backup",
-                  unfinished=Unfinished.ABANDON_BACKUPS, abandon_with=Executor(store, {})):
+                  unfinished=Unfinished.ABANDON_BACKUPS, abandon_with=Executor(store, run_context(store))):
         RAN.append("body")
     assert RAN == []
     # the backup before it was abandoned (as before the guard existed), the restore waits

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from backout.adapters.dbaccess import DbAccess
-from backout.adapters.docker import Compose
-from backout.adapters.mongodb import MongoDump
 from backout.backup.checkers import TarBsonChecker
 from backout.config.load import parse_document
+from backout.engines.access import EngineAccess
+from backout.engines.mongodb import MongoDump
 from backout.environment import Environment
+from tests.support.fakes import FakePlatform
 
 FAKE = Path(__file__).resolve().parent.parent / "data" / "mongodump" / "fake-mongodump"
 PASSWORD = "pä ss:w/o@rd%-sentinel-7f3a"  # needs URL-encoding
@@ -34,7 +34,7 @@ password_env = "MONGO_PW"
 """
 
 
-class HostAccess(DbAccess):
+class HostAccess(EngineAccess):
     """The container is this machine: argv runs the inner command as is."""
 
     def argv(self, inner: Sequence[str], secret_names: Sequence[str] = ()) -> list[str]:
@@ -52,8 +52,7 @@ def setup(tmp_path: Path) -> tuple[MongoDump, Environment, Path]:
     config = parse_document("backout.toml", CONFIG, tmp_path)
     object.__setattr__(config, "secrets", {"MONGO_PW": PASSWORD})
     env.redact.add(PASSWORD)
-    access = HostAccess(env, config, config.databases["mongodb"],
-                        Compose(env, tmp_path, ["docker-compose.yml"]))
+    access = HostAccess(env, config, config.databases["mongodb"], FakePlatform(tmp_path))
     return MongoDump(access), env, bin_dir
 
 

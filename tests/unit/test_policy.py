@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from backout.monitor.policy import (
+from backout.policy.rules import (
     DEFAULT_RULES,
     Decision,
     Level,

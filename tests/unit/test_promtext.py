@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from backout.monitor.promtext import Sample, family_of, labels_of, parse, parse_value
+from backout.policy.promtext import Sample, family_of, labels_of, parse, parse_value
 
 SCRAPE = """\
 # HELP http_requests_total Requests served.\\nBy status.

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from backout.backup.prune import Candidate, prune
+from backout.storage.prune import Candidate, prune
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from backout.errors import ExitCode
-from backout.monitor.policy import DEFAULT_RULES, Level, PolicyState, Rule
-from backout.monitor.replay import (
+from backout.policy.replay import (
     Record,
     RecordingError,
     format_transitions,
@@ -18,6 +17,7 @@ from backout.monitor.replay import (
     replay_decisions,
     replay_file,
 )
+from backout.policy.rules import DEFAULT_RULES, Level, PolicyState, Rule
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "policy"
 INCIDENT = DATA / "5xx-incident.jsonl"

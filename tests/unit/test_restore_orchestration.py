@@ -7,6 +7,7 @@ sha256 compared, a deploy rolled back only when its rollback verified."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -17,19 +18,21 @@ from typing import Any
 
 import pytest
 
-from backout.backup import sets
 from backout.backup.checkers import MySQLDumpChecker
-from backout.backup.pipeline import IntegrityError, Stall, StalledError, scan
 from backout.config.model import Config, DatabaseConfig, ServiceConfig
 from backout.deploy import Preflight, plan_deploy
 from backout.deploy.watch import RedDuringWatch
 from backout.environment import Environment
 from backout.errors import DockerUnavailableError, ExternalError, InterruptedOperation
-from backout.operations import Executor, Plan, interrupt, summary
 from backout.operations import executor as executor_mod
-from backout.operations.executor import RunContext, load_actions, load_plan
+from backout.operations import interrupt, summary
+from backout.operations.executor import Executor, RunContext, load_actions, load_plan
+from backout.operations.plan import Plan
 from backout.rollback import db as db_rollback
 from backout.state import Store
+from backout.storage import sets
+from backout.storage.pipeline import IntegrityError, Stall, StalledError, scan
+from tests.support.fakes import FakePlatform, run_context
 
 DUMP = b"""-- MariaDB dump 10.19
 USE `app`;
@@ -104,8 +107,8 @@ class Fakes:
         self.fake("compose.start", lambda p, r: {"started": p["services"]})
 
 
-def run(store: Store, plan: Plan, services: dict[str, Any] | None = None) -> Any:
-    ex = Executor(store, services or {})
+def run(store: Store, plan: Plan, config: Config | None = None) -> Any:
+    ex = Executor(store, run_context(store, config))
     return ex.run(plan, ex.start(plan))
 
 
@@ -179,8 +182,7 @@ def test_no_safety_backup_plan_says_so_and_has_no_undo(tmp_path: Path) -> None:
 
 
 def ctx_for(config: Config, store: Store, op_id: int = 1) -> RunContext:
-    return RunContext(op_id, {"env": Environment(), "config": config, "store": store,
-                              "compose": None})
+    return dataclasses.replace(run_context(store, config), operation_id=op_id)
 
 
 def test_verify_compares_the_sha256_before_a_restore(tmp_path: Path) -> None:
@@ -266,7 +268,6 @@ def test_undo_puts_the_safety_backup_back_exactly_when_needed(
     put_back: list[str] = []
     monkeypatch.setattr(db_rollback, "_restore", lambda env, access, artifact, section:
                         put_back.append(artifact.name))
-    monkeypatch.setattr(db_rollback.Docker, "ping", lambda self: "20.10")
     results = {"restore:mysql": {"counts": {}}} if done else {}
     out = executor_mod._ACTIONS["rollback.db.undo"](
         ctx_for(config, store), {"database": "mysql", "set_id": safety}, results)
@@ -280,13 +281,12 @@ def test_undo_with_the_engine_gone_is_left_for_resume(tmp_path: Path,
     store = Store(config.state_dir)
     store.set_fact("op1.restore_started.mysql", True)
 
-    def gone(self: Any) -> str:
-        raise DockerUnavailableError("Docker Engine does not answer")
-
-    monkeypatch.setattr(db_rollback.Docker, "ping", gone)
+    platform = FakePlatform(config.project_dir)
+    platform.fail_on("ping", DockerUnavailableError("Docker Engine does not answer"))
+    ctx = dataclasses.replace(run_context(store, config, platform), operation_id=1)
     with pytest.raises(DockerUnavailableError) as info:
-        executor_mod._ACTIONS["rollback.db.undo"](ctx_for(config, store),
-                                                  {"database": "mysql", "set_id": "x"}, {})
+        executor_mod._ACTIONS["rollback.db.undo"](ctx, {"database": "mysql", "set_id": "x"}, {})
+    assert platform.calls == [("ping",)]
     assert info.value.retry_on_resume
 
 
@@ -368,7 +368,7 @@ def test_a_cleanup_the_engine_cannot_run_is_left_for_resume(tmp_path: Path,
     # The engine answers again: resume runs the cleanup, the operation ends failed.
     del fakes.fail["rollback.db.undo:mysql"]
     fakes.calls.clear()
-    again = Executor(store, {}).run(load_plan(store, op["id"]), op["id"])
+    again = Executor(store, run_context(store)).run(load_plan(store, op["id"]), op["id"])
     assert fakes.calls == ["rollback.db.undo:mysql", "compose.start"]
     assert again.status == "failed" and store.unfinished_operations() == []
 
@@ -447,8 +447,7 @@ def run_deploy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     if real_restore:  # its own guard: never without verify, stopped writers, safety backup
         monkeypatch.setitem(executor_mod._ACTIONS, "rollback.db.restore",
                             db_rollback._restore_action)
-    outcome = run(store, plan, {"env": Environment(), "config": config, "store": store,
-                                "compose": None})
+    outcome = run(store, plan, config)
     return outcome, fakes, store
 
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from backout.monitor.promtext import Sample, labels_of, parse
-from backout.monitor.series import (
+from backout.policy.promtext import Sample, labels_of, parse
+from backout.policy.series import (
     Point,
     Selector,
     SeriesStore,

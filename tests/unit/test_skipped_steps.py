@@ -11,9 +11,10 @@ from typing import Any
 
 from backout.cli.commands_backup import step_line
 from backout.errors import ExternalError
-from backout.operations import Executor, Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import Executor, RunContext, register_action
+from backout.operations.plan import Plan, Step
 from backout.state import Store
+from tests.support.fakes import run_context
 
 
 @register_action("test.skip_data")
@@ -35,7 +36,7 @@ def _run(tmp_path: Path, *steps: Step) -> tuple[Any, list[tuple[str, str, str | 
     seen: list[tuple[str, str, str | None]] = []
     store = Store(tmp_path)
     plan = Plan("test", {}, steps, summary="test")
-    ex = Executor(store, {}, lambda step, status, detail: seen.append((step.name, status, detail)))
+    ex = Executor(store, run_context(store), lambda step, status, detail: seen.append((step.name, status, detail)))
     return ex.run(plan, ex.start(plan)), seen
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,13 +20,13 @@ import pytest
 from backout.backup.operation import plan_backup
 from backout.config.model import Config, DatabaseConfig, ServiceConfig, VolumeConfig
 from backout.deploy import Preflight, plan_deploy
-from backout.environment import Environment
-from backout.operations import Executor, Plan, summary
 from backout.operations import executor as executor_mod
-from backout.operations.executor import RunContext, load_actions, load_plan
-from backout.operations.plan import legacy_key
+from backout.operations import summary
+from backout.operations.executor import Executor, RunContext, load_actions, load_plan
+from backout.operations.plan import Plan, legacy_key
 from backout.rollback import db as db_rollback
 from backout.state import Store
+from tests.support.fakes import FakePlatform, run_context
 
 JOURNALS = Path(__file__).resolve().parents[1] / "data" / "journals"
 KEY = re.compile(r"^[a-z][a-z0-9-]*(:[A-Za-z0-9_.-]+)?$")
@@ -127,7 +126,7 @@ def test_legacy_keys_of_an_unknown_step_are_its_name() -> None:
 
 def test_the_executor_refuses_a_plan_with_a_key_twice(tmp_path: Path) -> None:
     load_actions()
-    from backout.operations import Step
+    from backout.operations.plan import Step
 
     plan = Plan("x", {}, (Step("a", "backup.cleanup", "r", key="k"),
                           Step("b", "backup.cleanup", "r", key="k")))
@@ -156,25 +155,6 @@ def load_journal(store: Store, name: str) -> tuple[int, dict[str, Any]]:
                          (op_id, s["seq"], s["name"], s["reason"], s["status"],
                           s["started_at"], s["finished_at"], s["detail"]))
     return op_id, doc
-
-
-class FakeCompose:
-    """What the real compose.stop/compose.start actions call; ``calls`` in order."""
-
-    def __init__(self, running: tuple[str, ...] = ()) -> None:
-        self.running = running
-        self.calls: list[tuple[str, ...]] = []
-
-    def containers(self, *services: str) -> list[Any]:
-        return [SimpleNamespace(service=s, state="running") for s in services
-                if s in self.running]
-
-    def run(self, *args: str, **_kw: Any) -> Any:
-        self.calls.append(args)
-        return SimpleNamespace(ok=True, stderr="")
-
-    def running_images(self) -> dict[str, str]:
-        return {}
 
 
 class StandIns:
@@ -206,10 +186,9 @@ def old_journal(tmp: Path, name: str, volumes: bool = True
     return config, store, op_id, summary.describe(store, op_id)
 
 
-def resume(store: Store, op_id: int, config: Config, compose: FakeCompose) -> Any:
+def resume(store: Store, op_id: int, config: Config, platform: FakePlatform) -> Any:
     plan = load_plan(store, op_id)
-    return Executor(store, {"env": Environment(), "config": config, "store": store,
-                            "compose": compose}).run(plan, op_id)
+    return Executor(store, run_context(store, config, platform)).run(plan, op_id)
 
 
 def test_an_old_quiesced_checkpoint_resumes(tmp_path: Path,
@@ -220,17 +199,16 @@ def test_an_old_quiesced_checkpoint_resumes(tmp_path: Path,
     for action in ("backup.cleanup", "backup.dump", "backup.volume", "backup.publish",
                    "backup.discard", "backup.record_checkpoint"):
         fake(action)
-    compose = FakeCompose(running=("backend",))
-    outcome = resume(store, op_id, config, compose)
+    platform = FakePlatform(running={"backend": "sha256:b"}, stopped={"web": "sha256:w"})
+    outcome = resume(store, op_id, config, platform)
     assert outcome.status == "succeeded", outcome.error
     # The dump killed midway runs again; nothing done before runs twice.
     assert fake.calls == ["backup.dump:redis", "backup.volume:uploads", "backup.publish",
                           "backup.discard", "backup.record_checkpoint"]
     # Only what the old run's stop stopped (web, not worker) is started: the start
     # step found the stop's journaled result through its old stop_step.
-    assert compose.calls == [("stop", "backend"),
-                             ("up", "-d", "--no-deps", "--no-recreate", "backend"),
-                             ("up", "-d", "--no-deps", "--no-recreate", "web")]
+    assert [c for c in platform.calls if c[0] in ("stop", "start")] == [
+        ("stop", ("backend",)), ("start", ("backend",)), ("start", ("web",))]
     # The publish step reads the dumps and the writers' pause by key.
     seen = fake.seen["backup.publish"]
     assert seen["dump:mysql"]["database"]["duration_s"] == 1.5  # from the old run
@@ -252,15 +230,15 @@ def test_an_old_restore_killed_inside_the_restore_resumes(tmp_path: Path,
                         lambda env, access, artifact, section: restored.append(str(artifact))
                         or {"counts": {"app": 3}})
     monkeypatch.setattr(db_rollback.data_loss, "window", lambda *a: {"summary": "none"})
-    compose = FakeCompose()
-    outcome = resume(store, op_id, config, compose)
+    platform = FakePlatform(stopped={"web": "sha256:w"})
+    outcome = resume(store, op_id, config, platform)
     assert outcome.status == "succeeded", outcome.error
     # The real restore found what it requires (old names in the journal) and the
     # verified artifact by its old verify_step.
     assert restored == ["/nonexistent/mysql.sql.zst"]
     assert outcome.results["restore:mysql"]["counts"] == {"app": 3}
     assert outcome.results["undo:mysql"] == {"undone": False}
-    assert compose.calls == [("up", "-d", "--no-deps", "--no-recreate", "web")]
+    assert [c for c in platform.calls if c[0] in ("stop", "start")] == [("start", ("web",))]
     after = summary.describe(store, op_id)
     assert after["data"] == ["mysql: restored from backup x"]
     assert after["services"] == ["web: running again"]
@@ -280,15 +258,15 @@ def test_an_old_deploy_killed_in_its_rollback_resumes(tmp_path: Path,
     fake("rollback.db.undo", {"undone": False})
     fake("emergency.verify", {"checks": [{"name": "web", "ok": True}]})
     monkeypatch.setattr(deploy_op, "resolve_backup", lambda *a: {"source": "checkpoint"})
-    compose = FakeCompose()
-    outcome = resume(store, op_id, config, compose)
+    platform = FakePlatform(stopped={"web": "sha256:w"})
+    outcome = resume(store, op_id, config, platform)
     # The rollback's real steps read the old decision, previous release and restore
     # by key: the data came back, then the code and images, the writers, the verify.
     assert fake.calls == ["rollback.db.restore:mysql", "rollback.db.undo:mysql",
                           "emergency.checkout", "emergency.images", "emergency.up",
                           "emergency.verify"]
     assert fake.seen["emergency.images"]["deploy:previous"]["images"] == {"web": "sha256:1"}
-    assert compose.calls == [("up", "-d", "--no-deps", "--no-recreate", "web")]
+    assert [c for c in platform.calls if c[0] in ("stop", "start")] == [("start", ("web",))]
     assert outcome.results["deploy:outcome"]["outcome"] == "rolled_back"
     assert outcome.results["deploy:outcome"]["release_id"] == 2
     assert outcome.status == "failed"  # a deploy that rolled back

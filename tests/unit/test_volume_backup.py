@@ -8,20 +8,20 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from backout.backup.checkers import VolumeTarChecker
 from backout.backup.operation import plan_backup
-from backout.backup.pipeline import IntegrityError
 from backout.backup.volumes import tar_argv
 from backout.config.load import parse_document
 from backout.errors import ExternalError, NotFoundError
-from backout.operations import Executor, Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import Executor, RunContext, register_action
+from backout.operations.plan import Plan, Step
 from backout.state import Store
+from backout.storage.pipeline import IntegrityError
+from tests.support.fakes import FakePlatform, run_context
 
 
 def gnu_tar_of(tree: Path) -> bytes:
@@ -149,23 +149,6 @@ def test_the_tar_runs_read_only_without_network_as_root() -> None:
     assert argv[-5:] == ["-C", "/v", "-cf", "-", "."]
 
 
-class FakeCompose:
-    def __init__(self, running: set[str]) -> None:
-        self.running = set(running)
-        self.calls: list[tuple[str, ...]] = []
-
-    def containers(self, *services: str) -> list[Any]:
-        return [SimpleNamespace(service=s, state="running" if s in self.running else "exited")
-                for s in services]
-
-    def run(self, *args: str, **_kw: Any) -> None:
-        self.calls.append(args)
-        if args[0] == "stop":
-            self.running -= set(args[1:])
-        else:
-            self.running |= {a for a in args if not a.startswith("-") and a != "up"}
-
-
 @register_action("test.volume-fail")
 def _fail(_ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> Any:
     raise ExternalError("the dump before failed")
@@ -183,21 +166,23 @@ def _stop_start(fail_first: bool) -> Plan:
 def test_a_service_the_plan_never_stopped_is_not_started(tmp_path: Path) -> None:
     """The operator stopped backend on purpose; a dump failed before the volume's stop
     step ran: the always-step must not start backend."""
-    compose = FakeCompose(running=set())
+    platform = FakePlatform(stopped={"backend": "sha256:b"})
     store = Store(tmp_path)
-    ex = Executor(store, {"store": store, "compose": compose})
+    ex = Executor(store, run_context(store, platform=platform))
     plan = _stop_start(fail_first=True)
     outcome = ex.run(plan, ex.start(plan))
     assert outcome.status == "failed"
     assert outcome.results["start backend after volume v"]["started"] == []
-    assert compose.calls == [] and compose.running == set()
+    assert platform.calls == [] and platform.state == {"backend": "exited"}
 
 
 def test_the_service_the_plan_stopped_is_started_again(tmp_path: Path) -> None:
-    compose = FakeCompose(running={"backend"})
+    platform = FakePlatform(running={"backend": "sha256:b"})
     store = Store(tmp_path)
-    ex = Executor(store, {"store": store, "compose": compose})
+    ex = Executor(store, run_context(store, platform=platform))
     plan = _stop_start(fail_first=False)
     outcome = ex.run(plan, ex.start(plan))
     assert outcome.results["start backend after volume v"]["started"] == ["backend"]
-    assert compose.running == {"backend"}
+    assert platform.called("stop") == [(("backend",),)]
+    assert platform.called("start") == [(("backend",),)]
+    assert platform.state == {"backend": "running"}

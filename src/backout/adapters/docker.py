@@ -1,4 +1,4 @@
-"""Docker Engine and Docker Compose v2, through their CLIs.
+"""The Docker Engine, through its CLI (Compose is ``backout.adapters.compose``).
 
 Containers' compose labels are the truth about what runs (as in docker-compose
 v1): we ask the engine, we never keep our own idea of the running state.
@@ -8,39 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from backout import proc
 from backout.environment import Environment
-from backout.errors import CommandFailedError, DockerUnavailableError, ExternalError
+from backout.errors import DockerUnavailableError, ExternalError
+from backout.platforms.base import ContainerInfo, ImageInfo
 
 ENGINE_FIX = "start the Docker Engine (systemctl start docker, or dockerd) and retry"
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    id: str
-    name: str
-    service: str
-    state: str  # running, exited, restarting, ...
-    health: str | None  # healthy, unhealthy, starting, or None without a healthcheck
-    image: str  # the image reference compose asked for
-    image_id: str  # sha256:... actually running
-    restart_count: int
-    started_at: str
-    labels: dict[str, str] = field(default_factory=dict)
-    failing_streak: int = 0  # consecutive failed healthchecks (Docker counts them)
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    id: str
-    repo_tags: tuple[str, ...]
-    repo_digests: tuple[str, ...]
-    created: str
-    labels: dict[str, str]
 
 
 class Docker:
@@ -149,59 +123,3 @@ def _percent(text: str | None) -> float:
         return float(str(text or "0").rstrip("%") or 0)
     except ValueError:
         return 0.0
-
-
-class Compose:
-    """One Compose project: its files, project directory and project name."""
-
-    def __init__(self, env: Environment, project_dir: Path, files: Sequence[str],
-                 project_name: str | None = None, env_file: str | None = None) -> None:
-        self.env = env
-        self.project_dir = project_dir
-        self.files = list(files)
-        self.project_name = project_name
-        self.env_file = env_file
-
-    def argv(self, *args: str) -> list[str]:
-        argv = ["docker", "compose", "--project-directory", str(self.project_dir)]
-        for f in self.files:
-            argv += ["-f", str(self.project_dir / f)]
-        if self.env_file:
-            argv += ["--env-file", str(self.project_dir / self.env_file)]
-        if self.project_name:
-            argv += ["-p", self.project_name]
-        return argv + list(args)
-
-    def run(self, *args: str, timeout: float = 300, check: bool = True,
-            what: str | None = None) -> proc.Result:
-        try:
-            return proc.run(self.env, self.argv(*args), timeout=timeout, check=check,
-                            cwd=str(self.project_dir), what=what or f"docker compose {args[0]}")
-        except CommandFailedError as exc:
-            if "Cannot connect to the Docker daemon" in exc.message:
-                raise DockerUnavailableError(
-                    "Docker Engine is not reachable", fix=ENGINE_FIX) from exc
-            if "is not a docker command" in exc.message or "unknown command" in exc.message:
-                raise ExternalError("Docker Compose v2 is not installed",
-                                    fix="install the docker compose plugin") from exc
-            raise
-
-    def config(self) -> dict[str, Any]:
-        """The resolved configuration (``docker compose config --format json``).
-
-        Needs no engine. Variable interpolation uses the project's .env, so the
-        result may contain secrets: callers must not store it without redaction.
-        """
-        result = self.run("config", "--format", "json", timeout=60)
-        data: dict[str, Any] = json.loads(result.stdout)
-        return data
-
-    def containers(self, *services: str) -> list[ContainerInfo]:
-        """Every container of the project (all states), inspected."""
-        result = self.run("ps", "-a", "-q", *services, timeout=60)
-        ids = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-        return Docker(self.env).inspect_containers(ids)
-
-    def running_images(self) -> dict[str, str]:
-        """service -> image ID of its running container: what runs now."""
-        return {c.service: c.image_id for c in self.containers() if c.state == "running"}

@@ -12,8 +12,8 @@ import re
 import struct
 from typing import Any
 
-from backout.backup.crc64 import CRC64
-from backout.backup.pipeline import IntegrityError
+from backout.storage.crc64 import CRC64
+from backout.storage.pipeline import IntegrityError
 
 _STRINGS = re.compile(rb"'(?:[^'\\]|\\.)*'", re.S)
 _USE = re.compile(rb"^USE `((?:[^`]|``)+)`;")

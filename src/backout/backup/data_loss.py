@@ -21,17 +21,17 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from backout.adapters.dbaccess import DbAccess
-from backout.adapters.mongodb import MongoDB
-from backout.adapters.mysql import MySQL
-from backout.adapters.redis import Redis
 from backout.backup.engines import manifest_counts
+from backout.engines.access import EngineAccess
+from backout.engines.mongodb import MongoDB
+from backout.engines.mysql import MySQL
+from backout.engines.redis import Redis
 from backout.errors import BackoutError
 
 UNKNOWN = "unknown"
 
 
-def window(access: DbAccess, section: dict[str, Any] | None, taken_at: str | None,
+def window(access: EngineAccess, section: dict[str, Any] | None, taken_at: str | None,
            *, now: float | None = None) -> dict[str, Any]:
     """``{"database", "type", "taken_at", "age_seconds", "summary", ...}`` for a
     restore of ``section`` (a manifest's database section; None for a dump file
@@ -93,7 +93,7 @@ def _deltas(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
     return out
 
 
-def _mysql(access: DbAccess, section: dict[str, Any]) -> dict[str, Any]:
+def _mysql(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
     my = MySQL(access)
     present = set(my.user_databases())
     databases = [d for d in section["databases"] if d in present]
@@ -147,7 +147,7 @@ def _gtid_transactions(before: str, after: str) -> int | None:
     return sum(seq - b.get(domain, 0) for domain, seq in a.items())
 
 
-def _redis(access: DbAccess, section: dict[str, Any]) -> dict[str, Any]:
+def _redis(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
     redis = Redis(access)
     now_keys = redis.keyspace()
     then = dict(section.get("keys") or {})
@@ -163,7 +163,7 @@ def _redis(access: DbAccess, section: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _mongodb(access: DbAccess, section: dict[str, Any]) -> dict[str, Any]:
+def _mongodb(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
     mongo = MongoDB(access)
     try:
         then = manifest_counts(section)

@@ -12,18 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from backout.adapters.dbaccess import DbAccess
-from backout.adapters.docker import Compose
-from backout.adapters.mongodb import MongoDB, MongoDump
-from backout.adapters.mysql import DUMP_FLAGS, MySQL, dump_errors
-from backout.adapters.redis import Redis
 from backout.backup.checkers import (
     MySQLDumpChecker,
     RDBChecker,
     TarBsonChecker,
     VolumeTarChecker,
 )
-from backout.backup.pipeline import (
+from backout.config import Config, DatabaseConfig
+from backout.engines.access import EngineAccess
+from backout.engines.mongodb import MongoDB, MongoDump
+from backout.engines.mysql import DUMP_FLAGS, MySQL, dump_errors
+from backout.engines.redis import Redis
+from backout.environment import Environment
+from backout.errors import ExternalError, NotFoundError
+from backout.operations import interrupt
+from backout.platforms.base import Platform
+from backout.storage.pipeline import (
     Checker,
     DiskFullError,
     IntegrityError,
@@ -32,10 +36,6 @@ from backout.backup.pipeline import (
     stream_from_python,
     stream_to_file,
 )
-from backout.config import Config, DatabaseConfig
-from backout.environment import Environment
-from backout.errors import ExternalError, NotFoundError
-from backout.operations import interrupt
 
 ARTIFACT_NAMES = {"mysql": "{name}.sql.zst", "redis": "{name}.rdb.zst",
                   "mongodb": "{name}.tar.zst"}
@@ -47,7 +47,7 @@ FORMATS = {"mysql": "mysql-sql+zstd", "redis": "redis-rdb+zstd",
 class DumpContext:
     env: Environment
     config: Config
-    compose: Compose
+    platform: Platform
     # A safety backup before a restore: the data may be damaged (a dropped table
     # under a view, a dropped database) and the dump must still take what exists,
     # recording what it could not take, rather than block the restore.
@@ -72,14 +72,14 @@ def checker_for(db_section: dict[str, Any], what: str) -> Checker:
 
 
 def _image_id(ctx: DumpContext, service: str) -> str | None:
-    containers = [c for c in ctx.compose.containers(service) if c.state == "running"]
+    containers = [c for c in ctx.platform.containers(service) if c.state == "running"]
     return containers[0].image_id if containers else None
 
 
 def dump(ctx: DumpContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]:
     """Dump one database into ``set_dir``; returns ``{"database": ..., "artifact": ...}``."""
-    access = DbAccess(ctx.env, ctx.config, db, ctx.compose)
-    fn: Callable[[DumpContext, DbAccess, Path], dict[str, Any]] = {
+    access = EngineAccess(ctx.env, ctx.config, db, ctx.platform)
+    fn: Callable[[DumpContext, EngineAccess, Path], dict[str, Any]] = {
         "mysql": _dump_mysql, "redis": _dump_redis, "mongodb": _dump_mongodb}[db.type]
     start = time.monotonic()
     section = fn(ctx, access, set_dir)
@@ -92,7 +92,7 @@ def _artifact(name: str, kind: str, scanned: Any, db_name: str) -> dict[str, Any
             "bytes": scanned.bytes, "raw_bytes": scanned.raw_bytes, "database": db_name}
 
 
-def _dump_mysql(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, Any]:
+def _dump_mysql(ctx: DumpContext, access: EngineAccess, set_dir: Path) -> dict[str, Any]:
     my = MySQL(access)
     db = access.db
     version = my.version()  # proves reachability and credentials before anything is written
@@ -165,7 +165,7 @@ _EMPTY_DUMP = """-- backout: none of the configured databases exist ({names}): n
 """
 
 
-def _dump_redis(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, Any]:
+def _dump_redis(ctx: DumpContext, access: EngineAccess, set_dir: Path) -> dict[str, Any]:
     redis = Redis(access)
     db = access.db
     version = redis.version()
@@ -195,7 +195,7 @@ def _dump_redis(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, 
     }
 
 
-def _dump_mongodb(ctx: DumpContext, access: DbAccess, set_dir: Path) -> dict[str, Any]:
+def _dump_mongodb(ctx: DumpContext, access: EngineAccess, set_dir: Path) -> dict[str, Any]:
     """With mongodump inside the container (exec mode) use it, else the driver."""
     tool = MongoDump(access)
     tool_version = tool.version()

@@ -12,17 +12,14 @@ import time
 from typing import Any
 
 from backout import __version__
-from backout.adapters.docker import Compose
 from backout.adapters.git import Git
-from backout.backup import sets
 from backout.backup.engines import DumpContext, dump
 from backout.backup.volumes import back_up_volume
 from backout.config import Config
-from backout.environment import Environment
 from backout.errors import NotFoundError, UsageError, did_you_mean
-from backout.operations import Plan, Step, register_action
-from backout.operations.executor import RunContext
-from backout.state import Store
+from backout.operations.executor import RunContext, register_action
+from backout.operations.plan import Plan, Step
+from backout.storage import sets
 
 # Keys of the steps other steps (and callers) find by key.
 STOP_WRITERS = "stop-writers"
@@ -134,29 +131,14 @@ def _volume_steps(config: Config, names: list[str], set_id: str) -> list[Step]:
     return steps
 
 
-def _env(ctx: RunContext) -> Environment:
-    env: Environment = ctx["env"]
-    return env
-
-
-def _config(ctx: RunContext) -> Config:
-    config: Config = ctx["config"]
-    return config
-
-
-def _compose(ctx: RunContext) -> Compose:
-    compose: Compose = ctx["compose"]
-    return compose
-
-
 @register_action("backup.cleanup")
 def _cleanup(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    return {"removed": sets.cleanup_partials(_config(ctx).backup_dir, keep=params["keep"])}
+    return {"removed": sets.cleanup_partials(ctx.config.backup_dir, keep=params["keep"])}
 
 
 @register_action("backup.discard")
 def _discard(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    writer = sets.SetWriter(_config(ctx).backup_dir, params["set_id"])
+    writer = sets.SetWriter(ctx.config.backup_dir, params["set_id"])
     if writer.final.is_dir():
         return {"discarded": False}
     writer.discard()
@@ -167,11 +149,7 @@ def _discard(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any
 def _stop(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     """Stop those of the services that run; remember which, so only they are started."""
     start = time.time()
-    compose = _compose(ctx)
-    running = sorted({c.service for c in compose.containers(*params["services"])
-                      if c.state in ("running", "restarting")})
-    if running:
-        compose.run("stop", *running, timeout=180)
+    running = ctx.platform.stop(params["services"])
     return {"stopped_at": start, "stopped": running}
 
 
@@ -188,36 +166,34 @@ def _start(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # over the rare service an operator had stopped on purpose.
     services = stop["stopped"] if stop is not None else params["services"]
     if services:
-        _compose(ctx).run("up", "-d", "--no-deps", "--no-recreate", *services, timeout=300)
+        ctx.platform.start(services)
     return {"started_at": time.time(), "started": services}
 
 
 def _started(ctx: RunContext, step_key: str) -> bool:
     """Did this operation ever start the step (journaled, even if it crashed inside)?"""
-    store: Store = ctx["store"]
-    return store.step_started(ctx.operation_id, step_key)
+    return ctx.store.step_started(ctx.operation_id, step_key)
 
 
 @register_action("backup.dump")
 def _dump(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    config = _config(ctx)
+    config = ctx.config
     writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
-    dctx = DumpContext(_env(ctx), config, _compose(ctx))
+    dctx = DumpContext(ctx.env, config, ctx.platform)
     return dump(dctx, config.databases[params["database"]], writer.dir)
 
 
 @register_action("backup.volume")
 def _volume(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    config = _config(ctx)
+    config = ctx.config
     writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
-    return back_up_volume(_env(ctx), config, _compose(ctx), config.volumes[params["volume"]],
+    return back_up_volume(ctx.env, config, ctx.platform, config.volumes[params["volume"]],
                           writer.dir)
 
 
 @register_action("backup.publish")
 def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
-    config = _config(ctx)
-    env = _env(ctx)
+    config, env = ctx.config, ctx.env
     writer = sets.SetWriter(config.backup_dir, params["set_id"])
     if writer.final.is_dir() and not writer.dir.exists():
         sets.read_manifest(writer.final)  # resumed after the rename: already published
@@ -240,7 +216,7 @@ def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     if stop and start:
         paused = round(start["started_at"] - stop["stopped_at"], 3)
     tree = Git(env, config.project_dir).state(config.own_paths)
-    images = _compose(ctx).running_images()
+    images = ctx.platform.running_images()
     manifest = {
         "format": sets.FORMAT, "format_version": sets.FORMAT_VERSION,
         "id": params["set_id"], "kind": params["kind"], "label": params["label"],
@@ -255,8 +231,7 @@ def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
         "operation_id": ctx.operation_id,
     }
     path = writer.publish(manifest)
-    store: Store = ctx["store"]
-    store.record_verification(params["set_id"], ok=True, kind="checksum",
+    ctx.store.record_verification(params["set_id"], ok=True, kind="checksum",
                               detail="verified as it was written")
     env.log_external(f"published backup set {path}")
     return {"set_id": params["set_id"], "path": str(path)}
@@ -275,11 +250,11 @@ def _iso(ts: float) -> str:
 def _record_checkpoint(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     from backout.releases import current_or_new_release
 
-    store: Store = ctx["store"]
+    store = ctx.store
     existing = store.checkpoint_of_set(params["set_id"])
     if existing is not None:  # resumed after a crash between insert and journal
         return {"checkpoint_id": existing.id, "release_id": existing.release_id}
-    release_id = current_or_new_release(_env(ctx), _config(ctx), store)
+    release_id = current_or_new_release(ctx.env, ctx.config, store, ctx.platform)
     cp_id = store.add_checkpoint(release_id=release_id, label=params["label"],
                                  set_id=params["set_id"])
     store.record_event("checkpoint", target=f"checkpoint {cp_id}", reason=params["label"],

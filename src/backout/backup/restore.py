@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from backout import proc
-from backout.adapters.dbaccess import DbAccess
-from backout.adapters.mongodb import MongoDB
-from backout.adapters.mysql import MySQL, _ident
-from backout.adapters.redis import Redis
-from backout.backup.pipeline import IntegrityError, Stall, bytes_written_by, metered
+from backout.engines.access import EngineAccess
+from backout.engines.mongodb import MongoDB
+from backout.engines.mysql import MySQL, _ident
+from backout.engines.redis import Redis
 from backout.environment import Environment
 from backout.errors import ExternalError, InterruptedOperation
 from backout.operations import interrupt
+from backout.storage.pipeline import IntegrityError, Stall, bytes_written_by, metered
 
 
 def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, what: str,
@@ -74,7 +74,7 @@ def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, wh
                                 f"{proc.last_line(env.redact(c_err.read().decode(errors='replace')))}")
 
 
-def restore_mysql(env: Environment, access: DbAccess, artifact: Path,
+def restore_mysql(env: Environment, access: EngineAccess, artifact: Path,
                   section: dict[str, Any]) -> dict[str, Any]:
     """Drop and reload every database of the dump. Databases the dump records as
     absent when it was taken (a safety backup after a DROP DATABASE) are dropped, so
@@ -95,7 +95,7 @@ def mysql_counts_match(section: dict[str, Any], counts: dict[str, dict[str, int]
     return expected == counts
 
 
-def restore_mongodb(env: Environment, access: DbAccess, artifact: Path,
+def restore_mongodb(env: Environment, access: EngineAccess, artifact: Path,
                     section: dict[str, Any]) -> dict[str, Any]:
     """Replace each dumped database's collections with the dump's, in order; the
     first failed insert stops the restore (ordered inserts)."""
@@ -206,7 +206,7 @@ PUT_RDB_SCRIPT = (
 )
 
 
-def put_rdb_into_volume(env: Environment, access: DbAccess, artifact: Path, rdb_path: str,
+def put_rdb_into_volume(env: Environment, access: EngineAccess, artifact: Path, rdb_path: str,
                         stamp: str, aof: dict[str, str] | None) -> None:
     """With the Redis service stopped: the RDB replaced, any AOF set aside.
 
@@ -226,10 +226,10 @@ def put_rdb_into_volume(env: Environment, access: DbAccess, artifact: Path, rdb_
     size = decompressed_size(env, artifact)
     script = PUT_RDB_SCRIPT
     label = f"{HELPER_LABEL}={access.config.project_dir}:{access.db.service}"
-    argv = access.compose.argv("run", "--rm", "--no-deps", "-T", "--label", label,
-                               "--entrypoint", "sh", access.db.service, "-c", script, "sh",
-                               directory or "/data", name, stamp, aof.get("mode", "none"),
-                               aof.get("dir", ""), aof.get("file", ""), str(size))
+    argv = access.platform.one_off_argv(
+        access.db.service, entrypoint="sh", label=label,
+        args=["-c", script, "sh", directory or "/data", name, stamp, aof.get("mode", "none"),
+              aof.get("dir", ""), aof.get("file", ""), str(size)])
     remove_helpers(env, label)  # left by an attempt that was cut short
     try:
         decompress_into(env, artifact, argv, what=f"{access.db.name} restore",
@@ -288,7 +288,7 @@ def aof_layout(redis: Redis) -> dict[str, str]:
     return {"mode": "single", "file": afile}
 
 
-def restore_redis(env: Environment, access: DbAccess, artifact: Path,
+def restore_redis(env: Environment, access: EngineAccess, artifact: Path,
                   section: dict[str, Any]) -> dict[str, Any]:
     """Stop Redis, replace its RDB (and AOF), start it, compare DBSIZE.
 
@@ -296,13 +296,13 @@ def restore_redis(env: Environment, access: DbAccess, artifact: Path,
     interrupted): its persistence settings are read from the running server."""
     redis = Redis(access)
     rdb_path = section.get("rdb_path") or "/data/dump.rdb"
-    compose = access.compose
-    compose.run("up", "-d", "--no-deps", "--wait", access.db.service, timeout=300)
+    platform = access.platform
+    platform.bring_up(access.db.service)
     aof = aof_layout(redis)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    compose.run("stop", access.db.service, timeout=120)
+    platform.stop([access.db.service], timeout=120)
     put_rdb_into_volume(env, access, artifact, rdb_path, stamp, aof)
-    compose.run("up", "-d", "--no-deps", "--wait", access.db.service, timeout=300)
+    platform.bring_up(access.db.service)
     keys = {"db0": redis.dbsize()}
     return {"counts": keys, "aof": aof["mode"]}
 

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from backout import proc
-from backout.adapters.dbaccess import DbAccess
-from backout.adapters.docker import Compose
 from backout.backup import restore
 from backout.backup.engines import manifest_counts
-from backout.backup.pipeline import IntegrityError, metered
 from backout.config import Config, DatabaseConfig
+from backout.engines.access import EngineAccess
 from backout.environment import Environment
 from backout.errors import ExternalError, NotFoundError
+from backout.platforms.base import Platform
+from backout.storage.pipeline import IntegrityError, metered
 
 LABEL = "io.backout.restore-test"
 PASSWORD_VAR = "BACKOUT_RESTORE_TEST_PASSWORD"
@@ -56,7 +56,7 @@ def _wait(check: Any, what: str, timeout: float = 180) -> None:
     raise ExternalError(f"restore test: {what} did not become ready in {timeout:.0f}s {last}")
 
 
-def restore_test(env: Environment, config: Config, compose: Compose, set_dir: Path,
+def restore_test(env: Environment, config: Config, platform: Platform, set_dir: Path,
                  manifest: dict[str, Any]) -> dict[str, Any]:
     """Per database: {"ok": bool, "expected": ..., "restored": ...}."""
     remove_leftovers(env)
@@ -75,7 +75,7 @@ def restore_test(env: Environment, config: Config, compose: Compose, set_dir: Pa
         holder: list[str] = []
         try:
             tester = {"mysql": _test_mysql, "redis": _test_redis, "mongodb": _test_mongodb}
-            out[name] = tester[section["type"]](env, cfg, db, compose, image, artifact, section,
+            out[name] = tester[section["type"]](env, cfg, db, platform, image, artifact, section,
                                                 password, holder)
         except (IntegrityError, ExternalError) as exc:
             out[name] = {"ok": False, "error": exc.one_line()}
@@ -85,15 +85,16 @@ def restore_test(env: Environment, config: Config, compose: Compose, set_dir: Pa
     return out
 
 
-def _test_mysql(env: Environment, cfg: Config, db: DatabaseConfig, compose: Compose, image: str,
+def _test_mysql(env: Environment, cfg: Config, db: DatabaseConfig, platform: Platform, image: str,
                 artifact: Path, section: dict[str, Any], password: str,
                 holder: list[str]) -> dict[str, Any]:
-    from backout.adapters.mysql import MySQL
+    from backout.engines.mysql import MySQL
 
     container = _run(env, image, ["-e", "MYSQL_ROOT_PASSWORD", "-e", "MARIADB_ROOT_PASSWORD"],
                      {"MYSQL_ROOT_PASSWORD": password, "MARIADB_ROOT_PASSWORD": password})
     holder.append(container)
-    access = DbAccess(env, cfg, dataclasses.replace(db, user="root"), compose, container=container)
+    access = EngineAccess(env, cfg, dataclasses.replace(db, user="root"), platform,
+                          container=container)
     _wait(lambda: bool(MySQL(access).version()), "mysql")
     result = restore.restore_mysql(env, access, artifact, section)
     return {"ok": restore.mysql_counts_match(section, result["counts"]),
@@ -101,14 +102,14 @@ def _test_mysql(env: Environment, cfg: Config, db: DatabaseConfig, compose: Comp
             "restored": result["counts"]}
 
 
-def _test_redis(env: Environment, cfg: Config, db: DatabaseConfig, compose: Compose, image: str,
+def _test_redis(env: Environment, cfg: Config, db: DatabaseConfig, platform: Platform, image: str,
                 artifact: Path, section: dict[str, Any], password: str,
                 holder: list[str]) -> dict[str, Any]:
-    from backout.adapters.redis import Redis
+    from backout.engines.redis import Redis
 
     del password  # the throwaway server runs without one
     container = _redis_with_rdb(env, image, artifact, holder)
-    access = DbAccess(env, cfg, dataclasses.replace(db, password_env=None), compose,
+    access = EngineAccess(env, cfg, dataclasses.replace(db, password_env=None), platform,
                       container=container)
     _wait(lambda: Redis(access).call("PING") == "PONG", "redis")
     counts = {"db0": Redis(access).dbsize()}
@@ -116,10 +117,11 @@ def _test_redis(env: Environment, cfg: Config, db: DatabaseConfig, compose: Comp
             "restored": counts}
 
 
-def _test_mongodb(env: Environment, cfg: Config, db: DatabaseConfig, compose: Compose, image: str,
+def _test_mongodb(env: Environment, cfg: Config, db: DatabaseConfig, platform: Platform,
+                  image: str,
                   artifact: Path, section: dict[str, Any], password: str,
                   holder: list[str]) -> dict[str, Any]:
-    from backout.adapters.mongodb import MongoDB
+    from backout.engines.mongodb import MongoDB
 
     del password
     container = _run(env, image, ["-p", "127.0.0.1::27017"], {})
@@ -127,7 +129,7 @@ def _test_mongodb(env: Environment, cfg: Config, db: DatabaseConfig, compose: Co
     port = _docker(env, "port", container, "27017").stdout.split("\n")[0]
     db = dataclasses.replace(db, password_env=None, host="127.0.0.1",
                              port=int(port.rsplit(":", 1)[1]))
-    access = DbAccess(env, cfg, db, compose, container=container)
+    access = EngineAccess(env, cfg, db, platform, container=container)
 
     def ready() -> bool:
         m = MongoDB(access)

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backout.backup import sets
 from backout.backup.engines import checker_for
-from backout.backup.pipeline import IntegrityError, Scanned, scan
 from backout.backup.volumes import volume_counts
 from backout.environment import Environment
+from backout.storage import sets
+from backout.storage.pipeline import IntegrityError, Scanned, scan
 
 
 @dataclass

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backout.adapters.docker import Compose, Docker
 from backout.backup.checkers import VolumeTarChecker
-from backout.backup.pipeline import scan, stream_to_file
 from backout.config import Config, VolumeConfig
 from backout.environment import Environment
 from backout.errors import ExternalError, NotFoundError, UnhealthyError
+from backout.platforms.base import Platform
+from backout.storage.pipeline import scan, stream_to_file
 
 FORMAT = "volume-tar+zstd"
 DEFAULT_IMAGE = "debian:bookworm-slim"
@@ -38,25 +38,25 @@ def artifact_name(vol: VolumeConfig) -> str:
     return f"volume-{vol.name}.tar.zst"
 
 
-def docker_volume(compose: Compose, vol: VolumeConfig) -> str:
+def docker_volume(platform: Platform, vol: VolumeConfig) -> str:
     """The engine's name of the compose volume (``<project>_<key>`` unless named)."""
-    spec = (compose.config().get("volumes") or {}).get(vol.volume)
+    spec = (platform.definition().get("volumes") or {}).get(vol.volume)
     if spec is None:
         raise NotFoundError(f"volume {vol.name}: no volume {vol.volume!r} in the compose project",
                             fix=f"correct volumes.{vol.name}.volume in backout.toml")
     name = str(spec.get("name") or vol.volume)
-    if not Docker(compose.env).volume_exists(name):
+    if not platform.volume_exists(name):
         raise NotFoundError(f"volume {vol.name}: docker volume {name} does not exist",
                             fix="start the project once (docker compose up -d), or correct "
                                 f"volumes.{vol.name}.volume")
     return name
 
 
-def _image(compose: Compose, vol: VolumeConfig) -> str:
+def _image(platform: Platform, vol: VolumeConfig) -> str:
     if vol.image:
         return vol.image
     if vol.service:
-        containers = compose.containers(vol.service)
+        containers = platform.containers(vol.service)
         if containers:
             return containers[0].image_id  # present locally: no pull
     return DEFAULT_IMAGE
@@ -68,18 +68,18 @@ def tar_argv(docker_name: str, image: str, vol: VolumeConfig) -> list[str]:
             "-v", f"{docker_name}:/v:ro", image, "-C", "/v", "-cf", "-", "."]
 
 
-def back_up_volume(env: Environment, config: Config, compose: Compose, vol: VolumeConfig,
+def back_up_volume(env: Environment, config: Config, platform: Platform, vol: VolumeConfig,
                    set_dir: Path) -> dict[str, Any]:
     """Tar one volume into ``set_dir``; returns ``{"volume": ..., "artifact": ...}``."""
     start = time.monotonic()
-    docker_name = docker_volume(compose, vol)
+    docker_name = docker_volume(platform, vol)
     running = bool(vol.service) and any(
-        c.state in ("running", "restarting") for c in compose.containers(vol.service or ""))
+        c.state in ("running", "restarting") for c in platform.containers(vol.service or ""))
     if vol.stop_service and running:
         raise UnhealthyError(f"volume {vol.name}: service {vol.service} is running, so the copy "
                              "would not be consistent (stop_service = true)",
                              fix="retry; if something restarts the service, stop that first")
-    image = _image(compose, vol)
+    image = _image(platform, vol)
     name = artifact_name(vol)
     what = f"volume {vol.name} tar"
     try:

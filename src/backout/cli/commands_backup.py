@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import click
 
-from backout.backup import sets
 from backout.backup.operation import PUBLISH, RECORD_CHECKPOINT, plan_backup
 from backout.backup.verify import verify_set
 from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit, human_size, table
 from backout.errors import BackoutError, ExitCode, InterruptedOperation
-from backout.operations import Executor, Plan, Step, interrupt, summary
-from backout.operations.executor import load_plan
+from backout.operations import interrupt, summary
+from backout.operations.executor import Executor, load_plan
 from backout.operations.guard import Unfinished
-from backout.releases import compose_for
+from backout.operations.plan import Plan, Step
+from backout.policy.rules import Decision
 from backout.state import Store
+from backout.storage import sets
 
 
 def step_line(step: Step, status: str, detail: str | None, *, tty: bool) -> str | None:
@@ -38,11 +40,7 @@ def step_reports(outcome: Any) -> list[dict[str, Any]]:
 
 
 def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
-             extra: dict[str, Any] | None = None) -> Any:
-    services = {"env": ctx.env, "config": ctx.config, "store": ctx.store,
-                "compose": compose_for(ctx.env, ctx.config),
-                **(extra or {})}
-
+             on_decision: Callable[[Decision, float], None] | None = None) -> Any:
     tty = ctx.env.stderr.isatty()
 
     def on_step(step: Step, status: str, detail: str | None) -> None:
@@ -57,7 +55,7 @@ def run_plan(ctx: Ctx, plan: Plan, *, op_id: int | None = None,
         os.write(ctx.env.stderr.fileno() if _has_fileno(ctx.env.stderr) else 2,
                  f"\nbackout: {text}\n".encode())
 
-    executor = Executor(ctx.store, services, on_step)
+    executor = Executor(ctx.store, ctx.run_context(on_decision), on_step)
     with interrupt.handling(notify):
         if op_id is None:
             op_id = executor.start(plan)
@@ -117,8 +115,7 @@ def _backup(ctx: Ctx, which: list[str], quiesce: bool, checkpoint: bool, label: 
         emit(ctx.env, name, {"dry_run": True, "plan": plan.to_json()}, plan.render())
         return ExitCode.OK
     # A new backup supersedes an interrupted one (operations.guard).
-    cleanup = Executor(ctx.store, {"env": ctx.env, "config": ctx.config, "store": ctx.store,
-                                   "compose": compose_for(ctx.env, ctx.config)})
+    cleanup = Executor(ctx.store, ctx.run_context())
     with ctx.mutating(name, Unfinished.ABANDON_BACKUPS, abandon_with=cleanup):
         outcome = run_plan(ctx, plan)
     data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
@@ -225,8 +222,7 @@ def backups_verify(ctx: Ctx, set_id: str, restore_test: bool) -> int:
     if restore_test and report.ok and info.manifest is not None:
         from backout.backup.restore_test import restore_test as run_restore_test
 
-        results = run_restore_test(ctx.env, ctx.config, compose_for(ctx.env, ctx.config),
-                                   info.path, info.manifest)
+        results = run_restore_test(ctx.env, ctx.config, ctx.platform, info.path, info.manifest)
         data["restore_test"] = results
         for name, res in results.items():
             ok = ok and bool(res["ok"])
@@ -304,7 +300,7 @@ def backups_prune(ctx: Ctx, dry_run: bool) -> None:
     import shutil
     from datetime import UTC
 
-    from backout.backup.prune import Candidate, prune
+    from backout.storage.prune import Candidate, prune
 
     infos = [i for i in sets.list_sets(ctx.config.backup_dir) if i.usable and i.manifest]
     candidates = [Candidate(i.id, datetime.strptime(i.manifest["completed_at"], "%Y-%m-%dT%H:%M:%SZ")

@@ -8,8 +8,8 @@ import click
 
 from backout.cli.main import Ctx, cli, command
 from backout.cli.output import emit
-from backout.config.init import init_project
 from backout.errors import ExitCode
+from backout.setup.init import init_project
 
 
 @command(cli, "init")
@@ -26,7 +26,7 @@ def init_cmd(ctx: Ctx, force: bool, scripts: bool) -> ExitCode:
     """
     target = ctx.env.config_path or (ctx.env.project_dir / "backout.toml")
     if scripts and Path(target).exists() and not force:
-        from backout.config.scripts import write_scripts
+        from backout.setup.scripts import write_scripts
 
         written = write_scripts(Path(ctx.env.project_dir), force=False)
         emit(ctx.env, "init", {"path": str(target), "scripts": written},
@@ -35,7 +35,7 @@ def init_cmd(ctx: Ctx, force: bool, scripts: bool) -> ExitCode:
     result = init_project(ctx.env, Path(ctx.env.project_dir), Path(target), force=force)
     written_scripts: list[str] = []
     if scripts:
-        from backout.config.scripts import write_scripts
+        from backout.setup.scripts import write_scripts
 
         written_scripts = write_scripts(Path(ctx.env.project_dir), force=force)
     human = [f"wrote {result.path}", f"  services:  {', '.join(result.services) or '-'}",
@@ -83,8 +83,8 @@ def doctor_cmd(ctx: Ctx) -> int:
 
     Read-only. Exit 0 when every check passes, 1 otherwise.
     """
-    from backout.doctor import real_sources, run_doctor
     from backout.errors import BackoutError
+    from backout.setup.doctor import real_sources, run_doctor
     from backout.state.store import DB_NAME
 
     try:

@@ -14,8 +14,7 @@ from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
 from backout.deploy.operation import OUTCOME, PREVIOUS
 from backout.errors import BackoutError, ExitCode, NeedsHumanError
-from backout.operations import Plan
-from backout.releases import compose_for
+from backout.operations.plan import Plan
 from backout.rollback.db import safety_key
 
 # The outcome of a deploy is what CI branches on.
@@ -117,13 +116,13 @@ def deploy_cmd(ctx: Ctx, ref: str | None, watch_seconds: int | None, migration: 
     from backout.deploy import plan_deploy, preflight
 
     cfg = ctx.config
-    Docker(ctx.env).ping()
-    compose = compose_for(ctx.env, cfg)
+    platform = ctx.platform
+    platform.ping()
     seconds = cfg.deploy.watch_seconds if watch_seconds is None else watch_seconds
     with_data = migration or cfg.deploy.rollback_with_data
 
     def checked() -> Any:
-        pf = preflight(ctx.env, cfg, ctx.store, compose, ref, allow_dirty=allow_dirty)
+        pf = preflight(ctx.env, cfg, ctx.store, platform, ref, allow_dirty=allow_dirty)
         if not ctx.env.json:
             for c in pf.checks:
                 ctx.env.stderr.write(f"  preflight {'ok  ' if c.ok else 'FAIL'} {c.name}: "
@@ -144,7 +143,7 @@ def deploy_cmd(ctx: Ctx, ref: str | None, watch_seconds: int | None, migration: 
         if not ctx.env.json:
             for line in plan.render()[:1]:
                 ctx.env.stderr.write(line + "\n")
-        outcome = run_plan(ctx, plan, extra={"on_decision": _watch_progress(ctx, seconds)})
+        outcome = run_plan(ctx, plan, on_decision=_watch_progress(ctx, seconds))
     return deploy_report(ctx, plan, outcome, pf.to_json())
 
 

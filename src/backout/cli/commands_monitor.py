@@ -21,7 +21,7 @@ from backout.errors import ExitCode
 
 def baseline_line(summary: dict[str, Any] | None) -> str:
     """``baseline: release 3 (captured 10:31:02): p95_latency_seconds{service=backend}=0.012``"""
-    from backout.monitor.baseline import describe_release
+    from backout.policy.baseline import describe_release
 
     if summary is None:
         return "baseline: unknown (no running containers seen yet)"
@@ -146,12 +146,11 @@ def monitor_cmd(ctx: Ctx, auto_rollback: bool, interval: float | None, duration:
     from backout.errors import InterruptedOperation
     from backout.monitor.run import Monitor
     from backout.notify import Notifier
-    from backout.releases import compose_for
 
     cfg = ctx.config
     notify = cfg.monitor.notify
     with _monitor_lock(ctx, pid_file), _stop_on_signals() as (stop, received):
-        mon = Monitor(ctx.env, cfg, ctx.store, compose_for(ctx.env, cfg),
+        mon = Monitor(ctx.env, cfg, ctx.store, ctx.platform,
                       cfg.monitor.effective_rules,
                       notifier=Notifier(notify.webhook_url, notify.webhook_format,
                                         notify.command),
@@ -212,8 +211,8 @@ def policy_group() -> None:
 def policy_test(ctx: Ctx, file: Path, defaults: bool) -> None:
     """Replay a recorded metrics file (JSON lines: {"t": s, "signals": {...}}) through the
     policy and print each transition with the rule and values that caused it."""
-    from backout.monitor.policy import DEFAULT_RULES
-    from backout.monitor.replay import format_transitions, replay_file
+    from backout.policy.replay import format_transitions, replay_file
+    from backout.policy.rules import DEFAULT_RULES
 
     rules = DEFAULT_RULES if defaults else ctx.config.monitor.effective_rules
     transitions = replay_file(file, rules)

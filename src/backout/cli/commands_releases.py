@@ -25,7 +25,7 @@ def release_group() -> None:
 def release_record(ctx: Ctx, note: str | None) -> None:
     """Record what runs now as a release and retain its images."""
     with ctx.mutating("release record", Unfinished.ALLOW):
-        rel = record_release(ctx.env, ctx.config, ctx.store, note=note)
+        rel = record_release(ctx.env, ctx.config, ctx.store, ctx.platform, note=note)
     human = [f"recorded release {rel.id} at commit {(rel.commit or 'none')[:12]}"
              + (" (dirty tree, diff saved to " + str(rel.diff_path) + ")" if rel.dirty else "")]
     human += [f"  {name:<16} {svc['image']}  {svc['image_id'][7:19]}  retained as {svc['retained_as']}"
@@ -93,7 +93,6 @@ def status_cmd(ctx: Ctx) -> int:
     from backout.errors import BackoutError
     from backout.monitor.run import baseline_in_use
     from backout.operations import summary
-    from backout.releases import compose_for
     from backout.rollback.service import drift
     from backout.state.lock import MONITOR_LOCK_NAME
 
@@ -103,11 +102,11 @@ def status_cmd(ctx: Ctx) -> int:
     cp = ctx.store.latest_checkpoint()
     pending = ctx.store.unfinished_operations() if holder is None else []
     monitor = OperationLock(ctx.config.state_dir, MONITOR_LOCK_NAME).holder()
-    compose = compose_for(ctx.env, ctx.config)
+    platform = ctx.platform
     warnings: list[str] = []
     try:
-        drifted: dict[str, Any] | None = drift(ctx.env, compose)
-        baseline = baseline_in_use(ctx.store, compose)
+        drifted: dict[str, Any] | None = drift(platform)
+        baseline = baseline_in_use(ctx.store, platform)
     except BackoutError as exc:  # status must work with the engine down
         drifted = baseline = None
         warnings.append(f"cannot compare running images: {exc.one_line()}")

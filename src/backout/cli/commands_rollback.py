@@ -6,13 +6,11 @@ from typing import Any
 
 import click
 
-from backout.adapters.docker import Docker
 from backout.cli.commands_backup import check_outcome, run_plan, step_reports
 from backout.cli.main import Ctx, cli, command, complete
 from backout.cli.output import emit
 from backout.errors import ExitCode, UsageError
-from backout.operations import Plan
-from backout.releases import compose_for
+from backout.operations.plan import Plan
 from backout.rollback.service import drift
 from backout.verify import run_verify
 
@@ -22,8 +20,7 @@ from backout.verify import run_verify
               help="Seconds to watch for restarts (default: [verify] settle_seconds).")
 def verify_cmd(ctx: Ctx, settle: int | None) -> int:
     """Post-rollback checks: containers, health URLs, logs, databases, images."""
-    result = run_verify(ctx.env, ctx.config, ctx.store, compose_for(ctx.env, ctx.config),
-                        settle=settle)
+    result = run_verify(ctx.env, ctx.config, ctx.store, ctx.platform, settle=settle)
     human = [f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}" for c in result.checks]
     human.append("verify: passed" if result.ok else
                  f"verify: FAILED ({', '.join(c.name for c in result.failed)})")
@@ -82,7 +79,7 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
     data["data_loss"] = final or loss
     human = [f"{name}: done (operation #{outcome.operation_id})"]
     human += [f"  data loss: {w['summary']}" for w in final]
-    drifted = drift(ctx.env, compose_for(ctx.env, ctx.config))
+    drifted = drift(ctx.platform)
     if drifted:
         data["drift"] = drifted
         for svc, d in drifted.items():
@@ -108,9 +105,9 @@ def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool,
     """
     from backout.rollback import service as service_rollback
 
-    compose = compose_for(ctx.env, ctx.config)
-    Docker(ctx.env).ping()
-    plan = service_rollback.plan(ctx.env, ctx.config, ctx.store, compose, service, version)
+    platform = ctx.platform
+    platform.ping()
+    plan = service_rollback.plan(ctx.store, platform, service, version)
     return run_rollback(ctx, plan, name="rollback service", yes=yes, dry_run=dry_run)
 
 
@@ -135,9 +132,9 @@ def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool,
     from backout.rollback import db as db_rollback
 
     db_rollback.database(ctx.config, database)  # a wrong name is "not found" even with the engine down
-    Docker(ctx.env).ping()
-    plan = db_rollback.plan(ctx.env, ctx.config, ctx.store, database, backup,
-                            compose=compose_for(ctx.env, ctx.config),
+    platform = ctx.platform
+    platform.ping()
+    plan = db_rollback.plan(ctx.env, ctx.config, ctx.store, database, backup, platform=platform,
                             no_safety_backup=no_safety_backup)
 
     def typed() -> None:
@@ -175,7 +172,7 @@ def rollback_emergency(ctx: Ctx, target: str, with_data: bool, dry_run: bool, ye
     """
     from backout.rollback import emergency
 
-    Docker(ctx.env).ping()
-    compose = compose_for(ctx.env, ctx.config)
-    plan = emergency.plan(ctx.env, ctx.config, ctx.store, compose, target, with_data)
+    platform = ctx.platform
+    platform.ping()
+    plan = emergency.plan(ctx.env, ctx.config, ctx.store, platform, target, with_data)
     return run_rollback(ctx, plan, name="rollback emergency", yes=yes, dry_run=dry_run)

@@ -15,17 +15,22 @@ import traceback
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import click.shell_completion
 
+from backout import platforms
 from backout.config import Config, find_config, load_config
 from backout.environment import Environment
 from backout.errors import BackoutError, ExitCode
-from backout.operations.executor import Executor
+from backout.operations.executor import Executor, RunContext
 from backout.operations.guard import Unfinished, guard
 from backout.state import OperationLock, Store
+
+if TYPE_CHECKING:
+    from backout.platforms.base import Platform
+    from backout.policy.rules import Decision
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,6 +94,17 @@ class Ctx:
         if self._store is None:
             self._store = Store(self.config.state_dir)
         return self._store
+
+    @property
+    def platform(self) -> Platform:
+        """What runs the stack (``[platform] kind``); made anew for the current config."""
+        return platforms.for_config(self.env, self.config)
+
+    def run_context(self, on_decision: Callable[[Decision, float], None] | None = None
+                    ) -> RunContext:
+        """What a plan's actions get: this command's env, config, store and platform."""
+        return RunContext(self.env, self.config, self.store, self.platform,
+                          on_decision=on_decision)
 
     def mutating(self, command: str, unfinished: Unfinished = Unfinished.REFUSE,
                  abandon_with: Executor | None = None) -> AbstractContextManager[OperationLock]:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backout import dotenv
+from backout import dotenv, engines, platforms
 from backout.config.model import (
     ACCESS_MODES,
-    DATABASE_TYPES,
     SERVICE_KINDS,
     WEBHOOK_FORMATS,
     BackupsConfig,
@@ -27,6 +26,7 @@ from backout.config.model import (
     DeployConfig,
     MonitorConfig,
     NotifyConfig,
+    PlatformConfig,
     ProjectConfig,
     ReleasesConfig,
     ServiceConfig,
@@ -35,7 +35,7 @@ from backout.config.model import (
 )
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, did_you_mean
-from backout.monitor import policy
+from backout.policy import rules as policy
 
 CONFIG_NAME = "backout.toml"
 
@@ -57,6 +57,7 @@ PROJECT_KEYS = {
     "env_file": Key(str),
     "state_dir": Key(str),
 }
+PLATFORM_KEYS = {"kind": Key(str, choices=platforms.names())}
 SERVICE_KEYS = {
     "kind": Key(str, choices=SERVICE_KINDS),
     "health_url": Key(str),
@@ -68,7 +69,7 @@ SERVICE_KEYS = {
     "log_error_allowance": Key(int, minimum=0),
 }
 DATABASE_KEYS = {
-    "type": Key(str, required=True, choices=DATABASE_TYPES),
+    "type": Key(str, required=True, choices=engines.names()),
     "service": Key(str, required=True),
     "mode": Key(str, choices=ACCESS_MODES),
     "host": Key(str),
@@ -131,7 +132,7 @@ DEPLOY_KEYS = {
     "disk_margin": Key(float, minimum=1),
     "rollback_with_data": Key(bool),
 }
-TOP_LEVEL = ("project", "services", "databases", "volumes", "backups", "releases", "verify",
+TOP_LEVEL = ("project", "platform", "services", "databases", "volumes", "backups", "releases", "verify",
              "monitor", "deploy")
 
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", bool: "true or false",
@@ -223,6 +224,10 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         state_dir=project_t.get("state_dir", ProjectConfig.state_dir),
     )
 
+    platform_t = _table(file, doc, "platform")
+    _check_table(file, "platform", platform_t, PLATFORM_KEYS)
+    platform = PlatformConfig(kind=platform_t.get("kind", platforms.DEFAULT))
+
     services: dict[str, ServiceConfig] = {}
     for name, table in _table(file, doc, "services").items():
         if not isinstance(table, dict):
@@ -265,6 +270,7 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         path=Path(file),
         project_dir=project_dir,
         project=project,
+        platform=platform,
         services=services,
         databases=databases,
         volumes=volumes,
@@ -438,9 +444,7 @@ def _check_volumes(file: str, config: Config, services: set[str],
 
 
 def _compose_volume_mounts(env: Environment, config: Config) -> dict[str, set[str]]:
-    from backout.config.generate import volume_users
-
-    return volume_users(_compose(env, config).config())
+    return platforms.for_config(env, config).volume_mounts()
 
 
 def _resolve_credentials(env: Environment, file: str, config: Config,
@@ -472,17 +476,9 @@ def _resolve_credentials(env: Environment, file: str, config: Config,
     return secrets
 
 
-def _compose(env: Environment, config: Config) -> Any:
-    from backout.adapters.docker import Compose  # local: keeps pass one free of I/O imports
-
-    return Compose(env, config.project_dir, config.project.compose_files,
-                   config.project.name, config.project.env_file)
-
-
 def _compose_service_names(env: Environment, config: Config) -> set[str]:
-    compose = _compose(env, config)
     try:
-        data = compose.config()
+        data = platforms.for_config(env, config).definition()
     except BackoutError as exc:
         raise ConfigError(config.project.compose_files[0], "",
                           f"docker compose config failed: {exc.message}") from exc

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backout.monitor.baseline import DEFAULT_EVALUATIONS
-from backout.monitor.policy import DEFAULT_RULES, Rule, merge_rules
+from backout.policy.baseline import DEFAULT_EVALUATIONS
+from backout.policy.rules import DEFAULT_RULES, Rule, merge_rules
 
 SERVICE_KINDS = ("app", "database", "proxy")
-DATABASE_TYPES = ("mysql", "mongodb", "redis")
 ACCESS_MODES = ("exec", "tcp")
 WEBHOOK_FORMATS = ("json", "slack")
 
@@ -20,6 +19,11 @@ class ProjectConfig:
     name: str | None = None  # compose project name; default: compose's own rule
     env_file: str | None = ".env"
     state_dir: str = ".backout"
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    kind: str = "compose"  # a key of backout.platforms.PLATFORMS
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class ServiceConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     name: str
-    type: str
+    type: str  # a key of backout.engines.ENGINES
     service: str
     mode: str = "exec"  # exec: client tools inside the container; tcp: local tools
     host: str = "127.0.0.1"
@@ -107,7 +111,7 @@ class MonitorConfig:
     window_seconds: int = 15  # rates, ratios, quantiles: short, so `for:` alone says how long
     # healthy evaluations in a row before a release's baseline is captured
     baseline_evaluations: int = DEFAULT_EVALUATIONS
-    use_default_rules: bool = True  # the runbook's matrix (backout.monitor.policy.DEFAULT_RULES)
+    use_default_rules: bool = True  # the runbook's matrix (backout.policy.rules.DEFAULT_RULES)
     rules: tuple[Rule, ...] = ()  # [[monitor.rules]]; a rule named like a default replaces it
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     prometheus_url: str | None = None
@@ -124,6 +128,7 @@ class Config:
     path: Path
     project_dir: Path
     project: ProjectConfig = field(default_factory=ProjectConfig)
+    platform: PlatformConfig = field(default_factory=PlatformConfig)
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     databases: dict[str, DatabaseConfig] = field(default_factory=dict)
     volumes: dict[str, VolumeConfig] = field(default_factory=dict)

@@ -20,19 +20,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backout.adapters.docker import Compose, Docker
 from backout.adapters.git import Git, GitWrite
 from backout.backup.operation import plan_backup, writers
 from backout.config import Config
 from backout.deploy.preflight import Preflight
 from backout.deploy.watch import INCIDENT_FACT, RED_ACTIONS_FACT, watch
 from backout.errors import UnhealthyError, VerificationFailedError
-from backout.operations import Plan, Step, register_action
-from backout.operations.executor import RunContext, call_action
+from backout.operations.executor import RunContext, call_action, register_action
+from backout.operations.plan import Plan, Step
 from backout.releases import current_or_new_release, record_release
-from backout.rollback import common
 from backout.rollback.db import data_steps, resolve_backup, restore_key, start_step
-from backout.state import Store
 from backout.verify import EXPECTED_IMAGES, run_verify
 
 # Step keys (results are found under them; the names are for the operator).
@@ -161,14 +158,10 @@ def _rollback_steps(config: Config, head: str, set_id: str | None,
     return steps
 
 
-def _parts(ctx: RunContext) -> tuple[Any, Config, Store, Compose]:
-    return common.ctx_parts(ctx)
-
-
 @register_action("deploy.previous")
 def _previous(ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    env, config, store, _compose = _parts(ctx)
-    release_id = current_or_new_release(env, config, store)
+    store = ctx.store
+    release_id = current_or_new_release(ctx.env, ctx.config, store, ctx.platform)
     release = store.release(release_id) or {}
     images = {svc: info["image_id"] for svc, info in release.get("services", {}).items()}
     return {"release_id": release_id, "images": images}
@@ -178,9 +171,9 @@ def _previous(ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> A
 def _build(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     """Build what changed: a service with a build section whose image is missing, or
     whose build context has files that differ between the two commits."""
-    env, config, _store, compose = _parts(ctx)
-    data = compose.config()
-    project = common.project_name(compose, data)
+    env, config, platform = ctx.env, ctx.config, ctx.platform
+    data = platform.definition()
+    project = platform.project_name(data)
     changed = Git(env, config.project_dir).changed_files(params["from"], params["to"]) \
         if params["from"] else None
     if changed is not None:
@@ -191,7 +184,6 @@ def _build(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
                     *config.own_paths}
         changed = [f for f in changed if f not in settings
                    and not any(f.startswith(f"{p}/") for p in config.own_paths)]
-    docker = Docker(env)
     build: list[str] = []
     for svc, spec in sorted((data.get("services") or {}).items()):
         if not spec.get("build"):
@@ -204,40 +196,37 @@ def _build(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
             rel = None  # a context outside the repository: git cannot tell, build it
         touched = changed is None or rel is None or any(
             rel == Path(".") or Path(f).is_relative_to(rel) for f in changed)
-        if touched or docker.inspect_image(ref) is None:
+        if touched or platform.image(ref) is None:
             build.append(svc)
     if build:
-        compose.run("build", *build, timeout=3600)
+        platform.build(build)
     return {"built": build}
 
 
 @register_action("deploy.up")
 def _up(ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    env, _config, _store, compose = _parts(ctx)
     started = datetime.now(UTC).isoformat()
-    result = compose.run("up", "-d", "--wait", "--no-build", "--remove-orphans", timeout=900,
-                         check=False, what="docker compose up")
-    if not result.ok:
-        lines = result.stderr.strip().splitlines()
-        raise UnhealthyError("the new release did not come up healthy: "
-                             + env.redact(lines[-1] if lines else "no output"))
+    try:
+        ctx.platform.converge(pull=True)
+    except UnhealthyError as exc:
+        raise UnhealthyError(f"the new release did not come up healthy: {exc.message}") from exc
     return {"started_at": started}
 
 
 @register_action("deploy.record")
 def _record(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    env, config, store, _compose = _parts(ctx)
-    rec = record_release(env, config, store, note=f"deploy of {params['ref']}")
-    store.set_fact(EXPECTED_IMAGES, {s: i["image_id"] for s, i in rec.services.items()})
+    rec = record_release(ctx.env, ctx.config, ctx.store, ctx.platform,
+                         note=f"deploy of {params['ref']}")
+    ctx.store.set_fact(EXPECTED_IMAGES, {s: i["image_id"] for s, i in rec.services.items()})
     return {"release_id": rec.id}
 
 
 @register_action("deploy.verify")
 def _verify(ctx: RunContext, _params: dict[str, Any], results: dict[str, Any]) -> Any:
-    env, config, store, compose = _parts(ctx)
+    config = ctx.config
     # Errors logged while containers were recreated (a proxy losing its upstream for a
     # moment) are the deploy's expected blip; what counts is the release once it is up.
-    result = run_verify(env, config, store, compose,
+    result = run_verify(ctx.env, config, ctx.store, ctx.platform,
                         settle=min(config.verify.settle_seconds, 10), since=datetime.now(UTC))
     if not result.ok:
         raise VerificationFailedError("the new release failed verification: "
@@ -247,21 +236,20 @@ def _verify(ctx: RunContext, _params: dict[str, Any], results: dict[str, Any]) -
 
 @register_action("deploy.watch")
 def _watch(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    env, config, store, compose = _parts(ctx)
-    return watch(env, config, store, compose, float(params["seconds"]), ctx.operation_id,
-                 on_decision=ctx.services.get("on_decision"))
+    return watch(ctx.env, ctx.config, ctx.store, ctx.platform, float(params["seconds"]),
+                 ctx.operation_id, on_decision=ctx.on_decision)
 
 
 @register_action("deploy.decide")
 def _decide(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
-    env, config, store, compose = _parts(ctx)
+    env, config, store = ctx.env, ctx.config, ctx.store
     failed = store.first_failed_step(ctx.operation_id)
     detail = failed["detail"] if failed and isinstance(failed["detail"], dict) else {}
     reason = (f"{failed['name']}: " + str(detail.get("error", "failed"))
               if failed else "an earlier step failed")
     head = GitWrite(Git(env, config.project_dir)).head()
     previous = results.get(PREVIOUS, {}).get("images", {})
-    running = compose.running_images()
+    running = ctx.platform.running_images()
     changed = (bool(params["head"]) and head != params["head"]) or any(
         running.get(svc) != image for svc, image in previous.items())
     if not changed:
@@ -290,7 +278,7 @@ def _rollback_step(ctx: RunContext, params: dict[str, Any], results: dict[str, A
         return {"skipped": "nothing to roll back"}
     if params.get("data") and not decision.get("with_data"):
         return {"skipped": "code-only rollback: the data stays"}
-    env, config, store, _compose = _parts(ctx)
+    env, config, store = ctx.env, ctx.config, ctx.store
     if params.get("after_data") and decision.get("with_data"):
         unrestored = [name for name in config.databases
                       if "skipped" in (results.get(restore_key(name)) or {"skipped": True})]
@@ -309,7 +297,7 @@ def _rollback_step(ctx: RunContext, params: dict[str, Any], results: dict[str, A
 
 @register_action("deploy.outcome")
 def _outcome(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
-    _env, _config, store, _compose = _parts(ctx)
+    store = ctx.store
     new_release = (results.get(RECORD) or {}).get("release_id")
     decision = results.get(DECIDE)
     iid = store.fact(INCIDENT_FACT.format(op=ctx.operation_id))

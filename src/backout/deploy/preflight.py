@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from backout import proc
-from backout.adapters.docker import Compose, Docker
 from backout.adapters.git import Git
-from backout.backup import sets
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import BackoutError, NotFoundError, UsageError
 from backout.operations.guard import refusal
+from backout.platforms.base import Platform
 from backout.state import Store
+from backout.storage import sets
 
 DiskUsage = Callable[[Path], Any]  # shutil.disk_usage's shape: .free in bytes
 
@@ -118,10 +118,11 @@ def existing_parent(path: Path) -> Path:
     return path
 
 
-def check_compose_at(env: Environment, config: Config, commit: str) -> str | None:
-    """Validate the compose files as they are at ``commit``, without switching the tree:
-    the commit's files are exported to a scratch directory and ``docker compose
-    config`` reads them there (with the project's .env, which is usually untracked).
+def check_compose_at(env: Environment, config: Config, platform: Platform,
+                     commit: str) -> str | None:
+    """Validate the stack definition as it is at ``commit``, without switching the
+    tree: the commit's files are exported to a scratch directory and the platform
+    reads them there (Compose: with the project's .env, which is usually untracked).
     Returns a problem, or None."""
     with tempfile.TemporaryDirectory(prefix="backout-preflight-") as tmp:
         tarball = Path(tmp) / "tree.tar"
@@ -133,23 +134,10 @@ def check_compose_at(env: Environment, config: Config, commit: str) -> str | Non
         if not made.ok or not proc.run(env, ["tar", "-xf", str(tarball), "-C", str(tree)],
                                        timeout=120, check=False, what="tar").ok:
             return f"could not export the files of {commit[:12]}"
-        missing = [f for f in config.project.compose_files if not (tree / f).is_file()]
-        if missing:
-            return f"{', '.join(missing)} missing at {commit[:12]}"
-        env_file = config.project.env_file
-        # .env is usually untracked (it holds secrets): use the project's own.
-        scratch = Compose(env, tree, config.project.compose_files, config.project.name,
-                          str(config.project_dir / env_file)
-                          if env_file and (config.project_dir / env_file).is_file() else None)
-        result = scratch.run("config", "-q", timeout=60, check=False,
-                             what="docker compose config (at the ref)")
-        if not result.ok:
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            return env.redact(lines[-1] if lines else "invalid")
-    return None
+        return platform.definition_problem(tree)
 
 
-def preflight(env: Environment, config: Config, store: Store, compose: Compose,
+def preflight(env: Environment, config: Config, store: Store, platform: Platform,
               ref: str | None, *, allow_dirty: bool,
               disk_usage: DiskUsage = shutil.disk_usage) -> Preflight:
     git = Git(env, config.project_dir)
@@ -177,7 +165,7 @@ def preflight(env: Environment, config: Config, store: Store, compose: Compose,
     else:
         pf.passed("clean tree", "dirty, allowed: saved before the switch" if tree.dirty
                   else "no uncommitted changes")
-    problem = check_compose_at(env, config, pf.commit)
+    problem = check_compose_at(env, config, platform, pf.commit)
     if problem:
         pf.fail("compose config", UsageError(
             f"the compose configuration at {pf.ref} is invalid: {problem}",
@@ -189,15 +177,14 @@ def preflight(env: Environment, config: Config, store: Store, compose: Compose,
         pf.fail("no interrupted operation", refusal(pending[-1]))
     else:
         pf.passed("no interrupted operation", "none")
-    docker = Docker(env)
-    running = compose.running_images()
+    running = platform.running_images()
     pf.running = running
     if not running:
         pf.fail("previous release", UsageError(
             "nothing of the stack runs: there would be no release to roll back to",
             fix="start it first (docker compose up -d --wait), then deploy"))
     else:
-        gone = sorted(s for s, image in running.items() if docker.inspect_image(image) is None)
+        gone = sorted(s for s, image in running.items() if platform.image(image) is None)
         if gone:
             pf.fail("previous release", NotFoundError(
                 f"the running image of {', '.join(gone)} is no longer on this host: a rollback "

@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from backout.adapters.docker import Compose
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import UnhealthyError
-from backout.monitor.policy import Decision, Level
 from backout.monitor.run import Monitor
 from backout.notify import Notifier
 from backout.operations import interrupt
+from backout.platforms.base import Platform
+from backout.policy.rules import Decision, Level
 from backout.state import Store
 
 INCIDENT_FACT = "deploy.op{op}.incident"
@@ -30,7 +30,7 @@ class RedDuringWatch(UnhealthyError):
     code = "red"
 
 
-def watch(env: Environment, config: Config, store: Store, compose: Compose, seconds: float,
+def watch(env: Environment, config: Config, store: Store, platform: Platform, seconds: float,
           op_id: int, *, on_decision: Callable[[Decision, float], None] | None = None,
           clock: Callable[[], float] = time.monotonic,
           sleep: Callable[[float], None] | None = None,
@@ -45,7 +45,7 @@ def watch(env: Environment, config: Config, store: Store, compose: Compose, seco
         return {"watched_s": 0, "evaluations": 0, "level": None}
     notify = config.monitor.notify
     mon = monitor or Monitor(
-        env, config, store, compose, config.monitor.effective_rules,
+        env, config, store, platform, config.monitor.effective_rules,
         notifier=Notifier(notify.webhook_url, notify.webhook_format, notify.command),
         auto_rollback=False, window=float(config.monitor.window_seconds),
         state_key=f"deploy.op{op_id}.policy_state")

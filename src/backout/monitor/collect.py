@@ -1,6 +1,6 @@
 """Collecting one ``Snapshot`` of every signal the policy reads, per service.
 
-Signals (``name{service=NAME}``, see backout.monitor.policy):
+Signals (``name{service=NAME}``, see backout.policy.rules):
 - ``health_consecutive_failures``: consecutive failed HTTP probes of the
   service's health URL, or Docker's healthcheck failing streak, whichever is
   larger (so a service whose only health signal is a compose healthcheck is
@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backout.adapters import http
-from backout.adapters.docker import Compose
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import BackoutError
-from backout.monitor import promtext, series
-from backout.monitor.policy import Snapshot, signal_key
+from backout.platforms.base import Platform
+from backout.policy import promtext, series
+from backout.policy.rules import Snapshot, signal_key
 from backout.signals.engine import container_signals
 from backout.signals.logs import LogWatcher
 from backout.signals.probes import ProbeTracker
@@ -56,7 +56,7 @@ class ServiceView:
 class Collector:
     env: Environment
     config: Config
-    compose: Compose
+    platform: Platform
     window: float = 15.0
     probes: ProbeTracker = field(default_factory=ProbeTracker)
     logs: LogWatcher = field(default_factory=LogWatcher)
@@ -73,7 +73,7 @@ class Collector:
         signals: dict[str, float | None] = {}
         views: dict[str, ServiceView] = {}
         try:
-            engine = container_signals(self.compose)
+            engine = container_signals(self.platform)
         except BackoutError as exc:
             self.env.warn(f"engine signals unavailable: {exc.one_line()}")
             engine = {}
@@ -104,7 +104,7 @@ class Collector:
             if svc.metrics_url:
                 self._scrape(name, svc.metrics_url, t, signals)
             try:
-                self.logs.read(self.compose, svc)
+                self.logs.read(self.platform, svc)
                 view.log_errors = self.logs.errors_in(name, self.window)
                 view.last_errors = self.logs.last_lines(name)
                 signals[signal_key("log_errors", name)] = float(view.log_errors)

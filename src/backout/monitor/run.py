@@ -4,7 +4,7 @@ Each evaluation collects a Snapshot, applies the policy (pure), persists the
 policy state in the store (so a restarted monitor neither forgets a pending
 `for:` timer nor fires an incident twice), records incidents and their
 timeline, captures the release's baseline once it has been healthy for a while
-(``backout.monitor.baseline``), sends notifications (never blocking), and with
+(``backout.policy.baseline``), sends notifications (never blocking), and with
 auto-rollback runs the rule's rollback exactly once per incident, with a
 cool-down, then verifies. If verification fails the incident is escalated, no
 further automatic action is taken and the loop stops: a human decides.
@@ -19,14 +19,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from backout.adapters.docker import Compose
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import BackoutError, LockedError
-from backout.monitor import baseline
-from backout.monitor.baseline import Baseline
 from backout.monitor.collect import Collector, ServiceView
-from backout.monitor.policy import (
+from backout.notify import Notifier
+from backout.operations.runner import run_locked
+from backout.platforms.base import Platform
+from backout.policy import baseline
+from backout.policy.baseline import Baseline
+from backout.policy.rules import (
     ActionRequest,
     Decision,
     Level,
@@ -35,8 +37,6 @@ from backout.monitor.policy import (
     Snapshot,
     evaluate,
 )
-from backout.notify import Notifier
-from backout.operations.runner import run_locked
 from backout.state import Store
 from backout.verify import run_verify
 
@@ -58,10 +58,10 @@ def load_baselines(store: Store) -> dict[str, Baseline]:
     return out
 
 
-def baseline_in_use(store: Store, compose: Compose) -> dict[str, Any] | None:
+def baseline_in_use(store: Store, platform: Platform) -> dict[str, Any] | None:
     """What ``backout status`` shows: the baseline relative rules use for what runs now
     (None when nothing runs); asks the engine, not a running monitor."""
-    images = compose.running_images()
+    images = platform.running_images()
     if not images:
         return None
     key = baseline.release_key(store.releases(), images)
@@ -73,7 +73,7 @@ class Monitor:
     env: Environment
     config: Config
     store: Store
-    compose: Compose
+    platform: Platform
     rules: Sequence[Rule]
     notifier: Notifier = field(default_factory=Notifier)
     auto_rollback: bool = False
@@ -90,7 +90,7 @@ class Monitor:
 
     def __post_init__(self) -> None:
         if self.collector is None:
-            self.collector = Collector(self.env, self.config, self.compose, window=self.window)
+            self.collector = Collector(self.env, self.config, self.platform, window=self.window)
         raw = self.store.fact(self.state_key)
         self.state = PolicyState.from_json(raw) if raw else PolicyState()
         self.baselines = load_baselines(self.store)
@@ -225,20 +225,19 @@ class Monitor:
 
         try:
             if action == "rollback-service" and service:
-                plan = service_rollback.plan(self.env, self.config, self.store, self.compose,
-                                             service, None)
+                plan = service_rollback.plan(self.store, self.platform, service, None)
             else:
-                target = previous_release(self.store, self.compose)
-                plan = emergency.plan(self.env, self.config, self.store, self.compose,
+                target = previous_release(self.store, self.platform)
+                plan = emergency.plan(self.env, self.config, self.store, self.platform,
                                       str(target), with_data=action == "rollback-with-data")
             if iid is not None:
                 self.store.incident_event(iid, "action", {"rollback": plan.summary,
                                                           "automatic": True, "reason": reason})
-            outcome = run_locked(self.env, self.config, self.store, self.compose, plan,
+            outcome = run_locked(self.env, self.config, self.store, self.platform, plan,
                                  f"monitor auto-rollback ({plan.kind})")
             if outcome.error is not None:
                 raise outcome.error
-            result = run_verify(self.env, self.config, self.store, self.compose,
+            result = run_verify(self.env, self.config, self.store, self.platform,
                                 settle=min(self.config.verify.settle_seconds, 10),
                                 since=datetime.now(UTC))
             if not result.ok:
@@ -284,9 +283,9 @@ class Monitor:
         return decision
 
 
-def previous_release(store: Store, compose: Compose) -> int:
+def previous_release(store: Store, platform: Platform) -> int:
     """The newest recorded release whose images differ from what runs now."""
-    running = compose.running_images()
+    running = platform.running_images()
     for rel in store.releases():
         if any(running.get(svc) != info["image_id"] for svc, info in rel["services"].items()
                if svc in running):

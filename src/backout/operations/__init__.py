@@ -1,7 +1,8 @@
-"""Plan, then execute: read-only plans of steps with reasons, run by a journaling
-executor so that ``backout resume`` can finish what a crash interrupted."""
+"""Plan, then execute: read-only plans of steps with reasons (``plan``), run by a
+journaling executor (``executor``) so that ``backout resume`` can finish what a
+crash interrupted; what SIGINT/SIGTERM do (``interrupt``) and what an operation
+left behind (``summary``).
 
-from backout.operations.executor import Executor, OperationOutcome, register_action
-from backout.operations.plan import Plan, Step
-
-__all__ = ["Executor", "OperationOutcome", "Plan", "Step", "register_action"]
+This package's ``__init__`` imports nothing: ``interrupt`` sits below the layers
+that use it (the streaming pipeline), and importing it must not load the executor.
+"""

@@ -10,14 +10,19 @@ sees what an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from backout import faults
+from backout.config import Config
+from backout.environment import Environment
 from backout.errors import BackoutError, InterruptedOperation, NotFoundError, UsageError
 from backout.operations import interrupt
 from backout.operations.plan import Plan, Step
+from backout.platforms.base import Platform
+from backout.policy.rules import Decision
 from backout.state.store import Store
 
 # An action gets the run context, the step's params and the results of the
@@ -55,15 +60,19 @@ def call_action(name: str, ctx: RunContext, params: dict[str, Any],
     return _ACTIONS[name](ctx, params, results)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunContext:
-    """What actions need: passed in by the caller (env, config, store, ...)."""
+    """What actions get besides their params: made by the caller, completed with the
+    operation's id by the executor."""
 
-    operation_id: int
-    services: dict[str, Any] = field(default_factory=dict)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.services[key]
+    env: Environment
+    config: Config
+    store: Store
+    platform: Platform
+    # Told about each decision of a deploy's watch, with the seconds watched so far
+    # (the CLI shows them); None: nobody is watching.
+    on_decision: Callable[[Decision, float], None] | None = None
+    operation_id: int = 0  # set by the executor for the operation it runs
 
 
 @dataclass(frozen=True)
@@ -110,10 +119,10 @@ class OperationOutcome:
 
 
 class Executor:
-    def __init__(self, store: Store, services: dict[str, Any],
+    def __init__(self, store: Store, context: RunContext,
                  on_step: StepCallback | None = None) -> None:
         self.store = store
-        self.services = services
+        self.context = context
         self.on_step: StepCallback = on_step or (lambda _s, _st, _d: None)
 
     def start(self, plan: Plan) -> int:
@@ -154,7 +163,7 @@ class Executor:
                 detail = r["detail"] or {}
                 failed_step = plan.steps[r["seq"]].name
                 error = BackoutError(f"{failed_step}: {detail.get('error', 'failed')}")
-        ctx = RunContext(op_id, self.services)
+        ctx = dataclasses.replace(self.context, operation_id=op_id)
         intr = interrupt.current()
         interrupted = False
         deferred: str | None = None

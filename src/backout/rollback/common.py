@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from pathlib import Path
 from typing import Any
 
-from backout.adapters.docker import Compose, Docker
-from backout.config import Config
-from backout.environment import Environment
 from backout.errors import NotFoundError, UsageError, did_you_mean
-from backout.operations.executor import RunContext
+from backout.platforms.base import Platform
 from backout.releases import RETAIN_REPO
 from backout.state import Store
 
 RELEASE_REF = re.compile(r"^(?:release:|r)?(\d{1,6})$")
 CHECKPOINT_REF = re.compile(r"^(?:checkpoint:|cp)(\d{1,6})$")
-
-
-def ctx_parts(ctx: RunContext) -> tuple[Environment, Config, Store, Compose]:
-    return ctx["env"], ctx["config"], ctx["store"], ctx["compose"]
-
-
-def project_name(compose: Compose, data: dict[str, Any] | None = None) -> str:
-    data = data if data is not None else compose.config()
-    return str(data.get("name") or compose.project_dir.name)
 
 
 def require_service(compose_config: dict[str, Any], service: str) -> dict[str, Any]:
@@ -39,8 +24,8 @@ def require_service(compose_config: dict[str, Any], service: str) -> dict[str, A
     return spec
 
 
-def running_image(compose: Compose, service: str) -> str | None:
-    containers = compose.containers(service)
+def running_image(platform: Platform, service: str) -> str | None:
+    containers = platform.containers(service)
     return containers[0].image_id if containers else None
 
 
@@ -60,42 +45,21 @@ def target_ref(project: str, service: str, image_id: str) -> str:
     return f"{RETAIN_REPO}/{safe}:target-{image_id.removeprefix('sha256:')[:12]}"
 
 
-def ensure_tagged(env: Environment, project: str, service: str, image_id: str) -> str:
-    docker = Docker(env)
-    if docker.inspect_image(image_id) is None:
+def ensure_tagged(platform: Platform, project: str, service: str, image_id: str) -> str:
+    if platform.image(image_id) is None:
         raise NotFoundError(f"image {image_id[:19]} of {service} is no longer on this host",
                             fix="it cannot be rolled back to without a rebuild; pick another "
                                 "release or deploy the code")
     ref = target_ref(project, service, image_id)
-    docker.tag(image_id, ref)
+    platform.tag(image_id, ref)
     return ref
 
 
-def write_override(state_dir: Path, name: str, images: dict[str, str]) -> Path:
-    """A compose override file that only swaps images; compose files stay untouched."""
-    directory = state_dir / "overrides"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"{name}.yml"
-    # JSON is YAML: no YAML library needed.
-    doc = {"services": {svc: {"image": ref} for svc, ref in images.items()}}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
-    return path
-
-
-def with_override(compose: Compose, override: Path) -> Compose:
-    files = [*compose.files, str(override.relative_to(compose.project_dir))
-             if override.is_relative_to(compose.project_dir) else str(override)]
-    return Compose(compose.env, compose.project_dir, files, compose.project_name,
-                   compose.env_file)
-
-
-def compose_file_image(env: Environment, spec: dict[str, Any], project: str,
+def compose_file_image(platform: Platform, spec: dict[str, Any], project: str,
                        service: str) -> str | None:
     """The image ID the compose files name for a service, if present locally."""
     ref = spec.get("image") or f"{project}-{service}"
-    info = Docker(env).inspect_image(ref)
+    info = platform.image(ref)
     return info.id if info else None
 
 

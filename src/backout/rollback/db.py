@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from backout import __version__
-from backout.adapters.dbaccess import DbAccess
-from backout.adapters.docker import ENGINE_FIX, Compose, Docker
-from backout.backup import data_loss, restore, sets
+from backout.adapters.docker import ENGINE_FIX
+from backout.backup import data_loss, restore
 from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
 from backout.backup.engines import (
     DumpContext,
@@ -29,9 +28,9 @@ from backout.backup.engines import (
     manifest_counts,
 )
 from backout.backup.operation import START_WRITERS, STOP_WRITERS, writers
-from backout.backup.pipeline import IntegrityError, StalledError, scan
 from backout.backup.verify import check_artifact
 from backout.config import Config, DatabaseConfig
+from backout.engines.access import EngineAccess
 from backout.environment import Environment
 from backout.errors import (
     BackoutError,
@@ -42,10 +41,13 @@ from backout.errors import (
     UsageError,
     did_you_mean,
 )
-from backout.operations import Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import RunContext, register_action
+from backout.operations.plan import Plan, Step
+from backout.platforms.base import Platform
 from backout.rollback import common
 from backout.state import Store
+from backout.storage import sets
+from backout.storage.pipeline import IntegrityError, StalledError, scan
 
 SNIFF = {b"REDIS": "redis", b"-- MySQL dump": "mysql", b"-- MariaDB dump": "mysql",
          b"/*M!999999": "mysql"}
@@ -231,7 +233,7 @@ def downtime(config: Config, dbs: list[str], targets: dict[str, dict[str, Any]])
 
 
 def plan(env: Environment, config: Config, store: Store, db_name: str, ref: str, *,
-         compose: Compose | None = None, no_safety_backup: bool = False) -> Plan:
+         platform: Platform | None = None, no_safety_backup: bool = False) -> Plan:
     db = database(config, db_name)
     target = resolve_backup(env, config, store, db, ref)
     safety_id = sets.new_set_id()
@@ -243,8 +245,8 @@ def plan(env: Environment, config: Config, store: Store, db_name: str, ref: str,
     stopped = writers(config, [db.name])
     if stopped:
         steps.append(start_step(stopped))
-    loss = [data_loss.window(DbAccess(env, config, db, compose), target["section"],
-                             target.get("taken_at"))] if compose is not None else []
+    loss = [data_loss.window(EngineAccess(env, config, db, platform), target["section"],
+                             target.get("taken_at"))] if platform is not None else []
     return Plan("rollback.db", {"database": db.name, "backup": ref,
                                 "safety_set": None if no_safety_backup else safety_id,
                                 "data_loss": loss},
@@ -253,9 +255,9 @@ def plan(env: Environment, config: Config, store: Store, db_name: str, ref: str,
                 downtime=downtime(config, [db.name], {db.name: target}))
 
 
-def _access(ctx: RunContext, name: str) -> tuple[Environment, Config, DbAccess]:
-    env, config, _store, compose = common.ctx_parts(ctx)
-    return env, config, DbAccess(env, config, config.databases[name], compose)
+def _access(ctx: RunContext, name: str) -> tuple[Environment, Config, EngineAccess]:
+    return ctx.env, ctx.config, EngineAccess(ctx.env, ctx.config, ctx.config.databases[name],
+                                             ctx.platform)
 
 
 def _section_for_file(env: Environment, db: DatabaseConfig, artifact: Path) -> dict[str, Any]:
@@ -307,7 +309,7 @@ def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     if params["section"] is not None:
         check_artifact(env, artifact, params["section"], params["sha256"], params["source"])
         if params.get("set_id"):
-            ctx["store"].record_verification(params["set_id"], ok=True, kind="checksum",
+            ctx.store.record_verification(params["set_id"], ok=True, kind="checksum",
                                              detail=f"before a restore (operation "
                                                     f"{ctx.operation_id})")
         return {"section": params["section"], "artifact": str(artifact)}
@@ -316,7 +318,7 @@ def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
 
 @register_action("rollback.db.safety")
 def _safety(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    env, config, store, compose = common.ctx_parts(ctx)
+    env, config, store = ctx.env, ctx.config, ctx.store
     writer = sets.SetWriter(config.backup_dir, params["set_id"])
     if writer.final.is_dir():  # resumed after it was published
         manifest = sets.read_manifest(writer.final)
@@ -324,7 +326,7 @@ def _safety(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     writer.open()
     db = config.databases[params["database"]]
     try:
-        section = dump(DumpContext(env, config, compose, safety=True), db, writer.dir)
+        section = dump(DumpContext(env, config, ctx.platform, safety=True), db, writer.dir)
         art = dict(section["artifact"])
         name = art.pop("name")
         stamp = _iso()
@@ -361,7 +363,7 @@ def _iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _restore(env: Environment, access: DbAccess, artifact: Path, section: dict[str, Any]) -> Any:
+def _restore(env: Environment, access: EngineAccess, artifact: Path, section: dict[str, Any]) -> Any:
     """Restore, then compare the restored counts with the backup's: a restore that
     does not reproduce them failed, whatever the tools said."""
     kind = access.db.type
@@ -392,7 +394,7 @@ def _failed_fact(op_id: int) -> str:
 
 @register_action("rollback.db.restore")
 def _restore_action(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
-    store: Store = ctx["store"]
+    store = ctx.store
     missing = [key for key in params.get("requires", [])
                if key not in results or "skipped" in (results[key] or {})]
     if missing:
@@ -414,15 +416,15 @@ def _restore_action(ctx: RunContext, params: dict[str, Any], results: dict[str, 
     except BackoutError as exc:
         store.set_fact(_failed_fact(ctx.operation_id), params["database"])
         if isinstance(exc, StalledError):
-            _raise_if_engine_gone(env, exc)
+            _raise_if_engine_gone(ctx.platform, exc)
         raise
     return {**result, "data_loss": loss}
 
 
-def _raise_if_engine_gone(env: Environment, exc: StalledError) -> None:
-    """A stalled stream through `docker compose exec`: say whether the engine is gone."""
+def _raise_if_engine_gone(platform: Platform, exc: StalledError) -> None:
+    """A stalled stream through the platform's exec: say whether the engine is gone."""
     try:
-        Docker(env).ping()
+        platform.ping()
     except DockerUnavailableError as gone:
         raise DockerUnavailableError(f"{exc.message.split(':')[0]}: the Docker Engine stopped "
                                      f"answering ({gone.message})", fix=ENGINE_FIX) from exc
@@ -432,14 +434,14 @@ def _raise_if_engine_gone(env: Environment, exc: StalledError) -> None:
 def _undo(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     """Put the safety backup back when this database's restore started and it, or any
     restore of the operation, failed: the data ends fully restored or fully as before."""
-    store: Store = ctx["store"]
+    store = ctx.store
     name = params["database"]
     done = "skipped" not in (results.get(restore_key(name)) or {"skipped": True})
     failed = store.fact(_failed_fact(ctx.operation_id))
     if not store.fact(_started_fact(ctx.operation_id, name)) or (done and not failed):
         return {"undone": False}
     env, config, access = _access(ctx, name)
-    Docker(env).ping()  # an engine that does not answer: left for `backout resume`
+    ctx.platform.ping()  # an engine that does not answer: left for `backout resume`
     info = sets.get_set(config.backup_dir, params["set_id"])
     if info.manifest is None:
         raise ExternalError(f"{access.db.name}: the restore failed and the safety backup "

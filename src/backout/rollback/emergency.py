@@ -15,23 +15,24 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from backout.adapters.dbaccess import DbAccess
-from backout.adapters.docker import Compose, Docker
 from backout.adapters.git import Git, GitWrite
-from backout.backup import data_loss, sets
+from backout.backup import data_loss
 from backout.backup.operation import writers
 from backout.config import Config
+from backout.engines.access import EngineAccess
 from backout.environment import Environment
 from backout.errors import NotFoundError, UnhealthyError, UsageError, VerificationFailedError
-from backout.operations import Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import RunContext, register_action
+from backout.operations.plan import Plan, Step
+from backout.platforms.base import Platform
 from backout.rollback import common
 from backout.rollback.db import data_steps, downtime, resolve_backup, start_step
 from backout.state import Store
+from backout.storage import sets
 from backout.verify import EXPECTED_IMAGES, run_verify
 
 
-def resolve(env: Environment, config: Config, store: Store, target: str,
+def resolve(env: Environment, config: Config, store: Store, platform: Platform, target: str,
             with_data: bool) -> dict[str, Any]:
     git = Git(env, config.project_dir)
     if not git.is_repo():
@@ -71,9 +72,8 @@ def resolve(env: Environment, config: Config, store: Store, target: str,
     images: dict[str, str] = {}
     missing: list[str] = []
     if release is not None:
-        docker = Docker(env)
         for svc, info in release["services"].items():
-            if docker.inspect_image(info["image_id"]) is not None:
+            if platform.image(info["image_id"]) is not None:
                 images[svc] = info["image_id"]
             else:
                 missing.append(svc)
@@ -98,9 +98,9 @@ def _looks_like_commit(git: Git, ref: str) -> bool:
         return False
 
 
-def plan(env: Environment, config: Config, store: Store, compose: Compose, target: str,
+def plan(env: Environment, config: Config, store: Store, platform: Platform, target: str,
          with_data: bool) -> Plan:
-    t = resolve(env, config, store, target, with_data)
+    t = resolve(env, config, store, platform, target, with_data)
     git = Git(env, config.project_dir)
     head_commit = GitWrite(git).head()
     tree = git.state(config.own_paths)
@@ -125,7 +125,7 @@ def plan(env: Environment, config: Config, store: Store, compose: Compose, targe
                    for name in data_dbs}
         head, undo = data_steps(config, targets, {name: f"{safety}-{name}" for name in data_dbs})
         steps += [*head, *undo]
-        loss = [data_loss.window(DbAccess(env, config, config.databases[name], compose),
+        loss = [data_loss.window(EngineAccess(env, config, config.databases[name], platform),
                                  targets[name]["section"], targets[name].get("taken_at"))
                 for name in data_dbs]
     steps.append(Step(f"switch code to {short}", "emergency.checkout",
@@ -158,7 +158,7 @@ def plan(env: Environment, config: Config, store: Store, compose: Compose, targe
 
 @register_action("emergency.save_changes")
 def _save(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    env, config, _store, _compose = common.ctx_parts(ctx)
+    env, config = ctx.env, ctx.config
     git = Git(env, config.project_dir)
     tree = git.state(config.own_paths)
     if not tree.dirty:
@@ -181,8 +181,7 @@ def _save(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
 
 @register_action("emergency.checkout")
 def _checkout(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    env, config, _store, _compose = common.ctx_parts(ctx)
-    gw = GitWrite(Git(env, config.project_dir))
+    gw = GitWrite(Git(ctx.env, ctx.config.project_dir))
     if gw.head() != params["commit"]:
         gw.checkout_detached(params["commit"])
     return {"head": params["commit"]}
@@ -190,52 +189,48 @@ def _checkout(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> An
 
 @register_action("emergency.images")
 def _images(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    env, _config, _store, compose = common.ctx_parts(ctx)
-    data = compose.config()  # at the target commit now
-    project = common.project_name(compose, data)
-    docker = Docker(env)
+    platform = ctx.platform
+    data = platform.definition()  # at the target commit now
+    project = platform.project_name(data)
     tagged = {}
     for svc, spec in (data.get("services") or {}).items():
         image_id = params["images"].get(svc)
         ref = str(spec.get("image") or f"{project}-{svc}")
         if image_id:
-            docker.tag(image_id, ref)
+            platform.tag(image_id, ref)
             tagged[svc] = ref
     to_build = [svc for svc in (data.get("services") or {})
-                if svc not in tagged and docker.inspect_image(
+                if svc not in tagged and platform.image(
                     str(data["services"][svc].get("image") or f"{project}-{svc}")) is None]
     unbuildable = [s for s in to_build if not data["services"][s].get("build")]
     if unbuildable:
         raise NotFoundError(f"no image for {', '.join(unbuildable)} at the target and no build "
                             "section to make one", fix="pick another target")
     if to_build:
-        compose.run("build", *to_build, timeout=3600)
+        platform.build(to_build)
     return {"tagged": tagged, "built": to_build}
 
 
 @register_action("emergency.up")
 def _up(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    _env, _config, _store, compose = common.ctx_parts(ctx)
-    result = compose.run("up", "-d", "--wait", "--no-build", "--pull", "never", "--remove-orphans",
-                         timeout=900, check=False, what="docker compose up")
-    if not result.ok:
-        raise UnhealthyError(f"the stack did not become healthy at the target: "
-                             f"{_env.redact(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output')}",
-                             fix="inspect with `backout verify` and `docker compose logs`")
-    running = compose.running_images()
-    store: Store = ctx["store"]
-    store.set_fact(EXPECTED_IMAGES, running)
+    try:
+        ctx.platform.converge(pull=False)
+    except UnhealthyError as exc:
+        raise UnhealthyError(f"the stack did not become healthy at the target: {exc.message}",
+                             fix="inspect with `backout verify` and `docker compose logs`"
+                             ) from exc
+    running = ctx.platform.running_images()
+    ctx.store.set_fact(EXPECTED_IMAGES, running)
     return {"images": running}
 
 
 @register_action("emergency.verify")
 def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    env, config, store, compose = common.ctx_parts(ctx)
-    settle = min(config.verify.settle_seconds, 10)
+    settle = min(ctx.config.verify.settle_seconds, 10)
     # Errors logged while services restarted during the rollback are expected; what
     # counts is the stack once it is up, so logs are read from now (plus the settle).
     since = datetime.now(UTC)
-    result = run_verify(env, config, store, compose, settle=settle, since=since)
+    result = run_verify(ctx.env, ctx.config, ctx.store, ctx.platform, settle=settle, since=since)
     if not result.ok:
         raise VerificationFailedError(
             "verification failed after the rollback: "

@@ -10,29 +10,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from backout.adapters.docker import Compose, Docker
-from backout.config import Config
-from backout.environment import Environment
+from backout.adapters import http
 from backout.errors import NotFoundError, UnhealthyError
-from backout.operations import Plan, Step, register_action
-from backout.operations.executor import RunContext
+from backout.operations.executor import RunContext, register_action
+from backout.operations.plan import Plan, Step
+from backout.platforms.base import Platform
 from backout.rollback import common
 from backout.state import Store
 from backout.verify import EXPECTED_IMAGES
 
 
-def resolve(env: Environment, config: Config, store: Store, compose: Compose, service: str,
+def resolve(store: Store, platform: Platform, service: str,
             version: str | None) -> dict[str, Any]:
-    data = compose.config()
+    data = platform.definition()
     spec = common.require_service(data, service)
-    project = common.project_name(compose, data)
-    current = common.running_image(compose, service)
+    project = platform.project_name(data)
+    current = common.running_image(platform, service)
     if version is None:
-        docker = Docker(env)
         for rel in store.releases():
             svc = rel["services"].get(service)
             # a release whose image retention removed is no candidate
-            if svc and svc["image_id"] != current and docker.inspect_image(svc["image_id"]):
+            if svc and svc["image_id"] != current and platform.image(svc["image_id"]):
                 return {"image_id": svc["image_id"], "source": f"release {rel['id']}",
                         "release_id": rel["id"], "current": current, "project": project}
         raise NotFoundError(f"no recorded release ran another image of {service} than the one "
@@ -43,7 +41,7 @@ def resolve(env: Environment, config: Config, store: Store, compose: Compose, se
         svc = release["services"].get(service)
         if not svc:
             raise NotFoundError(f"release {release['id']} has no service {service}")
-        if Docker(env).inspect_image(svc["image_id"]) is None:
+        if platform.image(svc["image_id"]) is None:
             raise NotFoundError(f"the image of {service} in release {release['id']} "
                                 f"({svc['image_id'][7:19]}) is no longer on this host",
                                 fix="pick a newer release (`backout releases`) or an image tag")
@@ -51,7 +49,7 @@ def resolve(env: Environment, config: Config, store: Store, compose: Compose, se
                 "release_id": release["id"], "current": current, "project": project}
     ref = version if (":" in version or "/" in version) else \
         f"{str(spec.get('image') or service).rsplit(':', 1)[0]}:{version}"
-    info = Docker(env).inspect_image(ref)
+    info = platform.image(ref)
     if info is None:
         raise NotFoundError(f"no image {ref} on this host for {service}",
                             fix="name a tag that exists (`docker image ls`) or a release id")
@@ -59,9 +57,8 @@ def resolve(env: Environment, config: Config, store: Store, compose: Compose, se
             "project": project}
 
 
-def plan(env: Environment, config: Config, store: Store, compose: Compose, service: str,
-         version: str | None) -> Plan:
-    target = resolve(env, config, store, compose, service, version)
+def plan(store: Store, platform: Platform, service: str, version: str | None) -> Plan:
+    target = resolve(store, platform, service, version)
     short = target["image_id"][7:19]
     cur = (target["current"] or "none")[7:19]
     steps = (
@@ -84,30 +81,23 @@ def plan(env: Environment, config: Config, store: Store, compose: Compose, servi
 
 @register_action("rollback.service.recreate")
 def _recreate(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    env, config, _store, compose = common.ctx_parts(ctx)
-    ref = common.ensure_tagged(env, params["project"], params["service"], params["image_id"])
-    override = common.write_override(config.state_dir, f"op-{ctx.operation_id}",
-                                     {params["service"]: ref})
-    pinned = common.with_override(compose, override)
-    pinned.run("up", "-d", "--no-deps", "--no-build", "--pull", "never", "--wait",
-               params["service"], timeout=600, what=f"docker compose up {params['service']}")
+    ref = common.ensure_tagged(ctx.platform, params["project"], params["service"],
+                               params["image_id"])
+    ctx.platform.replace_service(params["service"], ref, operation_id=ctx.operation_id)
     return {"ref": ref}
 
 
 @register_action("rollback.service.verify")
 def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    from backout.adapters import http
-
-    env, config, _store, compose = common.ctx_parts(ctx)
     svc = params["service"]
-    containers = compose.containers(svc)
+    containers = ctx.platform.containers(svc)
     bad = [c for c in containers if c.state != "running" or c.health not in (None, "healthy")]
     if not containers or bad:
         raise UnhealthyError(f"{svc} is not healthy after the rollback: "
                              + ", ".join(f"{c.name} {c.state}/{c.health}" for c in bad or containers))
-    svc_cfg = config.services.get(svc)
+    svc_cfg = ctx.config.services.get(svc)
     if svc_cfg and svc_cfg.health_url:
-        probe = http.get(env, svc_cfg.health_url)
+        probe = http.get(ctx.env, svc_cfg.health_url)
         if probe.status != svc_cfg.health_status:
             raise UnhealthyError(f"{svc}: {svc_cfg.health_url} answered "
                                  f"{probe.status or probe.error} after the rollback")
@@ -116,22 +106,21 @@ def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
 
 @register_action("rollback.record_expected")
 def _record_expected(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
-    store: Store = ctx["store"]
-    expected = dict(store.fact(EXPECTED_IMAGES) or {})
+    expected = dict(ctx.store.fact(EXPECTED_IMAGES) or {})
     expected.update(params["images"])
-    store.set_fact(EXPECTED_IMAGES, expected)
+    ctx.store.set_fact(EXPECTED_IMAGES, expected)
     return {"expected": params["images"]}
 
 
-def drift(env: Environment, compose: Compose) -> dict[str, dict[str, str]]:
+def drift(platform: Platform) -> dict[str, dict[str, str]]:
     """Services whose running image differs from what the compose files name."""
-    data = compose.config()
-    project = common.project_name(compose, data)
+    data = platform.definition()
+    project = platform.project_name(data)
     out = {}
-    running = {c.service: c.image_id for c in compose.containers() if c.state in
+    running = {c.service: c.image_id for c in platform.containers() if c.state in
                ("running", "restarting")}
     for svc, spec in (data.get("services") or {}).items():
-        wanted = common.compose_file_image(env, spec, project, svc)
+        wanted = common.compose_file_image(platform, spec, project, svc)
         if svc in running and wanted and running[svc] != wanted:
             out[svc] = {"running": running[svc], "compose_file": wanted,
                         "compose_image": str(spec.get("image") or "")}

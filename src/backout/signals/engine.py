@@ -1,10 +1,10 @@
-"""Container signals from the Docker Engine, per compose service."""
+"""Container signals from the platform, per service."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backout.adapters.docker import Compose, Docker
+from backout.platforms.base import Platform
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,9 @@ class ContainerSignals:
     image_id: str = ""
 
 
-def container_signals(compose: Compose) -> dict[str, ContainerSignals]:
-    containers = compose.containers()
-    stats = Docker(compose.env).stats([c.id for c in containers if c.state == "running"])
+def container_signals(platform: Platform) -> dict[str, ContainerSignals]:
+    containers = platform.containers()
+    stats = platform.stats([c.id for c in containers if c.state == "running"])
     out = {}
     for c in containers:
         s = stats.get(c.id, {})

@@ -7,8 +7,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from backout.adapters.docker import Compose
 from backout.config import ServiceConfig
+from backout.platforms.base import Platform
 
 
 @dataclass
@@ -18,15 +18,13 @@ class LogWatcher:
     since: dict[str, datetime] = field(default_factory=dict)
     recent: dict[str, deque[tuple[datetime, str]]] = field(default_factory=dict)
 
-    def read(self, compose: Compose, svc: ServiceConfig, now: datetime | None = None) -> None:
+    def read(self, platform: Platform, svc: ServiceConfig, now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
         start = self.since.get(svc.name, now - timedelta(seconds=60))
-        result = compose.run("logs", "--no-color", "--no-log-prefix", "--timestamps", "--since",
-                             start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), svc.name, check=False,
-                             timeout=60)
+        text = platform.logs(svc.name, start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), timestamps=True)
         pattern = re.compile(svc.log_error_pattern)
         lines = self.recent.setdefault(svc.name, deque(maxlen=200))
-        for line in (result.stdout + result.stderr).splitlines():
+        for line in text.splitlines():
             stamp, _, text = line.partition(" ")
             try:
                 ts = datetime.fromisoformat(stamp.replace("Z", "+00:00"))

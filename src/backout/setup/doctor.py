@@ -110,13 +110,13 @@ def real_sources(env: Environment, config: Config | None) -> Sources:
 
 def _database_version(env: Environment, config: Config, db: DatabaseConfig) -> str:
     """Connect as a backup or restore would (same access mode, same credentials)."""
-    from backout.adapters.dbaccess import DbAccess
-    from backout.adapters.mongodb import MongoDB
-    from backout.adapters.mysql import MySQL
-    from backout.adapters.redis import Redis
-    from backout.releases import compose_for
+    from backout import platforms
+    from backout.engines.access import EngineAccess
+    from backout.engines.mongodb import MongoDB
+    from backout.engines.mysql import MySQL
+    from backout.engines.redis import Redis
 
-    access = DbAccess(env, config, db, compose_for(env, config))
+    access = EngineAccess(env, config, db, platforms.for_config(env, config))
     if db.type == "mysql":
         return MySQL(access).version()
     if db.type == "redis":

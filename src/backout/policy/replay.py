@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from backout.errors import UsageError
-from backout.monitor.policy import (
+from backout.policy.rules import (
     DEFAULT_RULES,
     Decision,
     PolicyState,

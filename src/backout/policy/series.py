@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Literal
 
-from backout.monitor.promtext import Labels, Sample, parse_value
+from backout.policy.promtext import Labels, Sample, parse_value
 
 SeriesKey = tuple[str, Labels]  # metric name, labels
 Aggregate = Literal["sum", "max", "min", "avg"]

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from backout.adapters.dbaccess import DbAccess
+from backout.engines.access import EngineAccess
 from backout.errors import BackoutError, ExternalError
 
 SYSTEM_DATABASES = {"information_schema", "performance_schema", "mysql", "sys"}
@@ -22,7 +22,7 @@ def _tool(a: str, b: str, args: Sequence[str]) -> list[str]:
 
 
 class MySQL:
-    def __init__(self, access: DbAccess) -> None:
+    def __init__(self, access: EngineAccess) -> None:
         self.access = access
 
     def _auth_args(self) -> list[str]:

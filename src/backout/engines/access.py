@@ -1,5 +1,5 @@
-"""How backout reaches a database: inside its container (``docker compose exec
--T``) or over TCP with local client tools. Credentials travel in the child's
+"""How backout reaches a database: inside its container (the platform's exec) or
+over TCP with local client tools. Credentials travel in the child's
 environment (``-e NAME`` without a value makes the docker CLI copy it from ours),
 never in argv."""
 
@@ -8,20 +8,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from backout import proc
-from backout.adapters.docker import Compose
 from backout.config import Config, DatabaseConfig
 from backout.environment import Environment
 from backout.errors import BackoutError, ExternalError, UnhealthyError
+from backout.platforms.base import Platform
 
 
-class DbAccess:
+class EngineAccess:
     def __init__(self, env: Environment, config: Config, db: DatabaseConfig,
-                 compose: Compose, container: str | None = None) -> None:
+                 platform: Platform, container: str | None = None) -> None:
         self.env = env
         self.config = config
         self.db = db
-        self.compose = compose
-        # A container ID instead of the compose service: a throwaway restore target.
+        self.platform = platform
+        # A container ID instead of the service: a throwaway restore target.
         self.container = container
 
     def secret(self, env_name: str | None) -> str | None:
@@ -43,10 +43,9 @@ class DbAccess:
         """argv running ``inner`` where the database's client tools are."""
         if self.db.mode == "tcp":
             return list(inner)
-        env_flags = [f for name in secret_names for f in ("-e", name)]
         if self.container is not None:
-            return ["docker", "exec", "-i", *env_flags, self.container, *inner]
-        return self.compose.argv("exec", "-T", *env_flags, self.db.service, *inner)
+            return self.platform.container_exec_argv(self.container, inner, secret_names)
+        return self.platform.exec_argv(self.db.service, inner, secret_names)
 
     def run(self, inner: Sequence[str], secret_env: Mapping[str, str], *, what: str,
             timeout: float = 120, input_text: str | None = None) -> proc.Result:

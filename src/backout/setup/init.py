@@ -6,13 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from backout import dotenv, proc
-from backout.adapters.docker import Compose
-from backout.config.generate import Derived, derive, render
+from backout import dotenv, platforms, proc
 from backout.config.load import display_path, load_config
-from backout.config.model import ProjectConfig
+from backout.config.model import Config, ProjectConfig
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, UsageError
+from backout.setup.generate import Derived, derive, render
 from backout.state.dirs import private_dir
 
 # Compose's own lookup order for a project's default file.
@@ -86,9 +85,11 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
         for key, value in env_values.items():
             if proc.is_secret_name(key):
                 env.redact.add(value)
-    compose = Compose(env, project_dir, [compose_file], env_file=env_file)
+    # The stack as the platform sees it, before any backout.toml exists.
+    draft = Config(path=target, project_dir=project_dir,
+                   project=ProjectConfig(compose_files=(compose_file,), env_file=env_file))
     try:
-        data = compose.config()
+        data = platforms.for_config(env, draft).definition()
     except BackoutError as exc:
         raise ConfigError(compose_file, "", f"docker compose config failed: {exc.message}") from exc
     derived = derive(data, env_values)

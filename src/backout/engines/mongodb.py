@@ -11,14 +11,14 @@ import json
 from typing import Any
 
 from backout import proc
-from backout.adapters.dbaccess import DbAccess
+from backout.engines.access import EngineAccess
 from backout.errors import ExternalError
 
 SYSTEM_DATABASES = {"admin", "local", "config"}
 
 
 class MongoDB:
-    def __init__(self, access: DbAccess) -> None:
+    def __init__(self, access: EngineAccess) -> None:
         self.access = access
         self._client: Any = None
 
@@ -26,11 +26,9 @@ class MongoDB:
         db = self.access.db
         if db.port is not None:
             return db.host, db.port
-        # exec mode without a configured port: ask compose where 27017 is published
-        result = self.access.compose.run("port", db.service, "27017", check=False,
-                                         what="docker compose port")
-        text = result.stdout.strip()
-        if not result.ok or ":" not in text:
+        # exec mode without a configured port: ask the platform where 27017 is published
+        text = self.access.platform.published_address(db.service, 27017) or ""
+        if ":" not in text:
             raise ExternalError(f"{db.name}: no published port for {db.service}:27017 and no "
                                 "mongodump in the container",
                                 fix=f"publish 27017 or set databases.{db.name}.port")
@@ -122,7 +120,7 @@ NOT_FOUND = 3
 class MongoDump:
     """``mongodump`` inside the MongoDB container (exec mode only)."""
 
-    def __init__(self, access: DbAccess) -> None:
+    def __init__(self, access: EngineAccess) -> None:
         self.access = access
 
     def version(self) -> str | None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from backout.adapters.dbaccess import DbAccess
+from backout.engines.access import EngineAccess
 from backout.errors import BackoutError, ExternalError
 
 
 class Redis:
-    def __init__(self, access: DbAccess) -> None:
+    def __init__(self, access: EngineAccess) -> None:
         self.access = access
 
     def secret_env(self) -> dict[str, str]:
@@ -30,7 +30,7 @@ class Redis:
         """One command (``args``), or several run back to back by one redis-cli
         (``commands``, one per line on its stdin): their replies, in order."""
         inner = self.cli_argv(*args)
-        # argv above is complete; run through DbAccess for error explanations
+        # argv above is complete; run through EngineAccess for error explanations
         from backout import proc
 
         result = proc.run(self.access.env, inner, timeout=timeout, secret_env=self.secret_env(),

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backout.backup.pipeline import DiskFullError, IntegrityError, fsync_dir, fsync_file
 from backout.errors import NotFoundError
+from backout.storage.pipeline import DiskFullError, IntegrityError, fsync_dir, fsync_file
 
 MANIFEST = "manifest.json"
 FORMAT = "backout-backup"

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backout.monitor.policy import Decision, Level, Rule, Snapshot, parse_signal
+from backout.policy.rules import Decision, Level, Rule, Snapshot, parse_signal
 
 DEFAULT_EVALUATIONS = 12  # 1 minute at the default 5 s interval
 KEEP = 20  # baselines of this many releases are kept in the store

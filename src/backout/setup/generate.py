@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from backout.platforms.compose import volume_users
+
 # Paths the real deployments we model expose; tried by service name.
 KNOWN_HEALTH_PATHS = {
     "backend": "/api/v1/health/check",
@@ -158,17 +160,6 @@ def derive(compose: Mapping[str, Any], env_values: Mapping[str, str]) -> Derived
         out.notes[f"services.{name}"] = notes
     out.volumes = _volumes(compose, set(db_types))
     return out
-
-
-def volume_users(compose: Mapping[str, Any]) -> dict[str, set[str]]:
-    """Each named volume of a compose config, with the services that mount it."""
-    users: dict[str, set[str]] = {name: set() for name in compose.get("volumes") or {}}
-    for service, spec in (compose.get("services") or {}).items():
-        for mount in spec.get("volumes") or []:
-            if isinstance(mount, dict) and mount.get("type") == "volume" \
-                    and mount.get("source") in users:
-                users[mount["source"]].add(service)
-    return users
 
 
 def _volumes(compose: Mapping[str, Any], db_services: set[str]) -> dict[str, dict[str, Any]]:

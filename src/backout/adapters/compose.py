@@ -1,0 +1,74 @@
+"""Docker Compose v2, through its CLI: one project's argv, ``config`` and ``ps``.
+
+Only the Compose platform (``backout.platforms.compose``) uses this module; the
+rest of backout asks the platform.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from backout import proc
+from backout.adapters.docker import ENGINE_FIX, Docker
+from backout.environment import Environment
+from backout.errors import CommandFailedError, DockerUnavailableError, ExternalError
+from backout.platforms.base import ContainerInfo
+
+
+class Compose:
+    """One Compose project: its files, project directory and project name."""
+
+    def __init__(self, env: Environment, project_dir: Path, files: Sequence[str],
+                 project_name: str | None = None, env_file: str | None = None) -> None:
+        self.env = env
+        self.project_dir = project_dir
+        self.files = list(files)
+        self.project_name = project_name
+        self.env_file = env_file
+
+    def argv(self, *args: str) -> list[str]:
+        argv = ["docker", "compose", "--project-directory", str(self.project_dir)]
+        for f in self.files:
+            argv += ["-f", str(self.project_dir / f)]
+        if self.env_file:
+            argv += ["--env-file", str(self.project_dir / self.env_file)]
+        if self.project_name:
+            argv += ["-p", self.project_name]
+        return argv + list(args)
+
+    def run(self, *args: str, timeout: float = 300, check: bool = True,
+            what: str | None = None) -> proc.Result:
+        try:
+            return proc.run(self.env, self.argv(*args), timeout=timeout, check=check,
+                            cwd=str(self.project_dir), what=what or f"docker compose {args[0]}")
+        except CommandFailedError as exc:
+            if "Cannot connect to the Docker daemon" in exc.message:
+                raise DockerUnavailableError(
+                    "Docker Engine is not reachable", fix=ENGINE_FIX) from exc
+            if "is not a docker command" in exc.message or "unknown command" in exc.message:
+                raise ExternalError("Docker Compose v2 is not installed",
+                                    fix="install the docker compose plugin") from exc
+            raise
+
+    def config(self) -> dict[str, Any]:
+        """The resolved configuration (``docker compose config --format json``).
+
+        Needs no engine. Variable interpolation uses the project's .env, so the
+        result may contain secrets: callers must not store it without redaction.
+        """
+        result = self.run("config", "--format", "json", timeout=60)
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def containers(self, *services: str) -> list[ContainerInfo]:
+        """Every container of the project (all states), inspected."""
+        result = self.run("ps", "-a", "-q", *services, timeout=60)
+        ids = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+        return Docker(self.env).inspect_containers(ids)
+
+    def running_images(self) -> dict[str, str]:
+        """service -> image ID of its running container: what runs now."""
+        return {c.service: c.image_id for c in self.containers() if c.state == "running"}

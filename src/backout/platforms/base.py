@@ -1,0 +1,148 @@
+"""The platform seam: what backout asks of "the thing that runs the stack".
+
+Docker Compose is the first implementation (``backout.platforms.compose``); a
+second one (Docker Swarm) implements the same protocol. rollback, backup, deploy,
+verify, releases, monitor and the database engines call this interface, never a
+platform's own adapter. The value types are plain data, so this module imports
+nothing of backout (adapters fill them in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    service: str
+    state: str  # running, exited, restarting, ...
+    health: str | None  # healthy, unhealthy, starting, or None without a healthcheck
+    image: str  # the image reference the stack definition asked for
+    image_id: str  # sha256:... actually running
+    restart_count: int
+    started_at: str
+    labels: dict[str, str] = field(default_factory=dict)
+    failing_streak: int = 0  # consecutive failed healthchecks (Docker counts them)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    repo_tags: tuple[str, ...]
+    repo_digests: tuple[str, ...]
+    created: str
+    labels: dict[str, str]
+
+
+class Platform(Protocol):
+    """One stack on one platform. Every method asks the platform: nothing is cached
+    about what runs (the platform's own labels are the truth)."""
+
+    kind: str  # "compose": the key in backout.platforms.PLATFORMS
+    project_dir: Path
+
+    # -- what the stack is and what runs ---------------------------------------------
+    def ping(self) -> str:
+        """The engine's version; ``DockerUnavailableError`` when it does not answer."""
+        ...
+
+    def definition(self) -> dict[str, Any]:
+        """The resolved stack definition (services, volumes, ...). It may hold
+        interpolated secrets: never store it without redaction."""
+        ...
+
+    def project_name(self, definition: Mapping[str, Any] | None = None) -> str:
+        """The stack's name (the definition's, else the platform's default rule)."""
+        ...
+
+    def volume_mounts(self, definition: Mapping[str, Any] | None = None) -> dict[str, set[str]]:
+        """Each named volume of the definition, with the services that mount it."""
+        ...
+
+    def definition_problem(self, directory: Path) -> str | None:
+        """Whether the stack definition as found in ``directory`` (another checkout)
+        is valid; the problem in one line, or None."""
+        ...
+
+    def containers(self, *services: str) -> list[ContainerInfo]:
+        """Every container of the stack (or of ``services``), in any state."""
+        ...
+
+    def running_images(self) -> dict[str, str]:
+        """service -> image ID of its running container: what runs now."""
+        ...
+
+    def stats(self, container_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """``memory_percent`` and ``cpu_percent`` per container ID."""
+        ...
+
+    def logs(self, service: str, since: str, *, timestamps: bool = False) -> str:
+        """The service's log lines since ``since`` (best effort: empty when unreadable)."""
+        ...
+
+    # -- images and volumes -----------------------------------------------------------
+    def image(self, ref: str) -> ImageInfo | None:
+        """The image ``ref`` names (an ID or a reference), if it is on this host."""
+        ...
+
+    def tag(self, image_id: str, ref: str) -> None: ...
+
+    def untag(self, ref: str) -> None:
+        """Remove one tag (the image stays while another tag or a container uses it)."""
+        ...
+
+    def volume_exists(self, name: str) -> bool: ...
+
+    # -- changing what runs -----------------------------------------------------------
+    def replace_service(self, service: str, image_ref: str, *, operation_id: int) -> None:
+        """Run ``service`` from ``image_ref`` (no build, no pull), touching no other
+        service, and wait until it is healthy. The stack definition is not edited."""
+        ...
+
+    def converge(self, *, pull: bool) -> None:
+        """Bring the whole stack to its (checked-out) definition without building,
+        removing orphans, and wait until it is healthy; ``pull=False`` never pulls.
+        ``UnhealthyError`` (the platform's last word) when it does not come up."""
+        ...
+
+    def build(self, services: Sequence[str]) -> None: ...
+
+    def stop(self, services: Sequence[str], *, timeout: float = 180) -> list[str]:
+        """Stop those of ``services`` that run; return them (sorted)."""
+        ...
+
+    def start(self, services: Sequence[str]) -> None:
+        """Start stopped services again as they were (no recreation, no dependencies)."""
+        ...
+
+    def bring_up(self, service: str) -> None:
+        """Start one service (created or recreated as its definition says, no
+        dependencies) and wait until it is healthy."""
+        ...
+
+    # -- reaching into a service ------------------------------------------------------
+    def exec_argv(self, service: str, inner: Sequence[str],
+                  env_names: Sequence[str] = ()) -> list[str]:
+        """argv running ``inner`` in the service's container, stdin attached, no TTY;
+        ``env_names`` are copied from the caller's environment (values never in argv)."""
+        ...
+
+    def container_exec_argv(self, container_id: str, inner: Sequence[str],
+                            env_names: Sequence[str] = ()) -> list[str]:
+        """The same in one container by ID (a throwaway restore target)."""
+        ...
+
+    def one_off_argv(self, service: str, *, entrypoint: str, args: Sequence[str],
+                     label: str) -> list[str]:
+        """argv of a labelled one-off container of ``service`` (its volumes, no
+        dependencies, removed when it ends) running ``entrypoint args``."""
+        ...
+
+    def published_address(self, service: str, port: int) -> str | None:
+        """``host:port`` where the service's ``port`` is published, or None."""
+        ...

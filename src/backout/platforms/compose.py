@@ -1,0 +1,179 @@
+"""Docker Compose v2 as a platform: the one module that drives ``docker compose``
+(through ``backout.adapters.compose``) for the rest of backout."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from backout.adapters.compose import Compose
+from backout.adapters.docker import Docker
+from backout.config import Config
+from backout.environment import Environment
+from backout.errors import UnhealthyError
+from backout.platforms.base import ContainerInfo, ImageInfo, Platform
+
+
+def volume_users(definition: Mapping[str, Any]) -> dict[str, set[str]]:
+    """Each named volume of a compose config, with the services that mount it."""
+    users: dict[str, set[str]] = {name: set() for name in definition.get("volumes") or {}}
+    for service, spec in (definition.get("services") or {}).items():
+        for mount in spec.get("volumes") or []:
+            if isinstance(mount, dict) and mount.get("type") == "volume" \
+                    and mount.get("source") in users:
+                users[mount["source"]].add(service)
+    return users
+
+
+class ComposePlatform:
+    """The stack of one backout.toml, run by Docker Compose on one Docker Engine."""
+
+    kind = "compose"
+
+    def __init__(self, env: Environment, config: Config) -> None:
+        self.env = env
+        self.config = config
+        self.project_dir = config.project_dir
+        self.compose = Compose(env, config.project_dir, config.project.compose_files,
+                               config.project.name, config.project.env_file)
+        self.docker = Docker(env)
+
+    # -- what the stack is and what runs ---------------------------------------------
+    def ping(self) -> str:
+        return self.docker.ping()
+
+    def definition(self) -> dict[str, Any]:
+        return self.compose.config()
+
+    def project_name(self, definition: Mapping[str, Any] | None = None) -> str:
+        data = definition if definition is not None else self.definition()
+        return str(data.get("name") or self.project_dir.name)
+
+    def volume_mounts(self, definition: Mapping[str, Any] | None = None) -> dict[str, set[str]]:
+        return volume_users(definition if definition is not None else self.definition())
+
+    def definition_problem(self, directory: Path) -> str | None:
+        files = self.config.project.compose_files
+        missing = [f for f in files if not (directory / f).is_file()]
+        if missing:
+            return f"{', '.join(missing)} missing"
+        env_file = self.config.project.env_file
+        # .env is usually untracked (it holds secrets): use the project's own.
+        scratch = Compose(self.env, directory, files, self.config.project.name,
+                          str(self.project_dir / env_file)
+                          if env_file and (self.project_dir / env_file).is_file() else None)
+        result = scratch.run("config", "-q", timeout=60, check=False,
+                             what="docker compose config (at the ref)")
+        if result.ok:
+            return None
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        return self.env.redact(lines[-1] if lines else "invalid")
+
+    def containers(self, *services: str) -> list[ContainerInfo]:
+        return self.compose.containers(*services)
+
+    def running_images(self) -> dict[str, str]:
+        return self.compose.running_images()
+
+    def stats(self, container_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        return self.docker.stats(container_ids)
+
+    def logs(self, service: str, since: str, *, timestamps: bool = False) -> str:
+        result = self.compose.run("logs", "--no-color", "--no-log-prefix",
+                                  *(["--timestamps"] if timestamps else []), "--since", since,
+                                  service, check=False, timeout=60)
+        return result.stdout + result.stderr
+
+    # -- images and volumes -----------------------------------------------------------
+    def image(self, ref: str) -> ImageInfo | None:
+        return self.docker.inspect_image(ref)
+
+    def tag(self, image_id: str, ref: str) -> None:
+        self.docker.tag(image_id, ref)
+
+    def untag(self, ref: str) -> None:
+        self.docker.remove_tag(ref)
+
+    def volume_exists(self, name: str) -> bool:
+        return self.docker.volume_exists(name)
+
+    # -- changing what runs -----------------------------------------------------------
+    def replace_service(self, service: str, image_ref: str, *, operation_id: int) -> None:
+        # The compose files are not edited: an override file (kept under the state
+        # directory, named after the operation) swaps the one image for this one call.
+        override = _write_override(self.config.state_dir, f"op-{operation_id}",
+                                   {service: image_ref})
+        rel = (str(override.relative_to(self.project_dir))
+               if override.is_relative_to(self.project_dir) else str(override))
+        pinned = Compose(self.env, self.project_dir, [*self.compose.files, rel],
+                         self.compose.project_name, self.compose.env_file)
+        pinned.run("up", "-d", "--no-deps", "--no-build", "--pull", "never", "--wait", service,
+                   timeout=600, what=f"docker compose up {service}")
+
+    def converge(self, *, pull: bool) -> None:
+        result = self.compose.run("up", "-d", "--wait", "--no-build",
+                                  *([] if pull else ["--pull", "never"]), "--remove-orphans",
+                                  timeout=900, check=False, what="docker compose up")
+        if not result.ok:
+            lines = result.stderr.strip().splitlines()
+            raise UnhealthyError(self.env.redact(lines[-1] if lines else "no output"))
+
+    def build(self, services: Sequence[str]) -> None:
+        self.compose.run("build", *services, timeout=3600)
+
+    def stop(self, services: Sequence[str], *, timeout: float = 180) -> list[str]:
+        running = sorted({c.service for c in self.containers(*services)
+                          if c.state in ("running", "restarting")})
+        if running:
+            self.compose.run("stop", *running, timeout=timeout)
+        return running
+
+    def start(self, services: Sequence[str]) -> None:
+        self.compose.run("up", "-d", "--no-deps", "--no-recreate", *services, timeout=300)
+
+    def bring_up(self, service: str) -> None:
+        self.compose.run("up", "-d", "--no-deps", "--wait", service, timeout=300)
+
+    # -- reaching into a service ------------------------------------------------------
+    def exec_argv(self, service: str, inner: Sequence[str],
+                  env_names: Sequence[str] = ()) -> list[str]:
+        return self.compose.argv("exec", "-T", *_env_flags(env_names), service, *inner)
+
+    def container_exec_argv(self, container_id: str, inner: Sequence[str],
+                            env_names: Sequence[str] = ()) -> list[str]:
+        return ["docker", "exec", "-i", *_env_flags(env_names), container_id, *inner]
+
+    def one_off_argv(self, service: str, *, entrypoint: str, args: Sequence[str],
+                     label: str) -> list[str]:
+        return self.compose.argv("run", "--rm", "--no-deps", "-T", "--label", label,
+                                 "--entrypoint", entrypoint, service, *args)
+
+    def published_address(self, service: str, port: int) -> str | None:
+        result = self.compose.run("port", service, str(port), check=False,
+                                  what="docker compose port")
+        return result.stdout.strip() if result.ok else None
+
+
+def _env_flags(names: Sequence[str]) -> list[str]:
+    # ``-e NAME`` without a value: the docker CLI copies it from our environment.
+    return [flag for name in names for flag in ("-e", name)]
+
+
+def _write_override(state_dir: Path, name: str, images: dict[str, str]) -> Path:
+    """A compose override file that only swaps images; compose files stay untouched."""
+    directory = state_dir / "overrides"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"{name}.yml"
+    # JSON is YAML: no YAML library needed.
+    doc = {"services": {svc: {"image": ref} for svc, ref in images.items()}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+# mypy proves here that the class implements the protocol (for_config resolves it by name).
+_IMPLEMENTS: type[Platform] = ComposePlatform

@@ -1,0 +1,199 @@
+"""In-process fakes of backout's seams, for orchestration tests without Docker.
+
+``FakePlatform`` implements ``backout.platforms.base.Platform`` over a little model
+of a stack (services with a state and a running image, images by reference and ID,
+volumes). Every call is recorded in order in ``calls`` as ``(method, *args)``, and
+``fail_on`` makes a later call raise, so a test can assert what was called in what
+order and what a plan does when the platform fails in the middle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from backout.config import Config
+from backout.environment import Environment
+from backout.errors import BackoutError, UnhealthyError
+from backout.operations.executor import RunContext
+from backout.platforms.base import ContainerInfo, ImageInfo
+from backout.state import Store
+
+
+class FakePlatform:
+    kind = "fake"
+
+    def __init__(self, project_dir: Path = Path("/fake/project"), *,
+                 running: Mapping[str, str] | None = None,
+                 stopped: Mapping[str, str] | None = None,
+                 images: Mapping[str, str] | None = None,
+                 definition: dict[str, Any] | None = None,
+                 health: Mapping[str, str | None] | None = None) -> None:
+        """``running``/``stopped``: service -> image ID of its container; ``images``:
+        reference -> image ID of the images on this host (IDs are images themselves)."""
+        self.project_dir = project_dir
+        self.state: dict[str, str] = {**{s: "exited" for s in stopped or {}},
+                                      **{s: "running" for s in running or {}}}
+        self.container_image: dict[str, str] = {**(stopped or {}), **(running or {})}
+        self.images: dict[str, str] = dict(images or {})
+        self.health: dict[str, str | None] = dict(health or {})
+        self.stack: dict[str, Any] = definition if definition is not None else {
+            "name": project_dir.name,
+            "services": {s: {"image": f"{s}:latest"} for s in self.state}}
+        self.volumes: set[str] = set()
+        self.log_text: dict[str, str] = {}
+        self.calls: list[tuple[Any, ...]] = []
+        self._failures: list[tuple[str, Any, BackoutError]] = []
+
+    # -- the fake's own controls --------------------------------------------------------
+    def fail_on(self, method: str, error: BackoutError | None = None, *,
+                first_arg: Any = None) -> None:
+        """The next call of ``method`` (whose first argument is ``first_arg``, when
+        given) raises ``error`` (default: an UnhealthyError naming the call)."""
+        self._failures.append((method, first_arg,
+                               error or UnhealthyError(f"fake platform: {method} failed")))
+
+    def called(self, method: str) -> list[tuple[Any, ...]]:
+        return [c[1:] for c in self.calls if c[0] == method]
+
+    def _call(self, method: str, *args: Any) -> None:
+        self.calls.append((method, *args))
+        for i, (name, first, error) in enumerate(self._failures):
+            if name == method and (first is None or (args and args[0] == first)):
+                del self._failures[i]
+                raise error
+
+    def _has_image(self, ref: str) -> str | None:
+        if ref in self.images:
+            return self.images[ref]
+        return ref if ref in self.images.values() else None
+
+    # -- Platform -----------------------------------------------------------------------
+    def ping(self) -> str:
+        self._call("ping")
+        return "fake-1.0"
+
+    def definition(self) -> dict[str, Any]:
+        self._call("definition")
+        return self.stack
+
+    def project_name(self, definition: Mapping[str, Any] | None = None) -> str:
+        data = definition if definition is not None else self.stack
+        return str(data.get("name") or self.project_dir.name)
+
+    def volume_mounts(self, definition: Mapping[str, Any] | None = None) -> dict[str, set[str]]:
+        data = definition if definition is not None else self.stack
+        return {v: set() for v in data.get("volumes") or {}}
+
+    def definition_problem(self, directory: Path) -> str | None:
+        self._call("definition_problem", directory)
+        return None
+
+    def containers(self, *services: str) -> list[ContainerInfo]:
+        self._call("containers", *services)
+        return [ContainerInfo(id=f"c-{s}", name=f"{self.project_dir.name}-{s}-1", service=s,
+                              state=self.state[s], health=self.health.get(s),
+                              image=str(self.stack.get("services", {}).get(s, {}).get("image", "")),
+                              image_id=self.container_image.get(s, ""), restart_count=0,
+                              started_at="")
+                for s in sorted(self.state) if not services or s in services]
+
+    def running_images(self) -> dict[str, str]:
+        self._call("running_images")
+        return {s: self.container_image[s] for s, st in self.state.items() if st == "running"}
+
+    def stats(self, container_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        self._call("stats", tuple(container_ids))
+        return {}
+
+    def logs(self, service: str, since: str, *, timestamps: bool = False) -> str:
+        self._call("logs", service, since)
+        return self.log_text.get(service, "")
+
+    def image(self, ref: str) -> ImageInfo | None:
+        self._call("image", ref)
+        image_id = self._has_image(ref)
+        if image_id is None:
+            return None
+        tags = tuple(r for r, i in self.images.items() if i == image_id)
+        return ImageInfo(id=image_id, repo_tags=tags, repo_digests=(), created="", labels={})
+
+    def tag(self, image_id: str, ref: str) -> None:
+        self._call("tag", image_id, ref)
+        self.images[ref] = image_id
+
+    def untag(self, ref: str) -> None:
+        self._call("untag", ref)
+        self.images.pop(ref, None)
+
+    def volume_exists(self, name: str) -> bool:
+        self._call("volume_exists", name)
+        return name in self.volumes
+
+    def replace_service(self, service: str, image_ref: str, *, operation_id: int) -> None:
+        self._call("replace_service", service, image_ref)
+        image_id = self._has_image(image_ref)
+        if image_id is None:
+            raise UnhealthyError(f"fake platform: no image {image_ref}")
+        self.state[service] = "running"
+        self.container_image[service] = image_id
+
+    def converge(self, *, pull: bool) -> None:
+        self._call("converge", pull)
+        project = self.project_name()
+        for svc, spec in (self.stack.get("services") or {}).items():
+            image_id = self._has_image(str(spec.get("image") or f"{project}-{svc}"))
+            if image_id is None:
+                raise UnhealthyError(f"fake platform: no image for {svc}")
+            self.state[svc] = "running"
+            self.container_image[svc] = image_id
+
+    def build(self, services: Sequence[str]) -> None:
+        self._call("build", tuple(services))
+        project = self.project_name()
+        for svc in services:
+            spec = (self.stack.get("services") or {}).get(svc, {})
+            self.images[str(spec.get("image") or f"{project}-{svc}")] = f"sha256:built-{svc}"
+
+    def stop(self, services: Sequence[str], *, timeout: float = 180) -> list[str]:
+        self._call("stop", tuple(services))
+        running = sorted(s for s in services if self.state.get(s) in ("running", "restarting"))
+        for s in running:
+            self.state[s] = "exited"
+        return running
+
+    def start(self, services: Sequence[str]) -> None:
+        self._call("start", tuple(services))
+        for s in services:
+            self.state[s] = "running"
+
+    def bring_up(self, service: str) -> None:
+        self._call("bring_up", service)
+        self.state[service] = "running"
+
+    def exec_argv(self, service: str, inner: Sequence[str],
+                  env_names: Sequence[str] = ()) -> list[str]:
+        return ["fake-exec", service, *inner]
+
+    def container_exec_argv(self, container_id: str, inner: Sequence[str],
+                            env_names: Sequence[str] = ()) -> list[str]:
+        return ["fake-exec", container_id, *inner]
+
+    def one_off_argv(self, service: str, *, entrypoint: str, args: Sequence[str],
+                     label: str) -> list[str]:
+        return ["fake-run", service, entrypoint, *args]
+
+    def published_address(self, service: str, port: int) -> str | None:
+        self._call("published_address", service, port)
+        return None
+
+
+def run_context(store: Store, config: Config | None = None, platform: Any = None,
+                env: Environment | None = None) -> RunContext:
+    """A RunContext for in-process tests (by default a bare config whose project is
+    the store's directory, and a FakePlatform)."""
+    if config is None:
+        config = Config(path=store.state_dir / "backout.toml", project_dir=store.state_dir)
+    return RunContext(env or Environment(), config, store,
+                      platform if platform is not None else FakePlatform(config.project_dir))
