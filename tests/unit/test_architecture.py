@@ -217,6 +217,9 @@ def test_the_cli_has_no_import_cycle() -> None:
     assert cycles(graph()) == []
 
 
+# All SQL lives in state/: tests/unit/test_sql_lives_in_state.py.
+
+
 def test_only_the_compose_platform_uses_the_compose_adapter() -> None:
     edges = graph()
     assert "backout.platforms.compose" in {m for m, t in edges.items() if COMPOSE_ADAPTER in t}

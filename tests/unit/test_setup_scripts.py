@@ -91,7 +91,9 @@ mkdir -p "$HOME/own" && ln -sf "$(command -v sleep)" "$HOME/own/prometheus"
 own=$!
 sleep 0.2
 bash {script} {args} >"$HOME/out" 2>&1; echo "rc=$?"
-sleep 0.3
+# A stopped server takes a moment to go on a loaded machine: wait (up to 5 s) until
+# at most one is left, then look.
+for _ in $(seq 50); do [ "$(pgrep -cx prometheus)" -le 1 ] && break; sleep 0.1; done
 kill -0 $own 2>/dev/null && echo "own alive" || echo "own killed"
 echo "running: $(pgrep -x prometheus | tr '\\n' ' ')"
 echo "own=$own"
