@@ -224,3 +224,14 @@ def test_history_lists_operations_with_their_duration(project: Path, platform: F
     assert lines[0].split() == ["ID", "KIND", "STATUS", "STARTED", "TOOK", "ERROR"]
     assert len(lines) == 2 and lines[1].split()[:3] == [str(running_op), "test", "running"]
     assert lines[1].split()[4] == "-"
+
+
+def test_resume_takes_the_newest_unfinished_operation(project: Path, platform: FakePlatform,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    RAN.clear()
+    older = unfinished(project, "older")
+    newer = unfinished(project, "newer")
+    code, data, _ = run(project, capsys, "resume")
+    assert code == 0 and data["resumed"] == newer and RAN == ["newer"]
+    code, data, _ = run(project, capsys, "resume")
+    assert code == 0 and data["resumed"] == older and RAN == ["newer", "older"]
