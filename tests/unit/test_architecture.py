@@ -14,7 +14,7 @@ import ast
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import pytest
+import click
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "backout"
 UI_MODULES = ("click", "typer", "rich", "backout.cli", "backout.web")
@@ -62,6 +62,7 @@ LAYERS: dict[str, int] = {
     "backout.setup": 8,
     "backout.demo": 8,
     "backout.completion": 8,
+    "backout.status": 8,  # reads the monitor's baseline and the rollback's drift
     # 9 the click layer and `python -m backout`
     "backout.cli": 9,
     "backout.__main__": 9,
@@ -210,14 +211,74 @@ def test_there_is_no_import_cycle() -> None:
     assert [c for c in found if not all(m.startswith("backout.cli") for m in c)] == []
 
 
-@pytest.mark.xfail(strict=True, reason="the cli/ modules import each other (run_plan lives in "
-                   "commands_backup); the cli/ split of issue 12 removes the loop: then drop "
-                   "this marker")
 def test_the_cli_has_no_import_cycle() -> None:
     assert cycles(graph()) == []
 
 
 # All SQL lives in state/: tests/unit/test_sql_lives_in_state.py.
+
+
+# The CLI is thin: the command modules share cli.common and nothing else of cli/.
+CLI_SHARED = ("backout.cli", "backout.cli.common", "backout.cli.main", "backout.cli.output",
+              "backout.cli.progress")
+CLI_MAY_IMPORT = ("backout.cli.common",)
+# cli/ modules allowed a function-local import, with why (a heavy optional import).
+CLI_LOCAL_IMPORTS: dict[str, str] = {}
+CLI_FORBIDDEN = ("rmtree", "sqlite3", ".execute(", ".executemany(", ".executescript(")
+
+
+def command_module_imports(edges: Mapping[str, set[str]]) -> list[str]:
+    """Command modules importing a backout.cli module other than cli.common."""
+    return sorted(f"{m} imports {t}" for m, targets in edges.items()
+                  if m.startswith("backout.cli.") and m not in CLI_SHARED
+                  for t in targets if t.startswith("backout.cli") and t not in CLI_MAY_IMPORT)
+
+
+def function_local_imports(source: str) -> list[int]:
+    """Line numbers of imports inside a function or class body."""
+    lines: list[int] = []
+
+    def visit(node: ast.AST, nested: bool) -> None:
+        if nested and isinstance(node, (ast.Import, ast.ImportFrom)):
+            lines.append(node.lineno)
+        inside = nested or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                             ast.ClassDef, ast.Lambda))
+        for child in ast.iter_child_nodes(node):
+            visit(child, inside)
+
+    visit(ast.parse(source), False)
+    return lines
+
+
+def cli_sources(root: Path = SRC) -> dict[str, str]:
+    return {module_name(p, root): p.read_text() for p in sorted((root / "cli").rglob("*.py"))}
+
+
+def test_command_modules_import_only_cli_common() -> None:
+    edges = graph()
+    modules = [m for m in edges if m.startswith("backout.cli.") and m not in CLI_SHARED]
+    assert len(modules) >= 10, "the scan must see the command modules"
+    assert command_module_imports(edges) == []
+
+
+def test_cli_has_no_function_local_imports() -> None:
+    found = {m: function_local_imports(text) for m, text in cli_sources().items()}
+    assert {m: lines for m, lines in found.items() if lines and m not in CLI_LOCAL_IMPORTS} == {}
+
+
+def test_cli_removes_no_files_and_runs_no_sql() -> None:
+    found = {m: [w for w in CLI_FORBIDDEN if w in text] for m, text in cli_sources().items()}
+    assert {m: words for m, words in found.items() if words} == {}
+
+
+def test_every_command_module_is_in_the_registry() -> None:
+    from backout.cli.main import COMMANDS, cli
+
+    listed = {f"backout.cli.{target.partition(':')[0]}" for target in COMMANDS.values()}
+    modules = {m for m in graph() if m.startswith("backout.cli.") and m not in CLI_SHARED}
+    assert listed == modules
+    ctx = click.Context(cli)
+    assert all(isinstance(cli.get_command(ctx, name), click.Command) for name in COMMANDS)
 
 
 def test_only_the_compose_platform_uses_the_compose_adapter() -> None:
@@ -322,3 +383,30 @@ def test_the_cli_check_itself_detects_a_violation(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import click\nfrom backout.cli.main import cli\n")
     assert {"click", "backout.cli.main"} <= _all_imports(bad)
+
+
+def test_the_command_module_check_detects_a_sibling_import(tmp_path: Path) -> None:
+    edges = _planted(tmp_path, {
+        "cli/common.py": "", "cli/main.py": "",
+        "cli/deploy.py": "from backout.cli.common import run_plan\n",
+        "cli/operations.py": "def f():\n    from backout.cli.deploy import report\n",
+        "cli/status.py": "from backout.cli import main\n",
+    })
+    assert command_module_imports(edges) == [
+        "backout.cli.operations imports backout.cli.deploy",
+        "backout.cli.status imports backout.cli.main"]
+
+
+def test_the_local_import_check_detects_one() -> None:
+    source = ("import os\nif os:\n    import sys\n"
+              "def f():\n    import json\nclass C:\n    def g(self):\n"
+              "        from backout import x\n")
+    assert function_local_imports(source) == [5, 8]
+
+
+def test_the_forbidden_words_check_reads_cli_sources(tmp_path: Path) -> None:
+    (tmp_path / "backout" / "cli").mkdir(parents=True)
+    (tmp_path / "backout" / "cli" / "prune.py").write_text("import shutil\nshutil.rmtree(p)\n")
+    found = {m: [w for w in CLI_FORBIDDEN if w in t] for m, t in
+             cli_sources(tmp_path / "backout").items()}
+    assert found == {"backout.cli.prune": ["rmtree"]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backout.cli.commands_backup import step_line
+from backout.cli.common import step_line
 from backout.errors import ExternalError
 from backout.operations.executor import Executor, RunContext, register_action
 from backout.operations.plan import Plan, Step

@@ -1,38 +1,30 @@
-"""``backout`` entry point: global options, the error edge, and the command tree.
+"""``backout`` entry point: the root command, the error edge, and the command tree.
 
 Errors become one line and an exit code here and nowhere else. Commands are
-thin: they build the library's inputs from options and render its results.
+thin: they build the library's inputs from options and render its results. Each
+lives in a module of this package named after what it holds, found by name in
+``COMMANDS`` and imported when used; those modules import ``cli.common`` only.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 import json
-import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import click
-import click.shell_completion
 
-from backout import platforms
-from backout.config import Config, find_config, load_config
+from backout.cli.common import ENV_VARS, Ctx, global_options
 from backout.environment import Environment
 from backout.errors import BackoutError, ExitCode
-from backout.operations.executor import Executor, RunContext
-from backout.operations.guard import Unfinished, guard
-from backout.state import OperationLock, Store
+from backout.operations import interrupt, summary
+from backout.version import describe
 
-if TYPE_CHECKING:
-    from backout.platforms.base import Platform
-    from backout.policy.rules import Decision
-
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["COMMANDS", "ENV_VARS", "Ctx", "cli", "entry", "main"]
 
 INTERNAL_ERROR = 70  # a bug: an exception backout did not expect (EX_SOFTWARE)
 
@@ -53,169 +45,61 @@ Before a rollback is needed: `backout doctor` checks what it will need.
 """
 
 
-class Ctx:
-    """What every command receives: the Environment and lazily loaded config/store."""
-
-    def __init__(self) -> None:
-        self.env = Environment()
-        self._config: Config | None = None
-        self._store: Store | None = None
-        self.config_option: Path | None = None
-        self.project_dir_option: Path | None = None
-        self.from_flags: set[str] = set()  # global options given as flags (beat variables)
-
-    def setup(self) -> None:
-        env = self.env
-        if self.project_dir_option is not None:
-            env.project_dir = self.project_dir_option
-        elif self.config_option is not None:
-            env.project_dir = self.config_option.resolve().parent
-        env.config_path = self.config_option
-        if not env.json and env.stderr.isatty():  # a bar for transfers; never in a log or JSON
-            from backout.cli.progress import TerminalProgress
-
-            env.progress = TerminalProgress(env.stderr)
-        handler = logging.StreamHandler(env.stderr)
-        handler.setFormatter(logging.Formatter("backout: %(message)s"))
-        log = logging.getLogger("backout")
-        log.handlers[:] = [handler]
-        log.setLevel(logging.DEBUG if env.debug else logging.INFO if env.verbose else logging.WARNING)
-        log.propagate = False
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            path = find_config(self.env.project_dir, self.env.config_path)
-            self._config = load_config(self.env, path)
-        return self._config
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(self.config.state_dir)
-        return self._store
-
-    @property
-    def platform(self) -> Platform:
-        """What runs the stack (``[platform] kind``); made anew for the current config."""
-        return platforms.for_config(self.env, self.config)
-
-    def run_context(self, on_decision: Callable[[Decision, float], None] | None = None
-                    ) -> RunContext:
-        """What a plan's actions get: this command's env, config, store and platform."""
-        return RunContext(self.env, self.config, self.store, self.platform,
-                          on_decision=on_decision)
-
-    def mutating(self, command: str, unfinished: Unfinished = Unfinished.REFUSE,
-                 abandon_with: Executor | None = None) -> AbstractContextManager[OperationLock]:
-        """The operation guard (lock, audited takeover, interrupted operations) for a
-        command that changes anything."""
-        return guard(self.env, self.store, self.config.state_dir, command,
-                     unfinished=unfinished, abandon_with=abandon_with)
-
-
-# Every global option, its environment variable and where its value goes. Precedence:
-# a flag on the command line > the environment variable > backout.toml > the default.
-# The options are accepted before and after the subcommand; a flag given anywhere
-# wins over the variable, wherever the variable is read.
-ENV_VARS = {"json": "BACKOUT_JSON", "verbose": "BACKOUT_VERBOSE", "debug": "BACKOUT_DEBUG",
-            "config": "BACKOUT_CONFIG", "project_dir": "BACKOUT_PROJECT_DIR"}
-
-
-def _apply(target: Callable[[Ctx, Any], None]) -> Callable[[click.Context, click.Parameter, Any],
-                                                           None]:
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
-        name = str(param.name)
-        source = ctx.get_parameter_source(name)
-        holder = ctx.ensure_object(Ctx)
-        if source == click.core.ParameterSource.COMMANDLINE:
-            holder.from_flags.add(name)
-        elif source != click.core.ParameterSource.ENVIRONMENT or name in holder.from_flags:
-            return  # the default, or a variable under a flag given elsewhere
-        target(holder, value)
-
-    return callback
-
-
-def _set(attr: str) -> Callable[[Ctx, Any], None]:
-    def assign(holder: Ctx, value: Any) -> None:
-        setattr(holder.env, attr, bool(value))
-
-    return assign
-
-
 def _show_version(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
-        from backout.version import describe
-
         click.echo(describe())
         ctx.exit(0)
 
 
-GLOBAL_OPTIONS = [
-    click.option("--json/--no-json", "json", default=False, expose_value=False,
-                 callback=_apply(_set("json")), is_eager=True, envvar=ENV_VARS["json"],
-                 help="Machine-readable output (stable keys, see README). [env: BACKOUT_JSON]"),
-    click.option("--verbose/--no-verbose", "-v", "verbose", default=False, expose_value=False,
-                 callback=_apply(_set("verbose")), is_eager=True, envvar=ENV_VARS["verbose"],
-                 help="Log every external call (argv or URL, duration, exit code). "
-                      "[env: BACKOUT_VERBOSE]"),
-    click.option("--debug/--no-debug", "debug", default=False, expose_value=False,
-                 callback=_apply(_set("debug")), is_eager=True, envvar=ENV_VARS["debug"],
-                 help="Show tracebacks of unexpected errors. [env: BACKOUT_DEBUG]"),
-    click.option("--config", "config", type=click.Path(path_type=Path), expose_value=False,
-                 callback=_apply(lambda h, v: setattr(h, "config_option", v)), is_eager=True,
-                 envvar=ENV_VARS["config"], help="Path to backout.toml. [env: BACKOUT_CONFIG]"),
-    click.option("--project-dir", "project_dir", type=click.Path(path_type=Path),
-                 expose_value=False, is_eager=True, envvar=ENV_VARS["project_dir"],
-                 callback=_apply(lambda h, v: setattr(h, "project_dir_option", v)),
-                 help="Directory of the compose project (default: current directory). "
-                      "[env: BACKOUT_PROJECT_DIR]"),
-]
+COMMANDS: dict[str, str] = {
+    # name -> "module:attribute" under backout.cli, imported when the command is used
+    # (or listed: --help, completion). The modules never import each other.
+    "backup": "backups:backup_cmd",
+    "backups": "backups:backups_group",
+    "checkpoint": "backups:checkpoint_cmd",
+    "config": "setup:config_group",
+    "demo": "demo:demo_cmd",
+    "deploy": "deploy:deploy_cmd",
+    "doctor": "setup:doctor_cmd",
+    "events": "operations:events_cmd",
+    "history": "operations:history_cmd",
+    "incidents": "monitor:incidents_cmd",
+    "init": "setup:init_cmd",
+    "monitor": "monitor:monitor_cmd",
+    "policy": "monitor:policy_group",
+    "release": "releases:release_group",
+    "releases": "releases:releases_cmd",
+    "resume": "operations:resume_cmd",
+    "rollback": "rollback:rollback_group",
+    "status": "status:status_cmd",
+    "verify": "verify:verify_cmd",
+}
 
 
-def complete(kind: str) -> Callable[[click.Context, click.Parameter, str],
-                                    list[click.shell_completion.CompletionItem]]:
-    """Dynamic shell completion of an argument (see backout.completion): the project
-    is the one the command line names so far (--project-dir, --config, their
-    variables) or the current directory."""
+class LazyGroup(click.Group):
+    """The command tree: each command's module is imported when the command is looked
+    up (run, listed in --help, completed), from the ``COMMANDS`` table."""
 
-    def shell_complete(ctx: click.Context, _param: click.Parameter,
-                       incomplete: str) -> list[click.shell_completion.CompletionItem]:
-        from backout.completion import candidates
+    def __init__(self, *args: Any, lazy: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
 
-        holder = ctx.find_object(Ctx) or Ctx()
-        config = holder.config_option
-        project = holder.project_dir_option or (config.resolve().parent if config else Path())
-        return [click.shell_completion.CompletionItem(value)
-                for value in candidates(kind, project.resolve(), config, incomplete)]
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
 
-    return shell_complete
-
-
-def global_options(f: F) -> F:
-    for option in reversed(GLOBAL_OPTIONS):
-        f = option(f)
-    return f
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, _, attr = self.lazy[cmd_name].partition(":")
+        found = getattr(importlib.import_module(f"backout.cli.{module}"), attr)
+        if not isinstance(found, click.Command):
+            raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+        self.add_command(found, cmd_name)
+        return found
 
 
-def command(group: click.Group, name: str, **kwargs: Any) -> Callable[[F], F]:
-    """A subcommand that accepts the global options too and receives the Ctx."""
-
-    def decorate(f: F) -> F:
-        @functools.wraps(f)
-        def wrapper(*args: Any, **kw: Any) -> Any:
-            ctx = click.get_current_context().ensure_object(Ctx)
-            ctx.setup()
-            return f(ctx, *args, **kw)
-
-        return group.command(name, **kwargs)(global_options(wrapper))  # type: ignore[return-value]
-
-    return decorate
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]},
-             epilog=HELP_EPILOG)
+@click.group(cls=LazyGroup, lazy=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]}, epilog=HELP_EPILOG)
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_show_version, help="Show the version (and, in a checkout, the commit).")
 @global_options
@@ -229,19 +113,6 @@ def cli() -> None:
     5 verification failed, 6 external failure, 7 not found, 8 rolled back,
     9 needs a human, 130 interrupted (README: Exit codes).
     """
-
-
-def register() -> None:
-    # Command modules attach themselves to ``cli``; imported here, not at module
-    # top, so ``backout.cli.main`` has no import cycle with them.
-    from backout.cli import (  # noqa: F401
-        commands_backup,
-        commands_config,
-        commands_deploy,
-        commands_monitor,
-        commands_releases,
-        commands_rollback,
-    )
 
 
 BOOLEAN_WORDS = {"", "0", "1", "true", "false", "t", "f", "yes", "no", "y", "n", "on", "off"}
@@ -259,7 +130,6 @@ def _check_boolean_variables() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    register()
     env_holder = Ctx()
     try:
         _check_boolean_variables()
@@ -294,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupted(holder: Ctx) -> tuple[str, str | None]:
     """The message of an interrupt that stopped backout at once (a second Ctrl-C)."""
-    from backout.operations import interrupt, summary
-
     running = interrupt.current().operation
     if running is None:
         return "interrupted", None

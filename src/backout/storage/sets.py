@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backout.errors import NotFoundError
+from backout.state import Store
 from backout.storage.pipeline import DiskFullError, IntegrityError, fsync_dir, fsync_file
 
 MANIFEST = "manifest.json"
@@ -166,3 +167,8 @@ def referenced_set_ids(plans: Iterable[dict[str, Any]]) -> set[str]:
     for plan in plans:
         walk([step.get("params") for step in plan.get("steps", [])])
     return found
+
+
+def set_ids_in_use(store: Store) -> set[str]:
+    """Sets the unfinished operations will still write (their partials stay)."""
+    return referenced_set_ids(op["plan"] for op in store.unfinished_operations())

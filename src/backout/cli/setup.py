@@ -1,4 +1,4 @@
-"""``backout init`` and ``backout config ...``."""
+"""``backout init``, ``backout config check``, ``backout doctor``."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ from pathlib import Path
 
 import click
 
-from backout.cli.main import Ctx, cli, command
-from backout.cli.output import emit
-from backout.errors import ExitCode
+from backout.cli.common import Ctx, ExitCode, command, emit, group
+from backout.errors import BackoutError
+from backout.setup import doctor
 from backout.setup.init import init_project
+from backout.setup.scripts import write_scripts
+from backout.state.store import DB_NAME
 
 
-@command(cli, "init")
+@command("init")
 @click.option("--force", is_flag=True, help="Overwrite an existing backout.toml (and scripts).")
 @click.option("--scripts", is_flag=True,
               help="Also write deploy/rollback/*.sh and deploy/scripts/*.sh wrappers so the "
@@ -26,7 +28,6 @@ def init_cmd(ctx: Ctx, force: bool, scripts: bool) -> ExitCode:
     """
     target = ctx.env.config_path or (ctx.env.project_dir / "backout.toml")
     if scripts and Path(target).exists() and not force:
-        from backout.setup.scripts import write_scripts
 
         written = write_scripts(Path(ctx.env.project_dir), force=False)
         emit(ctx.env, "init", {"path": str(target), "scripts": written},
@@ -35,7 +36,6 @@ def init_cmd(ctx: Ctx, force: bool, scripts: bool) -> ExitCode:
     result = init_project(ctx.env, Path(ctx.env.project_dir), Path(target), force=force)
     written_scripts: list[str] = []
     if scripts:
-        from backout.setup.scripts import write_scripts
 
         written_scripts = write_scripts(Path(ctx.env.project_dir), force=force)
     human = [f"wrote {result.path}", f"  services:  {', '.join(result.services) or '-'}",
@@ -52,12 +52,12 @@ def init_cmd(ctx: Ctx, force: bool, scripts: bool) -> ExitCode:
     return ExitCode.WARNINGS if result.warnings else ExitCode.OK
 
 
-@cli.group("config")
+@group("config")
 def config_group() -> None:
     """Validate and show backout.toml."""
 
 
-@command(config_group, "check")
+@command("check", config_group)
 def config_check(ctx: Ctx) -> None:
     """Validate backout.toml against the Compose project; exit 2 on the first problem."""
     config = ctx.config
@@ -74,7 +74,7 @@ def config_check(ctx: Ctx) -> None:
     }, human)
 
 
-@command(cli, "doctor")
+@command("doctor")
 def doctor_cmd(ctx: Ctx) -> int:
     """Check what the next rollback will need, before it is needed: engine and Compose
     versions, backout.toml, git, zstd, disk room for a checkpoint, every database
@@ -83,16 +83,13 @@ def doctor_cmd(ctx: Ctx) -> int:
 
     Read-only. Exit 0 when every check passes, 1 otherwise.
     """
-    from backout.errors import BackoutError
-    from backout.setup.doctor import real_sources, run_doctor
-    from backout.state.store import DB_NAME
-
     try:
         config, problem = ctx.config, None
     except BackoutError as exc:  # reported as the config check; the rest still runs
         config, problem = None, exc
     store = ctx.store if config is not None and (config.state_dir / DB_NAME).is_file() else None
-    report = run_doctor(ctx.env, config, problem, store, real_sources(ctx.env, config))
+    report = doctor.run_doctor(ctx.env, config, problem, store,
+                               doctor.real_sources(ctx.env, config))
     human: list[str] = []
     for check in report.checks:
         human.append(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")

@@ -1,4 +1,4 @@
-"""``backout monitor``, ``backout incidents``, ``backout policy test``."""
+"""``backout monitor``, ``backout incidents``, ``backout policy test|show``."""
 
 from __future__ import annotations
 
@@ -14,28 +14,14 @@ from typing import Any
 
 import click
 
-from backout.cli.main import Ctx, cli, command
-from backout.cli.output import emit, table
-from backout.errors import ExitCode
-
-
-def baseline_line(summary: dict[str, Any] | None) -> str:
-    """``baseline: release 3 (captured 10:31:02): p95_latency_seconds{service=backend}=0.012``"""
-    from backout.policy.baseline import describe_release
-
-    if summary is None:
-        return "baseline: unknown (no running containers seen yet)"
-    warm = summary["warmup"]
-    waiting = (f"; this release's after {warm['needed']} healthy evaluations "
-               f"({warm['healthy']} so far)" if warm else "")
-    if summary["captured_for"] is None:
-        return f"baseline: none yet for {describe_release(summary['release'])}{waiting}"
-    when = time.strftime("%H:%M:%S", time.localtime(summary["captured_at"]))
-    values = ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary["values"].items()))
-    source = describe_release(summary["captured_for"])
-    if summary["inherited"]:
-        source = f"inherited from {source}"
-    return f"baseline: {source} (captured {when}){waiting}: {values or 'no values'}"
+from backout.cli.common import Ctx, ExitCode, baseline_line, command, emit, group, table
+from backout.errors import InterruptedOperation, LockedError, UsageError
+from backout.monitor.run import Monitor
+from backout.notify import Notifier
+from backout.policy.replay import format_transitions, replay_file
+from backout.policy.rules import DEFAULT_RULES
+from backout.state import OperationLock
+from backout.state.lock import MONITOR_LOCK_NAME
 
 
 def _render(ctx: Ctx, decision: Any, mon: Any, started: float) -> None:
@@ -90,10 +76,6 @@ def _stop_on_signals() -> Iterator[tuple[threading.Event, list[str]]]:
 @contextlib.contextmanager
 def _monitor_lock(ctx: Ctx, pid_file: Path | None) -> Iterator[None]:
     """One monitor per project (two would open every incident twice), and the pid file."""
-    from backout.errors import LockedError, UsageError
-    from backout.state import OperationLock
-    from backout.state.lock import MONITOR_LOCK_NAME
-
     lock = OperationLock(ctx.config.state_dir, MONITOR_LOCK_NAME)
     try:
         lock.acquire("backout monitor")
@@ -122,7 +104,7 @@ def _monitor_lock(ctx: Ctx, pid_file: Path | None) -> Iterator[None]:
         lock.release()
 
 
-@command(cli, "monitor")
+@command("monitor")
 @click.option("--auto-rollback", is_flag=True,
               help="On RED, run the rule's rollback (once per incident, with a cool-down), "
                    "then verify; escalate instead of looping if verification fails.")
@@ -143,10 +125,6 @@ def monitor_cmd(ctx: Ctx, auto_rollback: bool, interval: float | None, duration:
     baseline relative rules compare with. Runs unattended too (no terminal needed):
     SIGTERM or SIGINT stop it after the evaluation under way, with exit code 130.
     """
-    from backout.errors import InterruptedOperation
-    from backout.monitor.run import Monitor
-    from backout.notify import Notifier
-
     cfg = ctx.config
     notify = cfg.monitor.notify
     with _monitor_lock(ctx, pid_file), _stop_on_signals() as (stop, received):
@@ -184,7 +162,7 @@ def monitor_cmd(ctx: Ctx, auto_rollback: bool, interval: float | None, duration:
     return ExitCode.OK if last is None or last.level.value != "RED" else ExitCode.UNHEALTHY
 
 
-@command(cli, "incidents")
+@command("incidents")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 def incidents_cmd(ctx: Ctx, limit: int) -> None:
     """Incidents with their timeline: detected, actions, verified, resolved."""
@@ -199,28 +177,24 @@ def incidents_cmd(ctx: Ctx, limit: int) -> None:
     emit(ctx.env, "incidents", {"incidents": incidents}, human or ["no incidents"])
 
 
-@cli.group("policy")
+@group("policy")
 def policy_group() -> None:
     """Inspect and test the decision policy."""
 
-
-@command(policy_group, "test")
+@command("test", policy_group)
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--defaults", is_flag=True,
               help="Use the runbook's default rules, not the project's config.")
 def policy_test(ctx: Ctx, file: Path, defaults: bool) -> None:
     """Replay a recorded metrics file (JSON lines: {"t": s, "signals": {...}}) through the
     policy and print each transition with the rule and values that caused it."""
-    from backout.policy.replay import format_transitions, replay_file
-    from backout.policy.rules import DEFAULT_RULES
-
     rules = DEFAULT_RULES if defaults else ctx.config.monitor.effective_rules
     transitions = replay_file(file, rules)
     emit(ctx.env, "policy test", {"transitions": [t.to_json() for t in transitions]},
          format_transitions(transitions) or ["no transitions"])
 
 
-@command(policy_group, "show")
+@command("show", policy_group)
 def policy_show(ctx: Ctx) -> None:
     """The effective rules (the runbook's matrix plus the project's [[monitor.rules]])."""
     rules = ctx.config.monitor.effective_rules

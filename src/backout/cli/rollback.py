@@ -1,4 +1,4 @@
-"""``backout verify`` and ``backout rollback ...``."""
+"""``backout rollback service|db|emergency``."""
 
 from __future__ import annotations
 
@@ -6,38 +6,28 @@ from typing import Any
 
 import click
 
-from backout.cli.commands_backup import check_outcome, run_plan, step_reports
-from backout.cli.main import Ctx, cli, command, complete
-from backout.cli.output import emit
-from backout.errors import ExitCode, UsageError
+from backout.cli.common import (
+    Ctx,
+    ExitCode,
+    check_outcome,
+    command,
+    complete,
+    confirm,
+    emit,
+    group,
+    run_plan,
+    step_reports,
+)
+from backout.errors import UsageError
 from backout.operations.plan import Plan
-from backout.rollback.service import drift
-from backout.verify import run_verify
+from backout.rollback import db as db_rollback
+from backout.rollback import emergency
+from backout.rollback import service as service_rollback
 
 
-@command(cli, "verify")
-@click.option("--settle", type=click.IntRange(min=0), default=None,
-              help="Seconds to watch for restarts (default: [verify] settle_seconds).")
-def verify_cmd(ctx: Ctx, settle: int | None) -> int:
-    """Post-rollback checks: containers, health URLs, logs, databases, images."""
-    result = run_verify(ctx.env, ctx.config, ctx.store, ctx.platform, settle=settle)
-    human = [f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}" for c in result.checks]
-    human.append("verify: passed" if result.ok else
-                 f"verify: FAILED ({', '.join(c.name for c in result.failed)})")
-    emit(ctx.env, "verify", result.to_json(), human)
-    return ExitCode.OK if result.ok else ExitCode.VERIFICATION_FAILED
-
-
-@cli.group("rollback")
+@group("rollback")
 def rollback_group() -> None:
     """Roll back one service, the whole stack, or one database."""
-
-
-def _confirm(ctx: Ctx, yes: bool, question: str) -> None:
-    from backout.rollback.common import require_yes
-
-    require_yes(yes, ctx.env.stdin_isatty and ctx.env.stderr.isatty(),
-                lambda q: click.confirm(q, default=False, err=True), question)
 
 
 def _loss_lines(plan: Plan) -> list[str]:
@@ -52,9 +42,9 @@ def _loss_lines(plan: Plan) -> list[str]:
 
 def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
                  extra: dict[str, Any] | None = None,
-                 confirm: Any = None) -> int:
+                 stronger: Any = None) -> int:
     """Dry-run printing, confirmation, the lock, the executor, and the report.
-    ``confirm``: a stronger confirmation than --yes (it runs even with --yes)."""
+    ``stronger``: a stronger confirmation than --yes (it runs even with --yes)."""
     loss = plan.params.get("data_loss") or []
     if dry_run:
         emit(ctx.env, name, {"dry_run": True, "plan": plan.to_json(), "data_loss": loss},
@@ -63,9 +53,9 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
     if not ctx.env.json:
         for line in [*plan.render(), *_loss_lines(plan)]:
             ctx.env.stderr.write(line + "\n")
-    if confirm is not None:
-        confirm()
-    _confirm(ctx, yes, f"{plan.summary}" + (": accept this data loss and proceed?" if loss
+    if stronger is not None:
+        stronger()
+    confirm(ctx, yes, f"{plan.summary}" + (": accept this data loss and proceed?" if loss
                                               else ": proceed?"))
     with ctx.mutating(name):
         outcome = run_plan(ctx, plan)
@@ -79,7 +69,7 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
     data["data_loss"] = final or loss
     human = [f"{name}: done (operation #{outcome.operation_id})"]
     human += [f"  data loss: {w['summary']}" for w in final]
-    drifted = drift(ctx.platform)
+    drifted = service_rollback.drift(ctx.platform)
     if drifted:
         data["drift"] = drifted
         for svc, d in drifted.items():
@@ -91,7 +81,7 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
     return ExitCode.OK
 
 
-@command(rollback_group, "service")
+@command("service", rollback_group)
 @click.argument("service", shell_complete=complete("service"))
 @click.argument("version", required=False, shell_complete=complete("service-version"))
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
@@ -103,15 +93,13 @@ def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool,
     omitted: then the newest recorded release whose image of SERVICE differs from the
     running one (also when the bad version was deployed outside backout).
     """
-    from backout.rollback import service as service_rollback
-
     platform = ctx.platform
     platform.ping()
     plan = service_rollback.plan(ctx.store, platform, service, version)
     return run_rollback(ctx, plan, name="rollback service", yes=yes, dry_run=dry_run)
 
 
-@command(rollback_group, "db")
+@command("db", rollback_group)
 @click.argument("database", shell_complete=complete("database"))
 @click.argument("backup", shell_complete=complete("restore-source"))
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
@@ -129,8 +117,6 @@ def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool,
     of the current data is taken (it holds every acknowledged write), so the restore
     itself can be rolled back; the plan shows the data-loss window before you accept it.
     """
-    from backout.rollback import db as db_rollback
-
     db_rollback.database(ctx.config, database)  # a wrong name is "not found" even with the engine down
     platform = ctx.platform
     platform.ping()
@@ -153,10 +139,10 @@ def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool,
 
     return run_rollback(ctx, plan, name="rollback db", yes=yes, dry_run=dry_run,
                         extra={"safety_set": plan.params["safety_set"]},
-                        confirm=typed if no_safety_backup else None)
+                        stronger=typed if no_safety_backup else None)
 
 
-@command(rollback_group, "emergency")
+@command("emergency", rollback_group)
 @click.argument("target", shell_complete=complete("emergency-target"))
 @click.option("--with-data", is_flag=True,
               help="Also restore the databases from the target's checkpoint.")
@@ -170,8 +156,6 @@ def rollback_emergency(ctx: Ctx, target: str, with_data: bool, dry_run: bool, ye
     repository is switched to the target commit (detached), every service gets the
     target's retained image, the stack comes up in dependency order, and it is verified.
     """
-    from backout.rollback import emergency
-
     platform = ctx.platform
     platform.ping()
     plan = emergency.plan(ctx.env, ctx.config, ctx.store, platform, target, with_data)

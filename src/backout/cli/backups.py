@@ -1,0 +1,174 @@
+"""``backout checkpoint``, ``backout backup``, ``backout backups list|verify|prune``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from backout.backup.operation import PUBLISH, RECORD_CHECKPOINT, plan_backup
+from backout.backup.prune import prune_backups
+from backout.backup.restore_test import restore_test as run_restore_test
+from backout.backup.verify import verify_set
+from backout.cli.common import (
+    Ctx,
+    ExitCode,
+    Unfinished,
+    check_outcome,
+    command,
+    complete,
+    emit,
+    group,
+    human_size,
+    run_plan,
+    step_reports,
+    table,
+)
+from backout.operations.executor import Executor
+from backout.storage import sets
+
+
+def _backup(ctx: Ctx, which: list[str], quiesce: bool, checkpoint: bool, label: str | None,
+            dry_run: bool) -> int:
+    plan = plan_backup(ctx.config, which=which, quiesce=quiesce, checkpoint=checkpoint,
+                       label=label)
+    name = "checkpoint" if checkpoint else "backup"
+    if dry_run:
+        emit(ctx.env, name, {"dry_run": True, "plan": plan.to_json()}, plan.render())
+        return ExitCode.OK
+    # A new backup supersedes an interrupted one (operations.guard).
+    cleanup = Executor(ctx.store, ctx.run_context())
+    with ctx.mutating(name, Unfinished.ABANDON_BACKUPS, abandon_with=cleanup):
+        outcome = run_plan(ctx, plan)
+    data: dict[str, Any] = {"operation_id": outcome.operation_id, "status": outcome.status,
+                            "set_id": plan.params["set_id"], "steps": step_reports(outcome)}
+    check_outcome(ctx, plan, outcome)
+    cp = outcome.results.get(RECORD_CHECKPOINT)
+    if cp:
+        data.update(checkpoint_id=cp["checkpoint_id"], release_id=cp["release_id"])
+    pub = outcome.results[PUBLISH]
+    human = [f"{name} complete: backup set {pub['set_id']}"
+             + (f", checkpoint {cp['checkpoint_id']} (release {cp['release_id']})" if cp else ""),
+             f"  at {pub['path']}"]
+    emit(ctx.env, name, data, human)
+    return ExitCode.OK
+
+
+@command("checkpoint")
+@click.option("--label", help="A note kept with the checkpoint (e.g. 'before migration 42').")
+@click.option("--quiesce", is_flag=True,
+              help="Stop the app services that write while dumping, so all databases share one "
+                   "point in time; they are started again even if the backup fails.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+def checkpoint_cmd(ctx: Ctx, label: str | None, quiesce: bool, dry_run: bool) -> int:
+    """Record the current release and back up every configured database (and volume),
+    as one record."""
+    return _backup(ctx, [*ctx.config.databases, *ctx.config.volumes], quiesce, True, label,
+                   dry_run)
+
+
+@command("backup")
+@click.argument("which", default="all", shell_complete=complete("backup-name"))
+@click.option("--label", help="A note kept in the manifest.")
+@click.option("--quiesce", is_flag=True, help="Stop writers while dumping (see checkpoint).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+def backup_cmd(ctx: Ctx, which: str, label: str | None, quiesce: bool, dry_run: bool) -> int:
+    """Back up one database or volume (by its name in backout.toml), or `all`."""
+    names = [*ctx.config.databases, *ctx.config.volumes] if which == "all" else [which]
+    return _backup(ctx, names, quiesce, False, label, dry_run)
+
+
+@group("backups")
+def backups_group() -> None:
+    """List, verify and prune backup sets."""
+
+
+@command("list", backups_group)
+@click.option("--all", "show_all", is_flag=True, help="Also list unusable (incomplete) sets.")
+def backups_list(ctx: Ctx, show_all: bool) -> None:
+    """Backup sets, newest first. Usable: a valid manifest, every artifact of the
+    recorded size, and no failed verification. VERIFIED: the last full check (every
+    byte read: sha256, format, counts) and when."""
+    infos = sets.list_sets(ctx.config.backup_dir)
+    checks = ctx.store.last_verifications()
+    rows = []
+    for info in infos:
+        m = info.manifest or {}
+        last = checks.get(info.id)
+        usable, problem = info.usable, info.problem
+        if usable and last is not None and not last["ok"]:
+            usable, problem = False, f"failed verification at {last['verified_at']}: {last['detail']}"
+        if not usable and not show_all:
+            continue
+        size = sum(a["bytes"] for a in (m.get("artifacts") or {}).values())
+        rows.append({"id": info.id, "usable": usable, "problem": problem,
+                     "kind": m.get("kind"), "label": m.get("label"),
+                     "completed_at": m.get("completed_at"), "databases": sorted(m.get("databases") or {}),
+                     "volumes": sorted(m.get("volumes") or {}), "bytes": size,
+                     "git_commit": m.get("git_commit"), "verified": last})
+    human = table([[r["id"], r["kind"] or "-",
+                    ",".join([*r["databases"], *(f"volume:{v}" for v in r["volumes"])]) or "-",
+                    human_size(r["bytes"]), r["label"] or "",
+                    _verified(r["verified"]),
+                    "usable" if r["usable"] else f"UNUSABLE: {r['problem']}"] for r in rows],
+                  ["ID", "KIND", "DATABASES", "SIZE", "LABEL", "VERIFIED", "STATE"]) \
+        if rows else ["no backup sets"]
+    emit(ctx.env, "backups list", {"backups": rows}, human)
+
+
+def _verified(last: dict[str, Any] | None) -> str:
+    if last is None:
+        return "never (sizes only)"
+    return f"{'ok' if last['ok'] else 'FAILED'} {last['verified_at'][:16]}"
+
+
+@command("verify", backups_group)
+@click.argument("set_id", shell_complete=complete("backup"))
+@click.option("--restore-test", is_flag=True,
+              help="Also restore into throwaway containers of the same images and compare "
+                   "counts with the manifest.")
+def backups_verify(ctx: Ctx, set_id: str, restore_test: bool) -> int:
+    """Re-read every artifact: checksum, decompression, format and counts."""
+    info = sets.get_set(ctx.config.backup_dir, set_id)
+    report = verify_set(ctx.env, info)
+    ctx.store.record_verification(set_id, ok=report.ok, kind="checksum",
+                                  detail=None if report.ok else "; ".join(
+                                      p for p in [report.problem, *(a.problem for a in
+                                                                    report.artifacts)] if p))
+    human = [f"backup {report.set_id}: {'ok' if report.ok else 'FAILED'}"]
+    if report.problem:
+        human.append(f"  {report.problem}")
+    human += [f"  {a.name}: {'ok' if a.ok else a.problem}" for a in report.artifacts]
+    data: dict[str, Any] = {"verify": report.to_json()}
+    ok = report.ok
+    if restore_test and report.ok and info.manifest is not None:
+        results = run_restore_test(ctx.env, ctx.config, ctx.platform, info.path, info.manifest)
+        data["restore_test"] = results
+        for name, res in results.items():
+            ok = ok and bool(res["ok"])
+            detail = res.get("error") or ("counts match the manifest" if res["ok"] else
+                                          f"counts differ: expected {res['expected']}, "
+                                          f"restored {res['restored']}")
+            human.append(f"  restore test {name}: {'ok' if res['ok'] else 'FAILED'} ({detail})")
+    data["verify"]["ok"] = ok
+    if restore_test and "restore_test" in data:
+        ctx.store.record_verification(set_id, ok=ok, kind="restore-test",
+                                      detail=None if ok else "restore test failed")
+    emit(ctx.env, "backups verify", data, human)
+    return ExitCode.OK if ok else ExitCode.VERIFICATION_FAILED
+
+
+@command("prune", backups_group)
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+def backups_prune(ctx: Ctx, dry_run: bool) -> None:
+    """Apply retention ([backups] keep_last, keep_daily). Never removes the newest set or
+    one referenced by the current or previous release."""
+    result = prune_backups(ctx.env, ctx.config, ctx.store, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    human = [f"{verb}: {', '.join(result.removed) or 'nothing'}"]
+    if result.partial_sets:
+        human.append(f"{verb} partial sets of interrupted runs: {', '.join(result.partial_sets)}")
+    human += [f"  keep {k}: {why}" for k, why in result.kept.items()]
+    emit(ctx.env, "backups prune", {"dry_run": dry_run, "removed": result.removed,
+                                    "removed_partial_sets": result.partial_sets,
+                                    "kept": result.kept}, human)
