@@ -322,3 +322,36 @@ def test_the_cli_check_itself_detects_a_violation(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import click\nfrom backout.cli.main import cli\n")
     assert {"click", "backout.cli.main"} <= _all_imports(bad)
+
+
+# --- the zstd command line is built in one place --------------------------------
+
+ZSTD_HOME = "storage/pipeline.py"  # relative to src/backout
+
+
+def zstd_argv_builders(root: Path = SRC) -> list[str]:
+    """``file:line`` of every argv literal starting with "zstd" outside storage/pipeline."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel == ZSTD_HOME:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.List, ast.Tuple)) and node.elts and \
+                    isinstance(node.elts[0], ast.Constant) and node.elts[0].value == "zstd":
+                found.append(f"{rel}:{node.lineno}")
+    return found
+
+
+def test_zstd_is_spawned_only_by_the_storage_pipeline() -> None:
+    assert zstd_argv_builders() == [], \
+        "build zstd argv only in storage/pipeline.py (decompressed, decompress_into, head_of)"
+
+
+def test_the_zstd_check_detects_a_planted_argv(tmp_path: Path) -> None:
+    (tmp_path / "storage").mkdir()
+    (tmp_path / "storage" / "pipeline.py").write_text('A = ["zstd", "-d"]\n')
+    (tmp_path / "rollback").mkdir()
+    (tmp_path / "rollback" / "db.py").write_text(
+        'import subprocess\n\ndef f(p):\n    subprocess.run(["zstd", "-d", "-c", p])\n')
+    assert zstd_argv_builders(tmp_path) == ["rollback/db.py:4"]

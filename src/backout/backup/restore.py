@@ -10,8 +10,6 @@ error), Redis gets its RDB replaced with any AOF set aside.
 from __future__ import annotations
 
 import json
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -24,54 +22,13 @@ from backout.engines.redis import Redis
 from backout.environment import Environment
 from backout.errors import ExternalError, InterruptedOperation
 from backout.operations import interrupt
-from backout.storage.pipeline import IntegrityError, Stall, bytes_written_by, metered
-
-
-def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, what: str,
-                    secret_env: dict[str, str] | None = None, cwd: str | None = None,
-                    timeout: float = 6 * 3600, stall: float | None = None) -> None:
-    """``zstd -dc artifact | consumer``; both stages must exit 0. Progress: the bytes of
-    the artifact zstd has read, of its size (exact, so the ETA is too).
-
-    Cut short by an interrupt of the step, or when zstd could write nothing into the
-    consumer for ``stall`` seconds (the consumer, or the engine carrying its stream,
-    stopped reading)."""
-    env.log_external(f"$ zstd -dc {artifact.name} | {proc.describe(consumer)}")
-    with tempfile.TemporaryFile() as c_err, tempfile.TemporaryFile() as z_err:
-        zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)],
-                                stdout=subprocess.PIPE, stderr=z_err, env=proc.child_env(env),
-                                **proc.CHILD)
-        cons = subprocess.Popen(consumer, stdin=zstd.stdout, stdout=subprocess.DEVNULL,
-                                stderr=c_err, env=proc.child_env(env, secret_env), cwd=cwd,
-                                **proc.CHILD)
-        assert zstd.stdout is not None
-        zstd.stdout.close()
-
-        def kill_both() -> None:
-            cons.kill()
-            zstd.kill()
-
-        intr = interrupt.current()
-        stalled = Stall(stall, lambda: bytes_written_by(zstd.pid), what, kill_both)
-        try:
-            with metered(env, what, zstd.pid, artifact.stat().st_size, estimated=False):
-                c_rc = intr.wait(cons, timeout, what, on_stop=kill_both, tick=stalled)
-            z_rc = zstd.wait(timeout=60)
-        except subprocess.TimeoutExpired as exc:
-            kill_both()
-            raise ExternalError(f"{what}: timed out") from exc
-        except BaseException:
-            kill_both()
-            zstd.wait()
-            raise
-        c_err.seek(0)
-        z_err.seek(0)
-        if z_rc != 0:
-            raise IntegrityError(f"{what}: {artifact.name} does not decompress: "
-                                 f"{proc.last_line(z_err.read().decode(errors='replace'))}")
-        if c_rc != 0:
-            raise ExternalError(f"{what} failed (exit {c_rc}): "
-                                f"{proc.last_line(env.redact(c_err.read().decode(errors='replace')))}")
+from backout.storage.pipeline import (
+    IntegrityError,
+    decompress_into,
+    decompressed,
+    decompressed_size,
+    metered,
+)
 
 
 def restore_mysql(env: Environment, access: EngineAccess, artifact: Path,
@@ -112,8 +69,7 @@ def restore_mongodb(env: Environment, access: EngineAccess, artifact: Path,
                 if coll not in section["databases"][dbname]["collections"]:
                     client[dbname].drop_collection(coll)
         intr = interrupt.current()
-        with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)], stdout=subprocess.PIPE,
-                              env=proc.child_env(env), **proc.CHILD) as zstd, \
+        with decompressed(env, artifact) as zstd, \
                 metered(env, f"{access.db.name} restore", zstd.pid, artifact.stat().st_size,
                         estimated=False):
             assert zstd.stdout is not None
@@ -261,19 +217,6 @@ def remove_helpers(env: Environment, label: str) -> None:
                      what="docker rm")
     except ExternalError:
         pass
-
-
-def decompressed_size(env: Environment, artifact: Path) -> int:
-    """The bytes ``zstd -d`` makes of ``artifact`` (read through once)."""
-    total = 0
-    with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(artifact)], stdout=subprocess.PIPE,
-                          env=proc.child_env(env), **proc.CHILD) as zstd:
-        assert zstd.stdout is not None
-        while chunk := zstd.stdout.read(1 << 20):
-            total += len(chunk)
-    if zstd.returncode != 0:
-        raise IntegrityError(f"{artifact.name} does not decompress")
-    return total
 
 
 def aof_layout(redis: Redis) -> dict[str, str]:

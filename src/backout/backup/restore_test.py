@@ -25,7 +25,7 @@ from backout.engines.access import EngineAccess
 from backout.environment import Environment
 from backout.errors import ExternalError, NotFoundError
 from backout.platforms.base import Platform
-from backout.storage.pipeline import IntegrityError, metered
+from backout.storage.pipeline import IntegrityError, decompressed, metered
 
 LABEL = "io.backout.restore-test"
 PASSWORD_VAR = "BACKOUT_RESTORE_TEST_PASSWORD"
@@ -159,9 +159,7 @@ def _redis_with_rdb(env: Environment, image: str, artifact: Path, holder: list[s
     holder.append(cid)
     with tempfile.TemporaryDirectory() as tmp:
         rdb = Path(tmp) / "dump.rdb"
-        with rdb.open("wb") as fh, subprocess.Popen(
-                ["zstd", "-d", "-q", "-c", str(artifact)], stdout=fh,
-                env=proc.child_env(env), **proc.CHILD) as zstd, \
+        with rdb.open("wb") as fh, decompressed(env, artifact, force=False, stdout=fh) as zstd, \
                 metered(env, "restore test redis", zstd.pid, artifact.stat().st_size,
                         estimated=False):
             if zstd.wait() != 0:

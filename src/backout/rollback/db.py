@@ -47,7 +47,7 @@ from backout.platforms.base import Platform
 from backout.rollback import common
 from backout.state import Store
 from backout.storage import sets
-from backout.storage.pipeline import IntegrityError, StalledError, scan
+from backout.storage.pipeline import IntegrityError, StalledError, head_of, scan
 
 SNIFF = {b"REDIS": "redis", b"-- MySQL dump": "mysql", b"-- MariaDB dump": "mysql",
          b"/*M!999999": "mysql"}
@@ -65,15 +65,11 @@ def database(config: Config, name: str) -> DatabaseConfig:
 
 def _sniff(env: Environment, path: Path) -> str | None:
     """The database type a file's first bytes say it belongs to."""
-    import subprocess
 
-    from backout import proc
 
     if path.is_dir():
         return "mongodb" if any(path.rglob("*.bson")) else None
-    head = subprocess.run(["zstd", "-d", "-q", "-c", "-f", str(path)], capture_output=True,
-                          env=proc.child_env(env), check=False, **proc.CHILD).stdout[:4096] \
-        if path.stat().st_size < (64 << 20) else _head(env, path)
+    head = head_of(env, path)
     for magic, kind in SNIFF.items():
         if head.startswith(magic) or magic in head[:200]:
             return kind
@@ -82,19 +78,6 @@ def _sniff(env: Environment, path: Path) -> str | None:
     if head.startswith(b"--") or b"CREATE TABLE" in head or b"INSERT INTO" in head:
         return "mysql"
     return None
-
-
-def _head(env: Environment, path: Path) -> bytes:
-    import subprocess
-
-    from backout import proc
-
-    with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(path)], stdout=subprocess.PIPE,
-                          env=proc.child_env(env), **proc.CHILD) as p:
-        assert p.stdout is not None
-        data = p.stdout.read(4096)
-        p.kill()
-    return data
 
 
 def resolve_backup(env: Environment, config: Config, store: Store, db: DatabaseConfig,
