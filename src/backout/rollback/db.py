@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backout import __version__
+from backout import __version__, engines
 from backout.adapters.docker import ENGINE_FIX
 from backout.backup import data_loss, restore
-from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
 from backout.backup.engines import (
     DumpContext,
     artifact_name,
@@ -47,10 +46,7 @@ from backout.platforms.base import Platform
 from backout.rollback import common
 from backout.state import Store
 from backout.storage import sets
-from backout.storage.pipeline import IntegrityError, StalledError, head_of, scan
-
-SNIFF = {b"REDIS": "redis", b"-- MySQL dump": "mysql", b"-- MariaDB dump": "mysql",
-         b"/*M!999999": "mysql"}
+from backout.storage.pipeline import IntegrityError, StalledError, head_of
 
 
 def database(config: Config, name: str) -> DatabaseConfig:
@@ -64,20 +60,16 @@ def database(config: Config, name: str) -> DatabaseConfig:
 
 
 def _sniff(env: Environment, path: Path) -> str | None:
-    """The database type a file's first bytes say it belongs to."""
-
-
-    if path.is_dir():
-        return "mongodb" if any(path.rglob("*.bson")) else None
-    head = head_of(env, path)
-    for magic, kind in SNIFF.items():
-        if head.startswith(magic) or magic in head[:200]:
-            return kind
-    if head[257:262] == b"ustar":
-        return "mongodb"
-    if head.startswith(b"--") or b"CREATE TABLE" in head or b"INSERT INTO" in head:
-        return "mysql"
-    return None
+    """The database type a file's first bytes say it belongs to: the engine most
+    sure of it (a magic string over a structure over a heuristic); table order
+    breaks ties."""
+    head = b"" if path.is_dir() else head_of(env, path)
+    best, kind = 0, None
+    for engine in engines.all_engines():
+        score = engine.sniff(head, path)
+        if score > best:
+            best, kind = score, engine.type
+    return kind
 
 
 def resolve_backup(env: Environment, config: Config, store: Store, db: DatabaseConfig,
@@ -107,18 +99,12 @@ def resolve_backup(env: Environment, config: Config, store: Store, db: DatabaseC
                             fix="list them with `backout backups list`")
     kind = _sniff(env, path)
     if kind != db.type:
-        what = {"mysql": "a MySQL dump", "redis": "a Redis RDB", "mongodb": "a MongoDB dump"}
-        raise UsageError(f"{ref} is {what.get(kind or '', 'not a dump backout recognises')}, "
-                         f"not {what[db.type]} for {db.name}",
+        found = engines.get(kind).description if kind else "not a dump backout recognises"
+        raise UsageError(f"{ref} is {found}, not {engines.get(db.type).description} for {db.name}",
                          fix=f"name a {db.type} dump, or the right database")
     return {"artifact": str(path.resolve()), "section": None, "source": f"file {ref}",
             "sha256": None, "set_id": None,
             "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime))}
-
-
-OVERWRITTEN = {"mysql": "its databases are dropped and reloaded",
-               "redis": "the keyspace is replaced (Redis restarts; any AOF is set aside)",
-               "mongodb": "every collection of the dumped databases is replaced"}
 
 
 def verify_key(db: str) -> str:
@@ -175,7 +161,7 @@ def data_steps(config: Config, targets: dict[str, dict[str, Any]], safety_ids: d
     for name in dbs:
         db = config.databases[name]
         head.append(Step(f"restore {name}", "rollback.db.restore",
-                         f"{name}: {OVERWRITTEN[db.type]}; the restored counts are compared "
+                         f"{name}: {engines.get(db.type).overwritten(db)}; the restored counts are compared "
                          "with the backup's" + when,
                          {"database": name, **targets[name], "verify_step": verify_key(name),
                           "requires": list(requires), "no_safety": name not in safety_ids},
@@ -209,7 +195,8 @@ def downtime(config: Config, dbs: list[str], targets: dict[str, dict[str, Any]])
             + (f" (the backup's own dump took {', '.join(took)}; a restore takes about as long "
                "or longer)" if took else "")
             + ". Stopping first is what makes the safety backup hold every acknowledged write")
-    restarts = [config.databases[n].service for n in dbs if config.databases[n].type == "redis"]
+    restarts = [config.databases[n].service for n in dbs
+                if engines.get(config.databases[n].type).restarts_on_restore]
     if restarts:
         text += f"; {', '.join(restarts)} restarts"
     return text
@@ -244,15 +231,7 @@ def _access(ctx: RunContext, name: str) -> tuple[Environment, Config, EngineAcce
 
 
 def _section_for_file(env: Environment, db: DatabaseConfig, artifact: Path) -> dict[str, Any]:
-    what = f"{artifact.name}"
-    if db.type == "mysql":
-        checks = scan(env, artifact, MySQLDumpChecker([], what), what=what, passthrough=True).checks
-        return {"type": "mysql", "databases": checks["databases"]}
-    if db.type == "redis":
-        checks = scan(env, artifact, RDBChecker(what), what=what, passthrough=True).checks
-        return {"type": "redis", "keys": checks["keys"], "rdb_path": None}
-    checks = scan(env, artifact, TarBsonChecker([], what), what=what, passthrough=True).checks
-    return {"type": "mongodb", "databases": checks["databases"]}
+    return engines.get(db.type).section_for_file(env, db, artifact)
 
 
 def _mongo_dir_to_tar(directory: Path, dest: Path) -> None:
@@ -349,16 +328,9 @@ def _iso() -> str:
 def _restore(env: Environment, access: EngineAccess, artifact: Path, section: dict[str, Any]) -> Any:
     """Restore, then compare the restored counts with the backup's: a restore that
     does not reproduce them failed, whatever the tools said."""
-    kind = access.db.type
-    if kind == "mysql":
-        result = restore.restore_mysql(env, access, artifact, section)
-        ok = restore.mysql_counts_match(section, result["counts"])
-    elif kind == "redis":
-        result = restore.restore_redis(env, access, artifact, section)
-        ok = restore.redis_counts_match(section, result["counts"])
-    else:
-        result = restore.restore_mongodb(env, access, artifact, section)
-        ok = restore.mongo_counts_match(section, result["counts"])
+    engine = engines.get(access.db.type)
+    result = engine.restore(env, access, artifact, section)
+    ok = engine.counts_match(section, result["counts"])
     expected = manifest_counts(section)
     if not ok:
         raise IntegrityError(f"{access.db.name}: restored counts differ from the backup's: "
