@@ -441,6 +441,25 @@ def expected_counts(section: Mapping[str, Any]) -> dict[str, Any]:
     return {db: v["collections"] for db, v in section["databases"].items()}
 
 
+def dump_dir_to_tar(directory: Path, dest: Path) -> None:
+    """A mongodump directory (``dump/<db>/<coll>.bson``) as the tar our restore reads."""
+    with tarfile.open(dest, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for bson in sorted(directory.rglob("*.bson")):
+            db = bson.parent.name
+            tar.add(bson, arcname=f"dump/{db}/{bson.name}")
+            meta = bson.with_name(bson.name[:-5] + ".metadata.json")
+            if meta.exists():
+                tar.add(meta, arcname=f"dump/{db}/{meta.name}")
+            else:
+                import io
+                import json
+
+                data = json.dumps({"indexes": [], "collectionName": bson.name[:-5]}).encode()
+                info = tarfile.TarInfo(f"dump/{db}/{meta.name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
 class MongoDBEngine(EngineBase):
     suffix = ".tar.zst"
     type = "mongodb"
@@ -453,6 +472,14 @@ class MongoDBEngine(EngineBase):
 
     def dump(self, ctx: EngineContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]:
         return _dump_mongodb(ctx, EngineAccess(ctx.env, ctx.config, db, ctx.platform), set_dir)
+
+    def prepare_artifact(self, artifact: Path, staging: Path) -> Path:
+        if not artifact.is_dir():
+            return artifact
+        staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tar = staging / f"{artifact.name}.tar"
+        dump_dir_to_tar(artifact, tar)
+        return tar
 
     def checker(self, section: Mapping[str, Any], what: str) -> Checker:
         return TarBsonChecker(list(section.get("databases", {})), what)

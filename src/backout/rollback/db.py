@@ -12,7 +12,6 @@ measured again right before the restore.
 
 from __future__ import annotations
 
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -234,40 +233,19 @@ def _section_for_file(env: Environment, db: DatabaseConfig, artifact: Path) -> d
     return engines.get(db.type).section_for_file(env, db, artifact)
 
 
-def _mongo_dir_to_tar(directory: Path, dest: Path) -> None:
-    """A mongodump directory (``dump/<db>/<coll>.bson``) as the tar our restore reads."""
-    with tarfile.open(dest, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for bson in sorted(directory.rglob("*.bson")):
-            db = bson.parent.name
-            tar.add(bson, arcname=f"dump/{db}/{bson.name}")
-            meta = bson.with_name(bson.name[:-5] + ".metadata.json")
-            if meta.exists():
-                tar.add(meta, arcname=f"dump/{db}/{meta.name}")
-            else:
-                import io
-                import json
-
-                data = json.dumps({"indexes": [], "collectionName": bson.name[:-5]}).encode()
-                info = tarfile.TarInfo(f"dump/{db}/{meta.name}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
 
-def _prepared_artifact(params: dict[str, Any], state_dir: Path) -> Path:
-    artifact = Path(params["artifact"])
-    if artifact.is_dir():
-        staged = state_dir / "staging"
-        staged.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tar = staged / f"{artifact.name}.tar"
-        _mongo_dir_to_tar(artifact, tar)
-        return tar
-    return artifact
+def _prepared_artifact(params: dict[str, Any], config: Config) -> Path:
+    """A mongodump directory named by the operator becomes the tar a restore reads."""
+    db = config.databases[params["database"]]
+    return engines.get(db.type).prepare_artifact(Path(params["artifact"]),
+                                                 config.state_dir / "staging")
 
 
 @register_action("rollback.db.verify")
 def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     env, config, access = _access(ctx, params["database"])
-    artifact = _prepared_artifact(params, config.state_dir)
+    artifact = _prepared_artifact(params, config)
     if params["section"] is not None:
         check_artifact(env, artifact, params["section"], params["sha256"], params["source"])
         if params.get("set_id"):
