@@ -146,6 +146,8 @@ def test_rollback_db_verifies_stops_writers_takes_a_safety_backup_then_restores(
         ("verify:app", False), ("stop-writers", False), ("safety:app", False),
         ("restore:app", False), ("undo:app", True), ("start-writers", True)]
     assert "its fake tables are replaced" in plan.steps[3].reason
+    # a restore runs (also on resume) only when everything before it is done
+    assert plan.steps[3].params["requires"] == ["verify:app", "stop-writers", "safety:app"]
     assert outcome.status == "succeeded", outcome
     # the data-loss window at plan time; the safety dump; the window again with the
     # writers stopped (what the restore really discards); the restore
