@@ -176,3 +176,46 @@ def test_a_failed_safety_backup_restores_nothing_and_starts_the_writers(
     assert outcome.status == "failed"
     assert engine.called("restore") == []
     assert [c[0] for c in platform.calls if c[0] in ("stop", "start")] == ["stop", "start"]
+
+
+def _git_project(tmp_path: Path) -> None:
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "compose.yaml").write_text("services: {}\n")
+    (tmp_path / ".gitignore").write_text(".backout/\nbackups/\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+
+
+def test_an_emergency_rollback_with_data_restores_before_touching_the_code(
+        tmp_path: Path, engine: FakeEngine) -> None:
+    from backout.environment import Environment
+    from backout.rollback import emergency
+
+    _git_project(tmp_path)
+    config = _config(tmp_path)
+    platform = _platform()
+    checkpoint = plan_backup(config, which=["app"], quiesce=False, checkpoint=True, label="x")
+    outcome, store = _run(tmp_path, config, checkpoint, platform)
+    assert outcome.status == "succeeded", outcome
+    engine.calls.clear()
+    platform.calls.clear()
+    plan = emergency.plan(Environment(), config, store, platform, "cp1", with_data=True)
+    assert [(s.key, s.always) for s in plan.steps] == [
+        ("save-changes", False), ("verify:app", False), ("stop-writers", False),
+        ("safety:app", False), ("restore:app", False), ("undo:app", True),
+        ("checkout", False), ("images", False), ("up", False), ("start-writers", True),
+        ("verify-stack", False)]
+    # a restore that does not reproduce the counts: the safety backup goes back, the
+    # writers start, and the code, images and stack are left alone
+    engine.restored = {"items": 0}
+    outcome, _ = _run(tmp_path, config, plan, platform)
+    assert outcome.status == "failed"
+    assert engine.called("restore") == ["app", "app"]
+    assert not {"checkout", "images", "up", "verify-stack"} & set(outcome.results)
+    assert [c[0] for c in platform.calls if c[0] in ("stop", "start", "converge")] == \
+        ["stop", "start"]
