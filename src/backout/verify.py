@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from backout import engines
 from backout.adapters import http
 from backout.config import Config
 from backout.engines.access import EngineAccess
@@ -120,24 +121,11 @@ def _log_checks(platform: Platform, config: Config, since: datetime) -> list[Che
 
 
 def _database_checks(env: Environment, config: Config, platform: Platform) -> list[Check]:
-    from backout.engines.mongodb import MongoDB
-    from backout.engines.mysql import MySQL
-    from backout.engines.redis import Redis
-
     checks = []
     for db in config.databases.values():
         access = EngineAccess(env, config, db, platform)
         try:
-            if db.type == "mysql":
-                detail = f"answers (version {MySQL(access).version()})"
-            elif db.type == "redis":
-                detail = f"answers ({Redis(access).call('PING')})"
-            else:
-                mongo = MongoDB(access)
-                try:
-                    detail = f"answers (version {mongo.ping()})"
-                finally:
-                    mongo.close()
+            detail = f"answers ({engines.get(db.type).answer(access)})"
             checks.append(Check(f"database {db.name}", True, detail))
         except BackoutError as exc:
             checks.append(Check(f"database {db.name}", False, exc.one_line()))

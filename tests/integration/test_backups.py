@@ -660,9 +660,9 @@ def _set_appendonly(stack: TestStack, value: str) -> None:
 
 
 def test_redis_restore_with_aof_on(project: Path, stack: TestStack) -> None:
-    from backout.backup.restore import restore_redis
     from backout.config import find_config, load_config
     from backout.engines.access import EngineAccess
+    from backout.engines.redis import restore_redis
     from backout.environment import Environment
     from backout.platforms import for_config
 

@@ -9,16 +9,20 @@ order and what a plan does when the platform fails in the middle.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backout.config import Config
+from backout.config import Config, DatabaseConfig
+from backout.engines.access import EngineAccess
+from backout.engines.base import EngineBase, EngineContext, TrialTarget, artifact_entry
 from backout.environment import Environment
-from backout.errors import BackoutError, UnhealthyError
+from backout.errors import BackoutError, ExternalError, UnhealthyError
 from backout.operations.executor import RunContext
 from backout.platforms.base import ContainerInfo, ImageInfo
 from backout.state import Store
+from backout.storage.pipeline import Checker, scan, stream_from_python
 
 
 class FakePlatform:
@@ -197,3 +201,118 @@ def run_context(store: Store, config: Config | None = None, platform: Any = None
         config = Config(path=store.state_dir / "backout.toml", project_dir=store.state_dir)
     return RunContext(env or Environment(), config, store,
                       platform if platform is not None else FakePlatform(config.project_dir))
+
+
+class FakeEngine(EngineBase):
+    """An in-process database engine (``backout.engines.base.Engine``): its dump writes
+    a small plain artifact and returns a manifest section with ``counts`` as the
+    database's counts; its restore "loads" the section's counts (or ``restored``
+    when a test wants a restore that does not reproduce them). Every call is recorded
+    in order in ``calls`` as ``(method, database name)``; ``fail_on`` makes a later
+    call raise.
+
+    Install it for a test with ``install_engine(monkeypatch, engine)``: every
+    ``backout.engines.get`` then answers with it."""
+
+    suffix = ".fake"
+    description = "a fake dump"
+    count_unit = "rows"
+    image_patterns = ("fakedb",)
+    credentials: tuple[tuple[str | None, tuple[str, ...], tuple[str, ...] | None], ...] = ()
+
+    def __init__(self, kind: str = "mysql", counts: Mapping[str, int] | None = None) -> None:
+        self.type = kind  # the type the config names (validated against the real table)
+        self.counts: dict[str, int] = dict(counts or {"items": 3})
+        self.restored: dict[str, int] | None = None
+        self.calls: list[tuple[str, str]] = []
+        self._failures: list[tuple[str, str | None, BackoutError]] = []
+
+    def fail_on(self, method: str, database: str | None = None,
+                error: BackoutError | None = None) -> None:
+        """The next call of ``method`` (for ``database``, when given) raises ``error``."""
+        self._failures.append((method, database,
+                               error or ExternalError(f"fake engine: {method} failed")))
+
+    def called(self, method: str) -> list[str]:
+        return [name for m, name in self.calls if m == method]
+
+    def _call(self, method: str, database: str) -> None:
+        self.calls.append((method, database))
+        for i, (m, db, error) in enumerate(self._failures):
+            if m == method and db in (None, database):
+                del self._failures[i]
+                raise error
+
+    def dump(self, ctx: EngineContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]:
+        self._call("dump", db.name)
+        name = self.artifact_name(db)
+        what = f"{db.name} dump"
+        data = json.dumps(self.counts).encode()
+        stream_from_python(ctx.env, lambda pipe: pipe.write(data), set_dir / name, what=what,
+                           level=1)  # the real pipeline: zstd, fsync, then the scan
+        scanned = scan(ctx.env, set_dir / name, self.checker({}, what), what=what)
+        return {"database": {"type": self.type, "service": db.service,
+                             "counts": scanned.checks["counts"], "artifacts": [name]},
+                "artifact": artifact_entry(name, "fake+zstd", scanned, db.name)}
+
+    def checker(self, section: Mapping[str, Any], what: str) -> Checker:
+        return _CountsChecker()
+
+    def scanned_counts(self, section: Mapping[str, Any],
+                       checks: Mapping[str, Any]) -> tuple[Any, Any]:
+        return section.get("counts"), checks.get("counts")
+
+    def sniff(self, head: bytes, path: Path) -> int:
+        return 3 if head.startswith(b"{") else 0
+
+    def section_for_file(self, env: Environment, db: DatabaseConfig,
+                         artifact: Path) -> dict[str, Any]:
+        self._call("section_for_file", db.name)
+        return {"type": self.type, "counts": json.loads(artifact.read_text())}
+
+    def expected_counts(self, section: Mapping[str, Any]) -> Any:
+        return section.get("counts")
+
+    def counts_match(self, section: Mapping[str, Any], counts: Any) -> bool:
+        return bool(section.get("counts") == counts)
+
+    def restore(self, env: Environment, access: EngineAccess, artifact: Path,
+                section: dict[str, Any]) -> dict[str, Any]:
+        self._call("restore", access.db.name)
+        return {"counts": self.restored if self.restored is not None else section.get("counts")}
+
+    def trial_restore(self, target: TrialTarget, artifact: Path,
+                      section: dict[str, Any]) -> dict[str, Any]:
+        self._call("trial_restore", target.db.name)
+        return {"ok": True, "expected": section.get("counts"), "restored": section.get("counts")}
+
+    def probe(self, access: EngineAccess) -> str:
+        self._call("probe", access.db.name)
+        return "fake 1.0"
+
+    def data_loss(self, access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
+        self._call("data_loss", access.db.name)
+        return {"changes": 0}
+
+    def overwritten(self, db: DatabaseConfig) -> str:
+        return "its fake tables are replaced"
+
+
+class _CountsChecker:
+    """The fake's format: the JSON of its counts."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self.data += chunk
+
+    def finish(self) -> dict[str, Any]:
+        return {"counts": json.loads(self.data)}
+
+
+def install_engine(monkeypatch: Any, engine: FakeEngine) -> FakeEngine:
+    from backout import engines
+
+    monkeypatch.setattr(engines, "get", lambda kind: engine)
+    return engine

@@ -410,3 +410,90 @@ def test_the_forbidden_words_check_reads_cli_sources(tmp_path: Path) -> None:
     found = {m: [w for w in CLI_FORBIDDEN if w in t] for m, t in
              cli_sources(tmp_path / "backout").items()}
     assert found == {"backout.cli.prune": ["rmtree"]}
+
+
+# --- the zstd command line is built in one place --------------------------------
+
+ZSTD_HOME = "storage/pipeline.py"  # relative to src/backout
+
+
+def zstd_argv_builders(root: Path = SRC) -> list[str]:
+    """``file:line`` of every argv literal starting with "zstd" outside storage/pipeline."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel == ZSTD_HOME:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.List, ast.Tuple)) and node.elts and \
+                    isinstance(node.elts[0], ast.Constant) and node.elts[0].value == "zstd":
+                found.append(f"{rel}:{node.lineno}")
+    return found
+
+
+def test_zstd_is_spawned_only_by_the_storage_pipeline() -> None:
+    assert zstd_argv_builders() == [], \
+        "build zstd argv only in storage/pipeline.py (decompressed, decompress_into, head_of)"
+
+
+def test_the_zstd_check_detects_a_planted_argv(tmp_path: Path) -> None:
+    (tmp_path / "storage").mkdir()
+    (tmp_path / "storage" / "pipeline.py").write_text('A = ["zstd", "-d"]\n')
+    (tmp_path / "rollback").mkdir()
+    (tmp_path / "rollback" / "db.py").write_text(
+        'import subprocess\n\ndef f(p):\n    subprocess.run(["zstd", "-d", "-c", p])\n')
+    assert zstd_argv_builders(tmp_path) == ["rollback/db.py:4"]
+
+
+# --- what a database type means lives in engines/ -------------------------------
+
+ENGINE_HOME = "engines/"  # relative to src/backout
+# Literals naming an engine outside engines/ that are not dispatch on a type:
+ENGINE_NAME_ALLOWED = {
+    "demo/run.py",  # the demo stack's own service is called "redis"
+    "demo/stack/web/app.py",  # the demo web app's REDIS_HOST default (a host name)
+}
+
+
+def engine_names_outside_engines(root: Path = SRC,
+                                 allowed: Iterable[str] = ENGINE_NAME_ALLOWED) -> list[str]:
+    """``file:line`` of every string literal equal to an engine's type outside engines/.
+
+    A comparison (``db.type == "mysql"``), a dict keyed by engine names or a lookup
+    ``{...}[db.type]`` all need the literal, so finding none proves dispatch goes
+    through ``backout.engines.get``."""
+    from backout import engines
+
+    names = set(engines.names())
+    allowed = set(allowed)
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(ENGINE_HOME) or rel in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    node.value in names:
+                found.append(f"{rel}:{node.lineno}")
+    return found
+
+
+def test_engine_types_are_named_only_in_engines() -> None:
+    assert engine_names_outside_engines() == [], \
+        "dispatch on a database type through backout.engines.get(db.type), not a literal"
+
+
+@pytest.mark.parametrize("planted", [
+    'def f(db):\n    if db.type == "mysql":\n        return 1\n',
+    'UNIT = {"redis": "keys"}\n',
+    'def f(db):\n    return {"mongodb": 1}[db.type]\n',
+])
+def test_the_engine_name_check_detects_dispatch(tmp_path: Path, planted: str) -> None:
+    (tmp_path / "engines").mkdir()
+    (tmp_path / "engines" / "mysql.py").write_text('TYPE = "mysql"\n')
+    (tmp_path / "rollback").mkdir()
+    (tmp_path / "rollback" / "db.py").write_text(planted)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "run.py").write_text('SERVICE = "redis"\n')
+    found = engine_names_outside_engines(tmp_path, allowed={"demo/run.py"})
+    assert len(found) == 1 and found[0].startswith("rollback/db.py:")

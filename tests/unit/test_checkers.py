@@ -20,7 +20,7 @@ from typing import Any
 import bson
 import pytest
 
-from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
+from backout.engines.formats import MySQLDumpChecker, RDBChecker, TarBsonChecker
 from backout.storage.crc64 import CRC64, crc64, crc64_table
 from backout.storage.pipeline import IntegrityError
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from backout.backup.checkers import TarBsonChecker
 from backout.config.load import parse_document
 from backout.engines.access import EngineAccess
+from backout.engines.formats import TarBsonChecker
 from backout.engines.mongodb import MongoDump
 from backout.environment import Environment
 from tests.support.fakes import FakePlatform

@@ -8,11 +8,10 @@ import io
 import subprocess
 from pathlib import Path
 
-from backout.backup.restore import decompress_into
 from backout.cli.main import Ctx
 from backout.cli.progress import TerminalProgress, render
 from backout.environment import Environment
-from backout.storage.pipeline import stream_to_file
+from backout.storage.pipeline import decompress_into, stream_to_file
 
 MIB = 2**20
 

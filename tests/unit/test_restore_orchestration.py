@@ -8,6 +8,7 @@ sha256 compared, a deploy rolled back only when its rollback verified."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import signal
 import subprocess
@@ -18,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from backout.backup.checkers import MySQLDumpChecker
 from backout.config.model import Config, DatabaseConfig, ServiceConfig
 from backout.deploy import Preflight, plan_deploy
 from backout.deploy.watch import RedDuringWatch
+from backout.engines.formats import MySQLDumpChecker
 from backout.environment import Environment
 from backout.errors import DockerUnavailableError, ExternalError, InterruptedOperation
 from backout.operations import executor as executor_mod
@@ -223,7 +224,8 @@ def test_restored_counts_are_compared_with_the_backups(monkeypatch: pytest.Monke
                                                        ok: bool) -> None:
     section, function = COUNTED[engine]
     access = type("A", (), {"db": DatabaseConfig(engine, engine, engine)})()
-    monkeypatch.setattr(db_rollback.restore, function, lambda *a: {"counts": restored})
+    monkeypatch.setattr(importlib.import_module(f"backout.engines.{engine}"), function,
+                        lambda *a: {"counts": restored})
     if ok:
         assert db_rollback._restore(Environment(), access, Path("x"), section)  # type: ignore[arg-type]
     else:
@@ -536,7 +538,7 @@ def test_redis_files_are_swapped_only_when_the_whole_rdb_arrived(tmp_path: Path,
                                                                  mode: str) -> None:
     """The script the one-off container runs, here under the local sh: a stream cut
     short (an interrupt, a stalled engine) leaves the data directory as it was."""
-    from backout.backup.restore import PUT_RDB_SCRIPT
+    from backout.engines.redis import PUT_RDB_SCRIPT
 
     data = tmp_path / "data"
     (data / "appendonlydir").mkdir(parents=True)

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from backout.backup.checkers import VolumeTarChecker
 from backout.backup.operation import plan_backup
 from backout.backup.volumes import tar_argv
 from backout.config.load import parse_document
+from backout.engines.formats import VolumeTarChecker
 from backout.errors import ExternalError, NotFoundError
 from backout.operations.executor import Executor, RunContext, register_action
 from backout.operations.plan import Plan, Step

@@ -21,11 +21,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from backout.backup.engines import manifest_counts
+from backout import engines
 from backout.engines.access import EngineAccess
-from backout.engines.mongodb import MongoDB
-from backout.engines.mysql import MySQL
-from backout.engines.redis import Redis
 from backout.errors import BackoutError
 
 UNKNOWN = "unknown"
@@ -44,7 +41,7 @@ def window(access: EngineAccess, section: dict[str, Any] | None, taken_at: str |
         out["summary"] = f"{_when(out)}; writes since then: {UNKNOWN} (a dump file carries no counts)"
         return out
     try:
-        detail = {"mysql": _mysql, "redis": _redis, "mongodb": _mongodb}[db.type](access, section)
+        detail = engines.get(db.type).data_loss(access, section)
     except BackoutError as exc:
         detail = {"changes": None, "error": exc.one_line()}
     out.update(detail)
@@ -80,103 +77,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def _deltas(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
-            ) -> dict[str, int]:
-    """``{"db.table": now - then}`` for every table whose count differs."""
-    out = {}
-    for group in sorted(set(before) | set(after)):
-        b, a = before.get(group, {}), after.get(group, {})
-        for name in sorted(set(b) | set(a)):
-            diff = a.get(name, 0) - b.get(name, 0)
-            if diff:
-                out[f"{group}.{name}"] = diff
-    return out
 
 
-def _mysql(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
-    my = MySQL(access)
-    present = set(my.user_databases())
-    databases = [d for d in section["databases"] if d in present]
-    now_counts = my.table_counts(databases)
-    then = manifest_counts(section)
-    deltas = _deltas(then, {**{d: {} for d in then}, **now_counts})
-    out: dict[str, Any] = {"row_deltas": deltas, "changes": sum(abs(v) for v in deltas.values()),
-                           "databases_missing_now": sorted(set(section["databases"]) - present)}
-    binlog = section.get("binlog")
-    current = my.binlog_position() if binlog else None
-    if binlog and current:
-        out["binlog"] = {"from": binlog, "to": current,
-                         "bytes": _binlog_bytes(my, binlog, current)}
-        before = binlog.get("gtid") or my.gtid_at(binlog["file"], int(binlog["position"]))
-        after = my.gtid_now()
-        if before is not None and after is not None:
-            out["gtid"] = {"from": before, "to": after,
-                           "transactions": _gtid_transactions(before, after)}
-    return out
 
 
-def _binlog_bytes(my: MySQL, start: dict[str, Any], end: dict[str, Any]) -> int | None:
-    if start["file"] == end["file"]:
-        return int(end["position"]) - int(start["position"])
-    sizes = my.binlog_sizes()
-    if start["file"] not in sizes:
-        return None  # purged since: the distance cannot be told
-    names = sorted(sizes)
-    total = sizes[start["file"]] - int(start["position"])
-    for name in names[names.index(start["file"]) + 1:]:
-        if name == end["file"]:
-            return total + int(end["position"])
-        total += sizes[name]
-    return None
 
 
-def _gtid_transactions(before: str, after: str) -> int | None:
-    """Transactions between two MariaDB GTID positions (``domain-server-seq``, comma
-    separated per domain): the sequence numbers' difference, summed over domains."""
-    def parse(text: str) -> dict[str, int]:
-        out = {}
-        for part in text.split(","):
-            bits = part.strip().split("-")
-            if len(bits) == 3 and bits[2].isdigit():
-                out[bits[0]] = int(bits[2])
-        return out
-
-    b, a = parse(before), parse(after)
-    if not a:
-        return None
-    return sum(seq - b.get(domain, 0) for domain, seq in a.items())
 
 
-def _redis(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
-    redis = Redis(access)
-    now_keys = redis.keyspace()
-    then = dict(section.get("keys") or {})
-    deltas = {db: now_keys.get(db, 0) - then.get(db, 0) for db in sorted(set(then) | set(now_keys))
-              if now_keys.get(db, 0) != then.get(db, 0)}
-    out: dict[str, Any] = {"key_deltas": deltas, "changes": sum(abs(v) for v in deltas.values())}
-    recorded = section.get("write_stats")
-    current = redis.write_stats() if recorded else None
-    if recorded and current and current["run_id"] == recorded["run_id"]:
-        out["write_commands"] = current["write_commands"] - recorded["write_commands"]
-    elif recorded:
-        out["write_commands"] = None  # the server restarted since: its counters did too
-    return out
 
 
-def _mongodb(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
-    mongo = MongoDB(access)
-    try:
-        then = manifest_counts(section)
-        now_counts = {db: {c: mongo.client()[db][c].count_documents({})
-                           for c in mongo.collections(db)} for db in then}
-    except BackoutError:
-        raise
-    except Exception as exc:  # pymongo's errors
-        raise BackoutError(f"{access.db.name}: cannot count documents: {exc}") from exc
-    finally:
-        mongo.close()
-    deltas = _deltas(then, now_counts)
-    return {"document_deltas": deltas, "changes": sum(abs(v) for v in deltas.values())}
 
 
 def _describe(out: dict[str, Any]) -> str:
@@ -191,7 +101,7 @@ def _describe(out: dict[str, Any]) -> str:
     if out.get("write_commands") is not None:
         parts.append(f"about {out['write_commands']} write command(s)")
     deltas = out.get("row_deltas") or out.get("key_deltas") or out.get("document_deltas") or {}
-    unit = {"mysql": "rows", "redis": "keys", "mongodb": "documents"}[out["type"]]
+    unit = engines.get(out["type"]).count_unit
     if deltas:
         shown = ", ".join(f"{k} {v:+d}" for k, v in list(deltas.items())[:6])
         more = f" and {len(deltas) - 6} more" if len(deltas) > 6 else ""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backout import engines
 from backout.backup.engines import checker_for
 from backout.backup.volumes import volume_counts
 from backout.environment import Environment
@@ -36,9 +37,7 @@ class VerifyReport:
 def _counts(section: dict[str, Any], checks: dict[str, Any]) -> tuple[Any, Any]:
     if section["type"] == "volume":
         return volume_counts(section), volume_counts(checks)
-    if section["type"] == "redis":
-        return section.get("keys"), checks.get("keys")
-    return section.get("databases"), checks.get("databases")
+    return engines.get(section["type"]).scanned_counts(section, checks)
 
 
 def check_artifact(env: Environment, path: Path, section: dict[str, Any], sha256: str,

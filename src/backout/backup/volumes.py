@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backout.backup.checkers import VolumeTarChecker
 from backout.config import Config, VolumeConfig
+from backout.engines.formats import VolumeTarChecker
 from backout.environment import Environment
 from backout.errors import ExternalError, NotFoundError, UnhealthyError
 from backout.platforms.base import Platform

@@ -10,6 +10,12 @@ there (issue 12, stage B).
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from backout.engines.base import Engine
+
 ENGINES = {
     "mysql": "backout.engines.mysql:ENGINE",
     "mongodb": "backout.engines.mongodb:ENGINE",
@@ -19,3 +25,19 @@ ENGINES = {
 
 def names() -> tuple[str, ...]:
     return tuple(ENGINES)
+
+
+def get(kind: str) -> Engine:
+    """The engine of ``databases.*.type`` ``kind`` (validated by the config loader)."""
+    try:
+        target = ENGINES[kind]
+    except KeyError:
+        raise ValueError(f"unknown database type {kind!r} (known: {', '.join(ENGINES)})") from None
+    module, _, attr = target.partition(":")
+    engine: Engine = getattr(importlib.import_module(module), attr)
+    return engine
+
+
+def all_engines() -> list[Engine]:
+    """Every engine, in table order (the order init matches images in)."""
+    return [get(kind) for kind in ENGINES]

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
 
+from backout.config import Config, DatabaseConfig
 from backout.engines.access import EngineAccess
-from backout.errors import BackoutError, ExternalError
+from backout.engines.base import (
+    EngineBase,
+    EngineContext,
+    TrialTarget,
+    artifact_entry,
+    count_deltas,
+    run_throwaway,
+    running_image_id,
+    wait_ready,
+)
+from backout.engines.formats import MySQLDumpChecker
+from backout.environment import Environment
+from backout.errors import BackoutError, ExternalError, NotFoundError
+from backout.platforms.base import Platform
+from backout.storage.pipeline import (
+    Checker,
+    DiskFullError,
+    StalledError,
+    decompress_into,
+    scan,
+    stream_from_python,
+    stream_to_file,
+)
 
 SYSTEM_DATABASES = {"information_schema", "performance_schema", "mysql", "sys"}
 # The flags the runbook's backup used, plus what makes a dump restorable as-is.
@@ -178,3 +204,237 @@ def dump_errors(stderr: str) -> list[dict[str, str]]:
             out.append({"object": obj.group(1) if obj else m.group("stmt"),
                         "kind": "object", "why": m.group("msg").strip()})
     return out
+
+
+def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict[str, Any]:
+    my = MySQL(access)
+    db = access.db
+    version = my.version()  # proves reachability and credentials before anything is written
+    present = my.user_databases()
+    wanted = list(db.databases) or present
+    absent = [d for d in wanted if d not in present]
+    if absent and not ctx.safety:
+        raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
+                            fix=f"correct databases.{db.name}.databases in backout.toml")
+    dumpable = [d for d in wanted if d in present]
+    # Broken views stop the dump tools; they cannot be restored either (CREATE VIEW
+    # checks what it reads), so they are left out and recorded with their definition.
+    not_dumped: list[dict[str, str]] = my.broken_views(dumpable)
+    binlog = my.log_bin()
+    name = artifact_name(db)
+    what = f"{db.name} dump"
+    level = ctx.config.backups.zstd_level
+    if not dumpable:  # every configured database was dropped: an empty, valid dump
+        text = _EMPTY_DUMP.format(names=", ".join(absent), at=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+        def write(pipe: IO[bytes]) -> None:
+            pipe.write(text.encode())
+
+        stream_from_python(ctx.env, write, set_dir / name, what=what, level=level)
+    else:
+        ignore = [item["object"] for item in not_dumped]
+
+        def run_dump(force: bool) -> Any:
+            return stream_to_file(
+                ctx.env, my.dump_argv(dumpable, binlog=binlog, ignore=ignore, force=force),
+                set_dir / name, what=what, level=level, secret_env=my.secret_env(),
+                cwd=str(ctx.config.project_dir),
+                total=my.data_bytes(dumpable) if ctx.env.progress else None,
+                stall=ctx.config.backups.stall_seconds, ok_exit=(0, 2) if force else (0,))
+
+        try:
+            run_dump(force=False)
+        except ExternalError as exc:
+            if not ctx.safety or isinstance(exc, (DiskFullError, StalledError)):
+                raise
+            # Something else the damage broke: take everything the server still gives,
+            # and record what it could not.
+            written = run_dump(force=True)
+            not_dumped += dump_errors(written.stderr) or [
+                {"object": db.name, "kind": "object", "why": exc.message}]
+    for item in not_dumped:
+        ctx.env.warn(f"{db.name}: {item['kind']} {item['object']} is not in the backup: "
+                     f"{item['why']}")
+    for gone in absent:
+        ctx.env.warn(f"{db.name}: database {gone} does not exist (dropped?): the backup "
+                     "records it as absent")
+    scanned = scan(ctx.env, set_dir / name, MySQLDumpChecker(dumpable, what), what=what)
+    return {
+        "database": {
+            "type": "mysql", "service": db.service, "server_version": version,
+            "image_id": running_image_id(ctx, db.service), "mode": db.mode,
+            "dump_flags": [*DUMP_FLAGS, *(["--master-data=2"] if binlog else [])],
+            "consistency": "single-transaction snapshot (consistent for InnoDB tables)",
+            "binlog": scanned.checks.get("binlog"),
+            "databases": scanned.checks["databases"],
+            "absent": absent, "not_dumped": not_dumped,
+            "artifacts": [name],
+        },
+        "artifact": artifact_entry(name, FORMAT, scanned, db.name),
+    }
+
+
+_EMPTY_DUMP = """-- backout: none of the configured databases exist ({names}): nothing to dump
+-- Dump completed on {at}
+"""
+
+
+def restore_mysql(env: Environment, access: EngineAccess, artifact: Path,
+                  section: dict[str, Any]) -> dict[str, Any]:
+    """Drop and reload every database of the dump. Databases the dump records as
+    absent when it was taken (a safety backup after a DROP DATABASE) are dropped, so
+    putting a safety backup back reproduces exactly what was there."""
+    my = MySQL(access)
+    databases = list(section["databases"])
+    for db in [*databases, *section.get("absent", [])]:
+        my.query(f"DROP DATABASE IF EXISTS `{_ident(db)}`")
+    decompress_into(env, artifact, my.restore_argv(), what=f"{access.db.name} restore",
+                    secret_env=my.secret_env(), cwd=str(access.config.project_dir),
+                    stall=access.config.backups.stall_seconds)
+    counts = my.table_counts(databases)
+    return {"counts": counts}
+
+
+def mysql_counts_match(section: dict[str, Any], counts: dict[str, dict[str, int]]) -> bool:
+    expected = {db: v["tables"] for db, v in section["databases"].items()}
+    return expected == counts
+
+
+def _test_mysql(env: Environment, cfg: Config, db: DatabaseConfig, platform: Platform, image: str,
+                artifact: Path, section: dict[str, Any], password: str,
+                holder: list[str]) -> dict[str, Any]:
+    from backout.engines.mysql import MySQL
+
+    container = run_throwaway(env, image, ["-e", "MYSQL_ROOT_PASSWORD", "-e", "MARIADB_ROOT_PASSWORD"],
+                     {"MYSQL_ROOT_PASSWORD": password, "MARIADB_ROOT_PASSWORD": password})
+    holder.append(container)
+    access = EngineAccess(env, cfg, dataclasses.replace(db, user="root"), platform,
+                          container=container)
+    wait_ready(lambda: bool(MySQL(access).version()), "mysql")
+    result = restore_mysql(env, access, artifact, section)
+    return {"ok": mysql_counts_match(section, result["counts"]),
+            "expected": expected_counts(section),
+            "restored": result["counts"]}
+
+
+def _mysql(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
+    my = MySQL(access)
+    present = set(my.user_databases())
+    databases = [d for d in section["databases"] if d in present]
+    now_counts = my.table_counts(databases)
+    then = expected_counts(section)
+    deltas = count_deltas(then, {**{d: {} for d in then}, **now_counts})
+    out: dict[str, Any] = {"row_deltas": deltas, "changes": sum(abs(v) for v in deltas.values()),
+                           "databases_missing_now": sorted(set(section["databases"]) - present)}
+    binlog = section.get("binlog")
+    current = my.binlog_position() if binlog else None
+    if binlog and current:
+        out["binlog"] = {"from": binlog, "to": current,
+                         "bytes": _binlog_bytes(my, binlog, current)}
+        before = binlog.get("gtid") or my.gtid_at(binlog["file"], int(binlog["position"]))
+        after = my.gtid_now()
+        if before is not None and after is not None:
+            out["gtid"] = {"from": before, "to": after,
+                           "transactions": _gtid_transactions(before, after)}
+    return out
+
+
+def _binlog_bytes(my: MySQL, start: dict[str, Any], end: dict[str, Any]) -> int | None:
+    if start["file"] == end["file"]:
+        return int(end["position"]) - int(start["position"])
+    sizes = my.binlog_sizes()
+    if start["file"] not in sizes:
+        return None  # purged since: the distance cannot be told
+    names = sorted(sizes)
+    total = sizes[start["file"]] - int(start["position"])
+    for name in names[names.index(start["file"]) + 1:]:
+        if name == end["file"]:
+            return total + int(end["position"])
+        total += sizes[name]
+    return None
+
+
+def _gtid_transactions(before: str, after: str) -> int | None:
+    """Transactions between two MariaDB GTID positions (``domain-server-seq``, comma
+    separated per domain): the sequence numbers' difference, summed over domains."""
+    def parse(text: str) -> dict[str, int]:
+        out = {}
+        for part in text.split(","):
+            bits = part.strip().split("-")
+            if len(bits) == 3 and bits[2].isdigit():
+                out[bits[0]] = int(bits[2])
+        return out
+
+    b, a = parse(before), parse(after)
+    if not a:
+        return None
+    return sum(seq - b.get(domain, 0) for domain, seq in a.items())
+
+
+def artifact_name(db: DatabaseConfig) -> str:
+    return ENGINE.artifact_name(db)
+
+
+FORMAT = "mysql-sql+zstd"
+
+
+def expected_counts(section: Mapping[str, Any]) -> dict[str, Any]:
+    return {db: v["tables"] for db, v in section["databases"].items()}
+
+
+class MySQLEngine(EngineBase):
+    suffix = ".sql.zst"
+    type = "mysql"
+    description = "a MySQL dump"
+    count_unit = "rows"
+    image_patterns = ("mariadb", "mysql")
+    credentials = (("root", ("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD"), None),
+                   (None, ("MYSQL_PASSWORD", "MARIADB_PASSWORD"), ("MYSQL_USER", "MARIADB_USER")))
+    database_name_vars = ("MYSQL_DATABASE", "MARIADB_DATABASE")
+    MAGIC = (b"-- MySQL dump", b"-- MariaDB dump", b"/*M!999999")
+
+    def dump(self, ctx: EngineContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]:
+        return _dump_mysql(ctx, EngineAccess(ctx.env, ctx.config, db, ctx.platform), set_dir)
+
+    def checker(self, section: Mapping[str, Any], what: str) -> Checker:
+        return MySQLDumpChecker(list(section.get("databases", {})), what)
+
+    def sniff(self, head: bytes, path: Path) -> int:
+        if any(head.startswith(m) or m in head[:200] for m in self.MAGIC):
+            return 3
+        if head.startswith(b"--") or b"CREATE TABLE" in head or b"INSERT INTO" in head:
+            return 1
+        return 0
+
+    def section_for_file(self, env: Environment, db: DatabaseConfig,
+                         artifact: Path) -> dict[str, Any]:
+        what = artifact.name
+        checks = scan(env, artifact, MySQLDumpChecker([], what), what=what, passthrough=True).checks
+        return {"type": self.type, "databases": checks["databases"]}
+
+    def expected_counts(self, section: Mapping[str, Any]) -> Any:
+        return expected_counts(section)
+
+    def counts_match(self, section: Mapping[str, Any], counts: Any) -> bool:
+        return mysql_counts_match(dict(section), counts)
+
+    def restore(self, env: Environment, access: EngineAccess, artifact: Path,
+                section: dict[str, Any]) -> dict[str, Any]:
+        return restore_mysql(env, access, artifact, section)
+
+    def trial_restore(self, target: TrialTarget, artifact: Path,
+                      section: dict[str, Any]) -> dict[str, Any]:
+        return _test_mysql(target.env, target.config, target.db, target.platform, target.image,
+                           artifact, section, target.password, target.holder)
+
+    def probe(self, access: EngineAccess) -> str:
+        return MySQL(access).version()
+
+    def data_loss(self, access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
+        return _mysql(access, section)
+
+    def overwritten(self, db: DatabaseConfig) -> str:
+        return "its databases are dropped and reloaded"
+
+
+ENGINE = MySQLEngine()

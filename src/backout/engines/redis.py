@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import subprocess
+import tarfile
+import tempfile
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from backout import proc
+from backout.config import Config, DatabaseConfig
 from backout.engines.access import EngineAccess
+from backout.engines.base import (
+    LABEL,
+    EngineBase,
+    EngineContext,
+    TrialTarget,
+    artifact_entry,
+    docker,
+    running_image_id,
+    wait_ready,
+)
+from backout.engines.formats import RDBChecker
+from backout.environment import Environment
 from backout.errors import BackoutError, ExternalError
+from backout.platforms.base import Platform
+from backout.storage.pipeline import (
+    Checker,
+    IntegrityError,
+    decompress_into,
+    decompressed,
+    decompressed_size,
+    metered,
+    scan,
+    stream_to_file,
+)
 
 
 class Redis:
@@ -168,3 +200,289 @@ def _write_stats(info: dict[str, str], write_cmds: set[str]) -> dict[str, Any] |
             # calls reached execution (rejected ones are not in it); some failed
             total += int(fields.get("calls", 0)) - int(fields.get("failed_calls", 0))
     return {"run_id": info["run_id"], "write_commands": total}
+
+
+def _dump_redis(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict[str, Any]:
+    redis = Redis(access)
+    db = access.db
+    version = redis.version()
+    path = redis.rdb_path()
+    saved = redis.bgsave_and_wait(count_writes=True)  # "writes since" count from here
+    name = artifact_name(db)
+    what = f"{db.name} snapshot"
+    # The file is renamed into place by each save; `cat` holds the inode it opened,
+    # so a save finishing meanwhile cannot tear our copy.
+    stream_to_file(ctx.env, access.argv(["cat", path]), set_dir / name, what=what,
+                   level=ctx.config.backups.zstd_level, cwd=str(ctx.config.project_dir),
+                   total=redis.file_bytes(path) if ctx.env.progress else None,
+                   stall=ctx.config.backups.stall_seconds)
+    scanned = scan(ctx.env, set_dir / name, RDBChecker(what), what=what)
+    return {
+        "database": {
+            "type": "redis", "service": db.service, "server_version": version,
+            "image_id": running_image_id(ctx, db.service), "mode": db.mode,
+            "consistency": "point-in-time RDB snapshot (BGSAVE)",
+            "rdb_path": path, "rdb_version": scanned.checks["rdb_version"],
+            "rdb_checksum": scanned.checks["checksum"],
+            "aof_enabled": bool(saved["aof_enabled"]), "bgsave_seconds": saved["seconds"],
+            "keys": scanned.checks["keys"], "write_stats": saved["write_stats"],
+            "artifacts": [name],
+        },
+        "artifact": artifact_entry(name, FORMAT, scanned, db.name),
+    }
+
+
+# Run in a one-off container of the Redis service, the RDB on stdin; arguments: data dir,
+# RDB file name, a stamp, AOF mode (multipart|single|none), AOF dir, AOF file, RDB size.
+# Everything is prepared under hidden names, owned by redis, before the switch; the
+# switch is renames only, so a kill at any moment leaves files Redis can start from.
+PUT_RDB_SCRIPT = (
+    'set -e; d="$1"; n="$2"; s="$3"; mode="$4"; adir="$5"; afile="$6"; size="$7"; cd "$d"; '
+    'in=".$n.backout-incoming"; new=""; '
+    'cat > "$in"; '
+    'got=$(wc -c < "$in"); '
+    'if [ "$got" -ne "$size" ]; then rm -f "$in"; '
+    '  echo "incomplete RDB: $got of $size bytes arrived" >&2; exit 3; fi; '
+    'if [ "$mode" = multipart ]; then new=".$adir.backout-new"; rm -rf "$new"; mkdir "$new"; '
+    '  cp "$in" "$new/$afile.1.base.rdb"; '
+    '  printf "file %s seq 1 type b\\n" "$afile.1.base.rdb" > "$new/$afile.manifest"; '
+    'elif [ "$mode" = single ]; then new=".$afile.backout-new"; cp "$in" "$new"; fi; '
+    'if id redis >/dev/null 2>&1; then chown -R redis:redis "$in" ${new:+"$new"}; fi; '
+    'for a in "$adir" "$afile"; do '
+    '  if [ -n "$a" ] && [ -e "$a" ]; then mv "$a" "$a.backout-aside-$s"; fi; done; '
+    'if [ "$mode" = multipart ]; then mv "$new" "$adir"; '
+    'elif [ "$mode" = single ]; then mv "$new" "$afile"; fi; '
+    'mv "$in" "$n"'
+)
+
+
+def put_rdb_into_volume(env: Environment, access: EngineAccess, artifact: Path, rdb_path: str,
+                        stamp: str, aof: dict[str, str] | None) -> None:
+    """With the Redis service stopped: the RDB replaced, any AOF set aside.
+
+    A server with AOF on loads only its AOF, never the RDB; so when AOF is on the
+    snapshot also becomes the new AOF: on Redis 7 the base of a fresh multi-part
+    AOF (a base may be an RDB), before 7 the AOF file itself (an AOF may start
+    with an RDB preamble). A one-off container of the service (same volumes) does
+    the file work, so it works whatever the volume driver is.
+
+    Nothing is moved before the whole RDB has arrived (its size is checked): a
+    stream cut short (an interrupt, a stalled engine) leaves the volume as it was.
+    The one-off container is labelled, and removed in every case: one left behind
+    ("created", or exited without its --rm) would fail the stack's verification.
+    """
+    directory, _, name = rdb_path.rpartition("/")
+    aof = aof or {}
+    size = decompressed_size(env, artifact)
+    script = PUT_RDB_SCRIPT
+    label = f"{HELPER_LABEL}={access.config.project_dir}:{access.db.service}"
+    argv = access.platform.one_off_argv(
+        access.db.service, entrypoint="sh", label=label,
+        args=["-c", script, "sh", directory or "/data", name, stamp, aof.get("mode", "none"),
+              aof.get("dir", ""), aof.get("file", ""), str(size)])
+    remove_helpers(env, label)  # left by an attempt that was cut short
+    try:
+        decompress_into(env, artifact, argv, what=f"{access.db.name} restore",
+                        cwd=str(access.config.project_dir),
+                        stall=access.config.backups.stall_seconds)
+    finally:
+        remove_helpers(env, label)
+
+
+HELPER_LABEL = "io.backout.restore-helper"
+
+
+def remove_helpers(env: Environment, label: str) -> None:
+    """Remove the one-off containers of a restore (best effort, bounded: with an engine
+    that does not answer, the next attempt removes them). One still running (its client
+    was stopped) gets a moment to end by itself first: its input has ended, so it is
+    either refusing an incomplete RDB or finishing its renames."""
+    try:
+        running = proc.run(env, ["docker", "ps", "-q", "--filter", f"label={label}"],
+                           timeout=20, check=False, what="docker ps").stdout.split()
+        if running:
+            proc.run(env, ["docker", "wait", *running], timeout=30, check=False,
+                     what="docker wait")
+        found = proc.run(env, ["docker", "ps", "-aq", "--filter", f"label={label}"], timeout=20,
+                         check=False, what="docker ps")
+        ids = found.stdout.split()
+        if ids:
+            proc.run(env, ["docker", "rm", "-f", *ids], timeout=30, check=False,
+                     what="docker rm")
+    except ExternalError:
+        pass
+
+
+def aof_layout(redis: Redis) -> dict[str, str]:
+    """How the running server persists its AOF, asked before it is stopped."""
+    if redis.config_get("appendonly", "no") != "yes":
+        return {"mode": "none"}
+    major = int(redis.version().split(".")[0] or 0)
+    afile = redis.config_get("appendfilename", "appendonly.aof")
+    if major >= 7:
+        return {"mode": "multipart", "dir": redis.config_get("appenddirname", "appendonlydir"),
+                "file": afile}
+    return {"mode": "single", "file": afile}
+
+
+def restore_redis(env: Environment, access: EngineAccess, artifact: Path,
+                  section: dict[str, Any]) -> dict[str, Any]:
+    """Stop Redis, replace its RDB (and AOF), start it, compare DBSIZE.
+
+    Redis is started first if it is down (an earlier attempt stopped it, then was
+    interrupted): its persistence settings are read from the running server."""
+    redis = Redis(access)
+    rdb_path = section.get("rdb_path") or "/data/dump.rdb"
+    platform = access.platform
+    platform.bring_up(access.db.service)
+    aof = aof_layout(redis)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    platform.stop([access.db.service], timeout=120)
+    put_rdb_into_volume(env, access, artifact, rdb_path, stamp, aof)
+    platform.bring_up(access.db.service)
+    keys = {"db0": redis.dbsize()}
+    return {"counts": keys, "aof": aof["mode"]}
+
+
+def redis_counts_match(section: dict[str, Any], counts: dict[str, int]) -> bool:
+    expected = section.get("keys") or {}
+    return all(counts.get(db, 0) == n for db, n in expected.items()) and \
+        (bool(expected) or counts.get("db0", 0) == 0)
+
+
+def _test_redis(env: Environment, cfg: Config, db: DatabaseConfig, platform: Platform, image: str,
+                artifact: Path, section: dict[str, Any], password: str,
+                holder: list[str]) -> dict[str, Any]:
+    from backout.engines.redis import Redis
+
+    del password  # the throwaway server runs without one
+    container = _redis_with_rdb(env, image, artifact, holder)
+    access = EngineAccess(env, cfg, dataclasses.replace(db, password_env=None), platform,
+                      container=container)
+    wait_ready(lambda: Redis(access).call("PING") == "PONG", "redis")
+    counts = {"db0": Redis(access).dbsize()}
+    return {"ok": redis_counts_match(section, counts), "expected": expected_counts(section),
+            "restored": counts}
+
+
+def _redis_with_rdb(env: Environment, image: str, artifact: Path, holder: list[str]) -> str:
+    """A stopped container with our RDB as /data/dump.rdb, then started (AOF off)."""
+    cid = docker(env, "create", "--label", f"{LABEL}=1", "--entrypoint", "redis-server", image,
+                  "--dir", "/data", "--dbfilename", "dump.rdb", "--appendonly", "no",
+                  "--save", "", "--protected-mode", "no").stdout.strip()
+    holder.append(cid)
+    with tempfile.TemporaryDirectory() as tmp:
+        rdb = Path(tmp) / "dump.rdb"
+        with rdb.open("wb") as fh, decompressed(env, artifact, force=False, stdout=fh) as zstd, \
+                metered(env, "restore test redis", zstd.pid, artifact.stat().st_size,
+                        estimated=False):
+            if zstd.wait() != 0:
+                raise IntegrityError(f"restore test: {artifact.name} does not decompress")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(rdb, arcname="dump.rdb")
+        proc_result = subprocess.run(["docker", "cp", "-", f"{cid}:/data"], input=buf.getvalue(),
+                                     capture_output=True, check=False, env=proc.child_env(env),
+                                     **proc.CHILD)
+        if proc_result.returncode != 0:
+            raise ExternalError("restore test: cannot copy the RDB into the throwaway container: "
+                                f"{proc.last_line(proc_result.stderr.decode(errors='replace'))}")
+    docker(env, "start", cid)
+    return cid
+
+
+def _redis(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
+    redis = Redis(access)
+    now_keys = redis.keyspace()
+    then = dict(section.get("keys") or {})
+    deltas = {db: now_keys.get(db, 0) - then.get(db, 0) for db in sorted(set(then) | set(now_keys))
+              if now_keys.get(db, 0) != then.get(db, 0)}
+    out: dict[str, Any] = {"key_deltas": deltas, "changes": sum(abs(v) for v in deltas.values())}
+    recorded = section.get("write_stats")
+    current = redis.write_stats() if recorded else None
+    if recorded and current and current["run_id"] == recorded["run_id"]:
+        out["write_commands"] = current["write_commands"] - recorded["write_commands"]
+    elif recorded:
+        out["write_commands"] = None  # the server restarted since: its counters did too
+    return out
+
+
+def artifact_name(db: DatabaseConfig) -> str:
+    return ENGINE.artifact_name(db)
+
+
+FORMAT = "redis-rdb+zstd"
+
+
+def expected_counts(section: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(section["keys"])
+
+
+class RedisEngine(EngineBase):
+    suffix = ".rdb.zst"
+    type = "redis"
+    description = "a Redis RDB"
+    count_unit = "keys"
+    image_patterns = ("redis", "valkey")
+    credentials: tuple[tuple[str | None, tuple[str, ...], tuple[str, ...] | None], ...] = (
+        (None, ("REDIS_PASSWORD",), None),)
+    restarts_on_restore = True
+
+    def init_notes(self, spec: Mapping[str, Any], entry: Mapping[str, Any]) -> list[str]:
+        if "password_env" in entry:
+            return []
+        # requirepass may be given on the command line with an interpolated variable.
+        command = " ".join(spec.get("command") or []) if isinstance(spec.get("command"), list) \
+            else str(spec.get("command") or "")
+        if "requirepass" in command:
+            return ["redis uses requirepass: set password_env to the variable holding it"]
+        return []
+
+    def dump(self, ctx: EngineContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]:
+        return _dump_redis(ctx, EngineAccess(ctx.env, ctx.config, db, ctx.platform), set_dir)
+
+    def checker(self, section: Mapping[str, Any], what: str) -> Checker:
+        return RDBChecker(what)
+
+    def sniff(self, head: bytes, path: Path) -> int:
+        return 3 if head.startswith(b"REDIS") or b"REDIS" in head[:200] else 0
+
+    def section_for_file(self, env: Environment, db: DatabaseConfig,
+                         artifact: Path) -> dict[str, Any]:
+        what = artifact.name
+        checks = scan(env, artifact, RDBChecker(what), what=what, passthrough=True).checks
+        return {"type": self.type, "keys": checks["keys"], "rdb_path": None}
+
+    def expected_counts(self, section: Mapping[str, Any]) -> Any:
+        return expected_counts(section)
+
+    def scanned_counts(self, section: Mapping[str, Any],
+                       checks: Mapping[str, Any]) -> tuple[Any, Any]:
+        return section.get("keys"), checks.get("keys")
+
+    def counts_match(self, section: Mapping[str, Any], counts: Any) -> bool:
+        return redis_counts_match(dict(section), counts)
+
+    def restore(self, env: Environment, access: EngineAccess, artifact: Path,
+                section: dict[str, Any]) -> dict[str, Any]:
+        return restore_redis(env, access, artifact, section)
+
+    def trial_restore(self, target: TrialTarget, artifact: Path,
+                      section: dict[str, Any]) -> dict[str, Any]:
+        return _test_redis(target.env, target.config, target.db, target.platform, target.image,
+                           artifact, section, target.password, target.holder)
+
+    def probe(self, access: EngineAccess) -> str:
+        return Redis(access).version()
+
+    def answer(self, access: EngineAccess) -> str:
+        return str(Redis(access).call("PING"))
+
+    def data_loss(self, access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
+        return _redis(access, section)
+
+    def overwritten(self, db: DatabaseConfig) -> str:
+        return "the keyspace is replaced (Redis restarts; any AOF is set aside)"
+
+
+ENGINE = RedisEngine()

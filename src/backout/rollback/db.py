@@ -12,15 +12,13 @@ measured again right before the restore.
 
 from __future__ import annotations
 
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
-from backout import __version__
+from backout import __version__, engines
 from backout.adapters.docker import ENGINE_FIX
 from backout.backup import data_loss, restore
-from backout.backup.checkers import MySQLDumpChecker, RDBChecker, TarBsonChecker
 from backout.backup.engines import (
     DumpContext,
     artifact_name,
@@ -47,10 +45,7 @@ from backout.platforms.base import Platform
 from backout.rollback import common
 from backout.state import Store
 from backout.storage import sets
-from backout.storage.pipeline import IntegrityError, StalledError, scan
-
-SNIFF = {b"REDIS": "redis", b"-- MySQL dump": "mysql", b"-- MariaDB dump": "mysql",
-         b"/*M!999999": "mysql"}
+from backout.storage.pipeline import IntegrityError, StalledError, head_of
 
 
 def database(config: Config, name: str) -> DatabaseConfig:
@@ -64,37 +59,16 @@ def database(config: Config, name: str) -> DatabaseConfig:
 
 
 def _sniff(env: Environment, path: Path) -> str | None:
-    """The database type a file's first bytes say it belongs to."""
-    import subprocess
-
-    from backout import proc
-
-    if path.is_dir():
-        return "mongodb" if any(path.rglob("*.bson")) else None
-    head = subprocess.run(["zstd", "-d", "-q", "-c", "-f", str(path)], capture_output=True,
-                          env=proc.child_env(env), check=False, **proc.CHILD).stdout[:4096] \
-        if path.stat().st_size < (64 << 20) else _head(env, path)
-    for magic, kind in SNIFF.items():
-        if head.startswith(magic) or magic in head[:200]:
-            return kind
-    if head[257:262] == b"ustar":
-        return "mongodb"
-    if head.startswith(b"--") or b"CREATE TABLE" in head or b"INSERT INTO" in head:
-        return "mysql"
-    return None
-
-
-def _head(env: Environment, path: Path) -> bytes:
-    import subprocess
-
-    from backout import proc
-
-    with subprocess.Popen(["zstd", "-d", "-q", "-c", "-f", str(path)], stdout=subprocess.PIPE,
-                          env=proc.child_env(env), **proc.CHILD) as p:
-        assert p.stdout is not None
-        data = p.stdout.read(4096)
-        p.kill()
-    return data
+    """The database type a file's first bytes say it belongs to: the engine most
+    sure of it (a magic string over a structure over a heuristic); table order
+    breaks ties."""
+    head = b"" if path.is_dir() else head_of(env, path)
+    best, kind = 0, None
+    for engine in engines.all_engines():
+        score = engine.sniff(head, path)
+        if score > best:
+            best, kind = score, engine.type
+    return kind
 
 
 def resolve_backup(env: Environment, config: Config, store: Store, db: DatabaseConfig,
@@ -124,18 +98,12 @@ def resolve_backup(env: Environment, config: Config, store: Store, db: DatabaseC
                             fix="list them with `backout backups list`")
     kind = _sniff(env, path)
     if kind != db.type:
-        what = {"mysql": "a MySQL dump", "redis": "a Redis RDB", "mongodb": "a MongoDB dump"}
-        raise UsageError(f"{ref} is {what.get(kind or '', 'not a dump backout recognises')}, "
-                         f"not {what[db.type]} for {db.name}",
+        found = engines.get(kind).description if kind else "not a dump backout recognises"
+        raise UsageError(f"{ref} is {found}, not {engines.get(db.type).description} for {db.name}",
                          fix=f"name a {db.type} dump, or the right database")
     return {"artifact": str(path.resolve()), "section": None, "source": f"file {ref}",
             "sha256": None, "set_id": None,
             "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime))}
-
-
-OVERWRITTEN = {"mysql": "its databases are dropped and reloaded",
-               "redis": "the keyspace is replaced (Redis restarts; any AOF is set aside)",
-               "mongodb": "every collection of the dumped databases is replaced"}
 
 
 def verify_key(db: str) -> str:
@@ -192,7 +160,7 @@ def data_steps(config: Config, targets: dict[str, dict[str, Any]], safety_ids: d
     for name in dbs:
         db = config.databases[name]
         head.append(Step(f"restore {name}", "rollback.db.restore",
-                         f"{name}: {OVERWRITTEN[db.type]}; the restored counts are compared "
+                         f"{name}: {engines.get(db.type).overwritten(db)}; the restored counts are compared "
                          "with the backup's" + when,
                          {"database": name, **targets[name], "verify_step": verify_key(name),
                           "requires": list(requires), "no_safety": name not in safety_ids},
@@ -226,7 +194,8 @@ def downtime(config: Config, dbs: list[str], targets: dict[str, dict[str, Any]])
             + (f" (the backup's own dump took {', '.join(took)}; a restore takes about as long "
                "or longer)" if took else "")
             + ". Stopping first is what makes the safety backup hold every acknowledged write")
-    restarts = [config.databases[n].service for n in dbs if config.databases[n].type == "redis"]
+    restarts = [config.databases[n].service for n in dbs
+                if engines.get(config.databases[n].type).restarts_on_restore]
     if restarts:
         text += f"; {', '.join(restarts)} restarts"
     return text
@@ -261,51 +230,22 @@ def _access(ctx: RunContext, name: str) -> tuple[Environment, Config, EngineAcce
 
 
 def _section_for_file(env: Environment, db: DatabaseConfig, artifact: Path) -> dict[str, Any]:
-    what = f"{artifact.name}"
-    if db.type == "mysql":
-        checks = scan(env, artifact, MySQLDumpChecker([], what), what=what, passthrough=True).checks
-        return {"type": "mysql", "databases": checks["databases"]}
-    if db.type == "redis":
-        checks = scan(env, artifact, RDBChecker(what), what=what, passthrough=True).checks
-        return {"type": "redis", "keys": checks["keys"], "rdb_path": None}
-    checks = scan(env, artifact, TarBsonChecker([], what), what=what, passthrough=True).checks
-    return {"type": "mongodb", "databases": checks["databases"]}
+    return engines.get(db.type).section_for_file(env, db, artifact)
 
 
-def _mongo_dir_to_tar(directory: Path, dest: Path) -> None:
-    """A mongodump directory (``dump/<db>/<coll>.bson``) as the tar our restore reads."""
-    with tarfile.open(dest, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for bson in sorted(directory.rglob("*.bson")):
-            db = bson.parent.name
-            tar.add(bson, arcname=f"dump/{db}/{bson.name}")
-            meta = bson.with_name(bson.name[:-5] + ".metadata.json")
-            if meta.exists():
-                tar.add(meta, arcname=f"dump/{db}/{meta.name}")
-            else:
-                import io
-                import json
-
-                data = json.dumps({"indexes": [], "collectionName": bson.name[:-5]}).encode()
-                info = tarfile.TarInfo(f"dump/{db}/{meta.name}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
 
-def _prepared_artifact(params: dict[str, Any], state_dir: Path) -> Path:
-    artifact = Path(params["artifact"])
-    if artifact.is_dir():
-        staged = state_dir / "staging"
-        staged.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tar = staged / f"{artifact.name}.tar"
-        _mongo_dir_to_tar(artifact, tar)
-        return tar
-    return artifact
+def _prepared_artifact(params: dict[str, Any], config: Config) -> Path:
+    """A mongodump directory named by the operator becomes the tar a restore reads."""
+    db = config.databases[params["database"]]
+    return engines.get(db.type).prepare_artifact(Path(params["artifact"]),
+                                                 config.state_dir / "staging")
 
 
 @register_action("rollback.db.verify")
 def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     env, config, access = _access(ctx, params["database"])
-    artifact = _prepared_artifact(params, config.state_dir)
+    artifact = _prepared_artifact(params, config)
     if params["section"] is not None:
         check_artifact(env, artifact, params["section"], params["sha256"], params["source"])
         if params.get("set_id"):
@@ -366,16 +306,9 @@ def _iso() -> str:
 def _restore(env: Environment, access: EngineAccess, artifact: Path, section: dict[str, Any]) -> Any:
     """Restore, then compare the restored counts with the backup's: a restore that
     does not reproduce them failed, whatever the tools said."""
-    kind = access.db.type
-    if kind == "mysql":
-        result = restore.restore_mysql(env, access, artifact, section)
-        ok = restore.mysql_counts_match(section, result["counts"])
-    elif kind == "redis":
-        result = restore.restore_redis(env, access, artifact, section)
-        ok = restore.redis_counts_match(section, result["counts"])
-    else:
-        result = restore.restore_mongodb(env, access, artifact, section)
-        ok = restore.mongo_counts_match(section, result["counts"])
+    engine = engines.get(access.db.type)
+    result = engine.restore(env, access, artifact, section)
+    ok = engine.counts_match(section, result["counts"])
     expected = manifest_counts(section)
     if not ok:
         raise IntegrityError(f"{access.db.name}: restored counts differ from the backup's: "

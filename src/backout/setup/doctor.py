@@ -110,22 +110,10 @@ def real_sources(env: Environment, config: Config | None) -> Sources:
 
 def _database_version(env: Environment, config: Config, db: DatabaseConfig) -> str:
     """Connect as a backup or restore would (same access mode, same credentials)."""
-    from backout import platforms
+    from backout import engines, platforms
     from backout.engines.access import EngineAccess
-    from backout.engines.mongodb import MongoDB
-    from backout.engines.mysql import MySQL
-    from backout.engines.redis import Redis
-
     access = EngineAccess(env, config, db, platforms.for_config(env, config))
-    if db.type == "mysql":
-        return MySQL(access).version()
-    if db.type == "redis":
-        return Redis(access).version()
-    mongo = MongoDB(access)
-    try:
-        return mongo.ping()
-    finally:
-        mongo.close()
+    return engines.get(db.type).probe(access)
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

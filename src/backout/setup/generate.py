@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from backout import engines
 from backout.platforms.compose import volume_users
 
 # Paths the real deployments we model expose; tried by service name.
@@ -23,18 +24,6 @@ KNOWN_HEALTH_PATHS = {
     "model_server": "/healthy-check",
 }
 PROXY_IMAGES = ("nginx", "traefik", "haproxy", "caddy", "envoy")
-DB_IMAGE_PATTERNS = (("mariadb", "mysql"), ("mysql", "mysql"), ("mongo", "mongodb"),
-                     ("redis", "redis"), ("valkey", "redis"))
-# Credential variables of the official images, in order of preference for backups
-# (root can dump everything, including routines and events).
-CREDENTIALS = {
-    "mysql": (("root", ("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD"), None),
-              (None, ("MYSQL_PASSWORD", "MARIADB_PASSWORD"), ("MYSQL_USER", "MARIADB_USER"))),
-    "mongodb": ((None, ("MONGO_INITDB_ROOT_PASSWORD",), ("MONGO_INITDB_ROOT_USERNAME",)),),
-    "redis": ((None, ("REDIS_PASSWORD",), None),),
-}
-DB_NAME_VARS = {"mysql": ("MYSQL_DATABASE", "MARIADB_DATABASE"),
-                "mongodb": ("MONGO_INITDB_DATABASE",)}
 _URL_IN_TEST = re.compile(r"https?://(?:localhost|127\.0\.0\.1|0\.0\.0\.0)(?::(\d+))?(/[^\s'\"]*)?")
 
 
@@ -49,13 +38,14 @@ class Derived:
 
 def database_type(name: str, spec: Mapping[str, Any]) -> str | None:
     image = str(spec.get("image", "")).lower()
-    for pattern, kind in DB_IMAGE_PATTERNS:
+    patterns = [(p, e.type) for e in engines.all_engines() for p in e.image_patterns]
+    for pattern, kind in patterns:
         if pattern in image.rsplit("/", 1)[-1].split(":")[0] or pattern in image:
             return kind
     # Images built from a local Dockerfile are often named after the project; the
     # service name is the next best evidence.
     lowered = name.lower()
-    for pattern, kind in DB_IMAGE_PATTERNS:
+    for pattern, kind in patterns:
         if pattern in lowered:
             return kind
     return None
@@ -113,7 +103,8 @@ def derive(compose: Mapping[str, Any], env_values: Mapping[str, str]) -> Derived
         environment: Mapping[str, str] = spec.get("environment") or {}
         entry: dict[str, Any] = {"type": kind, "service": service, "mode": "exec"}
         notes: list[str] = []
-        for user, pw_vars, user_vars in CREDENTIALS.get(kind, ()):
+        engine = engines.get(kind)
+        for user, pw_vars, user_vars in engine.credentials:
             pw_var = next((v for v in pw_vars if v in environment), None)
             if pw_var is None:
                 continue
@@ -125,15 +116,11 @@ def derive(compose: Mapping[str, Any], env_values: Mapping[str, str]) -> Derived
                     entry["user_env"] = _env_name(user_var, environment[user_var], env_values, notes)
             entry["password_env"] = _env_name(pw_var, environment[pw_var], env_values, notes)
             break
-        for var in DB_NAME_VARS.get(kind, ()):
+        for var in engine.database_name_vars:
             if environment.get(var):
                 entry["databases"] = [environment[var]]
                 break
-        if kind == "redis" and "password_env" not in entry:
-            # requirepass may be given on the command line with an interpolated variable.
-            command = " ".join(spec.get("command") or []) if isinstance(spec.get("command"), list) else str(spec.get("command") or "")
-            if "requirepass" in command:
-                notes.append("redis uses requirepass: set password_env to the variable holding it")
+        notes += engine.init_notes(spec, entry)
         out.databases[db_name] = entry
         out.notes[f"databases.{db_name}"] = notes
 

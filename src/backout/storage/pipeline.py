@@ -184,7 +184,7 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with tempfile.TemporaryFile() as z_err, os.fdopen(fd, "wb") as out:
         try:
-            zstd = subprocess.Popen(["zstd", "-q", "-c", f"-{level}", "-T0"], stdin=subprocess.PIPE,
+            zstd = subprocess.Popen(zstd_argv(level=level), stdin=subprocess.PIPE,
                                     stdout=out, stderr=z_err, env=proc.child_env(env),
                                     **proc.CHILD)
         except FileNotFoundError as exc:
@@ -248,7 +248,7 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         except FileNotFoundError as exc:
             raise ExternalError(f"{what}: {producer[0]} is not installed") from exc
         try:
-            zstd = subprocess.Popen(["zstd", "-q", "-c", f"-{level}", "-T0"], stdin=prod.stdout,
+            zstd = subprocess.Popen(zstd_argv(level=level), stdin=prod.stdout,
                                     stdout=out, stderr=z_err, env=proc.child_env(env),
                                     **proc.CHILD)
         except FileNotFoundError as exc:
@@ -321,10 +321,8 @@ def scan(env: Environment, path: Path, checker: Checker, *, what: str,
     if size == 0:
         raise IntegrityError(f"{what}: artifact {path.name} is empty (0 bytes)")
     digest = hashlib.sha256()
-    zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", *(["-f"] if passthrough else [])],
-                            stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=proc.child_env(env), **proc.CHILD)
+    zstd = spawn_decompress(env, None, force=passthrough, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert zstd.stdin is not None and zstd.stdout is not None and zstd.stderr is not None
     feed_error: list[BaseException] = []
 
@@ -375,6 +373,107 @@ def scan(env: Environment, path: Path, checker: Checker, *, what: str,
         raise IntegrityError(f"{what}: {path.name} decompresses to nothing")
     checks = checker.finish()
     return Scanned(digest.hexdigest(), size, raw, checks)
+
+
+def zstd_argv(*, level: int | None = None, source: Path | None = None,
+              force: bool = False) -> list[str]:
+    """The only place a zstd command line is built: compress at ``level``, or
+    decompress (``level`` None) ``source`` or stdin; ``force`` passes plain input
+    through (an operator's own uncompressed dump)."""
+    if level is not None:
+        return ["zstd", "-q", "-c", f"-{level}", "-T0"]
+    return ["zstd", "-d", "-q", "-c", *(["-f"] if force else []),
+            *([str(source)] if source is not None else [])]
+
+
+def spawn_decompress(env: Environment, source: Path | None, *, force: bool = True,
+                     **popen: Any) -> subprocess.Popen[bytes]:
+    """The one place the decompressing zstd is spawned (``source`` None: from stdin)."""
+    try:
+        return subprocess.Popen(zstd_argv(source=source, force=force),
+                                env=proc.child_env(env), **proc.CHILD, **popen)
+    except FileNotFoundError as exc:
+        raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
+
+
+@contextlib.contextmanager
+def decompressed(env: Environment, artifact: Path, *, force: bool = True,
+                 **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """``zstd -dc artifact``, its stdout a pipe to read unless ``popen`` says where;
+    killed if the reader stops early."""
+    popen.setdefault("stdout", subprocess.PIPE)
+    with spawn_decompress(env, artifact, force=force, **popen) as zstd:
+        try:
+            yield zstd
+        except BaseException:
+            zstd.kill()
+            raise
+
+
+def head_of(env: Environment, artifact: Path, size: int = 4096) -> bytes:
+    """The first ``size`` decompressed bytes of ``artifact`` (plain files pass through)."""
+    with decompressed(env, artifact, stderr=subprocess.DEVNULL) as zstd:
+        assert zstd.stdout is not None
+        data = zstd.stdout.read(size)
+        zstd.kill()
+    return data
+
+
+def decompressed_size(env: Environment, artifact: Path) -> int:
+    """The bytes ``zstd -d`` makes of ``artifact`` (read through once)."""
+    total = 0
+    with decompressed(env, artifact) as zstd:
+        assert zstd.stdout is not None
+        while chunk := zstd.stdout.read(1 << 20):
+            total += len(chunk)
+    if zstd.returncode != 0:
+        raise IntegrityError(f"{artifact.name} does not decompress")
+    return total
+
+
+def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, what: str,
+                    secret_env: dict[str, str] | None = None, cwd: str | None = None,
+                    timeout: float = 6 * 3600, stall: float | None = None) -> None:
+    """``zstd -dc artifact | consumer``; both stages must exit 0. Progress: the bytes of
+    the artifact zstd has read, of its size (exact, so the ETA is too).
+
+    Cut short by an interrupt of the step, or when zstd could write nothing into the
+    consumer for ``stall`` seconds (the consumer, or the engine carrying its stream,
+    stopped reading)."""
+    env.log_external(f"$ zstd -dc {artifact.name} | {proc.describe(consumer)}")
+    with tempfile.TemporaryFile() as c_err, tempfile.TemporaryFile() as z_err:
+        zstd = spawn_decompress(env, artifact, stdout=subprocess.PIPE, stderr=z_err)
+        cons = subprocess.Popen(consumer, stdin=zstd.stdout, stdout=subprocess.DEVNULL,
+                                stderr=c_err, env=proc.child_env(env, secret_env), cwd=cwd,
+                                **proc.CHILD)
+        assert zstd.stdout is not None
+        zstd.stdout.close()
+
+        def kill_both() -> None:
+            cons.kill()
+            zstd.kill()
+
+        intr = interrupt.current()
+        stalled = Stall(stall, lambda: bytes_written_by(zstd.pid), what, kill_both)
+        try:
+            with metered(env, what, zstd.pid, artifact.stat().st_size, estimated=False):
+                c_rc = intr.wait(cons, timeout, what, on_stop=kill_both, tick=stalled)
+            z_rc = zstd.wait(timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            kill_both()
+            raise ExternalError(f"{what}: timed out") from exc
+        except BaseException:
+            kill_both()
+            zstd.wait()
+            raise
+        c_err.seek(0)
+        z_err.seek(0)
+        if z_rc != 0:
+            raise IntegrityError(f"{what}: {artifact.name} does not decompress: "
+                                 f"{proc.last_line(z_err.read().decode(errors='replace'))}")
+        if c_rc != 0:
+            raise ExternalError(f"{what} failed (exit {c_rc}): "
+                                f"{proc.last_line(env.redact(c_err.read().decode(errors='replace')))}")
 
 
 def sha256_of(path: Path) -> str:
