@@ -700,6 +700,10 @@ def test_signal_at_every_step(request: pytest.FixtureRequest, rig: Rig, name: st
             if sig == signal.SIGKILL:
                 assert result.returncode in (-9, 137), (label, result.returncode)
                 result = rig.run("resume")
+            if result.returncode not in (0, 8, 130):
+                # The whole story, not pytest's shortened assertion: what each step did.
+                print(label, result.returncode, result.stdout, result.stderr,
+                      rig.run("history", "--limit", "1", "--json").stdout, sep="\n")
             assert result.returncode in (0, 8, 130), (label, result.returncode,
                                                       result.stderr[-3000:])
             outcomes[f"{step}-{when}"] = result.returncode
@@ -718,6 +722,7 @@ def test_ctrl_c_during_a_500mb_mysql_restore(request: pytest.FixtureRequest, rig
     restore (its safety backup put back), and names the next step."""
     soak_only(request)
     stack = rig.stack
+    stack.up("mysql")  # whatever an earlier sweep in this module left behind
     stack.mysql_query("CREATE TABLE big (id INT NOT NULL PRIMARY KEY, payload TEXT NOT NULL)"
                       " ENGINE=InnoDB", timeout=120)
     for part in range(5):  # 5 x 100k rows of 1 KiB: about 500 MB of dump

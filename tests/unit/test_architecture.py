@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import click
+import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "backout"
 UI_MODULES = ("click", "typer", "rich", "backout.cli", "backout.web")
