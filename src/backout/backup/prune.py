@@ -47,11 +47,7 @@ def decide(config: Config, store: Store, *, now: datetime | None = None) -> Prun
 
 def partial_sets(config: Config, store: Store) -> list[str]:
     """Directories of half-written sets no unfinished operation will continue."""
-    if not config.backup_dir.is_dir():
-        return []
-    in_use = sets.set_ids_in_use(store)
-    return [e.name for e in sorted(config.backup_dir.glob(f"{sets.PARTIAL}*"))
-            if e.name[len(sets.PARTIAL):] not in in_use]
+    return sets.partials(config.backup_dir, keep=sets.set_ids_in_use(store))
 
 
 def prune_backups(env: Environment, config: Config, store: Store, *, dry_run: bool,

@@ -136,16 +136,21 @@ def get_set(root: Path, set_id: str) -> SetInfo:
     raise NotFoundError(f'no backup "{set_id}" in {root}', fix="list them with `backout backups list`")
 
 
-def cleanup_partials(root: Path, keep: str | Collection[str] | None = None) -> list[str]:
-    """Remove leftovers of interrupted runs, except the sets named in ``keep`` (those
-    an unfinished operation will go on writing). Call only under the operation lock."""
+def partials(root: Path, keep: str | Collection[str] | None = None) -> list[str]:
+    """Leftovers of interrupted runs (``.partial-*``), except the sets named in ``keep``
+    (those an unfinished operation will go on writing)."""
     kept = {keep} if isinstance(keep, str) else set(keep or ())
-    removed = []
-    if root.is_dir():
-        for entry in sorted(root.iterdir()):
-            if entry.name.startswith(PARTIAL) and entry.name[len(PARTIAL):] not in kept:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry.name)
+    if not root.is_dir():
+        return []
+    return [entry.name for entry in sorted(root.iterdir())
+            if entry.name.startswith(PARTIAL) and entry.name[len(PARTIAL):] not in kept]
+
+
+def cleanup_partials(root: Path, keep: str | Collection[str] | None = None) -> list[str]:
+    """Remove the ``partials`` (see there). Call only under the operation lock."""
+    removed = partials(root, keep)
+    for name in removed:
+        shutil.rmtree(root / name, ignore_errors=True)
     return removed
 
 
