@@ -466,6 +466,9 @@ class MongoDBEngine(EngineBase):
     description = "a MongoDB dump"
     count_unit = "documents"
     image_patterns = ("mongo",)
+    image_repositories = ("mongo", "mongodb/mongodb-community-server",
+                          "mongodb/mongodb-enterprise-server", "bitnami/mongodb", "percona/percona-server-mongodb")
+    server_programs = ("mongod",)
     credentials: tuple[tuple[str | None, tuple[str, ...], tuple[str, ...] | None], ...] = (
         (None, ("MONGO_INITDB_ROOT_PASSWORD",), ("MONGO_INITDB_ROOT_USERNAME",)),)
     database_name_vars = ("MONGO_INITDB_DATABASE",)

@@ -388,6 +388,10 @@ class MySQLEngine(EngineBase):
     description = "a MySQL dump"
     count_unit = "rows"
     image_patterns = ("mariadb", "mysql")
+    image_repositories = ("mysql", "mariadb", "percona", "percona/percona-server",
+                          "mysql/mysql-server", "bitnami/mysql", "bitnami/mariadb",
+                          "bitnami/mariadb-galera")
+    server_programs = ("mariadbd", "mysqld")
     credentials = (("root", ("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD"), None),
                    (None, ("MYSQL_PASSWORD", "MARIADB_PASSWORD"), ("MYSQL_USER", "MARIADB_USER")))
     database_name_vars = ("MYSQL_DATABASE", "MARIADB_DATABASE")

@@ -56,6 +56,17 @@ class Platform(Protocol):
         interpolated secrets: never store it without redaction."""
         ...
 
+    def uninterpolated_definition(self) -> dict[str, Any]:
+        """The definition as written, ``${VAR}`` references kept (no .env value in it):
+        where a credential comes from, by name."""
+        ...
+
+    def variables(self, names: Sequence[str]) -> dict[str, str]:
+        """The values the platform itself gives these variables when it starts the
+        stack (Compose: the .env file and the environment, by Compose's own rules), for
+        those set. Secrets: callers redact them and never store them."""
+        ...
+
     def project_name(self, definition: Mapping[str, Any] | None = None) -> str:
         """The stack's name (the definition's, else the platform's default rule)."""
         ...

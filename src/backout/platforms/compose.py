@@ -48,6 +48,12 @@ class ComposePlatform:
     def definition(self) -> dict[str, Any]:
         return self.compose.config()
 
+    def uninterpolated_definition(self) -> dict[str, Any]:
+        return self.compose.uninterpolated_config()
+
+    def variables(self, names: Sequence[str]) -> dict[str, str]:
+        return self.compose.variables(names)
+
     def project_name(self, definition: Mapping[str, Any] | None = None) -> str:
         data = definition if definition is not None else self.definition()
         return str(data.get("name") or self.project_dir.name)
