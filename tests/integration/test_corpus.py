@@ -183,8 +183,6 @@ def test_init_on_a_corpus_stack(stack: str, copied: Path,
 
     # exactly the database services a person would see, with their types
     written = (copied / "backout.toml").read_text()
-    import tomllib
-
     doc = tomllib.loads(written)
     got = {d["service"]: d["type"] for d in doc.get("databases", {}).values()}
     assert got == {s: k for s, (k, _src) in expected.items() if s not in want_pending}
