@@ -152,7 +152,7 @@ def redis(command: object, volumes: list[dict[str, str]] | None = None,
 
 
 def test_requirepass_from_a_variable_in_the_command() -> None:
-    entry, notes, warnings = redis(["redis-server", "--requirepass", "pw"],
+    entry, _notes, warnings = redis(["redis-server", "--requirepass", "pw"],
                                    env_values={"REDIS_PASSWORD": "pw"},
                                    raw_command=["redis-server", "--requirepass", "${REDIS_PASSWORD}"])
     assert entry["password_env"] == "REDIS_PASSWORD" and warnings == []
