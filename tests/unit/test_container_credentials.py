@@ -121,3 +121,26 @@ def test_requirepass_of_a_redis_conf_in_the_container(tmp_path: Path) -> None:
     with pytest.raises(ExternalError) as info:
         b.password()
     assert "no password in" in info.value.message
+
+
+# --- a non-root MySQL user: the privileges a consistent dump needs, checked first
+
+def test_privileges_of_an_application_user() -> None:
+    from backout.engines.mysql import can_read_binlog_position, missing_dump_privileges
+
+    official = ["GRANT USAGE ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*X'",
+                "GRANT ALL PRIVILEGES ON `shop`.* TO `app`@`%`"]
+    assert missing_dump_privileges(official, ["shop"]) == {}
+    assert missing_dump_privileges(official, ["other"]) == {
+        "other": ["SELECT", "SHOW VIEW", "TRIGGER", "EVENT"]}
+    assert not can_read_binlog_position(official)
+    select_only = ["GRANT SELECT ON `shop`.* TO 'app'@'%'",
+                   "GRANT SELECT, TRIGGER ON `shop`.`orders` TO 'app'@'%'"]
+    assert missing_dump_privileges(select_only, ["shop"]) == {
+        "shop": ["SHOW VIEW", "TRIGGER", "EVENT"]}  # a table grant does not cover the database
+    global_ = ["GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, RELOAD, BINLOG MONITOR ON *.* TO `b`@`%`"]
+    assert missing_dump_privileges(global_, ["a", "b"]) == {}
+    assert can_read_binlog_position(global_)
+    assert can_read_binlog_position(["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost`"])
+    odd = ["GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON `we``ird`.* TO `u`@`%`"]
+    assert missing_dump_privileges(odd, ["we`ird"]) == {}
