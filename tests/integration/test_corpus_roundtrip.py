@@ -113,7 +113,14 @@ def run_round_trip(stack: CorpusStack, database: str, seed: object, damage: obje
 
 ROOT_SQL = ('p="${MYSQL_ROOT_PASSWORD:-}"; '
             '[ -n "${MYSQL_ROOT_PASSWORD_FILE:-}" ] && p=$(cat "$MYSQL_ROOT_PASSWORD_FILE"); '
-            'MYSQL_PWD="$p" exec mariadb -uroot --batch --skip-column-names "$@"')
+            'c=$(command -v mariadb || command -v mysql); '
+            'MYSQL_PWD="$p" exec "$c" -uroot --batch --skip-column-names "$@"')
+# The client tools of an Oracle MySQL image (mysqldump, mysql only) and of a MariaDB 11
+# image (mariadb-dump, mariadb only), made in the stand-in's running container: backout
+# must pick whichever is there.
+ORACLE_LAYOUT = ("cd /usr/bin && rm mysqldump mysql && mv mariadb-dump mysqldump "
+                 "&& mv mariadb mysql")
+MARIADB11_LAYOUT = "cd /usr/bin && rm mysqldump mysql"
 
 
 def mysql_case(stack: CorpusStack, database: str) -> tuple[object, object, object]:
@@ -131,7 +138,8 @@ def mysql_case(stack: CorpusStack, database: str) -> tuple[object, object, objec
             "INSERT INTO items VALUES (1000, 'after the checkpoint'); DROP VIEW recent;")
 
     def read() -> str:
-        return sql("SELECT id, v FROM items ORDER BY id; SELECT COUNT(*) FROM recent;")
+        return sql("SELECT id, v FROM items ORDER BY id; SELECT table_name FROM "
+                   "information_schema.views WHERE table_schema = DATABASE();")
 
     return seed, damage, read
 
@@ -144,6 +152,7 @@ def test_mysql_with_a_file_secret(standins: None, tmp_path: Path) -> None:
     (stack.dir / "db" / "password.txt").write_text(password + "\n")
     try:
         stack.up()
+        stack.exec("db", "sh", "-c", ORACLE_LAYOUT)
         run_round_trip(stack, "mysql", *mysql_case(stack, "example"), sentinels=[password],
                        expect_source=("password_container_env", "MYSQL_ROOT_PASSWORD_FILE"))
     finally:
@@ -162,6 +171,7 @@ def test_mariadb_with_a_literal_password(standins: None, tmp_path: Path) -> None
                                     f"MYSQL_ROOT_PASSWORD={password}"))
     try:
         stack.up()
+        stack.exec("db", "sh", "-c", MARIADB11_LAYOUT)
         run_round_trip(stack, "mysql", *mysql_case(stack, "wordpress"), sentinels=[password],
                        expect_source=("password_container_env", "MYSQL_ROOT_PASSWORD"))
     finally:
