@@ -233,3 +233,16 @@ def test_a_database_of_an_engine_this_build_lacks_is_named_not_dropped(
     assert d.warnings and "no postgresql engine" in d.warnings[0] and "NOT checkpointed" in d.warnings[0]
     text = render(d, ["compose.yaml"], None)
     assert "# [databases.postgresql-db]" in text and "databases" not in tomllib.loads(text)
+
+
+def test_bitnami_variables() -> None:
+    compose = {"services": {
+        "m": {"image": "bitnami/mongodb:7", "environment": {"MONGODB_ROOT_PASSWORD": "x"}},
+        "v": {"image": "bitnami/valkey:8", "environment": {"VALKEY_PASSWORD": "${VK}"}},
+        "r": {"image": "bitnami/redis:7", "environment": {"REDIS_PASSWORD_FILE": "/run/s/p"}}}}
+    d = derive(compose, {"VK": "y"}, compose)
+    assert d.databases["mongodb"]["user"] == "root"
+    assert d.databases["mongodb"]["password_container_env"] == "MONGODB_ROOT_PASSWORD"
+    by_service = {e["service"]: e for e in d.databases.values()}
+    assert by_service["v"]["password_env"] == "VK"
+    assert by_service["r"]["password_container_env"] == "REDIS_PASSWORD_FILE"

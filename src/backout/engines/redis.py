@@ -458,7 +458,7 @@ class RedisEngine(EngineBase):
     image_prefixes = ("redislabs/",)
     server_programs = ("redis-server", "valkey-server")
     credentials: tuple[tuple[str | None, tuple[str, ...], tuple[str, ...] | None], ...] = (
-        (None, ("REDIS_PASSWORD",), None),)
+        (None, ("REDIS_PASSWORD", "VALKEY_PASSWORD"), None),)  # bitnami/redis, bitnami/valkey
     restarts_on_restore = True
 
     def init_credentials(self, spec: Mapping[str, Any], raw_spec: Mapping[str, Any] | None,
