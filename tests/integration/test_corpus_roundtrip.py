@@ -306,3 +306,88 @@ def test_corpus_override_keeps_the_corpus_untouched() -> None:
         pytest.skip("the awesome-compose corpus is absent")
     assert not any((CORPUS / name / "backout.toml").exists()
                    for name in os.listdir(CORPUS) if (CORPUS / name).is_dir())
+
+
+# ------------------------------------------------------------------ a non-root user
+
+@pytest.mark.soak
+def test_mariadb_application_user_and_missing_privileges(standins: None, tmp_path: Path) -> None:
+    """Without root: the compose file's MYSQL_USER (ALL on its database, as the official
+    entrypoint grants) dumps, restores and gets a true warning about the binlog
+    position; a user with SELECT only is refused before any dump, the missing
+    privileges and the GRANT named."""
+    tag_as(MARIADB_STANDIN, "mariadb:10.6.4-focal")
+    stack = CorpusStack(corpus_dir("wordpress-mysql"), tmp_path, ["db"])
+    try:
+        stack.up()
+        seed, damage, read = mysql_case(stack, "wordpress")
+        assert callable(seed) and callable(damage) and callable(read)
+        ok(backout("init", cwd=stack.dir, **stack.env))
+        stack.use_override_in_config()
+        toml = stack.dir / "backout.toml"
+        text = toml.read_text()
+        section = re.search(r"\[databases\.mysql\][^\[]*", text)
+        assert section is not None
+        app = ('[databases.mysql]\ntype = "mysql"\nservice = "db"\nuser = "wordpress"\n'
+               'password_container_env = "MYSQL_PASSWORD"\ndatabases = ["wordpress"]\n\n')
+        toml.write_text(text.replace(section.group(0), app))
+        seed()
+        expected = read()
+        backup = backout("backup", "mysql", "--json", cwd=stack.dir, **stack.env)
+        assert backup.returncode == 1, (backup.stdout, backup.stderr)  # done, with a warning
+        assert "user 'wordpress' cannot read the binlog position" in backup.stderr
+        set_id = json.loads(backup.stdout)["set_id"]
+        damage()
+        ok(backout("rollback", "db", "mysql", set_id, "--yes", cwd=stack.dir, **stack.env))
+        assert read() == expected
+
+        stack.exec("db", "sh", "-c", ROOT_SQL, "sh", "-e",
+                   "CREATE USER 'reader'@'%' IDENTIFIED BY 'reader-pw';"
+                   "GRANT SELECT ON wordpress.* TO 'reader'@'%';")
+        (stack.dir / "reader.pw").write_text("reader-pw\n")
+        toml.write_text(toml.read_text().replace(
+            'user = "wordpress"\npassword_container_env = "MYSQL_PASSWORD"',
+            'user = "reader"\npassword_file = "reader.pw"'))
+        refused = backout("backup", "mysql", cwd=stack.dir, **stack.env)
+        assert refused.returncode == 6, (refused.stdout, refused.stderr)
+        assert ("user 'reader' lacks what a consistent dump needs: SHOW VIEW, TRIGGER, EVENT on "
+                "wordpress") in refused.stderr
+        assert "GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON `wordpress`.* TO 'reader'@'%'" \
+            in refused.stderr
+    finally:
+        stack.down()
+
+
+GUESS = """\
+services:
+  kv:
+    image: {image}
+    volumes:
+      - kv-data:/data
+volumes:
+  kv-data:
+"""
+
+
+def test_an_image_that_says_nothing_is_recognised_by_what_runs_inside(
+        standins: None, tmp_path: Path) -> None:
+    """An image named after nothing (a private build): init finds redis-server in its
+    running container, writes it as redis and says it was a guess."""
+    name = "backout-standin/kv-store:guess"
+    tag_as(REDIS_STANDIN, name)
+    source = tmp_path / "src" / "private-build"
+    source.mkdir(parents=True)
+    (source / "compose.yaml").write_text(GUESS.format(image=name))
+    stack = CorpusStack(source, tmp_path, ["kv"])
+    try:
+        cold = backout("init", "--json", cwd=stack.dir, **stack.env)
+        assert json.loads(cold.stdout)["databases"] == {}  # not running: nothing to go on
+        stack.up()
+        data = ok_json(backout("init", "--force", "--json", cwd=stack.dir, **stack.env))
+        assert data["databases"] == {"redis": "redis"}
+        assert data["recognised"] == {"redis": "guessed: the container runs or has redis-server"}
+        text = (stack.dir / "backout.toml").read_text()
+        assert "# guessed: the container runs or has redis-server: check that this service " \
+               "is that database" in text
+    finally:
+        stack.down()

@@ -42,7 +42,8 @@ def init_cmd(ctx: Ctx, force: bool, scripts: bool) -> ExitCode:
         written_scripts = write_scripts(Path(ctx.env.project_dir), force=force)
     human = [f"wrote {result.path}", f"  services:  {', '.join(result.services) or '-'}",
              f"  databases: {', '.join(f'{k} ({v})' for k, v in result.databases.items()) or '-'}",
-             *[f"    {k}: recognised by {how}" for k, how in result.recognised.items()],
+             *[f"    {k}: {how if how.startswith('guessed') else 'recognised by ' + how}"
+               for k, how in result.recognised.items()],
              *([f"  scripts:   {', '.join(written_scripts)}"] if written_scripts else []),
              f"  state:     {result.state_dir}/ (ignores itself in git: it holds a "
              "`.gitignore` of `*`)",

@@ -144,9 +144,9 @@ def derive(compose: Mapping[str, Any], env_values: Mapping[str, str],
         environment = environment_of(spec)
         raw_spec = raw_services.get(service) if raw is not None else None
         entry: dict[str, Any] = {"type": kind, "service": service, "mode": "exec"}
-        notes: list[str] = [f"recognised by {how_told[service]}"]
-        if how_told[service].startswith("guessed"):
-            notes[0] += ": check that this service is that database"
+        how = how_told[service]
+        notes: list[str] = [f"{how}: check that this service is that database"
+                            if how.startswith("guessed") else f"recognised by {how}"]
         engine = engines.get(kind)
         credentials = Credentials(db_name, environment, raw_spec, env_values, out.warnings)
         for index, (user, pw_vars, user_vars) in enumerate(engine.credentials):
