@@ -54,8 +54,10 @@ def database_type(name: str, spec: Mapping[str, Any],
         how = engine.recognise(image) if image else None
         if how and not how.startswith("guessed"):
             return engine.type, how
+    # Images of planned engines: the type even once its engine is in the table and
+    # names fewer images itself; derive() says so when this build lacks the engine.
     pending = images.pending_type(image) if image else None
-    if pending and pending[0] not in engines.names():
+    if pending:
         return pending
     programs = [p for p in (images.command_program(spec.get("entrypoint")),
                             images.command_program(spec.get("command")), *found) if p]
@@ -64,7 +66,7 @@ def database_type(name: str, spec: Mapping[str, Any],
         if how:
             return engine.type, how
     pending = images.pending_type("", programs)
-    if pending and pending[0] not in engines.names():
+    if pending:
         return pending
     lowered = name.lower()
     for engine in table:
