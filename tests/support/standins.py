@@ -101,7 +101,7 @@ class CorpusStack:
             spec = extra.get(service, {})
             ports = spec.get("ports")
             if ports is not None:
-                lines.append(f"    ports: !reset {json.dumps(ports)}")
+                lines.append(f"    ports: !override {json.dumps(ports)}")
             for key, value in spec.items():
                 if key != "ports":
                     lines.append(f"    {key}: {json.dumps(value)}")

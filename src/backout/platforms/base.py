@@ -150,8 +150,9 @@ class Platform(Protocol):
 
     def one_off_argv(self, service: str, *, entrypoint: str, args: Sequence[str],
                      label: str) -> list[str]:
-        """argv of a labelled one-off container of ``service`` (its volumes, no
-        dependencies, removed when it ends) running ``entrypoint args``."""
+        """argv of a labelled one-off container of ``service`` (the volumes of its
+        container, anonymous ones included; no dependencies; removed when it ends)
+        running ``entrypoint args``."""
         ...
 
     def published_address(self, service: str, port: int) -> str | None:

@@ -154,6 +154,15 @@ class ComposePlatform:
 
     def one_off_argv(self, service: str, *, entrypoint: str, args: Sequence[str],
                      label: str) -> list[str]:
+        # The service's own container's mounts (--volumes-from), anonymous volumes
+        # included: `compose run` would give a one-off fresh anonymous volumes, and a
+        # restore into those would miss the data of a service that declares none of
+        # its own (a public compose file's `redis` with the image's VOLUME /data).
+        existing = self.containers(service)
+        if existing:
+            newest = max(existing, key=lambda c: c.started_at)
+            return ["docker", "run", "--rm", "-i", "--label", label, "--volumes-from", newest.id,
+                    "--entrypoint", entrypoint, newest.image_id, *args]
         return self.compose.argv("run", "--rm", "--no-deps", "-T", "--label", label,
                                  "--entrypoint", entrypoint, service, *args)
 
