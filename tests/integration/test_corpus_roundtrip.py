@@ -5,14 +5,19 @@ checkpoint. Every password is a sentinel planted in the copy (a Docker secret fi
 the compose file's literal, the .env): it must appear in no argv (watched in
 /proc while backout runs), no output, not in backout.toml nor the state directory.
 
-- nginx-flask-mysql: MySQL (MariaDB stand-in) with MYSQL_ROOT_PASSWORD_FILE (a secret)
-- wordpress-mysql: MariaDB with a literal MYSQL_ROOT_PASSWORD in the compose file
+- nginx-flask-mysql: MySQL (MariaDB stand-in) with MYSQL_ROOT_PASSWORD_FILE (a secret),
+  its container given an Oracle MySQL image's client tools (mysqldump, mysql only)
+- wordpress-mysql: MariaDB with a literal MYSQL_ROOT_PASSWORD in the compose file, its
+  container given a MariaDB 11 image's tools (mariadb-dump, mariadb only); and its
+  MYSQL_USER as the only credential (a non-root user), then a SELECT-only user refused
 - react-express-mongodb: the MongoDB stand-in (nx-27017: a wire-protocol server,
   NOT MongoDB; no mongodump, so the override publishes its port)
-- flask-redis: Redis (redislabs/redismod) without a password
+- flask-redis: Redis (redislabs/redismod) without a password, its data in the image's
+  anonymous VOLUME (the compose file declares none)
 - the runbook's Redis: `command: ["redis-server", "--requirepass", "${REDIS_PASSWORD}"]`
   with the password in .env (not a corpus file: the corpus has none such); this one
-  is in the default suite, the corpus stacks are soak (about 2-3 minutes).
+  is in the default suite, as is an image named after nothing recognised by what
+  runs inside; the corpus stacks are soak (about 5 minutes here).
 (PostgreSQL's corpus round trip comes with its engine, issue 13 part A.)
 """
 

@@ -94,7 +94,7 @@ class CorpusStack:
 
     def _override(self, extra: Mapping[str, Any]) -> str:
         """YAML of the override: labels on the started services, every published port
-        on 127.0.0.1 and a free port (``!reset`` drops the file's fixed ports)."""
+        on 127.0.0.1 and a free port (``!override`` replaces the file's fixed ports)."""
         lines = ["services:"]
         for service in self.services:
             lines += [f"  {service}:", f"    labels: {{{RUN_LABEL}: {self.run_id}}}"]
