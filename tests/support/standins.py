@@ -52,6 +52,14 @@ def image_id(ref: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def is_standin(ref: str) -> bool:
+    """An image of ours (a stand-in or a test image), e.g. left tagged by a crashed run."""
+    labels = docker("image", "inspect", "--format", "{{json .Config.Labels}}", ref,
+                    check=False, timeout=60).stdout.strip()
+    found = json.loads(labels) if labels.startswith("{") else {}
+    return bool(found) and any(k in found for k in ("io.backout.stand-in", "io.backout.test.role"))
+
+
 def build_standins() -> None:
     build_images()
     docker("build", "-q", "-t", MARIADB_STANDIN, str(STANDINS / "mysql"), timeout=600)
@@ -66,8 +74,8 @@ def tag_as(standin: str, *names: str) -> None:
         current = image_id(name)
         if current == target:
             continue
-        assert current is None or current == _made_tags.get(name), \
-            f"{name} exists and is not a stand-in of this run: not re-tagged"
+        assert current is None or current == _made_tags.get(name) or is_standin(name), \
+            f"{name} exists and is not a stand-in: not re-tagged"
         docker("tag", standin, name, timeout=60)
         _made_tags[name] = target
 

@@ -150,7 +150,7 @@ def derive(compose: Mapping[str, Any], env_values: Mapping[str, str],
         notes: list[str] = [f"{how}: check that this service is that database"
                             if how.startswith("guessed") else f"recognised by {how}"]
         engine = engines.get(kind)
-        credentials = Credentials(db_name, environment, raw_spec, env_values, out.warnings)
+        credentials = Credentials(environment, raw_spec, env_values)
         for index, (user, pw_vars, user_vars) in enumerate(engine.credentials):
             pw_var = credentials.present(pw_vars)
             if pw_var is None:
@@ -242,11 +242,9 @@ class Credentials:
     """Where a database service's credentials come from, by name: a variable of the
     .env (``${VAR}`` in the file as written), a Docker secret the container reads
     (``*_FILE``), or the container's own environment (a literal in the file)."""
-    db_name: str
     environment: Mapping[str, Any]  # interpolated
     raw_spec: Mapping[str, Any] | None  # as written; None: only values are known
     env_values: Mapping[str, str]
-    warnings: list[str]
 
     def _raw(self, var: str) -> Any:
         if self.raw_spec is None:

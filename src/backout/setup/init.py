@@ -106,6 +106,9 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
         if proc.is_secret_name(key):
             env.redact.add(value)
     derived = derive(data, env_values, raw, _server_programs(env, platform, data))
+    for entry in derived.databases.values():  # whatever its name says, it is a password
+        if entry.get("password_env") in env_values:
+            env.redact.add(env_values[entry["password_env"]])
     _find_health(env, derived)
     _find_metrics(env, derived)
     text = render(derived, [compose_file], env_file)
