@@ -358,6 +358,14 @@ def test_mariadb_application_user_and_missing_privileges(standins: None, tmp_pat
                             **stack.env))
         assert read() == expected
         assert app_password not in backup.stdout + backup.stderr + rolled.stdout + rolled.stderr
+        # a view root defined: this user's restore would fail, so its backup says so
+        stack.exec("db", "sh", "-c", ROOT_SQL, "sh", "wordpress", "-e",
+                   "CREATE VIEW by_root AS SELECT id FROM items")
+        warned = backout("backup", "mysql", cwd=stack.dir, **stack.env)
+        assert warned.returncode == 0, warned.stderr
+        assert ("a restore as 'wordpress' will fail: view wordpress.by_root (definer "
+                "root@localhost) must be recreated with another user as DEFINER, which needs "
+                "SET USER (or SUPER)") in warned.stderr, warned.stderr
 
         stack.exec("db", "sh", "-c", ROOT_SQL, "sh", "-e",
                    "CREATE USER 'reader'@'%' IDENTIFIED BY 'reader-pw';"

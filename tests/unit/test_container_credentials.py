@@ -126,7 +126,11 @@ def test_requirepass_of_a_redis_conf_in_the_container(tmp_path: Path) -> None:
 # --- a non-root MySQL user: the privileges a consistent dump needs, checked first
 
 def test_privileges_of_an_application_user() -> None:
-    from backout.engines.mysql import can_read_binlog_position, missing_dump_privileges
+    from backout.engines.mysql import (
+        can_read_binlog_position,
+        can_set_definers,
+        missing_dump_privileges,
+    )
 
     official = ["GRANT USAGE ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*X'",
                 "GRANT ALL PRIVILEGES ON `shop`.* TO `app`@`%`"]
@@ -134,6 +138,9 @@ def test_privileges_of_an_application_user() -> None:
     assert missing_dump_privileges(official, ["other"]) == {
         "other": ["SELECT", "SHOW VIEW", "TRIGGER", "EVENT"]}
     assert not can_read_binlog_position(official)
+    assert not can_set_definers(official)  # ALL on a database is not SET USER
+    assert can_set_definers(["GRANT ALL PRIVILEGES ON *.* TO `admin`@`%`"])
+    assert can_set_definers(["GRANT SET USER ON *.* TO `app`@`%`"])
     select_only = ["GRANT SELECT ON `shop`.* TO 'app'@'%'",
                    "GRANT SELECT, TRIGGER ON `shop`.`orders` TO 'app'@'%'"]
     assert missing_dump_privileges(select_only, ["shop"]) == {

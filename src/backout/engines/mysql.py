@@ -93,6 +93,22 @@ class MySQL:
     def grants(self) -> list[str]:
         return [row[0] for row in self.query("SHOW GRANTS")]
 
+    def foreign_definers(self, databases: Sequence[str]) -> list[str]:
+        """Views, routines, triggers and events of ``databases`` defined by another
+        user than the one connected: a restore as this user needs SET USER (or SUPER)
+        to recreate them with their DEFINER."""
+        if not databases:
+            return []
+        names = ", ".join(f"'{_sql_str(d)}'" for d in databases)
+        rows = self.query(
+            "SELECT CONCAT(k, ' ', s, '.', n, ' (definer ', d, ')') FROM ("
+            f"SELECT 'view' k, table_schema s, table_name n, definer d FROM information_schema.views WHERE table_schema IN ({names})"
+            f" UNION ALL SELECT 'routine', routine_schema, routine_name, definer FROM information_schema.routines WHERE routine_schema IN ({names})"
+            f" UNION ALL SELECT 'trigger', trigger_schema, trigger_name, definer FROM information_schema.triggers WHERE trigger_schema IN ({names})"
+            f" UNION ALL SELECT 'event', event_schema, event_name, definer FROM information_schema.events WHERE event_schema IN ({names})"
+            ") o WHERE d <> CURRENT_USER() ORDER BY 1")
+        return [r[0] for r in rows if r and r[0]]
+
     def log_bin(self) -> bool:
         return self.query("SELECT @@log_bin")[0][0] == "1"
 
@@ -206,7 +222,8 @@ def granted(grants: Sequence[str]) -> dict[str, set[str]]:
         name = "*" if db in ("*", "`*`") else db.strip("`").replace("``", "`")
         privs = {p.strip().upper() for p in m.group("privs").split(",")}
         if "ALL PRIVILEGES" in privs or "ALL" in privs:
-            privs |= {*DUMP_PRIVILEGES, "RELOAD", "REPLICATION CLIENT", "BINLOG MONITOR"}
+            privs |= {*DUMP_PRIVILEGES, "RELOAD", "REPLICATION CLIENT", "BINLOG MONITOR",
+                      "SUPER", "SET USER"} if name == "*" else set(DUMP_PRIVILEGES)
         out.setdefault(name, set()).update(privs)
     return out
 
@@ -221,6 +238,11 @@ def missing_dump_privileges(grants: Sequence[str], databases: Sequence[str]) -> 
         if missing:
             out[db] = missing
     return out
+
+
+def can_set_definers(grants: Sequence[str]) -> bool:
+    held = granted(grants).get("*", set())
+    return bool(held & {"SET USER", "SUPER"})
 
 
 def can_read_binlog_position(grants: Sequence[str]) -> bool:
@@ -278,6 +300,12 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
                 fix=f"as root: GRANT {', '.join(DUMP_PRIVILEGES)} ON `{_ident(first)}`.* TO "
                     f"'{_sql_str(user or '')}'@'%' (for each database), or give backout root's "
                     "password")
+        foreign = my.foreign_definers(dumpable)
+        if foreign and not can_set_definers(grants):
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            ctx.env.warn(f"{db.name}: a restore as {user!r} will fail: {shown} must be recreated "
+                         "with another user as DEFINER, which needs SET USER (or SUPER); "
+                         "give backout root's password, or grant it")
         if binlog and not can_read_binlog_position(grants):
             binlog = False
             ctx.env.warn(f"{db.name}: user {user!r} cannot read the binlog position (needs "
