@@ -97,17 +97,14 @@ class MySQL:
         """Views, routines, triggers and events of ``databases`` defined by another
         user than the one connected: a restore as this user needs SET USER (or SUPER)
         to recreate them with their DEFINER."""
-        if not databases:
-            return []
         names = ", ".join(f"'{_sql_str(d)}'" for d in databases)
-        rows = self.query(
-            "SELECT CONCAT(k, ' ', s, '.', n, ' (definer ', d, ')') FROM ("
-            f"SELECT 'view' k, table_schema s, table_name n, definer d FROM information_schema.views WHERE table_schema IN ({names})"
-            f" UNION ALL SELECT 'routine', routine_schema, routine_name, definer FROM information_schema.routines WHERE routine_schema IN ({names})"
-            f" UNION ALL SELECT 'trigger', trigger_schema, trigger_name, definer FROM information_schema.triggers WHERE trigger_schema IN ({names})"
-            f" UNION ALL SELECT 'event', event_schema, event_name, definer FROM information_schema.events WHERE event_schema IN ({names})"
-            ") o WHERE d <> CURRENT_USER() ORDER BY 1")
-        return [r[0] for r in rows if r and r[0]]
+        union = " UNION ALL ".join(
+            f"SELECT '{kind}' AS k, {prefix}_schema AS s, {prefix}_name AS n, definer AS d "
+            f"FROM information_schema.{table} WHERE {prefix}_schema IN ({names})"
+            for kind, table, prefix in DEFINED_OBJECTS)
+        return [r[0] for r in self.query(
+            f"SELECT CONCAT(k, ' ', s, '.', n, ' (definer ', d, ')') FROM ({union}) o "
+            "WHERE d <> CURRENT_USER() ORDER BY 1") if r and r[0]] if databases else []
 
     def log_bin(self) -> bool:
         return self.query("SELECT @@log_bin")[0][0] == "1"
@@ -205,6 +202,9 @@ class MySQL:
 # on each database, and what the binlog position (--master-data) needs on *.*.
 DUMP_PRIVILEGES = ("SELECT", "SHOW VIEW", "TRIGGER", "EVENT")
 BINLOG_PRIVILEGES = (("RELOAD",), ("REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"))
+# (kind, information_schema table, column prefix) of the objects that carry a DEFINER
+DEFINED_OBJECTS = (("view", "views", "table"), ("routine", "routines", "routine"),
+                   ("trigger", "triggers", "trigger"), ("event", "events", "event"))
 _GRANT = re.compile(r"^GRANT (?P<privs>.+?) ON (?P<scope>\S+) TO ", re.I)
 
 
