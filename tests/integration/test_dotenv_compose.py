@@ -45,9 +45,11 @@ SPACED=   padded value
 DOLLARS=a$$b
 EMPTY=
 FROM_PROCESS=from-dotenv
+DB_PASSWORD=from-dotenv-too
 """
 NAMES = ["DOUBLE", "SINGLE", "ESCAPES", "INLINE", "HASH_NO_SPACE", "MULTI", "EXPANDED",
-         "BRACED_DEFAULT", "EXPORTED", "SPACED", "DOLLARS", "EMPTY", "FROM_PROCESS"]
+         "BRACED_DEFAULT", "EXPORTED", "SPACED", "DOLLARS", "EMPTY", "FROM_PROCESS",
+         "DB_PASSWORD"]
 
 
 def compose_file(project: str, run_id: str) -> str:
@@ -75,6 +77,9 @@ def test_password_is_byte_for_byte_what_the_container_received(
     (tmp_path / "backout.toml").write_text(toml(NAMES))
     # The caller's environment wins over .env in Compose: so must it in backout.
     monkeypatch.setenv("FROM_PROCESS", "from-the-process")
+    # also for a variable whose name says it is a credential (children of backout
+    # get those only when meant for them)
+    monkeypatch.setenv("DB_PASSWORD", "password-from-the-process")
     compose = ["docker", "compose", "--project-directory", str(tmp_path), "-p", project]
     try:
         up = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True, timeout=120,
@@ -103,3 +108,4 @@ def test_password_is_byte_for_byte_what_the_container_received(
     assert received["P_EXPORTED"] == "exported-value"
     assert received["P_DOLLARS"] == "a$b"
     assert received["P_FROM_PROCESS"] == "from-the-process"
+    assert received["P_DB_PASSWORD"] == "password-from-the-process"

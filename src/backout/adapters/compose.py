@@ -99,8 +99,12 @@ class Compose:
                     "-f", str(probe)]
             if self.env_file:
                 argv += ["--env-file", str(self.project_dir / self.env_file)]
+            # Compose gives the caller's environment precedence over .env; children get
+            # an environment without credential-named variables, so these go explicitly.
+            passed = {n: self.env.env[n] for n in names if n in self.env.env}
             result = proc.run(self.env, [*argv, "config", "--format", "json"], timeout=60,
-                              cwd=str(self.project_dir), what="docker compose config (variables)")
+                              cwd=str(self.project_dir), what="docker compose config (variables)",
+                              secret_env=passed)
         got = json.loads(result.stdout)["services"]["v"].get("environment") or {}
         out = {}
         for i, name in enumerate(names):
