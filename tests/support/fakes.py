@@ -46,6 +46,9 @@ class FakePlatform:
             "name": project_dir.name,
             "services": {s: {"image": f"{s}:latest"} for s in self.state}}
         self.volumes: set[str] = set()
+        # the definition as written (${VAR} kept) and the variables' values, if set
+        self.raw_stack: dict[str, Any] | None = None
+        self.variable_values: dict[str, str] = {}
         self.log_text: dict[str, str] = {}
         self.calls: list[tuple[Any, ...]] = []
         self._failures: list[tuple[str, Any, BackoutError]] = []
@@ -81,6 +84,14 @@ class FakePlatform:
     def definition(self) -> dict[str, Any]:
         self._call("definition")
         return self.stack
+
+    def uninterpolated_definition(self) -> dict[str, Any]:
+        self._call("uninterpolated_definition")
+        return self.raw_stack if self.raw_stack is not None else self.stack
+
+    def variables(self, names: Sequence[str]) -> dict[str, str]:
+        self._call("variables", tuple(names))
+        return {n: self.variable_values[n] for n in names if n in self.variable_values}
 
     def project_name(self, definition: Mapping[str, Any] | None = None) -> str:
         data = definition if definition is not None else self.stack

@@ -29,7 +29,6 @@ LAYERS: dict[str, int] = {
     "backout.environment": 0,
     "backout.proc": 0,
     "backout.faults": 0,
-    "backout.dotenv": 0,
     "backout.version": 0,
     # what SIGINT/SIGTERM do: needs only errors; the streaming pipeline polls it
     "backout.operations.interrupt": 0,

@@ -65,11 +65,13 @@ def test_rendered_file_is_valid_toml_and_holds_no_secret_values() -> None:
     assert text.startswith("# backout configuration")
 
 
-def test_hard_coded_password_is_flagged_not_copied() -> None:
+def test_hard_coded_password_is_read_in_the_container_not_copied() -> None:
     compose = {"services": {"db": {"image": "mariadb:11", "environment": {"MARIADB_ROOT_PASSWORD": "inline-pw"}}}}
     d = derive(compose, {})
-    assert d.databases["mysql"]["password_env"] == "MARIADB_ROOT_PASSWORD"
-    assert any("not taken from .env" in n for n in d.notes["databases.mysql"])
+    assert d.databases["mysql"]["password_container_env"] == "MARIADB_ROOT_PASSWORD"
+    assert "password_env" not in d.databases["mysql"]
+    assert any("nothing to export" in n for n in d.notes["databases.mysql"])
+    assert d.warnings == []
     assert "inline-pw" not in render(d, ["compose.yaml"], None)
 
 

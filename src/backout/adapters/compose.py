@@ -7,6 +7,9 @@ rest of backout asks the platform.
 from __future__ import annotations
 
 import json
+import re
+import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ from backout.adapters.docker import ENGINE_FIX, Docker
 from backout.environment import Environment
 from backout.errors import CommandFailedError, DockerUnavailableError, ExternalError
 from backout.platforms.base import ContainerInfo
+
+VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Compose:
@@ -62,6 +67,52 @@ class Compose:
         result = self.run("config", "--format", "json", timeout=60)
         data: dict[str, Any] = json.loads(result.stdout)
         return data
+
+    def uninterpolated_config(self) -> dict[str, Any]:
+        """The configuration as written: ``${VAR}`` kept (``--no-interpolate``), so a
+        credential's variable name can be told from a literal. Holds no .env value."""
+        result = self.run("config", "--no-interpolate", "--format", "json", timeout=60)
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def variables(self, names: Sequence[str]) -> dict[str, str]:
+        """The values Compose itself gives ``names`` (the project's .env, the process
+        environment first, as Compose reads them: quotes, escapes, comments, multi-line
+        values, interpolation), for those that are set. Compose is asked about a
+        throwaway file that only references the names, so the project's own files
+        need not even be valid. Values stay in memory (callers redact them)."""
+        if not names:
+            return {}
+        for name in names:
+            if not VARIABLE.fullmatch(name):
+                raise ValueError(f"not a variable name: {name!r}")
+        marker = f"backout-unset-{uuid.uuid4().hex}"
+        environment = {}
+        for i, name in enumerate(names):
+            environment[f"V{i}"] = f"${{{name}}}"
+            environment[f"U{i}"] = f"${{{name}-{marker}}}"
+        doc = {"services": {"v": {"image": "scratch", "environment": environment}}}
+        with tempfile.TemporaryDirectory(prefix="backout-vars-") as tmp:
+            probe = Path(tmp) / "variables.json"
+            probe.write_text(json.dumps(doc), encoding="utf-8")
+            argv = ["docker", "compose", "--project-directory", str(self.project_dir),
+                    "-f", str(probe)]
+            if self.env_file:
+                argv += ["--env-file", str(self.project_dir / self.env_file)]
+            # Compose gives the caller's environment precedence over .env; children get
+            # an environment without credential-named variables, so these go explicitly.
+            passed = {n: self.env.env[n] for n in names if n in self.env.env}
+            result = proc.run(self.env, [*argv, "config", "--format", "json"], timeout=60,
+                              cwd=str(self.project_dir), what="docker compose config (variables)",
+                              secret_env=passed)
+        got = json.loads(result.stdout)["services"]["v"].get("environment") or {}
+        out = {}
+        for i, name in enumerate(names):
+            if got.get(f"U{i}") == marker:
+                continue
+            # `config` writes a literal $ as $$ (its output is again a compose file)
+            out[name] = str(got.get(f"V{i}", "")).replace("$$", "$")
+        return out
 
     def containers(self, *services: str) -> list[ContainerInfo]:
         """Every container of the project (all states), inspected."""

@@ -37,7 +37,9 @@ def restore_test(env: Environment, config: Config, platform: Platform, set_dir: 
         password = secrets.token_urlsafe(18)
         env.redact.add(password)
         db = dataclasses.replace(config.databases[name], password_env=PASSWORD_VAR,
-                                 password_file=None, user_env=None, mode="exec")
+                                 password_file=None, user_env=None, mode="exec",
+                                 password_container_env=None, password_container_file=None,
+                                 user_container_env=None)
         cfg = dataclasses.replace(config, secrets={**config.secrets, PASSWORD_VAR: password})
         holder: list[str] = []
         try:

@@ -23,8 +23,10 @@ def init_cmd(ctx: Ctx, force: bool, scripts: bool) -> ExitCode:
     """Inspect the Compose project and write a commented backout.toml.
 
     Services get a kind (app / database / proxy) and a health URL where one can
-    be derived; databases are recognised by image (mysql/mariadb, mongo, redis)
-    and their credentials referenced by variable NAME from the .env file.
+    be derived; databases are recognised by image whatever the registry and tag
+    (else by the server program inside, said to be a guess) and their credentials
+    referenced by NAME: a variable of the .env file, or the container's own
+    variable or Docker secret (read inside it at each use).
     """
     target = ctx.env.config_path or (ctx.env.project_dir / "backout.toml")
     if scripts and Path(target).exists() and not force:
@@ -40,13 +42,16 @@ def init_cmd(ctx: Ctx, force: bool, scripts: bool) -> ExitCode:
         written_scripts = write_scripts(Path(ctx.env.project_dir), force=force)
     human = [f"wrote {result.path}", f"  services:  {', '.join(result.services) or '-'}",
              f"  databases: {', '.join(f'{k} ({v})' for k, v in result.databases.items()) or '-'}",
+             *[f"    {k}: {how if how.startswith('guessed') else 'recognised by ' + how}"
+               for k, how in result.recognised.items()],
              *([f"  scripts:   {', '.join(written_scripts)}"] if written_scripts else []),
              f"  state:     {result.state_dir}/ (ignores itself in git: it holds a "
              "`.gitignore` of `*`)",
              *[f"warning: {w}" for w in result.warnings],
              "next: review it, then run `backout config check`"]
     emit(ctx.env, "init", {"path": str(result.path), "services": result.services,
-                           "databases": result.databases, "warnings": result.warnings,
+                           "databases": result.databases, "recognised": result.recognised,
+                           "unsupported": result.unsupported, "warnings": result.warnings,
                            "scripts": written_scripts, "state_dir": str(result.state_dir)},
          human)
     return ExitCode.WARNINGS if result.warnings else ExitCode.OK

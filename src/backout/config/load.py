@@ -8,14 +8,14 @@ in a stable order, so the operator fixes one line at a time.
 
 from __future__ import annotations
 
-import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backout import dotenv, engines, platforms
+from backout import engines, platforms
 from backout.config.model import (
     ACCESS_MODES,
     SERVICE_KINDS,
@@ -79,6 +79,9 @@ DATABASE_KEYS = {
     "user_env": Key(str),
     "password_env": Key(str),
     "password_file": Key(str),
+    "password_container_env": Key(str),
+    "password_container_file": Key(str),
+    "user_container_env": Key(str),
 }
 VOLUME_KEYS = {
     "volume": Key(str, required=True),
@@ -247,6 +250,7 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         databases[name] = DatabaseConfig(name=name, **fields)
         if databases[name].mode == "tcp" and databases[name].port is None:
             raise ConfigError(file, f"databases.{name}.port", "required when mode = \"tcp\"")
+        _check_credential_sources(file, databases[name])
 
     volumes = _parse_volumes(file, _table(file, doc, "volumes"), databases)
 
@@ -281,6 +285,39 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         deploy=DeployConfig(**{**deploy_t, **({"disk_margin": float(deploy_t["disk_margin"])}
                                                 if "disk_margin" in deploy_t else {})}),
     )
+
+
+CONTAINER_CREDENTIALS = ("password_container_env", "password_container_file", "user_container_env")
+PASSWORD_SOURCES = ("password_env", "password_file", "password_container_env",
+                    "password_container_file")
+
+
+def _check_credential_sources(file: str, db: DatabaseConfig) -> None:
+    """One password source per database; the container's own only where backout
+    reaches into the container."""
+    given = [key for key in PASSWORD_SOURCES if getattr(db, key)]
+    if len(given) > 1:
+        raise ConfigError(file, f"databases.{db.name}.{given[1]}",
+                          f"the password has one source, not two ({' and '.join(given)})",
+                          fix=f"keep one of {', '.join(given)}")
+    if db.user_env and db.user_container_env:
+        raise ConfigError(file, f"databases.{db.name}.user_container_env",
+                          "the user has one source, not two (user_env and user_container_env)",
+                          fix="keep one of them")
+    for key in CONTAINER_CREDENTIALS:
+        value = getattr(db, key)
+        if value and db.mode != "exec":
+            raise ConfigError(file, f"databases.{db.name}.{key}",
+                              "is read inside the container: needs mode = \"exec\"",
+                              fix=f"set mode = \"exec\", or use {key.split('_')[0]}_env "
+                                  "with a variable of the .env file")
+        if key.endswith("_env") and value and not _is_variable_name(value):
+            raise ConfigError(file, f"databases.{db.name}.{key}",
+                              f"must be a variable name, not {value!r}")
+
+
+def _is_variable_name(text: str) -> bool:
+    return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text) is not None
 
 
 def _parse_volumes(file: str, table: dict[str, Any],
@@ -365,6 +402,7 @@ def load_config(
     *,
     compose_services: Callable[[Environment, Config], set[str]] | None = None,
     compose_volumes: Callable[[Environment, Config], dict[str, set[str]]] | None = None,
+    compose_variables: Callable[[Environment, Config, list[str]], dict[str, str]] | None = None,
 ) -> Config:
     """Read, validate and resolve ``path``.
 
@@ -372,6 +410,9 @@ def load_config(
     default asks ``docker compose config``); tests pass a fake for pure checks.
     ``compose_volumes`` likewise returns its named volumes, each with the services
     that mount it (asked only when [volumes] is configured).
+    ``compose_variables`` gives the values of the credential variables the config
+    names, as Compose gives them to the containers (default: Compose itself reads the
+    .env file and the environment).
     """
     file = display_path(path)
     try:
@@ -387,18 +428,25 @@ def load_config(
                               f"{name} does not exist in {config.project_dir}",
                               fix="name the compose file of this project")
 
-    env_values: dict[str, str] = {}
     if config.project.env_file:
         env_path = config.project_dir / config.project.env_file
         if not env_path.exists():
             raise ConfigError(file, "project.env_file", f"{config.project.env_file} does not exist",
                               fix="create it, or set env_file = \"\" if the project has none")
         try:
-            env_values = dotenv.load(env_path)
+            env_path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise ConfigError(file, "project.env_file",
                               f"cannot read {config.project.env_file}: {reason}") from exc
+    wanted = sorted({v for db in config.databases.values() for v in (db.user_env, db.password_env)
+                     if v})
+    try:
+        env_values = (compose_variables or _compose_variables)(env, config, wanted) \
+            if wanted else {}
+    except BackoutError as exc:
+        raise ConfigError(config.project.env_file or config.project.compose_files[0], "",
+                          f"docker compose cannot read the variables: {exc.message}") from exc
 
     secrets = _resolve_credentials(env, file, config, env_values)
     object.__setattr__(config, "secrets", secrets)
@@ -456,7 +504,7 @@ def _resolve_credentials(env: Environment, file: str, config: Config,
             var = getattr(db, key)
             if not var:
                 continue
-            value = env_values.get(var, os.environ.get(var))
+            value = env_values.get(var)
             if value is None:
                 raise ConfigError(file, f"databases.{db.name}.{key}",
                                   f"{var} is not set in {shown_env} or the environment",
@@ -474,6 +522,10 @@ def _resolve_credentials(env: Environment, file: str, config: Config,
             secrets[f"file:{db.password_file}"] = value
             env.redact.add(value)
     return secrets
+
+
+def _compose_variables(env: Environment, config: Config, names: list[str]) -> dict[str, str]:
+    return platforms.for_config(env, config).variables(names)
 
 
 def _compose_service_names(env: Environment, config: Config) -> set[str]:

@@ -52,6 +52,14 @@ class DatabaseConfig:
     user_env: str | None = None
     password_env: str | None = None
     password_file: str | None = None
+    # Credentials the container itself holds (exec mode): read inside it when needed,
+    # never copied into a file. *_container_env names a variable of the container's
+    # environment; one ending in _FILE names a file (a Docker secret) holding the
+    # value, as the official images read it. password_container_file: a server config
+    # file inside the container whose password option the engine reads (redis.conf).
+    password_container_env: str | None = None
+    password_container_file: str | None = None
+    user_container_env: str | None = None
 
 
 @dataclass(frozen=True)

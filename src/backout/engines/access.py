@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from backout import proc
+from backout import engines, proc
 from backout.config import Config, DatabaseConfig
 from backout.environment import Environment
 from backout.errors import BackoutError, ExternalError, UnhealthyError
@@ -23,6 +23,7 @@ class EngineAccess:
         self.platform = platform
         # A container ID instead of the service: a throwaway restore target.
         self.container = container
+        self._container_values: dict[str, str] = {}
 
     def secret(self, env_name: str | None) -> str | None:
         if env_name is None:
@@ -32,12 +33,59 @@ class EngineAccess:
     def password(self) -> str | None:
         if self.db.password_file:
             return self.config.secrets.get(f"file:{self.db.password_file}")
+        if self.db.password_container_env:
+            return self.from_container(self.db.password_container_env, secret=True)
+        if self.db.password_container_file:
+            text = self.container_file(self.db.password_container_file)
+            value = engines.get(self.db.type).password_in_file(text)
+            if value is None:
+                raise ExternalError(
+                    f"{self.db.name}: no password in {self.db.password_container_file} "
+                    f"inside {self.db.service}",
+                    fix=f"correct databases.{self.db.name}.password_container_file")
+            self.env.redact.add(value)
+            return value
         return self.secret(self.db.password_env)
 
     def user(self, default: str | None = None) -> str | None:
         if self.db.user_env:
             return self.secret(self.db.user_env)
+        if self.db.user_container_env:
+            return self.from_container(self.db.user_container_env, secret=False) or default
         return self.db.user or default
+
+    def from_container(self, name: str, *, secret: bool) -> str:
+        """The value of the container's own variable ``name``; a name ending in _FILE
+        names a file inside the container holding it (a Docker secret), read as the
+        official images read it (trailing newlines dropped). Read once per access,
+        kept in memory only, and redacted from every output."""
+        if name not in self._container_values:
+            script = (f'f="${{{name}:-}}"; [ -n "$f" ] || exit 3; exec cat -- "$f"'
+                      if name.endswith("_FILE") else
+                      f'[ -n "${{{name}+x}}" ] || exit 3; printf %s "${name}"')
+            result = proc.run(self.env, self.argv(["sh", "-c", script]), timeout=60, check=False,
+                              what=f"read {name} in {self.db.service}",
+                              cwd=str(self.config.project_dir))
+            if result.returncode == 3:
+                raise ExternalError(f"{self.db.name}: {name} is not set in the environment of "
+                                    f"{self.db.service}",
+                                    fix=f"set {name} on the service, or correct "
+                                        f"databases.{self.db.name} in backout.toml")
+            if not result.ok:
+                raise self.explain(result, f"read {name}")
+            value = result.stdout.rstrip("\n") if name.endswith("_FILE") else result.stdout
+            if secret and value:
+                self.env.redact.add(value)
+            self._container_values[name] = value
+        return self._container_values[name]
+
+    def container_file(self, path: str) -> str:
+        result = proc.run(self.env, self.argv(["cat", "--", path]), timeout=60, check=False,
+                          what=f"read {path} in {self.db.service}",
+                          cwd=str(self.config.project_dir))
+        if not result.ok:
+            raise self.explain(result, f"read {path}")
+        return result.stdout
 
     def argv(self, inner: Sequence[str], secret_names: Sequence[str] = ()) -> list[str]:
         """argv running ``inner`` where the database's client tools are."""

@@ -11,7 +11,7 @@ interface; nothing outside ``backout.engines`` compares a database type.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from backout import proc
 from backout.config import Config, DatabaseConfig
 from backout.engines.access import EngineAccess
+from backout.engines.images import matches, named_like, parse_image, programs_in
 from backout.environment import Environment
 from backout.errors import ExternalError
 from backout.platforms.base import Platform
@@ -60,12 +61,22 @@ class Engine(Protocol):
     count_unit: str  # what its counts count ("rows"), for the data-loss window
     # init: image (or service) name fragments, credential variables, database-name variables
     image_patterns: tuple[str, ...]
+    # init: the images (repositories, repository prefixes) and server programs of this
+    # engine, and the config file option naming a password (redis: requirepass)
+    image_repositories: tuple[str, ...]
+    image_prefixes: tuple[str, ...]
+    server_programs: tuple[str, ...]
     credentials: tuple[Credential, ...]
     database_name_vars: tuple[str, ...]
     # a restore restarts the service (plan wording of the downtime)
     restarts_on_restore: bool
 
+    def recognise(self, image: str, found: Sequence[str] = ()) -> str | None: ...
     def init_notes(self, spec: Mapping[str, Any], entry: Mapping[str, Any]) -> list[str]: ...
+    def password_in_file(self, text: str) -> str | None: ...
+    def init_credentials(self, spec: Mapping[str, Any], raw_spec: Mapping[str, Any] | None,
+                         env_values: Mapping[str, str]
+                         ) -> tuple[dict[str, str], list[str], list[str]] | None: ...
     def artifact_name(self, db: DatabaseConfig) -> str: ...
     def dump(self, ctx: EngineContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]: ...
     def prepare_artifact(self, artifact: Path, staging: Path) -> Path: ...
@@ -92,9 +103,40 @@ class EngineBase:
     suffix = ".zst"  # of the artifact, after the database's name
     restarts_on_restore = False
     database_name_vars: tuple[str, ...] = ()
+    image_patterns: tuple[str, ...] = ()
+    image_repositories: tuple[str, ...] = ()
+    image_prefixes: tuple[str, ...] = ()
+    server_programs: tuple[str, ...] = ()
+
+    def recognise(self, image: str, found: Sequence[str] = ()) -> str | None:
+        """How ``image`` (any registry, any tag) is this engine's, or None. ``found``:
+        the server programs seen in its container or image (``mariadbd``), the
+        evidence when the name says nothing; that answer says it is a guess."""
+        ref = parse_image(image)
+        repositories = self.image_repositories or self.image_patterns
+        if image and matches(ref, repositories, self.image_prefixes):
+            return f"image {ref.repository}"
+        program = programs_in(found, self.server_programs)
+        if program:
+            return f"guessed: the container runs or has {program}"
+        if image and named_like(ref, repositories):
+            return f"image {ref.repository} (named after {named_like(ref, repositories)})"
+        return None
 
     def artifact_name(self, db: DatabaseConfig) -> str:
         return f"{db.name}{self.suffix}"
+
+    def init_credentials(self, spec: Mapping[str, Any], raw_spec: Mapping[str, Any] | None,
+                         env_values: Mapping[str, str]
+                         ) -> tuple[dict[str, str], list[str], list[str]] | None:
+        """Credentials init finds beyond the image's variables (``credentials``): the
+        config fields, notes and warnings; None when there is nothing more to find."""
+        return None
+
+    def password_in_file(self, text: str) -> str | None:
+        """The password in a file of the container (``password_container_file``): by
+        default the whole file, as a Docker secret holds it."""
+        return text.rstrip("\n") or None
 
     def prepare_artifact(self, artifact: Path, staging: Path) -> Path:
         """What a restore reads, from what the operator named (a file as it is)."""

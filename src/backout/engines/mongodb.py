@@ -466,8 +466,13 @@ class MongoDBEngine(EngineBase):
     description = "a MongoDB dump"
     count_unit = "documents"
     image_patterns = ("mongo",)
+    image_repositories = ("mongo", "mongodb/mongodb-community-server",
+                          "mongodb/mongodb-enterprise-server", "bitnami/mongodb",
+                          "percona/percona-server-mongodb")
+    server_programs = ("mongod",)
     credentials: tuple[tuple[str | None, tuple[str, ...], tuple[str, ...] | None], ...] = (
-        (None, ("MONGO_INITDB_ROOT_PASSWORD",), ("MONGO_INITDB_ROOT_USERNAME",)),)
+        (None, ("MONGO_INITDB_ROOT_PASSWORD",), ("MONGO_INITDB_ROOT_USERNAME",)),
+        ("root", ("MONGODB_ROOT_PASSWORD",), ("MONGODB_ROOT_USER",)))  # bitnami/mongodb
     database_name_vars = ("MONGO_INITDB_DATABASE",)
 
     def dump(self, ctx: EngineContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]:

@@ -90,6 +90,22 @@ class MySQL:
     def user_databases(self) -> list[str]:
         return [r[0] for r in self.query("SHOW DATABASES") if r[0] not in SYSTEM_DATABASES]
 
+    def grants(self) -> list[str]:
+        return [row[0] for row in self.query("SHOW GRANTS")]
+
+    def foreign_definers(self, databases: Sequence[str]) -> list[str]:
+        """Views, routines, triggers and events of ``databases`` defined by another
+        user than the one connected: a restore as this user needs SET USER (or SUPER)
+        to recreate them with their DEFINER."""
+        names = ", ".join(f"'{_sql_str(d)}'" for d in databases)
+        union = " UNION ALL ".join(
+            f"SELECT '{kind}' AS k, {prefix}_schema AS s, {prefix}_name AS n, definer AS d "
+            f"FROM information_schema.{table} WHERE {prefix}_schema IN ({names})"
+            for kind, table, prefix in DEFINED_OBJECTS)
+        return [r[0] for r in self.query(
+            f"SELECT CONCAT(k, ' ', s, '.', n, ' (definer ', d, ')') FROM ({union}) o "
+            "WHERE d <> CURRENT_USER() ORDER BY 1") if r and r[0]] if databases else []
+
     def log_bin(self) -> bool:
         return self.query("SELECT @@log_bin")[0][0] == "1"
 
@@ -182,6 +198,58 @@ class MySQL:
         return out
 
 
+# What a consistent dump (--single-transaction --routines --triggers --events) needs
+# on each database, and what the binlog position (--master-data) needs on *.*.
+DUMP_PRIVILEGES = ("SELECT", "SHOW VIEW", "TRIGGER", "EVENT")
+BINLOG_PRIVILEGES = (("RELOAD",), ("REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"))
+# (kind, information_schema table, column prefix) of the objects that carry a DEFINER
+DEFINED_OBJECTS = (("view", "views", "table"), ("routine", "routines", "routine"),
+                   ("trigger", "triggers", "trigger"), ("event", "events", "event"))
+_GRANT = re.compile(r"^GRANT (?P<privs>.+?) ON (?P<scope>\S+) TO ", re.I)
+
+
+def granted(grants: Sequence[str]) -> dict[str, set[str]]:
+    """``SHOW GRANTS`` lines as scope (``*`` or a database) -> privileges."""
+    out: dict[str, set[str]] = {}
+    for line in grants:
+        m = _GRANT.match(line.strip())
+        if m is None:
+            continue
+        scope = m.group("scope")
+        db, _, table = scope.partition(".")
+        if table not in ("*", "`*`"):
+            continue  # table-level grants do not cover a whole database
+        name = "*" if db in ("*", "`*`") else db.strip("`").replace("``", "`")
+        privs = {p.strip().upper() for p in m.group("privs").split(",")}
+        if "ALL PRIVILEGES" in privs or "ALL" in privs:
+            privs |= {*DUMP_PRIVILEGES, "RELOAD", "REPLICATION CLIENT", "BINLOG MONITOR",
+                      "SUPER", "SET USER"} if name == "*" else set(DUMP_PRIVILEGES)
+        out.setdefault(name, set()).update(privs)
+    return out
+
+
+def missing_dump_privileges(grants: Sequence[str], databases: Sequence[str]) -> dict[str, list[str]]:
+    """database -> the privileges a consistent dump needs that ``grants`` lack."""
+    have = granted(grants)
+    out = {}
+    for db in databases:
+        held = have.get("*", set()) | have.get(db, set())
+        missing = [p for p in DUMP_PRIVILEGES if p not in held]
+        if missing:
+            out[db] = missing
+    return out
+
+
+def can_set_definers(grants: Sequence[str]) -> bool:
+    held = granted(grants).get("*", set())
+    return bool(held & {"SET USER", "SUPER"})
+
+
+def can_read_binlog_position(grants: Sequence[str]) -> bool:
+    held = granted(grants).get("*", set())
+    return all(any(p in held for p in alternatives) for alternatives in BINLOG_PRIVILEGES)
+
+
 def _sql_str(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
@@ -217,10 +285,35 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
         raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
                             fix=f"correct databases.{db.name}.databases in backout.toml")
     dumpable = [d for d in wanted if d in present]
+    binlog = my.log_bin()
+    user = access.user("root")
+    if user != "root":
+        # An application user (no root password in the compose file): say what it
+        # lacks for a consistent dump before dumping, rather than a partial file.
+        grants = my.grants()
+        missing = missing_dump_privileges(grants, dumpable)
+        if missing:
+            listed = "; ".join(f"{', '.join(p)} on {d}" for d, p in missing.items())
+            first = next(iter(missing))
+            raise ExternalError(
+                f"{db.name}: user {user!r} lacks what a consistent dump needs: {listed}",
+                fix=f"as root: GRANT {', '.join(DUMP_PRIVILEGES)} ON `{_ident(first)}`.* TO "
+                    f"'{_sql_str(user or '')}'@'%' (for each database), or give backout root's "
+                    "password")
+        foreign = my.foreign_definers(dumpable)
+        if foreign and not can_set_definers(grants):
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            ctx.env.warn(f"{db.name}: a restore as {user!r} will fail: {shown} must be recreated "
+                         "with another user as DEFINER, which needs SET USER (or SUPER); "
+                         "give backout root's password, or grant it")
+        if binlog and not can_read_binlog_position(grants):
+            binlog = False
+            ctx.env.warn(f"{db.name}: user {user!r} cannot read the binlog position (needs "
+                         "RELOAD and REPLICATION CLIENT/BINLOG MONITOR): the backup records "
+                         "no binlog position")
     # Broken views stop the dump tools; they cannot be restored either (CREATE VIEW
     # checks what it reads), so they are left out and recorded with their definition.
     not_dumped: list[dict[str, str]] = my.broken_views(dumpable)
-    binlog = my.log_bin()
     name = artifact_name(db)
     what = f"{db.name} dump"
     level = ctx.config.backups.zstd_level
@@ -388,6 +481,10 @@ class MySQLEngine(EngineBase):
     description = "a MySQL dump"
     count_unit = "rows"
     image_patterns = ("mariadb", "mysql")
+    image_repositories = ("mysql", "mariadb", "percona", "percona/percona-server",
+                          "mysql/mysql-server", "bitnami/mysql", "bitnami/mariadb",
+                          "bitnami/mariadb-galera")
+    server_programs = ("mariadbd", "mysqld")
     credentials = (("root", ("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD"), None),
                    (None, ("MYSQL_PASSWORD", "MARIADB_PASSWORD"), ("MYSQL_USER", "MARIADB_USER")))
     database_name_vars = ("MYSQL_DATABASE", "MARIADB_DATABASE")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shlex
 import subprocess
 import tarfile
 import tempfile
@@ -26,6 +27,7 @@ from backout.engines.base import (
     wait_ready,
 )
 from backout.engines.formats import RDBChecker
+from backout.engines.images import variable_reference
 from backout.environment import Environment
 from backout.errors import BackoutError, ExternalError
 from backout.platforms.base import Platform
@@ -407,6 +409,32 @@ def _redis(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _words(command: Any) -> list[str]:
+    if isinstance(command, list):
+        return [str(w) for w in command]
+    return shlex.split(command) if isinstance(command, str) else []
+
+
+def requirepass_in_conf(text: str) -> str | None:
+    """The password of a redis.conf's last ``requirepass`` line (quotes as Redis reads
+    them: "..." with backslash escapes, '...' literally), or None."""
+    found = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, rest = line.partition(" ")
+        if key.lower() != "requirepass":
+            continue
+        value = rest.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
+        elif len(value) >= 2 and value[0] == value[-1] == "'":
+            value = value[1:-1]
+        found = value or None
+    return found
+
+
 def artifact_name(db: DatabaseConfig) -> str:
     return ENGINE.artifact_name(db)
 
@@ -424,19 +452,55 @@ class RedisEngine(EngineBase):
     description = "a Redis RDB"
     count_unit = "keys"
     image_patterns = ("redis", "valkey")
+    image_repositories = ("redis", "valkey", "valkey/valkey", "bitnami/redis", "bitnami/valkey",
+                          "redis/redis-stack", "redis/redis-stack-server", "eqalpha/keydb",
+                          "redislabs/redismod")
+    image_prefixes = ("redislabs/",)
+    server_programs = ("redis-server", "valkey-server")
     credentials: tuple[tuple[str | None, tuple[str, ...], tuple[str, ...] | None], ...] = (
-        (None, ("REDIS_PASSWORD",), None),)
+        (None, ("REDIS_PASSWORD", "VALKEY_PASSWORD"), None),)  # bitnami/redis, bitnami/valkey
     restarts_on_restore = True
 
-    def init_notes(self, spec: Mapping[str, Any], entry: Mapping[str, Any]) -> list[str]:
-        if "password_env" in entry:
-            return []
-        # requirepass may be given on the command line with an interpolated variable.
-        command = " ".join(spec.get("command") or []) if isinstance(spec.get("command"), list) \
-            else str(spec.get("command") or "")
-        if "requirepass" in command:
-            return ["redis uses requirepass: set password_env to the variable holding it"]
-        return []
+    def init_credentials(self, spec: Mapping[str, Any], raw_spec: Mapping[str, Any] | None,
+                         env_values: Mapping[str, str]
+                         ) -> tuple[dict[str, str], list[str], list[str]] | None:
+        """``requirepass`` on the command line (``--requirepass ${VAR}``) or in a
+        redis.conf the command names and the service mounts from the project."""
+        raw_command = _words((raw_spec or spec).get("command"))
+        command = _words(spec.get("command"))
+        if "--requirepass" in raw_command[:-1]:
+            value = raw_command[raw_command.index("--requirepass") + 1]
+            var = variable_reference(value)
+            if var is None:
+                return {}, [], ["requirepass is a literal in the compose file's command: "
+                                "backout does not copy passwords; put it in .env (say "
+                                "REDIS_PASSWORD=...), write `--requirepass ${REDIS_PASSWORD}` "
+                                "and set password_env = \"REDIS_PASSWORD\""]
+            warnings = [] if var in env_values else [
+                f"requirepass comes from ${{{var}}}, which is set in neither .env nor the "
+                f"environment: set {var} (Redis gets an empty password otherwise)"]
+            return ({"password_env": var},
+                    [f"password: {var} (`--requirepass ${{{var}}}` in the command)"], warnings)
+        conf = next((w for w in command[1:] if w.endswith(".conf")), None)
+        if conf is None:
+            return None
+        for mount in spec.get("volumes") or []:
+            if mount.get("type") != "bind" or mount.get("target") != conf:
+                continue
+            try:
+                text = Path(str(mount.get("source"))).read_text(encoding="utf-8")
+            except OSError:
+                return None
+            if requirepass_in_conf(text) is None:
+                return None
+            return ({"password_container_file": conf},
+                    [f"password: requirepass of {conf}, read inside the container at each use"],
+                    [])
+        return None
+
+    def password_in_file(self, text: str) -> str | None:
+        """``requirepass`` of a redis.conf (the last one wins, as in Redis)."""
+        return requirepass_in_conf(text)
 
     def dump(self, ctx: EngineContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]:
         return _dump_redis(ctx, EngineAccess(ctx.env, ctx.config, db, ctx.platform), set_dir)

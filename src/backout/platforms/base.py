@@ -56,6 +56,17 @@ class Platform(Protocol):
         interpolated secrets: never store it without redaction."""
         ...
 
+    def uninterpolated_definition(self) -> dict[str, Any]:
+        """The definition as written, ``${VAR}`` references kept (no .env value in it):
+        where a credential comes from, by name."""
+        ...
+
+    def variables(self, names: Sequence[str]) -> dict[str, str]:
+        """The values the platform itself gives these variables when it starts the
+        stack (Compose: the .env file and the environment, by Compose's own rules), for
+        those set. Secrets: callers redact them and never store them."""
+        ...
+
     def project_name(self, definition: Mapping[str, Any] | None = None) -> str:
         """The stack's name (the definition's, else the platform's default rule)."""
         ...
@@ -139,8 +150,9 @@ class Platform(Protocol):
 
     def one_off_argv(self, service: str, *, entrypoint: str, args: Sequence[str],
                      label: str) -> list[str]:
-        """argv of a labelled one-off container of ``service`` (its volumes, no
-        dependencies, removed when it ends) running ``entrypoint args``."""
+        """argv of a labelled one-off container of ``service`` (the volumes of its
+        container, anonymous ones included; no dependencies; removed when it ends)
+        running ``entrypoint args``."""
         ...
 
     def published_address(self, service: str, port: int) -> str | None:

@@ -48,6 +48,12 @@ class ComposePlatform:
     def definition(self) -> dict[str, Any]:
         return self.compose.config()
 
+    def uninterpolated_definition(self) -> dict[str, Any]:
+        return self.compose.uninterpolated_config()
+
+    def variables(self, names: Sequence[str]) -> dict[str, str]:
+        return self.compose.variables(names)
+
     def project_name(self, definition: Mapping[str, Any] | None = None) -> str:
         data = definition if definition is not None else self.definition()
         return str(data.get("name") or self.project_dir.name)
@@ -148,6 +154,15 @@ class ComposePlatform:
 
     def one_off_argv(self, service: str, *, entrypoint: str, args: Sequence[str],
                      label: str) -> list[str]:
+        # The service's own container's mounts (--volumes-from), anonymous volumes
+        # included: `compose run` would give a one-off fresh anonymous volumes, and a
+        # restore into those would miss the data of a service that declares none of
+        # its own (a public compose file's `redis` with the image's VOLUME /data).
+        existing = self.containers(service)
+        if existing:
+            newest = max(existing, key=lambda c: c.started_at)
+            return ["docker", "run", "--rm", "-i", "--label", label, "--volumes-from", newest.id,
+                    "--entrypoint", entrypoint, newest.image_id, *args]
         return self.compose.argv("run", "--rm", "--no-deps", "-T", "--label", label,
                                  "--entrypoint", entrypoint, service, *args)
 

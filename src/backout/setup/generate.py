@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from backout import engines
+from backout.engines import images
 from backout.platforms.compose import volume_users
 
 # Paths the real deployments we model expose; tried by service name.
@@ -34,20 +35,43 @@ class Derived:
     # named volumes that no database mounts: written as commented-out [volumes.*]
     volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
+    # what the operator must act on (init exits 1): each true, each naming the fix
+    warnings: list[str] = field(default_factory=list)
+    # database services of engines this build does not have: (service, type, how)
+    pending: list[tuple[str, str, str]] = field(default_factory=list)
+    # database name -> how its service was recognised ("image mariadb", "guessed: ...")
+    recognised: dict[str, str] = field(default_factory=dict)
 
 
-def database_type(name: str, spec: Mapping[str, Any]) -> str | None:
-    image = str(spec.get("image", "")).lower()
-    patterns = [(p, e.type) for e in engines.all_engines() for p in e.image_patterns]
-    for pattern, kind in patterns:
-        if pattern in image.rsplit("/", 1)[-1].split(":")[0] or pattern in image:
-            return kind
-    # Images built from a local Dockerfile are often named after the project; the
-    # service name is the next best evidence.
+def database_type(name: str, spec: Mapping[str, Any],
+                  found: Sequence[str] = ()) -> tuple[str, str] | None:
+    """(engine type, how it was told) of a service, or None: by its image whatever
+    the registry and tag; then by the server program its command starts or its
+    container has (``found``: ``mariadbd``...), said to be a guess; then by its name."""
+    image = str(spec.get("image") or "")
+    table = engines.all_engines()
+    for engine in table:
+        how = engine.recognise(image) if image else None
+        if how and not how.startswith("guessed"):
+            return engine.type, how
+    # Images of planned engines: the type even once its engine is in the table and
+    # names fewer images itself; derive() says so when this build lacks the engine.
+    pending = images.pending_type(image) if image else None
+    if pending:
+        return pending
+    programs = [p for p in (images.command_program(spec.get("entrypoint")),
+                            images.command_program(spec.get("command")), *found) if p]
+    for engine in table:
+        how = engine.recognise("", programs)
+        if how:
+            return engine.type, how
+    pending = images.pending_type("", programs)
+    if pending:
+        return pending
     lowered = name.lower()
-    for pattern, kind in patterns:
-        if pattern in lowered:
-            return kind
+    for engine in table:
+        if lowered in (engine.type, *engine.image_repositories, *engine.image_patterns):
+            return engine.type, f"guessed from the service name {name!r}"
     return None
 
 
@@ -86,42 +110,79 @@ def health_url(name: str, spec: Mapping[str, Any]) -> tuple[str | None, str]:
     return f"http://{host_ip}:{host_port}{path or '/'}", how
 
 
-def derive(compose: Mapping[str, Any], env_values: Mapping[str, str]) -> Derived:
-    """Pure: from ``docker compose config --format json`` and the .env (names+values)."""
+def derive(compose: Mapping[str, Any], env_values: Mapping[str, str],
+           raw: Mapping[str, Any] | None = None,
+           found: Mapping[str, Sequence[str]] | None = None) -> Derived:
+    """Pure: from ``docker compose config --format json`` (``compose``), the same
+    without interpolation (``raw``: where each value comes from, by name), the
+    values of the variables it references that are set (``env_values``: names are
+    what matters; values only tell a set variable from an unset one, and are compared
+    in memory when ``raw`` is absent), and the server programs seen in each
+    service's image or container (``found``)."""
     out = Derived()
     services: Mapping[str, Any] = compose.get("services") or {}
+    raw_services: Mapping[str, Any] = (raw or {}).get("services") or {}
     db_types: dict[str, str] = {}
+    how_told: dict[str, str] = {}
     for name, spec in services.items():
-        kind = database_type(name, spec)
-        if kind:
-            db_types[name] = kind
+        told = database_type(name, spec, (found or {}).get(name, ()))
+        if told is None:
+            continue
+        kind, how = told
+        if kind not in engines.names():
+            out.pending.append((name, kind, how))
+            out.warnings.append(
+                f"services.{name}: a {kind} database ({how}), but this build of backout has "
+                f"no {kind} engine: its data is NOT checkpointed (use a backout with the "
+                f"{kind} engine, or back it up another way)")
+            continue
+        db_types[name] = kind
+        how_told[name] = how
     used_names: set[str] = set()
     for service, kind in sorted(db_types.items()):
         db_name = kind if kind not in used_names else f"{kind}-{service}"
         used_names.add(db_name)
         spec = services[service]
-        environment: Mapping[str, str] = spec.get("environment") or {}
+        environment = environment_of(spec)
+        raw_spec = raw_services.get(service) if raw is not None else None
         entry: dict[str, Any] = {"type": kind, "service": service, "mode": "exec"}
-        notes: list[str] = []
+        how = how_told[service]
+        notes: list[str] = [f"{how}: check that this service is that database"
+                            if how.startswith("guessed") else f"recognised by {how}"]
         engine = engines.get(kind)
-        for user, pw_vars, user_vars in engine.credentials:
-            pw_var = next((v for v in pw_vars if v in environment), None)
+        credentials = Credentials(environment, raw_spec, env_values)
+        for index, (user, pw_vars, user_vars) in enumerate(engine.credentials):
+            pw_var = credentials.present(pw_vars)
             if pw_var is None:
                 continue
             if user:
                 entry["user"] = user
             if user_vars:
-                user_var = next((v for v in user_vars if v in environment), None)
+                user_var = credentials.present(user_vars)
                 if user_var:
-                    entry["user_env"] = _env_name(user_var, environment[user_var], env_values, notes)
-            entry["password_env"] = _env_name(pw_var, environment[pw_var], env_values, notes)
+                    entry.update(credentials.user(user_var, notes))
+            entry.update(credentials.password(pw_var, notes))
+            if not user and index > 0:
+                notes.append(f"dumps run as {entry.get('user') or entry.get('user_env') or 'that user'}"
+                             ", not root: each backup checks the privileges a consistent "
+                             "dump needs")
             break
         for var in engine.database_name_vars:
             if environment.get(var):
                 entry["databases"] = [environment[var]]
                 break
+        hint = engine.init_credentials(spec, raw_spec, env_values) \
+            if not any(k.startswith("password") for k in entry) else None
+        if hint is not None:
+            fields, hint_notes, hint_warnings = hint
+            entry.update(fields)
+            notes += hint_notes
+            out.warnings += [f"databases.{db_name}: {w}" for w in hint_warnings]
+        if not any(k.startswith("password") for k in entry):
+            notes.append("password: none in the compose file (the server runs without one)")
         notes += engine.init_notes(spec, entry)
         out.databases[db_name] = entry
+        out.recognised[db_name] = how_told[service]
         out.notes[f"databases.{db_name}"] = notes
 
     for name, spec in services.items():
@@ -163,18 +224,80 @@ def _volumes(compose: Mapping[str, Any], db_services: set[str]) -> dict[str, dic
     return out
 
 
-def _env_name(var: str, value: str, env_values: Mapping[str, str], notes: list[str]) -> str:
-    """The .env variable that provides ``value`` to the container's ``var``.
+def environment_of(spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A service's ``environment:`` as a mapping; without interpolation Compose keeps
+    the list form (``- KEY=value``; a bare ``- KEY`` passes the caller's KEY: None)."""
+    value = (spec or {}).get("environment") or {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    out: dict[str, Any] = {}
+    for item in value:
+        key, sep, rest = str(item).partition("=")
+        out[key] = rest if sep else None
+    return out
 
-    Values are compared in memory only; none is ever written out.
-    """
-    if env_values.get(var) == value:
-        return var
-    for key, candidate in env_values.items():
-        if candidate == value and value:
-            return key
-    notes.append(f"{var} is not taken from .env: export {var} before running backout")
-    return var
+
+@dataclass
+class Credentials:
+    """Where a database service's credentials come from, by name: a variable of the
+    .env (``${VAR}`` in the file as written), a Docker secret the container reads
+    (``*_FILE``), or the container's own environment (a literal in the file)."""
+    environment: Mapping[str, Any]  # interpolated
+    raw_spec: Mapping[str, Any] | None  # as written; None: only values are known
+    env_values: Mapping[str, str]
+
+    def _raw(self, var: str) -> Any:
+        if self.raw_spec is None:
+            return None
+        return environment_of(self.raw_spec).get(var)
+
+    def present(self, names: Sequence[str]) -> str | None:
+        """The first of ``names`` (or its ``_FILE`` form) the service sets."""
+        for name in names:
+            for candidate in (name, f"{name}_FILE"):
+                if candidate in self.environment:
+                    return candidate
+        return None
+
+    def _source(self, var: str) -> str | None:
+        """The .env/environment variable whose value the container's ``var`` is."""
+        if self.raw_spec is not None:
+            raw = self._raw(var)
+            ref = var if raw is None else images.variable_reference(raw)
+            return ref if ref is not None and ref in self.env_values else None
+        value = self.environment.get(var)
+        if value and self.env_values.get(var) == value:
+            return var
+        return next((k for k, v in self.env_values.items() if v == value and value), None)
+
+    def password(self, var: str, notes: list[str]) -> dict[str, str]:
+        if var.endswith("_FILE"):
+            notes.append(f"password: read inside the container from the file {var} names "
+                         f"({self.environment.get(var)}), as the image reads it")
+            return {"password_container_env": var}
+        source = self._source(var)
+        if source:
+            notes.append(f"password: {source} from the .env file or the environment "
+                         "(as Compose reads it)")
+            return {"password_env": source}
+        raw = self._raw(var)
+        ref = images.variable_reference(raw) if raw is not None else None
+        why = (f"${{{ref}}} is set in neither .env nor the environment"
+               if ref else "a literal in the compose file")
+        notes.append(f"password: the container's own {var} ({why}), read inside the "
+                     "container at each use: nothing to export")
+        return {"password_container_env": var}
+
+    def user(self, var: str, notes: list[str]) -> dict[str, str]:
+        if var.endswith("_FILE"):
+            return {"user_container_env": var}
+        source = self._source(var)
+        if source:
+            return {"user_env": source}
+        value = self.environment.get(var)
+        if isinstance(value, str) and value and "$" not in str(self._raw(var) or ""):
+            return {"user": value}  # a user name is not a secret
+        return {"user_container_env": var}
 
 
 def _toml_value(value: Any) -> str:
@@ -211,6 +334,11 @@ def render(derived: Derived, compose_files: list[str], env_file: str | None) -> 
                 comment = "   # exec: dump inside the container; tcp: local client tools"
             lines.append(f"{key} = {_toml_value(value)}{comment}")
         lines.append("")
+    for service, kind, how in derived.pending:
+        lines += [f"# A {kind} database ({how}): this build of backout has no {kind} engine,",
+                  "# so it is not checkpointed. With one, this section would read:",
+                  f"# [databases.{kind}-{service}]", f"# type = {_toml_value(kind)}",
+                  f"# service = {_toml_value(service)}", ""]
     for name, entry in derived.volumes.items():
         lines.append("# A named volume no database uses: uncomment to back it up as a tar.")
         lines.append(f"# [volumes.{name}]")

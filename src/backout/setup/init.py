@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from backout import dotenv, platforms, proc
+from backout import engines, platforms, proc
 from backout.config.load import display_path, load_config
 from backout.config.model import Config, ProjectConfig
+from backout.engines import images
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, UsageError
-from backout.setup.generate import Derived, derive, render
+from backout.platforms.base import Platform
+from backout.setup.generate import Derived, derive, environment_of, render
 from backout.state.dirs import private_dir
 
 # Compose's own lookup order for a project's default file.
@@ -25,6 +31,9 @@ class InitResult:
     databases: dict[str, str]
     warnings: list[str]
     state_dir: Path | None = None  # made now, self-ignoring: git status stays clean
+    recognised: dict[str, str] = field(default_factory=dict)  # database -> how it was told
+    # database services of engines this build lacks: service -> type
+    unsupported: dict[str, str] = field(default_factory=dict)
 
 
 # Tried, in order, on an app service whose only derived health URL is its root.
@@ -76,23 +85,30 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
         raise UsageError(f"no compose file in {project_dir} (looked for {', '.join(COMPOSE_DEFAULTS)})",
                          fix="run init in the compose project's directory or pass --project-dir")
     env_file = ".env" if (project_dir / ".env").exists() else None
-    env_values: dict[str, str] = {}
     if env_file:
         try:
-            env_values = dotenv.load(project_dir / env_file)
+            (project_dir / env_file).read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(env_file, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
-        for key, value in env_values.items():
-            if proc.is_secret_name(key):
-                env.redact.add(value)
     # The stack as the platform sees it, before any backout.toml exists.
     draft = Config(path=target, project_dir=project_dir,
                    project=ProjectConfig(compose_files=(compose_file,), env_file=env_file))
+    platform = platforms.for_config(env, draft)
     try:
-        data = platforms.for_config(env, draft).definition()
+        data = platform.definition()
+        raw = platform.uninterpolated_definition()
+        # Which referenced variables are set, as Compose itself reads .env and the
+        # environment (their values only tell set from unset; none is written).
+        env_values = platform.variables(_referenced(raw))
     except BackoutError as exc:
         raise ConfigError(compose_file, "", f"docker compose config failed: {exc.message}") from exc
-    derived = derive(data, env_values)
+    for key, value in env_values.items():
+        if proc.is_secret_name(key):
+            env.redact.add(value)
+    derived = derive(data, env_values, raw, _server_programs(env, platform, data))
+    for entry in derived.databases.values():  # whatever its name says, it is a password
+        if entry.get("password_env") in env_values:
+            env.redact.add(env_values[entry["password_env"]])
     _find_health(env, derived)
     _find_metrics(env, derived)
     text = render(derived, [compose_file], env_file)
@@ -102,8 +118,7 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
     # What we write must pass our own validation; if not, that is our bug to see now.
     check_env = Environment(project_dir=project_dir, config_path=target, verbose=env.verbose,
                             stderr=env.stderr, redact=env.redact)
-    warnings = [f"{key}: {note}" for key, notes in derived.notes.items() for note in notes
-                if "export" in note or "set password_env" in note]
+    warnings = list(derived.warnings)
     try:
         state_dir = load_config(check_env, target).state_dir
     except BackoutError as exc:
@@ -111,4 +126,49 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
         state_dir = project_dir / ProjectConfig().state_dir
     return InitResult(target, sorted(derived.services),
                       {k: v["type"] for k, v in derived.databases.items()}, warnings,
-                      private_dir(state_dir))
+                      private_dir(state_dir), dict(derived.recognised),
+                      {service: kind for service, kind, _how in derived.pending})
+
+
+_VARIABLE_USE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _referenced(raw: Mapping[str, Any]) -> list[str]:
+    """Every variable the services' environments and commands reference."""
+    names: set[str] = set()
+    for spec in (raw.get("services") or {}).values():
+        environment = environment_of(spec)
+        text = json.dumps([environment, spec.get("command"), spec.get("entrypoint")])
+        text = text.replace("$$", "")  # an escaped dollar references nothing
+        names.update(a or b for a, b in _VARIABLE_USE.findall(text))
+        names.update(k for k, v in environment.items() if v is None)
+    return sorted(names)
+
+
+# What `command -v` looks for in a service's running container when its image's
+# name says nothing: each engine's server programs.
+def _server_programs(env: Environment, platform: Platform,
+                     data: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The database server programs in the running container of each service whose
+    image no engine recognises by name (nothing when the stack is not running)."""
+    unknown = [name for name, spec in (data.get("services") or {}).items()
+               if not any(e.recognise(str(spec.get("image") or "")) for e in engines.all_engines())]
+    if not unknown:
+        return {}
+    programs = sorted({p for e in engines.all_engines() for p in e.server_programs}
+                      | set(images.PENDING_PROGRAMS))
+    try:
+        running = {c.service for c in platform.containers(*unknown) if c.state == "running"}
+    except BackoutError:
+        return {}  # no engine, or the stack is not up: the image names are all we have
+    found: dict[str, list[str]] = {}
+    for service in sorted(running):
+        result = proc.run(env, platform.exec_argv(service, ["sh", "-c", 'for p in "$@"; do '
+                                                            'command -v "$p" >/dev/null 2>&1 && '
+                                                            'echo "$p"; done; true', "sh",
+                                                            *programs]),
+                          timeout=30, check=False, what=f"look for database servers in {service}",
+                          cwd=str(platform.project_dir))
+        if result.ok and result.stdout.strip():
+            found[service] = result.stdout.split()
+    return found
