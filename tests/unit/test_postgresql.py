@@ -229,7 +229,7 @@ def test_dump_runs_the_tools_with_the_password_in_the_environment_only(
     assert dump[1:-1] == ["-U", "backout", "--format=custom", "-Z0", "--no-password",
                           "-d", "backout_app"]
     assert next(c for c in made if c[0] == "pg_dumpall")[1:-1] == [
-        "-U", "backout", "--globals-only", "--no-password", "-d", "postgres"]
+        "-U", "backout", "--globals-only", "--no-password", "-l", "postgres"]
     assert all(c[-1] == f"PGPASSWORD={PASSWORD}" for c in made)
     assert not any(PASSWORD in arg for c in made for arg in c[:-1])
     db_section = section["database"]

@@ -277,8 +277,9 @@ def _dump(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict[str, 
 
     def write(pipe: IO[bytes]) -> None:
         pipe.write(BUNDLE_MAGIC)
+        # -l: the database it connects to (its -d takes a connection string)
         _Producer(pg, pg.tool("pg_dumpall", "--globals-only", "--no-password",
-                              "-d", "postgres"), f"{what} (roles)", stall
+                              "-l", "postgres"), f"{what} (roles)", stall
                   ).copy_into(pipe, part_header("globals", ""))
         for database in dumpable:
             _Producer(pg, pg.tool("pg_dump", *DUMP_FLAGS, "-d", database),
@@ -373,11 +374,30 @@ class _Receiver:
 
 
 def _restore_database(pg: Postgres, receiver: _Receiver, jobs: int) -> None:
+    """Drop, then pg_restore --create; cut short by an interrupt of the step. A
+    pg_restore left running in the container by the kill of its ``docker exec`` ends
+    at the next restore's DROP ... WITH (FORCE) (--exit-on-error)."""
     database = receiver.database
     pg.drop_database(database)
-    pg.run(pg.tool("pg_restore", "--no-password", "--create", "--exit-on-error",
-                   "-j", str(jobs), "-d", _maintenance_db(database), receiver.path),
-           what=f"pg_restore of {database}", timeout=6 * 3600)
+    what = f"pg_restore of {database}"
+    argv = pg.argv(pg.tool("pg_restore", "--no-password", "--create", "--exit-on-error",
+                           "-j", str(jobs), "-d", _maintenance_db(database), receiver.path))
+    env = pg.access.env
+    env.log_external(f"$ {proc.describe(argv)}")
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=err, env=proc.child_env(env, pg.secret_env()),
+                                 cwd=str(pg.access.config.project_dir), **proc.CHILD)
+        try:
+            rc = interrupt.current().wait(child, 6 * 3600, what)
+        except subprocess.TimeoutExpired as exc:
+            child.kill()
+            child.wait()
+            raise ExternalError(f"{what}: timed out") from exc
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if rc != 0:
+        raise pg.access.explain(proc.Result(tuple(argv), rc, "", stderr, 0.0), what)
 
 
 def restore_postgresql(env: Environment, access: EngineAccess, artifact: Path,
