@@ -11,6 +11,10 @@ configures it.
   from an operator's own ``pg_dump -Fc`` file;
 * doctor and verify ask the server (pg_isready, then its version).
 
+The dropped-database round trip and the operator's own dump file (three and one
+more rollbacks, about 3 minutes) run with ``-m soak``; the default suite keeps the
+checkpoint, restore test, one rollback and the probes.
+
 The live-writer proof (acknowledged writes, the data-loss window) is the postgresql
 case of tests/integration/test_integrity.py.
 """
@@ -120,6 +124,7 @@ def test_rollback_db_puts_back_exactly_the_checkpoint(project: Path, stack: Test
     assert result["ok"] is True
 
 
+@pytest.mark.soak
 def test_a_dropped_database_comes_back_and_its_rollback_drops_it_again(
         project: Path, stack: TestStack) -> None:
     before = pg_snapshot(stack)
@@ -134,6 +139,7 @@ def test_a_dropped_database_comes_back_and_its_rollback_drops_it_again(
     assert pg_snapshot(stack) == before
 
 
+@pytest.mark.soak
 def test_rollback_from_an_operators_own_pg_dump_file(project: Path, stack: TestStack,
                                                      tmp_path: Path) -> None:
     before = pg_snapshot(stack)
