@@ -114,6 +114,14 @@ def tokens_in_artifact(backup_dir: Path, set_id: str, database: str) -> set[str]
     path = backup_dir / set_id / ARTIFACT[database]
     raw = subprocess.run(["zstd", "-d", "-q", "-c", str(path)], capture_output=True, check=True,
                          timeout=120).stdout
+    if database == "postgresql":
+        # The bundle frames the tools' output in chunks of whatever a read returned, so
+        # a token may straddle a frame header: read the archives' bytes back whole.
+        from backout.engines.pgarchive import BundleReader
+
+        reader = BundleReader(str(path))
+        raw = b"".join(value for event, _kind, value in reader.feed(raw) if event == "data")
+        reader.finish()
     return tokens_in_bytes(raw)
 
 
@@ -186,7 +194,9 @@ def prove(writer: AckWriter, live: set[str], checkpoint: set[str], safety: set[s
                             f"neither the live data nor the safety backup: "
                             f"{sorted(lost - safety)[:5]}")
     assert not (lost & checkpoint) - overwritten, \
-        f"{database}: writes in the checkpoint were not restored"
+        (f"{database}: writes in the checkpoint were not restored: "
+         f"{sorted((lost & checkpoint) - overwritten)[:5]} "
+         f"({len((lost & checkpoint) - overwritten)}; {writer.failed} failed request(s))")
     assert (checkpoint & acked) - overwritten <= live, \
         f"{database}: the checkpoint was not restored whole"
     before = writer.tokens(before=started) - checkpoint
