@@ -252,7 +252,7 @@ def ensure_pg_rows(rig: Rig, size_mb: float) -> int:
             "INSERT INTO bench_rows SELECT g, g % 10007, (g * 7919) % 100000,"
             " TIMESTAMP '2026-01-01' + g % 31536000 * INTERVAL '1 second',"
             " sha256(g::text::bytea)::text || md5(g::text) || md5((g * 3)::text)"
-            f" FROM generate_series({have + 1}, {upto}) g", timeout=1800)
+            f" FROM generate_series({have + 1}::bigint, {upto}) g", timeout=1800)
         have = upto
     return have
 
