@@ -225,6 +225,10 @@ class CustomArchiveChecker:
                 dump_id, pos = got
                 self._start_block(kind, dump_id)
                 continue
+            if self.state == "length" and self.inflate is None and not self.in_blobs:
+                pos = self._whole_chunks(pos)
+                if self.state != "length":
+                    continue
             got = self._int(pos)
             if got is None:
                 break
@@ -243,6 +247,39 @@ class CustomArchiveChecker:
                     self.large_objects += 1
                     self.state = "length"
         del buf[:pos]
+
+    def _whole_chunks(self, pos: int) -> int:
+        """The hot path of an uncompressed block (one chunk per COPY row): every chunk
+        whole in the buffer is counted in place, without a copy; returns where the
+        first incomplete one (or the block's end marker) starts."""
+        buf, size, width = self.buf, len(self.buf), 1 + self.int_size
+        table = self.block is not None and self.block.desc == "TABLE DATA"
+        keep = len(COPY_END)
+        rows = 0
+        tail_end = -1  # the data of the last chunk seen ends here (when it is long enough)
+        while pos + width <= size:
+            if buf[pos]:
+                break  # negative: the generic path reports it
+            length = int.from_bytes(buf[pos + 1:pos + width], "little")
+            end = pos + width + length
+            if length == 0 or end > size:
+                break
+            if table:
+                rows += buf.count(b"\n", pos + width, end)
+                if length >= keep:
+                    tail_end = end
+                else:
+                    if tail_end >= 0:
+                        self.tail = bytes(buf[tail_end - keep:tail_end])
+                        tail_end = -1
+                    self.tail = (self.tail + bytes(buf[pos + width:end]))[-keep:]
+            pos = end
+        if table:
+            assert self.block is not None
+            self.rows[self._name(self.block)] += rows
+            if tail_end >= 0:
+                self.tail = bytes(buf[tail_end - keep:tail_end])
+        return pos
 
     def _start_block(self, kind: int, dump_id: int) -> None:
         entry = self.by_id.get(dump_id)
