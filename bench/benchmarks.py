@@ -43,6 +43,7 @@ class Params:
     mysql_mb: list[float] = field(default_factory=lambda: [100.0])
     redis_keys: list[int] = field(default_factory=lambda: [1_000_000])
     mongo_docs: list[int] = field(default_factory=lambda: [10_000])
+    pg_mb: list[float] = field(default_factory=lambda: [100.0])
     monitor_seconds: float = 60.0
     rule_for: int = 10  # `for` of the shortened red-error-rate rule (bench 4 and 7)
     window: int = 10  # [monitor] window_seconds for bench 4 and 7
@@ -237,6 +238,60 @@ def ensure_mysql_rows(rig: Rig, size_mb: float) -> int:
     return have
 
 
+def ensure_pg_rows(rig: Rig, size_mb: float) -> int:
+    """bench_rows in PostgreSQL's app database, about size_mb MB of COPY data (rows
+    shaped like MySQL's: ~190 bytes), added in chunks. Returns the row count."""
+    want = max(1000, int(size_mb * MB / 190))
+    rig.stack.pg_query(
+        "CREATE TABLE IF NOT EXISTS bench_rows (id BIGINT PRIMARY KEY, customer INT NOT NULL,"
+        " amount_cents INT NOT NULL, created_at TIMESTAMP NOT NULL, note TEXT NOT NULL)")
+    have = int(rig.stack.pg_query("SELECT COALESCE(MAX(id), 0) FROM bench_rows")[0][0])
+    while have < want:
+        upto = min(want, have + 500_000)
+        rig.stack.pg_query(
+            "INSERT INTO bench_rows SELECT g, g % 10007, (g * 7919) % 100000,"
+            " TIMESTAMP '2026-01-01' + g % 31536000 * INTERVAL '1 second',"
+            " sha256(g::text::bytea)::text || md5(g::text) || md5((g * 3)::text)"
+            f" FROM generate_series({have + 1}::bigint, {upto}) g", timeout=1800)
+        have = upto
+    return have
+
+
+def pg_backups(rig: Rig, p: Params, disk: float) -> list[Row]:
+    """PostgreSQL: backout's bundle (roles + pg_dump -Fc -Z0, checked, counted) against
+    `pg_dump | zstd`; its restore (file next to the server, pg_restore --create -j)
+    against the same bare steps."""
+    from backout.engines.postgresql import DUMP_FLAGS as PG_FLAGS
+    from backout.engines.postgresql import restore_jobs
+
+    rows: list[Row] = []
+    user = rig.stack.env["POSTGRES_USER"]
+    jobs = restore_jobs()
+    flags = " ".join(PG_FLAGS)
+    dump_cmd = (f"docker compose exec -T -e PGPASSWORD postgres pg_dump -U {user} {flags} "
+                f"-d {DATABASE} | zstd -q -{ZSTD_LEVEL} -T0 > \"$OUT\"")
+    load_cmd = (f"zstd -q -dc \"$IN\" | docker compose exec -T postgres sh -c "
+                "'cat > /tmp/bare.dump' && docker compose exec -T -e PGPASSWORD postgres sh -ec "
+                f"'psql -X -q -U {user} -d postgres -c \"DROP DATABASE IF EXISTS {DATABASE} WITH "
+                f"(FORCE)\" && pg_restore -U {user} --create --exit-on-error -j {jobs} -d postgres "
+                "/tmp/bare.dump && rm -f /tmp/bare.dump'")
+    for size in p.pg_mb:
+        nrows = ensure_pg_rows(rig, size)
+        r = rounds(rig, p, "postgresql", "postgresql.pgbundle.zst", dump_cmd, load_cmd,
+                   {"PGPASSWORD": rig.stack.secrets["POSTGRES_PASSWORD"]},
+                   f"PostgreSQL {size:g} MB")
+        rows += dump_rows(
+            rig, r, db="postgresql", artifact="postgresql.pgbundle.zst", rows=nrows, disk=disk,
+            label=f"PostgreSQL {r.raw_mb:.0f} MB dump ({nrows} generated rows + seed)",
+            backup_how=f"pg_dump {flags} | zstd -{ZSTD_LEVEL} -T0 > file (in the container via "
+                       "docker compose exec -T, PGPASSWORD in the environment)",
+            restore_how="zstd -dc file | cat > file in the container; DROP DATABASE WITH "
+                        f"(FORCE); pg_restore --create -j {jobs} (writers stopped, untimed)",
+            whole_how="docker compose stop <writers>; the bare restore; "
+                      "docker compose start <writers>", restore_extra={"jobs": jobs})
+    return rows
+
+
 def ensure_redis_keys(rig: Rig, keys: int) -> int:
     """bench:<i> string keys (about 40-byte values) up to `keys` in all, by a Lua loop
     in batches (EVAL runs in the server: fast, no client round trips)."""
@@ -340,6 +395,36 @@ def rounds(rig: Rig, p: Params, db: str, artifact: str, bare_dump: str, bare_loa
     return r
 
 
+def dump_rows(rig: Rig, r: Rounds, *, db: str, label: str, artifact: str, rows: int,
+              disk: float, backup_how: str, restore_how: str, whole_how: str,
+              restore_extra: JsonDict | None = None) -> list[Row]:
+    """The three rows of a logical dump (backup, restore step, whole rollback db),
+    with the floors measured on the bare run's own output (left in the scratch dir
+    as bare-<artifact>, removed here)."""
+    out = rig.scratch / f"bare-{artifact}"
+    raw_file = rig.scratch / f"bare-{artifact}.raw"
+    subprocess.run(["zstd", "-q", "-d", "-f", "-o", str(raw_file), str(out)], check=True,
+                   timeout=3600)
+    ratio_c = raw_file.stat().st_size / max(1, out.stat().st_size)
+    comp, decomp = zstd_speeds(raw_file)
+    raw_file.unlink()
+    out.unlink()
+    return [
+        Row(f"{label}: backup", "MB/s", r.backup, r.bare_backup, backup_how, kind="higher",
+            floor=floor(f"min(zstd -{ZSTD_LEVEL} -T0 {comp:.0f} MB/s, disk write "
+                        f"{disk:.0f} MB/s (dd, fsync) x compression {ratio_c:.1f})",
+                        min(comp, disk * ratio_c), "MB/s"),
+            extra={"raw_mb": round(r.raw_mb, 1), "rows": rows, "compression": round(ratio_c, 2)}),
+        Row(f"{label}: restore (the restore step)", "MB/s", r.restore_step, r.bare_restore,
+            restore_how, kind="higher", floor=floor(f"zstd -d {decomp:.0f} MB/s", decomp, "MB/s"),
+            extra={"raw_mb": round(r.raw_mb, 1), **(restore_extra or {})}),
+        Row(f"{label}: whole `rollback db {db}`", "MB/s", r.restore_whole, r.bare_restore_whole,
+            whole_how, kind="higher",
+            extra={"includes": "verify the backup, safety backup, stop writers, restore, "
+                               "counts, start writers"}),
+    ]
+
+
 def backups(rig: Rig, p: Params) -> JsonDict:
     rows: list[Row] = []
     disk = disk_write_mb_s(rig, 64 if p.reps <= 1 else 256)
@@ -352,35 +437,15 @@ def backups(rig: Rig, p: Params) -> JsonDict:
         nrows = ensure_mysql_rows(rig, size)
         r = rounds(rig, p, "mysql", "mysql.sql.zst", dump_cmd, load_cmd,
                    {"MYSQL_PWD": rig.stack.secrets["MYSQL_ROOT_PASSWORD"]}, f"MySQL {size:g} MB")
-        out = rig.scratch / "bare-mysql.sql.zst"
-        raw_file = rig.scratch / "bare-mysql.sql"
-        subprocess.run(["zstd", "-q", "-d", "-f", "-o", str(raw_file), str(out)], check=True,
-                       timeout=3600)
-        ratio_c = raw_file.stat().st_size / max(1, out.stat().st_size)
-        comp, decomp = zstd_speeds(raw_file)
-        raw_file.unlink()
-        out.unlink()
-        label = f"MySQL {r.raw_mb:.0f} MB dump ({nrows} generated rows + seed)"
-        rows += [
-            Row(f"{label}: backup", "MB/s", r.backup, r.bare_backup,
-                f"mariadb-dump {flags} | zstd -{ZSTD_LEVEL} -T0 > file (in the container via "
-                "docker compose exec -T, MYSQL_PWD in the environment)", kind="higher",
-                floor=floor(f"min(zstd -{ZSTD_LEVEL} -T0 {comp:.0f} MB/s, disk write "
-                            f"{disk:.0f} MB/s (dd, fsync) x compression {ratio_c:.1f})",
-                            min(comp, disk * ratio_c), "MB/s"),
-                extra={"raw_mb": round(r.raw_mb, 1), "rows": nrows,
-                       "compression": round(ratio_c, 2)}),
-            Row(f"{label}: restore (the restore step)", "MB/s", r.restore_step, r.bare_restore,
-                "zstd -dc file | mariadb (in the container via docker compose exec -T; "
-                "writers stopped, untimed)",
-                kind="higher", floor=floor(f"zstd -d {decomp:.0f} MB/s", decomp, "MB/s"),
-                extra={"raw_mb": round(r.raw_mb, 1)}),
-            Row(f"{label}: whole `rollback db mysql`", "MB/s", r.restore_whole,
-                r.bare_restore_whole, "docker compose stop <writers>; zstd -dc file | mariadb; "
-                "docker compose start <writers>", kind="higher",
-                extra={"includes": "verify the backup, safety backup, stop writers, restore, "
-                                   "counts, start writers"}),
-        ]
+        rows += dump_rows(
+            rig, r, db="mysql", label=f"MySQL {r.raw_mb:.0f} MB dump ({nrows} generated rows + seed)",
+            artifact="mysql.sql.zst", rows=nrows, disk=disk,
+            backup_how=f"mariadb-dump {flags} | zstd -{ZSTD_LEVEL} -T0 > file (in the container "
+                       "via docker compose exec -T, MYSQL_PWD in the environment)",
+            restore_how="zstd -dc file | mariadb (in the container via docker compose exec -T; "
+                        "writers stopped, untimed)",
+            whole_how="docker compose stop <writers>; zstd -dc file | mariadb; "
+                      "docker compose start <writers>")
 
     bgsave = ("docker compose exec -T -e REDISCLI_AUTH redis sh -c 'redis-cli --no-auth-warning "
               "BGSAVE >/dev/null && while redis-cli --no-auth-warning INFO persistence | grep -q "
@@ -431,8 +496,10 @@ def backups(rig: Rig, p: Params) -> JsonDict:
                 "zstd -dc | drop + insert_many per collection (bench/rawmongo.py)",
                 kind="higher", extra={"raw_mb": round(r.raw_mb, 2), "docs": total}),
         ]
+    rows += pg_backups(rig, p, disk)
     notes = [
-        "MB/s are uncompressed dump bytes (the SQL text, the RDB file, the BSON) per second "
+        "MB/s are uncompressed dump bytes (the SQL text, the RDB file, the BSON, the "
+        "pg_dump archives) per second "
         "of wall time, the same byte count for backout and the bare pipe.",
         "backout's backup figure includes what the bare pipe does not: fsync, the re-read "
         "that proves the artifact (sha256, decompression, format check, row/key counts) and "
@@ -445,7 +512,7 @@ def backups(rig: Rig, p: Params) -> JsonDict:
     ]
     return result("3. Backup and restore throughput", rows, notes,
                   {"disk_write_mb_s": round(disk, 1), "mysql_mb": p.mysql_mb,
-                   "redis_keys": p.redis_keys, "mongo_docs": p.mongo_docs})
+                   "redis_keys": p.redis_keys, "mongo_docs": p.mongo_docs, "pg_mb": p.pg_mb})
 
 
 # --------------------------------------------------------------------------- 4. detection

@@ -3,6 +3,7 @@
     uv run python -m bench                    # moderate sizes, 3 repetitions
     uv run python -m bench --smoke            # smallest sizes, 1 repetition (CI)
     uv run python -m bench --only backups --mysql-mb 100,1000 --redis-keys 1000000
+    uv run python -m bench --only backups --pg-mb 100,1000
     uv run python -m bench --out DIR          # results.json + results.md (default bench/results)
 
 The stack gets a unique compose project; everything it creates carries the test
@@ -35,7 +36,7 @@ from bench.benchmarks import BENCHMARKS, Params, build_v2, log  # noqa: E402
 from bench.core import JsonDict, Rig  # noqa: E402
 from tests.support.stack import TestStack, cleanup_stale  # noqa: E402
 
-SMOKE = Params(reps=1, mysql_mb=[4.0], redis_keys=[20_000], mongo_docs=[500],
+SMOKE = Params(reps=1, mysql_mb=[4.0], redis_keys=[20_000], mongo_docs=[500], pg_mb=[4.0],
                monitor_seconds=6, rule_for=6, window=6, interval=2, tail=3.0)
 
 
@@ -62,6 +63,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                          "the issue's full set: 100,1000,3000)")
     ap.add_argument("--redis-keys", type=_ints,
                     help="Redis key counts (default 1000000; smoke 20000; full: 1000000,10000000)")
+    ap.add_argument("--pg-mb", type=_floats,
+                    help="PostgreSQL dump sizes in MB (default 100; smoke 4; the issue's set: "
+                         "100,1000)")
     ap.add_argument("--mongo-docs", type=_ints,
                     help="documents in the MongoDB stand-in (default 10000; smoke 500)")
     ap.add_argument("--monitor-seconds", type=float,
@@ -73,15 +77,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def params(args: argparse.Namespace) -> Params:
     p = SMOKE if args.smoke else Params()
     p = Params(**vars(p))
-    for name in ("reps", "mysql_mb", "redis_keys", "mongo_docs", "monitor_seconds"):
+    for name in ("reps", "mysql_mb", "redis_keys", "mongo_docs", "pg_mb", "monitor_seconds"):
         value = getattr(args, name)
         if value is not None:
             setattr(p, name, value)
     p.mysql_mb = sorted(p.mysql_mb)
     p.redis_keys = sorted(p.redis_keys)
     p.mongo_docs = sorted(p.mongo_docs)
+    p.pg_mb = sorted(p.pg_mb)
     p.v2_tag = f"bench-v2-{os.getpid()}"
-    if p.reps < 1 or not p.mysql_mb or not p.redis_keys or not p.mongo_docs:
+    if p.reps < 1 or not p.mysql_mb or not p.redis_keys or not p.mongo_docs or not p.pg_mb:
         raise SystemExit("python -m bench: --reps must be >= 1 and every size list non-empty")
     return p
 

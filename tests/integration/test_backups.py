@@ -148,7 +148,8 @@ def all_healthy(stack: TestStack, timeout: float = 120) -> None:
     with `docker compose start`, which refuses while a database healthcheck flickers."""
     def healthy() -> bool:
         health = {row["Service"]: row.get("Health") for row in stack.ps()}
-        return all(health.get(s) == "healthy" for s in ("mysql", "redis", "mongodb", *WRITERS))
+        return all(health.get(s) == "healthy"
+                   for s in ("mysql", "redis", "mongodb", "postgres", *WRITERS))
 
     wait_for(healthy, timeout=timeout, interval=1, message="all services healthy")
 
@@ -335,7 +336,7 @@ def test_verify_restore_test_counts_match(project: Path, quiesced: dict[str, Any
     data = ok_json(result)
     assert data["verify"]["ok"] is True
     tests = data["restore_test"]
-    assert set(tests) == {"mysql", "redis", "mongodb"}
+    assert set(tests) == {"mysql", "redis", "mongodb", "postgresql"}
     for name, res in tests.items():
         assert res["ok"] is True, (name, res)
         assert res["restored"] == res["expected"], name
@@ -542,6 +543,7 @@ def test_database_down_fails_cleanly(project: Path, stack: TestStack) -> None:
 @pytest.mark.parametrize(("variable", "database", "command"), [
     ("MYSQL_ROOT_PASSWORD", "mysql", "checkpoint"),
     ("REDIS_PASSWORD", "redis", "backup"),
+    ("POSTGRES_PASSWORD", "postgresql", "backup"),
 ])
 def test_wrong_password_fails_cleanly(project: Path, variable: str, database: str,
                                       command: str) -> None:

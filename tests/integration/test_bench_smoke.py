@@ -64,7 +64,7 @@ def test_bench_smoke_writes_every_benchmark(tmp_path: Path) -> None:
     e2e = data["benchmarks"]["end_to_end_recovery"]["rows"][0]["extra"]
     assert all(isinstance(v, int) and v >= 0 for v in e2e["failed_requests"])
     backups = [r["name"] for r in data["benchmarks"]["backups"]["rows"]]
-    for needle in ("MySQL", "Redis", "MongoDB STAND-IN"):
+    for needle in ("MySQL", "Redis", "MongoDB STAND-IN", "PostgreSQL"):
         assert any(needle in n for n in backups), needle
     md = (out / "results.md").read_text()
     for bench in data["benchmarks"].values():

@@ -56,7 +56,7 @@ from tests.support.stack import TestStack, wait_for
 
 pytestmark = pytest.mark.docker
 
-ENGINES = ("mysql", "redis", "mongodb")
+ENGINES = ("mysql", "redis", "mongodb", "postgresql")
 APPS = ("backend", "frontend", "model-server")
 
 
@@ -629,6 +629,7 @@ def soak_only(request: pytest.FixtureRequest) -> None:
 
 SWEEPS = {
     "db-mysql": ["mysql"], "db-redis": ["redis"], "db-mongodb": ["mongodb"],
+    "db-postgresql": ["postgresql"],
     "emergency": list(ENGINES), "deploy": list(ENGINES),
 }
 

@@ -495,7 +495,8 @@ def test_emergency_with_data_after_failed_migration(quiet: Rig) -> None:
 
     steps = quiet.plan("rollback", "emergency", f"cp{cp['checkpoint_id']}", "--with-data")
     assert {s["params"].get("database") for s in steps
-            if s["action"] == "rollback.db.restore"} == {"mysql", "redis", "mongodb"}
+            if s["action"] == "rollback.db.restore"} == {"mysql", "redis", "mongodb",
+                                                          "postgresql"}
     ok(quiet.run("rollback", "emergency", f"cp{cp['checkpoint_id']}", "--with-data", "--yes"))
 
     assert quiet.head() == commit_a

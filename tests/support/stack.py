@@ -45,7 +45,8 @@ RUN_LABEL = "io.backout.test.run"
 HASH_LABEL = "io.backout.test.source-hash"
 ROLES = ("backend", "frontend", "model-server")
 MODES = ("healthy", "errors", "slow", "crashloop", "unhealthy")
-SERVICES = ("nginx", "backend", "frontend", "model-server", "mysql", "redis", "mongodb")
+SERVICES = ("nginx", "backend", "frontend", "model-server", "mysql", "redis", "mongodb",
+            "postgres")
 
 # ports key -> (.env variable, service)
 PORTS = {
@@ -56,9 +57,10 @@ PORTS = {
     "mysql": ("MYSQL_PORT", "mysql"),
     "redis": ("REDIS_PORT", "redis"),
     "mongo": ("MONGO_PORT", "mongodb"),
+    "postgres": ("POSTGRES_PORT", "postgres"),
 }
 SERVICE_PORT_KEY = {service: key for key, (_var, service) in PORTS.items()}
-URL_SCHEMES = {"mysql": "mysql", "redis": "redis", "mongodb": "mongodb"}
+URL_SCHEMES = {"mysql": "mysql", "redis": "redis", "mongodb": "mongodb", "postgres": "postgresql"}
 
 # Images that are not app variants: image -> (context dir, dockerfile relative to it)
 INFRA_IMAGES = {
@@ -66,13 +68,15 @@ INFRA_IMAGES = {
     "backout-test/mariadb:10.11": ("mysql", "Dockerfile"),
     "backout-test/redis:7.0": ("redis", "Dockerfile"),
     "backout-test/mongo-nx27017:0.8.1": (".", "mongodb/Dockerfile"),
+    "backout-test/postgres:15": ("postgres", "Dockerfile"),
 }
 # Inputs of the images: their hash is stored as a label so that a warm build_images()
 # does not even have to ask BuildKit.
-HASHED_PATHS = (".dockerignore", "app", "mongodb", "mysql", "redis", "nginx", "wheels")
+HASHED_PATHS = (".dockerignore", "app", "mongodb", "mysql", "redis", "nginx", "postgres", "wheels")
 
 DATABASE = "backout_app"
 MYSQL_USER = "backout"
+POSTGRES_USER = "backout"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "backout tests",
     "GIT_AUTHOR_EMAIL": "tests@backout.invalid",
@@ -411,6 +415,7 @@ class TestStack:
             "MYSQL_ROOT_PASSWORD": secrets.token_hex(16),
             "MYSQL_PASSWORD": secrets.token_hex(16),
             "REDIS_PASSWORD": secrets.token_hex(16),
+            "POSTGRES_PASSWORD": secrets.token_hex(16),
         }
         values = {
             "COMPOSE_PROJECT_NAME": project_name,
@@ -421,6 +426,8 @@ class TestStack:
             "MYSQL_USER": MYSQL_USER,
             "REDIS_APPENDONLY": "no",
             "MONGO_INITDB_DATABASE": DATABASE,
+            "POSTGRES_DB": DATABASE,
+            "POSTGRES_USER": POSTGRES_USER,
             "ERROR_RATE": "0.6",
             "WRITE_INTERVAL": "0.5",
         }
@@ -679,6 +686,18 @@ class TestStack:
         rows = self.mysql_query(sql, **kw)
         return rows[0][0] if rows else None
 
+    def pg_query(self, sql: str, *, database: str = DATABASE,
+                 timeout: float = 60) -> list[tuple[str, ...]]:
+        """Run SQL with psql inside the postgres container (PGPASSWORD in the
+        environment, SQL on stdin, stopping at the first error). Rows of every result,
+        fields split on a unit separator."""
+        argv = ["exec", "-T", "-e", "PGPASSWORD", "postgres", "psql", "-X", "-q", "-A", "-t",
+                "-F", "\x1f", "-v", "ON_ERROR_STOP=1", "-U", self.env["POSTGRES_USER"],
+                "-d", database]
+        proc = self.compose(*argv, env={"PGPASSWORD": self.secrets["POSTGRES_PASSWORD"]},
+                            input=sql, timeout=timeout)
+        return [tuple(line.split("\x1f")) for line in proc.stdout.splitlines() if line]
+
     def redis_cmd(self, *args: str, timeout: float = 60) -> str:
         """redis-cli ARGS inside the redis container (REDISCLI_AUTH from the environment);
         the raw reply text, stripped."""
@@ -735,13 +754,15 @@ class TestStack:
     SEED_CUSTOMERS = 20
 
     def seed(self) -> None:
-        """Deterministic seed data in all three databases (idempotent): the schema
+        """Deterministic seed data in all four databases (idempotent): the schema
         (app/schema.sql) and 20 customers in MySQL, seed:* keys in Redis, 20 customer
-        documents with fixed _ids in MongoDB (collection `customers`)."""
+        documents with fixed _ids in MongoDB (collection `customers`), 20 customers in
+        PostgreSQL (seed/postgres.sql)."""
         self.mysql_query((self.project_dir / "app" / "schema.sql").read_text()
                          + "\n" + (self.project_dir / "seed" / "mysql.sql").read_text())
         self.redis_pipe((self.project_dir / "seed" / "redis.txt").read_text())
         self.mongo_eval((self.project_dir / "seed" / "mongo.py").read_text())
+        self.pg_query((self.project_dir / "seed" / "postgres.sql").read_text())
 
     def invariants(self) -> dict[str, int]:
         """The numbers behind check_invariants(), read in one consistent snapshot."""

@@ -10,6 +10,9 @@ data (the safety backup taken just before the restore keeps them):
 * Redis: the key-count difference per logical database, and the write commands
   executed since the dump (``INFO commandstats``, same server run only).
 * MongoDB: the document-count difference per collection.
+* PostgreSQL: the WAL written since the dump (bytes between LSNs), the transactions
+  committed in the backed-up databases (``pg_stat_database``, unless its counters
+  were reset since), and the row-count difference per table.
 
 Counts are net: a row inserted and another deleted cancel out. Estimating never
 fails the plan: what cannot be told is said so.
@@ -98,6 +101,10 @@ def _describe(out: dict[str, Any]) -> str:
                      f"{out['gtid']['from']} -> {out['gtid']['to']})")
     if "binlog" in out and out["binlog"]["bytes"] is not None:
         parts.append(f"binlog +{out['binlog']['bytes']} bytes")
+    if out.get("transactions") is not None:
+        parts.append(f"{out['transactions']} committed transaction(s), reads included")
+    if "wal" in out and out["wal"]["bytes"] is not None:
+        parts.append(f"WAL +{out['wal']['bytes']} bytes")
     if out.get("write_commands") is not None:
         parts.append(f"about {out['write_commands']} write command(s)")
     deltas = out.get("row_deltas") or out.get("key_deltas") or out.get("document_deltas") or {}

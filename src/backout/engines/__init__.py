@@ -20,6 +20,7 @@ ENGINES = {
     "mysql": "backout.engines.mysql:ENGINE",
     "mongodb": "backout.engines.mongodb:ENGINE",
     "redis": "backout.engines.redis:ENGINE",
+    "postgresql": "backout.engines.postgresql:ENGINE",
 }
 
 

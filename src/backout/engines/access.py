@@ -112,7 +112,8 @@ class EngineAccess:
             return UnhealthyError(f"{name}: service {self.db.service!r} is not running",
                                   fix=f"start it (docker compose up -d {self.db.service})")
         if "Access denied" in err or "WRONGPASS" in err or "NOAUTH" in err or \
-                "Authentication failed" in err or "invalid password" in err:
+                "Authentication failed" in err or "invalid password" in err or \
+                "password authentication failed" in err:
             var = self.db.password_env or self.db.password_file or "the password"
             return ExternalError(f"{name}: authentication failed for user "
                                  f"{self.user('default')!r}",

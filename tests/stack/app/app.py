@@ -6,8 +6,8 @@ slow | crashloop | unhealthy) picks the built-in fault. Both are baked into the 
 (see Dockerfile) so that an image tag such as ``backout-test/backend:errors`` *is* a
 version with a known behaviour.
 
-Standard library only, plus Debian's python3-pymysql / python3-redis and the pymongo
-wheel, imported lazily so that ``app.py healthcheck`` starts fast.
+Standard library only, plus Debian's python3-pymysql / python3-redis / python3-psycopg2
+and the pymongo wheel, imported lazily so that ``app.py healthcheck`` starts fast.
 
 Endpoints (all roles):
   GET  /metrics          Prometheus text format
@@ -319,7 +319,8 @@ class Pool:
 
 
 STORES_USED = {
-    "backend": ("mysql", "redis", "mongo"),
+    # PostgreSQL only where POSTGRES_HOST says so (a stack without the service works).
+    "backend": ("mysql", "redis", "mongo") + (("postgres",) if os.environ.get("POSTGRES_HOST") else ()),
     "frontend": ("redis",),
     "model-server": ("mongo",),
 }
@@ -333,6 +334,7 @@ class Stores:
         self.pool = Pool(env_int("DB_POOL_SIZE", 10)) if "mysql" in self.uses else None
         self._redis = None
         self._mongo = None
+        self._pg = threading.local()
         self.mongo_db_name = (
             os.environ.get("MONGO_DATABASE") or os.environ.get("MONGO_INITDB_DATABASE") or "app"
         )
@@ -368,6 +370,36 @@ class Stores:
             self._mongo = client[self.mongo_db_name]
         return self._mongo
 
+    @property
+    def pg(self):
+        """This thread's PostgreSQL connection (autocommit), made again after a failure."""
+        conn = getattr(self._pg, "conn", None)
+        if conn is None or conn.closed:
+            import psycopg2
+
+            conn = psycopg2.connect(
+                host=os.environ.get("POSTGRES_HOST", "postgres"),
+                port=env_int("POSTGRES_PORT", 5432),
+                user=os.environ.get("POSTGRES_USER", "postgres"),
+                password=os.environ.get("POSTGRES_PASSWORD", ""),
+                dbname=os.environ.get("POSTGRES_DB", "app"),
+                connect_timeout=3,
+            )
+            conn.autocommit = True
+            self._pg.conn = conn
+        return conn
+
+    def pg_execute(self, sql: str, args: tuple = ()) -> list:
+        try:
+            with self.pg.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchall() if cur.description else []
+        except Exception:
+            with suppress(Exception):
+                self._pg.conn.close()
+            self._pg.conn = None
+            raise
+
     def pool_in_use(self) -> int:
         return self.pool.in_use if self.pool else 0
 
@@ -385,6 +417,8 @@ class Stores:
                     self.redis.ping()
                 elif name == "mongo":
                     self.mongo.command("ping")
+                elif name == "postgres":
+                    self.pg_execute("SELECT 1")
                 result[name] = "ok"
             except Exception as exc:
                 result[name] = f"{type(exc).__name__}: {exc}"
@@ -405,6 +439,8 @@ class Stores:
                     self.redis.ping()
                 if "mongo" in self.uses:
                     self.mongo.command("ping")
+                if "postgres" in self.uses:
+                    self.pg_execute(PG_SCHEMA)
                 log("INFO", f"databases ready after {attempt} attempt(s): {', '.join(self.uses) or 'none'}")
                 self.ready.set()
                 return
@@ -414,6 +450,8 @@ class Stores:
 
 
 STORES: Stores | None = None
+PG_SCHEMA = ("CREATE TABLE IF NOT EXISTS items (id BIGSERIAL PRIMARY KEY, item_id BIGINT NOT NULL,"
+             " name TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())")
 
 
 # --------------------------------------------------------------------------- writer
@@ -652,6 +690,9 @@ class Handler(BaseHTTPRequestHandler):
                 STORES.redis.set(f"item:{item_id}", name)
                 STORES.redis.incr("items:created")
                 STORES.mongo.items.insert_one({"item_id": item_id, "name": name, "ts": time.time()})
+                if "postgres" in STORES.uses:
+                    STORES.pg_execute("INSERT INTO items (item_id, name) VALUES (%s, %s)",
+                                      (item_id, name))
                 return 201, {"id": item_id, "name": name}, "json"
         if path == "/api/v1/login" and method == "POST":
             data = self.read_json()
