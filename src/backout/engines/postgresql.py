@@ -528,17 +528,13 @@ class PostgreSQLEngine(EngineBase):
     type = "postgresql"
     description = "a PostgreSQL backup (pg_dump archives)"
     count_unit = "rows"
-    # postgres, postgis/postgis, timescale/timescaledb(-ha), bitnami/postgresql
     image_patterns = ("postgres", "postgis", "timescaledb")
-    credentials = ((None, ("POSTGRES_PASSWORD",), ("POSTGRES_USER",)),)
-    database_name_vars = ("POSTGRES_DB",)
-
-    def init_notes(self, spec: Mapping[str, Any], entry: Mapping[str, Any]) -> list[str]:
-        environment = spec.get("environment") or {}
-        if "password_env" not in entry and "POSTGRES_PASSWORD_FILE" in environment:
-            return ["the password is a file in the container (POSTGRES_PASSWORD_FILE): set "
-                    "password_file, or rely on the image's trusted local socket (exec mode)"]
-        return []
+    image_repositories = ("postgres", "postgis/postgis", "timescale/timescaledb",
+                          "timescale/timescaledb-ha", "bitnami/postgresql")
+    server_programs = ("postgres",)
+    credentials = ((None, ("POSTGRES_PASSWORD", "POSTGRESQL_PASSWORD"),
+                    ("POSTGRES_USER", "POSTGRESQL_USERNAME")),)
+    database_name_vars = ("POSTGRES_DB", "POSTGRESQL_DATABASE")
 
     def dump(self, ctx: EngineContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]:
         return _dump(ctx, EngineAccess(ctx.env, ctx.config, db, ctx.platform), set_dir)
