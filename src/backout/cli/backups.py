@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from backout.backup import offsite
 from backout.backup.operation import PUBLISH, RECORD_CHECKPOINT, plan_backup
 from backout.backup.prune import prune_backups
 from backout.backup.restore_test import restore_test as run_restore_test
@@ -91,7 +92,8 @@ def backups_list(ctx: Ctx, show_all: bool) -> None:
     byte read: sha256, format, counts) and when."""
     infos = sets.list_sets(ctx.config.backup_dir)
     checks = ctx.store.last_verifications()
-    rows = []
+    copies = ctx.store.set_copies()
+    rows: list[dict[str, Any]] = []
     for info in infos:
         m = info.manifest or {}
         last = checks.get(info.id)
@@ -105,15 +107,35 @@ def backups_list(ctx: Ctx, show_all: bool) -> None:
                      "kind": m.get("kind"), "label": m.get("label"),
                      "completed_at": m.get("completed_at"), "databases": sorted(m.get("databases") or {}),
                      "volumes": sorted(m.get("volumes") or {}), "bytes": size,
-                     "git_commit": m.get("git_commit"), "verified": last})
+                     "git_commit": m.get("git_commit"), "verified": last, "local": True,
+                     "copies": copies.get(info.id, {})})
+    local = {i.id for i in infos}
+    rows += [{"id": set_id, "usable": True, "problem": None, "kind": None, "label": None,
+              "completed_at": next(iter(held.values()))["completed_at"], "databases": [],
+              "volumes": [], "bytes": None, "git_commit": None, "verified": checks.get(set_id),
+              "local": False, "copies": held}
+             for set_id, held in copies.items() if set_id not in local
+             and any(c["status"] == "copied" for c in held.values())]
+    rows.sort(key=lambda r: str(r["id"]), reverse=True)
     human = table([[r["id"], r["kind"] or "-",
                     ",".join([*r["databases"], *(f"volume:{v}" for v in r["volumes"])]) or "-",
-                    human_size(r["bytes"]), r["label"] or "",
-                    _verified(r["verified"]),
+                    human_size(r["bytes"]) if r["bytes"] is not None else "-", r["label"] or "",
+                    _verified(r["verified"]), _where(r),
                     "usable" if r["usable"] else f"UNUSABLE: {r['problem']}"] for r in rows],
-                  ["ID", "KIND", "DATABASES", "SIZE", "LABEL", "VERIFIED", "STATE"]) \
+                  ["ID", "KIND", "DATABASES", "SIZE", "LABEL", "VERIFIED", "WHERE", "STATE"]) \
         if rows else ["no backup sets"]
     emit(ctx.env, "backups list", {"backups": rows}, human)
+
+
+def _where(row: dict[str, Any]) -> str:
+    """local, and each repository's copy: checked when, or PENDING."""
+    where = ["local"] if row["local"] else []
+    for name, copy in sorted(row["copies"].items()):
+        if copy["status"] == "copied":
+            where.append(f"{name} (checked {str(copy['verified_at'])[:16]})")
+        elif row["local"]:
+            where.append(f"{name} PENDING" + (f" ({copy['error']})" if copy["error"] else ""))
+    return ", ".join(where) or "-"
 
 
 def _verified(last: dict[str, Any] | None) -> str:
@@ -129,7 +151,12 @@ def _verified(last: dict[str, Any] | None) -> str:
                    "counts with the manifest.")
 def backups_verify(ctx: Ctx, set_id: str, restore_test: bool) -> int:
     """Re-read every artifact: checksum, decompression, format and counts."""
-    info = sets.get_set(ctx.config.backup_dir, set_id)
+    with offsite.readable_set(ctx.env, ctx.config, ctx.store, set_id) as info:
+        return _verify(ctx, info, restore_test)
+
+
+def _verify(ctx: Ctx, info: sets.SetInfo, restore_test: bool) -> int:
+    set_id = info.id
     report = verify_set(ctx.env, info)
     ctx.store.record_verification(set_id, ok=report.ok, kind="checksum",
                                   detail=None if report.ok else "; ".join(
@@ -172,3 +199,21 @@ def backups_prune(ctx: Ctx, dry_run: bool) -> None:
     emit(ctx.env, "backups prune", {"dry_run": dry_run, "removed": result.removed,
                                     "removed_partial_sets": result.partial_sets,
                                     "kept": result.kept}, human)
+
+
+@command("copy", backups_group)
+@click.argument("set_ids", nargs=-1, shell_complete=complete("backup"))
+@click.option("--to", "repositories", multiple=True,
+              help="Only this repository ([repositories.<name>]); repeatable.")
+def backups_copy(ctx: Ctx, set_ids: tuple[str, ...], repositories: tuple[str, ...]) -> int:
+    """Copy sets to the configured repositories now: the named ones and every copy still
+    pending (a checkpoint or backup does this by itself after publishing). Each copy is
+    checked (restic check, the manifest read back, every artifact's size)."""
+    report = offsite.copy_now(ctx.env, ctx.config, ctx.store, list(set_ids),
+                              list(repositories) or None)
+    if report.errors:  # one document on stdout: the error's
+        raise next(iter(report.errors.values()))
+    human = [f"{name}: copied {', '.join(done) or 'nothing'}"
+             for name, done in report.copied.items()]
+    emit(ctx.env, "backups copy", report.to_json(), human or ["nothing to copy"])
+    return ExitCode.OK
