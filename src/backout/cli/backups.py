@@ -187,18 +187,28 @@ def _verify(ctx: Ctx, info: sets.SetInfo, restore_test: bool) -> int:
 
 @command("prune", backups_group)
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
-def backups_prune(ctx: Ctx, dry_run: bool) -> None:
-    """Apply retention ([backups] keep_last, keep_daily). Never removes the newest set or
-    one referenced by the current or previous release."""
+def backups_prune(ctx: Ctx, dry_run: bool) -> int:
+    """Apply retention ([backups] keep_last, keep_daily, keep_hourly, keep_weekly,
+    keep_monthly, keep_yearly) to the local sets and to each repository's copies. Never
+    removes the newest set or one referenced by the current or previous release."""
     result = prune_backups(ctx.env, ctx.config, ctx.store, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     human = [f"{verb}: {', '.join(result.removed) or 'nothing'}"]
+    human += [f"{verb} from repository {name}: {', '.join(ids) or 'nothing'}"
+              for name, ids in result.repositories.items()]
+    human += [f"repository {name} left alone: {exc.one_line()}"
+              for name, exc in result.repository_errors.items()]
     if result.partial_sets:
         human.append(f"{verb} partial sets of interrupted runs: {', '.join(result.partial_sets)}")
     human += [f"  keep {k}: {why}" for k, why in result.kept.items()]
     emit(ctx.env, "backups prune", {"dry_run": dry_run, "removed": result.removed,
                                     "removed_partial_sets": result.partial_sets,
-                                    "kept": result.kept}, human)
+                                    "kept": result.kept, "repositories": result.repositories,
+                                    "repository_errors": {
+                                        k: v.to_json()
+                                        for k, v in result.repository_errors.items()}}, human)
+    # A repository that could not be pruned is a warning: the local prune was done.
+    return ExitCode.WARNINGS if result.repository_errors else ExitCode.OK
 
 
 @command("copy", backups_group)
