@@ -22,7 +22,7 @@ def available() -> str | None:
     """Why an SFTP host cannot be made here (None: it can)."""
     if os.geteuid() != 0:
         return "needs root (network namespaces)"
-    for tool in ("ip", "ssh", "ssh-keygen", "/usr/sbin/sshd", "restic"):
+    for tool in ("ip", "tc", "ssh", "ssh-keygen", "/usr/sbin/sshd", "restic"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (scripts/ensure-docker.sh installs it)"
     return None
@@ -90,6 +90,16 @@ class SftpHost:
 
     def url(self, name: str) -> str:
         return f"sftp:{self.alias}:{self.root / name}"
+
+    def throttle(self, rate: str) -> None:
+        """Uploads to the host at ``rate`` (tc rate, e.g. "20mbit"): slow enough to be
+        caught mid-upload."""
+        _run("tc", "qdisc", "replace", "dev", self.veth_host, "root", "tbf", "rate", rate,
+             "burst", "64kbit", "latency", "400ms")
+
+    def unthrottle(self) -> None:
+        subprocess.run(["tc", "qdisc", "del", "dev", self.veth_host, "root"],
+                       capture_output=True, check=False)
 
     def drop_link(self) -> None:
         _run("ip", "link", "set", self.veth_host, "down")

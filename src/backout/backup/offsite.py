@@ -30,7 +30,7 @@ from backout.state import Store
 from backout.storage import sets
 from backout.storage.pipeline import IntegrityError
 from backout.storage.repositories import open_repository
-from backout.storage.repositories.base import RepositoryError
+from backout.storage.repositories.base import Repository, RepositoryError
 
 COMPLETED_AT = "%Y-%m-%dT%H:%M:%SZ"  # the manifest's completed_at
 COPY = "copy"
@@ -65,19 +65,23 @@ def _completed_at(manifest: dict[str, Any] | None) -> str | None:
 
 
 def copy_sets(env: Environment, config: Config, store: Store, set_ids: list[str],
-              repositories: list[str] | None = None) -> CopyReport:
+              repositories: list[str] | None = None, *, backfill: bool = False) -> CopyReport:
     """Copy ``set_ids`` and every pending copy to each repository (all configured when
-    None). One repository's failure stops its remaining copies (they stay pending) and
-    never the other repositories'."""
+    None); ``backfill``: also every local set never copied there (a repository added
+    to a project that has sets). One repository's failure stops its remaining copies
+    (they stay pending) and never the other repositories'."""
     names = [n for n in (repositories if repositories is not None else config.repositories)
              if n in config.repositories]
     failed = {s for s, v in store.last_verifications().items() if not v["ok"]}
     copied: dict[str, list[str]] = {}
     pending: dict[str, list[str]] = {}
     errors: dict[str, BackoutError] = {}
+    recorded = store.set_copies(include_forgotten=True)
     for name in names:
         todo: list[sets.SetInfo] = []
-        for set_id in dict.fromkeys([*set_ids, *store.pending_copies(name)]):
+        never = [i.id for i in sets.list_sets(config.backup_dir)
+                 if backfill and name not in recorded.get(i.id, {})]
+        for set_id in dict.fromkeys([*set_ids, *store.pending_copies(name), *reversed(never)]):
             try:
                 info = sets.get_set(config.backup_dir, set_id)
             except NotFoundError:
@@ -103,7 +107,27 @@ def copy_sets(env: Environment, config: Config, store: Store, set_ids: list[str]
                             completed_at=_completed_at(info.manifest))
             env.log_external(f"copied set {info.id} to repository {name} ({snapshot}): {detail}")
             copied[name].append(info.id)
+        if copied[name]:
+            _check_repository(env, store, repo, todo, copied, pending, errors)
     return CopyReport(copied, pending, errors)
+
+
+def _check_repository(env: Environment, store: Store, repo: Repository,
+                      todo: list[sets.SetInfo], copied: dict[str, list[str]],
+                      pending: dict[str, list[str]], errors: dict[str, BackoutError]) -> None:
+    """The repository's own check, once after this run's copies: until it passes, they
+    do not count (pending again)."""
+    try:
+        env.log_external(f"repository {repo.name}: {repo.check_repository()}")
+    except RepositoryError as exc:
+        for info in todo:
+            if info.id in copied[repo.name]:
+                store.copy_pending(info.id, repo.name, _completed_at(info.manifest),
+                                   error=exc.message)
+        pending[repo.name] = [*copied[repo.name], *pending[repo.name]]
+        copied[repo.name] = []
+        errors.setdefault(repo.name, exc)
+        env.warn(f"{exc.one_line()}; the copies to {repo.name} are pending")
 
 
 def _completed(manifest: dict[str, Any] | None) -> datetime:
@@ -132,7 +156,7 @@ def copy_now(env: Environment, config: Config, store: Store, set_ids: list[str],
     for set_id in set_ids:
         sets.get_set(config.backup_dir, set_id)  # NotFoundError names it
     with guard(env, store, config.state_dir, "backups copy", unfinished=Unfinished.ALLOW):
-        report = copy_sets(env, config, store, set_ids, repositories)
+        report = copy_sets(env, config, store, set_ids, repositories, backfill=not set_ids)
         store.record_event("backups.copy", target=", ".join(report.copied) or None,
                            detail=report.to_json())
     return report

@@ -216,9 +216,10 @@ def backups_prune(ctx: Ctx, dry_run: bool) -> int:
 @click.option("--to", "repositories", multiple=True,
               help="Only this repository ([repositories.<name>]); repeatable.")
 def backups_copy(ctx: Ctx, set_ids: tuple[str, ...], repositories: tuple[str, ...]) -> int:
-    """Copy sets to the configured repositories now: the named ones and every copy still
-    pending (a checkpoint or backup does this by itself after publishing). Each copy is
-    checked (restic check, the manifest read back, every artifact's size)."""
+    """Copy sets to the configured repositories now: the named ones, or (none named) every
+    local set never copied there; and every copy still pending (a checkpoint or backup
+    copies its own set by itself after publishing). Each copy is checked (restic check,
+    the manifest read back, every artifact's size)."""
     report = offsite.copy_now(ctx.env, ctx.config, ctx.store, list(set_ids),
                               list(repositories) or None)
     if report.errors:  # one document on stdout: the error's

@@ -382,11 +382,13 @@ class Store:
         self.db.execute("UPDATE set_copies SET status = 'forgotten' WHERE set_id = ? AND"
                         " repository = ?", (set_id, repository))
 
-    def set_copies(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """set id -> repository -> its copy {status, snapshot, copied_at, verified_at, ...}."""
+    def set_copies(self, *, include_forgotten: bool = False
+                   ) -> dict[str, dict[str, dict[str, Any]]]:
+        """set id -> repository -> its copy {status, snapshot, copied_at, verified_at, ...}
+        (copies retention removed only with ``include_forgotten``)."""
         out: dict[str, dict[str, dict[str, Any]]] = {}
-        for row in self.db.execute("SELECT * FROM set_copies WHERE status != 'forgotten'"
-                                   " ORDER BY set_id, repository"):
+        for row in self.db.execute("SELECT * FROM set_copies WHERE status != 'forgotten' OR ?"
+                                   " ORDER BY set_id, repository", (int(include_forgotten),)):
             item = _row(row)
             out.setdefault(item.pop("set_id"), {})[item.pop("repository")] = item
         return out

@@ -38,9 +38,12 @@ class Repository(Protocol):
 
     def check(self, snapshot: str, set_id: str, manifest: bytes,
               sizes: dict[str, int]) -> str:
-        """Prove the copy whole: the repository's own check, the manifest read back
-        byte for byte, every artifact present with its size. Raises on a problem;
-        returns what was checked, in words."""
+        """Prove one copy whole: the manifest read back byte for byte, every artifact
+        present with its size. Raises on a problem; returns what was checked, in words."""
+        ...
+
+    def check_repository(self) -> str:
+        """The repository's own consistency check (after a run's copies)."""
         ...
 
     def read_file(self, snapshot: str, set_id: str, name: str) -> bytes:

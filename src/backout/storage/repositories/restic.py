@@ -62,12 +62,13 @@ _FAULTS: tuple[tuple[tuple[str, ...], type[RepositoryError], str], ...] = (
 
 def classify(what: str, stderr: str) -> RepositoryError:
     """The error a failed restic run means, from its output (one line, redacted)."""
-    lower = stderr.lower()
-    line = proc.last_line(stderr)
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for needles, cls, fix in _FAULTS:
-        if any(n in lower for n in needles):
-            return cls(f"{what}: {line}", fix=fix)
-    return RepositoryError(f"{what}: {line}", fix="see `backout --debug` and restic's message")
+        for line in lines:  # the line that says it, not restic's closing advice
+            if any(n in line.lower() for n in needles):
+                return cls(f"{what}: {line.removeprefix('Fatal: ')}", fix=fix)
+    return RepositoryError(f"{what}: {proc.last_line(stderr)}",
+                           fix="see `backout --debug` and restic's message")
 
 
 class ResticRepository:
@@ -76,6 +77,7 @@ class ResticRepository:
         self.repo = repo
         self.name = repo.name
         self._password = password
+        self._opened = False
 
     def location(self) -> str:
         return self.repo.url
@@ -108,7 +110,7 @@ class ResticRepository:
         return env
 
     def _run(self, what: str, *args: str, cwd: Path | None = None,
-             timeout: float | None = None) -> proc.Result:
+             timeout: float | None = None, stale_removed: bool = False) -> proc.Result:
         try:
             result = proc.run(self.env, self._argv(*args), cwd=str(cwd) if cwd else None,
                               secret_env=self._secret_env(), check=False,
@@ -121,7 +123,14 @@ class ResticRepository:
             cls = RepositoryError if "not installed" in exc.message else RepositoryUnreachableError
             raise cls(f"repository {self.name}: {what}: {exc.message}", fix=fix) from exc
         if not result.ok:
-            raise classify(f"repository {self.name}: {what}", self.env.redact(result.stderr))
+            error = classify(f"repository {self.name}: {what}", self.env.redact(result.stderr))
+            if isinstance(error, RepositoryLockedError) and not stale_removed:
+                # ``restic unlock`` removes only stale locks (a restic of this host that
+                # died, e.g. when the link dropped mid-upload, or one older than 30
+                # minutes); a live process's lock stays, and the one retry fails again.
+                self._run("removal of stale locks", "unlock", stale_removed=True)
+                return self._run(what, *args, cwd=cwd, timeout=timeout, stale_removed=True)
+            raise error
         return result
 
     def _json_lines(self, text: str) -> list[dict[str, Any]]:
@@ -136,10 +145,13 @@ class ResticRepository:
         return out
 
     def _ensure_initialised(self) -> None:
+        if self._opened:
+            return
         try:
             self._run("open", "cat", "config", timeout=min(120, self.repo.timeout_seconds))
         except RepositoryMissingError:
             self._run("initialise", "init", "--repository-version", "2")
+        self._opened = True
 
     # -- the Repository protocol ---------------------------------------------
     def put(self, set_dir: Path, completed_at: datetime) -> str:
@@ -157,7 +169,6 @@ class ResticRepository:
 
     def check(self, snapshot: str, set_id: str, manifest: bytes,
               sizes: dict[str, int]) -> str:
-        self._run("check", "check")
         back = self.read_file(snapshot, set_id, "manifest.json")
         if back != manifest:
             raise RepositoryError(f"repository {self.name}: the copy of set {set_id} has a "
@@ -175,8 +186,12 @@ class ResticRepository:
                     + (f"no {name}" if name not in found else
                        f"{name} of {found[name]} bytes, the manifest says {size}"),
                     fix="copy it again: `backout backups copy`")
-        return (f"restic check ok; manifest read back identical; {len(sizes)} artifact(s) "
-                "present with the manifest's sizes")
+        return (f"manifest read back identical; {len(sizes)} artifact(s) present with the "
+                "manifest's sizes")
+
+    def check_repository(self) -> str:
+        self._run("check", "check")
+        return "restic check: no errors"
 
     def read_file(self, snapshot: str, set_id: str, name: str) -> bytes:
         result = self._run(f"read-back of {set_id}/{name}", "dump", snapshot, f"/{set_id}/{name}")
