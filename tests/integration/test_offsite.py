@@ -393,7 +393,7 @@ def copied_checkpoint(offsite_rig: Rig) -> dict[str, Any]:
     rig.baseline()
     before = data_snapshot(rig.stack)
     cp = rig.checkpoint("test_offsite: still data")
-    copy = next(s for s in cp["steps"] if s["key"] == "copy")
+    copy = next(s for s in cp["steps"] if s["name"] == "copy to offsite, nas")
     assert copy["status"] == "done", copy
     rows = {r["id"]: r for r in rig.json("backups", "list")["backups"]}
     assert {n: c["status"] for n, c in rows[cp["set_id"]]["copies"].items()} == \
