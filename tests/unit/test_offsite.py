@@ -347,3 +347,57 @@ def test_restic_messages_are_classified(stderr: str, cls: type[RepositoryError],
     assert type(error) is cls and int(error.exit_code) == code
     assert "\n" not in error.message and error.message.startswith("repository x: copy: ")
     assert "unlock` command" not in error.message  # the line that says it, not the advice
+
+
+# --------------------------------------------------------------------------- freshness and RPO
+
+
+def test_freshness_is_the_newest_good_set_locally_and_off_site(
+        tmp_path: Path, engine: FakeEngine, repo: type[FakeRepository]) -> None:
+    from backout.backup.freshness import NEVER, freshness
+
+    config = _config(tmp_path, "\n[backups]\nrpo_hours = 2\n")
+    store = Store(config.state_dir)
+    assert freshness(config, store).rpo_ratio == NEVER  # nothing yet: a breach
+    repo.fail_on("offsite", "put", RepositoryUnreachableError("gone"))
+    repo.fail_on("nas", "put", RepositoryUnreachableError("gone"))
+    first, _o, store = _backup(config)
+    fresh = freshness(config, store)
+    assert fresh.last_backup_at is not None and fresh.last_offsite_at is None
+    assert fresh.pending_copies == 2 and fresh.rpo_ratio == NEVER  # nothing off-site yet
+    repo.failures.clear()
+    offsite.copy_sets(Environment(), config, store, [])
+    now = fresh.last_backup_at + timedelta(hours=3)
+    late = freshness(config, store, now=now)
+    assert late.pending_copies == 0 and late.last_offsite_at == late.last_backup_at
+    assert late.rpo_ratio == 1.5 and late.to_json()["rpo_breached"] is True
+    assert freshness(config, store, now=now - timedelta(hours=2)).to_json()["rpo_breached"] is False
+    # a set whose verification failed is not a good backup
+    store.record_verification(first, ok=False, kind="checksum", detail="damaged")
+    assert freshness(config, store).last_backup_at is None
+
+
+def test_the_monitor_reads_the_rpo_signal_and_goes_yellow(
+        tmp_path: Path, engine: FakeEngine, repo: type[FakeRepository]) -> None:
+    from backout.monitor.collect import Collector
+    from backout.policy.rules import DEFAULT_RULES, PolicyState, evaluate
+
+    import json
+
+    config = _config(tmp_path, "\n[backups]\nrpo_hours = 1\n")
+    set_id, _o, store = _backup(config)
+    path = config.backup_dir / set_id / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["completed_at"] = (datetime.now(UTC) - timedelta(hours=3)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    path.write_text(json.dumps(manifest))  # the set is 3 hours old
+    collector = Collector(Environment(), config, FakePlatform(running={"web": "sha256:w"}),
+                          state=store)
+    snapshot, _views = collector.collect(t=1_000.0)
+    assert 2.9 < (snapshot.signals["backup_rpo_ratio"] or 0) < 3.1
+    decision, _state = evaluate(DEFAULT_RULES, snapshot, PolicyState())
+    assert "yellow-backup-rpo" in {f.rule for f in decision.active}
+    assert decision.level.value == "YELLOW"
+    without = Collector(Environment(), _config(tmp_path / "p2"),
+                        FakePlatform(running={"web": "sha256:w"}), state=store)
+    assert "backup_rpo_ratio" not in without.collect(t=1_000.0)[0].signals
