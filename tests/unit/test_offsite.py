@@ -379,10 +379,10 @@ def test_freshness_is_the_newest_good_set_locally_and_off_site(
 
 def test_the_monitor_reads_the_rpo_signal_and_goes_yellow(
         tmp_path: Path, engine: FakeEngine, repo: type[FakeRepository]) -> None:
+    import json
+
     from backout.monitor.collect import Collector
     from backout.policy.rules import DEFAULT_RULES, PolicyState, evaluate
-
-    import json
 
     config = _config(tmp_path, "\n[backups]\nrpo_hours = 1\n")
     set_id, _o, store = _backup(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import click
@@ -10,6 +11,7 @@ from backout.backup import offsite
 from backout.backup.operation import PUBLISH, RECORD_CHECKPOINT, plan_backup
 from backout.backup.prune import prune_backups
 from backout.backup.restore_test import restore_test as run_restore_test
+from backout.backup.schedule import report_failure, run_schedule
 from backout.backup.verify import verify_set
 from backout.cli.common import (
     Ctx,
@@ -23,9 +25,12 @@ from backout.cli.common import (
     human_size,
     run_plan,
     step_reports,
+    stop_on_signals,
     table,
 )
+from backout.errors import BackoutError, InterruptedOperation, UsageError
 from backout.operations.executor import Executor
+from backout.policy import calendar
 from backout.storage import sets
 
 
@@ -228,3 +233,53 @@ def backups_copy(ctx: Ctx, set_ids: tuple[str, ...], repositories: tuple[str, ..
              for name, done in report.copied.items()]
     emit(ctx.env, "backups copy", report.to_json(), human or ["nothing to copy"])
     return ExitCode.OK
+
+
+@command("schedule")
+@click.option("--on", "spec", required=True, metavar="CALENDAR",
+              help="When (UTC): hourly, daily, weekly, monthly, HH:MM, 'Mon..Fri 02:30', "
+                   "'*:0/15', or 'every 6h'.")
+@click.option("--quiesce", is_flag=True, help="Stop writers while dumping (see checkpoint).")
+@click.option("--prune", "then_prune", is_flag=True,
+              help="Apply retention (locally and in each repository) after each checkpoint.")
+@click.option("--now", "run_now", is_flag=True, help="Also take one checkpoint at start.")
+@click.option("--runs", type=click.IntRange(min=1), hidden=True,
+              help="Stop after this many checkpoints (tests).")
+def schedule_cmd(ctx: Ctx, spec: str, quiesce: bool, then_prune: bool, run_now: bool,
+                 runs: int | None) -> int:
+    """Take checkpoints on a calendar, in the foreground (for a systemd or compose
+    service; see contrib/systemd). Each is copied to the repositories; a failed
+    checkpoint or copy is notified ([monitor.notify]) and the next run goes on. SIGTERM
+    or SIGINT between runs stop it (exit 0); during a checkpoint, as for `checkpoint`."""
+    try:
+        cal = calendar.parse(spec)
+    except calendar.CalendarError as exc:
+        raise UsageError(f"--on: {exc}", fix="e.g. --on daily, --on '*:0/15', "
+                                             "--on 'Mon..Fri 02:30', --on 'every 6h'") from None
+    names = [*ctx.config.databases, *ctx.config.volumes]
+    failures = 0
+
+    def job() -> None:
+        nonlocal failures
+        try:
+            _backup(ctx, names, quiesce, True, "scheduled", False)
+            if then_prune:
+                pruned = prune_backups(ctx.env, ctx.config, ctx.store, dry_run=False)
+                for name, exc in pruned.repository_errors.items():
+                    failures += 1
+                    report_failure(ctx.env, ctx.config, ctx.store, f"prune of {name}", exc)
+        except InterruptedOperation:
+            raise
+        except BackoutError as exc:
+            failures += 1
+            report_failure(ctx.env, ctx.config, ctx.store, "checkpoint", exc)
+
+    def announce(at: datetime) -> None:
+        ctx.env.warn(f"next checkpoint at {at.strftime('%Y-%m-%d %H:%M:%S')} UTC ({spec})")
+
+    with stop_on_signals() as (stop, received):
+        done = run_schedule(cal, job, stop=stop, announce=announce, runs=runs,
+                            run_now=run_now)
+    if received:
+        ctx.env.warn(f"schedule stopped by {received[0]} after {done} checkpoint(s)")
+    return ExitCode.WARNINGS if failures else ExitCode.OK
