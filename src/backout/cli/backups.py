@@ -236,21 +236,29 @@ def backups_copy(ctx: Ctx, set_ids: tuple[str, ...], repositories: tuple[str, ..
 
 
 @command("schedule")
-@click.option("--on", "spec", required=True, metavar="CALENDAR",
+@click.option("--on", "spec", metavar="CALENDAR",
               help="When (UTC): hourly, daily, weekly, monthly, HH:MM, 'Mon..Fri 02:30', "
                    "'*:0/15', or 'every 6h'.")
+@click.option("--once", is_flag=True,
+              help="One checkpoint now, then exit (a systemd timer's service): failures are "
+                   "notified as the schedule's are.")
 @click.option("--quiesce", is_flag=True, help="Stop writers while dumping (see checkpoint).")
 @click.option("--prune", "then_prune", is_flag=True,
               help="Apply retention (locally and in each repository) after each checkpoint.")
 @click.option("--now", "run_now", is_flag=True, help="Also take one checkpoint at start.")
 @click.option("--runs", type=click.IntRange(min=1), hidden=True,
               help="Stop after this many checkpoints (tests).")
-def schedule_cmd(ctx: Ctx, spec: str, quiesce: bool, then_prune: bool, run_now: bool,
-                 runs: int | None) -> int:
+def schedule_cmd(ctx: Ctx, spec: str | None, once: bool, quiesce: bool, then_prune: bool,
+                 run_now: bool, runs: int | None) -> int:
     """Take checkpoints on a calendar, in the foreground (for a systemd or compose
     service; see contrib/systemd). Each is copied to the repositories; a failed
     checkpoint or copy is notified ([monitor.notify]) and the next run goes on. SIGTERM
     or SIGINT between runs stop it (exit 0); during a checkpoint, as for `checkpoint`."""
+    if once:
+        spec, run_now, runs = spec or "daily", True, 1
+    if spec is None:
+        raise UsageError("schedule needs --on CALENDAR (or --once)",
+                         fix="e.g. backout schedule --on daily")
     try:
         cal = calendar.parse(spec)
     except calendar.CalendarError as exc:
@@ -258,6 +266,7 @@ def schedule_cmd(ctx: Ctx, spec: str, quiesce: bool, then_prune: bool, run_now: 
                                              "--on 'Mon..Fri 02:30', --on 'every 6h'") from None
     names = [*ctx.config.databases, *ctx.config.volumes]
     failures = 0
+    errors: list[BackoutError] = []
 
     def job() -> None:
         nonlocal failures
@@ -272,6 +281,7 @@ def schedule_cmd(ctx: Ctx, spec: str, quiesce: bool, then_prune: bool, run_now: 
             raise
         except BackoutError as exc:
             failures += 1
+            errors.append(exc)
             report_failure(ctx.env, ctx.config, ctx.store, "checkpoint", exc)
 
     def announce(at: datetime) -> None:
@@ -282,4 +292,6 @@ def schedule_cmd(ctx: Ctx, spec: str, quiesce: bool, then_prune: bool, run_now: 
                             run_now=run_now)
     if received:
         ctx.env.warn(f"schedule stopped by {received[0]} after {done} checkpoint(s)")
+    if once and errors:
+        raise errors[0]  # its exit code: the timer's service fails with it
     return ExitCode.WARNINGS if failures else ExitCode.OK
