@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
@@ -103,7 +104,7 @@ class Project:
         (path / "repo-password").chmod(0o600)
         self.write_config()
 
-    def write_config(self, *, keep_daily: int = 0, timeout: int = 120) -> None:
+    def write_config(self, *, keep_daily: int = 0, timeout: int = 120, extra: str = "") -> None:
         (self.path / "backout.toml").write_text(
             '[project]\nenv_file = ""\nname = "bo17-offsite"\n\n'
             f"[backups]\nkeep_last = 1\nkeep_daily = {keep_daily}\n\n"
@@ -114,7 +115,7 @@ class Project:
             f"timeout_seconds = {timeout}\n\n"
             "[repositories.nas]\n"
             f'url = "{self.local_repo}"\n'
-            'password_file = "repo-password"\n')
+            'password_file = "repo-password"\n' + extra)
 
     def env(self, **extra: str) -> dict[str, str]:
         return clean_env(**{PASSWORD_VAR: self.password, **extra})
@@ -232,6 +233,7 @@ def _wait_for_process(*needles: str, timeout: float = 60) -> int:
     raise AssertionError(f"no process with {needles} appeared")
 
 
+@pytest.mark.soak  # heavy: run before reporting (pytest -m soak)
 def test_link_dropped_mid_upload_fails_cleanly_then_the_next_run_copies(
         project: Project, sftp: SftpHost) -> None:
     project.write_config(timeout=90)
@@ -325,6 +327,7 @@ def test_locked_repository_fails_cleanly_then_the_next_run_copies(project: Proje
 # --------------------------------------------------------------------------- retention
 
 
+@pytest.mark.soak  # heavy: run before reporting (pytest -m soak)
 def test_retention_applies_the_local_policy_to_each_repository(project: Project) -> None:
     now = datetime.now(UTC)
     ids = [f"{(now - timedelta(days=d)).strftime('%Y%m%dT%H%M%SZ')}-{d:04d}" for d in range(4)]
@@ -342,6 +345,35 @@ def test_retention_applies_the_local_policy_to_each_repository(project: Project)
     assert sorted(done["repositories"]["nas"]) == sorted(ids[2:])
     assert project.snapshots("nas") == sorted(ids[:2]) == project.snapshots("offsite")
     assert set(project.listed()) == set(ids[:2])
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def test_schedule_notifies_a_failed_run_and_stops_cleanly_on_sigterm(project: Project) -> None:
+    import sys
+
+    events = project.path / "events.jsonl"
+    hook = project.path / "hook.py"
+    hook.write_text(f"import sys\nopen({str(events)!r}, 'a').write(sys.stdin.read() + '\\n')\n")
+    project.write_config(extra=f'\n[monitor.notify]\ncommand = "{sys.executable} {hook}"\n')
+    # This project has nothing to back up: the run fails, is notified, exits with its code.
+    once = project.run("schedule", "--once", "--json")
+    assert_one_line_error(once, 2, "usage", "nothing configured to back up")
+    event = json.loads(events.read_text().splitlines()[0])
+    assert event["kind"] == "scheduled_backup_failed" and event["exit_code"] == 2
+    assert "scheduled checkpoint failed" in once.stderr
+
+    looping = subprocess.Popen([*_backout_argv(), "schedule", "--on", "daily"], cwd=project.path,
+                               env=project.env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert looping.stderr is not None
+    first = looping.stderr.readline()
+    assert "next checkpoint at" in first and "00:00:00 UTC (daily)" in first, first
+    looping.send_signal(signal.SIGTERM)
+    _out, err = looping.communicate(timeout=30)
+    assert looping.returncode == 0, err
+    assert "schedule stopped by SIGTERM after 0 checkpoint(s)" in err
 
 
 # --------------------------------------------------------------------------- the real stack
@@ -406,7 +438,9 @@ def _delete_local(rig: Rig, set_id: str) -> None:
     assert not (rig.project / ".backout" / "backups" / set_id).exists()
 
 
-@pytest.mark.parametrize("database", ["mysql", "redis", "mongodb"])
+@pytest.mark.parametrize("database", [
+    "mysql",  # in the default run; the other two engines under -m soak (about a minute each)
+    pytest.param("redis", marks=pytest.mark.soak), pytest.param("mongodb", marks=pytest.mark.soak)])
 def test_rollback_db_restores_exactly_from_the_repository_after_the_local_set_is_deleted(
         offsite_rig: Rig, copied_checkpoint: dict[str, Any], database: str) -> None:
     rig, set_id = offsite_rig, copied_checkpoint["set_id"]
@@ -424,6 +458,7 @@ def test_rollback_db_restores_exactly_from_the_repository_after_the_local_set_is
     assert (rig.project / ".backout" / "backups" / set_id / "manifest.json").is_file()
 
 
+@pytest.mark.soak  # heavy: run before reporting (pytest -m soak)
 def test_verify_restore_test_and_emergency_with_data_from_the_repository(
         offsite_rig: Rig, copied_checkpoint: dict[str, Any]) -> None:
     rig, set_id = offsite_rig, copied_checkpoint["set_id"]
