@@ -251,7 +251,18 @@ def test_prune_applies_the_same_policy_to_each_repository_and_protects_releases(
     from backout.backup.prune import prune_backups
 
     config = _config(tmp_path, "\n[backups]\nkeep_last = 1\nkeep_daily = 0\n")
+    import json
+
     ids = [_backup(config)[0] for _ in range(3)]
+    # one second can hold all three: give them distinct times, oldest first
+    for age, set_id in zip((3, 2, 1), ids, strict=True):
+        when = datetime.now(UTC) - timedelta(hours=age)
+        path = config.backup_dir / set_id / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["completed_at"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        path.write_text(json.dumps(manifest))
+        for name in ("offsite", "nas"):
+            (repo.root / name / set_id / ".completed").write_text(when.isoformat())
     store = Store(config.state_dir)
     rid = store.add_release(git_commit="abc", git_dirty=False, diff_path=None,
                             compose_config={}, services={}, status="deployed")
