@@ -424,7 +424,24 @@ def copied_checkpoint(offsite_rig: Rig) -> dict[str, Any]:
     rig.set_write_interval("0")
     rig.baseline()
     before = data_snapshot(rig.stack)
-    cp = rig.checkpoint("test_offsite: still data")
+    password = rig.password  # type: ignore[attr-defined]
+    # the checkpoint tests' sentinel check, extended to the repository password: it is in
+    # no argv (watched while restic runs), no output of a --verbose run, no manifest
+    watcher = CmdlineWatcher([password.encode()], (b"restic", b"mariadb-dump"))
+    watcher.start()
+    try:
+        run = rig.run("checkpoint", "--label", "test_offsite: still data", "--json",
+                      "--verbose")
+    finally:
+        watcher.stop.set()
+        watcher.join(timeout=10)
+    cp = ok_json(run)
+    assert watcher.hits == [] and {b"restic", b"mariadb-dump"} <= watcher.seen
+    assert "restic" in run.stderr  # --verbose logged the restic calls
+    manifest_text = (rig.project / ".backout" / "backups" / cp["set_id"] / "manifest.json"
+                     ).read_text()
+    for text in (run.stdout, run.stderr, manifest_text):
+        assert password not in text
     copy = next(s for s in cp["steps"] if s["name"] == "copy to offsite, nas")
     assert copy["status"] == "done", copy
     rows = {r["id"]: r for r in rig.json("backups", "list")["backups"]}
@@ -456,6 +473,31 @@ def test_rollback_db_restores_exactly_from_the_repository_after_the_local_set_is
     assert snap(rig.stack) == copied_checkpoint["data"][database]
     # fetched back and published: the set is local again, whole
     assert (rig.project / ".backout" / "backups" / set_id / "manifest.json").is_file()
+
+
+@pytest.mark.soak  # heavy: run before reporting (pytest -m soak)
+def test_a_checkpoint_whose_copy_fails_is_published_and_the_next_run_copies_it(
+        offsite_rig: Rig) -> None:
+    rig = offsite_rig
+    right = rig.stack.env[PASSWORD_VAR]
+    rig.stack.env[PASSWORD_VAR] = "not-the-password"
+    rig.stack._write_env()
+    try:
+        failed = rig.run("checkpoint", "--label", "test_offsite: wrong password", "--json")
+    finally:
+        rig.stack.env[PASSWORD_VAR] = right
+        rig.stack._write_env()
+    assert_one_line_error(failed, 2, "repository_password", "published and usable locally",
+                          "offsite")
+    rows = {r["id"]: r for r in rig.json("backups", "list")["backups"]}
+    newest = max(rows)
+    assert rows[newest]["usable"] is True and rows[newest]["kind"] == "checkpoint"
+    assert rows[newest]["copies"]["offsite"]["status"] == "pending"
+    assert rows[newest]["copies"]["nas"]["status"] == "copied"  # the other one got it
+    assert rig.json("status")["backups"]["pending_copies"] >= 1
+    retried = rig.json("backups", "copy")
+    assert newest in retried["copied"]["offsite"]
+    assert rig.json("status")["backups"]["pending_copies"] == 0
 
 
 @pytest.mark.soak  # heavy: run before reporting (pytest -m soak)

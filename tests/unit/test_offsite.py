@@ -412,3 +412,38 @@ def test_the_monitor_reads_the_rpo_signal_and_goes_yellow(
     without = Collector(Environment(), _config(tmp_path / "p2"),
                         FakePlatform(running={"web": "sha256:w"}), state=store)
     assert "backup_rpo_ratio" not in without.collect(t=1_000.0)[0].signals
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+def test_doctor_opens_each_repository_and_names_pending_copies(
+        tmp_path: Path, engine: FakeEngine, repo: type[FakeRepository]) -> None:
+    from types import SimpleNamespace
+
+    from backout.setup.doctor import Sources, run_doctor
+
+    config = _config(tmp_path)
+    repo.fail_on("nas", "put", RepositoryFullError("repository nas: no space left on device"))
+    _set_id, _o, store = _backup(config)
+
+    def sets_of(name: str) -> int:
+        if name == "offsite":
+            raise RepositoryPasswordError("wrong password or no key found",
+                                          fix="check BACKOUT_REPO_PASSWORD")
+        return 1
+
+    sources = Sources(engine_version=lambda: "24.0.7", compose_version=lambda: "2.40.3",
+                      git_repository=lambda _p: True, which=lambda tool: f"/usr/bin/{tool}",
+                      disk_free=lambda _p: SimpleNamespace(free=50 * 2**30),
+                      database_version=lambda db: "10.11.6-MariaDB",
+                      image_present=lambda _i: True, repository_sets=sets_of)
+    checks = {c.name: c for c in run_doctor(Environment(), config, None, store, sources).checks}
+    assert checks["restic"].ok
+    assert not checks["repository offsite"].ok
+    assert "wrong password" in checks["repository offsite"].detail
+    assert checks["repository offsite"].fix == "check BACKOUT_REPO_PASSWORD"
+    assert not checks["repository nas"].ok and "1 copy(ies) PENDING" in checks["repository nas"].detail
+    no_restic = Sources(**{**sources.__dict__, "which": lambda tool: None})
+    checks = {c.name: c for c in run_doctor(Environment(), config, None, store, no_restic).checks}
+    assert not checks["restic"].ok and "repository offsite" not in checks
