@@ -447,3 +447,43 @@ def test_doctor_opens_each_repository_and_names_pending_copies(
     no_restic = Sources(**{**sources.__dict__, "which": lambda tool: None})
     checks = {c.name: c for c in run_doctor(Environment(), config, None, store, no_restic).checks}
     assert not checks["restic"].ok and "repository offsite" not in checks
+
+
+# --------------------------------------------------------------------------- kind = "directory"
+
+
+def test_a_directory_repository_copies_checks_fetches_and_forgets(
+        tmp_path: Path, engine: FakeEngine) -> None:
+    """The plain-directory kind, for real (it is only files): copy, re-read check,
+    fetch back, list, forget; a damaged copy fails its check."""
+    import shutil
+
+    from backout.storage.repositories import open_repository
+
+    target = tmp_path / "mounted-disk" / "backout"
+    (tmp_path / "mounted-disk").mkdir()
+    text = CONFIG.split("[repositories")[0] + (
+        f'[repositories.disk]\nkind = "directory"\nurl = "{target}"\npassword_env = "X"\n')
+    config = parse_document("backout.toml", text, tmp_path)
+    object.__setattr__(config, "secrets", {"repository:disk": "unused"})
+    set_id, outcome, store = _backup(config)
+    assert outcome.status == "succeeded", outcome
+    assert _copies(store, set_id) == {"disk": "copied"}
+    assert (target / set_id / "manifest.json").read_bytes() == \
+        (config.backup_dir / set_id / "manifest.json").read_bytes()
+    repo = open_repository(Environment(), config, "disk")
+    assert [r.set_id for r in repo.sets()] == [set_id]
+    fetched = repo.fetch(set_id, set_id, tmp_path / "fetched")
+    assert (fetched / "app.fake").read_bytes() == (config.backup_dir / set_id / "app.fake").read_bytes()
+    held = target / set_id / "app.fake"
+    data = bytearray(held.read_bytes())
+    data[0] ^= 0xFF
+    held.write_bytes(bytes(data))
+    manifest = (config.backup_dir / set_id / "manifest.json").read_bytes()
+    with pytest.raises(RepositoryError, match="does not match the manifest's sha256"):
+        repo.check(set_id, set_id, manifest, {"app.fake": len(data)})
+    repo.forget([set_id])
+    assert repo.sets() == []
+    shutil.rmtree(tmp_path / "mounted-disk")  # not mounted any more
+    with pytest.raises(RepositoryUnreachableError, match="not mounted"):
+        repo.sets()
