@@ -29,6 +29,8 @@ done
 
 # Debian's hook that says whether a package may start its service (101: it may not).
 POLICY_RC_D="${BACKOUT_POLICY_RC_D:-/usr/sbin/policy-rc.d}"
+# Debian's OpenSSH server (not on PATH for a normal user): the tests' SFTP host.
+SSHD="${BACKOUT_SSHD:-/usr/sbin/sshd}"
 
 log() { printf '[ensure-docker] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -61,6 +63,10 @@ if [ "$plan" = 1 ]; then
     have git || echo "git: Debian package"
     if [ "$test_tools" = 1 ] && ! have prometheus; then
         echo "prometheus: Debian package, for the tests (its system service is not started)"
+    fi
+    have restic || echo "restic: Debian package (off-site copies of backup sets)"
+    if [ "$test_tools" = 1 ] && ! [ -x "$SSHD" ]; then
+        echo "openssh-server: Debian package, for the tests' SFTP host (its system service is not started)"
     fi
     exit 0
 fi
@@ -141,6 +147,34 @@ if [ "$test_tools" = 1 ] && ! have prometheus; then
     for pid in $(pgrep -x prometheus || true); do
         case "$before" in *" $pid "*) continue ;; esac
         log "stopping the prometheus server the package started (pid $pid); the tests run their own"
+        as_root kill "$pid" 2>/dev/null || true
+    done
+fi
+
+# 6. restic (off-site copies: [repositories.*]); for the tests, an OpenSSH server that
+# they start themselves inside a network namespace of their own (the package's system
+# service is kept from starting, as for prometheus, and never started by us).
+have restic || apt_install --no-install-recommends restic
+if [ "$test_tools" = 1 ] && ! [ -x "$SSHD" ]; then
+    before_sshd=" $(pgrep -x sshd | tr '\n' ' ' || true) "
+    own_policy=0
+    if [ ! -e "$POLICY_RC_D" ]; then
+        printf '#!/bin/sh\n# written by backout ensure-docker.sh while it installs openssh-server\nexit 101\n' \
+            | as_root tee "$POLICY_RC_D" >/dev/null
+        as_root chmod 0755 "$POLICY_RC_D"
+        own_policy=1
+        trap 'as_root rm -f "$POLICY_RC_D"' EXIT
+    fi
+    apt_install --no-install-recommends openssh-server openssh-client
+    if [ "$own_policy" = 1 ]; then
+        as_root rm -f "$POLICY_RC_D"
+        trap - EXIT
+    fi
+    for pid in $(pgrep -x sshd || true); do
+        case "$before_sshd" in *" $pid "*) continue ;; esac
+        # an sshd with a config of its own (-f) is a test's, never the package's
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- ' -f ' && continue
+        log "stopping the sshd the package started (pid $pid); the tests run their own"
         as_root kill "$pid" 2>/dev/null || true
     done
 fi

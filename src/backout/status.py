@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from backout.backup.freshness import freshness
 from backout.config import Config
 from backout.errors import BackoutError
 from backout.monitor.run import baseline_in_use
@@ -34,6 +35,8 @@ class Status:
     drift: dict[str, Any] | None  # None: the engine did not answer
     baseline: dict[str, Any] | None
     warnings: list[str] = field(default_factory=list)
+    # the newest good backup and off-site copy, their ages, the RPO (backup.freshness)
+    backups: dict[str, Any] | None = None
 
 
 def read_status(config: Config, store: Store, platform: Platform) -> Status:
@@ -55,4 +58,5 @@ def read_status(config: Config, store: Store, platform: Platform) -> Status:
         open_incidents=store.open_incidents(), last_operation=last,
         # The same words the operation's own exit message used (operations.summary).
         last_state=summary.describe(store, last["id"]) if last is not None else None,
-        drift=drifted, baseline=baseline, warnings=warnings)
+        drift=drifted, baseline=baseline, warnings=warnings,
+        backups=freshness(config, store).to_json())

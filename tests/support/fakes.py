@@ -10,9 +10,10 @@ order and what a plan does when the platform fails in the middle.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from backout.config import Config, DatabaseConfig
 from backout.engines.access import EngineAccess
@@ -23,6 +24,7 @@ from backout.operations.executor import RunContext
 from backout.platforms.base import ContainerInfo, ImageInfo
 from backout.state import Store
 from backout.storage.pipeline import Checker, scan, stream_from_python
+from backout.storage.repositories.base import RemoteSet, RepositoryError
 
 
 class FakePlatform:
@@ -327,3 +329,88 @@ def install_engine(monkeypatch: Any, engine: FakeEngine) -> FakeEngine:
 
     monkeypatch.setattr(engines, "get", lambda kind: engine)
     return engine
+
+
+class FakeRepository:
+    """An in-process repository (``backout.storage.repositories.base.Repository``): copies
+    kept as directories under ``FakeRepository.root/<url>``, every call recorded in
+    ``FakeRepository.calls`` as ``(repository, method, set id)``; ``fail_on(url, method,
+    error)`` makes that method of that repository raise. Installed in place of restic by
+    ``install_repository(monkeypatch, root)``."""
+
+    root: ClassVar[Path] = Path("/nonexistent")
+    calls: ClassVar[list[tuple[str, str, str]]] = []
+    failures: ClassVar[dict[tuple[str, str], Exception]] = {}
+
+    def __init__(self, env: Environment, repo: Any, password: str) -> None:
+        del env, password
+        self.name = repo.name
+        self.url: str = repo.url
+        self.dir = FakeRepository.root / repo.url
+
+    @classmethod
+    def fail_on(cls, url: str, method: str, error: Exception) -> None:
+        cls.failures[(url, method)] = error
+
+    def _call(self, method: str, set_id: str) -> None:
+        FakeRepository.calls.append((self.name, method, set_id))
+        error = FakeRepository.failures.get((self.url, method))
+        if error is not None:
+            raise error
+
+    def location(self) -> str:
+        return self.url
+
+    def put(self, set_dir: Path, completed_at: Any) -> str:
+        self._call("put", set_dir.name)
+        shutil.copytree(set_dir, self.dir / set_dir.name, dirs_exist_ok=True)
+        (self.dir / set_dir.name / ".completed").write_text(completed_at.isoformat())
+        return f"snap-{set_dir.name}"
+
+    def check(self, snapshot: str, set_id: str, manifest: bytes, sizes: dict[str, int]) -> str:
+        self._call("check", set_id)
+        if (self.dir / set_id / "manifest.json").read_bytes() != manifest:
+            raise RepositoryError(f"repository {self.name}: manifest differs")
+        return "fake check"
+
+    def check_repository(self) -> str:
+        self._call("check_repository", "")
+        return "fake repository check"
+
+    def read_file(self, snapshot: str, set_id: str, name: str) -> bytes:
+        self._call("read_file", set_id)
+        data: bytes = (self.dir / set_id / name).read_bytes()
+        return data
+
+    def fetch(self, snapshot: str, set_id: str, dest: Path) -> Path:
+        self._call("fetch", set_id)
+        shutil.copytree(self.dir / set_id, dest / set_id,
+                        ignore=shutil.ignore_patterns(".completed"))
+        return dest / set_id
+
+    def sets(self) -> list[RemoteSet]:
+        from datetime import datetime
+
+        self._call("sets", "")
+        if not self.dir.is_dir():
+            return []
+        return [RemoteSet(p.name, f"snap-{p.name}",
+                          datetime.fromisoformat((p / ".completed").read_text()))
+                for p in sorted(self.dir.iterdir())]
+
+    def forget(self, snapshots: list[str]) -> None:
+        for snap in snapshots:
+            self._call("forget", snap.removeprefix("snap-"))
+            shutil.rmtree(self.dir / snap.removeprefix("snap-"))
+
+
+def install_repository(monkeypatch: Any, root: Path) -> type[FakeRepository]:
+    """FakeRepository in place of restic (the table's default kind), with a fresh record."""
+    from backout.storage import repositories
+
+    monkeypatch.setattr(FakeRepository, "root", root)
+    monkeypatch.setattr(FakeRepository, "calls", [])
+    monkeypatch.setattr(FakeRepository, "failures", {})
+    monkeypatch.setitem(repositories.REPOSITORIES, "restic",
+                        "tests.support.fakes:FakeRepository")
+    return FakeRepository

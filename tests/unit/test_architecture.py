@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "backout.engines": 1,  # the engine table (package __init__ only)
     "backout.platforms": 1,  # the platform table (package __init__ only)
     "backout.platforms.base": 1,  # the Platform protocol and its plain value types
+    "backout.storage.repositories": 1,  # the repository table (package __init__ only)
     "backout.policy": 1,
     "backout.adapters": 1,
     # 2 the validated config, the state store and lock
@@ -44,6 +45,7 @@ LAYERS: dict[str, int] = {
     # 3 what runs the stack; where backup sets live; notifications
     "backout.platforms.*": 3,
     "backout.storage": 3,
+    "backout.storage.repositories.*": 3,  # the Repository protocol, restic
     "backout.notify": 3,
     # 4 everything a database type means; the monitor's signal sources
     "backout.engines.*": 4,

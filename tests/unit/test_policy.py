@@ -86,6 +86,8 @@ MATRIX = [
     ("yellow-circuit-breakers", "YELLOW", "SEV-3", "notify", "circuit_breakers_open", ">=", 3, 0,
      "nodata"),
     ("yellow-user-reports", "YELLOW", "SEV-3", "notify", "user_reports", ">", 5, 0, "nodata"),
+    # issue 17: not in the runbook's matrix; collected only with [backups] rpo_hours
+    ("yellow-backup-rpo", "YELLOW", "SEV-3", "notify", "backup_rpo_ratio", ">", 1, 0, "nodata"),
     ("green-latency-vs-baseline", "GREEN", "SEV-4", "none", "p95_latency_seconds", "<", 3, 0,
      "passing"),
     ("green-queue-lag", "GREEN", "SEV-4", "none", "queue_lag", "<", 1000, 0, "passing"),

@@ -73,7 +73,8 @@ def _machine(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         (fake / name).chmod(0o755)
     env = {"PATH": f"{fake}:{basics}",
            "HOME": str(tmp_path), "FAKE_BIN": str(fake), "FAKE_LOG": str(tmp_path / "log"),
-           "BACKOUT_POLICY_RC_D": str(tmp_path / "policy-rc.d")}
+           "BACKOUT_POLICY_RC_D": str(tmp_path / "policy-rc.d"),
+           "BACKOUT_SSHD": str(tmp_path / "sshd-not-installed")}
     return fake, env
 
 
@@ -140,9 +141,11 @@ def test_the_plan_lists_what_is_missing_and_changes_nothing(tmp_path: Path) -> N
     (fake / "dockerd").unlink()
     plan = _in_own_pid_namespace(f"bash {ENSURE} --plan", env).stdout
     assert "docker.io" in plan and "prometheus" in plan
+    assert "restic" in plan and "openssh-server" in plan
     assert not (tmp_path / "log").exists()  # apt-get never ran
     without = _in_own_pid_namespace(f"bash {ENSURE} --plan --no-test-tools", env).stdout
     assert "docker.io" in without and "prometheus" not in without
+    assert "restic" in without and "openssh-server" not in without  # backout itself uses restic
 
 
 SETUP = ROOT / "scripts" / "setup.sh"

@@ -33,7 +33,8 @@ def test_store_is_wal_and_records_migrations(tmp_path: Path) -> None:
 def test_store_upgrades_an_older_schema_in_place(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.record_event("x")
-    for table in ("facts", "incident_events", "incidents", "verifications"):  # migrations 2..
+    for table in ("facts", "incident_events", "incidents", "verifications",  # migrations 2..
+                  "set_copies"):  # migration 6
         store.db.execute(f"DROP TABLE {table}")
     store.db.execute("ALTER TABLE steps DROP COLUMN key")  # migration 5
     store.db.execute("DELETE FROM schema_migrations WHERE version > 1")

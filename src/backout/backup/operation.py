@@ -13,6 +13,7 @@ from typing import Any
 
 from backout import __version__
 from backout.adapters.git import Git
+from backout.backup import offsite
 from backout.backup.engines import DumpContext, dump
 from backout.backup.volumes import back_up_volume
 from backout.config import Config
@@ -43,8 +44,10 @@ def writers(config: Config, databases: list[str]) -> list[str]:
 
 
 def plan_backup(config: Config, *, which: list[str], quiesce: bool, checkpoint: bool,
-                label: str | None) -> Plan:
-    """``which`` names databases and volumes (by their backout.toml section names)."""
+                label: str | None, copy_soft: bool = False) -> Plan:
+    """``which`` names databases and volumes (by their backout.toml section names).
+    With [repositories.*], the published set is copied to each (``copy_soft``: a failed
+    copy is a warning, not the plan's failure; it stays pending either way)."""
     unknown = [w for w in which if w not in config.databases and w not in config.volumes]
     if unknown:
         configured = [*config.databases, *config.volumes]
@@ -98,6 +101,8 @@ def plan_backup(config: Config, *, which: list[str], quiesce: bool, checkpoint: 
                           "link the backup set to the current release", {"set_id": set_id,
                                                                          "label": label},
                           key=RECORD_CHECKPOINT))
+    if config.repositories:
+        steps.append(offsite.copy_step(config, set_id, soft=copy_soft))
     summary = (f"{'checkpoint' if checkpoint else 'backup'} of {', '.join(which)}"
                f"{' (quiesced)' if quiesce else ''} into set {set_id}")
     downtime = [f"{', '.join(stopped)} stopped while the dumps run"] if quiesce else []

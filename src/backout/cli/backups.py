@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import click
 
+from backout.backup import offsite
 from backout.backup.operation import PUBLISH, RECORD_CHECKPOINT, plan_backup
 from backout.backup.prune import prune_backups
 from backout.backup.restore_test import restore_test as run_restore_test
+from backout.backup.schedule import report_failure, run_schedule
 from backout.backup.verify import verify_set
 from backout.cli.common import (
     Ctx,
@@ -22,9 +25,12 @@ from backout.cli.common import (
     human_size,
     run_plan,
     step_reports,
+    stop_on_signals,
     table,
 )
+from backout.errors import BackoutError, InterruptedOperation, UsageError
 from backout.operations.executor import Executor
+from backout.policy import calendar
 from backout.storage import sets
 
 
@@ -91,7 +97,8 @@ def backups_list(ctx: Ctx, show_all: bool) -> None:
     byte read: sha256, format, counts) and when."""
     infos = sets.list_sets(ctx.config.backup_dir)
     checks = ctx.store.last_verifications()
-    rows = []
+    copies = ctx.store.set_copies()
+    rows: list[dict[str, Any]] = []
     for info in infos:
         m = info.manifest or {}
         last = checks.get(info.id)
@@ -105,15 +112,35 @@ def backups_list(ctx: Ctx, show_all: bool) -> None:
                      "kind": m.get("kind"), "label": m.get("label"),
                      "completed_at": m.get("completed_at"), "databases": sorted(m.get("databases") or {}),
                      "volumes": sorted(m.get("volumes") or {}), "bytes": size,
-                     "git_commit": m.get("git_commit"), "verified": last})
+                     "git_commit": m.get("git_commit"), "verified": last, "local": True,
+                     "copies": copies.get(info.id, {})})
+    local = {i.id for i in infos}
+    rows += [{"id": set_id, "usable": True, "problem": None, "kind": None, "label": None,
+              "completed_at": next(iter(held.values()))["completed_at"], "databases": [],
+              "volumes": [], "bytes": None, "git_commit": None, "verified": checks.get(set_id),
+              "local": False, "copies": held}
+             for set_id, held in copies.items() if set_id not in local
+             and any(c["status"] == "copied" for c in held.values())]
+    rows.sort(key=lambda r: str(r["id"]), reverse=True)
     human = table([[r["id"], r["kind"] or "-",
                     ",".join([*r["databases"], *(f"volume:{v}" for v in r["volumes"])]) or "-",
-                    human_size(r["bytes"]), r["label"] or "",
-                    _verified(r["verified"]),
+                    human_size(r["bytes"]) if r["bytes"] is not None else "-", r["label"] or "",
+                    _verified(r["verified"]), _where(r),
                     "usable" if r["usable"] else f"UNUSABLE: {r['problem']}"] for r in rows],
-                  ["ID", "KIND", "DATABASES", "SIZE", "LABEL", "VERIFIED", "STATE"]) \
+                  ["ID", "KIND", "DATABASES", "SIZE", "LABEL", "VERIFIED", "WHERE", "STATE"]) \
         if rows else ["no backup sets"]
     emit(ctx.env, "backups list", {"backups": rows}, human)
+
+
+def _where(row: dict[str, Any]) -> str:
+    """local, and each repository's copy: checked when, or PENDING."""
+    where = ["local"] if row["local"] else []
+    for name, copy in sorted(row["copies"].items()):
+        if copy["status"] == "copied":
+            where.append(f"{name} (checked {str(copy['verified_at'])[:16]})")
+        elif row["local"]:
+            where.append(f"{name} PENDING" + (f" ({copy['error']})" if copy["error"] else ""))
+    return ", ".join(where) or "-"
 
 
 def _verified(last: dict[str, Any] | None) -> str:
@@ -129,7 +156,12 @@ def _verified(last: dict[str, Any] | None) -> str:
                    "counts with the manifest.")
 def backups_verify(ctx: Ctx, set_id: str, restore_test: bool) -> int:
     """Re-read every artifact: checksum, decompression, format and counts."""
-    info = sets.get_set(ctx.config.backup_dir, set_id)
+    with offsite.readable_set(ctx.env, ctx.config, ctx.store, set_id) as info:
+        return _verify(ctx, info, restore_test)
+
+
+def _verify(ctx: Ctx, info: sets.SetInfo, restore_test: bool) -> int:
+    set_id = info.id
     report = verify_set(ctx.env, info)
     ctx.store.record_verification(set_id, ok=report.ok, kind="checksum",
                                   detail=None if report.ok else "; ".join(
@@ -160,15 +192,106 @@ def backups_verify(ctx: Ctx, set_id: str, restore_test: bool) -> int:
 
 @command("prune", backups_group)
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
-def backups_prune(ctx: Ctx, dry_run: bool) -> None:
-    """Apply retention ([backups] keep_last, keep_daily). Never removes the newest set or
-    one referenced by the current or previous release."""
+def backups_prune(ctx: Ctx, dry_run: bool) -> int:
+    """Apply retention ([backups] keep_last, keep_daily, keep_hourly, keep_weekly,
+    keep_monthly, keep_yearly) to the local sets and to each repository's copies. Never
+    removes the newest set or one referenced by the current or previous release."""
     result = prune_backups(ctx.env, ctx.config, ctx.store, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     human = [f"{verb}: {', '.join(result.removed) or 'nothing'}"]
+    human += [f"{verb} from repository {name}: {', '.join(ids) or 'nothing'}"
+              for name, ids in result.repositories.items()]
+    human += [f"repository {name} left alone: {exc.one_line()}"
+              for name, exc in result.repository_errors.items()]
     if result.partial_sets:
         human.append(f"{verb} partial sets of interrupted runs: {', '.join(result.partial_sets)}")
     human += [f"  keep {k}: {why}" for k, why in result.kept.items()]
     emit(ctx.env, "backups prune", {"dry_run": dry_run, "removed": result.removed,
                                     "removed_partial_sets": result.partial_sets,
-                                    "kept": result.kept}, human)
+                                    "kept": result.kept, "repositories": result.repositories,
+                                    "repository_errors": {
+                                        k: v.to_json()
+                                        for k, v in result.repository_errors.items()}}, human)
+    # A repository that could not be pruned is a warning: the local prune was done.
+    return ExitCode.WARNINGS if result.repository_errors else ExitCode.OK
+
+
+@command("copy", backups_group)
+@click.argument("set_ids", nargs=-1, shell_complete=complete("backup"))
+@click.option("--to", "repositories", multiple=True,
+              help="Only this repository ([repositories.<name>]); repeatable.")
+def backups_copy(ctx: Ctx, set_ids: tuple[str, ...], repositories: tuple[str, ...]) -> int:
+    """Copy sets to the configured repositories now: the named ones, or (none named) every
+    local set never copied there; and every copy still pending (a checkpoint or backup
+    copies its own set by itself after publishing). Each copy is checked (restic check,
+    the manifest read back, every artifact's size)."""
+    report = offsite.copy_now(ctx.env, ctx.config, ctx.store, list(set_ids),
+                              list(repositories) or None)
+    if report.errors:  # one document on stdout: the error's
+        raise next(iter(report.errors.values()))
+    human = [f"{name}: copied {', '.join(done) or 'nothing'}"
+             for name, done in report.copied.items()]
+    emit(ctx.env, "backups copy", report.to_json(), human or ["nothing to copy"])
+    return ExitCode.OK
+
+
+@command("schedule")
+@click.option("--on", "spec", metavar="CALENDAR",
+              help="When (UTC): hourly, daily, weekly, monthly, HH:MM, 'Mon..Fri 02:30', "
+                   "'*:0/15', or 'every 6h'.")
+@click.option("--once", is_flag=True,
+              help="One checkpoint now, then exit (a systemd timer's service): failures are "
+                   "notified as the schedule's are.")
+@click.option("--quiesce", is_flag=True, help="Stop writers while dumping (see checkpoint).")
+@click.option("--prune", "then_prune", is_flag=True,
+              help="Apply retention (locally and in each repository) after each checkpoint.")
+@click.option("--now", "run_now", is_flag=True, help="Also take one checkpoint at start.")
+@click.option("--runs", type=click.IntRange(min=1), hidden=True,
+              help="Stop after this many checkpoints (tests).")
+def schedule_cmd(ctx: Ctx, spec: str | None, once: bool, quiesce: bool, then_prune: bool,
+                 run_now: bool, runs: int | None) -> int:
+    """Take checkpoints on a calendar, in the foreground (for a systemd or compose
+    service; see contrib/systemd). Each is copied to the repositories; a failed
+    checkpoint or copy is notified ([monitor.notify]) and the next run goes on. SIGTERM
+    or SIGINT between runs stop it (exit 0); during a checkpoint, as for `checkpoint`."""
+    if once:
+        spec, run_now, runs = spec or "daily", True, 1
+    if spec is None:
+        raise UsageError("schedule needs --on CALENDAR (or --once)",
+                         fix="e.g. backout schedule --on daily")
+    try:
+        cal = calendar.parse(spec)
+    except calendar.CalendarError as exc:
+        raise UsageError(f"--on: {exc}", fix="e.g. --on daily, --on '*:0/15', "
+                                             "--on 'Mon..Fri 02:30', --on 'every 6h'") from None
+    names = [*ctx.config.databases, *ctx.config.volumes]
+    failures = 0
+    errors: list[BackoutError] = []
+
+    def job() -> None:
+        nonlocal failures
+        try:
+            _backup(ctx, names, quiesce, True, "scheduled", False)
+            if then_prune:
+                pruned = prune_backups(ctx.env, ctx.config, ctx.store, dry_run=False)
+                for name, exc in pruned.repository_errors.items():
+                    failures += 1
+                    report_failure(ctx.env, ctx.config, ctx.store, f"prune of {name}", exc)
+        except InterruptedOperation:
+            raise
+        except BackoutError as exc:
+            failures += 1
+            errors.append(exc)
+            report_failure(ctx.env, ctx.config, ctx.store, "checkpoint", exc)
+
+    def announce(at: datetime) -> None:
+        ctx.env.warn(f"next checkpoint at {at.strftime('%Y-%m-%d %H:%M:%S')} UTC ({spec})")
+
+    with stop_on_signals() as (stop, received):
+        done = run_schedule(cal, job, stop=stop, announce=announce, runs=runs,
+                            run_now=run_now)
+    if received:
+        ctx.env.warn(f"schedule stopped by {received[0]} after {done} checkpoint(s)")
+    if once and errors:
+        raise errors[0]  # its exit code: the timer's service fails with it
+    return ExitCode.WARNINGS if failures else ExitCode.OK

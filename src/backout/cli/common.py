@@ -10,11 +10,14 @@ self-contained renderer with its own tests).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -366,3 +369,23 @@ def baseline_line(summary: dict[str, Any] | None) -> str:
     if summary["inherited"]:
         source = f"inherited from {source}"
     return f"baseline: {source} (captured {when}){waiting}: {values or 'no values'}"
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[tuple[threading.Event, list[str]]]:
+    """SIGTERM and SIGINT end a loop (the monitor, the schedule) after the step under way (a second SIGINT
+    interrupts at once); the previous handlers are restored afterwards."""
+    stop, received = threading.Event(), []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop, received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -71,6 +71,7 @@ COMMANDS: dict[str, str] = {
     "releases": "releases:releases_cmd",
     "resume": "operations:resume_cmd",
     "rollback": "rollback:rollback_group",
+    "schedule": "backups:schedule_cmd",
     "status": "status:status_cmd",
     "verify": "verify:verify_cmd",
 }

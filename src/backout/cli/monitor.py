@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,16 @@ from typing import Any
 
 import click
 
-from backout.cli.common import Ctx, ExitCode, baseline_line, command, emit, group, table
+from backout.cli.common import (
+    Ctx,
+    ExitCode,
+    baseline_line,
+    command,
+    emit,
+    group,
+    stop_on_signals,
+    table,
+)
 from backout.errors import InterruptedOperation, LockedError, UsageError
 from backout.monitor.run import Monitor
 from backout.notify import Notifier
@@ -51,26 +58,6 @@ def _render(ctx: Ctx, decision: Any, mon: Any, started: float) -> None:
         env.stdout.write("\x1b[2J\x1b[H")
     env.stdout.write("\n".join(lines) + "\n")
     env.stdout.flush()
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[tuple[threading.Event, list[str]]]:
-    """SIGTERM and SIGINT end the loop after the evaluation under way (a second SIGINT
-    interrupts at once); the previous handlers are restored afterwards."""
-    stop, received = threading.Event(), []
-
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        received.append(signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop, received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @contextlib.contextmanager
@@ -127,7 +114,7 @@ def monitor_cmd(ctx: Ctx, auto_rollback: bool, interval: float | None, duration:
     """
     cfg = ctx.config
     notify = cfg.monitor.notify
-    with _monitor_lock(ctx, pid_file), _stop_on_signals() as (stop, received):
+    with _monitor_lock(ctx, pid_file), stop_on_signals() as (stop, received):
         mon = Monitor(ctx.env, cfg, ctx.store, ctx.platform,
                       cfg.monitor.effective_rules,
                       notifier=Notifier(notify.webhook_url, notify.webhook_format,

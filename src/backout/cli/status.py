@@ -32,6 +32,8 @@ def status_cmd(ctx: Ctx) -> int:
                  else "monitor:    not running")
     if s.baseline is not None:
         human.append(f"{baseline_line(s.baseline).replace('baseline: ', 'baseline:   ', 1)}")
+    if s.backups is not None:
+        human += _backup_lines(s.backups)
     for inc in s.open_incidents:
         human.append(f"INCIDENT:   #{inc['id']} {inc['level']} {inc['severity']} {inc['rule']} "
                      f"({inc['status']}) since {inc['opened_at']}")
@@ -67,6 +69,28 @@ def status_cmd(ctx: Ctx) -> int:
         "lock": {"pid": holder.pid, "host": holder.host, "command": holder.command,
                  "since": holder.since} if holder else None,
         "warnings": s.warnings,
+        "backups": s.backups,
     }
     emit(ctx.env, "status", data, human)
     return ExitCode.WARNINGS if s.warnings else ExitCode.OK
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    hours = seconds / 3600
+    return f"{seconds / 60:.0f} min ago" if hours < 2 else (
+        f"{hours:.1f} h ago" if hours < 48 else f"{hours / 24:.1f} days ago")
+
+
+def _backup_lines(b: dict[str, Any]) -> list[str]:
+    """Age of the last good backup and off-site copy; the RPO when one is set."""
+    rpo = (f" (RPO {b['rpo_hours']:g} h: {'BREACHED' if b['rpo_breached'] else 'ok'})"
+           if b["rpo_hours"] else "")
+    lines = [f"backup:     last good {_age(b['last_backup_age_seconds'])}"
+             + (f" ({b['last_backup_at']})" if b["last_backup_at"] else "") + rpo]
+    if b["last_offsite_at"] is not None or b["pending_copies"]:
+        lines.append(f"off-site:   last copy of a set {_age(b['last_offsite_age_seconds'])}"
+                     + (f"; {b['pending_copies']} copy(ies) PENDING (`backout backups copy`)"
+                        if b["pending_copies"] else ""))
+    return lines

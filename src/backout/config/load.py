@@ -29,6 +29,7 @@ from backout.config.model import (
     PlatformConfig,
     ProjectConfig,
     ReleasesConfig,
+    RepositoryConfig,
     ServiceConfig,
     VerifyConfig,
     VolumeConfig,
@@ -36,6 +37,7 @@ from backout.config.model import (
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, did_you_mean
 from backout.policy import rules as policy
+from backout.storage.repositories import names as repository_kinds
 
 CONFIG_NAME = "backout.toml"
 
@@ -93,8 +95,21 @@ BACKUPS_KEYS = {
     "dir": Key(str),
     "keep_last": Key(int, minimum=1),
     "keep_daily": Key(int, minimum=0),
+    "keep_hourly": Key(int, minimum=0),
+    "keep_weekly": Key(int, minimum=0),
+    "keep_monthly": Key(int, minimum=0),
+    "keep_yearly": Key(int, minimum=0),
+    "rpo_hours": Key(float, minimum=0),
     "zstd_level": Key(int, minimum=1),
     "stall_seconds": Key(int, minimum=1),
+}
+REPOSITORY_KEYS = {
+    "url": Key(str, required=True),
+    "kind": Key(str, choices=repository_kinds()),
+    "password_env": Key(str),
+    "password_file": Key(str),
+    "ssh_config": Key(str),
+    "timeout_seconds": Key(int, minimum=1),
 }
 RELEASES_KEYS = {"keep_last": Key(int, minimum=2)}
 VERIFY_KEYS = {"settle_seconds": Key(int, minimum=0), "log_window_seconds": Key(int, minimum=1)}
@@ -136,7 +151,7 @@ DEPLOY_KEYS = {
     "rollback_with_data": Key(bool),
 }
 TOP_LEVEL = ("project", "platform", "services", "databases", "volumes", "backups", "releases", "verify",
-             "monitor", "deploy")
+             "monitor", "deploy", "repositories")
 
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", bool: "true or false",
                float: "a number", dict: "a table"}
@@ -256,6 +271,9 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
 
     backups_t = _table(file, doc, "backups")
     _check_table(file, "backups", backups_t, BACKUPS_KEYS)
+    if "rpo_hours" in backups_t:
+        backups_t["rpo_hours"] = float(backups_t["rpo_hours"])
+    repositories = _parse_repositories(file, _table(file, doc, "repositories"))
     releases_t = _table(file, doc, "releases")
     _check_table(file, "releases", releases_t, RELEASES_KEYS)
     verify_t = _table(file, doc, "verify")
@@ -278,6 +296,7 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         services=services,
         databases=databases,
         volumes=volumes,
+        repositories=repositories,
         backups=BackupsConfig(**backups_t),
         releases=ReleasesConfig(**releases_t),
         verify=VerifyConfig(**verify_t),
@@ -342,6 +361,31 @@ def _parse_volumes(file: str, table: dict[str, Any],
                               fix=f"set {where}.service to the service that mounts the volume")
         volumes[name] = VolumeConfig(name=name, **entry)
     return volumes
+
+
+def _parse_repositories(file: str, table: dict[str, Any]) -> dict[str, RepositoryConfig]:
+    """[repositories.<name>]: where every published set is copied. Exactly one of
+    password_env / password_file: a password written in backout.toml is refused."""
+    repositories: dict[str, RepositoryConfig] = {}
+    for name, entry in table.items():
+        where = f"repositories.{name}"
+        if not isinstance(entry, dict):
+            raise ConfigError(file, where, "must be a table")
+        if "password" in entry:
+            raise ConfigError(file, f"{where}.password",
+                              "a repository password is never kept in backout.toml",
+                              fix=f"put it in a variable ({where}.password_env) or a file "
+                                  f"readable only by you ({where}.password_file)")
+        _check_table(file, where, entry, REPOSITORY_KEYS)
+        if ("password_env" in entry) == ("password_file" in entry):
+            raise ConfigError(file, where, "needs exactly one of password_env, password_file",
+                              fix="name the variable or the file that holds the repository "
+                                  "password")
+        if not entry["url"].strip():
+            raise ConfigError(file, f"{where}.url", "must not be empty",
+                              fix="a restic repository: /path, sftp:host:/path, rest:..., s3:...")
+        repositories[name] = RepositoryConfig(name=name, **entry)
+    return repositories
 
 
 def _parse_monitor(file: str, table: dict[str, Any]) -> MonitorConfig:
@@ -440,7 +484,7 @@ def load_config(
             raise ConfigError(file, "project.env_file",
                               f"cannot read {config.project.env_file}: {reason}") from exc
     wanted = sorted({v for db in config.databases.values() for v in (db.user_env, db.password_env)
-                     if v})
+                     if v} | {r.password_env for r in config.repositories.values() if r.password_env})
     try:
         env_values = (compose_variables or _compose_variables)(env, config, wanted) \
             if wanted else {}
@@ -521,11 +565,36 @@ def _resolve_credentials(env: Environment, file: str, config: Config,
                                   f"cannot read {db.password_file}: {exc.strerror}") from exc
             secrets[f"file:{db.password_file}"] = value
             env.redact.add(value)
+    for repo in config.repositories.values():
+        secrets[repo.password_key] = _repository_password(file, config, repo, env_values,
+                                                          shown_env)
+        env.redact.add(secrets[repo.password_key])
     return secrets
 
 
 def _compose_variables(env: Environment, config: Config, names: list[str]) -> dict[str, str]:
     return platforms.for_config(env, config).variables(names)
+def _repository_password(file: str, config: Config, repo: RepositoryConfig,
+                         env_values: Mapping[str, str], shown_env: str) -> str:
+    where = f"repositories.{repo.name}"
+    if repo.password_env:
+        value = env_values.get(repo.password_env)
+        if not value:
+            raise ConfigError(file, f"{where}.password_env",
+                              f"{repo.password_env} is not set in {shown_env} or the environment",
+                              fix=f"add {repo.password_env}=... to {shown_env}, or export it")
+        return value
+    assert repo.password_file is not None
+    path = config.project_dir / repo.password_file
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(file, f"{where}.password_file",
+                          f"cannot read {repo.password_file}: {exc.strerror}",
+                          fix="create it (one line, mode 0600) or point at the right file") from exc
+    if not value:
+        raise ConfigError(file, f"{where}.password_file", f"{repo.password_file} is empty")
+    return value
 
 
 def _compose_service_names(env: Environment, config: Config) -> set[str]:

@@ -78,10 +78,38 @@ class BackupsConfig:
     dir: str = ".backout/backups"
     keep_last: int = 10
     keep_daily: int = 7
+    # Calendar retention beyond keep_daily (0: off): the newest set of each of the last
+    # N hours / weeks / months / years, locally and in every [repositories.*].
+    keep_hourly: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+    # Recovery-point objective: a last good backup (or off-site copy) older than this is
+    # a YELLOW signal of the monitor and shown by `backout status` (0: not watched).
+    rpo_hours: float = 0
     zstd_level: int = 3
     # A dump or restore whose data stops moving this long is stopped (the database or
     # the Docker Engine stopped answering); the plan then undoes what it changed.
     stall_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    """An off-site copy of every published set (``[repositories.<name>]``): a restic
+    repository. The password comes from a variable or a file, never from backout.toml."""
+
+    name: str
+    url: str  # a restic repository: a local path, sftp:host:/path, rest:..., s3:...
+    kind: str = "restic"  # a key of backout.storage.repositories.REPOSITORIES
+    password_env: str | None = None
+    password_file: str | None = None
+    ssh_config: str | None = None  # sftp: ssh -F this file (host keys, identity, port)
+    timeout_seconds: int = 3600  # one restic command (an upload of a large set) at most
+
+    @property
+    def password_key(self) -> str:
+        """Where the password is kept in Config.secrets."""
+        return f"repository:{self.name}"
 
 
 @dataclass(frozen=True)
@@ -140,6 +168,7 @@ class Config:
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     databases: dict[str, DatabaseConfig] = field(default_factory=dict)
     volumes: dict[str, VolumeConfig] = field(default_factory=dict)
+    repositories: dict[str, RepositoryConfig] = field(default_factory=dict)
     backups: BackupsConfig = field(default_factory=BackupsConfig)
     releases: ReleasesConfig = field(default_factory=ReleasesConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)

@@ -59,7 +59,8 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
     set_id = None
     if config.databases:
         checkpoint = plan_backup(config, which=list(config.databases), quiesce=False,
-                                 checkpoint=True, label=label or f"before deploy of {pf.ref}")
+                                 checkpoint=True, label=label or f"before deploy of {pf.ref}",
+                                 copy_soft=True)
         set_id = checkpoint.params["set_id"]
         steps += checkpoint.steps
     if pf.dirty:

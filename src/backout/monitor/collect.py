@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backout.adapters import http
+from backout.backup.freshness import freshness
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import BackoutError
@@ -29,6 +30,7 @@ from backout.policy.rules import Snapshot, signal_key
 from backout.signals.engine import container_signals
 from backout.signals.logs import LogWatcher
 from backout.signals.probes import ProbeTracker
+from backout.state import Store
 
 REQUESTS = 'http_requests_total{path!~"/metrics|/health.*|/api/v1/health/check|/healthy-check"}'
 ERRORS = ('http_requests_total{status=~"5..",'
@@ -63,6 +65,9 @@ class Collector:
     restarts_at_start: dict[str, int] = field(default_factory=dict)
     store: series.SeriesStore | None = None
     images: dict[str, str] = field(default_factory=dict)  # running service -> image ID
+    # The state store, for the age of the last good backup ([backups] rpo_hours).
+    state: Store | None = None
+    _rpo: tuple[float, float | None] | None = None  # (read at, backup_rpo_ratio)
 
     def __post_init__(self) -> None:
         if self.store is None:
@@ -111,7 +116,17 @@ class Collector:
             except BackoutError:
                 signals[signal_key("log_errors", name)] = None
         self._external(signals)
+        if self.state is not None and self.config.backups.rpo_hours > 0:
+            signals["backup_rpo_ratio"] = self._rpo_ratio(t)
         return Snapshot(t, signals), views
+
+    def _rpo_ratio(self, t: float) -> float | None:
+        """The age of the last good backup over the RPO; the sets are read at most every
+        30 s (their manifests are on disk, not in memory)."""
+        if self._rpo is None or t - self._rpo[0] >= 30:
+            assert self.state is not None
+            self._rpo = (t, freshness(self.config, self.state).rpo_ratio)
+        return self._rpo[1]
 
     def _external(self, signals: dict[str, float | None]) -> None:
         """Configured extra signals: commands (a data-corruption check, user report

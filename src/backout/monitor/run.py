@@ -90,7 +90,8 @@ class Monitor:
 
     def __post_init__(self) -> None:
         if self.collector is None:
-            self.collector = Collector(self.env, self.config, self.platform, window=self.window)
+            self.collector = Collector(self.env, self.config, self.platform, window=self.window,
+                                       state=self.store)
         raw = self.store.fact(self.state_key)
         self.state = PolicyState.from_json(raw) if raw else PolicyState()
         self.baselines = load_baselines(self.store)

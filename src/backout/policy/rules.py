@@ -252,6 +252,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
           "3+ circuit breakers open", clear_threshold=2, clear_for_seconds=60),
     _rule("yellow-user-reports", "user_reports", ">", 5, YELLOW, "SEV-3", "notify",
           "user reports > 5 for the same issue", clear_for_seconds=300),
+    # Collected only with [backups] rpo_hours: the last good backup (or off-site copy)
+    # is older than the recovery-point objective.
+    _rule("yellow-backup-rpo", "backup_rpo_ratio", ">", 1, YELLOW, "SEV-3", "notify",
+          "last good backup (local or off-site) older than [backups] rpo_hours"),
     # GREEN: monitor only (informational notes; they never raise the level).
     _rule("green-latency-vs-baseline", "p95_latency_seconds", "<", 3, GREEN, "SEV-4", "none",
           "latency increase < 3x baseline: monitor only", relative_to_baseline=True,

@@ -18,7 +18,7 @@ from typing import Any
 
 from backout import __version__, engines
 from backout.adapters.docker import ENGINE_FIX
-from backout.backup import data_loss, restore
+from backout.backup import data_loss, offsite, restore
 from backout.backup.engines import (
     DumpContext,
     artifact_name,
@@ -81,18 +81,22 @@ def resolve_backup(env: Environment, config: Config, store: Store, db: DatabaseC
             raise NotFoundError(f"no checkpoint {m.group(1)}", fix="list them with `backout backups list`")
         ref = checkpoint.set_id
     path = Path(ref)
-    if (config.backup_dir / ref).is_dir() and "/" not in ref:
-        info = sets.get_set(config.backup_dir, ref)
-        if not info.usable or info.manifest is None:
-            raise IntegrityError(f"backup {ref} is not usable: {info.problem}")
-        section = info.manifest["databases"].get(db.name)
+    if offsite.is_known_set(env, config, store, ref) or (
+            not path.exists() and "/" not in ref and config.repositories):
+        # Local, or only in a repository (the local set pruned or its disk lost): then
+        # a fetch step brings it back before the verify step proves it.
+        manifest, copy = offsite.set_manifest(env, config, store, ref)
+        section = manifest["databases"].get(db.name)
         if section is None:
             raise NotFoundError(f"backup {ref} holds no {db.name} dump "
-                                f"(it has {', '.join(info.manifest['databases'])})")
+                                f"(it has {', '.join(manifest['databases'])})")
         name = section["artifacts"][0]
-        return {"artifact": str(info.path / name), "section": section, "source": f"backup {ref}",
-                "sha256": info.manifest["artifacts"][name]["sha256"], "set_id": ref,
-                "taken_at": info.manifest.get("created_at")}
+        return {"artifact": str(config.backup_dir / ref / name), "section": section,
+                "source": f"backup {ref}" + (f" (copy in {copy.repository})" if copy else ""),
+                "sha256": manifest["artifacts"][name]["sha256"], "set_id": ref,
+                "taken_at": manifest.get("created_at"),
+                **({"fetch": {"repository": copy.repository, "snapshot": copy.snapshot}}
+                   if copy else {})}
     if not path.exists():
         raise NotFoundError(f'no backup "{ref}": neither a backup id, a checkpoint (cpN) nor a file',
                             fix="list them with `backout backups list`")
@@ -137,7 +141,10 @@ def data_steps(config: Config, targets: dict[str, dict[str, Any]], safety_ids: d
     """
     dbs = list(targets)
     stopped = writers(config, dbs)
-    head: list[Step] = [
+    fetches = {t["set_id"]: offsite.fetch_step(t["set_id"], offsite.RemoteCopy(**t["fetch"]))
+               for t in targets.values() if t.get("fetch")}
+    head: list[Step] = [*fetches.values()]
+    head += [
         Step(f"verify {name} backup", "rollback.db.verify",
              f"prove {targets[name].get('source') or 'the backup'} whole before anything "
              "changes (checksum, format, counts)" + when,

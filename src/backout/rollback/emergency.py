@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backout.adapters.git import Git, GitWrite
-from backout.backup import data_loss
+from backout.backup import data_loss, offsite
 from backout.backup.operation import writers
 from backout.config import Config
 from backout.engines.access import EngineAccess
@@ -40,7 +40,7 @@ def resolve(env: Environment, config: Config, store: Store, platform: Platform, 
     checkpoint = None
     release = None
     m = common.CHECKPOINT_REF.match(target)
-    set_like = (config.backup_dir / target).is_dir() and "/" not in target
+    set_like = offsite.is_known_set(env, config, store, target)
     if m or set_like:
         checkpoint = store.checkpoint(int(m.group(1))) if m else store.checkpoint_of_set(target)
         if checkpoint is None:
@@ -117,8 +117,8 @@ def plan(env: Environment, config: Config, store: Store, platform: Platform, tar
     if with_data and t["set_id"]:
         # The data first, while the code is untouched: a failed restore then leaves
         # everything as it was (safety backups back, the old containers started).
-        info = sets.get_set(config.backup_dir, t["set_id"])
-        data_dbs = [d for d in config.databases if info.manifest and d in info.manifest["databases"]]
+        manifest, _copy = offsite.set_manifest(env, config, store, t["set_id"])
+        data_dbs = [d for d in config.databases if d in manifest["databases"]]
         stopped = writers(config, data_dbs)
         safety = sets.new_set_id()
         targets = {name: resolve_backup(env, config, store, config.databases[name], t["set_id"])

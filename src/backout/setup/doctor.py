@@ -25,6 +25,7 @@ from backout.config import Config, DatabaseConfig
 from backout.environment import Environment
 from backout.errors import BackoutError
 from backout.state import OperationLock, Store
+from backout.storage.repositories.base import Repository
 from backout.verify import CheckReport
 
 # Older engines and Compose v2 releases lack what backout uses (`up --wait`, health
@@ -62,6 +63,8 @@ class Sources:
     disk_free: Callable[[Path], Any]  # shutil.disk_usage's shape
     database_version: Callable[[DatabaseConfig], str]
     image_present: Callable[[str], bool]
+    # [repositories.<name>] -> how many sets it holds (opens it as a copy would)
+    repository_sets: Callable[[str], int] | None = None
 
 
 def real_sources(env: Environment, config: Config | None) -> Sources:
@@ -91,7 +94,15 @@ def real_sources(env: Environment, config: Config | None) -> Sources:
         disk_free=shutil.disk_usage,
         database_version=database_version,
         image_present=lambda image: docker.inspect_image(image) is not None,
+        repository_sets=lambda name: len(_open_repository(env, config, name).sets()),
     )
+
+
+def _open_repository(env: Environment, config: Config | None, name: str) -> Repository:
+    from backout.storage.repositories import open_repository
+
+    assert config is not None
+    return open_repository(env, config, name)
 
 
 def _database_version(env: Environment, config: Config, db: DatabaseConfig) -> str:
@@ -142,7 +153,37 @@ def run_doctor(env: Environment, config: Config | None, config_error: BackoutErr
         _database(report, db, sources, engine_ok)
     _images(report, store.releases(RELEASES_CHECKED) if store else [], sources, engine_ok)
     _lock_and_interrupted(report, config, store)
+    _repositories(report, config, store, sources)
     return report
+
+
+def _repositories(report: DoctorReport, config: Config, store: Store | None,
+                  sources: Sources) -> None:
+    """Each repository opens with its password (as the next copy will), and no copy
+    waits."""
+    if not config.repositories:
+        return
+    if any(r.kind == "restic" for r in config.repositories.values()):
+        restic = sources.which("restic")
+        report.add("restic", restic is not None, restic or "restic is not installed: no "
+                   "copy to a repository can be made", "install it (apt-get install restic)")
+        if restic is None:
+            return
+    pending = store.set_copies() if store else {}
+    for name, repo in config.repositories.items():
+        waiting = sorted(s for s, held in pending.items()
+                         if held.get(name, {}).get("status") == "pending")
+        try:
+            held = sources.repository_sets(name) if sources.repository_sets else None
+        except BackoutError as exc:
+            report.add(f"repository {name}", False, f"{repo.url}: {exc.message}",
+                       exc.fix or "check the url and the password")
+            continue
+        report.add(f"repository {name}", not waiting,
+                   f"{repo.url}: opens" + (f", holds {held} set(s)" if held is not None else "")
+                   + (f"; {len(waiting)} copy(ies) PENDING since the last run"
+                      if waiting else ""),
+                   "`backout backups copy` (or the next checkpoint) retries them")
 
 
 def _engine(report: DoctorReport, sources: Sources) -> bool:

@@ -139,6 +139,24 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE steps ADD COLUMN key TEXT;
         """,
     ),
+    (
+        "copies of backup sets in repositories",
+        """
+        CREATE TABLE set_copies (
+            set_id TEXT NOT NULL,
+            repository TEXT NOT NULL,       -- [repositories.<name>]
+            status TEXT NOT NULL,           -- pending | copied | forgotten
+            snapshot TEXT,                  -- the repository's id of the copy
+            completed_at TEXT,              -- the set's (retention decides by it)
+            attempts INTEGER NOT NULL DEFAULT 0,
+            attempted_at TEXT,
+            copied_at TEXT,
+            verified_at TEXT,               -- last check of the copy that passed
+            error TEXT,                     -- the last attempt's problem (pending)
+            PRIMARY KEY (set_id, repository)
+        );
+        """,
+    ),
 ]
 
 
@@ -321,6 +339,65 @@ class Store:
             " ON last.id = v.id")
         return {r["set_id"]: {"verified_at": r["verified_at"], "kind": r["kind"],
                               "ok": bool(r["ok"]), "detail": r["detail"]} for r in rows}
+
+    # -- copies of sets in repositories ----------------------------------------
+    def copy_pending(self, set_id: str, repository: str, completed_at: str | None,
+                     error: str | None = None) -> None:
+        """A copy to make (or that failed: ``error``); retried by the next run."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO set_copies (set_id, repository, status, completed_at, attempts,"
+                " attempted_at, error) VALUES (?, ?, 'pending', ?, ?, ?, ?)"
+                " ON CONFLICT (set_id, repository) DO UPDATE SET status = 'pending',"
+                " completed_at = COALESCE(excluded.completed_at, completed_at),"
+                " attempts = attempts + excluded.attempts,"
+                " attempted_at = COALESCE(excluded.attempted_at, attempted_at),"
+                " error = excluded.error",
+                (set_id, repository, completed_at, int(error is not None),
+                 now() if error is not None else None, error))
+
+    def copy_done(self, set_id: str, repository: str, *, snapshot: str,
+                  completed_at: str | None) -> None:
+        """Copied and its check passed."""
+        stamp = now()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO set_copies (set_id, repository, status, snapshot, completed_at,"
+                " attempts, attempted_at, copied_at, verified_at)"
+                " VALUES (?, ?, 'copied', ?, ?, 1, ?, ?, ?)"
+                " ON CONFLICT (set_id, repository) DO UPDATE SET status = 'copied',"
+                " snapshot = excluded.snapshot,"
+                " completed_at = COALESCE(excluded.completed_at, completed_at),"
+                " attempts = attempts + 1, attempted_at = excluded.attempted_at,"
+                " copied_at = excluded.copied_at, verified_at = excluded.verified_at,"
+                " error = NULL",
+                (set_id, repository, snapshot, completed_at, stamp, stamp, stamp))
+
+    def copy_verified(self, set_id: str, repository: str) -> None:
+        self.db.execute("UPDATE set_copies SET verified_at = ? WHERE set_id = ? AND"
+                        " repository = ?", (now(), set_id, repository))
+
+    def copy_forgotten(self, set_id: str, repository: str) -> None:
+        """Retention removed it from the repository."""
+        self.db.execute("UPDATE set_copies SET status = 'forgotten' WHERE set_id = ? AND"
+                        " repository = ?", (set_id, repository))
+
+    def set_copies(self, *, include_forgotten: bool = False
+                   ) -> dict[str, dict[str, dict[str, Any]]]:
+        """set id -> repository -> its copy {status, snapshot, copied_at, verified_at, ...}
+        (copies retention removed only with ``include_forgotten``)."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for row in self.db.execute("SELECT * FROM set_copies WHERE status != 'forgotten' OR ?"
+                                   " ORDER BY set_id, repository", (int(include_forgotten),)):
+            item = _row(row)
+            out.setdefault(item.pop("set_id"), {})[item.pop("repository")] = item
+        return out
+
+    def pending_copies(self, repository: str) -> list[str]:
+        """Set ids whose copy to ``repository`` is still to make, oldest first."""
+        return [r["set_id"] for r in self.db.execute(
+            "SELECT set_id FROM set_copies WHERE repository = ? AND status = 'pending'"
+            " ORDER BY set_id", (repository,))]
 
     # -- operations and their journal ---------------------------------------
     def create_operation(self, kind: str, params: Mapping[str, Any], plan: Mapping[str, Any],

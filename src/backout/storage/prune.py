@@ -19,13 +19,47 @@ class PruneDecision:
     remove: list[str]
 
 
+def _hour(t: datetime) -> int:
+    return t.toordinal() * 24 + t.hour
+
+
+def _week(t: datetime) -> int:
+    return (t.toordinal() - t.weekday()) // 7  # weeks start on Monday (ISO)
+
+
+def _month(t: datetime) -> int:
+    return t.year * 12 + t.month - 1
+
+
+def _year(t: datetime) -> int:
+    return t.year
+
+
+def _label(period: str, t: datetime) -> str:
+    if period == "hourly":
+        return t.strftime("%Y-%m-%d %H:00")
+    if period == "weekly":
+        year, week, _ = t.isocalendar()
+        return f"{year}-W{week:02d}"
+    if period == "monthly":
+        return t.strftime("%Y-%m")
+    return str(t.year)
+
+
+CALENDAR = (("hourly", _hour), ("weekly", _week), ("monthly", _month), ("yearly", _year))
+
+
 def prune(candidates: Iterable[Candidate], *, now: datetime, keep_last: int, keep_daily: int,
-          protected: dict[str, str]) -> PruneDecision:
+          protected: dict[str, str], keep_hourly: int = 0, keep_weekly: int = 0,
+          keep_monthly: int = 0, keep_yearly: int = 0) -> PruneDecision:
     """Decide which usable sets to keep.
 
     Kept: the ``keep_last`` newest; the newest of each of the last ``keep_daily``
-    days; always the newest set; every id in ``protected`` (e.g. referenced by the
-    current or previous release), with the reason given there.
+    days (and likewise of the last ``keep_hourly`` hours, ``keep_weekly`` ISO weeks,
+    ``keep_monthly`` months, ``keep_yearly`` years, counted back from ``now``); always
+    the newest set; every id in ``protected`` (e.g. referenced by the current or
+    previous release), with the reason given there. The same decision is applied to
+    the local sets and to each repository's copies.
     """
     ordered = sorted(candidates, key=lambda c: (c.completed_at, c.id), reverse=True)
     keep: dict[str, str] = {}
@@ -41,6 +75,20 @@ def prune(candidates: Iterable[Candidate], *, now: datetime, keep_last: int, kee
             if day >= horizon and day not in seen_days:
                 seen_days.add(day)
                 keep.setdefault(c.id, f"newest of {day.isoformat()} (keep_daily={keep_daily})")
+    counts = {"hourly": keep_hourly, "weekly": keep_weekly, "monthly": keep_monthly,
+              "yearly": keep_yearly}
+    for period, bucket in CALENDAR:
+        n = counts[period]
+        if n <= 0:
+            continue
+        first = bucket(now) - n + 1
+        seen: set[int] = set()
+        for c in ordered:
+            b = bucket(c.completed_at)
+            if first <= b <= bucket(now) and b not in seen:
+                seen.add(b)
+                keep.setdefault(c.id, f"newest of {_label(period, c.completed_at)} "
+                                      f"(keep_{period}={n})")
     for cid, why in protected.items():
         if any(c.id == cid for c in ordered):
             keep[cid] = why
