@@ -16,13 +16,14 @@ container is started beside another is the platform's.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from backout import proc
 from backout.adapters import http
 from backout.config import Config
-from backout.errors import UnhealthyError
+from backout.errors import UnhealthyError, UsageError
 from backout.operations import interrupt
 from backout.operations.executor import RunContext, register_action
 from backout.operations.plan import Step
@@ -43,6 +44,36 @@ def order_for(config: Config, definition: dict[str, Any], service: str,
     return policy.choose(service, spec, requested=requested,
                          configured=svc_cfg.switch if svc_cfg else None,
                          database_services={db.service for db in config.databases.values()})
+
+
+def candidates(config: Config, definition: dict[str, Any], *,
+               exclude: Collection[str] = ()) -> list[str]:
+    """The services a whole-stack change (deploy, emergency rollback) switches
+    start-first before Compose converges the rest: every service nothing blocks
+    (databases, fixed host ports, ... go stop-first through ``compose up``)."""
+    out = []
+    for service in sorted(definition.get("services") or {}):
+        if service in exclude:
+            continue
+        try:
+            chosen = order_for(config, definition, service)
+        except UsageError:
+            continue  # start-first configured over a hard blocker: compose up does it
+        if chosen.start_first:
+            out.append(service)
+    return out
+
+
+def stack_steps(config: Config, definition: dict[str, Any], *,
+                exclude: Collection[str] = ()) -> list[Step]:
+    """The start-first switch of every candidate, each to the image the compose files
+    name once the new code is checked out (a service whose image does not change is
+    skipped when its turn comes)."""
+    out: list[Step] = []
+    for service in candidates(config, definition, exclude=exclude):
+        out += steps(config, definition, service, image_id=None, ref=None,
+                     order=order_for(config, definition, service))
+    return out
 
 
 def proxies(config: Config, switched: str) -> list[dict[str, Any]]:
@@ -114,14 +145,31 @@ def _container(ctx: RunContext, service: str, cid: str) -> ContainerInfo | None:
 @register_action("switch.start")
 def _start(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     service, ref = params["service"], params.get("ref")
-    if ref:
+    if not ref:
+        # A whole-stack change: the definition is the new code's only now.
+        data = ctx.platform.definition()
+        spec = (data.get("services") or {}).get(service)
+        if spec is None:
+            return {"skipped": f"the new definition has no service {service}"}
+        try:
+            chosen = order_for(ctx.config, data, service)
+        except UsageError as exc:
+            chosen = SwitchOrder(policy.STOP_FIRST, (exc.message,), "backout.toml")
+        if not chosen.start_first:
+            return {"skipped": f"now {chosen.describe()}: Compose recreates it"}
+        name = str(spec.get("image") or f"{ctx.platform.project_name(data)}-{service}")
+        if ctx.platform.image(name) is None:
+            return {"skipped": f"{name} is not on this host yet: Compose pulls it and "
+                               "recreates the service"}
+    else:
         if ctx.platform.image(params["image_id"]) is None:
             raise UnhealthyError(f"image {params['image_id'][:19]} of {service} is no longer "
                                  "on this host", fix="pick another release")
         ctx.platform.tag(params["image_id"], ref)
     pair = ctx.platform.start_beside(service, ref, operation_id=ctx.operation_id)
     if not pair.old:
-        return {"skipped": f"{service} runs that image already", "new": pair.new}
+        return {"skipped": f"{service} had no container of another image to replace",
+                "new": pair.new}
     return {"new": pair.new, "old": list(pair.old), "started_at": pair.started_at}
 
 

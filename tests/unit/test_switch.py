@@ -353,3 +353,85 @@ def test_abort_after_the_old_one_is_gone_keeps_the_new_one(tmp_path: Path) -> No
     assert outcome.failed_step == "drain the old web"
     assert outcome.results["switch-abort:web"]["kept"] == ["c-web-2"]
     assert [b.id for b in platform.of("web")] == ["c-web-2"]
+
+
+# ------------------------------------------------------- deploy and emergency rollback
+
+
+def _stack_definition() -> dict[str, Any]:
+    return {"name": "p", "services": {
+        "web": {"image": "web:latest"},
+        "api": {"image": "api:latest"},
+        "nginx": {"image": "nginx", "ports": [{"target": 80, "published": "8080"}]},
+        "db": {"image": "mariadb", "volumes": [{"type": "volume", "source": "data",
+                                                "target": "/var/lib/mysql"}]}}}
+
+
+def test_the_deploy_switches_stateless_services_before_compose_up() -> None:
+    from backout.deploy import Preflight, plan_deploy
+
+    config = Config(path=Path("/p/backout.toml"), project_dir=Path("/p"),
+                    services={"api": ServiceConfig("api", switch="stop-first")},
+                    databases={"db": DatabaseConfig("db", "mysql", "db")})
+    pf = Preflight(ref="v3", commit="c" * 40, head="a" * 40, dirty=False,
+                   running={"web": "sha256:1"})
+    plan = plan_deploy(config, pf, watch_seconds=0, with_data=False,
+                       definition=_stack_definition())
+    keys = [s.key for s in plan.steps]
+    switched = [k for k in keys if k.startswith("switch-")]
+    # api: stop-first by config; nginx: a fixed port; db: a database
+    assert switched == ["switch-start:web", "switch-ready:web", "switch-proxies:web",
+                        "switch-drain:web", "switch-abort:web"]
+    assert keys.index("deploy:build") < keys.index("switch-start:web")
+    assert keys.index("switch-abort:web") < keys.index("deploy:up")
+    assert plan.steps[keys.index("switch-start:web")].params["ref"] is None
+    assert "up to date" in plan.steps[keys.index("deploy:up")].reason
+    without = plan_deploy(config, pf, watch_seconds=0, with_data=False)
+    assert not any(k.startswith("switch-") for k in (s.key for s in without.steps))
+
+
+def test_the_emergency_rollback_switches_what_was_not_stopped_for_the_data() -> None:
+    config = Config(path=Path("/p/backout.toml"), project_dir=Path("/p"),
+                    databases={"db": DatabaseConfig("db", "mysql", "db")})
+    assert switching.candidates(config, _stack_definition()) == ["api", "web"]
+    assert switching.candidates(config, _stack_definition(), exclude=["api"]) == ["web"]
+
+
+def _whole_stack(tmp: Path, health: list[str | None]) -> tuple[Config, Store,
+                                                                 SwitchFakePlatform, Plan]:
+    config = Config(path=tmp / "backout.toml", project_dir=tmp)
+    store = Store(config.state_dir)
+    definition = {"name": "p", "services": {"web": {"image": "web:latest"},
+                                            "gone": {"image": "gone:latest"}}}
+    platform = SwitchFakePlatform(tmp, running={"web": OLD}, definition=definition,
+                                  images={"web:latest": NEW, "web:old": OLD},
+                                  new_health={"web": health})
+    plan = Plan("test.stack", {}, tuple(switching.stack_steps(config, definition)))
+    return config, store, platform, plan
+
+
+def test_a_whole_stack_switch_takes_the_image_the_new_code_names(tmp_path: Path) -> None:
+    config, store, platform, plan = _whole_stack(tmp_path, ["starting", "healthy"])
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    assert platform.called("start_beside") == [("web", None)]
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", NEW)]
+    # the image of `gone` is not on this host: compose up pulls it (stop-first)
+    assert "not on this host yet" in outcome.results["switch-start:gone"]["skipped"]
+    assert outcome.results["switch-drain:gone"] == {"skipped": "nothing was started"}
+
+
+def test_a_whole_stack_switch_skips_what_does_not_change(tmp_path: Path) -> None:
+    config, store, platform, plan = _whole_stack(tmp_path, ["healthy"])
+    platform.boxes[0].image_id = NEW  # already runs the new code's image
+    outcome = run(store, plan, config, platform)
+    assert outcome.results["switch-start:web"]["skipped"].startswith("web had no container")
+    assert platform.called("retire") == []
+
+
+def test_a_whole_stack_switch_never_ready_keeps_the_old_release(tmp_path: Path) -> None:
+    config, store, platform, plan = _whole_stack(tmp_path, ["unhealthy"])
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "failed" and "the old release kept serving" in str(outcome.error)
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-1", OLD)]
+    assert outcome.results["switch-abort:web"]["kept"] == ["c-web-1"]
