@@ -76,7 +76,11 @@ class SwitchStack:
                               timeout=300, check=check)
 
     def up(self) -> None:
-        self.compose("up", "-d", "--wait", "--force-recreate")
+        self.compose("up", "-d", "--wait")
+        # A static nginx resolved app once, at its start: after compose recreated app
+        # (a test left another image running) it would proxy to a gone address.
+        self.compose("exec", "-T", "nginx", "nginx", "-s", "reload")
+        time.sleep(0.5)
 
     def down(self) -> None:
         remove_run(self.run_id, self.project, RUN_LABEL)

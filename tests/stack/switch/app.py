@@ -57,6 +57,7 @@ def serve() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     ThreadingHTTPServer.daemon_threads = False  # server_close joins in-flight requests
+    ThreadingHTTPServer.request_queue_size = 128  # bursts of proxied requests wait, not fail
     httpd = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                      daemon=True).start()
@@ -69,7 +70,7 @@ def serve() -> int:
 
 def healthcheck() -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=3) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=8) as r:
             return 0 if r.status == 200 else 1
     except Exception:
         return 1
