@@ -33,6 +33,11 @@ from backout.policy.switch import SwitchOrder
 
 KEPT_SERVING = "the old release kept serving"
 POLL = 0.25
+# After `nginx -s reload` the workers of the old configuration (which know only the
+# old container) still pass on the requests they had accepted: give them this long
+# before the old container stops accepting (seen on the real stack: a burst of 502s
+# when the drain followed the reload at once).
+RELOAD_SETTLE = 1.0
 
 
 def order_for(config: Config, definition: dict[str, Any], service: str,
@@ -86,7 +91,8 @@ def proxies(config: Config, switched: str) -> list[dict[str, Any]]:
 def _proxy_words(fronts: list[dict[str, Any]]) -> str:
     if not fronts:
         return "no proxy is configured in front (Docker's DNS lists both containers)"
-    words = {"nginx-reload": "reload {s} (its proxy_pass resolved once)",
+    words = {"nginx-reload": "reload {s} (its proxy_pass resolved once) and give its old "
+                             f"workers {RELOAD_SETTLE:g}s to pass on what they accepted",
              "nginx-resolver": "wait {v}s for {s} to re-resolve (resolver valid={v}s)",
              "labels": "{s} follows the healthy container by its labels"}
     return "; ".join(words[p["mode"]].format(s=p["service"], v=p["valid"]) for p in fronts)
@@ -229,6 +235,8 @@ def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     if not params["proxies"]:
         return {"skipped": "no proxy configured in front"}
     reloaded = _reload(ctx, params["proxies"])
+    if reloaded:
+        interrupt.current().sleep(RELOAD_SETTLE)
     # A resolver caches the old answer (the old container alone) for up to `valid`
     # seconds counted from when it last asked: wait that long after the new container
     # joined the network before the old one goes.

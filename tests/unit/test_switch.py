@@ -139,6 +139,7 @@ def stack(tmp: Path, *, proxy: str | None = None, new_health: list[str | None] |
 def _quick(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """No real sleeps; exec'd proxy reloads are recorded, not run."""
     monkeypatch.setattr(switching, "POLL", 0.0)
+    monkeypatch.setattr(switching, "RELOAD_SETTLE", 0.0)
     execs: list[list[str]] = []
 
     def fake_run(_env: Any, argv: list[str], **_kw: Any) -> proc.Result:
