@@ -436,3 +436,30 @@ def test_a_whole_stack_switch_never_ready_keeps_the_old_release(tmp_path: Path) 
     assert outcome.status == "failed" and "the old release kept serving" in str(outcome.error)
     assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-1", OLD)]
     assert outcome.results["switch-abort:web"]["kept"] == ["c-web-1"]
+
+
+@pytest.mark.parametrize(("answer", "ok", "proxy", "valid"), [
+    (NGINX_RESOLVER, True, "nginx-resolver", 2), (NGINX_STATIC, True, "nginx-reload", None),
+    ("", False, None, None)])
+def test_init_detects_how_a_running_nginx_reaches_the_apps(
+        monkeypatch: pytest.MonkeyPatch, answer: str, ok: bool, proxy: str | None,
+        valid: int | None) -> None:
+    from backout.environment import Environment
+    from backout.setup import init as init_module
+    from backout.setup.generate import Derived
+    from tests.support.fakes import FakePlatform
+
+    derived = Derived()
+    derived.services = {"nginx": {"kind": "proxy"}, "app": {"kind": "app"}}
+    asked: list[list[str]] = []
+
+    def fake_run(_env: Any, argv: list[str], **_kw: Any) -> proc.Result:
+        asked.append(list(argv))
+        return proc.Result(tuple(argv), 0 if ok else 1, answer, "", 0.0)
+
+    monkeypatch.setattr(init_module.proc, "run", fake_run)
+    init_module._find_proxy_modes(Environment(), FakePlatform(), derived)
+    assert asked == [["fake-exec", "nginx", "nginx", "-T"]]
+    assert derived.services["nginx"].get("proxy") == proxy
+    assert derived.services["nginx"].get("proxy_dns_valid_seconds") == valid
+    assert derived.notes["services.nginx"][0].startswith("proxy: ")
