@@ -463,3 +463,22 @@ def test_init_detects_how_a_running_nginx_reaches_the_apps(
     assert derived.services["nginx"].get("proxy") == proxy
     assert derived.services["nginx"].get("proxy_dns_valid_seconds") == valid
     assert derived.notes["services.nginx"][0].startswith("proxy: ")
+
+
+def test_sigint_during_the_drain_lets_it_finish(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    real_retire = platform.retire
+    abortable: list[bool] = []
+
+    def retire(ids: Any, *, grace_seconds: float) -> list[str]:
+        abortable.append(interrupt.current().abortable)
+        interrupt.current().request("SIGINT")  # Ctrl-C while the old one drains
+        return real_retire(ids, grace_seconds=grace_seconds)
+
+    platform.retire = retire  # type: ignore[method-assign]
+    outcome = run(store, plan, config, platform)
+    assert abortable == [False]  # an old container half stopped serves nobody
+    assert outcome.status == "interrupted"
+    assert outcome.results["switch-drain:web"]["retired"] == ["c-web-1"]
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
