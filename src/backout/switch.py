@@ -126,8 +126,8 @@ def steps(config: Config, definition: dict[str, Any], service: str, *,
              {**common, "proxies": fronts}, key=f"switch-proxies:{service}"),
         Step(f"drain the old {service}", "switch.drain",
              f"stop it with its stop_grace_period ({grace:g}s) so requests in flight finish, "
-             "then remove it" + ("; reload the proxies again" if any(
-                 p["mode"] == "nginx-reload" for p in fronts) else ""),
+             "then remove it" + ("; reload the proxies so none keeps its address" if any(
+                 p["mode"].startswith("nginx") for p in fronts) else ""),
              {**common, "proxies": fronts}, key=f"switch-drain:{service}"),
         Step(f"keep one {service} if the switch failed", "switch.abort",
              "while the old container runs, the new one is removed and " + KEPT_SERVING
@@ -216,10 +216,11 @@ def _probe_ok(ctx: RunContext, cid: str, probe: str | None) -> bool:
     return answer.status is not None and 200 <= answer.status < 300
 
 
-def _reload(ctx: RunContext, fronts: list[dict[str, Any]]) -> list[str]:
+def _reload(ctx: RunContext, fronts: list[dict[str, Any]],
+            modes: tuple[str, ...] = ("nginx-reload",)) -> list[str]:
     done = []
     for front in fronts:
-        if front["mode"] != "nginx-reload":
+        if front["mode"] not in modes:
             continue
         proc.run(ctx.env, ctx.platform.exec_argv(front["service"], front["reload"]),
                  timeout=60, what=f"reload {front['service']}")
@@ -256,7 +257,10 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # by SIGINT: the new one is ready, and an old one half stopped serves nobody.
     interrupt.current().abortable = False
     retired = ctx.platform.retire(started["old"], grace_seconds=float(params["grace"]))
-    reloaded = _reload(ctx, params["proxies"])
+    # The old container's address is gone now; an nginx still holding it (resolved
+    # once, or cached by its resolver for `valid` seconds) would wait for a connect
+    # timeout on it: a reload makes workers that ask Docker's DNS afresh.
+    reloaded = _reload(ctx, params["proxies"], ("nginx-reload", "nginx-resolver"))
     return {"retired": retired, "serving": started["new"], "reloaded": reloaded}
 
 

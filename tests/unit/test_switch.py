@@ -209,9 +209,9 @@ def test_the_reload_happens_only_once_the_new_container_is_healthy(
     seen: list[str | None] = []
     real_reload = switching._reload
 
-    def watch(ctx: Any, fronts: Any) -> list[str]:
+    def watch(ctx: Any, fronts: Any, *modes: Any) -> list[str]:
         seen.append(platform._health(platform.of("web")[-1]))
-        return real_reload(ctx, fronts)
+        return real_reload(ctx, fronts, *modes)
 
     switching._reload = watch  # type: ignore[assignment]
     try:
@@ -233,8 +233,10 @@ def test_a_resolver_proxy_is_waited_out_before_the_old_container_goes(
     outcome = run(store, plan, config, platform)
     assert outcome.status == "succeeded"
     assert slept == [pytest.approx(4.5)]  # valid 5 s + 0.5 s margin, 1 s already gone
-    assert _quick == []  # nothing reloaded
     assert outcome.results["switch-proxies:web"] == {"reloaded": [], "waited_s": 4.5}
+    # reloaded once the old container is gone: no worker keeps its cached address
+    assert _quick == [["fake-exec", "nginx", "nginx", "-s", "reload"]]
+    assert outcome.results["switch-drain:web"]["reloaded"] == ["nginx"]
 
 
 def test_a_release_that_never_gets_ready_is_removed_and_the_old_one_kept(
