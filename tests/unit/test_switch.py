@@ -484,3 +484,14 @@ def test_sigint_during_the_drain_lets_it_finish(tmp_path: Path) -> None:
     assert outcome.status == "interrupted"
     assert outcome.results["switch-drain:web"]["retired"] == ["c-web-1"]
     assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
+
+
+def test_a_label_driven_proxy_needs_neither_reload_nor_wait(
+        tmp_path: Path, _quick: list[list[str]]) -> None:
+    config, store, platform = stack(tmp_path, proxy="labels")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    assert "nginx follows the healthy container by its labels" in plan.steps[2].reason
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded"
+    assert _quick == []
+    assert outcome.results["switch-proxies:web"] == {"reloaded": [], "waited_s": 0.0}
