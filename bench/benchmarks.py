@@ -587,7 +587,12 @@ def _switch(rig: Rig, who: str, target: str) -> Callable[[], float]:
         if who == "bare":
             return rig.compose_up("backend")
         if who == "deploy":
-            return rig.backout("deploy", target, "--watch", "0", timeout=1800).seconds
+            done = rig.backout("deploy", target, "--watch", "0", timeout=1800, expect=None)
+            if done.returncode != 0:
+                failed = [f"{s['name']}: {s['reason']}" for s in done.json().get("steps", [])
+                          if s["status"] == "failed"]
+                raise BenchError(f"backout deploy exited {done.returncode}: {failed}")
+            return done.seconds
         return rig.sh('git checkout -q "$TARGET" && docker compose up -d --wait '
                       "--wait-timeout 240", env={"TARGET": target}, timeout=600).seconds
 
