@@ -585,7 +585,13 @@ def _switch(rig: Rig, who: str, target: str) -> Callable[[], float]:
         if who == "rollback":
             return rig.backout("rollback", "service", "backend", "healthy", "--yes").seconds
         if who == "bare":
-            return rig.compose_up("backend")
+            took = rig.compose_up("backend")
+            if rig.image_id("backend") != tag_image_id("backout-test/backend:healthy"):
+                # compose kept the container (as in Rig.deploy): the operator forces it
+                log("bare: compose kept the backend container; --force-recreate (timed)")
+                took += rig.sh("docker compose up -d --no-deps --force-recreate --wait "
+                               "--wait-timeout 240 backend", timeout=600).seconds
+            return took
         if who == "deploy":
             done = rig.backout("deploy", target, "--watch", "0", timeout=1800, expect=None)
             if done.returncode != 0:
