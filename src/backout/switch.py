@@ -216,16 +216,30 @@ def _probe_ok(ctx: RunContext, cid: str, probe: str | None) -> bool:
     return answer.status is not None and 200 <= answer.status < 300
 
 
-def _reload(ctx: RunContext, fronts: list[dict[str, Any]],
-            modes: tuple[str, ...] = ("nginx-reload",)) -> list[str]:
-    done = []
+def _reloads(ctx: RunContext, fronts: list[dict[str, Any]],
+             modes: tuple[str, ...] = ("nginx-reload",)) -> list[tuple[str, list[str]]]:
+    """(proxy, argv) of each reload, straight into its running container (docker
+    exec starts in a fraction of compose exec's time: the drain runs it between the
+    old container's exit and anything else)."""
+    out = []
     for front in fronts:
         if front["mode"] not in modes:
             continue
-        proc.run(ctx.env, ctx.platform.exec_argv(front["service"], front["reload"]),
-                 timeout=60, what=f"reload {front['service']}")
-        done.append(front["service"])
-    return done
+        running = [c for c in ctx.platform.containers(front["service"]) if c.state == "running"]
+        out += [(front["service"], ctx.platform.container_exec_argv(c.id, front["reload"]))
+                for c in running]
+    return out
+
+
+def _run_reloads(ctx: RunContext, reloads: list[tuple[str, list[str]]]) -> list[str]:
+    for proxy, argv in reloads:
+        proc.run(ctx.env, argv, timeout=60, what=f"reload {proxy}")
+    return sorted({proxy for proxy, _argv in reloads})
+
+
+def _reload(ctx: RunContext, fronts: list[dict[str, Any]],
+            modes: tuple[str, ...] = ("nginx-reload",)) -> list[str]:
+    return _run_reloads(ctx, _reloads(ctx, fronts, modes))
 
 
 @register_action("switch.proxies")
@@ -256,11 +270,13 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # Once the old container is told to stop, the switch is finished, not cut short
     # by SIGINT: the new one is ready, and an old one half stopped serves nobody.
     interrupt.current().abortable = False
-    retired = ctx.platform.retire(started["old"], grace_seconds=float(params["grace"]))
-    # The old container's address is gone now; an nginx still holding it (resolved
-    # once, or cached by its resolver for `valid` seconds) would wait for a connect
-    # timeout on it: a reload makes workers that ask Docker's DNS afresh.
-    reloaded = _reload(ctx, params["proxies"], ("nginx-reload", "nginx-resolver"))
+    # Once the old container has stopped its address is gone; an nginx still holding
+    # it (resolved once, or cached by its resolver for `valid` seconds) would wait for
+    # a connect timeout on it: reloaded at once, its workers ask Docker's DNS afresh.
+    reloads = _reloads(ctx, params["proxies"], ("nginx-reload", "nginx-resolver"))
+    reloaded: list[str] = []
+    retired = ctx.platform.retire(started["old"], grace_seconds=float(params["grace"]),
+                                  after_stop=lambda: reloaded.extend(_run_reloads(ctx, reloads)))
     return {"retired": retired, "serving": started["new"], "reloaded": reloaded}
 
 

@@ -3,7 +3,7 @@ once: what the start-first switch (backout.switch) needs. In-process, no Docker.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,8 +89,14 @@ class SwitchFakePlatform(FakePlatform):
         self._call("container_address", container_id, port)
         return f"10.9.0.{len(container_id)}:{port}"
 
-    def retire(self, container_ids: Sequence[str], *, grace_seconds: float) -> list[str]:
+    def retire(self, container_ids: Sequence[str], *, grace_seconds: float,
+               after_stop: Callable[[], object] | None = None) -> list[str]:
         self._call("retire", tuple(container_ids), grace_seconds)
         gone = [b.id for b in self.boxes if b.id in container_ids]
+        for b in self.boxes:
+            if b.id in container_ids:
+                b.state = "exited"
+        if after_stop is not None:
+            after_stop()
         self.boxes = [b for b in self.boxes if b.id not in container_ids]
         return gone

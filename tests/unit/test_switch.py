@@ -194,7 +194,7 @@ def test_start_first_starts_waits_reloads_then_drains(tmp_path: Path,
     changes = [c for c in platform.calls if c[0] in ("tag", "start_beside", "retire")]
     assert changes == [("tag", OLD, ref), ("start_beside", "web", ref),
                        ("retire", ("c-web-1",), 20.0)]
-    assert _quick == [["fake-exec", "nginx", "nginx", "-s", "reload"]] * 2
+    assert _quick == [["fake-exec", "c-nginx-1", "nginx", "-s", "reload"]] * 2
     assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
     assert [(b.id, b.image_id) for b in platform.of("worker")] == [("c-worker-1", NEW)]
     assert store.fact(EXPECTED_IMAGES) == {"web": OLD}
@@ -235,7 +235,7 @@ def test_a_resolver_proxy_is_waited_out_before_the_old_container_goes(
     assert slept == [pytest.approx(4.5)]  # valid 5 s + 0.5 s margin, 1 s already gone
     assert outcome.results["switch-proxies:web"] == {"reloaded": [], "waited_s": 4.5}
     # reloaded once the old container is gone: no worker keeps its cached address
-    assert _quick == [["fake-exec", "nginx", "nginx", "-s", "reload"]]
+    assert _quick == [["fake-exec", "c-nginx-1", "nginx", "-s", "reload"]]
     assert outcome.results["switch-drain:web"]["reloaded"] == ["nginx"]
 
 
@@ -253,7 +253,7 @@ def test_a_release_that_never_gets_ready_is_removed_and_the_old_one_kept(
     assert [r.status for r in outcome.steps] == ["done", "failed", "skipped", "skipped", "done",
                                                  "skipped", "skipped"]
     assert store.fact(EXPECTED_IMAGES) is None
-    assert _quick == [["fake-exec", "nginx", "nginx", "-s", "reload"]]  # forget the new IP
+    assert _quick == [["fake-exec", "c-nginx-1", "nginx", "-s", "reload"]]  # forget the new IP
 
 
 def test_ready_times_out(tmp_path: Path) -> None:
@@ -345,8 +345,8 @@ def test_abort_after_the_old_one_is_gone_keeps_the_new_one(tmp_path: Path) -> No
     plan = service_rollback.plan(store, platform, "web", None, config=config)
     real_retire = platform.retire
 
-    def retire_then_fail(ids: Any, *, grace_seconds: float) -> list[str]:
-        gone = real_retire(ids, grace_seconds=grace_seconds)
+    def retire_then_fail(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
+        gone = real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
         if "c-web-1" in ids:
             raise UnhealthyError("docker rm answered late")
         return gone
@@ -473,10 +473,10 @@ def test_sigint_during_the_drain_lets_it_finish(tmp_path: Path) -> None:
     real_retire = platform.retire
     abortable: list[bool] = []
 
-    def retire(ids: Any, *, grace_seconds: float) -> list[str]:
+    def retire(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
         abortable.append(interrupt.current().abortable)
         interrupt.current().request("SIGINT")  # Ctrl-C while the old one drains
-        return real_retire(ids, grace_seconds=grace_seconds)
+        return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
 
     platform.retire = retire  # type: ignore[method-assign]
     outcome = run(store, plan, config, platform)
@@ -495,3 +495,19 @@ def test_a_label_driven_proxy_needs_neither_reload_nor_wait(
     assert outcome.status == "succeeded"
     assert _quick == []
     assert outcome.results["switch-proxies:web"] == {"reloaded": [], "waited_s": 0.0}
+
+
+def test_the_drain_reloads_the_proxy_as_soon_as_the_old_one_has_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    seen: list[list[tuple[str, str]]] = []
+
+    def fake_run(_env: Any, argv: list[str], **_kw: Any) -> proc.Result:
+        seen.append([(b.id, b.state) for b in platform.of("web")])
+        return proc.Result(tuple(argv), 0, "", "", 0.0)
+
+    monkeypatch.setattr(switching.proc, "run", fake_run)
+    assert run(store, plan, config, platform).status == "succeeded"
+    # stopped (its address gone), not yet removed: nothing else happens in between
+    assert seen == [[("c-web-1", "exited"), ("c-web-2", "running")]]

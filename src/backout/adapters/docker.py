@@ -86,10 +86,12 @@ class Docker:
                 found.append(cid)
         return found
 
-    def stop_and_remove(self, ids: Sequence[str], *, grace_seconds: float) -> None:
-        # stop first (SIGTERM, then SIGKILL after the grace): rm -f would kill at once.
+    def stop(self, ids: Sequence[str], *, grace_seconds: float) -> None:
+        # SIGTERM, then SIGKILL after the grace (rm -f would kill at once).
         self._run(["container", "stop", "-t", str(max(0, round(grace_seconds))), *ids],
                   timeout=grace_seconds + 60, check=False, what="docker container stop")
+
+    def remove(self, ids: Sequence[str]) -> None:
         self._run(["container", "rm", "-f", *ids], timeout=60, what="docker container rm")
 
     def inspect_image(self, ref: str) -> ImageInfo | None:

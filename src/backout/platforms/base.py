@@ -9,7 +9,7 @@ nothing of backout (adapters fill them in).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -149,9 +149,12 @@ class Platform(Protocol):
         """``host:port`` where this one container's ``port`` answers from this host."""
         ...
 
-    def retire(self, container_ids: Sequence[str], *, grace_seconds: float) -> list[str]:
+    def retire(self, container_ids: Sequence[str], *, grace_seconds: float,
+               after_stop: Callable[[], object] | None = None) -> list[str]:
         """Stop these containers, each given ``grace_seconds`` to finish the requests
-        it is serving, then remove them; returns those that existed."""
+        it is serving, call ``after_stop`` (as soon as they are stopped: a proxy is
+        told before anything else happens), then remove them; returns those that
+        existed."""
         ...
 
     # -- reaching into a service ------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -180,10 +180,15 @@ class ComposePlatform:
         addresses = self.docker.addresses(container_id)
         return f"{addresses[0]}:{port}" if addresses else None
 
-    def retire(self, container_ids: Sequence[str], *, grace_seconds: float) -> list[str]:
+    def retire(self, container_ids: Sequence[str], *, grace_seconds: float,
+               after_stop: Callable[[], object] | None = None) -> list[str]:
         existing = self.docker.existing(container_ids)
         if existing:
-            self.docker.stop_and_remove(existing, grace_seconds=grace_seconds)
+            self.docker.stop(existing, grace_seconds=grace_seconds)
+        if after_stop is not None:
+            after_stop()
+        if existing:
+            self.docker.remove(existing)
         return existing
 
     # -- reaching into a service ------------------------------------------------------
