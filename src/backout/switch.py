@@ -38,6 +38,9 @@ POLL = 0.25
 # before the old container stops accepting (seen on the real stack: a burst of 502s
 # when the drain followed the reload at once).
 RELOAD_SETTLE = 1.0
+# nginx's title for a worker of a configuration it has reloaded away from.
+OLD_WORKER = "worker process is shutting down"
+OLD_WORKERS_LIMIT = 120.0  # seconds: nginx's own proxy_connect_timeout is at most 75 s
 
 
 def order_for(config: Config, definition: dict[str, Any], service: str,
@@ -217,8 +220,8 @@ def _probe_ok(ctx: RunContext, cid: str, probe: str | None) -> bool:
 
 
 def _reloads(ctx: RunContext, fronts: list[dict[str, Any]],
-             modes: tuple[str, ...] = ("nginx-reload",)) -> list[tuple[str, list[str]]]:
-    """(proxy, argv) of each reload, straight into its running container (docker
+             modes: tuple[str, ...] = ("nginx-reload",)) -> list[tuple[str, str, list[str]]]:
+    """(proxy, container, argv) of each reload, straight into its running container (docker
     exec starts in a fraction of compose exec's time: the drain runs it between the
     old container's exit and anything else)."""
     out = []
@@ -226,15 +229,25 @@ def _reloads(ctx: RunContext, fronts: list[dict[str, Any]],
         if front["mode"] not in modes:
             continue
         running = [c for c in ctx.platform.containers(front["service"]) if c.state == "running"]
-        out += [(front["service"], ctx.platform.container_exec_argv(c.id, front["reload"]))
+        out += [(front["service"], c.id, ctx.platform.container_exec_argv(c.id, front["reload"]))
                 for c in running]
     return out
 
 
-def _run_reloads(ctx: RunContext, reloads: list[tuple[str, list[str]]]) -> list[str]:
-    for proxy, argv in reloads:
+def _run_reloads(ctx: RunContext, reloads: list[tuple[str, str, list[str]]]) -> list[str]:
+    for proxy, _cid, argv in reloads:
         proc.run(ctx.env, argv, timeout=60, what=f"reload {proxy}")
-    return sorted({proxy for proxy, _argv in reloads})
+    return sorted({proxy for proxy, _cid, _argv in reloads})
+
+
+def _old_workers_gone(ctx: RunContext, reloads: list[tuple[str, str, list[str]]]) -> float:
+    start = time.monotonic()
+    intr = interrupt.current()
+    for cid in sorted({cid for _p, cid, _argv in reloads}):
+        while any(OLD_WORKER in line for line in ctx.platform.processes(cid)) \
+                and time.monotonic() - start < OLD_WORKERS_LIMIT:
+            intr.sleep(POLL)
+    return round(time.monotonic() - start, 3)
 
 
 def _reload(ctx: RunContext, fronts: list[dict[str, Any]],
@@ -277,7 +290,13 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     reloaded: list[str] = []
     retired = ctx.platform.retire(started["old"], grace_seconds=float(params["grace"]),
                                   after_stop=lambda: reloaded.extend(_run_reloads(ctx, reloads)))
-    return {"retired": retired, "serving": started["new"], "reloaded": reloaded}
+    # Requests an old worker had already sent toward the stopped address wait for
+    # nginx's connect timeout, then go to the new container (and nginx logs an
+    # error): the switch ends once those workers are gone, so what comes next (a
+    # deploy's verify reading the logs) sees only the new release.
+    waited = _old_workers_gone(ctx, reloads)
+    return {"retired": retired, "serving": started["new"], "reloaded": reloaded,
+            "old_workers_s": waited}
 
 
 @register_action("switch.abort")

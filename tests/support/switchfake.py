@@ -37,6 +37,7 @@ class SwitchFakePlatform(FakePlatform):
         self.boxes: list[Box] = [Box(f"c-{s}-1", s, i) for s, i in (running or {}).items()]
         self.new_health = {s: list(h) for s, h in (new_health or {}).items()}
         self.looks: dict[str, int] = {}
+        self.process_lists: list[list[str]] = []  # what processes() answers, in turn
 
     def _health(self, box: Box) -> str | None:
         script = self.new_health.get(box.service)
@@ -88,6 +89,10 @@ class SwitchFakePlatform(FakePlatform):
     def container_address(self, container_id: str, port: int) -> str | None:
         self._call("container_address", container_id, port)
         return f"10.9.0.{len(container_id)}:{port}"
+
+    def processes(self, container_id: str) -> list[str]:
+        self._call("processes", container_id)
+        return self.process_lists.pop(0) if self.process_lists else ["nginx: master process"]
 
     def retire(self, container_ids: Sequence[str], *, grace_seconds: float,
                after_stop: Callable[[], object] | None = None) -> list[str]:

@@ -511,3 +511,14 @@ def test_the_drain_reloads_the_proxy_as_soon_as_the_old_one_has_stopped(
     assert run(store, plan, config, platform).status == "succeeded"
     # stopped (its address gone), not yet removed: nothing else happens in between
     assert seen == [[("c-web-1", "exited"), ("c-web-2", "running")]]
+
+
+def test_the_drain_ends_when_the_proxys_old_workers_are_gone(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    old = ["nginx: master process", "nginx: worker process is shutting down"]
+    platform.process_lists = [old, old, ["nginx: master process", "nginx: worker process"]]
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded"
+    assert platform.called("processes") == [("c-nginx-1",)] * 3
+    assert platform.process_lists == []

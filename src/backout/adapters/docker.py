@@ -91,6 +91,11 @@ class Docker:
         self._run(["container", "stop", "-t", str(max(0, round(grace_seconds))), *ids],
                   timeout=grace_seconds + 60, check=False, what="docker container stop")
 
+    def processes(self, container_id: str) -> list[str]:
+        result = self._run(["container", "top", container_id, "-o", "args"], check=False,
+                           what="docker container top")
+        return result.stdout.splitlines()[1:] if result.ok else []
+
     def remove(self, ids: Sequence[str]) -> None:
         self._run(["container", "rm", "-f", *ids], timeout=60, what="docker container rm")
 

@@ -157,6 +157,11 @@ class Platform(Protocol):
         existed."""
         ...
 
+    def processes(self, container_id: str) -> list[str]:
+        """The command lines of the processes running in one container (as the host
+        sees them: no tool is needed inside it)."""
+        ...
+
     # -- reaching into a service ------------------------------------------------------
     def exec_argv(self, service: str, inner: Sequence[str],
                   env_names: Sequence[str] = ()) -> list[str]:

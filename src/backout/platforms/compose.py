@@ -191,6 +191,9 @@ class ComposePlatform:
             self.docker.remove(existing)
         return existing
 
+    def processes(self, container_id: str) -> list[str]:
+        return self.docker.processes(container_id)
+
     # -- reaching into a service ------------------------------------------------------
     def exec_argv(self, service: str, inner: Sequence[str],
                   env_names: Sequence[str] = ()) -> list[str]:
