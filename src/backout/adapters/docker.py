@@ -92,7 +92,7 @@ class Docker:
                   timeout=grace_seconds + 60, check=False, what="docker container stop")
 
     def processes(self, container_id: str) -> list[str]:
-        result = self._run(["container", "top", container_id, "-o", "args"], check=False,
+        result = self._run(["container", "top", container_id, "-o", "pid,args"], check=False,
                            what="docker container top")
         return result.stdout.splitlines()[1:] if result.ok else []
 
