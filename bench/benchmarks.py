@@ -5,17 +5,19 @@ paired with the bare tool measured in the same loop, on the same stack."""
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from backout.engines.mysql import DUMP_FLAGS
 from bench.core import (
+    BENCH_TOML,
     BenchError,
     JsonDict,
     Load,
@@ -594,39 +596,111 @@ def build_v2(tag: str) -> None:
                    input=dockerfile, text=True, capture_output=True, check=True, timeout=300)
 
 
+BACKEND_FIXED_PORT = '"127.0.0.1:${BACKEND_PORT:-8000}:8000"'
+BACKEND_ANY_PORT = '"127.0.0.1::8000"'  # an ephemeral host port: two containers can run
+
+
+@contextlib.contextmanager
+def start_first_backend(rig: Rig) -> Iterator[None]:
+    """The test stack as a zero-downtime deploy wants it: the backend publishes no
+    fixed host port (a fixed one makes backout switch stop-first, rightly), its health
+    is read through nginx, and nginx is declared a resolver proxy (`resolver
+    127.0.0.11 valid=5s` in tests/stack/nginx/default.conf). Put back afterwards."""
+    compose = rig.stack.compose_file
+    text = compose.read_text()
+    if BACKEND_FIXED_PORT not in text:
+        raise BenchError("the backend's port line is not in docker-compose.yml")
+    backend_port, nginx_port = rig.stack.env["BACKEND_PORT"], rig.stack.env["NGINX_PORT"]
+    toml = re.sub(rf"(health_url = \"http://127\.0\.0\.1:){backend_port}/",
+                  rf"\g<1>{nginx_port}/", rig.init_toml)
+    if toml == rig.init_toml:
+        raise BenchError("backout init wrote no backend health URL to adapt")
+    if "nginx-resolver" not in toml:  # `backout init` reads it from a running nginx
+        toml = toml.replace("[services.nginx]\n", "[services.nginx]\nproxy = \"nginx-resolver\"\n"
+                            "proxy_dns_valid_seconds = 5\n", 1)
+    if "nginx-resolver" not in toml:
+        raise BenchError("no [services.nginx] in backout.toml to declare a resolver proxy")
+    rig.git("checkout", "-q", "-f", "main")
+    compose.write_text(text.replace(BACKEND_FIXED_PORT, BACKEND_ANY_PORT))
+    rig.git("commit", "-q", "-am", "bench 5: backend without a fixed host port")
+    (rig.project / "backout.toml").write_text(toml + BENCH_TOML)
+    rig.compose_up("backend")
+    try:
+        yield
+    finally:
+        rig.git("checkout", "-q", "-f", "main")
+        compose.write_text(compose.read_text().replace(BACKEND_ANY_PORT, BACKEND_FIXED_PORT))
+        rig.git("commit", "-q", "-am", "bench 5: the backend's fixed port back")
+        rig.write_config()
+        rig.compose_up("backend")
+
+
+def _during(rig: Rig, url: str, tail: float, change: Callable[[], float]) -> JsonDict:
+    with Load(url, workers=4, period=0.02) as load:
+        time.sleep(1)
+        t0 = time.time()
+        took = change()
+        t1 = time.time()
+        time.sleep(tail)
+    return {**gap_figures(load.between(t0, t1 + tail)), "seconds": round(took, 3),
+            "window_s": round(t1 + tail - t0, 3)}
+
+
+def _switch(rig: Rig, who: str, target: str) -> Callable[[], float]:
+    """The timed command of one run of bench 5."""
+    def run() -> float:
+        if who == "rollback":
+            return rig.backout("rollback", "service", "backend", "healthy", "--yes").seconds
+        if who == "bare":
+            # --force-recreate: compose sometimes kept the container a start-first
+            # switch had made (as Rig.deploy notes), and then swapped nothing
+            return rig.sh("docker compose up -d --no-deps --force-recreate --wait "
+                          "--wait-timeout 240 backend", timeout=600).seconds
+        if who == "deploy":
+            done = rig.backout("deploy", target, "--watch", "0", timeout=1800, expect=None)
+            if done.returncode != 0:
+                failed = [f"{s['name']}: {s['reason']}" for s in done.json().get("steps", [])
+                          if s["status"] == "failed"]
+                raise BenchError(f"backout deploy exited {done.returncode}: {failed}")
+            return done.seconds
+        return rig.sh('git checkout -q "$TARGET" && docker compose up -d --wait '
+                      "--wait-timeout 240", env={"TARGET": target}, timeout=600).seconds
+
+    return run
+
+
 def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
     healthy = tag_image_id("backout-test/backend:healthy")
+    v2 = tag_image_id(f"backout-test/backend:{p.v2_tag}")
     url = f"{rig.stack.url('nginx')}/api/v1/items"
     tail = p.tail
-    ours: list[JsonDict] = []
-    bare: list[JsonDict] = []
-    for i in range(p.reps):
-        log(f"requests during a rollback {i + 1}/{p.reps}")
-        for who in ("backout", "bare"):
-            rig.deploy("backend", p.v2_tag)
-            if who == "bare":
-                rig.set_image("backend", "healthy")
-            with Load(url, workers=4, period=0.02) as load:
-                time.sleep(1)
-                t0 = time.time()
-                if who == "backout":
-                    took = rig.backout("rollback", "service", "backend", "healthy",
-                                       "--yes").seconds
-                else:
-                    took = rig.compose_up("backend")
-                t1 = time.time()
-                time.sleep(tail)
-            if rig.image_id("backend") != healthy:
-                raise BenchError(f"{who}: backend is not the healthy image after the rollback")
-            figures = {**gap_figures(load.between(t0, t1 + tail)), "rollback_s": round(took, 3),
-                       "window_s": round(t1 + tail - t0, 3)}
-            (ours if who == "backout" else bare).append(figures)
-    rig.deploy("backend", "healthy")
+    runs: dict[str, list[JsonDict]] = {"rollback": [], "bare": [], "deploy": [],
+                                       "bare_deploy": []}
+    with start_first_backend(rig):
+        for i in range(p.reps):
+            log(f"requests during a rollback {i + 1}/{p.reps}")
+            for who in ("rollback", "bare"):
+                rig.deploy("backend", p.v2_tag)
+                if who == "bare":
+                    rig.set_image("backend", "healthy")
+                runs[who].append(_during(rig, url, tail, _switch(rig, who, "")))
+                if rig.image_id("backend") != healthy:
+                    raise BenchError(f"{who}: backend is not the healthy image afterwards")
+            log(f"requests during a deploy {i + 1}/{p.reps}")
+            for who in ("deploy", "bare_deploy"):
+                rig.deploy("backend", "healthy")
+                target = rig.set_image("backend", p.v2_tag)
+                rig.git("checkout", "-q", "HEAD~1")  # the running release checked out
+                runs[who].append(_during(rig, url, tail, _switch(rig, who, target)))
+                if rig.image_id("backend") != v2:
+                    raise BenchError(f"{who}: backend is not {p.v2_tag} after the deploy")
+        rig.deploy("backend", "healthy")
+    ours, bare = runs["rollback"], runs["bare"]
     rows = [
-        Row("failed requests through nginx during the rollback", "requests",
+        Row("failed requests through nginx during `rollback service backend`", "requests",
             [f["failed"] for f in ours], [f["failed"] for f in bare],
-            "docker compose up -d --no-deps --wait backend, same load", kind="count",
-            extra={"backout_failed": [f["failed"] for f in ours],
+            "docker compose up -d --no-deps --force-recreate --wait backend, same load",
+            kind="count", extra={"backout_failed": [f["failed"] for f in ours],
                    "baseline_failed": [f["failed"] for f in bare],
                    "backout_requests": [f["requests"] for f in ours],
                    "baseline_requests": [f["requests"] for f in bare],
@@ -635,15 +709,36 @@ def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
             [f["longest_without_success_s"] for f in ours],
             [f["longest_without_success_s"] for f in bare], "the same bare rollback",
             floor=floor("the load's own spacing (4 workers, 20 ms pause)", 0.02, "s")),
-        Row("  span from first to last failed request", "s", [f["failed_span_s"] for f in ours],
-            [f["failed_span_s"] for f in bare], "the same bare rollback", kind="count"),
+        Row("  rollback time (start-first, incl. waiting out nginx's 5 s DNS validity)", "s",
+            [f["seconds"] for f in ours], [f["seconds"] for f in bare],
+            "docker compose up -d --no-deps --force-recreate --wait backend (stop-first)"),
+        Row("failed requests through nginx during `deploy` of a healthy release", "requests",
+            [f["failed"] for f in runs["deploy"]], [f["failed"] for f in runs["bare_deploy"]],
+            "git checkout + docker compose up -d --wait, same load", kind="count",
+            extra={"backout_requests": [f["requests"] for f in runs["deploy"]],
+                   "baseline_requests": [f["requests"] for f in runs["bare_deploy"]],
+                   "statuses": sorted({s for f in runs["deploy"] + runs["bare_deploy"]
+                                       for s in f["statuses"]})}),
+        Row("  longest stretch without a successful answer", "s",
+            [f["longest_without_success_s"] for f in runs["deploy"]],
+            [f["longest_without_success_s"] for f in runs["bare_deploy"]],
+            "the same bare deploy",
+            floor=floor("the load's own spacing (4 workers, 20 ms pause)", 0.02, "s")),
     ]
-    return result("5. Requests failing during a service rollback behind nginx", rows, [
+    return result("5. Requests failing during a service rollback and a deploy behind nginx",
+                  rows, [
         f"4 threads GET {url.split('//')[1].split(':')[0]}:<nginx>/api/v1/items with a 20 ms "
-        "pause each; counted from the rollback's start to 6 s after its end (nginx caches "
+        "pause each; counted from the command's start to 6 s after its end (nginx caches "
         "the backend's address for 5 s).",
-        "Both roll the backend from a second healthy image (`:healthy` + a label) back to "
-        "`:healthy`, so every failure is the container swap's, not the app's.",
+        "backout switches the backend start-first (issue 14): for this benchmark the backend "
+        "publishes an ephemeral host port instead of the test stack's fixed one (a fixed "
+        "host port makes backout fall back to stop-first, as it should) and backout.toml "
+        "declares nginx a resolver proxy (valid=5s), so backout waits out the validity "
+        "before it drains the old container.",
+        "Rollback: both roll the backend from a second healthy image (`:healthy` + a label) "
+        "back to `:healthy`, so every failure is the container swap's, not the app's. Deploy: "
+        "`backout deploy <commit> --watch 0` (its checkpoint included) from `:healthy` to "
+        "that second image; the bare one is `git checkout` + `docker compose up -d --wait`.",
         "Failure = no HTTP answer or a status >= 400 (statuses seen are in extra).",
     ], {"tail_s": tail, "workers": 4, "pause_s": 0.02})
 

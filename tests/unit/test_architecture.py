@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "backout.operations": 5,
     "backout.releases": 5,
     "backout.verify": 5,
+    "backout.switch": 5,  # a service's start-first switch: keyed steps and their actions
     # 6 the operations
     "backout.backup": 6,
     "backout.rollback": 6,

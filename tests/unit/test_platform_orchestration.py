@@ -46,8 +46,9 @@ def execute(store: Store, plan: Plan, ctx: RunContext) -> Any:
 
 def test_the_service_plan_targets_the_newest_release_with_another_image(tmp_path: Path) -> None:
     _config, store, platform = stack(tmp_path)
-    plan = service_rollback.plan(store, platform, "web", None)
-    assert [s.action for s in plan.steps] == ["rollback.service.recreate",
+    plan = service_rollback.plan(store, platform, "web", None, config=run_context(store).config,
+                                 order="stop-first")
+    assert [s.action for s in plan.steps] == ["rollback.service.recreate",  # --order stop-first
                                               "rollback.service.verify",
                                               "rollback.record_expected"]
     assert not any(s.always or s.on_failure for s in plan.steps)
@@ -61,22 +62,23 @@ def test_a_release_whose_image_is_gone_is_no_candidate(tmp_path: Path) -> None:
     _config, store, platform = stack(tmp_path)
     del platform.images["web:v1"]  # retention removed the old image
     with pytest.raises(NotFoundError, match="no recorded release ran another image"):
-        service_rollback.plan(store, platform, "web", None)
+        service_rollback.plan(store, platform, "web", None, config=_config)
     with pytest.raises(NotFoundError, match="no longer on this host"):
-        service_rollback.plan(store, platform, "web", "r1")
+        service_rollback.plan(store, platform, "web", "r1", config=_config)
 
 
 def test_a_version_tag_resolves_through_the_platform(tmp_path: Path) -> None:
     _config, store, platform = stack(tmp_path)
-    assert service_rollback.plan(store, platform, "web", "v1").params["image_id"] == OLD
+    assert service_rollback.plan(store, platform, "web", "v1", config=_config).params["image_id"] == OLD
     with pytest.raises(NotFoundError, match="no image web:v9"):
-        service_rollback.plan(store, platform, "web", "v9")
+        service_rollback.plan(store, platform, "web", "v9", config=_config)
 
 
 def test_the_service_rollback_replaces_one_service_then_verifies_and_records(
         tmp_path: Path) -> None:
     config, store, platform = stack(tmp_path)
-    plan = service_rollback.plan(store, platform, "web", None)
+    plan = service_rollback.plan(store, platform, "web", None, config=run_context(store).config,
+                                 order="stop-first")
     platform.calls.clear()
     outcome = execute(store, plan, run_context(store, config, platform))
     assert outcome.status == "succeeded"
@@ -91,7 +93,8 @@ def test_the_service_rollback_replaces_one_service_then_verifies_and_records(
 def test_a_failed_replacement_stops_the_plan_before_anything_is_recorded(
         tmp_path: Path) -> None:
     config, store, platform = stack(tmp_path)
-    plan = service_rollback.plan(store, platform, "web", None)
+    plan = service_rollback.plan(store, platform, "web", None, config=run_context(store).config,
+                                 order="stop-first")
     platform.calls.clear()
     platform.fail_on("replace_service", ExternalError("compose up failed"))
     outcome = execute(store, plan, run_context(store, config, platform))
@@ -103,7 +106,8 @@ def test_a_failed_replacement_stops_the_plan_before_anything_is_recorded(
 
 def test_an_unhealthy_replacement_fails_the_verify_step(tmp_path: Path) -> None:
     config, store, platform = stack(tmp_path, health={"web": "unhealthy"})
-    plan = service_rollback.plan(store, platform, "web", None)
+    plan = service_rollback.plan(store, platform, "web", None, config=run_context(store).config,
+                                 order="stop-first")
     outcome = execute(store, plan, run_context(store, config, platform))
     assert outcome.status == "failed" and outcome.failed_step == "verify web"
     assert isinstance(outcome.error, UnhealthyError) and "unhealthy" in outcome.error.message

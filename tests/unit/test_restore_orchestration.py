@@ -509,7 +509,7 @@ def test_emergency_with_data_restores_before_touching_code_and_restarts_writers(
     store.db.execute("INSERT INTO checkpoints (created_at, created_by, release_id, path, status)"
                      " VALUES ('t', 't', ?, ?, 'complete')", (release, set_id))
     monkeypatch.setattr(emergency.data_loss, "window", lambda *a: {"summary": "s"})
-    plan = emergency.plan(env, config, store, None, "cp1", True)  # type: ignore[arg-type]
+    plan = emergency.plan(env, config, store, FakePlatform(tmp_path, definition={}), "cp1", True)
     actions = [s.action for s in plan.steps]
     assert actions == ["emergency.save_changes", "rollback.db.verify", "compose.stop",
                        "rollback.db.safety", "rollback.db.restore", "rollback.db.undo",

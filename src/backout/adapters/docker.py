@@ -70,6 +70,35 @@ class Docker:
             )
         return out
 
+    def addresses(self, container_id: str) -> list[str]:
+        """The container's IP address on each of its networks."""
+        result = self._run(["container", "inspect", "--format",
+                            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                            container_id], check=False, what="docker container inspect")
+        return result.stdout.split() if result.ok else []
+
+    def existing(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` that name a container (in any state)."""
+        found = []
+        for cid in ids:
+            if self._run(["container", "inspect", "--format", "{{.Id}}", cid], check=False,
+                         what="docker container inspect").ok:
+                found.append(cid)
+        return found
+
+    def stop(self, ids: Sequence[str], *, grace_seconds: float) -> None:
+        # SIGTERM, then SIGKILL after the grace (rm -f would kill at once).
+        self._run(["container", "stop", "-t", str(max(0, round(grace_seconds))), *ids],
+                  timeout=grace_seconds + 60, check=False, what="docker container stop")
+
+    def processes(self, container_id: str) -> list[str]:
+        result = self._run(["container", "top", container_id, "-o", "pid,args"], check=False,
+                           what="docker container top")
+        return result.stdout.splitlines()[1:] if result.ok else []
+
+    def remove(self, ids: Sequence[str]) -> None:
+        self._run(["container", "rm", "-f", *ids], timeout=60, what="docker container rm")
+
     def inspect_image(self, ref: str) -> ImageInfo | None:
         result = self._run(["image", "inspect", ref], check=False, what="docker image inspect")
         if not result.ok:

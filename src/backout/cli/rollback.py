@@ -86,7 +86,12 @@ def run_rollback(ctx: Ctx, plan: Plan, *, name: str, yes: bool, dry_run: bool,
 @click.argument("version", required=False, shell_complete=complete("service-version"))
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool, yes: bool) -> int:
+@click.option("--order", type=click.Choice(["start-first", "stop-first"]), default=None,
+              help="start-first: the new container serves before the old one stops "
+                   "(default when the compose file allows it); stop-first: the old one "
+                   "stops first.")
+def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool, yes: bool,
+                     order: str | None) -> int:
     """Recreate one service from an earlier image; the others keep running untouched.
 
     VERSION is a release id (12, r12, release:12), an image tag (v1.2.0 or repo:tag), or
@@ -95,7 +100,8 @@ def rollback_service(ctx: Ctx, service: str, version: str | None, dry_run: bool,
     """
     platform = ctx.platform
     platform.ping()
-    plan = service_rollback.plan(ctx.store, platform, service, version)
+    plan = service_rollback.plan(ctx.store, platform, service, version, config=ctx.config,
+                                 order=order)
     return run_rollback(ctx, plan, name="rollback service", yes=yes, dry_run=dry_run)
 
 

@@ -37,6 +37,7 @@ from backout.config.model import (
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, did_you_mean
 from backout.policy import rules as policy
+from backout.policy import switch as switch_policy
 from backout.storage.repositories import names as repository_kinds
 
 CONFIG_NAME = "backout.toml"
@@ -69,6 +70,12 @@ SERVICE_KEYS = {
     "writes_to": Key(list, list_of=str),
     "log_error_pattern": Key(str),
     "log_error_allowance": Key(int, minimum=0),
+    "switch": Key(str, choices=switch_policy.ORDERS),
+    "ready_timeout_seconds": Key(int, minimum=1),
+    "readiness_url": Key(str),
+    "proxy": Key(str, choices=switch_policy.PROXY_MODES),
+    "proxy_reload": Key(list, list_of=str),
+    "proxy_dns_valid_seconds": Key(int, minimum=0),
 }
 DATABASE_KEYS = {
     "type": Key(str, required=True, choices=engines.names()),
@@ -253,6 +260,11 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
         _check_table(file, f"services.{name}", table, SERVICE_KEYS)
         fields = dict(table)
         fields["writes_to"] = tuple(fields.get("writes_to", ()))
+        if "proxy_reload" in fields:
+            if not fields["proxy_reload"]:
+                raise ConfigError(file, f"services.{name}.proxy_reload",
+                                  "must name a command (e.g. [\"nginx\", \"-s\", \"reload\"])")
+            fields["proxy_reload"] = tuple(fields["proxy_reload"])
         services[name] = ServiceConfig(name=name, **fields)
 
     databases: dict[str, DatabaseConfig] = {}

@@ -37,6 +37,19 @@ class ServiceConfig:
     writes_to: tuple[str, ...] = ()  # database names this service writes to
     log_error_pattern: str = r"(?i)\b(error|exception|traceback)\b"
     log_error_allowance: int = 0
+    # How its container is switched to another image (issue 14): "start-first" or
+    # "stop-first"; None: start-first unless the compose file rules it out.
+    switch: str | None = None
+    ready_timeout_seconds: int | None = None  # None: from the service's healthcheck
+    # A readiness probe of a new container before traffic reaches it, e.g.
+    # "http://:8080/health" (the container's own address and that port).
+    readiness_url: str | None = None
+    # For a proxy in front of switched services: "nginx-reload" (static proxy_pass,
+    # reloaded through exec), "nginx-resolver" (re-resolves every
+    # proxy_dns_valid_seconds), "labels" (Traefik: follows the containers itself).
+    proxy: str | None = None
+    proxy_reload: tuple[str, ...] = ("nginx", "-s", "reload")
+    proxy_dns_valid_seconds: int = 5
 
 
 @dataclass(frozen=True)

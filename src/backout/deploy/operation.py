@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backout import switch
 from backout.adapters.git import Git, GitWrite
 from backout.backup.operation import plan_backup, writers
 from backout.config import Config
@@ -50,7 +51,9 @@ OUTCOMES = {
 
 
 def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data: bool,
-                label: str | None = None) -> Plan:
+                label: str | None = None, definition: dict[str, Any] | None = None) -> Plan:
+    """``definition``: the stack as it runs now; its stateless services get a
+    start-first switch before ``compose up`` (None: none, everything via compose up)."""
     short = pf.commit[:12]
     head = pf.head or ""
     steps: list[Step] = [Step("record the release running now", "deploy.previous",
@@ -75,8 +78,10 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
         Step("build images", "deploy.build", "build the services whose build context changed "
                                              "between the two commits, or whose image is missing",
              {"from": head, "to": pf.commit}, key="deploy:build"),
+        *switch.stack_steps(config, definition or {}),
         Step("start the new release", "deploy.up", "docker compose up -d --wait: changed "
-                                                   "services are recreated in dependency order",
+                                                   "services are recreated in dependency order"
+             + (" (those switched start-first above are up to date)" if definition else ""),
              {}, key="deploy:up"),
         Step("record the new release", "deploy.record", "commit, resolved config and image IDs "
                                                         "of the new release; its images retained",
@@ -103,8 +108,9 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
                 tuple(steps),
                 summary=f"deploy {pf.ref} ({short}), watched for {watch_seconds}s"
                         + (", checkpoint first" if set_id else ""),
-                downtime="services whose image changes are recreated one by one; if it is "
-                         "rolled back, again" + (" with app services stopped while the "
+                downtime="stateless services switch start-first (none expected); the others "
+                         "whose image changes are recreated one by one; if it is rolled back, "
+                         "again" + (" with app services stopped while the "
                                                  "databases are restored" if with_data else ""))
 
 

@@ -226,7 +226,8 @@ class Monitor:
 
         try:
             if action == "rollback-service" and service:
-                plan = service_rollback.plan(self.store, self.platform, service, None)
+                plan = service_rollback.plan(self.store, self.platform, service, None,
+                                             config=self.config)
             else:
                 target = previous_release(self.store, self.platform)
                 plan = emergency.plan(self.env, self.config, self.store, self.platform,

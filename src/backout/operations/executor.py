@@ -33,7 +33,8 @@ _ACTIONS: dict[str, Action] = {}
 
 # Modules whose import registers actions. A resumed operation may be of any kind,
 # so the executor loads them all before it looks an action up.
-ACTION_MODULES = ("backout.backup.operation", "backout.backup.offsite", "backout.rollback.service", "backout.rollback.db",
+ACTION_MODULES = ("backout.switch", "backout.backup.operation", "backout.backup.offsite",
+                  "backout.rollback.service", "backout.rollback.db",
                   "backout.rollback.emergency", "backout.deploy.operation")
 
 

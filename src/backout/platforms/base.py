@@ -9,7 +9,7 @@ nothing of backout (adapters fill them in).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +37,16 @@ class ImageInfo:
     repo_digests: tuple[str, ...]
     created: str
     labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SwitchPair:
+    """A start-first switch of one service: the container started beside the running
+    one(s), and those (``old``, empty when the service already ran the target)."""
+
+    new: str
+    old: tuple[str, ...]
+    started_at: float  # epoch seconds when the new container joined the network
 
 
 class Platform(Protocol):
@@ -134,6 +144,33 @@ class Platform(Protocol):
     def bring_up(self, service: str) -> None:
         """Start one service (created or recreated as its definition says, no
         dependencies) and wait until it is healthy."""
+        ...
+
+    # -- switching one service start-first (issue 14) ---------------------------------
+    def start_beside(self, service: str, image_ref: str | None, *,
+                     operation_id: int) -> SwitchPair:
+        """Start one more container of ``service`` from ``image_ref`` (None: the image
+        the definition names) beside the running one, as the platform would have made
+        it (name, labels, networks, aliases), touching no other container and not
+        waiting for it. Repeated (a resumed switch), it finds the container it
+        started instead of starting another."""
+        ...
+
+    def container_address(self, container_id: str, port: int) -> str | None:
+        """``host:port`` where this one container's ``port`` answers from this host."""
+        ...
+
+    def retire(self, container_ids: Sequence[str], *, grace_seconds: float,
+               after_stop: Callable[[], object] | None = None) -> list[str]:
+        """Stop these containers, each given ``grace_seconds`` to finish the requests
+        it is serving, call ``after_stop`` (as soon as they are stopped: a proxy is
+        told before anything else happens), then remove them; returns those that
+        existed."""
+        ...
+
+    def processes(self, container_id: str) -> list[str]:
+        """The command lines of the processes running in one container (as the host
+        sees them: no tool is needed inside it)."""
         ...
 
     # -- reaching into a service ------------------------------------------------------

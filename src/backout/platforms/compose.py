@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from backout.adapters.docker import Docker
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import UnhealthyError
-from backout.platforms.base import ContainerInfo, ImageInfo, Platform
+from backout.platforms.base import ContainerInfo, ImageInfo, Platform, SwitchPair
 
 
 def volume_users(definition: Mapping[str, Any]) -> dict[str, set[str]]:
@@ -107,15 +109,18 @@ class ComposePlatform:
         return self.docker.volume_exists(name)
 
     # -- changing what runs -----------------------------------------------------------
-    def replace_service(self, service: str, image_ref: str, *, operation_id: int) -> None:
+    def _pinned(self, service: str, image_ref: str, operation_id: int) -> Compose:
         # The compose files are not edited: an override file (kept under the state
         # directory, named after the operation) swaps the one image for this one call.
         override = _write_override(self.config.state_dir, f"op-{operation_id}",
                                    {service: image_ref})
         rel = (str(override.relative_to(self.project_dir))
                if override.is_relative_to(self.project_dir) else str(override))
-        pinned = Compose(self.env, self.project_dir, [*self.compose.files, rel],
-                         self.compose.project_name, self.compose.env_file)
+        return Compose(self.env, self.project_dir, [*self.compose.files, rel],
+                       self.compose.project_name, self.compose.env_file)
+
+    def replace_service(self, service: str, image_ref: str, *, operation_id: int) -> None:
+        pinned = self._pinned(service, image_ref, operation_id)
         pinned.run("up", "-d", "--no-deps", "--no-build", "--pull", "never", "--wait", service,
                    timeout=600, what=f"docker compose up {service}")
 
@@ -142,6 +147,58 @@ class ComposePlatform:
 
     def bring_up(self, service: str) -> None:
         self.compose.run("up", "-d", "--no-deps", "--wait", service, timeout=300)
+
+    # -- switching one service start-first (issue 14) ---------------------------------
+    def start_beside(self, service: str, image_ref: str | None, *,
+                     operation_id: int) -> SwitchPair:
+        # Compose itself makes the new container: `up --scale N+1 --no-recreate` adds
+        # one more (project-service-<next number>) with Compose's labels, networks and
+        # aliases, from the same override file a stop-first rollback uses, and leaves
+        # the running one alone. No label of ours: it would change the config hash and
+        # a later `docker compose up` would recreate the container. The new one is
+        # told apart by its image, so a repeated call finds it.
+        compose = self._pinned(service, image_ref, operation_id) if image_ref else self.compose
+        target = self._target_image(service, image_ref)
+        current = self.containers(service)
+        mine = [c for c in current if c.image_id == target and c.state != "exited"]
+        old = tuple(c.id for c in current if c.image_id != target)
+        if not mine:
+            compose.run("up", "-d", "--no-deps", "--no-recreate", "--no-build", "--pull", "never",
+                        "--scale", f"{service}={len(current) + 1}", service,
+                        timeout=300, what=f"docker compose up --scale ({service} beside)")
+            mine = [c for c in self.containers(service)
+                    if c.image_id == target and c.id not in old]
+        if not mine:
+            raise UnhealthyError(f"Compose started no new container of {service}")
+        return SwitchPair(new=mine[0].id, old=old, started_at=_epoch(mine[0].started_at))
+
+    def _target_image(self, service: str, image_ref: str | None) -> str:
+        if image_ref is None:
+            data = self.definition()
+            spec = (data.get("services") or {}).get(service) or {}
+            image_ref = str(spec.get("image") or f"{self.project_name(data)}-{service}")
+        info = self.docker.inspect_image(image_ref)
+        if info is None:
+            raise UnhealthyError(f"no image {image_ref} on this host for {service}")
+        return info.id
+
+    def container_address(self, container_id: str, port: int) -> str | None:
+        addresses = self.docker.addresses(container_id)
+        return f"{addresses[0]}:{port}" if addresses else None
+
+    def retire(self, container_ids: Sequence[str], *, grace_seconds: float,
+               after_stop: Callable[[], object] | None = None) -> list[str]:
+        existing = self.docker.existing(container_ids)
+        if existing:
+            self.docker.stop(existing, grace_seconds=grace_seconds)
+        if after_stop is not None:
+            after_stop()
+        if existing:
+            self.docker.remove(existing)
+        return existing
+
+    def processes(self, container_id: str) -> list[str]:
+        return self.docker.processes(container_id)
 
     # -- reaching into a service ------------------------------------------------------
     def exec_argv(self, service: str, inner: Sequence[str],
@@ -170,6 +227,14 @@ class ComposePlatform:
         result = self.compose.run("port", service, str(port), check=False,
                                   what="docker compose port")
         return result.stdout.strip() if result.ok else None
+
+
+def _epoch(docker_time: str) -> float:
+    """Docker's RFC 3339 time (nanoseconds) as epoch seconds; now when unreadable."""
+    try:
+        return datetime.fromisoformat(docker_time[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return time.time()
 
 
 def _env_flags(names: Sequence[str]) -> list[str]:

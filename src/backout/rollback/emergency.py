@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from backout import switch
 from backout.adapters.git import Git, GitWrite
 from backout.backup import data_loss, offsite
 from backout.backup.operation import writers
@@ -138,6 +139,10 @@ def plan(env: Environment, config: Config, store: Store, platform: Platform, tar
                       + (f"; build {', '.join(t['rebuild'])} (the target's images are gone)"
                          if t["rebuild"] else ""),
                       {"images": t["images"], "rebuild": t["rebuild"]}, key="images"))
+    # Stateless services switch start-first to the target's image (the service is
+    # back before the old container stops); the writers stopped for the data, the
+    # databases and whatever the compose file pins go through compose up.
+    steps += switch.stack_steps(config, platform.definition(), exclude=stopped)
     steps.append(Step("bring the stack up at the target", "emergency.up",
                       "docker compose up -d --wait in dependency order (no build, no pull); "
                       "containers of services that changed are recreated", {}, key="up"))
@@ -152,7 +157,8 @@ def plan(env: Environment, config: Config, store: Store, platform: Platform, tar
                 tuple(steps),
                 summary=f"emergency rollback of the whole stack to {desc}"
                         + (f" with the data of checkpoint {t['checkpoint_id']}" if data_dbs else ""),
-                downtime="services whose image changes are recreated one by one"
+                downtime="stateless services switch start-first (none expected); the others "
+                         "whose image changes are recreated one by one"
                          + (f"; {downtime(config, data_dbs, targets)}" if data_dbs else ""))
 
 

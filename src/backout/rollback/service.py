@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from backout import switch
 from backout.adapters import http
+from backout.config import Config
 from backout.errors import NotFoundError, UnhealthyError
 from backout.operations.executor import RunContext, register_action
 from backout.operations.plan import Plan, Step
@@ -57,16 +59,32 @@ def resolve(store: Store, platform: Platform, service: str,
             "project": project}
 
 
-def plan(store: Store, platform: Platform, service: str, version: str | None) -> Plan:
+def plan(store: Store, platform: Platform, service: str, version: str | None, *,
+         config: Config, order: str | None = None) -> Plan:
+    """``order``: ``--order`` (start-first / stop-first), None to let the compose
+    file and ``[services.NAME] switch`` decide (``backout.switch.order_for``)."""
     target = resolve(store, platform, service, version)
     short = target["image_id"][7:19]
     cur = (target["current"] or "none")[7:19]
+    definition = platform.definition()
+    chosen = switch.order_for(config, definition, service, order)
+    ref = common.target_ref(target["project"], service, target["image_id"])
+    if chosen.start_first:
+        switching = switch.steps(config, definition, service, image_id=target["image_id"],
+                                 ref=ref, order=chosen)
+        downtime = (f"none expected: {service}'s new container serves before the old one "
+                    "stops")
+    else:
+        switching = [Step(
+            f"recreate {service} from image {short}", "rollback.service.recreate",
+            f"{chosen.describe()}; {service} now runs {cur}; its container is replaced by one "
+            f"of {short} ({target['source']}); no other container is touched, no image is "
+            "built or pulled",
+            {"service": service, "image_id": target["image_id"], "project": target["project"]},
+            key=f"recreate:{service}")]
+        downtime = f"{service} only, while its container is recreated (seconds)"
     steps = (
-        Step(f"recreate {service} from image {short}", "rollback.service.recreate",
-             f"{service} now runs {cur}; its container is replaced by one of {short} "
-             f"({target['source']}); no other container is touched, no image is built or pulled",
-             {"service": service, "image_id": target["image_id"], "project": target["project"]},
-             key=f"recreate:{service}"),
+        *switching,
         Step(f"verify {service}", "rollback.service.verify",
              "the new container is healthy and its health URL answers", {"service": service},
              key=f"verify-service:{service}"),
@@ -74,9 +92,11 @@ def plan(store: Store, platform: Platform, service: str, version: str | None) ->
              "`backout verify` and `backout status` compare against it",
              {"images": {service: target["image_id"]}}, key="record-expected"),
     )
-    return Plan("rollback.service", {"service": service, "version": version, **target}, steps,
-                summary=f"roll {service} back from {cur} to {short} ({target['source']})",
-                downtime=f"{service} only, while its container is recreated (seconds)")
+    return Plan("rollback.service", {"service": service, "version": version, **target,
+                                     "switch": chosen.to_json()}, steps,
+                summary=f"roll {service} back from {cur} to {short} ({target['source']}), "
+                        f"{chosen.order}",
+                downtime=downtime)
 
 
 @register_action("rollback.service.recreate")

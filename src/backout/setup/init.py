@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from backout.engines import images
 from backout.environment import Environment
 from backout.errors import BackoutError, ConfigError, UsageError
 from backout.platforms.base import Platform
+from backout.policy import switch as switch_policy
 from backout.setup.generate import Derived, derive, environment_of, render
 from backout.state.dirs import private_dir
 
@@ -76,6 +78,35 @@ def _find_metrics(env: Environment, derived: Derived) -> None:
                 "metrics: found Prometheus text at /metrics")
 
 
+def _find_proxy_modes(env: Environment, platform: Platform, derived: Derived) -> None:
+    """How a running nginx in front reaches the app services (``nginx -T``): a static
+    proxy_pass is reloaded after a start-first switch, a resolver is waited out."""
+    apps = [n for n, e in derived.services.items() if e.get("kind") == "app"]
+    for name, entry in derived.services.items():
+        if entry.get("kind") != "proxy":
+            continue
+        result = proc.run(env, platform.exec_argv(name, ["nginx", "-T"]), timeout=30,
+                          check=False, what=f"nginx -T in {name}")
+        if not result.ok:
+            derived.notes.setdefault(f"services.{name}", []).append(
+                "proxy: not an nginx that answers `nginx -T` (not running?); set proxy = "
+                "\"nginx-reload\" | \"nginx-resolver\" | \"labels\" for start-first switches")
+            continue
+        modes = [m for m in (switch_policy.nginx_mode(result.stdout + result.stderr, app)
+                             for app in apps) if m is not None]
+        if not modes:
+            continue
+        resolver = [valid for mode, valid in modes if mode == "nginx-resolver"]
+        if resolver:
+            entry["proxy"] = "nginx-resolver"
+            entry["proxy_dns_valid_seconds"] = math.ceil(max(resolver))
+            how = f"re-resolves app names every {entry['proxy_dns_valid_seconds']}s"
+        else:
+            entry["proxy"] = "nginx-reload"
+            how = "resolves app names once (proxy_pass): reloaded after a switch"
+        derived.notes.setdefault(f"services.{name}", []).append(f"proxy: nginx -T says it {how}")
+
+
 def init_project(env: Environment, project_dir: Path, target: Path, *, force: bool) -> InitResult:
     if target.exists() and not force:
         raise UsageError(f"{display_path(target)} already exists",
@@ -111,6 +142,7 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
             env.redact.add(env_values[entry["password_env"]])
     _find_health(env, derived)
     _find_metrics(env, derived)
+    _find_proxy_modes(env, platform, derived)
     text = render(derived, [compose_file], env_file)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")

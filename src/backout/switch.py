@@ -1,0 +1,335 @@
+"""Switching one service's container to another image, start-first (issue 14).
+
+    start the new container beside the old one -> wait until it is ready
+    -> let the proxies in front see it -> drain the old one (stop with its grace
+    period, remove it; proxies that resolved once are reloaded again)
+    [only if a step failed] keep whichever side is serving, remove the other
+
+Each is a journaled step of the caller's plan (rollback service, deploy, emergency),
+so SIGKILL at any of them and `backout resume` ends with exactly one container of the
+service, on the intended image: every action finds what an earlier, cut-short run
+left (the new container by its image, the old ones by the IDs journaled when the
+new one started). Whether to switch start-first at all is ``policy.switch``; how a
+container is started beside another is the platform's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from backout import proc
+from backout.adapters import http
+from backout.config import Config
+from backout.errors import UnhealthyError, UsageError
+from backout.operations import interrupt
+from backout.operations.executor import RunContext, register_action
+from backout.operations.plan import Step
+from backout.platforms.base import ContainerInfo
+from backout.policy import switch as policy
+from backout.policy.switch import SwitchOrder
+
+KEPT_SERVING = "the old release kept serving"
+POLL = 0.25
+# After `nginx -s reload` the workers of the old configuration (which know only the
+# old container) still pass on the requests they had accepted: give them this long
+# before the old container stops accepting (seen on the real stack: a burst of 502s
+# when the drain followed the reload at once).
+RELOAD_SETTLE = 1.0
+# nginx's title for a worker of a configuration it has reloaded away from.
+OLD_WORKER = "worker process is shutting down"
+OLD_WORKERS_LIMIT = 120.0  # seconds: nginx's own proxy_connect_timeout is at most 75 s
+
+
+def order_for(config: Config, definition: dict[str, Any], service: str,
+              requested: str | None = None) -> SwitchOrder:
+    """start-first or stop-first for ``service``, with the reasons, from the compose
+    definition, backout.toml and ``--order``."""
+    spec = (definition.get("services") or {}).get(service) or {}
+    svc_cfg = config.services.get(service)
+    return policy.choose(service, spec, requested=requested,
+                         configured=svc_cfg.switch if svc_cfg else None,
+                         database_services={db.service for db in config.databases.values()})
+
+
+def candidates(config: Config, definition: dict[str, Any], *,
+               exclude: Collection[str] = ()) -> list[str]:
+    """The services a whole-stack change (deploy, emergency rollback) switches
+    start-first before Compose converges the rest: every service nothing blocks
+    (databases, fixed host ports, ... go stop-first through ``compose up``)."""
+    out = []
+    for service in sorted(definition.get("services") or {}):
+        if service in exclude:
+            continue
+        try:
+            chosen = order_for(config, definition, service)
+        except UsageError:
+            continue  # start-first configured over a hard blocker: compose up does it
+        if chosen.start_first:
+            out.append(service)
+    return out
+
+
+def stack_steps(config: Config, definition: dict[str, Any], *,
+                exclude: Collection[str] = ()) -> list[Step]:
+    """The start-first switch of every candidate, each to the image the compose files
+    name once the new code is checked out (a service whose image does not change is
+    skipped when its turn comes)."""
+    out: list[Step] = []
+    for service in candidates(config, definition, exclude=exclude):
+        out += steps(config, definition, service, image_id=None, ref=None,
+                     order=order_for(config, definition, service))
+    return out
+
+
+def proxies(config: Config, switched: str) -> list[dict[str, Any]]:
+    """The configured proxies in front of the switched service (not itself)."""
+    return [{"service": s.name, "mode": s.proxy, "reload": list(s.proxy_reload),
+             "valid": s.proxy_dns_valid_seconds}
+            for s in config.services.values() if s.proxy and s.name != switched]
+
+
+def _proxy_words(fronts: list[dict[str, Any]]) -> str:
+    if not fronts:
+        return "no proxy is configured in front (Docker's DNS lists both containers)"
+    words = {"nginx-reload": "reload {s} (its proxy_pass resolved once) and give its old "
+                             f"workers {RELOAD_SETTLE:g}s to pass on what they accepted",
+             "nginx-resolver": "wait {v}s for {s} to re-resolve (resolver valid={v}s)",
+             "labels": "{s} follows the healthy container by its labels"}
+    return "; ".join(words[p["mode"]].format(s=p["service"], v=p["valid"]) for p in fronts)
+
+
+def steps(config: Config, definition: dict[str, Any], service: str, *,
+          image_id: str | None, ref: str | None, order: SwitchOrder) -> list[Step]:
+    """The start-first switch of ``service`` as keyed steps. ``ref`` is the reference
+    to start it from (tagged to ``image_id`` first), None for the image the compose
+    files name (a deploy or an emergency rollback after the images are in place)."""
+    spec = (definition.get("services") or {}).get(service) or {}
+    svc_cfg = config.services.get(service)
+    fronts = proxies(config, service)
+    grace = policy.stop_grace(spec)
+    start_key = f"switch-start:{service}"
+    common = {"service": service, "start": start_key, "image_id": image_id, "grace": grace}
+    what = f"image {image_id[7:19]}" if image_id else "the image the compose files name"
+    timeout = policy.ready_timeout(spec, svc_cfg.ready_timeout_seconds if svc_cfg else None)
+    probe = svc_cfg.readiness_url if svc_cfg else None
+    return [
+        Step(f"start a new {service} beside the old one", "switch.start",
+             f"{order.describe()}; a second container of {service} from {what}, made by "
+             "Compose (its name, labels, networks, aliases); the old one keeps serving",
+             {**common, "ref": ref}, key=start_key),
+        Step(f"wait until the new {service} is ready", "switch.ready",
+             "its healthcheck" + (f" and {probe}" if probe else "")
+             + f", at most {timeout:.0f}s; if it never gets ready it is removed and "
+             + KEPT_SERVING, {**common, "timeout": timeout, "probe": probe},
+             key=f"switch-ready:{service}"),
+        Step(f"let the proxies see the new {service}", "switch.proxies", _proxy_words(fronts),
+             {**common, "proxies": fronts}, key=f"switch-proxies:{service}"),
+        Step(f"drain the old {service}", "switch.drain",
+             f"stop it with its stop_grace_period ({grace:g}s) so requests in flight finish, "
+             "then remove it" + ("; reload the proxies so none keeps its address" if any(
+                 p["mode"].startswith("nginx") for p in fronts) else ""),
+             {**common, "proxies": fronts}, key=f"switch-drain:{service}"),
+        Step(f"keep one {service} if the switch failed", "switch.abort",
+             "while the old container runs, the new one is removed and " + KEPT_SERVING
+             + "; once the old one is gone, the new one stays", {**common, "proxies": fronts},
+             on_failure=True, key=f"switch-abort:{service}"),
+    ]
+
+
+def _started(results: dict[str, Any], params: dict[str, Any]) -> dict[str, Any] | None:
+    """The start step's result, None when it decided there was nothing to switch."""
+    started = results.get(params["start"])
+    if not isinstance(started, dict) or "skipped" in started:
+        return None
+    return started
+
+
+def _container(ctx: RunContext, service: str, cid: str) -> ContainerInfo | None:
+    return next((c for c in ctx.platform.containers(service) if c.id == cid), None)
+
+
+@register_action("switch.start")
+def _start(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    service, ref = params["service"], params.get("ref")
+    if not ref:
+        # A whole-stack change: the definition is the new code's only now.
+        data = ctx.platform.definition()
+        spec = (data.get("services") or {}).get(service)
+        if spec is None:
+            return {"skipped": f"the new definition has no service {service}"}
+        try:
+            chosen = order_for(ctx.config, data, service)
+        except UsageError as exc:
+            chosen = SwitchOrder(policy.STOP_FIRST, (exc.message,), "backout.toml")
+        if not chosen.start_first:
+            return {"skipped": f"now {chosen.describe()}: Compose recreates it"}
+        name = str(spec.get("image") or f"{ctx.platform.project_name(data)}-{service}")
+        if ctx.platform.image(name) is None:
+            return {"skipped": f"{name} is not on this host yet: Compose pulls it and "
+                               "recreates the service"}
+    else:
+        if ctx.platform.image(params["image_id"]) is None:
+            raise UnhealthyError(f"image {params['image_id'][:19]} of {service} is no longer "
+                                 "on this host", fix="pick another release")
+        ctx.platform.tag(params["image_id"], ref)
+    pair = ctx.platform.start_beside(service, ref, operation_id=ctx.operation_id)
+    if not pair.old:
+        return {"skipped": f"{service} had no container of another image to replace",
+                "new": pair.new}
+    return {"new": pair.new, "old": list(pair.old), "started_at": pair.started_at}
+
+
+@register_action("switch.ready")
+def _ready(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    started = _started(results, params)
+    if started is None:
+        return {"skipped": "nothing was started"}
+    service, new = params["service"], started["new"]
+    intr = interrupt.current()
+    deadline = time.monotonic() + float(params["timeout"])
+    while True:
+        intr.check(f"waiting for the new {service}")
+        c = _container(ctx, service, new)
+        if c is None:
+            raise UnhealthyError(f"the new container of {service} is gone; {KEPT_SERVING}")
+        if c.state in ("exited", "dead") or c.health == "unhealthy":
+            raise UnhealthyError(f"the new container of {service} is {c.state}/{c.health}; "
+                                 f"{KEPT_SERVING}")
+        if c.state == "running" and c.health in (None, "healthy") \
+                and _probe_ok(ctx, new, params.get("probe")):
+            return {"ready": new, "health": c.health}
+        if time.monotonic() > deadline:
+            raise UnhealthyError(f"the new container of {service} did not become ready in "
+                                 f"{params['timeout']:.0f}s ({c.state}/{c.health}); "
+                                 f"{KEPT_SERVING}")
+        intr.sleep(POLL)
+
+
+def _probe_ok(ctx: RunContext, cid: str, probe: str | None) -> bool:
+    if not probe:
+        return True
+    parts = urlsplit(probe)
+    address = ctx.platform.container_address(cid, parts.port or 80)
+    if address is None:
+        return False
+    answer = http.get(ctx.env, urlunsplit(parts._replace(netloc=address)), timeout=3)
+    return answer.status is not None and 200 <= answer.status < 300
+
+
+def _reloads(ctx: RunContext, fronts: list[dict[str, Any]],
+             modes: tuple[str, ...] = ("nginx-reload",)) -> list[tuple[str, str, list[str]]]:
+    """(proxy, container, argv) of each reload, straight into its running container (docker
+    exec starts in a fraction of compose exec's time: the drain runs it between the
+    old container's exit and anything else)."""
+    out = []
+    for front in fronts:
+        if front["mode"] not in modes:
+            continue
+        running = [c for c in ctx.platform.containers(front["service"]) if c.state == "running"]
+        out += [(front["service"], c.id, ctx.platform.container_exec_argv(c.id, front["reload"]))
+                for c in running]
+    return out
+
+
+def _run_reloads(ctx: RunContext, reloads: list[tuple[str, str, list[str]]]) -> list[str]:
+    for proxy, _cid, argv in reloads:
+        proc.run(ctx.env, argv, timeout=60, what=f"reload {proxy}")
+    return sorted({proxy for proxy, _cid, _argv in reloads})
+
+
+def _old_workers_gone(ctx: RunContext, reloads: list[tuple[str, str, list[str]]]) -> float:
+    start = time.monotonic()
+    intr = interrupt.current()
+    for cid in sorted({cid for _p, cid, _argv in reloads}):
+        while any(OLD_WORKER in line for line in ctx.platform.processes(cid)) \
+                and time.monotonic() - start < OLD_WORKERS_LIMIT:
+            intr.sleep(POLL)
+    return round(time.monotonic() - start, 3)
+
+
+def _reload(ctx: RunContext, fronts: list[dict[str, Any]],
+            modes: tuple[str, ...] = ("nginx-reload",)) -> list[str]:
+    return _run_reloads(ctx, _reloads(ctx, fronts, modes))
+
+
+@register_action("switch.proxies")
+def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    started = _started(results, params)
+    if started is None:
+        return {"skipped": "nothing was started"}
+    if not params["proxies"]:
+        return {"skipped": "no proxy configured in front"}
+    reloaded = _reload(ctx, params["proxies"])
+    if reloaded:
+        interrupt.current().sleep(RELOAD_SETTLE)
+    # A resolver caches the old answer (the old container alone) for up to `valid`
+    # seconds counted from when it last asked: wait that long after the new container
+    # joined the network before the old one goes.
+    valid = max((float(p["valid"]) for p in params["proxies"] if p["mode"] == "nginx-resolver"),
+                default=0.0)
+    wait = max(0.0, float(started["started_at"]) + valid + 0.5 - time.time()) if valid else 0.0
+    interrupt.current().sleep(wait)
+    return {"reloaded": reloaded, "waited_s": round(wait, 3)}
+
+
+@register_action("switch.drain")
+def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    started = _started(results, params)
+    if started is None:
+        return {"skipped": "nothing was started"}
+    # Once the old container is told to stop, the switch is finished, not cut short
+    # by SIGINT: the new one is ready, and an old one half stopped serves nobody.
+    interrupt.current().abortable = False
+    # Once the old container has stopped its address is gone; an nginx still holding
+    # it (resolved once, or cached by its resolver for `valid` seconds) would wait for
+    # a connect timeout on it: reloaded at once, its workers ask Docker's DNS afresh.
+    reloads = _reloads(ctx, params["proxies"], ("nginx-reload", "nginx-resolver"))
+    reloaded: list[str] = []
+    retired = ctx.platform.retire(started["old"], grace_seconds=float(params["grace"]),
+                                  after_stop=lambda: reloaded.extend(_run_reloads(ctx, reloads)))
+    # Requests an old worker had already sent toward the stopped address wait for
+    # nginx's connect timeout, then go to the new container (and nginx logs an
+    # error): the switch ends once those workers are gone, so what comes next (a
+    # deploy's verify reading the logs) sees only the new release.
+    waited = _old_workers_gone(ctx, reloads)
+    return {"retired": retired, "serving": started["new"], "reloaded": reloaded,
+            "old_workers_s": waited}
+
+
+@register_action("switch.abort")
+def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    service = params["service"]
+    started = _started(results, params)
+    containers = ctx.platform.containers(service)
+    if started is None:
+        if params["start"] in results:
+            return {"skipped": "nothing was started"}
+        # The start itself failed or was cut short: a container it made is told apart
+        # from the old one by the target image.
+        target = params.get("image_id") or _definition_image(ctx, service)
+        new = [c.id for c in containers if c.image_id == target]
+        old = [c.id for c in containers if c.image_id != target]
+    else:
+        new = [c.id for c in containers if c.id == started["new"]]
+        old = [c.id for c in containers if c.id in started["old"]]
+    running_old = [c.id for c in containers if c.id in old and c.state == "running"]
+    if running_old and new:
+        removed = ctx.platform.retire(new, grace_seconds=float(params["grace"]))
+        _reload(ctx, params["proxies"])
+        return {"removed": removed, "kept": running_old, "said": KEPT_SERVING}
+    if running_old or not new:
+        return {"skipped": "no new container to remove"}
+    # The old one is stopped (the drain was under way): the new one serves.
+    leftovers = ctx.platform.retire(old, grace_seconds=0)
+    return {"kept": new, "removed": leftovers, "said": f"the new {service} serves"}
+
+
+def _definition_image(ctx: RunContext, service: str) -> str | None:
+    data = ctx.platform.definition()
+    spec = (data.get("services") or {}).get(service) or {}
+    info = ctx.platform.image(str(spec.get("image") or
+                                  f"{ctx.platform.project_name(data)}-{service}"))
+    return info.id if info else None

@@ -1,0 +1,107 @@
+"""A FakePlatform that holds a list of containers, so that a service can have two at
+once: what the start-first switch (backout.switch) needs. In-process, no Docker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backout.errors import UnhealthyError
+from backout.platforms.base import ContainerInfo, SwitchPair
+from tests.support.fakes import FakePlatform
+
+
+@dataclass
+class Box:
+    id: str
+    service: str
+    image_id: str
+    state: str = "running"
+    health: str | None = "healthy"
+    started_at: float = 1000.0
+    scripted: bool = False  # a container start_beside made: its health follows new_health
+
+
+class SwitchFakePlatform(FakePlatform):
+    """``new_health``: service -> the healths a new container of it reports, one per
+    look (the last repeats): ``["starting", "healthy"]``, ``["unhealthy"]``."""
+
+    def __init__(self, project_dir: Path = Path("/fake/project"), *,
+                 running: Mapping[str, str] | None = None,
+                 images: Mapping[str, str] | None = None,
+                 definition: dict[str, Any] | None = None,
+                 new_health: Mapping[str, list[str | None]] | None = None) -> None:
+        super().__init__(project_dir, running=running, images=images, definition=definition)
+        self.boxes: list[Box] = [Box(f"c-{s}-1", s, i) for s, i in (running or {}).items()]
+        self.new_health = {s: list(h) for s, h in (new_health or {}).items()}
+        self.looks: dict[str, int] = {}
+        self.process_lists: list[list[str]] = []  # what processes() answers, in turn
+
+    def _health(self, box: Box) -> str | None:
+        script = self.new_health.get(box.service)
+        if not box.scripted or not script:
+            return box.health
+        n = self.looks.get(box.id, 0)
+        self.looks[box.id] = n + 1
+        return script[min(n, len(script) - 1)]
+
+    def containers(self, *services: str) -> list[ContainerInfo]:
+        self._call("containers", *services)
+        return [ContainerInfo(id=b.id, name=f"{self.project_dir.name}-{b.id[2:]}",
+                              service=b.service, state=b.state, health=self._health(b),
+                              image="", image_id=b.image_id, restart_count=0, started_at="")
+                for b in self.boxes if not services or b.service in services]
+
+    def running_images(self) -> dict[str, str]:
+        self._call("running_images")
+        return {b.service: b.image_id for b in self.boxes if b.state == "running"}
+
+    def of(self, service: str) -> list[Box]:
+        return [b for b in self.boxes if b.service == service]
+
+    def replace_service(self, service: str, image_ref: str, *, operation_id: int) -> None:
+        self._call("replace_service", service, image_ref)
+        image_id = self._has_image(image_ref)
+        if image_id is None:
+            raise UnhealthyError(f"fake platform: no image {image_ref}")
+        self.boxes = [b for b in self.boxes if b.service != service]
+        self.boxes.append(Box(f"c-{service}-1", service, image_id))
+
+    def start_beside(self, service: str, image_ref: str | None, *,
+                     operation_id: int) -> SwitchPair:
+        self._call("start_beside", service, image_ref)
+        ref = image_ref or str(self.stack["services"][service].get("image"))
+        target = self._has_image(ref)
+        if target is None:
+            raise UnhealthyError(f"fake platform: no image {ref}")
+        current = self.of(service)
+        mine = [b for b in current if b.image_id == target and b.state != "exited"]
+        old = tuple(b.id for b in current if b.image_id != target)
+        if not mine:
+            number = max((int(b.id.rsplit("-", 1)[1]) for b in current), default=0) + 1
+            mine = [Box(f"c-{service}-{number}", service, target, started_at=2000.0,
+                        scripted=True)]
+            self.boxes.append(mine[0])
+        return SwitchPair(new=mine[0].id, old=old, started_at=mine[0].started_at)
+
+    def container_address(self, container_id: str, port: int) -> str | None:
+        self._call("container_address", container_id, port)
+        return f"10.9.0.{len(container_id)}:{port}"
+
+    def processes(self, container_id: str) -> list[str]:
+        self._call("processes", container_id)
+        return self.process_lists.pop(0) if self.process_lists else ["nginx: master process"]
+
+    def retire(self, container_ids: Sequence[str], *, grace_seconds: float,
+               after_stop: Callable[[], object] | None = None) -> list[str]:
+        self._call("retire", tuple(container_ids), grace_seconds)
+        gone = [b.id for b in self.boxes if b.id in container_ids]
+        for b in self.boxes:
+            if b.id in container_ids:
+                b.state = "exited"
+        if after_stop is not None:
+            after_stop()
+        self.boxes = [b for b in self.boxes if b.id not in container_ids]
+        return gone

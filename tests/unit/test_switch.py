@@ -1,0 +1,524 @@
+"""The start-first switch (issue 14): the pure choice of order with its reasons, and
+the switch steps run by the real executor on a real journal against an in-process
+platform that can hold two containers of a service. What runs in which order, what a
+never-ready release leaves (the old container, untouched), and that a crash at any
+step, then resume, ends with exactly one container on the target image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backout import proc
+from backout import switch as switching
+from backout.config import Config, DatabaseConfig, ServiceConfig
+from backout.errors import UnhealthyError, UsageError
+from backout.operations import executor as executor_module
+from backout.operations import interrupt
+from backout.operations.executor import Executor
+from backout.operations.plan import Plan
+from backout.policy import switch as policy
+from backout.rollback import service as service_rollback
+from backout.rollback.common import target_ref
+from backout.state import Store
+from backout.verify import EXPECTED_IMAGES
+from tests.support.fakes import run_context
+from tests.support.switchfake import SwitchFakePlatform
+
+OLD, NEW = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+# ------------------------------------------------------------------ the order, pure
+
+
+def test_a_plain_stateless_service_switches_start_first() -> None:
+    chosen = policy.choose("web", {"image": "web:1", "ports": [{"target": 80}]})
+    assert chosen.order == policy.START_FIRST and chosen.reasons == ()
+    assert chosen.describe() == "start-first"
+
+
+@pytest.mark.parametrize(("spec", "database", "reason"), [
+    ({"ports": [{"target": 80, "published": "8080", "host_ip": "127.0.0.1"}]}, False,
+     "a fixed host port (8080)"),
+    ({"container_name": "web"}, False, "container_name web"),
+    ({"deploy": {"replicas": 3}}, False, "3 replicas"),
+    ({}, True, "a database"),
+    ({"volumes": [{"type": "volume", "source": "data", "target": "/data"}]}, False,
+     "volume data mounted read-write"),
+    ({"deploy": {"update_config": {"order": "stop-first"}}}, False,
+     "deploy.update_config.order is stop-first"),
+])
+def test_each_reason_for_stop_first_is_named(spec: dict[str, Any], database: bool,
+                                             reason: str) -> None:
+    chosen = policy.choose("web", spec, database_services={"web"} if database else ())
+    assert chosen.order == policy.STOP_FIRST
+    assert len(chosen.reasons) == 1 and chosen.reasons[0].startswith(reason)
+
+
+def test_what_does_not_block_start_first() -> None:
+    spec = {"ports": [{"target": 80}],  # an ephemeral host port: each container its own
+            "volumes": [{"type": "volume", "source": "cache", "target": "/c", "read_only": True},
+                        {"type": "bind", "source": "/etc/app", "target": "/etc/app"}],
+            "deploy": {"update_config": {"order": "start-first"}}}
+    assert policy.choose("web", spec, database_services={"db"}).order == policy.START_FIRST
+
+
+def test_order_flag_beats_the_config_which_beats_the_default() -> None:
+    soft = {"volumes": [{"type": "volume", "source": "data", "target": "/data"}]}
+    assert policy.choose("web", {}, configured="stop-first").order == policy.STOP_FIRST
+    assert policy.choose("web", {}, configured="stop-first",
+                         requested="start-first").source == "--order"
+    forced = policy.choose("web", soft, configured="start-first")
+    assert forced.order == policy.START_FIRST and forced.source == "backout.toml"
+    assert forced.reasons[0].startswith("overrides: volume data")
+
+
+def test_start_first_over_a_fixed_port_is_refused_with_the_fix() -> None:
+    spec = {"ports": [{"target": 80, "published": "8080"}]}
+    with pytest.raises(UsageError) as err:
+        policy.choose("web", spec, requested="start-first")
+    assert "web cannot switch start-first: a fixed host port (8080)" in err.value.message
+    assert err.value.fix is not None and "--order" in err.value.fix
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("20s", 20.0), ("1m30s", 90.0), ("500ms", 0.5), (7, 7.0), (None, 10.0), ("soon", 10.0)])
+def test_compose_durations(value: Any, seconds: float) -> None:
+    assert policy.duration_seconds(value, 10.0) == seconds
+
+
+def test_ready_timeout_follows_the_healthcheck() -> None:
+    spec = {"healthcheck": {"interval": "2s", "timeout": "10s", "retries": 3,
+                            "start_period": "60s"}}
+    assert policy.ready_timeout(spec) == 60 + 4 * 12 + 10
+    assert policy.ready_timeout({}) == 4 * 60 + 10  # Docker's defaults: 30 s + 30 s
+    assert policy.ready_timeout(spec, configured=15) == 15
+
+
+NGINX_STATIC = "server {\n  location / { proxy_pass http://app:8080; }\n}\n"
+NGINX_RESOLVER = ("server {\n  resolver 127.0.0.11 valid=2s ipv6=off;\n"
+                  "  set $u app:8080;\n  location / { proxy_pass http://$u; }\n}\n")
+
+
+def test_nginx_configurations_are_told_apart() -> None:
+    assert policy.nginx_mode(NGINX_STATIC, "app") == ("nginx-reload", 0.0)
+    assert policy.nginx_mode(NGINX_RESOLVER, "app") == ("nginx-resolver", 2.0)
+    assert policy.nginx_mode(NGINX_RESOLVER.replace("valid=2s", "valid=1m"), "app")[1] == 60
+    assert policy.nginx_mode(NGINX_STATIC, "api") is None
+    assert policy.nginx_mode("# proxy_pass http://app:8080;\n", "app") is None
+    assert policy.nginx_mode(NGINX_STATIC.replace("app:", "my-app:"), "app") is None
+
+
+# ------------------------------------------------------------------ the switch, run
+
+
+def stack(tmp: Path, *, proxy: str | None = None, new_health: list[str | None] | None = None,
+          spec: dict[str, Any] | None = None) -> tuple[Config, Store, SwitchFakePlatform]:
+    services = {"web": ServiceConfig("web"), "worker": ServiceConfig("worker")}
+    if proxy:
+        services["nginx"] = ServiceConfig("nginx", kind="proxy", proxy=proxy,
+                                          proxy_dns_valid_seconds=5)
+    config = Config(path=tmp / "backout.toml", project_dir=tmp, services=services,
+                    databases={"db": DatabaseConfig("db", "mysql", "db")})
+    store = Store(config.state_dir)
+    definition = {"name": tmp.name, "services": {
+        "web": {"image": "web:latest", "stop_grace_period": "20s", **(spec or {})},
+        "worker": {"image": "worker:latest"}, "nginx": {"image": "nginx"},
+        "db": {"image": "mariadb"}}}
+    platform = SwitchFakePlatform(tmp, running={"web": NEW, "worker": NEW, "nginx": "sha256:n"},
+                                  images={"web:latest": NEW, "web:v1": OLD},
+                                  definition=definition,
+                                  new_health={"web": new_health or ["starting", "healthy"]})
+    store.add_release(git_commit="c1", git_dirty=False, diff_path=None, compose_config={},
+                      services={"web": {"image_id": OLD}, "worker": {"image_id": NEW}})
+    return config, store, platform
+
+
+@pytest.fixture(autouse=True)
+def _quick(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """No real sleeps; exec'd proxy reloads are recorded, not run."""
+    monkeypatch.setattr(switching, "POLL", 0.0)
+    monkeypatch.setattr(switching, "RELOAD_SETTLE", 0.0)
+    execs: list[list[str]] = []
+
+    def fake_run(_env: Any, argv: list[str], **_kw: Any) -> proc.Result:
+        execs.append(list(argv))
+        return proc.Result(list(argv), 0, "", "", 0.0)
+
+    monkeypatch.setattr(switching.proc, "run", fake_run)
+    interrupt.reset()
+    return execs
+
+
+def run(store: Store, plan: Plan, config: Config, platform: SwitchFakePlatform,
+        op_id: int | None = None) -> Any:
+    ex = Executor(store, run_context(store, config, platform))
+    return ex.run(plan, ex.start(plan) if op_id is None else op_id)
+
+
+def test_the_rollback_plan_is_start_first_with_its_reasons(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    assert [s.key for s in plan.steps] == [
+        "switch-start:web", "switch-ready:web", "switch-proxies:web", "switch-drain:web",
+        "switch-abort:web", "verify-service:web", "record-expected"]
+    assert [s.key for s in plan.steps if s.on_failure] == ["switch-abort:web"]
+    assert not any(s.always for s in plan.steps)
+    assert plan.params["switch"] == {"order": "start-first", "reasons": [], "source": "default"}
+    assert "start-first" in plan.summary and plan.downtime.startswith("none expected")
+    assert "reload nginx" in plan.steps[2].reason
+    assert "stop_grace_period (20s)" in plan.steps[3].reason
+    assert plan.steps[0].params["ref"] == target_ref(tmp_path.name, "web", OLD)
+
+
+def test_a_blocked_service_gets_the_stop_first_plan_saying_why(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, spec={"container_name": "the-web"})
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    assert plan.steps[0].action == "rollback.service.recreate"
+    assert "stop-first: container_name the-web" in plan.steps[0].reason
+    assert plan.params["switch"]["order"] == "stop-first"
+    with pytest.raises(UsageError, match="container_name"):
+        service_rollback.plan(store, platform, "web", None, config=config, order="start-first")
+
+
+def test_start_first_starts_waits_reloads_then_drains(tmp_path: Path,
+                                                     _quick: list[list[str]]) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    platform.calls.clear()
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    ref = target_ref(tmp_path.name, "web", OLD)
+    # the order of what changes: tag, start beside, (ready), reload, retire old, reload
+    changes = [c for c in platform.calls if c[0] in ("tag", "start_beside", "retire")]
+    assert changes == [("tag", OLD, ref), ("start_beside", "web", ref),
+                       ("retire", ("c-web-1",), 20.0)]
+    assert _quick == [["fake-exec", "c-nginx-1", "nginx", "-s", "reload"]] * 2
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
+    assert [(b.id, b.image_id) for b in platform.of("worker")] == [("c-worker-1", NEW)]
+    assert store.fact(EXPECTED_IMAGES) == {"web": OLD}
+    assert outcome.results["switch-ready:web"] == {"ready": "c-web-2", "health": "healthy"}
+
+
+def test_the_reload_happens_only_once_the_new_container_is_healthy(
+        tmp_path: Path, _quick: list[list[str]]) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload",
+                                    new_health=["starting", "starting", "healthy"])
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    seen: list[str | None] = []
+    real_reload = switching._reload
+
+    def watch(ctx: Any, fronts: Any, *modes: Any) -> list[str]:
+        seen.append(platform._health(platform.of("web")[-1]))
+        return real_reload(ctx, fronts, *modes)
+
+    switching._reload = watch  # type: ignore[assignment]
+    try:
+        assert run(store, plan, config, platform).status == "succeeded"
+    finally:
+        switching._reload = real_reload  # type: ignore[assignment]
+    assert seen[0] == "healthy" and platform.looks["c-web-2"] >= 3
+
+
+def test_a_resolver_proxy_is_waited_out_before_the_old_container_goes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _quick: list[list[str]]) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    assert "wait 5s for nginx to re-resolve" in plan.steps[2].reason
+    slept: list[float] = []
+    monkeypatch.setattr(switching.time, "time", lambda: 2001.0)  # 1 s after it started
+    monkeypatch.setattr(interrupt.Interrupt, "sleep",
+                        lambda _self, s: slept.append(s) if s else None)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded"
+    assert slept == [pytest.approx(4.5)]  # valid 5 s + 0.5 s margin, 1 s already gone
+    assert outcome.results["switch-proxies:web"] == {"reloaded": [], "waited_s": 4.5}
+    # reloaded once the old container is gone: no worker keeps its cached address
+    assert _quick == [["fake-exec", "c-nginx-1", "nginx", "-s", "reload"]]
+    assert outcome.results["switch-drain:web"]["reloaded"] == ["nginx"]
+
+
+def test_a_release_that_never_gets_ready_is_removed_and_the_old_one_kept(
+        tmp_path: Path, _quick: list[list[str]]) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload",
+                                    new_health=["starting", "unhealthy"])
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "failed" and outcome.failed_step == "wait until the new web is ready"
+    assert isinstance(outcome.error, UnhealthyError)
+    assert "the old release kept serving" in outcome.error.message
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-1", NEW)]
+    assert platform.called("retire") == [(("c-web-2",), 20.0)]  # only ever the new one
+    assert [r.status for r in outcome.steps] == ["done", "failed", "skipped", "skipped", "done",
+                                                 "skipped", "skipped"]
+    assert store.fact(EXPECTED_IMAGES) is None
+    assert _quick == [["fake-exec", "c-nginx-1", "nginx", "-s", "reload"]]  # forget the new IP
+
+
+def test_ready_times_out(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, new_health=["starting"])
+    config.services["web"] = ServiceConfig("web", ready_timeout_seconds=1)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    switching.POLL = 0.05
+    outcome = run(store, plan, config, platform)
+    assert outcome.error is not None and "did not become ready in 1s" in outcome.error.message
+    assert [b.id for b in platform.of("web")] == ["c-web-1"]
+
+
+def test_a_readiness_url_is_probed_at_the_new_container(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, store, platform = stack(tmp_path)
+    config.services["web"] = ServiceConfig("web", readiness_url="http://:8080/ready")
+    asked: list[str] = []
+    answers = iter([503, 200])
+
+    def get(_env: Any, url: str, **_kw: Any) -> Any:
+        asked.append(url)
+        return type("P", (), {"status": next(answers)})()
+
+    monkeypatch.setattr(switching.http, "get", get)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    assert run(store, plan, config, platform).status == "succeeded"
+    assert asked == ["http://10.9.0.7:8080/ready"] * 2
+
+
+def test_sigint_while_waiting_keeps_the_old_container(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, new_health=["starting"])
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    real = platform.containers
+
+    def containers(*services: str) -> Any:
+        if interrupt.current().step == plan.steps[1].name:
+            interrupt.current().request("SIGINT")
+        return real(*services)
+
+    platform.containers = containers  # type: ignore[method-assign]
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "interrupted"
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-1", NEW)]
+
+
+class Crash(BaseException):
+    """What SIGKILL does to the executor: it stops where it is, the journal as it was."""
+
+
+@pytest.mark.parametrize("point", [f"step-{i}-{when}" for i in range(4)
+                                   for when in ("started", "done")])
+def test_a_crash_at_any_switch_step_then_resume_ends_with_one_target_container(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+
+    def hit(name: str) -> None:
+        if name == point:
+            raise Crash(name)
+
+    monkeypatch.setattr(executor_module.faults, "hit", hit)
+    ex = Executor(store, run_context(store, config, platform))
+    op_id = ex.start(plan)
+    with pytest.raises(Crash):
+        ex.run(plan, op_id)
+    monkeypatch.setattr(executor_module.faults, "hit", lambda _n: None)
+    resumed = run(store, plan, config, platform, op_id)
+    assert resumed.status == "succeeded", resumed.error
+    web = platform.of("web")
+    assert [(b.image_id, b.state) for b in web] == [(OLD, "running")], web
+    assert all(c[1] != (web[0].id,) for c in platform.called("retire"))  # never the new one
+    assert store.fact(EXPECTED_IMAGES) == {"web": OLD}
+
+
+def test_a_crash_while_compose_starts_the_new_container_finds_it_on_resume(
+        tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    platform.tag(OLD, plan.steps[0].params["ref"])
+    platform.start_beside("web", plan.steps[0].params["ref"], operation_id=0)  # left behind
+    ex = Executor(store, run_context(store, config, platform))
+    op_id = ex.start(plan)
+    assert ex.run(plan, op_id).status == "succeeded"
+    assert [b.id for b in platform.of("web")] == ["c-web-2"]
+
+
+def test_abort_after_the_old_one_is_gone_keeps_the_new_one(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    real_retire = platform.retire
+
+    def retire_then_fail(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
+        gone = real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
+        if "c-web-1" in ids:
+            raise UnhealthyError("docker rm answered late")
+        return gone
+
+    platform.retire = retire_then_fail  # type: ignore[method-assign]
+    outcome = run(store, plan, config, platform)
+    assert outcome.failed_step == "drain the old web"
+    assert outcome.results["switch-abort:web"]["kept"] == ["c-web-2"]
+    assert [b.id for b in platform.of("web")] == ["c-web-2"]
+
+
+# ------------------------------------------------------- deploy and emergency rollback
+
+
+def _stack_definition() -> dict[str, Any]:
+    return {"name": "p", "services": {
+        "web": {"image": "web:latest"},
+        "api": {"image": "api:latest"},
+        "nginx": {"image": "nginx", "ports": [{"target": 80, "published": "8080"}]},
+        "db": {"image": "mariadb", "volumes": [{"type": "volume", "source": "data",
+                                                "target": "/var/lib/mysql"}]}}}
+
+
+def test_the_deploy_switches_stateless_services_before_compose_up() -> None:
+    from backout.deploy import Preflight, plan_deploy
+
+    config = Config(path=Path("/p/backout.toml"), project_dir=Path("/p"),
+                    services={"api": ServiceConfig("api", switch="stop-first")},
+                    databases={"db": DatabaseConfig("db", "mysql", "db")})
+    pf = Preflight(ref="v3", commit="c" * 40, head="a" * 40, dirty=False,
+                   running={"web": "sha256:1"})
+    plan = plan_deploy(config, pf, watch_seconds=0, with_data=False,
+                       definition=_stack_definition())
+    keys = [s.key for s in plan.steps]
+    switched = [k for k in keys if k.startswith("switch-")]
+    # api: stop-first by config; nginx: a fixed port; db: a database
+    assert switched == ["switch-start:web", "switch-ready:web", "switch-proxies:web",
+                        "switch-drain:web", "switch-abort:web"]
+    assert keys.index("deploy:build") < keys.index("switch-start:web")
+    assert keys.index("switch-abort:web") < keys.index("deploy:up")
+    assert plan.steps[keys.index("switch-start:web")].params["ref"] is None
+    assert "up to date" in plan.steps[keys.index("deploy:up")].reason
+    without = plan_deploy(config, pf, watch_seconds=0, with_data=False)
+    assert not any(k.startswith("switch-") for k in (s.key for s in without.steps))
+
+
+def test_the_emergency_rollback_switches_what_was_not_stopped_for_the_data() -> None:
+    config = Config(path=Path("/p/backout.toml"), project_dir=Path("/p"),
+                    databases={"db": DatabaseConfig("db", "mysql", "db")})
+    assert switching.candidates(config, _stack_definition()) == ["api", "web"]
+    assert switching.candidates(config, _stack_definition(), exclude=["api"]) == ["web"]
+
+
+def _whole_stack(tmp: Path, health: list[str | None]) -> tuple[Config, Store,
+                                                                 SwitchFakePlatform, Plan]:
+    config = Config(path=tmp / "backout.toml", project_dir=tmp)
+    store = Store(config.state_dir)
+    definition = {"name": "p", "services": {"web": {"image": "web:latest"},
+                                            "gone": {"image": "gone:latest"}}}
+    platform = SwitchFakePlatform(tmp, running={"web": OLD}, definition=definition,
+                                  images={"web:latest": NEW, "web:old": OLD},
+                                  new_health={"web": health})
+    plan = Plan("test.stack", {}, tuple(switching.stack_steps(config, definition)))
+    return config, store, platform, plan
+
+
+def test_a_whole_stack_switch_takes_the_image_the_new_code_names(tmp_path: Path) -> None:
+    config, store, platform, plan = _whole_stack(tmp_path, ["starting", "healthy"])
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    assert platform.called("start_beside") == [("web", None)]
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", NEW)]
+    # the image of `gone` is not on this host: compose up pulls it (stop-first)
+    assert "not on this host yet" in outcome.results["switch-start:gone"]["skipped"]
+    assert outcome.results["switch-drain:gone"] == {"skipped": "nothing was started"}
+
+
+def test_a_whole_stack_switch_skips_what_does_not_change(tmp_path: Path) -> None:
+    config, store, platform, plan = _whole_stack(tmp_path, ["healthy"])
+    platform.boxes[0].image_id = NEW  # already runs the new code's image
+    outcome = run(store, plan, config, platform)
+    assert outcome.results["switch-start:web"]["skipped"].startswith("web had no container")
+    assert platform.called("retire") == []
+
+
+def test_a_whole_stack_switch_never_ready_keeps_the_old_release(tmp_path: Path) -> None:
+    config, store, platform, plan = _whole_stack(tmp_path, ["unhealthy"])
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "failed" and "the old release kept serving" in str(outcome.error)
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-1", OLD)]
+    assert outcome.results["switch-abort:web"]["kept"] == ["c-web-1"]
+
+
+@pytest.mark.parametrize(("answer", "ok", "proxy", "valid"), [
+    (NGINX_RESOLVER, True, "nginx-resolver", 2), (NGINX_STATIC, True, "nginx-reload", None),
+    ("", False, None, None)])
+def test_init_detects_how_a_running_nginx_reaches_the_apps(
+        monkeypatch: pytest.MonkeyPatch, answer: str, ok: bool, proxy: str | None,
+        valid: int | None) -> None:
+    from backout.environment import Environment
+    from backout.setup import init as init_module
+    from backout.setup.generate import Derived
+    from tests.support.fakes import FakePlatform
+
+    derived = Derived()
+    derived.services = {"nginx": {"kind": "proxy"}, "app": {"kind": "app"}}
+    asked: list[list[str]] = []
+
+    def fake_run(_env: Any, argv: list[str], **_kw: Any) -> proc.Result:
+        asked.append(list(argv))
+        return proc.Result(tuple(argv), 0 if ok else 1, answer, "", 0.0)
+
+    monkeypatch.setattr(init_module.proc, "run", fake_run)
+    init_module._find_proxy_modes(Environment(), FakePlatform(), derived)
+    assert asked == [["fake-exec", "nginx", "nginx", "-T"]]
+    assert derived.services["nginx"].get("proxy") == proxy
+    assert derived.services["nginx"].get("proxy_dns_valid_seconds") == valid
+    assert derived.notes["services.nginx"][0].startswith("proxy: ")
+
+
+def test_sigint_during_the_drain_lets_it_finish(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    real_retire = platform.retire
+    abortable: list[bool] = []
+
+    def retire(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
+        abortable.append(interrupt.current().abortable)
+        interrupt.current().request("SIGINT")  # Ctrl-C while the old one drains
+        return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
+
+    platform.retire = retire  # type: ignore[method-assign]
+    outcome = run(store, plan, config, platform)
+    assert abortable == [False]  # an old container half stopped serves nobody
+    assert outcome.status == "interrupted"
+    assert outcome.results["switch-drain:web"]["retired"] == ["c-web-1"]
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
+
+
+def test_a_label_driven_proxy_needs_neither_reload_nor_wait(
+        tmp_path: Path, _quick: list[list[str]]) -> None:
+    config, store, platform = stack(tmp_path, proxy="labels")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    assert "nginx follows the healthy container by its labels" in plan.steps[2].reason
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded"
+    assert _quick == []
+    assert outcome.results["switch-proxies:web"] == {"reloaded": [], "waited_s": 0.0}
+
+
+def test_the_drain_reloads_the_proxy_as_soon_as_the_old_one_has_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    seen: list[list[tuple[str, str]]] = []
+
+    def fake_run(_env: Any, argv: list[str], **_kw: Any) -> proc.Result:
+        seen.append([(b.id, b.state) for b in platform.of("web")])
+        return proc.Result(tuple(argv), 0, "", "", 0.0)
+
+    monkeypatch.setattr(switching.proc, "run", fake_run)
+    assert run(store, plan, config, platform).status == "succeeded"
+    # stopped (its address gone), not yet removed: nothing else happens in between
+    assert seen == [[("c-web-1", "exited"), ("c-web-2", "running")]]
+
+
+def test_the_drain_ends_when_the_proxys_old_workers_are_gone(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    old = ["nginx: master process", "nginx: worker process is shutting down"]
+    platform.process_lists = [old, old, ["nginx: master process", "nginx: worker process"]]
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded"
+    assert platform.called("processes") == [("c-nginx-1",)] * 3
+    assert platform.process_lists == []
