@@ -122,9 +122,17 @@ class SwarmEngine:
         """Every task (any desired state) of ``services`` (names or IDs)."""
         if not services:
             return []
-        ids = self.run("service", "ps", "-q", "--no-trunc", *services,
-                       what=f"docker service ps on {self.name}").stdout.split()
-        return self.inspect("task", sorted(set(ids)))
+        for attempt in range(3):
+            ids = self.run("service", "ps", "-q", "--no-trunc", *services,
+                           what=f"docker service ps on {self.name}").stdout.split()
+            try:
+                return self.inspect("task", sorted(set(ids)))
+            except ExternalError as exc:
+                # Swarm trims a service's task history at any time: a task listed a
+                # moment ago may be gone. List again.
+                if "not found" not in exc.message or attempt == 2:
+                    raise
+        return []
 
     def update_service(self, service: str, *flags: str, timeout: float = 120) -> None:
         # --detach: we wait for the tasks ourselves (the CLI's own wait reads UpdateStatus).

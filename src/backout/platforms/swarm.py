@@ -522,6 +522,35 @@ class SwarmPlatform:
         return f"{addr}:{published[0]['PublishedPort']}" if addr else None
 
 
+@dataclass(frozen=True)
+class FoundStack:
+    name: str
+    nodes: tuple[str, ...]  # hostnames of the Swarm's nodes
+
+
+def find_stack(env: Environment, services: Sequence[str], manager: str | None) -> FoundStack | None:
+    """The stack on the Swarm this engine manages that runs most of ``services`` (the
+    compose file's), or None: not a Swarm manager, or no such stack (``backout init``)."""
+    engine = SwarmEngine(env, "manager", engine_target(manager))
+    try:
+        state, control = engine.swarm_state()
+        if state != "active" or not control:
+            return None
+        best: tuple[int, str] | None = None
+        for stack in engine.stacks():
+            names = {short_name(stack, s["Spec"]["Name"]) for s in engine.stack_services(stack)}
+            overlap = len(names & set(services))
+            if overlap * 2 > len(names) and (best is None or overlap > best[0]):
+                best = (overlap, stack)
+        if best is None:
+            return None
+        nodes = tuple(sorted(str((n.get("Description") or {}).get("Hostname", ""))
+                             for n in engine.nodes()))
+    except (ExternalError, ValueError):
+        return None  # no engine, or not one we may ask: a Compose project then
+    return FoundStack(best[1], nodes)
+
+
 class StalledUpdateError(UnhealthyError):
     """A task of an update stays Pending: Swarm will not place it."""
 

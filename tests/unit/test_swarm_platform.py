@@ -1,0 +1,213 @@
+"""The Swarm platform's reading of tasks and its waits, in-process: Swarm's objects as
+the Engine API returns them (trimmed), a scripted cluster, a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backout.config.model import Config, PlatformConfig, ProjectConfig
+from backout.environment import Environment
+from backout.errors import NotFoundError, UnhealthyError
+from backout.platforms import swarm
+from backout.platforms.base import ContainerInfo, ImageInfo
+from backout.platforms.swarm import (
+    Convergence,
+    SwarmPlatform,
+    TaskView,
+    assess,
+    desired_replicas,
+    image_digest,
+    registry_host,
+    stall_explanation,
+    task_view,
+)
+
+GOOD = "sha256:" + "a" * 64
+BAD = "sha256:" + "b" * 64
+REG = "10.0.0.2:5000"
+
+
+def service_spec(name: str = "shop_web", replicas: int = 2, *, host_port: int | None = None,
+                 order: str = "start-first", image: str = f"{REG}/web:1@{BAD}") -> dict[str, Any]:
+    ports = [{"TargetPort": 8080, "PublishedPort": host_port, "PublishMode": "host"}] \
+        if host_port else []
+    return {"ID": "svc1", "Spec": {"Name": name, "Mode": {"Replicated": {"Replicas": replicas}},
+                                   "UpdateConfig": {"Order": order},
+                                   "EndpointSpec": {"Ports": ports},
+                                   "TaskTemplate": {"ContainerSpec": {"Image": image}},
+                                   "Labels": {}}}
+
+
+def task(tid: str, state: str = "running", *, digest: str = GOOD, slot: int = 1,
+         node: str = "bolab1", err: str = "") -> TaskView:
+    return TaskView(id=tid, service="web", slot=slot, node=node, state=state, since="",
+                    error=err, image=f"{REG}/web:1@{digest}", container_id=f"c-{tid}")
+
+
+def container(tid: str, *, health: str | None = "healthy", image_id: str = "sha256:img1",
+              state: str = "running") -> ContainerInfo:
+    return ContainerInfo(id=f"c-{tid}", name=tid, service="", state=state, health=health,
+                         image="", image_id=image_id, restart_count=0, started_at="")
+
+
+def judge(tasks: Sequence[TaskView], containers: Sequence[ContainerInfo], *, now: float = 0,
+          pending_since: dict[str, float] | None = None, replicas: int = 2,
+          spec: dict[str, Any] | None = None) -> Convergence:
+    return assess(spec or service_spec(replicas=replicas), replicas, tasks,
+                  {c.id: c for c in containers}, digest=GOOD, image_id="sha256:img1", now=now,
+                  stall_seconds=30, pending_since=pending_since or {})
+
+
+def test_converged_needs_every_replica_running_healthy_on_the_target() -> None:
+    both = [task("t1"), task("t2", slot=2)]
+    assert judge(both, [container("t1"), container("t2")]).done
+    assert "1 of 2 tasks" in judge(both[:1], [container("t1")]).problem
+    off = judge([task("t1"), task("t2", digest=BAD, slot=2)], [container("t1"), container("t2")])
+    assert not off.done and "not on sha256:aaaa" in off.problem
+    starting = judge(both, [container("t1"), container("t2", health="starting")])
+    assert not starting.done and "running/starting" in starting.problem
+    no_health = judge(both, [container("t1", health=None), container("t2", health=None)])
+    assert no_health.done  # a service without a healthcheck counts when running
+    other = judge(both, [container("t1"), container("t2", image_id="sha256:other")])
+    assert not other.done and "runs image" in other.problem
+    unplaced = judge([task("t1"), task("t2", state="preparing", slot=2)], [container("t1")])
+    assert not unplaced.done and "is preparing" in unplaced.problem
+
+
+def test_a_task_pending_past_the_deadline_is_a_stall_with_its_reason() -> None:
+    tasks = [task("t1"), task("t2", slot=2), task("t3", state="pending", slot=2,
+                                                  err="no suitable node (host-mode port)")]
+    early = judge(tasks, [container("t1"), container("t2")], now=29, pending_since={"t3": 0})
+    assert not early.done and not early.stalled
+    late = judge(tasks, [container("t1"), container("t2")], now=30, pending_since={"t3": 0})
+    assert late.stalled and "pending for 30s: no suitable node (host-mode port)" in late.problem
+
+
+def test_a_stall_is_explained_by_host_mode_ports_and_start_first() -> None:
+    assert "host mode" in stall_explanation(service_spec(host_port=19881))
+    assert "stop-first" in stall_explanation(service_spec(host_port=19881))
+    assert "host mode" not in stall_explanation(service_spec(host_port=19881, order="stop-first"))
+    assert "host mode" not in stall_explanation(service_spec())
+
+
+def test_reading_swarms_objects() -> None:
+    raw = {"ID": "t9", "ServiceID": "svc1", "NodeID": "n2", "Slot": 2, "DesiredState": "running",
+           "Status": {"State": "running", "Timestamp": "2026-12-03T01:00:00Z",
+                      "ContainerStatus": {"ContainerID": "cid9"}},
+           "Spec": {"ContainerSpec": {"Image": f"{REG}/web:1@{GOOD}"}}}
+    view = task_view("shop", raw, {"svc1": "shop_web"}, {"n2": "bolab2"})
+    assert (view.service, view.node, view.slot, view.container_id, view.state) == \
+        ("web", "bolab2", 2, "cid9", "running")
+    assert image_digest(view.image) == GOOD and image_digest(f"{REG}/web:1") is None
+    assert desired_replicas(service_spec(replicas=3), 2) == 3
+    assert desired_replicas({"Spec": {"Mode": {"Global": {}}}}, 2) == 2
+    assert registry_host(f"{REG}/web@{GOOD}") == REG
+    assert registry_host(f"library/web@{GOOD}") is None and registry_host("web:1") is None
+
+
+# -- the platform's waits, against a scripted cluster -----------------------------
+class Manager:
+    """Stands in for the manager's SwarmEngine: records updates."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[str, ...]] = []
+        self.target = ["-H", "unix:///m.sock"]
+
+    def update_service(self, service: str, *flags: str, timeout: float = 120) -> None:
+        self.updates.append((service, *flags))
+
+
+class Scripted(SwarmPlatform):
+    """A Swarm whose task views come from a script (one per poll; the last repeats)."""
+
+    def __init__(self, tmp: Path, views: list[list[TaskView]], spec: dict[str, Any],
+                 stall: int = 30) -> None:
+        config = Config(path=tmp / "backout.toml", project_dir=tmp,
+                        project=ProjectConfig(name="shop"),
+                        platform=PlatformConfig(kind="swarm", stall_seconds=stall,
+                                                converge_seconds=600))
+        self.now = 0.0
+        super().__init__(Environment(project_dir=tmp), config, sleep=self._tick,
+                         clock=lambda: self.now)
+        self.manager = Manager()  # type: ignore[assignment]
+        self.views = views
+        self.spec = spec
+        self.polls = 0
+
+    def _tick(self, seconds: float) -> None:
+        self.now += seconds
+
+    def _view(self, *services: str) -> tuple[list[dict[str, Any]], list[TaskView],
+                                             dict[str, ContainerInfo]]:
+        view = self.views[min(self.polls, len(self.views) - 1)]
+        self.polls += 1
+        containers = {t.container_id: container(t.id, image_id="sha256:img1" if image_digest(
+            t.image) == GOOD else "sha256:imgbad") for t in view if t.state == "running"}
+        return [self.spec], view, containers
+
+    def service(self, name: str) -> dict[str, Any]:
+        return self.spec
+
+    def image(self, ref: str) -> ImageInfo | None:
+        if GOOD in ref or ref == "backout-retained/shop.web:target-1":
+            return ImageInfo(id="sha256:img1", repo_tags=(), created="", labels={},
+                             repo_digests=(f"{REG}/backout-retained/shop.web@{GOOD}",
+                                           f"{REG}/web@{GOOD}"))
+        if BAD in ref:
+            return ImageInfo(id="sha256:imgbad", repo_tags=(), created="", labels={},
+                             repo_digests=(f"{REG}/web@{BAD}",))
+        return None
+
+
+def test_replace_service_updates_to_the_pinned_digest_and_waits_for_the_tasks(
+        tmp_path: Path) -> None:
+    old = [task("o1", digest=BAD), task("o2", digest=BAD, slot=2)]
+    half = [task("n1"), task("o2", digest=BAD, slot=2)]
+    new = [task("n1"), task("n2", slot=2)]
+    platform = Scripted(tmp_path, [old, old, half, half, new], service_spec())
+    platform.replace_service("web", "backout-retained/shop.web:target-1", operation_id=7)
+    # the operator's repository is preferred to backout's retention tag (same digest)
+    assert platform.manager.updates == [  # type: ignore[attr-defined]
+        ("shop_web", "--image", f"{REG}/web@{GOOD}", "--label-add", "io.backout.operation=op-7")]
+    assert platform.polls == 5  # returned at the first poll where every task was there
+
+
+def test_a_stalled_update_is_undone_and_explained(tmp_path: Path) -> None:
+    old = [task("o1", digest=BAD), task("o2", digest=BAD, slot=2)]
+    stuck = [*old, task("n1", state="pending", err="no suitable node (host-mode port)")]
+    spec = service_spec(host_port=19881)
+    # pending for ever; once put back, the old tasks are what runs
+    platform = Scripted(tmp_path, [stuck] * 40 + [old], spec, stall=30)
+    with pytest.raises(UnhealthyError) as caught:
+        platform.replace_service("web", f"{REG}/web@{GOOD}", operation_id=3)
+    updates = platform.manager.updates  # type: ignore[attr-defined]
+    assert [u[2] for u in updates] == [f"{REG}/web@{GOOD}", f"{REG}/web:1@{BAD}"]
+    assert "stalled" in caught.value.message and "undone" in caught.value.message
+    assert "no suitable node" in caught.value.message
+    assert caught.value.fix and "host mode" in caught.value.fix
+    assert 30 <= platform.now < 40  # detected at the deadline, not at the converge timeout
+
+
+def test_an_image_in_no_registry_cannot_run_on_a_swarm(tmp_path: Path) -> None:
+    platform = Scripted(tmp_path, [[]], service_spec())
+    with pytest.raises(NotFoundError, match="no image"):
+        platform.replace_service("web", "local-only:1", operation_id=1)
+    assert platform.manager.updates == []  # type: ignore[attr-defined]
+
+
+def test_not_converging_in_time_names_what_is_missing(tmp_path: Path) -> None:
+    platform = Scripted(tmp_path, [[task("n1")]], service_spec())
+    with pytest.raises(UnhealthyError, match="1 of 2 tasks desired running"):
+        platform.wait_converged(["web"], timeout=20)
+    assert platform.now >= 20
+
+
+def test_the_swarm_platform_is_in_the_table() -> None:
+    from backout import platforms
+
+    assert platforms.PLATFORMS["swarm"] == "backout.platforms.swarm:SwarmPlatform"
+    assert swarm.SwarmPlatform.kind == "swarm"
