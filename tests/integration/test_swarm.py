@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,21 +33,69 @@ def swarm(swarm_lab: SwarmLab, tmp_path_factory: pytest.TempPathFactory) -> Iter
         stack.wait_converged("db", "mariadb", 1)
         stack.wait_converged("redis", "redis", 1)
         stack.wait_converged("frontend", "frontend:healthy", 2)
-        until(lambda: bool(acked(stack)), 120, "the writer's first acknowledged write")
         yield stack
     finally:
         stack.remove()
+
+
+@pytest.fixture(scope="module")
+def writer(swarm: SwarmStack) -> Iterator[AckLog]:
+    log = AckLog(swarm)
+    try:
+        until(lambda: len(log.acked()) > 5, 120, "the writer's first acknowledged writes")
+        yield log
+    finally:
+        log.close()
 
 
 def run(stack: SwarmStack, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return backout(*args, cwd=stack.project_dir, timeout=timeout)
 
 
-def acked(stack: SwarmStack) -> list[str]:
-    """Every write the writer saw acknowledged, in order (from its tasks' logs)."""
-    out = stack.lab.docker("service", "logs", "--raw", f"{stack.name}_writer", check=False).stdout
-    return [m.group(0) for line in out.splitlines() if line.startswith("ACK ")
-            for m in [ACK.search(line)] if m]
+class AckLog:
+    """Every write the writer saw acknowledged: `docker logs -f` of each writer container
+    (on node 1) from the moment it appears. Scaling a service to 0 removes its tasks'
+    containers, logs included, so they are followed while they live."""
+
+    def __init__(self, stack: SwarmStack) -> None:
+        self.stack = stack
+        self.followers: dict[str, subprocess.Popen[str]] = {}
+        self.lines: dict[str, list[str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            ids = self.stack.lab.docker(
+                "ps", "-aq", "--no-trunc", "--filter",
+                f"label=com.docker.swarm.service.name={self.stack.name}_writer",
+                check=False).stdout.split()
+            for cid in ids:
+                if cid not in self.followers:
+                    proc = subprocess.Popen(["docker", "-H", self.stack.lab.host(1), "logs", "-f",
+                                             cid], stdout=subprocess.PIPE,
+                                            stderr=subprocess.DEVNULL, text=True)
+                    self.followers[cid] = proc
+                    self.lines[cid] = []
+                    threading.Thread(target=self._read, args=(cid, proc), daemon=True).start()
+            self._stop.wait(0.3)
+
+    def _read(self, cid: str, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines[cid].append(line)
+
+    def acked(self) -> list[str]:
+        return [m.group(0) for lines in list(self.lines.values()) for line in list(lines)
+                if line.startswith("ACK ") for m in [ACK.search(line)] if m]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for proc in self.followers.values():
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def tokens_in(path: Path) -> set[str]:
@@ -128,15 +177,14 @@ def test_rollback_service_undoes_a_paused_bad_update(swarm: SwarmStack) -> None:
     ok(run(swarm, "verify"))
 
 
-def test_checkpoint_damage_rollback_db_on_node_2_with_a_live_writer(swarm: SwarmStack) -> None:
-    before = len(acked(swarm))
-    until(lambda: len(acked(swarm)) > before + 5, 60, "the writer writing")
+def test_checkpoint_damage_rollback_db_on_node_2_with_a_live_writer(
+        swarm: SwarmStack, writer: AckLog) -> None:
     cp = ok_json(run(swarm, "checkpoint", "--json"))
     set_id = cp["set_id"]
     time.sleep(2)
     swarm.db_exec("DELETE FROM acks WHERE token LIKE 'ack-%-1'; CREATE TABLE junk (x INT);")
     result = ok_json(run(swarm, "rollback", "db", "main", set_id, "--yes", "--json"))
-    acks_after = acked(swarm)
+    acks_after = writer.acked()
     live = set(swarm.db_exec("SELECT token FROM acks").split())
     assert "junk" not in swarm.db_exec("SHOW TABLES")
     backups = swarm.project_dir / ".backout" / "backups"
@@ -159,9 +207,32 @@ def test_checkpoint_damage_rollback_db_on_node_2_with_a_live_writer(swarm: Swarm
     # the writer was scaled to 0 and back to 1; it writes again, as a new task
     assert swarm.service("writer")["Spec"]["Mode"]["Replicated"]["Replicas"] == 1  # type: ignore[index]
     assert "io.backout.scaled-from" not in (swarm.service("writer")["Spec"].get("Labels") or {})  # type: ignore[union-attr]
-    count = len(acked(swarm))
-    until(lambda: len(acked(swarm)) > count, 60, "the writer writing again")
+    count = len(writer.acked())
+    until(lambda: len(writer.acked()) > count, 60, "the writer writing again")
     assert result["ok"] is True
+
+
+def test_rollback_emergency_deploys_the_previous_commit_pinned(swarm: SwarmStack) -> None:
+    good = ok_json(run(swarm, "release", "record", "--json"))["release"]
+    compose = swarm.project_dir / "docker-compose.yml"
+    compose.write_text(compose.read_text().replace("frontend:${FRONTEND_TAG:-healthy}",
+                                                   "frontend:unhealthy"))
+    swarm.git("commit", "-qam", "a bad release")
+    swarm.deploy()
+    # The bad tasks start, fail their healthcheck and are replaced, again and again
+    # (an unhealthy task killed by Swarm ends "complete": Swarm may never pause).
+    until(lambda: any("frontend:unhealthy" in line for line in swarm.lab.docker(
+        "service", "ps", "--format", "{{.Image}} {{.CurrentState}}",
+        f"{swarm.name}_frontend").stdout.splitlines()), 120, "the bad deploy to start")
+    ok(run(swarm, "rollback", "emergency", f"r{good['id']}", "--yes"))
+    assert swarm.git("rev-parse", "HEAD").strip() == good["commit"]
+    assert frontend_digests(swarm) == {swarm.digest_of("healthy")}
+    # every service of the stack runs pinned by digest
+    for name in ("db", "redis", "frontend", "writer"):
+        spec = swarm.service(name)["Spec"]
+        assert "@sha256:" in spec["TaskTemplate"]["ContainerSpec"]["Image"]  # type: ignore[index]
+    ok(run(swarm, "verify"))
+    swarm.git("checkout", "-q", "main")
 
 
 def test_an_unreachable_node_engine_is_named_exit_6(swarm: SwarmStack, tmp_path: Path) -> None:
@@ -171,5 +242,74 @@ def test_an_unreachable_node_engine_is_named_exit_6(swarm: SwarmStack, tmp_path:
                                  f'bolab2 = "unix://{tmp_path}/nothing.sock"'))
     try:
         assert_clean_error(run(swarm, "checkpoint"), 6, "node bolab2")
+        assert_clean_error(run(swarm, "verify"), 6, "node bolab2")
     finally:
         toml.write_text(text)
+
+
+def test_init_recognises_a_stack_deployed_on_the_swarm(swarm: SwarmStack, tmp_path: Path) -> None:
+    project = tmp_path / "fresh"
+    project.mkdir()
+    for name in ("docker-compose.yml", ".env"):
+        (project / name).write_text((swarm.project_dir / name).read_text())
+    ok(backout("init", cwd=project, DOCKER_HOST=swarm.lab.manager))
+    text = (project / "backout.toml").read_text()
+    assert 'kind = "swarm"' in text and f'name = "{swarm.name}"' in text
+    assert f'manager = "{swarm.lab.manager}"' in text
+    ok(backout("config", "check", cwd=project))
+
+
+def build_second_healthy_frontend(swarm: SwarmStack) -> str:
+    """frontend:swarm-v2 (a label on top of :healthy), built on node 1 and pushed to the
+    lab registry: a second healthy release to roll back from."""
+    ref = f"{swarm.lab.registry}/backout-test/frontend:swarm-v2"
+    dockerfile = (f"FROM {swarm.lab.registry}/backout-test/frontend:healthy\n"
+                  "LABEL io.backout.test.variant=swarm-v2\n")
+    subprocess.run(["docker", "-H", swarm.lab.manager, "build", "-q", "-t", ref, "-"],
+                   input=dockerfile, text=True, capture_output=True, check=True, timeout=300)
+    swarm.lab.docker("push", "-q", ref, timeout=300)
+    return ref
+
+
+@pytest.mark.soak
+def test_zero_failed_requests_through_the_proxy_and_bench_against_bare_update(
+        swarm: SwarmStack) -> None:
+    """The app updated start-first behind the proxy (host mode on node 1, reaching the
+    app by name): no request fails during `backout rollback service`. The same run
+    times it against a bare `docker service update --image` of the same digest."""
+    from tests.support.load import Load
+    from tests.support.swarm import PROXY_PORT
+
+    url = f"http://{swarm.lab.env['BOLAB_NODE1_ADDR']}:{PROXY_PORT}/"
+    until(lambda: subprocess.run(["curl", "-fsS", "-m", "3", "-o", "/dev/null", url],
+                                 check=False).returncode == 0, 120, "the proxy answering")
+    v2 = build_second_healthy_frontend(swarm)
+    svc = f"{swarm.name}_frontend"
+    healthy_ref = f"{swarm.lab.registry}/backout-test/frontend@{swarm.digest_of('healthy')}"
+    swarm.lab.docker("service", "update", "-q", "--image", healthy_ref, svc, timeout=300)
+    good = ok_json(run(swarm, "release", "record", "--json"))["release"]["id"]
+    timings: dict[str, list[float]] = {"backout": [], "bare": []}
+    failed: dict[str, int] = {"backout": 0, "bare": 0}
+    sent: dict[str, int] = {"backout": 0, "bare": 0}
+    for _ in range(2):
+        for kind in ("backout", "bare"):
+            swarm.lab.docker("service", "update", "-q", "--image", v2, svc, timeout=300)
+            swarm.wait_converged("frontend", "swarm-v2", 2)
+            with Load(url, period=0.02) as load:
+                time.sleep(1)
+                start = time.monotonic()
+                if kind == "backout":
+                    ok(run(swarm, "rollback", "service", "frontend", f"r{good}", "--yes"))
+                else:
+                    swarm.lab.docker("service", "update", "-q", "--image", healthy_ref, svc,
+                                     timeout=300)
+                timings[kind].append(time.monotonic() - start)
+                time.sleep(1)
+            failed[kind] += load.failed
+            sent[kind] += load.sent
+            assert frontend_digests(swarm) == {swarm.digest_of("healthy")}
+    ratio = sum(timings["backout"]) / sum(timings["bare"])
+    print(f"swarm service rollback: backout {timings['backout']} s, bare docker service update "
+          f"{timings['bare']} s, ratio {ratio:.2f}; requests sent {sent}, failed {failed}")
+    assert sent["backout"] > 100
+    assert failed["backout"] == 0

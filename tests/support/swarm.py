@@ -27,7 +27,8 @@ LAB_SCRIPT = SWARM_DIR / "lab.sh"
 STACK_FILE = SWARM_DIR / "stack.yml"
 IMAGES = ("backout-test/frontend:healthy", "backout-test/frontend:errors",
           "backout-test/frontend:unhealthy", "backout-test/mariadb:10.11",
-          "backout-test/redis:7.0")
+          "backout-test/redis:7.0", "backout-test/nginx:1.22")
+PROXY_PORT = 18080
 # BACKOUT_KEEP_SWARM_LAB=1 leaves the lab up after the session (faster iterations).
 KEEP = os.environ.get("BACKOUT_KEEP_SWARM_LAB") == "1"
 

@@ -22,6 +22,7 @@ from backout.platforms.swarm import (
     desired_replicas,
     image_digest,
     registry_host,
+    slot_failures,
     stall_explanation,
     task_view,
 )
@@ -105,6 +106,14 @@ def test_reading_swarms_objects() -> None:
     assert image_digest(view.image) == GOOD and image_digest(f"{REG}/web:1") is None
     assert desired_replicas(service_spec(replicas=3), 2) == 3
     assert desired_replicas({"Spec": {"Mode": {"Global": {}}}}, 2) == 2
+    history = [raw, {**raw, "ID": "t8", "DesiredState": "shutdown", "Status": {"State": "failed"}},
+               {**raw, "ID": "t7", "DesiredState": "shutdown", "Status": {"State": "rejected"}},
+               {**raw, "ID": "t6", "DesiredState": "shutdown", "Status": {"State": "shutdown"}},
+               {**raw, "ID": "t5", "Slot": 1, "Status": {"State": "failed"}}]
+    # a crashed task is replaced by a new one: the slot's failures are its restarts
+    assert slot_failures(history) == {("svc1", "slot 2"): 2, ("svc1", "slot 1"): 1}
+    assert slot_failures([{**raw, "Slot": None, "Status": {"State": "failed"}}]) == \
+        {("svc1", "node n2"): 1}
     assert registry_host(f"{REG}/web@{GOOD}") == REG
     assert registry_host(f"library/web@{GOOD}") is None and registry_host("web:1") is None
 

@@ -82,10 +82,31 @@ class TaskView:
     error: str
     image: str  # the spec's image reference (repo:tag@sha256:digest)
     container_id: str
+    # Earlier tasks of the same slot that failed: Swarm replaces a crashed task by a
+    # new one (whose container has no restarts), so these are the slot's restarts.
+    failures: int = 0
+
+
+FAILED_STATES = ("failed", "rejected")
+
+
+def slot_key(task: Mapping[str, Any]) -> tuple[str, str]:
+    """A replicated task's slot, or a global task's node: what a new task replaces."""
+    slot = task.get("Slot")
+    return str(task.get("ServiceID")), f"slot {slot}" if slot else f"node {task.get('NodeID')}"
+
+
+def slot_failures(tasks: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
+    """How many tasks of each slot ended failed or rejected (within Swarm's task history)."""
+    out: dict[tuple[str, str], int] = {}
+    for t in tasks:
+        if (t.get("Status") or {}).get("State") in FAILED_STATES:
+            out[slot_key(t)] = out.get(slot_key(t), 0) + 1
+    return out
 
 
 def task_view(stack: str, task: Mapping[str, Any], services: Mapping[str, str],
-              nodes: Mapping[str, str]) -> TaskView:
+              nodes: Mapping[str, str], failures: int = 0) -> TaskView:
     status = task.get("Status") or {}
     spec = (task.get("Spec") or {}).get("ContainerSpec") or {}
     return TaskView(
@@ -98,6 +119,7 @@ def task_view(stack: str, task: Mapping[str, Any], services: Mapping[str, str],
         error=str(status.get("Err") or ""),
         image=str(spec.get("Image", "")),
         container_id=str((status.get("ContainerStatus") or {}).get("ContainerID") or ""),
+        failures=failures,
     )
 
 
@@ -205,7 +227,8 @@ class SwarmPlatform:
                        nodes: Mapping[str, str]) -> list[TaskView]:
         names = {str(s["ID"]): str(s["Spec"]["Name"]) for s in services}
         raw = self.manager.tasks(list(names))
-        return [task_view(self.stack, t, names, nodes) for t in raw
+        failures = slot_failures(raw)
+        return [task_view(self.stack, t, names, nodes, failures.get(slot_key(t), 0)) for t in raw
                 if t.get("DesiredState") == "running"]
 
     def _task_containers(self, tasks: Sequence[TaskView]) -> dict[str, ContainerInfo]:
@@ -257,11 +280,13 @@ class SwarmPlatform:
             labels = {**(c.labels if c else {}), NODE_LABEL: t.node, TASK_LABEL: t.id}
             if c is not None:
                 out.append(dataclasses.replace(c, service=t.service, image=t.image,
+                                               restart_count=c.restart_count + t.failures,
                                                labels=labels))
             else:  # a task without a container yet: what it waits for is its state
                 out.append(ContainerInfo(id="", name=f"{self.stack}_{t.service}.{t.slot}",
                                          service=t.service, state=t.state, health=None,
-                                         image=t.image, image_id="", restart_count=0,
+                                         image=t.image, image_id="",
+                                         restart_count=t.failures,
                                          started_at=t.since, labels=labels))
         return out
 
@@ -310,6 +335,9 @@ class SwarmPlatform:
             if info is None:
                 continue
             docker.tag(image_id, ref)
+            if registry_host(ref):  # a name in the registry (the stack's own): moved there
+                docker.push(ref)
+                return
             registry = registry_of(info)
             if registry:
                 pushed = f"{registry}/{ref}"
@@ -418,9 +446,12 @@ class SwarmPlatform:
             values = dotenv.parse((self.project_dir / env_file).read_text())
             for value in values.values():
                 self.env.redact.add(value)
+        # Always resolved to a digest in the registry, whatever ``pull`` says: a node
+        # has no image of its own to fall back on, and an unpinned tag would let each
+        # node run whatever it has cached under that name.
+        del pull
         self.manager.deploy_stack(self.stack, self.config.project.compose_files,
-                                  resolve_image="always" if pull else "never",
-                                  env=values, cwd=str(self.project_dir))
+                                  resolve_image="always", env=values, cwd=str(self.project_dir))
         names = [short_name(self.stack, s["Spec"]["Name"]) for s in self._services()]
         self.wait_converged(names)
 
