@@ -8,16 +8,19 @@ converged for the next); the lab is started once per session.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.cli import assert_clean_error, backout, ok, ok_json
+from tests.support.cli import assert_clean_error, backout, clean_env, ok, ok_json
 from tests.support.swarm import SwarmLab, SwarmStack, until
 
 pytestmark = [pytest.mark.docker]
@@ -313,3 +316,57 @@ def test_zero_failed_requests_through_the_proxy_and_bench_against_bare_update(
           f"{timings['bare']} s, ratio {ratio:.2f}; requests sent {sent}, failed {failed}")
     assert sent["backout"] > 100
     assert failed["backout"] == 0
+
+
+def monitor(project: Path, *args: str, until_red: bool, timeout: float) -> list[dict[str, Any]]:
+    """`backout monitor --json ARGS` as an operator runs it, until the first RED."""
+    proc = subprocess.Popen([sys.executable, "-m", "backout", "monitor", "--json", *args],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=clean_env())
+    decisions: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            decisions.append(json.loads(line))
+            if (until_red and decisions[-1]["level"] == "RED") or time.monotonic() > deadline:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return decisions
+
+
+def test_monitor_auto_rollback_reaches_red_and_rolls_back_once(swarm: SwarmStack) -> None:
+    """A release whose app fails (its pages answer 5xx through the proxy) goes RED on the
+    failing health probe; the monitor rolls the stack back to the recorded release once,
+    and verify passes."""
+    from tests.support.swarm import PROXY_PORT
+
+    toml = swarm.project_dir / "backout.toml"
+    text = toml.read_text()
+    proxy = f"http://{swarm.lab.env['BOLAB_NODE1_ADDR']}:{PROXY_PORT}/"
+    until(lambda: subprocess.run(["curl", "-fsS", "-m", "3", "-o", "/dev/null", proxy],
+                                 check=False).returncode == 0, 120, "the proxy answering")
+    ok(run(swarm, "release", "record"))
+    before = max([o["id"] for o in ok_json(run(swarm, "history", "--json"))["operations"]],
+                 default=0)
+    toml.write_text(text.replace('[services.frontend]\nkind = "app"\n',
+                                 f'[services.frontend]\nkind = "app"\nhealth_url = "{proxy}"\n'))
+    try:
+        swarm.lab.docker("service", "update", "-q", "--image",
+                         f"{swarm.lab.registry}/backout-test/frontend:errors",
+                         f"{swarm.name}_frontend", timeout=300)
+        decisions = monitor(swarm.project_dir, "--auto-rollback", "--interval", "2",
+                            until_red=True, timeout=300)
+        assert decisions[-1]["level"] == "RED", decisions[-3:]
+        fired = [tr for d in decisions for tr in d["transitions"]
+                 if tr["rule"] == "red-health-check" and tr["kind"] == "fired"]
+        assert fired and "frontend" in fired[0]["signal"]
+        ops = json.loads(run(swarm, "history", "--json").stdout)["operations"]
+        rollbacks = [o for o in ops if o["kind"].startswith("rollback") and o["id"] > before]
+        assert len(rollbacks) == 1 and rollbacks[0]["status"] == "succeeded", rollbacks
+        assert frontend_digests(swarm) == {swarm.digest_of("healthy")}
+        ok(run(swarm, "verify"))
+    finally:
+        toml.write_text(text)

@@ -220,3 +220,23 @@ def test_the_swarm_platform_is_in_the_table() -> None:
 
     assert platforms.PLATFORMS["swarm"] == "backout.platforms.swarm:SwarmPlatform"
     assert swarm.SwarmPlatform.kind == "swarm"
+
+
+def test_a_node_engine_that_does_not_answer_is_named(tmp_path: Path) -> None:
+    from backout.adapters.swarm import unreachable_text
+    from backout.errors import DockerUnavailableError, ExitCode, ExternalError
+
+    assert unreachable_text("Cannot connect to the Docker daemon at unix:///x.sock. Is the "
+                            "docker daemon running?")
+    assert unreachable_text("docker exec on bolab2: timed out after 60s")
+    assert not unreachable_text("OCI runtime exec failed: exec: \"pg_dump\": no such file or "
+                                "directory")
+    platform = Scripted(tmp_path, [[]], service_spec())
+    with pytest.raises(DockerUnavailableError) as caught, platform._reaching("bolab2"):
+        raise ExternalError("docker container inspect failed (exit 1): Cannot connect to the "
+                            "Docker daemon at unix:///x.sock. Is the docker daemon running?")
+    assert "node bolab2" in caught.value.message and caught.value.exit_code == ExitCode.EXTERNAL
+    assert caught.value.fix and "backout resume" in caught.value.fix
+    with pytest.raises(ExternalError) as other, platform._reaching("bolab2"):
+        raise ExternalError("docker exec failed: no such container")
+    assert not isinstance(other.value, DockerUnavailableError)

@@ -26,6 +26,13 @@ SERVICE_LABEL = "com.docker.swarm.service.name"
 STACK_LABEL = "com.docker.stack.namespace"
 
 
+def unreachable_text(text: str) -> bool:
+    """Does a docker CLI error say that the engine itself did not answer?"""
+    low = text.lower()
+    return "timed out" in low or (any(mark.lower() in low for mark in UNREACHABLE)
+                                  and ("daemon" in low or "connect" in low))
+
+
 def engine_target(host: str | None, context: str | None = None) -> list[str]:
     """The docker global options reaching one engine."""
     if host:
@@ -67,8 +74,7 @@ class SwarmEngine:
             raise
         if not result.ok:
             err = result.stderr.strip()
-            if any(mark.lower() in err.lower() for mark in UNREACHABLE) and (
-                    "daemon" in err or "connect" in err):
+            if unreachable_text(err):
                 raise self.unreachable(proc.last_line(self.env.redact(err)))
             if check:
                 raise ExternalError(f"{label} failed (exit {result.returncode}): "

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,17 @@ from backout.adapters.swarm import (
     TASK_LABEL,
     SwarmEngine,
     engine_target,
+    unreachable_text,
 )
 from backout.config import Config
 from backout.environment import Environment
-from backout.errors import ExternalError, NotFoundError, UnhealthyError, UsageError
+from backout.errors import (
+    DockerUnavailableError,
+    ExternalError,
+    NotFoundError,
+    UnhealthyError,
+    UsageError,
+)
 from backout.platforms.base import ContainerInfo, ImageInfo, Platform
 from backout.platforms.compose import ComposePlatform
 
@@ -205,6 +213,18 @@ class SwarmPlatform:
     def _docker(self, node: str) -> Docker:
         return Docker(self.env, self.node_engine(node).target)
 
+    @contextmanager
+    def _reaching(self, node: str) -> Iterator[None]:
+        """A node's engine that does not answer is named (exit 6), whatever the call."""
+        try:
+            yield
+        except DockerUnavailableError:
+            raise
+        except ExternalError as exc:
+            if unreachable_text(exc.message):
+                raise self.node_engine(node).unreachable(exc.message) from exc
+            raise
+
     def _node_names(self) -> dict[str, str]:
         return {str(n["ID"]): str((n.get("Description") or {}).get("Hostname", n["ID"]))
                 for n in self.manager.nodes()}
@@ -238,8 +258,9 @@ class SwarmPlatform:
                 by_node.setdefault(t.node, []).append(t.container_id)
         out: dict[str, ContainerInfo] = {}
         for node, ids in sorted(by_node.items()):
-            for c in self._docker(node).inspect_containers(ids):
-                out[c.id] = c
+            with self._reaching(node):
+                for c in self._docker(node).inspect_containers(ids):
+                    out[c.id] = c
         return out
 
     def _view(self, *services: str) -> tuple[list[dict[str, Any]], list[TaskView],
@@ -301,7 +322,8 @@ class SwarmPlatform:
             if c.id in wanted:
                 by_node.setdefault(c.labels[NODE_LABEL], []).append(c.id)
         for node, ids in by_node.items():
-            out.update(self._docker(node).stats(ids))
+            with self._reaching(node):
+                out.update(self._docker(node).stats(ids))
         return out
 
     def logs(self, service: str, since: str, *, timestamps: bool = False) -> str:
