@@ -370,3 +370,39 @@ def test_monitor_auto_rollback_reaches_red_and_rolls_back_once(swarm: SwarmStack
         ok(run(swarm, "verify"))
     finally:
         toml.write_text(text)
+
+
+@pytest.mark.soak
+def test_kill_9_at_every_step_of_rollback_db_then_resume(swarm: SwarmStack,
+                                                         writer: AckLog) -> None:
+    """SIGKILL at each journaled step of `rollback db` on the Swarm (database on node 2,
+    writer scaled to 0 on node 1), then `backout resume`: the database ends as the
+    checkpoint (plus what the writer wrote after), the writer is back at its replica
+    count and writing, every acknowledged write is live or in a safety backup."""
+    import signal
+
+    from tests.support.integrity import run_signalled
+
+    cp = ok_json(run(swarm, "checkpoint", "--json"))["set_id"]
+    checkpoint = tokens_in(swarm.project_dir / ".backout" / "backups" / cp / "main.sql.zst")
+    steps = ok_json(run(swarm, "rollback", "db", "main", cp, "--dry-run", "--json"))
+    count = len(steps["plan"]["steps"])
+    assert count >= 5
+    for step in range(count):
+        killed = run_signalled(swarm.project_dir, ["rollback", "db", "main", cp, "--yes"],
+                               step=step, sig=signal.SIGKILL, delay=1.0)
+        assert killed.returncode == -signal.SIGKILL, (step, killed.stderr[-2000:])
+        resumed = run(swarm, "resume")
+        assert resumed.returncode == 0, (step, resumed.stdout[-2000:], resumed.stderr[-2000:])
+        spec = swarm.service("writer")["Spec"]
+        assert spec["Mode"]["Replicated"]["Replicas"] == 1, step  # type: ignore[index]
+        assert "io.backout.scaled-from" not in (spec.get("Labels") or {}), step  # type: ignore[union-attr]
+        live = set(swarm.db_exec("SELECT token FROM acks").split())
+        assert checkpoint <= live, step
+        safety = set().union(*(tokens_in(p / "main.sql.zst") for p in
+                                (swarm.project_dir / ".backout" / "backups").iterdir()
+                                if (p / "main.sql.zst").is_file()))
+        lost = [t for t in writer.acked() if t not in live and t not in safety]
+        assert lost == [], (step, lost[:5])
+        acks = len(writer.acked())
+        until(lambda n=acks: len(writer.acked()) > n, 90, f"the writer writing after step {step}")

@@ -240,3 +240,52 @@ def test_a_node_engine_that_does_not_answer_is_named(tmp_path: Path) -> None:
     with pytest.raises(ExternalError) as other, platform._reaching("bolab2"):
         raise ExternalError("docker exec failed: no such container")
     assert not isinstance(other.value, DockerUnavailableError)
+
+
+class Cluster(Scripted):
+    """Scripted, with the stack's services listed (stop/start read them)."""
+
+    def _services(self, *services: str) -> list[dict[str, Any]]:
+        return [self.spec]
+
+
+def test_writers_are_scaled_to_zero_and_back_to_their_count(tmp_path: Path) -> None:
+    spec = service_spec(replicas=3, image=f"{REG}/web:1@{GOOD}")
+    platform = Cluster(tmp_path, [[]], spec)
+    assert platform.stop(["web"]) == ["web"]
+    updates = platform.manager.updates  # type: ignore[attr-defined]
+    # the count to restore is kept on the service itself (a resumed plan finds it there)
+    assert updates == [("shop_web", "--label-add", "io.backout.scaled-from=3", "--replicas", "0")]
+    # a service already at 0 (or not stopped by us) is left alone
+    spec["Spec"]["Mode"]["Replicated"]["Replicas"] = 0
+    assert platform.stop(["web"]) == []
+    spec["Spec"]["Labels"] = {"io.backout.scaled-from": "3"}
+    platform.views = [[task("a"), task("b", slot=2), task("c", slot=3)]]
+    # (the scripted cluster does not apply updates: the spec as Swarm has it after)
+    platform.manager.update_service = lambda service, *flags, timeout=120: (  # type: ignore[attr-defined]
+        updates.append((service, *flags)), spec["Spec"]["Mode"]["Replicated"].update(Replicas=3))
+    platform.start(["web"])
+    assert updates[-1] == ("shop_web", "--replicas", "3", "--label-rm", "io.backout.scaled-from")
+    spec["Spec"]["Labels"] = {}
+    platform.start(["web"])
+    assert len(updates) == 2  # nothing of ours to undo: not started
+
+
+def test_only_tasks_desired_running_are_what_runs(tmp_path: Path) -> None:
+    class Tasks(Manager):
+        def tasks(self, services: Sequence[str]) -> list[dict[str, Any]]:
+            base = {"ServiceID": "svc1", "NodeID": "n1", "Slot": 1,
+                    "Spec": {"ContainerSpec": {"Image": f"{REG}/web:1@{GOOD}"}}}
+            return [{**base, "ID": "new", "DesiredState": "running",
+                     "Status": {"State": "running"}},
+                    {**base, "ID": "old", "DesiredState": "shutdown",
+                     "Status": {"State": "shutdown"}},
+                    {**base, "ID": "crashed", "DesiredState": "shutdown",
+                     "Status": {"State": "failed"}}]
+
+    platform = SwarmPlatform(Environment(project_dir=tmp_path), Config(
+        path=tmp_path / "backout.toml", project_dir=tmp_path, project=ProjectConfig(name="shop"),
+        platform=PlatformConfig(kind="swarm")))
+    platform.manager = Tasks()  # type: ignore[assignment]
+    views = platform._desired_tasks([service_spec()], {"n1": "bolab1"})
+    assert [(v.id, v.node, v.failures) for v in views] == [("new", "bolab1", 1)]
