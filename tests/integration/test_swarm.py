@@ -3,7 +3,11 @@ tests/swarm/stack.yml with its database pinned to node 2, the app on both nodes
 (start-first), a live writer on node 1.
 
 The tests of this module run in order against one deployed stack (each leaves it
-converged for the next); the lab is started once per session.
+converged for the next); the lab is started once per session. The default run keeps
+what fits its budget (releases, verify, a service rollback after Swarm's own, a
+database rollback with a live writer, a node that does not answer, init); the paused
+update, the emergency rollback, the monitor, the proxy's zero failed requests with the
+timing against a bare `docker service update`, and the kill -9 sweep are soak tests.
 """
 
 from __future__ import annotations
@@ -167,6 +171,7 @@ def test_rollback_service_works_after_swarms_own_rollback(swarm: SwarmStack) -> 
     ok(run(swarm, "verify"))
 
 
+@pytest.mark.soak
 def test_rollback_service_undoes_a_paused_bad_update(swarm: SwarmStack) -> None:
     good = ok_json(run(swarm, "release", "record", "--json"))["release"]["id"]
     svc = f"{swarm.name}_frontend"
@@ -215,6 +220,7 @@ def test_checkpoint_damage_rollback_db_on_node_2_with_a_live_writer(
     assert result["ok"] is True
 
 
+@pytest.mark.soak
 def test_rollback_emergency_deploys_the_previous_commit_pinned(swarm: SwarmStack) -> None:
     good = ok_json(run(swarm, "release", "record", "--json"))["release"]
     compose = swarm.project_dir / "docker-compose.yml"
@@ -337,6 +343,7 @@ def monitor(project: Path, *args: str, until_red: bool, timeout: float) -> list[
     return decisions
 
 
+@pytest.mark.soak
 def test_monitor_auto_rollback_reaches_red_and_rolls_back_once(swarm: SwarmStack) -> None:
     """A release whose app fails (its pages answer 5xx through the proxy) goes RED on the
     failing health probe; the monitor rolls the stack back to the recorded release once,
