@@ -128,7 +128,7 @@ def test_status_release_and_verify_read_the_tasks_on_both_nodes(swarm: SwarmStac
     # every image pinned by digest; the digest is the registry's
     assert services["frontend"]["image"].endswith("@" + healthy)
     assert all("@sha256:" in svc["image"] for svc in services.values())
-    assert set(services) == {"db", "redis", "frontend", "writer"}
+    assert set(services) == {"db", "redis", "frontend", "writer", "proxy"}
     # retained in the cluster's registry under backout's own name (survives a tag move)
     retained = f"{swarm.lab.registry}/{services['frontend']['retained_as']}"
     assert any(d.startswith(retained.split(":release-")[0] + "@") for d in
@@ -413,3 +413,51 @@ def test_kill_9_at_every_step_of_rollback_db_then_resume(swarm: SwarmStack,
         assert lost == [], (step, lost[:5])
         acks = len(writer.acked())
         until(lambda n=acks: len(writer.acked()) > n, 90, f"the writer writing after step {step}")
+
+
+@pytest.mark.soak
+def test_node_2_engine_stopped_during_rollback_db_exit_6_then_resume(
+        swarm: SwarmStack, writer: AckLog) -> None:
+    """Node 2's dockerd (the database's node) stops while `rollback db` restores: one
+    error naming the node (exit 6); the writers are started again; once the node is
+    back, `backout resume` finishes (the safety backup back in place) and no
+    acknowledged write is lost."""
+    import os
+    import signal
+
+    from tests.support.integrity import journal_step_started, last_operation_id
+    from tests.support.stack import wait_for
+    from tests.support.swarm import LAB_SCRIPT
+
+    cp = ok_json(run(swarm, "checkpoint", "--json"))["set_id"]
+    plan = ok_json(run(swarm, "rollback", "db", "main", cp, "--dry-run", "--json"))["plan"]
+    restore = next(i for i, s in enumerate(plan["steps"]) if s["action"] == "rollback.db.restore")
+    since = last_operation_id(swarm.project_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "backout", "rollback", "db", "main", cp,
+                             "--yes"], cwd=swarm.project_dir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=clean_env(
+                                BACKOUT_FAULT_INJECT=f"step-{restore}-started=sleep:10"))
+    wait_for(lambda: journal_step_started(swarm.project_dir, restore, since), timeout=300,
+             interval=0.2, message="the restore step")
+    pid = int(Path("/run/bolab/bolab2.pid").read_text())  # the lab's own dockerd of node 2
+    os.kill(pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 6, (out[-2000:], err[-2000:])
+    assert "node bolab2" in err and "Traceback" not in err
+    assert "resume" in err
+    spec = swarm.service("writer")["Spec"]
+    assert spec["Mode"]["Replicated"]["Replicas"] == 1  # type: ignore[index]
+    # the node back (the lab script starts what is not running), its database task again
+    subprocess.run(["bash", str(LAB_SCRIPT), "up"], check=True, capture_output=True,
+                   timeout=600)
+    swarm.wait_converged("db", "mariadb", 1, timeout=300)
+    resumed = run(swarm, "resume")
+    assert resumed.returncode == 0, (resumed.stdout[-2000:], resumed.stderr[-2000:])
+    live = set(swarm.db_exec("SELECT token FROM acks").split())
+    safety = set().union(*(tokens_in(p / "main.sql.zst") for p in
+                           (swarm.project_dir / ".backout" / "backups").iterdir()
+                           if (p / "main.sql.zst").is_file()))
+    lost = [t for t in writer.acked() if t not in live and t not in safety]
+    assert lost == []
+    acks = len(writer.acked())
+    until(lambda: len(writer.acked()) > acks, 120, "the writer writing again")
