@@ -106,6 +106,7 @@ class SwarmStack:
         project = base / name
         project.mkdir(parents=True)
         shutil.copy(STACK_FILE, project / "docker-compose.yml")
+        shutil.copy(SWARM_DIR / "proxy.conf", project / "proxy.conf")
         values = {"REG": lab.registry, "MYSQL_ROOT_PASSWORD": "root-" + secrets.token_hex(8),
                   "MYSQL_PASSWORD": "app-" + secrets.token_hex(8),
                   "REDIS_PASSWORD": "redis-" + secrets.token_hex(8)}

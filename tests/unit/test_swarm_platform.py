@@ -252,7 +252,17 @@ class Cluster(Scripted):
 def test_writers_are_scaled_to_zero_and_back_to_their_count(tmp_path: Path) -> None:
     spec = service_spec(replicas=3, image=f"{REG}/web:1@{GOOD}")
     platform = Cluster(tmp_path, [[]], spec)
+    # Scaled to 0, the task is desired "shutdown" at once but runs (and writes) until its
+    # container has stopped: stop() returns only when the task's own state says so.
+    states = iter(["running", "running", "shutdown"])
+    polled: list[str] = []
+
+    def tasks(services: Sequence[str]) -> list[dict[str, Any]]:
+        polled.append(state := next(states))
+        return [{"ID": "t1", "DesiredState": "shutdown", "Status": {"State": state}}]
+    platform.manager.tasks = tasks  # type: ignore[attr-defined]
     assert platform.stop(["web"]) == ["web"]
+    assert polled == ["running", "running", "shutdown"]
     updates = platform.manager.updates  # type: ignore[attr-defined]
     # the count to restore is kept on the service itself (a resumed plan finds it there)
     assert updates == [("shop_web", "--label-add", "io.backout.scaled-from=3", "--replicas", "0")]

@@ -174,6 +174,12 @@ def assess(service: Mapping[str, Any], replicas: int, tasks: Sequence[TaskView],
     return Convergence(True, "")
 
 
+def still_running(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """IDs of tasks whose container may still run (whatever their desired state)."""
+    return [str(t.get("ID")) for t in tasks
+            if (t.get("Status") or {}).get("State") in ("running", *WAITING)]
+
+
 def stall_explanation(service: Mapping[str, Any]) -> str:
     ports = host_mode_ports(service)
     if ports and update_order(service) == "start-first":
@@ -499,9 +505,14 @@ class SwarmPlatform:
         return sorted(stopped)
 
     def _wait_stopped(self, services: Sequence[str], timeout: float) -> None:
+        # Every task, whatever its desired state: scaled to 0, a task is at once desired
+        # "shutdown" while its container still runs (and writes) until it has stopped.
+        # Only the task's own state says that the container is gone.
         deadline = self.clock() + timeout
         while True:
-            left = [c for c in self.containers(*services) if c.state in ("running", *WAITING)]
+            svcs = self._services(*services)
+            left = still_running(self.manager.tasks([str(s["ID"]) for s in svcs])) \
+                if svcs else []
             if not left:
                 return
             if self.clock() >= deadline:
