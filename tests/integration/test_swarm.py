@@ -404,12 +404,13 @@ def test_kill_9_at_every_step_of_rollback_db_then_resume(swarm: SwarmStack,
         spec = swarm.service("writer")["Spec"]
         assert spec["Mode"]["Replicated"]["Replicas"] == 1, step  # type: ignore[index]
         assert "io.backout.scaled-from" not in (spec.get("Labels") or {}), step  # type: ignore[union-attr]
+        acked_before = writer.acked()  # before the live read: later acks are not in it yet
         live = set(swarm.db_exec("SELECT token FROM acks").split())
         assert checkpoint <= live, step
         safety = set().union(*(tokens_in(p / "main.sql.zst") for p in
                                 (swarm.project_dir / ".backout" / "backups").iterdir()
                                 if (p / "main.sql.zst").is_file()))
-        lost = [t for t in writer.acked() if t not in live and t not in safety]
+        lost = [t for t in acked_before if t not in live and t not in safety]
         assert lost == [], (step, lost[:5])
         acks = len(writer.acked())
         until(lambda n=acks: len(writer.acked()) > n, 90, f"the writer writing after step {step}")
@@ -453,15 +454,54 @@ def test_node_2_engine_stopped_during_rollback_db_exit_6_then_resume(
     subprocess.run(["bash", str(LAB_SCRIPT), "up"], check=True, capture_output=True,
                    timeout=600)
     swarm.wait_converged("db", "mariadb", 1, timeout=300)
+    # resume finishes the cleanup (the safety backup back, the writer started) and then
+    # says how the operation ended: its restore failed (exit 6), the data as before it
     resumed = run(swarm, "resume")
-    assert resumed.returncode == 0, (resumed.stdout[-2000:], resumed.stderr[-2000:])
+    assert resumed.returncode == 6, (resumed.stdout[-2000:], resumed.stderr[-2000:])
+    assert "as before the restore" in resumed.stderr and "running again" in resumed.stderr
     spec = swarm.service("writer")["Spec"]
     assert spec["Mode"]["Replicated"]["Replicas"] == 1  # type: ignore[index]
+    acked_before = writer.acked()
     live = set(swarm.db_exec("SELECT token FROM acks").split())
     safety = set().union(*(tokens_in(p / "main.sql.zst") for p in
                            (swarm.project_dir / ".backout" / "backups").iterdir()
                            if (p / "main.sql.zst").is_file()))
-    lost = [t for t in writer.acked() if t not in live and t not in safety]
+    lost = [t for t in acked_before if t not in live and t not in safety]
     assert lost == []
+    # nothing is left in the way: the same rollback now runs through
+    ok(run(swarm, "rollback", "db", "main", cp, "--yes"))
+    checkpoint = tokens_in(swarm.project_dir / ".backout" / "backups" / cp / "main.sql.zst")
+    assert checkpoint <= set(swarm.db_exec("SELECT token FROM acks").split())
     acks = len(writer.acked())
     until(lambda: len(writer.acked()) > acks, 120, "the writer writing again")
+
+
+@pytest.mark.soak
+def test_a_stalled_start_first_update_is_detected_explained_and_undone(
+        swarm: SwarmStack) -> None:
+    """A global service publishing a host-mode port on every node, updated start-first:
+    the new task has no node where the port is free and stays Pending. backout's
+    rollback sees it stall (stall_seconds = 15 here), puts the service back on the image
+    it had, and says why (exit 3)."""
+    v2 = build_second_healthy_frontend(swarm)
+    name = f"{swarm.name}_edge"
+    swarm.lab.docker(
+        "service", "create", "-d", "--name", name, "--mode", "global",
+        "--label", f"com.docker.stack.namespace={swarm.name}",
+        "--container-label", f"com.docker.stack.namespace={swarm.name}",
+        "--network", f"{swarm.name}_default", "--publish", "mode=host,target=3000,published=18090",
+        "--env", "REDIS_HOST=redis", "--env", f"REDIS_PASSWORD={swarm.env_values['REDIS_PASSWORD']}",
+        "--health-interval", "2s", "--health-start-period", "4s", "--update-order", "stop-first",
+        f"{swarm.lab.registry}/backout-test/frontend:healthy")
+    try:
+        swarm.wait_converged("edge", "frontend:healthy", 2)
+        release = ok_json(run(swarm, "release", "record", "--json"))["release"]["id"]
+        swarm.lab.docker("service", "update", "-q", "--image", v2, name, timeout=300)
+        swarm.wait_converged("edge", "swarm-v2", 2)
+        swarm.lab.docker("service", "update", "-q", "--update-order", "start-first", name)
+        result = run(swarm, "rollback", "service", "edge", f"r{release}", "--yes")
+        line = assert_clean_error(result, 3, "stalled", "pending", "undone")
+        assert "host mode" in line and "18090" in line
+        swarm.wait_converged("edge", "swarm-v2", 2, timeout=60)  # back where it was
+    finally:
+        swarm.lab.docker("service", "rm", name, check=False)
