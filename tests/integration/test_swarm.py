@@ -485,6 +485,21 @@ def test_a_stalled_start_first_update_is_detected_explained_and_undone(
     it had, and says why (exit 3)."""
     v2 = build_second_healthy_frontend(swarm)
     name = f"{swarm.name}_edge"
+    # in the stack's definition too (rollback service names a service of it); created
+    # by hand so that the rest of the stack is left as it is
+    compose = swarm.project_dir / "docker-compose.yml"
+    definition = compose.read_text()
+    compose.write_text(definition.replace("\nvolumes:\n", f"""
+  edge:
+    image: {swarm.lab.registry}/backout-test/frontend:healthy
+    ports:
+      - {{target: 3000, published: 18090, mode: host}}
+    deploy:
+      mode: global
+      update_config:
+        order: start-first
+volumes:
+""", 1))
     swarm.lab.docker(
         "service", "create", "-d", "--name", name, "--mode", "global",
         "--label", f"com.docker.stack.namespace={swarm.name}",
@@ -505,3 +520,4 @@ def test_a_stalled_start_first_update_is_detected_explained_and_undone(
         swarm.wait_converged("edge", "swarm-v2", 2, timeout=60)  # back where it was
     finally:
         swarm.lab.docker("service", "rm", name, check=False)
+        compose.write_text(definition)
