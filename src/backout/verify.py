@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from backout import engines
 from backout.adapters import http
@@ -33,22 +33,41 @@ class Check:
     ok: bool
     detail: str
 
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Checked(Protocol):
+    """One line of a report of checks (verify's, doctor's)."""
+    @property
+    def name(self) -> str: ...
+    @property
+    def ok(self) -> bool: ...
+    def to_json(self) -> dict[str, Any]: ...
+
+
+C = TypeVar("C", bound=Checked)
+
 
 @dataclass
-class VerifyResult:
-    checks: list[Check]
+class CheckReport(Generic[C]):
+    """Checks in the order they ran; ok only when every one is (verify, doctor)."""
+    checks: list[C] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
     @property
-    def failed(self) -> list[Check]:
+    def failed(self) -> list[C]:
         return [c for c in self.checks if not c.ok]
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks],
+        return {"ok": self.ok, "checks": [c.to_json() for c in self.checks],
                 "failed": [c.name for c in self.failed]}
+
+
+VerifyResult = CheckReport[Check]
 
 
 def _container_checks(platform: Platform, services: list[str], settle: float) -> list[Check]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from backout.config import Config, DatabaseConfig
 from backout.environment import Environment
 from backout.errors import BackoutError
 from backout.state import OperationLock, Store
+from backout.verify import CheckReport
 
 # Older engines and Compose v2 releases lack what backout uses (`up --wait`, health
 # status in `ps`, `config --format json`).
@@ -44,22 +45,7 @@ class Check:
         return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix}
 
 
-@dataclass
-class DoctorReport:
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.ok]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checks": [c.to_json() for c in self.checks],
-                "failed": [c.name for c in self.failed]}
-
+class DoctorReport(CheckReport[Check]):
     def add(self, name: str, ok: bool, detail: str, fix: str | None = None) -> None:
         self.checks.append(Check(name, ok, detail, None if ok else fix))
 
