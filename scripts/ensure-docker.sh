@@ -2,7 +2,7 @@
 # Make this machine able to run backout and its Docker tests: a running Docker
 # Engine, Compose v2 as a CLI plugin, a local debian:bookworm-slim base image when no
 # registry can be reached, zstd and git; with the test tools (the default), Debian's
-# Prometheus too. Idempotent: every step checks before it acts, so it is cheap on a
+# Prometheus too, and what the Swarm lab of the tests needs (iproute2, docker-registry). Idempotent: every step checks before it acts, so it is cheap on a
 # machine that already has everything (a developer laptop with Docker).
 #
 #   bash scripts/ensure-docker.sh [--plan] [--no-test-tools]
@@ -67,6 +67,11 @@ if [ "$plan" = 1 ]; then
     have restic || echo "restic: Debian package (off-site copies of backup sets)"
     if [ "$test_tools" = 1 ] && ! [ -x "$SSHD" ]; then
         echo "openssh-server: Debian package, for the tests' SFTP host (its system service is not started)"
+    fi
+    if [ "$test_tools" = 1 ]; then
+        for tool in ip:iproute2 nsenter:util-linux curl:curl docker-registry:docker-registry; do
+            have "${tool%%:*}" || echo "${tool#*:}: Debian package, for the Swarm lab of the tests"
+        done
     fi
     exit 0
 fi
@@ -177,6 +182,29 @@ if [ "$test_tools" = 1 ] && ! [ -x "$SSHD" ]; then
         log "stopping the sshd the package started (pid $pid); the tests run their own"
         as_root kill "$pid" 2>/dev/null || true
     done
+fi
+
+# 7. The two-node Swarm lab of the tests (tests/swarm/lab.sh) runs two dockerds and an
+# image registry inside network namespaces: iproute2, util-linux (nsenter, unshare),
+# curl, and Debian's docker-registry, whose own system service is not wanted (the lab
+# starts its registry inside a namespace): no start allowed while it installs.
+if [ "$test_tools" = 1 ]; then
+    have ip || apt_install iproute2
+    have nsenter || apt_install util-linux
+    have curl || apt_install curl
+    if ! have docker-registry; then
+        if [ ! -e "$POLICY_RC_D" ]; then
+            printf '#!/bin/sh\n# written by backout ensure-docker.sh while it installs docker-registry\nexit 101\n' \
+                | as_root tee "$POLICY_RC_D" >/dev/null
+            as_root chmod 0755 "$POLICY_RC_D"
+            trap 'as_root rm -f "$POLICY_RC_D"' EXIT
+            apt_install --no-install-recommends docker-registry
+            as_root rm -f "$POLICY_RC_D"
+            trap - EXIT
+        else
+            apt_install --no-install-recommends docker-registry
+        fi
+    fi
 fi
 
 log "ready: $(docker version --format 'engine {{.Server.Version}}') / $(docker compose version --short)"

@@ -75,3 +75,31 @@ def backout_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["BACKOUT_ACTOR"] = "pytest"
     return env
+
+
+@pytest.fixture(scope="session")
+def swarm_lab() -> Iterator[object]:
+    """The two-node Swarm lab (tests/swarm/lab.sh), started once per session with the
+    test images in its registry, torn down after. Skips where it cannot start (not
+    root, tools missing); FAILS under BACKOUT_REQUIRE_DOCKER=1."""
+    require_docker()
+    from tests.support.stack import build_images
+    from tests.support.swarm import lab_down, lab_problem, lab_up
+
+    problem = lab_problem()
+    if problem:
+        if REQUIRE_DOCKER:
+            pytest.fail(f"BACKOUT_REQUIRE_DOCKER=1 but {problem}", pytrace=False)
+        pytest.skip(problem)
+    build_images()
+    try:
+        lab = lab_up()
+    except RuntimeError as exc:
+        lab_down()
+        if REQUIRE_DOCKER:
+            pytest.fail(f"BACKOUT_REQUIRE_DOCKER=1 but {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield lab
+    finally:
+        lab_down()

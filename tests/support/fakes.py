@@ -29,6 +29,7 @@ from backout.storage.repositories.base import RemoteSet, RepositoryError
 
 class FakePlatform:
     kind = "fake"
+    switches_itself = False
 
     def __init__(self, project_dir: Path = Path("/fake/project"), *,
                  running: Mapping[str, str] | None = None,

@@ -72,7 +72,9 @@ LAYERS: dict[str, int] = {
 }
 
 COMPOSE_ADAPTER = "backout.adapters.compose"
-COMPOSE_USERS = ("backout.platforms.compose", "backout.adapters")  # prefixes allowed to use it
+COMPOSE_USERS = ("backout.platforms.compose", "backout.adapters")
+SWARM_ADAPTER = "backout.adapters.swarm"
+SWARM_USERS = ("backout.platforms.swarm", "backout.adapters")  # prefixes allowed to use it
 
 
 def layer_of(module: str, table: Mapping[str, int] = LAYERS) -> int | None:
@@ -285,6 +287,14 @@ def test_only_the_compose_platform_uses_the_compose_adapter() -> None:
     edges = graph()
     assert "backout.platforms.compose" in {m for m, t in edges.items() if COMPOSE_ADAPTER in t}
     assert compose_adapter_users(edges) == []
+
+
+def test_only_the_swarm_platform_uses_the_swarm_adapter() -> None:
+    edges = graph()
+    users = {m for m, t in edges.items() if SWARM_ADAPTER in t}
+    assert "backout.platforms.swarm" in users
+    assert sorted(m for m in users
+                  if not any(m == p or m.startswith(p + ".") for p in SWARM_USERS)) == []
 
 
 def test_adapters_know_nothing_of_backout_toml() -> None:

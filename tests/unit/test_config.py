@@ -407,10 +407,22 @@ def test_the_platform_defaults_to_compose_and_names_the_known_kinds(project: Pat
     assert load(project).platform.kind == "compose"  # type: ignore[attr-defined]
     assert load(project, GOOD + '\n[platform]\nkind = "compose"\n'
                 ).platform.kind == "compose"  # type: ignore[attr-defined]
-    line = error_of(project, GOOD + '\n[platform]\nkind = "swarm"\n')
-    assert line.endswith("backout.toml: platform.kind: must be one of compose, not 'swarm'")
-    assert platforms.names() == ("compose",)
+    line = error_of(project, GOOD + '\n[platform]\nkind = "nomad"\n')
+    assert line.endswith("backout.toml: platform.kind: must be one of compose, swarm, not 'nomad'")
+    assert platforms.names() == ("compose", "swarm")
     assert "platform.kndi" in error_of(project, GOOD + '\n[platform]\nkndi = "compose"\n')
+
+
+def test_a_swarm_platform_names_its_manager_and_nodes(project: Path) -> None:
+    swarm = load(project, GOOD + '\n[platform]\nkind = "swarm"\nmanager = "unix:///run/m.sock"\n'
+                          'stall_seconds = 30\n[platform.nodes]\nn2 = "ssh://root@n2"\n'
+                 ).platform  # type: ignore[attr-defined]
+    assert (swarm.kind, swarm.manager, swarm.nodes, swarm.stall_seconds) == \
+        ("swarm", "unix:///run/m.sock", {"n2": "ssh://root@n2"}, 30)
+    line = error_of(project, GOOD + '\n[platform]\nkind = "swarm"\n[platform.nodes]\nn2 = 5\n')
+    assert "platform.nodes.n2: must be the node's Docker host" in line
+    assert "platform.stall_seconds: must be at least 5" in error_of(
+        project, GOOD + '\n[platform]\nkind = "swarm"\nstall_seconds = 1\n')
 
 
 def test_database_types_come_from_the_engine_table(project: Path) -> None:

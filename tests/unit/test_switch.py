@@ -182,6 +182,19 @@ def test_a_blocked_service_gets_the_stop_first_plan_saying_why(tmp_path: Path) -
         service_rollback.plan(store, platform, "web", None, config=config, order="start-first")
 
 
+def test_a_platform_that_switches_itself_gets_one_replace_step(tmp_path: Path) -> None:
+    """Swarm orders its own updates (update_config.order): no beside-steps, and the
+    plan says whose order it is instead of claiming backout's start-first."""
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    platform.switches_itself = True
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    assert [s.key for s in plan.steps] == ["recreate:web", "verify-service:web",
+                                           "record-expected"]
+    assert plan.steps[0].reason.startswith(f"by {platform.kind} itself")
+    assert "own update order" in plan.summary and "start-first" not in plan.summary
+    assert "update_config" in plan.downtime
+
+
 def test_start_first_starts_waits_reloads_then_drains(tmp_path: Path,
                                                      _quick: list[list[str]]) -> None:
     config, store, platform = stack(tmp_path, proxy="nginx-reload")

@@ -20,12 +20,16 @@ ENGINE_FIX = "start the Docker Engine (systemctl start docker, or dockerd) and r
 class Docker:
     """The Docker Engine, via the ``docker`` CLI."""
 
-    def __init__(self, env: Environment) -> None:
+    def __init__(self, env: Environment, target: Sequence[str] = ()) -> None:
         self.env = env
+        # Global options naming another engine (``-H HOST`` or ``--context NAME``):
+        # a Swarm node's engine; empty for the environment's own.
+        self.target = list(target)
 
     def _run(self, args: Sequence[str], *, timeout: float = 60, check: bool = True,
              what: str | None = None) -> proc.Result:
-        return proc.run(self.env, ["docker", *args], timeout=timeout, check=check, what=what)
+        return proc.run(self.env, ["docker", *self.target, *args], timeout=timeout, check=check,
+                        what=what)
 
     def ping(self) -> str:
         """The engine's version; raises ``DockerUnavailableError`` when it does not answer."""
@@ -130,6 +134,9 @@ class Docker:
 
     def tag(self, image_id: str, ref: str) -> None:
         self._run(["image", "tag", image_id, ref], what="docker image tag")
+
+    def push(self, ref: str) -> None:
+        self._run(["image", "push", "-q", ref], timeout=600, what=f"docker push {ref}")
 
     def remove_tag(self, ref: str) -> None:
         # ``rmi`` of a tag only untags while other tags or containers use the image.

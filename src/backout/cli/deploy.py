@@ -68,14 +68,14 @@ def deploy_cmd(ctx: Ctx, ref: str | None, watch_seconds: int | None, migration: 
     if dry_run:
         pf = checked()
         plan = plan_deploy(cfg, pf, watch_seconds=seconds, with_data=with_data, label=label,
-                           definition=platform.definition())
+                           definition=None if platform.switches_itself else platform.definition())
         emit(ctx.env, "deploy", {"dry_run": True, "preflight": pf.to_json(),
                                  "plan": plan.to_json()}, plan.render())
         return ExitCode.OK
     with ctx.mutating("deploy"):
         pf = checked()
         plan = plan_deploy(cfg, pf, watch_seconds=seconds, with_data=with_data, label=label,
-                           definition=platform.definition())
+                           definition=None if platform.switches_itself else platform.definition())
         if not ctx.env.json:
             for line in plan.render()[:1]:
                 ctx.env.stderr.write(line + "\n")

@@ -60,7 +60,13 @@ PROJECT_KEYS = {
     "env_file": Key(str),
     "state_dir": Key(str),
 }
-PLATFORM_KEYS = {"kind": Key(str, choices=platforms.names())}
+PLATFORM_KEYS = {
+    "kind": Key(str, choices=platforms.names()),
+    "manager": Key(str),
+    "nodes": Key(dict),
+    "stall_seconds": Key(int, minimum=5),
+    "converge_seconds": Key(int, minimum=10),
+}
 SERVICE_KEYS = {
     "kind": Key(str, choices=SERVICE_KINDS),
     "health_url": Key(str),
@@ -251,7 +257,15 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
 
     platform_t = _table(file, doc, "platform")
     _check_table(file, "platform", platform_t, PLATFORM_KEYS)
-    platform = PlatformConfig(kind=platform_t.get("kind", platforms.DEFAULT))
+    nodes = platform_t.get("nodes", {})
+    for node, host in nodes.items():
+        if not isinstance(host, str) or not host:
+            raise ConfigError(file, f"platform.nodes.{node}",
+                              "must be the node's Docker host (unix://, tcp:// or ssh://)")
+    platform = PlatformConfig(
+        kind=platform_t.get("kind", platforms.DEFAULT), manager=platform_t.get("manager"),
+        nodes=dict(nodes), stall_seconds=platform_t.get("stall_seconds", 90),
+        converge_seconds=platform_t.get("converge_seconds", 300))
 
     services: dict[str, ServiceConfig] = {}
     for name, table in _table(file, doc, "services").items():

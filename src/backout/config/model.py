@@ -24,6 +24,14 @@ class ProjectConfig:
 @dataclass(frozen=True)
 class PlatformConfig:
     kind: str = "compose"  # a key of backout.platforms.PLATFORMS
+    # Swarm only: the manager's engine (default: the environment's DOCKER_HOST or
+    # context), each node's engine by node name (default: the Docker context named
+    # after the node), and how long tasks may stay Pending before an update counts as
+    # stalled.
+    manager: str | None = None
+    nodes: dict[str, str] = field(default_factory=dict)
+    stall_seconds: int = 90
+    converge_seconds: int = 300
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,10 @@ if TYPE_CHECKING:
     from backout.platforms.base import Platform
 
 DEFAULT = "compose"
-PLATFORMS = {"compose": "backout.platforms.compose:ComposePlatform"}
+PLATFORMS = {
+    "compose": "backout.platforms.compose:ComposePlatform",
+    "swarm": "backout.platforms.swarm:SwarmPlatform",
+}
 
 
 def names() -> tuple[str, ...]:

@@ -55,6 +55,10 @@ class Platform(Protocol):
 
     kind: str  # "compose": the key in backout.platforms.PLATFORMS
     project_dir: Path
+    # True: the platform itself replaces a service's containers in the order its
+    # definition asks (Swarm's update_config.order, with its health gating), so a
+    # switch is one replace_service/converge and backout plans no start_beside steps.
+    switches_itself: bool
 
     # -- what the stack is and what runs ---------------------------------------------
     def ping(self) -> str:

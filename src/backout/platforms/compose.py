@@ -34,6 +34,7 @@ class ComposePlatform:
     """The stack of one backout.toml, run by Docker Compose on one Docker Engine."""
 
     kind = "compose"
+    switches_itself = False  # backout starts the new container beside the old (issue 14)
 
     def __init__(self, env: Environment, config: Config) -> None:
         self.env = env

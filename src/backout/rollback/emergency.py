@@ -142,7 +142,8 @@ def plan(env: Environment, config: Config, store: Store, platform: Platform, tar
     # Stateless services switch start-first to the target's image (the service is
     # back before the old container stops); the writers stopped for the data, the
     # databases and whatever the compose file pins go through compose up.
-    steps += switch.stack_steps(config, platform.definition(), exclude=stopped)
+    if not platform.switches_itself:
+        steps += switch.stack_steps(config, platform.definition(), exclude=stopped)
     steps.append(Step("bring the stack up at the target", "emergency.up",
                       "docker compose up -d --wait in dependency order (no build, no pull); "
                       "containers of services that changed are recreated", {}, key="up"))

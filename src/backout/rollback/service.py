@@ -69,7 +69,7 @@ def plan(store: Store, platform: Platform, service: str, version: str | None, *,
     definition = platform.definition()
     chosen = switch.order_for(config, definition, service, order)
     ref = common.target_ref(target["project"], service, target["image_id"])
-    if chosen.start_first:
+    if chosen.start_first and not platform.switches_itself:
         switching = switch.steps(config, definition, service, image_id=target["image_id"],
                                  ref=ref, order=chosen)
         downtime = (f"none expected: {service}'s new container serves before the old one "
@@ -77,12 +77,16 @@ def plan(store: Store, platform: Platform, service: str, version: str | None, *,
     else:
         switching = [Step(
             f"recreate {service} from image {short}", "rollback.service.recreate",
-            f"{chosen.describe()}; {service} now runs {cur}; its container is replaced by one "
+            (f"by {platform.kind} itself, in the order of the service's update_config"
+             if platform.switches_itself else chosen.describe())
+            + f"; {service} now runs {cur}; its container is replaced by one "
             f"of {short} ({target['source']}); no other container is touched, no image is "
             "built or pulled",
             {"service": service, "image_id": target["image_id"], "project": target["project"]},
             key=f"recreate:{service}")]
-        downtime = f"{service} only, while its container is recreated (seconds)"
+        downtime = (f"{service} as its update_config orders it (start-first: none expected)"
+                    if platform.switches_itself else
+                    f"{service} only, while its container is recreated (seconds)")
     steps = (
         *switching,
         Step(f"verify {service}", "rollback.service.verify",
@@ -95,7 +99,8 @@ def plan(store: Store, platform: Platform, service: str, version: str | None, *,
     return Plan("rollback.service", {"service": service, "version": version, **target,
                                      "switch": chosen.to_json()}, steps,
                 summary=f"roll {service} back from {cur} to {short} ({target['source']}), "
-                        f"{chosen.order}",
+                        + (f"in {platform.kind}'s own update order" if platform.switches_itself
+                           else chosen.order),
                 downtime=downtime)
 
 

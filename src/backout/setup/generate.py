@@ -304,7 +304,10 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)  # JSON strings, ints and lists of strings are valid TOML
 
 
-def render(derived: Derived, compose_files: list[str], env_file: str | None) -> str:
+def render(derived: Derived, compose_files: list[str], env_file: str | None,
+           platform: Sequence[str] = ()) -> str:
+    """``platform``: lines of a [platform] table (and [project] name) when the stack
+    runs elsewhere than on Compose."""
     lines = [
         "# backout configuration: written by `backout init`, edit freely.",
         "# Reference: README.md#configuration. Check it with `backout config check`.",
@@ -315,6 +318,7 @@ def render(derived: Derived, compose_files: list[str], env_file: str | None) -> 
         f"compose_files = {_toml_value(compose_files)}",
         f"env_file = {_toml_value(env_file or '')}   # \"\" when the project has no .env",
         "state_dir = \".backout\"                # releases, journal, lock, audit log",
+        *platform,
         "",
         "[backups]",
         "dir = \".backout/backups\"",

@@ -107,6 +107,25 @@ def _find_proxy_modes(env: Environment, platform: Platform, derived: Derived) ->
         derived.notes.setdefault(f"services.{name}", []).append(f"proxy: nginx -T says it {how}")
 
 
+def _swarm_lines(env: Environment, services: list[str]) -> list[str]:
+    """[platform] for a stack this engine's Swarm runs (``docker stack deploy``), else none."""
+    from backout.platforms.swarm import find_stack
+
+    manager = env.env.get("DOCKER_HOST") or None
+    found = find_stack(env, services, manager)
+    if found is None:
+        return []
+    lines = [f"name = {json.dumps(found.name)}                # the stack's name on the Swarm",
+             "", "[platform]", 'kind = "swarm"   # found: a stack deployed with docker stack deploy']
+    if manager:
+        lines.append(f"manager = {json.dumps(manager)}   # the manager's Docker Engine")
+    lines += ["# Each node's engine: by default the Docker context named after the node",
+              "# (docker context create NODE --docker host=...); or here:",
+              "# [platform.nodes]"]
+    lines += [f'# {node} = "ssh://root@{node}"' for node in found.nodes]
+    return lines
+
+
 def init_project(env: Environment, project_dir: Path, target: Path, *, force: bool) -> InitResult:
     if target.exists() and not force:
         raise UsageError(f"{display_path(target)} already exists",
@@ -144,6 +163,10 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
     _find_metrics(env, derived)
     _find_proxy_modes(env, platform, derived)
     text = render(derived, [compose_file], env_file)
+
+
+    text = render(derived, [compose_file], env_file,
+                  _swarm_lines(env, sorted((data.get("services") or {}).keys())))
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
