@@ -386,6 +386,7 @@ from tests.integration.test_rollback import (  # noqa: E402  (the rig of the rol
     quiet,
     rig,
 )
+from tests.support.snapshots import pg_snapshot  # noqa: E402
 
 __all__ = ["quiet", "rig"]  # fixtures used by name
 
@@ -423,7 +424,7 @@ def copied_checkpoint(offsite_rig: Rig) -> dict[str, Any]:
     rig = offsite_rig
     rig.set_write_interval("0")
     rig.baseline()
-    before = data_snapshot(rig.stack)
+    before = {**data_snapshot(rig.stack), "postgresql": pg_snapshot(rig.stack)}
     password = rig.password  # type: ignore[attr-defined]
     # the checkpoint tests' sentinel check, extended to the repository password: it is in
     # no argv (watched while restic runs), no output of a --verbose run, no manifest
@@ -456,8 +457,9 @@ def _delete_local(rig: Rig, set_id: str) -> None:
 
 
 @pytest.mark.parametrize("database", [
-    "mysql",  # in the default run; the other two engines under -m soak (about a minute each)
-    pytest.param("redis", marks=pytest.mark.soak), pytest.param("mongodb", marks=pytest.mark.soak)])
+    "mysql",  # in the default run; the other engines under -m soak (about a minute each)
+    pytest.param("redis", marks=pytest.mark.soak), pytest.param("mongodb", marks=pytest.mark.soak),
+    pytest.param("postgresql", marks=pytest.mark.soak)])
 def test_rollback_db_restores_exactly_from_the_repository_after_the_local_set_is_deleted(
         offsite_rig: Rig, copied_checkpoint: dict[str, Any], database: str) -> None:
     rig, set_id = offsite_rig, copied_checkpoint["set_id"]

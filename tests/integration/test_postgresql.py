@@ -31,6 +31,7 @@ import pytest
 
 from tests.support.cli import backout, ok, ok_json
 from tests.support.integrity import safety_sets_of
+from tests.support.snapshots import pg_snapshot
 from tests.support.stack import DATABASE, TestStack
 
 pytestmark = pytest.mark.docker
@@ -44,19 +45,6 @@ def project(stack: TestStack) -> Path:
     (path / "backout.toml").unlink(missing_ok=True)
     ok(backout("init", cwd=path))
     return path
-
-
-def pg_snapshot(stack: TestStack) -> dict[str, Any]:
-    """Every user table of the app database, row for row, and the roles."""
-    tables = [r[0] for r in stack.pg_query(
-        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
-        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")]
-    out: dict[str, Any] = {}
-    for table in tables:
-        out[table] = stack.pg_query(f"SELECT * FROM {table} ORDER BY 1")
-    out["roles"] = stack.pg_query("SELECT rolname, rolcanlogin FROM pg_roles "
-                                  "WHERE rolname NOT LIKE 'pg\\_%' ORDER BY 1")
-    return out
 
 
 def checkpoint(project: Path) -> dict[str, Any]:

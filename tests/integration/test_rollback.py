@@ -124,6 +124,10 @@ def mutate(stack: TestStack, db: str, tag: str) -> None:
             f"DELETE FROM customers WHERE id > 15;\n"
             f"UPDATE customers SET email = 'changed-{tag}@example.test' WHERE id = 1;\n"
             f"INSERT INTO items (name) VALUES ('after-checkpoint-{tag}');\n")
+    elif db == "postgresql":
+        stack.pg_query(f"UPDATE customers SET name = 'changed-{tag}' WHERE id = 1;\n"
+                       "CREATE TABLE IF NOT EXISTS after_checkpoint (tag text);\n"
+                       f"INSERT INTO after_checkpoint VALUES ('{tag}');\n")
     elif db == "redis":
         stack.redis_pipe(f"SET after:checkpoint {tag}\nDEL seed:version\n"
                          f"HSET seed:config currency {tag}\nRPUSH seed:customers {tag}\n")

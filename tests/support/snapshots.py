@@ -71,8 +71,22 @@ def mongo_snapshot(stack: TestStack) -> dict[str, list[Any]]:
             for c, docs in sorted(colls.items())}
 
 
+def pg_snapshot(stack: TestStack) -> dict[str, Any]:
+    """Every user table of the app database, row for row, and the roles."""
+    tables = [r[0] for r in stack.pg_query(
+        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")]
+    out: dict[str, Any] = {}
+    for table in tables:
+        out[table] = stack.pg_query(f"SELECT * FROM {table} ORDER BY 1")
+    out["roles"] = stack.pg_query("SELECT rolname, rolcanlogin FROM pg_roles "
+                                  "WHERE rolname NOT LIKE 'pg\\_%' ORDER BY 1")
+    return out
+
+
 SNAPSHOTS: dict[str, Callable[[TestStack], Any]] = {
-    "mysql": mysql_snapshot, "redis": redis_snapshot, "mongodb": mongo_snapshot}
+    "mysql": mysql_snapshot, "redis": redis_snapshot, "mongodb": mongo_snapshot,
+    "postgresql": pg_snapshot}
 
 
 def data_snapshot(stack: TestStack, volatile: bool = True) -> dict[str, Any]:
