@@ -135,7 +135,7 @@ have git || apt_install git
 # own policy, which we leave alone), and whatever prometheus process appeared anyway
 # is stopped by PID. A Prometheus that ran before we started is never touched.
 if [ "$test_tools" = 1 ] && ! have prometheus; then
-    before=" $(pgrep -x prometheus | tr '\n' ' ') "
+    before=" $(pgrep -x prometheus | tr '\n' ' ' || true) "
     own_policy=0
     if [ ! -e "$POLICY_RC_D" ]; then
         printf '#!/bin/sh\n# written by backout ensure-docker.sh while it installs prometheus\nexit 101\n' \

@@ -126,6 +126,17 @@ def test_ensure_docker_keeps_the_package_from_starting_its_service(tmp_path: Pat
     assert not (tmp_path / "policy-rc.d").exists()  # its own hook is removed afterwards
 
 
+def test_ensure_docker_on_a_machine_running_no_prometheus(tmp_path: Path) -> None:
+    """A fresh machine: nothing named prometheus runs before the install (pgrep finds
+    nothing, which under pipefail once ended the script silently at that line)."""
+    _fake, env = _machine(tmp_path)
+    script = f'bash {ENSURE} >"$HOME/out" 2>&1; echo "rc=$?"'
+    result = _in_own_pid_namespace(script, env)
+    out = (tmp_path / "out").read_text()
+    assert "rc=0" in result.stdout.splitlines(), out
+    assert "ready:" in out  # it got to the end, past every install step
+
+
 def test_ensure_docker_leaves_a_machines_own_policy_alone(tmp_path: Path) -> None:
     _fake, env = _machine(tmp_path)
     policy = tmp_path / "policy-rc.d"

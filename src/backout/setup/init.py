@@ -162,9 +162,6 @@ def init_project(env: Environment, project_dir: Path, target: Path, *, force: bo
     _find_health(env, derived)
     _find_metrics(env, derived)
     _find_proxy_modes(env, platform, derived)
-    text = render(derived, [compose_file], env_file)
-
-
     text = render(derived, [compose_file], env_file,
                   _swarm_lines(env, sorted((data.get("services") or {}).keys())))
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
