@@ -84,6 +84,16 @@ def stack_steps(config: Config, definition: dict[str, Any], *,
     return out
 
 
+def whole_stack_downtime(steps: Collection[Step]) -> str:
+    """What a whole-stack change (deploy, emergency rollback) costs in downtime, from
+    the switches actually planned (none on a platform that orders its own updates)."""
+    started = [str(s.params["service"]) for s in steps if s.action == "switch.start"]
+    if not started:
+        return "the services whose image changes are replaced one by one"
+    return (f"{', '.join(started)} switch start-first (none expected); the other services "
+            "whose image changes are replaced one by one")
+
+
 def proxies(config: Config, switched: str) -> list[dict[str, Any]]:
     """The configured proxies in front of the switched service (not itself)."""
     return [{"service": s.name, "mode": s.proxy, "reload": list(s.proxy_reload),

@@ -193,6 +193,16 @@ def test_a_platform_that_switches_itself_gets_one_replace_step(tmp_path: Path) -
     assert plan.steps[0].reason.startswith(f"by {platform.kind} itself")
     assert "own update order" in plan.summary and "start-first" not in plan.summary
     assert "update_config" in plan.downtime
+    assert plan.params["switch"]["source"] == platform.kind
+    # Compose's rules do not apply: a container_name (a hard blocker on Compose) with
+    # start-first configured plans, and --order is refused in one line naming the fix
+    config.services["web"] = ServiceConfig("web", switch="start-first")
+    platform.stack["services"]["web"]["container_name"] = "the-web"
+    assert service_rollback.plan(store, platform, "web", None, config=config).steps[0].key \
+        == "recreate:web"
+    with pytest.raises(UsageError, match="--order does not apply") as raised:
+        service_rollback.plan(store, platform, "web", None, config=config, order="stop-first")
+    assert "update_config.order" in (raised.value.fix or "")
 
 
 def test_start_first_starts_waits_reloads_then_drains(tmp_path: Path,
@@ -402,7 +412,11 @@ def test_the_deploy_switches_stateless_services_before_compose_up() -> None:
     assert keys.index("switch-abort:web") < keys.index("deploy:up")
     assert plan.steps[keys.index("switch-start:web")].params["ref"] is None
     assert "up to date" in plan.steps[keys.index("deploy:up")].reason
+    assert plan.downtime.startswith("web switch start-first (none expected)")
     without = plan_deploy(config, pf, watch_seconds=0, with_data=False)
+    # no switch planned (none qualifies, or the platform orders its own updates):
+    # the downtime claims none
+    assert "start-first" not in without.downtime
     assert not any(k.startswith("switch-") for k in (s.key for s in without.steps))
 
 

@@ -108,10 +108,9 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
                 tuple(steps),
                 summary=f"deploy {pf.ref} ({short}), watched for {watch_seconds}s"
                         + (", checkpoint first" if set_id else ""),
-                downtime="stateless services switch start-first (none expected); the others "
-                         "whose image changes are recreated one by one; if it is rolled back, "
-                         "again" + (" with app services stopped while the "
-                                                 "databases are restored" if with_data else ""))
+                downtime=switch.whole_stack_downtime(steps) + "; if it is rolled back, again"
+                         + (" with app services stopped while the databases are restored"
+                            if with_data else ""))
 
 
 def _wrap(step: Step, fill: str | None = None, data: bool = False,

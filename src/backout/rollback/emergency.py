@@ -145,8 +145,9 @@ def plan(env: Environment, config: Config, store: Store, platform: Platform, tar
     if not platform.switches_itself:
         steps += switch.stack_steps(config, platform.definition(), exclude=stopped)
     steps.append(Step("bring the stack up at the target", "emergency.up",
-                      "docker compose up -d --wait in dependency order (no build, no pull); "
-                      "containers of services that changed are recreated", {}, key="up"))
+                      f"{platform.kind}: the whole stack converged to the target's definition and "
+                      "waited for (no build, no pull); containers of services that changed are "
+                      "replaced", {}, key="up"))
     if stopped:
         steps.append(start_step(stopped))
     steps.append(Step("verify the stack", "emergency.verify",
@@ -158,8 +159,7 @@ def plan(env: Environment, config: Config, store: Store, platform: Platform, tar
                 tuple(steps),
                 summary=f"emergency rollback of the whole stack to {desc}"
                         + (f" with the data of checkpoint {t['checkpoint_id']}" if data_dbs else ""),
-                downtime="stateless services switch start-first (none expected); the others "
-                         "whose image changes are recreated one by one"
+                downtime=switch.whole_stack_downtime(steps)
                          + (f"; {downtime(config, data_dbs, targets)}" if data_dbs else ""))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from backout import switch
 from backout.adapters import http
 from backout.config import Config
-from backout.errors import NotFoundError, UnhealthyError
+from backout.errors import NotFoundError, UnhealthyError, UsageError
 from backout.operations.executor import RunContext, register_action
 from backout.operations.plan import Plan, Step
 from backout.platforms.base import Platform
@@ -67,26 +67,33 @@ def plan(store: Store, platform: Platform, service: str, version: str | None, *,
     short = target["image_id"][7:19]
     cur = (target["current"] or "none")[7:19]
     definition = platform.definition()
-    chosen = switch.order_for(config, definition, service, order)
     ref = common.target_ref(target["project"], service, target["image_id"])
-    if chosen.start_first and not platform.switches_itself:
-        switching = switch.steps(config, definition, service, image_id=target["image_id"],
-                                 ref=ref, order=chosen)
-        downtime = (f"none expected: {service}'s new container serves before the old one "
-                    "stops")
+    if platform.switches_itself:
+        # The platform orders the update itself (Swarm: update_config.order and its
+        # health gating); backout.toml's switch and --order are Compose's.
+        if order:
+            raise UsageError(f"--order does not apply on {platform.kind}: it updates {service} "
+                             "in the order of the service's update_config",
+                             fix="drop --order; set deploy.update_config.order in the compose "
+                                 "file")
+        switch_json: dict[str, Any] = {"order": "the platform's", "reasons": [],
+                                       "source": platform.kind}
+        how = f"in {platform.kind}'s own update order"
+        switching = [_recreate_step(service, short, cur, target,
+                                    f"by {platform.kind} itself, in the order of the service's "
+                                    "update_config")]
+        downtime = f"{service} as its update_config orders it (start-first: none expected)"
     else:
-        switching = [Step(
-            f"recreate {service} from image {short}", "rollback.service.recreate",
-            (f"by {platform.kind} itself, in the order of the service's update_config"
-             if platform.switches_itself else chosen.describe())
-            + f"; {service} now runs {cur}; its container is replaced by one "
-            f"of {short} ({target['source']}); no other container is touched, no image is "
-            "built or pulled",
-            {"service": service, "image_id": target["image_id"], "project": target["project"]},
-            key=f"recreate:{service}")]
-        downtime = (f"{service} as its update_config orders it (start-first: none expected)"
-                    if platform.switches_itself else
-                    f"{service} only, while its container is recreated (seconds)")
+        chosen = switch.order_for(config, definition, service, order)
+        switch_json, how = chosen.to_json(), chosen.order
+        if chosen.start_first:
+            switching = switch.steps(config, definition, service, image_id=target["image_id"],
+                                     ref=ref, order=chosen)
+            downtime = (f"none expected: {service}'s new container serves before the old one "
+                        "stops")
+        else:
+            switching = [_recreate_step(service, short, cur, target, chosen.describe())]
+            downtime = f"{service} only, while its container is recreated (seconds)"
     steps = (
         *switching,
         Step(f"verify {service}", "rollback.service.verify",
@@ -97,11 +104,19 @@ def plan(store: Store, platform: Platform, service: str, version: str | None, *,
              {"images": {service: target["image_id"]}}, key="record-expected"),
     )
     return Plan("rollback.service", {"service": service, "version": version, **target,
-                                     "switch": chosen.to_json()}, steps,
-                summary=f"roll {service} back from {cur} to {short} ({target['source']}), "
-                        + (f"in {platform.kind}'s own update order" if platform.switches_itself
-                           else chosen.order),
+                                     "switch": switch_json}, steps,
+                summary=f"roll {service} back from {cur} to {short} ({target['source']}), {how}",
                 downtime=downtime)
+
+
+def _recreate_step(service: str, short: str, cur: str, target: dict[str, Any],
+                   order: str) -> Step:
+    return Step(
+        f"recreate {service} from image {short}", "rollback.service.recreate",
+        f"{order}; {service} now runs {cur}; its container is replaced by one of {short} "
+        f"({target['source']}); no other container is touched, no image is built or pulled",
+        {"service": service, "image_id": target["image_id"], "project": target["project"]},
+        key=f"recreate:{service}")
 
 
 @register_action("rollback.service.recreate")
