@@ -246,3 +246,23 @@ def test_bitnami_variables() -> None:
     by_service = {e["service"]: e for e in d.databases.values()}
     assert by_service["v"]["password_env"] == "VK"
     assert by_service["r"]["password_container_env"] == "REDIS_PASSWORD_FILE"
+
+
+def test_bitnami_postgresql_prefers_the_superuser() -> None:
+    """bitnami/postgresql: POSTGRESQL_USERNAME owns one database only; its superuser
+    (postgres) has POSTGRESQL_POSTGRES_PASSWORD. With both, the superuser is used;
+    with only the application user, init says what a full restore needs."""
+    both = {"services": {"pg": {"image": "bitnami/postgresql:16", "environment": {
+        "POSTGRESQL_USERNAME": "app", "POSTGRESQL_PASSWORD": "${APP_PW}",
+        "POSTGRESQL_POSTGRES_PASSWORD": "${ROOT_PW}", "POSTGRESQL_DATABASE": "shop"}}}}
+    d = derive(both, {"APP_PW": "a", "ROOT_PW": "r"}, both)
+    [entry] = d.databases.values()
+    assert entry["user"] == "postgres" and entry["password_env"] == "ROOT_PW"
+    assert entry["databases"] == ["shop"]
+    app_only = {"services": {"pg": {"image": "bitnami/postgresql:16", "environment": {
+        "POSTGRESQL_USERNAME": "app", "POSTGRESQL_PASSWORD": "${APP_PW}"}}}}
+    d = derive(app_only, {"APP_PW": "a"}, app_only)
+    [entry] = d.databases.values()
+    assert entry["user"] == "app" and entry["password_env"] == "APP_PW"
+    notes = sum(d.notes.values(), [])
+    assert any("POSTGRESQL_POSTGRES_PASSWORD" in n and "not root" in n for n in notes), notes

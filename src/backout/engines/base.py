@@ -67,6 +67,7 @@ class Engine(Protocol):
     image_prefixes: tuple[str, ...]
     server_programs: tuple[str, ...]
     credentials: tuple[Credential, ...]
+    limited_user_note: str  # init's note when the credentials are not the superuser's
     database_name_vars: tuple[str, ...]
     # a restore restarts the service (plan wording of the downtime)
     restarts_on_restore: bool
@@ -107,6 +108,8 @@ class EngineBase:
     image_repositories: tuple[str, ...] = ()
     image_prefixes: tuple[str, ...] = ()
     server_programs: tuple[str, ...] = ()
+    # What init notes when the only credentials are an application user's, not root's.
+    limited_user_note = "check that it can read everything it dumps"
 
     def recognise(self, image: str, found: Sequence[str] = ()) -> str | None:
         """How ``image`` (any registry, any tag) is this engine's, or None. ``found``:

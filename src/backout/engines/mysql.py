@@ -485,6 +485,7 @@ class MySQLEngine(EngineBase):
                           "mysql/mysql-server", "bitnami/mysql", "bitnami/mariadb",
                           "bitnami/mariadb-galera")
     server_programs = ("mariadbd", "mysqld")
+    limited_user_note = "each backup checks the privileges a consistent dump needs"
     credentials = (("root", ("MYSQL_ROOT_PASSWORD", "MARIADB_ROOT_PASSWORD"), None),
                    (None, ("MYSQL_PASSWORD", "MARIADB_PASSWORD"), ("MYSQL_USER", "MARIADB_USER")))
     database_name_vars = ("MYSQL_DATABASE", "MARIADB_DATABASE")

@@ -532,8 +532,13 @@ class PostgreSQLEngine(EngineBase):
     image_repositories = ("postgres", "postgis/postgis", "timescale/timescaledb",
                           "timescale/timescaledb-ha", "bitnami/postgresql")
     server_programs = ("postgres",)
-    credentials = ((None, ("POSTGRES_PASSWORD", "POSTGRESQL_PASSWORD"),
-                    ("POSTGRES_USER", "POSTGRESQL_USERNAME")),)
+    # The official image's superuser, bitnami's superuser, then bitnami's application
+    # user (owner of one database only: no roles, no DROP DATABASE of another owner).
+    credentials = ((None, ("POSTGRES_PASSWORD",), ("POSTGRES_USER",)),
+                   ("postgres", ("POSTGRESQL_POSTGRES_PASSWORD",), None),
+                   (None, ("POSTGRESQL_PASSWORD",), ("POSTGRESQL_USERNAME",)))
+    limited_user_note = ("a restore recreates roles and databases, which needs the superuser: "
+                         "set POSTGRESQL_POSTGRES_PASSWORD on the service for full restores")
     database_name_vars = ("POSTGRES_DB", "POSTGRESQL_DATABASE")
 
     def dump(self, ctx: EngineContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]:

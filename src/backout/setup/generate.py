@@ -164,8 +164,7 @@ def derive(compose: Mapping[str, Any], env_values: Mapping[str, str],
             entry.update(credentials.password(pw_var, notes))
             if not user and index > 0:
                 notes.append(f"dumps run as {entry.get('user') or entry.get('user_env') or 'that user'}"
-                             ", not root: each backup checks the privileges a consistent "
-                             "dump needs")
+                             f", not root: {engine.limited_user_note}")
             break
         for var in engine.database_name_vars:
             if environment.get(var):
