@@ -264,5 +264,5 @@ def test_bitnami_postgresql_prefers_the_superuser() -> None:
     d = derive(app_only, {"APP_PW": "a"}, app_only)
     [entry] = d.databases.values()
     assert entry["user"] == "app" and entry["password_env"] == "APP_PW"
-    notes = sum(d.notes.values(), [])
+    notes = [n for ns in d.notes.values() for n in ns]
     assert any("POSTGRESQL_POSTGRES_PASSWORD" in n and "not root" in n for n in notes), notes
