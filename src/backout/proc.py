@@ -78,9 +78,13 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
-def child_env(env: Environment, secret_env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a child: the caller's without credentials, plus ``secret_env``."""
+def child_env(env: Environment, secret_env: Mapping[str, str] | None = None,
+              plain_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: the caller's without credentials, plus ``plain_env``
+    (values that are no secret: shown as they are) and ``secret_env`` (redacted from
+    every output from now on)."""
     clean = {k: v for k, v in env.env.items() if not _SECRET_NAME.search(k)}
+    clean.update(plain_env or {})
     if secret_env:
         for value in secret_env.values():
             env.redact.add(value)
@@ -102,6 +106,7 @@ def run(
     input_text: str | None = None,
     check: bool = True,
     what: str | None = None,
+    plain_env: Mapping[str, str] | None = None,
 ) -> Result:
     """Run ``argv`` to completion and capture its output.
 
@@ -116,7 +121,7 @@ def run(
         completed = subprocess.run(
             argv,
             cwd=cwd,
-            env=child_env(env, secret_env),
+            env=child_env(env, secret_env, plain_env),
             input=input_text,
             stdin=subprocess.DEVNULL if input_text is None else None,
             capture_output=True,

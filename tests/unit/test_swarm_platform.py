@@ -306,22 +306,25 @@ def test_stack_deploy_gets_the_variables_the_compose_files_reference(tmp_path: P
     escaped $$) is asked of Compose and passed in the child's environment."""
     (tmp_path / "docker-compose.yml").write_text(
         "services:\n  app:\n    image: reg/app:${TAG:-1}\n    environment:\n"
-        "      PW: $DB_PASSWORD\n      LITERAL: $$NOT_A_VAR\n")
+        "      PW: $DB_PASSWORD\n      REG: ${REGISTRY}\n      LITERAL: $$NOT_A_VAR\n")
     platform = Scripted(tmp_path, [[]], {})
     asked: list[list[str]] = []
 
     def variables(names: list[str]) -> dict[str, str]:
         asked.append(list(names))
-        return {"DB_PASSWORD": "s3cret"}
+        return {"DB_PASSWORD": "s3cret", "REGISTRY": "10.0.0.2:5000"}
 
     platform.variables = variables  # type: ignore[method-assign]
     deployed: list[dict[str, str]] = []
     platform.manager.deploy_stack = (  # type: ignore[attr-defined]
-        lambda stack, files, *, resolve_image, env, cwd: deployed.append(env))
+        lambda stack, files, *, resolve_image, env, cwd, plain_env: deployed.append(
+            {**env, **{f"plain:{k}": v for k, v in plain_env.items()}}))
     platform._services = lambda *s: []  # type: ignore[method-assign]
     platform.wait_converged = lambda services, **kw: None  # type: ignore[method-assign]
     platform.converge(pull=False)
-    assert asked == [["DB_PASSWORD", "TAG"]]
-    assert deployed == [{"DB_PASSWORD": "s3cret"}]
+    assert asked == [["DB_PASSWORD", "REGISTRY", "TAG"]]
+    # a secret by its name is redacted; a registry address stays readable
+    assert deployed == [{"DB_PASSWORD": "s3cret", "plain:REGISTRY": "10.0.0.2:5000"}]
+    assert platform.env.redact("at 10.0.0.2:5000") == "at 10.0.0.2:5000"
     assert platform.env.redact("pw s3cret") == "pw " + platform.env.redact("s3cret")
     assert "s3cret" not in platform.env.redact("pw s3cret")

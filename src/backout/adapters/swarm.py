@@ -63,11 +63,12 @@ class SwarmEngine:
                 "retry; an interrupted operation finishes with `backout resume`")
 
     def run(self, *args: str, timeout: float = 60, check: bool = True, what: str | None = None,
-            secret_env: Mapping[str, str] | None = None, cwd: str | None = None) -> proc.Result:
+            secret_env: Mapping[str, str] | None = None, cwd: str | None = None,
+            plain_env: Mapping[str, str] | None = None) -> proc.Result:
         label = what or f"docker {' '.join(args[:2])} on {self.name}"
         try:
             result = proc.run(self.env, self.argv(*args), timeout=timeout, check=False,
-                              what=label, secret_env=secret_env, cwd=cwd)
+                              what=label, secret_env=secret_env, cwd=cwd, plain_env=plain_env)
         except ExternalError as exc:
             if "timed out" in exc.message:
                 raise self.unreachable(exc.message) from exc
@@ -146,9 +147,12 @@ class SwarmEngine:
                  what=f"docker service update {service}")
 
     def deploy_stack(self, stack: str, files: Sequence[str], *, resolve_image: str,
-                     env: Mapping[str, str], cwd: str, timeout: float = 600) -> None:
+                     env: Mapping[str, str], cwd: str, timeout: float = 600,
+                     plain_env: Mapping[str, str] | None = None) -> None:
+        """``env``: secrets (redacted from every output); ``plain_env``: the other
+        variables the files reference (a registry address, a tag), shown as they are."""
         args = ["stack", "deploy", "--prune", "--resolve-image", resolve_image]
         for f in files:
             args += ["-c", f]
-        self.run(*args, stack, timeout=timeout, secret_env=env, cwd=cwd,
+        self.run(*args, stack, timeout=timeout, secret_env=env, cwd=cwd, plain_env=plain_env,
                  what=f"docker stack deploy {stack}")

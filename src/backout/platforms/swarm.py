@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backout import proc
 from backout.adapters.docker import Docker
 from backout.adapters.swarm import (
     TASK_LABEL,
@@ -484,15 +485,24 @@ class SwarmPlatform:
         # variables the compose files reference go in the child's environment (never
         # argv), read by Compose's own rules.
         values = self.variables(self._referenced_variables())
-        for value in values.values():
-            if value:
-                self.env.redact.add(value)
+        # Secrets by name (or named as a credential in backout.toml) are redacted from
+        # every output; the rest (a registry address, an image tag) stays readable in
+        # messages and in the release's recorded configuration.
+        credentials = {n for db in self.config.databases.values()
+                       for n in (db.password_env, db.user_env) if n} | \
+            {r.password_env for r in self.config.repositories.values() if r.password_env}
+        secret = {k: v for k, v in values.items()
+                  if v and (proc.is_secret_name(k) or k in credentials)}
+        plain = {k: v for k, v in values.items() if k not in secret}
+        for value in secret.values():
+            self.env.redact.add(value)
         # Always resolved to a digest in the registry, whatever ``pull`` says: a node
         # has no image of its own to fall back on, and an unpinned tag would let each
         # node run whatever it has cached under that name.
         del pull
         self.manager.deploy_stack(self.stack, self.config.project.compose_files,
-                                  resolve_image="always", env=values, cwd=str(self.project_dir))
+                                  resolve_image="always", env=secret, plain_env=plain,
+                                  cwd=str(self.project_dir))
         names = [short_name(self.stack, s["Spec"]["Name"]) for s in self._services()]
         self.wait_converged(names)
 
