@@ -312,11 +312,14 @@ def test_calendar_retention_keeps_the_newest_of_each_period() -> None:
     ('[repositories.a]\nurl = "/r"\npassword_env = "X"\nkind = "borg"\n',
      "must be one of restic, directory"),
     ('[backups]\nkeep_weekly = -1\n', "backups.keep_weekly: must be at least 0"),
+    ('[repositories.a]\nurl = "rest:https://u:s3cret@h:8000/r"\npassword_env = "X"\n',
+     "repositories.a.url: holds a password (user:password@)"),
 ])
 def test_bad_repository_config_is_one_line(tmp_path: Path, text: str, problem: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_document("backout.toml", text, tmp_path)
     assert problem in err.value.one_line()
+    assert "s3cret" not in err.value.one_line()
 
 
 def test_the_password_is_read_from_the_variable_or_file_and_redacted(

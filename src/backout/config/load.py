@@ -41,6 +41,8 @@ from backout.policy import switch as switch_policy
 from backout.storage.repositories import names as repository_kinds
 
 CONFIG_NAME = "backout.toml"
+# scheme://user:password@host in a repository URL (rest:https://u:p@host/...)
+_URL_PASSWORD = re.compile(r"://[^/@\s]*:[^/@\s]*@")
 
 
 @dataclass(frozen=True)
@@ -410,6 +412,11 @@ def _parse_repositories(file: str, table: dict[str, Any]) -> dict[str, Repositor
         if not entry["url"].strip():
             raise ConfigError(file, f"{where}.url", "must not be empty",
                               fix="a restic repository: /path, sftp:host:/path, rest:..., s3:...")
+        if _URL_PASSWORD.search(entry["url"]):
+            # the URL goes on restic's argv (seen by every user of the host) and into output
+            raise ConfigError(file, f"{where}.url", "holds a password (user:password@)",
+                              fix="drop it from the URL and export it for restic instead "
+                                  "(rest: RESTIC_REST_PASSWORD, with RESTIC_REST_USERNAME)")
         repositories[name] = RepositoryConfig(name=name, **entry)
     return repositories
 
