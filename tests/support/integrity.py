@@ -16,6 +16,7 @@ checkpoint does not have.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -88,7 +89,9 @@ class AckWriter:
                         self.acked.append(Ack(token, int(body["id"]), time.time()))
                         self._stop.wait(0.05)
                         continue
-            except (urllib.error.URLError, OSError, ValueError):
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
+                # no answer, or one cut short (the app stopped mid-response: IncompleteRead):
+                # not acknowledged, so no promise to keep; the writer goes on
                 pass
             self.failed += 1
             self._stop.wait(0.2)
