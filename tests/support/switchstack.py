@@ -6,6 +6,7 @@ health endpoint never answers 200). Cleanup is by the run label, as TestStack's.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -129,8 +130,8 @@ class Load:
                 status = int(resp.status)
         except urllib.error.HTTPError as exc:
             status = exc.code
-        except (urllib.error.URLError, OSError):
-            status = 0
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
+            status = 0  # no answer, or one cut short: a failed request
         return Sample(start, time.time(), status)
 
     def _loop(self) -> None:
