@@ -371,6 +371,16 @@ def test_the_estimate_comes_from_the_newest_usable_checkpoint(tmp_path: Path) ->
     assert last_checkpoint_bytes(config, store) is None
 
 
+def test_a_checkpoint_whose_set_was_deleted_is_skipped(tmp_path: Path) -> None:
+    config = _config(tmp_path, databases=True)
+    store = Store(tmp_path / ".backout")
+    _checkpoint(config, store, "20260101T000000Z-aaaa", [11])
+    release = store.add_release(git_commit=None, git_dirty=False, diff_path=None,
+                                compose_config={}, services={})
+    store.add_checkpoint(release_id=release, label=None, set_id="20260102T000000Z-gone")
+    assert last_checkpoint_bytes(config, store) == 11
+
+
 def test_room_rounds_the_need_down_to_bytes(tmp_path: Path) -> None:
     config = _config(tmp_path, databases=True, margin=1.25)
     store = Store(tmp_path / ".backout")
