@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,13 +15,13 @@ import pytest
 
 from backout.config.model import Config, DatabaseConfig, VerifyConfig
 from backout.deploy.watch import INCIDENT_FACT, RED_ACTIONS_FACT
-from backout.environment import Environment
 from backout.errors import UnhealthyError, VerificationFailedError
 from backout.operations import executor as executor_mod
 from backout.operations.executor import RunContext, load_actions
 from backout.state import Store
 from backout.verify import EXPECTED_IMAGES, Check, VerifyResult
 from tests.support.fakes import FakePlatform
+from tests.support.gitrepo import commit, environment, new_repo, sh
 
 load_actions()
 ACTIONS = executor_mod._ACTIONS
@@ -31,34 +29,11 @@ ACTIONS = executor_mod._ACTIONS
 OP_MODULE = importlib.import_module("backout.deploy.operation")
 
 
-def _env(home: Path) -> dict[str, str]:
-    return {**os.environ, "HOME": str(home), "GIT_CONFIG_GLOBAL": "/dev/null",
-            "GIT_CONFIG_NOSYSTEM": "1"}
-
-
-def sh(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
-                           *args], capture_output=True, text=True, check=True,
-                          env=_env(repo.parent)).stdout.strip()
-
-
-def commit(repo: Path, files: dict[str, str], message: str = "change") -> str:
-    for name, text in files.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(text)
-    sh(repo, "add", "-A")
-    sh(repo, "commit", "-qm", message)
-    return sh(repo, "rev-parse", "HEAD")
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    r = tmp_path / "project"
-    r.mkdir()
-    sh(r, "init", "-q", "-b", "main")
-    commit(r, {"docker-compose.yml": "services: {}\n", ".env": "A=1\n", "README": "r\n",
-               "web/app.py": "1\n", "api/app.py": "1\n"}, "one")
-    return r
+    return new_repo(tmp_path / "project", {
+        "docker-compose.yml": "services: {}\n", ".env": "A=1\n", "README": "r\n",
+        "web/app.py": "1\n", "api/app.py": "1\n"})
 
 
 def _config(repo: Path, **kw: Any) -> Config:
@@ -68,7 +43,7 @@ def _config(repo: Path, **kw: Any) -> Config:
 def _ctx(repo: Path, platform: FakePlatform, config: Config | None = None,
          store: Store | None = None, op_id: int = 0, **kw: Any) -> RunContext:
     config = config or _config(repo)
-    return RunContext(Environment(env=_env(repo.parent)), config,
+    return RunContext(environment(repo), config,
                       store or Store(config.state_dir), platform, operation_id=op_id, **kw)
 
 

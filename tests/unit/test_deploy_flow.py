@@ -7,8 +7,6 @@ what a resume after a crash in the rollback finishes."""
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +14,16 @@ import pytest
 
 from backout.config.model import Config
 from backout.deploy import Preflight, plan_deploy
-from backout.environment import Environment
 from backout.operations import executor as executor_mod
 from backout.operations.executor import NOT_NEEDED, Executor, OperationOutcome, RunContext
 from backout.operations.plan import Plan
 from backout.state import Store
 from backout.verify import Check, VerifyResult
 from tests.support.fakes import FakePlatform
+from tests.support.gitrepo import commit, environment, new_repo, sh
 
 DEPLOY = importlib.import_module("backout.deploy.operation")
 EMERGENCY = importlib.import_module("backout.rollback.emergency")
-
-
-def _env(home: Path) -> dict[str, str]:
-    return {**os.environ, "HOME": str(home), "GIT_CONFIG_GLOBAL": "/dev/null",
-            "GIT_CONFIG_NOSYSTEM": "1"}
-
-
-def sh(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
-                           *args], capture_output=True, text=True, check=True,
-                          env=_env(repo.parent)).stdout.strip()
 
 
 class Stack:
@@ -44,17 +31,10 @@ class Stack:
     the old image, and scripted verifications."""
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.repo = repo = tmp_path / "project"
-        repo.mkdir()
-        sh(repo, "init", "-q", "-b", "main")
-        (repo / ".gitignore").write_text(".backout/\n")
-        (repo / "docker-compose.yml").write_text("services: {web: {image: web:1}}\n")
-        sh(repo, "add", "-A")
-        sh(repo, "commit", "-qm", "one")
+        self.repo = repo = new_repo(tmp_path / "project", {
+            ".gitignore": ".backout/\n", "docker-compose.yml": "services: {web: {image: web:1}}\n"})
         self.old = sh(repo, "rev-parse", "HEAD")
-        (repo / "docker-compose.yml").write_text("services: {web: {image: web:2}}\n")
-        sh(repo, "commit", "-qam", "two")
-        self.new = sh(repo, "rev-parse", "HEAD")
+        self.new = commit(repo, {"docker-compose.yml": "services: {web: {image: web:2}}\n"})
         sh(repo, "checkout", "-q", self.old)
         self.config = Config(path=repo / "backout.toml", project_dir=repo)
         self.store = Store(self.config.state_dir)
@@ -79,7 +59,7 @@ class Stack:
         return plan_deploy(self.config, pf, watch_seconds=0, with_data=False)
 
     def executor(self) -> Executor:
-        ctx = RunContext(Environment(env=_env(self.repo.parent)), self.config, self.store,
+        ctx = RunContext(environment(self.repo), self.config, self.store,
                          self.platform)
         return Executor(self.store, ctx)
 

@@ -5,8 +5,6 @@ once a check makes the rest meaningless."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections import namedtuple
 from pathlib import Path
 from typing import Any
@@ -30,20 +28,10 @@ from backout.errors import NotFoundError, UsageError
 from backout.state import Store
 from backout.storage.sets import SetWriter
 from tests.support.fakes import FakePlatform
+from tests.support.gitrepo import commit, environment, new_repo, sh
 
 MiB = 2**20
 Usage = namedtuple("Usage", "total used free")
-
-
-def _env(home: Path) -> dict[str, str]:
-    return {**os.environ, "HOME": str(home), "GIT_CONFIG_GLOBAL": "/dev/null",
-            "GIT_CONFIG_NOSYSTEM": "1"}
-
-
-def sh(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
-                           *args], capture_output=True, text=True, check=True,
-                          env=_env(repo.parent)).stdout.strip()
 
 
 class Platform(FakePlatform):
@@ -64,17 +52,9 @@ class Platform(FakePlatform):
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    r = tmp_path / "project"
-    r.mkdir()
-    sh(r, "init", "-q", "-b", "main")
-    (r / "compose.yaml").write_text("services: {web: {image: web:1}}\n")
-    sh(r, "add", "-A")
-    sh(r, "commit", "-qm", "one")
+    r = new_repo(tmp_path / "project", {"compose.yaml": "services: {web: {image: web:1}}\n"})
     sh(r, "tag", "v1")
-    (r / "compose.yaml").write_text("services: {web: {image: web:2}}\n")
-    (r / "app.txt").write_text("two\n")
-    sh(r, "add", "-A")
-    sh(r, "commit", "-qm", "two")
+    commit(r, {"compose.yaml": "services: {web: {image: web:2}}\n", "app.txt": "two\n"})
     return r
 
 
@@ -95,7 +75,7 @@ def _run(repo: Path, *, ref: str | None = None, allow_dirty: bool = False,
 
     platform = platform or Platform(repo, running={"web": "sha256:w"},
                                     images={"web:2": "sha256:w"})
-    return preflight(Environment(env=_env(repo.parent)), config or _config(repo),
+    return preflight(environment(repo), config or _config(repo),
                      store or Store(repo / ".backout"), platform, ref,
                      allow_dirty=allow_dirty, disk_usage=usage)
 
@@ -178,7 +158,7 @@ def test_a_commit_that_cannot_be_exported_fails_the_compose_check(
     platform = Platform(repo, running={"web": "sha256:w"}, images={"web:2": "sha256:w"})
     pf = _run(repo, platform=platform)  # resolve the commit with the real git first
     monkeypatch.setattr(proc, "run", _failing(tool, calls))
-    problem = check_compose_at(Environment(env=_env(repo.parent)),
+    problem = check_compose_at(environment(repo),
                                                 _config(repo), platform, pf.commit)
     assert problem == f"could not export the files of {pf.commit[:12]}"
     assert len(platform.called("definition_problem")) == 1  # only the first run's
