@@ -166,11 +166,13 @@ def test_a_commit_that_cannot_be_exported_fails_the_compose_check(
     assert archive[0][:6] == ["git", "-C", str(repo), "archive", "--format=tar", "-o"]
     assert archive[0][-1] == pf.commit and archive[0][6].endswith("tree.tar")
     assert archive[1]["check"] is False and archive[1]["timeout"] == 120
+    assert archive[1]["what"] == "git archive"  # what a timeout's error names
     if tool == "tar":
         extract = calls[1]
         assert extract[0][:3] == ["tar", "-xf", archive[0][6]]
         assert extract[0][3] == "-C" and extract[0][4].endswith("/tree")
         assert extract[1]["check"] is False and extract[1]["timeout"] == 120
+        assert extract[1]["what"] == "tar"
     else:
         assert len(calls) == 1  # nothing to extract
 
