@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backout.config.model import Config, DatabaseConfig, ServiceConfig
+from backout.config.model import Config, DatabaseConfig, RepositoryConfig, ServiceConfig
 from backout.deploy import Preflight, plan_deploy
 from backout.operations.plan import Plan, Step
 
@@ -206,3 +206,15 @@ def test_a_definition_with_a_stateless_service_switches_it_before_up() -> None:
                             for k in switched)
     assert "(those switched start-first above are up to date)" in _by_key(plan)[
         "deploy:up"].reason
+
+
+def test_an_off_site_copy_failure_does_not_stop_a_deploy() -> None:
+    config = _config()
+    config = Config(path=config.path, project_dir=config.project_dir, services=config.services,
+                    databases=config.databases,
+                    repositories={"offsite": RepositoryConfig("offsite", "/r")})
+    plan = plan_deploy(config, _pf(), watch_seconds=60, with_data=False)
+    copy = next(s for s in plan.steps if s.action == "backup.copy")
+    assert copy.params["soft"] is True and copy.params["repositories"] == ["offsite"]
+    keys = [s.key for s in plan.steps]
+    assert keys.index("publish") < keys.index(copy.key) < keys.index("checkout")
