@@ -245,7 +245,8 @@ def test_allow_dirty_passes_and_says_the_changes_are_saved(repo: Path) -> None:
 def test_an_unfinished_operation_is_refused_with_resume_as_the_fix(repo: Path) -> None:
     store = Store(repo / ".backout")
     store.create_operation("backup", {}, {}, [("dump", "dump main", "")])
-    op = store.create_operation("deploy", {}, {}, [("x", "x", "")])
+    store.create_operation("rollback.db", {}, {}, [("x", "x", "")])
+    op = store.create_operation("deploy", {}, {}, [("x", "x", "")])  # the newest is named
     pf = _run(repo, store=store)
     assert isinstance(pf.error, UsageError)
     assert pf.error.message.startswith(f"operation #{op} (deploy) was interrupted")

@@ -74,7 +74,12 @@ def test_the_last_sleep_is_cut_to_the_time_left(tmp_path: Path) -> None:
     store, clock = Store(tmp_path), Clock()
     seen: list[float] = []
     mon = Script(store, clock, [Level.GREEN])
-    result = _watch(tmp_path, mon, clock, 12, store, seen)
+    levels: list[Level] = []
+    result = watch(Environment(), Config(path=tmp_path / "b.toml", project_dir=tmp_path),
+                   store, None, 12, 7,  # type: ignore[arg-type]
+                   on_decision=lambda d, e: (levels.append(d.level), seen.append(e)),
+                   clock=clock, sleep=clock.sleep, monitor=mon)
+    assert levels == [Level.GREEN] * 4  # each decision is shown as it is made
     assert clock.sleeps == [5.0, 5.0, 2.0]
     assert seen == [0.0, 5.0, 10.0, 12.0]
     assert result == {"watched_s": 12.0, "evaluations": 4, "level": "GREEN", "worst": "GREEN"}
