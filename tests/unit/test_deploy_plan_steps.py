@@ -218,3 +218,34 @@ def test_an_off_site_copy_failure_does_not_stop_a_deploy() -> None:
     assert copy.params["soft"] is True and copy.params["repositories"] == ["offsite"]
     keys = [s.key for s in plan.steps]
     assert keys.index("publish") < keys.index(copy.key) < keys.index("checkout")
+
+
+def test_every_reason_tells_the_operator_the_fact_that_matters() -> None:
+    step = _by_key(plan_deploy(_config(), _pf(dirty=True), watch_seconds=60, with_data=True))
+    facts = {
+        "deploy:previous": ["release to come back to", "backout's tags", "nothing can prune"],
+        "save-changes": ["patch under .backout/saved", "git stash", "nothing is discarded"],
+        "deploy:build": ["build context changed", "image is missing"],
+        "deploy:up": ["docker compose up -d --wait", "dependency order"],
+        "record-release": ["image IDs", "retained"],
+        "deploy:verify": ["health URLs", "logs", "databases"],
+        "deploy:decide": ["the data too", "opens the incident"],
+        "rollback:checkout": ["previous release's commit"],
+        "rollback:images": ["retained images", "nothing rebuilt or pulled"],
+        "rollback:up": ["at the previous commit", "no build, no pull"],
+        "rollback:verify": ["post-rollback checks", "a human decides"],
+        "deploy:outcome": ["release status", "incident"],
+    }
+    for key, words in facts.items():
+        for word in words:
+            assert word in step[key].reason, (key, word)
+    assert step["deploy:outcome"].name == "record the outcome"
+    assert step["deploy:decide"].name == "decide the rollback"
+    assert step["save-changes"].name == "save uncommitted changes"
+    assert [step[k].name for k in ("deploy:previous", "deploy:build", "deploy:up",
+                                    "record-release", "deploy:verify", "deploy:watch")] == [
+        "record the release running now", "build images", "start the new release",
+        "record the new release", "verify the new release", "watch the new release"]
+    assert [step[k].name for k in ("rollback:images", "rollback:up", "rollback:verify")] == [
+        "roll back: previous images", "roll back: start the previous release",
+        "roll back: verify"]
