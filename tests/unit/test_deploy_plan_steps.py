@@ -232,13 +232,13 @@ def test_every_reason_tells_the_operator_the_fact_that_matters() -> None:
         "deploy:build": ["build context changed", "image is missing"],
         "deploy:up": ["docker compose up -d --wait", "dependency order"],
         "record-release": ["image IDs", "retained"],
-        "deploy:verify": ["health URLs", "logs", "databases"],
-        "deploy:decide": ["the data too", "opens the incident"],
+        "deploy:verify": ["post-deploy checks: containers", "health URLs", "logs", "databases"],
+        "deploy:decide": ["whether anything changed", "the data too", "opens the incident"],
         "rollback:checkout": ["previous release's commit"],
         "rollback:images": ["retained images", "nothing rebuilt or pulled"],
         "rollback:up": ["at the previous commit", "no build, no pull"],
         "rollback:verify": ["post-rollback checks", "a human decides"],
-        "deploy:outcome": ["release status", "incident"],
+        "deploy:outcome": ["release status", "incident timeline"],
     }
     for key, words in facts.items():
         for word in words:
