@@ -69,9 +69,12 @@ class Preflight:
 
 def last_checkpoint_bytes(config: Config, store: Store) -> int | None:
     """Size of the newest checkpoint's backup set still on disk, from its manifest."""
+    on_disk = {info.id: info for info in sets.list_sets(config.backup_dir)}
     for checkpoint in store.checkpoints(5):
-        info = sets.get_set(config.backup_dir, checkpoint.set_id)
-        if info.usable and info.manifest:
+        # A checkpoint's set may be gone (pruned, or deleted by hand to make room):
+        # that is no reason to refuse a deploy, only no estimate from it.
+        info = on_disk.get(checkpoint.set_id)
+        if info is not None and info.usable and info.manifest:
             return sum(int(a.get("bytes", 0)) for a in info.manifest["artifacts"].values())
     return None
 
