@@ -173,7 +173,8 @@ def test_without_databases_there_is_no_checkpoint_and_no_data_step() -> None:
 def test_summary_downtime_and_reasons_carry_the_facts() -> None:
     plan = plan_deploy(_config(), _pf(), watch_seconds=90, with_data=False)
     assert plan.summary == f"deploy v3 ({NEW[:12]}), watched for 90s, checkpoint first"
-    assert "start-first" in plan.downtime and "if it is rolled back, again" in plan.downtime
+    # no definition given: no switch is planned, and the downtime claims none
+    assert "start-first" not in plan.downtime and "replaced one by one" in plan.downtime
     assert plan.downtime.endswith("if it is rolled back, again")  # no data, no stop
     with_data = plan_deploy(_config(), _pf(), watch_seconds=90, with_data=True)
     assert with_data.downtime.endswith("again with app services stopped while the databases "
