@@ -230,7 +230,7 @@ def test_recording_retires_images_beyond_keep_last(project: Path) -> None:
         image = f"sha256:{n}" + "0" * 63
         platform.images[f"shop/web:{n}"] = image
         platform.container_image["web"] = image
-        rec, store = _record(project, platform, keep_last=2)
+        rec, _store = _record(project, platform, keep_last=2)
         ids.append(rec.id)
     assert ids == [1, 2, 3, 4]
     assert [c[0] for c in platform.called("untag")] == [
