@@ -398,3 +398,19 @@ def test_default_rules_are_usable_by_the_bookkeeping(tmp_path: Path) -> None:
             mon._book(_decision(rule.level, GREEN, transitions=[_tr(rule, "fired")]))
     assert {i["severity"] for i in mon.store.incidents()} == {
         r.severity for r in DEFAULT_RULES if r.level in (RED, YELLOW)}
+
+
+def test_without_a_collector_the_monitor_builds_one_for_its_stack(tmp_path: Path) -> None:
+    config = Config(path=tmp_path / "backout.toml", project_dir=tmp_path)
+    store = Store(config.state_dir)
+    env = Environment()
+    platform = object()
+    mon = Monitor(env, config, store, platform, RULES, window=42.0)  # type: ignore[arg-type]
+    collector = mon.collector
+    assert collector is not None and type(collector).__name__ == "Collector"
+    assert (collector.env, collector.config, collector.platform, collector.state) == \
+        (env, config, platform, store)
+    assert collector.window == 42.0
+    assert (mon.state, mon.release, mon.baseline, mon.escalated) == \
+        (PolicyState(), None, None, False)
+    assert not mon.auto_rollback and mon.cooldown == 300.0 and mon.state_key == STATE_KEY

@@ -36,11 +36,17 @@ WEB, DB, WORKER = "sha256:" + "1" * 64, "sha256:" + "2" * 64, "sha256:" + "3" * 
 
 
 class DigestPlatform(FakePlatform):
-    """Images carry registry digests (what a pulled image has)."""
+    """Images carry registry digests (what a pulled image has); ``gone``: image IDs a
+    container still runs but the host no longer lists (removed under it)."""
+
+    def __init__(self, project_dir: Path, *, gone: frozenset[str] = frozenset(),
+                 **kw: Any) -> None:
+        super().__init__(project_dir, **kw)
+        self.gone = gone
 
     def image(self, ref: str) -> ImageInfo | None:
         info = super().image(ref)
-        if info is None:
+        if info is None or ref in self.gone:
             return None
         return ImageInfo(id=info.id, repo_tags=info.repo_tags,
                          repo_digests=(f"registry.example/{info.id[7:11]}@sha256:ffff",),
@@ -117,6 +123,13 @@ def test_a_release_records_the_commit_and_every_running_image(project: Path) -> 
     [event] = [e for e in store.events() if e["action"] == "release.record"]
     assert (event["target"], event["reason"]) == ("release 1", "deployed")
     assert event["detail"] == {"commit": head, "dirty": False, "not_running": []}
+
+
+def test_a_running_image_the_host_no_longer_lists_has_no_digests(project: Path) -> None:
+    platform = _platform(project, gone=frozenset({DB}))
+    rec, _store = _record(project, platform)
+    assert rec.services["db"]["digests"] == [] and rec.services["db"]["image_id"] == DB
+    assert rec.services["web"]["digests"] == ["registry.example/1111@sha256:ffff"]
 
 
 def test_the_stored_configuration_has_no_secret(project: Path) -> None:
