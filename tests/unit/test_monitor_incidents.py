@@ -82,7 +82,7 @@ def _firing(rule: Rule, reason: str) -> Firing:
                   threshold=rule.threshold, since=5.0, nodata=False, reason=reason)
 
 
-def _act(rule: Rule, service: str | None = "web", reason: str = "errors") -> ActionRequest:
+def _act(rule: Rule, service: str | None = None, reason: str = "errors") -> ActionRequest:
     return ActionRequest(t=10.0, rule=rule.name, action=rule.action, service=service,
                          severity=rule.severity, reason=reason)
 
@@ -414,3 +414,24 @@ def test_without_a_collector_the_monitor_builds_one_for_its_stack(tmp_path: Path
     assert (mon.state, mon.release, mon.baseline, mon.escalated) == \
         (PolicyState(), None, None, False)
     assert not mon.auto_rollback and mon.cooldown == 300.0 and mon.state_key == STATE_KEY
+
+
+@pytest.mark.parametrize("auto", [False, True])
+def test_two_services_failing_at_once_each_get_their_own_action(tmp_path: Path,
+                                                                auto: bool) -> None:
+    """One rule firing for two services in one evaluation: two incidents, and each
+    action (recorded, or handed on as a rollback) belongs to its own service's."""
+    api = "error_rate{service=api}"
+    mon = _monitor(tmp_path, auto=auto, collector=Script([({}, {**BAD, api: 0.8})]))
+    handed: list[tuple[str | None, int | None]] = []
+    mon._rollback = lambda action, service, iid, reason: handed.append((service, iid))  # type: ignore[method-assign]
+    mon.step()
+    ids = mon.store.fact(INCIDENT_KEY)
+    assert set(ids) == {f"red-errors|{WEB}", f"red-errors|{api}"}
+    if auto:
+        assert sorted(handed, key=str) == sorted([("web", ids[f"red-errors|{WEB}"]),
+                                                  ("api", ids[f"red-errors|{api}"])], key=str)
+    else:
+        for key in ids:
+            assert [e for e in _timeline(mon.store, ids[key]) if e[0] == "action"] == [
+                ("action", {"action": "rollback-service", "automatic": False})], key
