@@ -5,6 +5,9 @@ escalates (a human decides) and when it stands aside (another operation holds th
 
 from __future__ import annotations
 
+import json
+import logging
+import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -431,3 +434,21 @@ def test_previous_release_refuses_when_none_differs(tmp_path: Path) -> None:
     with pytest.raises(BackoutError):
         previous_release(Store(tmp_path / "empty"), FakePlatform(tmp_path, running={"web": "w1"}))
 
+
+
+def test_a_lock_left_by_a_dead_operation_is_taken_over_and_audited(
+        tmp_path: Path, verify: VerifyRecorder, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    mon = _monitor(tmp_path)
+    mon.config.state_dir.mkdir(parents=True, exist_ok=True)
+    (mon.config.state_dir / "lock").write_text(json.dumps({
+        "pid": 2 ** 22 + 4321, "host": socket.gethostname(), "start_time": "1",
+        "command": "backout deploy", "since": "2026-01-01T00:00:00Z"}))
+    # An in-process CLI run earlier in the session stops "backout" from propagating.
+    monkeypatch.setattr(logging.getLogger("backout"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="backout"):
+        mon._rollback("rollback-service", "web", None, "r")
+    assert not mon.escalated and mon.platform.running_images() == {"web": OLD}
+    [event] = [e for e in mon.store.events() if e["action"] == "lock.takeover"]
+    assert event["target"] == "backout deploy"
+    assert "took over the lock left by `backout deploy`" in caplog.text

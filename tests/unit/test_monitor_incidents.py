@@ -17,8 +17,17 @@ from backout.config import Config
 from backout.environment import Environment
 from backout.monitor import run as monitor_run
 from backout.monitor.collect import ServiceView
-from backout.monitor.run import INCIDENT_KEY, LEVEL_KEY, STATE_KEY, Monitor
+from backout.monitor.run import (
+    BASELINES_KEY,
+    INCIDENT_KEY,
+    LEVEL_KEY,
+    STATE_KEY,
+    Monitor,
+    baseline_in_use,
+    load_baselines,
+)
 from backout.notify import Notifier
+from backout.policy.baseline import Baseline
 from backout.policy.rules import (
     DEFAULT_RULES,
     ActionRequest,
@@ -31,6 +40,7 @@ from backout.policy.rules import (
     Transition,
 )
 from backout.state import Store
+from tests.support.fakes import FakePlatform
 from tests.support.notifier import RecordingNotifier
 
 GREEN, YELLOW, RED = Level.GREEN, Level.YELLOW, Level.RED
@@ -312,7 +322,7 @@ def test_a_watch_keeps_its_own_policy_state(tmp_path: Path) -> None:
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 0.0
+        self.now = 7000.0  # monotonic time is not since the start
 
 
 class PacedStop(threading.Event):
@@ -435,3 +445,68 @@ def test_two_services_failing_at_once_each_get_their_own_action(tmp_path: Path,
         for key in ids:
             assert [e for e in _timeline(mon.store, ids[key]) if e[0] == "action"] == [
                 ("action", {"action": "rollback-service", "automatic": False})], key
+
+
+# --------------------------------------------------------------------------- the baseline
+
+RELATIVE = Rule(name="yellow-slower", signal="p95", comparison=">", threshold=3, level=YELLOW,
+                severity="SEV-3", action="notify", relative_to_baseline=True)
+
+
+def test_the_baseline_is_captured_once_per_release_and_announced(tmp_path: Path) -> None:
+    healthy = ({"web": "sha256:1"}, {"p95": 0.2})
+    mon = _monitor(tmp_path, (RELATIVE,), collector=Script([healthy] * 6),
+                   baseline_evaluations=2)
+    mon.store.add_release(git_commit="c", git_dirty=False, diff_path=None, compose_config={},
+                          services={"web": {"image_id": "sha256:1"}})
+    for _ in range(5):
+        mon.step()
+    [event] = [e for e in mon.store.events() if e["action"] == "monitor.baseline"]
+    assert (event["target"], event["reason"]) == ("release 1", "2 healthy evaluations in a row")
+    assert event["detail"] == {"values": {"p95": 0.2}}
+    assert set(load_baselines(mon.store)) == {"1"}
+
+
+def test_no_baseline_without_a_running_release(tmp_path: Path) -> None:
+    mon = _monitor(tmp_path, (RELATIVE,), collector=Script([({}, {"p95": 0.2})]),
+                   baseline_evaluations=1)
+    for _ in range(3):
+        mon.step()
+    assert mon.store.fact(BASELINES_KEY) is None and mon.store.events() == []
+
+
+def test_an_unreadable_stored_baseline_is_skipped_not_the_rest(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    good = Baseline("2", {"p95": 0.1}, 5.0, 3)
+    store.set_fact(BASELINES_KEY, {"1": {"release": "1"}, "2": good.to_json(), "3": "garbage"})
+    assert load_baselines(store) == {"2": good}
+
+
+def test_status_shows_the_baseline_of_what_runs(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.add_release(git_commit="c", git_dirty=False, diff_path=None, compose_config={},
+                      services={"web": {"image_id": "sha256:1"}})
+    store.set_fact(BASELINES_KEY, {"1": Baseline("1", {"p95": 0.1}, 5.0, 3).to_json()})
+    assert baseline_in_use(store, FakePlatform(tmp_path)) is None  # nothing runs
+    summary = baseline_in_use(store, FakePlatform(tmp_path, running={"web": "sha256:1"}))
+    assert summary == {"release": "1", "captured_for": "1", "inherited": False,
+                       "captured_at": 5.0, "values": {"p95": 0.1}, "warmup": None}
+    other = baseline_in_use(store, FakePlatform(tmp_path, running={"web": "sha256:2"}))
+    assert other is not None and other["inherited"] and other["captured_for"] == "1"
+    assert other["release"].startswith("images:")
+
+
+def test_step_passes_its_time_to_the_collector(tmp_path: Path) -> None:
+    asked: list[float | None] = []
+    script = Script([({}, GOOD)])
+    collect = script.collect
+
+    def recording(t: float | None = None) -> tuple[Snapshot, dict[str, ServiceView]]:
+        asked.append(t)
+        return collect(t)
+
+    script.collect = recording  # type: ignore[method-assign]
+    mon = _monitor(tmp_path, collector=script)
+    mon.step(123.0)
+    mon.step()
+    assert asked == [123.0, None]

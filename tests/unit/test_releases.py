@@ -188,6 +188,19 @@ def test_an_engine_not_answering_records_nothing(project: Path) -> None:
     assert [c[0] for c in platform.calls] == ["ping"]
 
 
+def test_a_failed_retention_tag_leaves_a_readable_release(project: Path) -> None:
+    """Recorded first, tagged after: a tag failing leaves the release with its images
+    (without retention) for whatever reads releases next, never a row without services."""
+    platform = _platform(project)
+    platform.fail_on("tag")
+    with pytest.raises(UnhealthyError, match="tag failed"):
+        _record(project, platform)
+    [release] = Store(_config(project).state_dir).releases()
+    assert {s: svc["image_id"] for s, svc in release["services"].items()} == {"web": WEB,
+                                                                              "db": DB}
+    assert not any("retained_as" in svc for svc in release["services"].values())
+
+
 def test_without_a_project_name_the_directory_names_the_retained_tags(project: Path) -> None:
     platform = _platform(project, definition={"services": {"web": {"image": "shop/web:2"}}},
                          running={"web": WEB})
