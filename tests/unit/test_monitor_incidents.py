@@ -494,6 +494,13 @@ def test_status_shows_the_baseline_of_what_runs(tmp_path: Path) -> None:
     other = baseline_in_use(store, FakePlatform(tmp_path, running={"web": "sha256:2"}))
     assert other is not None and other["inherited"] and other["captured_for"] == "1"
     assert other["release"].startswith("images:")
+    # release 1 runs again after release 2 got a newer baseline: its own is shown
+    store.add_release(git_commit="c2", git_dirty=False, diff_path=None, compose_config={},
+                      services={"web": {"image_id": "sha256:2"}})
+    store.set_fact(BASELINES_KEY, {"1": Baseline("1", {"p95": 0.1}, 5.0, 3).to_json(),
+                                   "2": Baseline("2", {"p95": 0.3}, 9.0, 3).to_json()})
+    again = baseline_in_use(store, FakePlatform(tmp_path, running={"web": "sha256:1"}))
+    assert again is not None and (again["captured_for"], again["values"]) == ("1", {"p95": 0.1})
 
 
 def test_step_passes_its_time_to_the_collector(tmp_path: Path) -> None:
