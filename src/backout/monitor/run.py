@@ -36,6 +36,7 @@ from backout.policy.rules import (
     Rule,
     Snapshot,
     evaluate,
+    parse_signal,
 )
 from backout.state import Store
 from backout.verify import run_verify
@@ -193,8 +194,11 @@ class Monitor:
         self.store.set_fact(INCIDENT_KEY, incidents)
         rollbacks: list[tuple[ActionRequest, int | None]] = []
         for action in decision.actions:
+            # One rule can fire for several services at once: the action belongs to the
+            # incident of its own service's instance.
             key = f"{action.rule}|" + next((tr.signal for tr in decision.transitions
-                                           if tr.rule == action.rule and tr.kind == "fired"), "")
+                                           if tr.rule == action.rule and tr.kind == "fired"
+                                           and parse_signal(tr.signal)[1] == action.service), "")
             open_id = incidents.get(key)
             if action.action.startswith("rollback") and self.auto_rollback:
                 rollbacks.append((action, open_id))
