@@ -211,6 +211,14 @@ def test_a_platform_that_orders_its_own_updates_gets_one_replace_step(
     assert plan.downtime == "web as its update_config orders it (start-first: none expected)"
 
 
+def test_a_service_with_no_container_is_said_to_run_none(tmp_path: Path) -> None:
+    config, store, platform = setup(tmp_path, releases=[{"web": OLD}], running={"worker": NEW})
+    plan = service_rollback.plan(store, platform, "web", None, config=config, order="stop-first")
+    assert plan.params["current"] is None
+    assert plan.summary.startswith("roll web back from none to aaaaaaaaaaaa")
+    assert "web now runs none;" in plan.steps[0].reason
+
+
 # ------------------------------------------------------------------------- the steps, run
 
 

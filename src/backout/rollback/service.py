@@ -65,7 +65,7 @@ def plan(store: Store, platform: Platform, service: str, version: str | None, *,
     file and ``[services.NAME] switch`` decide (``backout.switch.order_for``)."""
     target = resolve(store, platform, service, version)
     short = target["image_id"][7:19]
-    cur = (target["current"] or "none")[7:19]
+    cur = target["current"][7:19] if target["current"] else "none"
     definition = platform.definition()
     chosen = switch.order_for(config, definition, service, order)
     ref = common.target_ref(target["project"], service, target["image_id"])
