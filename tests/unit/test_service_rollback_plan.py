@@ -110,6 +110,9 @@ def test_a_named_release_without_the_service_or_its_image_is_refused(tmp_path: P
 @pytest.mark.parametrize(("spec_image", "version", "ref"), [
     ("web:latest", "v1", "web:v1"),
     ("registry:5000/shop/web:2.0", "v1", "registry:5000/shop/web:v1"),  # the port stays
+    ("registry:5000/shop/web", "v1", "registry:5000/shop/web:v1"),  # a port is no tag
+    ("web@sha256:" + "e" * 64, "v1", "web:v1"),  # nor is a digest kept
+    ("web:2@sha256:" + "e" * 64, "v1", "web:v1"),
     (None, "v1", "web:v1"),  # no image: the service's name
     ("web:latest", "other:v0", "other:v0"),  # a full reference is taken as it is
     ("web:latest", "lib/web", "lib/web"),

@@ -50,13 +50,20 @@ def resolve(store: Store, platform: Platform, service: str,
         return {"image_id": svc["image_id"], "source": f"release {release['id']}",
                 "release_id": release["id"], "current": current, "project": project}
     ref = version if (":" in version or "/" in version) else \
-        f"{str(spec.get('image') or service).rsplit(':', 1)[0]}:{version}"
+        f"{_untagged(str(spec.get('image') or service))}:{version}"
     info = platform.image(ref)
     if info is None:
         raise NotFoundError(f"no image {ref} on this host for {service}",
                             fix="name a tag that exists (`docker image ls`) or a release id")
     return {"image_id": info.id, "source": f"image {ref}", "release_id": None, "current": current,
             "project": project}
+
+
+def _untagged(image: str) -> str:
+    """An image reference without its tag and digest (a registry's port is no tag)."""
+    name = image.split("@", 1)[0]
+    repository, colon, tag = name.rpartition(":")
+    return repository if colon and "/" not in tag else name
 
 
 def plan(store: Store, platform: Platform, service: str, version: str | None, *,
