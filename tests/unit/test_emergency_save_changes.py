@@ -11,11 +11,18 @@ from pathlib import Path
 import pytest
 
 from backout.config import Config
+from backout.operations import interrupt
 from backout.operations.executor import Executor
 from backout.operations.plan import Plan, Step
 from backout.rollback import emergency
 from backout.state import Store
 from tests.support.fakes import run_context
+
+
+@pytest.fixture(autouse=True)
+def _fresh_interrupt() -> None:
+    """Another test's Ctrl-C must not reach this one's executor."""
+    interrupt.reset()
 
 
 def git(tmp: Path, *args: str) -> str:

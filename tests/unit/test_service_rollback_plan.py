@@ -14,6 +14,7 @@ import pytest
 from backout import switch
 from backout.config import Config, ServiceConfig
 from backout.errors import ExitCode, NotFoundError, UnhealthyError
+from backout.operations import interrupt
 from backout.operations.executor import Executor
 from backout.operations.plan import Plan, Step
 from backout.rollback import service as service_rollback
@@ -23,6 +24,12 @@ from backout.verify import EXPECTED_IMAGES
 from tests.support.fakes import FakePlatform, run_context
 
 OLD, NEW, OLDER, GONE = ("sha256:" + c * 64 for c in "abcd")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_interrupt() -> None:
+    """Another test's Ctrl-C must not reach this one's executor."""
+    interrupt.reset()
 
 
 def definition(**web: Any) -> dict[str, Any]:
