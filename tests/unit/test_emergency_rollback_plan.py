@@ -6,6 +6,7 @@ repository against an in-process platform. No Docker."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from backout.config import Config
 from backout.config.load import parse_document
 from backout.config.model import VerifyConfig
 from backout.environment import Environment
-from backout.errors import ExitCode, NotFoundError, UsageError
+from backout.errors import ExitCode, NotFoundError, UnhealthyError, UsageError
+from backout.operations import executor as executor_module
 from backout.operations import interrupt
 from backout.operations.executor import Executor
 from backout.operations.plan import Plan, Step
@@ -39,11 +41,11 @@ def git(tmp: Path, *args: str) -> str:
                            *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
-class Project:
-    """A git repository with two commits (c1 tagged v1, c2 = HEAD on main), a store
-    with a release of each, and a stack running release 2."""
+class Repository:
+    """A git repository with two commits: c1 tagged v1, c2 = HEAD on main. Made once per
+    test module; each test works in a copy (git is the slow part of these tests)."""
 
-    def __init__(self, tmp: Path, config_text: str = "") -> None:
+    def __init__(self, tmp: Path) -> None:
         self.dir = tmp
         git(tmp, "init", "-q", "-b", "main")
         (tmp / ".gitignore").write_text(".backout/\nbackups/\nbackout.toml\n")
@@ -55,6 +57,21 @@ class Project:
         (tmp / "compose.yaml").write_text("services: {web: {image: web:2}}\n")
         git(tmp, "commit", "-qam", "two")
         self.c2 = git(tmp, "rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Repository:
+    return Repository(tmp_path_factory.mktemp("repository"))
+
+
+class Project:
+    """A copy of the repository, a store with a release of each commit, and a stack
+    running release 2."""
+
+    def __init__(self, tmp: Path, repository: Repository, config_text: str = "") -> None:
+        shutil.copytree(repository.dir, tmp, dirs_exist_ok=True)
+        self.dir = tmp
+        self.c1, self.c2 = repository.c1, repository.c2
         base = parse_document("backout.toml", config_text, tmp)
         self.config = Config(path=base.path, project_dir=tmp, services=base.services,
                              databases=base.databases, verify=VerifyConfig(settle_seconds=0))
@@ -88,8 +105,8 @@ def _fresh_interrupt() -> None:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
-    return Project(tmp_path)
+def project(tmp_path: Path, repository: Repository) -> Project:
+    return Project(tmp_path, repository)
 
 
 # ------------------------------------------------------------------------------- resolve
@@ -341,8 +358,8 @@ def with_a_checkpoint(project: Project, which: list[str]) -> str:
     return set_id
 
 
-def data_project(tmp: Path) -> Project:
-    project = Project(tmp, DATA_CONFIG)
+def data_project(tmp: Path, repository: Repository) -> Project:
+    project = Project(tmp, repository, DATA_CONFIG)
     project.platform = FakePlatform(
         tmp, running={"web": NEW, "worker": NEW, "cron": NEW, "api": NEW, "db": "sha256:d",
                       "redis": "sha256:r"},
@@ -354,8 +371,9 @@ def data_project(tmp: Path) -> Project:
 
 
 def test_the_data_comes_back_first_while_the_code_is_untouched(
-        tmp_path: Path, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    project = data_project(tmp_path)
+        tmp_path: Path, repository: Repository, engine: FakeEngine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    project = data_project(tmp_path, repository)
     set_id = with_a_checkpoint(project, ["app"])  # the set holds app only, not cache
     engine.calls.clear()
     monkeypatch.setattr(emergency.sets, "new_set_id", lambda: "SAFE")
@@ -392,8 +410,8 @@ def test_the_data_comes_back_first_while_the_code_is_untouched(
 
 
 def test_a_set_without_any_configured_database_restores_nothing(
-        tmp_path: Path, engine: FakeEngine) -> None:
-    project = data_project(tmp_path)
+        tmp_path: Path, repository: Repository, engine: FakeEngine) -> None:
+    project = data_project(tmp_path, repository)
     with_a_checkpoint(project, ["app"])
     del project.config.databases["app"]  # the set's only database is no longer configured
     plan = project.plan("cp1", with_data=True)
@@ -447,3 +465,89 @@ def test_an_emergency_rollback_saves_switches_code_and_images_and_verifies(
     assert platform.running_images() == {"web": OLD, "worker": OLDW}
     assert project.store.fact(EXPECTED_IMAGES) == {"web": OLD, "worker": OLDW}
     assert outcome.results["verify-stack"]["ok"] is True
+
+
+def run_setup(project: Project, monkeypatch: pytest.MonkeyPatch) -> tuple[StackPlatform, Plan]:
+    monkeypatch.setattr(switching, "POLL", 0.0)
+    (project.dir / "compose.yaml").write_text("services: {web: {image: web:hotfix}}\n")
+    platform = StackPlatform(project.dir, running={"web": NEW, "worker": NEW},
+                             images=project.platform.images, definition=project.platform.stack)
+    return platform, project.plan("r1", platform=platform)
+
+
+def executor(project: Project, platform: StackPlatform) -> Executor:
+    return Executor(project.store, run_context(project.store, project.config, platform))
+
+
+def assert_rolled_back(project: Project, platform: StackPlatform) -> None:
+    assert git(project.dir, "rev-parse", "HEAD") == project.c1
+    assert git(project.dir, "rev-parse", "main") == project.c2
+    assert [(b.service, b.image_id, b.state) for b in platform.boxes] == [
+        ("web", OLD, "running"), ("worker", OLDW, "running")]
+    assert project.store.fact(EXPECTED_IMAGES) == {"web": OLD, "worker": OLDW}
+    # the operator's change is kept exactly once
+    assert len(git(project.dir, "stash", "list").splitlines()) == 1
+    assert len(list((project.config.state_dir / "saved").iterdir())) == 1
+
+
+class Crash(BaseException):
+    """What SIGKILL does to the executor: it stops where it is, the journal as it was."""
+
+
+@pytest.mark.parametrize("key", ["save-changes", "checkout", "images", "switch-start:web",
+                                 "switch-drain:worker", "up", "verify-stack"])
+@pytest.mark.parametrize("when", ["started", "done"])
+def test_a_crash_at_a_step_then_resume_ends_rolled_back(
+        project: Project, monkeypatch: pytest.MonkeyPatch, key: str, when: str) -> None:
+    platform, plan = run_setup(project, monkeypatch)
+    point = f"step-{[s.key for s in plan.steps].index(key)}-{when}"
+
+    def hit(name: str) -> None:
+        if name == point:
+            raise Crash(name)
+
+    monkeypatch.setattr(executor_module.faults, "hit", hit)
+    ex = executor(project, platform)
+    op_id = ex.start(plan)
+    with pytest.raises(Crash):
+        ex.run(plan, op_id)
+    monkeypatch.setattr(executor_module.faults, "hit", lambda _name: None)
+    resumed = executor(project, platform).run(plan, op_id)
+    assert resumed.status == "succeeded", resumed.error
+    assert_rolled_back(project, platform)
+
+
+def test_a_stack_that_does_not_come_up_fails_before_anything_is_recorded(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, plan = run_setup(project, monkeypatch)
+    platform.fail_on("converge", UnhealthyError("container worker is unhealthy"))
+    ex = executor(project, platform)
+    outcome = ex.run(plan, ex.start(plan))
+    assert outcome.status == "failed" and outcome.failed_step == "bring the stack up at the target"
+    assert outcome.error is not None and outcome.error.exit_code == ExitCode.UNHEALTHY
+    assert outcome.error.message == ("the stack did not become healthy at the target: "
+                                     "container worker is unhealthy")
+    assert outcome.error.fix is not None and "backout verify" in outcome.error.fix
+    assert [r.status for r in outcome.steps][-1] == "skipped"  # no verify of a failed stack
+    assert project.store.fact(EXPECTED_IMAGES) is None
+    # the code stays switched: the operator fixes forward from the target (or resumes)
+    assert git(project.dir, "rev-parse", "HEAD") == project.c1
+
+
+def test_an_image_nothing_can_make_fails_the_images_step(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, plan = run_setup(project, monkeypatch)
+    platform.stack["services"]["cron"] = {"image": "cron:1"}  # at the target; no build section
+    ex = executor(project, platform)
+    outcome = ex.run(plan, ex.start(plan))
+    assert outcome.failed_step == "put the target's images in place"
+    assert isinstance(outcome.error, NotFoundError)
+    assert outcome.error.message == ("no image for cron at the target and no build section "
+                                     "to make one")
+    assert platform.called("build") == [] and platform.called("converge") == []
+    platform.stack["services"]["cron"] = {"image": "cron:1", "build": "./cron"}
+    ex = executor(project, platform)
+    outcome = ex.run(plan, ex.start(plan))
+    assert outcome.status == "succeeded", outcome.error
+    assert platform.called("build") == [(("cron",),)]
+    assert outcome.results["images"]["built"] == ["cron"]
