@@ -28,7 +28,13 @@ from backout.rollback import db as db_rollback
 from backout.rollback import emergency
 from backout.state import Store
 from backout.verify import EXPECTED_IMAGES
-from tests.support.fakes import FakeEngine, FakePlatform, install_engine, run_context
+from tests.support.fakes import (
+    FakeEngine,
+    FakePlatform,
+    install_engine,
+    install_repository,
+    run_context,
+)
 from tests.support.switchfake import Box, SwitchFakePlatform
 from tests.unit.test_engine_orchestration import CONFIG as ENGINE_CONFIG
 
@@ -74,7 +80,8 @@ class Project:
         self.c1, self.c2 = repository.c1, repository.c2
         base = parse_document("backout.toml", config_text, tmp)
         self.config = Config(path=base.path, project_dir=tmp, services=base.services,
-                             databases=base.databases, verify=VerifyConfig(settle_seconds=0))
+                             databases=base.databases, repositories=base.repositories,
+                             verify=VerifyConfig(settle_seconds=0))
         self.store = Store(self.config.state_dir)
         self.release(self.c1, web=OLD, worker=OLDW)
         self.release(self.c2, web=NEW, worker=NEW)
@@ -420,6 +427,61 @@ def test_a_set_without_any_configured_database_restores_nothing(
     assert plan.params["data_loss"] == [] and engine.calls == [("dump", "app")]
     assert plan.summary == "emergency rollback of the whole stack to release 1"
     assert plan.downtime.endswith("recreated one by one")
+
+
+def test_with_data_a_release_target_restores_its_newest_checkpoint(
+        tmp_path: Path, repository: Repository, engine: FakeEngine) -> None:
+    project = data_project(tmp_path, repository)
+    set_id = with_a_checkpoint(project, ["app"])
+    plan = project.plan("r1", with_data=True)
+    assert (plan.params["checkpoint_id"], plan.params["set_id"]) == (1, set_id)
+    assert [s.key for s in plan.steps][1:6] == ["verify:app", "stop-writers", "safety:app",
+                                                "restore:app", "undo:app"]
+    assert plan.summary.endswith("release 1 with the data of checkpoint 1")
+
+
+class RecordingEngine(FakeEngine):
+    """Remembers through what the data-loss window reached the database."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached: list[tuple[Any, Any, Any]] = []
+
+    def data_loss(self, access: Any, section: dict[str, Any]) -> dict[str, Any]:
+        self.reached.append((access.env, access.config, access.platform))
+        return super().data_loss(access, section)
+
+
+def test_the_data_loss_window_reads_the_live_database_through_the_platform(
+        tmp_path: Path, repository: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = install_engine(monkeypatch, RecordingEngine())
+    project = data_project(tmp_path, repository)
+    with_a_checkpoint(project, ["app"])
+    env = Environment()
+    emergency.plan(env, project.config, project.store, project.platform, "cp1", True)
+    assert engine.reached == [(env, project.config, project.platform)]
+
+
+def test_with_data_from_a_set_only_in_a_repository_fetches_it_first(
+        tmp_path: Path, repository: Repository, engine: FakeEngine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = install_repository(monkeypatch, tmp_path / "repositories")
+    project = Project(tmp_path / "p", repository, DATA_CONFIG + """
+[repositories.offsite]
+url = "offsite"
+password_env = "REPO_PASSWORD"
+""")
+    project.config.secrets["repository:offsite"] = "pw"
+    set_id = with_a_checkpoint(project, ["app"])
+    assert ("offsite", "put", set_id) in repo.calls
+    shutil.rmtree(project.config.backup_dir / set_id)  # the local set is gone
+    repo.calls.clear()
+    for target in ("cp1", set_id):
+        plan = project.plan(target, with_data=True)
+        assert [s.key for s in plan.steps][:3] == ["save-changes", f"fetch:{set_id}",
+                                                   "verify:app"]
+        assert plan.params["checkpoint_id"] == 1
+    assert {(m, s) for _r, m, s in repo.calls} == {("read_file", set_id)}
 
 
 # ------------------------------------------------------------------------ the plan, run
