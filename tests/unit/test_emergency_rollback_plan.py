@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -27,10 +27,12 @@ from backout.operations.plan import Plan, Step
 from backout.rollback import db as db_rollback
 from backout.rollback import emergency
 from backout.state import Store
+from backout.storage import repositories
 from backout.verify import EXPECTED_IMAGES
 from tests.support.fakes import (
     FakeEngine,
     FakePlatform,
+    FakeRepository,
     install_engine,
     install_repository,
     run_context,
@@ -476,12 +478,26 @@ password_env = "REPO_PASSWORD"
     assert ("offsite", "put", set_id) in repo.calls
     shutil.rmtree(project.config.backup_dir / set_id)  # the local set is gone
     repo.calls.clear()
+    monkeypatch.setitem(repositories.REPOSITORIES, "restic", f"{__name__}:EnvRepository")
+    monkeypatch.setattr(EnvRepository, "envs", [])
+    env = Environment()
     for target in ("cp1", set_id):
-        plan = project.plan(target, with_data=True)
+        plan = emergency.plan(env, project.config, project.store, project.platform, target,
+                              True)
         assert [s.key for s in plan.steps][:3] == ["save-changes", f"fetch:{set_id}",
                                                    "verify:app"]
         assert plan.params["checkpoint_id"] == 1
     assert {(m, s) for _r, m, s in repo.calls} == {("read_file", set_id)}
+    # restic runs with the operation's environment (its timeouts, the redactor)
+    assert EnvRepository.envs and all(e is env for e in EnvRepository.envs)
+
+
+class EnvRepository(FakeRepository):
+    envs: ClassVar[list[Environment]] = []
+
+    def __init__(self, env: Environment, repo: Any, password: str) -> None:
+        EnvRepository.envs.append(env)
+        super().__init__(env, repo, password)
 
 
 # ------------------------------------------------------------------------ the plan, run
