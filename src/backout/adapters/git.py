@@ -95,7 +95,10 @@ class GitWrite:
 
         Returns the stash commit, or None when there was nothing to stash.
         """
-        pathspec = ["--", ".", *[f":(exclude){p}" for p in exclude]]
+        # An ignored path is never stashed anyway, and naming it (even to exclude it)
+        # makes `git stash push` fail after it has saved the stash, the changes left
+        # staged: a project whose .gitignore lists .backout/ could not be rolled back.
+        pathspec = ["--", ".", *[f":(exclude){p}" for p in exclude if not self._ignored(p)]]
         before = self.git._git("rev-parse", "-q", "--verify", "refs/stash", check=False).stdout.strip()
         # A stash is a commit: without an identity configured git refuses to make one,
         # and an emergency is no time for that question.
@@ -105,6 +108,9 @@ class GitWrite:
         self.git._git(*identity, "stash", "push", "--include-untracked", "-m", message, *pathspec)
         after = self.git._git("rev-parse", "-q", "--verify", "refs/stash", check=False).stdout.strip()
         return after if after and after != before else None
+
+    def _ignored(self, path: str) -> bool:
+        return self.git._git("check-ignore", "-q", "--", path, check=False).ok
 
     def checkout_detached(self, commit: str) -> None:
         self.git._git("checkout", "--quiet", "--detach", commit)

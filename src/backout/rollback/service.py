@@ -50,7 +50,7 @@ def resolve(store: Store, platform: Platform, service: str,
         return {"image_id": svc["image_id"], "source": f"release {release['id']}",
                 "release_id": release["id"], "current": current, "project": project}
     ref = version if (":" in version or "/" in version) else \
-        f"{str(spec.get('image') or service).rsplit(':', 1)[0]}:{version}"
+        f"{_untagged(str(spec.get('image') or service))}:{version}"
     info = platform.image(ref)
     if info is None:
         raise NotFoundError(f"no image {ref} on this host for {service}",
@@ -59,13 +59,20 @@ def resolve(store: Store, platform: Platform, service: str,
             "project": project}
 
 
+def _untagged(image: str) -> str:
+    """An image reference without its tag and digest (a registry's port is no tag)."""
+    name = image.split("@", 1)[0]
+    repository, colon, tag = name.rpartition(":")
+    return repository if colon and "/" not in tag else name
+
+
 def plan(store: Store, platform: Platform, service: str, version: str | None, *,
          config: Config, order: str | None = None) -> Plan:
     """``order``: ``--order`` (start-first / stop-first), None to let the compose
     file and ``[services.NAME] switch`` decide (``backout.switch.order_for``)."""
     target = resolve(store, platform, service, version)
     short = target["image_id"][7:19]
-    cur = (target["current"] or "none")[7:19]
+    cur = target["current"][7:19] if target["current"] else "none"
     definition = platform.definition()
     ref = common.target_ref(target["project"], service, target["image_id"])
     if platform.switches_itself:
