@@ -276,8 +276,9 @@ def test_the_code_only_plan(project: Project) -> None:
              {"images": {"web": OLD, "worker": OLDW}, "rebuild": []}, key="images"),
         *switched,
         Step("bring the stack up at the target", "emergency.up",
-             "docker compose up -d --wait in dependency order (no build, no pull); "
-             "containers of services that changed are recreated", {}, key="up"),
+             "fake: the whole stack converged to the target's definition and waited for (no "
+             "build, no pull); containers of services that changed are replaced", {},
+             key="up"),
         Step("verify the stack", "emergency.verify",
              "the runbook's post-rollback checks (health, restarts, logs, databases, images)",
              {}, key="verify-stack"))
@@ -291,8 +292,9 @@ def test_the_code_only_plan(project: Project) -> None:
                            "images": {"web": OLD, "worker": OLDW}, "rebuild": [],
                            "data_loss": []}
     assert plan.summary == "emergency rollback of the whole stack to release 1"
-    assert plan.downtime == ("stateless services switch start-first (none expected); the "
-                             "others whose image changes are recreated one by one")
+    # the downtime names the services the plan switches start-first
+    assert plan.downtime == ("web, worker switch start-first (none expected); the other "
+                             "services whose image changes are replaced one by one")
 
 
 def test_a_dirty_tree_is_saved_first_and_a_commit_target_is_named(project: Project) -> None:
@@ -406,8 +408,8 @@ def test_the_data_comes_back_first_while_the_code_is_untouched(
     assert plan.summary == ("emergency rollback of the whole stack to release 1 with the "
                             "data of checkpoint 1")
     assert plan.downtime == (
-        "stateless services switch start-first (none expected); the others whose image "
-        "changes are recreated one by one; "
+        "api, cron switch start-first (none expected); the other services whose image "
+        "changes are replaced one by one; "
         + db_rollback.downtime(project.config, ["app"], targets))
     assert "web, worker stopped from before the safety backup" in plan.downtime
     # the data-loss window of the restore, asked of the engine at plan time
@@ -428,7 +430,7 @@ def test_a_set_without_any_configured_database_restores_nothing(
                    for s in plan.steps)
     assert plan.params["data_loss"] == [] and engine.calls == [("dump", "app")]
     assert plan.summary == "emergency rollback of the whole stack to release 1"
-    assert plan.downtime.endswith("recreated one by one")
+    assert plan.downtime.endswith("replaced one by one")
 
 
 def test_with_data_a_release_target_restores_its_newest_checkpoint(
