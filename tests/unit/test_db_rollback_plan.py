@@ -645,3 +645,18 @@ def test_a_stalled_restore_on_an_engine_that_answers_stays_stalled(
     with pytest.raises(ExternalError, match="other"):
         _action("rollback.db.restore")(_ctx(config, store, platform), params, results)
     assert platform.called("ping") == []  # only a stall asks whether the engine is there
+
+
+def test_with_repositories_an_operators_file_is_still_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = install_repository(monkeypatch, tmp_path / "repos")
+    config = _with_repos(tmp_path)
+    (tmp_path / "dumps").mkdir()
+    (tmp_path / "dumps" / "mine.sql").write_bytes(b"-- MySQL dump 10.13\n")
+    monkeypatch.chdir(tmp_path)
+    for ref in ("dumps/mine.sql", str(tmp_path / "dumps" / "mine.sql")):
+        target = db_rollback.resolve_backup(Environment(), config, Store(config.state_dir),
+                                            config.databases["app"], ref)
+        assert target["source"] == f"file {ref}" and target["set_id"] is None
+        assert target["artifact"] == str(tmp_path / "dumps" / "mine.sql")
+    assert repo.calls == []  # no repository was asked about a file
