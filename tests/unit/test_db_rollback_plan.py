@@ -474,6 +474,11 @@ class _RecordingEngine(FakeEngine):
         self.accesses: list[EngineAccess] = []
         self.prepared: list[tuple[Path, Path]] = []
         self.safety_extra: dict[str, Any] = {}
+        self.loss_accesses: list[EngineAccess] = []
+
+    def data_loss(self, access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
+        self.loss_accesses.append(access)
+        return super().data_loss(access, section)
 
     def restore(self, env: Environment, access: EngineAccess, artifact: Path,
                 section: dict[str, Any]) -> dict[str, Any]:
@@ -660,3 +665,36 @@ def test_with_repositories_an_operators_file_is_still_a_file(
         assert target["source"] == f"file {ref}" and target["set_id"] is None
         assert target["artifact"] == str(tmp_path / "dumps" / "mine.sql")
     assert repo.calls == []  # no repository was asked about a file
+
+
+def test_the_plans_data_loss_window_is_measured_through_the_platform_from_the_backup_time(
+        tmp_path: Path, recording: _RecordingEngine) -> None:
+    config = _config(tmp_path)
+    set_id, store = _backed_up(config)
+    manifest = json.loads((config.backup_dir / set_id / "manifest.json").read_text())
+    platform, env = _platform(), Environment()
+    plan = db_rollback.plan(env, config, store, "app", set_id, platform=platform)
+    [access] = recording.loss_accesses
+    assert access.env is env and access.config is config and access.platform is platform
+    assert access.db is config.databases["app"]
+    [loss] = plan.params["data_loss"]
+    assert loss["taken_at"] == manifest["created_at"] and loss["age_seconds"] is not None
+    assert loss["summary"].startswith(f"app: backup taken {manifest['created_at']}")
+
+
+def test_the_plan_of_a_restore_from_an_operators_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recording: _RecordingEngine) -> None:
+    config = _config(tmp_path)
+    store = Store(config.state_dir)
+    own = tmp_path / "own.fake"
+    own.write_text(json.dumps({"items": 3}))
+    os.utime(own, (1_800_000_000, 1_800_000_000))
+    plan = db_rollback.plan(Environment(), config, store, "app", str(own), platform=_platform())
+    assert plan.summary == f"restore app from file {own}"
+    assert plan.params["backup"] == str(own)
+    [loss] = plan.params["data_loss"]
+    assert loss["taken_at"] == "2027-01-15T08:00:00Z"
+    assert "a dump file carries no counts" in loss["summary"]
+    assert recording.loss_accesses == []  # no counts to compare: the engine is not asked
+    verify = plan.steps[0]
+    assert verify.params["source"] == f"file {own}" and verify.params["section"] is None
