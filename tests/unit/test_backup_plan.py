@@ -328,6 +328,9 @@ def test_a_volume_only_set_is_dated_when_it_was_published(
     assert operation._dump_start({"dump:app": {"database": {"duration_s": 60}}}, "app") == \
         pytest.approx(time.time() - 60, abs=5)
     assert operation._dump_start({"dump:app": None}, "app") == pytest.approx(time.time(), abs=5)
+    assert operation._dump_start({"dump:app": {}}, "app") == pytest.approx(time.time(), abs=5)
+    assert operation._dump_start({"dump:app": {"database": {}}}, "app") == \
+        pytest.approx(time.time(), abs=0.5)  # not a second early
     assert operation._iso(0) == "1970-01-01T00:00:00Z"
     assert operation._iso(1_800_000_000.9) == "2027-01-15T08:00:00Z"
 
