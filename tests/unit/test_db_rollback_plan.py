@@ -322,7 +322,7 @@ def test_data_steps_in_the_order_integrity_needs_for_two_databases(tmp_path: Pat
                                        "safety:app"],
                           "no_safety": False}
     assert app.reason.startswith("app: its databases are dropped and reloaded; the restored "
-                                 "counts are compared")
+                                 "counts are compared with the backup's (if RED)")
     assert app.reason.endswith(" (if RED)")
     cache = steps["restore:cache"]
     # the second restore also needs the first done; it has no safety backup
@@ -475,6 +475,10 @@ class _RecordingEngine(FakeEngine):
         self.prepared: list[tuple[Path, Path]] = []
         self.safety_extra: dict[str, Any] = {}
         self.loss_accesses: list[EngineAccess] = []
+        self.restores: list[tuple[Environment, Path]] = []
+
+    def overwritten(self, db: DatabaseConfig) -> str:
+        return f"the tables of {db.name} on {db.service} are replaced"
 
     def data_loss(self, access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
         self.loss_accesses.append(access)
@@ -483,6 +487,7 @@ class _RecordingEngine(FakeEngine):
     def restore(self, env: Environment, access: EngineAccess, artifact: Path,
                 section: dict[str, Any]) -> dict[str, Any]:
         self.accesses.append(access)
+        self.restores.append((env, artifact))
         return super().restore(env, access, artifact, section)
 
     def prepare_artifact(self, artifact: Path, staging: Path) -> Path:
@@ -517,6 +522,9 @@ def test_a_full_rollback_hands_the_engine_its_database_env_and_platform(
     assert access.db is config.databases["app"]
     assert access.platform is platform and access.env is env and access.config is config
     assert access.container is None
+    assert recording.restores == [(env, config.backup_dir / set_id / "app.fake")]
+    assert "app: the tables of app on db are replaced; the restored counts are compared with " \
+        "the backup's" in plan.steps[3].reason
     assert recording.prepared == [(config.backup_dir / set_id / "app.fake",
                                    config.state_dir / "staging")]
     restored = outcome.results["restore:app"]
