@@ -262,6 +262,11 @@ def test_a_quiesce_without_writers_is_refused_naming_the_databases(tmp_path: Pat
     with pytest.raises(UsageError) as caught:
         plan_backup(config, which=["cache_files"], quiesce=True, checkpoint=False, label=None)
     assert caught.value.message.endswith("to write to a database")
+    config = _config(tmp_path, CONFIG + '\n[databases.logs]\ntype = "redis"\nservice = "l"\n'
+                     '\n[databases.audit]\ntype = "mysql"\nservice = "a"\n')
+    with pytest.raises(UsageError) as caught:
+        plan_backup(config, which=["logs", "audit"], quiesce=True, checkpoint=False, label=None)
+    assert caught.value.message.endswith("to write to logs, audit")
 
 
 # --------------------------------------------------------------------------- timestamps

@@ -480,6 +480,11 @@ class _RecordingEngine(FakeEngine):
     def overwritten(self, db: DatabaseConfig) -> str:
         return f"the tables of {db.name} on {db.service} are replaced"
 
+    def section_for_file(self, env: Environment, db: DatabaseConfig,
+                         artifact: Path) -> dict[str, Any]:
+        self.restores.append((env, artifact))
+        return super().section_for_file(env, db, artifact)
+
     def data_loss(self, access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
         self.loss_accesses.append(access)
         return super().data_loss(access, section)
@@ -593,6 +598,11 @@ def test_verify_of_a_set_records_the_check_and_of_a_file_reads_its_counts(
                               "sha256": None, "source": "file own.fake", "set_id": None}, {})
     assert out == {"section": {"type": "mysql", "counts": {"t": 5}}, "artifact": str(own)}
     assert recording.called("section_for_file") == ["app"]
+    ctx = _ctx(config, store)
+    recording.restores.clear()
+    _action("rollback.db.verify")(ctx, {"database": "app", "artifact": str(own),
+                                        "section": None}, {})
+    assert recording.restores == [(ctx.env, own)]  # read with the operation's environment
 
 
 def test_restored_counts_that_differ_fail_naming_both_counts(
@@ -706,3 +716,53 @@ def test_the_plan_of_a_restore_from_an_operators_file(
     assert recording.loss_accesses == []  # no counts to compare: the engine is not asked
     verify = plan.steps[0]
     assert verify.params["source"] == f"file {own}" and verify.params["section"] is None
+
+
+def test_a_sets_missing_database_names_every_one_it_has(
+        tmp_path: Path, engine: FakeEngine) -> None:
+    config = _config(tmp_path, CONFIG + '[databases.logs]\ntype = "mysql"\nservice = "l"\n')
+    set_id, store = _backed_up(config, ("app", "cache"))
+    with pytest.raises(NotFoundError) as caught:
+        db_rollback.resolve_backup(Environment(), config, store, config.databases["logs"],
+                                   set_id)
+    assert caught.value.message == f"backup {set_id} holds no logs dump (it has app, cache)"
+
+
+def test_every_database_whose_server_restarts_is_named(tmp_path: Path) -> None:
+    config = _config(tmp_path, CONFIG.replace('writes_to = ["app", "cache"]',
+                                              'writes_to = ["app", "cache", "sessions"]')
+                     + '[databases.sessions]\ntype = "redis"\nservice = "sess"\n')
+    text = db_rollback.downtime(config, ["cache", "sessions"], {"cache": {}, "sessions": {}})
+    assert text.startswith("web stopped from before the safety backup")
+    assert text.endswith("; redis, sess restarts")
+
+
+def test_a_file_from_a_real_engine_is_read_for_its_counts(tmp_path: Path) -> None:
+    """No fake: the MySQL engine reads an operator's plain dump for its counts."""
+    load_actions()
+    config = _config(tmp_path)
+    own = tmp_path / "own.sql"
+    own.write_bytes(b"-- MariaDB dump 10.19\nUSE `app`;\nCREATE TABLE `items` (\n  `id` int\n);"
+                    b"\nINSERT INTO `items` VALUES (1),(2),(3);\n-- Dump completed on 2026-12-01\n")
+    out = _action("rollback.db.verify")(_ctx(config, Store(config.state_dir)),
+                                        {"database": "app", "artifact": str(own),
+                                         "section": None}, {})
+    assert out["artifact"] == str(own)
+    assert out["section"]["type"] == "mysql"
+    assert out["section"]["databases"]["app"]["tables"] == {"items": 3}
+
+
+def test_the_safety_sets_time_is_utc_whatever_the_local_zone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "JST-9")
+    time.tzset()
+    try:
+        before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = db_rollback._iso()
+        after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert before <= stamp <= after
