@@ -42,7 +42,6 @@ from backout.storage.pipeline import IntegrityError, StalledError
 from tests.support.fakes import (
     FakeEngine,
     FakePlatform,
-    FakeRepository,
     install_engine,
     install_repository,
     run_context,
@@ -268,13 +267,14 @@ def test_a_set_only_in_a_repository_resolves_with_the_copy_to_fetch(
     config = _with_repos(tmp_path)
     set_id, store = _backed_up(config)
     shutil.rmtree(config.backup_dir / set_id)
+    repo.calls.clear()
     target = db_rollback.resolve_backup(Environment(), config, store, config.databases["app"],
                                         set_id)
+    assert [(m, s) for _r, m, s in repo.calls] == [("read_file", set_id)]  # the manifest only
     assert target["source"] == f"backup {set_id} (copy in offsite)"
     assert target["fetch"] == {"repository": "offsite", "snapshot": f"snap-{set_id}"}
     assert target["artifact"] == str(config.backup_dir / set_id / "app.fake")
     assert target["set_id"] == set_id
-    assert isinstance(repo, type) and issubclass(repo, FakeRepository)
 
 
 # --------------------------------------------------------------------------- data_steps
