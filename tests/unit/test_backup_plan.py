@@ -327,7 +327,7 @@ def test_a_dump_that_does_not_say_how_long_it_took_counts_as_instant(
     assert manifest["created_at"] == manifest["completed_at"] == "2027-01-15T08:00:00Z"
 
 
-def test_a_volume_only_set_is_dated_when_it_was_published(
+def test_a_dump_starts_its_duration_before_now_and_stamps_are_utc_seconds(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert operation._dump_start({}, "app") == pytest.approx(time.time(), abs=5)
     assert operation._dump_start({"dump:app": {"database": {"duration_s": 60}}}, "app") == \
