@@ -53,6 +53,15 @@ def _docker_gate(request: pytest.FixtureRequest) -> None:
         require_docker()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_interrupt_state() -> None:
+    """The process-wide SIGINT/SIGTERM state of one test (a wind-down it requested, as a
+    real Ctrl-C would) must not leak into the next: each test starts as a new command."""
+    from backout.operations import interrupt
+
+    interrupt.reset()
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """The full test stack, built and started once per session, torn down after."""
