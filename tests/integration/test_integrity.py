@@ -698,9 +698,24 @@ def test_signal_at_every_step(request: pytest.FixtureRequest, rig: Rig, name: st
         with AckWriter(rig.stack) as writer:
             writer.wait_for(3)
             started = time.time()
-            result = run_signalled(rig.project, sweep_command(rig, name, cp, bad), step=step,
-                                   sig=sig, when=when, hold=2.0)
-            assert "Traceback" not in result.stderr, (label, result.stderr[-3000:])
+            for _attempt in range(3):
+                since = last_operation_id(rig.project)
+                result = run_signalled(rig.project, sweep_command(rig, name, cp, bad),
+                                       step=step, sig=sig, when=when, hold=2.0)
+                assert "Traceback" not in result.stderr, (label, result.stderr[-3000:])
+                if sig != signal.SIGKILL or result.returncode in (-9, 137) or \
+                        journal_step_started(rig.project, step, since):
+                    break
+                # The run ended by itself without reaching this step: the crash-looping
+                # release failed `up --wait` this time instead of the verify after it
+                # (timing), so the steps between were skipped. Whole, then once more.
+                assert result.returncode in (0, 8), (label, result.returncode,
+                                                     result.stderr[-3000:])
+                assert rig.unfinished() == [], label
+                rig.wait_apps_up()
+                print(f"{label}: not reached (the run took the other path), again")
+            else:
+                pytest.fail(f"{label}: not reached in 3 runs")
             if sig == signal.SIGKILL:
                 assert result.returncode in (-9, 137), (label, result.returncode)
                 result = rig.run("resume")
