@@ -131,7 +131,7 @@ def test_nginx_proxies_api_and_frontend(stack: TestStack) -> None:
     assert headers["X-App-Role"] == "backend"
     health = json.loads(body)
     assert health["status"] == "ok"
-    assert health["checks"] == {"mysql": "ok", "redis": "ok", "mongo": "ok"}
+    assert health["checks"] == {"mysql": "ok", "redis": "ok", "mongo": "ok", "postgres": "ok"}
     status, headers, body = stack.http("nginx", "/")
     assert status == 200
     assert headers["X-App-Role"] == "frontend"
