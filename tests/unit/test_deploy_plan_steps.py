@@ -175,9 +175,11 @@ def test_summary_downtime_and_reasons_carry_the_facts() -> None:
     assert plan.summary == f"deploy v3 ({NEW[:12]}), watched for 90s, checkpoint first"
     # no definition given: no switch is planned, and the downtime claims none
     assert "start-first" not in plan.downtime and "replaced one by one" in plan.downtime
-    assert plan.downtime.endswith("if it is rolled back, again")  # no data, no stop
+    # the rollback path switches nothing start-first: it says so
+    assert plan.downtime.endswith("if it is rolled back, the services whose image changes "
+                                  "are replaced one by one, stop-first")  # no data
     with_data = plan_deploy(_config(), _pf(), watch_seconds=90, with_data=True)
-    assert with_data.downtime.endswith("again with app services stopped while the databases "
+    assert with_data.downtime.endswith("stop-first, with app services stopped while the databases "
                                        "are restored")
     step = _by_key(plan)
     assert step["checkout"].name == f"switch code to {NEW[:12]}"

@@ -306,13 +306,14 @@ def test_stack_deploy_gets_the_variables_the_compose_files_reference(tmp_path: P
     escaped $$) is asked of Compose and passed in the child's environment."""
     (tmp_path / "docker-compose.yml").write_text(
         "services:\n  app:\n    image: reg/app:${TAG:-1}\n    environment:\n"
-        "      PW: $DB_PASSWORD\n      REG: ${REGISTRY}\n      LITERAL: $$NOT_A_VAR\n")
+        "      PW: $DB_PASSWORD\n      REG: ${REGISTRY}\n      U: ${DB_USER}\n"
+        "      LITERAL: $$NOT_A_VAR\n")
     platform = Scripted(tmp_path, [[]], {})
     asked: list[list[str]] = []
 
     def variables(names: list[str]) -> dict[str, str]:
         asked.append(list(names))
-        return {"DB_PASSWORD": "s3cret", "REGISTRY": "10.0.0.2:5000"}
+        return {"DB_PASSWORD": "s3cret", "REGISTRY": "10.0.0.2:5000", "DB_USER": "backout"}
 
     platform.variables = variables  # type: ignore[method-assign]
     deployed: list[dict[str, str]] = []
@@ -322,9 +323,10 @@ def test_stack_deploy_gets_the_variables_the_compose_files_reference(tmp_path: P
     platform._services = lambda *s: []  # type: ignore[method-assign]
     platform.wait_converged = lambda services, **kw: None  # type: ignore[method-assign]
     platform.converge(pull=False)
-    assert asked == [["DB_PASSWORD", "REGISTRY", "TAG"]]
-    # a secret by its name is redacted; a registry address stays readable
-    assert deployed == [{"DB_PASSWORD": "s3cret", "plain:REGISTRY": "10.0.0.2:5000"}]
-    assert platform.env.redact("at 10.0.0.2:5000") == "at 10.0.0.2:5000"
+    assert asked == [["DB_PASSWORD", "DB_USER", "REGISTRY", "TAG"]]
+    # a secret by its name is redacted; a registry address and a user name stay readable
+    assert deployed == [{"DB_PASSWORD": "s3cret", "plain:REGISTRY": "10.0.0.2:5000",
+                         "plain:DB_USER": "backout"}]
+    assert platform.env.redact("at 10.0.0.2:5000 as backout") == "at 10.0.0.2:5000 as backout"
     assert platform.env.redact("pw s3cret") == "pw " + platform.env.redact("s3cret")
     assert "s3cret" not in platform.env.redact("pw s3cret")

@@ -108,8 +108,10 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
                 tuple(steps),
                 summary=f"deploy {pf.ref} ({short}), watched for {watch_seconds}s"
                         + (", checkpoint first" if set_id else ""),
-                downtime=switch.whole_stack_downtime(steps) + "; if it is rolled back, again"
-                         + (" with app services stopped while the databases are restored"
+                downtime=switch.whole_stack_downtime(steps)
+                         + "; if it is rolled back, the services whose image changes are "
+                           "replaced one by one, stop-first"
+                         + (", with app services stopped while the databases are restored"
                             if with_data else ""))
 
 

@@ -485,14 +485,10 @@ class SwarmPlatform:
         # variables the compose files reference go in the child's environment (never
         # argv), read by Compose's own rules.
         values = self.variables(self._referenced_variables())
-        # Secrets by name (or named as a credential in backout.toml) are redacted from
-        # every output; the rest (a registry address, an image tag) stays readable in
-        # messages and in the release's recorded configuration.
-        credentials = {n for db in self.config.databases.values()
-                       for n in (db.password_env, db.user_env) if n} | \
-            {r.password_env for r in self.config.repositories.values() if r.password_env}
-        secret = {k: v for k, v in values.items()
-                  if v and (proc.is_secret_name(k) or k in credentials)}
+        # Secrets by name are redacted from every output (backout.toml's password_env
+        # values are redacted at load already); the rest (a registry address, an image
+        # tag, a user name) stays readable in messages and in the recorded release.
+        secret = {k: v for k, v in values.items() if v and proc.is_secret_name(k)}
         plain = {k: v for k, v in values.items() if k not in secret}
         for value in secret.values():
             self.env.redact.add(value)
