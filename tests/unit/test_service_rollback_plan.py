@@ -219,7 +219,11 @@ def test_a_platform_that_orders_its_own_updates_gets_one_replace_step(tmp_path: 
         "other container is touched, no image is built or pulled")
     assert plan.summary == ("roll web back from bbbbbbbbbbbb to aaaaaaaaaaaa (release 1), "
                             "in fake's own update order")
-    assert plan.downtime == "web as its update_config orders it (start-first: none expected)"
+    assert plan.downtime == ("web while its task is replaced (update_config order stop-first, "
+                             "the default)")
+    platform.stack["services"]["web"]["deploy"] = {"update_config": {"order": "start-first"}}
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    assert plan.downtime == "none expected: its update_config starts the new task first"
 
 
 def test_a_service_with_no_container_is_said_to_run_none(tmp_path: Path) -> None:

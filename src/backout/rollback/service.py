@@ -89,7 +89,12 @@ def plan(store: Store, platform: Platform, service: str, version: str | None, *,
         switching = [_recreate_step(service, short, cur, target,
                                     f"by {platform.kind} itself, in the order of the service's "
                                     "update_config")]
-        downtime = f"{service} as its update_config orders it (start-first: none expected)"
+        spec = (definition.get("services") or {}).get(service) or {}
+        update_order = ((spec.get("deploy") or {}).get("update_config") or {}).get("order")
+        downtime = ("none expected: its update_config starts the new task first"
+                    if update_order == "start-first" else
+                    f"{service} while its task is replaced (update_config order "
+                    f"{update_order or 'stop-first, the default'})")
     else:
         chosen = switch.order_for(config, definition, service, order)
         switch_json, how = chosen.to_json(), chosen.order
