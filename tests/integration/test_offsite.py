@@ -509,7 +509,7 @@ def test_verify_restore_test_and_emergency_with_data_from_the_repository(
     _delete_local(rig, set_id)
     verified = rig.json("backups", "verify", set_id, "--restore-test")
     assert verified["verify"]["ok"] is True
-    assert set(verified["restore_test"]) == {"mysql", "redis", "mongodb"}
+    assert set(verified["restore_test"]) == {"mysql", "redis", "mongodb", "postgresql"}
     assert not (rig.project / ".backout" / "backups" / set_id).exists()
 
     mutate(rig.stack, "mysql", "emergency-offsite")
