@@ -80,18 +80,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def _describe(out: dict[str, Any]) -> str:
     if out.get("error"):
         return f"{UNKNOWN} ({out['error']})"

@@ -404,6 +404,9 @@ def _redis(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
     current = redis.write_stats() if recorded else None
     if recorded and current and current["run_id"] == recorded["run_id"]:
         out["write_commands"] = current["write_commands"] - recorded["write_commands"]
+        # A SET on a key that exists, an INCR, an LPUSH change no key count: the
+        # write commands are the better measure whenever they are larger.
+        out["changes"] = max(out["changes"], out["write_commands"])
     elif recorded:
         out["write_commands"] = None  # the server restarted since: its counters did too
     return out
