@@ -25,7 +25,7 @@ from backout.adapters import http
 from backout.config import Config
 from backout.errors import UnhealthyError, UsageError
 from backout.operations import interrupt
-from backout.operations.executor import RunContext, register_action
+from backout.operations.executor import Action, RunContext
 from backout.operations.plan import Step
 from backout.platforms.base import ContainerInfo
 from backout.policy import switch as policy
@@ -161,7 +161,6 @@ def _container(ctx: RunContext, service: str, cid: str) -> ContainerInfo | None:
     return next((c for c in ctx.platform.containers(service) if c.id == cid), None)
 
 
-@register_action("switch.start")
 def _start(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     service, ref = params["service"], params.get("ref")
     if not ref:
@@ -192,7 +191,6 @@ def _start(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return {"new": pair.new, "old": list(pair.old), "started_at": pair.started_at}
 
 
-@register_action("switch.ready")
 def _ready(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     started = _started(results, params)
     if started is None:
@@ -265,7 +263,6 @@ def _reload(ctx: RunContext, fronts: list[dict[str, Any]],
     return _run_reloads(ctx, _reloads(ctx, fronts, modes))
 
 
-@register_action("switch.proxies")
 def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     started = _started(results, params)
     if started is None:
@@ -285,7 +282,6 @@ def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     return {"reloaded": reloaded, "waited_s": round(wait, 3)}
 
 
-@register_action("switch.drain")
 def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     started = _started(results, params)
     if started is None:
@@ -309,7 +305,6 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
             "old_workers_s": waited}
 
 
-@register_action("switch.abort")
 def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     service = params["service"]
     started = _started(results, params)
@@ -343,3 +338,13 @@ def _definition_image(ctx: RunContext, service: str) -> str | None:
     info = ctx.platform.image(str(spec.get("image") or
                                   f"{ctx.platform.project_name(data)}-{service}"))
     return info.id if info else None
+
+
+# This module's step actions by the names plans give them; the executor reads the table.
+ACTIONS: dict[str, Action] = {
+    "switch.start": _start,
+    "switch.ready": _ready,
+    "switch.proxies": _proxies,
+    "switch.drain": _drain,
+    "switch.abort": _abort,
+}

@@ -24,7 +24,7 @@ from typing import Any
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import BackoutError, NotFoundError, UsageError, did_you_mean
-from backout.operations.executor import RunContext, register_action
+from backout.operations.executor import Action, RunContext
 from backout.operations.plan import Step
 from backout.state import Store
 from backout.storage import sets
@@ -162,7 +162,6 @@ def copy_now(env: Environment, config: Config, store: Store, set_ids: list[str],
     return report
 
 
-@register_action("backup.copy")
 def _copy(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     report = copy_sets(ctx.env, ctx.config, ctx.store, [params["set_id"]],
                        params["repositories"])
@@ -249,7 +248,6 @@ def fetch_set(env: Environment, config: Config, set_id: str, copy: RemoteCopy,
     return sets.get_set(root, set_id)
 
 
-@register_action("backup.fetch")
 def _fetch(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     copy = RemoteCopy(params["repository"], params["snapshot"])
     local = (ctx.config.backup_dir / params["set_id"]).is_dir()
@@ -302,3 +300,10 @@ def readable_set(env: Environment, config: Config, store: Store,
         yield fetch_set(env, config, set_id, copy, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# This module's step actions by the names plans give them; the executor reads the table.
+ACTIONS: dict[str, Action] = {
+    "backup.copy": _copy,
+    "backup.fetch": _fetch,
+}

@@ -18,7 +18,7 @@ from backout.backup.engines import DumpContext, dump
 from backout.backup.volumes import back_up_volume
 from backout.config import Config
 from backout.errors import NotFoundError, UsageError, did_you_mean
-from backout.operations.executor import RunContext, register_action
+from backout.operations.executor import Action, RunContext
 from backout.operations.plan import Plan, Step
 from backout.storage import sets
 
@@ -136,12 +136,10 @@ def _volume_steps(config: Config, names: list[str], set_id: str) -> list[Step]:
     return steps
 
 
-@register_action("backup.cleanup")
 def _cleanup(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return {"removed": sets.cleanup_partials(ctx.config.backup_dir, keep=params["keep"])}
 
 
-@register_action("backup.discard")
 def _discard(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     writer = sets.SetWriter(ctx.config.backup_dir, params["set_id"])
     if writer.final.is_dir():
@@ -150,7 +148,6 @@ def _discard(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any
     return {"discarded": True}
 
 
-@register_action("compose.stop")
 def _stop(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     """Stop those of the services that run; remember which, so only they are started."""
     start = time.time()
@@ -158,7 +155,6 @@ def _stop(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return {"stopped_at": start, "stopped": running}
 
 
-@register_action("compose.start")
 def _start(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     if "stop_step" in params:
         stop = results.get(params["stop_step"])
@@ -180,7 +176,6 @@ def _started(ctx: RunContext, step_key: str) -> bool:
     return ctx.store.step_started(ctx.operation_id, step_key)
 
 
-@register_action("backup.dump")
 def _dump(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     config = ctx.config
     writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
@@ -188,7 +183,6 @@ def _dump(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return dump(dctx, config.databases[params["database"]], writer.dir)
 
 
-@register_action("backup.volume")
 def _volume(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     config = ctx.config
     writer = sets.SetWriter(config.backup_dir, params["set_id"]).open()
@@ -196,7 +190,6 @@ def _volume(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
                           writer.dir)
 
 
-@register_action("backup.publish")
 def _publish(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     config, env = ctx.config, ctx.env
     writer = sets.SetWriter(config.backup_dir, params["set_id"])
@@ -251,7 +244,6 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-@register_action("backup.record_checkpoint")
 def _record_checkpoint(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     from backout.releases import current_or_new_release
 
@@ -265,3 +257,16 @@ def _record_checkpoint(ctx: RunContext, params: dict[str, Any], _r: dict[str, An
     store.record_event("checkpoint", target=f"checkpoint {cp_id}", reason=params["label"],
                        detail={"set_id": params["set_id"], "release_id": release_id})
     return {"checkpoint_id": cp_id, "release_id": release_id}
+
+
+# This module's step actions by the names plans give them; the executor reads the table.
+ACTIONS: dict[str, Action] = {
+    "backup.cleanup": _cleanup,
+    "backup.discard": _discard,
+    "compose.stop": _stop,
+    "compose.start": _start,
+    "backup.dump": _dump,
+    "backup.volume": _volume,
+    "backup.publish": _publish,
+    "backup.record_checkpoint": _record_checkpoint,
+}

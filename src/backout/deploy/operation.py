@@ -27,7 +27,7 @@ from backout.config import Config
 from backout.deploy.preflight import Preflight
 from backout.deploy.watch import INCIDENT_FACT, RED_ACTIONS_FACT, watch
 from backout.errors import UnhealthyError, VerificationFailedError
-from backout.operations.executor import RunContext, call_action, register_action
+from backout.operations.executor import Action, RunContext, call_action
 from backout.operations.plan import Plan, Step
 from backout.releases import current_or_new_release, record_release
 from backout.rollback.db import data_steps, resolve_backup, restore_key, start_step
@@ -166,7 +166,6 @@ def _rollback_steps(config: Config, head: str, set_id: str | None,
     return steps
 
 
-@register_action("deploy.previous")
 def _previous(ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> Any:
     store = ctx.store
     release_id = current_or_new_release(ctx.env, ctx.config, store, ctx.platform)
@@ -175,7 +174,6 @@ def _previous(ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> A
     return {"release_id": release_id, "images": images}
 
 
-@register_action("deploy.build")
 def _build(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     """Build what changed: a service with a build section whose image is missing, or
     whose build context has files that differ between the two commits."""
@@ -211,7 +209,6 @@ def _build(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return {"built": build}
 
 
-@register_action("deploy.up")
 def _up(ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> Any:
     started = datetime.now(UTC).isoformat()
     try:
@@ -221,7 +218,6 @@ def _up(ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return {"started_at": started}
 
 
-@register_action("deploy.record")
 def _record(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     rec = record_release(ctx.env, ctx.config, ctx.store, ctx.platform,
                          note=f"deploy of {params['ref']}")
@@ -229,7 +225,6 @@ def _record(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return {"release_id": rec.id}
 
 
-@register_action("deploy.verify")
 def _verify(ctx: RunContext, _params: dict[str, Any], results: dict[str, Any]) -> Any:
     config = ctx.config
     # Errors logged while containers were recreated (a proxy losing its upstream for a
@@ -242,13 +237,11 @@ def _verify(ctx: RunContext, _params: dict[str, Any], results: dict[str, Any]) -
     return result.to_json()
 
 
-@register_action("deploy.watch")
 def _watch(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return watch(ctx.env, ctx.config, ctx.store, ctx.platform, float(params["seconds"]),
                  ctx.operation_id, on_decision=ctx.on_decision)
 
 
-@register_action("deploy.decide")
 def _decide(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     env, config, store = ctx.env, ctx.config, ctx.store
     failed = store.first_failed_step(ctx.operation_id)
@@ -279,7 +272,6 @@ def _decide(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) ->
             "to_release": results[PREVIOUS]["release_id"]}
 
 
-@register_action("deploy.rollback_step")
 def _rollback_step(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     decision = results.get(DECIDE) or {}
     if not decision.get("needed"):
@@ -303,7 +295,6 @@ def _rollback_step(ctx: RunContext, params: dict[str, Any], results: dict[str, A
     return call_action(params["action"], ctx, inner, results)
 
 
-@register_action("deploy.outcome")
 def _outcome(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     store = ctx.store
     new_release = (results.get(RECORD) or {}).get("release_id")
@@ -336,3 +327,17 @@ def _outcome(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
                        detail={"release_id": new_release, "incident": iid})
     return {"outcome": outcome, "release_id": new_release, "incident": iid,
             "reason": (decision or {}).get("reason"), "finished_at": time.time()}
+
+
+# This module's step actions by the names plans give them; the executor reads the table.
+ACTIONS: dict[str, Action] = {
+    "deploy.previous": _previous,
+    "deploy.build": _build,
+    "deploy.up": _up,
+    "deploy.record": _record,
+    "deploy.verify": _verify,
+    "deploy.watch": _watch,
+    "deploy.decide": _decide,
+    "deploy.rollback_step": _rollback_step,
+    "deploy.outcome": _outcome,
+}

@@ -31,8 +31,9 @@ Action = Callable[["RunContext", dict[str, Any], dict[str, Any]], Any]
 _ACTIONS: dict[str, Action] = {}
 
 
-# Modules whose import registers actions. A resumed operation may be of any kind,
-# so the executor loads them all before it looks an action up.
+# Modules with an ``ACTIONS`` table (action name -> function). A resumed operation may
+# be of any kind, so the executor loads them all before it looks an action up. Plain
+# tables rather than decorators: mutation testing (mutmut) skips decorated functions.
 ACTION_MODULES = ("backout.switch", "backout.backup.operation", "backout.backup.offsite",
                   "backout.rollback.service", "backout.rollback.db",
                   "backout.rollback.emergency", "backout.deploy.operation")
@@ -42,10 +43,14 @@ def load_actions() -> None:
     import importlib
 
     for name in ACTION_MODULES:
-        importlib.import_module(name)
+        table: dict[str, Action] = importlib.import_module(name).ACTIONS
+        for action, fn in table.items():
+            # an entry already there stays: a test's stand-in, registered on purpose
+            _ACTIONS.setdefault(action, fn)
 
 
 def register_action(name: str) -> Callable[[Action], Action]:
+    """Register one action outside the tables (tests' stand-ins and throwaway plans)."""
     def decorate(fn: Action) -> Action:
         _ACTIONS[name] = fn
         return fn

@@ -39,7 +39,7 @@ from backout.errors import (
     UsageError,
     did_you_mean,
 )
-from backout.operations.executor import RunContext, register_action
+from backout.operations.executor import Action, RunContext
 from backout.operations.plan import Plan, Step
 from backout.platforms.base import Platform
 from backout.rollback import common
@@ -249,7 +249,6 @@ def _prepared_artifact(params: dict[str, Any], config: Config) -> Path:
                                                  config.state_dir / "staging")
 
 
-@register_action("rollback.db.verify")
 def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     env, config, access = _access(ctx, params["database"])
     artifact = _prepared_artifact(params, config)
@@ -263,7 +262,6 @@ def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return {"section": _section_for_file(env, access.db, artifact), "artifact": str(artifact)}
 
 
-@register_action("rollback.db.safety")
 def _safety(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     env, config, store = ctx.env, ctx.config, ctx.store
     writer = sets.SetWriter(config.backup_dir, params["set_id"])
@@ -332,7 +330,6 @@ def _failed_fact(op_id: int) -> str:
     return f"op{op_id}.restore_failed"
 
 
-@register_action("rollback.db.restore")
 def _restore_action(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     store = ctx.store
     missing = [key for key in params.get("requires", [])
@@ -370,7 +367,6 @@ def _raise_if_engine_gone(platform: Platform, exc: StalledError) -> None:
                                      f"answering ({gone.message})", fix=ENGINE_FIX) from exc
 
 
-@register_action("rollback.db.undo")
 def _undo(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     """Put the safety backup back when this database's restore started and it, or any
     restore of the operation, failed: the data ends fully restored or fully as before."""
@@ -392,3 +388,12 @@ def _undo(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> A
     why = "its restore failed" if not done else f"the restore of {failed} failed"
     env.warn(f"{access.db.name}: {why}; the safety backup {params['set_id']} was put back")
     return {"undone": True, "set_id": params["set_id"], "why": why}
+
+
+# This module's step actions by the names plans give them; the executor reads the table.
+ACTIONS: dict[str, Action] = {
+    "rollback.db.verify": _verify,
+    "rollback.db.safety": _safety,
+    "rollback.db.restore": _restore_action,
+    "rollback.db.undo": _undo,
+}

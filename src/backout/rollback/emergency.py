@@ -23,7 +23,7 @@ from backout.config import Config
 from backout.engines.access import EngineAccess
 from backout.environment import Environment
 from backout.errors import NotFoundError, UnhealthyError, UsageError, VerificationFailedError
-from backout.operations.executor import RunContext, register_action
+from backout.operations.executor import Action, RunContext
 from backout.operations.plan import Plan, Step
 from backout.platforms.base import Platform
 from backout.rollback import common
@@ -163,7 +163,6 @@ def plan(env: Environment, config: Config, store: Store, platform: Platform, tar
                          + (f"; {downtime(config, data_dbs, targets)}" if data_dbs else ""))
 
 
-@register_action("emergency.save_changes")
 def _save(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     env, config = ctx.env, ctx.config
     git = Git(env, config.project_dir)
@@ -186,7 +185,6 @@ def _save(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return {"saved": True, "patch": rel, "stash": stash, "untracked": list(tree.untracked)}
 
 
-@register_action("emergency.checkout")
 def _checkout(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     gw = GitWrite(Git(ctx.env, ctx.config.project_dir))
     if gw.head() != params["commit"]:
@@ -194,7 +192,6 @@ def _checkout(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> An
     return {"head": params["commit"]}
 
 
-@register_action("emergency.images")
 def _images(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     platform = ctx.platform
     data = platform.definition()  # at the target commit now
@@ -218,7 +215,6 @@ def _images(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return {"tagged": tagged, "built": to_build}
 
 
-@register_action("emergency.up")
 def _up(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     try:
         ctx.platform.converge(pull=False)
@@ -231,7 +227,6 @@ def _up(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return {"images": running}
 
 
-@register_action("emergency.verify")
 def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     settle = min(ctx.config.verify.settle_seconds, 10)
     # Errors logged while services restarted during the rollback are expected; what
@@ -244,3 +239,13 @@ def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
             + "; ".join(f"{c.name}: {c.detail}" for c in result.failed),
             fix="investigate now (backout verify, docker compose logs); escalate")
     return result.to_json()
+
+
+# This module's step actions by the names plans give them; the executor reads the table.
+ACTIONS: dict[str, Action] = {
+    "emergency.save_changes": _save,
+    "emergency.checkout": _checkout,
+    "emergency.images": _images,
+    "emergency.up": _up,
+    "emergency.verify": _verify,
+}

@@ -14,7 +14,7 @@ from backout import switch
 from backout.adapters import http
 from backout.config import Config
 from backout.errors import NotFoundError, UnhealthyError, UsageError
-from backout.operations.executor import RunContext, register_action
+from backout.operations.executor import Action, RunContext
 from backout.operations.plan import Plan, Step
 from backout.platforms.base import Platform
 from backout.rollback import common
@@ -131,7 +131,6 @@ def _recreate_step(service: str, short: str, cur: str, target: dict[str, Any],
         key=f"recreate:{service}")
 
 
-@register_action("rollback.service.recreate")
 def _recreate(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     ref = common.ensure_tagged(ctx.platform, params["project"], params["service"],
                                params["image_id"])
@@ -139,7 +138,6 @@ def _recreate(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> An
     return {"ref": ref}
 
 
-@register_action("rollback.service.verify")
 def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     svc = params["service"]
     containers = ctx.platform.containers(svc)
@@ -156,7 +154,6 @@ def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     return {"healthy": True}
 
 
-@register_action("rollback.record_expected")
 def _record_expected(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     expected = dict(ctx.store.fact(EXPECTED_IMAGES) or {})
     expected.update(params["images"])
@@ -177,3 +174,11 @@ def drift(platform: Platform) -> dict[str, dict[str, str]]:
             out[svc] = {"running": running[svc], "compose_file": wanted,
                         "compose_image": str(spec.get("image") or "")}
     return out
+
+
+# This module's step actions by the names plans give them; the executor reads the table.
+ACTIONS: dict[str, Action] = {
+    "rollback.service.recreate": _recreate,
+    "rollback.service.verify": _verify,
+    "rollback.record_expected": _record_expected,
+}
