@@ -27,6 +27,7 @@ from backout.adapters.engine_api import (
     memory_percent,
     negotiate,
     socket_path,
+    unix_time,
 )
 from backout.config import Config
 from backout.config.model import ProjectConfig
@@ -280,6 +281,9 @@ def test_memory_and_cpu_percent_as_docker_stats_computes_them() -> None:
     mem = STATS["memory_stats"]
     assert memory_percent(STATS) == pytest.approx(
         (mem["usage"] - mem["stats"]["total_inactive_file"]) / mem["limit"] * 100)
+    v1 = {"memory_stats": {"usage": 1000, "limit": 4000,
+                           "stats": {"total_inactive_file": 600, "inactive_file": 100}}}
+    assert memory_percent(v1) == pytest.approx(10.0)  # cgroup v1's total_ counter first
     v2 = {"memory_stats": {"usage": 1000, "limit": 4000, "stats": {"inactive_file": 200}}}
     assert memory_percent(v2) == pytest.approx(20.0)
     assert memory_percent({"memory_stats": {}}) == 0.0
@@ -319,13 +323,37 @@ def test_demultiplex_reads_frames_of_both_streams() -> None:
     assert demultiplex(b"") == []
 
 
+def unix_since(body: bytes) -> Route:
+    """A logs route that, like Engine 20.10, reads ``since`` as Unix time only."""
+    def route(h: Handler, q: dict[str, list[str]]) -> tuple[int, bytes]:
+        try:
+            float(q.get("since", ["0"])[0])
+        except ValueError:
+            return 500, json.dumps({"message": f'strconv.ParseInt: parsing "{q["since"][0]}": '
+                                               "invalid syntax"}).encode()
+        return 200, body
+    return route
+
+
+def test_since_is_sent_as_unix_time() -> None:
+    assert unix_time("1796274000") == "1796274000"
+    assert unix_time("1796274000.5") == "1796274000.5"
+    assert unix_time("2026-12-03T05:00:00Z") == "1796274000.000000"
+    assert unix_time("2026-12-03T05:00:00.123456789Z") == "1796274000.123456"
+    assert unix_time("2026-12-03T06:00:00+01:00") == "1796274000.000000"
+    assert unix_time("10m", now=1000.0) == "400.000000000"
+    assert unix_time("1h30s", now=5000.0) == "1370.000000000"
+    with pytest.raises(ExternalError, match="not a time"):
+        unix_time("yesterday")
+
+
 def test_logs_demultiplexed_for_a_plain_container_raw_for_a_tty(engine: Engine,
                                                                tmp_path: Path) -> None:
     recorded_stack(engine)
     web_logs = (DATA / "logs-web.bin").read_bytes()
     tty_logs = (DATA / "logs-tty.bin").read_bytes()
-    engine.routes[f"/containers/{WEB['Id']}/logs"] = lambda h, q: (200, web_logs)
-    engine.routes[f"/containers/{TTY['Id']}/logs"] = lambda h, q: (200, tty_logs)
+    engine.routes[f"/containers/{WEB['Id']}/logs"] = unix_since(web_logs)
+    engine.routes[f"/containers/{TTY['Id']}/logs"] = unix_since(tty_logs)
     engine.routes["/containers/json"] = lambda h, q: (200, json.dumps(
         [c for c in LIST if f"com.docker.compose.service={c['Labels']['com.docker.compose.service']}"
          in json.loads(q["filters"][0])["label"]]).encode())
@@ -335,7 +363,7 @@ def test_logs_demultiplexed_for_a_plain_container_raw_for_a_tty(engine: Engine,
     assert [line.split(" ", 1)[1] for line in text.splitlines()] == [
         "ERROR something broke", "starting up", "ok line"]
     query = engine.requests[-1][1]
-    assert query["since"] == ["2026-12-03T05:00:00.000000Z"] and query["timestamps"] == ["1"]
+    assert query["since"] == ["1796274000.000000"] and query["timestamps"] == ["1"]
     assert plat.logs("tty", "0", timestamps=True).rstrip().endswith("tty hello")
     # a container's TTY setting is read once (it never changes)
     plat.logs("web", "0")
@@ -352,10 +380,10 @@ def test_logs_of_several_containers_are_one_timeline(engine: Engine, tmp_path: P
     def frame(text: str) -> bytes:
         return b"\x01\x00\x00\x00" + len(text).to_bytes(4, "big") + text.encode()
 
-    engine.routes[f"/containers/{WEB['Id']}/logs"] = lambda h, q: (
-        200, frame("2026-12-03T05:00:01Z a\n") + frame("2026-12-03T05:00:03Z c\n"))
-    engine.routes[f"/containers/{second['Id']}/logs"] = lambda h, q: (
-        200, frame("2026-12-03T05:00:02Z b\n"))
+    engine.routes[f"/containers/{WEB['Id']}/logs"] = unix_since(
+        frame("2026-12-03T05:00:01Z a\n") + frame("2026-12-03T05:00:03Z c\n"))
+    engine.routes[f"/containers/{second['Id']}/logs"] = unix_since(
+        frame("2026-12-03T05:00:02Z b\n"))
     text = platform(engine, tmp_path).logs("web", "0", timestamps=True)
     assert [line[-1] for line in text.splitlines()] == ["a", "b", "c"]
 
@@ -442,3 +470,21 @@ def test_closing_the_stream_ends_a_reader_waiting_for_the_next_event(
     events.close()
     assert done.wait(5)
     stream.feed(None)  # let the server's handler finish
+
+
+def test_one_unreadable_log_is_left_out_but_a_silent_engine_is_an_error(
+        engine: Engine, tmp_path: Path) -> None:
+    second = {**WEB, "Id": "f" * 64, "Name": "/x-web-2"}
+    engine.routes["/containers/json"] = json_route(
+        [LIST[1], {**LIST[1], "Id": second["Id"], "Names": ["/x-web-2"]}])
+    engine.routes[f"/containers/{WEB['Id']}/json"] = json_route(WEB)
+    engine.routes[f"/containers/{second['Id']}/json"] = json_route(second)
+    engine.routes[f"/containers/{WEB['Id']}/logs"] = lambda h, q: (
+        500, b'{"message":"configured logging driver does not support reading"}')
+    engine.routes[f"/containers/{second['Id']}/logs"] = unix_since(
+        b"\x01\x00\x00\x00\x00\x00\x00\x03ok\n")
+    plat = platform(engine, tmp_path)
+    assert plat.logs("web", "0") == "ok\n"
+    plat.engine = EngineAPI(Environment(), str(tmp_path / "absent.sock"))
+    with pytest.raises(DockerUnavailableError):
+        plat.logs("web", "0")

@@ -96,6 +96,7 @@ def test_an_unhealthy_event_wakes_the_loop_before_the_interval(tmp_path: Path) -
     assert [d.level for d in decisions] == [Level.GREEN, Level.RED]
     assert decisions[1].active[0].rule == "red-health-check"
     assert mon.wake_ups == 1 and mon.evaluations == 2
+    assert mon.woken_by is not None and mon.woken_by.action == "health_status: unhealthy"
     assert platform.event_streams[-1].closed  # the listener is stopped with the loop
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -308,9 +310,9 @@ class EngineAPI:
         return out
 
     def logs(self, container_id: str, *, since: str, timestamps: bool, tty: bool) -> str | None:
-        """The container's stdout and stderr since ``since`` (anything the engine
-        accepts: RFC 3339, Unix seconds); None when the container is gone."""
-        query = {"stdout": "1", "stderr": "1", "since": since,
+        """The container's stdout and stderr since ``since`` (as the CLI's ``--since``:
+        RFC 3339, Unix seconds, or a duration ago); None when the container is gone."""
+        query = {"stdout": "1", "stderr": "1", "since": unix_time(since),
                  "timestamps": "1" if timestamps else "0"}
         answer = self.request("GET", f"/containers/{container_id}/logs", query, timeout=60)
         if answer.status == 404:
@@ -364,6 +366,31 @@ def negotiate(server: str | None) -> str:
     except ValueError:
         return "{}.{}".format(*MAX_API)
     return "{}.{}".format(*min((major, minor), MAX_API))
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def unix_time(value: str, now: float | None = None) -> str:
+    """A ``--since`` value as the API takes it (``seconds.nanoseconds``): the CLI
+    converts RFC 3339 times and durations (``10m``: that long ago) itself, the
+    engine's API reads only Unix time."""
+    value = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return value
+    if re.fullmatch(f"(?:{_DURATION.pattern})+", value):
+        ago = sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(value))
+        return f"{(time.time() if now is None else now) - ago:.9f}"
+    # Python reads at most microseconds: cut a nanosecond fraction down to them.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", value.replace("Z", "+00:00").replace("z", "+00:00"))
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ExternalError(f"not a time the Docker Engine reads: {value!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # a time without a zone is local, as for the CLI
+    return f"{moment.timestamp():.6f}"
 
 
 def demultiplex(data: bytes) -> list[tuple[int, bytes]]:

@@ -25,7 +25,7 @@ from backout.errors import BackoutError, LockedError
 from backout.monitor.collect import Collector, ServiceView
 from backout.notify import Notifier
 from backout.operations.runner import run_locked
-from backout.platforms.base import Platform
+from backout.platforms.base import EngineEvent, Platform
 from backout.policy import baseline
 from backout.policy.baseline import Baseline
 from backout.policy.rules import (
@@ -90,6 +90,7 @@ class Monitor:
     release: str | None = None  # baseline.release_key of what runs
     evaluations: int = 0  # by run()
     wake_ups: int = 0  # evaluations of run() started early by an engine event
+    woken_by: EngineEvent | None = None  # the event that started the last such one
 
     def __post_init__(self) -> None:
         if self.collector is None:
@@ -301,6 +302,7 @@ class Monitor:
                     pause = min(pause, duration - (clock() - start))
                 if wait(pause, stop, wake, clock):
                     self.wake_ups += 1
+                    self.woken_by = waker.last if waker is not None else None
         finally:
             if waker is not None:
                 waker.stop()

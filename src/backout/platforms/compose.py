@@ -17,7 +17,7 @@ from backout.adapters.engine_api import EngineAPI
 from backout.adapters.engine_api import EventStream as EngineEventStream
 from backout.config import Config
 from backout.environment import Environment
-from backout.errors import UnhealthyError
+from backout.errors import DockerUnavailableError, ExternalError, UnhealthyError
 from backout.platforms.base import (
     ContainerInfo,
     EngineEvent,
@@ -154,7 +154,14 @@ class ComposePlatform:
                 if raw is None:
                     continue
                 self._tty[cid] = bool((raw.get("Config") or {}).get("Tty"))
-            text = self.engine.logs(cid, since=since, timestamps=timestamps, tty=self._tty[cid])
+            try:
+                text = self.engine.logs(cid, since=since, timestamps=timestamps,
+                                        tty=self._tty[cid])
+            except DockerUnavailableError:
+                raise
+            except ExternalError as exc:  # one container's logs unreadable: best effort
+                self.env.warn(f"logs of {service}: {exc.one_line()}")
+                continue
             if text:
                 texts.append(text)
         if timestamps and len(texts) > 1:
