@@ -226,6 +226,7 @@ def test_engine_errors_carry_its_message_and_a_missing_container_is_none(
 # -- containers, stats, logs through the platform --------------------------------------
 def test_containers_are_one_list_and_their_inspects(engine: Engine, tmp_path: Path) -> None:
     recorded_stack(engine)
+    engine.routes["/containers/json"] = json_route(LIST[::-1])  # the engine's own order
     found = platform(engine, tmp_path).containers()
     assert [c.service for c in found] == ["tty", "web"]  # by name, as compose ps
     web = found[1]
