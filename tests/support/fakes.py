@@ -10,8 +10,9 @@ order and what a plan does when the platform fails in the middle.
 from __future__ import annotations
 
 import json
+import queue
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,10 +22,33 @@ from backout.engines.base import EngineBase, EngineContext, TrialTarget, artifac
 from backout.environment import Environment
 from backout.errors import BackoutError, ExternalError, UnhealthyError
 from backout.operations.executor import RunContext
-from backout.platforms.base import ContainerInfo, ImageInfo
+from backout.platforms.base import ContainerInfo, EngineEvent, EventStream, ImageInfo
 from backout.state import Store
 from backout.storage.pipeline import Checker, scan, stream_from_python
 from backout.storage.repositories.base import RemoteSet, RepositoryError
+
+
+class FakeEventStream:
+    """Events a test pushes, read by the monitor's listener thread; iteration blocks
+    until the next event and ends at ``close()`` or ``end()`` (the engine went away)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[EngineEvent | None] = queue.Queue()
+        self.closed = False
+
+    def push(self, service: str, action: str = "health_status: unhealthy") -> None:
+        self._queue.put(EngineEvent(service, action, f"c-{service}", 0.0))
+
+    def end(self) -> None:
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[EngineEvent]:
+        while (event := self._queue.get()) is not None:
+            yield event
+
+    def close(self) -> None:
+        self.closed = True
+        self._queue.put(None)
 
 
 class FakePlatform:
@@ -55,6 +79,11 @@ class FakePlatform:
         self.log_text: dict[str, str] = {}
         self.calls: list[tuple[Any, ...]] = []
         self._failures: list[tuple[str, Any, BackoutError]] = []
+        # events(): None (no event stream) unless a test asks for streams; each call
+        # then opens a new FakeEventStream (the last one is where push() goes).
+        self.emits_events = False
+        self.event_streams: list[FakeEventStream] = []
+        self.events_fail: list[BackoutError] = []  # raised by the next events() calls
 
     # -- the fake's own controls --------------------------------------------------------
     def fail_on(self, method: str, error: BackoutError | None = None, *,
@@ -128,6 +157,14 @@ class FakePlatform:
     def logs(self, service: str, since: str, *, timestamps: bool = False) -> str:
         self._call("logs", service, since)
         return self.log_text.get(service, "")
+
+    def events(self) -> EventStream | None:
+        if self.events_fail:
+            raise self.events_fail.pop(0)
+        if not self.emits_events:
+            return None
+        self.event_streams.append(FakeEventStream())
+        return self.event_streams[-1]
 
     def image(self, ref: str) -> ImageInfo | None:
         self._call("image", ref)

@@ -230,13 +230,13 @@ def test_monitor_stops_between_evaluations_and_after_an_escalation(tmp_path: Pat
         if len(seen) == 2:
             stop.set()
 
-    mon.run(0.01, on_decision=on_decision, stop=stop)
+    mon.run(0.01, on_decision=on_decision, stop=stop, events=False)  # no platform
     assert len(seen) == 2  # the evaluation under way finished, no further one started
     assert PolicyState.from_json(mon.store.fact("monitor.policy_state")).t == seen[-1].t
 
     seen.clear()
     mon.escalated = True
-    mon.run(0.01, on_decision=seen.append)
+    mon.run(0.01, on_decision=seen.append, events=False)
     assert len(seen) == 1
 
 

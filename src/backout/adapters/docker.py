@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from backout import proc
 from backout.environment import Environment
@@ -52,27 +53,7 @@ class Docker:
         if not ids:
             return []
         result = self._run(["container", "inspect", *ids], what="docker container inspect")
-        out: list[ContainerInfo] = []
-        for raw in json.loads(result.stdout):
-            state = raw.get("State") or {}
-            labels = (raw.get("Config") or {}).get("Labels") or {}
-            health = (state.get("Health") or {}).get("Status")
-            out.append(
-                ContainerInfo(
-                    id=raw["Id"],
-                    name=raw["Name"].lstrip("/"),
-                    service=labels.get("com.docker.compose.service", ""),
-                    state=state.get("Status", "unknown"),
-                    health=health,
-                    image=(raw.get("Config") or {}).get("Image", ""),
-                    image_id=raw.get("Image", ""),
-                    restart_count=int(raw.get("RestartCount", 0)),
-                    started_at=state.get("StartedAt", ""),
-                    labels=dict(labels),
-                    failing_streak=int((state.get("Health") or {}).get("FailingStreak", 0)),
-                )
-            )
-        return out
+        return [container_info(raw) for raw in json.loads(result.stdout)]
 
     def addresses(self, container_id: str) -> list[str]:
         """The container's IP address on each of its networks."""
@@ -152,6 +133,27 @@ class Docker:
         result = self._run(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
                             "--filter", f"reference={reference}"], what="docker image ls")
         return [line for line in result.stdout.splitlines() if line and "<none>" not in line]
+
+
+def container_info(raw: dict[str, Any]) -> ContainerInfo:
+    """A container's inspect document (CLI or Engine API: the same JSON) as ContainerInfo."""
+    state = raw.get("State") or {}
+    config = raw.get("Config") or {}
+    labels = config.get("Labels") or {}
+    health = state.get("Health") or {}
+    return ContainerInfo(
+        id=raw["Id"],
+        name=raw["Name"].lstrip("/"),
+        service=labels.get("com.docker.compose.service", ""),
+        state=state.get("Status", "unknown"),
+        health=health.get("Status"),
+        image=config.get("Image", ""),
+        image_id=raw.get("Image", ""),
+        restart_count=int(raw.get("RestartCount", 0)),
+        started_at=state.get("StartedAt", ""),
+        labels=dict(labels),
+        failing_streak=int(health.get("FailingStreak", 0)),
+    )
 
 
 def _percent(text: str | None) -> float:

@@ -25,7 +25,7 @@ from backout.errors import BackoutError, LockedError
 from backout.monitor.collect import Collector, ServiceView
 from backout.notify import Notifier
 from backout.operations.runner import run_locked
-from backout.platforms.base import Platform
+from backout.platforms.base import EngineEvent, Platform
 from backout.policy import baseline
 from backout.policy.baseline import Baseline
 from backout.policy.rules import (
@@ -38,6 +38,7 @@ from backout.policy.rules import (
     evaluate,
     parse_signal,
 )
+from backout.signals.events import EventWaker
 from backout.state import Store
 from backout.verify import run_verify
 
@@ -88,6 +89,9 @@ class Monitor:
     # must neither inherit nor disturb a long-running monitor's timers).
     state_key: str = STATE_KEY
     release: str | None = None  # baseline.release_key of what runs
+    evaluations: int = 0  # by run()
+    wake_ups: int = 0  # evaluations of run() started early by an engine event
+    woken_by: EngineEvent | None = None  # the event that started the last such one
 
     def __post_init__(self) -> None:
         if self.collector is None:
@@ -271,22 +275,61 @@ class Monitor:
 
     def run(self, interval: float, *, duration: float | None = None,
             on_decision: Callable[[Decision], None] | None = None,
-            stop: threading.Event | None = None) -> Decision | None:
+            stop: threading.Event | None = None, events: bool = True,
+            clock: Callable[[], float] = time.monotonic) -> Decision | None:
         """Evaluate every ``interval`` seconds until ``duration`` is over, ``stop`` is set
         (checked between evaluations, never in the middle of one) or an automatic
-        rollback escalated (a human decides; nothing more is done automatically)."""
+        rollback escalated (a human decides; nothing more is done automatically).
+
+        With ``events``, the engine's event stream (a container's health status, exit,
+        OOM kill, restart) ends the wait at once: the next evaluation starts as soon as
+        Docker reports the change, and the interval counts from it. Events during an
+        evaluation are coalesced into one more evaluation right after it."""
         stop = stop or threading.Event()
-        start = time.monotonic()
+        waker = EventWaker(self.env, self.platform) if events else None
+        wake = waker.wake if waker is not None and waker.start() else None
+        start = clock()
         decision = None
-        while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
-            tick = time.monotonic()
-            decision = self.step()
-            if on_decision is not None:
-                on_decision(decision)
-            if self.escalated:
-                break
-            stop.wait(max(0.0, interval - (time.monotonic() - tick)))
+        try:
+            while not stop.is_set() and (duration is None or clock() - start < duration):
+                tick = clock()
+                if wake is not None:
+                    wake.clear()
+                decision = self.step()
+                self.evaluations += 1  # counted before on_decision sees it
+                if on_decision is not None:
+                    on_decision(decision)
+                if self.escalated:
+                    break
+                pause = interval - (clock() - tick)
+                if duration is not None:
+                    pause = min(pause, duration - (clock() - start))
+                if wait(pause, stop, wake, clock):
+                    self.wake_ups += 1
+                    self.woken_by = waker.last if waker is not None else None
+        finally:
+            if waker is not None:
+                waker.stop()
         return decision
+
+
+STOP_CHECK = 0.5  # seconds: how soon a wait on engine events notices ``stop``
+
+
+def wait(seconds: float, stop: threading.Event, wake: threading.Event | None,
+         clock: Callable[[], float] = time.monotonic) -> bool:
+    """Wait ``seconds``, less when ``stop`` or ``wake`` is set; True when woken."""
+    if wake is None:
+        stop.wait(max(0.0, seconds))
+        return False
+    deadline = clock() + seconds
+    while not stop.is_set():
+        left = deadline - clock()
+        if left <= 0:
+            return False
+        if wake.wait(min(left, STOP_CHECK)):
+            return True
+    return False
 
 
 def previous_release(store: Store, platform: Platform) -> int:

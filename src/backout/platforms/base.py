@@ -9,7 +9,7 @@ nothing of backout (adapters fill them in).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +47,25 @@ class SwitchPair:
     new: str
     old: tuple[str, ...]
     started_at: float  # epoch seconds when the new container joined the network
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """A change the engine reports about one container of the stack."""
+
+    service: str
+    action: str  # die, oom, restart, "health_status: unhealthy", ...
+    container_id: str
+    time: float  # epoch seconds, as the engine stamped it
+
+
+class EventStream(Protocol):
+    """Events as they happen, read by one thread; ``close()`` from another thread
+    ends an iteration waiting for the next one."""
+
+    def __iter__(self) -> Iterator[EngineEvent]: ...
+
+    def close(self) -> None: ...
 
 
 class Platform(Protocol):
@@ -108,6 +127,13 @@ class Platform(Protocol):
 
     def logs(self, service: str, since: str, *, timestamps: bool = False) -> str:
         """The service's log lines since ``since`` (best effort: empty when unreadable)."""
+        ...
+
+    def events(self) -> EventStream | None:
+        """From now on, the containers' health changes, exits, OOM kills and restarts
+        as the engine reports them (the monitor evaluates at once instead of at its next
+        interval); None when the platform cannot report them (the monitor then keeps to
+        its interval). ``DockerUnavailableError`` when the engine does not answer."""
         ...
 
     # -- images and volumes -----------------------------------------------------------

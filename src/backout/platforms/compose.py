@@ -6,17 +6,32 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from backout.adapters.compose import Compose
-from backout.adapters.docker import Docker
+from backout.adapters.docker import Docker, container_info
+from backout.adapters.engine_api import EngineAPI
+from backout.adapters.engine_api import EventStream as EngineEventStream
 from backout.config import Config
 from backout.environment import Environment
-from backout.errors import UnhealthyError
-from backout.platforms.base import ContainerInfo, ImageInfo, Platform, SwitchPair
+from backout.errors import DockerUnavailableError, ExternalError, UnhealthyError
+from backout.platforms.base import (
+    ContainerInfo,
+    EngineEvent,
+    EventStream,
+    ImageInfo,
+    Platform,
+    SwitchPair,
+)
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+# What wakes the monitor: a health status change, an exit, an OOM kill, a restart.
+# (The engine matches "health_status" against "health_status: unhealthy" too.)
+WAKING_EVENTS = ("health_status", "die", "oom", "restart")
 
 
 def volume_users(definition: Mapping[str, Any]) -> dict[str, set[str]]:
@@ -43,10 +58,16 @@ class ComposePlatform:
         self.compose = Compose(env, config.project_dir, config.project.compose_files,
                                config.project.name, config.project.env_file)
         self.docker = Docker(env)
+        # What the monitor reads every few seconds goes to the Engine API over its unix
+        # socket (no CLI process per question, issue 16); None for a tcp:// or ssh://
+        # host or another Docker context: then the CLI, as for everything else.
+        self.engine = EngineAPI.for_environment(env)
+        self._project: str | None = config.project.name
+        self._tty: dict[str, bool] = {}  # container ID -> started with a TTY (never changes)
 
     # -- what the stack is and what runs ---------------------------------------------
     def ping(self) -> str:
-        return self.docker.ping()
+        return self.docker.ping() if self.engine is None else self.engine.version()
 
     def definition(self) -> dict[str, Any]:
         return self.compose.config()
@@ -81,20 +102,82 @@ class ComposePlatform:
         lines = (result.stderr or result.stdout).strip().splitlines()
         return self.env.redact(lines[-1] if lines else "invalid")
 
+    def _project_name(self) -> str:
+        # The name Compose labels the containers with; asked of Compose once (the
+        # definition's `name:` or its default rule) when backout.toml does not say.
+        if self._project is None:
+            self._project = self.project_name()
+        return self._project
+
+    def _listed(self, services: Sequence[str]) -> list[dict[str, Any]]:
+        """The stack's containers (of ``services``) as the engine lists them, by name
+        (as `docker compose ps` orders them); one-off `compose run` containers too."""
+        assert self.engine is not None
+        labels = [f"{PROJECT_LABEL}={self._project_name()}"]
+        if len(services) == 1:
+            labels.append(f"{SERVICE_LABEL}={services[0]}")
+        listed = [c for c in self.engine.list_containers(labels)
+                  if not services or (c.get("Labels") or {}).get(SERVICE_LABEL) in services]
+        return sorted(listed, key=lambda c: str((c.get("Names") or [""])[0]))
+
     def containers(self, *services: str) -> list[ContainerInfo]:
-        return self.compose.containers(*services)
+        if self.engine is None:
+            return self.compose.containers(*services)
+        # The list has no restart count, healthcheck failing streak or start time: each
+        # container is inspected too (concurrently, on the same pooled connections).
+        inspected = self.engine.inspect_containers([c["Id"] for c in self._listed(services)])
+        for raw in inspected:
+            self._tty[raw["Id"]] = bool((raw.get("Config") or {}).get("Tty"))
+        return [container_info(raw) for raw in inspected]
 
     def running_images(self) -> dict[str, str]:
-        return self.compose.running_images()
+        if self.engine is None:
+            return self.compose.running_images()
+        return {c.service: c.image_id for c in self.containers() if c.state == "running"}
 
     def stats(self, container_ids: Sequence[str]) -> dict[str, dict[str, float]]:
-        return self.docker.stats(container_ids)
+        if self.engine is None:
+            return self.docker.stats(container_ids)
+        return self.engine.stats(container_ids)
 
     def logs(self, service: str, since: str, *, timestamps: bool = False) -> str:
-        result = self.compose.run("logs", "--no-color", "--no-log-prefix",
-                                  *(["--timestamps"] if timestamps else []), "--since", since,
-                                  service, check=False, timeout=60)
-        return result.stdout + result.stderr
+        if self.engine is None:
+            result = self.compose.run("logs", "--no-color", "--no-log-prefix",
+                                      *(["--timestamps"] if timestamps else []), "--since",
+                                      since, service, check=False, timeout=60)
+            return result.stdout + result.stderr
+        texts = []
+        for listed in self._listed([service]):
+            cid = listed["Id"]
+            if cid not in self._tty:
+                raw = self.engine.inspect_container(cid)
+                if raw is None:
+                    continue
+                self._tty[cid] = bool((raw.get("Config") or {}).get("Tty"))
+            try:
+                text = self.engine.logs(cid, since=since, timestamps=timestamps,
+                                        tty=self._tty[cid])
+            except DockerUnavailableError:
+                raise
+            except ExternalError as exc:  # one container's logs unreadable: best effort
+                self.env.warn(f"logs of {service}: {exc.one_line()}")
+                continue
+            if text:
+                texts.append(text)
+        if timestamps and len(texts) > 1:
+            # Several containers of the service (a start-first switch): one timeline,
+            # as Compose interleaves them (each line starts with its RFC 3339 stamp).
+            lines = sorted((line for text in texts for line in text.splitlines(keepends=True)),
+                           key=lambda line: line.partition(" ")[0])
+            return "".join(lines)
+        return "".join(texts)
+
+    def events(self) -> EventStream | None:
+        if self.engine is None:
+            return None
+        return _StackEvents(self.engine.events({
+            "type": ["container"], "label": [f"{PROJECT_LABEL}={self._project_name()}"],
+            "event": list(WAKING_EVENTS)}))
 
     # -- images and volumes -----------------------------------------------------------
     def image(self, ref: str) -> ImageInfo | None:
@@ -228,6 +311,29 @@ class ComposePlatform:
         result = self.compose.run("port", service, str(port), check=False,
                                   what="docker compose port")
         return result.stdout.strip() if result.ok else None
+
+
+class _StackEvents:
+    """The engine's event stream of the stack's containers, as EngineEvents."""
+
+    def __init__(self, stream: EngineEventStream) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[EngineEvent]:
+        for raw in self._stream:
+            action = str(raw.get("Action") or raw.get("status") or "")
+            if raw.get("Type", "container") != "container" \
+                    or action.split(":")[0] not in WAKING_EVENTS:
+                continue
+            actor = raw.get("Actor") or {}
+            attributes = actor.get("Attributes") or {}
+            stamp = raw.get("timeNano")
+            yield EngineEvent(service=str(attributes.get(SERVICE_LABEL, "")), action=action,
+                              container_id=str(actor.get("ID") or raw.get("id") or ""),
+                              time=int(stamp) / 1e9 if stamp else float(raw.get("time") or 0))
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _epoch(docker_time: str) -> float:

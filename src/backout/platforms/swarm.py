@@ -39,7 +39,13 @@ from backout.errors import (
     UnhealthyError,
     UsageError,
 )
-from backout.platforms.base import ContainerInfo, ImageInfo, Platform, SwitchPair
+from backout.platforms.base import (
+    ContainerInfo,
+    EventStream,
+    ImageInfo,
+    Platform,
+    SwitchPair,
+)
 from backout.platforms.compose import ComposePlatform
 
 # ${NAME}, ${NAME:-default}, $NAME in a compose file ($$ is an escaped dollar)
@@ -353,6 +359,11 @@ class SwarmPlatform:
                                   f"{self.stack}_{service}", check=False, timeout=60,
                                   what=f"docker service logs {service}")
         return result.stdout + result.stderr
+
+    def events(self) -> EventStream | None:
+        # Tasks run on every node's engine, each with its own event stream (and a
+        # manager's task events): not read yet, so the monitor keeps to its interval.
+        return None
 
     # -- images and volumes ----------------------------------------------------------
     def _engines(self) -> list[tuple[str, Docker]]:

@@ -1,0 +1,132 @@
+"""Issue 16 against the real Docker Engine: the monitor reads the engine through its
+API (no docker CLI process per evaluation) and a health-check failure Docker reports
+wakes the loop at once. One small container of the test's own (debian, a healthcheck
+the test makes fail), labelled with a unique run id and removed at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backout.config import Config, ServiceConfig
+from backout.config.model import ProjectConfig
+from backout.environment import Environment
+from backout.monitor.run import Monitor
+from backout.platforms.compose import ComposePlatform
+from backout.policy.rules import DEFAULT_RULES, Decision, Level
+from backout.state import Store
+from tests.support.stack import RUN_LABEL, _docker, remove_run
+
+pytestmark = pytest.mark.docker
+
+IMAGE = "debian:bookworm-slim"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    run_id = f"backout-test-{os.getpid()}-{secrets.token_hex(4)}"
+    name = f"bo-i16-{secrets.token_hex(4)}"
+    # healthy while /tmp/healthy exists; the test removes it
+    (tmp_path / "docker-compose.yml").write_text(json.dumps({"services": {"probe": {
+        "image": IMAGE, "init": True, "labels": {RUN_LABEL: run_id},
+        "command": ["sh", "-c", "touch /tmp/healthy; echo ready; echo 'ERROR boom' >&2; "
+                                "exec sleep infinity"],
+        "healthcheck": {"test": ["CMD", "test", "-f", "/tmp/healthy"], "interval": "1s",
+                        "timeout": "2s", "retries": 2}}}}))
+    try:
+        _docker("compose", "--project-directory", str(tmp_path), "-p", name, "up", "-d",
+                "--wait", "--pull", "never", timeout=120)
+        yield tmp_path, name
+    finally:
+        _docker("compose", "--project-directory", str(tmp_path), "-p", name, "down", "-v",
+                "-t", "1", check=False, timeout=120)
+        remove_run(run_id, name)
+
+
+def counting_docker(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment whose ``docker`` logs each invocation before running the real one."""
+    real = shutil.which("docker")
+    assert real is not None
+    shim_dir, log = tmp_path / "shim", tmp_path / "docker-calls.log"
+    shim_dir.mkdir()
+    shim = shim_dir / "docker"
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    log.write_text("")
+    return {**os.environ, "PATH": f"{shim_dir}:{os.environ.get('PATH', '')}"}, log
+
+
+def test_the_monitor_reads_the_api_and_wakes_on_a_health_event(
+        project: tuple[Path, str], tmp_path: Path) -> None:
+    project_dir, name = project
+    environ, calls = counting_docker(tmp_path)
+    env = Environment(project_dir=project_dir, env=environ)
+    cfg = Config(path=project_dir / "backout.toml", project_dir=project_dir,
+                 project=ProjectConfig(name=name, env_file=None),
+                 services={"probe": ServiceConfig("probe")})
+
+    # What the platform reads through the API equals what the CLI path reads.
+    platform = ComposePlatform(env, cfg)
+    assert platform.engine is not None
+    by_api = platform.containers()
+    cli = ComposePlatform(env, cfg)
+    cli.engine = None
+    by_cli = cli.containers()
+    assert [(c.id, c.service, c.state, c.health, c.image_id, c.restart_count)
+            for c in by_api] == [(c.id, c.service, c.state, c.health, c.image_id,
+                                  c.restart_count) for c in by_cli]
+    assert by_api[0].health == "healthy"
+    logs = platform.logs("probe", "2000-01-01T00:00:00Z", timestamps=True)
+    # stdout and stderr, demultiplexed (their order within one instant is the engine's)
+    assert sorted(line.split(" ", 1)[1] for line in logs.splitlines()) == ["ERROR boom", "ready"]
+    assert platform.stats([by_api[0].id])[by_api[0].id]["memory_percent"] > 0
+    assert calls.read_text(), "the shim counts CLI processes (the CLI path spawned some)"
+    calls.write_text("")
+
+    decisions: list[Decision] = []
+    first, second = threading.Event(), threading.Event()
+    stop = threading.Event()
+    monitors: list[Monitor] = []
+
+    def on_decision(decision: Decision) -> None:
+        decisions.append(decision)
+        (first if len(decisions) == 1 else second).set()
+        if len(decisions) >= 2:
+            stop.set()
+
+    def main() -> None:
+        mon = Monitor(env, cfg, Store(project_dir / ".backout"), ComposePlatform(env, cfg),
+                      DEFAULT_RULES)
+        monitors.append(mon)
+        mon.run(3600.0, on_decision=on_decision, stop=stop)  # only an event can wake it
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    try:
+        assert first.wait(60)
+        assert decisions[0].level == Level.GREEN
+        cid = by_api[0].id
+        _docker("exec", cid, "rm", "/tmp/healthy")  # Docker's healthcheck fails from now
+        # Docker marks it unhealthy after 2 failed checks at 1 s; its health_status
+        # event wakes the loop (the interval is an hour).
+        assert second.wait(60), "no evaluation after Docker reported the container unhealthy"
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    mon = monitors[0]
+    assert mon.wake_ups == 1
+    assert mon.woken_by is not None and mon.woken_by.action == "health_status: unhealthy"
+    assert mon.woken_by.service == "probe" and mon.woken_by.container_id == cid
+    assert decisions[1].level == Level.RED
+    assert decisions[1].active[0].rule == "red-health-check"
+    assert decisions[1].active[0].value is not None and decisions[1].active[0].value >= 2
+    # Two evaluations (containers, stats, logs) and the event stream: no docker process.
+    assert calls.read_text() == ""
