@@ -75,7 +75,7 @@ def _monitor(tmp_path: Path, rules: Sequence[Rule] = RULES, *, auto: bool = Fals
              collector: Any = None, **kw: Any) -> Monitor:
     config = Config(path=tmp_path / "backout.toml", project_dir=tmp_path)
     kw.setdefault("notifier", RecordingNotifier())
-    return Monitor(Environment(), config, Store(config.state_dir), None,  # type: ignore[arg-type]
+    return Monitor(Environment(), config, Store(config.state_dir), FakePlatform(tmp_path),
                    rules, auto_rollback=auto, collector=collector or Script([({}, {})]), **kw)
 
 
@@ -342,7 +342,7 @@ class PacedStop(threading.Event):
 
 @pytest.mark.parametrize(("interval", "cost", "duration", "waits"), [
     (5.0, 2.0, 10.0, [3.0, 3.0]),     # each evaluation takes 2 s of the 5 s interval
-    (5.0, 2.0, 10.5, [3.0, 3.0, 3.0]),
+    (5.0, 2.0, 10.5, [3.0, 3.0, 0.0]),  # the third ends past the duration: no wait after it
     (1.0, 2.0, 5.0, [0.0, 0.0, 0.0]),  # slower than the interval: no wait at all
 ])
 def test_run_paces_evaluations_by_the_interval_for_the_duration(
@@ -353,7 +353,8 @@ def test_run_paces_evaluations_by_the_interval_for_the_duration(
     mon = _monitor(tmp_path, collector=Script([({}, GOOD)], clock, cost))
     stop = PacedStop(clock)
     decisions: list[Decision] = []
-    last = mon.run(interval, duration=duration, stop=stop, on_decision=decisions.append)
+    last = mon.run(interval, duration=duration, stop=stop, on_decision=decisions.append,
+                   clock=lambda: clock.now)
     assert stop.waits == waits
     assert len(decisions) == len(waits) and last is decisions[-1]
 
@@ -377,7 +378,7 @@ def test_run_ends_after_an_escalation_without_waiting(tmp_path: Path,
 
     mon.step = step  # type: ignore[method-assign]
     stop = PacedStop(clock)
-    assert mon.run(1.0, duration=100, stop=stop) is not None
+    assert mon.run(1.0, duration=100, stop=stop, clock=lambda: clock.now) is not None
     assert stop.waits == []
 
 
