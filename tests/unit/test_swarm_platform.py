@@ -3,6 +3,7 @@ the Engine API returns them (trimmed), a scripted cluster, a fake clock."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,9 @@ def service_spec(name: str = "shop_web", replicas: int = 2, *, host_port: int | 
 
 
 def task(tid: str, state: str = "running", *, digest: str = GOOD, slot: int = 1,
-         node: str = "bolab1", err: str = "") -> TaskView:
+         node: str = "bolab1", err: str = "", image: str | None = None) -> TaskView:
     return TaskView(id=tid, service="web", slot=slot, node=node, state=state, since="",
-                    error=err, image=f"{REG}/web:1@{digest}", container_id=f"c-{tid}")
+                    error=err, image=image or f"{REG}/web:1@{digest}", container_id=f"c-{tid}")
 
 
 def container(tid: str, *, health: str | None = "healthy", image_id: str = "sha256:img1",
@@ -58,9 +59,19 @@ def container(tid: str, *, health: str | None = "healthy", image_id: str = "sha2
 def judge(tasks: Sequence[TaskView], containers: Sequence[ContainerInfo], *, now: float = 0,
           pending_since: dict[str, float] | None = None, replicas: int = 2,
           spec: dict[str, Any] | None = None) -> Convergence:
-    return assess(spec or service_spec(replicas=replicas), replicas, tasks,
+    return assess(spec or service_spec(replicas=replicas, image=f"{REG}/web:1@{GOOD}"), replicas, tasks,
                   {c.id: c for c in containers}, digest=GOOD, image_id="sha256:img1", now=now,
                   stall_seconds=30, pending_since=pending_since or {})
+
+
+def test_a_task_of_an_earlier_spec_with_the_same_digest_is_not_converged() -> None:
+    # the rollback pinned a retained reference of the same image: Swarm replaces the tasks
+    both = [task("t1"), task("t2", slot=2)]
+    retained = service_spec(image=f"{REG}/backout-retained/web:r1@{GOOD}")
+    stale = judge(both, [container("t1"), container("t2")], spec=retained)
+    assert not stale.done and "2 task(s) of an earlier spec" in stale.problem
+    moved = [dataclasses.replace(t, image=f"{REG}/backout-retained/web:r1@{GOOD}") for t in both]
+    assert judge(moved, [container("t1"), container("t2")], spec=retained).done
 
 
 def test_converged_needs_every_replica_running_healthy_on_the_target() -> None:
@@ -120,14 +131,19 @@ def test_reading_swarms_objects() -> None:
 
 # -- the platform's waits, against a scripted cluster -----------------------------
 class Manager:
-    """Stands in for the manager's SwarmEngine: records updates."""
+    """Stands in for the manager's SwarmEngine: records updates, and an ``--image``
+    changes the spec as Swarm's would."""
 
-    def __init__(self) -> None:
+    def __init__(self, spec: dict[str, Any]) -> None:
         self.updates: list[tuple[str, ...]] = []
         self.target = ["-H", "unix:///m.sock"]
+        self.spec = spec
 
     def update_service(self, service: str, *flags: str, timeout: float = 120) -> None:
         self.updates.append((service, *flags))
+        if "--image" in flags:
+            image = flags[flags.index("--image") + 1]
+            self.spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] = image
 
 
 class Scripted(SwarmPlatform):
@@ -142,7 +158,7 @@ class Scripted(SwarmPlatform):
         self.now = 0.0
         super().__init__(Environment(project_dir=tmp), config, sleep=self._tick,
                          clock=lambda: self.now)
-        self.manager = Manager()  # type: ignore[assignment]
+        self.manager = Manager(spec)  # type: ignore[assignment]
         self.views = views
         self.spec = spec
         self.polls = 0
@@ -174,10 +190,14 @@ class Scripted(SwarmPlatform):
 
 def test_replace_service_updates_to_the_pinned_digest_and_waits_for_the_tasks(
         tmp_path: Path) -> None:
+    pinned = f"{REG}/web@{GOOD}"
     old = [task("o1", digest=BAD), task("o2", digest=BAD, slot=2)]
-    half = [task("n1"), task("o2", digest=BAD, slot=2)]
-    new = [task("n1"), task("n2", slot=2)]
-    platform = Scripted(tmp_path, [old, old, half, half, new], service_spec())
+    half = [task("n1", image=pinned), task("o2", digest=BAD, slot=2)]
+    # the second slot already ran the target's digest under another reference: Swarm
+    # replaces it too, and the wait lasts until it has
+    same_digest = [task("n1", image=pinned), task("o2", slot=2)]
+    new = [task("n1", image=pinned), task("n2", slot=2, image=pinned)]
+    platform = Scripted(tmp_path, [old, old, half, same_digest, new], service_spec())
     platform.replace_service("web", "backout-retained/shop.web:target-1", operation_id=7)
     # the operator's repository is preferred to backout's retention tag (same digest)
     assert platform.manager.updates == [  # type: ignore[attr-defined]
@@ -296,7 +316,7 @@ def test_only_tasks_desired_running_are_what_runs(tmp_path: Path) -> None:
     platform = SwarmPlatform(Environment(project_dir=tmp_path), Config(
         path=tmp_path / "backout.toml", project_dir=tmp_path, project=ProjectConfig(name="shop"),
         platform=PlatformConfig(kind="swarm")))
-    platform.manager = Tasks()  # type: ignore[assignment]
+    platform.manager = Tasks(service_spec())  # type: ignore[assignment]
     views = platform._desired_tasks([service_spec()], {"n1": "bolab1"})
     assert [(v.id, v.node, v.failures) for v in views] == [("new", "bolab1", 1)]
 

@@ -168,6 +168,15 @@ def assess(service: Mapping[str, Any], replicas: int, tasks: Sequence[TaskView],
     off = [t for t in tasks if digest is not None and image_digest(t.image) != digest]
     if off:
         return Convergence(False, f"{len(off)} task(s) not on {digest[:19] if digest else ''}")
+    # A task made from an earlier spec is replaced by Swarm even when its image has the
+    # same digest (a pinned retained reference is a different image string): it is not
+    # converged until it carries the spec's reference itself.
+    spec_image = str((((service.get("Spec") or {}).get("TaskTemplate") or {})
+                      .get("ContainerSpec") or {}).get("Image") or "")
+    stale = [t for t in tasks if spec_image and t.image != spec_image]
+    if stale:
+        return Convergence(False, f"{len(stale)} task(s) of an earlier spec, which Swarm "
+                                  f"replaces (task {name}.{stale[0].slot} runs {stale[0].image})")
     for t in tasks:
         if t.state != "running":
             return Convergence(False, f"task {name}.{t.slot} is {t.state}"
