@@ -13,6 +13,7 @@ timing against a bare `docker service update`, and the kill -9 sweep are soak te
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -380,6 +381,43 @@ def test_monitor_auto_rollback_reaches_red_and_rolls_back_once(swarm: SwarmStack
 
 
 @pytest.mark.soak
+def test_deploy_a_good_commit_then_a_bad_one_that_is_rolled_back(swarm: SwarmStack) -> None:
+    """`backout deploy` on the Swarm: a good commit converges and stays (exit 0); a
+    commit whose app answers 5xx through the proxy goes RED during the watch and is
+    rolled back to the previous commit's pinned images by itself (exit 8), verified."""
+    from tests.support.swarm import PROXY_PORT
+
+    proxy = f"http://{swarm.lab.env['BOLAB_NODE1_ADDR']}:{PROXY_PORT}/"
+    compose = swarm.project_dir / "docker-compose.yml"
+    toml = swarm.project_dir / "backout.toml"
+    swarm.git("checkout", "-q", "main")
+
+    def commit(tag: str, message: str) -> str:
+        compose.write_text(re.sub(r"backout-test/frontend:\S+", f"backout-test/frontend:{tag}",
+                                  compose.read_text()))
+        swarm.git("commit", "-qam", message)
+        return swarm.git("rev-parse", "HEAD").strip()
+
+    toml.write_text(toml.read_text().replace(
+        '[services.frontend]\nkind = "app"\n',
+        f'[services.frontend]\nkind = "app"\nhealth_url = "{proxy}"\n'))
+    good = commit("healthy", "a good release, watched through the proxy")
+    done = run(swarm, "deploy", good, "--watch", "20", "--json")
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+    assert frontend_digests(swarm) == {swarm.digest_of("healthy")}
+    bad = commit("errors", "a release whose pages fail")
+    swarm.git("checkout", "-q", good)  # the operator deploys from where the stack is
+    result = run(swarm, "deploy", bad, "--watch", "180", "--json")
+    assert result.returncode == 8, (result.stdout[-3000:], result.stderr[-3000:])
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "rolled_back" and report["incident"], report
+    assert swarm.git("rev-parse", "HEAD").strip() == good
+    assert frontend_digests(swarm) == {swarm.digest_of("healthy")}
+    ok(run(swarm, "verify"))
+    swarm.git("checkout", "-q", "main")
+
+
+@pytest.mark.soak
 def test_kill_9_at_every_step_of_rollback_db_then_resume(swarm: SwarmStack,
                                                          writer: AckLog) -> None:
     """SIGKILL at each journaled step of `rollback db` on the Swarm (database on node 2,
@@ -423,7 +461,6 @@ def test_node_2_engine_stopped_during_rollback_db_exit_6_then_resume(
     error naming the node (exit 6); the writers are started again; once the node is
     back, `backout resume` finishes (the safety backup back in place) and no
     acknowledged write is lost."""
-    import os
     import signal
 
     from tests.support.integrity import journal_step_started, last_operation_id
@@ -521,3 +558,43 @@ volumes:
     finally:
         swarm.lab.docker("service", "rm", name, check=False)
         compose.write_text(definition)
+
+
+@pytest.mark.soak
+def test_the_database_password_from_a_swarm_secret_in_the_task(swarm: SwarmStack) -> None:
+    """The root password as a Swarm secret mounted in the database task on node 2, named
+    by a *_FILE variable of the task (as the official images read one); backout.toml
+    names that variable (password_container_env) and holds no password source of its
+    own. checkpoint reads the file inside the task: the password is in no argv (the
+    verbose log shows every one), no output, no manifest, no state. Last in the module:
+    it restarts the database task."""
+    secret = f"{swarm.name}_dbroot"
+    password = swarm.env_values["MYSQL_ROOT_PASSWORD"]
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "DOCKER_CONTEXT")}
+    subprocess.run(["docker", "-H", swarm.lab.host(1), "secret", "create", secret, "-"],
+                   input=password, text=True, check=True, capture_output=True, env=env,
+                   timeout=60)
+    # MYSQL_ROOT_PASSWORD_FILE itself would clash with the image's MYSQL_ROOT_PASSWORD,
+    # which the lab's db_exec reads: another *_FILE name, the same mechanism
+    swarm.lab.docker("service", "update", "-q", "--secret-add",
+                     f"source={secret},target=db_root", "--env-add",
+                     "DB_ROOT_PASSWORD_FILE=/run/secrets/db_root", f"{swarm.name}_db",
+                     timeout=300)
+    swarm.wait_converged("db", "mariadb", 1, timeout=300)
+    toml = swarm.project_dir / "backout.toml"
+    text = toml.read_text()
+    toml.write_text(text.replace('password_env = "MYSQL_ROOT_PASSWORD"',
+                                 'password_container_env = "DB_ROOT_PASSWORD_FILE"'))
+    try:
+        result = run(swarm, "checkpoint", "--json", "--verbose")
+        assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
+        data = json.loads(result.stdout)
+        assert data["set_id"] and "docker" in result.stderr  # the verbose log is there
+        assert password not in result.stdout + result.stderr
+        state = swarm.project_dir / ".backout"
+        leaks = [p for p in state.rglob("*") if p.is_file() and not p.name.endswith(".zst")
+                 and password.encode() in p.read_bytes()]
+        assert leaks == []
+        ok(run(swarm, "verify"))
+    finally:
+        toml.write_text(text)
