@@ -24,6 +24,7 @@ from backout.policy.rules import (
     Snapshot,
     evaluate,
 )
+from backout.signals.probes import ProbeTracker
 from backout.state import Store
 
 P95 = "p95_latency_seconds{service=backend}"
@@ -171,6 +172,7 @@ class FakeCollector(Collector):
         self.frames = frames
         self.t = 1000.0
         self.images: dict[str, str] = {}
+        self.probes = ProbeTracker()
 
     def collect(self, t: float | None = None) -> tuple[Snapshot, dict[str, ServiceView]]:
         images, signals = self.frames.pop(0)

@@ -101,7 +101,7 @@ def _ctx(config: Config, store: Store, platform: Any = None, op_id: int = 7) -> 
 
 
 def _action(name: str) -> Any:
-    return executor_mod._ACTIONS[name]
+    return executor_mod.action(name)
 
 
 # --------------------------------------------------------------------------- database

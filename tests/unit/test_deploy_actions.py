@@ -24,7 +24,6 @@ from tests.support.fakes import FakePlatform
 from tests.support.gitrepo import commit, environment, new_repo, sh
 
 load_actions()
-ACTIONS = executor_mod._ACTIONS
 # the module (backout.deploy re-exports names that hide it as an attribute)
 OP_MODULE = importlib.import_module("backout.deploy.operation")
 
@@ -63,7 +62,7 @@ def _build_platform(repo: Path, missing: tuple[str, ...] = ()) -> FakePlatform:
 
 
 def _build(repo: Path, old: str, new: str, platform: FakePlatform) -> Any:
-    return ACTIONS["deploy.build"](_ctx(repo, platform), {"from": old, "to": new}, {})
+    return executor_mod.action("deploy.build")(_ctx(repo, platform), {"from": old, "to": new}, {})
 
 
 def test_without_a_previous_commit_every_built_service_is_built(repo: Path) -> None:
@@ -120,20 +119,20 @@ def _stack(repo: Path, image_id: str = "sha256:w") -> FakePlatform:
 def test_previous_records_what_runs_once_and_reuses_it(repo: Path) -> None:
     platform = _stack(repo)
     ctx = _ctx(repo, platform)
-    first = ACTIONS["deploy.previous"](ctx, {}, {})
+    first = executor_mod.action("deploy.previous")(ctx, {}, {})
     assert first == {"release_id": 1, "images": {"web": "sha256:w"}}
     assert ctx.store.release(1)["note"] == "recorded by checkpoint"  # type: ignore[index]
-    assert ACTIONS["deploy.previous"](ctx, {}, {}) == first
+    assert executor_mod.action("deploy.previous")(ctx, {}, {}) == first
     platform.container_image["web"] = "sha256:other"
     platform.images["web:1"] = "sha256:other"
-    assert ACTIONS["deploy.previous"](ctx, {}, {}) == {"release_id": 2,
+    assert executor_mod.action("deploy.previous")(ctx, {}, {}) == {"release_id": 2,
                                                        "images": {"web": "sha256:other"}}
 
 
 def test_up_converges_pulling_and_says_when_it_started(repo: Path) -> None:
     platform = _stack(repo)
     before = datetime.now(UTC)
-    result = ACTIONS["deploy.up"](_ctx(repo, platform), {}, {})
+    result = executor_mod.action("deploy.up")(_ctx(repo, platform), {}, {})
     started = datetime.fromisoformat(result["started_at"])
     assert before <= started <= datetime.now(UTC)
     assert platform.called("converge") == [(True,)]
@@ -143,14 +142,14 @@ def test_up_that_is_not_healthy_names_the_new_release(repo: Path) -> None:
     platform = _stack(repo)
     platform.fail_on("converge", UnhealthyError("web is unhealthy"))
     with pytest.raises(UnhealthyError) as info:
-        ACTIONS["deploy.up"](_ctx(repo, platform), {}, {})
+        executor_mod.action("deploy.up")(_ctx(repo, platform), {}, {})
     assert info.value.message == "the new release did not come up healthy: web is unhealthy"
     assert isinstance(info.value.__cause__, UnhealthyError)
 
 
 def test_record_stores_the_release_and_the_images_verify_expects(repo: Path) -> None:
     ctx = _ctx(repo, _stack(repo, "sha256:new"))
-    assert ACTIONS["deploy.record"](ctx, {"ref": "v3"}, {}) == {"release_id": 1}
+    assert executor_mod.action("deploy.record")(ctx, {"ref": "v3"}, {}) == {"release_id": 1}
     release = ctx.store.release(1)
     assert release is not None and release["note"] == "deploy of v3"
     assert release["git_commit"] == sh(repo, "rev-parse", "HEAD")
@@ -175,7 +174,7 @@ def test_verify_settles_at_most_ten_seconds_and_reads_logs_from_now(
     seen = _verify_with(monkeypatch, [Check("container web", True, "running")])
     config = _config(repo, verify=VerifyConfig(settle_seconds=settle))
     before = datetime.now(UTC)
-    result = ACTIONS["deploy.verify"](_ctx(repo, _stack(repo), config), {}, {})
+    result = executor_mod.action("deploy.verify")(_ctx(repo, _stack(repo), config), {}, {})
     assert result == {"ok": True, "checks": [{"name": "container web", "ok": True,
                                               "detail": "running"}], "failed": []}
     [kw] = seen
@@ -188,7 +187,7 @@ def test_a_failed_verification_names_every_failed_check(repo: Path,
                                Check("health web", True, "200"),
                                Check("logs web", False, "3 errors")])
     with pytest.raises(VerificationFailedError) as info:
-        ACTIONS["deploy.verify"](_ctx(repo, _stack(repo)), {}, {})
+        executor_mod.action("deploy.verify")(_ctx(repo, _stack(repo)), {}, {})
     assert info.value.message == ("the new release failed verification: container web: exited; "
                                   "logs web: 3 errors")
 
@@ -206,7 +205,7 @@ def test_watch_is_given_the_seconds_the_operation_and_the_listener(
         pass
     monkeypatch.setattr(OP_MODULE, "watch", watch)
     ctx = _ctx(repo, _stack(repo), op_id=42, on_decision=listener)
-    assert ACTIONS["deploy.watch"](ctx, {"seconds": 45}, {}) == {"watched_s": 45.0}
+    assert executor_mod.action("deploy.watch")(ctx, {"seconds": 45}, {}) == {"watched_s": 45.0}
     assert seen == [(45.0, 42, listener)] and isinstance(seen[0][0], float)
 
 
@@ -228,7 +227,7 @@ def _decide(repo: Path, platform: FakePlatform, *, head: str, results: dict[str,
     config = _config(repo)
     store = store or Store(config.state_dir)
     op = op_id if op_id is not None else _operation(store)
-    result = ACTIONS["deploy.decide"](_ctx(repo, platform, config, store, op),
+    result = executor_mod.action("deploy.decide")(_ctx(repo, platform, config, store, op),
                                       {"head": head, "with_data": with_data}, results)
     return result, store, op
 
@@ -332,7 +331,7 @@ def test_with_data_from_the_flag_or_the_red_rule(repo: Path, red: list[str] | No
 class Inner:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        monkeypatch.setitem(ACTIONS, "test.inner", self)
+        monkeypatch.setitem(executor_mod._ACTIONS, "test.inner", self)
 
     def __call__(self, ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
         self.calls.append((params, results))
@@ -344,7 +343,7 @@ def _step(repo: Path, results: dict[str, Any], *, fill: str | None = None, data:
           config: Config | None = None) -> Any:
     step_params = {"action": "test.inner", "params": params or {"x": 1}, "fill": fill,
                    "data": data, "after_data": after_data}
-    return ACTIONS["deploy.rollback_step"](_ctx(repo, _stack(repo), config), step_params,
+    return executor_mod.action("deploy.rollback_step")(_ctx(repo, _stack(repo), config), step_params,
                                            results)
 
 
@@ -440,7 +439,7 @@ def _outcome(repo: Path, results: dict[str, Any], *, decide_status: str | None =
         store.add_release(git_commit=None, git_dirty=False, diff_path=None,
                           compose_config={}, services={})
     ctx = dataclasses.replace(_ctx(repo, _stack(repo), config, store), operation_id=op)
-    return ACTIONS["deploy.outcome"](ctx, {"ref": "v3"}, results), store, iid
+    return executor_mod.action("deploy.outcome")(ctx, {"ref": "v3"}, results), store, iid
 
 
 def _status(store: Store, release_id: int) -> str:

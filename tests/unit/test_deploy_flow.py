@@ -162,7 +162,7 @@ def test_an_unhealthy_start_after_the_switch_is_rolled_back(stack: Stack) -> Non
 def test_a_crash_in_the_rollback_is_finished_by_resume(stack: Stack,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     stack.verdicts["deploy"] = [False]
-    real_up = executor_mod._ACTIONS["emergency.up"]
+    real_up = executor_mod.action("emergency.up")
 
     def crash(*_a: Any) -> Any:
         raise SystemExit("killed")  # as a kill -9 would leave it: the step journaled running

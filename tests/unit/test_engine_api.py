@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from backout.adapters import engine_api
 from backout.adapters.engine_api import (
     EngineAPI,
     cpu_percent,
@@ -190,6 +191,21 @@ def test_a_connection_the_engine_closed_while_idle_is_replaced(engine: Engine) -
         connection.sock.shutdown(socket.SHUT_RDWR)
     assert client.list_containers([]) == LIST
     assert engine.connections == 2
+
+
+def test_after_an_engine_restart_every_idle_connection_is_replaced(engine: Engine) -> None:
+    engine.routes["/containers/json"] = json_route(LIST)
+    client = api(engine)
+    client.list_containers([])
+    for _ in range(2):
+        extra = engine_api._UnixConnection(engine.server_address, 5.0)
+        extra.connect()
+        client._give_back(extra)
+    for connection in client._idle:  # the engine restarted: all of them are gone
+        assert connection.sock is not None
+        connection.sock.shutdown(socket.SHUT_RDWR)
+    assert client.list_containers([]) == LIST
+    assert client.list_containers([]) == LIST
 
 
 # -- failures --------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def test_verify_compares_the_sha256_before_a_restore(tmp_path: Path) -> None:
     store = Store(config.state_dir)
     target = db_rollback.resolve_backup(Environment(), config, store,
                                         config.databases["mysql"], make_set(config))
-    verify = executor_mod._ACTIONS["rollback.db.verify"]
+    verify = executor_mod.action("rollback.db.verify")
     assert verify(ctx_for(config, store), {"database": "mysql", **target}, {})["section"]
     # A valid artifact of the same format whose bytes are not the ones recorded.
     with pytest.raises(IntegrityError, match="sha256 mismatch"):
@@ -239,7 +239,7 @@ def test_a_restore_never_runs_without_what_it_requires(tmp_path: Path,
     store = Store(config.state_dir)
     called: list[str] = []
     monkeypatch.setattr(db_rollback, "_restore", lambda *a: called.append("restore") or {})
-    restore = executor_mod._ACTIONS["rollback.db.restore"]
+    restore = executor_mod.action("rollback.db.restore")
     params = {"database": "mysql", "requires": ["verify:mysql", "safety:mysql"],
               "verify_step": "verify:mysql", "source": "t"}
     assert "skipped" in restore(ctx_for(config, store), params,
@@ -271,7 +271,7 @@ def test_undo_puts_the_safety_backup_back_exactly_when_needed(
     monkeypatch.setattr(db_rollback, "_restore", lambda env, access, artifact, section:
                         put_back.append(artifact.name))
     results = {"restore:mysql": {"counts": {}}} if done else {}
-    out = executor_mod._ACTIONS["rollback.db.undo"](
+    out = executor_mod.action("rollback.db.undo")(
         ctx_for(config, store), {"database": "mysql", "set_id": safety}, results)
     assert out["undone"] is undone
     assert put_back == (["mysql.sql.zst"] if undone else [])
@@ -287,7 +287,7 @@ def test_undo_with_the_engine_gone_is_left_for_resume(tmp_path: Path,
     platform.fail_on("ping", DockerUnavailableError("Docker Engine does not answer"))
     ctx = dataclasses.replace(run_context(store, config, platform), operation_id=1)
     with pytest.raises(DockerUnavailableError) as info:
-        executor_mod._ACTIONS["rollback.db.undo"](ctx, {"database": "mysql", "set_id": "x"}, {})
+        executor_mod.action("rollback.db.undo")(ctx, {"database": "mysql", "set_id": "x"}, {})
     assert platform.calls == [("ping",)]
     assert info.value.retry_on_resume
 

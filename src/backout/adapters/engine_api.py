@@ -206,7 +206,7 @@ class EngineAPI:
     def request(self, method: str, path: str, query: Mapping[str, Any] | None = None, *,
                 versioned: bool = True, timeout: float | None = None) -> Response:
         """One request on a pooled connection; the whole answer read. A connection the
-        engine closed while idle is replaced once, silently."""
+        engine closed while idle is replaced once, silently, and the idle ones with it."""
         url = (f"/v{self.api_version()}" if versioned else "") + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
@@ -224,6 +224,8 @@ class EngineAPI:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 connection.close()
                 if reused and attempt == 1:
+                    # the engine restarted: every idle connection is as dead as this one
+                    self.close()
                     continue
                 raise self._unavailable(exc, f"{method} {path}") from exc
             except (OSError, http.client.HTTPException) as exc:

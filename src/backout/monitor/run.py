@@ -286,6 +286,10 @@ class Monitor:
         Docker reports the change, and the interval counts from it. Events during an
         evaluation are coalesced into one more evaluation right after it."""
         stop = stop or threading.Event()
+        if isinstance(self.collector, Collector):
+            # paced evaluations are an interval apart; ones the events start early are
+            # not another interval of a failing probe
+            self.collector.probes.spacing = interval / 2
         waker = EventWaker(self.env, self.platform) if events else None
         wake = waker.wake if waker is not None and waker.start() else None
         start = clock()

@@ -49,6 +49,12 @@ def load_actions() -> None:
             _ACTIONS.setdefault(action, fn)
 
 
+def action(name: str) -> Action:
+    """The action a step names, the tables loaded first."""
+    load_actions()
+    return _ACTIONS[name]
+
+
 def register_action(name: str) -> Callable[[Action], Action]:
     """Register one action outside the tables (tests' stand-ins and throwaway plans)."""
     def decorate(fn: Action) -> Action:
@@ -62,8 +68,7 @@ def call_action(name: str, ctx: RunContext, params: dict[str, Any],
                 results: dict[str, Any]) -> Any:
     """Run another registered action inside a step (a guarded deploy's rollback steps
     reuse the rollback actions this way)."""
-    load_actions()
-    return _ACTIONS[name](ctx, params, results)
+    return action(name)(ctx, params, results)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backout.adapters import http
@@ -20,16 +22,35 @@ class ProbeResult:
 
 @dataclass
 class ProbeTracker:
-    """Counts consecutive failed probes per service; a success resets the count."""
+    """Counts consecutive failed probes per service; a success resets the count.
+
+    A failure counts only ``spacing`` seconds or more after the last one counted: an
+    evaluation the engine's events start early (a container's exit, then its restart
+    a moment later) must not turn one moment of an outage into "failed twice", which
+    a rule on consecutive failures would read as two intervals of failing."""
 
     consecutive: dict[str, int] = field(default_factory=dict)
+    spacing: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+    counted_at: dict[str, float] = field(default_factory=dict)
 
     def probe(self, env: Environment, svc: ServiceConfig, timeout: float = 5.0) -> ProbeResult:
         assert svc.health_url is not None
         p = http.get(env, svc.health_url, timeout=timeout)
         ok = p.status == svc.health_status and (
             not svc.health_body or svc.health_body.encode() in p.body)
-        self.consecutive[svc.name] = 0 if ok else self.consecutive.get(svc.name, 0) + 1
+        self.count(svc.name, ok)
         detail = (f"{p.status} in {p.latency * 1000:.0f} ms" if p.status is not None
                   else f"no answer: {p.error}")
         return ProbeResult(svc.name, ok, p.status, p.latency, detail)
+
+    def count(self, service: str, ok: bool) -> None:
+        if ok:
+            self.consecutive[service] = 0
+            self.counted_at.pop(service, None)
+            return
+        now = self.clock()
+        last = self.counted_at.get(service)
+        if last is None or now - last >= self.spacing:
+            self.consecutive[service] = self.consecutive.get(service, 0) + 1
+            self.counted_at[service] = now
