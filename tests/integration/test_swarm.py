@@ -398,7 +398,9 @@ def test_deploy_a_good_commit_then_a_bad_one_that_is_rolled_back(swarm: SwarmSta
         swarm.git("commit", "-qam", message)
         return swarm.git("rev-parse", "HEAD").strip()
 
-    toml.write_text(toml.read_text().replace(
+    text = toml.read_text()
+    assert '[services.frontend]\nkind = "app"\n' in text
+    toml.write_text(text.replace(
         '[services.frontend]\nkind = "app"\n',
         f'[services.frontend]\nkind = "app"\nhealth_url = "{proxy}"\n'))
     good = commit("healthy", "a good release, watched through the proxy")
@@ -583,6 +585,7 @@ def test_the_database_password_from_a_swarm_secret_in_the_task(swarm: SwarmStack
     swarm.wait_converged("db", "mariadb", 1, timeout=300)
     toml = swarm.project_dir / "backout.toml"
     text = toml.read_text()
+    assert 'password_env = "MYSQL_ROOT_PASSWORD"' in text
     toml.write_text(text.replace('password_env = "MYSQL_ROOT_PASSWORD"',
                                  'password_container_env = "DB_ROOT_PASSWORD_FILE"'))
     try:
@@ -591,6 +594,9 @@ def test_the_database_password_from_a_swarm_secret_in_the_task(swarm: SwarmStack
         data = json.loads(result.stdout)
         assert data["set_id"] and "docker" in result.stderr  # the verbose log is there
         assert password not in result.stdout + result.stderr
+        # a value read is masked wherever it would be printed: a mask in the log of
+        # argv would be the password on a command line
+        assert "******" not in result.stderr
         state = swarm.project_dir / ".backout"
         leaks = [p for p in state.rglob("*") if p.is_file() and not p.name.endswith(".zst")
                  and password.encode() in p.read_bytes()]

@@ -54,6 +54,7 @@ class FakeEventStream:
 class FakePlatform:
     kind = "fake"
     switches_itself = False
+    builds_images = True
 
     def __init__(self, project_dir: Path = Path("/fake/project"), *,
                  running: Mapping[str, str] | None = None,

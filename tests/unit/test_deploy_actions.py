@@ -101,6 +101,16 @@ def test_a_missing_image_is_built_even_when_nothing_changed(repo: Path) -> None:
     assert ("shop-api",) in platform.called("image")
 
 
+def test_a_platform_that_builds_no_image_skips_the_build_and_says_why(repo: Path) -> None:
+    platform = _build_platform(repo)
+    platform.builds_images = False  # type: ignore[misc]
+    platform.kind = "swarm"  # type: ignore[misc]
+    result = _build(repo, "", "HEAD", platform)
+    assert result == {"skipped": "swarm builds no image: api, ext, root, web must be in the "
+                                 "registry already (pushed with the commit)"}
+    assert platform.called("build") == []
+
+
 def test_nothing_to_build_calls_no_build(tmp_path: Path, repo: Path) -> None:
     old = sh(repo, "rev-parse", "HEAD")
     platform = FakePlatform(repo, definition={"services": {"db": {"image": "mariadb:11"}}})

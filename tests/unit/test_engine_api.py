@@ -405,6 +405,20 @@ def test_logs_of_several_containers_are_one_timeline(engine: Engine, tmp_path: P
     assert [line[-1] for line in text.splitlines()] == ["a", "b", "c"]
 
 
+def test_logs_leave_out_a_one_off_compose_run_container(engine: Engine, tmp_path: Path) -> None:
+    run_id = "e" * 64
+    labels = {**LIST[1]["Labels"], "com.docker.compose.oneoff": "True"}
+    engine.routes["/containers/json"] = json_route(
+        [LIST[1], {**LIST[1], "Id": run_id, "Names": ["/x-web-run-1"], "Labels": labels}])
+    engine.routes[f"/containers/{WEB['Id']}/json"] = json_route(WEB)
+    engine.routes[f"/containers/{WEB['Id']}/logs"] = unix_since(
+        b"\x01\x00\x00\x00\x00\x00\x00\x08served\n\n")
+    engine.routes[f"/containers/{run_id}/logs"] = unix_since(
+        b"\x01\x00\x00\x00\x00\x00\x00\x0bERROR: mig\n")
+    assert platform(engine, tmp_path).logs("web", "0") == "served\n\n"
+    assert not any(run_id in path for path in engine.paths())
+
+
 # -- the event stream ------------------------------------------------------------------
 class Stream:
     """A chunked /events answer the test feeds one event at a time."""

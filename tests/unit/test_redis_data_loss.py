@@ -59,3 +59,10 @@ def test_no_recorded_stats_reads_none(fake: type[FakeRedis]) -> None:
     fake.keys, fake.stats = {"db0": 101}, {"run_id": "r1", "write_commands": 999}
     out = loss({"keys": {"db0": 100}})
     assert out == {"key_deltas": {"db0": 1}, "changes": 1}
+
+
+def test_counters_reset_on_the_same_server_read_none(fake: type[FakeRedis]) -> None:
+    # CONFIG RESETSTAT: the same run id, fewer write commands than recorded
+    fake.keys, fake.stats = {"db0": 100}, {"run_id": "r1", "write_commands": 7}
+    out = loss(SECTION)
+    assert (out["key_deltas"], out["write_commands"], out["changes"]) == ({}, None, 0)

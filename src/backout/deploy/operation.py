@@ -204,6 +204,9 @@ def _build(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
             rel == Path(".") or Path(f).is_relative_to(rel) for f in changed)
         if touched or platform.image(ref) is None:
             build.append(svc)
+    if build and not platform.builds_images:
+        return {"skipped": f"{platform.kind} builds no image: {', '.join(build)} must be "
+                           "in the registry already (pushed with the commit)"}
     if build:
         platform.build(build)
     return {"built": build}

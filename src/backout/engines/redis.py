@@ -402,13 +402,15 @@ def _redis(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"key_deltas": deltas, "changes": sum(abs(v) for v in deltas.values())}
     recorded = section.get("write_stats")
     current = redis.write_stats() if recorded else None
-    if recorded and current and current["run_id"] == recorded["run_id"]:
+    if recorded and current and current["run_id"] == recorded["run_id"] \
+            and current["write_commands"] >= recorded["write_commands"]:
         out["write_commands"] = current["write_commands"] - recorded["write_commands"]
         # A SET on a key that exists, an INCR, an LPUSH change no key count: the
         # write commands are the better measure whenever they are larger.
         out["changes"] = max(out["changes"], out["write_commands"])
     elif recorded:
-        out["write_commands"] = None  # the server restarted since: its counters did too
+        # the server restarted since (its counters did too), or CONFIG RESETSTAT ran
+        out["write_commands"] = None
     return out
 
 

@@ -78,6 +78,9 @@ class Platform(Protocol):
     # definition asks (Swarm's update_config.order, with its health gating), so a
     # switch is one replace_service/converge and backout plans no start_beside steps.
     switches_itself: bool
+    # False: the platform runs images from a registry and builds none (Swarm's stack
+    # deploy ignores build sections); a deploy's build step then builds nothing.
+    builds_images: bool
 
     # -- what the stack is and what runs ---------------------------------------------
     def ping(self) -> str:

@@ -29,6 +29,7 @@ from backout.platforms.base import (
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
+ONEOFF_LABEL = "com.docker.compose.oneoff"  # "True" on a `docker compose run` container
 # What wakes the monitor: a health status change, an exit, an OOM kill, a restart.
 # (The engine matches "health_status" against "health_status: unhealthy" too.)
 WAKING_EVENTS = ("health_status", "die", "oom", "restart")
@@ -50,6 +51,7 @@ class ComposePlatform:
 
     kind = "compose"
     switches_itself = False  # backout starts the new container beside the old (issue 14)
+    builds_images = True
 
     def __init__(self, env: Environment, config: Config) -> None:
         self.env = env
@@ -148,6 +150,8 @@ class ComposePlatform:
             return result.stdout + result.stderr
         texts = []
         for listed in self._listed([service]):
+            if (listed.get("Labels") or {}).get(ONEOFF_LABEL) == "True":
+                continue  # a `compose run` (a migration, a shell): not the service's logs
             cid = listed["Id"]
             if cid not in self._tty:
                 raw = self.engine.inspect_container(cid)

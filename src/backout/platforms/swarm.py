@@ -217,6 +217,7 @@ class SwarmPlatform:
     # update_config.order and waits for their health: backout's beside-steps would
     # fight the orchestrator (it would reschedule a second task away at once).
     switches_itself = True
+    builds_images = False  # `docker stack deploy` runs what the registry has
 
     def __init__(self, env: Environment, config: Config,
                  sleep: Callable[[float], None] = time.sleep,
