@@ -79,8 +79,10 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
                                              "between the two commits, or whose image is missing",
              {"from": head, "to": pf.commit}, key="deploy:build"),
         *switch.stack_steps(config, definition or {}),
-        Step("start the new release", "deploy.up", "docker compose up -d --wait: changed "
-                                                   "services are recreated in dependency order"
+        Step("start the new release", "deploy.up",
+             "the new commit's stack brought up and waited for; changed services are "
+             "replaced (Compose: docker compose up -d --wait, in dependency order; Swarm: "
+             "docker stack deploy, then its tasks)"
              + (" (those switched start-first above are up to date)" if definition else ""),
              {}, key="deploy:up"),
         Step("record the new release", "deploy.record", "commit, resolved config and image IDs "
@@ -155,7 +157,8 @@ def _rollback_steps(config: Config, head: str, set_id: str | None,
               fill="images",
               after_data=True),
         _wrap(Step("roll back: start the previous release", "emergency.up",
-                   "docker compose up -d --wait at the previous commit (no build, no pull)", {},
+                   "the stack brought up and waited for at the previous commit (no build, "
+                   "no pull)", {},
                    key="rollback:up"), after_data=True),
     ]
     if stopped:
