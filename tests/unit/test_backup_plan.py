@@ -349,3 +349,109 @@ def test_the_published_manifest_lists_each_database_and_its_artifact(
     assert manifest["artifacts"]["app.fake"]["database"] == "app"
     assert manifest["quiesce"] == {"enabled": False, "writers_paused_seconds": None}
     assert manifest["images"] == {"db": "sha256:d"}
+
+
+# --------------------------------------------------------------------------- the publish action
+
+
+def test_publish_writes_every_section_volume_pause_and_provenance_then_records_it(
+        tmp_path: Path) -> None:
+    """The publish step alone, from the results its plan's earlier steps journaled: a
+    database dump, a volume, the writers' stop and start."""
+    import dataclasses
+
+    from backout import __version__
+    from backout.operations.executor import action
+
+    config = _config(tmp_path)
+    store = Store(config.state_dir)
+    set_id = "20270115T080000Z-abcd"
+    writer = sets.SetWriter(config.backup_dir, set_id).open()
+    (writer.dir / "app.fake").write_bytes(b"app")
+    (writer.dir / "uploads.tar.zst").write_bytes(b"tar")
+    results = {
+        operation.dump_key("app"): {"database": {"type": "mysql", "duration_s": 4.0},
+                                    "artifact": {"name": "app.fake", "bytes": 3}},
+        operation.volume_key("uploads"): {"volume": {"docker_volume": "uploads_data"},
+                                          "artifact": {"name": "uploads.tar.zst", "bytes": 3}},
+        operation.STOP_WRITERS: {"stopped_at": 100.0, "stopped": ["web"]},
+        operation.START_WRITERS: {"started_at": 112.3456, "started": ["web"]},
+    }
+    params = {"set_id": set_id, "databases": ["app"], "volumes": ["uploads"],
+              "quiesce": True, "label": "before v3", "kind": "checkpoint"}
+    ctx = dataclasses.replace(run_context(store, config, FakePlatform(running={"db": "sha256:d"})),
+                              operation_id=7)
+    out = action("backup.publish")(ctx, params, results)
+    final = config.backup_dir / set_id
+    assert out == {"set_id": set_id, "path": str(final)}
+    assert not writer.dir.exists()
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["databases"] == {"app": {"type": "mysql", "duration_s": 4.0}}
+    assert manifest["volumes"] == {"uploads": {"docker_volume": "uploads_data"}}
+    assert manifest["artifacts"] == {"app.fake": {"bytes": 3}, "uploads.tar.zst": {"bytes": 3}}
+    assert manifest["quiesce"] == {"enabled": True, "writers_paused_seconds": 12.346}
+    assert manifest["tool"] == {"name": "backout", "version": __version__}
+    assert (manifest["id"], manifest["kind"], manifest["label"]) == (set_id, "checkpoint",
+                                                                      "before v3")
+    assert (manifest["format"], manifest["format_version"]) == (sets.FORMAT, sets.FORMAT_VERSION)
+    assert manifest["operation_id"] == 7
+    assert "git_commit" in manifest and "git_dirty" in manifest
+    assert manifest["images"] == {"db": "sha256:d"}
+    verified = store.last_verifications()[set_id]
+    assert (verified["kind"], bool(verified["ok"])) == ("checksum", True)
+    assert verified["detail"] == "verified as it was written"
+    # run again after the rename (a resume): the published set is read, not rewritten
+    before = (final / "manifest.json").read_bytes()
+    assert action("backup.publish")(ctx, params, {}) == out
+    assert (final / "manifest.json").read_bytes() == before
+
+
+def test_publish_without_a_start_of_the_writers_records_no_pause(tmp_path: Path) -> None:
+    from backout.operations.executor import action
+
+    config = _config(tmp_path)
+    store = Store(config.state_dir)
+    set_id = "20270115T080000Z-beef"
+    writer = sets.SetWriter(config.backup_dir, set_id).open()
+    (writer.dir / "app.fake").write_bytes(b"app")
+    results = {operation.dump_key("app"): {"database": {}, "artifact": {"name": "app.fake"}},
+               operation.STOP_WRITERS: {"stopped_at": 100.0, "stopped": ["web"]}}
+    params = {"set_id": set_id, "databases": ["app"], "quiesce": True, "label": None,
+              "kind": "backup"}
+    action("backup.publish")(run_context(store, config), params, results)
+    manifest = json.loads((config.backup_dir / set_id / "manifest.json").read_text())
+    assert manifest["quiesce"] == {"enabled": True, "writers_paused_seconds": None}
+    assert manifest["volumes"] == {}
+
+
+def test_record_checkpoint_links_the_set_to_the_release_once_even_when_run_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backout import releases
+    from backout.operations.executor import action
+
+    config = _config(tmp_path)
+    store = Store(config.state_dir)
+    asked: list[int] = []
+    release = store.add_release(git_commit="c" * 40, git_dirty=False, diff_path=None,
+                                compose_config={}, services={})
+
+    def current(*_a: Any) -> int:
+        asked.append(1)
+        return release
+
+    monkeypatch.setattr(releases, "current_or_new_release", current)
+    ctx = run_context(store, config)
+    params = {"set_id": "20270115T080000Z-abcd", "label": "before v3"}
+    first = action("backup.record_checkpoint")(ctx, params, {})
+    cp = store.checkpoint_of_set("20270115T080000Z-abcd")
+    assert cp is not None and first == {"checkpoint_id": cp.id, "release_id": release}
+    assert (cp.release_id, cp.label) == (release, "before v3")
+    [event] = [e for e in store.events() if e["action"] == "checkpoint"]
+    assert (event["target"], event["reason"]) == (f"checkpoint {cp.id}", "before v3")
+    assert event["detail"] == {"set_id": "20270115T080000Z-abcd", "release_id": release}
+    # resumed after a crash between the insert and the journal: the same record, no other
+    assert action("backup.record_checkpoint")(ctx, params, {}) == first
+    assert len(store.checkpoints(10)) == 1 and asked == [1]
+    # another set is another checkpoint
+    other = action("backup.record_checkpoint")(ctx, {**params, "set_id": "x-2"}, {})
+    assert other["checkpoint_id"] != first["checkpoint_id"]
