@@ -704,31 +704,45 @@ def test_signal_at_every_step(request: pytest.FixtureRequest, rig: Rig, name: st
     # The deploy's steps between `up` and the rollback run only when the crash-looping
     # release passes `up --wait`, which it does or not by timing: those points are swept
     # on a release that changes no image, which runs them every time.
-    notes = None
+    # Each such point gets a commit of its own on top of what runs, so it is a real
+    # deploy (another commit; the previous release the one before) every time.
+    sig_name = signal.Signals(sig).name
     if name == "deploy":
-        notes = branch_with_notes(rig.stack, f"sweep-notes-{signal.Signals(sig).name}")
+        notes = branch_with_notes(rig.stack, f"sweep-notes-{sig_name}-plan")
         also = rig.json("deploy", notes, "--watch", "0", "--migration", "--dry-run")
         assert [s["action"] for s in also["plan"]["steps"]] == \
             [s["action"] for s in dry["plan"]["steps"]]
     # SIGKILL also as a step ends (journaled done, the next not started), except in
     # the deploy's long plan where the next step's start is the same point.
     ends = ("started", "done") if sig == signal.SIGKILL and name != "deploy" else ("started",)
-    only = os.environ.get("BACKOUT_SWEEP_STEPS")  # e.g. "3,7": a subset, when debugging
-    points = [(i, when) for i in range(len(dry["plan"]["steps"])) for when in ends
-              if not only or str(i) in only.split(",")]
+    # a subset, when debugging: step indexes or actions, e.g. "3,7" or "deploy.watch"
+    only = (os.environ.get("BACKOUT_SWEEP_STEPS") or "").split(",")
+    points = [(i, when) for i, s in enumerate(dry["plan"]["steps"]) for when in ends
+              if only == [""] or str(i) in only or s["action"] in only]
     outcomes: dict[str, int] = {}
     for step, when in points:
         label = f"{name} {signal.Signals(sig).name} at step {step} ({when})"
-        for _attempt in range(3):
+        for attempt in range(3):
             with AckWriter(rig.stack) as writer:
                 writer.wait_for(3)
                 started = time.time()
                 since = last_operation_id(rig.project)
-                target = notes if dry["plan"]["steps"][step]["action"] in AFTER_UP else bad
-                result = run_signalled(rig.project, sweep_command(rig, name, cp, target),
+                command = sweep_command(rig, name, cp, bad)
+                action = dry["plan"]["steps"][step]["action"]
+                if name == "deploy" and action in AFTER_UP:
+                    notes = branch_with_notes(rig.stack, f"sweep-notes-{sig_name}-{step}-{attempt}")
+                    assert notes != rig.stack.head()
+                    # a watch long enough to be interrupted inside (the plan's steps
+                    # are the same whatever its length)
+                    command = ["deploy", notes, "--watch",
+                               "5" if action == "deploy.watch" else "0", "--migration"]
+                result = run_signalled(rig.project, command,
                                        step=step, sig=sig, when=when, hold=2.0)
                 assert "Traceback" not in result.stderr, (label, result.stderr[-3000:])
-                reached = sig != signal.SIGKILL or result.returncode in (-9, 137) or \
+                # A point must have been reached: the signal went out in it (SIGINT: the
+                # deploy's sweep proves it too; the other sweeps' plans do not branch)
+                reached = (sig != signal.SIGKILL and name != "deploy") or \
+                    result.returncode in (-9, 137) or \
                     journal_step_started(rig.project, step, since)
                 if not reached:
                     # Only the deploy's path varies: its crash-looping release fails

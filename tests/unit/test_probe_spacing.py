@@ -34,6 +34,21 @@ def test_failures_closer_than_the_spacing_count_once() -> None:
     assert tracker.consecutive["web"] == 2
 
 
+def test_failures_are_spaced_by_when_their_evaluations_started() -> None:
+    # a probe that timed out ends 5 s into its evaluation; the next evaluation starts
+    # at once (it overran the interval) and its probe fails fast: two evaluations, one
+    # interval apart by their starts, are two failures
+    clock = Clock()
+    tracker = ProbeTracker(spacing=2.5, clock=clock)
+    clock.now = 105.4
+    tracker.count("web", False, at=100.0)
+    clock.now = 106.0
+    tracker.count("web", False, at=105.4)
+    assert tracker.consecutive["web"] == 2
+    tracker.count("web", False, at=105.6)  # an event's evaluation a moment later
+    assert tracker.consecutive["web"] == 2
+
+
 def test_a_success_resets_the_count_and_the_spacing() -> None:
     clock = Clock()
     tracker = ProbeTracker(spacing=2.5, clock=clock)

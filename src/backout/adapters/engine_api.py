@@ -212,7 +212,9 @@ class EngineAPI:
             url += "?" + urllib.parse.urlencode(query)
         start = time.monotonic()
         for attempt in (1, 2):
-            connection, reused = self._take()
+            # the retry gets a new connection: another thread may give back a dead one
+            connection, reused = self._take() if attempt == 1 else (
+                _UnixConnection(self.path, self.timeout), False)
             try:
                 if connection.sock is not None:
                     connection.sock.settimeout(timeout or self.timeout)

@@ -75,6 +75,7 @@ class Collector:
 
     def collect(self, t: float | None = None) -> tuple[Snapshot, dict[str, ServiceView]]:
         t = time.time() if t is None else t
+        started = self.probes.clock()  # the probes' failures are spaced from here
         signals: dict[str, float | None] = {}
         views: dict[str, ServiceView] = {}
         try:
@@ -99,7 +100,7 @@ class Collector:
                 signals[signal_key("restarts", name)] = float(c.restart_count - base)
                 failures = c.failing_streak
             if svc.health_url:
-                probe = self.probes.probe(self.env, svc)
+                probe = self.probes.probe(self.env, svc, at=started)
                 view.probe, view.latency_ms = probe.detail, probe.latency * 1000
                 failures = max(failures, self.probes.consecutive.get(name, 0))
             elif c is not None and not c.running:

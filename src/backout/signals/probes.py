@@ -34,22 +34,25 @@ class ProbeTracker:
     clock: Callable[[], float] = time.monotonic
     counted_at: dict[str, float] = field(default_factory=dict)
 
-    def probe(self, env: Environment, svc: ServiceConfig, timeout: float = 5.0) -> ProbeResult:
+    def probe(self, env: Environment, svc: ServiceConfig, timeout: float = 5.0, *,
+              at: float | None = None) -> ProbeResult:
+        """``at``: when the evaluation started (this tracker's clock): failures are spaced
+        by evaluation, not by when a slow answer or an earlier probe let this one end."""
         assert svc.health_url is not None
         p = http.get(env, svc.health_url, timeout=timeout)
         ok = p.status == svc.health_status and (
             not svc.health_body or svc.health_body.encode() in p.body)
-        self.count(svc.name, ok)
+        self.count(svc.name, ok, at=at)
         detail = (f"{p.status} in {p.latency * 1000:.0f} ms" if p.status is not None
                   else f"no answer: {p.error}")
         return ProbeResult(svc.name, ok, p.status, p.latency, detail)
 
-    def count(self, service: str, ok: bool) -> None:
+    def count(self, service: str, ok: bool, *, at: float | None = None) -> None:
         if ok:
             self.consecutive[service] = 0
             self.counted_at.pop(service, None)
             return
-        now = self.clock()
+        now = self.clock() if at is None else at
         last = self.counted_at.get(service)
         if last is None or now - last >= self.spacing:
             self.consecutive[service] = self.consecutive.get(service, 0) + 1
