@@ -76,6 +76,11 @@ def desired_replicas(service: Mapping[str, Any], ready_nodes: int) -> int:
     return ready_nodes  # global: one per (eligible) node; the tasks say which
 
 
+def spec_image(service: Mapping[str, Any]) -> str:
+    """The image reference the service's spec asks for (its tasks copy it)."""
+    return str(service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
+
+
 def host_mode_ports(service: Mapping[str, Any]) -> list[int]:
     ports = ((service.get("Spec") or {}).get("EndpointSpec") or {}).get("Ports") or []
     return [int(p.get("PublishedPort", 0)) for p in ports if p.get("PublishMode") == "host"]
@@ -171,9 +176,8 @@ def assess(service: Mapping[str, Any], replicas: int, tasks: Sequence[TaskView],
     # A task made from an earlier spec is replaced by Swarm even when its image has the
     # same digest (a pinned retained reference is a different image string): it is not
     # converged until it carries the spec's reference itself.
-    spec_image = str((((service.get("Spec") or {}).get("TaskTemplate") or {})
-                      .get("ContainerSpec") or {}).get("Image") or "")
-    stale = [t for t in tasks if spec_image and t.image != spec_image]
+    wanted = spec_image(service)
+    stale = [t for t in tasks if t.image != wanted]
     if stale:
         return Convergence(False, f"{len(stale)} task(s) of an earlier spec, which Swarm "
                                   f"replaces (task {name}.{stale[0].slot} runs {stale[0].image})")
@@ -439,7 +443,7 @@ class SwarmPlatform:
     def replace_service(self, service: str, image_ref: str, *, operation_id: int) -> None:
         spec = self.service(service)
         target = self.pinned_ref(image_ref)
-        before = str(spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
+        before = spec_image(spec)
         # Our own label on the spec: an interrupted run resumed does the same update again,
         # which Swarm sees as no change when it already took place.
         self.manager.update_service(spec["Spec"]["Name"], "--image", target,
@@ -482,8 +486,7 @@ class SwarmPlatform:
                 if svc is None:
                     problems.append(f"{name}: no such service in stack {self.stack}")
                     continue
-                wanted = images.get(name) or str(
-                    svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
+                wanted = images.get(name) or spec_image(svc)
                 verdict = assess(svc, desired_replicas(svc, ready_nodes),
                                  [t for t in tasks if t.service == name], containers,
                                  digest=image_digest(wanted), image_id=image_ids.get(name),
