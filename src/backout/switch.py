@@ -34,13 +34,16 @@ from backout.policy.switch import SwitchOrder
 KEPT_SERVING = "the old release kept serving"
 POLL = 0.25
 # After `nginx -s reload` the workers of the old configuration (which know only the
-# old container) still pass on the requests they had accepted: give them this long
-# before the old container stops accepting (seen on the real stack: a burst of 502s
-# when the drain followed the reload at once).
+# old container) still pass on the requests they had accepted: the old container keeps
+# accepting until they are gone or this long has passed (seen on the real stack: a
+# burst of 502s when the drain followed the reload at once).
 RELOAD_SETTLE = 1.0
-# nginx's title for a worker of a configuration it has reloaded away from.
-OLD_WORKER = "worker process is shutting down"
+WORKERS_POLL = 0.05
+# nginx's title of a worker process; after a reload the old ones end with
+# "is shutting down" and keep their process IDs until they exit.
+WORKER = "worker process"
 OLD_WORKERS_LIMIT = 120.0  # seconds: nginx's own proxy_connect_timeout is at most 75 s
+RELOADED = ("nginx-reload", "nginx-resolver")
 
 
 def order_for(config: Config, definition: dict[str, Any], service: str,
@@ -104,9 +107,12 @@ def proxies(config: Config, switched: str) -> list[dict[str, Any]]:
 def _proxy_words(fronts: list[dict[str, Any]]) -> str:
     if not fronts:
         return "no proxy is configured in front (Docker's DNS lists both containers)"
-    words = {"nginx-reload": "reload {s} (its proxy_pass resolved once) and give its old "
-                             f"workers {RELOAD_SETTLE:g}s to pass on what they accepted",
-             "nginx-resolver": "wait {v}s for {s} to re-resolve (resolver valid={v}s)",
+    words = {"nginx-reload": "reload {s} (its proxy_pass resolved once) and let its old "
+                             f"workers pass on what they accepted (at most {RELOAD_SETTLE:g}s)",
+             "nginx-resolver": "reload {s} so it asks Docker's DNS afresh at once instead of "
+                               "after its resolver's valid={v}s (waited out only if the "
+                               f"reload fails), and let its old workers finish (at most "
+                               f"{RELOAD_SETTLE:g}s)",
              "labels": "{s} follows the healthy container by its labels"}
     return "; ".join(words[p["mode"]].format(s=p["service"], v=p["valid"]) for p in fronts)
 
@@ -228,7 +234,7 @@ def _probe_ok(ctx: RunContext, cid: str, probe: str | None) -> bool:
 
 
 def _reloads(ctx: RunContext, fronts: list[dict[str, Any]],
-             modes: tuple[str, ...] = ("nginx-reload",)) -> list[tuple[str, str, list[str]]]:
+             modes: tuple[str, ...] = RELOADED) -> list[tuple[str, str, list[str]]]:
     """(proxy, container, argv) of each reload, straight into its running container (docker
     exec starts in a fraction of compose exec's time: the drain runs it between the
     old container's exit and anything else)."""
@@ -242,25 +248,52 @@ def _reloads(ctx: RunContext, fronts: list[dict[str, Any]],
     return out
 
 
-def _run_reloads(ctx: RunContext, reloads: list[tuple[str, str, list[str]]]) -> list[str]:
+def _workers(ctx: RunContext, reloads: list[tuple[str, str, list[str]]]) -> dict[str, set[str]]:
+    """The process IDs of the nginx workers in each reloaded container, before the reload:
+    the old workers are exactly these (new ones get new IDs), whatever their title says
+    in the instant after `nginx -s reload` returns."""
+    out: dict[str, set[str]] = {}
+    for cid in sorted({cid for _p, cid, _argv in reloads}):
+        out[cid] = {line.split()[0] for line in ctx.platform.processes(cid)
+                    if WORKER in line and line.split()}
+    return out
+
+
+def _run_reloads(ctx: RunContext, reloads: list[tuple[str, str, list[str]]], *,
+                 tolerate: Collection[str] = ()) -> tuple[list[str], list[str]]:
+    """(proxies reloaded, proxies in ``tolerate`` whose reload failed); any other
+    failed reload raises."""
+    done: set[str] = set()
+    failed: set[str] = set()
     for proxy, _cid, argv in reloads:
-        proc.run(ctx.env, argv, timeout=60, what=f"reload {proxy}")
-    return sorted({proxy for proxy, _cid, _argv in reloads})
+        result = proc.run(ctx.env, argv, timeout=60, check=proxy not in tolerate,
+                          what=f"reload {proxy}")
+        (done if result.ok else failed).add(proxy)
+    return sorted(done - failed), sorted(failed)
 
 
-def _old_workers_gone(ctx: RunContext, reloads: list[tuple[str, str, list[str]]]) -> float:
+def _old_workers_gone(ctx: RunContext, before: dict[str, set[str]], limit: float) -> float:
+    """Wait until none of the workers seen ``before`` a reload is left (at most ``limit``
+    seconds); the seconds waited."""
     start = time.monotonic()
     intr = interrupt.current()
-    for cid in sorted({cid for _p, cid, _argv in reloads}):
-        while any(OLD_WORKER in line for line in ctx.platform.processes(cid)) \
-                and time.monotonic() - start < OLD_WORKERS_LIMIT:
-            intr.sleep(POLL)
+    for cid, pids in sorted(before.items()):
+        while pids and time.monotonic() - start < limit:
+            left = {line.split()[0] for line in ctx.platform.processes(cid) if line.split()}
+            if not pids & left:
+                break
+            intr.sleep(WORKERS_POLL)
     return round(time.monotonic() - start, 3)
 
 
-def _reload(ctx: RunContext, fronts: list[dict[str, Any]],
-            modes: tuple[str, ...] = ("nginx-reload",)) -> list[str]:
-    return _run_reloads(ctx, _reloads(ctx, fronts, modes))
+def _resolvers(fronts: list[dict[str, Any]]) -> set[str]:
+    """The proxies with a fallback when their reload fails: their resolver's cache
+    expires by itself."""
+    return {p["service"] for p in fronts if p["mode"] == "nginx-resolver"}
+
+
+def _reload(ctx: RunContext, fronts: list[dict[str, Any]]) -> list[str]:
+    return _run_reloads(ctx, _reloads(ctx, fronts), tolerate=_resolvers(fronts))[0]
 
 
 def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
@@ -269,17 +302,24 @@ def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
         return {"skipped": "nothing was started"}
     if not params["proxies"]:
         return {"skipped": "no proxy configured in front"}
-    reloaded = _reload(ctx, params["proxies"])
-    if reloaded:
-        interrupt.current().sleep(RELOAD_SETTLE)
-    # A resolver caches the old answer (the old container alone) for up to `valid`
-    # seconds counted from when it last asked: wait that long after the new container
-    # joined the network before the old one goes.
-    valid = max((float(p["valid"]) for p in params["proxies"] if p["mode"] == "nginx-resolver"),
+    # Every nginx in front is reloaded: one that resolved its upstream once learns the
+    # new container; one that re-resolves through a resolver drops its cached answer
+    # (the old container alone) now rather than `valid` seconds after it last asked.
+    reloads = _reloads(ctx, params["proxies"])
+    before = _workers(ctx, reloads)
+    # Only a resolver nginx has a fallback when its reload fails (its cache expires);
+    # a static one that cannot reload would never see the new container: that fails
+    # the step, and the abort step keeps the old one serving.
+    reloaded, failed = _run_reloads(ctx, reloads, tolerate=_resolvers(params["proxies"]))
+    settled = _old_workers_gone(ctx, before, RELOAD_SETTLE) if reloaded else 0.0
+    # A resolver nginx whose reload failed still learns the new address, when its
+    # cached answer expires: `valid` seconds after the new container joined at most.
+    valid = max((float(p["valid"]) for p in params["proxies"] if p["service"] in failed),
                 default=0.0)
     wait = max(0.0, float(started["started_at"]) + valid + 0.5 - time.time()) if valid else 0.0
     interrupt.current().sleep(wait)
-    return {"reloaded": reloaded, "waited_s": round(wait, 3)}
+    return {"reloaded": reloaded, "settled_s": settled, "waited_s": round(wait, 3),
+            **({"reload_failed": failed} if failed else {})}
 
 
 def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
@@ -290,17 +330,20 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # by SIGINT: the new one is ready, and an old one half stopped serves nobody.
     interrupt.current().abortable = False
     # Once the old container has stopped its address is gone; an nginx still holding
-    # it (resolved once, or cached by its resolver for `valid` seconds) would wait for
-    # a connect timeout on it: reloaded at once, its workers ask Docker's DNS afresh.
-    reloads = _reloads(ctx, params["proxies"], ("nginx-reload", "nginx-resolver"))
+    # it (resolved once, or cached by its resolver) would send requests into a black
+    # hole until its connect timeout: reloaded the moment the old one is gone, its
+    # workers ask Docker's DNS afresh (only the new container is left in it).
+    reloads = _reloads(ctx, params["proxies"])
+    before = _workers(ctx, reloads)
     reloaded: list[str] = []
     retired = ctx.platform.retire(started["old"], grace_seconds=float(params["grace"]),
-                                  after_stop=lambda: reloaded.extend(_run_reloads(ctx, reloads)))
+                                  after_stop=lambda: reloaded.extend(_run_reloads(
+                                      ctx, reloads, tolerate=_resolvers(params["proxies"]))[0]))
     # Requests an old worker had already sent toward the stopped address wait for
     # nginx's connect timeout, then go to the new container (and nginx logs an
     # error): the switch ends once those workers are gone, so what comes next (a
     # deploy's verify reading the logs) sees only the new release.
-    waited = _old_workers_gone(ctx, reloads)
+    waited = _old_workers_gone(ctx, before, OLD_WORKERS_LIMIT)
     return {"retired": retired, "serving": started["new"], "reloaded": reloaded,
             "old_workers_s": waited}
 

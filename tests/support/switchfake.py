@@ -92,7 +92,7 @@ class SwitchFakePlatform(FakePlatform):
 
     def processes(self, container_id: str) -> list[str]:
         self._call("processes", container_id)
-        return self.process_lists.pop(0) if self.process_lists else ["nginx: master process"]
+        return self.process_lists.pop(0) if self.process_lists else ["1 nginx: master process"]
 
     def retire(self, container_ids: Sequence[str], *, grace_seconds: float,
                after_stop: Callable[[], object] | None = None) -> list[str]:

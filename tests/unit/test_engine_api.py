@@ -54,6 +54,7 @@ class Handler(BaseHTTPRequestHandler):
         parsed = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(parsed.query)
         self.server.requests.append((parsed.path, query))
+        self.server.methods.append(f"{self.command} {parsed.path}")
         route = self.server.route(parsed.path)
         if route is None:
             self._send(404, json.dumps({"message": f"page not found: {parsed.path}"}).encode())
@@ -61,6 +62,9 @@ class Handler(BaseHTTPRequestHandler):
         answer = route(self, query)
         if answer is not None:  # None: the route wrote (or withheld) its own answer
             self._send(*answer)
+
+    do_POST = do_GET
+    do_DELETE = do_GET
 
     def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
@@ -83,6 +87,7 @@ class Engine(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: Path) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, list[str]]]] = []
+        self.methods: list[str] = []  # "POST /v1.41/containers/..."
         self.connections = 0
         self.api_version = "1.41"
         super().__init__(str(path), Handler)
@@ -519,3 +524,40 @@ def test_one_unreadable_log_is_left_out_but_a_silent_engine_is_an_error(
     plat.engine = EngineAPI(Environment(), str(tmp_path / "absent.sock"))
     with pytest.raises(DockerUnavailableError):
         plat.logs("web", "0")
+
+
+# -- retiring a container and reading its processes --------------------------------
+def test_retire_stops_then_runs_after_stop_then_removes(engine: Engine, tmp_path: Path) -> None:
+    engine.routes["/containers/aaa/stop"] = lambda h, q: (204, b"")
+    engine.routes["/containers/bbb/stop"] = lambda h, q: (404, b'{"message":"No such container"}')
+    engine.routes["/containers/aaa"] = lambda h, q: (204, b"")
+    at_after_stop: list[str] = []
+    gone = platform(engine, tmp_path).retire(
+        ["aaa", "bbb"], grace_seconds=9.6,
+        after_stop=lambda: at_after_stop.extend(m for m in engine.methods if "/containers/" in m))
+    assert gone == ["aaa"]  # bbb was already gone: nothing to remove
+    # the proxies' reload ran once both stops were answered, before any removal
+    assert sorted(at_after_stop) == ["POST /v1.41/containers/aaa/stop",
+                                     "POST /v1.41/containers/bbb/stop"]
+    assert [m for m in engine.methods if "/containers/" in m][2:] == [
+        "DELETE /v1.41/containers/aaa"]
+    assert [q["t"] for p, q in engine.requests if p.endswith("/stop")] == [["10"], ["10"]]
+    assert [q["force"] for p, q in engine.requests if p.endswith("/aaa")] == [["1"]]
+
+
+def test_a_stop_the_engine_refuses_is_an_error(engine: Engine) -> None:
+    engine.routes["/containers/aaa/stop"] = lambda h, q: (500, b'{"message":"cannot kill"}')
+    with pytest.raises(ExternalError, match="stop aaa: 500 cannot kill"):
+        api(engine).stop_container("aaa", grace_seconds=1)
+
+
+def test_processes_as_docker_top_prints_them(engine: Engine) -> None:
+    engine.routes["/containers/aaa/top"] = json_route({
+        "Titles": ["PID", "COMMAND"],
+        "Processes": [["12", "nginx: master process nginx -g daemon off;"],
+                      ["13", "nginx: worker process is shutting down"]]})
+    client = api(engine)
+    assert client.processes("aaa") == ["12 nginx: master process nginx -g daemon off;",
+                                       "13 nginx: worker process is shutting down"]
+    assert engine.requests[-1][1]["ps_args"] == ["-o pid,args"]
+    assert client.processes("gone") == []  # 404: no processes, not an error

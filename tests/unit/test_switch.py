@@ -14,7 +14,7 @@ import pytest
 from backout import proc
 from backout import switch as switching
 from backout.config import Config, DatabaseConfig, ServiceConfig
-from backout.errors import UnhealthyError, UsageError
+from backout.errors import ExternalError, UnhealthyError, UsageError
 from backout.operations import executor as executor_module
 from backout.operations import interrupt
 from backout.operations.executor import Executor
@@ -225,41 +225,80 @@ def test_start_first_starts_waits_reloads_then_drains(tmp_path: Path,
 
 
 def test_the_reload_happens_only_once_the_new_container_is_healthy(
-        tmp_path: Path, _quick: list[list[str]]) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _quick: list[list[str]]) -> None:
     config, store, platform = stack(tmp_path, proxy="nginx-reload",
                                     new_health=["starting", "starting", "healthy"])
     plan = service_rollback.plan(store, platform, "web", None, config=config)
     seen: list[str | None] = []
-    real_reload = switching._reload
+    real_run_reloads = switching._run_reloads
 
-    def watch(ctx: Any, fronts: Any, *modes: Any) -> list[str]:
+    def watch(ctx: Any, reloads: Any, **kw: Any) -> Any:
         seen.append(platform._health(platform.of("web")[-1]))
-        return real_reload(ctx, fronts, *modes)
+        return real_run_reloads(ctx, reloads, **kw)
 
-    switching._reload = watch  # type: ignore[assignment]
-    try:
-        assert run(store, plan, config, platform).status == "succeeded"
-    finally:
-        switching._reload = real_reload  # type: ignore[assignment]
+    monkeypatch.setattr(switching, "_run_reloads", watch)
+    assert run(store, plan, config, platform).status == "succeeded"
     assert seen[0] == "healthy" and platform.looks["c-web-2"] >= 3
 
 
-def test_a_resolver_proxy_is_waited_out_before_the_old_container_goes(
+def test_a_resolver_proxy_is_reloaded_instead_of_waited_out(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _quick: list[list[str]]) -> None:
     config, store, platform = stack(tmp_path, proxy="nginx-resolver")
     plan = service_rollback.plan(store, platform, "web", None, config=config)
-    assert "wait 5s for nginx to re-resolve" in plan.steps[2].reason
+    assert "reload nginx so it asks Docker's DNS afresh at once instead of after its " \
+           "resolver's valid=5s" in plan.steps[2].reason
     slept: list[float] = []
     monkeypatch.setattr(switching.time, "time", lambda: 2001.0)  # 1 s after it started
     monkeypatch.setattr(interrupt.Interrupt, "sleep",
                         lambda _self, s: slept.append(s) if s else None)
     outcome = run(store, plan, config, platform)
     assert outcome.status == "succeeded"
-    assert slept == [pytest.approx(4.5)]  # valid 5 s + 0.5 s margin, 1 s already gone
-    assert outcome.results["switch-proxies:web"] == {"reloaded": [], "waited_s": 4.5}
-    # reloaded once the old container is gone: no worker keeps its cached address
-    assert _quick == [["fake-exec", "c-nginx-1", "nginx", "-s", "reload"]]
+    assert slept == []  # no resolver validity waited out
+    assert outcome.results["switch-proxies:web"] == {"reloaded": ["nginx"], "settled_s": 0.0,
+                                                     "waited_s": 0.0}
+    # reloaded once the new one is ready, again once the old one is gone: no worker
+    # keeps its cached address
+    assert _quick == [["fake-exec", "c-nginx-1", "nginx", "-s", "reload"]] * 2
     assert outcome.results["switch-drain:web"]["reloaded"] == ["nginx"]
+
+
+def test_a_resolver_proxy_that_cannot_reload_is_waited_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    slept: list[float] = []
+    monkeypatch.setattr(switching.time, "time", lambda: 2001.0)  # 1 s after it started
+    monkeypatch.setattr(interrupt.Interrupt, "sleep",
+                        lambda _self, s: slept.append(s) if s else None)
+
+    def refused(_env: Any, argv: list[str], **kw: Any) -> proc.Result:
+        assert kw["check"] is False  # a resolver's failed reload is not fatal
+        return proc.Result(tuple(argv), 1, "", "nginx: [emerg] ...", 0.0)
+
+    monkeypatch.setattr(switching.proc, "run", refused)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded"
+    assert slept == [pytest.approx(4.5)]  # valid 5 s + 0.5 s margin, 1 s already gone
+    assert outcome.results["switch-proxies:web"] == {
+        "reloaded": [], "settled_s": 0.0, "waited_s": 4.5, "reload_failed": ["nginx"]}
+    assert outcome.results["switch-drain:web"]["reloaded"] == []
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
+
+
+def test_a_static_proxy_that_cannot_reload_fails_the_switch_and_the_old_one_serves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+
+    def refused(_env: Any, argv: list[str], **kw: Any) -> proc.Result:
+        if kw["check"]:
+            raise ExternalError("reload nginx failed: nginx: [emerg] ...")
+        return proc.Result(tuple(argv), 1, "", "nginx: [emerg] ...", 0.0)
+
+    monkeypatch.setattr(switching.proc, "run", refused)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "failed" and outcome.failed_step == "let the proxies see the new web"
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-1", NEW)]
 
 
 def test_a_release_that_never_gets_ready_is_removed_and_the_old_one_kept(
@@ -521,7 +560,8 @@ def test_a_label_driven_proxy_needs_neither_reload_nor_wait(
     outcome = run(store, plan, config, platform)
     assert outcome.status == "succeeded"
     assert _quick == []
-    assert outcome.results["switch-proxies:web"] == {"reloaded": [], "waited_s": 0.0}
+    assert outcome.results["switch-proxies:web"] == {"reloaded": [], "settled_s": 0.0,
+                                                     "waited_s": 0.0}
 
 
 def test_the_drain_reloads_the_proxy_as_soon_as_the_old_one_has_stopped(
@@ -536,16 +576,44 @@ def test_the_drain_reloads_the_proxy_as_soon_as_the_old_one_has_stopped(
 
     monkeypatch.setattr(switching.proc, "run", fake_run)
     assert run(store, plan, config, platform).status == "succeeded"
+    # the first reload once the new one is ready; the second once the old one has
     # stopped (its address gone), not yet removed: nothing else happens in between
-    assert seen == [[("c-web-1", "exited"), ("c-web-2", "running")]]
+    assert seen == [[("c-web-1", "running"), ("c-web-2", "running")],
+                    [("c-web-1", "exited"), ("c-web-2", "running")]]
 
 
 def test_the_drain_ends_when_the_proxys_old_workers_are_gone(tmp_path: Path) -> None:
     config, store, platform = stack(tmp_path, proxy="nginx-reload")
     plan = service_rollback.plan(store, platform, "web", None, config=config)
-    old = ["nginx: master process", "nginx: worker process is shutting down"]
-    platform.process_lists = [old, old, ["nginx: master process", "nginx: worker process"]]
+    master = "1 nginx: master process"
+    platform.process_lists = [
+        [master, "7 nginx: worker process"],  # the proxies step: before its reload
+        [master, "8 nginx: worker process"],  # worker 7 gone at once: settled
+        [master, "8 nginx: worker process"],  # the drain: before its reload
+        # just after `nginx -s reload` returns the title may not have changed yet: the
+        # process ID, not the title, tells the old worker
+        [master, "8 nginx: worker process", "9 nginx: worker process"],
+        [master, "8 nginx: worker process is shutting down", "9 nginx: worker process"],
+        [master, "9 nginx: worker process"]]
     outcome = run(store, plan, config, platform)
     assert outcome.status == "succeeded"
-    assert platform.called("processes") == [("c-nginx-1",)] * 3
+    assert platform.called("processes") == [("c-nginx-1",)] * 6
     assert platform.process_lists == []
+
+
+def test_waiting_for_old_workers_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter(float(t) for t in range(100))
+    monkeypatch.setattr(switching.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(interrupt.Interrupt, "sleep", lambda _self, _s: None)
+
+    class Platform:
+        asked = 0
+
+        def processes(self, _cid: str) -> list[str]:
+            Platform.asked += 1
+            return ["1 nginx: master process", "7 nginx: worker process is shutting down"]
+
+    ctx: Any = type("Ctx", (), {"platform": Platform()})()
+    assert switching._old_workers_gone(ctx, {"c": {"7"}}, limit=3) == 4.0
+    assert Platform.asked == 2  # at 1 and 2 s; at 3 s the limit is reached
+    assert switching._old_workers_gone(ctx, {"c": set()}, limit=3) == 1.0  # none to wait for

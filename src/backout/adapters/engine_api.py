@@ -292,6 +292,42 @@ class EngineAPI:
         """Inspected concurrently, in the order given; those gone meanwhile left out."""
         return [raw for raw in self.concurrently(self.inspect_container, ids) if raw is not None]
 
+    def _post_or_delete(self, method: str, path: str, query: Mapping[str, Any], *,
+                        timeout: float, what: str) -> bool:
+        """False when the container is gone (404); an error answer raises."""
+        answer = self.request(method, path, query, timeout=timeout)
+        if answer.status == 404:
+            return False
+        if answer.status >= 400:
+            raise ExternalError(f"Docker Engine API {what}: {answer.status} "
+                                f"{self.env.redact(answer.message())}")
+        return True
+
+    def stop_container(self, container_id: str, *, grace_seconds: float) -> bool:
+        """SIGTERM, then SIGKILL after the grace, as ``docker stop -t``; the answer comes
+        once the container has stopped and left its networks. False when it is gone."""
+        grace = max(0, round(grace_seconds))
+        return self._post_or_delete("POST", f"/containers/{container_id}/stop", {"t": grace},
+                                    timeout=grace + 60, what=f"stop {container_id[:12]}")
+
+    def remove_container(self, container_id: str) -> bool:
+        """As ``docker rm -f`` (its anonymous volumes kept, as the CLI keeps them)."""
+        return self._post_or_delete("DELETE", f"/containers/{container_id}", {"force": "1"},
+                                    timeout=60, what=f"remove {container_id[:12]}")
+
+    def processes(self, container_id: str) -> list[str]:
+        """``PID ARGS`` of each process in the container, as ``docker top -o pid,args``
+        prints them; empty when it is gone or not running."""
+        answer = self.request("GET", f"/containers/{container_id}/top",
+                              {"ps_args": "-o pid,args"})
+        if answer.status >= 400:
+            return []
+        try:
+            rows = answer.json().get("Processes") or []
+        except (ValueError, AttributeError):
+            return []
+        return [" ".join(str(field) for field in row) for row in rows if isinstance(row, list)]
+
     def stats(self, container_ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """Memory % (as ``docker stats`` computes it) and CPU % per container, from one
         one-shot read each (concurrently). CPU % is over the time since this adapter's
