@@ -178,7 +178,7 @@ def test_start_first_behind_nginx_with_a_resolver(sw: SwitchStack) -> None:
         time.sleep(1)
     data = json.loads(result.stdout)
     proxies = next(s for s in data["plan"]["steps"] if s["key"] == "switch-proxies:app")
-    assert "wait 2s for nginx to re-resolve" in proxies["reason"]
+    assert "reload nginx so it asks Docker's DNS afresh at once" in proxies["reason"]
     assert load.failed == [], load.failed[:5]
     assert load.slow is not None and load.slow.status == 200
     one_app(sw, "v1")
