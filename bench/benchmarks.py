@@ -600,30 +600,22 @@ BACKEND_FIXED_PORT = '"127.0.0.1:${BACKEND_PORT:-8000}:8000"'
 BACKEND_ANY_PORT = '"127.0.0.1::8000"'  # an ephemeral host port: two containers can run
 
 
+STATIC_BACKEND = "proxy_pass http://backend:8000;"  # resolved once, when nginx loads it
+RESOLVED_BACKEND = "proxy_pass http://$backend_upstream;"
+
+
 @contextlib.contextmanager
 def start_first_backend(rig: Rig) -> Iterator[None]:
     """The test stack as a zero-downtime deploy wants it: the backend publishes no
-    fixed host port (a fixed one makes backout switch stop-first, rightly), its health
-    is read through nginx, and nginx is declared a resolver proxy (`resolver
-    127.0.0.11 valid=5s` in tests/stack/nginx/default.conf). Put back afterwards."""
+    fixed host port (a fixed one makes backout switch stop-first, rightly) and its
+    health is read through nginx. Put back afterwards."""
     compose = rig.stack.compose_file
     text = compose.read_text()
     if BACKEND_FIXED_PORT not in text:
         raise BenchError("the backend's port line is not in docker-compose.yml")
-    backend_port, nginx_port = rig.stack.env["BACKEND_PORT"], rig.stack.env["NGINX_PORT"]
-    toml = re.sub(rf"(health_url = \"http://127\.0\.0\.1:){backend_port}/",
-                  rf"\g<1>{nginx_port}/", rig.init_toml)
-    if toml == rig.init_toml:
-        raise BenchError("backout init wrote no backend health URL to adapt")
-    if "nginx-resolver" not in toml:  # `backout init` reads it from a running nginx
-        toml = toml.replace("[services.nginx]\n", "[services.nginx]\nproxy = \"nginx-resolver\"\n"
-                            "proxy_dns_valid_seconds = 5\n", 1)
-    if "nginx-resolver" not in toml:
-        raise BenchError("no [services.nginx] in backout.toml to declare a resolver proxy")
     rig.git("checkout", "-q", "-f", "main")
     compose.write_text(text.replace(BACKEND_FIXED_PORT, BACKEND_ANY_PORT))
     rig.git("commit", "-q", "-am", "bench 5: backend without a fixed host port")
-    (rig.project / "backout.toml").write_text(toml + BENCH_TOML)
     rig.compose_up("backend")
     try:
         yield
@@ -633,6 +625,48 @@ def start_first_backend(rig: Rig) -> Iterator[None]:
         rig.git("commit", "-q", "-am", "bench 5: the backend's fixed port back")
         rig.write_config()
         rig.compose_up("backend")
+
+
+@contextlib.contextmanager
+def nginx_in_front(rig: Rig, mode: str) -> Iterator[None]:
+    """nginx as ``mode`` reaches the backend: "nginx-resolver" is the test stack's own
+    configuration (`resolver 127.0.0.11 valid=5s` and a variable in proxy_pass);
+    "nginx-reload" swaps in a static `proxy_pass http://backend:8000;` (the shape most
+    nginx configurations have) in the running nginx. backout.toml declares it."""
+    backend_port, nginx_port = rig.stack.env["BACKEND_PORT"], rig.stack.env["NGINX_PORT"]
+    toml = re.sub(rf"(health_url = \"http://127\.0\.0\.1:){backend_port}/",
+                  rf"\g<1>{nginx_port}/", rig.init_toml)
+    if toml == rig.init_toml:
+        raise BenchError("backout init wrote no backend health URL to adapt")
+    toml = re.sub(r'(\[services\.nginx\]\n)(proxy = "[a-z-]+"\n)?', rf'\1proxy = "{mode}"\n',
+                  toml, count=1)
+    if f'proxy = "{mode}"' not in toml:
+        raise BenchError("no [services.nginx] in backout.toml to declare the proxy")
+    (rig.project / "backout.toml").write_text(toml + BENCH_TOML)
+    conf = (rig.project / "nginx" / "default.conf").read_text()
+    if RESOLVED_BACKEND not in conf:
+        raise BenchError("the test stack's nginx no longer proxies to $backend_upstream")
+    if mode == "nginx-reload":
+        _nginx_conf(rig, conf.replace(RESOLVED_BACKEND, STATIC_BACKEND))
+    try:
+        yield
+    finally:
+        if mode == "nginx-reload":
+            _nginx_conf(rig, conf)
+        rig.write_config()
+
+
+def _nginx_conf(rig: Rig, text: str) -> None:
+    """Into the running nginx, checked, reloaded."""
+    staged = rig.project / ".bench-nginx.conf"
+    staged.write_text(text)
+    try:
+        rig.sh(f"docker compose cp {staged.name} nginx:/etc/nginx/conf.d/default.conf && "
+               "docker compose exec -T nginx nginx -t -q && "
+               "docker compose exec -T nginx nginx -s reload", timeout=120)
+    finally:
+        staged.unlink()
+    time.sleep(2)  # the old workers finish
 
 
 def _during(rig: Rig, url: str, tail: float, change: Callable[[], float]) -> JsonDict:
@@ -669,62 +703,75 @@ def _switch(rig: Rig, who: str, target: str) -> Callable[[], float]:
     return run
 
 
+PROXY_MODES = {"nginx-reload": "a static `proxy_pass http://backend:8000;`",
+               "nginx-resolver": "the test stack's `resolver 127.0.0.11 valid=5s` + "
+                                 "`proxy_pass http://$backend_upstream;`"}
+
+
 def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
     healthy = tag_image_id("backout-test/backend:healthy")
     v2 = tag_image_id(f"backout-test/backend:{p.v2_tag}")
     url = f"{rig.stack.url('nginx')}/api/v1/items"
     tail = p.tail
-    runs: dict[str, list[JsonDict]] = {"rollback": [], "bare": [], "deploy": [],
-                                       "bare_deploy": []}
+    runs: dict[tuple[str, str], list[JsonDict]] = {}
     with start_first_backend(rig):
-        for i in range(p.reps):
-            log(f"requests during a rollback {i + 1}/{p.reps}")
-            for who in ("rollback", "bare"):
-                rig.deploy("backend", p.v2_tag)
-                if who == "bare":
-                    rig.set_image("backend", "healthy")
-                runs[who].append(_during(rig, url, tail, _switch(rig, who, "")))
-                if rig.image_id("backend") != healthy:
-                    raise BenchError(f"{who}: backend is not the healthy image afterwards")
-            log(f"requests during a deploy {i + 1}/{p.reps}")
-            for who in ("deploy", "bare_deploy"):
+        for mode in PROXY_MODES:
+            with nginx_in_front(rig, mode):
+                for i in range(p.reps):
+                    log(f"{mode}: requests during a rollback {i + 1}/{p.reps}")
+                    for who in ("rollback", "bare"):
+                        rig.deploy("backend", p.v2_tag)
+                        if who == "bare":
+                            rig.set_image("backend", "healthy")
+                        runs.setdefault((mode, who), []).append(
+                            _during(rig, url, tail, _switch(rig, who, "")))
+                        if rig.image_id("backend") != healthy:
+                            raise BenchError(f"{who}: backend is not the healthy image "
+                                             "afterwards")
+                    log(f"{mode}: requests during a deploy {i + 1}/{p.reps}")
+                    for who in ("deploy", "bare_deploy"):
+                        rig.deploy("backend", "healthy")
+                        target = rig.set_image("backend", p.v2_tag)
+                        rig.git("checkout", "-q", "HEAD~1")  # the running release checked out
+                        runs.setdefault((mode, who), []).append(
+                            _during(rig, url, tail, _switch(rig, who, target)))
+                        if rig.image_id("backend") != v2:
+                            raise BenchError(f"{who}: backend is not {p.v2_tag} after the "
+                                             "deploy")
                 rig.deploy("backend", "healthy")
-                target = rig.set_image("backend", p.v2_tag)
-                rig.git("checkout", "-q", "HEAD~1")  # the running release checked out
-                runs[who].append(_during(rig, url, tail, _switch(rig, who, target)))
-                if rig.image_id("backend") != v2:
-                    raise BenchError(f"{who}: backend is not {p.v2_tag} after the deploy")
-        rig.deploy("backend", "healthy")
-    ours, bare = runs["rollback"], runs["bare"]
-    rows = [
-        Row("failed requests through nginx during `rollback service backend`", "requests",
-            [f["failed"] for f in ours], [f["failed"] for f in bare],
-            "docker compose up -d --no-deps --force-recreate --wait backend, same load",
-            kind="count", extra={"backout_failed": [f["failed"] for f in ours],
-                   "baseline_failed": [f["failed"] for f in bare],
-                   "backout_requests": [f["requests"] for f in ours],
-                   "baseline_requests": [f["requests"] for f in bare],
-                   "statuses": sorted({s for f in ours + bare for s in f["statuses"]})}),
-        Row("  longest stretch without a successful answer", "s",
-            [f["longest_without_success_s"] for f in ours],
-            [f["longest_without_success_s"] for f in bare], "the same bare rollback",
-            floor=floor("the load's own spacing (4 workers, 20 ms pause)", 0.02, "s")),
-        Row("  rollback time (start-first, incl. waiting out nginx's 5 s DNS validity)", "s",
-            [f["seconds"] for f in ours], [f["seconds"] for f in bare],
-            "docker compose up -d --no-deps --force-recreate --wait backend (stop-first)"),
-        Row("failed requests through nginx during `deploy` of a healthy release", "requests",
-            [f["failed"] for f in runs["deploy"]], [f["failed"] for f in runs["bare_deploy"]],
-            "git checkout + docker compose up -d --wait, same load", kind="count",
-            extra={"backout_requests": [f["requests"] for f in runs["deploy"]],
-                   "baseline_requests": [f["requests"] for f in runs["bare_deploy"]],
-                   "statuses": sorted({s for f in runs["deploy"] + runs["bare_deploy"]
-                                       for s in f["statuses"]})}),
-        Row("  longest stretch without a successful answer", "s",
-            [f["longest_without_success_s"] for f in runs["deploy"]],
-            [f["longest_without_success_s"] for f in runs["bare_deploy"]],
-            "the same bare deploy",
-            floor=floor("the load's own spacing (4 workers, 20 ms pause)", 0.02, "s")),
-    ]
+    rows: list[Row] = []
+    for mode, words in PROXY_MODES.items():
+        ours, bare = runs[(mode, "rollback")], runs[(mode, "bare")]
+        deploy, bare_deploy = runs[(mode, "deploy")], runs[(mode, "bare_deploy")]
+        rows += [
+            Row(f"behind nginx with {words}: failed requests during `rollback service "
+                "backend`", "requests", [f["failed"] for f in ours], [f["failed"] for f in bare],
+                "docker compose up -d --no-deps --force-recreate --wait backend, same load",
+                kind="count", extra={"backout_failed": [f["failed"] for f in ours],
+                                     "baseline_failed": [f["failed"] for f in bare],
+                                     "backout_requests": [f["requests"] for f in ours],
+                                     "baseline_requests": [f["requests"] for f in bare],
+                                     "statuses": sorted({s for f in ours + bare
+                                                         for s in f["statuses"]})}),
+            Row("  longest stretch without a successful answer", "s",
+                [f["longest_without_success_s"] for f in ours],
+                [f["longest_without_success_s"] for f in bare], "the same bare rollback",
+                floor=floor("the load's own spacing (4 workers, 20 ms pause)", 0.02, "s")),
+            Row("  rollback time (start-first)", "s", [f["seconds"] for f in ours],
+                [f["seconds"] for f in bare],
+                "docker compose up -d --no-deps --force-recreate --wait backend (stop-first)"),
+            Row("  failed requests during `deploy` of a healthy release", "requests",
+                [f["failed"] for f in deploy], [f["failed"] for f in bare_deploy],
+                "git checkout + docker compose up -d --wait, same load", kind="count",
+                extra={"backout_requests": [f["requests"] for f in deploy],
+                       "baseline_requests": [f["requests"] for f in bare_deploy],
+                       "statuses": sorted({s for f in deploy + bare_deploy
+                                           for s in f["statuses"]})}),
+            Row("  longest stretch without a successful answer", "s",
+                [f["longest_without_success_s"] for f in deploy],
+                [f["longest_without_success_s"] for f in bare_deploy], "the same bare deploy",
+                floor=floor("the load's own spacing (4 workers, 20 ms pause)", 0.02, "s")),
+        ]
     return result("5. Requests failing during a service rollback and a deploy behind nginx",
                   rows, [
         f"4 threads GET {url.split('//')[1].split(':')[0]}:<nginx>/api/v1/items with a 20 ms "
@@ -732,15 +779,17 @@ def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
         "the backend's address for 5 s).",
         "backout switches the backend start-first (issue 14): for this benchmark the backend "
         "publishes an ephemeral host port instead of the test stack's fixed one (a fixed "
-        "host port makes backout fall back to stop-first, as it should) and backout.toml "
-        "declares nginx a resolver proxy (valid=5s), so backout waits out the validity "
-        "before it drains the old container.",
+        "host port makes backout fall back to stop-first, as it should). Each figure is "
+        "measured behind nginx as most configurations write it (a static proxy_pass, "
+        "backout.toml: proxy = \"nginx-reload\") and as the test stack's nginx does "
+        "(a resolver and a variable: proxy = \"nginx-resolver\"); backout reloads either "
+        "once the new container is ready and again the moment the old one has stopped.",
         "Rollback: both roll the backend from a second healthy image (`:healthy` + a label) "
         "back to `:healthy`, so every failure is the container swap's, not the app's. Deploy: "
         "`backout deploy <commit> --watch 0` (its checkpoint included) from `:healthy` to "
         "that second image; the bare one is `git checkout` + `docker compose up -d --wait`.",
         "Failure = no HTTP answer or a status >= 400 (statuses seen are in extra).",
-    ], {"tail_s": tail, "workers": 4, "pause_s": 0.02})
+    ], {"tail_s": tail, "workers": 4, "pause_s": 0.02, "proxies": list(PROXY_MODES)})
 
 
 # --------------------------------------------------------------------------- 6. overhead

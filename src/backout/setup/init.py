@@ -80,7 +80,7 @@ def _find_metrics(env: Environment, derived: Derived) -> None:
 
 def _find_proxy_modes(env: Environment, platform: Platform, derived: Derived) -> None:
     """How a running nginx in front reaches the app services (``nginx -T``): a static
-    proxy_pass is reloaded after a start-first switch, a resolver is waited out."""
+    proxy_pass or a resolver is reloaded during a start-first switch."""
     apps = [n for n, e in derived.services.items() if e.get("kind") == "app"]
     for name, entry in derived.services.items():
         if entry.get("kind") != "proxy":
