@@ -638,8 +638,10 @@ def nginx_in_front(rig: Rig, mode: str) -> Iterator[None]:
                   rf"\g<1>{nginx_port}/", rig.init_toml)
     if toml == rig.init_toml:
         raise BenchError("backout init wrote no backend health URL to adapt")
-    toml = re.sub(r'(\[services\.nginx\]\n)(proxy = "[a-z-]+"\n)?', rf'\1proxy = "{mode}"\n',
-                  toml, count=1)
+    if re.search(r'^proxy = "[a-z-]+"$', toml, re.M):  # `backout init` found it
+        toml = re.sub(r'^proxy = "[a-z-]+"$', f'proxy = "{mode}"', toml, flags=re.M)
+    else:
+        toml = toml.replace("[services.nginx]\n", f'[services.nginx]\nproxy = "{mode}"\n', 1)
     if f'proxy = "{mode}"' not in toml:
         raise BenchError("no [services.nginx] in backout.toml to declare the proxy")
     (rig.project / "backout.toml").write_text(toml + BENCH_TOML)
