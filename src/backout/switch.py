@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from backout import proc
 from backout.adapters import http
 from backout.config import Config
-from backout.errors import UnhealthyError, UsageError
+from backout.errors import BackoutError, ExternalError, UnhealthyError, UsageError
 from backout.operations import interrupt
 from backout.operations.executor import Action, RunContext
 from backout.operations.plan import Step
@@ -35,10 +36,14 @@ KEPT_SERVING = "the old release kept serving"
 POLL = 0.25
 # After `nginx -s reload` the workers of the old configuration (which know only the
 # old container) still pass on the requests they had accepted: the old container keeps
-# accepting until they are gone or this long has passed (seen on the real stack: a
+# accepting until they are gone or this long has passed (always this long when the
+# workers cannot be told apart) (seen on the real stack: a
 # burst of 502s when the drain followed the reload at once).
 RELOAD_SETTLE = 1.0
-WORKERS_POLL = 0.05
+WORKERS_POLL = 0.05  # while the old workers get their second at most
+# A reload that took has started its new workers well within this; none by then: the
+# master kept its old configuration.
+RELOAD_TAKES = 2.0
 # nginx's title of a worker process; after a reload the old ones end with
 # "is shutting down" and keep their process IDs until they exit.
 WORKER = "worker process"
@@ -248,42 +253,80 @@ def _reloads(ctx: RunContext, fronts: list[dict[str, Any]],
     return out
 
 
-def _workers(ctx: RunContext, reloads: list[tuple[str, str, list[str]]]) -> dict[str, set[str]]:
-    """The process IDs of the nginx workers in each reloaded container, before the reload:
-    the old workers are exactly these (new ones get new IDs), whatever their title says
-    in the instant after `nginx -s reload` returns."""
-    out: dict[str, set[str]] = {}
-    for cid in sorted({cid for _p, cid, _argv in reloads}):
-        out[cid] = {line.split()[0] for line in ctx.platform.processes(cid)
-                    if WORKER in line and line.split()}
+def _worker_pids(ctx: RunContext, cid: str) -> set[str] | None:
+    """The process IDs of the nginx workers in a proxy container; None when its
+    process list cannot be read (a running nginx always shows its master)."""
+    try:
+        lines = ctx.platform.processes(cid)
+    except BackoutError:
+        return None
+    if not lines:
+        return None
+    return {line.split()[0] for line in lines if WORKER in line}
+
+
+@dataclass
+class Reloaded:
+    """What a round of proxy reloads did: the proxies reloaded, those whose reload
+    failed (only those allowed to fail get here), and the worker process IDs each
+    reloaded container had before (None: not told apart) -- the old workers are
+    exactly these, whatever their titles say in the instant after the reload."""
+
+    proxies: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    before: dict[str, set[str] | None] = field(default_factory=dict)
+
+
+def _run_reloads(ctx: RunContext, reloads: list[tuple[str, str, list[str]]],
+                 before: dict[str, set[str] | None], *,
+                 tolerate: Collection[str] = ()) -> Reloaded:
+    """Reload each proxy container; a failure of a proxy in ``tolerate`` is recorded,
+    any other raises."""
+    out = Reloaded()
+    done: set[str] = set()
+    failed: set[str] = set()
+    for proxy, cid, argv in reloads:
+        try:
+            ok = proc.run(ctx.env, argv, timeout=60, check=proxy not in tolerate,
+                          what=f"reload {proxy}").ok
+        except ExternalError:
+            if proxy not in tolerate:
+                raise
+            ok = False  # timed out, or no such command: as good as refused
+        if ok:
+            done.add(proxy)
+            out.before[cid] = before.get(cid)
+        else:
+            failed.add(proxy)
+    out.proxies, out.failed = sorted(done - failed), sorted(failed)
     return out
 
 
-def _run_reloads(ctx: RunContext, reloads: list[tuple[str, str, list[str]]], *,
-                 tolerate: Collection[str] = ()) -> tuple[list[str], list[str]]:
-    """(proxies reloaded, proxies in ``tolerate`` whose reload failed); any other
-    failed reload raises."""
-    done: set[str] = set()
-    failed: set[str] = set()
-    for proxy, _cid, argv in reloads:
-        result = proc.run(ctx.env, argv, timeout=60, check=proxy not in tolerate,
-                          what=f"reload {proxy}")
-        (done if result.ok else failed).add(proxy)
-    return sorted(done - failed), sorted(failed)
-
-
-def _old_workers_gone(ctx: RunContext, before: dict[str, set[str]], limit: float) -> float:
-    """Wait until none of the workers seen ``before`` a reload is left (at most ``limit``
-    seconds); the seconds waited."""
+def _old_workers_gone(ctx: RunContext, reloaded: Reloaded, limit: float,
+                      poll: float) -> tuple[float, list[str]]:
+    """Wait until none of the workers from before the reload is left in any reloaded
+    container, at most ``limit`` seconds. (seconds waited, containers whose reload
+    never took: no new worker appeared within ``max(limit, RELOAD_TAKES)`` --
+    `nginx -s reload` exits 0 once it has signalled the master, which keeps its old
+    workers when the new configuration does not load)."""
     start = time.monotonic()
     intr = interrupt.current()
-    for cid, pids in sorted(before.items()):
-        while pids and time.monotonic() - start < limit:
-            left = {line.split()[0] for line in ctx.platform.processes(cid) if line.split()}
-            if not pids & left:
+    never_took: list[str] = []
+    for cid, pids in sorted(reloaded.before.items()):
+        seen_new = False
+        while pids and not intr.stop_now:
+            elapsed = time.monotonic() - start
+            now = _worker_pids(ctx, cid)
+            if now is None:
+                break  # no longer told apart: nothing more to learn
+            seen_new = seen_new or bool(now - pids)
+            if not pids & now or (seen_new and elapsed >= limit):
                 break
-            intr.sleep(WORKERS_POLL)
-    return round(time.monotonic() - start, 3)
+            if not seen_new and elapsed >= max(limit, RELOAD_TAKES):
+                never_took.append(cid)
+                break
+            intr.sleep(poll)
+    return round(time.monotonic() - start, 3), never_took
 
 
 def _resolvers(fronts: list[dict[str, Any]]) -> set[str]:
@@ -292,8 +335,9 @@ def _resolvers(fronts: list[dict[str, Any]]) -> set[str]:
     return {p["service"] for p in fronts if p["mode"] == "nginx-resolver"}
 
 
-def _reload(ctx: RunContext, fronts: list[dict[str, Any]]) -> list[str]:
-    return _run_reloads(ctx, _reloads(ctx, fronts), tolerate=_resolvers(fronts))[0]
+def _snapshot(ctx: RunContext, reloads: list[tuple[str, str, list[str]]],
+              ) -> dict[str, set[str] | None]:
+    return {cid: _worker_pids(ctx, cid) for cid in sorted({c for _p, c, _a in reloads})}
 
 
 def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
@@ -302,24 +346,36 @@ def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
         return {"skipped": "nothing was started"}
     if not params["proxies"]:
         return {"skipped": "no proxy configured in front"}
+    intr = interrupt.current()
+    began = time.monotonic()
     # Every nginx in front is reloaded: one that resolved its upstream once learns the
     # new container; one that re-resolves through a resolver drops its cached answer
     # (the old container alone) now rather than `valid` seconds after it last asked.
+    # Only a resolver has a fallback when its reload fails (its cache expires); a
+    # static one that cannot reload would never see the new container: that fails the
+    # step, and the abort step keeps the old one serving.
     reloads = _reloads(ctx, params["proxies"])
-    before = _workers(ctx, reloads)
-    # Only a resolver nginx has a fallback when its reload fails (its cache expires);
-    # a static one that cannot reload would never see the new container: that fails
-    # the step, and the abort step keeps the old one serving.
-    reloaded, failed = _run_reloads(ctx, reloads, tolerate=_resolvers(params["proxies"]))
-    settled = _old_workers_gone(ctx, before, RELOAD_SETTLE) if reloaded else 0.0
-    # A resolver nginx whose reload failed still learns the new address, when its
-    # cached answer expires: `valid` seconds after the new container joined at most.
-    valid = max((float(p["valid"]) for p in params["proxies"] if p["service"] in failed),
+    resolvers = _resolvers(params["proxies"])
+    reloaded = _run_reloads(ctx, reloads, _snapshot(ctx, reloads), tolerate=resolvers)
+    settled, never_took = _old_workers_gone(ctx, reloaded, RELOAD_SETTLE, WORKERS_POLL)
+    if any(pids is None for pids in reloaded.before.values()):
+        intr.sleep(max(0.0, RELOAD_SETTLE - settled))  # workers not told apart: 1 s
+    took_not = sorted({proxy for proxy, cid, _argv in reloads if cid in never_took})
+    if took_not and not set(took_not) <= resolvers:
+        raise UnhealthyError(f"{', '.join(took_not)} kept its old workers after "
+                             f"`nginx -s reload` (its configuration did not load?): it would "
+                             f"not see the new {params['service']}; {KEPT_SERVING}",
+                             fix="check `docker compose exec <proxy> nginx -t`")
+    # A resolver nginx whose reload failed or did not take still learns the new address
+    # when its cached answer expires: `valid` seconds after the new container joined.
+    late = set(reloaded.failed) | set(took_not)
+    valid = max((float(p["valid"]) for p in params["proxies"] if p["service"] in late),
                 default=0.0)
-    wait = max(0.0, float(started["started_at"]) + valid + 0.5 - time.time()) if valid else 0.0
-    interrupt.current().sleep(wait)
-    return {"reloaded": reloaded, "settled_s": settled, "waited_s": round(wait, 3),
-            **({"reload_failed": failed} if failed else {})}
+    if valid:
+        intr.sleep(max(0.0, float(started["started_at"]) + valid + 0.5 - time.time()))
+    return {"reloaded": [p for p in reloaded.proxies if p not in took_not],
+            "settled_s": settled, "took_s": round(time.monotonic() - began, 3),
+            **({"reload_failed": sorted(late)} if late else {})}
 
 
 def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
@@ -332,20 +388,24 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # Once the old container has stopped its address is gone; an nginx still holding
     # it (resolved once, or cached by its resolver) would send requests into a black
     # hole until its connect timeout: reloaded the moment the old one is gone, its
-    # workers ask Docker's DNS afresh (only the new container is left in it).
+    # workers ask Docker's DNS afresh (only the new container is left in it). Every
+    # reload may fail here: the old container is gone either way.
     reloads = _reloads(ctx, params["proxies"])
-    before = _workers(ctx, reloads)
-    reloaded: list[str] = []
+    before = _snapshot(ctx, reloads)
+    done: list[Reloaded] = []
     retired = ctx.platform.retire(started["old"], grace_seconds=float(params["grace"]),
-                                  after_stop=lambda: reloaded.extend(_run_reloads(
-                                      ctx, reloads, tolerate=_resolvers(params["proxies"]))[0]))
+                                  after_stop=lambda: done.append(_run_reloads(
+                                      ctx, reloads, before,
+                                      tolerate={p["service"] for p in params["proxies"]})))
+    reloaded = done[0] if done else Reloaded()
     # Requests an old worker had already sent toward the stopped address wait for
     # nginx's connect timeout, then go to the new container (and nginx logs an
     # error): the switch ends once those workers are gone, so what comes next (a
     # deploy's verify reading the logs) sees only the new release.
-    waited = _old_workers_gone(ctx, before, OLD_WORKERS_LIMIT)
-    return {"retired": retired, "serving": started["new"], "reloaded": reloaded,
-            "old_workers_s": waited}
+    waited, _never = _old_workers_gone(ctx, reloaded, OLD_WORKERS_LIMIT, POLL)
+    return {"retired": retired, "serving": started["new"], "reloaded": reloaded.proxies,
+            "old_workers_s": waited,
+            **({"reload_failed": reloaded.failed} if reloaded.failed else {})}
 
 
 def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
@@ -365,9 +425,19 @@ def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
         old = [c.id for c in containers if c.id in started["old"]]
     running_old = [c.id for c in containers if c.id in old and c.state == "running"]
     if running_old and new:
-        removed = ctx.platform.retire(new, grace_seconds=float(params["grace"]))
-        _reload(ctx, params["proxies"])
-        return {"removed": removed, "kept": running_old, "said": KEPT_SERVING}
+        # Proxies that saw the new one forget its address the moment it has stopped;
+        # a cleanup step: a proxy that cannot reload is reported, not fatal.
+        reloads = _reloads(ctx, params["proxies"])
+        before = _snapshot(ctx, reloads)
+        done: list[Reloaded] = []
+        removed = ctx.platform.retire(new, grace_seconds=float(params["grace"]),
+                                      after_stop=lambda: done.append(_run_reloads(
+                                          ctx, reloads, before,
+                                          tolerate={p["service"] for p in params["proxies"]})))
+        reloaded = done[0] if done else Reloaded()
+        return {"removed": removed, "kept": running_old, "said": KEPT_SERVING,
+                "reloaded": reloaded.proxies,
+                **({"reload_failed": reloaded.failed} if reloaded.failed else {})}
     if running_old or not new:
         return {"skipped": "no new container to remove"}
     # The old one is stopped (the drain was under way): the new one serves.

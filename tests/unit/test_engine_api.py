@@ -545,6 +545,27 @@ def test_retire_stops_then_runs_after_stop_then_removes(engine: Engine, tmp_path
     assert [q["force"] for p, q in engine.requests if p.endswith("/aaa")] == [["1"]]
 
 
+def test_retire_after_a_crash_between_stop_and_remove(engine: Engine, tmp_path: Path) -> None:
+    """`resume` after a kill -9 between the stop and the removal: the engine answers
+    304 (already stopped); the reload still runs and the container is removed."""
+    engine.routes["/containers/aaa/stop"] = lambda h, q: (304, b"")
+    engine.routes["/containers/aaa"] = lambda h, q: (204, b"")
+    ran: list[bool] = []
+    assert platform(engine, tmp_path).retire(["aaa"], grace_seconds=0.4,
+                                             after_stop=lambda: ran.append(True)) == ["aaa"]
+    assert ran == [True] and engine.methods[-1] == "DELETE /v1.41/containers/aaa"
+    # a 0.4 s stop_grace_period is not rounded down to an immediate SIGKILL
+    assert [q["t"] for p, q in engine.requests if p.endswith("/stop")] == [["1"]]
+
+
+def test_retire_removes_what_the_engine_would_not_stop(engine: Engine, tmp_path: Path) -> None:
+    """As `docker stop` failing then `docker rm -f`: the container still goes."""
+    engine.routes["/containers/aaa/stop"] = lambda h, q: (500, b'{"message":"cannot kill"}')
+    engine.routes["/containers/aaa"] = lambda h, q: (204, b"")
+    assert platform(engine, tmp_path).retire(["aaa"], grace_seconds=1) == ["aaa"]
+    assert engine.methods[-1] == "DELETE /v1.41/containers/aaa"
+
+
 def test_a_stop_the_engine_refuses_is_an_error(engine: Engine) -> None:
     engine.routes["/containers/aaa/stop"] = lambda h, q: (500, b'{"message":"cannot kill"}')
     with pytest.raises(ExternalError, match="stop aaa: 500 cannot kill"):

@@ -232,9 +232,9 @@ def test_the_reload_happens_only_once_the_new_container_is_healthy(
     seen: list[str | None] = []
     real_run_reloads = switching._run_reloads
 
-    def watch(ctx: Any, reloads: Any, **kw: Any) -> Any:
+    def watch(ctx: Any, reloads: Any, before: Any, **kw: Any) -> Any:
         seen.append(platform._health(platform.of("web")[-1]))
-        return real_run_reloads(ctx, reloads, **kw)
+        return real_run_reloads(ctx, reloads, before, **kw)
 
     monkeypatch.setattr(switching, "_run_reloads", watch)
     assert run(store, plan, config, platform).status == "succeeded"
@@ -254,8 +254,8 @@ def test_a_resolver_proxy_is_reloaded_instead_of_waited_out(
     outcome = run(store, plan, config, platform)
     assert outcome.status == "succeeded"
     assert slept == []  # no resolver validity waited out
-    assert outcome.results["switch-proxies:web"] == {"reloaded": ["nginx"], "settled_s": 0.0,
-                                                     "waited_s": 0.0}
+    proxies = outcome.results["switch-proxies:web"]
+    assert proxies["reloaded"] == ["nginx"] and "reload_failed" not in proxies
     # reloaded once the new one is ready, again once the old one is gone: no worker
     # keeps its cached address
     assert _quick == [["fake-exec", "c-nginx-1", "nginx", "-s", "reload"]] * 2
@@ -279,9 +279,10 @@ def test_a_resolver_proxy_that_cannot_reload_is_waited_out(
     outcome = run(store, plan, config, platform)
     assert outcome.status == "succeeded"
     assert slept == [pytest.approx(4.5)]  # valid 5 s + 0.5 s margin, 1 s already gone
-    assert outcome.results["switch-proxies:web"] == {
-        "reloaded": [], "settled_s": 0.0, "waited_s": 4.5, "reload_failed": ["nginx"]}
-    assert outcome.results["switch-drain:web"]["reloaded"] == []
+    proxies = outcome.results["switch-proxies:web"]
+    assert proxies["reloaded"] == [] and proxies["reload_failed"] == ["nginx"]
+    drain = outcome.results["switch-drain:web"]
+    assert drain["reloaded"] == [] and drain["reload_failed"] == ["nginx"]
     assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
 
 
@@ -299,6 +300,9 @@ def test_a_static_proxy_that_cannot_reload_fails_the_switch_and_the_old_one_serv
     outcome = run(store, plan, config, platform)
     assert outcome.status == "failed" and outcome.failed_step == "let the proxies see the new web"
     assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-1", NEW)]
+    abort = outcome.results["switch-abort:web"]  # a cleanup: its failed reload is reported
+    assert abort["said"] == "the old release kept serving" and abort["removed"] == ["c-web-2"]
+    assert abort["reload_failed"] == ["nginx"]
 
 
 def test_a_release_that_never_gets_ready_is_removed_and_the_old_one_kept(
@@ -560,8 +564,9 @@ def test_a_label_driven_proxy_needs_neither_reload_nor_wait(
     outcome = run(store, plan, config, platform)
     assert outcome.status == "succeeded"
     assert _quick == []
-    assert outcome.results["switch-proxies:web"] == {"reloaded": [], "settled_s": 0.0,
-                                                     "waited_s": 0.0}
+    proxies = outcome.results["switch-proxies:web"]
+    assert proxies["reloaded"] == [] and proxies["settled_s"] == 0.0
+    assert "reload_failed" not in proxies
 
 
 def test_the_drain_reloads_the_proxy_as_soon_as_the_old_one_has_stopped(
@@ -601,19 +606,89 @@ def test_the_drain_ends_when_the_proxys_old_workers_are_gone(tmp_path: Path) -> 
     assert platform.process_lists == []
 
 
+def clocked(monkeypatch: pytest.MonkeyPatch, step: float = 0.25) -> None:
+    """switch's monotonic clock advances ``step`` s per reading; its sleeps are free."""
+    ticks = iter(i * step for i in range(100_000))
+    monkeypatch.setattr(switching.time, "monotonic", lambda: next(ticks))
+    monkeypatch.setattr(interrupt.Interrupt, "sleep", lambda _self, _s: None)
+
+
+def test_old_workers_get_the_settle_and_no_more(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    monkeypatch.setattr(switching, "RELOAD_SETTLE", 1.0)
+    clocked(monkeypatch)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    master = "1 nginx: master process"
+    busy = [master, "7 nginx: worker process is shutting down", "8 nginx: worker process"]
+    platform.process_lists = [[master, "7 nginx: worker process"]] + [busy] * 3
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded"
+    proxies = outcome.results["switch-proxies:web"]
+    # worker 7 still busy at every look: the old container keeps accepting for the
+    # settle (1 s), then the drain goes on
+    assert proxies["reloaded"] == ["nginx"] and proxies["settled_s"] >= 1.0
+    assert platform.called("processes")[:4] == [("c-nginx-1",)] * 4
+
+
+@pytest.mark.parametrize(("proxy", "status"), [("nginx-reload", "failed"),
+                                                ("nginx-resolver", "succeeded")])
+def test_a_reload_that_never_takes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   proxy: str, status: str) -> None:
+    """`nginx -s reload` exits 0 but the master keeps its old workers (its new
+    configuration did not load): a static nginx would never see the new container,
+    so the switch stops with the old one serving; a resolver one is waited out."""
+    config, store, platform = stack(tmp_path, proxy=proxy)
+    monkeypatch.setattr(switching, "RELOAD_SETTLE", 1.0)
+    clocked(monkeypatch)
+    monkeypatch.setattr(switching.time, "time", lambda: 2001.0)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    same = ["1 nginx: master process", "7 nginx: worker process"]
+    platform.process_lists = [same] * 12
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == status
+    if status == "failed":
+        assert "kept its old workers" in outcome.error.message
+        assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-1", NEW)]
+    else:
+        assert outcome.results["switch-proxies:web"]["reload_failed"] == ["nginx"]
+        assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
+
+
+def test_a_failed_reload_is_not_waited_for(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers of an nginx whose reload failed never go: nothing waits for them."""
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    clocked(monkeypatch)
+    monkeypatch.setattr(switching.time, "time", lambda: 2001.0)
+    monkeypatch.setattr(switching.proc, "run", lambda _e, argv, **_k: proc.Result(
+        tuple(argv), 1, "", "refused", 0.0))
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    platform.process_lists = [["1 nginx: master process", "7 nginx: worker process"]] * 50
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded"
+    assert outcome.results["switch-drain:web"]["old_workers_s"] < 1
+    assert len(platform.called("processes")) == 2  # one look before each reload
+
+
 def test_waiting_for_old_workers_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter(float(t) for t in range(100))
     monkeypatch.setattr(switching.time, "monotonic", lambda: next(clock))
     monkeypatch.setattr(interrupt.Interrupt, "sleep", lambda _self, _s: None)
+    lists = iter([["1 nginx: master process", "7 nginx: worker process is shutting down",
+                   "8 nginx: worker process"]] * 10 + [[]])
 
     class Platform:
-        asked = 0
-
         def processes(self, _cid: str) -> list[str]:
-            Platform.asked += 1
-            return ["1 nginx: master process", "7 nginx: worker process is shutting down"]
+            return next(lists)
 
     ctx: Any = type("Ctx", (), {"platform": Platform()})()
-    assert switching._old_workers_gone(ctx, {"c": {"7"}}, limit=3) == 4.0
-    assert Platform.asked == 2  # at 1 and 2 s; at 3 s the limit is reached
-    assert switching._old_workers_gone(ctx, {"c": set()}, limit=3) == 1.0  # none to wait for
+    waited, never = switching._old_workers_gone(
+        ctx, switching.Reloaded(before={"c": {"7"}}), limit=3, poll=0)
+    assert (waited, never) == (4.0, [])  # looked at 1, 2 and 3 s; the limit reached at 3
+    # no worker to wait for, or a list that can no longer be read: no wait
+    assert switching._old_workers_gone(ctx, switching.Reloaded(before={"c": set()}),
+                                       limit=3, poll=0)[1] == []
+    waited, never = switching._old_workers_gone(
+        ctx, switching.Reloaded(before={"c": {"7"}}), limit=30, poll=0)
+    assert never == []  # read until the list ran out (an empty list: not told apart)

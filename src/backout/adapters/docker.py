@@ -7,6 +7,7 @@ v1): we ask the engine, we never keep our own idea of the running state.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,7 +74,7 @@ class Docker:
 
     def stop(self, ids: Sequence[str], *, grace_seconds: float) -> None:
         # SIGTERM, then SIGKILL after the grace (rm -f would kill at once).
-        self._run(["container", "stop", "-t", str(max(0, round(grace_seconds))), *ids],
+        self._run(["container", "stop", "-t", str(max(0, math.ceil(grace_seconds))), *ids],
                   timeout=grace_seconds + 60, check=False, what="docker container stop")
 
     def processes(self, container_id: str) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import math
 import re
 import socket
 import threading
@@ -305,8 +306,9 @@ class EngineAPI:
 
     def stop_container(self, container_id: str, *, grace_seconds: float) -> bool:
         """SIGTERM, then SIGKILL after the grace, as ``docker stop -t``; the answer comes
-        once the container has stopped and left its networks. False when it is gone."""
-        grace = max(0, round(grace_seconds))
+        once the container has stopped and left its networks (304: it already had).
+        False when it is gone."""
+        grace = max(0, math.ceil(grace_seconds))  # never shorter than the service asks
         return self._post_or_delete("POST", f"/containers/{container_id}/stop", {"t": grace},
                                     timeout=grace + 60, what=f"stop {container_id[:12]}")
 

@@ -52,9 +52,10 @@ class ServiceConfig:
     # A readiness probe of a new container before traffic reaches it, e.g.
     # "http://:8080/health" (the container's own address and that port).
     readiness_url: str | None = None
-    # For a proxy in front of switched services: "nginx-reload" (static proxy_pass,
-    # reloaded through exec), "nginx-resolver" (re-resolves every
-    # proxy_dns_valid_seconds), "labels" (Traefik: follows the containers itself).
+    # For a proxy in front of switched services: "nginx-reload" (static proxy_pass),
+    # "nginx-resolver" (re-resolves through a resolver, caching answers for
+    # proxy_dns_valid_seconds: waited out only when its reload fails), both reloaded
+    # through exec with proxy_reload; "labels" (Traefik: follows the containers itself).
     proxy: str | None = None
     proxy_reload: tuple[str, ...] = ("nginx", "-s", "reload")
     proxy_dns_valid_seconds: int = 5

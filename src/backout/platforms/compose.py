@@ -281,9 +281,17 @@ class ComposePlatform:
             # (its address is gone from Docker's DNS): `after_stop` (the proxies'
             # reload) runs a CLI start-up sooner than after `docker stop`.
             engine = self.engine
+
+            def stop(cid: str) -> bool:
+                try:
+                    return engine.stop_container(cid, grace_seconds=grace_seconds)
+                except ExternalError as exc:
+                    # as `docker stop` failing below: the forced removal still ends it
+                    self.env.log_external(f"  {exc.message}")
+                    return True
+
             ids = list(container_ids)
-            stopped = engine.concurrently(
-                lambda cid: engine.stop_container(cid, grace_seconds=grace_seconds), ids)
+            stopped = engine.concurrently(stop, ids)
             existing = [cid for cid, found in zip(ids, stopped, strict=True) if found]
             if after_stop is not None:
                 after_stop()
