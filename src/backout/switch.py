@@ -41,12 +41,14 @@ POLL = 0.25
 # burst of 502s when the drain followed the reload at once).
 RELOAD_SETTLE = 1.0
 WORKERS_POLL = 0.05  # while the old workers get their second at most
-# A reload that took has started its new workers well within this; none by then: the
-# master kept its old configuration.
-RELOAD_TAKES = 2.0
+# A reload that took has started its new workers well within this (a large
+# configuration on a loaded host included); none by then: the master kept its old
+# configuration. Only a reload that failed waits this long, the old container serving.
+RELOAD_TAKES = 10.0
 # nginx's title of a worker process; after a reload the old ones end with
 # "is shutting down" and keep their process IDs until they exit.
 WORKER = "worker process"
+SHUTTING_DOWN = "is shutting down"
 OLD_WORKERS_LIMIT = 120.0  # seconds: nginx's own proxy_connect_timeout is at most 75 s
 RELOADED = ("nginx-reload", "nginx-resolver")
 
@@ -253,16 +255,19 @@ def _reloads(ctx: RunContext, fronts: list[dict[str, Any]],
     return out
 
 
-def _worker_pids(ctx: RunContext, cid: str) -> set[str] | None:
-    """The process IDs of the nginx workers in a proxy container; None when its
-    process list cannot be read (a running nginx always shows its master)."""
+def _worker_pids(ctx: RunContext, cid: str, *, serving: bool = False) -> set[str] | None:
+    """The process IDs of the nginx workers in a proxy container (``serving``: not those
+    an earlier reload left finishing a long request -- they take nothing new and are
+    not this switch's to wait for); None when they cannot be told: no process list (a
+    running nginx always shows its master), or no worker in it."""
     try:
         lines = ctx.platform.processes(cid)
     except BackoutError:
         return None
-    if not lines:
+    workers = [line for line in lines if WORKER in line]
+    if not workers:
         return None
-    return {line.split()[0] for line in lines if WORKER in line}
+    return {line.split()[0] for line in workers if not (serving and SHUTTING_DOWN in line)}
 
 
 @dataclass
@@ -306,9 +311,9 @@ def _old_workers_gone(ctx: RunContext, reloaded: Reloaded, limit: float,
                       poll: float) -> tuple[float, list[str]]:
     """Wait until none of the workers from before the reload is left in any reloaded
     container, at most ``limit`` seconds. (seconds waited, containers whose reload
-    never took: no new worker appeared within ``max(limit, RELOAD_TAKES)`` --
-    `nginx -s reload` exits 0 once it has signalled the master, which keeps its old
-    workers when the new configuration does not load)."""
+    never took: no new worker appeared within RELOAD_TAKES -- `nginx -s reload` exits
+    0 once it has signalled the master, which keeps its old workers when the new
+    configuration does not load: waiting for them would be waiting for nothing)."""
     start = time.monotonic()
     intr = interrupt.current()
     never_took: list[str] = []
@@ -322,7 +327,7 @@ def _old_workers_gone(ctx: RunContext, reloaded: Reloaded, limit: float,
             seen_new = seen_new or bool(now - pids)
             if not pids & now or (seen_new and elapsed >= limit):
                 break
-            if not seen_new and elapsed >= max(limit, RELOAD_TAKES):
+            if not seen_new and elapsed >= RELOAD_TAKES:
                 never_took.append(cid)
                 break
             intr.sleep(poll)
@@ -337,7 +342,8 @@ def _resolvers(fronts: list[dict[str, Any]]) -> set[str]:
 
 def _snapshot(ctx: RunContext, reloads: list[tuple[str, str, list[str]]],
               ) -> dict[str, set[str] | None]:
-    return {cid: _worker_pids(ctx, cid) for cid in sorted({c for _p, c, _a in reloads})}
+    return {cid: _worker_pids(ctx, cid, serving=True)
+            for cid in sorted({c for _p, c, _a in reloads})}
 
 
 def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
@@ -356,16 +362,18 @@ def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     # step, and the abort step keeps the old one serving.
     reloads = _reloads(ctx, params["proxies"])
     resolvers = _resolvers(params["proxies"])
-    reloaded = _run_reloads(ctx, reloads, _snapshot(ctx, reloads), tolerate=resolvers)
+    try:
+        reloaded = _run_reloads(ctx, reloads, _snapshot(ctx, reloads), tolerate=resolvers)
+    except ExternalError as exc:  # a static nginx refused (`nginx -s reload` tests first)
+        raise _cannot_reload(params["service"], str(exc)) from exc
     settled, never_took = _old_workers_gone(ctx, reloaded, RELOAD_SETTLE, WORKERS_POLL)
     if any(pids is None for pids in reloaded.before.values()):
         intr.sleep(max(0.0, RELOAD_SETTLE - settled))  # workers not told apart: 1 s
     took_not = sorted({proxy for proxy, cid, _argv in reloads if cid in never_took})
-    if took_not and not set(took_not) <= resolvers:
-        raise UnhealthyError(f"{', '.join(took_not)} kept its old workers after "
-                             f"`nginx -s reload` (its configuration did not load?): it would "
-                             f"not see the new {params['service']}; {KEPT_SERVING}",
-                             fix="check `docker compose exec <proxy> nginx -t`")
+    static_not = [proxy for proxy in took_not if proxy not in resolvers]
+    if static_not:
+        raise _cannot_reload(params["service"], f"{', '.join(static_not)}: the reload never "
+                             "took (its master kept the old workers)")
     # A resolver nginx whose reload failed or did not take still learns the new address
     # when its cached answer expires: `valid` seconds after the new container joined.
     late = set(reloaded.failed) | set(took_not)
@@ -376,6 +384,15 @@ def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     return {"reloaded": [p for p in reloaded.proxies if p not in took_not],
             "settled_s": settled, "took_s": round(time.monotonic() - began, 3),
             **({"reload_failed": sorted(late)} if late else {})}
+
+
+def _cannot_reload(service: str, why: str) -> UnhealthyError:
+    """A static nginx that cannot reload would never see the new container: the
+    switch stops there, and the abort step keeps the old one serving."""
+    return UnhealthyError(f"a proxy in front could not reload, so it would not see the new "
+                          f"{service} ({why}); {KEPT_SERVING}",
+                          fix="read the proxy's own log (`docker compose logs PROXY`) for "
+                              "nginx's [emerg] line, fix its configuration, then run again")
 
 
 def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
@@ -402,10 +419,12 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # nginx's connect timeout, then go to the new container (and nginx logs an
     # error): the switch ends once those workers are gone, so what comes next (a
     # deploy's verify reading the logs) sees only the new release.
-    waited, _never = _old_workers_gone(ctx, reloaded, OLD_WORKERS_LIMIT, POLL)
-    return {"retired": retired, "serving": started["new"], "reloaded": reloaded.proxies,
-            "old_workers_s": waited,
-            **({"reload_failed": reloaded.failed} if reloaded.failed else {})}
+    waited, never_took = _old_workers_gone(ctx, reloaded, OLD_WORKERS_LIMIT, POLL)
+    took_not = {proxy for proxy, cid, _argv in reloads if cid in never_took}
+    failed = sorted(set(reloaded.failed) | took_not)
+    return {"retired": retired, "serving": started["new"],
+            "reloaded": [p for p in reloaded.proxies if p not in took_not],
+            "old_workers_s": waited, **({"reload_failed": failed} if failed else {})}
 
 
 def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:

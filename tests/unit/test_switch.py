@@ -637,22 +637,68 @@ def test_a_reload_that_never_takes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                                    proxy: str, status: str) -> None:
     """`nginx -s reload` exits 0 but the master keeps its old workers (its new
     configuration did not load): a static nginx would never see the new container,
-    so the switch stops with the old one serving; a resolver one is waited out."""
+    so the switch stops with the old one serving; a resolver one is waited out, and
+    the drain does not wait for workers that will never go."""
     config, store, platform = stack(tmp_path, proxy=proxy)
     monkeypatch.setattr(switching, "RELOAD_SETTLE", 1.0)
     clocked(monkeypatch)
     monkeypatch.setattr(switching.time, "time", lambda: 2001.0)
     plan = service_rollback.plan(store, platform, "web", None, config=config)
     same = ["1 nginx: master process", "7 nginx: worker process"]
-    platform.process_lists = [same] * 12
+    platform.process_lists = [same] * 1000
     outcome = run(store, plan, config, platform)
     assert outcome.status == status
     if status == "failed":
-        assert "kept its old workers" in outcome.error.message
+        assert "could not reload" in outcome.error.message
+        assert "the old release kept serving" in outcome.error.message
         assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-1", NEW)]
-    else:
-        assert outcome.results["switch-proxies:web"]["reload_failed"] == ["nginx"]
-        assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
+        return
+    proxies = outcome.results["switch-proxies:web"]
+    assert proxies["reload_failed"] == ["nginx"] and proxies["reloaded"] == []
+    assert switching.RELOAD_TAKES <= proxies["settled_s"] < switching.RELOAD_TAKES + 1
+    drain = outcome.results["switch-drain:web"]
+    assert drain["reload_failed"] == ["nginx"] and drain["reloaded"] == []
+    assert drain["old_workers_s"] < switching.RELOAD_TAKES + 1  # not OLD_WORKERS_LIMIT
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
+
+
+def test_a_static_proxy_whose_reload_command_fails_stops_the_switch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nginx -s reload` tests the configuration first and exits 1 on an error: the
+    same outcome and words as a reload that never takes."""
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+
+    def refused(_env: Any, argv: list[str], **kw: Any) -> proc.Result:
+        if kw["check"]:
+            raise ExternalError("reload nginx failed (exit 1): nginx: [emerg] unknown directive")
+        return proc.Result(tuple(argv), 1, "", "nginx: [emerg] unknown directive", 0.0)
+
+    monkeypatch.setattr(switching.proc, "run", refused)
+    outcome = run(store, plan, config, platform)
+    assert isinstance(outcome.error, UnhealthyError)
+    assert "could not reload" in outcome.error.message and "[emerg]" in outcome.error.message
+    assert outcome.results["switch-abort:web"]["said"] == "the old release kept serving"
+
+
+def test_old_workers_of_an_earlier_reload_are_not_waited_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker an earlier reload left finishing a long request (a websocket, a
+    download) takes nothing new: the drain does not wait for it."""
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    clocked(monkeypatch)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    master = "1 nginx: master process"
+    lingering = "5 nginx: worker process is shutting down"
+    platform.process_lists = [[master, lingering, "7 nginx: worker process"],
+                              [master, lingering, "8 nginx: worker process"],
+                              [master, lingering, "8 nginx: worker process"],
+                              [master, lingering, "9 nginx: worker process"]] + \
+        [[master, lingering, "9 nginx: worker process"]] * 1000
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded"
+    assert outcome.results["switch-drain:web"]["old_workers_s"] < 1
+    assert len(platform.called("processes")) == 4
 
 
 def test_a_failed_reload_is_not_waited_for(tmp_path: Path,
@@ -692,3 +738,23 @@ def test_waiting_for_old_workers_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     waited, never = switching._old_workers_gone(
         ctx, switching.Reloaded(before={"c": {"7"}}), limit=30, poll=0)
     assert never == []  # read until the list ran out (an empty list: not told apart)
+
+
+def test_the_abort_reloads_once_the_new_one_has_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy that saw the never-ready new container forgets its address the moment
+    it has stopped (not before: it would still be resolved; not after its removal)."""
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver",
+                                    new_health=["starting", "unhealthy"])
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    seen: list[list[tuple[str, str]]] = []
+
+    def fake_run(_env: Any, argv: list[str], **_kw: Any) -> proc.Result:
+        seen.append([(b.id, b.state) for b in platform.of("web")])
+        return proc.Result(tuple(argv), 0, "", "", 0.0)
+
+    monkeypatch.setattr(switching.proc, "run", fake_run)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "failed"
+    assert seen == [[("c-web-1", "running"), ("c-web-2", "exited")]]
+    assert outcome.results["switch-abort:web"]["reloaded"] == ["nginx"]
