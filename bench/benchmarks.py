@@ -682,8 +682,16 @@ def _during(rig: Rig, url: str, tail: float, change: Callable[[], float]) -> Jso
             "window_s": round(t1 + tail - t0, 3)}
 
 
-def _switch(rig: Rig, who: str, target: str) -> Callable[[], float]:
-    """The timed command of one run of bench 5."""
+# What an operator runs after replacing a container behind an nginx that resolved its
+# upstream once: without it that nginx keeps sending to the old container's address.
+RELOAD_NGINX = " && docker compose exec -T nginx nginx -s reload"
+
+
+def _switch(rig: Rig, who: str, target: str, mode: str) -> Callable[[], float]:
+    """The timed command of one run of bench 5 (``mode``: how nginx reaches the backend;
+    the bare commands behind a static one reload it, as its operator must)."""
+    reload = RELOAD_NGINX if mode == "nginx-reload" else ""
+
     def run() -> float:
         if who == "rollback":
             return rig.backout("rollback", "service", "backend", "healthy", "--yes").seconds
@@ -691,7 +699,7 @@ def _switch(rig: Rig, who: str, target: str) -> Callable[[], float]:
             # --force-recreate: compose sometimes kept the container a start-first
             # switch had made (as Rig.deploy notes), and then swapped nothing
             return rig.sh("docker compose up -d --no-deps --force-recreate --wait "
-                          "--wait-timeout 240 backend", timeout=600).seconds
+                          "--wait-timeout 240 backend" + reload, timeout=600).seconds
         if who == "deploy":
             done = rig.backout("deploy", target, "--watch", "0", timeout=1800, expect=None)
             if done.returncode != 0:
@@ -700,9 +708,20 @@ def _switch(rig: Rig, who: str, target: str) -> Callable[[], float]:
                 raise BenchError(f"backout deploy exited {done.returncode}: {failed}")
             return done.seconds
         return rig.sh('git checkout -q "$TARGET" && docker compose up -d --wait '
-                      "--wait-timeout 240", env={"TARGET": target}, timeout=600).seconds
+                      "--wait-timeout 240" + reload, env={"TARGET": target},
+                      timeout=600).seconds
 
     return run
+
+
+def _set_up(rig: Rig, mode: str, tag: str) -> None:
+    """The backend at ``tag`` by hand before a measured run; a static nginx reloaded
+    after it (a recreated container may get another address: seen as a deploy's
+    requests failing before backout ever touched anything)."""
+    rig.deploy("backend", tag)
+    if mode == "nginx-reload":
+        rig.sh(RELOAD_NGINX.removeprefix(" && "), timeout=120)
+        time.sleep(1)  # its old workers finish
 
 
 PROXY_MODES = {"nginx-reload": "a static `proxy_pass http://backend:8000;`",
@@ -722,21 +741,21 @@ def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
                 for i in range(p.reps):
                     log(f"{mode}: requests during a rollback {i + 1}/{p.reps}")
                     for who in ("rollback", "bare"):
-                        rig.deploy("backend", p.v2_tag)
+                        _set_up(rig, mode, p.v2_tag)
                         if who == "bare":
                             rig.set_image("backend", "healthy")
                         runs.setdefault((mode, who), []).append(
-                            _during(rig, url, tail, _switch(rig, who, "")))
+                            _during(rig, url, tail, _switch(rig, who, "", mode)))
                         if rig.image_id("backend") != healthy:
                             raise BenchError(f"{who}: backend is not the healthy image "
                                              "afterwards")
                     log(f"{mode}: requests during a deploy {i + 1}/{p.reps}")
                     for who in ("deploy", "bare_deploy"):
-                        rig.deploy("backend", "healthy")
+                        _set_up(rig, mode, "healthy")
                         target = rig.set_image("backend", p.v2_tag)
                         rig.git("checkout", "-q", "HEAD~1")  # the running release checked out
                         runs.setdefault((mode, who), []).append(
-                            _during(rig, url, tail, _switch(rig, who, target)))
+                            _during(rig, url, tail, _switch(rig, who, target, mode)))
                         if rig.image_id("backend") != v2:
                             raise BenchError(f"{who}: backend is not {p.v2_tag} after the "
                                              "deploy")
@@ -748,7 +767,8 @@ def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
         rows += [
             Row(f"behind nginx with {words}: failed requests during `rollback service "
                 "backend`", "requests", [f["failed"] for f in ours], [f["failed"] for f in bare],
-                "docker compose up -d --no-deps --force-recreate --wait backend, same load",
+                "docker compose up -d --no-deps --force-recreate --wait backend"
+                + (RELOAD_NGINX if mode == "nginx-reload" else "") + ", same load",
                 kind="count", extra={"backout_failed": [f["failed"] for f in ours],
                                      "baseline_failed": [f["failed"] for f in bare],
                                      "backout_requests": [f["requests"] for f in ours],
@@ -761,10 +781,12 @@ def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
                 floor=floor("the load's own spacing (4 workers, 20 ms pause)", 0.02, "s")),
             Row("  rollback time (start-first)", "s", [f["seconds"] for f in ours],
                 [f["seconds"] for f in bare],
-                "docker compose up -d --no-deps --force-recreate --wait backend (stop-first)"),
+                "docker compose up -d --no-deps --force-recreate --wait backend (stop-first)"
+                + (RELOAD_NGINX if mode == "nginx-reload" else "")),
             Row("  failed requests during `deploy` of a healthy release", "requests",
                 [f["failed"] for f in deploy], [f["failed"] for f in bare_deploy],
-                "git checkout + docker compose up -d --wait, same load", kind="count",
+                "git checkout + docker compose up -d --wait"
+                + (RELOAD_NGINX if mode == "nginx-reload" else "") + ", same load", kind="count",
                 extra={"backout_requests": [f["requests"] for f in deploy],
                        "baseline_requests": [f["requests"] for f in bare_deploy],
                        "statuses": sorted({s for f in deploy + bare_deploy
@@ -790,6 +812,9 @@ def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
         "back to `:healthy`, so every failure is the container swap's, not the app's. Deploy: "
         "`backout deploy <commit> --watch 0` (its checkpoint included) from `:healthy` to "
         "that second image; the bare one is `git checkout` + `docker compose up -d --wait`.",
+        "Behind the static nginx every bare command ends with `docker compose exec -T nginx "
+        "nginx -s reload` (without it that nginx keeps the old container's address: every "
+        "request fails), and the set-up before each run reloads it too.",
         "Failure = no HTTP answer or a status >= 400 (statuses seen are in extra).",
     ], {"tail_s": tail, "workers": 4, "pause_s": 0.02, "proxies": list(PROXY_MODES)})
 
