@@ -35,10 +35,10 @@ from backout.policy.switch import SwitchOrder
 KEPT_SERVING = "the old release kept serving"
 POLL = 0.25
 # After `nginx -s reload` the workers of the old configuration (which know only the
-# old container) still pass on the requests they had accepted: the old container keeps
-# accepting until they are gone or this long has passed (always this long when the
-# workers cannot be told apart) (seen on the real stack: a
-# burst of 502s when the drain followed the reload at once).
+# old container) still pass on the requests they had accepted (seen on the real stack:
+# a burst of 502s when the drain followed the reload at once): the old container keeps
+# accepting until they are gone or this long has passed -- always this long when the
+# workers cannot be told apart.
 RELOAD_SETTLE = 1.0
 WORKERS_POLL = 0.05  # while the old workers get their second at most
 # A reload that took has started its new workers well within this (a large
@@ -395,6 +395,20 @@ def _cannot_reload(service: str, why: str) -> UnhealthyError:
                               "nginx's [emerg] line, fix its configuration, then run again")
 
 
+def _retire_then_reload(ctx: RunContext, ids: list[str], params: dict[str, Any],
+                        reloads: list[tuple[str, str, list[str]]],
+                        before: dict[str, set[str] | None]) -> tuple[list[str], Reloaded]:
+    """Stop ``ids`` with the service's grace, reload every proxy the moment the stop is
+    answered (the stopped address has left Docker's DNS), then remove them. Every
+    reload may fail: the stopped container is gone either way."""
+    done: list[Reloaded] = []
+    retired = ctx.platform.retire(
+        ids, grace_seconds=float(params["grace"]),
+        after_stop=lambda: done.append(_run_reloads(
+            ctx, reloads, before, tolerate={p["service"] for p in params["proxies"]})))
+    return retired, (done[0] if done else Reloaded())
+
+
 def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     started = _started(results, params)
     if started is None:
@@ -408,13 +422,8 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # workers ask Docker's DNS afresh (only the new container is left in it). Every
     # reload may fail here: the old container is gone either way.
     reloads = _reloads(ctx, params["proxies"])
-    before = _snapshot(ctx, reloads)
-    done: list[Reloaded] = []
-    retired = ctx.platform.retire(started["old"], grace_seconds=float(params["grace"]),
-                                  after_stop=lambda: done.append(_run_reloads(
-                                      ctx, reloads, before,
-                                      tolerate={p["service"] for p in params["proxies"]})))
-    reloaded = done[0] if done else Reloaded()
+    retired, reloaded = _retire_then_reload(ctx, started["old"], params, reloads,
+                                            _snapshot(ctx, reloads))
     # Requests an old worker had already sent toward the stopped address wait for
     # nginx's connect timeout, then go to the new container (and nginx logs an
     # error): the switch ends once those workers are gone, so what comes next (a
@@ -446,14 +455,8 @@ def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     if running_old and new:
         # Proxies that saw the new one forget its address the moment it has stopped;
         # a cleanup step: a proxy that cannot reload is reported, not fatal.
-        reloads = _reloads(ctx, params["proxies"])
-        before = _snapshot(ctx, reloads)
-        done: list[Reloaded] = []
-        removed = ctx.platform.retire(new, grace_seconds=float(params["grace"]),
-                                      after_stop=lambda: done.append(_run_reloads(
-                                          ctx, reloads, before,
-                                          tolerate={p["service"] for p in params["proxies"]})))
-        reloaded = done[0] if done else Reloaded()
+        removed, reloaded = _retire_then_reload(ctx, new, params,
+                                                _reloads(ctx, params["proxies"]), {})
         return {"removed": removed, "kept": running_old, "said": KEPT_SERVING,
                 "reloaded": reloaded.proxies,
                 **({"reload_failed": reloaded.failed} if reloaded.failed else {})}
