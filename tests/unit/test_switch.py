@@ -573,10 +573,9 @@ def test_a_label_driven_proxy_needs_neither_reload_nor_wait(
     assert "reload_failed" not in proxies
 
 
-def test_the_drain_reloads_the_proxy_as_soon_as_the_old_one_has_stopped(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
-    plan = service_rollback.plan(store, platform, "web", None, config=config)
+def states_at_each_reload(monkeypatch: pytest.MonkeyPatch,
+                          platform: SwitchFakePlatform) -> list[list[tuple[str, str]]]:
+    """(container, state) of web at each proxy reload, as the reloads happen."""
     seen: list[list[tuple[str, str]]] = []
 
     def fake_run(_env: Any, argv: list[str], **_kw: Any) -> proc.Result:
@@ -584,6 +583,14 @@ def test_the_drain_reloads_the_proxy_as_soon_as_the_old_one_has_stopped(
         return proc.Result(tuple(argv), 0, "", "", 0.0)
 
     monkeypatch.setattr(switching.proc, "run", fake_run)
+    return seen
+
+
+def test_the_drain_reloads_the_proxy_as_soon_as_the_old_one_has_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    seen = states_at_each_reload(monkeypatch, platform)
     assert run(store, plan, config, platform).status == "succeeded"
     # the first reload once the new one is ready; the second once the old one has
     # stopped (its address gone), not yet removed: nothing else happens in between
@@ -732,13 +739,7 @@ def test_the_abort_reloads_once_the_new_one_has_stopped(
     config, store, platform = stack(tmp_path, proxy="nginx-resolver",
                                     new_health=["starting", "unhealthy"])
     plan = service_rollback.plan(store, platform, "web", None, config=config)
-    seen: list[list[tuple[str, str]]] = []
-
-    def fake_run(_env: Any, argv: list[str], **_kw: Any) -> proc.Result:
-        seen.append([(b.id, b.state) for b in platform.of("web")])
-        return proc.Result(tuple(argv), 0, "", "", 0.0)
-
-    monkeypatch.setattr(switching.proc, "run", fake_run)
+    seen = states_at_each_reload(monkeypatch, platform)
     outcome = run(store, plan, config, platform)
     assert outcome.status == "failed"
     assert seen == [[("c-web-1", "running"), ("c-web-2", "exited")]]
