@@ -240,14 +240,13 @@ def _probe_ok(ctx: RunContext, cid: str, probe: str | None) -> bool:
     return answer.status is not None and 200 <= answer.status < 300
 
 
-def _reloads(ctx: RunContext, fronts: list[dict[str, Any]],
-             modes: tuple[str, ...] = RELOADED) -> list[tuple[str, str, list[str]]]:
+def _reloads(ctx: RunContext, fronts: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
     """(proxy, container, argv) of each reload, straight into its running container (docker
     exec starts in a fraction of compose exec's time: the drain runs it between the
     old container's exit and anything else)."""
     out = []
     for front in fronts:
-        if front["mode"] not in modes:
+        if front["mode"] not in RELOADED:
             continue
         running = [c for c in ctx.platform.containers(front["service"]) if c.state == "running"]
         out += [(front["service"], c.id, ctx.platform.container_exec_argv(c.id, front["reload"]))
@@ -334,6 +333,16 @@ def _old_workers_gone(ctx: RunContext, reloaded: Reloaded, limit: float,
     return round(time.monotonic() - start, 3), never_took
 
 
+def _reported(reloaded: Reloaded, reloads: list[tuple[str, str, list[str]]],
+              never_took: Collection[str] = ()) -> dict[str, Any]:
+    """A round of reloads as step results say it: a reload that never took (its
+    container in ``never_took``) counts as failed."""
+    took_not = {proxy for proxy, cid, _argv in reloads if cid in never_took}
+    failed = sorted(set(reloaded.failed) | took_not)
+    return {"reloaded": [p for p in reloaded.proxies if p not in took_not],
+            **({"reload_failed": failed} if failed else {})}
+
+
 def _resolvers(fronts: list[dict[str, Any]]) -> set[str]:
     """The proxies with a fallback when their reload fails: their resolver's cache
     expires by itself."""
@@ -369,21 +378,20 @@ def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -
     settled, never_took = _old_workers_gone(ctx, reloaded, RELOAD_SETTLE, WORKERS_POLL)
     if any(pids is None for pids in reloaded.before.values()):
         intr.sleep(max(0.0, RELOAD_SETTLE - settled))  # workers not told apart: 1 s
-    took_not = sorted({proxy for proxy, cid, _argv in reloads if cid in never_took})
-    static_not = [proxy for proxy in took_not if proxy not in resolvers]
+    report = _reported(reloaded, reloads, never_took)
+    late = report.get("reload_failed", [])
+    # only a reload that never took gets a static proxy here (a refused one raised)
+    static_not = [proxy for proxy in late if proxy not in resolvers]
     if static_not:
         raise _cannot_reload(params["service"], f"{', '.join(static_not)}: the reload never "
                              "took (its master kept the old workers)")
     # A resolver nginx whose reload failed or did not take still learns the new address
     # when its cached answer expires: `valid` seconds after the new container joined.
-    late = set(reloaded.failed) | set(took_not)
     valid = max((float(p["valid"]) for p in params["proxies"] if p["service"] in late),
                 default=0.0)
     if valid:
         intr.sleep(max(0.0, float(started["started_at"]) + valid + 0.5 - time.time()))
-    return {"reloaded": [p for p in reloaded.proxies if p not in took_not],
-            "settled_s": settled, "took_s": round(time.monotonic() - began, 3),
-            **({"reload_failed": sorted(late)} if late else {})}
+    return {**report, "settled_s": settled, "took_s": round(time.monotonic() - began, 3)}
 
 
 def _cannot_reload(service: str, why: str) -> UnhealthyError:
@@ -419,8 +427,7 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # Once the old container has stopped its address is gone; an nginx still holding
     # it (resolved once, or cached by its resolver) would send requests into a black
     # hole until its connect timeout: reloaded the moment the old one is gone, its
-    # workers ask Docker's DNS afresh (only the new container is left in it). Every
-    # reload may fail here: the old container is gone either way.
+    # workers ask Docker's DNS afresh (only the new container is left in it).
     reloads = _reloads(ctx, params["proxies"])
     retired, reloaded = _retire_then_reload(ctx, started["old"], params, reloads,
                                             _snapshot(ctx, reloads))
@@ -429,11 +436,8 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # error): the switch ends once those workers are gone, so what comes next (a
     # deploy's verify reading the logs) sees only the new release.
     waited, never_took = _old_workers_gone(ctx, reloaded, OLD_WORKERS_LIMIT, POLL)
-    took_not = {proxy for proxy, cid, _argv in reloads if cid in never_took}
-    failed = sorted(set(reloaded.failed) | took_not)
-    return {"retired": retired, "serving": started["new"],
-            "reloaded": [p for p in reloaded.proxies if p not in took_not],
-            "old_workers_s": waited, **({"reload_failed": failed} if failed else {})}
+    return {"retired": retired, "serving": started["new"], "old_workers_s": waited,
+            **_reported(reloaded, reloads, never_took)}
 
 
 def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
@@ -455,11 +459,10 @@ def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     if running_old and new:
         # Proxies that saw the new one forget its address the moment it has stopped;
         # a cleanup step: a proxy that cannot reload is reported, not fatal.
-        removed, reloaded = _retire_then_reload(ctx, new, params,
-                                                _reloads(ctx, params["proxies"]), {})
+        reloads = _reloads(ctx, params["proxies"])
+        removed, reloaded = _retire_then_reload(ctx, new, params, reloads, {})
         return {"removed": removed, "kept": running_old, "said": KEPT_SERVING,
-                "reloaded": reloaded.proxies,
-                **({"reload_failed": reloaded.failed} if reloaded.failed else {})}
+                **_reported(reloaded, reloads)}
     if running_old or not new:
         return {"skipped": "no new container to remove"}
     # The old one is stopped (the drain was under way): the new one serves.
