@@ -71,6 +71,10 @@ class Environment:
     # secrets: those go through ``proc.run(secret_env=...)`` only.
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     progress: ProgressSink | None = None  # set by the CLI on a terminal without --json
+    # Answers to read-only questions one run asks more than once (the resolved compose
+    # file: a plan, its verify and the status after each ask it), keyed by everything
+    # the answer depends on; one invocation's, so a test's next run starts empty.
+    memo: dict[object, object] = field(default_factory=dict)
 
     def log_external(self, text: str) -> None:
         """One line per external call when ``--verbose`` (argv/URL, duration, exit)."""

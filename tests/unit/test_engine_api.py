@@ -582,3 +582,40 @@ def test_processes_as_docker_top_prints_them(engine: Engine) -> None:
                                        "13 nginx: worker process is shutting down"]
     assert engine.requests[-1][1]["ps_args"] == ["-o pid,args"]
     assert client.processes("gone") == []  # 404: no processes, not an error
+
+
+# -- images ----------------------------------------------------------------------------
+IMAGE = {"Id": "sha256:" + "9f" * 32, "RepoTags": ["backout-test/backend:healthy"],
+         "RepoDigests": [], "Created": "2026-12-01T10:00:00Z",
+         "Config": {"Labels": {"org.opencontainers.image.revision": "abc"}}}
+
+
+def test_an_image_is_inspected_by_name_or_id_and_a_missing_one_is_none(
+        engine: Engine, tmp_path: Path) -> None:
+    engine.routes["/images/backout-test/backend:healthy/json"] = json_route(IMAGE)
+    engine.routes[f"/images/{IMAGE['Id']}/json"] = json_route(IMAGE)
+    plat = platform(engine, tmp_path)
+    for ref in ("backout-test/backend:healthy", IMAGE["Id"]):
+        info = plat.image(ref)
+        assert info is not None and info.id == IMAGE["Id"]
+        assert info.repo_tags == ("backout-test/backend:healthy",)
+        assert info.labels == {"org.opencontainers.image.revision": "abc"}
+    assert plat.image("backout-test/backend:gone") is None  # the engine's 404
+
+
+def test_a_tag_is_split_into_repository_and_tag(engine: Engine, tmp_path: Path) -> None:
+    engine.routes[f"/images/{IMAGE['Id']}/tag"] = lambda h, q: (201, b"")
+    plat = platform(engine, tmp_path)
+    plat.tag(IMAGE["Id"], "backout-retained/proj.backend:target-9f86dd214879")
+    plat.tag(IMAGE["Id"], "registry.local:5000/team/app")  # a port is not a tag
+    sent = [q for p, q in engine.requests if p.endswith("/tag")]
+    assert sent == [{"repo": ["backout-retained/proj.backend"], "tag": ["target-9f86dd214879"]},
+                    {"repo": ["registry.local:5000/team/app"], "tag": ["latest"]}]
+    assert engine.methods[-1] == f"POST /v1.41/images/{IMAGE['Id']}/tag"
+
+
+def test_a_tag_the_engine_refuses_is_an_error(engine: Engine) -> None:
+    engine.routes["/images/sha256:aa/tag"] = lambda h, q: (
+        400, b'{"message":"invalid reference format"}')
+    with pytest.raises(ExternalError, match="400 invalid reference format"):
+        api(engine).tag_image("sha256:aa", "Bad:Ref")

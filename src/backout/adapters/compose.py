@@ -6,9 +6,11 @@ rest of backout asks the platform.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +22,22 @@ from backout.environment import Environment
 from backout.errors import CommandFailedError, DockerUnavailableError, ExternalError
 from backout.platforms.base import ContainerInfo
 
+CONFIG_MEMO_SECONDS = 30.0
 VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _git_dir(directory: Path) -> Path | None:
+    """The git directory of the checkout holding ``directory`` (a worktree's own)."""
+    for parent in (directory, *directory.parents):
+        dot = parent / ".git"
+        if dot.is_dir():
+            return dot
+        if dot.is_file():  # a worktree or submodule: "gitdir: <path>"
+            text = dot.read_text(encoding="utf-8", errors="replace").strip()
+            if text.startswith("gitdir:"):
+                return (parent / text.removeprefix("gitdir:").strip()).resolve()
+            return None
+    return None
 
 
 class Compose:
@@ -64,16 +81,52 @@ class Compose:
         Needs no engine. Variable interpolation uses the project's .env, so the
         result may contain secrets: callers must not store it without redaction.
         """
-        result = self.run("config", "--format", "json", timeout=60)
-        data: dict[str, Any] = json.loads(result.stdout)
+        data: dict[str, Any] = json.loads(self._config_text("config", "--format", "json"))
         return data
 
     def uninterpolated_config(self) -> dict[str, Any]:
         """The configuration as written: ``${VAR}`` kept (``--no-interpolate``), so a
         credential's variable name can be told from a literal. Holds no .env value."""
-        result = self.run("config", "--no-interpolate", "--format", "json", timeout=60)
-        data: dict[str, Any] = json.loads(result.stdout)
+        data: dict[str, Any] = json.loads(
+            self._config_text("config", "--no-interpolate", "--format", "json"))
         return data
+
+    def _config_text(self, *args: str) -> str:
+        """``docker compose config`` asked once for the same inputs: a rollback asked it
+        seven times (0.15 s each). Each caller parses its own copy. An answer is kept
+        CONFIG_MEMO_SECONDS: a file the fingerprint cannot see (an untracked `env_file:`
+        edited by hand) reaches a long run (the monitor) that much later at most."""
+        key = ("compose config", tuple(self.argv(*args)), self.inputs_fingerprint())
+        now = time.monotonic()
+        kept = self.env.memo.get(key)
+        if isinstance(kept, tuple) and now - kept[0] < CONFIG_MEMO_SECONDS:
+            return str(kept[1])
+        text = self.run(*args, timeout=60).stdout
+        self.env.memo[key] = (now, text)
+        return text
+
+    def inputs_fingerprint(self) -> str:
+        """What the resolved configuration depends on: the compose files and the .env
+        as they are now, the variables of the environment, and the git checkout (a
+        commit checked out mid-run, as `rollback emergency` does, changes files the
+        compose files reference: `env_file:`, `extends:`, `include:`)."""
+        digest = hashlib.sha256()
+        paths = [self.project_dir / f for f in self.files]
+        if self.env_file:
+            paths.append(self.project_dir / self.env_file)
+        git = _git_dir(self.project_dir)
+        if git is not None:
+            paths += [git / "HEAD", git / "index"]
+        for path in paths:
+            digest.update(str(path).encode() + b"\0")
+            try:
+                digest.update(path.read_bytes())
+            except OSError as exc:  # missing: Compose itself will say so
+                digest.update(type(exc).__name__.encode())
+            digest.update(b"\0")
+        for name, value in sorted(self.env.env.items()):
+            digest.update(f"{name}={value}\0".encode())
+        return digest.hexdigest()
 
     def variables(self, names: Sequence[str]) -> dict[str, str]:
         """The values Compose itself gives ``names`` (the project's .env, the process

@@ -19,6 +19,17 @@ from backout.platforms.base import ContainerInfo, ImageInfo
 ENGINE_FIX = "start the Docker Engine (systemctl start docker, or dockerd) and retry"
 
 
+def image_info(raw: dict[str, Any]) -> ImageInfo:
+    """An image's inspect document (the CLI's and the Engine API's are the same)."""
+    return ImageInfo(
+        id=raw["Id"],
+        repo_tags=tuple(raw.get("RepoTags") or ()),
+        repo_digests=tuple(raw.get("RepoDigests") or ()),
+        created=raw.get("Created", ""),
+        labels=dict((raw.get("Config") or {}).get("Labels") or {}),
+    )
+
+
 class Docker:
     """The Docker Engine, via the ``docker`` CLI."""
 
@@ -89,14 +100,7 @@ class Docker:
         result = self._run(["image", "inspect", ref], check=False, what="docker image inspect")
         if not result.ok:
             return None
-        raw = json.loads(result.stdout)[0]
-        return ImageInfo(
-            id=raw["Id"],
-            repo_tags=tuple(raw.get("RepoTags") or ()),
-            repo_digests=tuple(raw.get("RepoDigests") or ()),
-            created=raw.get("Created", ""),
-            labels=dict((raw.get("Config") or {}).get("Labels") or {}),
-        )
+        return image_info(json.loads(result.stdout)[0])
 
     def stats(self, ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """Memory % (of the limit, or of the host without one) and CPU % per container."""

@@ -317,6 +317,23 @@ class EngineAPI:
         return self._post_or_delete("DELETE", f"/containers/{container_id}", {"force": "1"},
                                     timeout=60, what=f"remove {container_id[:12]}")
 
+    # -- images ----------------------------------------------------------------------
+    def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        """The image's inspect document (``ref``: a name[:tag] or an ID); None when the
+        engine has no such image."""
+        data = self._json(f"/images/{urllib.parse.quote(ref, safe='/:@')}/json",
+                          missing_ok=True)
+        return data if isinstance(data, dict) else None
+
+    def tag_image(self, image: str, ref: str) -> None:
+        """``docker image tag IMAGE REF``."""
+        repo, tag = split_reference(ref)
+        answer = self.request("POST", f"/images/{urllib.parse.quote(image, safe='/:@')}/tag",
+                              {"repo": repo, "tag": tag}, timeout=60)
+        if answer.status >= 400:
+            raise ExternalError(f"Docker Engine API tag {image[:19]} as {ref}: {answer.status} "
+                                f"{self.env.redact(answer.message())}")
+
     def processes(self, container_id: str) -> list[str]:
         """``PID ARGS`` of each process in the container, as ``docker top -o pid,args``
         prints them; empty when it is gone or not running."""
@@ -399,6 +416,16 @@ class EngineAPI:
         with ThreadPoolExecutor(max_workers=min(POOL_SIZE, len(items)),
                                 thread_name_prefix="backout-engine") as pool:
             return list(pool.map(fn, items))
+
+
+def split_reference(ref: str) -> tuple[str, str]:
+    """``repo[:tag]`` -> (repo, tag): the tag is after the last colon that follows the
+    last slash (``host:5000/app`` has none); ``latest`` when it is not given."""
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1:]
+    return ref, "latest"
 
 
 def negotiate(server: str | None) -> str:

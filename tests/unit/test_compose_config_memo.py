@@ -1,0 +1,113 @@
+"""`docker compose config` is asked once per run for the same inputs (a rollback asked
+it seven times), and again whenever anything it depends on changed: the compose files,
+the .env, the environment's variables, the git checkout (files the compose files
+reference change with it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from backout.adapters import compose as compose_adapter
+from backout.adapters.compose import Compose
+from backout.environment import Environment
+
+FAKE_DOCKER = """#!/bin/sh
+echo x >> "$CALLS"
+printf '{"name": "p", "services": {"web": {"image": "%s"}}}' "$(cat "$IMAGE_FILE")"
+"""
+
+
+def _project(tmp_path: Path) -> tuple[Path, Environment, Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER)
+    docker.chmod(0o755)
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    (project / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (project / "docker-compose.yml").write_text("services: {web: {image: a}}\n")
+    (project / ".env").write_text("TAG=1\n")
+    image_file = tmp_path / "image"
+    image_file.write_text("a")
+    calls = tmp_path / "calls"
+    env = Environment(project_dir=project, env={"PATH": f"{bin_dir}:{os.environ['PATH']}",
+                                                "CALLS": str(calls),
+                                                "IMAGE_FILE": str(image_file)})
+    return project, env, calls
+
+
+def _calls(calls: Path) -> int:
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+def test_asked_once_for_the_same_inputs_and_each_caller_gets_its_own_copy(
+        tmp_path: Path) -> None:
+    project, env, calls = _project(tmp_path)
+    compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
+    first = compose.config()
+    first["services"]["web"]["image"] = "changed by a caller"
+    again = Compose(env, project, ["docker-compose.yml"], "p", ".env").config()
+    assert again["services"]["web"]["image"] == "a" and _calls(calls) == 1
+    # the uninterpolated form is another question
+    compose.uninterpolated_config()
+    assert _calls(calls) == 2
+    # another run (another Environment) asks again
+    fresh = Environment(project_dir=project, env=dict(env.env))
+    Compose(fresh, project, ["docker-compose.yml"], "p", ".env").config()
+    assert _calls(calls) == 3
+
+
+def test_asked_again_when_anything_it_depends_on_changed(tmp_path: Path) -> None:
+    project, env, calls = _project(tmp_path)
+    compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
+    compose.config()
+    changes = [
+        lambda: (project / "docker-compose.yml").write_text("services: {web: {image: b}}\n"),
+        lambda: (project / ".env").write_text("TAG=2\n"),
+        lambda: (project / ".git" / "HEAD").write_text("0123abcd\n"),  # a checkout
+        lambda: (project / ".git" / "index").write_text("index\n"),
+        lambda: env.env.update(TAG="3"),  # the environment wins over .env in Compose
+    ]
+    for n, change in enumerate(changes, start=2):
+        change()
+        (tmp_path / "image").write_text(f"v{n}")
+        assert compose.config()["services"]["web"]["image"] == f"v{n}"
+        assert _calls(calls) == n
+    compose.config()
+    assert _calls(calls) == len(changes) + 1  # nothing changed since: the memo answers
+
+
+def test_a_worktree_checkout_is_followed_to_its_git_directory(tmp_path: Path) -> None:
+    project, env, calls = _project(tmp_path)
+    (project / ".git" / "HEAD").unlink()
+    (project / ".git").rmdir()
+    gitdir = tmp_path / "main.git" / "worktrees" / "project"
+    gitdir.mkdir(parents=True)
+    (gitdir / "HEAD").write_text("aaaa\n")
+    (project / ".git").write_text(f"gitdir: {gitdir}\n")
+    compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
+    compose.config()
+    (gitdir / "HEAD").write_text("bbbb\n")
+    compose.config()
+    assert _calls(calls) == 2
+
+
+def test_an_answer_is_kept_for_a_while_only(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor runs for days on one Environment: a file the fingerprint cannot
+    see (an untracked env_file) still reaches it."""
+    project, env, calls = _project(tmp_path)
+    compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
+    clock = [1000.0]
+    monkeypatch.setattr(compose_adapter.time, "monotonic", lambda: clock[0])
+    compose.config()
+    clock[0] += compose_adapter.CONFIG_MEMO_SECONDS - 1
+    compose.config()
+    assert _calls(calls) == 1
+    clock[0] += 2
+    compose.config()
+    assert _calls(calls) == 2
