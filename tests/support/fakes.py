@@ -24,7 +24,7 @@ from backout.errors import BackoutError, ExternalError, UnhealthyError
 from backout.operations.executor import RunContext
 from backout.platforms.base import ContainerInfo, EngineEvent, EventStream, ImageInfo
 from backout.state import Store
-from backout.storage.pipeline import Checker, scan, stream_from_python
+from backout.storage.pipeline import Checker, stream_from_python
 from backout.storage.repositories.base import RemoteSet, RepositoryError
 
 
@@ -300,9 +300,10 @@ class FakeEngine(EngineBase):
         name = self.artifact_name(db)
         what = f"{db.name} dump"
         data = json.dumps(self.counts).encode()
-        stream_from_python(ctx.env, lambda pipe: pipe.write(data), set_dir / name, what=what,
-                           level=1)  # the real pipeline: zstd, fsync, then the scan
-        scanned = scan(ctx.env, set_dir / name, self.checker({}, what), what=what)
+        scanned = stream_from_python(  # the real pipeline: zstd, checked as it goes, fsync
+            ctx.env, lambda pipe: pipe.write(data), set_dir / name, what=what, level=1,
+            checker=self.checker({}, what)).scanned
+        assert scanned is not None
         return {"database": {"type": self.type, "service": db.service,
                              "counts": scanned.checks["counts"], "artifacts": [name]},
                 "artifact": artifact_entry(name, "fake+zstd", scanned, db.name)}

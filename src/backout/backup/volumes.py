@@ -27,7 +27,7 @@ from backout.engines.formats import VolumeTarChecker
 from backout.environment import Environment
 from backout.errors import ExternalError, NotFoundError, UnhealthyError
 from backout.platforms.base import Platform
-from backout.storage.pipeline import scan, stream_to_file
+from backout.storage.pipeline import stream_to_file
 
 FORMAT = "volume-tar+zstd"
 DEFAULT_IMAGE = "debian:bookworm-slim"
@@ -83,15 +83,17 @@ def back_up_volume(env: Environment, config: Config, platform: Platform, vol: Vo
     name = artifact_name(vol)
     what = f"volume {vol.name} tar"
     try:
-        stream_to_file(env, tar_argv(docker_name, image, vol), set_dir / name, what=what,
-                       level=config.backups.zstd_level, cwd=str(config.project_dir))
+        scanned = stream_to_file(env, tar_argv(docker_name, image, vol), set_dir / name,
+                                 what=what, level=config.backups.zstd_level,
+                                 cwd=str(config.project_dir),
+                                 checker=VolumeTarChecker(what)).scanned
     except ExternalError as exc:
         if "executable file not found" in exc.message or "No such image" in exc.message:
             raise ExternalError(f"{what}: image {image} cannot run tar",
                                 fix=f"set volumes.{vol.name}.image to an image with tar, "
                                     f"e.g. {DEFAULT_IMAGE}") from exc
         raise
-    scanned = scan(env, set_dir / name, VolumeTarChecker(what), what=what)
+    assert scanned is not None  # proven as it was written
     counts = scanned.checks
     return {
         "volume": {

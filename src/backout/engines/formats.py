@@ -16,6 +16,12 @@ from backout.storage.crc64 import CRC64
 from backout.storage.pipeline import IntegrityError
 
 _STRINGS = re.compile(rb"'(?:[^'\\]|\\.)*'", re.S)
+# The same strings within one line: blanking a block of lines with it gives exactly
+# what blanking each line with _STRINGS gives (dumps escape newlines in strings).
+# Written as an unrolled loop: six times faster in Python's re than the alternation.
+_LINE_STRINGS = re.compile(rb"'[^'\\\n]*(?:\\[^\n][^'\\\n]*)*'")
+_SEMICOLON_AT_END = re.compile(rb";[ \t\r\x0b\x0c]*$", re.M)
+_INSERT_LINE = re.compile(rb"^INSERT INTO ", re.M)
 _USE = re.compile(rb"^USE `((?:[^`]|``)+)`;")
 _CREATE = re.compile(rb"^CREATE TABLE `((?:[^`]|``)+)`")
 _INSERT = re.compile(rb"^INSERT INTO `((?:[^`]|``)+)` VALUES ?")
@@ -45,7 +51,8 @@ class MySQLDumpChecker:
         Dumps escape newlines inside strings, and values hold parentheses only
         inside strings; with strings blanked, each "(" opens one row.
         """
-        body = _STRINGS.sub(b"''", text) if b"'" in text else text
+        strings = _STRINGS if self.per_line else _LINE_STRINGS  # the same on one line
+        body = strings.sub(b"''", text) if b"'" in text else text
         assert self.db is not None and self.insert_table is not None
         self.tables[self.db][self.insert_table] += body.count(b"(")
         if body.rstrip().endswith(b";"):
@@ -53,10 +60,63 @@ class MySQLDumpChecker:
 
     def feed(self, chunk: bytes) -> None:
         data = self.rest + chunk
-        lines = data.split(b"\n")
-        self.rest = lines.pop()
-        for line in lines:
-            self._line(line)
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self.rest = data
+            return
+        self.rest = data[cut + 1:]
+        if self.per_line:
+            for line in data[:cut].split(b"\n"):
+                self._line(line)
+        else:
+            self._block(data[:cut + 1])
+
+    # A dump is mostly rows: 526,315 of its 526,676 lines in the bench's (MariaDB writes
+    # a row per line). Those are counted a block at a time (one regex pass, one count,
+    # in C: 14 MB/s line by line was the backup's bottleneck); every other line goes
+    # through _line. `per_line` = True is the line-by-line oracle the tests compare with.
+    per_line = False
+
+    def _block(self, block: bytes) -> None:
+        """Whole lines (``block`` ends with a newline), as _line would take them."""
+        pos, n = 0, len(block)
+        while pos < n:
+            if self.insert_table is not None:
+                table = self.insert_table
+                end = self._insert_end(block, pos)
+                rows = block[pos:end]
+                self._count(rows, table)
+                self.lines += rows.count(b"\n")
+                pos = end
+                continue
+            found = _INSERT_LINE.search(block, pos)
+            stop = n if found is None else found.start()
+            for line in block[pos:stop].split(b"\n")[:-1]:
+                self._line(line)
+            if found is None:
+                break
+            eol = block.index(b"\n", stop)
+            self._line(block[stop:eol])
+            pos = eol + 1
+        tail = block.rstrip()
+        if tail:
+            self.last_line = tail[tail.rfind(b"\n") + 1:]
+
+    def _insert_end(self, block: bytes, pos: int) -> int:
+        """Where the INSERT under way ends: after its first line ending with ';' (as
+        _rows decides on the line with its strings blanked, which ends the same: a
+        blanked string ends with a quote, so a final ';' is never inside one); the
+        block's end when the statement goes on."""
+        m = _SEMICOLON_AT_END.search(block, pos)
+        if m is None:
+            return len(block)
+        self.insert_table = None
+        return m.end() + 1
+
+    def _count(self, rows: bytes, table: str) -> None:
+        body = _LINE_STRINGS.sub(b"''", rows) if b"'" in rows else rows
+        assert self.db is not None
+        self.tables[self.db][table] += body.count(b"(")
 
     def _line(self, line: bytes) -> None:
         self.lines += 1

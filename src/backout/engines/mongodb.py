@@ -217,12 +217,13 @@ def _dump_mongodb(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> di
             _write_mongo_tar(mongo, wanted, pipe, scratch)
 
         try:
-            stream_from_python(ctx.env, write, set_dir / name, what=what,
-                               level=ctx.config.backups.zstd_level,
-                               total=mongo.data_bytes(wanted) if ctx.env.progress else None)
+            scanned = stream_from_python(
+                ctx.env, write, set_dir / name, what=what,
+                level=ctx.config.backups.zstd_level,
+                total=mongo.data_bytes(wanted) if ctx.env.progress else None,
+                checker=TarBsonChecker(wanted, what)).scanned
         finally:
             scratch.unlink(missing_ok=True)
-        scanned = scan(ctx.env, set_dir / name, TarBsonChecker(wanted, what), what=what)
     finally:
         mongo.close()
     return _mongo_section(ctx, db, scanned, {"server_version": version, "mode": "driver"})
@@ -239,10 +240,11 @@ def _dump_mongodb_tool(ctx: EngineContext, tool: MongoDump, tool_version: str,
     os.write(write_end, tool.config_file())  # a few hundred bytes: never blocks
     os.close(write_end)
     with os.fdopen(read_end, "rb") as stdin:
-        stream_to_file(ctx.env, tool.argv(wanted), set_dir / name, what=what,
-                       level=ctx.config.backups.zstd_level, cwd=str(ctx.config.project_dir),
-                       stdin=stdin, stall=ctx.config.backups.stall_seconds)
-    scanned = scan(ctx.env, set_dir / name, TarBsonChecker(wanted, what), what=what)
+        scanned = stream_to_file(ctx.env, tool.argv(wanted), set_dir / name, what=what,
+                                 level=ctx.config.backups.zstd_level,
+                                 cwd=str(ctx.config.project_dir), stdin=stdin,
+                                 stall=ctx.config.backups.stall_seconds,
+                                 checker=TarBsonChecker(wanted, what)).scanned
     return _mongo_section(ctx, db, scanned, {"server_version": server, "mode": "mongodump",
                                              "tool_version": tool_version})
 

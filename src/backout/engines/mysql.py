@@ -29,6 +29,7 @@ from backout.storage.pipeline import (
     Checker,
     DiskFullError,
     StalledError,
+    Written,
     decompress_into,
     scan,
     stream_from_python,
@@ -323,20 +324,22 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
         def write(pipe: IO[bytes]) -> None:
             pipe.write(text.encode())
 
-        stream_from_python(ctx.env, write, set_dir / name, what=what, level=level)
+        written = stream_from_python(ctx.env, write, set_dir / name, what=what, level=level,
+                                     checker=MySQLDumpChecker(dumpable, what))
     else:
         ignore = [item["object"] for item in not_dumped]
 
-        def run_dump(force: bool) -> Any:
+        def run_dump(force: bool) -> Written:
             return stream_to_file(
                 ctx.env, my.dump_argv(dumpable, binlog=binlog, ignore=ignore, force=force),
                 set_dir / name, what=what, level=level, secret_env=my.secret_env(),
                 cwd=str(ctx.config.project_dir),
                 total=my.data_bytes(dumpable) if ctx.env.progress else None,
-                stall=ctx.config.backups.stall_seconds, ok_exit=(0, 2) if force else (0,))
+                stall=ctx.config.backups.stall_seconds, ok_exit=(0, 2) if force else (0,),
+                checker=MySQLDumpChecker(dumpable, what))
 
         try:
-            run_dump(force=False)
+            written = run_dump(force=False)
         except ExternalError as exc:
             if not ctx.safety or isinstance(exc, (DiskFullError, StalledError)):
                 raise
@@ -351,7 +354,8 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
     for gone in absent:
         ctx.env.warn(f"{db.name}: database {gone} does not exist (dropped?): the backup "
                      "records it as absent")
-    scanned = scan(ctx.env, set_dir / name, MySQLDumpChecker(dumpable, what), what=what)
+    scanned = written.scanned
+    assert scanned is not None  # proven as it was written
     return {
         "database": {
             "type": "mysql", "service": db.service, "server_version": version,

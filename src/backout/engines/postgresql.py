@@ -287,13 +287,14 @@ def _dump(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict[str, 
                       ).copy_into(pipe, part_header("database", database))
         pipe.write(END)
 
-    stream_from_python(ctx.env, write, set_dir / name, what=what,
-                       level=ctx.config.backups.zstd_level,
-                       total=pg.data_bytes(dumpable) if ctx.env.progress and dumpable else None)
+    scanned = stream_from_python(
+        ctx.env, write, set_dir / name, what=what, level=ctx.config.backups.zstd_level,
+        total=pg.data_bytes(dumpable) if ctx.env.progress and dumpable else None,
+        checker=BundleChecker(dumpable, what)).scanned
+    assert scanned is not None  # proven as it was written
     for gone in absent:
         ctx.env.warn(f"{db.name}: database {gone} does not exist (dropped?): the backup "
                      "records it as absent")
-    scanned = scan(ctx.env, set_dir / name, BundleChecker(dumpable, what), what=what)
     return {
         "database": {
             "type": ENGINE.type, "service": db.service, "server_version": version,

@@ -214,11 +214,13 @@ def _dump_redis(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
     what = f"{db.name} snapshot"
     # The file is renamed into place by each save; `cat` holds the inode it opened,
     # so a save finishing meanwhile cannot tear our copy.
-    stream_to_file(ctx.env, access.argv(["cat", path]), set_dir / name, what=what,
-                   level=ctx.config.backups.zstd_level, cwd=str(ctx.config.project_dir),
-                   total=redis.file_bytes(path) if ctx.env.progress else None,
-                   stall=ctx.config.backups.stall_seconds)
-    scanned = scan(ctx.env, set_dir / name, RDBChecker(what), what=what)
+    scanned = stream_to_file(ctx.env, access.argv(["cat", path]), set_dir / name, what=what,
+                             level=ctx.config.backups.zstd_level,
+                             cwd=str(ctx.config.project_dir),
+                             total=redis.file_bytes(path) if ctx.env.progress else None,
+                             stall=ctx.config.backups.stall_seconds,
+                             checker=RDBChecker(what)).scanned
+    assert scanned is not None  # proven as it was written
     return {
         "database": {
             "type": "redis", "service": db.service, "server_version": version,

@@ -20,9 +20,21 @@ Two implementations of the same function, in pure Python:
   ten times faster than the table loop (see README, Performance).
 
 The unit tests check both against the standard check value and against each other.
+
+``CRC64`` itself uses the C implementation of ``anycrc`` (a dependency, its model
+CRC64-REDIS: some 5 GB/s against 64 MB/s for the folding above) when it imports,
+and the pure-Python folding otherwise; the pure-Python code stays the tests' oracle.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+try:
+    import anycrc  # type: ignore[import-untyped]
+    _FAST: Any = anycrc.Model("CRC64-REDIS")
+except Exception:  # not installed, or no wheel for this platform
+    _FAST = None
 
 POLY = 0xAD93D23594C935A9  # normal (MSB-first) form, x^64 implied
 _P = (1 << 64) | POLY
@@ -98,8 +110,9 @@ def _reduce(v: int) -> int:
     return _mod_small(v)
 
 
-class CRC64:
-    """Streaming CRC-64/Jones: ``update`` with chunks of any size, then ``value``."""
+class FoldingCRC64:
+    """Streaming CRC-64/Jones in pure Python: ``update`` with chunks of any size, then
+    ``value``."""
 
     def __init__(self) -> None:
         self._rem = 0  # (message so far) * x^64 mod P, in normal bit order
@@ -113,6 +126,25 @@ class CRC64:
 
     def value(self) -> int:
         return int(f"{self._rem:064b}"[::-1], 2)
+
+
+class _CCRC64:
+    """The same function through anycrc's C code (each update continues the last)."""
+
+    def __init__(self) -> None:
+        self._crc = 0
+
+    def update(self, data: bytes) -> None:
+        if data:
+            self._crc = int(_FAST.calc(data, self._crc))
+
+    def value(self) -> int:
+        return self._crc
+
+
+def CRC64() -> FoldingCRC64 | _CCRC64:  # named as the class it replaced
+    """A streaming CRC-64/Jones: the C one when anycrc imports, else pure Python."""
+    return _CCRC64() if _FAST is not None else FoldingCRC64()
 
 
 def crc64(data: bytes) -> int:

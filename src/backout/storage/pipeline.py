@@ -1,13 +1,18 @@
 """Streaming a producer's output through zstd into a file, then proving the file.
 
-Write path: ``producer | zstd > file`` as two processes joined by an OS pipe, so
-no byte passes through Python and nothing is buffered whole in memory; the file
-is fsync'd. A dump is complete only if every stage exited 0.
+Write path: ``producer | zstd > file``; nothing is buffered whole in memory and the
+file is fsync'd. A dump is complete only if every stage exited 0. Given a checker,
+the backup is proven in the same pass (issue 16: the second read of the file cost
+more than the dump): Python passes the producer's bytes to zstd and to the
+format-specific checker (the MySQL trailer and rows, the RDB structure and CRC, the
+tar of BSON), and zstd's output to the file and to sha256; the counts describe the
+very bytes zstd compressed, and zstd's frame checksum (on by default) makes any
+later decompression prove it gives them back.
 
-Verify path (one read of the file): Python reads the compressed file, hashes it
-(sha256) and feeds it to ``zstd -d``; the decompressed stream goes to a
-format-specific checker (the MySQL trailer, the RDB structure, the tar of BSON).
-A zero-byte, truncated or corrupt artifact fails here even if a checksum exists.
+Verify path (``scan``, one read of the file, for `backups verify` and restores):
+Python reads the compressed file, hashes it (sha256) and feeds it to ``zstd -d``;
+the decompressed stream goes to the checker. A zero-byte, truncated or corrupt
+artifact fails here even if a checksum exists.
 """
 
 from __future__ import annotations
@@ -106,6 +111,89 @@ class Written:
     duration: float
     exit_code: int = 0  # the producer's
     stderr: str = ""  # the producer's (redacted)
+    scanned: Scanned | None = None  # when written with a checker: its proof
+
+
+class _Proof:
+    """The checks of a backup made while it is written: ``feed`` passes the
+    producer's bytes to the checker and to zstd's stdin; a thread moves zstd's
+    output into the file through sha256. A checker's objection is kept (the stream
+    still flows, so the pipeline ends as it would) and raised by ``scanned``."""
+
+    def __init__(self, checker: Checker, zstd: subprocess.Popen[bytes], out: IO[bytes],
+                 on_error: Callable[[], None]) -> None:
+        assert zstd.stdin is not None and zstd.stdout is not None
+        self.checker = checker
+        self.zstd_in = zstd.stdin
+        self.digest = hashlib.sha256()
+        self.raw = 0
+        self.written = 0
+        self.check_error: BackoutError | None = None
+        self.errors: list[BaseException] = []  # of the threads: not the checker's
+        self.on_error = on_error
+        self._threads = [threading.Thread(target=self._sink, args=(zstd.stdout, out),
+                                          daemon=True)]
+        self._threads[0].start()
+
+    def feed(self, chunk: bytes) -> None:
+        self.raw += len(chunk)
+        if self.check_error is None:
+            try:
+                self.checker.feed(chunk)
+            except BackoutError as exc:
+                self.check_error = exc
+        self.zstd_in.write(chunk)
+
+    def tee(self, source: IO[bytes]) -> None:
+        """Pass all of ``source`` (the producer's stdout) on, in a thread."""
+        def run() -> None:
+            try:
+                while chunk := source.read(CHUNK):
+                    self.feed(chunk)
+            except BrokenPipeError:
+                pass  # zstd died: its exit code says why; the producer gets SIGPIPE
+            except BaseException as exc:
+                self.errors.append(exc)
+                self.on_error()
+            finally:
+                self.close_input()
+                with contextlib.suppress(OSError):
+                    source.close()
+        thread = threading.Thread(target=run, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def close_input(self) -> None:
+        with contextlib.suppress(OSError):
+            self.zstd_in.close()
+
+    def _sink(self, compressed: IO[bytes], out: IO[bytes]) -> None:
+        try:
+            while chunk := compressed.read(CHUNK):
+                self.digest.update(chunk)
+                out.write(chunk)
+                self.written += len(chunk)
+        except BaseException as exc:
+            self.errors.append(exc)
+            self.on_error()  # nobody reads zstd's output any more: stop the pipeline
+
+    def join(self, what: str, dest: Path) -> None:
+        for thread in self._threads:
+            thread.join()
+        for exc in self.errors:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise DiskFullError.at(what, dest.parent) from exc
+        if self.errors:
+            raise self.errors[0]
+
+    def scanned(self, what: str, dest: Path) -> Scanned:
+        if self.check_error is not None:
+            raise self.check_error
+        if self.raw == 0:
+            raise IntegrityError(f"{what}: the backup of {dest.name} is empty (the dump "
+                                 "wrote nothing)")
+        checks = self.checker.finish()
+        return Scanned(self.digest.hexdigest(), self.written, self.raw, checks)
 
 
 def fsync_file(path: Path) -> None:
@@ -176,33 +264,62 @@ def metered(env: Environment, what: str, pid: int, total: int | None, *,
         meter.close()
 
 
+class _Writer:
+    """What ``write`` of ``stream_from_python`` writes to when a checker proves the
+    stream as it goes."""
+
+    def __init__(self, proof: _Proof) -> None:
+        self.proof = proof
+
+    def write(self, data: bytes) -> int:
+        self.proof.feed(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], dest: Path, *,
-                       what: str, level: int = 3, total: int | None = None) -> Written:
+                       what: str, level: int = 3, total: int | None = None,
+                       checker: Checker | None = None) -> Written:
     """Like ``stream_to_file`` with Python as the producer: ``write(pipe)`` | zstd > dest.
-    ``total``: the engine's estimate of the bytes written, for the progress bar."""
+    ``total``: the engine's estimate of the bytes written, for the progress bar.
+    ``checker``: prove the stream as it is written (``Written.scanned``)."""
     start = time.monotonic()
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with tempfile.TemporaryFile() as z_err, os.fdopen(fd, "wb") as out:
         try:
             zstd = subprocess.Popen(zstd_argv(level=level), stdin=subprocess.PIPE,
-                                    stdout=out, stderr=z_err, env=proc.child_env(env),
-                                    **proc.CHILD)
+                                    stdout=out if checker is None else subprocess.PIPE,
+                                    stderr=z_err, env=proc.child_env(env), **proc.CHILD)
         except FileNotFoundError as exc:
             raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
         assert zstd.stdin is not None
+        proof = None if checker is None else _Proof(checker, zstd, out, zstd.kill)
         with metered(env, what, zstd.pid, total, estimated=True):
             try:
-                write(zstd.stdin)
-                zstd.stdin.close()
+                if proof is None:
+                    write(zstd.stdin)
+                    zstd.stdin.close()
+                else:
+                    write(_Writer(proof))  # type: ignore[arg-type]
+                    proof.close_input()
             except BrokenPipeError:
                 pass  # zstd died: its exit code and stderr explain why
             except BaseException as exc:
                 zstd.kill()
                 zstd.wait()
+                if proof is not None:
+                    proof.close_input()
+                    with contextlib.suppress(BaseException):
+                        proof.join(what, dest)
                 if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                     raise DiskFullError.at(what, dest.parent) from exc
                 raise
             z_rc = zstd.wait()
+        if proof is not None:
+            proof.close_input()
+            proof.join(what, dest)
         z_err.seek(0)
         z_msg = z_err.read().decode(errors="replace")
         if z_rc != 0:
@@ -211,7 +328,8 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
             raise ExternalError(f"{what}: zstd failed (exit {z_rc}): {proc.last_line(z_msg)}")
         _fsync_out(out, what, dest)
     duration = time.monotonic() - start
-    return Written(dest, dest.stat().st_size, duration)
+    return Written(dest, dest.stat().st_size, duration,
+                   scanned=None if proof is None else proof.scanned(what, dest))
 
 
 def _fsync_out(out: IO[bytes], what: str, dest: Path) -> None:
@@ -228,9 +346,11 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
                    level: int = 3, secret_env: Mapping[str, str] | None = None,
                    cwd: str | None = None, timeout: float = 6 * 3600,
                    total: int | None = None, stdin: IO[bytes] | None = None,
-                   stall: float | None = None, ok_exit: tuple[int, ...] = (0,)) -> Written:
+                   stall: float | None = None, ok_exit: tuple[int, ...] = (0,),
+                   checker: Checker | None = None) -> Written:
     """Run ``producer | zstd -<level>`` into ``dest`` (mode 0600) and fsync it.
     ``total``: the engine's estimate of the bytes produced, for the progress bar.
+    ``checker``: prove the stream as it is written (``Written.scanned``).
 
     The wait is cut short by an interrupt of the step (InterruptedOperation) or when
     the file stops growing for ``stall`` seconds (StalledError). ``ok_exit``: the
@@ -248,18 +368,26 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         except FileNotFoundError as exc:
             raise ExternalError(f"{what}: {producer[0]} is not installed") from exc
         try:
-            zstd = subprocess.Popen(zstd_argv(level=level), stdin=prod.stdout,
-                                    stdout=out, stderr=z_err, env=proc.child_env(env),
-                                    **proc.CHILD)
+            zstd = subprocess.Popen(
+                zstd_argv(level=level),
+                stdin=prod.stdout if checker is None else subprocess.PIPE,
+                stdout=out if checker is None else subprocess.PIPE,
+                stderr=z_err, env=proc.child_env(env), **proc.CHILD)
         except FileNotFoundError as exc:
             prod.kill()
             raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
         assert prod.stdout is not None
-        prod.stdout.close()  # zstd owns the read end; a dead zstd must SIGPIPE the producer
 
         def kill_both() -> None:
             prod.kill()
             zstd.kill()
+
+        proof = None
+        if checker is None:
+            prod.stdout.close()  # zstd owns the read end; a dead zstd must SIGPIPE the producer
+        else:
+            proof = _Proof(checker, zstd, out, kill_both)
+            proof.tee(prod.stdout)  # closes it at the end: a dead zstd SIGPIPEs the producer
 
         intr = interrupt.current()
         stalled = Stall(stall, lambda: file_size(dest), what, kill_both)
@@ -269,13 +397,15 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
             p_rc = intr.wait(prod, max(1.0, timeout - (time.monotonic() - start)), what,
                              on_stop=kill_both, tick=stalled)
         except subprocess.TimeoutExpired as exc:
-            prod.kill()
-            zstd.kill()
+            kill_both()
+            _settle(proof, what, dest)
             raise ExternalError(f"{what}: timed out after {timeout:.0f}s") from exc
         except BaseException:
-            prod.kill()
-            zstd.kill()
+            kill_both()
+            _settle(proof, what, dest)
             raise
+        if proof is not None:
+            proof.join(what, dest)
         p_err.seek(0)
         z_err.seek(0)
         p_msg = env.redact(p_err.read().decode(errors="replace"))
@@ -289,7 +419,16 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         if p_rc not in ok_exit:
             raise ExternalError(f"{what} failed (exit {p_rc}): {proc.last_line(p_msg)}")
         _fsync_out(out, what, dest)
-    return Written(dest, dest.stat().st_size, duration, p_rc, p_msg)
+    return Written(dest, dest.stat().st_size, duration, p_rc, p_msg,
+                   None if proof is None else proof.scanned(what, dest))
+
+
+def _settle(proof: _Proof | None, what: str, dest: Path) -> None:
+    """The threads of a pipeline being torn down end (both processes were killed);
+    their own errors are beside the point by then."""
+    if proof is not None:
+        with contextlib.suppress(BaseException):
+            proof.join(what, dest)
 
 
 def _disk_full(path: Path) -> bool:

@@ -1,0 +1,134 @@
+"""A backup proven while it is written (issue 16): the real producer | zstd > file
+pipeline with a checker in the stream. The proof must be what a second read of the
+file (`scan`, kept for `backups verify` and restores) finds: the same sha256, the
+same raw byte count, the same checks; a checker's objection, a failing producer
+and an empty dump fail the backup, and nothing hangs."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backout.engines.formats import MySQLDumpChecker
+from backout.environment import Environment
+from backout.errors import ExternalError, InterruptedOperation
+from backout.operations import interrupt
+from backout.storage.pipeline import (
+    IntegrityError,
+    scan,
+    stream_from_python,
+    stream_to_file,
+)
+
+DUMP_HEAD = b"-- MariaDB dump\nUSE `shop`;\nCREATE TABLE `t` (\n  `id` int(11)\n);\n"
+TRAILER = b"-- Dump completed on 2026-12-03 10:00:00\n"
+
+
+def _dump(rows: int) -> bytes:
+    body = b",\n".join(b"(%d,'row (%d); it\\'s x')" % (i, i) for i in range(rows))
+    return DUMP_HEAD + b"INSERT INTO `t` VALUES\n" + body + b";\n" + TRAILER
+
+
+def _producer(path: Path, *, exit_code: int = 0) -> list[str]:
+    return [sys.executable, "-c", "import sys, shutil; shutil.copyfileobj("
+            f"open({str(path)!r}, 'rb'), sys.stdout.buffer); sys.exit({exit_code})"]
+
+
+class _Counting:
+    """Counts what it is fed (the fake engines' checker shape)."""
+
+    def __init__(self) -> None:
+        self.fed = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.fed += len(chunk)
+
+    def finish(self) -> dict[str, Any]:
+        return {"fed": self.fed}
+
+
+def test_the_proof_made_while_writing_is_what_a_second_read_finds(tmp_path: Path) -> None:
+    data = _dump(200_000)  # ~7 MB: many times the pipes' buffers
+    source = tmp_path / "dump.sql"
+    source.write_bytes(data)
+    dest = tmp_path / "mysql.sql.zst"
+    written = stream_to_file(Environment(), _producer(source), dest, what="mysql dump",
+                             checker=MySQLDumpChecker(["shop"], "mysql dump"))
+    proof = written.scanned
+    assert proof is not None
+    again = scan(Environment(), dest, MySQLDumpChecker(["shop"], "mysql dump"), what="x")
+    assert proof == again
+    assert proof.sha256 == hashlib.sha256(dest.read_bytes()).hexdigest()
+    assert proof.bytes == dest.stat().st_size == written.bytes
+    assert proof.raw_bytes == len(data)
+    assert proof.checks["databases"]["shop"]["tables"] == {"t": 200_000}
+    assert subprocess.run(["zstd", "-dc", str(dest)], capture_output=True,
+                          check=True).stdout == data
+
+
+def test_python_as_the_producer_is_proven_the_same_way(tmp_path: Path) -> None:
+    data = _dump(50_000)
+    dest = tmp_path / "x.zst"
+
+    def write(pipe: Any) -> None:
+        for i in range(0, len(data), 7777):  # uneven pieces
+            pipe.write(data[i:i + 7777])
+
+    proof = stream_from_python(Environment(), write, dest, what="dump",
+                               checker=MySQLDumpChecker(["shop"], "dump")).scanned
+    assert proof is not None
+    assert proof == scan(Environment(), dest, MySQLDumpChecker(["shop"], "dump"), what="x")
+    assert proof.checks["databases"]["shop"]["tables"] == {"t": 50_000}
+
+
+def test_a_checker_objection_fails_the_backup_once_the_pipeline_ended(
+        tmp_path: Path) -> None:
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(20_000)[:-len(TRAILER)])  # the dump tool stopped early
+    with pytest.raises(IntegrityError, match="no '-- Dump completed' trailer"):
+        stream_to_file(Environment(), _producer(source), tmp_path / "x.zst", what="mysql dump",
+                       checker=MySQLDumpChecker(["shop"], "mysql dump"))
+
+
+def test_a_failing_producer_is_the_error_not_what_its_output_lacks(tmp_path: Path) -> None:
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(100)[:50])
+    with pytest.raises(ExternalError, match=r"mysql dump failed \(exit 3\)"):
+        stream_to_file(Environment(), _producer(source, exit_code=3), tmp_path / "x.zst",
+                       what="mysql dump", checker=MySQLDumpChecker(["shop"], "mysql dump"))
+
+
+def test_an_empty_dump_fails(tmp_path: Path) -> None:
+    with pytest.raises(IntegrityError, match="empty"):
+        stream_to_file(Environment(), ["true"], tmp_path / "x.zst", what="dump",
+                       checker=_Counting())
+    with pytest.raises(IntegrityError, match="empty"):
+        stream_from_python(Environment(), lambda pipe: None, tmp_path / "y.zst", what="dump",
+                           checker=_Counting())
+
+
+def test_an_interrupt_stops_the_pipeline_and_its_threads(tmp_path: Path) -> None:
+    """Ctrl-C during a dump that never ends: both processes go, no thread is left
+    reading or writing, and the step is reported interrupted."""
+    intr = interrupt.reset()
+    intr.abortable = True  # as the executor marks a dump step
+    before = threading.active_count()
+    timer = threading.Timer(0.5, intr.request, args=("SIGINT",))
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(InterruptedOperation, match="stopped by SIGINT"):
+            stream_to_file(Environment(), ["sh", "-c", "yes backout"], tmp_path / "x.zst",
+                           what="dump", checker=_Counting())
+    finally:
+        timer.join()
+        interrupt.reset()
+    assert time.monotonic() - started < 10
+    assert threading.active_count() == before
