@@ -503,9 +503,9 @@ def backups(rig: Rig, p: Params) -> JsonDict:
         "MB/s are uncompressed dump bytes (the SQL text, the RDB file, the BSON, the "
         "pg_dump archives) per second "
         "of wall time, the same byte count for backout and the bare pipe.",
-        "backout's backup figure includes what the bare pipe does not: fsync, the re-read "
-        "that proves the artifact (sha256, decompression, format check, row/key counts) and "
-        "the manifest.",
+        "backout's backup figure includes what the bare pipe does not: fsync, the proof "
+        "of the artifact computed as it is written (sha256, format check, row/key counts, "
+        "the RDB's CRC-64) and the manifest.",
         "The restore step is `rollback db`'s journaled `restore <db>` step (drop + load + "
         "exact row counts); the whole command adds a verify of the backup and a safety "
         "backup of the current data first.",

@@ -619,3 +619,40 @@ def test_a_tag_the_engine_refuses_is_an_error(engine: Engine) -> None:
         400, b'{"message":"invalid reference format"}')
     with pytest.raises(ExternalError, match="400 invalid reference format"):
         api(engine).tag_image("sha256:aa", "Bad:Ref")
+
+
+# -- exec into a service -----------------------------------------------------------------
+def _listed(*containers: tuple[str, str, str, str | None]) -> list[dict[str, Any]]:
+    """(id, number, state, oneoff) -> a container as the engine lists it."""
+    return [{"Id": cid, "Names": [f"/{PROJECT}-redis-{number}"], "State": state,
+             "Labels": {"com.docker.compose.project": PROJECT,
+                        "com.docker.compose.service": "redis",
+                        "com.docker.compose.container-number": number,
+                        **({"com.docker.compose.oneoff": oneoff} if oneoff else {})}}
+            for cid, number, state, oneoff in containers]
+
+
+@pytest.mark.parametrize(("containers", "target"), [
+    ((("c1", "1", "running", "False"),), "c1"),
+    # a one-off `compose run` container numbered 1 too: never the exec target
+    ((("run1", "1", "running", "True"), ("c1", "1", "running", "False")), "c1"),
+    # number 1 stopped, 2 running (after a start-first switch): Compose picks
+    ((("c1", "1", "exited", None), ("c2", "2", "running", None)), None),
+    ((("c2", "2", "running", None),), None),
+    ((), None),  # no container: Compose says "service is not running"
+])
+def test_exec_goes_straight_to_the_container_compose_exec_would_pick(
+        engine: Engine, tmp_path: Path, containers: Any, target: str | None) -> None:
+    engine.routes["/containers/json"] = json_route(_listed(*containers))
+    argv = platform(engine, tmp_path).exec_argv("redis", ["redis-cli", "PING"],
+                                                ["REDISCLI_AUTH"])
+    if target is None:
+        assert argv[:2] == ["docker", "compose"]
+        assert argv[argv.index("exec"):] == ["exec", "-T", "-e", "REDISCLI_AUTH", "redis",
+                                             "redis-cli", "PING"]
+    else:
+        assert argv == ["docker", "exec", "-i", "-e", "REDISCLI_AUTH", target,
+                        "redis-cli", "PING"]
+    listed = [q for p, q in engine.requests if p.endswith("/containers/json")]
+    assert json.loads(listed[-1]["filters"][0])["label"] == [
+        f"com.docker.compose.project={PROJECT}", "com.docker.compose.service=redis"]

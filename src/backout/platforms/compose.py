@@ -29,6 +29,7 @@ from backout.platforms.base import (
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
+NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"  # "True" on a `docker compose run` container
 # What wakes the monitor: a health status change, an exit, an OOM kill, a restart.
 # (The engine matches "health_status" against "health_status: unhealthy" too.)
@@ -321,7 +322,26 @@ class ComposePlatform:
     # -- reaching into a service ------------------------------------------------------
     def exec_argv(self, service: str, inner: Sequence[str],
                   env_names: Sequence[str] = ()) -> list[str]:
-        return self.compose.argv("exec", "-T", *_env_flags(env_names), service, *inner)
+        target = self._exec_target(service)
+        if target is None:
+            return self.compose.argv("exec", "-T", *_env_flags(env_names), service, *inner)
+        # The same exec into the container `compose exec` picks, without Compose loading
+        # the project first: 0.1 s of each of the seventeen redis-cli calls of a Redis
+        # backup (issue 16).
+        return ["docker", "exec", "-i", *_env_flags(env_names), target, *inner]
+
+    def _exec_target(self, service: str) -> str | None:
+        """The ID of the service's container number 1 when it is running (what `docker
+        compose exec` runs in); None (Compose decides and words any error) otherwise,
+        or without the Engine API."""
+        if self.engine is None:
+            return None
+        for listed in self._listed([service]):
+            labels = listed.get("Labels") or {}
+            if labels.get(ONEOFF_LABEL) == "True" or labels.get(NUMBER_LABEL) != "1":
+                continue
+            return str(listed["Id"]) if listed.get("State") == "running" else None
+        return None
 
     def container_exec_argv(self, container_id: str, inner: Sequence[str],
                             env_names: Sequence[str] = ()) -> list[str]:
