@@ -28,7 +28,9 @@ class Redactor:
         # Very short values would mask unrelated text ("1", "on") and are not
         # meaningful secrets anyway; they are still never put in argv.
         if value and len(value) >= 4:
-            self._secrets.add(value)
+            # a new set, not add(): another thread (verify's checks run at once) may be
+            # iterating over the old one in __call__
+            self._secrets = self._secrets | {value}
 
     def __call__(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):

@@ -5,19 +5,26 @@ where it has a healthcheck) without restarting during a settle period; every
 health URL answers as configured; recent logs hold no more error lines than
 allowed; every database answers; every service runs the image the last
 operation targeted.
+
+The health probes, the log reads and the database checks ask different things of
+different services: they run at once (each in its own thread), after the container
+check, and are reported in the fixed order above.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 from backout import engines
 from backout.adapters import http
-from backout.config import Config
+from backout.config import Config, DatabaseConfig, ServiceConfig
 from backout.engines.access import EngineAccess
 from backout.environment import Environment
 from backout.errors import BackoutError
@@ -104,23 +111,18 @@ def _container_checks(platform: Platform, services: list[str], settle: float) ->
     return checks
 
 
-def _health_checks(env: Environment, config: Config) -> list[Check]:
-    checks = []
-    for svc in config.services.values():
-        if not svc.health_url:
-            continue
-        probe = http.get(env, svc.health_url)
-        if probe.status is None:
-            checks.append(Check(f"health {svc.name}", False, f"{svc.health_url}: {probe.error}"))
-            continue
-        problems = []
-        if probe.status != svc.health_status:
-            problems.append(f"status {probe.status}, expected {svc.health_status}")
-        if svc.health_body and svc.health_body.encode() not in probe.body:
-            problems.append(f"body lacks {svc.health_body!r}")
-        checks.append(Check(f"health {svc.name}", not problems,
-                            "; ".join(problems) or f"{probe.status} in {probe.latency * 1000:.0f} ms"))
-    return checks
+def _health_check(env: Environment, svc: ServiceConfig) -> list[Check]:
+    assert svc.health_url is not None
+    probe = http.get(env, svc.health_url)
+    if probe.status is None:
+        return [Check(f"health {svc.name}", False, f"{svc.health_url}: {probe.error}")]
+    problems = []
+    if probe.status != svc.health_status:
+        problems.append(f"status {probe.status}, expected {svc.health_status}")
+    if svc.health_body and svc.health_body.encode() not in probe.body:
+        problems.append(f"body lacks {svc.health_body!r}")
+    return [Check(f"health {svc.name}", not problems,
+                  "; ".join(problems) or f"{probe.status} in {probe.latency * 1000:.0f} ms")]
 
 
 def _log_checks(platform: Platform, config: Config, since: datetime) -> list[Check]:
@@ -139,16 +141,23 @@ def _log_checks(platform: Platform, config: Config, since: datetime) -> list[Che
     return checks
 
 
-def _database_checks(env: Environment, config: Config, platform: Platform) -> list[Check]:
-    checks = []
-    for db in config.databases.values():
-        access = EngineAccess(env, config, db, platform)
-        try:
-            detail = f"answers ({engines.get(db.type).answer(access)})"
-            checks.append(Check(f"database {db.name}", True, detail))
-        except BackoutError as exc:
-            checks.append(Check(f"database {db.name}", False, exc.one_line()))
-    return checks
+def _database_check(env: Environment, config: Config, platform: Platform,
+                    db: DatabaseConfig) -> list[Check]:
+    access = EngineAccess(env, config, db, platform)
+    try:
+        return [Check(f"database {db.name}", True,
+                      f"answers ({engines.get(db.type).answer(access)})")]
+    except BackoutError as exc:
+        return [Check(f"database {db.name}", False, exc.one_line())]
+
+
+def _at_once(checks: list[Callable[[], list[Check]]]) -> list[Check]:
+    """Run independent checks concurrently; their results in the order given."""
+    if not checks:
+        return []
+    with ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="verify") as pool:
+        futures = [pool.submit(check) for check in checks]
+        return [result for future in futures for result in future.result()]
 
 
 def _image_checks(platform: Platform, store: Store) -> list[Check]:
@@ -179,9 +188,13 @@ def run_verify(env: Environment, config: Config, store: Store, platform: Platfor
     services = sorted(set(platform.definition().get("services", {})))
     checks: list[Check] = []
     checks += _container_checks(platform, services, settle)
-    checks += _health_checks(env, config)
-    checks += _log_checks(platform, config, since)
-    checks += _database_checks(env, config, platform)
+    checks += _at_once([
+        *(partial(_health_check, env, svc) for svc in config.services.values()
+          if svc.health_url),
+        partial(_log_checks, platform, config, since),
+        *(partial(_database_check, env, config, platform, db)
+          for db in config.databases.values()),
+    ])
     checks += _image_checks(platform, store)
     store.record_event("verify", target="stack", reason="ok" if all(c.ok for c in checks)
                        else "failed: " + ", ".join(c.name for c in checks if not c.ok))
