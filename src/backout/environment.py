@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
@@ -22,15 +23,18 @@ class Redactor:
     """Replaces every registered secret value with a mask."""
 
     def __init__(self) -> None:
-        self._secrets: set[str] = set()
+        self._secrets: frozenset[str] = frozenset()
+        self._adding = threading.Lock()
 
     def add(self, value: str | None) -> None:
         # Very short values would mask unrelated text ("1", "on") and are not
         # meaningful secrets anyway; they are still never put in argv.
         if value and len(value) >= 4:
-            # a new set, not add(): another thread (verify's checks run at once) may be
-            # iterating over the old one in __call__
-            self._secrets = self._secrets | {value}
+            # Replaced, never changed in place: a thread masking text (verify's checks
+            # run at once) iterates over the set it read; the lock keeps two threads
+            # adding at once from losing one of the values.
+            with self._adding:
+                self._secrets = self._secrets | {value}
 
     def __call__(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):

@@ -14,9 +14,9 @@ check, and are reported in the fixed order above.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -152,12 +152,29 @@ def _database_check(env: Environment, config: Config, platform: Platform,
 
 
 def _at_once(checks: list[Callable[[], list[Check]]]) -> list[Check]:
-    """Run independent checks concurrently; their results in the order given."""
-    if not checks:
-        return []
-    with ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="verify") as pool:
-        futures = [pool.submit(check) for check in checks]
-        return [result for future in futures for result in future.result()]
+    """Run independent checks concurrently; their results in the order given. Daemon
+    threads, not a pool: a second Ctrl-C leaves at once instead of waiting for the
+    probes under way (their children die with their threads: PR_SET_PDEATHSIG)."""
+    results: list[list[Check] | BaseException] = [[] for _ in checks]
+
+    def run(i: int, check: Callable[[], list[Check]]) -> None:
+        try:
+            results[i] = check()
+        except BaseException as exc:  # raised below, in the caller's thread
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, check), daemon=True, name=f"verify-{i}")
+               for i, check in enumerate(checks)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    out: list[Check] = []
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        out += result
+    return out
 
 
 def _image_checks(platform: Platform, store: Store) -> list[Check]:

@@ -111,3 +111,36 @@ def test_an_answer_is_kept_for_a_while_only(tmp_path: Path,
     clock[0] += 2
     compose.config()
     assert _calls(calls) == 2
+
+
+def test_the_project_env_counts_without_an_env_file_setting(tmp_path: Path) -> None:
+    """With env_file = "" backout passes no --env-file, and Compose reads .env anyway."""
+    project, env, calls = _project(tmp_path)
+    compose = Compose(env, project, ["docker-compose.yml"], "p", None)
+    compose.config()
+    (project / ".env").write_text("TAG=9\n")
+    compose.config()
+    assert _calls(calls) == 2
+
+
+def test_a_checkout_or_stash_by_backout_forgets_every_answer(tmp_path: Path) -> None:
+    """`rollback emergency` stashes (untracked files the compose files read may go
+    without HEAD or the index changing) and checks out: nothing asked before holds."""
+    import subprocess
+
+    from backout.adapters.git import Git, GitWrite
+
+    project, env, _calls_file = _project(tmp_path)
+    (project / ".git" / "HEAD").unlink()
+    (project / ".git").rmdir()
+    for argv in (["init", "-q"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit",
+                                  "-q", "--allow-empty", "-m", "one"]):
+        subprocess.run(["git", "-C", str(project), *argv], check=True)
+    git = GitWrite(Git(env, project))
+    (project / "untracked.env").write_text("X=1\n")
+    env.memo["an answer"] = (0.0, "{}")
+    git.stash_all("backout test", [])
+    assert env.memo == {}
+    env.memo["an answer"] = (0.0, "{}")
+    git.checkout_detached(git.head() or "")
+    assert env.memo == {}

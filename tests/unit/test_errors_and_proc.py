@@ -55,3 +55,28 @@ def test_secret_never_in_child_argv() -> None:
     cmdline, _, from_env = result.stdout.rpartition("|")
     assert "sentinel-pw-43" not in cmdline
     assert from_env == "sentinel-pw-43"
+
+
+def test_secrets_added_from_many_threads_are_all_masked() -> None:
+    """verify's checks run at once and each may learn a password (read from its
+    container): none may be lost, and masking while they are added never fails."""
+    import threading
+
+    from backout.environment import Redactor
+
+    redact = Redactor()
+    values = [[f"secret-{t}-{i:04d}" for i in range(300)] for t in range(6)]
+    text = " ".join(v for group in values for v in group)
+
+    def add(group: list[str]) -> None:
+        for value in group:
+            redact.add(value)
+            redact(text[:200])  # masking while others add
+
+    threads = [threading.Thread(target=add, args=(g,)) for g in values]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(v in redact for group in values for v in group)
+    assert set(redact(text).split()) == {"******"}

@@ -7,6 +7,8 @@ and an empty dump fail the backup, and nothing hangs."""
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from backout.errors import ExternalError, InterruptedOperation
 from backout.operations import interrupt
 from backout.storage.pipeline import (
     IntegrityError,
+    StalledError,
     scan,
     stream_from_python,
     stream_to_file,
@@ -132,3 +135,67 @@ def test_an_interrupt_stops_the_pipeline_and_its_threads(tmp_path: Path) -> None
         interrupt.reset()
     assert time.monotonic() - started < 10
     assert threading.active_count() == before
+
+
+def _fake_zstd(tmp_path: Path, script: str) -> Environment:
+    """An Environment whose children find ``zstd`` as ``script`` first (sh; "$REAL"
+    is the real zstd)."""
+    real = shutil.which("zstd")
+    assert real is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "zstd"
+    fake.write_text(f"#!/bin/sh\nREAL={real}\n{script}\n")
+    fake.chmod(0o755)
+    return Environment(env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+
+
+def test_a_file_that_does_not_decompress_as_written_fails_the_backup(tmp_path: Path) -> None:
+    """What is on disk is decompressed once against the frame checksum of what the
+    checker saw: here the test refuses (as it would for a torn or corrupt write)."""
+    env = _fake_zstd(tmp_path, 'if [ "$1" = -t ]; then echo "frame checksum mismatch" >&2; '
+                               'exit 1; fi\nexec "$REAL" "$@"')
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(100))
+    with pytest.raises(IntegrityError, match="does not decompress to what was dumped: "
+                                             "frame checksum mismatch"):
+        stream_to_file(env, _producer(source), tmp_path / "x.zst", what="mysql dump",
+                       checker=MySQLDumpChecker(["shop"], "mysql dump"))
+    with pytest.raises(IntegrityError, match="does not decompress"):
+        stream_from_python(env, lambda pipe: pipe.write(_dump(10)), tmp_path / "y.zst",
+                           what="dump", checker=MySQLDumpChecker(["shop"], "dump"))
+
+
+def test_zstd_dying_mid_stream_fails_the_backup_without_hanging(tmp_path: Path) -> None:
+    env = _fake_zstd(tmp_path, 'if [ "$1" = -q ]; then head -c 100000 >/dev/null; '
+                               'echo "zstd: out of memory" >&2; exit 1; fi\nexec "$REAL" "$@"')
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(200_000))  # far more than zstd reads before it dies
+    before = threading.active_count()
+    with pytest.raises(ExternalError, match=r"zstd failed \(exit 1\): zstd: out of memory"):
+        stream_to_file(env, _producer(source), tmp_path / "x.zst", what="mysql dump",
+                       checker=MySQLDumpChecker(["shop"], "mysql dump"))
+    with pytest.raises(ExternalError, match=r"zstd failed \(exit 1\)"):
+        stream_from_python(env, lambda pipe: pipe.write(_dump(200_000)), tmp_path / "y.zst",
+                           what="dump", checker=MySQLDumpChecker(["shop"], "dump"))
+    assert threading.active_count() == before
+
+
+def test_a_checker_that_breaks_stops_the_pipeline_and_says_so(tmp_path: Path) -> None:
+    class Broken(_Counting):
+        def feed(self, chunk: bytes) -> None:
+            raise RuntimeError("checker bug")
+
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(200_000))
+    with pytest.raises(RuntimeError, match="checker bug"):
+        stream_to_file(Environment(), _producer(source), tmp_path / "x.zst", what="dump",
+                       checker=Broken())
+
+
+def test_a_dump_that_stops_moving_is_stalled_by_its_own_bytes(tmp_path: Path) -> None:
+    """The stall watch follows the dump's bytes through Python: a producer that wrote
+    a little, then hangs (a locked table, a frozen engine) is stopped."""
+    with pytest.raises(StalledError, match="no data moved for 1s"):
+        stream_to_file(Environment(), ["sh", "-c", "echo started; exec sleep 600"],
+                       tmp_path / "x.zst", what="dump", stall=1, checker=_Counting())

@@ -102,6 +102,9 @@ class Compose:
         if isinstance(kept, tuple) and now - kept[0] < CONFIG_MEMO_SECONDS:
             return str(kept[1])
         text = self.run(*args, timeout=60).stdout
+        for old in [k for k, v in self.env.memo.items()  # a long run keeps no old answers
+                    if isinstance(v, tuple) and now - v[0] >= CONFIG_MEMO_SECONDS]:
+            del self.env.memo[old]
         self.env.memo[key] = (now, text)
         return text
 
@@ -114,7 +117,9 @@ class Compose:
         paths = [self.project_dir / f for f in self.files]
         if self.env_file:
             paths.append(self.project_dir / self.env_file)
-        git = _git_dir(self.project_dir)
+        paths.append(self.project_dir / ".env")  # read by Compose without --env-file too
+        git = (Path(self.env.env["GIT_DIR"]) if self.env.env.get("GIT_DIR")
+               else _git_dir(self.project_dir))
         if git is not None:
             paths += [git / "HEAD", git / "index"]
         for path in paths:

@@ -106,6 +106,7 @@ class GitWrite:
         if not self.git._git("config", "user.email", check=False).stdout.strip():
             identity = ["-c", "user.name=backout", "-c", "user.email=backout@localhost"]
         self.git._git(*identity, "stash", "push", "--include-untracked", "-m", message, *pathspec)
+        self.git.env.memo.clear()  # untracked files the compose files read may be gone
         after = self.git._git("rev-parse", "-q", "--verify", "refs/stash", check=False).stdout.strip()
         return after if after and after != before else None
 
@@ -114,6 +115,7 @@ class GitWrite:
 
     def checkout_detached(self, commit: str) -> None:
         self.git._git("checkout", "--quiet", "--detach", commit)
+        self.git.env.memo.clear()  # answers about the files of the commit left behind
 
     def head(self) -> str | None:
         return self.git._git("rev-parse", "-q", "--verify", "HEAD", check=False).stdout.strip() or None

@@ -108,7 +108,9 @@ class EngineAccess:
         """Turn a failed client call into an error naming the database and the fix."""
         err = self.env.redact(result.stderr)
         name = self.db.name
-        if "is not running" in err or "No container found" in err or "no such service" in err.lower():
+        # "No such container": `docker exec` into an ID the container was replaced under
+        if "is not running" in err or "No container found" in err or \
+                "no such service" in err.lower() or "No such container" in err:
             return UnhealthyError(f"{name}: service {self.db.service!r} is not running",
                                   fix=f"start it (docker compose up -d {self.db.service})")
         if "Access denied" in err or "WRONGPASS" in err or "NOAUTH" in err or \

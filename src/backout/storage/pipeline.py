@@ -6,8 +6,9 @@ the backup is proven in the same pass (issue 16: the second read of the file cos
 more than the dump): Python passes the producer's bytes to zstd and to the
 format-specific checker (the MySQL trailer and rows, the RDB structure and CRC, the
 tar of BSON), and zstd's output to the file and to sha256; the counts describe the
-very bytes zstd compressed, and zstd's frame checksum (on by default) makes any
-later decompression prove it gives them back.
+very bytes zstd compressed. Then ``zstd -t`` decompresses the file as written (in C,
+from the page cache) against the frame's checksum of those bytes: a file that does
+not give them back fails the backup then, not at the restore that needs it.
 
 Verify path (``scan``, one read of the file, for `backups verify` and restores):
 Python reads the compressed file, hashes it (sha256) and feeds it to ``zstd -d``;
@@ -148,7 +149,7 @@ class _Proof:
         """Pass all of ``source`` (the producer's stdout) on, in a thread."""
         def run() -> None:
             try:
-                while chunk := source.read(CHUNK):
+                while chunk := source.read1(CHUNK):  # type: ignore[attr-defined]
                     self.feed(chunk)
             except BrokenPipeError:
                 pass  # zstd died: its exit code says why; the producer gets SIGPIPE
@@ -169,17 +170,22 @@ class _Proof:
 
     def _sink(self, compressed: IO[bytes], out: IO[bytes]) -> None:
         try:
-            while chunk := compressed.read(CHUNK):
+            # read1: what zstd has written so far, not a whole CHUNK: the file grows
+            # as zstd's output does
+            while chunk := compressed.read1(CHUNK):  # type: ignore[attr-defined]
                 self.digest.update(chunk)
                 out.write(chunk)
                 self.written += len(chunk)
         except BaseException as exc:
             self.errors.append(exc)
             self.on_error()  # nobody reads zstd's output any more: stop the pipeline
+        finally:
+            with contextlib.suppress(OSError):
+                compressed.close()
 
-    def join(self, what: str, dest: Path) -> None:
+    def join(self, what: str, dest: Path, timeout: float | None = None) -> None:
         for thread in self._threads:
-            thread.join()
+            thread.join(timeout)
         for exc in self.errors:
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise DiskFullError.at(what, dest.parent) from exc
@@ -302,17 +308,16 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
                     write(zstd.stdin)
                     zstd.stdin.close()
                 else:
-                    write(_Writer(proof))  # type: ignore[arg-type]
-                    proof.close_input()
+                    try:
+                        write(_Writer(proof))  # type: ignore[arg-type]
+                    finally:
+                        proof.close_input()  # zstd must see the end, whatever happened
             except BrokenPipeError:
                 pass  # zstd died: its exit code and stderr explain why
             except BaseException as exc:
                 zstd.kill()
                 zstd.wait()
-                if proof is not None:
-                    proof.close_input()
-                    with contextlib.suppress(BaseException):
-                        proof.join(what, dest)
+                _settle(proof, what, dest)
                 if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                     raise DiskFullError.at(what, dest.parent) from exc
                 raise
@@ -328,8 +333,11 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
             raise ExternalError(f"{what}: zstd failed (exit {z_rc}): {proc.last_line(z_msg)}")
         _fsync_out(out, what, dest)
     duration = time.monotonic() - start
-    return Written(dest, dest.stat().st_size, duration,
-                   scanned=None if proof is None else proof.scanned(what, dest))
+    scanned = None
+    if proof is not None:
+        scanned = proof.scanned(what, dest)
+        _decompresses(env, dest, what)
+    return Written(dest, dest.stat().st_size, duration, scanned=scanned)
 
 
 def _fsync_out(out: IO[bytes], what: str, dest: Path) -> None:
@@ -390,7 +398,10 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
             proof.tee(prod.stdout)  # closes it at the end: a dead zstd SIGPIPEs the producer
 
         intr = interrupt.current()
-        stalled = Stall(stall, lambda: file_size(dest), what, kill_both)
+        # progress: the dump's own bytes when they pass through Python (zstd's output
+        # grows by its jobs, megabytes apart on data that compresses well)
+        stalled = Stall(stall, (lambda: file_size(dest)) if proof is None else
+                        (lambda: proof.raw), what, kill_both)
         try:
             with metered(env, what, zstd.pid, total, estimated=True):
                 z_rc = intr.wait(zstd, timeout, what, on_stop=kill_both, tick=stalled)
@@ -419,16 +430,34 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         if p_rc not in ok_exit:
             raise ExternalError(f"{what} failed (exit {p_rc}): {proc.last_line(p_msg)}")
         _fsync_out(out, what, dest)
-    return Written(dest, dest.stat().st_size, duration, p_rc, p_msg,
-                   None if proof is None else proof.scanned(what, dest))
+    scanned = None
+    if proof is not None:
+        scanned = proof.scanned(what, dest)
+        _decompresses(env, dest, what)
+    return Written(dest, dest.stat().st_size, duration, p_rc, p_msg, scanned)
 
 
 def _settle(proof: _Proof | None, what: str, dest: Path) -> None:
     """The threads of a pipeline being torn down end (both processes were killed);
-    their own errors are beside the point by then."""
+    their own errors are beside the point by then. Waited for a few seconds only: a
+    process the kill did not reach (the compose plugin under a killed docker CLI) may
+    hold the producer's pipe open; the threads are daemons and end with it."""
     if proof is not None:
         with contextlib.suppress(BaseException):
-            proof.join(what, dest)
+            proof.join(what, dest, timeout=SETTLE_SECONDS)
+
+
+SETTLE_SECONDS = 5.0
+
+
+def _decompresses(env: Environment, dest: Path, what: str) -> None:
+    """``zstd -t``: the file as written decompresses, and to the bytes whose checksum
+    zstd put in its frame when it compressed them (those the checker saw)."""
+    result = proc.run(env, zstd_argv(test=dest), timeout=3600, check=False,
+                      what="zstd -t")
+    if not result.ok:
+        raise IntegrityError(f"{what}: {dest.name} as written does not decompress to what "
+                             f"was dumped: {proc.last_line(result.stderr)}")
 
 
 def _disk_full(path: Path) -> bool:
@@ -515,12 +544,15 @@ def scan(env: Environment, path: Path, checker: Checker, *, what: str,
 
 
 def zstd_argv(*, level: int | None = None, source: Path | None = None,
-              force: bool = False) -> list[str]:
-    """The only place a zstd command line is built: compress at ``level``, or
-    decompress (``level`` None) ``source`` or stdin; ``force`` passes plain input
-    through (an operator's own uncompressed dump)."""
+              force: bool = False, test: Path | None = None) -> list[str]:
+    """The only place a zstd command line is built: compress at ``level`` (with the
+    frame checksum, zstd's default, asked for explicitly: ``test`` relies on it), test
+    the file ``test``, or decompress (``level`` None) ``source`` or stdin; ``force``
+    passes plain input through (an operator's own uncompressed dump)."""
+    if test is not None:
+        return ["zstd", "-t", "-q", str(test)]
     if level is not None:
-        return ["zstd", "-q", "-c", f"-{level}", "-T0"]
+        return ["zstd", "-q", "-c", f"-{level}", "-T0", "--check"]
     return ["zstd", "-d", "-q", "-c", *(["-f"] if force else []),
             *([str(source)] if source is not None else [])]
 
