@@ -192,13 +192,16 @@ class _Proof:
         if self.errors:
             raise self.errors[0]
 
-    def scanned(self, what: str, dest: Path) -> Scanned:
+    def scanned(self, env: Environment, what: str, dest: Path) -> Scanned:
+        """The proof, once the file is written and fsync'd: the checker's verdict, then
+        the file as written decompressed once (``_decompresses``)."""
         if self.check_error is not None:
             raise self.check_error
         if self.raw == 0:
             raise IntegrityError(f"{what}: the backup of {dest.name} is empty (the dump "
                                  "wrote nothing)")
         checks = self.checker.finish()
+        _decompresses(env, dest, what)
         return Scanned(self.digest.hexdigest(), self.written, self.raw, checks)
 
 
@@ -333,10 +336,7 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
             raise ExternalError(f"{what}: zstd failed (exit {z_rc}): {proc.last_line(z_msg)}")
         _fsync_out(out, what, dest)
     duration = time.monotonic() - start
-    scanned = None
-    if proof is not None:
-        scanned = proof.scanned(what, dest)
-        _decompresses(env, dest, what)
+    scanned = None if proof is None else proof.scanned(env, what, dest)
     return Written(dest, dest.stat().st_size, duration, scanned=scanned)
 
 
@@ -430,10 +430,7 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         if p_rc not in ok_exit:
             raise ExternalError(f"{what} failed (exit {p_rc}): {proc.last_line(p_msg)}")
         _fsync_out(out, what, dest)
-    scanned = None
-    if proof is not None:
-        scanned = proof.scanned(what, dest)
-        _decompresses(env, dest, what)
+    scanned = None if proof is None else proof.scanned(env, what, dest)
     return Written(dest, dest.stat().st_size, duration, p_rc, p_msg, scanned)
 
 
