@@ -23,6 +23,7 @@ from backout.environment import Environment
 from backout.errors import ExternalError, InterruptedOperation
 from backout.operations import interrupt
 from backout.storage.pipeline import (
+    DiskFullError,
     IntegrityError,
     StalledError,
     scan,
@@ -199,3 +200,24 @@ def test_a_dump_that_stops_moving_is_stalled_by_its_own_bytes(tmp_path: Path) ->
     with pytest.raises(StalledError, match="no data moved for 1s"):
         stream_to_file(Environment(), ["sh", "-c", "echo started; exec sleep 600"],
                        tmp_path / "x.zst", what="dump", stall=1, checker=_Counting())
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_reported_as_such_not_as_a_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    # /dev/full refuses every write with ENOSPC, as a full backup disk does. Bytes
+    # the disk refused must not wait in a file object's buffer for its close to
+    # retry them: that OSError would replace the DiskFullError (exit 6) by a bug
+    # (exit 70), as CI saw on a small disk. The buffer here is made large enough to
+    # hold the whole dump, so any write through it would show.
+    real_fdopen = os.fdopen
+
+    def fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        if os.readlink(f"/proc/self/fd/{fd}") == "/dev/full":
+            kwargs["buffering"] = 1 << 24
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    producer = [sys.executable, "-c", "import os, sys; sys.stdout.buffer.write(os.urandom(1 << 20))"]
+    with pytest.raises(DiskFullError, match="no space left"):
+        stream_to_file(Environment(), producer, Path("/dev/full"), what="t dump",
+                       checker=_Counting())

@@ -172,9 +172,15 @@ class _Proof:
         try:
             # read1: what zstd has written so far, not a whole CHUNK: the file grows
             # as zstd's output does
+            # Past the file object's buffer, straight to its descriptor: bytes a full
+            # disk refused must not wait in a buffer for the file's close to retry
+            # them (its OSError would then replace the DiskFullError raised here).
+            fd = out.fileno()
             while chunk := compressed.read1(CHUNK):  # type: ignore[attr-defined]
                 self.digest.update(chunk)
-                out.write(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
                 self.written += len(chunk)
         except BaseException as exc:
             self.errors.append(exc)
