@@ -1,6 +1,8 @@
 """Redis's data-loss window: key counts miss writes that change no count."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -14,6 +16,10 @@ class FakeRedis:
 
     def __init__(self, _access: object) -> None:
         pass
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[FakeRedis]:
+        yield self
 
     def keyspace(self) -> dict[str, int]:
         return dict(self.keys)
