@@ -117,6 +117,7 @@ BACKUPS_KEYS = {
     "rpo_hours": Key(float, minimum=0),
     "zstd_level": Key(int, minimum=1),
     "stall_seconds": Key(int, minimum=1),
+    "restore_sessions": Key(int, minimum=1),
 }
 REPOSITORY_KEYS = {
     "url": Key(str, required=True),

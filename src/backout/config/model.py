@@ -113,6 +113,9 @@ class BackupsConfig:
     # A dump or restore whose data stops moving this long is stopped (the database or
     # the Docker Engine stopped answering); the plan then undoes what it changed.
     stall_seconds: int = 600
+    # A MySQL restore loads the rows of its dump over this many sessions besides the
+    # one that runs the schema in order (1: one stream, as `mariadb < dump` does).
+    restore_sessions: int = 2
 
 
 @dataclass(frozen=True)
