@@ -245,6 +245,7 @@ class ClientSession:
     def __init__(self, env: Environment, argv: Sequence[str], secret_env: Mapping[str, str],
                  cwd: str | None, name: str) -> None:
         self.name = name
+        self.env = env
         self.argv = list(argv)
         # kept while the client runs: its last line names the failure
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
@@ -331,7 +332,7 @@ class ClientSession:
     def _failed(self) -> ExternalError:
         rc = self.proc.wait()
         self._stderr.seek(0)
-        text = self._stderr.read().decode(errors="replace")
+        text = self.env.redact(self._stderr.read().decode(errors="replace"))
         return ExternalError(f"{self.name} failed (exit {rc}): {proc.last_line(text)}")
 
     def kill(self) -> None:
