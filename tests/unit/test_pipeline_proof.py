@@ -26,6 +26,7 @@ from backout.storage.pipeline import (
     DiskFullError,
     IntegrityError,
     StalledError,
+    decompress_into,
     scan,
     stream_from_python,
     stream_to_file,
@@ -221,3 +222,36 @@ def test_a_full_disk_is_reported_as_such_not_as_a_bug(monkeypatch: pytest.Monkey
     with pytest.raises(DiskFullError, match="no space left"):
         stream_to_file(Environment(), producer, Path("/dev/full"), what="t dump",
                        checker=_Counting())
+
+
+def _artifact(tmp_path: Path, data: bytes) -> Path:
+    raw = tmp_path / "data.bin"
+    raw.write_bytes(data)
+    subprocess.run(["zstd", "-q", "-f", str(raw), "-o", str(tmp_path / "data.bin.zst")], check=True)
+    return tmp_path / "data.bin.zst"
+
+
+def test_a_consumer_that_stops_reading_is_blamed_not_the_artifact(tmp_path: Path) -> None:
+    # zstd then dies of SIGPIPE with nothing on stderr: CI once read that as "does not
+    # decompress: no error output" and called a sound backup corrupt
+    artifact = _artifact(tmp_path, os.urandom(4 << 20))
+    consumer = [sys.executable, "-c", "import sys; print('helper refused', file=sys.stderr); "
+                "sys.exit(3)"]
+    with pytest.raises(ExternalError, match=r"failed \(exit 3\): helper refused") as caught:
+        decompress_into(Environment(), artifact, consumer, what="t restore")
+    assert not isinstance(caught.value, IntegrityError)
+    quits = [sys.executable, "-c", "import sys; sys.stdin.buffer.read(10)"]
+    with pytest.raises(ExternalError, match="stopped reading before the end") as caught:
+        decompress_into(Environment(), artifact, quits, what="t restore")
+    assert not isinstance(caught.value, IntegrityError)
+
+
+def test_an_artifact_that_does_not_decompress_is_still_an_integrity_error(tmp_path: Path) -> None:
+    artifact = _artifact(tmp_path, os.urandom(1 << 20))
+    blob = bytearray(artifact.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(blob))
+    consumer = [sys.executable, "-c", "import sys, shutil; shutil.copyfileobj(sys.stdin.buffer, "
+                "open('/dev/null', 'wb'))"]
+    with pytest.raises(IntegrityError, match="does not decompress"):
+        decompress_into(Environment(), artifact, consumer, what="t restore")

@@ -22,6 +22,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -642,12 +643,19 @@ def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, wh
             raise
         c_err.seek(0)
         z_err.seek(0)
-        if z_rc != 0:
+        z_msg = z_err.read().decode(errors="replace")
+        c_msg = proc.last_line(env.redact(c_err.read().decode(errors="replace")))
+        # zstd killed by SIGPIPE (or told of a broken pipe) only says the consumer
+        # stopped reading: the consumer's own exit says why, not the artifact
+        consumer_gone = z_rc == -signal.SIGPIPE or "Broken pipe" in z_msg
+        if z_rc != 0 and not consumer_gone:
             raise IntegrityError(f"{what}: {artifact.name} does not decompress: "
-                                 f"{proc.last_line(z_err.read().decode(errors='replace'))}")
+                                 f"{proc.last_line(z_msg)}")
         if c_rc != 0:
-            raise ExternalError(f"{what} failed (exit {c_rc}): "
-                                f"{proc.last_line(env.redact(c_err.read().decode(errors='replace')))}")
+            raise ExternalError(f"{what} failed (exit {c_rc}): {c_msg}")
+        if z_rc != 0:
+            raise ExternalError(f"{what}: {proc.describe(consumer[:3])} stopped reading before "
+                                f"the end of {artifact.name} (exit 0): {c_msg}")
 
 
 def sha256_of(path: Path) -> str:
