@@ -5,15 +5,26 @@ process (a stand-in that prints the sync tokens, fails on demand)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from backout.engines.mysqlload import ClientSession, Head, Main, Rows, load, split_dump
+from backout.engines.mysqlload import (
+    ClientSession,
+    Head,
+    Main,
+    Rows,
+    load,
+    load_in_parallel,
+    split_dump,
+)
 from backout.environment import Environment
 from backout.errors import ExternalError
+from backout.storage.pipeline import IntegrityError
 
 # the sandbox line ends with a space, as mariadb-dump writes it
 DUMP = b"/*M!999999\\- enable the sandbox mode */ \n" + b"""-- MariaDB dump 10.19  Distrib 10.11.18-MariaDB, for debian-linux-gnu (x86_64)
@@ -141,6 +152,13 @@ def test_mysql8_gtid_session_lines_are_head_and_the_global_one_is_not() -> None:
     assert isinstance(got[0], Head) and b"SQL_LOG_BIN= 0;" in got[0].text
     assert b"GTID_PURGED" not in got[0].text
     assert isinstance(got[1], Main) and got[1].text.startswith(b"SET @@GLOBAL.GTID_PURGED")
+    # MySQL 8 writes the character set switch around CREATE TABLE as /*!50503 ...*/:
+    # still a table definition, no barrier (else tables would never load side by side)
+    eight = dump.replace(b"/*!40101 SET character_set_client = utf8mb4 */;",
+                         b"/*!50503 SET character_set_client = utf8mb4 */;")
+    switch = [e for e in split_dump(eight.splitlines(keepends=True))
+              if isinstance(e, Main) and e.text.startswith(b"/*!50503 SET character_set_client")]
+    assert switch and not switch[0].barrier
 
 
 def test_a_dump_that_ends_inside_an_insert_hands_the_rest_to_the_main_session() -> None:
@@ -231,7 +249,8 @@ FAKE_CLIENT = textwrap.dedent('''
             token = line.split("'")[1]
             print(token); print(token); sys.stdout.flush()
         elif line.startswith("FAIL"):
-            print("ERROR 1064 (42000) at line 9: You have an error", file=sys.stderr)
+            print("ERROR 1064 (42000) at line 9: You have an error near "
+                  + repr(__import__("os").environ.get("MYSQL_PWD")), file=sys.stderr)
             sys.exit(1)
         elif line.startswith("SLOW"):
             time.sleep(0.5)
@@ -242,14 +261,15 @@ def _client(tmp_path: Path) -> ClientSession:
     script = tmp_path / "fake_client.py"
     script.write_text(FAKE_CLIENT)
     return ClientSession(Environment(env=dict(os.environ)), [sys.executable, str(script)],
-                         {"MYSQL_PWD": "pw"}, str(tmp_path), "restore (session 1)")
+                         {"MYSQL_PWD": "s3cret-pw"}, str(tmp_path), "restore (session 1)")
 
 
 def test_a_client_session_syncs_after_what_it_was_sent(tmp_path: Path) -> None:
     s = _client(tmp_path)
+    start = time.monotonic()
     s.send(b"SLOW\n" * 2)
-    s.sync()  # returns after both SLOW lines were read: the token comes after them
-    assert s.written >= len(b"SLOW\n" * 2)
+    s.sync()  # returns after both SLOW lines ran: the token comes after them
+    assert time.monotonic() - start >= 1.0
     s.sync()
     s.finish()
 
@@ -257,7 +277,88 @@ def test_a_client_session_syncs_after_what_it_was_sent(tmp_path: Path) -> None:
 def test_a_failing_client_fails_the_load_with_its_last_line(tmp_path: Path) -> None:
     s = _client(tmp_path)
     s.send(b"FAIL\n")
-    with pytest.raises(ExternalError, match=r"session 1\) failed \(exit 1\): ERROR 1064"):
+    with pytest.raises(ExternalError, match=r"session 1\) failed \(exit 1\): ERROR 1064") as e:
         s.sync()
+    assert "s3cret-pw" not in str(e.value)  # what the client printed is redacted
     with pytest.raises(ExternalError):
         s.send(b"more\n")
+
+
+RECORDING_CLIENT = textwrap.dedent('''
+    import sys
+    out = open(sys.argv[1], "a")
+    for line in sys.stdin:
+        if line.startswith("SELECT 'backout-sync-"):
+            print(line.split("'")[1], flush=True)
+            continue
+        if "(666," in line:
+            print("ERROR 1062 (23000) at line 3: Duplicate entry '666'", file=sys.stderr)
+            sys.exit(1)
+        out.write(line)
+        out.flush()
+''')
+
+
+def _big_dump(rows: int, bad: bool = False) -> bytes:
+    # ids from 1000: only the bad row is 666, the one the recording client refuses,
+    # early: zstd is still writing when the loader stops (its queues hold 8 MB each)
+    body = b"".join(b"INSERT INTO `items` VALUES (%d,'r');\n" % (666 if bad and i == 1000
+                                                             else 1000 + i) for i in range(rows))
+    return DUMP.replace(b"INSERT INTO `items` VALUES (3,'d');\n", body)
+
+
+def _load(tmp_path: Path, dump: bytes, sessions: int = 2) -> list[Path]:
+    raw = tmp_path / "dump.sql"
+    raw.write_bytes(dump)
+    subprocess.run(["zstd", "-q", "-f", str(raw), "-o", str(tmp_path / "dump.sql.zst")],
+                   check=True)
+    script = tmp_path / "client.py"
+    script.write_text(RECORDING_CLIENT)
+    logs: list[Path] = []
+
+    def session(name: str) -> ClientSession:
+        logs.append(tmp_path / f"session-{len(logs)}.sql")
+        return ClientSession(Environment(env=dict(os.environ)),
+                             [sys.executable, str(script), str(logs[-1])], {}, None, name)
+
+    load_in_parallel(Environment(env=dict(os.environ)), tmp_path / "dump.sql.zst", session,
+                     sessions, what="t restore", stall=30)
+    return logs
+
+
+def test_every_row_lands_once_and_the_schema_in_order(tmp_path: Path) -> None:
+    logs = _load(tmp_path, _big_dump(3000))
+    main = logs[0].read_text()
+    assert "CREATE TABLE `items`" in main and "INSERT INTO `items` VALUES" not in main
+    rows = [line for log in logs[1:] for line in log.read_text().splitlines()
+            if line.startswith("INSERT INTO `items` VALUES (")]
+    assert sorted(rows) == sorted(f"INSERT INTO `items` VALUES ({1000 + i},'r');"
+                                  for i in range(3000))
+
+
+def test_a_failing_session_is_named_not_the_artifact(tmp_path: Path) -> None:
+    # the loader kills zstd when a session fails: zstd's death must not read as a
+    # corrupt backup (the reviewer's reproduction: "does not decompress")
+    with pytest.raises(ExternalError, match="Duplicate entry") as caught:
+        _load(tmp_path, _big_dump(800_000, bad=True))
+    assert not isinstance(caught.value, IntegrityError)
+
+
+def test_an_artifact_that_does_not_decompress_is_an_integrity_error(tmp_path: Path) -> None:
+    raw = tmp_path / "dump.sql"
+    raw.write_bytes(_big_dump(50_000))
+    subprocess.run(["zstd", "-q", "-f", str(raw), "-o", str(tmp_path / "dump.sql.zst")],
+                   check=True)
+    blob = bytearray((tmp_path / "dump.sql.zst").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (tmp_path / "dump.sql.zst").write_bytes(bytes(blob))
+    script = tmp_path / "client.py"
+    script.write_text(RECORDING_CLIENT)
+
+    def session(name: str) -> ClientSession:
+        return ClientSession(Environment(env=dict(os.environ)),
+                             [sys.executable, str(script), str(tmp_path / "s.sql")], {}, None, name)
+
+    with pytest.raises(IntegrityError, match="does not decompress"):
+        load_in_parallel(Environment(env=dict(os.environ)), tmp_path / "dump.sql.zst", session,
+                         2, what="t restore", stall=30)

@@ -145,3 +145,40 @@ def test_only_plain_words_go_through_a_session(tmp_path: Path) -> None:
         assert s.asked == 0
     finally:
         s.close()
+
+
+def test_a_redis_cli_that_does_not_flush_into_a_pipe_falls_back_to_one_call_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # redis-cli before 6.0.17 / 6.2.5 buffers its replies when stdout is a pipe: the
+    # session's probe gets no answer, and every question is a one-off call again
+    from types import SimpleNamespace
+
+    from backout.engines import redis as redis_engine
+
+    script = tmp_path / "fake_redis_cli.py"
+    unflushed = FAKE.replace("    sys.stdout.flush()\n", "")
+    assert unflushed != FAKE
+    script.write_text(unflushed)
+    monkeypatch.setattr(redis_engine, "SESSION_PROBE_SECONDS", 1.0)
+    calls: list[list[str]] = []
+    # block-buffered, as redis-cli's stdio is (this shell may export PYTHONUNBUFFERED)
+    env = Environment(env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})
+    access = SimpleNamespace(
+        env=env, db=SimpleNamespace(mode="exec", name="redis"), config=SimpleNamespace(
+            project_dir=tmp_path), password=lambda: None, user=lambda: None,
+        argv=lambda inner, _names: [sys.executable, str(script)],
+        explain=lambda result, what: ExternalError(f"{what}: {result.stderr}"))
+    real_run = proc.run
+
+    def run(*args: object, **kwargs: object) -> proc.Result:
+        calls.append(list(args[1]))  # type: ignore[call-overload]
+        return real_run(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(proc, "run", run)
+    r = redis_engine.Redis(access)  # type: ignore[arg-type]
+    start = time.monotonic()
+    with r.session():
+        assert r._session is None  # the probe went unanswered
+        assert r.call("PING", commands=None) == ""  # a one-off call: no stdin, no command
+    assert time.monotonic() - start < 10
+    assert len(calls) == 1

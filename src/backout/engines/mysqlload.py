@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import re
+import signal
 import subprocess
 import tempfile
 import threading
@@ -46,7 +47,7 @@ from backout.storage.pipeline import IntegrityError, Stall, metered, spawn_decom
 # sandbox-mode line), up to the first statement of substance.
 # MySQL 8's mysqldump adds session lines when GTIDs are on (binlog off for the load:
 # every session needs it; its GTID_PURGED, global, is not head and runs once).
-_HEAD = re.compile(rb"^(--[^\n]*|/\*![0-9]+ SET [^\n]*\*/;|/\*M!999999\\- enable the sandbox mode \*/ ?"
+_HEAD = re.compile(rb"^(--[^\n]*|/\*M?![0-9]+ SET [^\n]*\*/;|/\*M!999999\\- enable the sandbox mode \*/ ?"
                    rb"|SET @MYSQLDUMP_TEMP_LOG_BIN = @@SESSION\.SQL_LOG_BIN;"
                    rb"|SET @@SESSION\.SQL_LOG_BIN ?= ?0;)?\r?\n$")
 _LOCK = re.compile(rb"^LOCK TABLES `((?:[^`]|``)+)` WRITE;\r?\n$")
@@ -57,7 +58,7 @@ _DELIMITER = re.compile(rb"^DELIMITER (\S+)\r?\n$")
 # Statements of the main session that need no barrier: they define a database or a
 # table no row given out so far belongs to (a table's rows come after its CREATE).
 _PLAIN = re.compile(
-    rb"^(--|\r?\n$|/\*!40101 SET (@saved_cs_client|character_set_client)|"
+    rb"^(--|\r?\n$|/\*![0-9]+ SET (@saved_cs_client|character_set_client)|"
     rb"DROP TABLE IF EXISTS `|CREATE TABLE `|"
     rb"CREATE DATABASE |USE `|/\*!40000 DROP DATABASE IF EXISTS `)")
 
@@ -326,13 +327,21 @@ class ClientSession:
         self._writer.join()
         rc = self.proc.wait()
         self._reader.join(5)
-        if rc != 0:
+        if rc != 0 or self.error is not None:  # exit 0 with input left unread fails too
             raise self._failed()
+        self._stderr.close()
 
     def _failed(self) -> ExternalError:
-        rc = self.proc.wait()
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
         self._stderr.seek(0)
         text = self.env.redact(self._stderr.read().decode(errors="replace"))
+        if rc == 0:
+            return ExternalError(f"{self.name}: the client ended before reading all it was "
+                                 f"sent: {proc.last_line(text)}")
         return ExternalError(f"{self.name} failed (exit {rc}): {proc.last_line(text)}")
 
     def kill(self) -> None:
@@ -361,23 +370,32 @@ def load_in_parallel(env: Environment, artifact: Path, session: Callable[[str], 
         errors: list[BaseException] = []
         read = [0]
 
-        def kill_all() -> None:
-            zstd.kill()
-            for s in opened:
-                s.kill()
+        stopping = threading.Event()
+        guard = threading.Lock()
 
-        def worker(n: int) -> Session:
-            made = session(f"{what} (session {n})")
-            opened.append(made)
-            return made
+        def kill_all() -> None:
+            # under the lock: the loader may be starting a session this very moment;
+            # once stopping is set it starts none
+            with guard:
+                stopping.set()
+                zstd.kill()
+                for s in opened:
+                    s.kill()
+
+        def open_session(name: str) -> Session:
+            with guard:
+                if stopping.is_set():
+                    raise ExternalError(f"{what}: stopped")
+                made = session(name)
+                opened.append(made)
+                return made
 
         def run() -> None:
             try:
                 assert zstd.stdout is not None
-                main = session(f"{what} (main session)")
-                opened.append(main)
-                outcome.update(load(split_dump(_lines(zstd.stdout, read)), main, worker,
-                                    sessions))
+                main = open_session(f"{what} (main session)")
+                outcome.update(load(split_dump(_lines(zstd.stdout, read)), main,
+                                    lambda n: open_session(f"{what} (session {n})"), sessions))
             except BaseException as exc:
                 errors.append(exc)
                 kill_all()
@@ -400,16 +418,24 @@ def load_in_parallel(env: Environment, artifact: Path, session: Callable[[str], 
                         raise ExternalError(f"{what}: timed out after {timeout:.0f}s")
         except BaseException:
             kill_all()
-            loader.join(5)
+            # every session is dead or dying: the loader ends at its next send or sync
+            loader.join(30)
             zstd.wait()
             raise
         z_rc = zstd.wait(timeout=60)
         z_err.seek(0)
-        if z_rc != 0:
+        z_msg = z_err.read().decode(errors="replace")
+        # zstd killed by us (a session failed) or by SIGPIPE says nothing of the
+        # artifact: the session's error does; zstd failing by itself blames the file
+        ours = (stopping.is_set() and z_rc == -signal.SIGKILL) or z_rc == -signal.SIGPIPE \
+            or "Broken pipe" in z_msg
+        if z_rc != 0 and not ours:
             raise IntegrityError(f"{what}: {artifact.name} does not decompress: "
-                                 f"{proc.last_line(z_err.read().decode(errors='replace'))}")
+                                 f"{proc.last_line(z_msg)}")
         if errors:
             raise errors[0]
+        if z_rc != 0:
+            raise ExternalError(f"{what}: the load stopped before the end of {artifact.name}")
     env.log_external(f"  {what}: {outcome.get('statements_in_parallel', 0)} statements over "
                      f"{outcome.get('workers', 0)} sessions, {outcome.get('syncs', 0)} syncs, "
                      f"{outcome.get('barriers', 0)} barriers, {time.monotonic() - start:.2f}s")

@@ -44,6 +44,8 @@ from backout.storage.pipeline import (
     stream_to_file,
 )
 
+SESSION_PROBE_SECONDS = 5.0
+
 
 class Redis:
     def __init__(self, access: EngineAccess) -> None:
@@ -57,13 +59,23 @@ class Redis:
         if self._session is not None:
             yield self
             return
-        self._session = CliSession(self.access.env, self.cli_argv(), secret_env=self.secret_env(),
-                                   cwd=str(self.access.config.project_dir),
-                                   explain=self.access.explain)
+        session = CliSession(self.access.env, self.cli_argv(), secret_env=self.secret_env(),
+                             cwd=str(self.access.config.project_dir), explain=self.access.explain)
+        try:
+            # redis-cli before 6.0.17/6.2.5 does not flush its replies into a pipe: no
+            # answer here means one call per question, as before (an error too: the
+            # one-off call then says it as it always did)
+            session.ask("ECHO", "ready", timeout=SESSION_PROBE_SECONDS)
+        except BackoutError:
+            session.close(kill=True)
+            self.access.env.log_external("  redis-cli session: no answer; one call per question")
+            yield self
+            return
+        self._session = session
         try:
             yield self
         finally:
-            session, self._session = self._session, None
+            self._session = None
             session.close()
 
     def secret_env(self) -> dict[str, str]:

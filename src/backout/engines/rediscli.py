@@ -29,7 +29,9 @@ from backout.errors import BackoutError, ExternalError
 # Words redis-cli passes through unchanged when a line is split at spaces.
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_.:|/*+@-]+")
 # Replies that are errors (raw mode prints them bare); stderr lines that end a session.
-ERROR_REPLY = ("NOAUTH", "WRONGPASS", "ERR", "(error)")
+ERROR_REPLY = ("NOAUTH", "WRONGPASS", "ERR", "(error)", "NOPERM", "LOADING", "MISCONF",
+               "READONLY", "BUSY", "WRONGTYPE", "OOM", "MASTERDOWN", "CLUSTERDOWN", "NOSCRIPT",
+               "EXECABORT", "NOREPLICAS", "TRYAGAIN", "CROSSSLOT", "MOVED", "ASK ")
 _FATAL_STDERR = ("Could not connect", "AUTH failed", "Error:")
 
 
