@@ -140,7 +140,9 @@ def split_dump(lines: Iterable[bytes]) -> Iterator[Event]:
         first = True
         rows: list[bytes] = []
         for inner in lines_left:
-            if rows:
+            # an INSERT goes on to the line that ends it (values never hold a raw
+            # newline: the dump tools write it as \n)
+            if rows or inner.startswith(b"INSERT INTO "):
                 rows.append(inner)
                 if inner.rstrip(b"\r\n").endswith(b";"):
                     yield Rows(database, table, b"".join(rows), first)
@@ -150,13 +152,6 @@ def split_dump(lines: Iterable[bytes]) -> Iterator[Event]:
             if _UNLOCK.match(inner):
                 break
             if _KEYS.match(inner):
-                continue
-            if inner.startswith(b"INSERT INTO "):
-                rows.append(inner)
-                if inner.rstrip(b"\r\n").endswith(b";"):
-                    yield Rows(database, table, b"".join(rows), first)
-                    first = False
-                    rows = []
                 continue
             # Something else between LOCK and UNLOCK: run it where the rows so far
             # are loaded, in order (never seen from mariadb-dump or mysqldump)
