@@ -66,9 +66,12 @@ class Redis:
             # answer here means one call per question, as before (an error too: the
             # one-off call then says it as it always did)
             session.ask("ECHO", "ready", timeout=SESSION_PROBE_SECONDS)
+            answered = True
         except BackoutError:
             session.close(kill=True)
             self.access.env.log_external("  redis-cli session: no answer; one call per question")
+            answered = False
+        if not answered:
             yield self
             return
         self._session = session
