@@ -161,6 +161,33 @@ def test_mysql8_gtid_session_lines_are_head_and_the_global_one_is_not() -> None:
     assert switch and not switch[0].barrier
 
 
+def test_only_literal_rows_of_the_locked_table_go_to_any_session() -> None:
+    # a hand-made SQL file given as BACKUP: an INSERT ... SELECT and an INSERT into
+    # another table inside the block run on the main session, in order, and the rows
+    # after them wait for them (a sync)
+    odd = DUMP.replace(b"INSERT INTO `items` VALUES (3,'d');\n",
+                       b"INSERT INTO `tags` SELECT id FROM `items`;\n"
+                       b"INSERT INTO `items` (`id`, `name`) VALUES (4,'e');\n"
+                       b"UPDATE `items` SET `id` = `id` + 10;\n"
+                       b"REPLACE INTO `items` VALUES (5,'f');\n"
+                       b"INSERT IGNORE INTO `items` VALUES (6,'g');\n")
+    got = [e for e in split_dump(odd.splitlines(keepends=True))
+           if isinstance(e, (Main, Rows)) and b"items" in (e.text if isinstance(e, Main)
+                                                             else e.statement)]
+    shapes = [(type(e).__name__, e.barrier if isinstance(e, Main) else e.first,
+               (e.text if isinstance(e, Main) else e.statement).split(b" VALUES")[0][:30])
+              for e in got if not (isinstance(e, Main) and e.text.startswith((b"--", b"DROP",
+                                                                              b"CREATE", b"/*")))]
+    assert shapes == [
+        ("Rows", True, b"INSERT INTO `items`"),
+        ("Main", True, b"INSERT INTO `tags` SELECT id F"),
+        ("Rows", True, b"INSERT INTO `items` (`id`, `na"),
+        ("Main", True, b"UPDATE `items` SET `id` = `id`"),
+        ("Rows", True, b"REPLACE INTO `items`"),
+        ("Rows", False, b"INSERT IGNORE INTO `items`"),
+    ]
+
+
 def test_a_dump_that_ends_inside_an_insert_hands_the_rest_to_the_main_session() -> None:
     cut = DUMP[:DUMP.index(b"(2,'c');")]
     got = list(split_dump(cut.splitlines(keepends=True)))

@@ -137,12 +137,15 @@ def split_dump(lines: Iterable[bytes]) -> Iterator[Event]:
             yield from main_lines(line)
             continue
         table = lock.group(1)
+        # Only literal rows of the locked table may go to any session: a plain SQL
+        # file given as BACKUP may hold an INSERT ... SELECT reading other tables
+        rows_of = _rows_of(table)
         first = True
         rows: list[bytes] = []
         for inner in lines_left:
             # an INSERT goes on to the line that ends it (values never hold a raw
             # newline: the dump tools write it as \n)
-            if rows or inner.startswith(b"INSERT INTO "):
+            if rows or rows_of.match(inner):
                 rows.append(inner)
                 if inner.rstrip(b"\r\n").endswith(b";"):
                     yield Rows(database, table, b"".join(rows), first)
@@ -154,10 +157,19 @@ def split_dump(lines: Iterable[bytes]) -> Iterator[Event]:
             if _KEYS.match(inner):
                 continue
             # Something else between LOCK and UNLOCK: run it where the rows so far
-            # are loaded, in order (never seen from mariadb-dump or mysqldump)
+            # are loaded, in order, and the rows after it wait for it (never seen from
+            # mariadb-dump or mysqldump; a hand-made SQL file may hold anything)
             yield from main_lines(inner)
+            first = True
         if rows:  # the dump ended inside an INSERT: the main session reports it
             yield Main(b"".join(rows), barrier=True)
+
+
+def _rows_of(table: bytes) -> re.Pattern[bytes]:
+    """An INSERT (or INSERT IGNORE, REPLACE: --insert-ignore, --replace) of literal
+    rows into ``table``, with or without its column list (--complete-insert)."""
+    return re.compile(rb"^(?:INSERT(?: IGNORE)?|REPLACE) INTO `" + re.escape(table)
+                      + rb"` (?:VALUES ?\(|VALUES\r?\n|\((?:`(?:[^`]|``)+`,? ?)+\) VALUES)")
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
