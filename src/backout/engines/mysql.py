@@ -398,7 +398,7 @@ def restore_mysql(env: Environment, access: EngineAccess, artifact: Path,
     what = f"{access.db.name} restore"
     sessions = access.config.backups.restore_sessions
     if sessions > 1:
-        load_in_parallel(env, artifact, lambda name: my.session(name), sessions, what=what,
+        load_in_parallel(env, artifact, my.session, sessions, what=what,
                          stall=access.config.backups.stall_seconds)
     else:
         decompress_into(env, artifact, my.restore_argv(), what=what,

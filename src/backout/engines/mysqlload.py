@@ -25,6 +25,7 @@ single-stream load has it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import re
 import signal
@@ -41,7 +42,13 @@ from backout import proc
 from backout.environment import Environment
 from backout.errors import ExternalError, InterruptedOperation
 from backout.operations import interrupt
-from backout.storage.pipeline import IntegrityError, Stall, metered, spawn_decompress
+from backout.storage.pipeline import (
+    IntegrityError,
+    Stall,
+    metered,
+    reader_stopped,
+    spawn_decompress,
+)
 
 # Lines of the head every session needs (comments, /*!ver SET ... */; MariaDB's
 # sandbox-mode line), up to the first statement of substance.
@@ -130,7 +137,7 @@ def split_dump(lines: Iterable[bytes]) -> Iterator[Event]:
             yield Main(b"".join(statement), barrier=not plain_statement)
             statement.clear()
 
-    lines_left: Iterator[bytes] = _chain(pending, it)
+    lines_left: Iterator[bytes] = itertools.chain([pending], it)
     for line in lines_left:
         lock = _LOCK.match(line) if not statement and delimiter == b";" else None
         if lock is None:
@@ -172,9 +179,6 @@ def _rows_of(table: bytes) -> re.Pattern[bytes]:
                       + rb"` (?:VALUES ?\(|VALUES\r?\n|\((?:`(?:[^`]|``)+`,? ?)+\) VALUES)")
 
 
-def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield first
-    yield from rest
 
 
 class Session(Protocol):
@@ -432,10 +436,9 @@ def load_in_parallel(env: Environment, artifact: Path, session: Callable[[str], 
         z_rc = zstd.wait(timeout=60)
         z_err.seek(0)
         z_msg = z_err.read().decode(errors="replace")
-        # zstd killed by us (a session failed) or by SIGPIPE says nothing of the
-        # artifact: the session's error does; zstd failing by itself blames the file
-        ours = (stopping.is_set() and z_rc == -signal.SIGKILL) or z_rc == -signal.SIGPIPE \
-            or "Broken pipe" in z_msg
+        # zstd killed by us (a session failed) or by its reader stopping says nothing of
+        # the artifact: the session's error does; zstd failing by itself blames the file
+        ours = (stopping.is_set() and z_rc == -signal.SIGKILL) or reader_stopped(z_rc, z_msg)
         if z_rc != 0 and not ours:
             raise IntegrityError(f"{what}: {artifact.name} does not decompress: "
                                  f"{proc.last_line(z_msg)}")

@@ -606,6 +606,13 @@ def decompressed_size(env: Environment, artifact: Path) -> int:
     return total
 
 
+def reader_stopped(z_rc: int, z_msg: str) -> bool:
+    """Did a decompressing zstd end because its reader stopped reading (SIGPIPE, or
+    told of a broken pipe)? That says nothing of the artifact: the reader's own exit
+    says why."""
+    return z_rc == -signal.SIGPIPE or "Broken pipe" in z_msg
+
+
 def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, what: str,
                     secret_env: dict[str, str] | None = None, cwd: str | None = None,
                     timeout: float = 6 * 3600, stall: float | None = None) -> None:
@@ -645,10 +652,7 @@ def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, wh
         z_err.seek(0)
         z_msg = z_err.read().decode(errors="replace")
         c_msg = proc.last_line(env.redact(c_err.read().decode(errors="replace")))
-        # zstd killed by SIGPIPE (or told of a broken pipe) only says the consumer
-        # stopped reading: the consumer's own exit says why, not the artifact
-        consumer_gone = z_rc == -signal.SIGPIPE or "Broken pipe" in z_msg
-        if z_rc != 0 and not consumer_gone:
+        if z_rc != 0 and not reader_stopped(z_rc, z_msg):
             raise IntegrityError(f"{what}: {artifact.name} does not decompress: "
                                  f"{proc.last_line(z_msg)}")
         if c_rc != 0:
