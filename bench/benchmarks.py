@@ -32,7 +32,7 @@ from bench.core import (
     rss_mib,
     tag_image_id,
 )
-from tests.support.stack import DATABASE, wait_for
+from tests.support.stack import DATABASE, free_ports, wait_for
 
 MB = 1_000_000
 GB = 1_000_000_000
@@ -47,6 +47,9 @@ class Params:
     mongo_docs: list[int] = field(default_factory=lambda: [10_000])
     pg_mb: list[float] = field(default_factory=lambda: [100.0])
     monitor_seconds: float = 60.0
+    # bench 6 again with the stack grown to each of these service counts (extra copies
+    # of the frontend app, each with a health URL, /metrics and traffic)
+    monitor_services: list[int] = field(default_factory=list)
     rule_for: int = 10  # `for` of the shortened red-error-rate rule (bench 4 and 7)
     window: int = 10  # [monitor] window_seconds for bench 4 and 7
     interval: int = 2  # monitor --interval for bench 4 and 7
@@ -843,63 +846,166 @@ def _watch_process(pid: int, seconds: float) -> tuple[float, float, float]:
     return (own1 + kids1 - own0 - kids0) / minutes, (own1 - own0) / minutes, peak
 
 
+BARE_MONITOR_LABEL = ("a bash loop every 5 s: curl of every health URL and /metrics, docker "
+                      "compose ps, docker compose logs --since 5s | grep errors (the runbook's "
+                      "four terminals)")
+
+
+@dataclass
+class Overhead:
+    """Benchmark 6's figures at one stack size, all repetitions."""
+
+    services: int
+    cpu: list[float] = field(default_factory=list)  # CPU s/min incl. children
+    own: list[float] = field(default_factory=list)  # the monitor process alone
+    rss: list[float] = field(default_factory=list)
+    bare_cpu: list[float] = field(default_factory=list)
+    bare_rss: list[float] = field(default_factory=list)
+
+
+def _service_count(rig: Rig) -> int:
+    return len(rig.stack.compose("config", "--services").stdout.split())
+
+
+def _measure_overhead(rig: Rig, p: Params, urls: list[str]) -> Overhead:
+    """`backout monitor` (default policy and interval) against the bare loop over
+    ``urls``, each watched p.monitor_seconds, p.reps times."""
+    got = Overhead(_service_count(rig))
+    loop = ("while :; do for u in " + " ".join(urls) + "; do curl -fsS -o /dev/null \"$u\" || "
+            "true; done; docker compose ps --format json >/dev/null; docker compose logs "
+            "--since 5s --no-color 2>&1 | grep -ciE 'error|exception|traceback' >/dev/null || "
+            "true; sleep 5; done")
+    for i in range(p.reps):
+        log(f"monitor overhead at {got.services} services {i + 1}/{p.reps} "
+            f"({p.monitor_seconds:g} s each)")
+        rig.reset_monitor_state()
+        mon = Monitor(rig)
+        try:
+            mon.wait_for(lambda d: True, timeout=120, what="the monitor's first decision")
+            c, o, r = _watch_process(mon.proc.pid, p.monitor_seconds)
+        finally:
+            mon.stop()
+        got.cpu.append(c)
+        got.own.append(o)
+        got.rss.append(r)
+        bash = subprocess.Popen(["bash", "-c", loop], cwd=rig.project,
+                                env=rig.stack.compose_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1)
+            c, _o, r = _watch_process(bash.pid, p.monitor_seconds)
+        finally:
+            bash.terminate()
+            bash.wait(timeout=30)
+        got.bare_cpu.append(c)
+        got.bare_rss.append(r)
+    return got
+
+
+SCALE_SERVICE = """  scale-{n:02d}:
+    image: backout-test/frontend:healthy
+    environment:
+      REDIS_HOST: redis
+      REDIS_PASSWORD: "${{REDIS_PASSWORD}}"
+    ports:
+      - "127.0.0.1:{port}:3000"
+    healthcheck:
+      test: ["CMD", "python3", "/app/app.py", "healthcheck"]
+      interval: 2s
+      timeout: 10s
+      retries: 3
+      start_period: 10s
+    labels:
+      io.backout.test.run: "${{BACKOUT_TEST_RUN:-manual}}"
+"""
+
+
+@contextlib.contextmanager
+def more_services(rig: Rig, count: int) -> Iterator[list[str]]:
+    """``count`` more app services (copies of the frontend app on ports of their own),
+    running, in backout.toml as `backout init --force` writes it for the grown stack,
+    with light traffic; yields their base URLs. Everything is put back afterwards."""
+    compose_file = rig.stack.compose_file
+    original_compose, original_toml = compose_file.read_text(), rig.init_toml
+    ports = free_ports(count)
+    names = [f"scale-{n:02d}" for n in range(1, count + 1)]
+    extra = "".join(SCALE_SERVICE.format(n=n, port=port)
+                    for n, port in zip(range(1, count + 1), ports, strict=True))
+    head, sep, rest = original_compose.partition("\nservices:\n")
+    if not sep:
+        raise BenchError(f"no top-level services: in {compose_file}")
+    loads: list[Load] = []
+    try:
+        compose_file.write_text(head + sep + extra + "\n" + rest)
+        if names:
+            rig.compose_up(*names)
+        rig.backout("init", "--force")
+        rig.init_toml = (rig.project / "backout.toml").read_text()
+        rig.write_config()
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        loads = [Load(f"{url}/", workers=1, period=1.0) for url in urls]
+        for load in loads:
+            load.__enter__()
+        yield urls
+    finally:
+        for load in loads:
+            load.__exit__()
+        if names:
+            rig.stack.compose("rm", "-s", "-f", *names, check=False)
+        compose_file.write_text(original_compose)
+        rig.init_toml = original_toml
+        rig.write_config()
+
+
 def monitor_overhead(rig: Rig, p: Params) -> JsonDict:
     rig.write_config()  # the default policy, the default interval
     loads = traffic(rig)
     for load in loads:
         load.__enter__()
-    cpu: list[float] = []
-    own: list[float] = []
-    rss: list[float] = []
-    b_cpu: list[float] = []
-    b_rss: list[float] = []
     urls = [f"{rig.stack.url('backend')}/api/v1/health/check", f"{rig.stack.url('frontend')}/",
             f"{rig.stack.url('model-server')}/healthy-check", f"{rig.stack.url('nginx')}/",
             *(f"{rig.stack.url(s)}/metrics" for s in ("backend", "frontend", "model-server"))]
-    loop = ("while :; do for u in " + " ".join(urls) + "; do curl -fsS -o /dev/null \"$u\" || "
-            "true; done; docker compose ps --format json >/dev/null; docker compose logs "
-            "--since 5s --no-color 2>&1 | grep -ciE 'error|exception|traceback' >/dev/null || "
-            "true; sleep 5; done")
     try:
-        for i in range(p.reps):
-            log(f"monitor overhead {i + 1}/{p.reps} ({p.monitor_seconds:g} s each)")
-            rig.reset_monitor_state()
-            mon = Monitor(rig)
-            try:
-                mon.wait_for(lambda d: True, timeout=120, what="the monitor's first decision")
-                c, o, r = _watch_process(mon.proc.pid, p.monitor_seconds)
-            finally:
-                mon.stop()
-            cpu.append(c)
-            own.append(o)
-            rss.append(r)
-            bash = subprocess.Popen(["bash", "-c", loop], cwd=rig.project,
-                                    env=rig.stack.compose_env(), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            try:
-                time.sleep(1)
-                c, _o, r = _watch_process(bash.pid, p.monitor_seconds)
-            finally:
-                bash.terminate()
-                bash.wait(timeout=30)
-            b_cpu.append(c)
-            b_rss.append(r)
+        base = _measure_overhead(rig, p, urls)
+        grown: list[Overhead] = []
+        for size in p.monitor_services:
+            add = size - base.services
+            if add < 0:
+                raise BenchError(f"--monitor-services {size}: the stack already has "
+                                 f"{base.services} services")
+            with more_services(rig, add) as extra:
+                grown.append(_measure_overhead(
+                    rig, p, urls + [u for e in extra for u in (f"{e}/health", f"{e}/metrics")]))
     finally:
         for load in loads:
             load.__exit__()
-    label = ("a bash loop every 5 s: curl of the 4 health URLs and 3 /metrics, docker compose "
-             "ps, docker compose logs --since 5s | grep errors (the runbook's four terminals)")
     rows = [
-        Row("CPU seconds per minute, incl. child processes (docker CLI)", "CPU s/min", cpu, b_cpu,
-            label, extra={"own_cpu_s_per_min": own}),
-        Row("resident memory (peak)", "MiB", rss, b_rss, "the same bash loop (bash itself)"),
+        Row("CPU seconds per minute, incl. child processes (docker CLI)", "CPU s/min",
+            base.cpu, base.bare_cpu, BARE_MONITOR_LABEL,
+            extra={"own_cpu_s_per_min": base.own, "services": base.services}),
+        Row("resident memory (peak)", "MiB", base.rss, base.bare_rss,
+            "the same bash loop (bash itself)"),
     ]
+    for g in grown:
+        # what each service beyond the stack's own costs, from the medians
+        per_service = ((med(g.cpu) - med(base.cpu)) / (g.services - base.services)
+                       if g.services > base.services else None)
+        rows.append(Row(f"CPU seconds per minute at {g.services} services", "CPU s/min",
+                        g.cpu, g.bare_cpu, BARE_MONITOR_LABEL,
+                        extra={"own_cpu_s_per_min": g.own, "services": g.services,
+                               "cpu_s_per_min_per_added_service": per_service}))
+        rows.append(Row(f"resident memory (peak) at {g.services} services", "MiB", g.rss,
+                        g.bare_rss, "the same bash loop (bash itself)"))
     return result("6. Monitor overhead", rows, [
         "`backout monitor --json` with the default policy and interval (5 s), watching the "
         "whole stack under light traffic; measured from its first decision on (startup "
         "excluded), from /proc/<pid>/stat (utime+stime, plus cutime+cstime of reaped "
         "children) and /proc/<pid>/status (VmRSS, sampled every second).",
-    ], {"seconds": p.monitor_seconds, "interval_seconds": 5})
+        "At a grown size, the added services are copies of the frontend app (health URL, "
+        "/metrics, one request a second each), configured by `backout init --force`; the "
+        "bare loop curls their health URL and /metrics too.",
+    ], {"seconds": p.monitor_seconds, "interval_seconds": 5,
+        "services": [base.services, *(g.services for g in grown)]})
 
 
 # --------------------------------------------------------------------------- 7. end to end

@@ -4,6 +4,7 @@
     uv run python -m bench --smoke            # smallest sizes, 1 repetition (CI)
     uv run python -m bench --only backups --mysql-mb 100,1000 --redis-keys 1000000
     uv run python -m bench --only backups --pg-mb 100,1000
+    uv run python -m bench --only monitor_overhead --monitor-services 20
     uv run python -m bench --out DIR          # results.json + results.md (default bench/results)
 
 The stack gets a unique compose project; everything it creates carries the test
@@ -36,8 +37,11 @@ from bench.benchmarks import BENCHMARKS, Params, build_v2, log  # noqa: E402
 from bench.core import JsonDict, Rig  # noqa: E402
 from tests.support.stack import TestStack, cleanup_stale  # noqa: E402
 
+# monitor_services: the test stack's 8 services and one more, so that the grown-stack
+# path of bench 6 runs in CI too.
 SMOKE = Params(reps=1, mysql_mb=[4.0], redis_keys=[20_000], mongo_docs=[500], pg_mb=[4.0],
-               monitor_seconds=6, rule_for=6, window=6, interval=2, tail=3.0)
+               monitor_seconds=6, monitor_services=[9], rule_for=6, window=6, interval=2,
+               tail=3.0)
 
 
 def _floats(text: str) -> list[float]:
@@ -70,6 +74,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help="documents in the MongoDB stand-in (default 10000; smoke 500)")
     ap.add_argument("--monitor-seconds", type=float,
                     help="how long each monitor overhead run watches (default 60; smoke 6)")
+    ap.add_argument("--monitor-services", type=_ints,
+                    help="also measure the monitor with the stack grown to these service "
+                         "counts, comma-separated (default none; smoke 9; the issue's: 20)")
     ap.add_argument("--keep", action="store_true", help="leave the stack running at the end")
     return ap.parse_args(argv)
 
@@ -77,7 +84,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def params(args: argparse.Namespace) -> Params:
     p = SMOKE if args.smoke else Params()
     p = Params(**vars(p))
-    for name in ("reps", "mysql_mb", "redis_keys", "mongo_docs", "pg_mb", "monitor_seconds"):
+    for name in ("reps", "mysql_mb", "redis_keys", "mongo_docs", "pg_mb", "monitor_seconds",
+                 "monitor_services"):
         value = getattr(args, name)
         if value is not None:
             setattr(p, name, value)
@@ -85,6 +93,7 @@ def params(args: argparse.Namespace) -> Params:
     p.redis_keys = sorted(p.redis_keys)
     p.mongo_docs = sorted(p.mongo_docs)
     p.pg_mb = sorted(p.pg_mb)
+    p.monitor_services = sorted(set(p.monitor_services))
     p.v2_tag = f"bench-v2-{os.getpid()}"
     if p.reps < 1 or not p.mysql_mb or not p.redis_keys or not p.mongo_docs or not p.pg_mb:
         raise SystemExit("python -m bench: --reps must be >= 1 and every size list non-empty")

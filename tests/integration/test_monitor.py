@@ -47,22 +47,34 @@ def mstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestStack]:
         stack.down()
 
 
-def monitor(project: Path, *args: str, until: Any, timeout: float) -> list[dict[str, Any]]:
-    """Run `backout monitor --json ARGS`, collecting decisions until ``until(decisions)``."""
+def monitor(project: Path, *args: str, until: Any, timeout: float,
+            must_reach: bool = True) -> list[dict[str, Any]]:
+    """Run `backout monitor --json ARGS`, collecting decisions until ``until(decisions)``.
+
+    When the condition is not reached (the monitor exited, or ``timeout`` passed) and
+    ``must_reach``, fails with what the monitor said: its exit, its stderr and its
+    last decisions, so a failure in CI says why and not only that."""
     proc = subprocess.Popen([sys.executable, "-m", "backout", "monitor", "--json", *args],
                             cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=dict(os.environ))
     decisions: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
+    reached = False
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             decisions.append(json.loads(line))
-            if until(decisions) or time.monotonic() > deadline:
+            reached = bool(until(decisions))
+            if reached or time.monotonic() > deadline:
                 break
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        _, stderr = proc.communicate(timeout=30)
+    if must_reach and not reached:
+        raise AssertionError(
+            f"the monitor did not reach the condition ({len(decisions)} decisions, "
+            f"exit {proc.returncode}); stderr: {stderr[-2000:]!r}; last decisions: "
+            f"{json.dumps(decisions[-2:], default=str)[-8000:]}")
     return decisions
 
 
@@ -237,7 +249,8 @@ def test_healthy_stack_under_load_stays_green_for_ten_minutes(mstack: TestStack)
     reset_monitor_state(project)
     with Load(f"{mstack.url('nginx')}/api/v1/items", period=0.05) as load:
         decisions = monitor(project, "--interval", "5", "--duration", "610",
-                            until=lambda ds: False, timeout=700)
+                            until=lambda ds: False, timeout=700,
+                            must_reach=False)
     assert load.sent > 5000 and load.failed == 0
     assert len(decisions) >= 100
     levels = {d["level"] for d in decisions}
@@ -353,6 +366,10 @@ def test_healthy_release_gets_a_baseline_and_the_slow_version_trips_a_relative_r
         mstack: TestStack) -> None:
     project = mstack.project_dir
     reset_monitor_state(project)
+    # 30x, not the runbook's 3x: the healthy backend's P95 is ~10 ms, and on a loaded
+    # CI machine its jitter passed 3x (31 ms) during the screen run below, so the rule
+    # was already active, not fired, when the slow version came. The slow version's P95
+    # (6 s requests) is hundreds of times the baseline.
     original = add_config(project, """[monitor]
 baseline_evaluations = 4
 
@@ -360,10 +377,10 @@ baseline_evaluations = 4
 name = "yellow-latency-vs-baseline"
 signal = "p95_latency_seconds{service=backend}"
 comparison = ">"
-threshold = 3
+threshold = 30
 relative_to_baseline = true
 level = "YELLOW"
-clear_threshold = 2
+clear_threshold = 20
 """)
     loads = api_loads(mstack)
     for load in loads:
@@ -402,7 +419,7 @@ clear_threshold = 2
         (project / "backout.toml").write_text(original)
     [tr] = fired(slow, "yellow-latency-vs-baseline")
     assert tr["signal"] == BACKEND_P95
-    assert tr["value"] > 3 * captured["values"][BACKEND_P95] and "x baseline" in tr["reason"]
+    assert tr["value"] > 30 * captured["values"][BACKEND_P95] and "x baseline" in tr["reason"]
     # the new version is measured against the release that was healthy before it
     in_use = slow[-1]["baseline"]
     assert in_use["inherited"] and in_use["captured_for"] == captured["release"]
