@@ -21,6 +21,7 @@ from backout.environment import Environment
 from backout.monitor.run import Monitor
 from backout.platforms.compose import ComposePlatform
 from backout.policy.rules import DEFAULT_RULES, Decision, Level
+from backout.signals.engine import container_signals
 from backout.state import Store
 from tests.support.stack import RUN_LABEL, _docker, remove_run
 
@@ -130,3 +131,38 @@ def test_the_monitor_reads_the_api_and_wakes_on_a_health_event(
     assert decisions[1].active[0].value is not None and decisions[1].active[0].value >= 2
     # Two evaluations (containers, stats, logs) and the event stream: no docker process.
     assert calls.read_text() == ""
+
+
+def test_one_off_jobs_are_not_the_service_and_stop_with_it(
+        project: tuple[Path, str], caplog: pytest.LogCaptureFixture) -> None:
+    """`docker compose run` leftovers against the real engine and Compose: an exited
+    job is not the service down (the monitor would roll back a healthy stack), and
+    `docker compose stop` leaves a running job running, so backout stops it itself."""
+    project_dir, name = project
+    env = Environment(project_dir=project_dir, env=dict(os.environ))
+    cfg = Config(path=project_dir / "backout.toml", project_dir=project_dir,
+                 project=ProjectConfig(name=name, env_file=None),
+                 services={"probe": ServiceConfig("probe")})
+    compose = ("compose", "--project-directory", str(project_dir), "-p", name)
+    # the exited job's name sorts after the service's: the monitor took the last one
+    _docker(*compose, "run", "--name", f"{name}-zz-job-done", "probe", "true", timeout=120)
+    _docker(*compose, "run", "-d", "--name", f"{name}-job", "probe", "sleep", "infinity",
+            timeout=120)
+    api_path = ComposePlatform(env, cfg)
+    cli_path = ComposePlatform(env, cfg)
+    cli_path.engine = None
+    for plat in (api_path, cli_path):
+        assert [c.name for c in plat.containers()] == [f"{name}-probe-1"]
+        assert sorted(c.name for c in plat.one_off_jobs("probe")) == [f"{name}-job",
+                                                                      f"{name}-zz-job-done"]
+        signals = container_signals(plat)
+        assert signals["probe"].running and signals["probe"].health == "healthy"
+    with caplog.at_level("WARNING"):
+        assert api_path.stop(["probe"]) == ["probe"]
+    states = {c.name: c.state for c in api_path.one_off_jobs()}
+    assert states == {f"{name}-job": "exited", f"{name}-zz-job-done": "exited"}
+    assert [c.state for c in api_path.containers()] == ["exited"]
+    assert f"stopped {name}-job, a `docker compose run` job of probe" in caplog.text
+    api_path.start(["probe"])
+    assert [c.state for c in api_path.containers()] == ["running"]
+    assert {c.state for c in api_path.one_off_jobs()} == {"exited"}  # a job is not restarted

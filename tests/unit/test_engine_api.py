@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from backout.adapters import engine_api
+from backout.adapters.docker import container_info
 from backout.adapters.engine_api import (
     EngineAPI,
     cpu_percent,
@@ -422,6 +423,84 @@ def test_logs_leave_out_a_one_off_compose_run_container(engine: Engine, tmp_path
         b"\x01\x00\x00\x00\x00\x00\x00\x0bERROR: mig\n")
     assert platform(engine, tmp_path).logs("web", "0") == "served\n\n"
     assert not any(run_id in path for path in engine.paths())
+
+
+def one_off(state: str, n: int) -> dict[str, Any]:
+    """A `docker compose run` container of web, as the engine lists it."""
+    return {**LIST[1], "Id": f"{n}" * 64, "Names": [f"/x-web-run-{n}"], "State": state,
+            "Labels": {**LIST[1]["Labels"], "com.docker.compose.oneoff": "True"}}
+
+
+def test_a_one_off_job_is_not_the_service(engine: Engine, tmp_path: Path) -> None:
+    """An exited `compose run` (a migration) must not read as web down, nor a running
+    one as a replica or as the running release: containers() is the service's own."""
+    recorded_stack(engine)
+    engine.routes["/containers/json"] = json_route([*LIST, one_off("exited", 1),
+                                                    one_off("running", 2)])
+    plat = platform(engine, tmp_path)
+    assert [c.id for c in plat.containers("web")] == [WEB["Id"]]
+    assert plat.running_images() == {c.service: c.image_id for c in plat.containers()}
+    assert not any("1" * 64 in path or "2" * 64 in path for path in engine.paths())
+    # the CLI path (`docker compose ps -a` lists jobs too) leaves them out the same way
+    cli = platform(engine, tmp_path)
+    cli.engine = None
+    job = container_info({**WEB, "Id": "1" * 64, "Config": {
+        **WEB["Config"], "Labels": {**WEB["Config"]["Labels"],
+                                    "com.docker.compose.oneoff": "True"}}})
+    cli.compose.containers = lambda *services: [container_info(WEB), job]  # type: ignore[method-assign]
+    assert [c.id for c in cli.containers()] == [WEB["Id"]]
+    assert [c.id for c in cli.one_off_jobs()] == ["1" * 64]
+
+
+def test_stopping_a_service_stops_its_running_jobs_and_says_so(
+        engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`docker compose stop web` leaves a `compose run` of web running: a job writing
+    into a database being restored. It is stopped with the service, and named."""
+    recorded_stack(engine)
+    jobs = {"1": one_off("exited", 1), "2": one_off("running", 2)}
+    engine.routes["/containers/json"] = lambda h, q: (200, json.dumps(
+        [*LIST, *jobs.values()]).encode())
+    for n in jobs:
+        engine.routes[f"/containers/{n * 64}/json"] = json_route(
+            {**WEB, "Id": n * 64, "Name": f"/x-web-run-{n}",
+             "State": {**WEB["State"], "Status": jobs[n]["State"]},
+             "Config": {**WEB["Config"], "Labels": jobs[n]["Labels"]}})
+
+    def stopped(h: Any, q: Any) -> tuple[int, bytes]:
+        jobs["2"] = one_off("exited", 2)
+        engine.routes[f"/containers/{'2' * 64}/json"] = json_route(
+            {**WEB, "Id": "2" * 64, "Name": "/x-web-run-2",
+             "State": {**WEB["State"], "Status": "exited"},
+             "Config": {**WEB["Config"], "Labels": jobs["2"]["Labels"]}})
+        return 204, b""
+
+    engine.routes[f"/containers/{'2' * 64}/stop"] = stopped
+    plat = platform(engine, tmp_path)
+    composed: list[tuple[str, ...]] = []
+    plat.compose.run = lambda *a, **k: composed.append(a)  # type: ignore[method-assign,assignment,return-value]
+    with caplog.at_level("WARNING"):
+        assert plat.stop(["web"]) == ["web"]
+    assert composed == [("stop", "web")]
+    # only the running job, with Compose's grace; the exited one is left alone
+    assert [(p, q["t"]) for p, q in engine.requests if p.endswith("/stop")] == [
+        (f"/v1.41/containers/{'2' * 64}/stop", ["10"])]
+    assert "stopped x-web-run-2, a `docker compose run` job of web" in caplog.text
+    assert "x-web-run-1" not in caplog.text
+
+
+def test_a_job_that_will_not_stop_fails_the_stop(engine: Engine, tmp_path: Path) -> None:
+    """Better no restore than one a job keeps writing into."""
+    recorded_stack(engine)
+    engine.routes["/containers/json"] = json_route([*LIST, one_off("running", 2)])
+    engine.routes[f"/containers/{'2' * 64}/json"] = json_route(
+        {**WEB, "Id": "2" * 64, "Name": "/x-web-run-2",
+         "Config": {**WEB["Config"], "Labels": one_off("running", 2)["Labels"]}})
+    engine.routes[f"/containers/{'2' * 64}/stop"] = lambda h, q: (204, b"")  # yet it runs on
+    plat = platform(engine, tmp_path)
+    plat.compose.run = lambda *a, **k: None  # type: ignore[method-assign,assignment,return-value]
+    with pytest.raises(ExternalError, match="could not stop x-web-run-2") as caught:
+        plat.stop(["web"])
+    assert caught.value.fix and "docker stop x-web-run-2" in caught.value.fix
 
 
 # -- the event stream ------------------------------------------------------------------

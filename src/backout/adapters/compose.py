@@ -178,6 +178,3 @@ class Compose:
         ids = [line.strip() for line in result.stdout.splitlines() if line.strip()]
         return Docker(self.env).inspect_containers(ids)
 
-    def running_images(self) -> dict[str, str]:
-        """service -> image ID of its running container: what runs now."""
-        return {c.service: c.image_id for c in self.containers() if c.state == "running"}

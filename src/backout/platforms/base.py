@@ -117,7 +117,10 @@ class Platform(Protocol):
         ...
 
     def containers(self, *services: str) -> list[ContainerInfo]:
-        """Every container of the stack (or of ``services``), in any state."""
+        """Every container of the stack's services (or of ``services``), in any state:
+        the service's own (replicas, a switch's second one), never a one-off job that
+        runs with the service's definition (`docker compose run`): a job that exited
+        is not the service down, nor a running one a replica or the running release."""
         ...
 
     def running_images(self) -> dict[str, str]:
@@ -167,7 +170,9 @@ class Platform(Protocol):
     def build(self, services: Sequence[str]) -> None: ...
 
     def stop(self, services: Sequence[str], *, timeout: float = 180) -> list[str]:
-        """Stop those of ``services`` that run; return them (sorted)."""
+        """Stop those of ``services`` that run, and their running one-off jobs (a job
+        writes like the service: it must stop too, and is not started again); return
+        the services stopped (sorted)."""
         ...
 
     def start(self, services: Sequence[str]) -> None:

@@ -31,9 +31,14 @@ PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"  # "True" on a `docker compose run` container
+ONE_OFF_GRACE_SECONDS = 10  # `docker compose stop`'s default
 # What wakes the monitor: a health status change, an exit, an OOM kill, a restart.
 # (The engine matches "health_status" against "health_status: unhealthy" too.)
 WAKING_EVENTS = ("health_status", "die", "oom", "restart")
+
+
+def is_one_off(labels: Mapping[str, str]) -> bool:
+    return labels.get(ONEOFF_LABEL) == "True"
 
 
 def volume_users(definition: Mapping[str, Any]) -> dict[str, set[str]]:
@@ -124,18 +129,28 @@ class ComposePlatform:
         return sorted(listed, key=lambda c: str((c.get("Names") or [""])[0]))
 
     def containers(self, *services: str) -> list[ContainerInfo]:
+        # `docker compose ps -a` and the engine's list both include one-off jobs; the
+        # service is its own containers (see Platform.containers).
+        return self._inspected(services, one_off=False)
+
+    def one_off_jobs(self, *services: str) -> list[ContainerInfo]:
+        """The `docker compose run` containers of ``services`` (any state)."""
+        return self._inspected(services, one_off=True)
+
+    def _inspected(self, services: Sequence[str], *, one_off: bool) -> list[ContainerInfo]:
         if self.engine is None:
-            return self.compose.containers(*services)
+            return [c for c in self.compose.containers(*services)
+                    if is_one_off(c.labels) == one_off]
         # The list has no restart count, healthcheck failing streak or start time: each
         # container is inspected too (concurrently, on the same pooled connections).
-        inspected = self.engine.inspect_containers([c["Id"] for c in self._listed(services)])
+        inspected = self.engine.inspect_containers(
+            [c["Id"] for c in self._listed(services)
+             if is_one_off(c.get("Labels") or {}) == one_off])
         for raw in inspected:
             self._tty[raw["Id"]] = bool((raw.get("Config") or {}).get("Tty"))
         return [container_info(raw) for raw in inspected]
 
     def running_images(self) -> dict[str, str]:
-        if self.engine is None:
-            return self.compose.running_images()
         return {c.service: c.image_id for c in self.containers() if c.state == "running"}
 
     def stats(self, container_ids: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -151,7 +166,7 @@ class ComposePlatform:
             return result.stdout + result.stderr
         texts = []
         for listed in self._listed([service]):
-            if (listed.get("Labels") or {}).get(ONEOFF_LABEL) == "True":
+            if is_one_off(listed.get("Labels") or {}):
                 continue  # a `compose run` (a migration, a shell): not the service's logs
             cid = listed["Id"]
             if cid not in self._tty:
@@ -235,7 +250,33 @@ class ComposePlatform:
                           if c.state in ("running", "restarting")})
         if running:
             self.compose.run("stop", *running, timeout=timeout)
+        # `docker compose stop` leaves `docker compose run` containers running: a job
+        # of a writer (an import, a backfill) would go on writing into a database
+        # being restored. Stopped like the service (SIGTERM, Compose's 10 s grace),
+        # and said, since nothing starts a job again.
+        jobs = self._running_jobs(services)
+        if jobs:
+            ids = [c.id for c in jobs]
+            if self.engine is not None:
+                engine = self.engine
+                engine.concurrently(
+                    lambda cid: engine.stop_container(cid, grace_seconds=ONE_OFF_GRACE_SECONDS),
+                    ids)
+            else:
+                self.docker.stop(ids, grace_seconds=ONE_OFF_GRACE_SECONDS)
+            left = self._running_jobs(services)
+            if left:
+                raise ExternalError(
+                    f"could not stop {', '.join(c.name for c in left)} (`docker compose run` "
+                    "of a service being stopped)",
+                    fix=f"docker stop {' '.join(c.name for c in left)}, then run backout again")
+            for job in jobs:
+                self.env.warn(f"stopped {job.name}, a `docker compose run` job of "
+                              f"{job.service}: it is not started again")
         return running
+
+    def _running_jobs(self, services: Sequence[str]) -> list[ContainerInfo]:
+        return [c for c in self.one_off_jobs(*services) if c.state in ("running", "restarting")]
 
     def start(self, services: Sequence[str]) -> None:
         self.compose.run("up", "-d", "--no-deps", "--no-recreate", *services, timeout=300)
@@ -338,7 +379,7 @@ class ComposePlatform:
             return None
         for listed in self._listed([service]):
             labels = listed.get("Labels") or {}
-            if labels.get(ONEOFF_LABEL) == "True" or labels.get(NUMBER_LABEL) != "1":
+            if is_one_off(labels) or labels.get(NUMBER_LABEL) != "1":
                 continue
             return str(listed["Id"]) if listed.get("State") == "running" else None
         return None
