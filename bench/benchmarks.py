@@ -47,9 +47,10 @@ class Params:
     mongo_docs: list[int] = field(default_factory=lambda: [10_000])
     pg_mb: list[float] = field(default_factory=lambda: [100.0])
     monitor_seconds: float = 60.0
-    # bench 6 again with the stack grown to each of these service counts (extra copies
-    # of the frontend app, each with a health URL, /metrics and traffic)
-    monitor_services: list[int] = field(default_factory=list)
+    # bench 6 again with the stack grown to each of these service counts ("20"), or by
+    # so many services ("+1"): extra copies of the frontend app, each with a health
+    # URL, /metrics and traffic
+    monitor_services: list[str] = field(default_factory=list)
     rule_for: int = 10  # `for` of the shortened red-error-rate rule (bench 4 and 7)
     window: int = 10  # [monitor] window_seconds for bench 4 and 7
     interval: int = 2  # monitor --interval for bench 4 and 7
@@ -934,27 +935,34 @@ def more_services(rig: Rig, count: int) -> Iterator[list[str]]:
     head, sep, rest = original_compose.partition("\nservices:\n")
     if not sep:
         raise BenchError(f"no top-level services: in {compose_file}")
-    loads: list[Load] = []
-    try:
+    with contextlib.ExitStack() as undo:
+        # registered before each change, run in reverse: the compose file and the
+        # config come back even when removing the containers fails
+        undo.callback(rig.write_config)
+        undo.callback(setattr, rig, "init_toml", original_toml)
+        undo.callback(compose_file.write_text, original_compose)
         compose_file.write_text(head + sep + extra + "\n" + rest)
         if names:
+            undo.callback(rig.stack.compose, "rm", "-s", "-f", *names, check=False)
             rig.compose_up(*names)
         rig.backout("init", "--force")
         rig.init_toml = (rig.project / "backout.toml").read_text()
         rig.write_config()
         urls = [f"http://127.0.0.1:{port}" for port in ports]
-        loads = [Load(f"{url}/", workers=1, period=1.0) for url in urls]
-        for load in loads:
-            load.__enter__()
+        for url in urls:
+            undo.enter_context(Load(f"{url}/", workers=1, period=1.0))
         yield urls
-    finally:
-        for load in loads:
-            load.__exit__()
-        if names:
-            rig.stack.compose("rm", "-s", "-f", *names, check=False)
-        compose_file.write_text(original_compose)
-        rig.init_toml = original_toml
-        rig.write_config()
+
+
+def _grown_size(spec: str, base: int) -> int:
+    """``--monitor-services`` entry: "20" (services in all) or "+1" (more than now)."""
+    try:
+        size = base + int(spec[1:]) if spec.startswith("+") else int(spec)
+    except ValueError:
+        raise BenchError(f"--monitor-services {spec}: a count (20) or an increment (+1)") from None
+    if size < base:
+        raise BenchError(f"--monitor-services {spec}: the stack already has {base} services")
+    return size
 
 
 def monitor_overhead(rig: Rig, p: Params) -> JsonDict:
@@ -968,11 +976,8 @@ def monitor_overhead(rig: Rig, p: Params) -> JsonDict:
     try:
         base = _measure_overhead(rig, p, urls)
         grown: list[Overhead] = []
-        for size in p.monitor_services:
-            add = size - base.services
-            if add < 0:
-                raise BenchError(f"--monitor-services {size}: the stack already has "
-                                 f"{base.services} services")
+        for spec in p.monitor_services:
+            add = _grown_size(spec, base.services) - base.services
             with more_services(rig, add) as extra:
                 grown.append(_measure_overhead(
                     rig, p, urls + [u for e in extra for u in (f"{e}/health", f"{e}/metrics")]))

@@ -37,15 +37,19 @@ from bench.benchmarks import BENCHMARKS, Params, build_v2, log  # noqa: E402
 from bench.core import JsonDict, Rig  # noqa: E402
 from tests.support.stack import TestStack, cleanup_stale  # noqa: E402
 
-# monitor_services: the test stack's 8 services and one more, so that the grown-stack
-# path of bench 6 runs in CI too.
+# monitor_services: the stack and one service more, so that the grown-stack path of
+# bench 6 runs in CI too.
 SMOKE = Params(reps=1, mysql_mb=[4.0], redis_keys=[20_000], mongo_docs=[500], pg_mb=[4.0],
-               monitor_seconds=6, monitor_services=[9], rule_for=6, window=6, interval=2,
+               monitor_seconds=6, monitor_services=["+1"], rule_for=6, window=6, interval=2,
                tail=3.0)
 
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _strs(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _ints(text: str) -> list[int]:
@@ -74,9 +78,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help="documents in the MongoDB stand-in (default 10000; smoke 500)")
     ap.add_argument("--monitor-seconds", type=float,
                     help="how long each monitor overhead run watches (default 60; smoke 6)")
-    ap.add_argument("--monitor-services", type=_ints,
+    ap.add_argument("--monitor-services", type=_strs,
                     help="also measure the monitor with the stack grown to these service "
-                         "counts, comma-separated (default none; smoke 9; the issue's: 20)")
+                         "counts, or by +N services, comma-separated (default none; smoke "
+                         "+1; the issue's: 20)")
     ap.add_argument("--keep", action="store_true", help="leave the stack running at the end")
     return ap.parse_args(argv)
 
@@ -93,7 +98,6 @@ def params(args: argparse.Namespace) -> Params:
     p.redis_keys = sorted(p.redis_keys)
     p.mongo_docs = sorted(p.mongo_docs)
     p.pg_mb = sorted(p.pg_mb)
-    p.monitor_services = sorted(set(p.monitor_services))
     p.v2_tag = f"bench-v2-{os.getpid()}"
     if p.reps < 1 or not p.mysql_mb or not p.redis_keys or not p.mongo_docs or not p.pg_mb:
         raise SystemExit("python -m bench: --reps must be >= 1 and every size list non-empty")

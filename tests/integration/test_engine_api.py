@@ -10,7 +10,8 @@ import os
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from backout.environment import Environment
 from backout.monitor.run import Monitor
 from backout.platforms.compose import ComposePlatform
 from backout.policy.rules import DEFAULT_RULES, Decision, Level
-from backout.signals.engine import container_signals
+from backout.signals.engine import ContainerSignals, container_signals
 from backout.state import Store
 from tests.support.stack import RUN_LABEL, _docker, remove_run
 
@@ -166,3 +167,49 @@ def test_one_off_jobs_are_not_the_service_and_stop_with_it(
     api_path.start(["probe"])
     assert [c.state for c in api_path.containers()] == ["running"]
     assert {c.state for c in api_path.one_off_jobs()} == {"exited"}  # a job is not restarted
+    # the CLI path stops a job as well (`docker stop`)
+    _docker(*compose, "run", "-d", "--name", f"{name}-job2", "probe", "sleep", "infinity",
+            timeout=120)
+    assert cli_path.stop(["probe"]) == ["probe"]
+    assert {c.name: c.state for c in cli_path.one_off_jobs()}[f"{name}-job2"] == "exited"
+
+
+def test_a_service_of_two_replicas_is_down_only_when_both_are(
+        project: tuple[Path, str]) -> None:
+    """Against the real engine: one replica of two unhealthy is no outage (the health
+    rule would roll a serving stack back), both unhealthy is, and a stopped replica
+    beside a running one leaves the service up."""
+    project_dir, name = project
+    env = Environment(project_dir=project_dir, env=dict(os.environ))
+    cfg = Config(path=project_dir / "backout.toml", project_dir=project_dir,
+                 project=ProjectConfig(name=name, env_file=None),
+                 services={"probe": ServiceConfig("probe")})
+    compose = ("compose", "--project-directory", str(project_dir), "-p", name)
+    _docker(*compose, "up", "-d", "--wait", "--no-recreate", "--scale", "probe=2",
+            timeout=120)
+    plat = ComposePlatform(env, cfg)
+    first, second = (c.id for c in plat.containers("probe"))
+
+    def reads(until: Callable[[ContainerSignals], bool]) -> ContainerSignals:
+        deadline = time.monotonic() + 30
+        while True:
+            got = container_signals(plat)["probe"]
+            if until(got) or time.monotonic() > deadline:
+                return got
+            time.sleep(0.5)
+
+    _docker("exec", second, "rm", "/tmp/healthy")
+    wait_unhealthy = time.monotonic() + 30
+    while plat.engine is not None and time.monotonic() < wait_unhealthy:
+        if [c.health for c in plat.containers("probe") if c.id == second] == ["unhealthy"]:
+            break
+        time.sleep(0.5)
+    one = container_signals(plat)["probe"]
+    assert (one.running, one.health, one.failing_streak) == (True, "healthy", 0)
+    _docker("exec", first, "rm", "/tmp/healthy")
+    both = reads(lambda s: s.health == "unhealthy")
+    assert both.running and both.health == "unhealthy" and both.failing_streak >= 2
+    _docker("exec", second, "touch", "/tmp/healthy")
+    _docker("stop", "-t", "1", first)
+    up = reads(lambda s: s.health == "healthy")
+    assert up.running and up.health == "healthy"

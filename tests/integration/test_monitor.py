@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -54,22 +55,33 @@ def monitor(project: Path, *args: str, until: Any, timeout: float,
     When the condition is not reached (the monitor exited, or ``timeout`` passed) and
     ``must_reach``, fails with what the monitor said: its exit, its stderr and its
     last decisions, so a failure in CI says why and not only that."""
-    proc = subprocess.Popen([sys.executable, "-m", "backout", "monitor", "--json", *args],
-                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ))
-    decisions: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    reached = False
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            decisions.append(json.loads(line))
-            reached = bool(until(decisions))
-            if reached or time.monotonic() > deadline:
-                break
-    finally:
-        proc.terminate()
-        _, stderr = proc.communicate(timeout=30)
+    # stderr into a file: a pipe nobody reads while stdout is followed could fill up
+    # and stall the monitor
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "backout", "monitor", "--json", *args],
+                                cwd=project, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=dict(os.environ))
+        decisions: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        reached = False
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                decisions.append(json.loads(line))
+                reached = bool(until(decisions))
+                if reached or time.monotonic() > deadline:
+                    break
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
+        err.seek(0)
+        stderr = err.read()
     if must_reach and not reached:
         raise AssertionError(
             f"the monitor did not reach the condition ({len(decisions)} decisions, "

@@ -439,7 +439,7 @@ def test_a_one_off_job_is_not_the_service(engine: Engine, tmp_path: Path) -> Non
                                                     one_off("running", 2)])
     plat = platform(engine, tmp_path)
     assert [c.id for c in plat.containers("web")] == [WEB["Id"]]
-    assert plat.running_images() == {c.service: c.image_id for c in plat.containers()}
+    assert plat.running_images() == {"web": WEB["Image"], "tty": TTY["Image"]}
     assert not any("1" * 64 in path or "2" * 64 in path for path in engine.paths())
     # the CLI path (`docker compose ps -a` lists jobs too) leaves them out the same way
     cli = platform(engine, tmp_path)
@@ -452,55 +452,95 @@ def test_a_one_off_job_is_not_the_service(engine: Engine, tmp_path: Path) -> Non
     assert [c.id for c in cli.one_off_jobs()] == ["1" * 64]
 
 
-def test_stopping_a_service_stops_its_running_jobs_and_says_so(
+def job_inspect(n: str, state: str) -> dict[str, Any]:
+    return {**WEB, "Id": n * 64, "Name": f"/x-web-run-{n}",
+            "State": {**WEB["State"], "Status": state},
+            "Config": {**WEB["Config"], "Labels": one_off(state, int(n))["Labels"]}}
+
+
+def jobs_stack(engine: Engine, states: dict[str, str]) -> dict[str, str]:
+    """The recorded stack plus a job per entry (number -> state); the engine lists and
+    inspects them as ``states`` says at the time (a test changes it)."""
+    recorded_stack(engine)
+    engine.routes["/containers/json"] = lambda h, q: (200, json.dumps(
+        [*LIST, *(one_off(st, int(n)) for n, st in states.items())]).encode())
+    for n in states:
+        engine.routes[f"/containers/{n * 64}/json"] = (
+            lambda h, q, n=n: (200, json.dumps(job_inspect(n, states[n])).encode()))
+    return states
+
+
+def quiet_compose(plat: ComposePlatform) -> list[tuple[str, ...]]:
+    ran: list[tuple[str, ...]] = []
+    plat.compose.run = lambda *a, **k: ran.append(a)  # type: ignore[method-assign,assignment,return-value]
+    return ran
+
+
+def test_stopping_a_service_stops_its_live_jobs_and_says_so(
         engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """`docker compose stop web` leaves a `compose run` of web running: a job writing
-    into a database being restored. It is stopped with the service, and named."""
-    recorded_stack(engine)
-    jobs = {"1": one_off("exited", 1), "2": one_off("running", 2)}
-    engine.routes["/containers/json"] = lambda h, q: (200, json.dumps(
-        [*LIST, *jobs.values()]).encode())
-    for n in jobs:
-        engine.routes[f"/containers/{n * 64}/json"] = json_route(
-            {**WEB, "Id": n * 64, "Name": f"/x-web-run-{n}",
-             "State": {**WEB["State"], "Status": jobs[n]["State"]},
-             "Config": {**WEB["Config"], "Labels": jobs[n]["Labels"]}})
+    into a database being restored. It is stopped with the service, and named; so is
+    a paused one (unpaused later it would write into the restored data)."""
+    states = jobs_stack(engine, {"1": "exited", "2": "running", "3": "paused"})
 
-    def stopped(h: Any, q: Any) -> tuple[int, bytes]:
-        jobs["2"] = one_off("exited", 2)
-        engine.routes[f"/containers/{'2' * 64}/json"] = json_route(
-            {**WEB, "Id": "2" * 64, "Name": "/x-web-run-2",
-             "State": {**WEB["State"], "Status": "exited"},
-             "Config": {**WEB["Config"], "Labels": jobs["2"]["Labels"]}})
-        return 204, b""
+    def stop(n: str) -> Route:
+        def route(h: Any, q: Any) -> tuple[int, bytes]:
+            states[n] = "exited"
+            return 204, b""
+        return route
 
-    engine.routes[f"/containers/{'2' * 64}/stop"] = stopped
+    for n in ("2", "3"):
+        engine.routes[f"/containers/{n * 64}/stop"] = stop(n)
     plat = platform(engine, tmp_path)
-    composed: list[tuple[str, ...]] = []
-    plat.compose.run = lambda *a, **k: composed.append(a)  # type: ignore[method-assign,assignment,return-value]
+    composed = quiet_compose(plat)
     with caplog.at_level("WARNING"):
         assert plat.stop(["web"]) == ["web"]
     assert composed == [("stop", "web")]
-    # only the running job, with Compose's grace; the exited one is left alone
-    assert [(p, q["t"]) for p, q in engine.requests if p.endswith("/stop")] == [
-        (f"/v1.41/containers/{'2' * 64}/stop", ["10"])]
-    assert "stopped x-web-run-2, a `docker compose run` job of web" in caplog.text
+    # only the live jobs, with Compose's grace; the exited one is left alone
+    assert sorted((p, q["t"]) for p, q in engine.requests if p.endswith("/stop")) == [
+        (f"/v1.41/containers/{n * 64}/stop", ["10"]) for n in ("2", "3")]
+    for n in ("2", "3"):
+        assert f"stopped x-web-run-{n}, a `docker compose run` job of web" in caplog.text
     assert "x-web-run-1" not in caplog.text
 
 
-def test_a_job_that_will_not_stop_fails_the_stop(engine: Engine, tmp_path: Path) -> None:
-    """Better no restore than one a job keeps writing into."""
-    recorded_stack(engine)
-    engine.routes["/containers/json"] = json_route([*LIST, one_off("running", 2)])
-    engine.routes[f"/containers/{'2' * 64}/json"] = json_route(
-        {**WEB, "Id": "2" * 64, "Name": "/x-web-run-2",
-         "Config": {**WEB["Config"], "Labels": one_off("running", 2)["Labels"]}})
-    engine.routes[f"/containers/{'2' * 64}/stop"] = lambda h, q: (204, b"")  # yet it runs on
+def test_a_job_gone_before_its_stop_is_not_said_to_be_stopped(
+        engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    states = jobs_stack(engine, {"2": "running"})
+
+    def gone(h: Any, q: Any) -> tuple[int, bytes]:
+        del states["2"]  # a --rm job that finished: removed
+        return 404, b'{"message":"No such container"}'
+
+    engine.routes[f"/containers/{'2' * 64}/stop"] = gone
     plat = platform(engine, tmp_path)
-    plat.compose.run = lambda *a, **k: None  # type: ignore[method-assign,assignment,return-value]
+    quiet_compose(plat)
+    with caplog.at_level("WARNING"):
+        plat.stop(["web"])
+    assert "x-web-run-2, a `docker compose run` job of web, had ended" in caplog.text
+    assert "stopped x-web-run-2" not in caplog.text
+
+
+@pytest.mark.parametrize("answer", [(204, b""), (500, b'{"message":"cannot kill"}')])
+def test_a_job_that_will_not_stop_fails_the_stop(engine: Engine, tmp_path: Path,
+                                                 answer: tuple[int, bytes]) -> None:
+    """Better no restore than one a job keeps writing into: whether the engine said
+    it stopped (yet it runs on) or refused, the stop fails and names the job."""
+    jobs_stack(engine, {"2": "running"})
+    engine.routes[f"/containers/{'2' * 64}/stop"] = lambda h, q: answer
+    plat = platform(engine, tmp_path)
+    quiet_compose(plat)
     with pytest.raises(ExternalError, match="could not stop x-web-run-2") as caught:
         plat.stop(["web"])
     assert caught.value.fix and "docker stop x-web-run-2" in caught.value.fix
+
+
+def test_stopping_no_service_stops_nothing(engine: Engine, tmp_path: Path) -> None:
+    jobs_stack(engine, {"2": "running"})
+    plat = platform(engine, tmp_path)
+    composed = quiet_compose(plat)
+    assert plat.stop([]) == [] and composed == []
+    assert not any(p.endswith("/stop") for p in engine.paths())
 
 
 # -- the event stream ------------------------------------------------------------------

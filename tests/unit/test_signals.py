@@ -12,6 +12,8 @@ import pytest
 
 from backout.config import ServiceConfig
 from backout.environment import Environment
+from backout.platforms.base import ContainerInfo
+from backout.signals.engine import service_signals
 from backout.signals.external import command_value, promql
 from backout.signals.probes import ProbeTracker
 
@@ -85,3 +87,49 @@ def test_command_value() -> None:
     assert command_value(env, "sh -c 'exit 3'") is None
     assert command_value(env, "echo not-a-number") is None
     assert command_value(env, "no-such-binary-xyz") is None
+
+
+def box(cid: str, state: str = "running", health: str | None = "healthy", streak: int = 0,
+        restarts: int = 0, started: str = "2026-12-04T10:00:00Z",
+        image: str = "sha256:old") -> ContainerInfo:
+    return ContainerInfo(id=cid, name=f"web-{cid}", service="web", state=state, health=health,
+                         image="web", image_id=image, restart_count=restarts,
+                         started_at=started, failing_streak=streak)
+
+
+@pytest.mark.parametrize(("containers", "running", "health", "streak"), [
+    # one container: as it is
+    ([box("1")], True, "healthy", 0),
+    ([box("1", health="unhealthy", streak=3)], True, "unhealthy", 3),
+    ([box("1", state="exited", health="unhealthy", streak=5)], False, "unhealthy", 5),
+    # a switch's new container still starting beside the healthy old one: no outage
+    ([box("1"), box("2", health="starting")], True, "healthy", 0),
+    ([box("2", health="starting"), box("1")], True, "healthy", 0),  # order does not matter
+    # one replica of three failing is not an outage; all of them failing is
+    ([box("1"), box("2", health="unhealthy", streak=4), box("3")], True, "healthy", 0),
+    ([box("1", health="unhealthy", streak=4), box("2", health="unhealthy", streak=2)],
+     True, "unhealthy", 2),
+    # down only when none runs; a replica that exited beside a running one is not
+    ([box("1", state="exited", health=None), box("2")], True, "healthy", 0),
+    ([box("1", state="exited"), box("2", state="exited", health="unhealthy", streak=1)],
+     False, "healthy", 0),
+])
+def test_a_service_of_several_containers_is_read_as_one(
+        containers: list[ContainerInfo], running: bool, health: str | None,
+        streak: int) -> None:
+    got = service_signals("web", containers, {})
+    assert (got.running, got.health, got.failing_streak) == (running, health, streak)
+
+
+def test_restarts_and_cpu_add_up_memory_is_the_fullest_and_the_image_the_newest() -> None:
+    containers = [box("1", restarts=2), box("2", restarts=1, started="2026-12-04T10:05:00Z",
+                                            image="sha256:new"),
+                  box("3", state="exited", restarts=4, started="2026-12-04T11:00:00Z",
+                      image="sha256:gone")]
+    stats = {"1": {"memory_percent": 40.0, "cpu_percent": 3.0},
+             "2": {"memory_percent": 90.0, "cpu_percent": 5.0},
+             "3": {"memory_percent": 99.0, "cpu_percent": 9.0}}  # stale: not running
+    got = service_signals("web", containers, stats)
+    assert got.restart_count == 7
+    assert got.memory_percent == 90.0 and got.cpu_percent == 8.0
+    assert got.image_id == "sha256:new"  # the newest *running* one

@@ -319,8 +319,8 @@ def put_rdb_into_volume(env: Environment, access: EngineAccess, artifact: Path, 
 
     Nothing is moved before the whole RDB has arrived (its size is checked): a
     stream cut short (an interrupt, a stalled engine) leaves the volume as it was.
-    The one-off container is labelled, and removed in every case: one left behind
-    ("created", or exited without its --rm) would fail the stack's verification.
+    The one-off container is labelled, and removed in every case: none is left
+    behind ("created", or exited without its --rm) holding the volume.
     """
     directory, _, name = rdb_path.rpartition("/")
     aof = aof or {}

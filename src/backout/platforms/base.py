@@ -172,7 +172,7 @@ class Platform(Protocol):
     def stop(self, services: Sequence[str], *, timeout: float = 180) -> list[str]:
         """Stop those of ``services`` that run, and their running one-off jobs (a job
         writes like the service: it must stop too, and is not started again); return
-        the services stopped (sorted)."""
+        the services stopped (sorted). No services: nothing is stopped."""
         ...
 
     def start(self, services: Sequence[str]) -> None:

@@ -246,37 +246,55 @@ class ComposePlatform:
         self.compose.run("build", *services, timeout=3600)
 
     def stop(self, services: Sequence[str], *, timeout: float = 180) -> list[str]:
+        if not services:
+            return []  # not "every service": no caller means the whole stack
         running = sorted({c.service for c in self.containers(*services)
                           if c.state in ("running", "restarting")})
         if running:
             self.compose.run("stop", *running, timeout=timeout)
+        self._stop_jobs(services)
+        return running
+
+    def _stop_jobs(self, services: Sequence[str]) -> None:
         # `docker compose stop` leaves `docker compose run` containers running: a job
         # of a writer (an import, a backfill) would go on writing into a database
         # being restored. Stopped like the service (SIGTERM, Compose's 10 s grace),
-        # and said, since nothing starts a job again.
-        jobs = self._running_jobs(services)
-        if jobs:
-            ids = [c.id for c in jobs]
-            if self.engine is not None:
-                engine = self.engine
-                engine.concurrently(
-                    lambda cid: engine.stop_container(cid, grace_seconds=ONE_OFF_GRACE_SECONDS),
-                    ids)
-            else:
-                self.docker.stop(ids, grace_seconds=ONE_OFF_GRACE_SECONDS)
-            left = self._running_jobs(services)
-            if left:
-                raise ExternalError(
-                    f"could not stop {', '.join(c.name for c in left)} (`docker compose run` "
-                    "of a service being stopped)",
-                    fix=f"docker stop {' '.join(c.name for c in left)}, then run backout again")
-            for job in jobs:
+        # and said, since nothing starts a job again. A paused one too: unpaused
+        # later, it would write into the restored data.
+        jobs = self._live_jobs(services)
+        if not jobs:
+            return
+        ended: set[str] = set()  # gone before the stop came (a --rm job that finished)
+        if self.engine is not None:
+            engine = self.engine
+
+            def stop(cid: str) -> None:
+                try:
+                    if not engine.stop_container(cid, grace_seconds=ONE_OFF_GRACE_SECONDS):
+                        ended.add(cid)
+                except ExternalError as exc:
+                    self.env.log_external(f"  {exc.message}")  # the check below decides
+
+            engine.concurrently(stop, [c.id for c in jobs])
+        else:
+            self.docker.stop([c.id for c in jobs], grace_seconds=ONE_OFF_GRACE_SECONDS)
+        left = self._live_jobs(services)
+        for job in jobs:
+            if job.id in ended:
+                self.env.warn(f"{job.name}, a `docker compose run` job of {job.service}, "
+                              "had ended")
+            elif all(c.id != job.id for c in left):
                 self.env.warn(f"stopped {job.name}, a `docker compose run` job of "
                               f"{job.service}: it is not started again")
-        return running
+        if left:
+            names = " ".join(c.name for c in left)
+            raise ExternalError(f"could not stop {', '.join(c.name for c in left)} "
+                                "(`docker compose run` of a service being stopped)",
+                                fix=f"docker stop {names}, then run backout again")
 
-    def _running_jobs(self, services: Sequence[str]) -> list[ContainerInfo]:
-        return [c for c in self.one_off_jobs(*services) if c.state in ("running", "restarting")]
+    def _live_jobs(self, services: Sequence[str]) -> list[ContainerInfo]:
+        return [c for c in self.one_off_jobs(*services)
+                if c.state in ("running", "restarting", "paused")]
 
     def start(self, services: Sequence[str]) -> None:
         self.compose.run("up", "-d", "--no-deps", "--no-recreate", *services, timeout=300)

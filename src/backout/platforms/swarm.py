@@ -542,6 +542,8 @@ class SwarmPlatform:
                          fix="build and push the images, then deploy")
 
     def stop(self, services: Sequence[str], *, timeout: float = 180) -> list[str]:
+        if not services:
+            return []  # not "every service" (see Platform.stop)
         stopped = []
         for svc in self._services(*services):
             replicas = desired_replicas(svc, 0)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from backout.platforms.base import Platform
+from backout.platforms.base import ContainerInfo, Platform
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,33 @@ class ContainerSignals:
 def container_signals(platform: Platform) -> dict[str, ContainerSignals]:
     containers = platform.containers()
     stats = platform.stats([c.id for c in containers if c.state == "running"])
-    out = {}
+    by_service: dict[str, list[ContainerInfo]] = {}
     for c in containers:
-        s = stats.get(c.id, {})
-        out[c.service] = ContainerSignals(
-            c.service, c.state == "running", c.health, c.failing_streak, c.restart_count,
-            s.get("memory_percent", 0.0), s.get("cpu_percent", 0.0), c.image_id)
-    return out
+        by_service.setdefault(c.service, []).append(c)
+    return {name: service_signals(name, group, stats) for name, group in by_service.items()}
+
+
+# Best first: the replica a service's health is read from.
+_HEALTH_ORDER = {"healthy": 0, None: 1, "starting": 2, "unhealthy": 3}
+
+
+def service_signals(service: str, containers: Sequence[ContainerInfo],
+                    stats: Mapping[str, Mapping[str, float]]) -> ContainerSignals:
+    """One service's signals from its containers (one, replicas, or the two of a
+    start-first switch). The health rule is about an outage: the service is down
+    only when none of them runs, and its health is that of its best running
+    container (a switch's new one still starting, or one replica of three failing,
+    is no outage; every replica of a bad release failing is). Restarts add up (a
+    crash loop in any replica shows); memory is the fullest one's (the one an OOM
+    kill takes); CPU adds up. The image is the newest running container's: what a
+    switch is moving to."""
+    running = [c for c in containers if c.state == "running"]
+    pool = running or list(containers)
+    best = min(pool, key=lambda c: (_HEALTH_ORDER.get(c.health, 3), c.failing_streak))
+    newest = max(pool, key=lambda c: c.started_at)
+    return ContainerSignals(
+        service, bool(running), best.health, best.failing_streak,
+        sum(c.restart_count for c in containers),
+        max((stats.get(c.id, {}).get("memory_percent", 0.0) for c in running), default=0.0),
+        sum(stats.get(c.id, {}).get("cpu_percent", 0.0) for c in running),
+        newest.image_id)
