@@ -101,6 +101,18 @@ NGINX_RESOLVER = ("server {\n  resolver 127.0.0.11 valid=2s ipv6=off;\n"
                   "  set $u app:8080;\n  location / { proxy_pass http://$u; }\n}\n")
 
 
+@pytest.mark.parametrize(("text", "seconds"), [
+    (NGINX_RESOLVER, 60.0),  # nginx's default
+    ("proxy_connect_timeout 5s;\n", 5.0),
+    ("proxy_connect_timeout 500ms;\n", 0.5),
+    ("proxy_connect_timeout 2;\n  proxy_connect_timeout 1m;\n", 60.0),  # the longest
+    ("# proxy_connect_timeout 1s;\n", 60.0),  # a comment sets nothing
+    ("  proxy_connect_timeout   3s ;\n", 3.0),
+])
+def test_nginx_connect_timeout(text: str, seconds: float) -> None:
+    assert policy.nginx_connect_timeout(text) == seconds
+
+
 def test_nginx_configurations_are_told_apart() -> None:
     assert policy.nginx_mode(NGINX_STATIC, "app") == ("nginx-reload", 0.0)
     assert policy.nginx_mode(NGINX_RESOLVER, "app") == ("nginx-resolver", 2.0)
@@ -514,12 +526,15 @@ def test_a_whole_stack_switch_never_ready_keeps_the_old_release(tmp_path: Path) 
     assert outcome.results["switch-abort:web"]["kept"] == ["c-web-1"]
 
 
-@pytest.mark.parametrize(("answer", "ok", "proxy", "valid"), [
-    (NGINX_RESOLVER, True, "nginx-resolver", 2), (NGINX_STATIC, True, "nginx-reload", None),
-    ("", False, None, None)])
+@pytest.mark.parametrize(("answer", "ok", "proxy", "valid", "warned"), [
+    (NGINX_RESOLVER, True, "nginx-resolver", 2, "60s"),
+    (NGINX_RESOLVER.replace("server {", "server {\n  proxy_connect_timeout 1s;"), True,
+     "nginx-resolver", 2, None),
+    (NGINX_STATIC, True, "nginx-reload", None, None),  # reloaded: failed peers marked down
+    ("", False, None, None, None)])
 def test_init_detects_how_a_running_nginx_reaches_the_apps(
         monkeypatch: pytest.MonkeyPatch, answer: str, ok: bool, proxy: str | None,
-        valid: int | None) -> None:
+        valid: int | None, warned: str | None) -> None:
     from backout.environment import Environment
     from backout.setup import init as init_module
     from backout.setup.generate import Derived
@@ -539,6 +554,11 @@ def test_init_detects_how_a_running_nginx_reaches_the_apps(
     assert derived.services["nginx"].get("proxy") == proxy
     assert derived.services["nginx"].get("proxy_dns_valid_seconds") == valid
     assert derived.notes["services.nginx"][0].startswith("proxy: ")
+    timeout_notes = [n for n in derived.notes["services.nginx"] if "proxy_connect_timeout" in n]
+    if warned:
+        assert len(timeout_notes) == 1 and f"is {warned}:" in timeout_notes[0]
+    else:
+        assert timeout_notes == []
 
 
 def test_sigint_during_the_drain_lets_it_finish(tmp_path: Path) -> None:

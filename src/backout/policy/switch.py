@@ -178,5 +178,21 @@ def nginx_mode(config_text: str, service: str) -> tuple[str, float] | None:
     return "nginx-reload", 0.0
 
 
+_CONNECT_TIMEOUT = re.compile(r"^\s*proxy_connect_timeout\s+(\d+)(ms|s|m)?\s*;", re.M)
+NGINX_CONNECT_DEFAULT = 60.0  # nginx's own default proxy_connect_timeout
+# Above this, init says what a resolver nginx's connect timeout costs in a switch.
+CONNECT_TIMEOUT_ADVISED = 2.0
+
+
+def nginx_connect_timeout(config_text: str) -> float:
+    """The longest ``proxy_connect_timeout`` an nginx configuration (``nginx -T``) sets,
+    else nginx's default, 60 s. Behind a resolver it is how long a request waits that
+    nginx sent to the old container's address in the moment between that container
+    leaving Docker's network and nginx's reload (bench 5: the stretch equals it)."""
+    found = [float(n) * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit or "s"]
+             for n, unit in _CONNECT_TIMEOUT.findall(_strip_comments(config_text))]
+    return max(found, default=NGINX_CONNECT_DEFAULT)
+
+
 def _strip_comments(text: str) -> str:
     return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
