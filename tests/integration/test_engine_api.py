@@ -134,17 +134,23 @@ def test_the_monitor_reads_the_api_and_wakes_on_a_health_event(
     assert calls.read_text() == ""
 
 
-def test_one_off_jobs_are_not_the_service_and_stop_with_it(
-        project: tuple[Path, str], caplog: pytest.LogCaptureFixture) -> None:
-    """`docker compose run` leftovers against the real engine and Compose: an exited
-    job is not the service down (the monitor would roll back a healthy stack), and
-    `docker compose stop` leaves a running job running, so backout stops it itself."""
+def probe_project(project: tuple[Path, str]) -> tuple[Environment, Config, tuple[str, ...]]:
+    """The fixture's project as backout sees it, and `docker compose` argv for it."""
     project_dir, name = project
     env = Environment(project_dir=project_dir, env=dict(os.environ))
     cfg = Config(path=project_dir / "backout.toml", project_dir=project_dir,
                  project=ProjectConfig(name=name, env_file=None),
                  services={"probe": ServiceConfig("probe")})
-    compose = ("compose", "--project-directory", str(project_dir), "-p", name)
+    return env, cfg, ("compose", "--project-directory", str(project_dir), "-p", name)
+
+
+def test_one_off_jobs_are_not_the_service_and_stop_with_it(
+        project: tuple[Path, str], caplog: pytest.LogCaptureFixture) -> None:
+    """`docker compose run` leftovers against the real engine and Compose: an exited
+    job is not the service down (the monitor would roll back a healthy stack), and
+    `docker compose stop` leaves a running job running, so backout stops it itself."""
+    name = project[1]
+    env, cfg, compose = probe_project(project)
     # the exited job's name sorts after the service's: the monitor took the last one
     _docker(*compose, "run", "--name", f"{name}-zz-job-done", "probe", "true", timeout=120)
     _docker(*compose, "run", "-d", "--name", f"{name}-job", "probe", "sleep", "infinity",
@@ -179,12 +185,7 @@ def test_a_service_of_two_replicas_is_down_only_when_both_are(
     """Against the real engine: one replica of two unhealthy is no outage (the health
     rule would roll a serving stack back), both unhealthy is, and a stopped replica
     beside a running one leaves the service up."""
-    project_dir, name = project
-    env = Environment(project_dir=project_dir, env=dict(os.environ))
-    cfg = Config(path=project_dir / "backout.toml", project_dir=project_dir,
-                 project=ProjectConfig(name=name, env_file=None),
-                 services={"probe": ServiceConfig("probe")})
-    compose = ("compose", "--project-directory", str(project_dir), "-p", name)
+    env, cfg, compose = probe_project(project)
     _docker(*compose, "up", "-d", "--wait", "--no-recreate", "--scale", "probe=2",
             timeout=120)
     plat = ComposePlatform(env, cfg)
