@@ -199,18 +199,19 @@ def test_a_service_of_two_replicas_is_down_only_when_both_are(
                 return got
             time.sleep(0.5)
 
+    # the one that sorts last by name fails: the last one decided before
     _docker("exec", second, "rm", "/tmp/healthy")
-    wait_unhealthy = time.monotonic() + 30
-    while plat.engine is not None and time.monotonic() < wait_unhealthy:
-        if [c.health for c in plat.containers("probe") if c.id == second] == ["unhealthy"]:
-            break
+    deadline = time.monotonic() + 30
+    while [c.health for c in plat.containers("probe") if c.id == second] != ["unhealthy"]:
+        assert time.monotonic() < deadline, "Docker never marked the replica unhealthy"
         time.sleep(0.5)
     one = container_signals(plat)["probe"]
     assert (one.running, one.health, one.failing_streak) == (True, "healthy", 0)
     _docker("exec", first, "rm", "/tmp/healthy")
     both = reads(lambda s: s.health == "unhealthy")
     assert both.running and both.health == "unhealthy" and both.failing_streak >= 2
-    _docker("exec", second, "touch", "/tmp/healthy")
-    _docker("stop", "-t", "1", first)
+    # the last one stopped, the first healthy again: up
+    _docker("exec", first, "touch", "/tmp/healthy")
+    _docker("stop", "-t", "1", second)
     up = reads(lambda s: s.health == "healthy")
     assert up.running and up.health == "healthy"

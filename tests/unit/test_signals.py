@@ -12,7 +12,7 @@ import pytest
 
 from backout.config import ServiceConfig
 from backout.environment import Environment
-from backout.platforms.base import ContainerInfo
+from backout.platforms.base import ContainerInfo, newest_running
 from backout.signals.engine import service_signals
 from backout.signals.external import command_value, promql
 from backout.signals.probes import ProbeTracker
@@ -111,14 +111,25 @@ def box(cid: str, state: str = "running", health: str | None = "healthy", streak
      True, "unhealthy", 2),
     # down only when none runs; a replica that exited beside a running one is not
     ([box("1", state="exited", health=None), box("2")], True, "healthy", 0),
-    ([box("1", state="exited"), box("2", state="exited", health="unhealthy", streak=1)],
-     False, "healthy", 0),
+    # none runs: the worst one's streak (an exited leftover must not hide it)
+    ([box("1", state="exited"), box("2", state="exited", health="unhealthy", streak=5)],
+     False, "unhealthy", 5),
 ])
 def test_a_service_of_several_containers_is_read_as_one(
         containers: list[ContainerInfo], running: bool, health: str | None,
         streak: int) -> None:
     got = service_signals("web", containers, {})
     assert (got.running, got.health, got.failing_streak) == (running, health, streak)
+
+
+def test_the_newest_is_read_from_the_time_not_the_text() -> None:
+    """Docker trims the nanoseconds' trailing zeros: as text "…:00Z" sorts after
+    "…:00.3Z" though it started earlier."""
+    older = box("1", started="2026-12-04T10:00:00Z", image="sha256:old")
+    newer = box("2", started="2026-12-04T10:00:00.3Z", image="sha256:new")
+    for order in ([older, newer], [newer, older]):
+        assert service_signals("web", order, {}).image_id == "sha256:new"
+        assert newest_running(order)["web"].image_id == "sha256:new"
 
 
 def test_restarts_and_cpu_add_up_memory_is_the_fullest_and_the_image_the_newest() -> None:
@@ -133,3 +144,29 @@ def test_restarts_and_cpu_add_up_memory_is_the_fullest_and_the_image_the_newest(
     assert got.restart_count == 7
     assert got.memory_percent == 90.0 and got.cpu_percent == 8.0
     assert got.image_id == "sha256:new"  # the newest *running* one
+
+
+def test_restarts_count_from_what_is_left_when_a_container_goes(tmp_path: Any) -> None:
+    """A switch's old container (3 restarts) removed: the count does not go negative,
+    and a later restart of the new one counts 1 (green-single-restart can hold)."""
+    from pathlib import Path
+
+    from backout.config import Config
+    from backout.monitor.collect import Collector
+    from tests.support.fakes import FakePlatform
+
+    platform = FakePlatform(running={"web": "sha256:w"})
+    boxes = [box("1", restarts=3), box("2", started="2026-12-04T10:05:00Z")]
+    platform.containers = lambda *services: list(boxes)  # type: ignore[method-assign]
+    config = Config(path=Path(tmp_path) / "backout.toml", project_dir=Path(tmp_path),
+                    services={"web": ServiceConfig("web")})
+    collector = Collector(Environment(), config, platform)
+
+    def restarts() -> float | None:
+        return collector.collect(t=1_000.0)[0].signals["restarts{service=web}"]
+
+    assert restarts() == 0.0
+    boxes.pop(0)  # the old one retired
+    assert restarts() == 0.0
+    boxes[0] = box("2", restarts=1, started="2026-12-04T10:06:00Z")
+    assert restarts() == 1.0

@@ -108,6 +108,10 @@ NGINX_RESOLVER = ("server {\n  resolver 127.0.0.11 valid=2s ipv6=off;\n"
     ("proxy_connect_timeout 2;\n  proxy_connect_timeout 1m;\n", 60.0),  # the longest
     ("# proxy_connect_timeout 1s;\n", 60.0),  # a comment sets nothing
     ("  proxy_connect_timeout   3s ;\n", 3.0),
+    ("location / { proxy_connect_timeout 1s; proxy_pass http://$u; }\n", 1.0),  # one line
+    ("proxy_pass http://a; proxy_connect_timeout 1m30s;\n", 90.0),
+    ("proxy_connect_timeout 1h;\n", 3600.0),
+    ("proxy_connect_timeout 5x;\n", 60.0),  # not nginx time: as if unset
 ])
 def test_nginx_connect_timeout(text: str, seconds: float) -> None:
     assert policy.nginx_connect_timeout(text) == seconds

@@ -97,6 +97,10 @@ class Collector:
                 view.memory_percent, view.cpu_percent = c.memory_percent, c.cpu_percent
                 signals[signal_key("memory_percent", name)] = c.memory_percent if c.running else None
                 base = self.restarts_at_start.setdefault(name, c.restart_count)
+                if c.restart_count < base:
+                    # a container went away (a switch's old one, a replaced one): count
+                    # from what is left, not below zero
+                    base = self.restarts_at_start[name] = c.restart_count
                 signals[signal_key("restarts", name)] = float(c.restart_count - base)
                 failures = c.failing_streak
             if svc.health_url:

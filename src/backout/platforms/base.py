@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,29 @@ class ContainerInfo:
     started_at: str
     labels: dict[str, str] = field(default_factory=dict)
     failing_streak: int = 0  # consecutive failed healthchecks (Docker counts them)
+
+
+def started_epoch(container: ContainerInfo) -> float:
+    """When the container last started, in epoch seconds (0 when unreadable). Docker's
+    RFC 3339 time trims trailing zeros of its nanoseconds: compared as text, "…:00Z"
+    would sort after "…:00.3Z"."""
+    text = container.started_at
+    try:
+        return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return 0.0
+
+
+def newest_running(containers: Sequence[ContainerInfo]) -> dict[str, ContainerInfo]:
+    """Each service's most recently started running container: of a start-first
+    switch's two, the one it is moving to. What runs now, for every reader alike (the
+    monitor, the release it records, the target a rollback picks)."""
+    out: dict[str, ContainerInfo] = {}
+    for c in containers:
+        if c.state == "running" and (c.service not in out
+                                     or started_epoch(c) > started_epoch(out[c.service])):
+            out[c.service] = c
+    return out
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from backout.platforms.base import (
     ImageInfo,
     Platform,
     SwitchPair,
+    newest_running,
 )
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -151,7 +152,7 @@ class ComposePlatform:
         return [container_info(raw) for raw in inspected]
 
     def running_images(self) -> dict[str, str]:
-        return {c.service: c.image_id for c in self.containers() if c.state == "running"}
+        return {name: c.image_id for name, c in newest_running(self.containers()).items()}
 
     def stats(self, container_ids: Sequence[str]) -> dict[str, dict[str, float]]:
         if self.engine is None:

@@ -45,6 +45,7 @@ from backout.platforms.base import (
     ImageInfo,
     Platform,
     SwitchPair,
+    newest_running,
 )
 from backout.platforms.compose import ComposePlatform
 
@@ -353,7 +354,7 @@ class SwarmPlatform:
         return out
 
     def running_images(self) -> dict[str, str]:
-        return {c.service: c.image_id for c in self.containers() if c.state == "running"}
+        return {name: c.image_id for name, c in newest_running(self.containers()).items()}
 
     def stats(self, container_ids: Sequence[str]) -> dict[str, dict[str, float]]:
         wanted = set(container_ids)

@@ -178,7 +178,10 @@ def nginx_mode(config_text: str, service: str) -> tuple[str, float] | None:
     return "nginx-reload", 0.0
 
 
-_CONNECT_TIMEOUT = re.compile(r"^\s*proxy_connect_timeout\s+(\d+)(ms|s|m)?\s*;", re.M)
+# at a line's start or after another directive (`location / { proxy_connect_timeout 1s; }`)
+_CONNECT_TIMEOUT = re.compile(r"(?:^|[;{])\s*proxy_connect_timeout\s+([0-9a-z]+)\s*;", re.M)
+_NGINX_TIME = re.compile(r"(\d+)(ms|s|m|h|d)?")
+_NGINX_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 NGINX_CONNECT_DEFAULT = 60.0  # nginx's own default proxy_connect_timeout
 # Above this, init says what a resolver nginx's connect timeout costs in a switch.
 CONNECT_TIMEOUT_ADVISED = 2.0
@@ -189,8 +192,11 @@ def nginx_connect_timeout(config_text: str) -> float:
     else nginx's default, 60 s. Behind a resolver it is how long a request waits that
     nginx sent to the old container's address in the moment between that container
     leaving Docker's network and nginx's reload (bench 5: the stretch equals it)."""
-    found = [float(n) * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit or "s"]
-             for n, unit in _CONNECT_TIMEOUT.findall(_strip_comments(config_text))]
+    found = []
+    for value in _CONNECT_TIMEOUT.findall(_strip_comments(config_text)):
+        parts = _NGINX_TIME.findall(value)
+        if parts and "".join(n + u for n, u in parts) == value:  # nginx's "1m30s" too
+            found.append(sum(float(n) * _NGINX_UNIT[u or "s"] for n, u in parts))
     return max(found, default=NGINX_CONNECT_DEFAULT)
 
 

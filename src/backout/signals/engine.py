@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from backout.platforms.base import ContainerInfo, Platform
+from backout.platforms.base import ContainerInfo, Platform, newest_running, started_epoch
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,21 @@ def service_signals(service: str, containers: Sequence[ContainerInfo],
     start-first switch). The health rule is about an outage: the service is down
     only when none of them runs, and its health is that of its best running
     container (a switch's new one still starting, or one replica of three failing,
-    is no outage; every replica of a bad release failing is). Restarts add up (a
-    crash loop in any replica shows); memory is the fullest one's (the one an OOM
-    kill takes); CPU adds up. The image is the newest running container's: what a
-    switch is moving to."""
+    is no outage; every replica of a bad release failing is); when none runs, its
+    worst (an exited leftover must not hide the streak of the one that failed).
+    Restarts add up (a crash loop in any replica shows); memory is the fullest
+    one's (the one an OOM kill takes); CPU adds up. The image is what
+    ``newest_running`` says runs now (what a switch is moving to), as every other
+    reader of the running release sees it."""
     running = [c for c in containers if c.state == "running"]
-    pool = running or list(containers)
-    best = min(pool, key=lambda c: (_HEALTH_ORDER.get(c.health, 3), c.failing_streak))
-    newest = max(pool, key=lambda c: c.started_at)
+    if running:
+        health = min(running, key=lambda c: (_HEALTH_ORDER.get(c.health, 3), c.failing_streak))
+    else:
+        health = max(containers, key=lambda c: (_HEALTH_ORDER.get(c.health, 3), c.failing_streak))
+    now = newest_running(containers).get(service)
     return ContainerSignals(
-        service, bool(running), best.health, best.failing_streak,
+        service, bool(running), health.health, health.failing_streak,
         sum(c.restart_count for c in containers),
         max((stats.get(c.id, {}).get("memory_percent", 0.0) for c in running), default=0.0),
         sum(stats.get(c.id, {}).get("cpu_percent", 0.0) for c in running),
-        newest.image_id)
+        (now or max(containers, key=started_epoch)).image_id)
