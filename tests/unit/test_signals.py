@@ -105,6 +105,12 @@ def box(cid: str, state: str = "running", health: str | None = "healthy", streak
     # a switch's new container still starting beside the healthy old one: no outage
     ([box("1"), box("2", health="starting")], True, "healthy", 0),
     ([box("2", health="starting"), box("1")], True, "healthy", 0),  # order does not matter
+    # no healthcheck (running is all it says) ranks above still starting, below healthy
+    ([box("1", health="starting"), box("2", health=None)], True, None, 0),
+    ([box("1", health=None), box("2", health="unhealthy", streak=2)], True, None, 0),
+    # among equally unhealthy ones, the shortest streak
+    ([box("1", health="unhealthy", streak=9), box("2", health="unhealthy", streak=3)],
+     True, "unhealthy", 3),
     # one replica of three failing is not an outage; all of them failing is
     ([box("1"), box("2", health="unhealthy", streak=4), box("3")], True, "healthy", 0),
     ([box("1", health="unhealthy", streak=4), box("2", health="unhealthy", streak=2)],
