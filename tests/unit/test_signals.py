@@ -13,7 +13,7 @@ import pytest
 from backout.config import ServiceConfig
 from backout.environment import Environment
 from backout.platforms.base import ContainerInfo, newest_running
-from backout.signals.engine import service_signals
+from backout.signals.engine import container_signals, service_signals
 from backout.signals.external import command_value, promql
 from backout.signals.probes import ProbeTracker
 
@@ -117,6 +117,14 @@ def box(cid: str, state: str = "running", health: str | None = "healthy", streak
      True, "unhealthy", 2),
     # down only when none runs; a replica that exited beside a running one is not
     ([box("1", state="exited", health=None), box("2")], True, "healthy", 0),
+    # a status Docker does not document ranks with unhealthy: only the streak decides
+    ([box("1", health="degraded", streak=0), box("2", health="unhealthy", streak=2)],
+     True, "degraded", 0),
+    ([box("1", state="exited", health="degraded", streak=4),
+      box("2", state="exited", health="unhealthy", streak=2)], False, "degraded", 4),
+    # none runs: the worst one's health first, then its streak
+    ([box("1", state="exited", health="unhealthy", streak=1),
+      box("2", state="exited", health="starting", streak=2)], False, "unhealthy", 1),
     # none runs: the worst one's streak (an exited leftover must not hide it)
     ([box("1", state="exited"), box("2", state="exited", health="unhealthy", streak=5)],
      False, "unhealthy", 5),
@@ -126,6 +134,9 @@ def test_a_service_of_several_containers_is_read_as_one(
         streak: int) -> None:
     got = service_signals("web", containers, {})
     assert (got.running, got.health, got.failing_streak) == (running, health, streak)
+    assert got.service == "web"
+    # no stats read (a container gone between list and stats): nothing, not a guess
+    assert (got.memory_percent, got.cpu_percent) == (0.0, 0.0)
 
 
 def test_the_newest_is_read_from_the_time_not_the_text() -> None:
@@ -133,9 +144,34 @@ def test_the_newest_is_read_from_the_time_not_the_text() -> None:
     "…:00.3Z" though it started earlier."""
     older = box("1", started="2026-12-04T10:00:00Z", image="sha256:old")
     newer = box("2", started="2026-12-04T10:00:00.3Z", image="sha256:new")
-    for order in ([older, newer], [newer, older]):
+    nanos = box("3", started="2026-12-04T10:00:00.123456789Z", image="sha256:mid")
+    for order in ([older, newer, nanos], [newer, nanos, older], [nanos, older, newer]):
         assert service_signals("web", order, {}).image_id == "sha256:new"
         assert newest_running(order)["web"].image_id == "sha256:new"
+    assert newest_running([older, nanos])["web"].image_id == "sha256:mid"
+
+
+def test_signals_are_grouped_by_service_and_stats_asked_of_running_containers() -> None:
+    class Stub:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def containers(self) -> list[ContainerInfo]:
+            return [box("1"), box("2", state="exited"),
+                    ContainerInfo(id="9", name="db-9", service="db", state="running",
+                                  health=None, image="db", image_id="sha256:db",
+                                  restart_count=0, started_at="2026-12-04T10:00:00Z")]
+
+        def stats(self, ids: list[str]) -> dict[str, dict[str, float]]:
+            self.asked = list(ids)
+            return {i: {"memory_percent": 10.0, "cpu_percent": 1.0} for i in ids}
+
+    stub = Stub()
+    got = container_signals(stub)  # type: ignore[arg-type]
+    assert stub.asked == ["1", "9"]  # not the exited one
+    assert sorted(got) == ["db", "web"]
+    assert got["web"].service == "web" and got["db"].service == "db"
+    assert got["web"].memory_percent == 10.0 and got["db"].image_id == "sha256:db"
 
 
 def test_restarts_and_cpu_add_up_memory_is_the_fullest_and_the_image_the_newest() -> None:
