@@ -33,6 +33,10 @@ def container_signals(platform: Platform) -> dict[str, ContainerSignals]:
 _HEALTH_ORDER = {"healthy": 0, None: 1, "starting": 2, "unhealthy": 3}
 
 
+def _health_rank(c: ContainerInfo) -> tuple[int, int]:
+    return _HEALTH_ORDER.get(c.health, 3), c.failing_streak
+
+
 def service_signals(service: str, containers: Sequence[ContainerInfo],
                     stats: Mapping[str, Mapping[str, float]]) -> ContainerSignals:
     """One service's signals from its containers (one, replicas, or the two of a
@@ -46,10 +50,7 @@ def service_signals(service: str, containers: Sequence[ContainerInfo],
     ``newest_running`` says runs now (what a switch is moving to), as every other
     reader of the running release sees it."""
     running = [c for c in containers if c.state == "running"]
-    if running:
-        health = min(running, key=lambda c: (_HEALTH_ORDER.get(c.health, 3), c.failing_streak))
-    else:
-        health = max(containers, key=lambda c: (_HEALTH_ORDER.get(c.health, 3), c.failing_streak))
+    health = min(running, key=_health_rank) if running else max(containers, key=_health_rank)
     now = newest_running(containers).get(service)
     return ContainerSignals(
         service, bool(running), health.health, health.failing_streak,
