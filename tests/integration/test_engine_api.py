@@ -215,3 +215,29 @@ def test_a_service_of_two_replicas_is_down_only_when_both_are(
     _docker("stop", "-t", "1", second)
     up = reads(lambda s: s.health == "healthy")
     assert up.running and up.health == "healthy"
+
+
+def test_the_published_address_read_through_the_api_is_composes(
+        project: tuple[Path, str]) -> None:
+    """`published_address` (how backout reaches a database's port from the host) reads
+    the engine's list instead of starting `docker compose port`: against the real
+    engine, the same answer as Compose's for a port on every address, one on
+    127.0.0.1 and one not published; none while the service is stopped."""
+    project_dir, _ = project
+    env, cfg, compose = probe_project(project)
+    spec = json.loads((project_dir / "docker-compose.yml").read_text())
+    spec["services"]["probe"]["ports"] = ["8080", "127.0.0.1::8081"]
+    (project_dir / "docker-compose.yml").write_text(json.dumps(spec))
+    _docker(*compose, "up", "-d", "--wait", "--pull", "never", timeout=120)
+    api_path = ComposePlatform(env, cfg)
+    cli_path = ComposePlatform(env, cfg)
+    cli_path.engine = None
+    for port in (8080, 8081, 8082):
+        by_api = api_path.published_address("probe", port)
+        assert by_api == cli_path.published_address("probe", port), port
+        assert (by_api is None) == (port == 8082)
+    assert str(api_path.published_address("probe", 8081)).startswith("127.0.0.1:")
+    _docker(*compose, "run", "-d", "--name", f"{project[1]}-job", "probe", "sleep", "infinity",
+            timeout=120)  # a job has no published ports (`run` leaves them out): skipped
+    _docker(*compose, "stop", "-t", "1", "probe", timeout=120)
+    assert api_path.published_address("probe", 8080) is None

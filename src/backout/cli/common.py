@@ -26,22 +26,17 @@ import click
 import click.shell_completion
 
 from backout import platforms
-from backout.backup.operation import RECORD_CHECKPOINT
 from backout.cli.output import emit, human_size, table
 from backout.cli.progress import TerminalProgress
 from backout.completion import candidates
 from backout.config import Config, find_config, load_config
-from backout.deploy import OUTCOMES
-from backout.deploy.operation import OUTCOME, PREVIOUS
 from backout.environment import Environment
 from backout.errors import BackoutError, ExitCode, InterruptedOperation, NeedsHumanError
 from backout.operations import interrupt, summary
 from backout.operations.executor import Executor, OperationOutcome, RunContext
 from backout.operations.guard import Unfinished, guard
 from backout.operations.plan import Plan, Step
-from backout.policy.baseline import describe_release
 from backout.rollback.common import require_yes
-from backout.rollback.db import safety_key
 from backout.state import OperationLock, Store
 
 if TYPE_CHECKING:
@@ -304,6 +299,12 @@ DEPLOY_EXIT = {"deployed": ExitCode.OK, "rolled_back": ExitCode.ROLLED_BACK,
 
 def deploy_report(ctx: Ctx, plan: Plan, outcome: OperationOutcome, preflight: dict[str, Any] | None) -> int:
     """Render a finished (or resumed) deploy and pick its exit code."""
+    # Imported here: every command imports this module, and the deploy and backup
+    # modules' trees cost a rollback's start about 0.1 s.
+    from backout.backup.operation import RECORD_CHECKPOINT
+    from backout.deploy.operation import OUTCOME, OUTCOMES, PREVIOUS
+    from backout.rollback.db import safety_key
+
     results = outcome.results
     final = results.get(OUTCOME) or {}
     kind = final.get("outcome")
@@ -356,6 +357,8 @@ def deploy_report(ctx: Ctx, plan: Plan, outcome: OperationOutcome, preflight: di
 
 def baseline_line(summary: dict[str, Any] | None) -> str:
     """``baseline: release 3 (captured 10:31:02): p95_latency_seconds{service=backend}=0.012``"""
+    from backout.policy.baseline import describe_release  # the monitor's commands only
+
     if summary is None:
         return "baseline: unknown (no running containers seen yet)"
     warm = summary["warmup"]

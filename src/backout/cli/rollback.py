@@ -20,8 +20,6 @@ from backout.cli.common import (
 )
 from backout.errors import UsageError
 from backout.operations.plan import Plan
-from backout.rollback import db as db_rollback
-from backout.rollback import emergency
 from backout.rollback import service as service_rollback
 
 
@@ -123,6 +121,8 @@ def rollback_db(ctx: Ctx, database: str, backup: str, dry_run: bool, yes: bool,
     of the current data is taken (it holds every acknowledged write), so the restore
     itself can be rolled back; the plan shows the data-loss window before you accept it.
     """
+    from backout.rollback import db as db_rollback  # its backup tree: not a service's start
+
     db_rollback.database(ctx.config, database)  # a wrong name is "not found" even with the engine down
     platform = ctx.platform
     platform.ping()
@@ -162,6 +162,8 @@ def rollback_emergency(ctx: Ctx, target: str, with_data: bool, dry_run: bool, ye
     repository is switched to the target commit (detached), every service gets the
     target's retained image, the stack comes up in dependency order, and it is verified.
     """
+    from backout.rollback import emergency  # its data steps' tree: not a service's start
+
     platform = ctx.platform
     platform.ping()
     plan = emergency.plan(ctx.env, ctx.config, ctx.store, platform, target, with_data)

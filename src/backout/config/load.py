@@ -9,11 +9,12 @@ in a stable order, so the operator fixes one line at a time.
 from __future__ import annotations
 
 import re
+import threading
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from backout import engines, platforms
 from backout.config.model import (
@@ -39,6 +40,8 @@ from backout.errors import BackoutError, ConfigError, did_you_mean
 from backout.policy import rules as policy
 from backout.policy import switch as switch_policy
 from backout.storage.repositories import names as repository_kinds
+
+T = TypeVar("T")
 
 CONFIG_NAME = "backout.toml"
 # scheme://user:password@host in a repository URL (rest:https://u:p@host/...)
@@ -519,6 +522,10 @@ def load_config(
                               f"cannot read {config.project.env_file}: {reason}") from exc
     wanted = sorted({v for db in config.databases.values() for v in (db.user_env, db.password_env)
                      if v} | {r.password_env for r in config.repositories.values() if r.password_env})
+    # Compose is asked for the services while it resolves the variables: two
+    # independent `docker compose config` processes (about 0.1 s each) that every
+    # command used to wait for one after the other. Errors keep their order.
+    names_of = _Background(lambda: (compose_services or _compose_service_names)(env, config))
     try:
         env_values = (compose_variables or _compose_variables)(env, config, wanted) \
             if wanted else {}
@@ -529,7 +536,7 @@ def load_config(
     secrets = _resolve_credentials(env, file, config, env_values)
     object.__setattr__(config, "secrets", secrets)
 
-    names = (compose_services or _compose_service_names)(env, config)
+    names = names_of.result()
     for svc in config.services:
         if svc not in names:
             raise ConfigError(file, f"services.{svc}",
@@ -544,6 +551,31 @@ def load_config(
         _check_volumes(file, config, names,
                        (compose_volumes or _compose_volume_mounts)(env, config))
     return config
+
+
+class _Background(Generic[T]):
+    """``call`` run in a daemon thread from now on; ``result()`` waits for it and
+    returns its value or raises its error in the caller's thread. A daemon thread: a
+    Ctrl-C while Compose answers leaves at once."""
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._outcome: list[T | BaseException] = []
+
+        def run() -> None:
+            try:
+                self._outcome.append(call())
+            except BaseException as exc:  # raised by result(), in the caller's thread
+                self._outcome.append(exc)
+
+        self._thread = threading.Thread(target=run, daemon=True, name="backout-background")
+        self._thread.start()
+
+    def result(self) -> T:
+        self._thread.join()
+        outcome = self._outcome[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
 
 def _check_volumes(file: str, config: Config, services: set[str],

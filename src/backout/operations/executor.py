@@ -32,26 +32,40 @@ _ACTIONS: dict[str, Action] = {}
 
 
 # Modules with an ``ACTIONS`` table (action name -> function). A resumed operation may
-# be of any kind, so the executor loads them all before it looks an action up. Plain
+# be of any kind: an action is looked up in them in this order, each loaded when the
+# ones before it do not have it (a service rollback never imports the backups' and the
+# deploy's trees, 0.05 s of its start). Names are unique across them (tested). Plain
 # tables rather than decorators: mutation testing (mutmut) skips decorated functions.
-ACTION_MODULES = ("backout.switch", "backout.backup.operation", "backout.backup.offsite",
-                  "backout.rollback.service", "backout.rollback.db",
-                  "backout.rollback.emergency", "backout.deploy.operation")
+ACTION_MODULES = ("backout.switch", "backout.rollback.service", "backout.rollback.emergency",
+                  "backout.rollback.db", "backout.backup.operation", "backout.backup.offsite",
+                  "backout.deploy.operation")
+_LOADED: set[str] = set()
+
+
+def _load(module: str) -> None:
+    if module in _LOADED:
+        return
+    import importlib
+
+    table: dict[str, Action] = importlib.import_module(module).ACTIONS
+    for action, fn in table.items():
+        # an entry already there stays: a test's stand-in, registered on purpose
+        _ACTIONS.setdefault(action, fn)
+    _LOADED.add(module)
 
 
 def load_actions() -> None:
-    import importlib
-
-    for name in ACTION_MODULES:
-        table: dict[str, Action] = importlib.import_module(name).ACTIONS
-        for action, fn in table.items():
-            # an entry already there stays: a test's stand-in, registered on purpose
-            _ACTIONS.setdefault(action, fn)
+    """Every table loaded."""
+    for module in ACTION_MODULES:
+        _load(module)
 
 
 def action(name: str) -> Action:
-    """The action a step names, the tables loaded first."""
-    load_actions()
+    """The action a step names, its table loaded first."""
+    for module in ACTION_MODULES:
+        if name in _ACTIONS:
+            break
+        _load(module)
     return _ACTIONS[name]
 
 
@@ -137,10 +151,11 @@ class Executor:
         self.on_step: StepCallback = on_step or (lambda _s, _st, _d: None)
 
     def start(self, plan: Plan) -> int:
-        load_actions()
         for step in plan.steps:
-            if step.action not in _ACTIONS:
-                raise RuntimeError(f"plan names unknown action {step.action!r}")
+            try:
+                action(step.action)
+            except KeyError:
+                raise RuntimeError(f"plan names unknown action {step.action!r}") from None
         keys = [step.key for step in plan.steps]
         if len(set(keys)) != len(keys):
             raise RuntimeError(f"plan has a step key twice: {sorted(keys)}")
@@ -157,7 +172,6 @@ class Executor:
         A first SIGINT/SIGTERM (backout.operations.interrupt) skips the remaining
         normal steps as a failure would, so the always and on-failure steps still run.
         """
-        load_actions()
         # A journal from before step keys: its steps get the keys its plan reads with.
         self.store.fill_step_keys(op_id, [s.key for s in plan.steps])
         rows = self.store.operation_steps(op_id)
@@ -214,7 +228,7 @@ class Executor:
                        abortable=error is None and not only_always and not cleanup)
             faults.hit(f"step-{seq}-started")
             try:
-                result = _ACTIONS[step.action](ctx, step.params, results)
+                result = action(step.action)(ctx, step.params, results)
             except BackoutError as exc:
                 if exc.retry_on_resume and cleanup:
                     # The cleanup cannot run now (the engine does not answer): it and

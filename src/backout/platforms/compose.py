@@ -422,9 +422,24 @@ class ComposePlatform:
                                  "--entrypoint", entrypoint, service, *args)
 
     def published_address(self, service: str, port: int) -> str | None:
-        result = self.compose.run("port", service, str(port), check=False,
-                                  what="docker compose port")
-        return result.stdout.strip() if result.ok else None
+        if self.engine is None:
+            result = self.compose.run("port", service, str(port), check=False,
+                                      what="docker compose port")
+            return result.stdout.strip() if result.ok else None
+        # The engine's list carries the bindings `docker compose port` reads (its first
+        # running container's first TCP binding of the port), without a Compose process
+        # (0.1-0.3 s on a verify's critical path).
+        for listed in self._listed([service]):
+            if is_one_off(listed.get("Labels") or {}) or listed.get("State") != "running":
+                continue
+            for binding in listed.get("Ports") or []:
+                if binding.get("PrivatePort") == port and binding.get("Type", "tcp") == "tcp" \
+                        and binding.get("PublicPort"):
+                    ip = str(binding.get("IP") or "0.0.0.0")
+                    host = f"[{ip}]" if ":" in ip else ip
+                    return f"{host}:{binding['PublicPort']}"
+            return None
+        return None
 
 
 class _StackEvents:
