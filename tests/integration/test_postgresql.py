@@ -9,7 +9,7 @@ configures it.
 * ``rollback db postgresql`` puts back exactly the data of the checkpoint after
   damage (rows changed, a table dropped, a table added, the database dropped), and
   from an operator's own ``pg_dump -Fc`` file;
-* doctor and verify ask the server (pg_isready, then its version).
+* doctor and verify ask the server its version (pg_isready when it does not answer).
 
 The dropped-database round trip and the operator's own dump file (three and one
 more rollbacks, about 3 minutes) run with ``-m soak``; the default suite keeps the

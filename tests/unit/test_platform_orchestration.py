@@ -5,13 +5,16 @@ plan stopped is started again. No Docker."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from backout import engines
 from backout.backup.operation import START_WRITERS, STOP_WRITERS
-from backout.config import Config, ServiceConfig
+from backout.config import Config, DatabaseConfig, ServiceConfig
 from backout.errors import ExternalError, NotFoundError, UnhealthyError
 from backout.operations.executor import Executor, RunContext, register_action
 from backout.operations.plan import Plan, Step
@@ -132,6 +135,48 @@ def test_emergency_up_says_what_the_platform_said(tmp_path: Path) -> None:
     assert platform.called("converge") == [(False,)]  # never pulls
     assert store.fact(EXPECTED_IMAGES) is None
     assert emergency  # the module registers the action
+
+
+@pytest.mark.parametrize("action", ["emergency.up", "deploy.up"])
+def test_the_stack_comes_up_while_the_database_drivers_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str) -> None:
+    """The verify after it would otherwise wait for pymongo's import (0.3 s)."""
+    config, store, platform = stack(tmp_path)
+    config = dataclasses.replace(config, databases={
+        "docs": DatabaseConfig("docs", "mongodb", "mongo"),
+        "app": DatabaseConfig("app", "mysql", "db")})
+    order: list[Any] = []
+    monkeypatch.setattr(engines, "load_drivers_meanwhile",
+                        lambda kinds: order.append(("drivers", sorted(kinds))))
+    monkeypatch.setattr(platform, "converge", lambda *, pull: order.append("converge"))
+    plan = Plan("test", {}, (Step("up", action, "r"),))
+    outcome = execute(store, plan, run_context(store, config, platform))
+    assert outcome.error is None
+    assert order == [("drivers", ["mongodb", "mysql"]), "converge"]
+
+
+def test_drivers_load_in_the_background_and_a_failure_stays_there(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[str] = []
+    done = threading.Event()
+
+    class Engine:
+        def __init__(self, kind: str) -> None:
+            self.kind = kind
+
+        def load_driver(self) -> None:
+            loaded.append(self.kind)
+            done.set()
+            if self.kind == "mongodb":
+                raise ImportError("no pymongo")
+
+    monkeypatch.setattr(engines, "get", Engine)
+    engines.load_drivers_meanwhile(["redis", "mongodb", "mongodb"])  # raises nothing here
+    assert done.wait(10)
+    for thread in threading.enumerate():
+        if thread.name == "backout-load-drivers":
+            thread.join(10)
+    assert loaded == ["mongodb"]  # once each, in name order; stops at the first failure
 
 
 # ---------------------------------------------------------------- stop and start writers

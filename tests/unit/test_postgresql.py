@@ -332,10 +332,18 @@ def test_a_failing_pg_restore_removes_the_received_file_and_fails(tmp_path: Path
     assert [c[0] for c in calls(tools)][-1] == "rm"
 
 
-def test_probe_uses_pg_isready_and_names_what_it_says(tmp_path: Path, tools: Path) -> None:
+def test_probe_asks_the_version_and_pg_isready_names_what_a_silent_server_does(
+        tmp_path: Path, tools: Path) -> None:
     _env, _config, access = setup(tmp_path, tools)
     assert ENGINE.probe(access) == "15.18"
-    assert calls(tools)[0][0] == "pg_isready"
+    assert [c[0] for c in calls(tools)] == ["psql"]  # one process when it answers
+    (tools / "fail-psql").write_text("psql: error: connection refused\n")
     (tools / "fail-pg_isready").write_text("")
     with pytest.raises(ExternalError, match="rejecting connections"):
         ENGINE.probe(access)
+    assert [c[0] for c in calls(tools)][1:] == ["psql", "pg_isready"]
+    # the server accepts connections, psql still fails (a wrong password): psql's error
+    (tools / "fail-pg_isready").unlink()
+    with pytest.raises(ExternalError) as raised:
+        ENGINE.probe(access)
+    assert "rejecting" not in str(raised.value)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backout import switch
+from backout import engines, switch
 from backout.adapters.git import Git, GitWrite
 from backout.backup.operation import plan_backup, writers
 from backout.config import Config
@@ -217,6 +217,7 @@ def _build(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
 
 def _up(ctx: RunContext, _params: dict[str, Any], _r: dict[str, Any]) -> Any:
     started = datetime.now(UTC).isoformat()
+    engines.load_drivers_meanwhile(db.type for db in ctx.config.databases.values())
     try:
         ctx.platform.converge(pull=True)
     except UnhealthyError as exc:

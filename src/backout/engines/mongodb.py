@@ -49,6 +49,20 @@ from backout.storage.pipeline import (
 SYSTEM_DATABASES = {"admin", "local", "config"}
 
 
+def _pymongo() -> Any:
+    """The driver, imported on first use (0.3 s)."""
+    import pymongo
+    from pymongo import common
+
+    # pymongo's monitor threads notice close() only between sleeps of
+    # MIN_HEARTBEAT_INTERVAL (0.5 s) and its atexit hook joins them, so every command
+    # that had touched MongoDB sat idle up to half a second before it exited (import +
+    # ping + exit measured 0.86-0.94 s, 0.43-0.52 s at 0.05). The cost: monitors wake
+    # 20 times a second to look at a flag.
+    common.MIN_HEARTBEAT_INTERVAL = min(common.MIN_HEARTBEAT_INTERVAL, 0.05)
+    return pymongo
+
+
 class MongoDB:
     def __init__(self, access: EngineAccess) -> None:
         self.access = access
@@ -69,14 +83,7 @@ class MongoDB:
 
     def client(self) -> Any:
         if self._client is None:
-            from pymongo import MongoClient, common
-
-            # pymongo's monitor threads notice close() only between sleeps of
-            # MIN_HEARTBEAT_INTERVAL (0.5 s) and its atexit hook joins them, so every
-            # command that had touched MongoDB sat idle up to half a second before it
-            # exited (import + ping + exit measured 0.86-0.94 s, 0.43-0.52 s at 0.05).
-            # The cost: monitors wake 20 times a second to look at a flag.
-            common.MIN_HEARTBEAT_INTERVAL = min(common.MIN_HEARTBEAT_INTERVAL, 0.05)
+            MongoClient = _pymongo().MongoClient
             host, port = self.address()
             user = self.access.user()
             password = self.access.password()
@@ -481,6 +488,9 @@ class MongoDBEngine(EngineBase):
     credentials: tuple[tuple[str | None, tuple[str, ...], tuple[str, ...] | None], ...] = (
         (None, ("MONGO_INITDB_ROOT_PASSWORD",), ("MONGO_INITDB_ROOT_USERNAME",)),
         ("root", ("MONGODB_ROOT_PASSWORD",), ("MONGODB_ROOT_USER",)))  # bitnami/mongodb
+
+    def load_driver(self) -> None:
+        _pymongo()
     database_name_vars = ("MONGO_INITDB_DATABASE",)
 
     def dump(self, ctx: EngineContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from backout import switch
+from backout import engines, switch
 from backout.adapters.git import Git, GitWrite
 from backout.backup import data_loss, offsite
 from backout.backup.operation import writers
@@ -216,6 +216,7 @@ def _images(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
 
 
 def _up(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
+    engines.load_drivers_meanwhile(db.type for db in ctx.config.databases.values())
     try:
         ctx.platform.converge(pull=False)
     except UnhealthyError as exc:
