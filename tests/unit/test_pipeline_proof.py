@@ -203,6 +203,17 @@ def test_a_dump_that_stops_moving_is_stalled_by_its_own_bytes(tmp_path: Path) ->
                        tmp_path / "x.zst", what="dump", stall=1, checker=_Counting())
 
 
+def test_a_slow_dump_that_keeps_moving_is_not_stalled(tmp_path: Path) -> None:
+    """Python takes the stream a CHUNK at a time; a producer that writes less than
+    that within the stall limit, but keeps writing, is alive: what it wrote counts."""
+    slow = [sys.executable, "-c", "import sys, time\nfor i in range(12):\n"
+            "    sys.stdout.buffer.write(b'x' * 100); sys.stdout.flush(); time.sleep(0.25)"]
+    checker = _Counting()
+    written = stream_to_file(Environment(), slow, tmp_path / "x.zst", what="dump", stall=1,
+                             checker=checker)
+    assert checker.fed == 1200 and written.exit_code == 0
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_a_full_disk_is_reported_as_such_not_as_a_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     # /dev/full refuses every write with ENOSPC, as a full backup disk does. Bytes
