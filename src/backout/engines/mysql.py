@@ -92,6 +92,15 @@ class MySQL:
     def user_databases(self) -> list[str]:
         return [r[0] for r in self.query("SHOW DATABASES") if r[0] not in SYSTEM_DATABASES]
 
+    def server_facts(self) -> tuple[str, bool, list[str]]:
+        """The version, whether binary logging is on, the user databases: what a dump
+        asks first, in one session (a `docker exec` each cost a backup 0.07 s)."""
+        rows = self.query("SELECT VERSION(), @@log_bin; SHOW DATABASES")
+        if not rows or len(rows[0]) != 2:
+            raise ExternalError(f"{self.access.db.name}: unexpected answer to SELECT VERSION()")
+        (version, log_bin), names = rows[0], rows[1:]
+        return version, log_bin == "1", [r[0] for r in names if r[0] not in SYSTEM_DATABASES]
+
     def grants(self) -> list[str]:
         return [row[0] for row in self.query("SHOW GRANTS")]
 
@@ -288,15 +297,14 @@ def dump_errors(stderr: str) -> list[dict[str, str]]:
 def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict[str, Any]:
     my = MySQL(access)
     db = access.db
-    version = my.version()  # proves reachability and credentials before anything is written
-    present = my.user_databases()
+    # proves reachability and credentials before anything is written
+    version, binlog, present = my.server_facts()
     wanted = list(db.databases) or present
     absent = [d for d in wanted if d not in present]
     if absent and not ctx.safety:
         raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
                             fix=f"correct databases.{db.name}.databases in backout.toml")
     dumpable = [d for d in wanted if d in present]
-    binlog = my.log_bin()
     user = access.user("root")
     if user != "root":
         # An application user (no root password in the compose file): say what it
