@@ -8,7 +8,10 @@ import importlib
 import subprocess
 import sys
 
-from backout.operations.executor import ACTION_MODULES
+import pytest
+
+from backout.operations import executor
+from backout.operations.executor import ACTION_MODULES, action, find_action, load_actions
 
 
 def test_no_action_name_is_in_two_tables() -> None:
@@ -36,3 +39,16 @@ def test_a_service_rollbacks_actions_load_without_the_deploy_or_the_backups() ->
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, timeout=60).stdout.splitlines()
     assert out == ["[]", "True"]
+
+
+def test_an_action_taken_away_comes_back_and_a_missing_one_is_none(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test's monkeypatch of a table not loaded yet deletes the name at teardown:
+    the next lookup must find the real one again, not call it unknown."""
+    load_actions()
+    real = executor._ACTIONS["deploy.record"]
+    monkeypatch.delitem(executor._ACTIONS, "deploy.record")
+    assert action("deploy.record") is real
+    assert find_action("no.such.action") is None
+    with pytest.raises(KeyError):
+        action("no.such.action")

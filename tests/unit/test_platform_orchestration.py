@@ -158,7 +158,6 @@ def test_the_stack_comes_up_while_the_database_drivers_load(
 def test_drivers_load_in_the_background_and_a_failure_stays_there(
         monkeypatch: pytest.MonkeyPatch) -> None:
     loaded: list[str] = []
-    done = threading.Event()
 
     class Engine:
         def __init__(self, kind: str) -> None:
@@ -166,17 +165,16 @@ def test_drivers_load_in_the_background_and_a_failure_stays_there(
 
         def load_driver(self) -> None:
             loaded.append(self.kind)
-            done.set()
             if self.kind == "mongodb":
                 raise ImportError("no pymongo")
 
     monkeypatch.setattr(engines, "get", Engine)
     engines.load_drivers_meanwhile(["redis", "mongodb", "mongodb"])  # raises nothing here
-    assert done.wait(10)
     for thread in threading.enumerate():
         if thread.name == "backout-load-drivers":
             thread.join(10)
-    assert loaded == ["mongodb"]  # once each, in name order; stops at the first failure
+    assert not any(t.name == "backout-load-drivers" for t in threading.enumerate())
+    assert loaded == ["mongodb", "redis"]  # once each, in name order, past a failure
 
 
 # ---------------------------------------------------------------- stop and start writers

@@ -337,6 +337,7 @@ def test_probe_asks_the_version_and_pg_isready_names_what_a_silent_server_does(
     _env, _config, access = setup(tmp_path, tools)
     assert ENGINE.probe(access) == "15.18"
     assert [c[0] for c in calls(tools)] == ["psql"]  # one process when it answers
+    assert "dbname=postgres connect_timeout=5" in calls(tools)[0]  # never waits for ever
     (tools / "fail-psql").write_text("psql: error: connection refused\n")
     (tools / "fail-pg_isready").write_text("")
     with pytest.raises(ExternalError, match="rejecting connections"):

@@ -57,6 +57,6 @@ def load_drivers_meanwhile(kinds: Iterable[str]) -> None:
             try:
                 get(kind).load_driver()
             except Exception:  # ahead of time only: the check itself will say why
-                return
+                continue
 
     threading.Thread(target=load, daemon=True, name="backout-load-drivers").start()

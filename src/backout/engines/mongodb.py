@@ -58,7 +58,8 @@ def _pymongo() -> Any:
     # MIN_HEARTBEAT_INTERVAL (0.5 s) and its atexit hook joins them, so every command
     # that had touched MongoDB sat idle up to half a second before it exited (import +
     # ping + exit measured 0.86-0.94 s, 0.43-0.52 s at 0.05). The cost: monitors wake
-    # 20 times a second to look at a flag.
+    # 20 times a second to look at a flag, and while a server is unreachable (a mongod
+    # starting) the driver tries it up to 20 times a second instead of twice.
     common.MIN_HEARTBEAT_INTERVAL = min(common.MIN_HEARTBEAT_INTERVAL, 0.05)
     return pymongo
 

@@ -582,7 +582,10 @@ class PostgreSQLEngine(EngineBase):
     def probe(self, access: EngineAccess) -> str:
         pg = Postgres(access)
         try:
-            return pg.version()
+            # A server that takes the connection and never answers must not hold a
+            # verify 120 s: libpq waits for ever by default (pg_isready, 3 s).
+            return pg.query("SHOW server_version",
+                            database="dbname=postgres connect_timeout=5", timeout=15)[0][0]
         except ExternalError:
             # pg_isready says what a server that does not answer is doing (starting,
             # shutting down); asked only then: one process less for every verify

@@ -39,19 +39,16 @@ _ACTIONS: dict[str, Action] = {}
 ACTION_MODULES = ("backout.switch", "backout.rollback.service", "backout.rollback.emergency",
                   "backout.rollback.db", "backout.backup.operation", "backout.backup.offsite",
                   "backout.deploy.operation")
-_LOADED: set[str] = set()
 
 
 def _load(module: str) -> None:
-    if module in _LOADED:
-        return
     import importlib
 
     table: dict[str, Action] = importlib.import_module(module).ACTIONS
     for action, fn in table.items():
-        # an entry already there stays: a test's stand-in, registered on purpose
+        # an entry already there stays: a test's stand-in, registered on purpose; one
+        # a test took away comes back
         _ACTIONS.setdefault(action, fn)
-    _LOADED.add(module)
 
 
 def load_actions() -> None:
@@ -60,13 +57,22 @@ def load_actions() -> None:
         _load(module)
 
 
-def action(name: str) -> Action:
-    """The action a step names, its table loaded first."""
+def find_action(name: str) -> Action | None:
+    """The action a step names, the tables loaded in order until one has it; None
+    when none does."""
     for module in ACTION_MODULES:
         if name in _ACTIONS:
             break
         _load(module)
-    return _ACTIONS[name]
+    return _ACTIONS.get(name)
+
+
+def action(name: str) -> Action:
+    """The action a step names (KeyError when no table has it)."""
+    found = find_action(name)
+    if found is None:
+        raise KeyError(name)
+    return found
 
 
 def register_action(name: str) -> Callable[[Action], Action]:
@@ -152,10 +158,8 @@ class Executor:
 
     def start(self, plan: Plan) -> int:
         for step in plan.steps:
-            try:
-                action(step.action)
-            except KeyError:
-                raise RuntimeError(f"plan names unknown action {step.action!r}") from None
+            if find_action(step.action) is None:
+                raise RuntimeError(f"plan names unknown action {step.action!r}")
         keys = [step.key for step in plan.steps]
         if len(set(keys)) != len(keys):
             raise RuntimeError(f"plan has a step key twice: {sorted(keys)}")
