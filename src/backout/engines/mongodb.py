@@ -489,10 +489,10 @@ class MongoDBEngine(EngineBase):
     credentials: tuple[tuple[str | None, tuple[str, ...], tuple[str, ...] | None], ...] = (
         (None, ("MONGO_INITDB_ROOT_PASSWORD",), ("MONGO_INITDB_ROOT_USERNAME",)),
         ("root", ("MONGODB_ROOT_PASSWORD",), ("MONGODB_ROOT_USER",)))  # bitnami/mongodb
+    database_name_vars = ("MONGO_INITDB_DATABASE",)
 
     def load_driver(self) -> None:
         _pymongo()
-    database_name_vars = ("MONGO_INITDB_DATABASE",)
 
     def dump(self, ctx: EngineContext, db: DatabaseConfig, set_dir: Path) -> dict[str, Any]:
         return _dump_mongodb(ctx, EngineAccess(ctx.env, ctx.config, db, ctx.platform), set_dir)
