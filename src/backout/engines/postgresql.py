@@ -124,8 +124,11 @@ class Postgres:
                           what="psql query", timeout=timeout)
         return [line.split(SEP) for line in result.stdout.splitlines() if line]
 
-    def version(self) -> str:
-        return self.query("SHOW server_version")[0][0]
+    def version(self, *, connect_timeout: int | None = None, timeout: float = 120) -> str:
+        """``connect_timeout``: libpq's, in seconds (it waits for ever by default)."""
+        database = ("postgres" if connect_timeout is None
+                    else f"dbname=postgres connect_timeout={connect_timeout}")
+        return self.query("SHOW server_version", database=database, timeout=timeout)[0][0]
 
     def ready(self) -> None:
         """pg_isready: accepting connections, or an error saying what it is doing."""
@@ -584,8 +587,7 @@ class PostgreSQLEngine(EngineBase):
         try:
             # A server that takes the connection and never answers must not hold a
             # verify 120 s: libpq waits for ever by default (pg_isready, 3 s).
-            return pg.query("SHOW server_version",
-                            database="dbname=postgres connect_timeout=5", timeout=15)[0][0]
+            return pg.version(connect_timeout=5, timeout=15)
         except ExternalError:
             # pg_isready says what a server that does not answer is doing (starting,
             # shutting down); asked only then: one process less for every verify
