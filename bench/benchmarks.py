@@ -583,6 +583,7 @@ def detection_latency(rig: Rig, p: Params) -> JsonDict:
     took: list[float] = []
     arrival: list[float] = []
     spacing: list[float | None] = []
+    refused: list[float] = []
     try:
         for i in range(p.reps):
             log(f"detection {i + 1}/{p.reps}")
@@ -599,11 +600,16 @@ def detection_latency(rig: Rig, p: Params) -> JsonDict:
                 at, red = mon.wait_for(lambda d: fired(d, "red-error-rate", "backend"),
                                        timeout=p.rule_for + p.window + 120,
                                        what="red-error-rate firing for backend")
-                onset = loads[0].first_failure_after(deployed)
+                # The fault is the errors release answering 5xx; the refused
+                # connections while Compose replaces the container come before it and
+                # are the deploy's own gap (health, not error_rate, sees those).
+                onset = loads[0].first_failure_after(deployed, server_errors=True)
                 if onset is None:
-                    raise BenchError("the errors version never failed a request")
+                    raise BenchError("the errors version never answered a 5xx")
+                first = loads[0].first_failure_after(deployed)
                 took.append(float(red["t"]) - onset)
                 arrival.append(at - onset)
+                refused.append(onset - first if first is not None else 0.0)
             finally:
                 mon.stop()
                 spacing.append(mon.spacing())
@@ -618,12 +624,15 @@ def detection_latency(rig: Rig, p: Params) -> JsonDict:
                 f"{p.interval} s (not a tool)",
                 floor=floor(f"`for` {p.rule_for} s + one interval {p.interval} s", bound, "s"),
                 extra={"target_s": bound + 2, "decision_line_received_s": arrival,
-                       "decision_spacing_s": spacing})]
+                       "decision_spacing_s": spacing,
+                       "failures_before_the_first_5xx_s": refused})]
     return result("4. Detection latency", rows, [
         f"Rule red-error-rate shortened to `for` {p.rule_for} s (runbook: 60 s) with "
         f"[monitor] window_seconds = {p.window} and --interval {p.interval}; the target is "
         "window + one interval + 2 s.",
-        "Onset is the first 5xx the load generator saw from the `errors` backend; the RED "
+        "Onset is the first 5xx the load generator saw from the `errors` backend (not "
+        "the refused connections while Compose replaces the container before it: extra "
+        "failures_before_the_first_5xx_s); the RED "
         "time is the decision's own timestamp (extra: when its JSON line reached us, and "
         "the median time between decisions, i.e. the interval as achieved).",
     ], {"for_seconds": p.rule_for, "window_seconds": p.window, "interval_seconds": p.interval})
@@ -1074,13 +1083,13 @@ def end_to_end_recovery(rig: Rig, p: Params) -> JsonDict:
                 at, _red = mon.wait_for(lambda d: fired(d, "red-error-rate", "backend"),
                                         timeout=p.rule_for + p.window + 300,
                                         what="the RED decision (after rollback and verify)")
-                onset = loads[0].first_failure_after(deployed)
+                onset = loads[0].first_failure_after(deployed, server_errors=True)
             finally:
                 mon.stop()
                 for load in loads:
                     load.__exit__()
             if onset is None:
-                raise BenchError("the errors version never failed a request")
+                raise BenchError("the errors version never answered a 5xx")
             if rig.image_id("backend") != healthy:
                 raise BenchError("the automatic rollback did not bring the healthy image back")
             recovered = _verified_at(rig, deployed) or at

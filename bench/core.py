@@ -320,8 +320,11 @@ class Load:
         return sorted((s for s in list(self.samples) if t0 <= s.start <= t1),
                       key=lambda s: s.start)
 
-    def first_failure_after(self, t0: float) -> float | None:
-        bad = [s.start for s in list(self.samples) if s.start >= t0 and not 200 <= s.status < 400]
+    def first_failure_after(self, t0: float, *, server_errors: bool = False) -> float | None:
+        """When the first request after ``t0`` that failed started (``server_errors``:
+        only an answer with a 5xx status, not a refused or cut connection)."""
+        bad = [s.start for s in list(self.samples) if s.start >= t0 and (
+            500 <= s.status < 600 if server_errors else not 200 <= s.status < 400)]
         return min(bad) if bad else None
 
 

@@ -169,3 +169,24 @@ def test_parse_value_accepts(text: str) -> None:
 def test_parse_value_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="not a number"):
         parse_value(text)
+
+
+@pytest.mark.parametrize(("name", "grows"), [
+    ("jobs_total", True),  # a declared counter, whatever its name
+    ("jobs_done", True),
+    ("latency_bucket", True),  # a histogram's buckets and count
+    ("latency_count", True),
+    ("latency_sum", False),  # negative observations may shrink a sum
+    ("rpc_count", True),  # a summary's count, not its quantiles or sum
+    ("rpc", False),
+    ("rpc_sum", False),
+    ("temperature", False),  # a gauge goes down as it likes
+    ("temperature_total", False),
+    ("untyped_total", True),  # no TYPE line: the name says counter
+    ("untyped_thing", False),
+])
+def test_only_grows_tells_counters_by_their_type_or_name(name: str, grows: bool) -> None:
+    page = parse("# TYPE jobs_total counter\n# TYPE jobs_done counter\n"
+                 "# TYPE latency histogram\n# TYPE rpc summary\n"
+                 "# TYPE temperature gauge\n# TYPE temperature_total gauge\n")
+    assert page.only_grows(name) is grows

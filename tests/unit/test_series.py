@@ -278,3 +278,72 @@ def test_latest(aggregate: str, max_age: float, expected: float | None) -> None:
     got = latest(store, "b", Selector("mem"), end=45, max_age=max_age,
                  aggregate=aggregate)  # type: ignore[arg-type]
     assert got == expected
+
+
+# --- a target whose process started again -----------------------------------------------
+
+def counters(ok: float, errors: float) -> list[Sample]:
+    """What a service's /metrics says: its requests since its process started."""
+    return [sample("http_requests_total", ok, status="200"),
+            *([sample("http_requests_total", errors, status="500")] if errors else [])]
+
+
+def counter_names(name: str) -> bool:
+    return name.endswith("_total")
+
+
+def replaced(store: SeriesStore, *, until: float) -> None:
+    """A healthy process (40 requests a second) scraped every 2 s until t=20; a new one
+    (a broken release: 60 % of 40 a second fail) started at t=21, scraped from t=22."""
+    for t in range(2, 21, 2):
+        store.add("backend", t, counters(40 * t, 0), only_grows=counter_names)
+    for t in range(22, int(until) + 1, 2):
+        life = t - 21
+        store.add("backend", t, counters(16 * life, 24 * life), only_grows=counter_names)
+
+
+def test_a_new_process_is_rated_on_its_own_from_its_first_scrape() -> None:
+    store = SeriesStore(retention_seconds=60)
+    replaced(store, until=22)
+    window = store.window_since_restart("backend", end=22, window=10)
+    assert window == 2  # cut at t=20, the scrape before the restart
+    assert ratio(store, "backend", FIVE_XX, ALL, end=22, window=window) == pytest.approx(0.6)
+    # over the whole window the old process's healthy requests hide the failures
+    diluted = ratio(store, "backend", FIVE_XX, ALL, end=22, window=10)
+    assert diluted is not None and diluted < 0.2
+    # both series of the new process start from a zero just after t=20
+    assert store.select("backend", ALL)[("http_requests_total", labels_of({"status": "500"}))] \
+        == pts((20.001, 0), (22, 24))
+
+
+def test_the_cut_window_grows_back_to_the_whole_one() -> None:
+    store = SeriesStore(retention_seconds=60)
+    replaced(store, until=40)
+    assert store.window_since_restart("backend", end=26, window=10) == 6
+    assert ratio(store, "backend", FIVE_XX, ALL, end=26, window=6) == pytest.approx(0.6)
+    assert store.window_since_restart("backend", end=30, window=10) == 10  # t=20 is at the edge
+    assert store.window_since_restart("backend", end=40, window=10) == 10
+    assert store.window_since_restart("frontend", end=40, window=10) == 10  # never scraped
+
+
+@pytest.mark.parametrize("only_grows", [
+    pytest.param(None, id="no counters named: nothing is a restart"),
+    pytest.param(lambda name: False, id="a shrinking gauge is no restart"),
+])
+def test_only_a_shrinking_counter_is_a_restart(only_grows: Callable[[str], bool] | None) -> None:
+    store = SeriesStore(retention_seconds=60)
+    store.add("backend", 2, counters(80, 0), only_grows=only_grows)
+    store.add("backend", 4, counters(10, 5), only_grows=only_grows)
+    assert store.window_since_restart("backend", end=4, window=10) == 10
+    assert store.select("backend", FIVE_XX)[("http_requests_total",
+                                             labels_of({"status": "500"}))] == pts((4, 5))
+
+
+def test_a_first_scrape_or_a_growing_counter_is_no_restart() -> None:
+    store = SeriesStore(retention_seconds=60)
+    store.add("backend", 2, counters(0, 0), only_grows=counter_names)  # nothing before it
+    store.add("backend", 4, counters(80, 3), only_grows=counter_names)  # a new series too
+    store.add("backend", 6, counters(80, 3), only_grows=counter_names)  # unchanged
+    assert store.window_since_restart("backend", end=6, window=10) == 10
+    assert len(store.select("backend", ALL)[("http_requests_total",
+                                             labels_of({"status": "200"}))]) == 3

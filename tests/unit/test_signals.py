@@ -212,3 +212,37 @@ def test_restarts_count_from_what_is_left_when_a_container_goes(tmp_path: Any) -
     assert restarts() == 0.0
     boxes[0] = box("2", restarts=1, started="2026-12-04T10:06:00Z")
     assert restarts() == 1.0
+
+
+def test_a_replaced_container_s_error_rate_is_its_own(server: str, tmp_path: Any) -> None:
+    """A broken release replacing a healthy one: error_rate is the new process's 5xx
+    share from the first scrape that shows its counters started again, not the old
+    one's healthy requests still in the window."""
+    from pathlib import Path
+
+    from backout.config import Config
+    from backout.monitor.collect import Collector
+    from tests.support.fakes import FakePlatform
+
+    def page(ok: int, errors: int) -> bytes:
+        lines = ["# TYPE http_requests_total counter",
+                 f'http_requests_total{{path="/api/v1/items",status="200"}} {ok}',
+                 f'http_requests_total{{path="/metrics",status="200"}} {ok}']
+        if errors:
+            lines.append(f'http_requests_total{{path="/api/v1/items",status="500"}} {errors}')
+        return ("\n".join(lines) + "\n").encode()
+
+    config = Config(path=Path(tmp_path) / "backout.toml", project_dir=Path(tmp_path),
+                    services={"backend": ServiceConfig("backend",
+                                                       metrics_url=f"{server}/metrics")})
+    collector = Collector(Environment(), config, FakePlatform(running={"backend": "sha256:b"}),
+                          window=10)
+
+    def error_rate(t: float, body: bytes) -> float | None:
+        Handler.routes["/metrics"] = (200, body)
+        return collector.collect(t=t)[0].signals["error_rate{service=backend}"]
+
+    assert error_rate(100, page(4000, 0)) is None  # one scrape: no rate yet
+    assert error_rate(102, page(4080, 0)) == 0.0
+    assert error_rate(104, page(16, 24)) == pytest.approx(0.6)  # started again
+    assert error_rate(106, page(48, 72)) == pytest.approx(0.6)

@@ -6,8 +6,8 @@ Signals (``name{service=NAME}``, see backout.policy.rules):
   larger (so a service whose only health signal is a compose healthcheck is
   watched too); a container that is not running counts as a failed probe.
 - from the service's ``metrics_url`` (Prometheus text, scraped directly):
-  ``error_rate`` (5xx share of requests over the window, scrapes and health
-  probes excluded), ``p95_latency_seconds``, ``circuit_breakers_open``,
+  ``error_rate`` (5xx share of requests over the window, or since the service's
+  process started again if that is later; scrapes and health probes excluded), ``p95_latency_seconds``, ``circuit_breakers_open``,
   ``db_pool_utilization`` (in use / size), ``auth_failure_ratio``, ``queue_lag``.
 - from the engine: ``memory_percent``, ``restarts`` (since the monitor started).
 - ``log_errors``: error lines in the window, by the service's log pattern.
@@ -149,8 +149,13 @@ class Collector:
         assert self.store is not None
         probe = http.get(self.env, url, timeout=5)
         if probe.status == 200:
-            self.store.add(name, t, promtext.parse(probe.body.decode(errors="replace")).samples)
-        w, store = self.window, self.store
+            page = promtext.parse(probe.body.decode(errors="replace"))
+            self.store.add(name, t, page.samples, only_grows=page.only_grows)
+        store = self.store
+        # A new container (a deploy, a rollback, a restart) is rated on its own: the
+        # old one's healthy requests would otherwise hide a broken release's errors
+        # until they left the window.
+        w = store.window_since_restart(name, end=t, window=self.window)
         sel = series.Selector.parse
 
         def put(signal: str, value: float | None) -> None:
@@ -168,7 +173,7 @@ class Collector:
         put("error_rate", share(ERRORS, REQUESTS))
         put("p95_latency_seconds", series.quantile_over_window(store, name, 0.95, sel(LATENCY),
                                                                end=t, window=w))
-        fresh = w
+        fresh = self.window
         put("circuit_breakers_open", series.latest(store, name, sel("circuit_breakers_open"),
                                                    end=t, max_age=fresh))
         in_use = series.latest(store, name, sel("db_pool_in_use"), end=t, max_age=fresh)

@@ -82,6 +82,20 @@ class Exposition:
         """The declared type of the family a sample belongs to ("untyped" if none)."""
         return self.types.get(family_of(sample_name, self.types), "untyped")
 
+    def only_grows(self, sample_name: str) -> bool:
+        """Whether the sample is a counter that only grows while its process lives (a
+        counter, a histogram's buckets and count, a summary's count; an untyped
+        ``*_total``), so that a smaller value means the process started again. A
+        ``_sum`` is left out: negative observations may shrink it."""
+        kind = self.type_of(sample_name)
+        if kind == "counter":
+            return True
+        if kind == "histogram":
+            return sample_name.endswith(("_bucket", "_count"))
+        if kind == "summary":
+            return sample_name.endswith("_count")
+        return kind in ("untyped", "unknown") and sample_name.endswith("_total")
+
 
 class _LineError(ValueError):
     pass

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Literal
@@ -33,6 +33,9 @@ from typing import Literal
 from backout.policy.promtext import Labels, Sample, parse_value
 
 SeriesKey = tuple[str, Labels]  # metric name, labels
+# A restarted counter's zero goes this long after the scrape before the restart: inside
+# a window cut there (windows are left-open), after that scrape's own point.
+RESTART_ZERO_AFTER = 0.001
 Aggregate = Literal["sum", "max", "min", "avg"]
 
 _MATCHER_OPS = ("=~", "!~", "!=", "=")
@@ -148,23 +151,56 @@ class SeriesStore:
             raise ValueError("retention_seconds must be positive")
         self.retention_seconds = retention_seconds
         self._data: dict[str, dict[SeriesKey, deque[Point]]] = {}
+        self._scraped: dict[str, float] = {}  # target -> its last kept scrape
+        self._restarted: dict[str, float] = {}  # target -> its last scrape before a restart
 
-    def add(self, target: str, t: float, samples: Iterable[Sample]) -> int:
+    def add(self, target: str, t: float, samples: Iterable[Sample], *,
+            only_grows: Callable[[str], bool] | None = None) -> int:
         """Record one scrape taken at ``t``; returns how many samples were kept.
 
         A sample not newer than the last point of its series is dropped (as
         Prometheus rejects out-of-order samples). Old points are pruned.
+        ``only_grows`` tells counters by sample name: one smaller than before means
+        the target's process started again (a new container, a restart). Its
+        counters then get a zero just after the scrape before (they were zero when
+        it started, which was no earlier: Prometheus' created-timestamp zeros, from
+        what a scrape can tell), and ``window_since_restart`` rates from there.
         """
         series = self._data.setdefault(target, {})
+        fresh = [s for s in samples
+                 if not (points := series.get((s.name, s.labels))) or points[-1].t < t]
+        grows = only_grows or (lambda _name: False)
+        before = self._scraped.get(target)
+        zero_at = None
+        if before is not None and any((points := series.get((s.name, s.labels)))
+                                      and s.value < points[-1].value and grows(s.name)
+                                      for s in fresh):
+            self._restarted[target] = before
+            zero_at = before + RESTART_ZERO_AFTER
         kept = 0
-        for sample in samples:
+        for sample in fresh:
             points = series.setdefault((sample.name, sample.labels), deque())
             if points and points[-1].t >= t:
-                continue
+                continue  # the same series twice in one scrape
+            if zero_at is not None and grows(sample.name) and sample.value >= 0:
+                points.append(Point(zero_at, 0.0))
             points.append(Point(t, sample.value))
             kept += 1
+        if kept:
+            self._scraped[target] = t
         self.prune(t - self.retention_seconds)
         return kept
+
+    def window_since_restart(self, target: str, *, end: float, window: float) -> float:
+        """``window``, cut short to the time since the target's process last started
+        when that is inside it: what the process before served (an old release's
+        healthy traffic, a crashed one's errors) is not this one's rate, as the
+        counters a runbook reads off ``/metrics`` say. The cut is at the scrape
+        before the restart, where ``add`` put the new process's zeros."""
+        since = self._restarted.get(target)
+        if since is None or since <= end - window or since >= end:
+            return window
+        return end - since
 
     def prune(self, before: float) -> None:
         """Forget points at or before ``before``, and series left empty."""
