@@ -34,6 +34,9 @@ from backout.policy.switch import SwitchOrder
 
 KEPT_SERVING = "the old release kept serving"
 POLL = 0.25
+# The new container's health turns at its healthcheck's pace; a tenth of a second
+# between looks (one engine list each) keeps the switch within that of Compose's --wait.
+READY_POLL = 0.1
 # After `nginx -s reload` the workers of the old configuration (which know only the
 # old container) still pass on the requests they had accepted (seen on the real stack:
 # a burst of 502s when the drain followed the reload at once): the old container keeps
@@ -226,7 +229,7 @@ def _ready(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
             raise UnhealthyError(f"the new container of {service} did not become ready in "
                                  f"{params['timeout']:.0f}s ({c.state}/{c.health}); "
                                  f"{KEPT_SERVING}")
-        intr.sleep(POLL)
+        intr.sleep(READY_POLL)
 
 
 def _probe_ok(ctx: RunContext, cid: str, probe: str | None) -> bool:
@@ -330,6 +333,9 @@ def _old_workers_gone(ctx: RunContext, reloaded: Reloaded, limit: float,
                 never_took.append(cid)
                 break
             intr.sleep(poll)
+            # old workers usually go within milliseconds of the reload; one holding a
+            # long request may take minutes: look often at first, then every POLL
+            poll = min(poll * 2, max(poll, POLL))
     return round(time.monotonic() - start, 3), never_took
 
 
@@ -435,7 +441,7 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # nginx's connect timeout, then go to the new container (and nginx logs an
     # error): the switch ends once those workers are gone, so what comes next (a
     # deploy's verify reading the logs) sees only the new release.
-    waited, never_took = _old_workers_gone(ctx, reloaded, OLD_WORKERS_LIMIT, POLL)
+    waited, never_took = _old_workers_gone(ctx, reloaded, OLD_WORKERS_LIMIT, WORKERS_POLL)
     return {"retired": retired, "serving": started["new"], "old_workers_s": waited,
             **_reported(reloaded, reloads, never_took)}
 

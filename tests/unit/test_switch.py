@@ -155,6 +155,8 @@ def stack(tmp: Path, *, proxy: str | None = None, new_health: list[str | None] |
 def _quick(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """No real sleeps; exec'd proxy reloads are recorded, not run."""
     monkeypatch.setattr(switching, "POLL", 0.0)
+    monkeypatch.setattr(switching, "READY_POLL", 0.0)
+    monkeypatch.setattr(switching, "WORKERS_POLL", 0.0)
     monkeypatch.setattr(switching, "RELOAD_SETTLE", 0.0)
     execs: list[list[str]] = []
 
@@ -346,7 +348,7 @@ def test_ready_times_out(tmp_path: Path) -> None:
     config, store, platform = stack(tmp_path, new_health=["starting"])
     config.services["web"] = ServiceConfig("web", ready_timeout_seconds=1)
     plan = service_rollback.plan(store, platform, "web", None, config=config)
-    switching.POLL = 0.05
+    switching.READY_POLL = 0.05
     outcome = run(store, plan, config, platform)
     assert outcome.error is not None and "did not become ready in 1s" in outcome.error.message
     assert [b.id for b in platform.of("web")] == ["c-web-1"]
@@ -768,3 +770,27 @@ def test_the_abort_reloads_once_the_new_one_has_stopped(
     assert outcome.status == "failed"
     assert seen == [[("c-web-1", "running"), ("c-web-2", "exited")]]
     assert outcome.results["switch-abort:web"]["reloaded"] == ["nginx"]
+
+
+def test_old_workers_are_looked_at_often_first_then_every_poll(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old workers usually go within milliseconds of a reload (a drain's wait was a
+    whole POLL of 0.25 s when looked at only that often); one holding a long request
+    is not asked about more than every POLL."""
+    monkeypatch.setattr(switching, "POLL", 0.25)
+    clock = iter(float(t) / 100 for t in range(1000))
+    monkeypatch.setattr(switching.time, "monotonic", lambda: next(clock))
+    slept: list[float] = []
+    monkeypatch.setattr(interrupt.Interrupt, "sleep", lambda _self, s: slept.append(s))
+    lists = iter([["1 nginx: master process", "7 nginx: worker process is shutting down",
+                   "8 nginx: worker process"]] * 6 + [["1 nginx: master process",
+                                                       "8 nginx: worker process"]])
+
+    class Platform:
+        def processes(self, _cid: str) -> list[str]:
+            return next(lists)
+
+    ctx: Any = type("Ctx", (), {"platform": Platform()})()
+    switching._old_workers_gone(ctx, switching.Reloaded(before={"c": {"7"}}), limit=60,
+                                poll=0.05)
+    assert slept == pytest.approx([0.05, 0.1, 0.2, 0.25, 0.25, 0.25])
