@@ -321,6 +321,9 @@ def test_cleanup_stale_removes_only_dead_runs(stack: TestStack) -> None:
                 subprocess.run(["docker", *argv], capture_output=True, text=True, timeout=60,
                                check=True)
             created.append([f"{run}-ctr", f"{run}-net", f"{run}-vol"])
+            subprocess.run(["docker", "tag", "backout-test/redis:7.0",
+                            f"backout-retained/{run}.redis:release-1"], capture_output=True,
+                           timeout=60, check=True)
         removed = cleanup_stale()
         assert stale_run in removed and live_run not in removed
         assert stack.run_id not in removed
@@ -332,9 +335,17 @@ def test_cleanup_stale_removes_only_dead_runs(stack: TestStack) -> None:
         for kind, suffix in (("container", "ctr"), ("network", "net"), ("volume", "vol")):
             assert not exists(kind, f"{stale_run}-{suffix}")
             assert exists(kind, f"{live_run}-{suffix}")
+        # the releases backout kept for a dead run's project are untagged; a live one's stay
+        assert not exists("image", f"backout-retained/{stale_run}.redis:release-1")
+        assert exists("image", f"backout-retained/{live_run}.redis:release-1")
+        assert exists("image", "backout-test/redis:7.0")
         assert stack.health("backend") == "healthy"
     finally:
         for ctr, net, vol in created:
             subprocess.run(["docker", "rm", "-f", "-v", ctr], capture_output=True, timeout=60)
             subprocess.run(["docker", "network", "rm", net], capture_output=True, timeout=60)
             subprocess.run(["docker", "volume", "rm", "-f", vol], capture_output=True, timeout=60)
+        for run in (stale_run, live_run):
+            subprocess.run(["docker", "image", "rm", "--no-prune",
+                            f"backout-retained/{run}.redis:release-1"], capture_output=True,
+                           timeout=60)

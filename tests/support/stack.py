@@ -338,7 +338,7 @@ def _remove(kind: str, ids: Iterable[str]) -> None:
 
 def remove_run(run_id: str, project_name: str | None = None, label: str = RUN_LABEL) -> None:
     """Remove every container, network and volume labelled label=run_id (and of the
-    compose project, if given)."""
+    compose project, if given), then the project's retained-release tags."""
     filters = [f"label={label}={run_id}"]
     if project_name:
         filters.append(f"label=com.docker.compose.project={project_name}")
@@ -348,6 +348,25 @@ def remove_run(run_id: str, project_name: str | None = None, label: str = RUN_LA
         for flt in filters:
             ids.update(_docker(*ls, "--filter", flt, check=False).stdout.split())
         _remove(kind, ids)
+    if project_name:
+        untag_retained(lambda project: project == project_name)
+
+
+RETAINED = "backout-retained/"  # backout.releases.RETAIN_REPO: <project>.<service>:release-N
+
+
+def untag_retained(whose: Callable[[str], bool]) -> list[str]:
+    """Remove the tags backout made to keep a test project's releases
+    (``backout-retained/<project>.<service>:<tag>``) for the projects ``whose`` picks;
+    the images stay while other tags (the test stack's own) name them. Unremoved,
+    every test run would leave dozens, and thousands slow every image listing."""
+    refs = _docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
+                   f"reference={RETAINED}*", check=False).stdout.split()
+    doomed = [ref for ref in refs
+              if whose(ref.removeprefix(RETAINED).split(":")[0].rsplit(".", 1)[0])]
+    for at in range(0, len(doomed), 100):
+        _docker("image", "rm", "--no-prune", *doomed[at:at + 100], check=False, timeout=120)
+    return doomed
 
 
 def cleanup_stale(label: str = RUN_LABEL) -> list[str]:
@@ -373,7 +392,15 @@ def cleanup_stale(label: str = RUN_LABEL) -> list[str]:
             stale.append(run)
     for kind in ("container", "network", "volume"):
         _remove(kind, [i for i, run, _c in found[kind] if run in stale])
+    untag_retained(_gone_run)
     return stale
+
+
+def _gone_run(project: str) -> bool:
+    """A test project (named by its run id) whose process is gone: its retained tags are
+    nobody's (tags carry no creation time, so a reused pid keeps them, harmlessly)."""
+    m = _RUN_RE.match(project.replace("bsw-", "backout-test-", 1))  # switch stacks too
+    return m is not None and _process_start_epoch(int(m.group(1))) is None
 
 
 # --------------------------------------------------------------------------- the stack

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.stack import RUN_LABEL, build_images
+from tests.support.stack import RUN_LABEL, build_images, untag_retained
 
 STANDINS = Path(__file__).resolve().parent.parent / "standins"
 MARIADB_STANDIN = "backout-standin/mariadb:corpus"
@@ -148,3 +148,4 @@ class CorpusStack:
     def down(self) -> None:
         if (self.dir / OVERRIDE).exists():
             self.compose("down", "-v", "-t", "5", "--remove-orphans", check=False, timeout=300)
+        untag_retained(lambda project: project == self.project)
