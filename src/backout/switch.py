@@ -310,7 +310,7 @@ def _run_reloads(ctx: RunContext, reloads: list[tuple[str, str, list[str]]],
 
 
 def _old_workers_gone(ctx: RunContext, reloaded: Reloaded, limit: float,
-                      poll: float) -> tuple[float, list[str]]:
+                      first_poll: float) -> tuple[float, list[str]]:
     """Wait until none of the workers from before the reload is left in any reloaded
     container, at most ``limit`` seconds. (seconds waited, containers whose reload
     never took: no new worker appeared within RELOAD_TAKES -- `nginx -s reload` exits
@@ -321,6 +321,7 @@ def _old_workers_gone(ctx: RunContext, reloaded: Reloaded, limit: float,
     never_took: list[str] = []
     for cid, pids in sorted(reloaded.before.items()):
         seen_new = False
+        poll = first_poll
         while pids and not intr.stop_now:
             elapsed = time.monotonic() - start
             now = _worker_pids(ctx, cid)

@@ -362,8 +362,9 @@ def untag_retained(whose: Callable[[str], bool]) -> list[str]:
     every test run would leave dozens, and thousands slow every image listing."""
     refs = _docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
                    f"reference={RETAINED}*", check=False).stdout.split()
-    doomed = [ref for ref in refs
-              if whose(ref.removeprefix(RETAINED).split(":")[0].rsplit(".", 1)[0])]
+    # a project name has no "." (Compose allows letters, digits, "-" and "_"); a
+    # service name may
+    doomed = [ref for ref in refs if whose(ref.removeprefix(RETAINED).split(".", 1)[0])]
     for at in range(0, len(doomed), 100):
         _docker("image", "rm", "--no-prune", *doomed[at:at + 100], check=False, timeout=120)
     return doomed
@@ -392,7 +393,11 @@ def cleanup_stale(label: str = RUN_LABEL) -> list[str]:
             stale.append(run)
     for kind in ("container", "network", "volume"):
         _remove(kind, [i for i, run, _c in found[kind] if run in stale])
-    untag_retained(_gone_run)
+    # A project still with containers is kept (one started with another run label,
+    # which the sweep never takes, may still need the releases it retained).
+    living = set(_docker("ps", "-a", "--format", '{{.Label "com.docker.compose.project"}}',
+                         check=False).stdout.split())
+    untag_retained(lambda project: project not in living and _gone_run(project))
     return stale
 
 

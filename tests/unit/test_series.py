@@ -13,6 +13,7 @@ import pytest
 
 from backout.policy.promtext import Sample, labels_of, parse
 from backout.policy.series import (
+    PROCESS_START,
     Point,
     Selector,
     SeriesStore,
@@ -347,3 +348,76 @@ def test_a_first_scrape_or_a_growing_counter_is_no_restart() -> None:
     assert store.window_since_restart("backend", end=6, window=10) == 10
     assert len(store.select("backend", ALL)[("http_requests_total",
                                              labels_of({"status": "200"}))]) == 3
+
+
+def key(status: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return ("http_requests_total", labels_of({"status": status}))
+
+
+def test_a_series_given_twice_in_one_scrape_is_not_a_restart() -> None:
+    """The first copy counts (a misconfigured multi-process client prints two); the
+    second, smaller one, compared with it, looked like a restart on every scrape."""
+    store = SeriesStore(retention_seconds=60)
+    for t in (2, 4, 6):
+        store.add("backend", t, [*counters(40 * t, 0), sample("http_requests_total", 3,
+                                                               status="200")],
+                  only_grows=counter_names)
+    assert store.window_since_restart("backend", end=6, window=10) == 10
+    assert store.select("backend", ALL)[key("200")] == pts((2, 80), (4, 160), (6, 240))
+
+
+def test_one_counter_going_down_beside_others_growing_is_not_a_restart() -> None:
+    """A gauge named like a counter, a series removed and made again: one down, two up."""
+    store = SeriesStore(retention_seconds=60)
+    for t, queue in ((2, 50), (4, 10)):
+        store.add("backend", t, [*counters(40 * t, 4 * t),
+                                 sample("queue_total", queue)], only_grows=counter_names)
+    assert store.window_since_restart("backend", end=4, window=10) == 10
+    assert store.select("backend", ALL)[key("500")] == pts((2, 8), (4, 16))  # no zero
+
+
+@pytest.mark.parametrize(("started", "restarted"), [
+    pytest.param(1000.0, False, id="the same process: counters that went down do not count"),
+    pytest.param(1019.5, True, id="a new process: its start time moved"),
+])
+def test_the_process_start_time_says_it_when_exported(started: float,
+                                                      restarted: bool) -> None:
+    store = SeriesStore(retention_seconds=60)
+    store.add("backend", 18, [*counters(800, 0), sample(PROCESS_START, 1000.0)],
+              only_grows=counter_names)
+    store.add("backend", 20, [*counters(10, 5), sample(PROCESS_START, started)],
+              only_grows=counter_names)
+    assert (store.window_since_restart("backend", end=20, window=10) == 2) is restarted
+
+
+def test_counters_first_seen_after_the_restart_start_from_its_zero() -> None:
+    """The new process's first 5xx come after its first scrape: they count from the
+    cut, like its 200s, not from their own second point."""
+    store = SeriesStore(retention_seconds=60)
+    for t in range(2, 21, 2):
+        store.add("backend", t, counters(40 * t, 0), only_grows=counter_names)
+    store.add("backend", 22, counters(40, 0), only_grows=counter_names)  # restarted
+    store.add("backend", 24, counters(56, 24), only_grows=counter_names)  # 5xx from here
+    assert store.select("backend", FIVE_XX)[key("500")] == pts((20.001, 0), (24, 24))
+    assert ratio(store, "backend", FIVE_XX, ALL, end=24, window=4) == pytest.approx(0.3)
+
+
+def test_a_series_of_the_old_process_coming_back_lower_is_not_a_second_restart() -> None:
+    store = SeriesStore(retention_seconds=60)
+    for t in range(2, 21, 2):
+        store.add("backend", t, counters(40 * t, 2 * t), only_grows=counter_names)
+    store.add("backend", 22, counters(40, 0), only_grows=counter_names)  # no 5xx yet
+    store.add("backend", 24, counters(120, 6), only_grows=counter_names)  # 6 < 40 of old
+    assert store.window_since_restart("backend", end=24, window=10) == 4  # cut at 20 still
+    assert store.select("backend", FIVE_XX)[key("500")][-2:] == pts((20.001, 0), (24, 6))
+    assert ratio(store, "backend", FIVE_XX, ALL, end=24, window=4) == pytest.approx(6 / 126)
+
+
+def test_a_crash_loop_is_cut_at_each_restart() -> None:
+    store = SeriesStore(retention_seconds=60)
+    store.add("backend", 2, counters(80, 0), only_grows=counter_names)
+    store.add("backend", 4, counters(160, 0), only_grows=counter_names)
+    store.add("backend", 6, counters(4, 6), only_grows=counter_names)  # restarted
+    store.add("backend", 8, counters(2, 8), only_grows=counter_names)  # and again
+    assert store.window_since_restart("backend", end=8, window=10) == 2
+    assert ratio(store, "backend", FIVE_XX, ALL, end=8, window=2) == pytest.approx(0.8)

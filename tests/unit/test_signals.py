@@ -246,3 +246,40 @@ def test_a_replaced_container_s_error_rate_is_its_own(server: str, tmp_path: Any
     assert error_rate(102, page(4080, 0)) == 0.0
     assert error_rate(104, page(16, 24)) == pytest.approx(0.6)  # started again
     assert error_rate(106, page(48, 72)) == pytest.approx(0.6)
+
+
+def test_a_share_of_too_few_events_since_a_restart_is_rated_over_the_window(
+        server: str, tmp_path: Any) -> None:
+    """Two logins since the restart, both mistyped, are not a 100 % auth-failure
+    ratio (red-auth-failures has no `for`): under MIN_EVENTS the whole window rates
+    it, the old process's logins too; the requests' share, with enough of them, is
+    the new process's own."""
+    from pathlib import Path
+
+    from backout.config import Config
+    from backout.monitor.collect import MIN_EVENTS, Collector
+    from tests.support.fakes import FakePlatform
+
+    def page(ok: int, errors: int, logins: int, failed: int) -> bytes:
+        return ("# TYPE http_requests_total counter\n"
+                f'http_requests_total{{path="/api",status="200"}} {ok}\n'
+                f'http_requests_total{{path="/api",status="500"}} {errors}\n'
+                f"auth_attempts_total {logins}\nauth_failures_total {failed}\n").encode()
+
+    config = Config(path=Path(tmp_path) / "backout.toml", project_dir=Path(tmp_path),
+                    services={"backend": ServiceConfig("backend",
+                                                       metrics_url=f"{server}/metrics")})
+    collector = Collector(Environment(), config, FakePlatform(running={"backend": "sha256:b"}),
+                          window=10)
+
+    def signals(t: float, body: bytes) -> dict[str, float | None]:
+        Handler.routes["/metrics"] = (200, body)
+        return collector.collect(t=t)[0].signals
+
+    signals(100, page(4000, 0, 1000, 50))
+    signals(102, page(4080, 0, 1040, 52))
+    got = signals(104, page(16, 24, 2, 2))  # started again: 40 requests, 2 logins
+    assert 2 < MIN_EVENTS <= 40
+    assert got["error_rate{service=backend}"] == pytest.approx(0.6)
+    ratio = got["auth_failure_ratio{service=backend}"]
+    assert ratio is not None and ratio < 0.2  # the old process's 40 logins, 2 failed, too

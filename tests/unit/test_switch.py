@@ -748,13 +748,13 @@ def test_waiting_for_old_workers_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
 
     ctx: Any = type("Ctx", (), {"platform": Platform()})()
     waited, never = switching._old_workers_gone(
-        ctx, switching.Reloaded(before={"c": {"7"}}), limit=3, poll=0)
+        ctx, switching.Reloaded(before={"c": {"7"}}), limit=3, first_poll=0)
     assert (waited, never) == (4.0, [])  # looked at 1, 2 and 3 s; the limit reached at 3
     # no worker to wait for, or a list that can no longer be read: no wait
     assert switching._old_workers_gone(ctx, switching.Reloaded(before={"c": set()}),
-                                       limit=3, poll=0)[1] == []
+                                       limit=3, first_poll=0)[1] == []
     waited, never = switching._old_workers_gone(
-        ctx, switching.Reloaded(before={"c": {"7"}}), limit=30, poll=0)
+        ctx, switching.Reloaded(before={"c": {"7"}}), limit=30, first_poll=0)
     assert never == []  # read until the list ran out (an empty list: not told apart)
 
 
@@ -776,21 +776,23 @@ def test_old_workers_are_looked_at_often_first_then_every_poll(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Old workers usually go within milliseconds of a reload (a drain's wait was a
     whole POLL of 0.25 s when looked at only that often); one holding a long request
-    is not asked about more than every POLL."""
+    is not asked about more than every POLL; each proxy container starts afresh."""
     monkeypatch.setattr(switching, "POLL", 0.25)
     clock = iter(float(t) / 100 for t in range(1000))
     monkeypatch.setattr(switching.time, "monotonic", lambda: next(clock))
     slept: list[float] = []
     monkeypatch.setattr(interrupt.Interrupt, "sleep", lambda _self, s: slept.append(s))
-    lists = iter([["1 nginx: master process", "7 nginx: worker process is shutting down",
-                   "8 nginx: worker process"]] * 6 + [["1 nginx: master process",
-                                                       "8 nginx: worker process"]])
+    master, new = "1 nginx: master process", "8 nginx: worker process"
+    lists = {"c": iter([[master, "7 nginx: worker process is shutting down", new]] * 6
+                       + [[master, new]]),
+             "d": iter([[master, "9 nginx: worker process is shutting down", new]] * 2
+                       + [[master, new]])}
 
     class Platform:
-        def processes(self, _cid: str) -> list[str]:
-            return next(lists)
+        def processes(self, cid: str) -> list[str]:
+            return next(lists[cid])
 
     ctx: Any = type("Ctx", (), {"platform": Platform()})()
-    switching._old_workers_gone(ctx, switching.Reloaded(before={"c": {"7"}}), limit=60,
-                                poll=0.05)
-    assert slept == pytest.approx([0.05, 0.1, 0.2, 0.25, 0.25, 0.25])
+    switching._old_workers_gone(ctx, switching.Reloaded(before={"c": {"7"}, "d": {"9"}}),
+                                limit=60, first_poll=0.05)
+    assert slept == pytest.approx([0.05, 0.1, 0.2, 0.25, 0.25, 0.25, 0.05, 0.1])

@@ -36,6 +36,8 @@ REQUESTS = 'http_requests_total{path!~"/metrics|/health.*|/api/v1/health/check|/
 ERRORS = ('http_requests_total{status=~"5..",'
           'path!~"/metrics|/health.*|/api/v1/health/check|/healthy-check"}')
 LATENCY = 'http_request_duration_seconds{path!~"/metrics|/health.*|/api/v1/health/check|/healthy-check"}'
+# Events (requests, logins) a share needs since a restart before it is rated on its own.
+MIN_EVENTS = 20
 
 
 @dataclass
@@ -151,12 +153,20 @@ class Collector:
         if probe.status == 200:
             page = promtext.parse(probe.body.decode(errors="replace"))
             self.store.add(name, t, page.samples, only_grows=page.only_grows)
-        store = self.store
+        store, full = self.store, self.window
         # A new container (a deploy, a rollback, a restart) is rated on its own: the
         # old one's healthy requests would otherwise hide a broken release's errors
         # until they left the window.
-        w = store.window_since_restart(name, end=t, window=self.window)
+        since = store.window_since_restart(name, end=t, window=full)
         sel = series.Selector.parse
+
+        def window(den: str) -> float:
+            # A share of the few events since a restart says little (2 failed logins
+            # of 2): under MIN_EVENTS the whole window rates it, the old process's too.
+            if since >= full:
+                return full
+            rate = series.sum_rate(store, name, sel(den), end=t, window=since)
+            return since if rate is not None and rate * since >= MIN_EVENTS else full
 
         def put(signal: str, value: float | None) -> None:
             signals[signal_key(signal, name)] = value
@@ -165,22 +175,22 @@ class Collector:
             # Scraped fine but nothing happened in the window (no requests, no logins):
             # that is known, not missing: no failures. None stays for a failed scrape
             # or absent series, which the policy treats as no data.
+            w = window(den)
             value = series.ratio(store, name, sel(num), sel(den), end=t, window=w)
             if value is None and series.sum_rate(store, name, sel(den), end=t, window=w) == 0.0:
                 return 0.0
             return value
 
         put("error_rate", share(ERRORS, REQUESTS))
-        put("p95_latency_seconds", series.quantile_over_window(store, name, 0.95, sel(LATENCY),
-                                                               end=t, window=w))
-        fresh = self.window
+        put("p95_latency_seconds", series.quantile_over_window(
+            store, name, 0.95, sel(LATENCY), end=t, window=window(REQUESTS)))
         put("circuit_breakers_open", series.latest(store, name, sel("circuit_breakers_open"),
-                                                   end=t, max_age=fresh))
-        in_use = series.latest(store, name, sel("db_pool_in_use"), end=t, max_age=fresh)
-        size = series.latest(store, name, sel("db_pool_size"), end=t, max_age=fresh)
+                                                   end=t, max_age=full))
+        in_use = series.latest(store, name, sel("db_pool_in_use"), end=t, max_age=full)
+        size = series.latest(store, name, sel("db_pool_size"), end=t, max_age=full)
         put("db_pool_utilization", in_use / size if in_use is not None and size else None)
         put("auth_failure_ratio", share("auth_failures_total", "auth_attempts_total"))
-        put("queue_lag", series.latest(store, name, sel("queue_lag"), end=t, max_age=fresh))
+        put("queue_lag", series.latest(store, name, sel("queue_lag"), end=t, max_age=full))
 
 
 def describe(views: dict[str, ServiceView]) -> list[dict[str, Any]]:

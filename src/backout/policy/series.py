@@ -36,6 +36,7 @@ SeriesKey = tuple[str, Labels]  # metric name, labels
 # A restarted counter's zero goes this long after the scrape before the restart: inside
 # a window cut there (windows are left-open), after that scrape's own point.
 RESTART_ZERO_AFTER = 0.001
+PROCESS_START = "process_start_time_seconds"  # Prometheus clients' standard gauge
 Aggregate = Literal["sum", "max", "min", "avg"]
 
 _MATCHER_OPS = ("=~", "!~", "!=", "=")
@@ -159,37 +160,38 @@ class SeriesStore:
         """Record one scrape taken at ``t``; returns how many samples were kept.
 
         A sample not newer than the last point of its series is dropped (as
-        Prometheus rejects out-of-order samples). Old points are pruned.
-        ``only_grows`` tells counters by sample name: one smaller than before means
-        the target's process started again (a new container, a restart). Its
-        counters then get a zero just after the scrape before (they were zero when
-        it started, which was no earlier: Prometheus' created-timestamp zeros, from
-        what a scrape can tell), and ``window_since_restart`` rates from there.
+        Prometheus rejects out-of-order samples), and so is the second of a series
+        given twice in one scrape. Old points are pruned. ``only_grows`` tells
+        counters by sample name. When the target's process started again (a new
+        container, a restart: see ``_started_again``), the scrape before is the cut:
+        every counter without a point since gets a zero just after it (it was zero
+        when the process started, which was no earlier: Prometheus' created-timestamp
+        zeros, from what a scrape can tell), and ``window_since_restart`` rates from
+        there.
         """
         series = self._data.setdefault(target, {})
-        fresh = [s for s in samples
-                 if not (points := series.get((s.name, s.labels))) or points[-1].t < t]
+        fresh: dict[SeriesKey, Sample] = {}
+        for sample in samples:
+            key = (sample.name, sample.labels)
+            points = series.get(key)
+            if key not in fresh and (not points or points[-1].t < t):
+                fresh[key] = sample
         grows = only_grows or (lambda _name: False)
         before = self._scraped.get(target)
-        zero_at = None
-        if before is not None and any((points := series.get((s.name, s.labels)))
-                                      and s.value < points[-1].value and grows(s.name)
-                                      for s in fresh):
+        if before is not None and _started_again(series, fresh, grows,
+                                                 self._restarted.get(target)):
             self._restarted[target] = before
-            zero_at = before + RESTART_ZERO_AFTER
-        kept = 0
-        for sample in fresh:
-            points = series.setdefault((sample.name, sample.labels), deque())
-            if points and points[-1].t >= t:
-                continue  # the same series twice in one scrape
-            if zero_at is not None and grows(sample.name) and sample.value >= 0:
-                points.append(Point(zero_at, 0.0))
+        cut = self._restarted.get(target)
+        for key, sample in fresh.items():
+            points = series.setdefault(key, deque())
+            if cut is not None and grows(sample.name) and sample.value >= 0 \
+                    and (not points or points[-1].t <= cut):
+                points.append(Point(cut + RESTART_ZERO_AFTER, 0.0))
             points.append(Point(t, sample.value))
-            kept += 1
-        if kept:
+        if fresh:
             self._scraped[target] = t
         self.prune(t - self.retention_seconds)
-        return kept
+        return len(fresh)
 
     def window_since_restart(self, target: str, *, end: float, window: float) -> float:
         """``window``, cut short to the time since the target's process last started
@@ -219,6 +221,25 @@ class SeriesStore:
         """Every series of ``target`` that ``selector`` matches, with all its kept points."""
         return {key: list(points) for key, points in self._data.get(target, {}).items()
                 if selector.matches(*key)}
+
+
+def _started_again(series: Mapping[SeriesKey, deque[Point]], fresh: Mapping[SeriesKey, Sample],
+                   grows: Callable[[str], bool], cut: float | None) -> bool:
+    """Whether a scrape comes from a process that started after the previous one: its
+    ``process_start_time_seconds`` moved (client libraries export it), or, without
+    one, at least half the counters that had counted something since the last cut
+    went down (a crash loop's next process may outgrow the last on a few). A single counter going down (a gauge named like one, a series removed and
+    made again) beside others that grew is not a restart; a series last seen before
+    the cut is the older process's, not compared."""
+    for key, sample in fresh.items():
+        points = series.get(key)
+        if key[0] == PROCESS_START and points:
+            return abs(sample.value - points[-1].value) > 1.0
+    compared = [(sample.value, points[-1].value) for key, sample in fresh.items()
+                if grows(sample.name) and (points := series.get(key))
+                and (cut is None or points[-1].t > cut) and points[-1].value > 0]
+    down = sum(1 for now, last in compared if now < last)
+    return bool(compared) and down * 2 >= len(compared)
 
 
 def _in_range(points: Sequence[Point], start: float, end: float) -> list[Point]:
