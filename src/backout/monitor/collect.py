@@ -7,8 +7,9 @@ Signals (``name{service=NAME}``, see backout.policy.rules):
   watched too); a container that is not running counts as a failed probe.
 - from the service's ``metrics_url`` (Prometheus text, scraped directly):
   ``error_rate`` (5xx share of requests over the window, or since the service's
-  process started again if that is later; scrapes and health probes excluded), ``p95_latency_seconds``, ``circuit_breakers_open``,
-  ``db_pool_utilization`` (in use / size), ``auth_failure_ratio``, ``queue_lag``.
+  process started again if that is later; scrapes and health probes excluded),
+  ``p95_latency_seconds``, ``circuit_breakers_open``, ``db_pool_utilization`` (in
+  use / size), ``auth_failure_ratio``, ``queue_lag``.
 - from the engine: ``memory_percent``, ``restarts`` (since the monitor started).
 - ``log_errors``: error lines in the window, by the service's log pattern.
 """

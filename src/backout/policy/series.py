@@ -228,9 +228,10 @@ def _started_again(series: Mapping[SeriesKey, deque[Point]], fresh: Mapping[Seri
     """Whether a scrape comes from a process that started after the previous one: its
     ``process_start_time_seconds`` moved (client libraries export it), or, without
     one, at least half the counters that had counted something since the last cut
-    went down (a crash loop's next process may outgrow the last on a few). A single counter going down (a gauge named like one, a series removed and
-    made again) beside others that grew is not a restart; a series last seen before
-    the cut is the older process's, not compared."""
+    went down (a crash loop's next process may outgrow the last on a few). A single
+    counter going down (a gauge named like one, a series removed and made again)
+    beside others that grew is not a restart; a series last seen before the cut is
+    the older process's, not compared."""
     for key, sample in fresh.items():
         points = series.get(key)
         if key[0] == PROCESS_START and points:
