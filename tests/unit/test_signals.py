@@ -283,3 +283,38 @@ def test_a_share_of_too_few_events_since_a_restart_is_rated_over_the_window(
     assert got["error_rate{service=backend}"] == pytest.approx(0.6)
     ratio = got["auth_failure_ratio{service=backend}"]
     assert ratio is not None and ratio < 0.2  # the old process's 40 logins, 2 failed, too
+
+
+def test_p95_of_a_histogram_only_service_is_its_new_process_s(server: str,
+                                                               tmp_path: Any) -> None:
+    """No http_requests_total: the P95 since a restart counts its events with the
+    histogram's own _count, not with a request counter the service lacks."""
+    from pathlib import Path
+
+    from backout.config import Config
+    from backout.monitor.collect import Collector
+    from tests.support.fakes import FakePlatform
+
+    def page(fast: int, slow: int) -> bytes:
+        h = "http_request_duration_seconds"
+        return (f"# TYPE {h} histogram\n"
+                f'{h}_bucket{{path="/api",le="0.1"}} {fast}\n'
+                f'{h}_bucket{{path="/api",le="1.0"}} {fast + slow}\n'
+                f'{h}_bucket{{path="/api",le="+Inf"}} {fast + slow}\n'
+                f'{h}_count{{path="/api"}} {fast + slow}\n'
+                f'{h}_sum{{path="/api"}} {0.05 * fast + 0.9 * slow}\n').encode()
+
+    config = Config(path=Path(tmp_path) / "backout.toml", project_dir=Path(tmp_path),
+                    services={"backend": ServiceConfig("backend",
+                                                       metrics_url=f"{server}/metrics")})
+    collector = Collector(Environment(), config, FakePlatform(running={"backend": "sha256:b"}),
+                          window=10)
+
+    def p95(t: float, body: bytes) -> float | None:
+        Handler.routes["/metrics"] = (200, body)
+        return collector.collect(t=t)[0].signals["p95_latency_seconds{service=backend}"]
+
+    p95(100, page(4000, 0))
+    assert (p95(102, page(4800, 0)) or 1) <= 0.1  # all fast
+    slow = p95(104, page(0, 20))  # started again: its 20 requests slow (the old 800 fast)
+    assert slow is not None and slow > 0.5

@@ -37,6 +37,8 @@ REQUESTS = 'http_requests_total{path!~"/metrics|/health.*|/api/v1/health/check|/
 ERRORS = ('http_requests_total{status=~"5..",'
           'path!~"/metrics|/health.*|/api/v1/health/check|/healthy-check"}')
 LATENCY = 'http_request_duration_seconds{path!~"/metrics|/health.*|/api/v1/health/check|/healthy-check"}'
+LATENCY_COUNT = ('http_request_duration_seconds_count'
+                 '{path!~"/metrics|/health.*|/api/v1/health/check|/healthy-check"}')
 # Events (requests, logins) a share needs since a restart before it is rated on its own.
 MIN_EVENTS = 20
 
@@ -184,7 +186,7 @@ class Collector:
 
         put("error_rate", share(ERRORS, REQUESTS))
         put("p95_latency_seconds", series.quantile_over_window(
-            store, name, 0.95, sel(LATENCY), end=t, window=window(REQUESTS)))
+            store, name, 0.95, sel(LATENCY), end=t, window=window(LATENCY_COUNT)))
         put("circuit_breakers_open", series.latest(store, name, sel("circuit_breakers_open"),
                                                    end=t, max_age=full))
         in_use = series.latest(store, name, sel("db_pool_in_use"), end=t, max_age=full)

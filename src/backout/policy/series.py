@@ -184,8 +184,12 @@ class SeriesStore:
         cut = self._restarted.get(target)
         for key, sample in fresh.items():
             points = series.setdefault(key, deque())
-            if cut is not None and grows(sample.name) and sample.value >= 0 \
-                    and (not points or points[-1].t <= cut):
+            if cut is not None and grows(sample.name) and sample.value >= 0 and (
+                    not points or points[-1].t < cut or (points[-1].t == cut and (
+                        sample.value < points[-1].value or points[-1].value == 0))):
+                # Only where the counter began again (went down, had no point at the
+                # cut, or was zero there): one that grew across a cut taken wrongly
+                # would count its whole life as this window's increase.
                 points.append(Point(cut + RESTART_ZERO_AFTER, 0.0))
             points.append(Point(t, sample.value))
         if fresh:
@@ -226,21 +230,22 @@ class SeriesStore:
 def _started_again(series: Mapping[SeriesKey, deque[Point]], fresh: Mapping[SeriesKey, Sample],
                    grows: Callable[[str], bool], cut: float | None) -> bool:
     """Whether a scrape comes from a process that started after the previous one: its
-    ``process_start_time_seconds`` moved (client libraries export it), or, without
-    one, at least half the counters that had counted something since the last cut
-    went down (a crash loop's next process may outgrow the last on a few). A single
-    counter going down (a gauge named like one, a series removed and made again)
-    beside others that grew is not a restart; a series last seen before the cut is
-    the older process's, not compared."""
+    ``process_start_time_seconds`` moved later (client libraries export it), or,
+    without one, more than half the counters that had counted something since the
+    last cut went down. A counter going down (a gauge named like one, a series
+    removed and made again) beside as many that grew is not a restart: a restart
+    taken wrongly cuts the window short, a missed one only leaves the old
+    process's counts in it (Prometheus' own reading); a series last seen before the
+    cut is the older process's, not compared."""
     for key, sample in fresh.items():
         points = series.get(key)
         if key[0] == PROCESS_START and points:
-            return abs(sample.value - points[-1].value) > 1.0
+            return sample.value - points[-1].value > 1.0  # later, past a second's jitter
     compared = [(sample.value, points[-1].value) for key, sample in fresh.items()
                 if grows(sample.name) and (points := series.get(key))
                 and (cut is None or points[-1].t > cut) and points[-1].value > 0]
     down = sum(1 for now, last in compared if now < last)
-    return bool(compared) and down * 2 >= len(compared)
+    return down * 2 > len(compared)
 
 
 def _in_range(points: Sequence[Point], start: float, end: float) -> list[Point]:
