@@ -164,10 +164,9 @@ class SeriesStore:
         given twice in one scrape. Old points are pruned. ``only_grows`` tells
         counters by sample name. When the target's process started again (a new
         container, a restart: see ``_started_again``), the scrape before is the cut:
-        every counter without a point since gets a zero just after it (it was zero
-        when the process started, which was no earlier: Prometheus' created-timestamp
-        zeros, from what a scrape can tell), and ``window_since_restart`` rates from
-        there.
+        every counter that began again gets a zero just after it (it was zero when the
+        process started, which was no earlier: Prometheus' created-timestamp zeros,
+        from what a scrape can tell), and ``window_since_restart`` rates from there.
         """
         series = self._data.setdefault(target, {})
         fresh: dict[SeriesKey, Sample] = {}
