@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -214,16 +214,33 @@ def test_restarts_count_from_what_is_left_when_a_container_goes(tmp_path: Any) -
     assert restarts() == 1.0
 
 
-def test_a_replaced_container_s_error_rate_is_its_own(server: str, tmp_path: Any) -> None:
-    """A broken release replacing a healthy one: error_rate is the new process's 5xx
-    share from the first scrape that shows its counters started again, not the old
-    one's healthy requests still in the window."""
+def backend_scraped(server: str, tmp_path: Any) -> Callable[[float, bytes],
+                                                             dict[str, float | None]]:
+    """A collector of one service, "backend", whose /metrics the test server answers:
+    (t, the page to serve) -> the signals of that evaluation (10 s window)."""
     from pathlib import Path
 
     from backout.config import Config
     from backout.monitor.collect import Collector
     from tests.support.fakes import FakePlatform
 
+    config = Config(path=Path(tmp_path) / "backout.toml", project_dir=Path(tmp_path),
+                    services={"backend": ServiceConfig("backend",
+                                                       metrics_url=f"{server}/metrics")})
+    collector = Collector(Environment(), config, FakePlatform(running={"backend": "sha256:b"}),
+                          window=10)
+
+    def signals(t: float, body: bytes) -> dict[str, float | None]:
+        Handler.routes["/metrics"] = (200, body)
+        return collector.collect(t=t)[0].signals
+
+    return signals
+
+
+def test_a_replaced_container_s_error_rate_is_its_own(server: str, tmp_path: Any) -> None:
+    """A broken release replacing a healthy one: error_rate is the new process's 5xx
+    share from the first scrape that shows its counters started again, not the old
+    one's healthy requests still in the window."""
     def page(ok: int, errors: int) -> bytes:
         lines = ["# TYPE http_requests_total counter",
                  f'http_requests_total{{path="/api/v1/items",status="200"}} {ok}',
@@ -232,15 +249,10 @@ def test_a_replaced_container_s_error_rate_is_its_own(server: str, tmp_path: Any
             lines.append(f'http_requests_total{{path="/api/v1/items",status="500"}} {errors}')
         return ("\n".join(lines) + "\n").encode()
 
-    config = Config(path=Path(tmp_path) / "backout.toml", project_dir=Path(tmp_path),
-                    services={"backend": ServiceConfig("backend",
-                                                       metrics_url=f"{server}/metrics")})
-    collector = Collector(Environment(), config, FakePlatform(running={"backend": "sha256:b"}),
-                          window=10)
+    scraped = backend_scraped(server, tmp_path)
 
     def error_rate(t: float, body: bytes) -> float | None:
-        Handler.routes["/metrics"] = (200, body)
-        return collector.collect(t=t)[0].signals["error_rate{service=backend}"]
+        return scraped(t, body)["error_rate{service=backend}"]
 
     assert error_rate(100, page(4000, 0)) is None  # one scrape: no rate yet
     assert error_rate(102, page(4080, 0)) == 0.0
@@ -254,11 +266,7 @@ def test_a_share_of_too_few_events_since_a_restart_is_rated_over_the_window(
     ratio (red-auth-failures has no `for`): under MIN_EVENTS the whole window rates
     it, the old process's logins too; the requests' share, with enough of them, is
     the new process's own."""
-    from pathlib import Path
-
-    from backout.config import Config
-    from backout.monitor.collect import MIN_EVENTS, Collector
-    from tests.support.fakes import FakePlatform
+    from backout.monitor.collect import MIN_EVENTS
 
     def page(ok: int, errors: int, logins: int, failed: int) -> bytes:
         return ("# TYPE http_requests_total counter\n"
@@ -266,15 +274,7 @@ def test_a_share_of_too_few_events_since_a_restart_is_rated_over_the_window(
                 f'http_requests_total{{path="/api",status="500"}} {errors}\n'
                 f"auth_attempts_total {logins}\nauth_failures_total {failed}\n").encode()
 
-    config = Config(path=Path(tmp_path) / "backout.toml", project_dir=Path(tmp_path),
-                    services={"backend": ServiceConfig("backend",
-                                                       metrics_url=f"{server}/metrics")})
-    collector = Collector(Environment(), config, FakePlatform(running={"backend": "sha256:b"}),
-                          window=10)
-
-    def signals(t: float, body: bytes) -> dict[str, float | None]:
-        Handler.routes["/metrics"] = (200, body)
-        return collector.collect(t=t)[0].signals
+    signals = backend_scraped(server, tmp_path)
 
     signals(100, page(4000, 0, 1000, 50))
     signals(102, page(4080, 0, 1040, 52))
@@ -289,12 +289,6 @@ def test_p95_of_a_histogram_only_service_is_its_new_process_s(server: str,
                                                                tmp_path: Any) -> None:
     """No http_requests_total: the P95 since a restart counts its events with the
     histogram's own _count, not with a request counter the service lacks."""
-    from pathlib import Path
-
-    from backout.config import Config
-    from backout.monitor.collect import Collector
-    from tests.support.fakes import FakePlatform
-
     def page(fast: int, slow: int) -> bytes:
         h = "http_request_duration_seconds"
         return (f"# TYPE {h} histogram\n"
@@ -304,15 +298,10 @@ def test_p95_of_a_histogram_only_service_is_its_new_process_s(server: str,
                 f'{h}_count{{path="/api"}} {fast + slow}\n'
                 f'{h}_sum{{path="/api"}} {0.05 * fast + 0.9 * slow}\n').encode()
 
-    config = Config(path=Path(tmp_path) / "backout.toml", project_dir=Path(tmp_path),
-                    services={"backend": ServiceConfig("backend",
-                                                       metrics_url=f"{server}/metrics")})
-    collector = Collector(Environment(), config, FakePlatform(running={"backend": "sha256:b"}),
-                          window=10)
+    scraped = backend_scraped(server, tmp_path)
 
     def p95(t: float, body: bytes) -> float | None:
-        Handler.routes["/metrics"] = (200, body)
-        return collector.collect(t=t)[0].signals["p95_latency_seconds{service=backend}"]
+        return scraped(t, body)["p95_latency_seconds{service=backend}"]
 
     p95(100, page(4000, 0))
     assert (p95(102, page(4800, 0)) or 1) <= 0.1  # all fast
