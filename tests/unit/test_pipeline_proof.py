@@ -168,6 +168,38 @@ def test_a_file_that_does_not_decompress_as_written_fails_the_backup(tmp_path: P
                            what="dump", checker=MySQLDumpChecker(["shop"], "dump"))
 
 
+def test_the_test_decompresses_exactly_the_bytes_written_while_they_are_written(
+        tmp_path: Path) -> None:
+    """zstd -t reads what the sink writes to the file, not the file: what it was given
+    is the file, byte for byte (a test reading the file back after the dump was a
+    second pass of 1.2 s per GB)."""
+    seen = tmp_path / "seen-by-test"
+    env = _fake_zstd(tmp_path, f'if [ "$1" = -t ]; then cat > {seen}; '
+                               f'exec "$REAL" -t -q {seen}; fi\nexec "$REAL" "$@"')
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(50_000))
+    written = stream_to_file(env, _producer(source), tmp_path / "x.zst", what="mysql dump",
+                             checker=MySQLDumpChecker(["shop"], "mysql dump"))
+    assert seen.read_bytes() == (tmp_path / "x.zst").read_bytes()
+    assert written.scanned is not None and written.scanned.raw_bytes == len(_dump(50_000))
+
+
+def test_a_test_that_gives_up_early_fails_the_backup_and_the_file_is_still_written(
+        tmp_path: Path) -> None:
+    """A test that stops reading at the first bad frame (its stdin closes): the sink
+    keeps writing the file to its end, and the backup fails as not decompressing."""
+    env = _fake_zstd(tmp_path, 'if [ "$1" = -t ]; then exec 0<&-; echo "bad frame" >&2; '
+                               'exit 1; fi\nexec "$REAL" "$@"')
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(300_000))  # megabytes: the sink's writes to the test break
+    with pytest.raises(IntegrityError, match="does not decompress to what was dumped: bad frame"):
+        stream_to_file(env, _producer(source), tmp_path / "x.zst", what="mysql dump",
+                       checker=MySQLDumpChecker(["shop"], "mysql dump"))
+    out = subprocess.run(["zstd", "-d", "-c", str(tmp_path / "x.zst")], capture_output=True,
+                         check=True)
+    assert out.stdout == _dump(300_000)
+
+
 def test_zstd_dying_mid_stream_fails_the_backup_without_hanging(tmp_path: Path) -> None:
     env = _fake_zstd(tmp_path, 'if [ "$1" = -q ]; then head -c 100000 >/dev/null; '
                                'echo "zstd: out of memory" >&2; exit 1; fi\nexec "$REAL" "$@"')

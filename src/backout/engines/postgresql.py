@@ -150,6 +150,35 @@ class Postgres:
             "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn "
             "ORDER BY datname")]
 
+    def dump_facts(self) -> tuple[str, list[str], dict[str, Any]]:
+        """What a dump asks before it starts, in one psql (four cost 0.3 s of every
+        backup): the server version (reachability and credentials), the databases a
+        dump can take (``user_databases``) and the position of every database
+        (``position``: the WAL position and the counters)."""
+        version, lsn, present, stats = "", "", [], {}
+        for kind, name, *rest in self.query(
+                "SELECT 'version', current_setting('server_version'), '', '', '' "
+                "UNION ALL SELECT 'lsn', (CASE WHEN pg_is_in_recovery() THEN "
+                "pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, '', '', '' "
+                "UNION ALL SELECT 'database', datname, '', '', '' FROM pg_database "
+                "WHERE NOT datistemplate AND datallowconn "
+                "UNION ALL SELECT 'stats', datname, xact_commit::text, "
+                "(tup_inserted + tup_updated + tup_deleted)::text, "
+                "COALESCE(stats_reset::text, '') FROM pg_stat_database WHERE datname IS NOT NULL"):
+            if kind == "version":
+                version = name
+            elif kind == "lsn":
+                lsn = name
+            elif kind == "database":
+                present.append(name)
+            elif kind == "stats":
+                stats[name] = {"transactions": int(rest[0]), "row_writes": int(rest[1]),
+                               "stats_reset": rest[2]}
+        if not version:
+            raise ExternalError(f"{self.access.db.name}: the server did not say its version",
+                                fix="check that the service runs PostgreSQL")
+        return version, sorted(present), {"lsn": lsn, "stats": stats}
+
     def data_bytes(self, databases: Sequence[str]) -> int | None:
         try:
             names = ", ".join(_lit(d) for d in databases)
@@ -263,17 +292,17 @@ class _Producer:
 def _dump(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict[str, Any]:
     pg = Postgres(access)
     db = access.db
-    version = pg.version()  # reachability and credentials, before anything is written
-    present = pg.user_databases()
+    # reachability and credentials, before anything is written; the position is
+    # taken before the dumps start: writes between it and a dump's snapshot count as
+    # "since the backup", so the data-loss window errs on the side of too large.
+    version, present, position = pg.dump_facts()
     wanted = list(db.databases) or present
     absent = [d for d in wanted if d not in present]
     if absent and not ctx.safety:
         raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
                             fix=f"correct databases.{db.name}.databases in backout.toml")
     dumpable = [d for d in wanted if d in present]
-    # Taken before the dumps start: writes between this and a dump's snapshot count
-    # as "since the backup", so the data-loss window errs on the side of too large.
-    position = pg.position(dumpable)
+    position["stats"] = {d: v for d, v in position["stats"].items() if d in dumpable}
     name = ENGINE.artifact_name(db)
     what = f"{db.name} dump"
     stall = ctx.config.backups.stall_seconds
