@@ -373,6 +373,8 @@ class Rounds:
     bare_restore_whole: list[float] = field(default_factory=list)
     proven_backup: list[float] = field(default_factory=list)  # the bare pipe + the proof
     dump_step: list[float] = field(default_factory=list)  # backup's journaled dump step alone
+    # the whole rollback's journaled steps, seconds by step (where the time goes)
+    whole_steps: list[dict[str, float]] = field(default_factory=list)
 
 
 PROOF = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).with_name('proof.py')))}"
@@ -410,6 +412,7 @@ def rounds(rig: Rig, p: Params, db: str, artifact: str, bare_dump: str, bare_loa
         r.restore_whole.append(r.raw_mb / back.seconds)
         r.restore_step.append(r.raw_mb / rig.step_seconds(int(back.json()["operation_id"]),
                                                            f"restore {db}"))
+        r.whole_steps.append(whole_steps(rig, int(back.json()["operation_id"]), db))
         # like backout, the bare restore runs with the writers stopped (the app would
         # otherwise write into half-loaded tables)
         writers = " ".join(rig.writers(db))
@@ -419,6 +422,22 @@ def rounds(rig: Rig, p: Params, db: str, artifact: str, bare_dump: str, bare_loa
         r.bare_restore.append(r.raw_mb / load)
         r.bare_restore_whole.append(r.raw_mb / (stop + load + start))
     return r
+
+
+WHOLE_STEPS = ("verify {db} backup", "stop writers", "safety backup of {db}", "restore {db}",
+               "start writers")
+
+
+def whole_steps(rig: Rig, operation_id: int, db: str) -> dict[str, float]:
+    """The seconds of each journaled step of a `rollback db` (those it ran)."""
+    out = {}
+    for step in WHOLE_STEPS:
+        name = step.format(db=db)
+        try:
+            out[name] = round(rig.step_seconds(operation_id, name), 3)
+        except BenchError:
+            continue  # not in this plan (no writers to stop)
+    return out
 
 
 def proof_floor(r: Rounds, physical: float) -> JsonDict:
@@ -478,7 +497,7 @@ def dump_rows(rig: Rig, r: Rounds, *, db: str, label: str, artifact: str, rows: 
                         "it must take first)",
                         1 / (1 / med(r.bare_backup) + 1 / med(r.bare_restore_whole)), "MB/s"),
             extra={"includes": "verify the backup, safety backup, stop writers, restore, "
-                               "counts, start writers"}),
+                               "counts, start writers", "steps_s": r.whole_steps}),
     ]
 
 
@@ -538,7 +557,8 @@ def backups(rig: Rig, p: Params) -> JsonDict:
                 kind="higher",
                 floor=floor("bare backup then bare stop + restore + start (the safety "
                             "backup it must take first)",
-                            1 / (1 / med(r.bare_backup) + 1 / med(r.bare_restore_whole)), "MB/s")),
+                            1 / (1 / med(r.bare_backup) + 1 / med(r.bare_restore_whole)), "MB/s"),
+                extra={"steps_s": r.whole_steps}),
         ]
 
     raw_tool = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).with_name('rawmongo.py')))}"
@@ -568,6 +588,10 @@ def backups(rig: Rig, p: Params) -> JsonDict:
         "backout's backup figure includes what the bare pipe does not: fsync, the proof "
         "of the artifact computed as it is written (sha256, format check, row/key counts, "
         "the RDB's CRC-64) and the manifest.",
+        "A proven backup's floor column also gives backout's own dump step (its journaled "
+        "`dump <db>` step, from the state database) and the seconds of the command outside "
+        "it (Python start-up, the config and Compose's, the plan, the publish): these do "
+        "not grow with the data, so the ratio nears the dump step's as the data grows.",
         "The restore step is `rollback db`'s journaled `restore <db>` step (drop + load + "
         "exact row counts); the whole command adds a verify of the backup and a safety "
         "backup of the current data first.",
