@@ -982,20 +982,28 @@ class Overhead:
     rss: list[float] = field(default_factory=list)
     bare_cpu: list[float] = field(default_factory=list)
     bare_rss: list[float] = field(default_factory=list)
+    # one evaluation: the monitor's own `evaluation_s` (median of a run's, its first
+    # left out: it starts the connections), and one round of the bare loop's body
+    evaluation: list[float] = field(default_factory=list)
+    bare_evaluation: list[float] = field(default_factory=list)
 
 
 def _service_count(rig: Rig) -> int:
     return len(rig.stack.compose("config", "--services").stdout.split())
 
 
+EVALUATION_TARGET_S = 0.25  # issue 16: an evaluation in at most 250 ms
+
+
 def _measure_overhead(rig: Rig, p: Params, urls: list[str]) -> Overhead:
     """`backout monitor` (default policy and interval) against the bare loop over
     ``urls``, each watched p.monitor_seconds, p.reps times."""
     got = Overhead(_service_count(rig))
-    loop = ("while :; do for u in " + " ".join(urls) + "; do curl -fsS -o /dev/null \"$u\" || "
+    body = ("for u in " + " ".join(urls) + "; do curl -fsS -o /dev/null \"$u\" || "
             "true; done; docker compose ps --format json >/dev/null; docker compose logs "
             "--since 5s --no-color 2>&1 | grep -ciE 'error|exception|traceback' >/dev/null || "
-            "true; sleep 5; done")
+            "true;")
+    loop = f"while :; do {body} sleep 5; done"
     for i in range(p.reps):
         log(f"monitor overhead at {got.services} services {i + 1}/{p.reps} "
             f"({p.monitor_seconds:g} s each)")
@@ -1006,6 +1014,12 @@ def _measure_overhead(rig: Rig, p: Params, urls: list[str]) -> Overhead:
             c, o, r = _watch_process(mon.proc.pid, p.monitor_seconds)
         finally:
             mon.stop()
+        took = [float(d["evaluation_s"]) for _t, d in mon.decisions[1:]
+                if d.get("evaluation_s") is not None]
+        if not took:
+            raise BenchError("the monitor's decisions carry no evaluation_s")
+        got.evaluation.append(round(statistics.median(took), 4))
+        got.bare_evaluation.append(rig.sh(body).seconds)
         got.cpu.append(c)
         got.own.append(o)
         got.rss.append(r)
@@ -1110,6 +1124,9 @@ def monitor_overhead(rig: Rig, p: Params) -> JsonDict:
             extra={"own_cpu_s_per_min": base.own, "services": base.services}),
         Row("resident memory (peak)", "MiB", base.rss, base.bare_rss,
             "the same bash loop (bash itself)"),
+        Row("one evaluation (collect, decide, record)", "s", base.evaluation,
+            base.bare_evaluation, "one round of the same bash loop's body (no sleep)",
+            extra={"target_s": EVALUATION_TARGET_S}),
     ]
     for g in grown:
         # what each service beyond the stack's own costs, from the medians
@@ -1121,6 +1138,9 @@ def monitor_overhead(rig: Rig, p: Params) -> JsonDict:
                                "cpu_s_per_min_per_added_service": per_service}))
         rows.append(Row(f"resident memory (peak) at {g.services} services", "MiB", g.rss,
                         g.bare_rss, "the same bash loop (bash itself)"))
+        rows.append(Row(f"one evaluation at {g.services} services", "s", g.evaluation,
+                        g.bare_evaluation, "one round of the same bash loop's body (no sleep)",
+                        extra={"target_s": EVALUATION_TARGET_S}))
     return result("6. Monitor overhead", rows, [
         "`backout monitor --json` with the default policy and interval (5 s), watching the "
         "whole stack under light traffic; measured from its first decision on (startup "
@@ -1129,6 +1149,9 @@ def monitor_overhead(rig: Rig, p: Params) -> JsonDict:
         "At a grown size, the added services are copies of the frontend app (health URL, "
         "/metrics, one request a second each), configured by `backout init --force`; the "
         "bare loop curls their health URL and /metrics too.",
+        "One evaluation is the monitor's own `evaluation_s` (collect every signal, decide, "
+        "record: the median of a run's decisions after its first), against one round of "
+        "the bare loop's body timed alone; the issue's target is 0.25 s.",
     ], {"seconds": p.monitor_seconds, "interval_seconds": 5,
         "services": [base.services, *(g.services for g in grown)]})
 

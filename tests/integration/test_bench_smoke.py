@@ -71,6 +71,12 @@ def test_bench_smoke_writes_every_benchmark(tmp_path: Path) -> None:
              if r["extra"].get("services")]
     assert [e["services"] for e in sized] == [sized[0]["services"], sized[0]["services"] + 1]
     assert isinstance(sized[1]["cpu_s_per_min_per_added_service"], float)
+    # one evaluation, the monitor's own and the bare loop's, at both sizes
+    evals = [r for r in data["benchmarks"]["monitor_overhead"]["rows"]
+             if "evaluation" in r["name"]]
+    assert len(evals) == 2
+    assert all(0 < v < 60 for r in evals for v in (*r["backout"]["runs"],
+                                                    *r["baseline"]["runs"]))
     md = (out / "results.md").read_text()
     for bench in data["benchmarks"].values():
         assert bench["title"] in md

@@ -181,3 +181,28 @@ def test_the_listener_reconnects_after_the_stream_ends_or_the_engine_is_down(
         waker.stop()
     assert platform.event_streams[1].closed
     assert waker._thread is not None and not waker._thread.is_alive()
+
+
+def test_each_evaluation_says_how_long_it_took(tmp_path: Path) -> None:
+    """`evaluation_s` (in every `monitor --json` line): the clock from the evaluation's
+    start to its decision, collect + decide + record; the wait after it is not in it."""
+    now = [100.0]
+    mon = monitor(tmp_path, Unhealthy(tmp_path))
+    step = mon.step
+
+    def slow_step(t: float | None = None) -> Decision:
+        now[0] += 0.3  # what collecting and recording took
+        return step(t)
+
+    mon.step = slow_step  # type: ignore[method-assign]
+    seen: list[float | None] = []
+    stop = threading.Event()
+
+    def on_decision(_d: Decision) -> None:
+        seen.append(mon.evaluation_s)
+        now[0] += 7.0  # time spent after the decision is the next wait's, not this one's
+        if len(seen) == 2:
+            stop.set()
+
+    mon.run(0.01, on_decision=on_decision, stop=stop, events=False, clock=lambda: now[0])
+    assert seen == [0.3, 0.3]

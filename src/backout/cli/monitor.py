@@ -129,7 +129,8 @@ def monitor_cmd(ctx: Ctx, auto_rollback: bool, interval: float | None, duration:
             nonlocal evaluations
             evaluations += 1
             if ctx.env.json:
-                line = {**decision.to_json(), "baseline": mon.baseline_summary()}
+                line = {**decision.to_json(), "baseline": mon.baseline_summary(),
+                        "evaluation_s": mon.evaluation_s}
                 ctx.env.stdout.write(ctx.env.redact(json.dumps(line, sort_keys=True)) + "\n")
                 ctx.env.stdout.flush()
             else:

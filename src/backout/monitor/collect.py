@@ -10,7 +10,8 @@ Signals (``name{service=NAME}``, see backout.policy.rules):
   process started again if that is later; scrapes and health probes excluded),
   ``p95_latency_seconds``, ``circuit_breakers_open``, ``db_pool_utilization`` (in
   use / size), ``auth_failure_ratio``, ``queue_lag``.
-- from the engine: ``memory_percent``, ``restarts`` (since the monitor started).
+- from the engine: ``memory_percent`` (from the last stats round that finished:
+  ``StatsReader``), ``restarts`` (since the monitor started).
 - ``log_errors``: error lines in the window, by the service's log pattern.
 """
 
@@ -28,7 +29,7 @@ from backout.errors import BackoutError
 from backout.platforms.base import Platform
 from backout.policy import promtext, series
 from backout.policy.rules import Snapshot, signal_key
-from backout.signals.engine import container_signals
+from backout.signals.engine import StatsReader, container_signals
 from backout.signals.logs import LogWatcher
 from backout.signals.probes import ProbeTracker
 from backout.state import Store
@@ -73,10 +74,13 @@ class Collector:
     # The state store, for the age of the last good backup ([backups] rpo_hours).
     state: Store | None = None
     _rpo: tuple[float, float | None] | None = None  # (read at, backup_rpo_ratio)
+    stats: StatsReader | None = None
 
     def __post_init__(self) -> None:
         if self.store is None:
             self.store = series.SeriesStore(self.window * 2 + 30)
+        if self.stats is None:
+            self.stats = StatsReader(self.platform)
 
     def collect(self, t: float | None = None) -> tuple[Snapshot, dict[str, ServiceView]]:
         t = time.time() if t is None else t
@@ -84,7 +88,7 @@ class Collector:
         signals: dict[str, float | None] = {}
         views: dict[str, ServiceView] = {}
         try:
-            engine = container_signals(self.platform)
+            engine = container_signals(self.platform, self.stats)
         except BackoutError as exc:
             self.env.warn(f"engine signals unavailable: {exc.one_line()}")
             engine = {}

@@ -91,6 +91,9 @@ class Monitor:
     release: str | None = None  # baseline.release_key of what runs
     evaluations: int = 0  # by run()
     wake_ups: int = 0  # evaluations of run() started early by an engine event
+    # seconds the last evaluation of run() took: collect, decide, record (its rollback,
+    # when it started one, included)
+    evaluation_s: float | None = None
     woken_by: EngineEvent | None = None  # the event that started the last such one
 
     def __post_init__(self) -> None:
@@ -301,6 +304,7 @@ class Monitor:
                     wake.clear()
                 decision = self.step()
                 self.evaluations += 1  # counted before on_decision sees it
+                self.evaluation_s = round(clock() - tick, 4)
                 if on_decision is not None:
                     on_decision(decision)
                 if self.escalated:
