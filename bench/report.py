@@ -44,6 +44,8 @@ def markdown(results: JsonDict) -> str:
         f"- command: `{meta['command']}`",
         f"- backout {meta['backout_commit']}; {meta['reps']} repetition(s) per figure: "
         "median (min-max)",
+        *([f"- byte-compiled first, as an installer does: {', '.join(meta['byte_compiled'])}"]
+          if meta.get("byte_compiled") else []),
         "",
         "| benchmark | figure | unit | backout | bare baseline | ratio | physical floor |",
         "|---|---|---|---|---|---|---|",
