@@ -373,6 +373,8 @@ class Rounds:
     bare_restore_whole: list[float] = field(default_factory=list)
     proven_backup: list[float] = field(default_factory=list)  # the bare pipe + the proof
     dump_step: list[float] = field(default_factory=list)  # backup's journaled dump step alone
+    backup_s: list[float] = field(default_factory=list)  # the same two, in seconds
+    dump_step_s: list[float] = field(default_factory=list)
     # the whole rollback's journaled steps, seconds by step (where the time goes)
     whole_steps: list[dict[str, float]] = field(default_factory=list)
 
@@ -382,10 +384,12 @@ PROOF = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).with_nam
 
 def proven(bare_dump: str, kind: str, *databases: str) -> str:
     """``bare_dump`` (a pipe ending ``| zstd ... > "$OUT"``) with the proof backout keeps
-    in the middle (bench/proof.py) and the file fsync'd, as backout's is."""
+    in the middle (bench/proof.py), the compressed stream tested by a ``zstd -t`` as it
+    is written (as backout's is) and the file fsync'd."""
     head, _, tail = bare_dump.rpartition("| zstd ")
-    assert head, bare_dump
-    return (f"{head}| {PROOF} {kind} {' '.join(databases)} | zstd {tail} "
+    assert head and tail.endswith('> "$OUT"'), bare_dump
+    tested = tail.removesuffix('> "$OUT"') + '| tee "$OUT" | zstd -t -q -'
+    return (f"{head}| {PROOF} {kind} {' '.join(databases)} | zstd {tested} "
             '&& sync "$OUT"')
 
 
@@ -402,8 +406,9 @@ def rounds(rig: Rig, p: Params, db: str, artifact: str, bare_dump: str, bare_loa
         set_id = done.json()["set_id"]
         r.raw_mb = rig.manifest(set_id)["artifacts"][artifact]["raw_bytes"] / MB
         r.backup.append(r.raw_mb / done.seconds)
-        r.dump_step.append(r.raw_mb / rig.step_seconds(int(done.json()["operation_id"]),
-                                                       f"dump {db}"))
+        r.backup_s.append(done.seconds)
+        r.dump_step_s.append(rig.step_seconds(int(done.json()["operation_id"]), f"dump {db}"))
+        r.dump_step.append(r.raw_mb / r.dump_step_s[-1])
         r.bare_backup.append(r.raw_mb / rig.sh(bare_dump, env={**env, "OUT": str(out)}).seconds)
         if proven_dump is not None:
             r.proven_backup.append(
@@ -445,7 +450,8 @@ def proof_floor(r: Rounds, physical: float) -> JsonDict:
     it, backout's own dump step (the journal's timing) and the rest of the command as
     seconds that do not grow with the data (start-up, config, plan, publish)."""
     return floor(f"the bare pipe with the proof backout keeps in it (its checker and a "
-                 f"sha256 in Python, fsync: bench/proof.py), {med(r.proven_backup):.3g} "
+                 f"sha256 in Python, zstd -t of the stream, fsync: bench/proof.py), "
+                 f"{med(r.proven_backup):.3g} "
                  f"MB/s; zstd and the disk allow {physical:.0f}. backout's dump step "
                  f"alone: {med(r.dump_step):.3g} MB/s, the rest of the command a fixed "
                  f"{fixed_seconds(r):.2f} s",
@@ -453,8 +459,9 @@ def proof_floor(r: Rounds, physical: float) -> JsonDict:
 
 
 def fixed_seconds(r: Rounds) -> float:
-    """The seconds of `backout backup` outside its dump step (medians)."""
-    return med([r.raw_mb / v for v in r.backup]) - med([r.raw_mb / v for v in r.dump_step])
+    """The seconds of `backout backup` outside its dump step (the median of each
+    repetition's difference)."""
+    return med([whole - step for whole, step in zip(r.backup_s, r.dump_step_s, strict=True)])
 
 
 def step_extra(r: Rounds) -> JsonDict:

@@ -153,8 +153,8 @@ def _fake_zstd(tmp_path: Path, script: str) -> Environment:
 
 
 def test_a_file_that_does_not_decompress_as_written_fails_the_backup(tmp_path: Path) -> None:
-    """What is on disk is decompressed once against the frame checksum of what the
-    checker saw: here the test refuses (as it would for a torn or corrupt write)."""
+    """What is written is decompressed as it is written, against the frame checksum
+    of what the checker saw: here the test refuses (as it would for a corrupt stream)."""
     env = _fake_zstd(tmp_path, 'if [ "$1" = -t ]; then echo "frame checksum mismatch" >&2; '
                                'exit 1; fi\nexec "$REAL" "$@"')
     source = tmp_path / "dump.sql"
@@ -198,6 +198,42 @@ def test_a_test_that_gives_up_early_fails_the_backup_and_the_file_is_still_writt
     out = subprocess.run(["zstd", "-d", "-c", str(tmp_path / "x.zst")], capture_output=True,
                          check=True)
     assert out.stdout == _dump(300_000)
+
+
+def test_a_test_that_is_killed_is_no_verdict_not_corruption(tmp_path: Path) -> None:
+    """zstd -t killed (the OOM killer, a timeout): the backup is not proven, and the
+    message does not call the data corrupt."""
+    env = _fake_zstd(tmp_path, 'if [ "$1" = -t ]; then kill -9 $$; fi\nexec "$REAL" "$@"')
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(100))
+    with pytest.raises(IntegrityError, match=r"could not be tested as written \(zstd -t "
+                                             r"killed by signal 9, no message\)") as caught:
+        stream_to_file(env, _producer(source), tmp_path / "x.zst", what="mysql dump",
+                       checker=MySQLDumpChecker(["shop"], "mysql dump"))
+    assert "does not decompress" not in caught.value.message
+
+
+def test_a_test_that_cannot_start_leaves_no_process_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[subprocess.Popen[bytes]] = []
+    real = subprocess.Popen
+
+    def popen(argv: list[str], *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        if argv[:2] == ["zstd", "-t"]:
+            raise OSError(24, "Too many open files")
+        child = real(argv, *args, **kwargs)
+        started.append(child)
+        return child
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(300_000))
+    with pytest.raises(ExternalError, match="zstd -t could not start: Too many open files"):
+        stream_to_file(Environment(), _producer(source), tmp_path / "x.zst", what="mysql dump",
+                       checker=MySQLDumpChecker(["shop"], "mysql dump"))
+    assert len(started) == 2  # the producer and zstd, both ended
+    assert all(child.wait(10) is not None for child in started)
+    assert all(child.returncode != 0 for child in started)
 
 
 def test_zstd_dying_mid_stream_fails_the_backup_without_hanging(tmp_path: Path) -> None:

@@ -15,11 +15,13 @@ from typing import Any
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import UnhealthyError
+from backout.monitor.collect import Collector
 from backout.monitor.run import Monitor
 from backout.notify import Notifier
 from backout.operations import interrupt
 from backout.platforms.base import Platform
 from backout.policy.rules import Decision, Level
+from backout.signals.engine import StatsReader
 from backout.state import Store
 
 INCIDENT_FACT = "deploy.op{op}.incident"
@@ -48,7 +50,11 @@ def watch(env: Environment, config: Config, store: Store, platform: Platform, se
         env, config, store, platform, config.monitor.effective_rules,
         notifier=Notifier(notify.webhook_url, notify.webhook_format, notify.command),
         auto_rollback=False, window=float(config.monitor.window_seconds),
-        state_key=f"deploy.op{op_id}.policy_state")
+        state_key=f"deploy.op{op_id}.policy_state",
+        # memory and CPU as of each evaluation, the last one's included: the watch
+        # has no evaluation time to keep, a leak in its last interval must count
+        collector=Collector(env, config, platform, window=float(config.monitor.window_seconds),
+                            state=store, stats=StatsReader(platform, wait=None)))
     interval = float(config.monitor.interval_seconds)
     opened_before = {i["id"] for i in store.open_incidents()}
     start = clock()

@@ -6,7 +6,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from backout.errors import BackoutError
 from backout.platforms.base import ContainerInfo, Platform, newest_running, started_epoch
 
 
@@ -22,7 +21,8 @@ class ContainerSignals:
     image_id: str = ""
 
 
-STATS_WAIT = 0.1  # seconds an evaluation waits for this round's stats
+STATS_WAIT = 0.02  # seconds an evaluation waits for a fresh stats round (Docker takes
+# up to a second: this is for an engine that answers at once)
 
 
 class StatsReader:
@@ -31,41 +31,65 @@ class StatsReader:
     Docker answers a stats read, even a one-shot one, at the next publication of its
     stats collector, which runs once a second while anyone reads (the first reader
     wakes it for itself alone; the others wait for the next round): the reads took 1 s
-    of an evaluation's 1.1 s. Each ``read`` starts a round in the background and waits
-    ``wait`` seconds for it; a round not done by then is used by a later read, which
-    gets the last finished round (started an evaluation earlier: memory and CPU a few
-    seconds old). A round still running is not started again. The first read waits
-    for its round: a monitor starts with real figures. A failed round raises at the
-    read that would use it, as the read itself did."""
+    of an evaluation's 1.1 s. So a round runs in the background: ``read`` starts one
+    and waits ``wait`` seconds for it; if it is not done, the read takes the round that
+    finished since the last read (started when that read ended: figures a few seconds
+    old). No round is given to two reads (one sample must not count as two
+    evaluations, as a rule's ``consecutive`` or ``for`` would count it): when
+    evaluations come faster than the engine's rounds, a read waits for the round under
+    way. The first read waits for its round. ``wait`` None: always a fresh round (a
+    deploy's watch, which has no hurry). A read whose containers are not all in the
+    round it would take (one started since) waits for the round under way. A failed
+    round raises at the read that takes it, as the read itself did."""
 
-    def __init__(self, platform: Platform, wait: float = STATS_WAIT) -> None:
+    def __init__(self, platform: Platform, wait: float | None = STATS_WAIT) -> None:
         self.platform, self.wait = platform, wait
         self._lock = threading.Lock()
-        self._latest: dict[str, dict[str, float]] | BackoutError | None = None
+        # the last finished round: its stats, or what it raised (raised again by the
+        # read that takes it, in the monitor's thread, where errors are handled)
+        self._latest: dict[str, dict[str, float]] | Exception | None = None
+        self._finished = 0  # rounds finished
+        self._taken = 0  # the round the last read took (its number)
         self._round: threading.Thread | None = None
 
     def read(self, container_ids: Sequence[str]) -> dict[str, dict[str, float]]:
-        if self._round is None or not self._round.is_alive():
-            ids = list(container_ids)
-            self._round = threading.Thread(target=self._fetch, args=(ids,), daemon=True,
-                                           name="engine stats")
-            self._round.start()
+        ids = list(container_ids)
+        if not self._running():
+            self._start(ids)
         with self._lock:
-            first = self._latest is None
-        self._round.join(None if first else self.wait)
+            unused = self._finished > self._taken
+        assert self._round is not None
+        self._round.join(self.wait if unused and self.wait is not None else None)
         with self._lock:
-            latest = self._latest
-        if isinstance(latest, BackoutError):
+            latest, self._taken = self._latest, self._finished
+        if isinstance(latest, dict) and not set(ids) <= latest.keys() and self._running():
+            # a running container the earlier round did not know (a switch's new one):
+            # its figures come from the round under way, not a 0 % that reads as one
+            self._round.join()
+            with self._lock:
+                latest, self._taken = self._latest, self._finished
+        if not self._running() and self.wait is not None:
+            self._start(ids)  # the next read's round, under way meanwhile
+        if isinstance(latest, Exception):
             raise latest
         return dict(latest or {})
 
+    def _running(self) -> bool:
+        return self._round is not None and self._round.is_alive()
+
+    def _start(self, container_ids: list[str]) -> None:
+        self._round = threading.Thread(target=self._fetch, args=(container_ids,),
+                                       daemon=True, name="engine stats")
+        self._round.start()
+
     def _fetch(self, container_ids: list[str]) -> None:
         try:
-            got: dict[str, dict[str, float]] | BackoutError = self.platform.stats(container_ids)
-        except BackoutError as exc:
+            got: dict[str, dict[str, float]] | Exception = self.platform.stats(container_ids)
+        except Exception as exc:  # handed to the reading thread
             got = exc
         with self._lock:
             self._latest = got
+            self._finished += 1
 
 
 def container_signals(platform: Platform,

@@ -10,7 +10,10 @@ very bytes zstd compressed. A ``zstd -t`` beside it decompresses the bytes writt
 the file, as they are written (in C), against the frame's checksum of those bytes: a
 file that does not give them back fails the backup then, not at the restore that
 needs it. (It read the file back once written, 0.12 s per 100 MB, 1.2 s per GB, on
-the wall clock after the dump; beside the dump it costs a core's spare cycles.)
+the wall clock after the dump; beside the dump it costs a core's spare cycles.) So
+nothing reads the file back at backup time: a file changed on disk after it was
+written (a storage fault, a mount that does not keep what it was given) is found by
+the sha256 of ``scan``, which every restore and `backups verify` runs first.
 
 Verify path (``scan``, one read of the file, for `backups verify` and restores):
 Python reads the compressed file, hashes it (sha256) and feeds it to ``zstd -d``;
@@ -133,9 +136,13 @@ class _Proof:
         self.zstd_in = zstd.stdin
         # `zstd -t` of what goes into the file, fed by the sink as it writes
         # (-q: its stderr is an error line at most, read once it has exited)
-        self.tester = subprocess.Popen(zstd_argv(test=STDIN), stdin=subprocess.PIPE,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                       env=proc.child_env(env), **proc.CHILD)
+        try:
+            self.tester = subprocess.Popen(zstd_argv(test=STDIN), stdin=subprocess.PIPE,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                           env=proc.child_env(env), **proc.CHILD)
+        except OSError as exc:
+            on_error()  # the producer and zstd run already: they must not be left
+            raise ExternalError(f"zstd -t could not start: {exc.strerror or exc}") from exc
         self.test_said: str | None = None  # its stderr, once it has exited
         self.digest = hashlib.sha256()
         self.raw = 0
@@ -242,7 +249,13 @@ class _Proof:
             raise IntegrityError(f"{what}: the backup of {dest.name} is empty (the dump "
                                  "wrote nothing)")
         checks = self.checker.finish()
-        if self.tester.returncode != 0:
+        rc = self.tester.returncode
+        if rc != 0 and (rc is None or rc < 0 or not self.test_said):
+            # killed (the timeout, the OOM killer) or silent: no verdict, not corruption
+            how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit {rc}"
+            raise IntegrityError(f"{what}: {dest.name} could not be tested as written (zstd "
+                                 f"-t {how}, no message): the backup is not proven")
+        if rc != 0:
             raise IntegrityError(f"{what}: {dest.name} as written does not decompress to what "
                                  f"was dumped: {proc.last_line(self.test_said or '')}")
         return Scanned(self.digest.hexdigest(), self.written, self.raw, checks)
