@@ -111,6 +111,41 @@ def test_a_container_the_round_does_not_know_waits_for_the_round_under_way() -> 
     assert engine.calls[2] == ["c1", "new"]
 
 
+def test_a_new_container_gets_a_round_asked_about_it_even_behind_a_late_one() -> None:
+    """The round under way (started before the container existed) is late: the read
+    waits for it, then for one asked about the new container, not a 0 % for it."""
+    engine = Engine()
+    reader = StatsReader(engine, wait=0.0)  # type: ignore[arg-type]
+    engine.release(0)
+    assert reader.read(["c1"]) == mem(0)
+    calls_reach(engine, 2)  # round 1, asked about c1 alone, held
+    engine.release(1, after=0.1)
+    engine.release(2, after=0.2)
+    assert reader.read(["c1", "new"]) == mem(20, "c1", "new")
+    assert engine.calls[2] == ["c1", "new"]
+
+
+def test_a_container_a_round_was_asked_about_is_not_waited_for_again() -> None:
+    """A running container the engine gives no figures for (its answer, every round):
+    the reads do not wait a round for it each time."""
+
+    class Silent(Engine):
+        def stats(self, container_ids: Sequence[str]) -> Stats:
+            got = super().stats(container_ids)
+            return {cid: v for cid, v in got.items() if cid != "mute"}
+
+    engine = Silent()
+    reader = StatsReader(engine, wait=0.0)  # type: ignore[arg-type]
+    engine.release(0)
+    assert reader.read(["c1", "mute"]) == mem(0)
+    engine.release(1)
+    finished(reader)  # round 1, asked about both, answered for c1 alone
+    # round 2 is not released while this read runs: it must not wait for it
+    assert reader.read(["c1", "mute"]) == mem(10)
+    assert reader._round is not None and reader._round.is_alive()  # round 2, still held
+    engine.release(2)
+
+
 def test_a_round_that_finishes_within_the_wait_is_taken_instead() -> None:
     engine = Engine(instant=True)
     reader = StatsReader(engine, wait=5.0)  # type: ignore[arg-type]

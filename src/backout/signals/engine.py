@@ -39,7 +39,8 @@ class StatsReader:
     evaluations come faster than the engine's rounds, a read waits for the round under
     way. The first read waits for its round. ``wait`` None: always a fresh round (a
     deploy's watch, which has no hurry). A read whose containers are not all in the
-    round it would take (one started since) waits for the round under way. A failed
+    round it would take were asked about (one started since) waits for a round that
+    is. A failed
     round raises at the read that takes it, as the read itself did."""
 
     def __init__(self, platform: Platform, wait: float | None = STATS_WAIT) -> None:
@@ -48,6 +49,8 @@ class StatsReader:
         # the last finished round: its stats, or what it raised (raised again by the
         # read that takes it, in the monitor's thread, where errors are handled)
         self._latest: dict[str, dict[str, float]] | Exception | None = None
+        self._asked: frozenset[str] = frozenset()  # the containers that round was asked about
+        self._asking: frozenset[str] = frozenset()  # those the round under way was asked about
         self._finished = 0  # rounds finished
         self._taken = 0  # the round the last read took (its number)
         self._round: threading.Thread | None = None
@@ -61,10 +64,16 @@ class StatsReader:
         assert self._round is not None
         self._round.join(self.wait if unused and self.wait is not None else None)
         with self._lock:
-            latest, self._taken = self._latest, self._finished
-        if isinstance(latest, dict) and not set(ids) <= latest.keys() and self._running():
-            # a running container the earlier round did not know (a switch's new one):
-            # its figures come from the round under way, not a 0 % that reads as one
+            latest, asked, self._taken = self._latest, self._asked, self._finished
+        if not set(ids) <= asked:
+            # a running container the round taken was not asked about (a switch's new
+            # one): its figures come from a round asked about it, not a 0 % that reads
+            # as one (a container a round was asked about and has no figures for is the
+            # engine's answer: not waited for again)
+            if not (self._running() and set(ids) <= self._asking):
+                if self._running():
+                    self._round.join()  # one round at a time
+                self._start(ids)
             self._round.join()
             with self._lock:
                 latest, self._taken = self._latest, self._finished
@@ -78,6 +87,7 @@ class StatsReader:
         return self._round is not None and self._round.is_alive()
 
     def _start(self, container_ids: list[str]) -> None:
+        self._asking = frozenset(container_ids)
         self._round = threading.Thread(target=self._fetch, args=(container_ids,),
                                        daemon=True, name="engine stats")
         self._round.start()
@@ -88,7 +98,7 @@ class StatsReader:
         except Exception as exc:  # handed to the reading thread
             got = exc
         with self._lock:
-            self._latest = got
+            self._latest, self._asked = got, frozenset(container_ids)
             self._finished += 1
 
 

@@ -140,9 +140,10 @@ class _Proof:
             self.tester = subprocess.Popen(zstd_argv(test=STDIN), stdin=subprocess.PIPE,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                            env=proc.child_env(env), **proc.CHILD)
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             on_error()  # the producer and zstd run already: they must not be left
-            raise ExternalError(f"zstd -t could not start: {exc.strerror or exc}") from exc
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ExternalError(f"zstd -t could not start: {why}") from exc
         self.test_said: str | None = None  # its stderr, once it has exited
         self.digest = hashlib.sha256()
         self.raw = 0
@@ -250,7 +251,7 @@ class _Proof:
                                  "wrote nothing)")
         checks = self.checker.finish()
         rc = self.tester.returncode
-        if rc != 0 and (rc is None or rc < 0 or not self.test_said):
+        if rc != 0 and (rc is None or rc < 0 or not (self.test_said or "").strip()):
             # killed (the timeout, the OOM killer) or silent: no verdict, not corruption
             how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit {rc}"
             raise IntegrityError(f"{what}: {dest.name} could not be tested as written (zstd "
@@ -376,7 +377,11 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
         except FileNotFoundError as exc:
             raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
         assert zstd.stdin is not None
-        proof = None if checker is None else _Proof(env, checker, zstd, out, zstd.kill)
+        try:
+            proof = None if checker is None else _Proof(env, checker, zstd, out, zstd.kill)
+        except BaseException:
+            _reap(zstd)  # killed by _Proof
+            raise
         with metered(env, what, zstd.pid, total, estimated=True):
             try:
                 if proof is None:
@@ -467,7 +472,11 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         if checker is None:
             prod.stdout.close()  # zstd owns the read end; a dead zstd must SIGPIPE the producer
         else:
-            proof = _Proof(env, checker, zstd, out, kill_both)
+            try:
+                proof = _Proof(env, checker, zstd, out, kill_both)
+            except BaseException:
+                _reap(prod, zstd)  # killed by _Proof: their pipes closed, they waited for
+                raise
             proof.tee(prod.stdout)  # closes it at the end: a dead zstd SIGPIPEs the producer
 
         intr = interrupt.current()
@@ -505,6 +514,16 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         _fsync_out(out, what, dest)
     scanned = None if proof is None else proof.scanned(what, dest)
     return Written(dest, dest.stat().st_size, duration, p_rc, p_msg, scanned)
+
+
+def _reap(*children: subprocess.Popen[bytes]) -> None:
+    """Close the pipes of killed children and wait for them."""
+    for child in children:
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        child.wait()
 
 
 def _settle(proof: _Proof | None, what: str, dest: Path) -> None:
