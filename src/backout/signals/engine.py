@@ -38,9 +38,8 @@ class StatsReader:
     evaluations, as a rule's ``consecutive`` or ``for`` would count it): when
     evaluations come faster than the engine's rounds, a read waits for the round under
     way. The first read waits for its round. ``wait`` None: always a fresh round (a
-    deploy's watch, which has no hurry). A read whose containers are not all in the
-    round it would take were asked about (one started since) waits for a round that
-    is. A failed
+    deploy's watch, which has no hurry). A read with a container the round it would
+    take was not asked about (one started since) waits for a round that was. A failed
     round raises at the read that takes it, as the read itself did."""
 
     def __init__(self, platform: Platform, wait: float | None = STATS_WAIT) -> None:
