@@ -380,7 +380,7 @@ def stream_from_python(env: Environment, write: Callable[[IO[bytes]], None], des
         try:
             proof = None if checker is None else _Proof(env, checker, zstd, out, zstd.kill)
         except BaseException:
-            _reap(zstd)  # killed by _Proof
+            _reap(zstd)
             raise
         with metered(env, what, zstd.pid, total, estimated=True):
             try:
@@ -475,7 +475,7 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
             try:
                 proof = _Proof(env, checker, zstd, out, kill_both)
             except BaseException:
-                _reap(prod, zstd)  # killed by _Proof: their pipes closed, they waited for
+                _reap(prod, zstd)
                 raise
             proof.tee(prod.stdout)  # closes it at the end: a dead zstd SIGPIPEs the producer
 
@@ -517,8 +517,11 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
 
 
 def _reap(*children: subprocess.Popen[bytes]) -> None:
-    """Close the pipes of killed children and wait for them."""
+    """End children of a pipeline that never ran: killed (again: whatever stopped it
+    may not have), their pipes closed, waited for."""
     for child in children:
+        with contextlib.suppress(OSError):
+            child.kill()
         for pipe in (child.stdin, child.stdout):
             if pipe is not None:
                 with contextlib.suppress(OSError):
