@@ -65,6 +65,18 @@ from backout.storage.pipeline import (
 
 FORMAT = "postgresql-bundle+zstd"
 SEP = "\x1f"  # psql's field separator: a byte no name holds
+# Fragments of the questions ``position``, ``user_databases`` and ``dump_facts`` share:
+_USER_DATABASE = "NOT datistemplate AND datallowconn"  # of pg_database
+_LSN = ("CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+        "ELSE pg_current_wal_lsn() END")
+# a database's counters: datname, transactions, row writes, stats reset (text columns)
+_COUNTERS = ("datname, xact_commit::text, (tup_inserted + tup_updated + tup_deleted)::text, "
+             "COALESCE(stats_reset::text, '') FROM pg_stat_database")
+
+
+def _counters(row: Sequence[str]) -> dict[str, Any]:
+    """transactions, row writes, stats reset (the columns after datname of _COUNTERS)."""
+    return {"transactions": int(row[0]), "row_writes": int(row[1]), "stats_reset": row[2]}
 DUMP_FLAGS = ("--format=custom", "-Z0", "--no-password")
 MAX_JOBS = 4
 # What an exec'd shell runs to receive an archive into a file (pg_restore -j seeks).
@@ -147,8 +159,7 @@ class Postgres:
 
     def user_databases(self) -> list[str]:
         return [r[0] for r in self.query(
-            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn "
-            "ORDER BY datname")]
+            f"SELECT datname FROM pg_database WHERE {_USER_DATABASE} ORDER BY datname")]
 
     def dump_facts(self) -> tuple[str, list[str], dict[str, Any]]:
         """What a dump asks before it starts, in one psql (four cost 0.3 s of every
@@ -158,13 +169,10 @@ class Postgres:
         version, lsn, present, stats = "", "", [], {}
         for kind, name, *rest in self.query(
                 "SELECT 'version', current_setting('server_version'), '', '', '' "
-                "UNION ALL SELECT 'lsn', (CASE WHEN pg_is_in_recovery() THEN "
-                "pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, '', '', '' "
+                f"UNION ALL SELECT 'lsn', ({_LSN})::text, '', '', '' "
                 "UNION ALL SELECT 'database', datname, '', '', '' FROM pg_database "
-                "WHERE NOT datistemplate AND datallowconn "
-                "UNION ALL SELECT 'stats', datname, xact_commit::text, "
-                "(tup_inserted + tup_updated + tup_deleted)::text, "
-                "COALESCE(stats_reset::text, '') FROM pg_stat_database WHERE datname IS NOT NULL"):
+                f"WHERE {_USER_DATABASE} "
+                f"UNION ALL SELECT 'stats', {_COUNTERS} WHERE datname IS NOT NULL"):
             if kind == "version":
                 version = name
             elif kind == "lsn":
@@ -172,8 +180,7 @@ class Postgres:
             elif kind == "database":
                 present.append(name)
             elif kind == "stats":
-                stats[name] = {"transactions": int(rest[0]), "row_writes": int(rest[1]),
-                               "stats_reset": rest[2]}
+                stats[name] = _counters(rest)
         if not version:
             raise ExternalError(f"{self.access.db.name}: the server did not say its version",
                                 fix="check that the service runs PostgreSQL")
@@ -190,16 +197,12 @@ class Postgres:
 
     def position(self, databases: Sequence[str]) -> dict[str, Any]:
         """The WAL position and each database's cumulative counters, now."""
-        lsn = self.query("SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
-                         "ELSE pg_current_wal_lsn() END")[0][0]
+        lsn = self.query(f"SELECT {_LSN}")[0][0]
         stats: dict[str, Any] = {}
         if databases:
             names = ", ".join(_lit(d) for d in databases)
-            for row in self.query(
-                    "SELECT datname, xact_commit, tup_inserted + tup_updated + tup_deleted, "
-                    f"COALESCE(stats_reset::text, '') FROM pg_stat_database WHERE datname IN ({names})"):
-                stats[row[0]] = {"transactions": int(row[1]), "row_writes": int(row[2]),
-                                 "stats_reset": row[3]}
+            for row in self.query(f"SELECT {_COUNTERS} WHERE datname IN ({names})"):
+                stats[row[0]] = _counters(row[1:])
         return {"lsn": lsn, "stats": stats}
 
     def wal_bytes_since(self, lsn: str) -> int | None:
