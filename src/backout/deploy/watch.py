@@ -15,13 +15,11 @@ from typing import Any
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import UnhealthyError
-from backout.monitor.collect import Collector
 from backout.monitor.run import Monitor
 from backout.notify import Notifier
 from backout.operations import interrupt
 from backout.platforms.base import Platform
 from backout.policy.rules import Decision, Level
-from backout.signals.engine import StatsReader
 from backout.state import Store
 
 INCIDENT_FACT = "deploy.op{op}.incident"
@@ -53,8 +51,7 @@ def watch(env: Environment, config: Config, store: Store, platform: Platform, se
         state_key=f"deploy.op{op_id}.policy_state",
         # memory and CPU as of each evaluation, the last one's included: the watch
         # has no evaluation time to keep, a leak in its last interval must count
-        collector=Collector(env, config, platform, window=float(config.monitor.window_seconds),
-                            state=store, stats=StatsReader(platform, wait=None)))
+        stats_wait=None)
     interval = float(config.monitor.interval_seconds)
     opened_before = {i["id"] for i in store.open_incidents()}
     start = clock()

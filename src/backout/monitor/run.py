@@ -38,6 +38,7 @@ from backout.policy.rules import (
     evaluate,
     parse_signal,
 )
+from backout.signals.engine import STATS_WAIT, StatsReader
 from backout.signals.events import EventWaker
 from backout.state import Store
 from backout.verify import run_verify
@@ -82,6 +83,8 @@ class Monitor:
     cooldown: float = 300.0
     window: float = 15.0
     collector: Collector | None = None
+    # how long an evaluation waits for a fresh stats round (None: always one)
+    stats_wait: float | None = STATS_WAIT
     baseline_evaluations: int = baseline.DEFAULT_EVALUATIONS
     views: dict[str, ServiceView] = field(default_factory=dict)
     escalated: bool = False
@@ -99,7 +102,8 @@ class Monitor:
     def __post_init__(self) -> None:
         if self.collector is None:
             self.collector = Collector(self.env, self.config, self.platform, window=self.window,
-                                       state=self.store)
+                                       state=self.store,
+                                       stats=StatsReader(self.platform, self.stats_wait))
         raw = self.store.fact(self.state_key)
         self.state = PolicyState.from_json(raw) if raw else PolicyState()
         self.baselines = load_baselines(self.store)
