@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backout.config.model import BackupsConfig
 from backout.engines.mysql import DUMP_FLAGS
 from bench.core import (
     BENCH_TOML,
@@ -468,9 +469,93 @@ def step_extra(r: Rounds) -> JsonDict:
     return {"dump_step_mb_s": r.dump_step, "outside_the_dump_step_s": round(fixed_seconds(r), 3)}
 
 
+# the floor loads over as many sessions as backout's default ([backups] restore_sessions)
+RESTORE_SESSIONS = BackupsConfig().restore_sessions
+
+
+def _split_dump(raw: Path, parts: int) -> tuple[Path, list[Path]]:
+    """A mariadb-dump file split ahead of a parallel load, the way a person would: the
+    rows (``INSERT`` lines between ``LOCK TABLES`` and ``UNLOCK TABLES``) dealt round
+    by round to ``parts`` files, each starting with the dump's head (its comments and
+    ``SET`` lines: foreign-key and unique checks off, character set, SQL mode) and
+    the ``USE`` of the rows' database; everything else stays in order in the main file,
+    which runs first (the tables exist before their rows arrive). Not backout's
+    splitter: the floor must not share its code."""
+    main = raw.with_suffix(".main.sql")
+    files = [raw.with_suffix(f".part{n}.sql") for n in range(parts)]
+    outs = [f.open("wb") for f in files]
+    head: list[bytes] = []
+    in_head, in_rows, database, turn = True, False, b"", 0
+    told: list[bytes] = [b""] * parts  # the database each part was last told to USE
+    with raw.open("rb") as src, main.open("wb") as rest:
+        for line in src:
+            if in_head and line.strip() and not line.startswith((b"--", b"/*")):
+                in_head = False
+                for out in outs:
+                    out.write(b"".join(head))
+            if in_head:
+                head.append(line)
+            elif line.startswith(b"USE `"):
+                database = line
+            elif line.startswith(b"LOCK TABLES `"):
+                in_rows = True
+            elif line.startswith(b"UNLOCK TABLES;"):
+                in_rows = False
+            if in_rows and line.startswith(b"INSERT INTO "):
+                if told[turn] != database:
+                    outs[turn].write(database)
+                    told[turn] = database
+                outs[turn].write(line)
+                turn = (turn + 1) % parts
+            else:
+                rest.write(line)
+    for out in outs:
+        out.close()
+    return main, files
+
+
+def mysql_parallel_floor(rig: Rig, artifact: Path, rows: int, env: dict[str, str],
+                         sessions: int = RESTORE_SESSIONS) -> JsonDict:
+    """What a parallel load of this dump can reach on this machine, without backout:
+    the bare run's own dump split ahead (untimed, :func:`_split_dump`), then timed its
+    main file through one `mariadb` and the rows through ``sessions`` `mariadb` clients
+    at once (each `zstd -dc part | docker compose exec -T ... mariadb`, as the bare
+    single stream reads), with the writers stopped. The load must leave every row."""
+    raw = artifact.with_suffix(".split.raw")
+    subprocess.run(["zstd", "-q", "-d", "-f", "-o", str(raw), str(artifact)], check=True,
+                   timeout=3600)
+    raw_mb = raw.stat().st_size / MB
+    main, parts = _split_dump(raw, sessions)
+    raw.unlink()
+    for f in [main, *parts]:
+        subprocess.run(["zstd", "-q", "-1", "-T0", "--rm", "-f", str(f)], check=True,
+                       timeout=3600)
+    client = "docker compose exec -T -e MYSQL_PWD mysql mariadb --user=root"
+    zipped = [shlex.quote(str(f) + ".zst") for f in parts]
+    script = (f"zstd -q -dc {shlex.quote(str(main) + '.zst')} | {client}\n"
+              f"pids=''\nfor f in {' '.join(zipped)}; do\n"
+              f"  (zstd -q -dc \"$f\" | {client}) & pids=\"$pids $!\"\ndone\n"
+              "for pid in $pids; do wait $pid; done")
+    writers = " ".join(rig.writers("mysql"))
+    if writers:
+        rig.sh(f"docker compose stop {writers}")
+    try:
+        took = rig.sh(script, env=env).seconds
+        loaded = int(rig.stack.mysql_scalar(f"SELECT COUNT(*) FROM {DATABASE}.bench_rows") or 0)
+    finally:
+        if writers:
+            rig.sh(f"docker compose start {writers}")
+        for f in [main, *parts]:
+            Path(str(f) + ".zst").unlink(missing_ok=True)
+    if loaded != rows:
+        raise BenchError(f"the bare parallel load left {loaded} of {rows} rows")
+    return {"mb_s": raw_mb / took, "seconds": round(took, 2), "sessions": sessions}
+
+
 def dump_rows(rig: Rig, r: Rounds, *, db: str, label: str, artifact: str, rows: int,
               disk: float, backup_how: str, restore_how: str, whole_how: str,
-              restore_extra: JsonDict | None = None) -> list[Row]:
+              restore_extra: JsonDict | None = None,
+              parallel: JsonDict | None = None) -> list[Row]:
     """The three rows of a logical dump (backup, restore step, whole rollback db),
     with the floors measured on the bare run's own output (left in the scratch dir
     as bare-<artifact>, removed here)."""
@@ -488,14 +573,23 @@ def dump_rows(rig: Rig, r: Rounds, *, db: str, label: str, artifact: str, rows: 
                          physical, "MB/s")
     if r.proven_backup:
         backup_floor = proof_floor(r, physical)
+    restore_floor = floor(f"zstd -d {decomp:.0f} MB/s", decomp, "MB/s")
+    if parallel:
+        restore_floor = floor(
+            f"the same dump split ahead (untimed) and loaded bare by {parallel['sessions']} "
+            f"mariadb clients at once after its schema, {parallel['mb_s']:.3g} MB/s "
+            f"({parallel['mb_s'] / med(r.bare_restore):.2f}x the single stream); "
+            f"zstd -d {decomp:.0f} MB/s",
+            min(parallel["mb_s"], decomp), "MB/s")
     return [
         Row(f"{label}: backup", "MB/s", r.backup, r.bare_backup, backup_how, kind="higher",
             floor=backup_floor,
             extra={"raw_mb": round(r.raw_mb, 1), "rows": rows, "compression": round(ratio_c, 2),
                    "proven_bare_backup": r.proven_backup, **step_extra(r)}),
         Row(f"{label}: restore (the restore step)", "MB/s", r.restore_step, r.bare_restore,
-            restore_how, kind="higher", floor=floor(f"zstd -d {decomp:.0f} MB/s", decomp, "MB/s"),
-            extra={"raw_mb": round(r.raw_mb, 1), **(restore_extra or {})}),
+            restore_how, kind="higher", floor=restore_floor,
+            extra={"raw_mb": round(r.raw_mb, 1), **(restore_extra or {}),
+                   **({"bare_parallel_load": parallel} if parallel else {})}),
         Row(f"{label}: whole `rollback db {db}`", "MB/s", r.restore_whole, r.bare_restore_whole,
             whole_how, kind="higher",
             # the safety backup is a dump of the same data: at best the bare dump,
@@ -518,12 +612,14 @@ def backups(rig: Rig, p: Params) -> JsonDict:
     load_cmd = 'zstd -q -dc "$IN" | docker compose exec -T -e MYSQL_PWD mysql mariadb --user=root'
     for size in p.mysql_mb:
         nrows = ensure_mysql_rows(rig, size)
-        r = rounds(rig, p, "mysql", "mysql.sql.zst", dump_cmd, load_cmd,
-                   {"MYSQL_PWD": rig.stack.secrets["MYSQL_ROOT_PASSWORD"]}, f"MySQL {size:g} MB",
-                   proven_dump=proven(dump_cmd, "mysql", DATABASE))
+        secret = {"MYSQL_PWD": rig.stack.secrets["MYSQL_ROOT_PASSWORD"]}
+        r = rounds(rig, p, "mysql", "mysql.sql.zst", dump_cmd, load_cmd, secret,
+                   f"MySQL {size:g} MB", proven_dump=proven(dump_cmd, "mysql", DATABASE))
+        log(f"MySQL {size:g} MB: bare parallel load")
+        parallel = mysql_parallel_floor(rig, rig.scratch / "bare-mysql.sql.zst", nrows, secret)
         rows += dump_rows(
             rig, r, db="mysql", label=f"MySQL {r.raw_mb:.0f} MB dump ({nrows} generated rows + seed)",
-            artifact="mysql.sql.zst", rows=nrows, disk=disk,
+            artifact="mysql.sql.zst", rows=nrows, disk=disk, parallel=parallel,
             backup_how=f"mariadb-dump {flags} | zstd -{ZSTD_LEVEL} -T0 > file (in the container "
                        "via docker compose exec -T, MYSQL_PWD in the environment)",
             restore_how="zstd -dc file | mariadb (in the container via docker compose exec -T; "

@@ -66,6 +66,12 @@ def test_bench_smoke_writes_every_benchmark(tmp_path: Path) -> None:
     backups = [r["name"] for r in data["benchmarks"]["backups"]["rows"]]
     for needle in ("MySQL", "Redis", "MongoDB STAND-IN", "PostgreSQL"):
         assert any(needle in n for n in backups), needle
+    # the MySQL restore's floor: the same dump loaded bare over parallel sessions
+    restore = next(r for r in data["benchmarks"]["backups"]["rows"]
+                   if r["name"].startswith("MySQL") and "restore step" in r["name"])
+    parallel = restore["extra"]["bare_parallel_load"]
+    assert parallel["sessions"] >= 2 and parallel["mb_s"] > 0
+    assert "loaded bare by" in restore["floor"]["label"]
     # bench 6 at the stack's size and grown by one service (--monitor-services in smoke)
     sized = [r["extra"] for r in data["benchmarks"]["monitor_overhead"]["rows"]
              if r["extra"].get("services")]
