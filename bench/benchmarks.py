@@ -475,7 +475,7 @@ RESTORE_SESSIONS = BackupsConfig().restore_sessions
 
 def _split_dump(raw: Path, parts: int) -> tuple[Path, list[Path]]:
     """A mariadb-dump file split ahead of a parallel load, the way a person would: the
-    rows (``INSERT`` lines between ``LOCK TABLES`` and ``UNLOCK TABLES``) dealt round
+    rows (``INSERT`` statements between ``LOCK TABLES`` and ``UNLOCK TABLES``) dealt round
     by round to ``parts`` files, each starting with the dump's head (its comments and
     ``SET`` lines: foreign-key and unique checks off, character set, SQL mode) and
     the ``USE`` of the rows' database; everything else stays in order in the main file,
@@ -485,7 +485,7 @@ def _split_dump(raw: Path, parts: int) -> tuple[Path, list[Path]]:
     files = [raw.with_suffix(f".part{n}.sql") for n in range(parts)]
     outs = [f.open("wb") for f in files]
     head: list[bytes] = []
-    in_head, in_rows, database, turn = True, False, b"", 0
+    in_head, in_rows, in_insert, database, turn = True, False, False, b"", 0
     told: list[bytes] = [b""] * parts  # the database each part was last told to USE
     with raw.open("rb") as src, main.open("wb") as rest:
         for line in src:
@@ -501,12 +501,15 @@ def _split_dump(raw: Path, parts: int) -> tuple[Path, list[Path]]:
                 in_rows = True
             elif line.startswith(b"UNLOCK TABLES;"):
                 in_rows = False
-            if in_rows and line.startswith(b"INSERT INTO "):
-                if told[turn] != database:
+            if in_rows and (in_insert or line.startswith(b"INSERT INTO ")):
+                # MariaDB 11's dump writes a row a line: the statement ends at the ";"
+                if not in_insert and told[turn] != database:
                     outs[turn].write(database)
                     told[turn] = database
                 outs[turn].write(line)
-                turn = (turn + 1) % parts
+                in_insert = not line.rstrip(b"\r\n").endswith(b";")
+                if not in_insert:
+                    turn = (turn + 1) % parts
             else:
                 rest.write(line)
     for out in outs:
