@@ -872,15 +872,24 @@ def _nginx_conf(rig: Rig, text: str) -> None:
     time.sleep(2)  # the old workers finish
 
 
-def _during(rig: Rig, url: str, tail: float, change: Callable[[], float]) -> JsonDict:
+def _during(rig: Rig, url: str, tail: float,
+            change: Callable[[], float | tuple[float, JsonDict]]) -> JsonDict:
+    """The load's figures over one change (from its start to ``tail`` after its end),
+    and what the change says of itself (a deploy: when its switch ran, from t0)."""
     with Load(url, workers=4, period=0.02) as load:
         time.sleep(1)
         t0 = time.time()
-        took = change()
+        done = change()
         t1 = time.time()
         time.sleep(tail)
-    return {**gap_figures(load.between(t0, t1 + tail)), "seconds": round(took, 3),
-            "window_s": round(t1 + tail - t0, 3)}
+    took, said = done if isinstance(done, tuple) else (done, {})
+    marks = {k: round(v - t0, 3) for k, v in said.items()}
+    if "switch_from_s" in said:  # the switch's own stretch, its checkpoint's load aside
+        marks["longest_in_the_switch_s"] = gap_figures(
+            load.between(said["switch_from_s"], said["switch_to_s"]),
+            t0)["longest_without_success_s"]
+    return {**gap_figures(load.between(t0, t1 + tail), t0), "seconds": round(took, 3),
+            "window_s": round(t1 + tail - t0, 3), **marks}
 
 
 # What an operator runs after replacing a container behind an nginx that resolved its
@@ -888,12 +897,15 @@ def _during(rig: Rig, url: str, tail: float, change: Callable[[], float]) -> Jso
 RELOAD_NGINX = " && docker compose exec -T nginx nginx -s reload"
 
 
-def _switch(rig: Rig, who: str, target: str, mode: str) -> Callable[[], float]:
+def _switch(rig: Rig, who: str, target: str,
+            mode: str) -> Callable[[], float | tuple[float, JsonDict]]:
     """The timed command of one run of bench 5 (``mode``: how nginx reaches the backend;
-    the bare commands behind a static one reload it, as its operator must)."""
+    the bare commands behind a static one reload it, as its operator must). A deploy
+    also says when its switch began and ended (its journal: the new backend started,
+    the old one drained), to tell a stretch of its checkpoint from one of its switch."""
     reload = RELOAD_NGINX if mode == "nginx-reload" else ""
 
-    def run() -> float:
+    def run() -> float | tuple[float, JsonDict]:
         if who == "rollback":
             return rig.backout("rollback", "service", "backend", "healthy", "--yes").seconds
         if who == "bare":
@@ -907,7 +919,10 @@ def _switch(rig: Rig, who: str, target: str, mode: str) -> Callable[[], float]:
                 failed = [f"{s['name']}: {s['reason']}" for s in done.json().get("steps", [])
                           if s["status"] == "failed"]
                 raise BenchError(f"backout deploy exited {done.returncode}: {failed}")
-            return done.seconds
+            op = int(done.json()["operation_id"])
+            return done.seconds, {"switch_from_s": rig.step_times(op, "start a new")[0],
+                                  "switch_to_s": rig.step_times(op, "drain the old")[1]}
+
         return rig.sh('git checkout -q "$TARGET" && docker compose up -d --wait '
                       "--wait-timeout 240" + reload, env={"TARGET": target},
                       timeout=600).seconds
@@ -952,6 +967,19 @@ def _set_up(rig: Rig, mode: str, tag: str) -> None:
 PROXY_MODES = {"nginx-reload": "a static `proxy_pass http://backend:8000;`",
                "nginx-resolver": "the test stack's `resolver 127.0.0.11 valid=5s` + "
                                  "`proxy_pass http://$backend_upstream;`"}
+
+
+def _when(runs: list[JsonDict]) -> JsonDict:
+    """Where each run's longest stretch began (seconds from the command's start), and
+    for a deploy where its switch began and ended: inside the switch or before it."""
+    out: JsonDict = {"longest_at_s": [f["longest_at_s"] for f in runs],
+                     "seconds": [f["seconds"] for f in runs]}
+    if all("switch_from_s" in f for f in runs):
+        out["switch_s"] = [[f["switch_from_s"], f["switch_to_s"]] for f in runs]
+        out["in_the_switch"] = [f["switch_from_s"] <= f["longest_at_s"] <= f["switch_to_s"]
+                                for f in runs]
+        out["longest_in_the_switch_s"] = [f["longest_in_the_switch_s"] for f in runs]
+    return out
 
 
 def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
@@ -1011,7 +1039,8 @@ def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
             Row("  longest stretch without a successful answer", "s",
                 [f["longest_without_success_s"] for f in ours],
                 [f["longest_without_success_s"] for f in bare], "the same bare rollback",
-                floor=machine, extra={"load_spacing_s": 0.02, "beside_s": beside}),
+                floor=machine, extra={"load_spacing_s": 0.02, "beside_s": beside,
+                                      **_when(ours)}),
             Row("  rollback time (start-first)", "s", [f["seconds"] for f in ours],
                 [f["seconds"] for f in bare],
                 "docker compose up -d --no-deps --force-recreate --wait backend (stop-first)"
@@ -1027,7 +1056,8 @@ def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
             Row("  longest stretch without a successful answer", "s",
                 [f["longest_without_success_s"] for f in deploy],
                 [f["longest_without_success_s"] for f in bare_deploy], "the same bare deploy",
-                floor=machine, extra={"load_spacing_s": 0.02, "beside_s": beside}),
+                floor=machine, extra={"load_spacing_s": 0.02, "beside_s": beside,
+                                      **_when(deploy)}),
         ]
     return result("5. Requests failing during a service rollback and a deploy behind nginx",
                   rows, [

@@ -212,15 +212,21 @@ class Rig:
         finally:
             conn.close()
 
-    def step_seconds(self, operation_id: int, name_prefix: str) -> float:
-        """Duration of one journaled step of an operation (from the store)."""
+    def step_times(self, operation_id: int, name_prefix: str) -> tuple[float, float]:
+        """When one journaled step of an operation started and finished (epoch seconds,
+        from the store)."""
         with self.store() as conn:
             row = conn.execute("SELECT started_at, finished_at FROM steps WHERE operation_id = ? "
                                "AND name LIKE ? ORDER BY seq LIMIT 1",
                                (operation_id, name_prefix + "%")).fetchone()
         if row is None or row[0] is None or row[1] is None:
             raise BenchError(f"operation {operation_id} has no finished step {name_prefix!r}")
-        return iso_epoch(row[1]) - iso_epoch(row[0])
+        return iso_epoch(row[0]), iso_epoch(row[1])
+
+    def step_seconds(self, operation_id: int, name_prefix: str) -> float:
+        """Duration of one journaled step of an operation (from the store)."""
+        started, finished = self.step_times(operation_id, name_prefix)
+        return finished - started
 
     def reset_monitor_state(self) -> None:
         """Forget the policy state of an earlier monitor run (a real monitor keeps it on
@@ -328,13 +334,15 @@ class Load:
         return min(bad) if bad else None
 
 
-def gap_figures(samples: Sequence[Sample]) -> JsonDict:
+def gap_figures(samples: Sequence[Sample], t0: float) -> JsonDict:
     """Failed requests, the span from the first failure to the end of the last one,
-    and the longest stretch without a successful answer, over one window."""
+    and the longest stretch without a successful answer, over one window (and when it
+    began, in seconds from ``t0``)."""
     failed = [s for s in samples if not 200 <= s.status < 400]
     ok_ends = sorted(s.end for s in samples if 200 <= s.status < 400)
-    longest = max((b - a for a, b in itertools.pairwise(ok_ends)), default=0.0)
+    longest, at = max(((b - a, a) for a, b in itertools.pairwise(ok_ends)), default=(0.0, t0))
     return {"requests": len(samples), "failed": len(failed),
+            "longest_at_s": round(at - t0, 3),
             "failed_span_s": round(max(s.end for s in failed) - min(s.start for s in failed), 3)
             if failed else 0.0,
             "longest_without_success_s": round(longest, 3),

@@ -61,6 +61,13 @@ def test_bench_smoke_writes_every_benchmark(tmp_path: Path) -> None:
     for key in ("backout_failed", "baseline_failed", "backout_requests", "baseline_requests"):
         assert gap[key] and all(isinstance(v, int) and v >= 0 for v in gap[key]), key
     assert all(r > 0 for r in gap["backout_requests"])
+    # where each longest stretch began, and for a deploy whether inside its switch
+    stretches = [r["extra"] for r in data["benchmarks"]["requests_during_rollback"]["rows"]
+                 if "longest stretch" in r["name"]]
+    assert stretches and all(len(e["longest_at_s"]) == 1 for e in stretches)
+    deploys = [e for e in stretches if "switch_s" in e]
+    assert deploys and all(0 < e["switch_s"][0][0] < e["switch_s"][0][1] < e["seconds"][0]
+                           and isinstance(e["in_the_switch"][0], bool) for e in deploys)
     e2e = data["benchmarks"]["end_to_end_recovery"]["rows"][0]["extra"]
     assert all(isinstance(v, int) and v >= 0 for v in e2e["failed_requests"])
     backups = [r["name"] for r in data["benchmarks"]["backups"]["rows"]]
