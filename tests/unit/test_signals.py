@@ -135,8 +135,11 @@ def test_a_service_of_several_containers_is_read_as_one(
     got = service_signals("web", containers, {})
     assert (got.running, got.health, got.failing_streak) == (running, health, streak)
     assert got.service == "web"
-    # no stats read (a container gone between list and stats): nothing, not a guess
-    assert (got.memory_percent, got.cpu_percent) == (0.0, 0.0)
+    # no figures (a container gone between list and stats): nothing, not a guess of 0 %
+    assert (got.memory_percent, got.cpu_percent, got.stats_read) == (None, None, True)
+    failed = service_signals("web", containers, None)  # the read failed
+    assert (failed.running, failed.health, failed.failing_streak) == (running, health, streak)
+    assert (failed.memory_percent, failed.stats_read) == (None, False)
 
 
 def test_the_newest_is_read_from_the_time_not_the_text() -> None:
@@ -186,6 +189,66 @@ def test_restarts_and_cpu_add_up_memory_is_the_fullest_and_the_image_the_newest(
     assert got.restart_count == 7
     assert got.memory_percent == 90.0 and got.cpu_percent == 8.0
     assert got.image_id == "sha256:new"  # the newest *running* one
+
+
+def test_memory_of_the_measured_containers_only() -> None:
+    """A replica without figures does not read 0 % beside one that has them."""
+    got = service_signals("web", [box("1"), box("2")],
+                          {"2": {"memory_percent": 30.0, "cpu_percent": 2.0}})
+    assert (got.memory_percent, got.cpu_percent) == (30.0, 2.0)
+
+
+def _collector(tmp_path: Any, platform: Any) -> Any:
+    from pathlib import Path
+
+    from backout.config import Config
+    from backout.monitor.collect import Collector
+
+    config = Config(path=Path(tmp_path) / "backout.toml", project_dir=Path(tmp_path),
+                    services={"web": ServiceConfig("web")})
+    return Collector(Environment(), config, platform)
+
+
+def test_a_failed_stats_read_keeps_health_and_restarts_with_memory_unknown(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """An unhealthy container must not go unseen because its stats could not be read:
+    health and restarts stay, memory is no data (not 0 %, not left out)."""
+    from backout.errors import ExternalError
+    from backout.signals.engine import StatsReader
+    from tests.support.fakes import FakePlatform
+
+    platform = FakePlatform(running={"web": "sha256:w"})
+    platform.containers = lambda *services: [  # type: ignore[method-assign]
+        box("1", health="unhealthy", streak=4, restarts=2)]
+    collector = _collector(tmp_path, platform)
+    collector.stats = StatsReader(platform, wait=None)  # each evaluation reads afresh
+    platform.stats = lambda ids: {"1": {"memory_percent": 97.0, "cpu_percent": 1.0}}  # type: ignore[method-assign]
+    snapshot, views = collector.collect(t=1_000.0)
+    assert snapshot.signals["memory_percent{service=web}"] == 97.0
+
+    def fail(ids: Any) -> Any:
+        raise ExternalError("the Docker Engine did not answer the stats read")
+
+    platform.stats = fail  # type: ignore[method-assign]
+    snapshot, views = collector.collect(t=1_005.0)
+    assert "memory_percent{service=web}" in snapshot.signals
+    assert snapshot.signals["memory_percent{service=web}"] is None
+    assert snapshot.signals["health_consecutive_failures{service=web}"] == 4.0
+    assert snapshot.signals["restarts{service=web}"] == 0.0
+    assert views["web"].health == "unhealthy"
+    assert "memory and CPU figures unavailable" in caplog.text
+
+
+def test_a_running_container_without_figures_leaves_memory_uncollected(tmp_path: Any) -> None:
+    """An engine that gives no memory figures (no memory cgroup): the signal is not
+    collected (the rule shows as unwatched), not 0 % (silently green)."""
+    from tests.support.fakes import FakePlatform
+
+    platform = FakePlatform(running={"web": "sha256:w"})
+    platform.containers = lambda *services: [box("1")]  # type: ignore[method-assign]
+    snapshot, _ = _collector(tmp_path, platform).collect(t=1_000.0)
+    assert "memory_percent{service=web}" not in snapshot.signals
+    assert snapshot.signals["health_consecutive_failures{service=web}"] == 0.0
 
 
 def test_restarts_count_from_what_is_left_when_a_container_goes(tmp_path: Any) -> None:

@@ -11,7 +11,9 @@ Signals (``name{service=NAME}``, see backout.policy.rules):
   ``p95_latency_seconds``, ``circuit_breakers_open``, ``db_pool_utilization`` (in
   use / size), ``auth_failure_ratio``, ``queue_lag``.
 - from the engine: ``memory_percent`` (from the last stats round that finished:
-  ``StatsReader``), ``restarts`` (since the monitor started).
+  ``StatsReader``; no data when the read failed, not collected for a service the
+  engine gives no figures for), ``restarts`` (since the monitor started). A failed
+  stats read keeps the rest: state, health and restarts come from the container list.
 - ``log_errors``: error lines in the window, by the service's log pattern.
 """
 
@@ -88,7 +90,7 @@ class Collector:
         signals: dict[str, float | None] = {}
         views: dict[str, ServiceView] = {}
         try:
-            engine = container_signals(self.platform, self.stats)
+            engine = container_signals(self.platform, self.stats, self._stats_failed)
         except BackoutError as exc:
             self.env.warn(f"engine signals unavailable: {exc.one_line()}")
             engine = {}
@@ -104,7 +106,11 @@ class Collector:
                 view.state = "running" if c.running else "down"
                 view.health, view.restarts = c.health, c.restart_count
                 view.memory_percent, view.cpu_percent = c.memory_percent, c.cpu_percent
-                signals[signal_key("memory_percent", name)] = c.memory_percent if c.running else None
+                if not c.running or not c.stats_read:
+                    signals[signal_key("memory_percent", name)] = None  # no data
+                elif c.memory_percent is not None:
+                    signals[signal_key("memory_percent", name)] = c.memory_percent
+                # else running with no figures from the engine: not collected (unwatched)
                 base = self.restarts_at_start.setdefault(name, c.restart_count)
                 if c.restart_count < base:
                     # a container went away (a switch's old one, a replaced one): count
@@ -133,6 +139,9 @@ class Collector:
         if self.state is not None and self.config.backups.rpo_hours > 0:
             signals["backup_rpo_ratio"] = self._rpo_ratio(t)
         return Snapshot(t, signals), views
+
+    def _stats_failed(self, exc: BackoutError) -> None:
+        self.env.warn(f"memory and CPU figures unavailable this evaluation: {exc.one_line()}")
 
     def _rpo_ratio(self, t: float) -> float | None:
         """The age of the last good backup over the RPO; the sets are read at most every

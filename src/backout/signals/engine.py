@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from backout.errors import BackoutError
 from backout.platforms.base import ContainerInfo, Platform, newest_running, started_epoch
 
 
@@ -16,9 +17,12 @@ class ContainerSignals:
     health: str | None
     failing_streak: int  # consecutive failed compose healthchecks
     restart_count: int
-    memory_percent: float
-    cpu_percent: float
+    # None: no figures for any running container (an engine with no memory cgroup, a
+    # container gone between the list and the stats): not 0 %
+    memory_percent: float | None
+    cpu_percent: float | None
     image_id: str = ""
+    stats_read: bool = True  # False: the stats read failed (unknown, not unmeasured)
 
 
 STATS_WAIT = 0.02  # seconds an evaluation waits for a fresh stats round (Docker takes
@@ -101,13 +105,24 @@ class StatsReader:
             self._finished += 1
 
 
-def container_signals(platform: Platform,
-                      stats: StatsReader | None = None) -> dict[str, ContainerSignals]:
+def container_signals(platform: Platform, stats: StatsReader | None = None,
+                      on_stats_error: Callable[[BackoutError], None] | None = None,
+                      ) -> dict[str, ContainerSignals]:
     """Every service's container signals; ``stats``: the reader that keeps the stats
-    rounds of a monitor (none: read now, and wait for it)."""
+    rounds of a monitor (none: read now, and wait for it). A stats read that fails
+    raises, or with ``on_stats_error`` is handed to it and the signals keep what the
+    container list says (state, health, restarts: an outage must not go unseen
+    because the stats failed) with memory and CPU unknown."""
     containers = platform.containers()
     running = [c.id for c in containers if c.state == "running"]
-    found = stats.read(running) if stats is not None else platform.stats(running)
+    found: Mapping[str, Mapping[str, float]] | None
+    try:
+        found = stats.read(running) if stats is not None else platform.stats(running)
+    except BackoutError as exc:
+        if on_stats_error is None:
+            raise
+        on_stats_error(exc)
+        found = None
     by_service: dict[str, list[ContainerInfo]] = {}
     for c in containers:
         by_service.setdefault(c.service, []).append(c)
@@ -123,7 +138,7 @@ def _health_rank(c: ContainerInfo) -> tuple[int, int]:
 
 
 def service_signals(service: str, containers: Sequence[ContainerInfo],
-                    stats: Mapping[str, Mapping[str, float]]) -> ContainerSignals:
+                    stats: Mapping[str, Mapping[str, float]] | None) -> ContainerSignals:
     """One service's signals from its containers (one, replicas, or the two of a
     start-first switch). The health rule is about an outage: the service is down
     only when none of them runs, and its health is that of its best running
@@ -131,15 +146,18 @@ def service_signals(service: str, containers: Sequence[ContainerInfo],
     is no outage; every replica of a bad release failing is); when none runs, its
     worst (an exited leftover must not hide the streak of the one that failed).
     Restarts add up (a crash loop in any replica shows); memory is the fullest
-    one's (the one an OOM kill takes); CPU adds up. The image is what
+    one's (the one an OOM kill takes); CPU adds up; both of the running containers
+    the stats have figures for (None when none has; ``stats`` None: the read
+    failed). The image is what
     ``newest_running`` says runs now (what a switch is moving to), as every other
     reader of the running release sees it."""
     running = [c for c in containers if c.state == "running"]
     health = min(running, key=_health_rank) if running else max(containers, key=_health_rank)
     now = newest_running(containers).get(service)
+    measured = [stats[c.id] for c in running if c.id in stats] if stats is not None else []
     return ContainerSignals(
         service, bool(running), health.health, health.failing_streak,
         sum(c.restart_count for c in containers),
-        max((stats.get(c.id, {}).get("memory_percent", 0.0) for c in running), default=0.0),
-        sum(stats.get(c.id, {}).get("cpu_percent", 0.0) for c in running),
-        (now or max(containers, key=started_epoch)).image_id)
+        max((m["memory_percent"] for m in measured if "memory_percent" in m), default=None),
+        sum(m["cpu_percent"] for m in measured if "cpu_percent" in m) if measured else None,
+        (now or max(containers, key=started_epoch)).image_id, stats is not None)
