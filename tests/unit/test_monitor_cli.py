@@ -39,3 +39,10 @@ def test_an_unwritable_pid_file_is_a_usage_error(project: Path,
     assert code == 2 and "cannot write the pid file" in err and "fix:" in err
     # nothing is left behind: the next monitor may take the lock
     assert OperationLock(project / ".backout", MONITOR_LOCK_NAME).holder() is None
+
+
+def test_the_table_shows_unknown_memory_as_a_dash_not_zero() -> None:
+    from backout.cli.monitor import _percent
+
+    assert _percent(None) == "     -"
+    assert _percent(0.0) == "   0.0" and _percent(97.25) == "  97.2"

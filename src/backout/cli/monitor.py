@@ -31,6 +31,11 @@ from backout.state import OperationLock
 from backout.state.lock import MONITOR_LOCK_NAME
 
 
+def _percent(value: float | None) -> str:
+    """A column of six: unknown (no stats figures) is a dash, not 0.0."""
+    return f"{'-':>6}" if value is None else f"{value:>6.1f}"
+
+
 def _render(ctx: Ctx, decision: Any, mon: Any, started: float) -> None:
     env = ctx.env
     views = mon.views
@@ -45,7 +50,7 @@ def _render(ctx: Ctx, decision: Any, mon: Any, started: float) -> None:
                  f"{'CPU%':>6} {'RESTARTS':>8} {'LOG ERR':>7}")
     for v in views.values():
         lines.append(f"  {v.service:<14} {v.state:<8} {v.health or '-'!s:<10} "
-                     f"{v.probe[:22]:<22} {v.memory_percent or 0:>6.1f} {v.cpu_percent or 0:>6.1f} "
+                     f"{v.probe[:22]:<22} {_percent(v.memory_percent)} {_percent(v.cpu_percent)} "
                      f"{v.restarts:>8} {v.log_errors:>7}")
     errors = [(v.service, line) for v in views.values() for line in v.last_errors]
     if errors:
