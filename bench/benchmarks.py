@@ -703,6 +703,11 @@ def backups(rig: Rig, p: Params) -> JsonDict:
         "backup of the current data first.",
         "MongoDB figures come from the nx-27017 wire-protocol stand-in (SQLite underneath), "
         "not from MongoDB: they say nothing about mongod's speed.",
+        "The MySQL restore's floor is a parallel load without backout, measured once per "
+        "size on the bare run's dump: split ahead by a person's rule (rows dealt to the "
+        "parts, the rest in order in a main file; untimed), then timed the main file "
+        "through one `mariadb` and the parts through as many `mariadb` clients at once as "
+        "backout's default `restore_sessions`, writers stopped; every row must be back.",
     ]
     return result("3. Backup and restore throughput", rows, notes,
                   {"disk_write_mb_s": round(disk, 1), "mysql_mb": p.mysql_mb,
@@ -1084,6 +1089,11 @@ def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
         "--no-deps backend`, under no service alias: no proxy sends it anything), gets "
         "healthy and is removed. Its Python start-up on this 2-core machine stalls every "
         "request at once for a moment; the load's own spacing is 0.02 s.",
+        "Each stretch row's extra says where each run's longest stretch began (seconds from "
+        "the command's start); a deploy's also says when its switch ran (from its journal: "
+        "the new backend started to the old one drained), whether the longest stretch fell "
+        "inside it, and the longest stretch within it (the checkpoint before the switch "
+        "dumps every database while the load runs).",
     ], {"tail_s": tail, "workers": 4, "pause_s": 0.02, "proxies": list(PROXY_MODES)})
 
 
