@@ -18,6 +18,7 @@ from backout.adapters.engine_api import EventStream as EngineEventStream
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import DockerUnavailableError, ExternalError, UnhealthyError
+from backout.operations import interrupt
 from backout.platforms.base import (
     ContainerInfo,
     EngineEvent,
@@ -36,6 +37,8 @@ ONE_OFF_GRACE_SECONDS = 10  # `docker compose stop`'s default
 # What wakes the monitor: a health status change, an exit, an OOM kill, a restart.
 # (The engine matches "health_status" against "health_status: unhealthy" too.)
 WAKING_EVENTS = ("health_status", "die", "oom", "restart")
+REPLACE_TIMEOUT = 600.0  # seconds for a replaced service to be healthy (`up --wait`'s, as before)
+READY_POLL = 0.05  # seconds between looks at a replaced service (Compose's --wait: 0.5)
 
 
 def is_one_off(labels: Mapping[str, str]) -> bool:
@@ -232,8 +235,35 @@ class ComposePlatform:
 
     def replace_service(self, service: str, image_ref: str, *, operation_id: int) -> None:
         pinned = self._pinned(service, image_ref, operation_id)
-        pinned.run("up", "-d", "--no-deps", "--no-build", "--pull", "never", "--wait", service,
-                   timeout=600, what=f"docker compose up {service}")
+        if self.engine is None:  # a remote engine: each look would be a CLI run
+            pinned.run("up", "-d", "--no-deps", "--no-build", "--pull", "never", "--wait",
+                       service, timeout=REPLACE_TIMEOUT, what=f"docker compose up {service}")
+            return
+        pinned.run("up", "-d", "--no-deps", "--no-build", "--pull", "never", service,
+                   timeout=REPLACE_TIMEOUT, what=f"docker compose up {service}")
+        self._wait_ready(service, REPLACE_TIMEOUT)
+
+    def _wait_ready(self, service: str, timeout: float) -> None:
+        """What ``up --wait`` waits for: every container of the service running, and
+        healthy where it has a healthcheck; one exited, dead or unhealthy fails. Asked
+        of the engine every READY_POLL instead of at Compose's 500 ms ticks, so a
+        rollback goes on when its container is healthy, not up to half a second later."""
+        intr = interrupt.current()
+        deadline = time.monotonic() + timeout
+        while True:
+            intr.check(f"waiting for {service} to be healthy")
+            found = self.containers(service)
+            failed = [c for c in found if c.state in ("exited", "dead") or c.health == "unhealthy"]
+            if failed:
+                raise UnhealthyError(f"{service}: container {failed[0].name} is "
+                                     f"{failed[0].state}/{failed[0].health} after docker compose up")
+            if found and all(c.state == "running" and c.health in (None, "healthy")
+                             for c in found):
+                return
+            if time.monotonic() > deadline:
+                now = ", ".join(f"{c.name} {c.state}/{c.health}" for c in found) or "no container"
+                raise UnhealthyError(f"{service} did not get healthy in {timeout:.0f}s ({now})")
+            intr.sleep(READY_POLL)
 
     def converge(self, *, pull: bool) -> None:
         result = self.compose.run("up", "-d", "--wait", "--no-build",

@@ -1,0 +1,98 @@
+"""A service replaced on a local engine is waited for by backout, as `up --wait`
+would (every container running, healthy where it has a healthcheck; exited, dead or
+unhealthy fails), looked at every READY_POLL instead of at Compose's 500 ms ticks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backout.config import Config
+from backout.environment import Environment
+from backout.errors import UnhealthyError
+from backout.platforms import compose as compose_platform
+from backout.platforms.base import ContainerInfo
+from backout.platforms.compose import ComposePlatform
+
+
+def box(state: str = "running", health: str | None = "healthy", cid: str = "1") -> ContainerInfo:
+    return ContainerInfo(id=cid, name=f"web-{cid}", service="web", state=state, health=health,
+                         image="web", image_id="sha256:new", restart_count=0,
+                         started_at="2026-12-05T10:00:00Z")
+
+
+class Pinned:
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, ...]] = []
+
+    def run(self, *args: str, **kw: Any) -> None:
+        self.runs.append(args)
+
+
+@pytest.fixture
+def plat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ComposePlatform,
+                                                                             Pinned]]:
+    env = Environment(env={"DOCKER_HOST": "ssh://deploy@host"})  # no engine until given one
+    platform = ComposePlatform(env, Config(path=tmp_path / "backout.toml", project_dir=tmp_path))
+    pinned = Pinned()
+    monkeypatch.setattr(platform, "_pinned", lambda *a: pinned)
+    monkeypatch.setattr(compose_platform, "READY_POLL", 0.0)
+    monkeypatch.setattr(compose_platform, "REPLACE_TIMEOUT", 2.0)  # a wrong wait ends
+    yield platform, pinned
+
+
+def looks(platform: ComposePlatform, monkeypatch: pytest.MonkeyPatch,
+          seen: list[list[ContainerInfo]]) -> list[tuple[str, ...]]:
+    """The engine answers ``seen`` one look after the other (the last one again)."""
+    asked: list[tuple[str, ...]] = []
+
+    def containers(*services: str) -> list[ContainerInfo]:
+        asked.append(services)
+        return seen.pop(0) if len(seen) > 1 else seen[0]
+
+    monkeypatch.setattr(platform, "containers", containers)
+    platform.engine = object()  # type: ignore[assignment]
+    return asked
+
+
+def test_up_without_wait_then_looks_until_every_container_is_healthy(
+        plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, pinned = plat
+    asked = looks(platform, monkeypatch, [[], [box(health="starting")],
+                                          [box(health="starting"), box(cid="2")],
+                                          [box(), box(cid="2", health=None)]])
+    platform.replace_service("web", "web:v1", operation_id=7)
+    assert pinned.runs == [("up", "-d", "--no-deps", "--no-build", "--pull", "never", "web")]
+    assert asked == [("web",)] * 4  # none yet, starting, one of two starting, all ready
+
+
+@pytest.mark.parametrize(("state", "health"), [("exited", None), ("dead", None),
+                                               ("running", "unhealthy"), ("exited", "unhealthy")])
+def test_a_container_that_fails_fails_the_replacement(
+        plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch,
+        state: str, health: str | None) -> None:
+    platform, _ = plat
+    looks(platform, monkeypatch, [[box(health="starting")], [box(), box(state, health, cid="2")]])
+    with pytest.raises(UnhealthyError, match=f"web-2 is {state}/{health}"):
+        platform.replace_service("web", "web:v1", operation_id=7)
+
+
+def test_one_never_healthy_fails_at_the_deadline(
+        plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, _ = plat
+    monkeypatch.setattr(compose_platform, "REPLACE_TIMEOUT", 0.05)
+    looks(platform, monkeypatch, [[box(health="starting")]])
+    with pytest.raises(UnhealthyError, match=r"did not get healthy in 0s \(web-1 running/starting\)"):
+        platform.replace_service("web", "web:v1", operation_id=7)
+
+
+def test_a_remote_engine_leaves_the_wait_to_compose(
+        plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, pinned = plat
+    monkeypatch.setattr(platform, "containers", lambda *s: pytest.fail("looked"))
+    platform.replace_service("web", "web:v1", operation_id=7)
+    assert pinned.runs == [("up", "-d", "--no-deps", "--no-build", "--pull", "never", "--wait",
+                            "web")]
