@@ -474,13 +474,14 @@ RESTORE_SESSIONS = BackupsConfig().restore_sessions
 
 
 def _split_dump(raw: Path, parts: int) -> tuple[Path, list[Path]]:
-    """A mariadb-dump file split ahead of a parallel load, the way a person would: the
+    """A mariadb-dump file split ahead of a parallel load, as a person might: the
     rows (``INSERT`` statements between ``LOCK TABLES`` and ``UNLOCK TABLES``) dealt round
     by round to ``parts`` files, each starting with the dump's head (its comments and
     ``SET`` lines: foreign-key and unique checks off, character set, SQL mode) and
     the ``USE`` of the rows' database; everything else stays in order in the main file,
     which runs first (the tables exist before their rows arrive). Not backout's
-    splitter: the floor must not share its code."""
+    splitter: the floor must not share its code. Triggers run with the main file,
+    before the rows: right for this bench's schema (it has none), not for any dump."""
     main = raw.with_suffix(".main.sql")
     files = [raw.with_suffix(f".part{n}.sql") for n in range(parts)]
     outs = [f.open("wb") for f in files]
@@ -1092,7 +1093,8 @@ def requests_during_rollback(rig: Rig, p: Params) -> JsonDict:
         "Each stretch row's extra says where each run's longest stretch began (seconds from "
         "the command's start); a deploy's also says when its switch ran (from its journal: "
         "the new backend started to the old one drained), whether the longest stretch fell "
-        "inside it, and the longest stretch within it (the checkpoint before the switch "
+        "inside it (by where it began), and the longest stretch between two answers both "
+        "within it (a lower bound of the switch's own; the checkpoint before the switch "
         "dumps every database while the load runs).",
     ], {"tail_s": tail, "workers": 4, "pause_s": 0.02, "proxies": list(PROXY_MODES)})
 

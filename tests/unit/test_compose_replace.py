@@ -4,6 +4,8 @@ unhealthy fails), looked at every READY_POLL instead of at Compose's 500 ms tick
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 
 from backout.config import Config
 from backout.environment import Environment
-from backout.errors import UnhealthyError
+from backout.errors import CommandFailedError, UnhealthyError
 from backout.platforms import compose as compose_platform
 from backout.platforms.base import ContainerInfo
 from backout.platforms.compose import ComposePlatform
@@ -61,12 +63,50 @@ def looks(platform: ComposePlatform, monkeypatch: pytest.MonkeyPatch,
 def test_up_without_wait_then_looks_until_every_container_is_healthy(
         plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch) -> None:
     platform, pinned = plat
-    asked = looks(platform, monkeypatch, [[], [box(health="starting")],
+    asked = looks(platform, monkeypatch, [[box(health="starting")],
                                           [box(health="starting"), box(cid="2")],
-                                          [box(), box(cid="2", health=None)]])
+                                          [box(), box(cid="2")]])
     platform.replace_service("web", "web:v1", operation_id=7)
     assert pinned.runs == [("up", "-d", "--no-deps", "--no-build", "--pull", "never", "web")]
-    assert asked == [("web",)] * 4  # none yet, starting, one of two starting, all ready
+    assert asked == [("web",)] * 3  # starting, one of two starting, both healthy
+
+
+def test_a_service_scaled_to_zero_has_nothing_to_wait_for(
+        plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, _ = plat
+    asked = looks(platform, monkeypatch, [[]])  # up -d returns with its containers started
+    platform.replace_service("web", "web:v1", operation_id=7)
+    assert len(asked) == 1
+
+
+def test_without_a_healthcheck_it_must_keep_running_a_while(
+        plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image that dies at once fails the replacement, as Compose's first look (500 ms
+    after the start) would fail it, instead of passing at the first look."""
+    platform, _ = plat
+    monkeypatch.setattr(compose_platform, "RUNNING_AT_LEAST", 0.2)
+    looks(platform, monkeypatch, [[box(health=None)], [box(state="exited", health=None)]])
+    with pytest.raises(UnhealthyError, match="web-1 is exited/None"):
+        platform.replace_service("web", "web:v1", operation_id=7)
+
+
+def test_a_restart_starts_the_while_again(
+        plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, _ = plat
+    monkeypatch.setattr(compose_platform, "RUNNING_AT_LEAST", 0.1)
+    start = time.monotonic()
+
+    def containers(*services: str) -> list[ContainerInfo]:
+        if time.monotonic() - start < 0.08:
+            return [box(health=None)]
+        restarted = box(health=None)
+        return [dataclasses.replace(restarted, restart_count=1,
+                                    started_at="2026-12-05T10:00:01Z")]
+
+    monkeypatch.setattr(platform, "containers", containers)
+    platform.engine = object()  # type: ignore[assignment]
+    platform.replace_service("web", "web:v1", operation_id=7)
+    assert time.monotonic() - start >= 0.18  # 0.1 s running after the restart at 0.08 s
 
 
 @pytest.mark.parametrize(("state", "health"), [("exited", None), ("dead", None),
@@ -96,3 +136,28 @@ def test_a_remote_engine_leaves_the_wait_to_compose(
     platform.replace_service("web", "web:v1", operation_id=7)
     assert pinned.runs == [("up", "-d", "--no-deps", "--no-build", "--pull", "never", "--wait",
                             "web")]
+
+
+@pytest.mark.parametrize("said", ["container web-1 is unhealthy", "container web-1 exited (1)"])
+def test_a_remote_wait_s_health_failure_has_the_local_one_s_exit_code(
+        plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch, said: str) -> None:
+    platform, pinned = plat
+
+    def run(*args: str, **kw: Any) -> None:
+        raise CommandFailedError(f"docker compose up web failed (exit 1): {said}")
+
+    monkeypatch.setattr(pinned, "run", run)
+    with pytest.raises(UnhealthyError, match=said.replace("(", r"\(").replace(")", r"\)")):
+        platform.replace_service("web", "web:v1", operation_id=7)
+
+
+def test_a_remote_up_that_fails_otherwise_stays_an_external_failure(
+        plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, pinned = plat
+
+    def run(*args: str, **kw: Any) -> None:
+        raise CommandFailedError("docker compose up web failed (exit 1): port is already allocated")
+
+    monkeypatch.setattr(pinned, "run", run)
+    with pytest.raises(CommandFailedError, match="port is already allocated"):
+        platform.replace_service("web", "web:v1", operation_id=7)

@@ -136,10 +136,10 @@ def test_a_service_of_several_containers_is_read_as_one(
     assert (got.running, got.health, got.failing_streak) == (running, health, streak)
     assert got.service == "web"
     # no figures (a container gone between list and stats): nothing, not a guess of 0 %
-    assert (got.memory_percent, got.cpu_percent, got.stats_read) == (None, None, True)
+    assert (got.memory_percent, got.cpu_percent) == (None, None)
     failed = service_signals("web", containers, None)  # the read failed
     assert (failed.running, failed.health, failed.failing_streak) == (running, health, streak)
-    assert (failed.memory_percent, failed.stats_read) == (None, False)
+    assert (failed.memory_percent, failed.cpu_percent) == (None, None)
 
 
 def test_the_newest_is_read_from_the_time_not_the_text() -> None:
@@ -209,10 +209,11 @@ def _collector(tmp_path: Any, platform: Any) -> Any:
     return Collector(Environment(), config, platform)
 
 
-def test_a_failed_stats_read_keeps_health_and_restarts_with_memory_unknown(
+def test_a_failed_stats_read_keeps_health_and_restarts_and_leaves_memory_out(
         tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     """An unhealthy container must not go unseen because its stats could not be read:
-    health and restarts stay, memory is no data (not 0 %, not left out)."""
+    health and restarts stay; memory is not collected this evaluation (not 0 %; not
+    no data either, which would turn the level NODATA for one failed read)."""
     from backout.errors import ExternalError
     from backout.signals.engine import StatsReader
     from tests.support.fakes import FakePlatform
@@ -231,8 +232,7 @@ def test_a_failed_stats_read_keeps_health_and_restarts_with_memory_unknown(
 
     platform.stats = fail  # type: ignore[method-assign]
     snapshot, views = collector.collect(t=1_005.0)
-    assert "memory_percent{service=web}" in snapshot.signals
-    assert snapshot.signals["memory_percent{service=web}"] is None
+    assert "memory_percent{service=web}" not in snapshot.signals
     assert snapshot.signals["health_consecutive_failures{service=web}"] == 4.0
     assert snapshot.signals["restarts{service=web}"] == 0.0
     assert views["web"].health == "unhealthy"

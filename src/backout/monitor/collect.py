@@ -11,8 +11,8 @@ Signals (``name{service=NAME}``, see backout.policy.rules):
   ``p95_latency_seconds``, ``circuit_breakers_open``, ``db_pool_utilization`` (in
   use / size), ``auth_failure_ratio``, ``queue_lag``.
 - from the engine: ``memory_percent`` (from the last stats round that finished:
-  ``StatsReader``; no data when the read failed, not collected for a service the
-  engine gives no figures for), ``restarts`` (since the monitor started). A failed
+  ``StatsReader``; not collected for a service with no figures in it, whether the read
+  failed or the engine has none), ``restarts`` (since the monitor started). A failed
   stats read keeps the rest: state, health and restarts come from the container list.
 - ``log_errors``: error lines in the window, by the service's log pattern.
 """
@@ -106,11 +106,13 @@ class Collector:
                 view.state = "running" if c.running else "down"
                 view.health, view.restarts = c.health, c.restart_count
                 view.memory_percent, view.cpu_percent = c.memory_percent, c.cpu_percent
-                if not c.running or not c.stats_read:
+                if not c.running:
                     signals[signal_key("memory_percent", name)] = None  # no data
                 elif c.memory_percent is not None:
                     signals[signal_key("memory_percent", name)] = c.memory_percent
-                # else running with no figures from the engine: not collected (unwatched)
+                # else running and no figures (the stats read failed, or the engine has
+                # none for it): not collected this evaluation, as before the read came
+                # apart from the list; no data would turn the level NODATA for a blip
                 base = self.restarts_at_start.setdefault(name, c.restart_count)
                 if c.restart_count < base:
                     # a container went away (a switch's old one, a replaced one): count

@@ -17,7 +17,12 @@ from backout.adapters.engine_api import EngineAPI
 from backout.adapters.engine_api import EventStream as EngineEventStream
 from backout.config import Config
 from backout.environment import Environment
-from backout.errors import DockerUnavailableError, ExternalError, UnhealthyError
+from backout.errors import (
+    CommandFailedError,
+    DockerUnavailableError,
+    ExternalError,
+    UnhealthyError,
+)
 from backout.operations import interrupt
 from backout.platforms.base import (
     ContainerInfo,
@@ -37,8 +42,9 @@ ONE_OFF_GRACE_SECONDS = 10  # `docker compose stop`'s default
 # What wakes the monitor: a health status change, an exit, an OOM kill, a restart.
 # (The engine matches "health_status" against "health_status: unhealthy" too.)
 WAKING_EVENTS = ("health_status", "die", "oom", "restart")
-REPLACE_TIMEOUT = 600.0  # seconds for a replaced service to be healthy (`up --wait`'s, as before)
+REPLACE_TIMEOUT = 600.0  # seconds for a replaced service's up and wait together
 READY_POLL = 0.05  # seconds between looks at a replaced service (Compose's --wait: 0.5)
+RUNNING_AT_LEAST = 0.5  # seconds a container without a healthcheck must keep running
 
 
 def is_one_off(labels: Mapping[str, str]) -> bool:
@@ -235,34 +241,56 @@ class ComposePlatform:
 
     def replace_service(self, service: str, image_ref: str, *, operation_id: int) -> None:
         pinned = self._pinned(service, image_ref, operation_id)
+        deadline = time.monotonic() + REPLACE_TIMEOUT
+        up = ("up", "-d", "--no-deps", "--no-build", "--pull", "never")
         if self.engine is None:  # a remote engine: each look would be a CLI run
-            pinned.run("up", "-d", "--no-deps", "--no-build", "--pull", "never", "--wait",
-                       service, timeout=REPLACE_TIMEOUT, what=f"docker compose up {service}")
+            try:
+                pinned.run(*up, "--wait", service, timeout=REPLACE_TIMEOUT,
+                           what=f"docker compose up {service}")
+            except CommandFailedError as exc:
+                # the same failure as the local wait's, with the same exit code
+                if "is unhealthy" in exc.message or " exited (" in exc.message:
+                    raise UnhealthyError(f"{service}: {exc.message}") from exc
+                raise
             return
-        pinned.run("up", "-d", "--no-deps", "--no-build", "--pull", "never", service,
-                   timeout=REPLACE_TIMEOUT, what=f"docker compose up {service}")
-        self._wait_ready(service, REPLACE_TIMEOUT)
+        pinned.run(*up, service, timeout=REPLACE_TIMEOUT, what=f"docker compose up {service}")
+        self._wait_ready(service, deadline)
 
-    def _wait_ready(self, service: str, timeout: float) -> None:
+    def _wait_ready(self, service: str, deadline: float) -> None:
         """What ``up --wait`` waits for: every container of the service running, and
         healthy where it has a healthcheck; one exited, dead or unhealthy fails. Asked
         of the engine every READY_POLL instead of at Compose's 500 ms ticks, so a
-        rollback goes on when its container is healthy, not up to half a second later."""
+        rollback goes on when its container is healthy, not up to half a second later.
+        A container without a healthcheck must have kept running for RUNNING_AT_LEAST
+        (Compose's first look comes 500 ms after the start: an image that dies at
+        once fails there, and must here). ``up -d`` returns with the containers
+        created and started: none means the service is scaled to 0 (nothing to wait
+        for, as Compose)."""
         intr = interrupt.current()
-        deadline = time.monotonic() + timeout
+        first_running: dict[str, tuple[float, str, int]] = {}  # id -> (seen, start, restarts)
         while True:
             intr.check(f"waiting for {service} to be healthy")
             found = self.containers(service)
+            if not found:
+                return
             failed = [c for c in found if c.state in ("exited", "dead") or c.health == "unhealthy"]
             if failed:
                 raise UnhealthyError(f"{service}: container {failed[0].name} is "
                                      f"{failed[0].state}/{failed[0].health} after docker compose up")
-            if found and all(c.state == "running" and c.health in (None, "healthy")
-                             for c in found):
+            now = time.monotonic()
+            for c in found:
+                if c.state == "running":
+                    seen = first_running.get(c.id)
+                    if seen is None or seen[1:] != (c.started_at, c.restart_count):
+                        first_running[c.id] = (now, c.started_at, c.restart_count)  # (again)
+            if all(c.state == "running" and (c.health == "healthy" or (
+                    c.health is None and now - first_running[c.id][0] >= RUNNING_AT_LEAST))
+                   for c in found):
                 return
-            if time.monotonic() > deadline:
-                now = ", ".join(f"{c.name} {c.state}/{c.health}" for c in found) or "no container"
-                raise UnhealthyError(f"{service} did not get healthy in {timeout:.0f}s ({now})")
+            if now > deadline:
+                states = ", ".join(f"{c.name} {c.state}/{c.health}" for c in found)
+                raise UnhealthyError(f"{service} did not get healthy in {REPLACE_TIMEOUT:.0f}s "
+                                     f"({states})")
             intr.sleep(READY_POLL)
 
     def converge(self, *, pull: bool) -> None:

@@ -17,12 +17,11 @@ class ContainerSignals:
     health: str | None
     failing_streak: int  # consecutive failed compose healthchecks
     restart_count: int
-    # None: no figures for any running container (an engine with no memory cgroup, a
-    # container gone between the list and the stats): not 0 %
+    # None: no figures for any running container (the stats read failed, an engine
+    # with no memory cgroup, a container gone between the list and the stats): not 0 %
     memory_percent: float | None
     cpu_percent: float | None
     image_id: str = ""
-    stats_read: bool = True  # False: the stats read failed (unknown, not unmeasured)
 
 
 STATS_WAIT = 0.02  # seconds an evaluation waits for a fresh stats round (Docker takes
@@ -112,7 +111,7 @@ def container_signals(platform: Platform, stats: StatsReader | None = None,
     rounds of a monitor (none: read now, and wait for it). A stats read that fails
     raises, or with ``on_stats_error`` is handed to it and the signals keep what the
     container list says (state, health, restarts: an outage must not go unseen
-    because the stats failed) with memory and CPU unknown."""
+    because the stats failed) with memory and CPU unknown (None)."""
     containers = platform.containers()
     running = [c.id for c in containers if c.state == "running"]
     found: Mapping[str, Mapping[str, float]] | None
@@ -160,4 +159,4 @@ def service_signals(service: str, containers: Sequence[ContainerInfo],
         sum(c.restart_count for c in containers),
         max((m["memory_percent"] for m in measured if "memory_percent" in m), default=None),
         sum(m["cpu_percent"] for m in measured if "cpu_percent" in m) if measured else None,
-        (now or max(containers, key=started_epoch)).image_id, stats is not None)
+        (now or max(containers, key=started_epoch)).image_id)
