@@ -111,8 +111,9 @@ class Collector:
                 elif c.memory_percent is not None:
                     signals[signal_key("memory_percent", name)] = c.memory_percent
                 # else running and no figures (the stats read failed, or the engine has
-                # none for it): not collected this evaluation, as before the read came
-                # apart from the list; no data would turn the level NODATA for a blip
+                # none for it): not collected this evaluation, as when a failed read
+                # dropped every engine signal; no data would turn the level NODATA
+                # (and notify twice) for one failed read
                 base = self.restarts_at_start.setdefault(name, c.restart_count)
                 if c.restart_count < base:
                     # a container went away (a switch's old one, a replaced one): count

@@ -145,7 +145,7 @@ def service_signals(service: str, containers: Sequence[ContainerInfo],
     is no outage; every replica of a bad release failing is); when none runs, its
     worst (an exited leftover must not hide the streak of the one that failed).
     Restarts add up (a crash loop in any replica shows); memory is the fullest
-    one's (the one an OOM kill takes); CPU adds up; both of the running containers
+    one's (the one an OOM kill takes); CPU adds up; both over the running containers
     the stats have figures for (None when none has; ``stats`` None: the read
     failed). The image is what
     ``newest_running`` says runs now (what a switch is moving to), as every other
