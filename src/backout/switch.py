@@ -219,11 +219,10 @@ def _ready(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
         c = _container(ctx, service, new)
         if c is None:
             raise UnhealthyError(f"the new container of {service} is gone; {KEPT_SERVING}")
-        if c.state in ("exited", "dead") or c.health == "unhealthy":
+        if c.failed:
             raise UnhealthyError(f"the new container of {service} is {c.state}/{c.health}; "
                                  f"{KEPT_SERVING}")
-        if c.state == "running" and c.health in (None, "healthy") \
-                and _probe_ok(ctx, new, params.get("probe")):
+        if c.ready and _probe_ok(ctx, new, params.get("probe")):
             return {"ready": new, "health": c.health}
         if time.monotonic() > deadline:
             raise UnhealthyError(f"the new container of {service} did not become ready in "

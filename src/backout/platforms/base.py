@@ -30,6 +30,16 @@ class ContainerInfo:
     labels: dict[str, str] = field(default_factory=dict)
     failing_streak: int = 0  # consecutive failed healthchecks (Docker counts them)
 
+    @property
+    def ready(self) -> bool:
+        """Running, and healthy where it has a healthcheck (what `up --wait` waits for)."""
+        return self.state == "running" and self.health in (None, "healthy")
+
+    @property
+    def failed(self) -> bool:
+        """Exited, dead or unhealthy: what a wait for it to get ready gives up on."""
+        return self.state in ("exited", "dead") or self.health == "unhealthy"
+
 
 def started_epoch(container: ContainerInfo) -> float:
     """When the container last started, in epoch seconds (0 when unreadable). Docker's

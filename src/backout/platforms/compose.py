@@ -273,7 +273,7 @@ class ComposePlatform:
             found = self.containers(service)
             if not found:
                 return
-            failed = [c for c in found if c.state in ("exited", "dead") or c.health == "unhealthy"]
+            failed = [c for c in found if c.failed]
             if failed:
                 raise UnhealthyError(f"{service}: container {failed[0].name} is "
                                      f"{failed[0].state}/{failed[0].health} after docker compose up")
@@ -283,8 +283,8 @@ class ComposePlatform:
                     seen = first_running.get(c.id)
                     if seen is None or seen[1:] != (c.started_at, c.restart_count):
                         first_running[c.id] = (now, c.started_at, c.restart_count)  # (again)
-            if all(c.state == "running" and (c.health == "healthy" or (
-                    c.health is None and now - first_running[c.id][0] >= RUNNING_AT_LEAST))
+            if all(c.ready and (c.health is not None
+                                or now - first_running[c.id][0] >= RUNNING_AT_LEAST)
                    for c in found):
                 return
             if now > deadline:

@@ -191,7 +191,7 @@ def assess(service: Mapping[str, Any], replicas: int, tasks: Sequence[TaskView],
             return Convergence(False, f"task {name}.{t.slot}: no container on {t.node} yet")
         if image_id is not None and c.image_id != image_id:
             return Convergence(False, f"task {name}.{t.slot} runs image {c.image_id[7:19]}")
-        if c.state != "running" or c.health not in (None, "healthy"):
+        if not c.ready:
             return Convergence(False, f"task {name}.{t.slot} on {t.node} is "
                                       f"{c.state}/{c.health or 'no healthcheck'}")
     return Convergence(True, "")

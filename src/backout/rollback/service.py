@@ -141,7 +141,7 @@ def _recreate(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> An
 def _verify(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
     svc = params["service"]
     containers = ctx.platform.containers(svc)
-    bad = [c for c in containers if c.state != "running" or c.health not in (None, "healthy")]
+    bad = [c for c in containers if not c.ready]
     if not containers or bad:
         raise UnhealthyError(f"{svc} is not healthy after the rollback: "
                              + ", ".join(f"{c.name} {c.state}/{c.health}" for c in bad or containers))
