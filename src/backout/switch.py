@@ -28,7 +28,7 @@ from backout.errors import BackoutError, ExternalError, UnhealthyError, UsageErr
 from backout.operations import interrupt
 from backout.operations.executor import Action, RunContext
 from backout.operations.plan import Step
-from backout.platforms.base import ContainerInfo
+from backout.platforms.base import ContainerInfo, ReadyWatch
 from backout.policy import switch as policy
 from backout.policy.switch import SwitchOrder
 
@@ -214,6 +214,7 @@ def _ready(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     service, new = params["service"], started["new"]
     intr = interrupt.current()
     deadline = time.monotonic() + float(params["timeout"])
+    watch = ReadyWatch()  # without a healthcheck: running a while, not at the first look
     while True:
         intr.check(f"waiting for the new {service}")
         c = _container(ctx, service, new)
@@ -222,7 +223,7 @@ def _ready(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
         if c.failed:
             raise UnhealthyError(f"the new container of {service} is {c.state}/{c.health}; "
                                  f"{KEPT_SERVING}")
-        if c.ready and _probe_ok(ctx, new, params.get("probe")):
+        if watch.ready(c, time.monotonic()) and _probe_ok(ctx, new, params.get("probe")):
             return {"ready": new, "health": c.health}
         if time.monotonic() > deadline:
             raise UnhealthyError(f"the new container of {service} did not become ready in "

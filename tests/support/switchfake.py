@@ -26,7 +26,8 @@ class Box:
 
 class SwitchFakePlatform(FakePlatform):
     """``new_health``: service -> the healths a new container of it reports, one per
-    look (the last repeats): ``["starting", "healthy"]``, ``["unhealthy"]``."""
+    look (the last repeats): ``["starting", "healthy"]``, ``["unhealthy"]``; None is
+    running without a healthcheck, "exited" a container that stopped (health None)."""
 
     def __init__(self, project_dir: Path = Path("/fake/project"), *,
                  running: Mapping[str, str] | None = None,
@@ -39,20 +40,27 @@ class SwitchFakePlatform(FakePlatform):
         self.looks: dict[str, int] = {}
         self.process_lists: list[list[str]] = []  # what processes() answers, in turn
 
-    def _health(self, box: Box) -> str | None:
+    def _look(self, box: Box) -> tuple[str, str | None]:
+        """(state, health) of the box at this look."""
         script = self.new_health.get(box.service)
         if not box.scripted or not script:
-            return box.health
+            return box.state, box.health
         n = self.looks.get(box.id, 0)
         self.looks[box.id] = n + 1
-        return script[min(n, len(script) - 1)]
+        health = script[min(n, len(script) - 1)]
+        return ("exited", None) if health == "exited" else (box.state, health)
 
     def containers(self, *services: str) -> list[ContainerInfo]:
         self._call("containers", *services)
-        return [ContainerInfo(id=b.id, name=f"{self.project_dir.name}-{b.id[2:]}",
-                              service=b.service, state=b.state, health=self._health(b),
-                              image="", image_id=b.image_id, restart_count=0, started_at="")
-                for b in self.boxes if not services or b.service in services]
+        out = []
+        for b in self.boxes:
+            if services and b.service not in services:
+                continue
+            state, health = self._look(b)
+            out.append(ContainerInfo(id=b.id, name=f"{self.project_dir.name}-{b.id[2:]}",
+                                     service=b.service, state=state, health=health, image="",
+                                     image_id=b.image_id, restart_count=0, started_at=""))
+        return out
 
     def running_images(self) -> dict[str, str]:
         self._call("running_images")

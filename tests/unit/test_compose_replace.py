@@ -15,6 +15,7 @@ import pytest
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import CommandFailedError, UnhealthyError
+from backout.platforms import base as platform_base
 from backout.platforms import compose as compose_platform
 from backout.platforms.base import ContainerInfo
 from backout.platforms.compose import ComposePlatform
@@ -84,7 +85,7 @@ def test_without_a_healthcheck_it_must_keep_running_a_while(
     """An image that dies at once fails the replacement, as Compose's first look (500 ms
     after the start) would fail it, instead of passing at the first look."""
     platform, _ = plat
-    monkeypatch.setattr(compose_platform, "RUNNING_AT_LEAST", 0.2)
+    monkeypatch.setattr(platform_base, "RUNNING_AT_LEAST", 0.2)
     looks(platform, monkeypatch, [[box(health=None)], [box(state="exited", health=None)]])
     with pytest.raises(UnhealthyError, match="web-1 is exited/None"):
         platform.replace_service("web", "web:v1", operation_id=7)
@@ -93,7 +94,7 @@ def test_without_a_healthcheck_it_must_keep_running_a_while(
 def test_a_restart_starts_the_while_again(
         plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch) -> None:
     platform, _ = plat
-    monkeypatch.setattr(compose_platform, "RUNNING_AT_LEAST", 0.1)
+    monkeypatch.setattr(platform_base, "RUNNING_AT_LEAST", 0.1)
     start = time.monotonic()
 
     def containers(*services: str) -> list[ContainerInfo]:

@@ -19,6 +19,7 @@ from backout.operations import executor as executor_module
 from backout.operations import interrupt
 from backout.operations.executor import Executor
 from backout.operations.plan import Plan
+from backout.platforms import base as platform_base
 from backout.policy import switch as policy
 from backout.rollback import service as service_rollback
 from backout.rollback.common import target_ref
@@ -251,7 +252,7 @@ def test_the_reload_happens_only_once_the_new_container_is_healthy(
     real_run_reloads = switching._run_reloads
 
     def watch(ctx: Any, reloads: Any, before: Any, **kw: Any) -> Any:
-        seen.append(platform._health(platform.of("web")[-1]))
+        seen.append(platform._look(platform.of("web")[-1])[1])
         return real_run_reloads(ctx, reloads, before, **kw)
 
     monkeypatch.setattr(switching, "_run_reloads", watch)
@@ -352,6 +353,32 @@ def test_ready_times_out(tmp_path: Path) -> None:
     outcome = run(store, plan, config, platform)
     assert outcome.error is not None and "did not become ready in 1s" in outcome.error.message
     assert [b.id for b in platform.of("web")] == ["c-web-1"]
+
+
+def test_without_a_healthcheck_the_new_one_must_keep_running_a_while(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image that dies at once is running at the first look: the switch must not
+    take it as ready, move traffic to it and drain the old one."""
+    monkeypatch.setattr(platform_base, "RUNNING_AT_LEAST", 0.2)
+    config, store, platform = stack(tmp_path, new_health=[None, "exited"])
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "failed" and outcome.failed_step == "wait until the new web is ready"
+    assert outcome.error is not None and "is exited/None" in outcome.error.message
+    assert platform.called("retire") == [(("c-web-2",), 20.0)]  # the old one never stopped
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-1", NEW)]
+
+
+def test_without_a_healthcheck_running_a_while_is_ready(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(platform_base, "RUNNING_AT_LEAST", 0.1)
+    monkeypatch.setattr(switching, "READY_POLL", 0.02)
+    config, store, platform = stack(tmp_path, new_health=[None])
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    assert platform.looks["c-web-2"] >= 5  # looked at until it had run 0.1 s, not once
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
 
 
 def test_a_readiness_url_is_probed_at_the_new_container(

@@ -41,6 +41,33 @@ class ContainerInfo:
         return self.state in ("exited", "dead") or self.health == "unhealthy"
 
 
+# Seconds a container without a healthcheck must keep running before a wait for it
+# takes it as ready: Compose's `up --wait` first looks 500 ms after the start, so an
+# image that dies at once fails there; a wait that looks sooner must not pass it.
+RUNNING_AT_LEAST = 0.5
+
+
+class ReadyWatch:
+    """Whether a container a wait keeps looking at has become ready: running and
+    healthy where it has a healthcheck; without one, running for RUNNING_AT_LEAST
+    since it was first seen running with the same start time and restart count (a
+    restart starts the while again). Fed one look at a time, with the time of it."""
+
+    def __init__(self) -> None:
+        self._running_since: dict[str, tuple[float, str, int]] = {}  # id -> (seen, start, restarts)
+
+    def ready(self, container: ContainerInfo, now: float) -> bool:
+        if container.state == "running":
+            run = (container.started_at, container.restart_count)
+            seen = self._running_since.get(container.id)
+            if seen is None or seen[1:] != run:
+                self._running_since[container.id] = (now, *run)
+        if not container.ready:
+            return False
+        return (container.health is not None
+                or now - self._running_since[container.id][0] >= RUNNING_AT_LEAST)
+
+
 def started_epoch(container: ContainerInfo) -> float:
     """When the container last started, in epoch seconds (0 when unreadable). Docker's
     RFC 3339 time trims trailing zeros of its nanoseconds: compared as text, "…:00Z"

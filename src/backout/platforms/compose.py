@@ -30,6 +30,7 @@ from backout.platforms.base import (
     EventStream,
     ImageInfo,
     Platform,
+    ReadyWatch,
     SwitchPair,
     newest_running,
 )
@@ -44,7 +45,6 @@ ONE_OFF_GRACE_SECONDS = 10  # `docker compose stop`'s default
 WAKING_EVENTS = ("health_status", "die", "oom", "restart")
 REPLACE_TIMEOUT = 600.0  # seconds for a replaced service's up and wait together
 READY_POLL = 0.05  # seconds between looks at a replaced service (Compose's --wait: 0.5)
-RUNNING_AT_LEAST = 0.5  # seconds a container without a healthcheck must keep running
 
 
 def is_one_off(labels: Mapping[str, str]) -> bool:
@@ -261,13 +261,11 @@ class ComposePlatform:
         healthy where it has a healthcheck; one exited, dead or unhealthy fails. Asked
         of the engine every READY_POLL instead of at Compose's 500 ms ticks, so a
         rollback goes on when its container is healthy, not up to half a second later.
-        A container without a healthcheck must have kept running for RUNNING_AT_LEAST
-        (Compose's first look comes 500 ms after the start: an image that dies at
-        once fails there, and must here). ``up -d`` returns with the containers
-        created and started: none means the service is scaled to 0 (nothing to wait
-        for, as Compose)."""
+        A container without a healthcheck must have kept running a while (ReadyWatch).
+        ``up -d`` returns with the containers created and started: none means the
+        service is scaled to 0 (nothing to wait for, as Compose)."""
         intr = interrupt.current()
-        first_running: dict[str, tuple[float, str, int]] = {}  # id -> (seen, start, restarts)
+        watch = ReadyWatch()
         while True:
             intr.check(f"waiting for {service} to be healthy")
             found = self.containers(service)
@@ -278,14 +276,7 @@ class ComposePlatform:
                 raise UnhealthyError(f"{service}: container {failed[0].name} is "
                                      f"{failed[0].state}/{failed[0].health} after docker compose up")
             now = time.monotonic()
-            for c in found:
-                if c.state == "running":
-                    seen = first_running.get(c.id)
-                    if seen is None or seen[1:] != (c.started_at, c.restart_count):
-                        first_running[c.id] = (now, c.started_at, c.restart_count)  # (again)
-            if all(c.ready and (c.health is not None
-                                or now - first_running[c.id][0] >= RUNNING_AT_LEAST)
-                   for c in found):
+            if all([watch.ready(c, now) for c in found]):  # a list: every one is seen
                 return
             if now > deadline:
                 states = ", ".join(f"{c.name} {c.state}/{c.health}" for c in found)
