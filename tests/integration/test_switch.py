@@ -11,6 +11,7 @@ tests/support/switchstack.py. Load: 4 threads through nginx, 20 ms apart."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -78,9 +79,11 @@ def git(sw: SwitchStack, *args: str) -> str:
                           timeout=60).stdout.strip()
 
 
-def release_branch(sw: SwitchStack, tag: str) -> str:
-    """A commit (on branch rel-TAG) whose compose file names app's image TAG; the
-    project becomes a git repository on branch main the first time."""
+def release_branch(sw: SwitchStack, tag: str, *, healthcheck: bool = True) -> str:
+    """A commit (on branch rel-TAG) whose compose file names app's image TAG (without
+    ``healthcheck``: app has none, not even its image's, and nginx waits for it
+    started); the project becomes a
+    git repository on branch main the first time."""
     if not (sw.dir / ".git").exists():
         (sw.dir / ".gitignore").write_text(".env\n")
         git(sw, "init", "-q", "-b", "main")
@@ -90,7 +93,13 @@ def release_branch(sw: SwitchStack, tag: str) -> str:
     compose = sw.dir / "docker-compose.yml"
     text = compose.read_text()
     assert "switch-app:${APP_TAG:-v1}" in text
-    compose.write_text(text.replace("switch-app:${APP_TAG:-v1}", f"switch-app:{tag}"))
+    text = text.replace("switch-app:${APP_TAG:-v1}", f"switch-app:{tag}")
+    if not healthcheck:
+        text, n = re.subn(r"\n    healthcheck:\n(      .*\n)+",
+                          "\n    healthcheck:\n      disable: true  # the image has one\n", text)
+        assert n == 1
+        text = text.replace("condition: service_healthy", "condition: service_started")
+    compose.write_text(text)
     git(sw, "commit", "-q", "-am", f"app {tag}")
     git(sw, "checkout", "-q", "main")
     return f"rel-{tag}"
@@ -128,6 +137,25 @@ def test_deploy_of_a_never_healthy_release_keeps_the_old_one_serving(sw: SwitchS
         time.sleep(0.5)
     assert result.returncode == 8, (result.stdout[-2000:], result.stderr[-2000:])
     assert "the old release kept serving" in result.stdout
+    assert load.failed == [], load.failed[:5]
+    assert one_app(sw, "v1")["Id"] == old["Id"]  # never stopped
+
+
+def test_deploy_of_a_release_without_healthcheck_that_dies_keeps_the_old_one(
+        sw: SwitchStack) -> None:
+    """No healthcheck and a process that exits 0.45 s after the start: running at the
+    switch's first look, it must not be taken as ready (traffic moved, the old one
+    drained) before it has kept running a while."""
+    ref = release_branch(sw, "dies", healthcheck=False)
+    start_at(sw, "v1")
+    old = one_app(sw, "v1")
+    with Load(sw.url("/")) as load:
+        time.sleep(0.5)
+        result = backout("--json", "deploy", ref, "--watch", "0", cwd=sw.dir, timeout=600)
+        time.sleep(0.5)
+    assert result.returncode == 8, (result.stdout[-2000:], result.stderr[-2000:])
+    assert "the old release kept serving" in result.stdout
+    assert "is exited/None" in result.stdout  # seen running, then gone within 0.5 s
     assert load.failed == [], load.failed[:5]
     assert one_app(sw, "v1")["Id"] == old["Id"]  # never stopped
 

@@ -1,8 +1,9 @@
 """The switch test stack (tests/stack/switch): nginx in front of one stateless app,
 for the zero-downtime switch (issue 14) on the real Docker Engine and Compose. The
 app images are tiny layers on the test stack's backend image (python3 is there):
-``backout-test/switch-app:v1|v2`` (healthy, different versions) and ``:never`` (its
-health endpoint never answers 200). Cleanup is by the run label, as TestStack's."""
+``backout-test/switch-app:v1|v2`` (healthy, different versions), ``:never`` (its
+health endpoint never answers 200) and ``:dies`` (its process exits 0.45 s after the
+start). Cleanup is by the run label, as TestStack's."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from tests.support.stack import RUN_LABEL, build_images, free_ports, remove_run
 
 SOURCE = Path(__file__).resolve().parents[1] / "stack" / "switch"
 IMAGE = "backout-test/switch-app"
-VERSIONS = {"v1": "", "v2": "", "never": "SWITCH_HEALTHY=0"}
+VERSIONS = {"v1": "", "v2": "", "never": "SWITCH_HEALTHY=0",
+            "dies": "SWITCH_DIES_AFTER=0.45"}
 
 
 def build_switch_images() -> None:

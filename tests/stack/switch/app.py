@@ -6,6 +6,10 @@ GET /health      200 once ready (READY_AFTER seconds after start), else 503;
 GET /slow?s=N    answers after N seconds (an in-flight request during a switch)
 GET /            {"version": ..., "container": hostname}
 
+SWITCH_DIES_AFTER=N: the process exits (status 1) N seconds after its exec (the
+container's start, not after Python's imports), an image that dies at once (with no
+healthcheck, running is all the engine can report).
+
 On SIGTERM it stops accepting at once (the listening socket is closed, so a proxy
 retries another upstream) and exits only when every in-flight request is answered:
 the drain a start-first switch relies on (stop_grace_period bounds it).
@@ -25,6 +29,7 @@ PORT = int(os.environ.get("PORT", "8080"))
 VERSION = os.environ.get("SWITCH_VERSION", "v1")
 HEALTHY = os.environ.get("SWITCH_HEALTHY", "1") != "0"
 READY_AFTER = float(os.environ.get("READY_AFTER", "0.5"))
+DIES_AFTER = os.environ.get("SWITCH_DIES_AFTER")
 STARTED = time.monotonic()
 
 
@@ -53,9 +58,20 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def age() -> float:
+    """Seconds since this process was exec'd (its start time in /proc, in clock ticks
+    since boot)."""
+    with open("/proc/self/stat") as f:
+        started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0]) - started
+
+
 def serve() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if DIES_AFTER is not None:
+        threading.Timer(max(0.0, float(DIES_AFTER) - age()), lambda: os._exit(1)).start()
     ThreadingHTTPServer.daemon_threads = False  # server_close joins in-flight requests
     ThreadingHTTPServer.request_queue_size = 128  # bursts of proxied requests wait, not fail
     httpd = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
