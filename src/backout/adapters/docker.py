@@ -158,6 +158,7 @@ def container_info(raw: dict[str, Any]) -> ContainerInfo:
         started_at=state.get("StartedAt", ""),
         labels=dict(labels),
         failing_streak=int(health.get("FailingStreak", 0)),
+        exit_code=int(state.get("ExitCode") or 0),
     )
 
 

@@ -29,6 +29,7 @@ class ContainerInfo:
     started_at: str
     labels: dict[str, str] = field(default_factory=dict)
     failing_streak: int = 0  # consecutive failed healthchecks (Docker counts them)
+    exit_code: int = 0  # of its last run, once exited
 
     @property
     def ready(self) -> bool:

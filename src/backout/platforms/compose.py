@@ -47,6 +47,32 @@ REPLACE_TIMEOUT = 600.0  # seconds for a replaced service's up and wait together
 READY_POLL = 0.05  # seconds between looks at a replaced service (Compose's --wait: 0.5)
 
 
+STACK_TIMEOUT = 900.0  # seconds for a whole stack's up and wait together
+READY, COMPLETED = "ready", "completed"
+
+
+def wait_conditions(definition: Mapping[str, Any]) -> dict[str, str]:
+    """What ``docker compose up --wait`` waits for, service by service: COMPLETED (its
+    containers exited 0) for a job another service depends on with
+    ``service_completed_successfully`` (an init or migration job), else READY
+    (running, and healthy where it has a healthcheck). A service scaled to 0 is left
+    out; so are those of inactive profiles (``docker compose config`` has none)."""
+    services: Mapping[str, Any] = definition.get("services") or {}
+    jobs = {dep for spec in services.values()
+            for dep, how in ((spec or {}).get("depends_on") or {}).items()
+            if (how or {}).get("condition") == "service_completed_successfully"}
+    out = {}
+    for name, spec in services.items():
+        spec = spec or {}
+        scale = spec.get("scale")
+        if scale is None:
+            scale = ((spec.get("deploy") or {}).get("replicas"))
+        if scale is not None and int(scale) == 0:
+            continue
+        out[name] = COMPLETED if name in jobs else READY
+    return out
+
+
 def is_one_off(labels: Mapping[str, str]) -> bool:
     return labels.get(ONEOFF_LABEL) == "True"
 
@@ -285,12 +311,63 @@ class ComposePlatform:
             intr.sleep(READY_POLL)
 
     def converge(self, *, pull: bool) -> None:
-        result = self.compose.run("up", "-d", "--wait", "--no-build",
-                                  *([] if pull else ["--pull", "never"]), "--remove-orphans",
-                                  timeout=900, check=False, what="docker compose up")
+        deadline = time.monotonic() + STACK_TIMEOUT
+        up = ("up", "-d", "--no-build", *([] if pull else ["--pull", "never"]),
+              "--remove-orphans")
+        # On a local engine backout waits itself (as for one replaced service): the
+        # engine asked every READY_POLL instead of at `--wait`'s 500 ms ticks. A
+        # remote engine keeps `--wait` (each look would be a CLI run).
+        wait = self.engine is not None
+        result = self.compose.run(*up, *([] if wait else ["--wait"]), timeout=STACK_TIMEOUT,
+                                  check=False, what="docker compose up")
         if not result.ok:
             lines = result.stderr.strip().splitlines()
             raise UnhealthyError(self.env.redact(lines[-1] if lines else "no output"))
+        if wait:
+            self._wait_stack(wait_conditions(self.definition()), deadline)
+
+    def _wait_stack(self, conditions: Mapping[str, str], deadline: float) -> None:
+        """What ``up --wait`` waits for after ``up -d`` (see wait_conditions), the
+        same way as _wait_ready: a container exited, dead or unhealthy fails (a job:
+        exited with another status than 0); one without a healthcheck must keep
+        running a while (ReadyWatch). Services of other profiles, scaled to 0 or
+        orphaned are not waited for."""
+        intr = interrupt.current()
+        watch = ReadyWatch()
+        while True:
+            intr.check("waiting for the stack to be healthy")
+            found: dict[str, list[ContainerInfo]] = {}
+            for c in self.containers():
+                found.setdefault(c.service, []).append(c)
+            now = time.monotonic()
+            waiting = []
+            for service, condition in sorted(conditions.items()):
+                mine = found.get(service, [])
+                if not mine:  # `up -d` returned with every container created and started
+                    raise UnhealthyError(f"{service} has no container after docker compose up")
+                if condition == COMPLETED:
+                    bad = [c for c in mine
+                           if c.state == "dead" or (c.state == "exited" and c.exit_code)]
+                    if bad:
+                        raise UnhealthyError(f"service {service} didn't complete successfully: "
+                                             f"{bad[0].name} exit {bad[0].exit_code}")
+                    if not all(c.state == "exited" for c in mine):
+                        waiting.append(service)
+                    continue
+                failed = [c for c in mine if c.failed]
+                if failed:
+                    c = failed[0]
+                    raise UnhealthyError(
+                        f"container {c.name} exited ({c.exit_code})" if c.state == "exited"
+                        else f"container {c.name} is {c.state}/{c.health}")
+                if not all([watch.ready(c, now) for c in mine]):  # a list: every one is seen
+                    waiting.append(service)
+            if not waiting:
+                return
+            if now > deadline:
+                raise UnhealthyError(f"{', '.join(waiting)} did not get healthy in "
+                                     f"{STACK_TIMEOUT:.0f}s after docker compose up")
+            intr.sleep(READY_POLL)
 
     def build(self, services: Sequence[str]) -> None:
         self.compose.run("build", *services, timeout=3600)

@@ -1,0 +1,178 @@
+"""A whole stack brought up on a local engine is waited for by backout as `up --wait`
+would (compose's start.go and convergence.go: a job another service depends on with
+service_completed_successfully must exit 0, every other service be running and
+healthy where it has a healthcheck; scale 0 and inactive profiles are not waited
+for), looked at every READY_POLL instead of at Compose's 500 ms ticks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backout.config import Config
+from backout.environment import Environment
+from backout.errors import UnhealthyError
+from backout.platforms import base as platform_base
+from backout.platforms import compose as compose_platform
+from backout.platforms.base import ContainerInfo
+from backout.platforms.compose import COMPLETED, READY, ComposePlatform, wait_conditions
+from backout.proc import Result
+
+DEFINITION: dict[str, Any] = {"services": {
+    "web": {"image": "web", "depends_on": {"migrate": {
+        "condition": "service_completed_successfully", "required": True},
+        "db": {"condition": "service_healthy"}}},
+    "migrate": {"image": "web"},
+    "db": {"image": "mariadb"},
+    "worker": {"image": "web", "depends_on": {"db": {"condition": "service_started"}}},
+    "debug": {"image": "web", "scale": 0},
+    "batch": {"image": "web", "deploy": {"replicas": 0}},
+    "api": {"image": "api", "deploy": {"replicas": 2}},
+}}
+
+
+def test_the_conditions_are_compose_wait_s() -> None:
+    assert wait_conditions(DEFINITION) == {"web": READY, "migrate": COMPLETED, "db": READY,
+                                           "worker": READY, "api": READY}
+    assert wait_conditions({}) == {}
+
+
+def box(service: str, state: str = "running", health: str | None = "healthy", n: int = 1,
+        exit_code: int = 0) -> ContainerInfo:
+    return ContainerInfo(id=f"{service}-{n}", name=f"p-{service}-{n}", service=service,
+                         state=state, health=health, image=service, image_id="sha256:x",
+                         restart_count=0, started_at="2026-12-05T10:00:00Z",
+                         exit_code=exit_code)
+
+
+HEALTHY = [box("web"), box("migrate", "exited", None), box("db"), box("worker", health=None),
+           box("api"), box("api", n=2)]
+
+
+class Compose:
+    def __init__(self, ok: bool = True) -> None:
+        self.runs: list[tuple[str, ...]] = []
+        self.ok = ok
+
+    def run(self, *args: str, **kw: Any) -> Result:
+        self.runs.append(args)
+        return Result(list(args), 0 if self.ok else 1, "", "" if self.ok else "boom\nlast line",
+                      0.0)
+
+
+@pytest.fixture
+def plat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ComposePlatform,
+                                                                             Compose]]:
+    env = Environment(env={"DOCKER_HOST": "ssh://deploy@host"})  # no engine until given one
+    platform = ComposePlatform(env, Config(path=tmp_path / "backout.toml", project_dir=tmp_path))
+    compose = Compose()
+    monkeypatch.setattr(platform, "compose", compose)
+    monkeypatch.setattr(platform, "definition", lambda: DEFINITION)
+    monkeypatch.setattr(compose_platform, "READY_POLL", 0.0)
+    monkeypatch.setattr(platform_base, "RUNNING_AT_LEAST", 0.0)
+    monkeypatch.setattr(compose_platform, "STACK_TIMEOUT", 2.0)  # a wrong wait ends
+    yield platform, compose
+
+
+def looks(platform: ComposePlatform, monkeypatch: pytest.MonkeyPatch,
+          seen: list[list[ContainerInfo]]) -> list[tuple[str, ...]]:
+    """The engine answers ``seen`` one look after the other (the last one again)."""
+    asked: list[tuple[str, ...]] = []
+
+    def containers(*services: str) -> list[ContainerInfo]:
+        asked.append(services)
+        return seen.pop(0) if len(seen) > 1 else seen[0]
+
+    monkeypatch.setattr(platform, "containers", containers)
+    platform.engine = object()  # type: ignore[assignment]
+    return asked
+
+
+def test_up_without_wait_then_looks_until_the_stack_is_ready(
+        plat: tuple[ComposePlatform, Compose], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, compose = plat
+    starting = [dataclasses.replace(c, health="starting") if c.service == "web" else c
+                for c in HEALTHY]
+    job_running = [dataclasses.replace(c, state="running") if c.service == "migrate" else c
+                   for c in HEALTHY]
+    asked = looks(platform, monkeypatch, [job_running, starting, HEALTHY])
+    platform.converge(pull=False)
+    assert compose.runs == [("up", "-d", "--no-build", "--pull", "never", "--remove-orphans")]
+    assert asked == [()] * 3  # the job still running, web starting, then all of it
+
+
+def test_a_remote_engine_keeps_compose_s_wait(plat: tuple[ComposePlatform, Compose]) -> None:
+    platform, compose = plat
+    platform.converge(pull=True)
+    assert compose.runs == [("up", "-d", "--no-build", "--remove-orphans", "--wait")]
+
+
+def test_a_failed_up_says_its_last_line(plat: tuple[ComposePlatform, Compose],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, compose = plat
+    compose.ok = False
+    asked = looks(platform, monkeypatch, [HEALTHY])
+    with pytest.raises(UnhealthyError, match=r"^last line$"):
+        platform.converge(pull=False)
+    assert asked == []
+
+
+@pytest.mark.parametrize(("broken", "message"), [
+    (box("web", "exited", None, exit_code=3), "container p-web-1 exited \\(3\\)"),
+    (box("web", "running", "unhealthy"), "container p-web-1 is running/unhealthy"),
+    (box("web", "dead", None), "container p-web-1 is dead/None"),
+    (box("migrate", "exited", None, exit_code=1),
+     "service migrate didn't complete successfully: p-migrate-1 exit 1"),
+    (box("migrate", "dead", None), "service migrate didn't complete"),
+    (box("api", "exited", None, n=2), "container p-api-2 exited \\(0\\)"),
+])
+def test_a_container_that_fails_fails_the_converge(
+        plat: tuple[ComposePlatform, Compose], monkeypatch: pytest.MonkeyPatch,
+        broken: ContainerInfo, message: str) -> None:
+    platform, _ = plat
+    seen = [broken if c.id == broken.id else c for c in HEALTHY]
+    looks(platform, monkeypatch, [seen])
+    with pytest.raises(UnhealthyError, match=message):
+        platform.converge(pull=False)
+
+
+def test_a_service_without_a_container_fails(
+        plat: tuple[ComposePlatform, Compose], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, _ = plat
+    looks(platform, monkeypatch, [[c for c in HEALTHY if c.service != "worker"]])
+    with pytest.raises(UnhealthyError, match="worker has no container"):
+        platform.converge(pull=False)
+
+
+def test_what_is_not_waited_for_is_not_looked_at(
+        plat: tuple[ComposePlatform, Compose], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped container of a service scaled to 0, an orphan, a profile's service."""
+    platform, _ = plat
+    looks(platform, monkeypatch, [[*HEALTHY, box("debug", "exited", None, exit_code=137),
+                                   box("gone", "running", "unhealthy")]])
+    platform.converge(pull=False)
+
+
+def test_without_a_healthcheck_it_must_keep_running_a_while(
+        plat: tuple[ComposePlatform, Compose], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, _ = plat
+    monkeypatch.setattr(platform_base, "RUNNING_AT_LEAST", 0.2)
+    died = [box("worker", "exited", None, exit_code=1) if c.service == "worker" else c
+            for c in HEALTHY]
+    looks(platform, monkeypatch, [HEALTHY, died])
+    with pytest.raises(UnhealthyError, match="p-worker-1 exited \\(1\\)"):
+        platform.converge(pull=False)
+
+
+def test_a_stack_that_never_gets_ready_times_out_naming_what_it_waited_for(
+        plat: tuple[ComposePlatform, Compose], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, _ = plat
+    monkeypatch.setattr(compose_platform, "STACK_TIMEOUT", 0.05)
+    looks(platform, monkeypatch, [[dataclasses.replace(c, health="starting")
+                                   if c.service == "db" else c for c in HEALTHY]])
+    with pytest.raises(UnhealthyError, match=r"^db did not get healthy in 0s"):
+        platform.converge(pull=False)
