@@ -579,10 +579,13 @@ def dump_rows(rig: Rig, r: Rounds, *, db: str, label: str, artifact: str, rows: 
         backup_floor = proof_floor(r, physical)
     restore_floor = floor(f"zstd -d {decomp:.0f} MB/s", decomp, "MB/s")
     if parallel:
+        others = "".join(f"; {t['sessions']} clients {t['mb_s']:.3g} MB/s"
+                         for t in parallel.get("tried", [])
+                         if t["sessions"] != parallel["sessions"])
         restore_floor = floor(
             f"the same dump split ahead (untimed) and loaded bare by {parallel['sessions']} "
             f"mariadb clients at once after its schema, {parallel['mb_s']:.3g} MB/s "
-            f"({parallel['mb_s'] / med(r.bare_restore):.2f}x the single stream); "
+            f"({parallel['mb_s'] / med(r.bare_restore):.2f}x the single stream{others}); "
             f"zstd -d {decomp:.0f} MB/s",
             min(parallel["mb_s"], decomp), "MB/s")
     return [
@@ -619,8 +622,14 @@ def backups(rig: Rig, p: Params) -> JsonDict:
         secret = {"MYSQL_PWD": rig.stack.secrets["MYSQL_ROOT_PASSWORD"]}
         r = rounds(rig, p, "mysql", "mysql.sql.zst", dump_cmd, load_cmd, secret,
                    f"MySQL {size:g} MB", proven_dump=proven(dump_cmd, "mysql", DATABASE))
-        log(f"MySQL {size:g} MB: bare parallel load")
-        parallel = mysql_parallel_floor(rig, rig.scratch / "bare-mysql.sql.zst", nrows, secret)
+        # backout's default session count, and one more: the floor is the better of them
+        # (two cores here: a third session shows whether the count, not the machine, limits)
+        loads = []
+        for sessions in (RESTORE_SESSIONS, RESTORE_SESSIONS + 1):
+            log(f"MySQL {size:g} MB: bare parallel load, {sessions} sessions")
+            loads.append(mysql_parallel_floor(rig, rig.scratch / "bare-mysql.sql.zst", nrows,
+                                              secret, sessions))
+        parallel = {**max(loads, key=lambda f: f["mb_s"]), "tried": loads}
         rows += dump_rows(
             rig, r, db="mysql", label=f"MySQL {r.raw_mb:.0f} MB dump ({nrows} generated rows + seed)",
             artifact="mysql.sql.zst", rows=nrows, disk=disk, parallel=parallel,
@@ -708,7 +717,8 @@ def backups(rig: Rig, p: Params) -> JsonDict:
         "size on the bare run's dump: split ahead by a person's rule (rows dealt to the "
         "parts, the rest in order in a main file; untimed), then timed the main file "
         "through one `mariadb` and the parts through as many `mariadb` clients at once as "
-        "backout's default `restore_sessions`, writers stopped; every row must be back.",
+        "backout's default `restore_sessions`, and again with one client more, writers "
+        "stopped; every row must be back. The floor is the faster of the two.",
     ]
     return result("3. Backup and restore throughput", rows, notes,
                   {"disk_write_mb_s": round(disk, 1), "mysql_mb": p.mysql_mb,

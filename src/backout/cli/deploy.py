@@ -43,8 +43,8 @@ def _watch_progress(ctx: Ctx, total: float) -> Any:
 def deploy_cmd(ctx: Ctx, ref: str | None, watch_seconds: int | None, migration: bool,
                allow_dirty: bool, label: str | None, dry_run: bool) -> int:
     """Deploy REF (a commit, tag or branch; default: HEAD) guarded: preflight,
-    checkpoint, switch, up --wait, verify, then watch; on RED or a failed step, roll
-    back to the previous release by itself and verify.
+    checkpoint, switch, up (waited healthy), verify, then watch; on RED or a failed
+    step, roll back to the previous release by itself and verify.
 
     Exit codes for CI: 0 deployed and healthy, 8 rolled back (verified), 9 failed and
     left for a human; 2/7 a preflight refusal (nothing changed).

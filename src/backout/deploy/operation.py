@@ -1,8 +1,8 @@
 """``backout deploy``: the runbook's pre-migration checklist and the watch, as one
 journaled operation.
 
-    record the running release -> checkpoint -> switch code -> build -> up --wait
-    -> record the new release -> verify -> watch under the policy
+    record the running release -> checkpoint -> switch code -> build -> up
+    (waited healthy) -> record the new release -> verify -> watch under the policy
     [only if a step failed]  decide -> code back -> previous images -> (data back)
                              -> up -> verify
     [always]                 record the outcome (release status, incident timeline)
@@ -81,7 +81,8 @@ def plan_deploy(config: Config, pf: Preflight, *, watch_seconds: int, with_data:
         *switch.stack_steps(config, definition or {}),
         Step("start the new release", "deploy.up",
              "the new commit's stack brought up and waited for; changed services are "
-             "replaced (Compose: docker compose up -d --wait, in dependency order; Swarm: "
+             "replaced (Compose: docker compose up -d in dependency order, then waited for as "
+             "its --wait would; Swarm: "
              "docker stack deploy, then its tasks)"
              + (" (those switched start-first above are up to date)" if definition else ""),
              {}, key="deploy:up"),
