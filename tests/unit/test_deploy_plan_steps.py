@@ -233,7 +233,7 @@ def test_every_reason_tells_the_operator_the_fact_that_matters() -> None:
         "deploy:previous": ["release to come back to", "backout's tags", "nothing can prune"],
         "save-changes": ["patch under .backout/saved", "git stash", "nothing is discarded"],
         "deploy:build": ["build context changed", "image is missing"],
-        "deploy:up": ["docker compose up -d --wait", "dependency order"],
+        "deploy:up": ["docker compose up -d", "as its --wait would", "dependency order"],
         "record-release": ["image IDs", "retained"],
         "deploy:verify": ["post-deploy checks: containers", "health URLs", "logs", "databases"],
         "deploy:decide": ["whether anything changed", "the data too", "opens the incident"],
