@@ -220,14 +220,14 @@ def _ready(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
         c = _container(ctx, service, new)
         if c is None:
             raise UnhealthyError(f"the new container of {service} is gone; {KEPT_SERVING}")
-        if c.failed:
-            raise UnhealthyError(f"the new container of {service} is {c.state}/{c.health}; "
+        if watch.given_up(c):
+            raise UnhealthyError(f"the new container of {service} is {watch.describe(c)}; "
                                  f"{KEPT_SERVING}")
         if watch.ready(c, time.monotonic()) and _probe_ok(ctx, new, params.get("probe")):
             return {"ready": new, "health": c.health}
         if time.monotonic() > deadline:
             raise UnhealthyError(f"the new container of {service} did not become ready in "
-                                 f"{params['timeout']:.0f}s ({c.state}/{c.health}); "
+                                 f"{params['timeout']:.0f}s ({watch.describe(c)}); "
                                  f"{KEPT_SERVING}")
         intr.sleep(READY_POLL)
 

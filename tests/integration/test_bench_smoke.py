@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench.benchmarks import BENCHMARKS
+from bench.benchmarks import BENCHMARKS, RESTORE_SESSIONS
 
 pytestmark = pytest.mark.docker
 
@@ -78,7 +78,7 @@ def test_bench_smoke_writes_every_benchmark(tmp_path: Path) -> None:
                    if r["name"].startswith("MySQL") and "restore step" in r["name"])
     parallel = restore["extra"]["bare_parallel_load"]
     assert parallel["sessions"] >= 2 and parallel["mb_s"] > 0
-    assert [t["sessions"] for t in parallel["tried"]] == [2, 3]  # the default and one more
+    assert [t["sessions"] for t in parallel["tried"]] == [RESTORE_SESSIONS, RESTORE_SESSIONS + 1]
     assert parallel["mb_s"] == max(t["mb_s"] for t in parallel["tried"])
     assert "loaded bare by" in restore["floor"]["label"]
     # bench 6 at the stack's size and grown by one service (--monitor-services in smoke)

@@ -28,29 +28,35 @@ pytestmark = pytest.mark.docker
 IMAGE = "debian:bookworm-slim"
 
 
-def definition(run_id: str) -> dict[str, Any]:
+def definition(run_id: str, *, app_healthcheck: bool = True) -> dict[str, Any]:
     def svc(command: str, **more: Any) -> dict[str, Any]:
         return {"image": IMAGE, "init": True, "labels": {RUN_LABEL: run_id},
                 "command": ["sh", "-c", command], **more}
+    app = svc("sleep ${APP_HEALTHY_AFTER:-1}; touch /tmp/healthy; exec sleep infinity",
+              depends_on={"migrate": {"condition": "service_completed_successfully"}})
+    if app_healthcheck:
+        app["healthcheck"] = {"test": ["CMD", "test", "-f", "/tmp/healthy"], "interval": "1s",
+                              "timeout": "2s", "retries": 2,
+                              "start_period": "${APP_START_PERIOD:-30s}"}
     return {"services": {
         "migrate": svc("sleep 0.5; exit 0"),
-        "app": svc("sleep ${APP_HEALTHY_AFTER:-1}; touch /tmp/healthy; exec sleep infinity",
-                   depends_on={"migrate": {"condition": "service_completed_successfully"}},
-                   healthcheck={"test": ["CMD", "test", "-f", "/tmp/healthy"],
-                                "interval": "1s", "timeout": "2s", "retries": 2,
-                                "start_period": "${APP_START_PERIOD:-30s}"}),
-        # no healthcheck: running is all it can say; WORKER_EXIT makes it die at once
-        "worker": svc("sleep 0.2; ${WORKER_EXIT:-exec sleep infinity}"),
+        "app": app,
+        # no healthcheck: running is all it can say; WORKER_EXIT makes it die at once.
+        # Started last (after app), so `up -d` returns just after its start.
+        "worker": svc("sleep 0.3; ${WORKER_EXIT:-exec sleep infinity}",
+                      depends_on={"app": {"condition": "service_started"}}),
         "spare": svc("exit 9", scale=0),
         "debug": svc("exit 9", profiles=["debug"]),
     }}
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+def project(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Path, str]]:
     run_id = f"backout-test-{os.getpid()}-{secrets.token_hex(4)}"
     name = f"bo-wait-{secrets.token_hex(4)}"
-    (tmp_path / "docker-compose.yml").write_text(json.dumps(definition(run_id)))
+    app_healthcheck = getattr(request, "param", True)  # parametrized indirectly: False
+    (tmp_path / "docker-compose.yml").write_text(
+        json.dumps(definition(run_id, app_healthcheck=app_healthcheck)))
     try:
         yield tmp_path, name
     finally:
@@ -83,10 +89,12 @@ def test_the_stack_is_waited_for_as_up_wait_would(project: tuple[Path, str]) -> 
     plat.converge(pull=False)  # again, nothing to change: waits for the same, passes
 
 
+@pytest.mark.parametrize("project", [False], indirect=True)  # app without a healthcheck
 def test_a_service_that_dies_at_once_fails_the_wait(project: tuple[Path, str]) -> None:
-    """`up -d` succeeds (it does not wait); the wait must not pass a container without
-    a healthcheck that was running at its first look and exited 0.2 s later."""
-    plat = platform(project, WORKER_EXIT="exit 3", APP_HEALTHY_AFTER="0")
+    """`up -d` succeeds (it does not wait) just after worker's start; nothing has a
+    healthcheck, so at the first look everything runs: the wait must not pass worker,
+    which exits 0.3 s after its start."""
+    plat = platform(project, WORKER_EXIT="exit 3")
     with pytest.raises(UnhealthyError, match=r"container .*-worker-1 exited \(3\)"):
         plat.converge(pull=False)
 

@@ -162,3 +162,17 @@ def test_a_remote_up_that_fails_otherwise_stays_an_external_failure(
     monkeypatch.setattr(pinned, "run", run)
     with pytest.raises(CommandFailedError, match="port is already allocated"):
         platform.replace_service("web", "web:v1", operation_id=7)
+
+
+def test_a_crash_loop_fails_the_replacement(
+        plat: tuple[ComposePlatform, Pinned], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart policy keeps a crashing container from ever being "exited": the wait
+    gives up after CRASH_LOOP_RESTARTS restarts instead of at its deadline."""
+    platform, _ = plat
+    monkeypatch.setattr(compose_platform, "REPLACE_TIMEOUT", 30.0)
+    seen = [[dataclasses.replace(box(state="restarting" if n % 2 else "running",
+                                     health="starting"), restart_count=n)]
+            for n in range(platform_base.CRASH_LOOP_RESTARTS + 2)]
+    looks(platform, monkeypatch, seen)
+    with pytest.raises(UnhealthyError, match="web-1 is running/starting after 10 restarts"):
+        platform.replace_service("web", "web:v1", operation_id=7)

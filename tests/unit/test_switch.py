@@ -377,7 +377,7 @@ def test_without_a_healthcheck_running_a_while_is_ready(
     plan = service_rollback.plan(store, platform, "web", None, config=config)
     outcome = run(store, plan, config, platform)
     assert outcome.status == "succeeded", outcome.error
-    assert platform.looks["c-web-2"] >= 5  # looked at until it had run 0.1 s, not once
+    assert platform.looks["c-web-2"] >= 2  # looked at until it had run 0.1 s, not once
     assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
 
 

@@ -48,14 +48,23 @@ class ContainerInfo:
 RUNNING_AT_LEAST = 0.5
 
 
+# Restarts (under a restart policy) a wait sees before it gives up on a container:
+# a crash loop is never "exited" and would hold the wait to its deadline (minutes at
+# 3 a.m.). Docker doubles its delay between restarts from 0.1 s, so 10 come within
+# about 100 s; an app that restarts until its database answers stops well before.
+CRASH_LOOP_RESTARTS = 10
+
+
 class ReadyWatch:
     """Whether a container a wait keeps looking at has become ready: running and
     healthy where it has a healthcheck; without one, running for RUNNING_AT_LEAST
     since it was first seen running with the same start time and restart count (a
-    restart starts the while again). Fed one look at a time, with the time of it."""
+    restart starts the while again). Fed one look at a time, with the time of it.
+    ``given_up`` says when to stop waiting for it."""
 
     def __init__(self) -> None:
         self._running_since: dict[str, tuple[float, str, int]] = {}  # id -> (seen, start, restarts)
+        self._first_restarts: dict[str, int] = {}  # id -> its restart count when first seen
 
     def ready(self, container: ContainerInfo, now: float) -> bool:
         if container.state == "running":
@@ -67,6 +76,23 @@ class ReadyWatch:
             return False
         return (container.health is not None
                 or now - self._running_since[container.id][0] >= RUNNING_AT_LEAST)
+
+    def restarts(self, container: ContainerInfo) -> int:
+        """How often the container restarted since this wait first saw it."""
+        first = self._first_restarts.setdefault(container.id, container.restart_count)
+        return container.restart_count - first
+
+    def crash_looping(self, container: ContainerInfo) -> bool:
+        return self.restarts(container) >= CRASH_LOOP_RESTARTS
+
+    def given_up(self, container: ContainerInfo) -> bool:
+        """Exited, dead or unhealthy, or restarted CRASH_LOOP_RESTARTS times."""
+        return container.failed or self.crash_looping(container)
+
+    def describe(self, container: ContainerInfo) -> str:
+        """``state/health``, and the restarts this wait saw, for a message."""
+        n = self.restarts(container)
+        return f"{container.state}/{container.health}" + (f" after {n} restarts" if n else "")
 
 
 def started_epoch(container: ContainerInfo) -> float:

@@ -56,7 +56,8 @@ def wait_conditions(definition: Mapping[str, Any]) -> dict[str, str]:
     containers exited 0) for a job another service depends on with
     ``service_completed_successfully`` (an init or migration job), else READY
     (running, and healthy where it has a healthcheck). A service scaled to 0 is left
-    out; so are those of inactive profiles (``docker compose config`` has none)."""
+    out, as is one a ``provider`` runs (no container); so are those of inactive
+    profiles (``docker compose config`` has none)."""
     services: Mapping[str, Any] = definition.get("services") or {}
     jobs = {dep for spec in services.values()
             for dep, how in ((spec or {}).get("depends_on") or {}).items()
@@ -64,6 +65,8 @@ def wait_conditions(definition: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for name, spec in services.items():
         spec = spec or {}
+        if spec.get("provider"):
+            continue
         scale = spec.get("scale")
         if scale is None:
             scale = ((spec.get("deploy") or {}).get("replicas"))
@@ -297,15 +300,15 @@ class ComposePlatform:
             found = self.containers(service)
             if not found:
                 return
-            failed = [c for c in found if c.failed]
+            failed = [c for c in found if watch.given_up(c)]
             if failed:
                 raise UnhealthyError(f"{service}: container {failed[0].name} is "
-                                     f"{failed[0].state}/{failed[0].health} after docker compose up")
+                                     f"{watch.describe(failed[0])} after docker compose up")
             now = time.monotonic()
             if all([watch.ready(c, now) for c in found]):  # a list: every one is seen
                 return
             if now > deadline:
-                states = ", ".join(f"{c.name} {c.state}/{c.health}" for c in found)
+                states = ", ".join(f"{c.name} {watch.describe(c)}" for c in found)
                 raise UnhealthyError(f"{service} did not get healthy in {REPLACE_TIMEOUT:.0f}s "
                                      f"({states})")
             intr.sleep(READY_POLL)
@@ -328,46 +331,51 @@ class ComposePlatform:
 
     def _wait_stack(self, conditions: Mapping[str, str], deadline: float) -> None:
         """What ``up --wait`` waits for after ``up -d`` (see wait_conditions), the
-        same way as _wait_ready: a container exited, dead or unhealthy fails (a job:
-        exited with another status than 0); one without a healthcheck must keep
-        running a while (ReadyWatch). Services of other profiles, scaled to 0 or
+        same way as _wait_ready: a container exited, dead, unhealthy or crash-looping
+        fails (a job: exited with another status than 0); one without a healthcheck
+        must keep running a while (ReadyWatch). As Compose, a service is not looked at
+        again once it was satisfied. Services of other profiles, scaled to 0 or
         orphaned are not waited for."""
         intr = interrupt.current()
         watch = ReadyWatch()
-        while True:
+        pending = dict(conditions)
+        while pending:
             intr.check("waiting for the stack to be healthy")
-            found: dict[str, list[ContainerInfo]] = {}
-            for c in self.containers():
+            found: dict[str, list[ContainerInfo]] = {s: [] for s in pending}
+            for c in self.containers(*pending):
                 found.setdefault(c.service, []).append(c)
             now = time.monotonic()
-            waiting = []
-            for service, condition in sorted(conditions.items()):
-                mine = found.get(service, [])
+            for service, condition in sorted(pending.items()):
+                mine = found[service]
                 if not mine:  # `up -d` returned with every container created and started
                     raise UnhealthyError(f"{service} has no container after docker compose up")
                 if condition == COMPLETED:
-                    bad = [c for c in mine
-                           if c.state == "dead" or (c.state == "exited" and c.exit_code)]
+                    bad = [c for c in mine if c.state == "dead" or watch.crash_looping(c)
+                           or (c.state == "exited" and c.exit_code)]
                     if bad:
-                        raise UnhealthyError(f"service {service} didn't complete successfully: "
-                                             f"{bad[0].name} exit {bad[0].exit_code}")
-                    if not all(c.state == "exited" for c in mine):
-                        waiting.append(service)
+                        c = bad[0]
+                        raise UnhealthyError(
+                            f"service {service} didn't complete successfully: {c.name} "
+                            + (f"exit {c.exit_code}" if c.state == "exited"
+                               else watch.describe(c)))
+                    if all(c.state == "exited" for c in mine):
+                        del pending[service]
                     continue
-                failed = [c for c in mine if c.failed]
+                failed = [c for c in mine if watch.given_up(c)]
                 if failed:
                     c = failed[0]
                     raise UnhealthyError(
                         f"container {c.name} exited ({c.exit_code})" if c.state == "exited"
-                        else f"container {c.name} is {c.state}/{c.health}")
-                if not all([watch.ready(c, now) for c in mine]):  # a list: every one is seen
-                    waiting.append(service)
-            if not waiting:
-                return
-            if now > deadline:
-                raise UnhealthyError(f"{', '.join(waiting)} did not get healthy in "
-                                     f"{STACK_TIMEOUT:.0f}s after docker compose up")
-            intr.sleep(READY_POLL)
+                        else f"container {c.name} is {watch.describe(c)}")
+                if all([watch.ready(c, now) for c in mine]):  # a list: every one is seen
+                    del pending[service]
+            if pending and now > deadline:
+                states = ", ".join(f"{c.name} {watch.describe(c)}"
+                                   for s in sorted(pending) for c in found[s])
+                raise UnhealthyError(f"{', '.join(sorted(pending))} did not get healthy within "
+                                     f"{STACK_TIMEOUT:.0f}s of docker compose up ({states})")
+            if pending:
+                intr.sleep(READY_POLL)
 
     def build(self, services: Sequence[str]) -> None:
         self.compose.run("build", *services, timeout=3600)
