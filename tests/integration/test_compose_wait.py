@@ -43,7 +43,7 @@ def definition(run_id: str, *, app_healthcheck: bool = True) -> dict[str, Any]:
         "app": app,
         # no healthcheck: running is all it can say; WORKER_EXIT makes it die at once.
         # Started last (after app), so `up -d` returns just after its start.
-        "worker": svc("sleep 0.3; ${WORKER_EXIT:-exec sleep infinity}",
+        "worker": svc("sleep 0.2; ${WORKER_EXIT:-exec sleep infinity}",
                       depends_on={"app": {"condition": "service_started"}}),
         "spare": svc("exit 9", scale=0),
         "debug": svc("exit 9", profiles=["debug"]),
@@ -93,7 +93,7 @@ def test_the_stack_is_waited_for_as_up_wait_would(project: tuple[Path, str]) -> 
 def test_a_service_that_dies_at_once_fails_the_wait(project: tuple[Path, str]) -> None:
     """`up -d` succeeds (it does not wait) just after worker's start; nothing has a
     healthcheck, so at the first look everything runs: the wait must not pass worker,
-    which exits 0.3 s after its start."""
+    which exits 0.2 s after its start."""
     plat = platform(project, WORKER_EXIT="exit 3")
     with pytest.raises(UnhealthyError, match=r"container .*-worker-1 exited \(3\)"):
         plat.converge(pull=False)
