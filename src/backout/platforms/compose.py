@@ -44,11 +44,9 @@ ONE_OFF_GRACE_SECONDS = 10  # `docker compose stop`'s default
 # (The engine matches "health_status" against "health_status: unhealthy" too.)
 WAKING_EVENTS = ("health_status", "die", "oom", "restart")
 REPLACE_TIMEOUT = 600.0  # seconds for a replaced service's up and wait together
-READY_POLL = 0.05  # seconds between looks at a replaced service (Compose's --wait: 0.5)
-
-
 STACK_TIMEOUT = 900.0  # seconds for a whole stack's up and wait together
-READY, COMPLETED = "ready", "completed"
+READY_POLL = 0.05  # seconds between looks at what up started (Compose's --wait: 0.5)
+READY, COMPLETED = "ready", "completed"  # what the stack's wait wants of a service
 
 
 def wait_conditions(definition: Mapping[str, Any]) -> dict[str, str]:
