@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 
-from backout.config import Config
-from backout.environment import Environment
 from backout.errors import UnhealthyError
 from backout.platforms import base as platform_base
 from backout.platforms import compose as compose_platform
 from backout.platforms.base import ContainerInfo
 from backout.platforms.compose import COMPLETED, READY, ComposePlatform, wait_conditions
 from backout.proc import Result
+from tests.support.enginelooks import looks, platform_for_looks
 
 DEFINITION: dict[str, Any] = {"services": {
     "web": {"image": "web", "depends_on": {"migrate": {
@@ -68,8 +67,7 @@ class Compose:
 @pytest.fixture
 def plat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ComposePlatform,
                                                                              Compose]]:
-    env = Environment(env={"DOCKER_HOST": "ssh://deploy@host"})  # no engine until given one
-    platform = ComposePlatform(env, Config(path=tmp_path / "backout.toml", project_dir=tmp_path))
+    platform = platform_for_looks(tmp_path)
     compose = Compose()
     monkeypatch.setattr(platform, "compose", compose)
     monkeypatch.setattr(platform, "definition", lambda: DEFINITION)
@@ -77,20 +75,6 @@ def plat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Comp
     monkeypatch.setattr(platform_base, "RUNNING_AT_LEAST", 0.0)
     monkeypatch.setattr(compose_platform, "STACK_TIMEOUT", 2.0)  # a wrong wait ends
     yield platform, compose
-
-
-def looks(platform: ComposePlatform, monkeypatch: pytest.MonkeyPatch,
-          seen: list[list[ContainerInfo]]) -> list[tuple[str, ...]]:
-    """The engine answers ``seen`` one look after the other (the last one again)."""
-    asked: list[tuple[str, ...]] = []
-
-    def containers(*services: str) -> list[ContainerInfo]:
-        asked.append(services)
-        return seen.pop(0) if len(seen) > 1 else seen[0]
-
-    monkeypatch.setattr(platform, "containers", containers)
-    platform.engine = object()  # type: ignore[assignment]
-    return asked
 
 
 def test_up_without_wait_then_looks_until_the_stack_is_ready(

@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 
-from backout.config import Config
-from backout.environment import Environment
 from backout.errors import CommandFailedError, UnhealthyError
 from backout.platforms import base as platform_base
 from backout.platforms import compose as compose_platform
 from backout.platforms.base import ContainerInfo
 from backout.platforms.compose import ComposePlatform
+from tests.support.enginelooks import looks, platform_for_looks
 
 
 def box(state: str = "running", health: str | None = "healthy", cid: str = "1") -> ContainerInfo:
@@ -38,27 +37,12 @@ class Pinned:
 @pytest.fixture
 def plat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ComposePlatform,
                                                                              Pinned]]:
-    env = Environment(env={"DOCKER_HOST": "ssh://deploy@host"})  # no engine until given one
-    platform = ComposePlatform(env, Config(path=tmp_path / "backout.toml", project_dir=tmp_path))
+    platform = platform_for_looks(tmp_path)
     pinned = Pinned()
     monkeypatch.setattr(platform, "_pinned", lambda *a: pinned)
     monkeypatch.setattr(compose_platform, "READY_POLL", 0.0)
     monkeypatch.setattr(compose_platform, "REPLACE_TIMEOUT", 2.0)  # a wrong wait ends
     yield platform, pinned
-
-
-def looks(platform: ComposePlatform, monkeypatch: pytest.MonkeyPatch,
-          seen: list[list[ContainerInfo]]) -> list[tuple[str, ...]]:
-    """The engine answers ``seen`` one look after the other (the last one again)."""
-    asked: list[tuple[str, ...]] = []
-
-    def containers(*services: str) -> list[ContainerInfo]:
-        asked.append(services)
-        return seen.pop(0) if len(seen) > 1 else seen[0]
-
-    monkeypatch.setattr(platform, "containers", containers)
-    platform.engine = object()  # type: ignore[assignment]
-    return asked
 
 
 def test_up_without_wait_then_looks_until_every_container_is_healthy(
