@@ -127,8 +127,10 @@ def test_deploy_of_a_healthy_release_switches_start_first(sw: SwitchStack) -> No
         dry.stdout + dry.stderr
 
 
-def test_deploy_of_a_never_healthy_release_keeps_the_old_one_serving(sw: SwitchStack) -> None:
-    ref = release_branch(sw, "never")
+def deploy_keeps_the_old_one(sw: SwitchStack, ref: str) -> str:
+    """Deploy ``ref`` from v1 under load: the switch must fail with exit 8 and "the
+    old release kept serving", no request failed and the old container never
+    stopped. Its JSON output."""
     start_at(sw, "v1")
     old = one_app(sw, "v1")
     with Load(sw.url("/")) as load:
@@ -139,6 +141,11 @@ def test_deploy_of_a_never_healthy_release_keeps_the_old_one_serving(sw: SwitchS
     assert "the old release kept serving" in result.stdout
     assert load.failed == [], load.failed[:5]
     assert one_app(sw, "v1")["Id"] == old["Id"]  # never stopped
+    return result.stdout
+
+
+def test_deploy_of_a_never_healthy_release_keeps_the_old_one_serving(sw: SwitchStack) -> None:
+    deploy_keeps_the_old_one(sw, release_branch(sw, "never"))
 
 
 def test_deploy_of_a_release_without_healthcheck_that_dies_keeps_the_old_one(
@@ -146,18 +153,8 @@ def test_deploy_of_a_release_without_healthcheck_that_dies_keeps_the_old_one(
     """No healthcheck and a process that exits 0.45 s after the start: running at the
     switch's first look, it must not be taken as ready (traffic moved, the old one
     drained) before it has kept running a while."""
-    ref = release_branch(sw, "dies", healthcheck=False)
-    start_at(sw, "v1")
-    old = one_app(sw, "v1")
-    with Load(sw.url("/")) as load:
-        time.sleep(0.5)
-        result = backout("--json", "deploy", ref, "--watch", "0", cwd=sw.dir, timeout=600)
-        time.sleep(0.5)
-    assert result.returncode == 8, (result.stdout[-2000:], result.stderr[-2000:])
-    assert "the old release kept serving" in result.stdout
-    assert "is exited/None" in result.stdout  # seen running, then gone within 0.5 s
-    assert load.failed == [], load.failed[:5]
-    assert one_app(sw, "v1")["Id"] == old["Id"]  # never stopped
+    out = deploy_keeps_the_old_one(sw, release_branch(sw, "dies", healthcheck=False))
+    assert "is exited/None" in out  # seen running, then gone within 0.5 s
 
 
 def test_start_first_behind_static_nginx_fails_no_request(sw: SwitchStack) -> None:
