@@ -73,6 +73,59 @@ def test_rows_of_every_table_are_counted_whatever_the_chunking(step: int) -> Non
     assert result["archive_version"] == "1.14.0"
 
 
+def rechunked(data: bytes, sizes: list[int]) -> bytes:
+    """``data`` (an uncompressed archive) with the data of every table cut again into
+    chunks of ``sizes`` (in turn), as another pg_dump could have written them; the
+    large objects' block is copied as it is."""
+    reader = _Reader(data)
+    parse_head(reader)
+    pos, out = reader.pos, bytearray(data[:reader.pos])
+    width = 1 + reader.int_size
+
+    def length(at: int) -> int:
+        assert data[at] == 0
+        return int.from_bytes(data[at + 1:at + width], "little")
+
+    while pos < len(data):
+        start, kind = pos, data[pos]
+        pos += 1 + width  # the block type and its dump id
+        if kind == 3:  # large objects: (oid, chunks, 0)... then 0
+            while length(pos) != 0:
+                pos += width
+                while (n := length(pos)) != 0:
+                    pos += width + n
+                pos += width
+            pos += width
+            out += data[start:pos]
+            continue
+        out += data[start:pos]
+        body = bytearray()
+        while (n := length(pos)) != 0:
+            body += data[pos + width:pos + width + n]
+            pos += width + n
+        pos += width
+        i = 0
+        while body:
+            size = min(sizes[i % len(sizes)], len(body))
+            out += b"\x00" + size.to_bytes(width - 1, "little") + body[:size]
+            del body[:size]
+            i += 1
+        out += bytes(width)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("sizes", [[10], [266, 1, 2570], [3, 10, 700]],
+                         ids=["newline-lengths", "newline-in-a-higher-byte", "short-chunks"])
+def test_rows_are_counted_whatever_the_archives_own_chunks(sizes: list[int]) -> None:
+    # a chunk length of 10 (or 266 = 0x10A, 2570 = 0xA0A) puts newline bytes in the
+    # chunk headers: they are not rows
+    data = rechunked(Z0, sizes)
+    assert data != Z0
+    for step in (1 << 20, 4099, 7):
+        result = read(data, step)
+        assert (result["tables"], result["large_objects"]) == (TABLES, 1)
+
+
 def test_an_archive_compressed_by_pg_dump_itself_is_counted_through_zlib() -> None:
     assert read(GZIP, 3000)["tables"] == TABLES
 
