@@ -277,6 +277,7 @@ class FakeEngine(EngineBase):
         self.counts: dict[str, int] = dict(counts or {"items": 3})
         self.restored: dict[str, int] | None = None
         self.calls: list[tuple[str, str]] = []
+        self.loss_current: list[dict[str, Any] | None] = []  # data_loss's ``current``, in order
         self._failures: list[tuple[str, str | None, BackoutError]] = []
 
     def fail_on(self, method: str, database: str | None = None,
@@ -343,8 +344,10 @@ class FakeEngine(EngineBase):
         self._call("probe", access.db.name)
         return "fake 1.0"
 
-    def data_loss(self, access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
+    def data_loss(self, access: EngineAccess, section: dict[str, Any],
+                  current: dict[str, Any] | None = None) -> dict[str, Any]:
         self._call("data_loss", access.db.name)
+        self.loss_current.append(current)
         return {"changes": 0}
 
     def overwritten(self, db: DatabaseConfig) -> str:

@@ -485,9 +485,10 @@ class _RecordingEngine(FakeEngine):
         self.restores.append((env, artifact))
         return super().section_for_file(env, db, artifact)
 
-    def data_loss(self, access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
+    def data_loss(self, access: EngineAccess, section: dict[str, Any],
+                  current: dict[str, Any] | None = None) -> dict[str, Any]:
         self.loss_accesses.append(access)
-        return super().data_loss(access, section)
+        return super().data_loss(access, section, current)
 
     def restore(self, env: Environment, access: EngineAccess, artifact: Path,
                 section: dict[str, Any]) -> dict[str, Any]:

@@ -451,9 +451,10 @@ class RecordingEngine(FakeEngine):
         super().__init__()
         self.reached: list[tuple[Any, Any, Any]] = []
 
-    def data_loss(self, access: Any, section: dict[str, Any]) -> dict[str, Any]:
+    def data_loss(self, access: Any, section: dict[str, Any],
+                  current: dict[str, Any] | None = None) -> dict[str, Any]:
         self.reached.append((access.env, access.config, access.platform))
-        return super().data_loss(access, section)
+        return super().data_loss(access, section, current)
 
 
 def test_the_data_loss_window_reads_the_live_database_through_the_platform(

@@ -5,6 +5,7 @@ asserted, also when the engine fails in the middle."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,27 @@ def test_rollback_db_verifies_stops_writers_takes_a_safety_backup_then_restores(
     assert engine.calls == [("data_loss", "app"), ("dump", "app"), ("data_loss", "app"),
                             ("restore", "app")]
     assert [c[0] for c in platform.calls if c[0] in ("stop", "start")] == ["stop", "start"]
+    # the plan's window asks the live server; the restore's reads the safety backup
+    # just taken with the writers stopped (it holds what the live data has)
+    safety = json.loads((config.backup_dir / plan.params["safety_set"] / "manifest.json")
+                        .read_text())["databases"]["app"]
+    assert engine.loss_current == [None, safety]
+    assert safety["counts"] == engine.counts
+
+
+def test_without_writers_to_stop_the_restores_window_asks_the_server(
+        tmp_path: Path, engine: FakeEngine) -> None:
+    # nothing was stopped, so something may have written since the safety backup
+    config = parse_document("backout.toml", CONFIG.split("[services.web]")[0], tmp_path)
+    platform = _platform()
+    set_id = _backed_up(tmp_path, config, platform)
+    engine.calls.clear()
+    plan, outcome = _rollback_db(tmp_path, config, platform, set_id)
+    assert "stop-writers" not in [s.key for s in plan.steps]
+    assert outcome.status == "succeeded", outcome
+    assert engine.calls == [("data_loss", "app"), ("dump", "app"), ("data_loss", "app"),
+                            ("restore", "app")]
+    assert engine.loss_current == [None, None]
 
 
 def test_a_restore_that_does_not_reproduce_the_counts_puts_the_safety_backup_back(

@@ -508,7 +508,7 @@ def test_emergency_with_data_restores_before_touching_code_and_restarts_writers(
     set_id = make_set(config)
     store.db.execute("INSERT INTO checkpoints (created_at, created_by, release_id, path, status)"
                      " VALUES ('t', 't', ?, ?, 'complete')", (release, set_id))
-    monkeypatch.setattr(emergency.data_loss, "window", lambda *a: {"summary": "s"})
+    monkeypatch.setattr(emergency.data_loss, "window", lambda *a, **k: {"summary": "s"})
     plan = emergency.plan(env, config, store, FakePlatform(tmp_path, definition={}), "cp1", True)
     actions = [s.action for s in plan.steps]
     assert actions == ["emergency.save_changes", "rollback.db.verify", "compose.stop",

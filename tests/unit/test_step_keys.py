@@ -229,7 +229,7 @@ def test_an_old_restore_killed_inside_the_restore_resumes(tmp_path: Path,
     monkeypatch.setattr(db_rollback, "_restore",
                         lambda env, access, artifact, section: restored.append(str(artifact))
                         or {"counts": {"app": 3}})
-    monkeypatch.setattr(db_rollback.data_loss, "window", lambda *a: {"summary": "none"})
+    monkeypatch.setattr(db_rollback.data_loss, "window", lambda *a, **k: {"summary": "none"})
     platform = FakePlatform(stopped={"web": "sha256:w"})
     outcome = resume(store, op_id, config, platform)
     assert outcome.status == "succeeded", outcome.error

@@ -32,10 +32,13 @@ UNKNOWN = "unknown"
 
 
 def window(access: EngineAccess, section: dict[str, Any] | None, taken_at: str | None,
-           *, now: float | None = None) -> dict[str, Any]:
+           *, now: float | None = None, current: dict[str, Any] | None = None
+           ) -> dict[str, Any]:
     """``{"database", "type", "taken_at", "age_seconds", "summary", ...}`` for a
     restore of ``section`` (a manifest's database section; None for a dump file
-    not yet read) over what ``access`` reaches now."""
+    not yet read) over what ``access`` reaches now. ``current``: the section of the
+    safety backup just taken with the writers stopped, which holds what the live data
+    has (the engine reads it instead of counting every table again)."""
     db = access.db
     now = time.time() if now is None else now
     out: dict[str, Any] = {"database": db.name, "type": db.type, "taken_at": taken_at,
@@ -44,7 +47,7 @@ def window(access: EngineAccess, section: dict[str, Any] | None, taken_at: str |
         out["summary"] = f"{_when(out)}; writes since then: {UNKNOWN} (a dump file carries no counts)"
         return out
     try:
-        detail = engines.get(db.type).data_loss(access, section)
+        detail = engines.get(db.type).data_loss(access, section, current)
     except BackoutError as exc:
         detail = {"changes": None, "error": exc.one_line()}
     out.update(detail)

@@ -438,22 +438,35 @@ def _test_mysql(env: Environment, cfg: Config, db: DatabaseConfig, platform: Pla
             "restored": result["counts"]}
 
 
-def _mysql(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
+def _mysql(access: EngineAccess, section: dict[str, Any],
+           current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``current``: a section of the same server taken since (a safety backup with the
+    writers stopped): its row counts and binlog position stand for the live data's,
+    without a count of every table (InnoDB scans each)."""
     my = MySQL(access)
-    present = set(my.user_databases())
-    databases = [d for d in section["databases"] if d in present]
-    now_counts = my.table_counts(databases)
+    known = current is not None and set(section["databases"]) <= (
+        set(current["databases"]) | set(current.get("absent", [])))
+    if current is not None and known:
+        present = set(current["databases"])
+        now_counts = {d: v for d, v in expected_counts(current).items()
+                      if d in section["databases"]}
+    else:
+        current = None
+        present = set(my.user_databases())
+        now_counts = my.table_counts([d for d in section["databases"] if d in present])
     then = expected_counts(section)
     deltas = count_deltas(then, {**{d: {} for d in then}, **now_counts})
     out: dict[str, Any] = {"row_deltas": deltas, "changes": sum(abs(v) for v in deltas.values()),
                            "databases_missing_now": sorted(set(section["databases"]) - present)}
     binlog = section.get("binlog")
-    current = my.binlog_position() if binlog else None
-    if binlog and current:
-        out["binlog"] = {"from": binlog, "to": current,
-                         "bytes": _binlog_bytes(my, binlog, current)}
+    at = current.get("binlog") if current is not None else None
+    position = ({"file": at["file"], "position": int(at["position"])} if at
+                else my.binlog_position() if binlog else None)
+    if binlog and position:
+        out["binlog"] = {"from": binlog, "to": position,
+                         "bytes": _binlog_bytes(my, binlog, position)}
         before = binlog.get("gtid") or my.gtid_at(binlog["file"], int(binlog["position"]))
-        after = my.gtid_now()
+        after = (at or {}).get("gtid") or my.gtid_now()
         if before is not None and after is not None:
             out["gtid"] = {"from": before, "to": after,
                            "transactions": _gtid_transactions(before, after)}
@@ -556,8 +569,9 @@ class MySQLEngine(EngineBase):
     def probe(self, access: EngineAccess) -> str:
         return MySQL(access).version()
 
-    def data_loss(self, access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
-        return _mysql(access, section)
+    def data_loss(self, access: EngineAccess, section: dict[str, Any],
+                  current: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _mysql(access, section, current)
 
     def overwritten(self, db: DatabaseConfig) -> str:
         return "its databases are dropped and reloaded"

@@ -443,19 +443,26 @@ def _redis_with_rdb(env: Environment, image: str, artifact: Path, holder: list[s
     return cid
 
 
-def _redis(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
-    redis = Redis(access)
+def _redis(access: EngineAccess, section: dict[str, Any],
+           current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``current``: a section of the same server taken since with nothing writing (a
+    safety backup): its key counts and write counters stand for the live ones."""
     recorded = section.get("write_stats")
-    with redis.session():
-        now_keys = redis.keyspace()
-        current = redis.write_stats() if recorded else None
+    if current is not None and current.get("keys") is not None:
+        now_keys = dict(current["keys"])
+        stats_now = current.get("write_stats") if recorded else None
+    else:
+        redis = Redis(access)
+        with redis.session():
+            now_keys = redis.keyspace()
+            stats_now = redis.write_stats() if recorded else None
     then = dict(section.get("keys") or {})
     deltas = {db: now_keys.get(db, 0) - then.get(db, 0) for db in sorted(set(then) | set(now_keys))
               if now_keys.get(db, 0) != then.get(db, 0)}
     out: dict[str, Any] = {"key_deltas": deltas, "changes": sum(abs(v) for v in deltas.values())}
-    if recorded and current and current["run_id"] == recorded["run_id"] \
-            and current["write_commands"] >= recorded["write_commands"]:
-        out["write_commands"] = current["write_commands"] - recorded["write_commands"]
+    if recorded and stats_now and stats_now["run_id"] == recorded["run_id"] \
+            and stats_now["write_commands"] >= recorded["write_commands"]:
+        out["write_commands"] = stats_now["write_commands"] - recorded["write_commands"]
         # A SET on a key that exists, an INCR, an LPUSH change no key count: the
         # write commands are the better measure whenever they are larger.
         out["changes"] = max(out["changes"], out["write_commands"])
@@ -598,8 +605,9 @@ class RedisEngine(EngineBase):
     def answer(self, access: EngineAccess) -> str:
         return str(Redis(access).call("PING"))
 
-    def data_loss(self, access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
-        return _redis(access, section)
+    def data_loss(self, access: EngineAccess, section: dict[str, Any],
+                  current: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _redis(access, section, current)
 
     def overwritten(self, db: DatabaseConfig) -> str:
         return "the keyspace is replaced (Redis restarts; any AOF is set aside)"

@@ -304,6 +304,25 @@ def _safety_result(set_id: str, section: dict[str, Any]) -> dict[str, Any]:
             "absent": section.get("absent", [])}
 
 
+def _safety_section(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]
+                    ) -> dict[str, Any] | None:
+    """The manifest section of the safety backup this restore's plan took after it
+    stopped the writers (None without both): it then holds what the live data has,
+    so the final data-loss window is read from it instead of counting again. Without
+    a stop, something may have written since it was taken: the server is asked."""
+    database = params["database"]
+    taken = results.get(safety_key(database))
+    if STOP_WRITERS not in params.get("requires", []) or not isinstance(taken, dict) \
+            or not taken.get("set_id"):
+        return None
+    try:
+        manifest = sets.read_manifest(ctx.config.backup_dir / taken["set_id"])
+        section: dict[str, Any] = manifest["databases"][database]
+    except (BackoutError, OSError, KeyError, TypeError):
+        return None  # asked of the server instead
+    return section
+
+
 def _iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -342,7 +361,8 @@ def _restore_action(ctx: RunContext, params: dict[str, Any], results: dict[str, 
                            "succeed"}
     env, _config, access = _access(ctx, params["database"])
     verified = results[params.get("verify_step") or verify_key(params["database"])]
-    loss = data_loss.window(access, verified["section"], params.get("taken_at"))
+    loss = data_loss.window(access, verified["section"], params.get("taken_at"),
+                            current=_safety_section(ctx, params, results))
     if params.get("no_safety"):
         store.record_event("restore.without_safety_backup", target=access.db.name,
                            reason="operator override: --no-safety-backup",
