@@ -60,31 +60,45 @@ def test_postgresql_a_database_gone_since_and_reset_counters(
 
 
 class LivePostgres:
+    asked: list[str] = []  # noqa: RUF012 (reset per test)
+
     def __init__(self, _access: object) -> None:
         pass
 
-    def user_databases(self) -> list[str]:
-        return ["app", "other"]
+    def facts(self, *, version: bool = False, position: bool = False) -> postgresql.ServerFacts:
+        LivePostgres.asked.append(f"facts position={position}")
+        return postgresql.ServerFacts(
+            databases={"app", "other"}, lsn="0/163",
+            stats={"app": {"transactions": 60, "stats_reset": ""},
+                   "other": {"transactions": 5, "stats_reset": ""}})
 
     def table_counts(self, databases: list[str]) -> dict[str, dict[str, int]]:
+        LivePostgres.asked.append(f"counts {sorted(databases)}")
         return {d: {"public.items": 11} for d in databases}
-
-    def wal_bytes_since(self, lsn: str) -> int:
-        return 99
-
-    def position(self, databases: list[str]) -> dict[str, Any]:
-        return {"lsn": "0/999", "stats": {"app": {"transactions": 60, "stats_reset": ""}}}
 
 
 def test_postgresql_asks_the_server_for_a_database_the_safety_backup_did_not_take(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(postgresql, "Postgres", LivePostgres)
+    LivePostgres.asked = []
     backup = _pg({"public.items": 10}, "0/100", 50)
     backup["databases"]["other"] = {"tables": {"public.items": 11}}
     safety = _pg({"public.items": 10}, "0/100", 50)  # took app only
     out = postgresql.ENGINE.data_loss(None, backup, safety)  # type: ignore[arg-type]
+    # one psql for the databases and the position, one count per database
+    assert LivePostgres.asked == ["facts position=True", "counts ['app', 'other']"]
     assert (out["row_deltas"], out["wal"]["bytes"], out["transactions"]) == (
-        {"app.public.items": 1}, 99, 10)
+        {"app.public.items": 1}, 0x63, 10)
+
+
+def test_postgresql_a_recorded_position_that_is_not_an_lsn_is_not_sent_to_the_server(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgresql, "Postgres", LivePostgres)
+    LivePostgres.asked = []
+    backup = _pg({"public.items": 10}, "x'; DROP", 50)
+    out = postgresql.ENGINE.data_loss(None, backup)  # type: ignore[arg-type]
+    assert LivePostgres.asked == ["facts position=False", "counts ['app']"]
+    assert (out["wal"]["bytes"], out["row_deltas"]) == (None, {"app.public.items": 1})
 
 
 def _my(tables: dict[str, int], binlog: dict[str, Any] | None) -> dict[str, Any]:

@@ -65,7 +65,7 @@ from backout.storage.pipeline import (
 
 FORMAT = "postgresql-bundle+zstd"
 SEP = "\x1f"  # psql's field separator: a byte no name holds
-# Fragments of the questions ``position``, ``user_databases`` and ``dump_facts`` share:
+# Fragments of the questions of ``facts``:
 _USER_DATABASE = "NOT datistemplate AND datallowconn"  # of pg_database
 _LSN = ("CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
         "ELSE pg_current_wal_lsn() END")
@@ -98,6 +98,15 @@ def _lit(value: str) -> str:
 
 def _ident(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
+
+
+@dataclasses.dataclass
+class ServerFacts:
+    """What ``Postgres.facts`` read (empty where not asked)."""
+    databases: set[str] = dataclasses.field(default_factory=set)
+    version: str = ""
+    lsn: str = ""
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Postgres:
@@ -157,34 +166,38 @@ class Postgres:
                                 fix=f"check that {self.access.db.service} is up and healthy")
         raise self.access.explain(result, "pg_isready")
 
-    def user_databases(self) -> list[str]:
-        return [r[0] for r in self.query(
-            f"SELECT datname FROM pg_database WHERE {_USER_DATABASE} ORDER BY datname")]
-
     def dump_facts(self) -> tuple[str, list[str], dict[str, Any]]:
         """What a dump asks before it starts, in one psql (four cost 0.3 s of every
         backup): the server version (reachability and credentials), the databases a
-        dump can take (``user_databases``) and the position of every database
-        (``position``: the WAL position and the counters)."""
-        version, lsn, present, stats = "", "", [], {}
-        for kind, name, *rest in self.query(
-                "SELECT 'version', current_setting('server_version'), '', '', '' "
-                f"UNION ALL SELECT 'lsn', ({_LSN})::text, '', '', '' "
-                "UNION ALL SELECT 'database', datname, '', '', '' FROM pg_database "
-                f"WHERE {_USER_DATABASE} "
-                f"UNION ALL SELECT 'stats', {_COUNTERS} WHERE datname IS NOT NULL"):
-            if kind == "version":
-                version = name
-            elif kind == "lsn":
-                lsn = name
-            elif kind == "database":
-                present.append(name)
-            elif kind == "stats":
-                stats[name] = _counters(rest)
-        if not version:
+        dump can take and the position of every database (the
+        WAL position and the counters)."""
+        facts = self.facts(version=True, position=True)
+        if not facts.version:
             raise ExternalError(f"{self.access.db.name}: the server did not say its version",
                                 fix="check that the service runs PostgreSQL")
-        return version, sorted(present), {"lsn": lsn, "stats": stats}
+        return facts.version, sorted(facts.databases), {"lsn": facts.lsn, "stats": facts.stats}
+
+    def facts(self, *, version: bool = False, position: bool = False) -> ServerFacts:
+        """The user databases, and as asked the server version and the position (the
+        WAL position and every database's counters), in one psql."""
+        parts = (["SELECT 'version', current_setting('server_version'), '', '', ''"]
+                 if version else [])
+        parts.append(f"SELECT 'database', datname, '', '', '' FROM pg_database "
+                     f"WHERE {_USER_DATABASE}")
+        if position:
+            parts += [f"SELECT 'lsn', ({_LSN})::text, '', '', ''",
+                      f"SELECT 'stats', {_COUNTERS} WHERE datname IS NOT NULL"]
+        out = ServerFacts()
+        for kind, name, *rest in self.query(" UNION ALL ".join(parts)):
+            if kind == "database":
+                out.databases.add(name)
+            elif kind == "version":
+                out.version = name
+            elif kind == "lsn":
+                out.lsn = name
+            elif kind == "stats":
+                out.stats[name] = _counters(rest)
+        return out
 
     def data_bytes(self, databases: Sequence[str]) -> int | None:
         try:
@@ -192,25 +205,6 @@ class Postgres:
             rows = self.query(f"SELECT COALESCE(SUM(pg_database_size(datname)), 0) "
                               f"FROM pg_database WHERE datname IN ({names})", timeout=30)
             return int(rows[0][0]) or None
-        except (BackoutError, IndexError, ValueError):
-            return None
-
-    def position(self, databases: Sequence[str]) -> dict[str, Any]:
-        """The WAL position and each database's cumulative counters, now."""
-        lsn = self.query(f"SELECT {_LSN}")[0][0]
-        stats: dict[str, Any] = {}
-        if databases:
-            names = ", ".join(_lit(d) for d in databases)
-            for row in self.query(f"SELECT {_COUNTERS} WHERE datname IN ({names})"):
-                stats[row[0]] = _counters(row[1:])
-        return {"lsn": lsn, "stats": stats}
-
-    def wal_bytes_since(self, lsn: str) -> int | None:
-        try:
-            rows = self.query("SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN "
-                              "pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, "
-                              f"{_lit(lsn)}::pg_lsn)::bigint")
-            return int(rows[0][0])
         except (BackoutError, IndexError, ValueError):
             return None
 
@@ -567,14 +561,19 @@ _Facts = tuple[set[str], dict[str, dict[str, int]], int | None, dict[str, Any]]
 
 def _live_facts(pg: Postgres, section: dict[str, Any]) -> _Facts:
     """The databases present, their row counts, the WAL bytes since the section's
-    position and the counters, asked of the server."""
-    present = set(pg.user_databases())
-    databases = [d for d in section["databases"] if d in present]
-    now = pg.table_counts(databases)
+    position and the counters, asked of the server: one psql for all but the counts
+    (an exec costs ~0.1 s), then one per database for its counts."""
     position = section.get("position")
+    lsn = position["lsn"] if position else None
+    if lsn is not None and lsn_distance(lsn, lsn) is None:
+        lsn = None  # not an LSN: the server is not asked to parse it
+    facts = pg.facts(position=lsn is not None)
+    databases = [d for d in section["databases"] if d in facts.databases]
+    now = pg.table_counts(databases)
     if not position:
-        return present, now, None, {}
-    return present, now, pg.wal_bytes_since(position["lsn"]), pg.position(databases)["stats"]
+        return facts.databases, now, None, {}
+    wal = lsn_distance(lsn, facts.lsn) if lsn is not None and facts.lsn else None
+    return facts.databases, now, wal, {d: v for d, v in facts.stats.items() if d in databases}
 
 
 def _facts_of(section: dict[str, Any], current: dict[str, Any]) -> _Facts | None:
