@@ -194,3 +194,36 @@ def test_a_stack_that_never_gets_ready_times_out_naming_what_it_waited_for(
     with pytest.raises(UnhealthyError, match=r"^db did not get healthy within 0s of docker "
                        r"compose up \(p-db-1 running/starting\)"):
         platform.converge(pull=False)
+
+
+# --------------------------------------------------------------------------- one service
+
+
+def test_one_service_brought_up_is_waited_for_the_same_way(
+        plat: tuple[ComposePlatform, Compose], monkeypatch: pytest.MonkeyPatch) -> None:
+    # a database after its restore: `up -d` of it alone, then looked at until it is
+    # healthy (it loads its data first), not Compose's --wait
+    platform, compose = plat
+    loading = [dataclasses.replace(c, health="starting") if c.service == "db" else c
+               for c in HEALTHY]
+    asked = looks(platform, monkeypatch, [loading, loading, HEALTHY])
+    platform.bring_up("db")
+    assert compose.runs == [("up", "-d", "--no-deps", "db")]
+    assert asked == [("db",), ("db",), ("db",)]
+
+
+def test_one_service_that_fails_to_come_up_fails_the_bring_up(
+        plat: tuple[ComposePlatform, Compose], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, _ = plat
+    dead = [dataclasses.replace(c, health="unhealthy") if c.service == "db" else c
+            for c in HEALTHY]
+    looks(platform, monkeypatch, [dead])
+    with pytest.raises(UnhealthyError, match="p-db-1"):
+        platform.bring_up("db")
+
+
+def test_one_service_on_a_remote_engine_keeps_compose_s_wait(
+        plat: tuple[ComposePlatform, Compose]) -> None:
+    platform, compose = plat
+    platform.bring_up("db")
+    assert compose.runs == [("up", "-d", "--no-deps", "--wait", "db")]

@@ -45,6 +45,7 @@ ONE_OFF_GRACE_SECONDS = 10  # `docker compose stop`'s default
 WAKING_EVENTS = ("health_status", "die", "oom", "restart")
 REPLACE_TIMEOUT = 600.0  # seconds for a replaced service's up and wait together
 STACK_TIMEOUT = 900.0  # seconds for a whole stack's up and wait together
+BRING_UP_TIMEOUT = 300.0  # seconds for one service brought up (a database after a restore)
 READY_POLL = 0.05  # seconds between looks at what up started (Compose's --wait: 0.5)
 READY, COMPLETED = "ready", "completed"  # what the stack's wait wants of a service
 
@@ -433,7 +434,14 @@ class ComposePlatform:
         self.compose.run("up", "-d", "--no-deps", "--no-recreate", *services, timeout=300)
 
     def bring_up(self, service: str) -> None:
-        self.compose.run("up", "-d", "--no-deps", "--wait", service, timeout=300)
+        # As converge: on a local engine `up -d`, then the engine asked every
+        # READY_POLL instead of at `--wait`'s 500 ms ticks.
+        deadline = time.monotonic() + BRING_UP_TIMEOUT
+        wait = self.engine is not None
+        self.compose.run("up", "-d", "--no-deps", *([] if wait else ["--wait"]), service,
+                         timeout=BRING_UP_TIMEOUT)
+        if wait:
+            self._wait_stack({service: READY}, deadline)
 
     # -- switching one service start-first (issue 14) ---------------------------------
     def start_beside(self, service: str, image_ref: str | None, *,

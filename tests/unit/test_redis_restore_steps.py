@@ -1,0 +1,76 @@
+"""Redis's restore, its order through fakes of the platform and the server: a Redis
+that runs is not brought up first (`up --wait` of a running service cost 0.6 s);
+one an interrupted attempt left stopped is; the RDB's size is read while it stops."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backout.config.model import Config, DatabaseConfig
+from backout.engines import redis as redis_engine
+from backout.engines.access import EngineAccess
+from backout.environment import Environment
+from tests.support.fakes import FakePlatform
+
+
+class FakeRedis:
+    def __init__(self, _access: object) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[FakeRedis]:
+        yield self
+
+    def dbsize(self) -> int:
+        return 3
+
+
+def _restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, platform: FakePlatform
+             ) -> list[Any]:
+    order: list[Any] = []  # the platform's calls and the fakes' below, as they come
+    record = platform._call
+
+    def call(method: str, *args: Any) -> None:
+        if method in ("bring_up", "stop"):
+            order.append((method, *args))
+        record(method, *args)
+
+    monkeypatch.setattr(platform, "_call", call)
+    monkeypatch.setattr(redis_engine, "Redis", FakeRedis)
+    monkeypatch.setattr(redis_engine, "aof_layout", lambda r: {"mode": "none"})
+    monkeypatch.setattr(redis_engine, "decompressed_size",
+                        lambda env, artifact: order.append("size") or 1234)
+    monkeypatch.setattr(redis_engine, "put_rdb_into_volume",
+                        lambda *a, size=None: order.append(("put", size)))
+    db = DatabaseConfig("cache", "redis", "redis")
+    config = Config(path=tmp_path / "backout.toml", project_dir=tmp_path,
+                    databases={"cache": db})
+    env = Environment()
+    result = redis_engine.restore_redis(env, EngineAccess(env, config, db, platform),
+                                        tmp_path / "redis.rdb.zst", {"keys": {"db0": 3}})
+    assert result["counts"] == {"db0": 3}
+    return order
+
+
+def test_a_running_redis_is_stopped_without_being_brought_up_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    platform = FakePlatform(tmp_path, running={"redis": "sha256:r"},
+                            health={"redis": "healthy"})
+    calls = _restore(tmp_path, monkeypatch, platform)
+    # the size is read beside the stop (in a thread): it comes before the put
+    assert [c for c in calls if c != "size"] == [("stop", ("redis",)), ("put", 1234),
+                                                 ("bring_up", "redis")]
+    assert calls.index("size") < calls.index(("put", 1234))
+    assert platform.state["redis"] == "running"
+
+
+def test_a_redis_left_stopped_is_brought_up_to_read_its_persistence(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    platform = FakePlatform(tmp_path, stopped={"redis": "sha256:r"})
+    calls = _restore(tmp_path, monkeypatch, platform)
+    assert [c for c in calls if c != "size"] == [
+        ("bring_up", "redis"), ("stop", ("redis",)), ("put", 1234), ("bring_up", "redis")]
