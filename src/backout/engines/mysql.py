@@ -202,19 +202,26 @@ class MySQL:
                              str(self.access.config.project_dir), name)
 
     def table_counts(self, databases: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Exact row counts of every base table (used after a restore)."""
-        out: dict[str, dict[str, int]] = {}
-        for db in databases:
-            tables = [r[0] for r in self.query(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = "
-                f"'{_sql_str(db)}' AND table_type = 'BASE TABLE' ORDER BY table_name")]
-            out[db] = {}
-            if not tables:
-                continue
-            union = " UNION ALL ".join(
-                f"SELECT '{_sql_str(t)}', COUNT(*) FROM `{_ident(db)}`.`{_ident(t)}`" for t in tables)
-            for name, count in self.query(union):
-                out[db][name] = int(count)
+        """Exact row counts of every base table (used after a restore), in one client
+        run (an exec costs ~0.1 s): the server lists the tables and builds the
+        counting statement itself (QUOTE and doubled backticks: any name), then runs
+        it."""
+        out: dict[str, dict[str, int]] = {db: {} for db in databases}
+        if not databases:
+            return out
+        names = ", ".join(f"'{_sql_str(d)}'" for d in databases)
+        rows = self.query(
+            "SET SESSION group_concat_max_len = 1073741824; "
+            "SELECT GROUP_CONCAT(CONCAT('SELECT ', QUOTE(table_schema), ', ', "
+            "QUOTE(table_name), ', COUNT(*) FROM `', REPLACE(table_schema, '`', '``'), "
+            "'`.`', REPLACE(table_name, '`', '``'), '`') SEPARATOR ' UNION ALL ') INTO @q "
+            "FROM information_schema.tables WHERE table_schema IN "
+            f"({names}) AND table_type = 'BASE TABLE'; "
+            "SET @q = COALESCE(@q, 'SELECT 1, 2, 3 FROM DUAL WHERE FALSE'); "
+            "PREPARE backout_counts FROM @q; EXECUTE backout_counts; "
+            "DEALLOCATE PREPARE backout_counts", timeout=3600)
+        for db, name, count in sorted(rows):
+            out[db][name] = int(count)
         return out
 
 
@@ -401,8 +408,10 @@ def restore_mysql(env: Environment, access: EngineAccess, artifact: Path,
     putting a safety backup back reproduces exactly what was there."""
     my = MySQL(access)
     databases = list(section["databases"])
-    for db in [*databases, *section.get("absent", [])]:
-        my.query(f"DROP DATABASE IF EXISTS `{_ident(db)}`")
+    drops = [f"DROP DATABASE IF EXISTS `{_ident(db)}`"
+             for db in [*databases, *section.get("absent", [])]]
+    if drops:  # one client run for all (an exec costs ~0.1 s)
+        my.query("; ".join(drops))
     what = f"{access.db.name} restore"
     sessions = access.config.backups.restore_sessions
     if sessions > 1:
