@@ -144,3 +144,46 @@ def test_a_checkout_or_stash_by_backout_forgets_every_answer(tmp_path: Path) -> 
     env.memo["an answer"] = (0.0, "{}")
     git.checkout_detached(git.head() or "")
     assert env.memo == {}
+
+
+SLOW_DOCKER = """#!/bin/sh
+echo x >> "$CALLS"
+sleep 0.3
+if [ -e "$FAIL_ONCE" ]; then rm -f "$FAIL_ONCE"; echo "compose: boom" >&2; exit 1; fi
+printf '{"name": "p", "services": {"web": {"image": "%s"}}}' "$(cat "$IMAGE_FILE")"
+"""
+
+
+def test_a_prefetched_definition_is_waited_for_not_asked_again(tmp_path: Path) -> None:
+    # the credentials' variables are asked first; the definition starts beside them
+    project, env, calls = _project(tmp_path)
+    (tmp_path / "bin" / "docker").write_text(SLOW_DOCKER)
+    compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
+    compose.prefetch_config()
+    compose.prefetch_config()  # already under way: not a second run
+    assert compose.config()["services"]["web"]["image"] == "a"
+    assert _calls(calls) == 1
+
+
+def test_a_failed_prefetch_is_asked_again_and_its_own_error_raised(tmp_path: Path) -> None:
+    project, env, calls = _project(tmp_path)
+    (tmp_path / "bin" / "docker").write_text(SLOW_DOCKER)
+    env.env["FAIL_ONCE"] = str(tmp_path / "fail-once")
+    (tmp_path / "fail-once").write_text("")
+    compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
+    compose.prefetch_config()
+    assert compose.config()["services"]["web"]["image"] == "a"  # the second run's answer
+    assert _calls(calls) == 2
+
+
+def test_asking_the_variables_starts_the_definition(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    project, env, _ = _project(tmp_path)
+    (tmp_path / "bin" / "docker").write_text(
+        '#!/bin/sh\nprintf \'{"services": {"v": {"environment": {"V0": "s3cret"}}}}\'\n')
+    compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
+    started: list[bool] = []
+    monkeypatch.setattr(compose, "prefetch_config", lambda: started.append(True))
+    assert compose.variables(["DB_PASSWORD"]) == {"DB_PASSWORD": "s3cret"}
+    assert started == [True]
+    assert compose.variables([]) == {} and started == [True]  # nothing asked: nothing started
