@@ -4,6 +4,7 @@ one an interrupted attempt left stopped is; the RDB's size is read while it stop
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from backout.config.model import Config, DatabaseConfig
 from backout.engines import redis as redis_engine
 from backout.engines.access import EngineAccess
 from backout.environment import Environment
+from backout.errors import UnhealthyError
 from tests.support.fakes import FakePlatform
 
 
@@ -74,3 +76,35 @@ def test_a_redis_left_stopped_is_brought_up_to_read_its_persistence(
     calls = _restore(tmp_path, monkeypatch, platform)
     assert [c for c in calls if c != "size"] == [
         ("bring_up", "redis"), ("stop", ("redis",)), ("put", 1234), ("bring_up", "redis")]
+
+
+def test_a_stop_that_fails_does_not_wait_for_the_size(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an interrupted or failed stop is reported at once, not after a read through a
+    # large artifact: the size's thread is left to end by itself
+    platform = FakePlatform(tmp_path, running={"redis": "sha256:r"},
+                            health={"redis": "healthy"})
+    platform.fail_on("stop")
+    release = threading.Event()
+    ended: list[bool] = []
+
+    def size(env: Environment, artifact: Path) -> int:
+        ended.append(release.wait(10))  # True: let go by the test, after the raise
+        return 1
+
+    monkeypatch.setattr(redis_engine, "Redis", FakeRedis)
+    monkeypatch.setattr(redis_engine, "aof_layout", lambda r: {"mode": "none"})
+    monkeypatch.setattr(redis_engine, "decompressed_size", size)
+    db = DatabaseConfig("cache", "redis", "redis")
+    config = Config(path=tmp_path / "backout.toml", project_dir=tmp_path,
+                    databases={"cache": db})
+    env = Environment()
+    with pytest.raises(UnhealthyError, match="stop failed"):
+        redis_engine.restore_redis(env, EngineAccess(env, config, db, platform),
+                                   tmp_path / "redis.rdb.zst", {"keys": {"db0": 3}})
+    release.set()
+    for _ in range(200):
+        if ended:
+            break
+        threading.Event().wait(0.05)
+    assert ended == [True]

@@ -394,11 +394,15 @@ def restore_redis(env: Environment, access: EngineAccess, artifact: Path,
     with redis.session():  # closed before the server stops under it
         aof = aof_layout(redis)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    # the RDB's size (a read through the artifact) while Redis stops (its last save)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    # the RDB's size (a read through the artifact) while Redis stops (its last save);
+    # a stop that fails or is interrupted does not wait for it
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
         size = pool.submit(decompressed_size, env, artifact)
         platform.stop([access.db.service], timeout=120)
         put_rdb_into_volume(env, access, artifact, rdb_path, stamp, aof, size=size.result())
+    finally:
+        pool.shutdown(wait=False)
     platform.bring_up(access.db.service)
     keys = {"db0": redis.dbsize()}
     return {"counts": keys, "aof": aof["mode"]}
