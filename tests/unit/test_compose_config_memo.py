@@ -6,6 +6,7 @@ reference change with it)."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from backout.adapters import compose as compose_adapter
 from backout.adapters.compose import Compose
 from backout.environment import Environment
+from backout.errors import CommandFailedError
 
 FAKE_DOCKER = """#!/bin/sh
 echo x >> "$CALLS"
@@ -161,11 +163,16 @@ def test_a_prefetched_definition_is_waited_for_not_asked_again(tmp_path: Path) -
     compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
     compose.prefetch_config()
     compose.prefetch_config()  # already under way: not a second run
+    for _ in range(100):  # the run started by itself, before anyone asked
+        if _calls(calls):
+            break
+        threading.Event().wait(0.05)
+    assert _calls(calls) == 1
     assert compose.config()["services"]["web"]["image"] == "a"
     assert _calls(calls) == 1
 
 
-def test_a_failed_prefetch_is_asked_again_and_its_own_error_raised(tmp_path: Path) -> None:
+def test_a_failed_prefetch_is_asked_again(tmp_path: Path) -> None:
     project, env, calls = _project(tmp_path)
     (tmp_path / "bin" / "docker").write_text(SLOW_DOCKER)
     env.env["FAIL_ONCE"] = str(tmp_path / "fail-once")
@@ -173,6 +180,17 @@ def test_a_failed_prefetch_is_asked_again_and_its_own_error_raised(tmp_path: Pat
     compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
     compose.prefetch_config()
     assert compose.config()["services"]["web"]["image"] == "a"  # the second run's answer
+    assert _calls(calls) == 2
+
+
+def test_a_prefetch_that_keeps_failing_raises_the_direct_runs_error(tmp_path: Path) -> None:
+    project, env, calls = _project(tmp_path)
+    (tmp_path / "bin" / "docker").write_text(
+        '#!/bin/sh\necho x >> "$CALLS"\necho "compose: no such file" >&2\nexit 1\n')
+    compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
+    compose.prefetch_config()
+    with pytest.raises(CommandFailedError, match="no such file"):
+        compose.config()
     assert _calls(calls) == 2
 
 

@@ -74,6 +74,7 @@ def plat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Comp
     monkeypatch.setattr(compose_platform, "READY_POLL", 0.0)
     monkeypatch.setattr(platform_base, "RUNNING_AT_LEAST", 0.0)
     monkeypatch.setattr(compose_platform, "STACK_TIMEOUT", 2.0)  # a wrong wait ends
+    monkeypatch.setattr(compose_platform, "BRING_UP_TIMEOUT", 2.0)
     yield platform, compose
 
 
@@ -219,6 +220,17 @@ def test_one_service_that_fails_to_come_up_fails_the_bring_up(
             for c in HEALTHY]
     looks(platform, monkeypatch, [dead])
     with pytest.raises(UnhealthyError, match="p-db-1"):
+        platform.bring_up("db")
+
+
+def test_one_service_that_never_gets_healthy_names_the_bring_up_s_limit(
+        plat: tuple[ComposePlatform, Compose], monkeypatch: pytest.MonkeyPatch) -> None:
+    platform, _ = plat
+    monkeypatch.setattr(compose_platform, "BRING_UP_TIMEOUT", 0.2)
+    starting = [dataclasses.replace(c, health="starting") if c.service == "db" else c
+                for c in HEALTHY]
+    looks(platform, monkeypatch, [starting] * 10_000)
+    with pytest.raises(UnhealthyError, match=r"db did not get healthy within 0s"):
         platform.bring_up("db")
 
 

@@ -1,23 +1,16 @@
-"""The restore's final data-loss window read from the safety backup just taken (the
-writers stopped): the same figures the live server would give, no query asked; and
-the server asked whenever that section cannot tell."""
+"""The restore's final data-loss window against the safety backup just taken: where
+the server shows that nothing was written since that dump began (PostgreSQL's WAL
+position, MySQL's binlog position unchanged), the backup's counts are the live ones
+and no table is counted again; any write since, a database the backup did not take
+or a table it left out, and the tables are counted. Redis and MongoDB are asked
+live in any case."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from backout.engines import mongodb, mysql, postgresql, redis
-
-
-class Unasked:
-    """A client the window must not use."""
-
-    def __init__(self, _access: object) -> None:
-        pass
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the server was asked: {name}")
 
 
 def _pg(tables: dict[str, int], lsn: str, transactions: int, *, absent: list[str] | None = None,
@@ -32,133 +25,199 @@ def _pg(tables: dict[str, int], lsn: str, transactions: int, *, absent: list[str
     ("0/16DEFF88", "0/16DEFFC0", 0x38),
     ("0/FFFFFFF0", "1/10", 0x20),          # across the 4 GB boundary of the low half
     ("16/B374D848", "16/B374D848", 0),
-    ("not an lsn", "0/10", None), ("0/10", "0/zz", None),
+    ("not an lsn", "0/10", None), ("0/10", "0/zz", None), ("0x1/10", "0/10", None),
+    ("0/1_0", "0/10", None), (" 0/10", "0/10", None), ("0/123456789", "0/10", None),
 ])
 def test_lsn_distance_is_pg_wal_lsn_diff(start: str, end: str, distance: int | None) -> None:
     assert postgresql.lsn_distance(start, end) == distance
 
 
-def test_postgresql_reads_counts_wal_and_transactions_from_the_safety_backup(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(postgresql, "Postgres", Unasked)
-    backup = _pg({"public.items": 10, "public.log": 4}, "0/100", 50)
-    safety = _pg({"public.items": 13, "public.log": 4, "public.new": 2}, "0/180", 57)
-    out = postgresql.ENGINE.data_loss(None, backup, safety)  # type: ignore[arg-type]
-    assert out == {"row_deltas": {"app.public.items": 3, "app.public.new": 2}, "changes": 5,
-                   "databases_missing_now": [], "wal": {"from": "0/100", "bytes": 0x80},
-                   "transactions": 7}
-
-
-def test_postgresql_a_database_gone_since_and_reset_counters(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(postgresql, "Postgres", Unasked)
-    backup = _pg({"public.items": 10}, "0/100", 50)
-    safety = _pg({}, "0/100", 3, absent=["app"], reset="2026-12-05")
-    out = postgresql.ENGINE.data_loss(None, backup, safety)  # type: ignore[arg-type]
-    assert (out["row_deltas"], out["databases_missing_now"], out["transactions"]) == (
-        {"app.public.items": -10}, ["app"], None)
-
-
 class LivePostgres:
-    asked: list[str] = []  # noqa: RUF012 (reset per test)
+    """The server: its WAL position and counters (one psql), and its row counts."""
+    lsn: ClassVar[str] = "0/180"
+    databases: ClassVar[set[str]] = {"app"}
+    asked: ClassVar[list[str]] = []
 
     def __init__(self, _access: object) -> None:
         pass
 
     def facts(self, *, version: bool = False, position: bool = False) -> postgresql.ServerFacts:
-        LivePostgres.asked.append(f"facts position={position}")
+        LivePostgres.asked.append("facts")
         return postgresql.ServerFacts(
-            databases={"app", "other"}, lsn="0/163",
-            stats={"app": {"transactions": 60, "stats_reset": ""},
-                   "other": {"transactions": 5, "stats_reset": ""}})
+            databases=set(self.databases), lsn=self.lsn,
+            stats={d: {"transactions": 57, "stats_reset": ""} for d in self.databases})
 
     def table_counts(self, databases: list[str]) -> dict[str, dict[str, int]]:
         LivePostgres.asked.append(f"counts {sorted(databases)}")
-        return {d: {"public.items": 11} for d in databases}
+        return {d: {"public.items": 20} for d in databases}
 
 
-def test_postgresql_asks_the_server_for_a_database_the_safety_backup_did_not_take(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def live_pg(monkeypatch: pytest.MonkeyPatch) -> type[LivePostgres]:
     monkeypatch.setattr(postgresql, "Postgres", LivePostgres)
-    LivePostgres.asked = []
+    LivePostgres.lsn, LivePostgres.databases, LivePostgres.asked = "0/180", {"app"}, []
+    return LivePostgres
+
+
+def test_postgresql_nothing_written_since_the_safety_backup_its_counts_are_used(
+        live_pg: type[LivePostgres]) -> None:
+    backup = _pg({"public.items": 10, "public.log": 4}, "0/100", 50)
+    safety = _pg({"public.items": 13, "public.log": 4, "public.new": 2}, "0/180", 55)
+    out = postgresql.ENGINE.data_loss(None, backup, safety)  # type: ignore[arg-type]
+    assert live_pg.asked == ["facts"]  # no table counted
+    assert out == {"row_deltas": {"app.public.items": 3, "app.public.new": 2}, "changes": 5,
+                   "databases_missing_now": [], "wal": {"from": "0/100", "bytes": 0x80},
+                   "transactions": 7}
+
+
+def test_postgresql_a_write_since_the_safety_backup_has_the_tables_counted(
+        live_pg: type[LivePostgres]) -> None:
+    # a writer backout was not told of, or writers back before a resumed restore
+    live_pg.lsn = "0/1C0"
+    backup = _pg({"public.items": 10}, "0/100", 50)
+    safety = _pg({"public.items": 13}, "0/180", 55)
+    out = postgresql.ENGINE.data_loss(None, backup, safety)  # type: ignore[arg-type]
+    assert live_pg.asked == ["facts", "counts ['app']"]
+    assert (out["row_deltas"], out["wal"]["bytes"]) == ({"app.public.items": 10}, 0xC0)
+
+
+def test_postgresql_a_database_gone_since_the_backup(live_pg: type[LivePostgres]) -> None:
+    live_pg.databases = set()
+    backup = _pg({"public.items": 10}, "0/100", 50)
+    safety = _pg({}, "0/180", 3, absent=["app"])
+    out = postgresql.ENGINE.data_loss(None, backup, safety)  # type: ignore[arg-type]
+    assert live_pg.asked == ["facts"]
+    assert (out["row_deltas"], out["databases_missing_now"], out["transactions"]) == (
+        {"app.public.items": -10}, ["app"], None)
+
+
+def test_postgresql_a_database_the_safety_backup_did_not_take_has_the_tables_counted(
+        live_pg: type[LivePostgres]) -> None:
+    live_pg.databases = {"app", "other"}
     backup = _pg({"public.items": 10}, "0/100", 50)
     backup["databases"]["other"] = {"tables": {"public.items": 11}}
-    safety = _pg({"public.items": 10}, "0/100", 50)  # took app only
+    safety = _pg({"public.items": 10}, "0/180", 50)  # took app only
     out = postgresql.ENGINE.data_loss(None, backup, safety)  # type: ignore[arg-type]
-    # one psql for the databases and the position, one count per database
-    assert LivePostgres.asked == ["facts position=True", "counts ['app', 'other']"]
-    assert (out["row_deltas"], out["wal"]["bytes"], out["transactions"]) == (
-        {"app.public.items": 1}, 0x63, 10)
+    assert live_pg.asked == ["facts", "counts ['app', 'other']"]
+    assert out["row_deltas"] == {"app.public.items": 10, "other.public.items": 9}
 
 
-def test_postgresql_a_recorded_position_that_is_not_an_lsn_is_not_sent_to_the_server(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(postgresql, "Postgres", LivePostgres)
-    LivePostgres.asked = []
-    backup = _pg({"public.items": 10}, "x'; DROP", 50)
-    out = postgresql.ENGINE.data_loss(None, backup)  # type: ignore[arg-type]
-    assert LivePostgres.asked == ["facts position=False", "counts ['app']"]
-    assert (out["wal"]["bytes"], out["row_deltas"]) == (None, {"app.public.items": 1})
+def test_postgresql_without_a_safety_backup_the_tables_are_counted(
+        live_pg: type[LivePostgres]) -> None:
+    out = postgresql.ENGINE.data_loss(None, _pg({"public.items": 10}, "0/100", 50))  # type: ignore[arg-type]
+    assert live_pg.asked == ["facts", "counts ['app']"]
+    assert out["transactions"] == 7
 
 
-def _my(tables: dict[str, int], binlog: dict[str, Any] | None) -> dict[str, Any]:
-    return {"databases": {"shop": {"tables": tables}}, "absent": [], "binlog": binlog}
-
-
-def test_mysql_reads_counts_and_binlog_position_from_the_safety_backup(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mysql, "MySQL", Unasked)
-    backup = _my({"orders": 5}, {"file": "bin.000002", "position": 400, "gtid": "0-1-10"})
-    safety = _my({"orders": 9}, {"file": "bin.000002", "position": 1400, "gtid": "0-1-14"})
-    out = mysql.ENGINE.data_loss(None, backup, safety)  # type: ignore[arg-type]
-    assert out["row_deltas"] == {"shop.orders": 4}
-    assert out["binlog"]["bytes"] == 1000
-    assert out["binlog"]["to"] == {"file": "bin.000002", "position": 1400}
-    assert out["gtid"]["transactions"] == 4
-
-
-class SizedMySQL:
-    asked: list[str] = []  # noqa: RUF012 (reset per test)
+class LiveMySQL:
+    position: ClassVar[dict[str, Any] | None] = None
+    asked: ClassVar[list[str]] = []
 
     def __init__(self, _access: object) -> None:
         pass
 
+    def binlog_position(self) -> dict[str, Any] | None:
+        LiveMySQL.asked.append("position")
+        return self.position
+
     def binlog_sizes(self) -> dict[str, int]:
-        SizedMySQL.asked.append("binlog_sizes")
+        LiveMySQL.asked.append("binlog_sizes")
         return {"bin.000002": 1000, "bin.000003": 300}
 
     def gtid_now(self) -> str:
-        SizedMySQL.asked.append("gtid_now")
-        return "0-1-30"
+        LiveMySQL.asked.append("gtid_now")
+        return "0-1-14"
+
+    def user_databases(self) -> list[str]:
+        LiveMySQL.asked.append("databases")
+        return ["shop"]
+
+    def table_counts(self, databases: list[str]) -> dict[str, dict[str, int]]:
+        LiveMySQL.asked.append("counts")
+        return {d: {"orders": 11} for d in databases}
 
 
-def test_mysql_asks_only_what_the_safety_backup_cannot_tell(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # another binlog file: its sizes are the server's; no GTID recorded: asked too
-    monkeypatch.setattr(mysql, "MySQL", SizedMySQL)
-    SizedMySQL.asked = []
-    backup = _my({"orders": 5}, {"file": "bin.000002", "position": 400, "gtid": "0-1-10"})
+@pytest.fixture
+def live_my(monkeypatch: pytest.MonkeyPatch) -> type[LiveMySQL]:
+    monkeypatch.setattr(mysql, "MySQL", LiveMySQL)
+    LiveMySQL.position = {"file": "bin.000002", "position": 1400}
+    LiveMySQL.asked = []
+    return LiveMySQL
+
+
+def _my(tables: dict[str, int], binlog: dict[str, Any] | None, **more: Any) -> dict[str, Any]:
+    return {"databases": {"shop": {"tables": tables}}, "absent": [], "binlog": binlog, **more}
+
+
+BACKUP_AT = {"file": "bin.000002", "position": 400, "gtid": "0-1-10"}
+
+
+def test_mysql_binlog_unmoved_since_the_safety_backup_its_counts_are_used(
+        live_my: type[LiveMySQL]) -> None:
+    safety = _my({"orders": 9}, {"file": "bin.000002", "position": 1400, "gtid": "0-1-14"})
+    out = mysql.ENGINE.data_loss(None, _my({"orders": 5}, BACKUP_AT), safety)  # type: ignore[arg-type]
+    assert "counts" not in live_my.asked and "databases" not in live_my.asked
+    assert out["row_deltas"] == {"shop.orders": 4}
+    assert (out["binlog"]["bytes"], out["gtid"]["transactions"]) == (1000, 4)
+
+
+@pytest.mark.parametrize("safety", [
+    _my({"orders": 9}, {"file": "bin.000002", "position": 1200}),   # written to since
+    _my({"orders": 9}, {"file": "bin.000001", "position": 1400}),   # another file
+    _my({"orders": 9}, None),                                       # no binlog then
+    _my({"orders": 9}, {"file": "bin.000002", "position": 1400},    # a table left out
+        not_dumped=[{"kind": "table", "object": "shop.broken", "why": "x"}]),
+], ids=["moved", "other-file", "no-binlog", "not-dumped"])
+def test_mysql_has_the_tables_counted_unless_the_safety_backup_holds_the_live_data(
+        live_my: type[LiveMySQL], safety: dict[str, Any]) -> None:
+    out = mysql.ENGINE.data_loss(None, _my({"orders": 5}, BACKUP_AT), safety)  # type: ignore[arg-type]
+    assert "counts" in live_my.asked
+    assert out["row_deltas"] == {"shop.orders": 6}
+
+
+def test_mysql_across_binlog_files_asks_their_sizes(live_my: type[LiveMySQL]) -> None:
+    live_my.position = {"file": "bin.000003", "position": 100}
     safety = _my({"orders": 5}, {"file": "bin.000003", "position": 100})
-    out = mysql.ENGINE.data_loss(None, backup, safety)  # type: ignore[arg-type]
-    assert (out["binlog"]["bytes"], out["gtid"]["transactions"]) == (700, 20)
-    assert SizedMySQL.asked == ["binlog_sizes", "gtid_now"]
+    out = mysql.ENGINE.data_loss(None, _my({"orders": 5}, BACKUP_AT), safety)  # type: ignore[arg-type]
+    assert "counts" not in live_my.asked
+    assert (out["binlog"]["bytes"], out["row_deltas"]) == (700, {})
 
 
-def test_redis_reads_keys_and_write_counters_from_the_safety_backup(
+class Asked(Exception):
+    pass
+
+
+def test_redis_and_mongodb_are_asked_live_whatever_the_safety_backup_says(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis, "Redis", Unasked)
-    backup = {"keys": {"db0": 100}, "write_stats": {"run_id": "r1", "write_commands": 500}}
-    safety = {"keys": {"db0": 104, "db2": 1},
-              "write_stats": {"run_id": "r1", "write_commands": 530}}
-    out = redis.ENGINE.data_loss(None, backup, safety)  # type: ignore[arg-type]
-    assert (out["key_deltas"], out["write_commands"], out["changes"]) == (
-        {"db0": 4, "db2": 1}, 30, 30)
+    # their live figures cost no scan (Redis) or nothing tells that the backup
+    # still holds the live data (MongoDB)
+    def asked(_access: object) -> None:
+        raise Asked
+
+    monkeypatch.setattr(redis, "Redis", asked)
+    monkeypatch.setattr(mongodb, "MongoDB", asked)
+    with pytest.raises(Asked):
+        redis.ENGINE.data_loss(None, {"keys": {"db0": 1}}, {"keys": {"db0": 1}})  # type: ignore[arg-type]
+    with pytest.raises(Asked):
+        mongodb.ENGINE.data_loss(  # type: ignore[arg-type]
+            None, {"databases": {"a": {"collections": {}}}},
+            {"databases": {"a": {"collections": {}}}})
 
 
-def test_mongodb_reads_document_counts_from_the_safety_backup(
+def test_mysql_table_counts_one_client_run_names_in_hex_under_the_names_asked(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mongodb, "MongoDB", Unasked)
-    backup = {"databases": {"app": {"collections": {"users": 7, "gone": 2}}}}
-    safety = {"databases": {"app": {"collections": {"users": 9}}, "more": {"collections": {}}}}
-    out = mongodb.ENGINE.data_loss(None, backup, safety)  # type: ignore[arg-type]
-    assert out == {"document_deltas": {"app.users": 2, "app.gone": -2}, "changes": 4}
+    asked: list[str] = []
+
+    def query(sql: str, **_kw: Any) -> list[list[str]]:
+        asked.append(sql)
+        rows = [("app", "b\tc"), ("App", "a"), ("we`ird", "it's")]  # the server's spelling
+        return [[s.encode().hex().upper(), t.encode().hex().upper(), str(n)]
+                for n, (s, t) in enumerate(rows, start=1)]
+
+    my = mysql.MySQL(None)  # type: ignore[arg-type]
+    monkeypatch.setattr(my, "query", query)
+    counts = my.table_counts(["APP", "we`ird", "empty"])
+    assert counts == {"APP": {"a": 2, "b\tc": 1}, "we`ird": {"it's": 3}, "empty": {}}
+    assert len(asked) == 1
+    assert "'APP', 'we`ird', 'empty'" in asked[0] and "HEX(table_name)" in asked[0]
+    assert my.table_counts([]) == {} and len(asked) == 1

@@ -1,6 +1,7 @@
-"""Redis's restore, its order through fakes of the platform and the server: a Redis
-that runs is not brought up first (`up --wait` of a running service cost 0.6 s);
-one an interrupted attempt left stopped is; the RDB's size is read while it stops."""
+"""Redis's restore, its order through fakes of the platform and the server: Redis is
+brought up first (an interrupted attempt may have left it stopped; a definition
+changed since is applied before its persistence is read), stopped, its files
+replaced, brought up again; the RDB's size is read while it stops."""
 from __future__ import annotations
 
 import contextlib
@@ -35,17 +36,25 @@ def _restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, platform: FakePlat
              ) -> list[Any]:
     order: list[Any] = []  # the platform's calls and the fakes' below, as they come
     record = platform._call
+    size_started = threading.Event()
 
     def call(method: str, *args: Any) -> None:
-        if method in ("bring_up", "stop"):
+        if method == "stop":
+            # the size is read beside the stop: it has started by now (sequential
+            # code would read it after the stop, or before it and alone)
+            order.append(("stop", args[0], size_started.wait(5)))
+        elif method == "bring_up":
             order.append((method, *args))
         record(method, *args)
+
+    def size(env: Environment, artifact: Path) -> int:
+        size_started.set()
+        return 1234
 
     monkeypatch.setattr(platform, "_call", call)
     monkeypatch.setattr(redis_engine, "Redis", FakeRedis)
     monkeypatch.setattr(redis_engine, "aof_layout", lambda r: {"mode": "none"})
-    monkeypatch.setattr(redis_engine, "decompressed_size",
-                        lambda env, artifact: order.append("size") or 1234)
+    monkeypatch.setattr(redis_engine, "decompressed_size", size)
     monkeypatch.setattr(redis_engine, "put_rdb_into_volume",
                         lambda *a, size=None: order.append(("put", size)))
     db = DatabaseConfig("cache", "redis", "redis")
@@ -58,24 +67,15 @@ def _restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, platform: FakePlat
     return order
 
 
-def test_a_running_redis_is_stopped_without_being_brought_up_first(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    platform = FakePlatform(tmp_path, running={"redis": "sha256:r"},
-                            health={"redis": "healthy"})
+@pytest.mark.parametrize("state", ["running", "stopped"])
+def test_redis_is_brought_up_stopped_refilled_and_brought_up_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str) -> None:
+    platform = (FakePlatform(tmp_path, running={"redis": "sha256:r"}) if state == "running"
+                else FakePlatform(tmp_path, stopped={"redis": "sha256:r"}))
     calls = _restore(tmp_path, monkeypatch, platform)
-    # the size is read beside the stop (in a thread): it comes before the put
-    assert [c for c in calls if c != "size"] == [("stop", ("redis",)), ("put", 1234),
-                                                 ("bring_up", "redis")]
-    assert calls.index("size") < calls.index(("put", 1234))
+    assert calls == [("bring_up", "redis"), ("stop", ("redis",), True), ("put", 1234),
+                     ("bring_up", "redis")]
     assert platform.state["redis"] == "running"
-
-
-def test_a_redis_left_stopped_is_brought_up_to_read_its_persistence(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    platform = FakePlatform(tmp_path, stopped={"redis": "sha256:r"})
-    calls = _restore(tmp_path, monkeypatch, platform)
-    assert [c for c in calls if c != "size"] == [
-        ("bring_up", "redis"), ("stop", ("redis",)), ("put", 1234), ("bring_up", "redis")]
 
 
 def test_a_stop_that_fails_does_not_wait_for_the_size(

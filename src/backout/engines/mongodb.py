@@ -430,17 +430,10 @@ def _test_mongodb(env: Environment, cfg: Config, db: DatabaseConfig, platform: P
             "restored": result["counts"]}
 
 
-def _mongodb(access: EngineAccess, section: dict[str, Any],
-             current: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``current``: a section of the same server taken since with nothing writing (a
-    safety backup): its document counts stand for the live ones."""
-    then = expected_counts(section)
-    if current is not None and set(then) <= set(current["databases"]):
-        now = expected_counts(current)
-        deltas = count_deltas(then, {d: now[d] for d in then})
-        return {"document_deltas": deltas, "changes": sum(abs(v) for v in deltas.values())}
+def _mongodb(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
     mongo = MongoDB(access)
     try:
+        then = expected_counts(section)
         now_counts = {db: {c: mongo.client()[db][c].count_documents({})
                            for c in mongo.collections(db)} for db in then}
     except BackoutError:
@@ -550,7 +543,9 @@ class MongoDBEngine(EngineBase):
 
     def data_loss(self, access: EngineAccess, section: dict[str, Any],
                   current: dict[str, Any] | None = None) -> dict[str, Any]:
-        return _mongodb(access, section, current)
+        # counted in any case: no position tells that nothing was written since
+        # ``current`` was taken
+        return _mongodb(access, section)
 
     def overwritten(self, db: DatabaseConfig) -> str:
         return "every collection of the dumped databases is replaced"

@@ -210,19 +210,26 @@ class MySQL:
         if not databases:
             return out
         names = ", ".join(f"'{_sql_str(d)}'" for d in databases)
+        # the names come back in hex: a tab or a newline in one cannot break the rows
         rows = self.query(
             "SET SESSION group_concat_max_len = 1073741824; "
-            "SELECT GROUP_CONCAT(CONCAT('SELECT ', QUOTE(table_schema), ', ', "
-            "QUOTE(table_name), ', COUNT(*) FROM `', REPLACE(table_schema, '`', '``'), "
+            "SELECT GROUP_CONCAT(CONCAT('SELECT ', QUOTE(HEX(table_schema)), ', ', "
+            "QUOTE(HEX(table_name)), ', COUNT(*) FROM `', REPLACE(table_schema, '`', '``'), "
             "'`.`', REPLACE(table_name, '`', '``'), '`') SEPARATOR ' UNION ALL ') INTO @q "
             "FROM information_schema.tables WHERE table_schema IN "
             f"({names}) AND table_type = 'BASE TABLE'; "
             "SET @q = COALESCE(@q, 'SELECT 1, 2, 3 FROM DUAL WHERE FALSE'); "
             "PREPARE backout_counts FROM @q; EXECUTE backout_counts; "
             "DEALLOCATE PREPARE backout_counts", timeout=3600)
-        for db, name, count in sorted(rows):
-            out[db][name] = int(count)
-        return out
+        # the server's spelling of a database may differ in case from the one asked
+        # (lower_case_table_names): each answer goes under the name asked
+        asked = {d.casefold(): d for d in databases}
+        for schema, name, count in sorted(rows):
+            db = bytes.fromhex(schema).decode("utf-8", errors="replace")
+            table = bytes.fromhex(name).decode("utf-8", errors="replace")
+            out.setdefault(db if db in out else asked.get(db.casefold(), db), {})[table] = \
+                int(count)
+        return {db: dict(sorted(tables.items())) for db, tables in out.items()}
 
 
 # What a consistent dump (--single-transaction --routines --triggers --events) needs
@@ -411,7 +418,7 @@ def restore_mysql(env: Environment, access: EngineAccess, artifact: Path,
     drops = [f"DROP DATABASE IF EXISTS `{_ident(db)}`"
              for db in [*databases, *section.get("absent", [])]]
     if drops:  # one client run for all (an exec costs ~0.1 s)
-        my.query("; ".join(drops))
+        my.query("; ".join(drops), timeout=600 * len(drops))
     what = f"{access.db.name} restore"
     sessions = access.config.backups.restore_sessions
     if sessions > 1:
@@ -449,37 +456,49 @@ def _test_mysql(env: Environment, cfg: Config, db: DatabaseConfig, platform: Pla
 
 def _mysql(access: EngineAccess, section: dict[str, Any],
            current: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``current``: a section of the same server taken since (a safety backup with the
-    writers stopped): its row counts and binlog position stand for the live data's,
-    without a count of every table (InnoDB scans each)."""
+    """``current``: a section of the same server taken since (the restore's safety
+    backup). When the binary log has not moved since its dump's position, nothing
+    was written anywhere on the server since, so its row counts are the live ones and
+    the tables are not counted again (InnoDB scans each); any write since (a writer
+    backout does not know, an event, a resumed operation whose writers came back)
+    moves it, and the tables are counted. Without a binary log they are counted."""
     my = MySQL(access)
-    known = current is not None and set(section["databases"]) <= (
-        set(current["databases"]) | set(current.get("absent", [])))
-    if current is not None and known:
+    binlog = section.get("binlog")
+    position = my.binlog_position() if binlog or current is not None else None
+    now_counts = _unmoved_counts(section, current, position)
+    if now_counts is not None:
+        assert current is not None
         present = set(current["databases"])
-        now_counts = {d: v for d, v in expected_counts(current).items()
-                      if d in section["databases"]}
     else:
-        current = None
         present = set(my.user_databases())
         now_counts = my.table_counts([d for d in section["databases"] if d in present])
     then = expected_counts(section)
     deltas = count_deltas(then, {**{d: {} for d in then}, **now_counts})
     out: dict[str, Any] = {"row_deltas": deltas, "changes": sum(abs(v) for v in deltas.values()),
                            "databases_missing_now": sorted(set(section["databases"]) - present)}
-    binlog = section.get("binlog")
-    at = current.get("binlog") if current is not None else None
-    position = ({"file": at["file"], "position": int(at["position"])} if at
-                else my.binlog_position() if binlog else None)
     if binlog and position:
         out["binlog"] = {"from": binlog, "to": position,
                          "bytes": _binlog_bytes(my, binlog, position)}
         before = binlog.get("gtid") or my.gtid_at(binlog["file"], int(binlog["position"]))
-        after = (at or {}).get("gtid") or my.gtid_now()
+        after = my.gtid_now()
         if before is not None and after is not None:
             out["gtid"] = {"from": before, "to": after,
                            "transactions": _gtid_transactions(before, after)}
     return out
+
+
+def _unmoved_counts(section: dict[str, Any], current: dict[str, Any] | None,
+                    position: dict[str, Any] | None) -> dict[str, dict[str, int]] | None:
+    """``current``'s row counts of ``section``'s databases when they are the live
+    ones: the binlog is where ``current``'s dump took it, ``current`` left nothing
+    out (``not_dumped``) and took, or found absent, every database of ``section``."""
+    at = (current or {}).get("binlog")
+    if current is None or not at or position is None or current.get("not_dumped") \
+            or (at["file"], int(at["position"])) != (position["file"], position["position"]):
+        return None
+    if not set(section["databases"]) <= set(current["databases"]) | set(current.get("absent", [])):
+        return None
+    return {d: v for d, v in expected_counts(current).items() if d in section["databases"]}
 
 
 def _binlog_bytes(my: MySQL, start: dict[str, Any], end: dict[str, Any]) -> int | None:

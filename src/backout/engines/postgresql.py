@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import select
 import subprocess
@@ -529,23 +530,29 @@ def _trial(target: TrialTarget, artifact: Path, section: dict[str, Any]) -> dict
 
 def _data_loss(access: EngineAccess, section: dict[str, Any],
                current: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``current``: a section of the same server taken since (a safety backup with the
-    writers stopped): its counts and position stand for the live data's, without a
-    count of every table (a full scan of each) and four more queries."""
-    facts = _facts_of(section, current) if current is not None else None
-    if facts is None:
-        facts = _live_facts(Postgres(access), section)
-    present, now, wal_bytes, current_stats = facts
+    """``current``: a section of the same server taken since (the restore's safety
+    backup). The server's WAL position is asked in any case (one psql with the
+    databases and the counters); when it has not moved since ``current``'s, nothing
+    was written anywhere on the server since that dump began, so its row counts are
+    the live ones and the tables are not counted again (a scan of each). Any write
+    since (a writer backout does not know, a resumed operation whose writers came
+    back) moves it: the tables are counted."""
+    pg = Postgres(access)
+    position = section.get("position")
+    facts = pg.facts(position=True)
+    now = _unmoved_counts(section, current, facts)
+    present = facts.databases
+    if now is None:
+        now = pg.table_counts([d for d in section["databases"] if d in present])
     then = expected_counts(section)
     deltas = count_deltas(then, {**{d: {} for d in then}, **now})
     out: dict[str, Any] = {"row_deltas": deltas, "changes": sum(abs(v) for v in deltas.values()),
                            "databases_missing_now": sorted(set(section["databases"]) - present)}
-    position = section.get("position")
     if position:
-        out["wal"] = {"from": position["lsn"], "bytes": wal_bytes}
+        out["wal"] = {"from": position["lsn"], "bytes": lsn_distance(position["lsn"], facts.lsn)}
         transactions = 0
         for database, before in position.get("stats", {}).items():
-            after = current_stats.get(database)
+            after = facts.stats.get(database)
             # A stats reset (or a server restored from a file copy) restarts the
             # counters: the difference then says nothing.
             if after is None or after["stats_reset"] != before["stats_reset"]:
@@ -556,50 +563,35 @@ def _data_loss(access: EngineAccess, section: dict[str, Any],
     return out
 
 
-_Facts = tuple[set[str], dict[str, dict[str, int]], int | None, dict[str, Any]]
-
-
-def _live_facts(pg: Postgres, section: dict[str, Any]) -> _Facts:
-    """The databases present, their row counts, the WAL bytes since the section's
-    position and the counters, asked of the server: one psql for all but the counts
-    (an exec costs ~0.1 s), then one per database for its counts."""
-    position = section.get("position")
-    lsn = position["lsn"] if position else None
-    if lsn is not None and lsn_distance(lsn, lsn) is None:
-        lsn = None  # not an LSN: the server is not asked to parse it
-    facts = pg.facts(position=lsn is not None)
-    databases = [d for d in section["databases"] if d in facts.databases]
-    now = pg.table_counts(databases)
-    if not position:
-        return facts.databases, now, None, {}
-    wal = lsn_distance(lsn, facts.lsn) if lsn is not None and facts.lsn else None
-    return facts.databases, now, wal, {d: v for d, v in facts.stats.items() if d in databases}
-
-
-def _facts_of(section: dict[str, Any], current: dict[str, Any]) -> _Facts | None:
-    """The same facts read from ``current``; None when it cannot tell (a database of
-    ``section`` it neither dumped nor found absent)."""
-    dumped = set(current["databases"])
-    if not set(section["databases"]) <= dumped | set(current.get("absent", [])):
+def _unmoved_counts(section: dict[str, Any], current: dict[str, Any] | None,
+                    facts: ServerFacts) -> dict[str, dict[str, int]] | None:
+    """``current``'s row counts of ``section``'s databases when they are the live ones:
+    the WAL position where ``current``'s dump began is the server's now, and ``current``
+    took (or found absent) every database ``section`` holds, as the server lists them
+    now. None otherwise (the tables are then counted)."""
+    if current is None:
         return None
-    now = {d: v for d, v in expected_counts(current).items() if d in section["databases"]}
-    position, at = section.get("position"), current.get("position")
-    if not position:
-        return dumped, now, None, {}
-    if not at:
+    at = (current.get("position") or {}).get("lsn")
+    if not at or lsn_distance(at, facts.lsn) != 0:
         return None
-    return dumped, now, lsn_distance(position["lsn"], at["lsn"]), at.get("stats", {})
+    dumped, absent = set(current["databases"]), set(current.get("absent", []))
+    wanted = set(section["databases"])
+    if not wanted <= dumped | absent or (wanted & facts.databases) != (wanted & dumped):
+        return None
+    return {d: v for d, v in expected_counts(current).items() if d in wanted}
+
+
+_LSN_TEXT = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
 
 
 def lsn_distance(start: str, end: str) -> int | None:
     """``pg_wal_lsn_diff(end, start)`` of two LSNs as PostgreSQL prints them ("16/B374D848":
     the high and low 32 bits in hex); None for a text that is not one."""
     def value(lsn: str) -> int | None:
-        high, sep, low = lsn.partition("/")
-        try:
-            return (int(high, 16) << 32) + int(low, 16) if sep else None
-        except ValueError:
+        if not _LSN_TEXT.fullmatch(lsn):
             return None
+        high, _, low = lsn.partition("/")
+        return (int(high, 16) << 32) + int(low, 16)
     a, b = value(start), value(end)
     return None if a is None or b is None else b - a
 

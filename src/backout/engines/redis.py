@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import io
@@ -10,8 +9,9 @@ import shlex
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -388,24 +388,41 @@ def restore_redis(env: Environment, access: EngineAccess, artifact: Path,
     redis = Redis(access)
     rdb_path = section.get("rdb_path") or "/data/dump.rdb"
     platform = access.platform
-    # `up --wait` on a service that runs costs 0.6 s for nothing: asked first
-    if not any(c.ready for c in platform.containers(access.db.service)):
-        platform.bring_up(access.db.service)
+    platform.bring_up(access.db.service)
     with redis.session():  # closed before the server stops under it
         aof = aof_layout(redis)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     # the RDB's size (a read through the artifact) while Redis stops (its last save);
-    # a stop that fails or is interrupted does not wait for it
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    try:
-        size = pool.submit(decompressed_size, env, artifact)
-        platform.stop([access.db.service], timeout=120)
-        put_rdb_into_volume(env, access, artifact, rdb_path, stamp, aof, size=size.result())
-    finally:
-        pool.shutdown(wait=False)
+    # a stop that fails or is interrupted is reported without waiting for it (a
+    # daemon thread: the process's exit does not wait either)
+    size = _Background(decompressed_size, env, artifact)
+    platform.stop([access.db.service], timeout=120)
+    put_rdb_into_volume(env, access, artifact, rdb_path, stamp, aof, size=size.result())
     platform.bring_up(access.db.service)
     keys = {"db0": redis.dbsize()}
     return {"counts": keys, "aof": aof["mode"]}
+
+
+class _Background:
+    """``fn(*args)`` in a daemon thread; ``result()`` waits for it."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._box: list[Any] = []
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._box.append((True, fn(*args)))
+        except BaseException as exc:  # raised by result(), in the caller's thread
+            self._box.append((False, exc))
+
+    def result(self) -> Any:
+        self._thread.join()
+        ok, value = self._box[0]
+        if not ok:
+            raise value
+        return value
 
 
 def redis_counts_match(section: dict[str, Any], counts: dict[str, int]) -> bool:
@@ -455,19 +472,12 @@ def _redis_with_rdb(env: Environment, image: str, artifact: Path, holder: list[s
     return cid
 
 
-def _redis(access: EngineAccess, section: dict[str, Any],
-           current: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``current``: a section of the same server taken since with nothing writing (a
-    safety backup): its key counts and write counters stand for the live ones."""
+def _redis(access: EngineAccess, section: dict[str, Any]) -> dict[str, Any]:
+    redis = Redis(access)
     recorded = section.get("write_stats")
-    if current is not None and current.get("keys") is not None:
-        now_keys = dict(current["keys"])
-        stats_now = current.get("write_stats") if recorded else None
-    else:
-        redis = Redis(access)
-        with redis.session():
-            now_keys = redis.keyspace()
-            stats_now = redis.write_stats() if recorded else None
+    with redis.session():
+        now_keys = redis.keyspace()
+        stats_now = redis.write_stats() if recorded else None
     then = dict(section.get("keys") or {})
     deltas = {db: now_keys.get(db, 0) - then.get(db, 0) for db in sorted(set(then) | set(now_keys))
               if now_keys.get(db, 0) != then.get(db, 0)}
@@ -619,7 +629,9 @@ class RedisEngine(EngineBase):
 
     def data_loss(self, access: EngineAccess, section: dict[str, Any],
                   current: dict[str, Any] | None = None) -> dict[str, Any]:
-        return _redis(access, section, current)
+        # asked of the server in any case: INFO's key counts and write counters cost
+        # no scan, and they see a write made since ``current`` was taken
+        return _redis(access, section)
 
     def overwritten(self, db: DatabaseConfig) -> str:
         return "the keyspace is replaced (Redis restarts; any AOF is set aside)"

@@ -326,9 +326,10 @@ class ComposePlatform:
             lines = result.stderr.strip().splitlines()
             raise UnhealthyError(self.env.redact(lines[-1] if lines else "no output"))
         if wait:
-            self._wait_stack(wait_conditions(self.definition()), deadline)
+            self._wait_stack(wait_conditions(self.definition()), deadline, STACK_TIMEOUT)
 
-    def _wait_stack(self, conditions: Mapping[str, str], deadline: float) -> None:
+    def _wait_stack(self, conditions: Mapping[str, str], deadline: float,
+                    limit: float) -> None:
         """What ``up --wait`` waits for after ``up -d`` (see wait_conditions), the
         same way as _wait_ready: a container exited, dead, unhealthy or crash-looping
         fails (a job: exited with another status than 0); one without a healthcheck
@@ -372,7 +373,7 @@ class ComposePlatform:
                 states = ", ".join(f"{c.name} {watch.describe(c)}"
                                    for s in sorted(pending) for c in found[s])
                 raise UnhealthyError(f"{', '.join(sorted(pending))} did not get healthy within "
-                                     f"{STACK_TIMEOUT:.0f}s of docker compose up ({states})")
+                                     f"{limit:.0f}s of docker compose up ({states})")
             if pending:
                 intr.sleep(READY_POLL)
 
@@ -441,7 +442,7 @@ class ComposePlatform:
         self.compose.run("up", "-d", "--no-deps", *([] if wait else ["--wait"]), service,
                          timeout=BRING_UP_TIMEOUT)
         if wait:
-            self._wait_stack({service: READY}, deadline)
+            self._wait_stack({service: READY}, deadline, BRING_UP_TIMEOUT)
 
     # -- switching one service start-first (issue 14) ---------------------------------
     def start_beside(self, service: str, image_ref: str | None, *,

@@ -307,9 +307,10 @@ def _safety_result(set_id: str, section: dict[str, Any]) -> dict[str, Any]:
 def _safety_section(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]
                     ) -> dict[str, Any] | None:
     """The manifest section of the safety backup this restore's plan took after it
-    stopped the writers (None without both): it then holds what the live data has,
-    so the final data-loss window is read from it instead of counting again. Without
-    a stop, something may have written since it was taken: the server is asked."""
+    stopped the writers (None without both). The engine takes its counts for the
+    final data-loss window only where its server shows no write since that dump
+    began (a writer backout was not told of, writers back before a resumed restore):
+    otherwise it counts every table again."""
     database = params["database"]
     taken = results.get(safety_key(database))
     if STOP_WRITERS not in params.get("requires", []) or not isinstance(taken, dict) \
