@@ -20,13 +20,16 @@ import re
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Generic, TypedDict, TypeVar
 
 from backout.environment import Environment
 from backout.errors import CommandFailedError, ExternalError
+
+T = TypeVar("T")
 
 _SECRET_NAME = re.compile(r"(PASS|PASSWORD|SECRET|TOKEN|CREDENTIAL|API_KEY|PRIVATE_KEY|AUTH)", re.I)
 _PR_SET_PDEATHSIG = 1
@@ -154,3 +157,28 @@ def run(
 def last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no error output"
+
+
+class Background(Generic[T]):
+    """``call`` run in a daemon thread from now on; ``result()`` waits for it and
+    returns its value or raises its error in the caller's thread. A daemon thread: a
+    Ctrl-C while Compose answers leaves at once."""
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._outcome: list[T | BaseException] = []
+
+        def run() -> None:
+            try:
+                self._outcome.append(call())
+            except BaseException as exc:  # raised by result(), in the caller's thread
+                self._outcome.append(exc)
+
+        self._thread = threading.Thread(target=run, daemon=True, name="backout-background")
+        self._thread.start()
+
+    def result(self) -> T:
+        self._thread.join()
+        outcome = self._outcome[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome

@@ -9,14 +9,13 @@ in a stable order, so the operator fixes one line at a time.
 from __future__ import annotations
 
 import re
-import threading
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-from backout import engines, platforms
+from backout import engines, platforms, proc
 from backout.config.model import (
     ACCESS_MODES,
     SERVICE_KINDS,
@@ -525,7 +524,7 @@ def load_config(
     # Compose is asked for the services while it resolves the variables: two
     # independent `docker compose config` processes (about 0.1 s each) that every
     # command used to wait for one after the other. Errors keep their order.
-    names_of = _Background(lambda: (compose_services or _compose_service_names)(env, config))
+    names_of = proc.Background(lambda: (compose_services or _compose_service_names)(env, config))
     try:
         env_values = (compose_variables or _compose_variables)(env, config, wanted) \
             if wanted else {}
@@ -551,31 +550,6 @@ def load_config(
         _check_volumes(file, config, names,
                        (compose_volumes or _compose_volume_mounts)(env, config))
     return config
-
-
-class _Background(Generic[T]):
-    """``call`` run in a daemon thread from now on; ``result()`` waits for it and
-    returns its value or raises its error in the caller's thread. A daemon thread: a
-    Ctrl-C while Compose answers leaves at once."""
-
-    def __init__(self, call: Callable[[], T]) -> None:
-        self._outcome: list[T | BaseException] = []
-
-        def run() -> None:
-            try:
-                self._outcome.append(call())
-            except BaseException as exc:  # raised by result(), in the caller's thread
-                self._outcome.append(exc)
-
-        self._thread = threading.Thread(target=run, daemon=True, name="backout-background")
-        self._thread.start()
-
-    def result(self) -> T:
-        self._thread.join()
-        outcome = self._outcome[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
 
 def _check_volumes(file: str, config: Config, services: set[str],

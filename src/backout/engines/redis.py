@@ -9,9 +9,8 @@ import shlex
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -395,34 +394,12 @@ def restore_redis(env: Environment, access: EngineAccess, artifact: Path,
     # the RDB's size (a read through the artifact) while Redis stops (its last save);
     # a stop that fails or is interrupted is reported without waiting for it (a
     # daemon thread: the process's exit does not wait either)
-    size = _Background(decompressed_size, env, artifact)
+    size = proc.Background(lambda: decompressed_size(env, artifact))
     platform.stop([access.db.service], timeout=120)
     put_rdb_into_volume(env, access, artifact, rdb_path, stamp, aof, size=size.result())
     platform.bring_up(access.db.service)
     keys = {"db0": redis.dbsize()}
     return {"counts": keys, "aof": aof["mode"]}
-
-
-class _Background:
-    """``fn(*args)`` in a daemon thread; ``result()`` waits for it."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._box: list[Any] = []
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            self._box.append((True, fn(*args)))
-        except BaseException as exc:  # raised by result(), in the caller's thread
-            self._box.append((False, exc))
-
-    def result(self) -> Any:
-        self._thread.join()
-        ok, value = self._box[0]
-        if not ok:
-            raise value
-        return value
 
 
 def redis_counts_match(section: dict[str, Any], counts: dict[str, int]) -> bool:
