@@ -15,6 +15,7 @@ container is started beside another is the platform's.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -155,8 +156,11 @@ def steps(config: Config, definition: dict[str, Any], service: str, *,
              {**common, "proxies": fronts}, key=f"switch-proxies:{service}"),
         Step(f"drain the old {service}", "switch.drain",
              f"stop it with its stop_grace_period ({grace:g}s) so requests in flight finish, "
-             "then remove it" + ("; reload the proxies so none keeps its address" if any(
-                 p["mode"].startswith("nginx") for p in fronts) else ""),
+             "then remove it" + ("; meanwhile nginx's new connections to it are refused at "
+                                 "once (a rule in nginx's network namespace, taken down after; "
+                                 "needs root), so nginx passes them to the new one; reload "
+                                 "the proxies so none keeps its address" if any(
+                 p["mode"] in RELOADED for p in fronts) else ""),
              {**common, "proxies": fronts}, key=f"switch-drain:{service}"),
         Step(f"keep one {service} if the switch failed", "switch.abort",
              "while the old container runs, the new one is removed and " + KEPT_SERVING
@@ -434,20 +438,67 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # Once the old container has stopped its address is gone; an nginx still holding
     # it (resolved once, or cached by its resolver) would send requests into a black
     # hole until its connect timeout: reloaded the moment the old one is gone, its
-    # workers ask Docker's DNS afresh (only the new container is left in it).
+    # workers ask Docker's DNS afresh (only the new container is left in it). Until
+    # then (and until the workers from before that reload are gone) nginx's new
+    # connections to the old address are refused at once where the platform can
+    # fence it: nginx passes each such request to the new container instead of
+    # waiting out its connect timeout in the instant between the stop and the reload.
     reloads = _reloads(ctx, params["proxies"])
-    retired, reloaded = _retire_then_reload(ctx, started["old"], params, reloads,
-                                            _snapshot(ctx, reloads))
-    # Requests an old worker had already sent toward the stopped address wait for
-    # nginx's connect timeout, then go to the new container (and nginx logs an
-    # error): the switch ends once those workers are gone, so what comes next (a
-    # deploy's verify reading the logs) sees only the new release.
-    waited, never_took = _old_workers_gone(ctx, reloaded, OLD_WORKERS_LIMIT, WORKERS_POLL)
+    fronts = sorted({cid for _p, cid, _a in reloads})
+    label = fence_label(ctx.operation_id)
+    not_fenced = ctx.platform.fence(fronts, started["old"], label=label) if fronts else None
+    try:
+        retired, reloaded = _retire_then_reload(ctx, started["old"], params, reloads,
+                                                _snapshot(ctx, reloads))
+        stopped = time.monotonic()
+        # Requests an old worker had already sent toward the stopped address (unfenced)
+        # wait for nginx's connect timeout, then go to the new container (and nginx
+        # logs an error): the switch ends once those workers are gone, so what comes
+        # next (a deploy's verify reading the logs) sees only the new release.
+        waited, never_took = _old_workers_gone(ctx, reloaded, OLD_WORKERS_LIMIT, WORKERS_POLL)
+        report = _reported(reloaded, reloads, never_took)
+        if fronts and not_fenced is None:
+            # a resolver nginx whose reload failed or never took keeps the old address
+            # until its cached answer expires: the fence stays up that long
+            late = set(report.get("reload_failed", [])) & _resolvers(params["proxies"])
+            valid = max((float(p["valid"]) for p in params["proxies"] if p["service"] in late),
+                        default=0.0)
+            if valid:
+                interrupt.current().sleep(max(0.0, stopped + valid + 0.5 - time.monotonic()))
+    except BaseException:
+        with contextlib.suppress(BackoutError):  # the abort step tries again
+            ctx.platform.unfence(fronts, label=label)
+        raise
+    # Always, fenced or not this run: a killed run may have left its rules behind.
+    _take_down(ctx, fronts, label)
+    fence = ({"fenced": sorted({p for p, _c, _a in reloads})} if fronts and not_fenced is None
+             else {"not_fenced": not_fenced} if not_fenced else {})
     return {"retired": retired, "serving": started["new"], "old_workers_s": waited,
-            **_reported(reloaded, reloads, never_took)}
+            **report, **fence}
 
 
-def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+def fence_label(operation_id: int) -> str:
+    """The tag of the fences one operation puts up (no spaces: rules print it bare)."""
+    return f"backout-op-{operation_id}"
+
+
+def _take_down(ctx: RunContext, fronts: list[str], label: str) -> int:
+    """Take down the fences of this operation; one left up would refuse every later
+    connection to that address (Docker gives it to the next container it starts)."""
+    if not fronts:
+        return 0
+    try:
+        return ctx.platform.unfence(fronts, label=label)
+    except BackoutError as exc:
+        raise ExternalError(f"a fence this switch put up in a proxy's network namespace could "
+                            f"not be taken down ({exc.message})",
+                            fix=f"run `backout resume`; or by hand: `nsenter --target PID --net "
+                                f"iptables -S OUTPUT` (PID: the proxy's `docker inspect -f "
+                                f"'{{{{.State.Pid}}}}'`), then -D each rule commented "
+                                f"{label}") from exc
+
+
+def _keep_one(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     service = params["service"]
     started = _started(results, params)
     containers = ctx.platform.containers(service)
@@ -475,6 +526,22 @@ def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # The old one is stopped (the drain was under way): the new one serves.
     leftovers = ctx.platform.retire(old, grace_seconds=0)
     return {"kept": new, "removed": leftovers, "said": f"the new {service} serves"}
+
+
+def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
+    # The drain may have been cut short with its fence up: taken down before the old
+    # container is kept serving (nginx could not reach it through the fence). If that
+    # fails, one container is still kept, then the step fails with what to run.
+    left: ExternalError | None = None
+    try:
+        _take_down(ctx, sorted({cid for _p, cid, _a in _reloads(ctx, params["proxies"])}),
+                   fence_label(ctx.operation_id))
+    except ExternalError as exc:
+        left = exc
+    kept = _keep_one(ctx, params, results)
+    if left is not None:
+        raise left
+    return kept
 
 
 def _definition_image(ctx: RunContext, service: str) -> str | None:

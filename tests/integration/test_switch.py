@@ -10,6 +10,7 @@ tests/support/switchstack.py. Load: 4 threads through nginx, 20 ms apart."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from backout.state import Store
 from tests.support.cli import backout, clean_env, ok
 from tests.support.stack import wait_for
 from tests.support.switchstack import IMAGE, Load, SwitchStack, build_switch_images
@@ -207,6 +209,38 @@ def test_start_first_behind_nginx_with_a_resolver(sw: SwitchStack) -> None:
     assert load.failed == [], load.failed[:5]
     assert load.slow is not None and load.slow.status == 200
     one_app(sw, "v1")
+    # The old address was fenced in nginx's namespace while it drained (root here):
+    # a request nginx sent it in the instant between its stop and the reload was
+    # refused at once and went to the new one, instead of waiting out nginx's
+    # proxy_connect_timeout (2 s in this configuration; every client did, unfenced).
+    drain = step_detail(sw, data["operation_id"], "switch-drain:app")
+    assert drain.get("fenced") == ["nginx"], drain
+    assert longest_without_success(load) < 1.5, longest_without_success(load)
+    assert fence_rules(sw) == [], "a fence was left up in nginx's network namespace"
+
+
+def step_detail(sw: SwitchStack, op_id: int, key: str) -> dict[str, Any]:
+    detail = next(r["detail"] for r in Store(sw.dir / ".backout").operation_steps(op_id)
+                  if r["key"] == key)
+    assert isinstance(detail, dict)
+    return detail
+
+
+def longest_without_success(load: Load) -> float:
+    """The longest stretch of the load's wall clock without a request answered 2xx/3xx
+    (each request counted over its whole time in flight)."""
+    answered = sorted(s.end for s in load.samples if 200 <= s.status < 400)
+    return max((b - a for a, b in itertools.pairwise(answered)), default=0.0)
+
+
+def fence_rules(sw: SwitchStack) -> list[str]:
+    """Rules backout tagged in the nginx container's network namespace."""
+    nginx = sw.compose("ps", "-q", "nginx").stdout.strip()
+    pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", nginx],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    rules = subprocess.run(["nsenter", f"--target={pid}", "--net", "--", "iptables", "-S",
+                            "OUTPUT"], capture_output=True, text=True, check=True).stdout
+    return [line for line in rules.splitlines() if "backout-op-" in line]
 
 
 def test_a_release_that_never_gets_healthy_is_removed_and_the_old_one_serves(

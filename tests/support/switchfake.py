@@ -39,6 +39,10 @@ class SwitchFakePlatform(FakePlatform):
         self.new_health = {s: list(h) for s, h in (new_health or {}).items()}
         self.looks: dict[str, int] = {}
         self.process_lists: list[list[str]] = []  # what processes() answers, in turn
+        # fences up: label -> {(proxy container, fenced container)}; ``cannot_fence``:
+        # why fence() refuses (None: it fences)
+        self.fences: dict[str, set[tuple[str, str]]] = {}
+        self.cannot_fence: str | None = None
 
     def _look(self, box: Box) -> tuple[str, str | None]:
         """(state, health) of the box at this look."""
@@ -101,6 +105,22 @@ class SwitchFakePlatform(FakePlatform):
     def processes(self, container_id: str) -> list[str]:
         self._call("processes", container_id)
         return self.process_lists.pop(0) if self.process_lists else ["1 nginx: master process"]
+
+    def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
+              label: str) -> str | None:
+        self._call("fence", tuple(proxy_ids), tuple(container_ids), label)
+        if self.cannot_fence is not None:
+            return self.cannot_fence
+        self.fences.setdefault(label, set()).update(
+            (p, c) for p in proxy_ids for c in container_ids)
+        return None
+
+    def unfence(self, proxy_ids: Sequence[str], *, label: str) -> int:
+        self._call("unfence", tuple(proxy_ids), label)
+        up = self.fences.get(label, set())
+        down = {(p, c) for p, c in up if p in proxy_ids}
+        self.fences[label] = up - down
+        return len(down)
 
     def retire(self, container_ids: Sequence[str], *, grace_seconds: float,
                after_stop: Callable[[], object] | None = None) -> list[str]:

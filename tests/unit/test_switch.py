@@ -295,9 +295,18 @@ def test_a_resolver_proxy_that_cannot_reload_is_waited_out(
         return proc.Result(tuple(argv), 1, "", "nginx: [emerg] ...", 0.0)
 
     monkeypatch.setattr(switching.proc, "run", refused)
+    label = switching.fence_label(1)
+    fenced_while: list[set[tuple[str, str]]] = []
+    monkeypatch.setattr(interrupt.Interrupt, "sleep", lambda _self, s: (
+        slept.append(s), fenced_while.append(set(platform.fences.get(label, set()))))
+        if s else None)
     outcome = run(store, plan, config, platform)
     assert outcome.status == "succeeded"
-    assert slept == [pytest.approx(4.5)]  # valid 5 s + 0.5 s margin, 1 s already gone
+    # the proxies step: valid 5 s + 0.5 s margin, 1 s already gone; the drain: its
+    # fence stays up until nginx's cached answer (the old address) has expired
+    assert slept == [pytest.approx(4.5), pytest.approx(5.5, abs=0.2)]
+    assert fenced_while == [set(), {("c-nginx-1", "c-web-1")}]
+    assert platform.fences[label] == set()
     proxies = outcome.results["switch-proxies:web"]
     assert proxies["reloaded"] == [] and proxies["reload_failed"] == ["nginx"]
     drain = outcome.results["switch-drain:web"]
@@ -440,6 +449,7 @@ def test_a_crash_at_any_switch_step_then_resume_ends_with_one_target_container(
     web = platform.of("web")
     assert [(b.image_id, b.state) for b in web] == [(OLD, "running")], web
     assert all(c[1] != (web[0].id,) for c in platform.called("retire"))  # never the new one
+    assert not any(platform.fences.values())  # no fence left up
     assert store.fact(EXPECTED_IMAGES) == {"web": OLD}
 
 
@@ -452,6 +462,121 @@ def test_a_crash_while_compose_starts_the_new_container_finds_it_on_resume(
     ex = Executor(store, run_context(store, config, platform))
     op_id = ex.start(plan)
     assert ex.run(plan, op_id).status == "succeeded"
+    assert [b.id for b in platform.of("web")] == ["c-web-2"]
+
+
+def test_the_drain_fences_the_old_address_from_before_its_stop_until_the_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nginx's new connections to the old container are refused at once from before
+    it is told to stop until the workers from before the last reload are gone."""
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    assert "nginx's new connections to it are refused at once" in plan.steps[3].reason
+    label = switching.fence_label(1)
+    fenced_at: list[tuple[str, set[tuple[str, str]]]] = []
+    real_retire, real_gone = platform.retire, switching._old_workers_gone
+
+    def retire(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
+        fenced_at.append(("retire", set(platform.fences.get(label, set()))))
+        return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
+
+    def gone(ctx: Any, reloaded: Any, limit: float, first_poll: float) -> Any:
+        fenced_at.append((f"workers {limit:g}", set(platform.fences.get(label, set()))))
+        return real_gone(ctx, reloaded, limit, first_poll)
+
+    platform.retire = retire  # type: ignore[method-assign]
+    monkeypatch.setattr(switching, "_old_workers_gone", gone)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    up = {("c-nginx-1", "c-web-1")}
+    assert fenced_at == [("workers 0", set()), ("retire", up),
+                         (f"workers {switching.OLD_WORKERS_LIMIT:g}", up)]
+    assert platform.fences[label] == set()
+    assert platform.called("fence") == [(("c-nginx-1",), ("c-web-1",), label)]
+    assert outcome.results["switch-drain:web"]["fenced"] == ["nginx"]
+
+
+def test_without_a_fence_the_drain_says_why_and_still_takes_down_leftovers(
+        tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    platform.cannot_fence = "backout is not running as root"
+    label = switching.fence_label(1)
+    platform.fences[label] = {("c-nginx-1", "c-web-9")}  # a killed run's
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    drain = outcome.results["switch-drain:web"]
+    assert drain["not_fenced"] == "backout is not running as root" and "fenced" not in drain
+    assert platform.fences[label] == set()
+
+
+def test_no_proxy_in_front_no_fence(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="labels")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    assert platform.called("fence") == [] and platform.called("unfence") == []
+    assert not {"fenced", "not_fenced"} & set(outcome.results["switch-drain:web"])
+
+
+def test_a_drain_that_fails_takes_its_fence_down_before_the_old_one_serves_again(
+        tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    platform.fail_on("retire", ExternalError("docker stop: the engine did not answer"),
+                     first_arg=("c-web-1",))
+    outcome = run(store, plan, config, platform)
+    assert outcome.failed_step == "drain the old web"
+    assert platform.fences[switching.fence_label(1)] == set()
+    # the abort found no fence left and kept the old one (never stopped) serving
+    assert outcome.results["switch-abort:web"]["kept"] == ["c-web-1"]
+    assert [b.id for b in platform.of("web")] == ["c-web-1"]
+
+
+def test_the_abort_takes_a_left_fence_down_before_it_keeps_the_old_one(
+        tmp_path: Path) -> None:
+    """A drain killed with its fence up, then resumed into a failure: the abort takes
+    the fence down before the new container goes (nginx must reach the old one)."""
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    label = switching.fence_label(1)
+    real_retire = platform.retire
+    seen: list[set[tuple[str, str]]] = []
+
+    def retire(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
+        if ids == ["c-web-1"]:
+            platform.fences[label] = {("c-nginx-1", "c-web-1")}  # the fence stays up
+            raise Crash("killed while the old one drains")
+        seen.append(set(platform.fences[label]))
+        return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
+
+    platform.retire = retire  # type: ignore[method-assign]
+    platform.unfence = lambda *_a, **_k: 0  # type: ignore[method-assign]  # the kill
+    ex = Executor(store, run_context(store, config, platform))
+    op_id = ex.start(plan)
+    with pytest.raises(Crash):
+        ex.run(plan, op_id)
+    del platform.unfence  # type: ignore[method-assign]  # the class's again
+    platform.fail_on("fence", UnhealthyError("fake: the resumed drain fails"))
+    resumed = run(store, plan, config, platform, op_id)
+    assert resumed.failed_step == "drain the old web"
+    assert seen == [set()]  # the new one retired once the fence was down
+    assert [b.id for b in platform.of("web")] == ["c-web-1"]
+
+
+def test_a_fence_that_cannot_be_taken_down_fails_the_drain_naming_the_fix(
+        tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    platform.fail_on("unfence", ExternalError("iptables: the xtables lock is held"))
+    platform.fail_on("unfence", ExternalError("iptables: the xtables lock is held"))
+    outcome = run(store, plan, config, platform)
+    assert outcome.failed_step == "drain the old web"
+    assert isinstance(outcome.error, ExternalError)
+    assert "could not be taken down (iptables: the xtables lock is held)" \
+        in outcome.error.message
+    assert "backout resume" in (outcome.error.fix or "") and "backout-op-1" in outcome.error.fix
+    # the abort: the new one serves (the old one is gone); its own take-down failed too
     assert [b.id for b in platform.of("web")] == ["c-web-2"]
 
 

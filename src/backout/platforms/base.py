@@ -299,6 +299,19 @@ class Platform(Protocol):
         sees them: no tool is needed inside it)."""
         ...
 
+    def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
+              label: str) -> str | None:
+        """From the proxy containers ``proxy_ids``, every new TCP connection to the
+        addresses of ``container_ids`` fails at once (rules tagged ``label``), so a
+        proxy passes the request to another address of its upstream instead of waiting
+        out its connect timeout once those addresses are gone. None once fenced;
+        otherwise why not, with nothing left changed."""
+        ...
+
+    def unfence(self, proxy_ids: Sequence[str], *, label: str) -> int:
+        """Take down every rule tagged ``label`` in those proxy containers; how many."""
+        ...
+
     # -- reaching into a service ------------------------------------------------------
     def exec_argv(self, service: str, inner: Sequence[str],
                   env_names: Sequence[str] = ()) -> list[str]:

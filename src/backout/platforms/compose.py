@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -11,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from backout.adapters import netfence
 from backout.adapters.compose import Compose
 from backout.adapters.docker import Docker, container_info, image_info
 from backout.adapters.engine_api import EngineAPI
@@ -520,6 +522,42 @@ class ComposePlatform:
             return self.engine.processes(container_id)
         return self.docker.processes(container_id)
 
+    def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
+              label: str) -> str | None:
+        if self.engine is None:
+            return "the Docker Engine is not on this host (its containers' network " \
+                   "namespaces are out of reach)"
+        why = netfence.unavailable()
+        if why is not None:
+            return why
+        addresses = sorted({a for raw in self.engine.inspect_containers(list(container_ids))
+                            for a in _addresses(raw)})
+        if not addresses:
+            return "the old container has no address left"
+        pids = self._pids(proxy_ids)
+        if not pids:
+            return "no proxy container in front is running"
+        try:
+            for pid in pids:
+                netfence.put_up(self.env, pid, addresses, label)
+        except ExternalError as exc:
+            with contextlib.suppress(ExternalError):
+                self.unfence(proxy_ids, label=label)
+            return exc.message
+        return None
+
+    def unfence(self, proxy_ids: Sequence[str], *, label: str) -> int:
+        if self.engine is None or netfence.unavailable() is not None:
+            return 0
+        return sum(netfence.take_down(self.env, pid, label) for pid in self._pids(proxy_ids))
+
+    def _pids(self, container_ids: Sequence[str]) -> list[int]:
+        """The host's process IDs of these running containers' main processes."""
+        assert self.engine is not None
+        pids = [int((raw.get("State") or {}).get("Pid") or 0)
+                for raw in self.engine.inspect_containers(list(container_ids))]
+        return [pid for pid in pids if pid > 0]
+
     # -- reaching into a service ------------------------------------------------------
     def exec_argv(self, service: str, inner: Sequence[str],
                   env_names: Sequence[str] = ()) -> list[str]:
@@ -612,6 +650,13 @@ def _epoch(docker_time: str) -> float:
         return datetime.fromisoformat(docker_time[:26].rstrip("Z") + "+00:00").timestamp()
     except ValueError:
         return time.time()
+
+
+def _addresses(inspected: Mapping[str, Any]) -> list[str]:
+    """A container's IPv4 and IPv6 addresses on all its networks, from its inspect."""
+    networks = (inspected.get("NetworkSettings") or {}).get("Networks") or {}
+    return [str(a) for n in networks.values() for a in (n.get("IPAddress"),
+                                                        n.get("GlobalIPv6Address")) if a]
 
 
 def _env_flags(names: Sequence[str]) -> list[str]:

@@ -648,6 +648,13 @@ class SwarmPlatform:
     def processes(self, container_id: str) -> list[str]:
         return self._docker(self._node_of_container(container_id)).processes(container_id)
 
+    def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
+              label: str) -> str | None:
+        return "a Swarm retires its tasks itself (backout switches nothing beside them)"
+
+    def unfence(self, proxy_ids: Sequence[str], *, label: str) -> int:
+        return 0
+
     def published_address(self, service: str, port: int) -> str | None:
         spec = self.service(service)
         published = [p for p in ((spec.get("Endpoint") or {}).get("Ports") or

@@ -1,0 +1,97 @@
+"""A fence in one container's network namespace: every new TCP connection from it to
+some addresses is answered at once with a reset (an iptables rule in that namespace,
+entered with nsenter), until the rules tagged for it are removed.
+
+Why (issue 14): an nginx that re-resolves its upstream through Docker's DNS keeps the
+addresses of its last answer for ``valid`` seconds. The moment an old container stops,
+Docker frees its address and its name together; a request nginx sends to that address
+before it asks again meets no host and waits ``proxy_connect_timeout`` (no reset ever
+comes). Refused at once, nginx passes the request to the next address of its answer
+(``proxy_next_upstream error``, its default): the new container. Only new connections
+are refused (``--syn``): requests in flight to the old container finish.
+
+Needs root on the host running the Docker Engine (nsenter into another namespace,
+iptables in it), and nsenter and iptables installed; ``unavailable`` says what is
+missing. Every rule carries a comment naming its operation, so a resumed operation
+removes exactly what it (or its killed run) added.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+import shutil
+from collections.abc import Sequence
+
+from backout import proc
+from backout.environment import Environment
+
+TIMEOUT = 15.0
+# iptables waits this long for the namespace's xtables lock instead of failing at once
+LOCK_WAIT = "5"
+
+
+def unavailable() -> str | None:
+    """Why no fence can be put up from this process, or None."""
+    if os.geteuid() != 0:
+        return "backout is not running as root (entering a container's network " \
+               "namespace needs it)"
+    missing = [tool for tool in ("nsenter", "iptables") if shutil.which(tool) is None]
+    if missing:
+        return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed"
+    return None
+
+
+def _tool(address: str) -> str:
+    return "ip6tables" if ":" in address else "iptables"
+
+
+def _in_namespace(pid: int, tool: str, *args: str) -> list[str]:
+    return ["nsenter", f"--target={pid}", "--net", "--", tool, "-w", LOCK_WAIT, *args]
+
+
+def rule(address: str, label: str) -> list[str]:
+    """The rule's match and target, after the chain: new TCP connections to ``address``
+    get a reset."""
+    width = "128" if ":" in address else "32"
+    return ["-d", f"{address}/{width}", "-p", "tcp", "--syn", "-m", "comment", "--comment",
+            label, "-j", "REJECT", "--reject-with", "tcp-reset"]
+
+
+def put_up(env: Environment, pid: int, addresses: Sequence[str], label: str) -> None:
+    """Fence ``addresses`` in the network namespace of process ``pid`` (a container's
+    main process). A rule already there (a resumed run) is not added twice. Raises
+    ExternalError when a rule cannot be added."""
+    for address in addresses:
+        tool, spec = _tool(address), rule(address, label)
+        there = proc.run(env, _in_namespace(pid, tool, "-C", "OUTPUT", *spec),
+                         timeout=TIMEOUT, check=False, what=f"{tool} -C").ok
+        if not there:
+            proc.run(env, _in_namespace(pid, tool, "-I", "OUTPUT", *spec), timeout=TIMEOUT,
+                     what=f"fence {address} ({tool} in a proxy's network namespace)")
+
+
+def take_down(env: Environment, pid: int, label: str) -> int:
+    """Remove every rule tagged ``label`` from the namespace of process ``pid``; how
+    many were removed. A namespace that is gone (its container stopped) holds none."""
+    removed = 0
+    for tool in ("iptables", "ip6tables"):
+        if shutil.which(tool) is None:
+            continue
+        listed = proc.run(env, _in_namespace(pid, tool, "-S", "OUTPUT"), timeout=TIMEOUT,
+                          check=False, what=f"{tool} -S")
+        if not listed.ok:
+            continue
+        for line in listed.stdout.splitlines():
+            words = shlex.split(line)
+            if words[:2] != ["-A", "OUTPUT"] or not _tagged(words, label):
+                continue
+            proc.run(env, _in_namespace(pid, tool, "-D", *words[1:]), timeout=TIMEOUT,
+                     what=f"take down a fence ({tool} in a proxy's network namespace)")
+            removed += 1
+    return removed
+
+
+def _tagged(words: Sequence[str], label: str) -> bool:
+    return any(a == "--comment" and b == label for a, b in itertools.pairwise(words))

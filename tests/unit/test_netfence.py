@@ -1,0 +1,102 @@
+"""The fence of issue 14's drain (backout.adapters.netfence): the rules it adds in a
+proxy's network namespace, added once however often a resumed run asks, and taken
+down by their tag alone (the IPv4 and IPv6 tables), nothing else touched. The real
+iptables in a real nginx's namespace: tests/integration/test_switch.py."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import pytest
+
+from backout import proc
+from backout.adapters import netfence
+from backout.environment import Environment
+from backout.errors import CommandFailedError
+
+
+class Tables:
+    """iptables/ip6tables -C/-I/-D/-S over one namespace's OUTPUT chains, as argv."""
+
+    def __init__(self) -> None:
+        self.rules: dict[str, list[list[str]]] = {"iptables": [], "ip6tables": []}
+        self.calls: list[list[str]] = []
+
+    def run(self, _env: Any, argv: list[str], **kw: Any) -> proc.Result:
+        self.calls.append(list(argv))
+        assert argv[:4] == ["nsenter", "--target=42", "--net", "--"]
+        tool, wait, seconds, op, chain, *spec = argv[4:]
+        assert (wait, seconds, chain) == ("-w", netfence.LOCK_WAIT, "OUTPUT")
+        rules = self.rules[tool]
+        if op == "-S":
+            out = "-P OUTPUT ACCEPT\n" + "".join(
+                "-A OUTPUT " + " ".join(shlex.quote(w) for w in r) + "\n" for r in rules)
+            return proc.Result(tuple(argv), 0, out, "", 0.0)
+        if op == "-I":
+            rules.insert(0, spec)
+        elif op == "-D":
+            rules.remove(spec)
+        elif op == "-C":
+            rc = 0 if spec in rules else 1
+            if rc and kw.get("check", True):
+                raise CommandFailedError("no such rule")
+            return proc.Result(tuple(argv), rc, "", "", 0.0)
+        return proc.Result(tuple(argv), 0, "", "", 0.0)
+
+
+@pytest.fixture
+def tables(monkeypatch: pytest.MonkeyPatch) -> Tables:
+    t = Tables()
+    monkeypatch.setattr(netfence.proc, "run", t.run)
+    monkeypatch.setattr(netfence.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    return t
+
+
+def test_the_rule_refuses_new_tcp_connections_with_a_reset() -> None:
+    assert netfence.rule("172.18.0.8", "backout-op-3") == [
+        "-d", "172.18.0.8/32", "-p", "tcp", "--syn", "-m", "comment", "--comment",
+        "backout-op-3", "-j", "REJECT", "--reject-with", "tcp-reset"]
+    assert netfence.rule("fd00::8", "t")[:2] == ["-d", "fd00::8/128"]
+
+
+def test_put_up_adds_each_address_once_in_its_table(tables: Tables) -> None:
+    env = Environment()
+    netfence.put_up(env, 42, ["172.18.0.8", "fd00::8"], "backout-op-3")
+    netfence.put_up(env, 42, ["172.18.0.8", "fd00::8"], "backout-op-3")  # resumed
+    assert tables.rules["iptables"] == [netfence.rule("172.18.0.8", "backout-op-3")]
+    assert tables.rules["ip6tables"] == [netfence.rule("fd00::8", "backout-op-3")]
+    assert [c[7] for c in tables.calls] == ["-C", "-I", "-C", "-I", "-C", "-C"]
+
+
+def test_take_down_removes_only_its_own_tag(tables: Tables) -> None:
+    env = Environment()
+    netfence.put_up(env, 42, ["172.18.0.8", "fd00::8"], "backout-op-3")
+    netfence.put_up(env, 42, ["172.18.0.9"], "backout-op-4")
+    theirs = ["-d", "10.0.0.1/32", "-j", "DROP", "-m", "comment", "--comment", "backout-op-3x"]
+    tables.rules["iptables"].append(theirs)
+    assert netfence.take_down(env, 42, "backout-op-3") == 2
+    assert tables.rules["iptables"] == [netfence.rule("172.18.0.9", "backout-op-4"), theirs]
+    assert tables.rules["ip6tables"] == []
+    assert netfence.take_down(env, 42, "backout-op-3") == 0
+
+
+def test_take_down_in_a_namespace_that_is_gone_removes_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netfence.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    monkeypatch.setattr(netfence.proc, "run", lambda _e, argv, **_k: proc.Result(
+        tuple(argv), 1, "", "nsenter: cannot open /proc/42/ns/net: No such file", 0.0))
+    assert netfence.take_down(Environment(), 42, "backout-op-3") == 0
+
+
+def test_unavailable_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netfence.os, "geteuid", lambda: 1000)
+    assert "not running as root" in (netfence.unavailable() or "")
+    monkeypatch.setattr(netfence.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(netfence.shutil, "which",
+                        lambda tool: None if tool == "nsenter" else "/usr/sbin/iptables")
+    assert netfence.unavailable() == "nsenter is not installed"
+    monkeypatch.setattr(netfence.shutil, "which", lambda tool: None)
+    assert netfence.unavailable() == "nsenter and iptables are not installed"
+    monkeypatch.setattr(netfence.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    assert netfence.unavailable() is None
