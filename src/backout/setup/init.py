@@ -109,11 +109,13 @@ def _find_proxy_modes(env: Environment, platform: Platform, derived: Derived) ->
         connect = switch_policy.nginx_connect_timeout(result.stdout + result.stderr)
         if resolver and connect > switch_policy.CONNECT_TIMEOUT_ADVISED:
             # Docker's DNS drops an address the moment its container leaves the network;
-            # nginx's reload follows a few ms later: what it sent there meanwhile hangs.
-            notes.append(f"proxy: its proxy_connect_timeout is {connect:g}s: in a switch, the "
-                         "requests it sends to the old container in the moment between that "
-                         "container leaving the network and nginx's reload wait that long "
-                         "before going to the new one; `proxy_connect_timeout 1s;` makes it 1 s")
+            # nginx's reload follows a few ms later: what it sent there meanwhile hangs,
+            # unless the drain could fence the address (backout.adapters.netfence).
+            notes.append(f"proxy: its proxy_connect_timeout is {connect:g}s: in a switch "
+                         "that cannot fence the old container (backout not root), the "
+                         "requests nginx sends to it in the moment between that container "
+                         "leaving the network and nginx's reload wait that long before going "
+                         "to the new one; `proxy_connect_timeout 1s;` makes it 1 s")
 
 
 def _swarm_lines(env: Environment, services: list[str]) -> list[str]:

@@ -1,0 +1,98 @@
+"""The Compose platform's fence (issue 14's drain): which addresses it fences in
+which namespaces, why it cannot (a remote engine, no root, nothing to fence, no
+proxy running) with nothing changed, and a fence half put up taken down again.
+In-process: the engine's inspect documents and netfence are stand-ins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backout.errors import CommandFailedError
+from backout.platforms import compose as compose_platform
+from backout.platforms.compose import ComposePlatform
+from tests.support.enginelooks import platform_for_looks
+
+OLD = {"Id": "old", "State": {"Pid": 0},
+       "NetworkSettings": {"Networks": {"p_default": {"IPAddress": "172.18.0.8",
+                                                      "GlobalIPv6Address": ""},
+                                        "p_back": {"IPAddress": "172.19.0.3",
+                                                   "GlobalIPv6Address": "fd00::3"}}}}
+NGINX = {"Id": "ngx", "State": {"Pid": 4242}, "NetworkSettings": {"Networks": {}}}
+NGINX2 = {"Id": "ngx2", "State": {"Pid": 4343}, "NetworkSettings": {"Networks": {}}}
+STOPPED = {"Id": "ngx3", "State": {"Pid": 0}, "NetworkSettings": {"Networks": {}}}
+
+
+class Engine:
+    def __init__(self, *docs: dict[str, Any]) -> None:
+        self.docs = {d["Id"]: d for d in docs}
+
+    def inspect_containers(self, ids: list[str]) -> list[dict[str, Any]]:
+        return [self.docs[i] for i in ids if i in self.docs]
+
+
+class Fences:
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.up: list[tuple[int, tuple[str, ...], str]] = []
+        self.down: list[tuple[int, str]] = []
+        self.fail_at = fail_at
+
+    def put_up(self, _env: Any, pid: int, addresses: list[str], label: str) -> None:
+        if pid == self.fail_at:
+            raise CommandFailedError("iptables: Chain 'OUTPUT' does not exist")
+        self.up.append((pid, tuple(addresses), label))
+
+    def take_down(self, _env: Any, pid: int, label: str) -> int:
+        self.down.append((pid, label))
+        return sum(1 for p, _a, lab in self.up if p == pid and lab == label)
+
+
+@pytest.fixture
+def fences(monkeypatch: pytest.MonkeyPatch) -> Fences:
+    f = Fences()
+    monkeypatch.setattr(compose_platform.netfence, "put_up", f.put_up)
+    monkeypatch.setattr(compose_platform.netfence, "take_down", f.take_down)
+    monkeypatch.setattr(compose_platform.netfence, "unavailable", lambda: None)
+    return f
+
+
+def platform(tmp_path: Path, *docs: dict[str, Any]) -> ComposePlatform:
+    plat = platform_for_looks(tmp_path)
+    plat.engine = Engine(*docs)  # type: ignore[assignment]
+    return plat
+
+
+def test_every_address_of_the_old_container_in_every_running_proxy(
+        tmp_path: Path, fences: Fences) -> None:
+    plat = platform(tmp_path, OLD, NGINX, NGINX2, STOPPED)
+    assert plat.fence(["ngx", "ngx2", "ngx3"], ["old"], label="backout-op-7") is None
+    addresses = ("172.18.0.8", "172.19.0.3", "fd00::3")
+    assert fences.up == [(4242, addresses, "backout-op-7"), (4343, addresses, "backout-op-7")]
+    assert plat.unfence(["ngx", "ngx2", "ngx3"], label="backout-op-7") == 2
+    assert fences.down == [(4242, "backout-op-7"), (4343, "backout-op-7")]
+
+
+def test_what_cannot_be_fenced_says_why_and_changes_nothing(
+        tmp_path: Path, fences: Fences, monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = platform_for_looks(tmp_path)  # DOCKER_HOST=ssh://...: no local engine
+    assert "not on this host" in (remote.fence(["ngx"], ["old"], label="l") or "")
+    assert remote.unfence(["ngx"], label="l") == 0
+    plat = platform(tmp_path, OLD, NGINX, STOPPED)
+    assert plat.fence(["ngx"], ["gone"], label="l") == "the old container has no address left"
+    assert plat.fence(["ngx3"], ["old"], label="l") == "no proxy container in front is running"
+    monkeypatch.setattr(compose_platform.netfence, "unavailable",
+                        lambda: "backout is not running as root")
+    assert plat.fence(["ngx"], ["old"], label="l") == "backout is not running as root"
+    assert plat.unfence(["ngx"], label="l") == 0
+    assert fences.up == [] and fences.down == []
+
+
+def test_a_fence_half_put_up_is_taken_down_again(tmp_path: Path, fences: Fences) -> None:
+    fences.fail_at = 4343
+    plat = platform(tmp_path, OLD, NGINX, NGINX2)
+    why = plat.fence(["ngx", "ngx2"], ["old"], label="backout-op-7")
+    assert why == "iptables: Chain 'OUTPUT' does not exist"
+    assert [p for p, _a, _l in fences.up] == [4242]
+    assert fences.down == [(4242, "backout-op-7"), (4343, "backout-op-7")]
