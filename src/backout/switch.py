@@ -446,7 +446,7 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     reloads = _reloads(ctx, params["proxies"])
     fronts = sorted({cid for _p, cid, _a in reloads})
     label = fence_label(ctx.operation_id)
-    not_fenced = ctx.platform.fence(fronts, started["old"], label=label) if fronts else None
+    not_fenced = _fence(ctx, fronts, started["old"], label) if fronts else None
     try:
         retired, reloaded = _retire_then_reload(ctx, started["old"], params, reloads,
                                                 _snapshot(ctx, reloads))
@@ -466,8 +466,8 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
             if valid:
                 interrupt.current().sleep(max(0.0, stopped + valid + 0.5 - time.monotonic()))
     except BaseException:
-        with contextlib.suppress(BackoutError):  # the abort step tries again
-            ctx.platform.unfence(fronts, label=label)
+        with contextlib.suppress(BackoutError):  # else the abort step tries again
+            _take_down(ctx, fronts, label)
         raise
     # Always, fenced or not this run: a killed run may have left its rules behind.
     _take_down(ctx, fronts, label)
@@ -482,20 +482,51 @@ def fence_label(operation_id: int) -> str:
     return f"backout-op-{operation_id}"
 
 
+def _fence_fact(label: str) -> str:
+    """The journal's note that fences tagged ``label`` may be up: written before the
+    first rule, cleared once they are all down, so a resumed run knows to take them
+    down even when it cannot (and then says so instead of passing over them)."""
+    return f"fences up: {label}"
+
+
+def _fence(ctx: RunContext, fronts: list[str], old: list[str], label: str) -> str | None:
+    """Fence ``old`` in the proxy containers ``fronts``: None once fenced, else why not
+    (the drain then goes on unfenced)."""
+    why = ctx.platform.fence_problem()
+    if why is not None:
+        return why
+    ctx.store.set_fact(_fence_fact(label), fronts)
+    try:
+        return ctx.platform.fence(fronts, old, label=label)
+    except BackoutError as exc:  # a rule could not be put up: the take-down clears any
+        return exc.message
+
+
+class FenceLeftError(ExternalError):
+    """A fence could not be taken down; left up it would refuse every later connection
+    to that address (Docker gives it to the next container it starts). A cleanup step
+    that meets it waits for `backout resume`."""
+
+    code = "fence_left"
+    retry_on_resume = True
+
+
 def _take_down(ctx: RunContext, fronts: list[str], label: str) -> int:
-    """Take down the fences of this operation; one left up would refuse every later
-    connection to that address (Docker gives it to the next container it starts)."""
-    if not fronts:
+    """Take down the fences of this operation, if the journal says any may be up."""
+    fact = _fence_fact(label)
+    if not ctx.store.fact(fact):
         return 0
     try:
-        return ctx.platform.unfence(fronts, label=label)
+        removed = ctx.platform.unfence(fronts, label=label)
     except BackoutError as exc:
-        raise ExternalError(f"a fence this switch put up in a proxy's network namespace could "
-                            f"not be taken down ({exc.message})",
-                            fix=f"run `backout resume`; or by hand: `nsenter --target PID --net "
-                                f"iptables -S OUTPUT` (PID: the proxy's `docker inspect -f "
-                                f"'{{{{.State.Pid}}}}'`), then -D each rule commented "
-                                f"{label}") from exc
+        raise FenceLeftError(
+            f"a fence this switch put up in a proxy's network namespace could not be taken "
+            f"down ({exc.message}); nginx cannot reach that address until it is",
+            fix=f"fix that, then run `backout resume` (as root); by hand: `nsenter "
+                f"--target PID --net iptables -S OUTPUT` (PID: the proxy's `docker inspect -f "
+                f"'{{{{.State.Pid}}}}'`), then -D each rule commented {label}") from exc
+    ctx.store.set_fact(fact, None)
+    return removed
 
 
 def _keep_one(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
@@ -531,17 +562,13 @@ def _keep_one(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) 
 def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     # The drain may have been cut short with its fence up: taken down before the old
     # container is kept serving (nginx could not reach it through the fence). If that
-    # fails, one container is still kept, then the step fails with what to run.
-    left: ExternalError | None = None
-    try:
+    # fails nothing is removed (the new container, ready, serves through nginx) and
+    # the step waits for `backout resume` (FenceLeftError).
+    label = fence_label(ctx.operation_id)
+    if ctx.store.fact(_fence_fact(label)):
         _take_down(ctx, sorted({cid for _p, cid, _a in _reloads(ctx, params["proxies"])}),
-                   fence_label(ctx.operation_id))
-    except ExternalError as exc:
-        left = exc
-    kept = _keep_one(ctx, params, results)
-    if left is not None:
-        raise left
-    return kept
+                   label)
+    return _keep_one(ctx, params, results)
 
 
 def _definition_image(ctx: RunContext, service: str) -> str | None:

@@ -106,6 +106,9 @@ class SwitchFakePlatform(FakePlatform):
         self._call("processes", container_id)
         return self.process_lists.pop(0) if self.process_lists else ["1 nginx: master process"]
 
+    def fence_problem(self) -> str | None:
+        return self.cannot_fence
+
     def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
               label: str) -> str | None:
         self._call("fence", tuple(proxy_ids), tuple(container_ids), label)
@@ -117,6 +120,8 @@ class SwitchFakePlatform(FakePlatform):
 
     def unfence(self, proxy_ids: Sequence[str], *, label: str) -> int:
         self._call("unfence", tuple(proxy_ids), label)
+        if self.cannot_fence is not None:  # as the real one: never a silent 0
+            raise UnhealthyError(f"cannot take fences down: {self.cannot_fence}")
         up = self.fences.get(label, set())
         down = {(p, c) for p, c in up if p in proxy_ids}
         self.fences[label] = up - down

@@ -1,6 +1,7 @@
 """The Compose platform's fence (issue 14's drain): which addresses it fences in
 which namespaces, why it cannot (a remote engine, no root, nothing to fence, no
-proxy running) with nothing changed, and a fence half put up taken down again.
+proxy running, a process ID that is not the container's) with nothing changed, and
+that a take-down it cannot do raises instead of passing over the rules.
 In-process: the engine's inspect documents and netfence are stand-ins."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from backout.errors import CommandFailedError
+from backout.errors import CommandFailedError, ExternalError
 from backout.platforms import compose as compose_platform
 from backout.platforms.compose import ComposePlatform
 from tests.support.enginelooks import platform_for_looks
@@ -21,7 +22,8 @@ OLD = {"Id": "old", "State": {"Pid": 0},
                                         "p_back": {"IPAddress": "172.19.0.3",
                                                    "GlobalIPv6Address": "fd00::3"}}}}
 NGINX = {"Id": "ngx", "State": {"Pid": 4242}, "NetworkSettings": {"Networks": {}}}
-NGINX2 = {"Id": "ngx2", "State": {"Pid": 4343}, "NetworkSettings": {"Networks": {}}}
+NGINX2 = {"Id": "ngx2", "Name": "/nginx-2", "State": {"Pid": 4343},
+          "NetworkSettings": {"Networks": {}}}
 STOPPED = {"Id": "ngx3", "State": {"Pid": 0}, "NetworkSettings": {"Networks": {}}}
 
 
@@ -55,6 +57,7 @@ def fences(monkeypatch: pytest.MonkeyPatch) -> Fences:
     monkeypatch.setattr(compose_platform.netfence, "put_up", f.put_up)
     monkeypatch.setattr(compose_platform.netfence, "take_down", f.take_down)
     monkeypatch.setattr(compose_platform.netfence, "unavailable", lambda: None)
+    monkeypatch.setattr(compose_platform.netfence, "foreign", lambda pid, cid: None)
     return f
 
 
@@ -77,22 +80,37 @@ def test_every_address_of_the_old_container_in_every_running_proxy(
 def test_what_cannot_be_fenced_says_why_and_changes_nothing(
         tmp_path: Path, fences: Fences, monkeypatch: pytest.MonkeyPatch) -> None:
     remote = platform_for_looks(tmp_path)  # DOCKER_HOST=ssh://...: no local engine
+    assert "not on this host" in (remote.fence_problem() or "")
     assert "not on this host" in (remote.fence(["ngx"], ["old"], label="l") or "")
-    assert remote.unfence(["ngx"], label="l") == 0
+    with pytest.raises(ExternalError, match="cannot take fences down: the Docker Engine"):
+        remote.unfence(["ngx"], label="l")
     plat = platform(tmp_path, OLD, NGINX, STOPPED)
+    assert plat.fence_problem() is None
     assert plat.fence(["ngx"], ["gone"], label="l") == "the old container has no address left"
     assert plat.fence(["ngx3"], ["old"], label="l") == "no proxy container in front is running"
     monkeypatch.setattr(compose_platform.netfence, "unavailable",
                         lambda: "backout is not running as root")
+    assert plat.fence_problem() == "backout is not running as root"
     assert plat.fence(["ngx"], ["old"], label="l") == "backout is not running as root"
-    assert plat.unfence(["ngx"], label="l") == 0
+    with pytest.raises(ExternalError, match="not running as root"):
+        plat.unfence(["ngx"], label="l")
     assert fences.up == [] and fences.down == []
 
 
-def test_a_fence_half_put_up_is_taken_down_again(tmp_path: Path, fences: Fences) -> None:
+def test_a_process_id_that_is_not_the_containers_is_refused(
+        tmp_path: Path, fences: Fences, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compose_platform.netfence, "foreign", lambda pid, cid: (
+        "it shares this host's network namespace (network_mode: host)" if pid == 4343
+        else None))
+    plat = platform(tmp_path, OLD, NGINX, NGINX2)
+    with pytest.raises(ExternalError, match="nginx-2: it shares this host's network"):
+        plat.fence(["ngx", "ngx2"], ["old"], label="l")
+    assert fences.up == []  # looked at every proxy before the first rule
+
+
+def test_a_rule_that_cannot_be_put_up_raises(tmp_path: Path, fences: Fences) -> None:
     fences.fail_at = 4343
     plat = platform(tmp_path, OLD, NGINX, NGINX2)
-    why = plat.fence(["ngx", "ngx2"], ["old"], label="backout-op-7")
-    assert why == "iptables: Chain 'OUTPUT' does not exist"
-    assert [p for p, _a, _l in fences.up] == [4242]
-    assert fences.down == [(4242, "backout-op-7"), (4343, "backout-op-7")]
+    with pytest.raises(CommandFailedError, match="Chain 'OUTPUT' does not exist"):
+        plat.fence(["ngx", "ngx2"], ["old"], label="backout-op-7")
+    assert [p for p, _a, _l in fences.up] == [4242]  # the drain's take-down clears it

@@ -5,7 +5,9 @@ iptables in a real nginx's namespace: tests/integration/test_switch.py."""
 
 from __future__ import annotations
 
+import os
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from backout import proc
 from backout.adapters import netfence
 from backout.environment import Environment
-from backout.errors import CommandFailedError
+from backout.errors import CommandFailedError, ExternalError
 
 
 class Tables:
@@ -85,8 +87,42 @@ def test_take_down_in_a_namespace_that_is_gone_removes_nothing(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(netfence.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
     monkeypatch.setattr(netfence.proc, "run", lambda _e, argv, **_k: proc.Result(
-        tuple(argv), 1, "", "nsenter: cannot open /proc/42/ns/net: No such file", 0.0))
+        tuple(argv), 1, "", "nsenter: cannot open /proc/4242424/ns/net: No such file", 0.0))
+    assert netfence.take_down(Environment(), 4242424, "backout-op-3") == 0  # no such pid
+
+
+def test_rules_that_cannot_be_listed_where_the_namespace_is_raise(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never a silent 0 for rules it could not see (a held lock, a failing nsenter);
+    only the IPv6 tables may be missing altogether."""
+    monkeypatch.setattr(netfence.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    answers = {"iptables": 0, "ip6tables": 1}
+    monkeypatch.setattr(netfence.proc, "run", lambda _e, argv, **_k: proc.Result(
+        tuple(argv), answers[argv[4]], "-P OUTPUT ACCEPT\n", "ip6tables: no table", 0.0))
+    me = os.getpid()  # a namespace that is there
+    assert netfence.take_down(Environment(), me, "backout-op-3") == 0
+    answers["iptables"] = 4
+    with pytest.raises(ExternalError, match=r"iptables -S in process .* failed: ip6tables: no"):
+        netfence.take_down(Environment(), me, "backout-op-3")
+
+
+def test_a_rule_line_shlex_cannot_split_is_not_ours(tables: Tables) -> None:
+    tables.rules["iptables"].append(["-m", "comment", "--comment", "'backout-op-3"])
     assert netfence.take_down(Environment(), 42, "backout-op-3") == 0
+
+
+def test_only_a_containers_own_namespace_is_fenced(tmp_path: Path) -> None:
+    (tmp_path / "self" / "ns").mkdir(parents=True)
+    (tmp_path / "self" / "ns" / "net").symlink_to("net:[4026531840]")
+    (tmp_path / "77" / "ns").mkdir(parents=True)
+    (tmp_path / "77" / "cgroup").write_text("0::/system.slice/docker-abc123.scope\n")
+    (tmp_path / "77" / "ns" / "net").symlink_to("net:[4026532999]")
+    assert netfence.foreign(77, "abc123", tmp_path) is None
+    assert "not its main process" in (netfence.foreign(77, "def456", tmp_path) or "")
+    (tmp_path / "77" / "ns" / "net").unlink()
+    (tmp_path / "77" / "ns" / "net").symlink_to("net:[4026531840]")
+    assert "network_mode: host" in (netfence.foreign(77, "abc123", tmp_path) or "")
+    assert "cannot be looked at" in (netfence.foreign(78, "abc123", tmp_path) or "")
 
 
 def test_unavailable_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -496,18 +496,87 @@ def test_the_drain_fences_the_old_address_from_before_its_stop_until_the_end(
     assert outcome.results["switch-drain:web"]["fenced"] == ["nginx"]
 
 
-def test_without_a_fence_the_drain_says_why_and_still_takes_down_leftovers(
-        tmp_path: Path) -> None:
+def test_without_a_fence_the_drain_says_why(tmp_path: Path) -> None:
     config, store, platform = stack(tmp_path, proxy="nginx-reload")
     platform.cannot_fence = "backout is not running as root"
-    label = switching.fence_label(1)
-    platform.fences[label] = {("c-nginx-1", "c-web-9")}  # a killed run's
     plan = service_rollback.plan(store, platform, "web", None, config=config)
     outcome = run(store, plan, config, platform)
     assert outcome.status == "succeeded", outcome.error
     drain = outcome.results["switch-drain:web"]
     assert drain["not_fenced"] == "backout is not running as root" and "fenced" not in drain
-    assert platform.fences[label] == set()
+    assert platform.called("fence") == [] and platform.called("unfence") == []
+
+
+def test_a_fence_half_put_up_is_reported_and_taken_down(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    real_fence = platform.fence
+
+    def half(proxies: Any, old: Any, *, label: str) -> str | None:
+        real_fence(proxies, old, label=label)
+        raise ExternalError("iptables: Chain 'OUTPUT' does not exist")
+
+    platform.fence = half  # type: ignore[method-assign]
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.results["switch-drain:web"]["not_fenced"] == \
+        "iptables: Chain 'OUTPUT' does not exist"
+    assert platform.fences[switching.fence_label(1)] == set()
+    assert store.fact(switching._fence_fact(switching.fence_label(1))) is None
+
+
+def killed_with_the_fence_up(store: Store, plan: Plan, config: Config,
+                             platform: SwitchFakePlatform) -> int:
+    """Run ``plan`` until SIGKILL hits while the old web drains, its fence up."""
+    real_retire = platform.retire
+
+    def retire(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
+        if list(ids) == ["c-web-1"]:
+            raise Crash("killed while the old one drains")
+        return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
+
+    def killed(*_a: Any, **_k: Any) -> int:
+        raise Crash("no except clause runs under SIGKILL")
+
+    platform.retire = retire  # type: ignore[method-assign]
+    platform.unfence = killed  # type: ignore[method-assign]
+    ex = Executor(store, run_context(store, config, platform))
+    op_id = ex.start(plan)
+    with pytest.raises(Crash):
+        ex.run(plan, op_id)
+    assert platform.fences[switching.fence_label(op_id)] == {("c-nginx-1", "c-web-1")}
+    del platform.retire, platform.unfence  # type: ignore[method-assign]  # the class's
+    return op_id
+
+
+def test_a_kill_with_the_fence_up_then_resume_takes_it_down(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    op_id = killed_with_the_fence_up(store, plan, config, platform)
+    resumed = run(store, plan, config, platform, op_id)
+    assert resumed.status == "succeeded", resumed.error
+    assert platform.fences[switching.fence_label(op_id)] == set()
+    assert [(b.id, b.image_id) for b in platform.of("web")] == [("c-web-2", OLD)]
+
+
+def test_a_resume_that_cannot_take_a_fence_down_says_so_and_waits(tmp_path: Path) -> None:
+    """Killed as root with its fence up, resumed without root: not a silent pass over
+    the rules; the abort removes nothing (the new one serves through nginx) and waits
+    for a resume that can take them down."""
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    op_id = killed_with_the_fence_up(store, plan, config, platform)
+    platform.cannot_fence = "backout is not running as root"
+    resumed = run(store, plan, config, platform, op_id)
+    assert resumed.failed_step == "drain the old web"
+    assert isinstance(resumed.error, switching.FenceLeftError)
+    assert resumed.deferred_step == "keep one web if the switch failed"
+    assert platform.fences[switching.fence_label(op_id)] == {("c-nginx-1", "c-web-1")}
+    platform.cannot_fence = None  # resumed as root
+    again = run(store, plan, config, platform, op_id)
+    assert platform.fences[switching.fence_label(op_id)] == set()
+    assert again.results["switch-abort:web"]["kept"] == ["c-web-2"]
+    assert [b.id for b in platform.of("web")] == ["c-web-2"]
 
 
 def test_no_proxy_in_front_no_fence(tmp_path: Path) -> None:
@@ -535,32 +604,26 @@ def test_a_drain_that_fails_takes_its_fence_down_before_the_old_one_serves_again
 
 def test_the_abort_takes_a_left_fence_down_before_it_keeps_the_old_one(
         tmp_path: Path) -> None:
-    """A drain killed with its fence up, then resumed into a failure: the abort takes
-    the fence down before the new container goes (nginx must reach the old one)."""
+    """A drain killed with its fence up, then resumed into a failure before the old
+    one stopped: the abort takes the fence down before the new container goes (nginx
+    must reach the old one)."""
     config, store, platform = stack(tmp_path, proxy="nginx-reload")
     plan = service_rollback.plan(store, platform, "web", None, config=config)
-    label = switching.fence_label(1)
+    op_id = killed_with_the_fence_up(store, plan, config, platform)
+    label = switching.fence_label(op_id)
+    platform.fail_on("retire", ExternalError("docker stop: the engine did not answer"),
+                     first_arg=("c-web-1",))
     real_retire = platform.retire
     seen: list[set[tuple[str, str]]] = []
 
     def retire(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
-        if ids == ["c-web-1"]:
-            platform.fences[label] = {("c-nginx-1", "c-web-1")}  # the fence stays up
-            raise Crash("killed while the old one drains")
         seen.append(set(platform.fences[label]))
         return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
 
     platform.retire = retire  # type: ignore[method-assign]
-    platform.unfence = lambda *_a, **_k: 0  # type: ignore[method-assign]  # the kill
-    ex = Executor(store, run_context(store, config, platform))
-    op_id = ex.start(plan)
-    with pytest.raises(Crash):
-        ex.run(plan, op_id)
-    del platform.unfence  # type: ignore[method-assign]  # the class's again
-    platform.fail_on("fence", UnhealthyError("fake: the resumed drain fails"))
     resumed = run(store, plan, config, platform, op_id)
     assert resumed.failed_step == "drain the old web"
-    assert seen == [set()]  # the new one retired once the fence was down
+    assert seen == [{("c-nginx-1", "c-web-1")}, set()]  # the drain's stop; the abort's
     assert [b.id for b in platform.of("web")] == ["c-web-1"]
 
 
@@ -572,12 +635,16 @@ def test_a_fence_that_cannot_be_taken_down_fails_the_drain_naming_the_fix(
     platform.fail_on("unfence", ExternalError("iptables: the xtables lock is held"))
     outcome = run(store, plan, config, platform)
     assert outcome.failed_step == "drain the old web"
-    assert isinstance(outcome.error, ExternalError)
+    assert isinstance(outcome.error, switching.FenceLeftError)
     assert "could not be taken down (iptables: the xtables lock is held)" \
         in outcome.error.message
     assert "backout resume" in (outcome.error.fix or "") and "backout-op-1" in outcome.error.fix
-    # the abort: the new one serves (the old one is gone); its own take-down failed too
+    # the abort's own take-down failed too: it waits for `backout resume`
+    assert outcome.deferred_step == "keep one web if the switch failed"
     assert [b.id for b in platform.of("web")] == ["c-web-2"]
+    again = run(store, plan, config, platform, 1)
+    assert again.results["switch-abort:web"]["kept"] == ["c-web-2"]
+    assert platform.fences[switching.fence_label(1)] == set()
 
 
 def test_abort_after_the_old_one_is_gone_keeps_the_new_one(tmp_path: Path) -> None:

@@ -23,9 +23,11 @@ import os
 import shlex
 import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 from backout import proc
 from backout.environment import Environment
+from backout.errors import ExternalError
 
 TIMEOUT = 15.0
 # iptables waits this long for the namespace's xtables lock instead of failing at once
@@ -40,6 +42,27 @@ def unavailable() -> str | None:
     missing = [tool for tool in ("nsenter", "iptables") if shutil.which(tool) is None]
     if missing:
         return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed"
+    return None
+
+
+def foreign(pid: int, container_id: str, proc_root: Path = Path("/proc")) -> str | None:
+    """Why process ``pid`` (as the engine reports a container's main process) is no
+    namespace to fence in, or None: it must be that container's (its cgroup names
+    it: the engine's process IDs are this host's, not a VM's or another container's)
+    and have a network namespace other than this process's (not network_mode: host).
+    """
+    try:
+        cgroup = (proc_root / str(pid) / "cgroup").read_text(encoding="utf-8",
+                                                             errors="replace")
+        theirs = os.readlink(proc_root / str(pid) / "ns" / "net")
+        ours = os.readlink(proc_root / "self" / "ns" / "net")
+    except OSError as exc:
+        return f"its process {pid} cannot be looked at on this host ({exc.strerror})"
+    if not container_id or container_id not in cgroup:
+        return (f"process {pid} on this host is not its main process (the Docker Engine "
+                "runs in a VM or backout in a container)")
+    if theirs == ours:
+        return "it shares this host's network namespace (network_mode: host)"
     return None
 
 
@@ -74,7 +97,9 @@ def put_up(env: Environment, pid: int, addresses: Sequence[str], label: str) -> 
 
 def take_down(env: Environment, pid: int, label: str) -> int:
     """Remove every rule tagged ``label`` from the namespace of process ``pid``; how
-    many were removed. A namespace that is gone (its container stopped) holds none."""
+    many were removed. A namespace that is gone (its container stopped) holds none;
+    rules that cannot be listed in one that is there raise ExternalError (IPv6 rules
+    only if the IPv6 tables are there at all)."""
     removed = 0
     for tool in ("iptables", "ip6tables"):
         if shutil.which(tool) is None:
@@ -82,9 +107,17 @@ def take_down(env: Environment, pid: int, label: str) -> int:
         listed = proc.run(env, _in_namespace(pid, tool, "-S", "OUTPUT"), timeout=TIMEOUT,
                           check=False, what=f"{tool} -S")
         if not listed.ok:
-            continue
+            if tool == "ip6tables" or not Path(f"/proc/{pid}/ns/net").exists():
+                continue
+            raise ExternalError(f"{tool} -S in process {pid}'s network namespace failed: "
+                                f"{proc.last_line(listed.stderr)}")
         for line in listed.stdout.splitlines():
-            words = shlex.split(line)
+            if label not in line:
+                continue
+            try:
+                words = shlex.split(line)
+            except ValueError:  # not ours: ours print without quotes
+                continue
             if words[:2] != ["-A", "OUTPUT"] or not _tagged(words, label):
                 continue
             proc.run(env, _in_namespace(pid, tool, "-D", *words[1:]), timeout=TIMEOUT,

@@ -299,17 +299,23 @@ class Platform(Protocol):
         sees them: no tool is needed inside it)."""
         ...
 
+    def fence_problem(self) -> str | None:
+        """Why this platform cannot fence (below) from this process, or None."""
+        ...
+
     def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
               label: str) -> str | None:
         """From the proxy containers ``proxy_ids``, every new TCP connection to the
         addresses of ``container_ids`` fails at once (rules tagged ``label``), so a
         proxy passes the request to another address of its upstream instead of waiting
-        out its connect timeout once those addresses are gone. None once fenced;
-        otherwise why not, with nothing left changed."""
+        out its connect timeout once those addresses are gone. None once fenced; why
+        not when there was nothing to fence (nothing changed); raises when a rule
+        could not be put up (some may be: ``unfence`` takes them down)."""
         ...
 
     def unfence(self, proxy_ids: Sequence[str], *, label: str) -> int:
-        """Take down every rule tagged ``label`` in those proxy containers; how many."""
+        """Take down every rule tagged ``label`` in those proxy containers; how many.
+        Raises when it cannot look (never a silent 0 for rules it could not see)."""
         ...
 
     # -- reaching into a service ------------------------------------------------------

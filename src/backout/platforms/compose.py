@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -522,41 +521,53 @@ class ComposePlatform:
             return self.engine.processes(container_id)
         return self.docker.processes(container_id)
 
-    def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
-              label: str) -> str | None:
+    def fence_problem(self) -> str | None:
         if self.engine is None:
             return "the Docker Engine is not on this host (its containers' network " \
                    "namespaces are out of reach)"
-        why = netfence.unavailable()
+        return netfence.unavailable()
+
+    def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
+              label: str) -> str | None:
+        why = self.fence_problem()
         if why is not None:
             return why
+        assert self.engine is not None
         addresses = sorted({a for raw in self.engine.inspect_containers(list(container_ids))
                             for a in _addresses(raw)})
         if not addresses:
             return "the old container has no address left"
-        pids = self._pids(proxy_ids)
+        pids = self._namespaces(proxy_ids)
         if not pids:
             return "no proxy container in front is running"
-        try:
-            for pid in pids:
-                netfence.put_up(self.env, pid, addresses, label)
-        except ExternalError as exc:
-            with contextlib.suppress(ExternalError):
-                self.unfence(proxy_ids, label=label)
-            return exc.message
+        for pid in pids:
+            netfence.put_up(self.env, pid, addresses, label)
         return None
 
     def unfence(self, proxy_ids: Sequence[str], *, label: str) -> int:
-        if self.engine is None or netfence.unavailable() is not None:
-            return 0
-        return sum(netfence.take_down(self.env, pid, label) for pid in self._pids(proxy_ids))
+        why = self.fence_problem()
+        if why is not None:
+            raise ExternalError(f"cannot take fences down: {why}")
+        return sum(netfence.take_down(self.env, pid, label)
+                   for pid in self._namespaces(proxy_ids))
 
-    def _pids(self, container_ids: Sequence[str]) -> list[int]:
-        """The host's process IDs of these running containers' main processes."""
+    def _namespaces(self, container_ids: Sequence[str]) -> list[int]:
+        """The host's process IDs of these running containers' main processes, each in
+        a network namespace of its own. Raises when the engine's process IDs are not
+        this host's (an engine in a VM, backout in a container) or a proxy shares the
+        host's network namespace (network_mode: host): a rule there would land
+        elsewhere than in front of the stack."""
         assert self.engine is not None
-        pids = [int((raw.get("State") or {}).get("Pid") or 0)
-                for raw in self.engine.inspect_containers(list(container_ids))]
-        return [pid for pid in pids if pid > 0]
+        out = []
+        for raw in self.engine.inspect_containers(list(container_ids)):
+            pid = int((raw.get("State") or {}).get("Pid") or 0)
+            if pid <= 0:
+                continue  # not running: no namespace, no rule
+            why = netfence.foreign(pid, str(raw.get("Id") or ""))
+            if why is not None:
+                raise ExternalError(f"{str(raw.get('Name') or '').lstrip('/')}: {why}")
+            out.append(pid)
+        return out
 
     # -- reaching into a service ------------------------------------------------------
     def exec_argv(self, service: str, inner: Sequence[str],

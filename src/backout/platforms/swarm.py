@@ -648,9 +648,12 @@ class SwarmPlatform:
     def processes(self, container_id: str) -> list[str]:
         return self._docker(self._node_of_container(container_id)).processes(container_id)
 
+    def fence_problem(self) -> str | None:
+        return "a Swarm retires its tasks itself (backout switches nothing beside them)"
+
     def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
               label: str) -> str | None:
-        return "a Swarm retires its tasks itself (backout switches nothing beside them)"
+        return self.fence_problem()
 
     def unfence(self, proxy_ids: Sequence[str], *, label: str) -> int:
         return 0

@@ -112,7 +112,8 @@ def _find_proxy_modes(env: Environment, platform: Platform, derived: Derived) ->
             # nginx's reload follows a few ms later: what it sent there meanwhile hangs,
             # unless the drain could fence the address (backout.adapters.netfence).
             notes.append(f"proxy: its proxy_connect_timeout is {connect:g}s: in a switch "
-                         "that cannot fence the old container (backout not root), the "
+                         "that cannot fence the old container (backout not root, a remote "
+                         "engine, no nsenter or iptables), the "
                          "requests nginx sends to it in the moment between that container "
                          "leaving the network and nginx's reload wait that long before going "
                          "to the new one; `proxy_connect_timeout 1s;` makes it 1 s")
