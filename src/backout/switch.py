@@ -491,15 +491,21 @@ def _fence_fact(label: str) -> str:
 
 def _fence(ctx: RunContext, fronts: list[str], old: list[str], label: str) -> str | None:
     """Fence ``old`` in the proxy containers ``fronts``: None once fenced, else why not
-    (the drain then goes on unfenced)."""
+    (the drain then goes on unfenced; a fence that failed half way is taken down with
+    the drain's take-down)."""
     why = ctx.platform.fence_problem()
     if why is not None:
         return why
-    ctx.store.set_fact(_fence_fact(label), fronts)
+    fact = _fence_fact(label)
+    earlier = ctx.store.fact(fact)  # a killed run's: its rules may be up
+    ctx.store.set_fact(fact, sorted(set(fronts) | set(earlier or ())))
     try:
-        return ctx.platform.fence(fronts, old, label=label)
-    except BackoutError as exc:  # a rule could not be put up: the take-down clears any
+        why = ctx.platform.fence(fronts, old, label=label)
+    except BackoutError as exc:  # a rule could not be put up (others may be)
         return exc.message
+    if why is not None and not earlier:
+        ctx.store.set_fact(fact, None)  # nothing to fence: nothing was changed
+    return why
 
 
 class FenceLeftError(ExternalError):
@@ -512,12 +518,14 @@ class FenceLeftError(ExternalError):
 
 
 def _take_down(ctx: RunContext, fronts: list[str], label: str) -> int:
-    """Take down the fences of this operation, if the journal says any may be up."""
+    """Take down the fences of this operation, if the journal says any may be up: in
+    the proxy containers it wrote down and those in front now."""
     fact = _fence_fact(label)
-    if not ctx.store.fact(fact):
+    noted = ctx.store.fact(fact)
+    if not noted:
         return 0
     try:
-        removed = ctx.platform.unfence(fronts, label=label)
+        removed = ctx.platform.unfence(sorted(set(noted) | set(fronts)), label=label)
     except BackoutError as exc:
         raise FenceLeftError(
             f"a fence this switch put up in a proxy's network namespace could not be taken "

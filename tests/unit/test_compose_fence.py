@@ -19,8 +19,10 @@ from tests.support.enginelooks import platform_for_looks
 OLD = {"Id": "old", "State": {"Pid": 0},
        "NetworkSettings": {"Networks": {"p_default": {"IPAddress": "172.18.0.8",
                                                       "GlobalIPv6Address": ""},
-                                        "p_back": {"IPAddress": "172.19.0.3",
-                                                   "GlobalIPv6Address": "fd00::3"}}}}
+                                        "p_back": {"IPAddress": "172.19.0.3"}}}}
+OLD6 = {"Id": "old6", "State": {"Pid": 0},
+        "NetworkSettings": {"Networks": {"p_v6": {"IPAddress": "172.20.0.3",
+                                                  "GlobalIPv6Address": "fd00::3"}}}}
 NGINX = {"Id": "ngx", "State": {"Pid": 4242}, "NetworkSettings": {"Networks": {}}}
 NGINX2 = {"Id": "ngx2", "Name": "/nginx-2", "State": {"Pid": 4343},
           "NetworkSettings": {"Networks": {}}}
@@ -57,7 +59,10 @@ def fences(monkeypatch: pytest.MonkeyPatch) -> Fences:
     monkeypatch.setattr(compose_platform.netfence, "put_up", f.put_up)
     monkeypatch.setattr(compose_platform.netfence, "take_down", f.take_down)
     monkeypatch.setattr(compose_platform.netfence, "unavailable", lambda: None)
-    monkeypatch.setattr(compose_platform.netfence, "foreign", lambda pid, cid: None)
+    # each proxy's own process: the container ID goes with its process ID
+    mains = {4242: "ngx", 4343: "ngx2"}
+    monkeypatch.setattr(compose_platform.netfence, "foreign",
+                        lambda pid, cid: None if mains.get(pid) == cid else f"not {cid}'s")
     return f
 
 
@@ -71,7 +76,7 @@ def test_every_address_of_the_old_container_in_every_running_proxy(
         tmp_path: Path, fences: Fences) -> None:
     plat = platform(tmp_path, OLD, NGINX, NGINX2, STOPPED)
     assert plat.fence(["ngx", "ngx2", "ngx3"], ["old"], label="backout-op-7") is None
-    addresses = ("172.18.0.8", "172.19.0.3", "fd00::3")
+    addresses = ("172.18.0.8", "172.19.0.3")
     assert fences.up == [(4242, addresses, "backout-op-7"), (4343, addresses, "backout-op-7")]
     assert plat.unfence(["ngx", "ngx2", "ngx3"], label="backout-op-7") == 2
     assert fences.down == [(4242, "backout-op-7"), (4343, "backout-op-7")]
@@ -84,8 +89,10 @@ def test_what_cannot_be_fenced_says_why_and_changes_nothing(
     assert "not on this host" in (remote.fence(["ngx"], ["old"], label="l") or "")
     with pytest.raises(ExternalError, match="cannot take fences down: the Docker Engine"):
         remote.unfence(["ngx"], label="l")
-    plat = platform(tmp_path, OLD, NGINX, STOPPED)
+    plat = platform(tmp_path, OLD, OLD6, NGINX, STOPPED)
     assert plat.fence_problem() is None
+    assert plat.fence(["ngx"], ["old6"], label="l") == \
+        "the old container has an IPv6 address (only IPv4 is fenced)"
     assert plat.fence(["ngx"], ["gone"], label="l") == "the old container has no address left"
     assert plat.fence(["ngx3"], ["old"], label="l") == "no proxy container in front is running"
     monkeypatch.setattr(compose_platform.netfence, "unavailable",
@@ -103,9 +110,11 @@ def test_a_process_id_that_is_not_the_containers_is_refused(
         "it shares this host's network namespace (network_mode: host)" if pid == 4343
         else None))
     plat = platform(tmp_path, OLD, NGINX, NGINX2)
-    with pytest.raises(ExternalError, match="nginx-2: it shares this host's network"):
-        plat.fence(["ngx", "ngx2"], ["old"], label="l")
-    assert fences.up == []  # looked at every proxy before the first rule
+    assert plat.fence(["ngx", "ngx2"], ["old"], label="l") == \
+        "nginx-2: it shares this host's network namespace (network_mode: host)"
+    assert fences.up == []  # every proxy looked at before the first rule
+    assert plat.unfence(["ngx", "ngx2"], label="l") == 0  # never one there
+    assert fences.down == [(4242, "l")]
 
 
 def test_a_rule_that_cannot_be_put_up_raises(tmp_path: Path, fences: Fences) -> None:

@@ -1,7 +1,8 @@
 """The fence of issue 14's drain (backout.adapters.netfence): the rules it adds in a
 proxy's network namespace, added once however often a resumed run asks, and taken
-down by their tag alone (the IPv4 and IPv6 tables), nothing else touched. The real
-iptables in a real nginx's namespace: tests/integration/test_switch.py."""
+down by their tag alone, nothing else touched; a rule list it cannot read where the
+namespace is raises. The real iptables in a real nginx's namespace:
+tests/integration/test_switch.py."""
 
 from __future__ import annotations
 
@@ -19,18 +20,18 @@ from backout.errors import CommandFailedError, ExternalError
 
 
 class Tables:
-    """iptables/ip6tables -C/-I/-D/-S over one namespace's OUTPUT chains, as argv."""
+    """iptables -C/-I/-D/-S over one namespace's OUTPUT chain, as argv."""
 
     def __init__(self) -> None:
-        self.rules: dict[str, list[list[str]]] = {"iptables": [], "ip6tables": []}
+        self.rules: list[list[str]] = []
         self.calls: list[list[str]] = []
 
     def run(self, _env: Any, argv: list[str], **kw: Any) -> proc.Result:
         self.calls.append(list(argv))
         assert argv[:4] == ["nsenter", "--target=42", "--net", "--"]
         tool, wait, seconds, op, chain, *spec = argv[4:]
-        assert (wait, seconds, chain) == ("-w", netfence.LOCK_WAIT, "OUTPUT")
-        rules = self.rules[tool]
+        assert (tool, wait, seconds, chain) == ("iptables", "-w", netfence.LOCK_WAIT, "OUTPUT")
+        rules = self.rules
         if op == "-S":
             out = "-P OUTPUT ACCEPT\n" + "".join(
                 "-A OUTPUT " + " ".join(shlex.quote(w) for w in r) + "\n" for r in rules)
@@ -59,27 +60,25 @@ def test_the_rule_refuses_new_tcp_connections_with_a_reset() -> None:
     assert netfence.rule("172.18.0.8", "backout-op-3") == [
         "-d", "172.18.0.8/32", "-p", "tcp", "--syn", "-m", "comment", "--comment",
         "backout-op-3", "-j", "REJECT", "--reject-with", "tcp-reset"]
-    assert netfence.rule("fd00::8", "t")[:2] == ["-d", "fd00::8/128"]
 
 
-def test_put_up_adds_each_address_once_in_its_table(tables: Tables) -> None:
+def test_put_up_adds_each_address_once(tables: Tables) -> None:
     env = Environment()
-    netfence.put_up(env, 42, ["172.18.0.8", "fd00::8"], "backout-op-3")
-    netfence.put_up(env, 42, ["172.18.0.8", "fd00::8"], "backout-op-3")  # resumed
-    assert tables.rules["iptables"] == [netfence.rule("172.18.0.8", "backout-op-3")]
-    assert tables.rules["ip6tables"] == [netfence.rule("fd00::8", "backout-op-3")]
+    netfence.put_up(env, 42, ["172.18.0.8", "172.19.0.3"], "backout-op-3")
+    netfence.put_up(env, 42, ["172.18.0.8", "172.19.0.3"], "backout-op-3")  # resumed
+    assert tables.rules == [netfence.rule("172.19.0.3", "backout-op-3"),
+                            netfence.rule("172.18.0.8", "backout-op-3")]
     assert [c[7] for c in tables.calls] == ["-C", "-I", "-C", "-I", "-C", "-C"]
 
 
 def test_take_down_removes_only_its_own_tag(tables: Tables) -> None:
     env = Environment()
-    netfence.put_up(env, 42, ["172.18.0.8", "fd00::8"], "backout-op-3")
+    netfence.put_up(env, 42, ["172.18.0.8", "172.19.0.3"], "backout-op-3")
     netfence.put_up(env, 42, ["172.18.0.9"], "backout-op-4")
     theirs = ["-d", "10.0.0.1/32", "-j", "DROP", "-m", "comment", "--comment", "backout-op-3x"]
-    tables.rules["iptables"].append(theirs)
+    tables.rules.append(theirs)
     assert netfence.take_down(env, 42, "backout-op-3") == 2
-    assert tables.rules["iptables"] == [netfence.rule("172.18.0.9", "backout-op-4"), theirs]
-    assert tables.rules["ip6tables"] == []
+    assert tables.rules == [netfence.rule("172.18.0.9", "backout-op-4"), theirs]
     assert netfence.take_down(env, 42, "backout-op-3") == 0
 
 
@@ -93,21 +92,15 @@ def test_take_down_in_a_namespace_that_is_gone_removes_nothing(
 
 def test_rules_that_cannot_be_listed_where_the_namespace_is_raise(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never a silent 0 for rules it could not see (a held lock, a failing nsenter);
-    only the IPv6 tables may be missing altogether."""
-    monkeypatch.setattr(netfence.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
-    answers = {"iptables": 0, "ip6tables": 1}
+    """Never a silent 0 for rules it could not see (a held lock, a failing nsenter)."""
     monkeypatch.setattr(netfence.proc, "run", lambda _e, argv, **_k: proc.Result(
-        tuple(argv), answers[argv[4]], "-P OUTPUT ACCEPT\n", "ip6tables: no table", 0.0))
-    me = os.getpid()  # a namespace that is there
-    assert netfence.take_down(Environment(), me, "backout-op-3") == 0
-    answers["iptables"] = 4
-    with pytest.raises(ExternalError, match=r"iptables -S in process .* failed: ip6tables: no"):
-        netfence.take_down(Environment(), me, "backout-op-3")
+        tuple(argv), 4, "", "Another app is currently holding the xtables lock", 0.0))
+    with pytest.raises(ExternalError, match=r"iptables -S in process .* failed: Another app"):
+        netfence.take_down(Environment(), os.getpid(), "backout-op-3")  # a namespace there
 
 
 def test_a_rule_line_shlex_cannot_split_is_not_ours(tables: Tables) -> None:
-    tables.rules["iptables"].append(["-m", "comment", "--comment", "'backout-op-3"])
+    tables.rules.append(["-m", "comment", "--comment", "'backout-op-3"])
     assert netfence.take_down(Environment(), 42, "backout-op-3") == 0
 
 

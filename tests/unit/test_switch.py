@@ -579,6 +579,27 @@ def test_a_resume_that_cannot_take_a_fence_down_says_so_and_waits(tmp_path: Path
     assert [b.id for b in platform.of("web")] == ["c-web-2"]
 
 
+def test_nothing_to_fence_leaves_no_note_unless_a_killed_run_left_one(
+        tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    label = switching.fence_label(1)
+    platform.fence = lambda *_a, **_k: "the old container has no address left"  # type: ignore[method-assign]
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.results["switch-drain:web"]["not_fenced"] == \
+        "the old container has no address left"
+    assert platform.called("unfence") == []  # the journal said none could be up
+    # A killed run's note (its rules may be up) survives a retry with nothing to fence,
+    # and its rules are taken down where it saw proxies, running or not now.
+    store.set_fact(switching._fence_fact(label), ["c-nginx-0"])
+    assert switching._fence(run_context(store, config, platform), ["c-nginx-1"],
+                            ["c-web-1"], label) == "the old container has no address left"
+    assert store.fact(switching._fence_fact(label)) == ["c-nginx-0", "c-nginx-1"]
+    switching._take_down(run_context(store, config, platform), ["c-nginx-1"], label)
+    assert platform.called("unfence")[-1] == (("c-nginx-0", "c-nginx-1"), label)
+    assert store.fact(switching._fence_fact(label)) is None
+
+
 def test_no_proxy_in_front_no_fence(tmp_path: Path) -> None:
     config, store, platform = stack(tmp_path, proxy="labels")
     plan = service_rollback.plan(store, platform, "web", None, config=config)
@@ -597,6 +618,8 @@ def test_a_drain_that_fails_takes_its_fence_down_before_the_old_one_serves_again
     outcome = run(store, plan, config, platform)
     assert outcome.failed_step == "drain the old web"
     assert platform.fences[switching.fence_label(1)] == set()
+    # taken down by the drain itself (the abort found nothing left to take down)
+    assert platform.called("unfence") == [(("c-nginx-1",), switching.fence_label(1))]
     # the abort found no fence left and kept the old one (never stopped) serving
     assert outcome.results["switch-abort:web"]["kept"] == ["c-web-1"]
     assert [b.id for b in platform.of("web")] == ["c-web-1"]

@@ -66,19 +66,14 @@ def foreign(pid: int, container_id: str, proc_root: Path = Path("/proc")) -> str
     return None
 
 
-def _tool(address: str) -> str:
-    return "ip6tables" if ":" in address else "iptables"
-
-
-def _in_namespace(pid: int, tool: str, *args: str) -> list[str]:
-    return ["nsenter", f"--target={pid}", "--net", "--", tool, "-w", LOCK_WAIT, *args]
+def _in_namespace(pid: int, *args: str) -> list[str]:
+    return ["nsenter", f"--target={pid}", "--net", "--", "iptables", "-w", LOCK_WAIT, *args]
 
 
 def rule(address: str, label: str) -> list[str]:
-    """The rule's match and target, after the chain: new TCP connections to ``address``
-    get a reset."""
-    width = "128" if ":" in address else "32"
-    return ["-d", f"{address}/{width}", "-p", "tcp", "--syn", "-m", "comment", "--comment",
+    """The rule's match and target, after the chain: new TCP connections to the IPv4
+    ``address`` get a reset."""
+    return ["-d", f"{address}/32", "-p", "tcp", "--syn", "-m", "comment", "--comment",
             label, "-j", "REJECT", "--reject-with", "tcp-reset"]
 
 
@@ -87,42 +82,38 @@ def put_up(env: Environment, pid: int, addresses: Sequence[str], label: str) -> 
     main process). A rule already there (a resumed run) is not added twice. Raises
     ExternalError when a rule cannot be added."""
     for address in addresses:
-        tool, spec = _tool(address), rule(address, label)
-        there = proc.run(env, _in_namespace(pid, tool, "-C", "OUTPUT", *spec),
-                         timeout=TIMEOUT, check=False, what=f"{tool} -C").ok
+        spec = rule(address, label)
+        there = proc.run(env, _in_namespace(pid, "-C", "OUTPUT", *spec),
+                         timeout=TIMEOUT, check=False, what="iptables -C").ok
         if not there:
-            proc.run(env, _in_namespace(pid, tool, "-I", "OUTPUT", *spec), timeout=TIMEOUT,
-                     what=f"fence {address} ({tool} in a proxy's network namespace)")
+            proc.run(env, _in_namespace(pid, "-I", "OUTPUT", *spec), timeout=TIMEOUT,
+                     what=f"fence {address} (iptables in a proxy's network namespace)")
 
 
 def take_down(env: Environment, pid: int, label: str) -> int:
     """Remove every rule tagged ``label`` from the namespace of process ``pid``; how
     many were removed. A namespace that is gone (its container stopped) holds none;
-    rules that cannot be listed in one that is there raise ExternalError (IPv6 rules
-    only if the IPv6 tables are there at all)."""
+    rules that cannot be listed in one that is there raise ExternalError."""
+    listed = proc.run(env, _in_namespace(pid, "-S", "OUTPUT"), timeout=TIMEOUT,
+                      check=False, what="iptables -S")
+    if not listed.ok:
+        if not Path(f"/proc/{pid}/ns/net").exists():
+            return 0
+        raise ExternalError(f"iptables -S in process {pid}'s network namespace failed: "
+                            f"{proc.last_line(listed.stderr)}")
     removed = 0
-    for tool in ("iptables", "ip6tables"):
-        if shutil.which(tool) is None:
+    for line in listed.stdout.splitlines():
+        if label not in line:
             continue
-        listed = proc.run(env, _in_namespace(pid, tool, "-S", "OUTPUT"), timeout=TIMEOUT,
-                          check=False, what=f"{tool} -S")
-        if not listed.ok:
-            if tool == "ip6tables" or not Path(f"/proc/{pid}/ns/net").exists():
-                continue
-            raise ExternalError(f"{tool} -S in process {pid}'s network namespace failed: "
-                                f"{proc.last_line(listed.stderr)}")
-        for line in listed.stdout.splitlines():
-            if label not in line:
-                continue
-            try:
-                words = shlex.split(line)
-            except ValueError:  # not ours: ours print without quotes
-                continue
-            if words[:2] != ["-A", "OUTPUT"] or not _tagged(words, label):
-                continue
-            proc.run(env, _in_namespace(pid, tool, "-D", *words[1:]), timeout=TIMEOUT,
-                     what=f"take down a fence ({tool} in a proxy's network namespace)")
-            removed += 1
+        try:
+            words = shlex.split(line)
+        except ValueError:  # not ours: ours print without quotes
+            continue
+        if words[:2] != ["-A", "OUTPUT"] or not _tagged(words, label):
+            continue
+        proc.run(env, _in_namespace(pid, "-D", *words[1:]), timeout=TIMEOUT,
+                 what="take down a fence (iptables in a proxy's network namespace)")
+        removed += 1
     return removed
 
 

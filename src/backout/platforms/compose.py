@@ -537,10 +537,16 @@ class ComposePlatform:
                             for a in _addresses(raw)})
         if not addresses:
             return "the old container has no address left"
-        pids = self._namespaces(proxy_ids)
-        if not pids:
+        if any(":" in a for a in addresses):
+            # nginx may reach it over IPv6 too; only IPv4 is fenced (ip6tables is not
+            # on every host): no fence rather than half of one
+            return "the old container has an IPv6 address (only IPv4 is fenced)"
+        namespaces, refused = self._namespaces(proxy_ids)
+        if refused:  # every proxy looked at before the first rule: nothing changed
+            return refused[0]
+        if not namespaces:
             return "no proxy container in front is running"
-        for pid in pids:
+        for pid in namespaces:
             netfence.put_up(self.env, pid, addresses, label)
         return None
 
@@ -548,26 +554,28 @@ class ComposePlatform:
         why = self.fence_problem()
         if why is not None:
             raise ExternalError(f"cannot take fences down: {why}")
-        return sum(netfence.take_down(self.env, pid, label)
-                   for pid in self._namespaces(proxy_ids))
+        # a namespace fence() refused never got a rule
+        namespaces, _refused = self._namespaces(proxy_ids)
+        return sum(netfence.take_down(self.env, pid, label) for pid in namespaces)
 
-    def _namespaces(self, container_ids: Sequence[str]) -> list[int]:
+    def _namespaces(self, container_ids: Sequence[str]) -> tuple[list[int], list[str]]:
         """The host's process IDs of these running containers' main processes, each in
-        a network namespace of its own. Raises when the engine's process IDs are not
-        this host's (an engine in a VM, backout in a container) or a proxy shares the
-        host's network namespace (network_mode: host): a rule there would land
-        elsewhere than in front of the stack."""
+        a network namespace of its own; and why others are not (the engine's process
+        IDs are not this host's: an engine in a VM, backout in a container; or a proxy
+        shares the host's network namespace, network_mode: host): a rule there would
+        land elsewhere than in front of the stack."""
         assert self.engine is not None
-        out = []
+        out, refused = [], []
         for raw in self.engine.inspect_containers(list(container_ids)):
             pid = int((raw.get("State") or {}).get("Pid") or 0)
             if pid <= 0:
                 continue  # not running: no namespace, no rule
             why = netfence.foreign(pid, str(raw.get("Id") or ""))
-            if why is not None:
-                raise ExternalError(f"{str(raw.get('Name') or '').lstrip('/')}: {why}")
-            out.append(pid)
-        return out
+            if why is None:
+                out.append(pid)
+            else:
+                refused.append(f"{str(raw.get('Name') or '').lstrip('/')}: {why}")
+        return out, refused
 
     # -- reaching into a service ------------------------------------------------------
     def exec_argv(self, service: str, inner: Sequence[str],
