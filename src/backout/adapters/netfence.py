@@ -1,5 +1,5 @@
 """A fence in one container's network namespace: every new TCP connection from it to
-some addresses is answered at once with a reset (an iptables rule in that namespace,
+some IPv4 addresses is answered at once with a reset (an iptables rule in that namespace,
 entered with nsenter), until the rules tagged for it are removed.
 
 Why (issue 14): an nginx that re-resolves its upstream through Docker's DNS keeps the
