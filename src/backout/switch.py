@@ -360,10 +360,14 @@ def _resolvers(fronts: list[dict[str, Any]]) -> set[str]:
     return {p["service"] for p in fronts if p["mode"] == "nginx-resolver"}
 
 
+def _containers(reloads: list[tuple[str, str, list[str]]]) -> list[str]:
+    """The proxy containers a round of reloads reaches, each once."""
+    return sorted({cid for _p, cid, _a in reloads})
+
+
 def _snapshot(ctx: RunContext, reloads: list[tuple[str, str, list[str]]],
               ) -> dict[str, set[str] | None]:
-    return {cid: _worker_pids(ctx, cid, serving=True)
-            for cid in sorted({c for _p, c, _a in reloads})}
+    return {cid: _worker_pids(ctx, cid, serving=True) for cid in _containers(reloads)}
 
 
 def _proxies(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
@@ -444,7 +448,7 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # fence it: nginx passes each such request to the new container instead of
     # waiting out its connect timeout in the instant between the stop and the reload.
     reloads = _reloads(ctx, params["proxies"])
-    fronts = sorted({cid for _p, cid, _a in reloads})
+    fronts = _containers(reloads)
     label = fence_label(ctx.operation_id)
     not_fenced = _fence(ctx, fronts, started["old"], label) if fronts else None
     try:
@@ -574,8 +578,7 @@ def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # the step waits for `backout resume` (FenceLeftError).
     label = fence_label(ctx.operation_id)
     if ctx.store.fact(_fence_fact(label)):
-        _take_down(ctx, sorted({cid for _p, cid, _a in _reloads(ctx, params["proxies"])}),
-                   label)
+        _take_down(ctx, _containers(_reloads(ctx, params["proxies"])), label)
     return _keep_one(ctx, params, results)
 
 
