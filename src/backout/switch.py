@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -138,14 +138,19 @@ def steps(config: Config, definition: dict[str, Any], service: str, *,
     fronts = proxies(config, service)
     grace = policy.stop_grace(spec)
     start_key = f"switch-start:{service}"
-    common = {"service": service, "start": start_key, "image_id": image_id, "grace": grace}
+    common = {"service": service, "start": start_key, "image_id": image_id, "grace": grace,
+              "proxies": fronts}
     what = f"image {image_id[7:19]}" if image_id else "the image the compose files name"
     timeout = policy.ready_timeout(spec, svc_cfg.ready_timeout_seconds if svc_cfg else None)
     probe = svc_cfg.readiness_url if svc_cfg else None
     return [
         Step(f"start a new {service} beside the old one", "switch.start",
              f"{order.describe()}; a second container of {service} from {what}, made by "
-             "Compose (its name, labels, networks, aliases); the old one keeps serving",
+             "Compose (its name, labels, networks, aliases); the old one keeps serving"
+             + (f"; {', '.join(sorted(_resolvers(fronts)))} re-resolve(s) through Docker's DNS, "
+                "which names the new one at once: until it is ready, nginx's new connections "
+                "to it are refused at once (a rule in nginx's network namespace, needs root) "
+                "and go to the old one" if _resolvers(fronts) else ""),
              {**common, "ref": ref}, key=start_key),
         Step(f"wait until the new {service} is ready", "switch.ready",
              "its healthcheck" + (f" and {probe}" if probe else "")
@@ -153,7 +158,7 @@ def steps(config: Config, definition: dict[str, Any], service: str, *,
              + KEPT_SERVING, {**common, "timeout": timeout, "probe": probe},
              key=f"switch-ready:{service}"),
         Step(f"let the proxies see the new {service}", "switch.proxies", _proxy_words(fronts),
-             {**common, "proxies": fronts}, key=f"switch-proxies:{service}"),
+             common, key=f"switch-proxies:{service}"),
         Step(f"drain the old {service}", "switch.drain",
              f"stop it with its stop_grace_period ({grace:g}s) so requests in flight finish, "
              "then remove it" + ("; meanwhile nginx's new connections to it are refused at "
@@ -161,10 +166,10 @@ def steps(config: Config, definition: dict[str, Any], service: str, *,
                                  "needs root), so nginx passes them to the new one; reload "
                                  "the proxies so none keeps its address" if any(
                  p["mode"] in RELOADED for p in fronts) else ""),
-             {**common, "proxies": fronts}, key=f"switch-drain:{service}"),
+             common, key=f"switch-drain:{service}"),
         Step(f"keep one {service} if the switch failed", "switch.abort",
              "while the old container runs, the new one is removed and " + KEPT_SERVING
-             + "; once the old one is gone, the new one stays", {**common, "proxies": fronts},
+             + "; once the old one is gone, the new one stays", common,
              on_failure=True, key=f"switch-abort:{service}"),
     ]
 
@@ -204,16 +209,63 @@ def _start(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
             raise UnhealthyError(f"image {params['image_id'][:19]} of {service} is no longer "
                                  "on this host", fix="pick another release")
         ctx.platform.tag(params["image_id"], ref)
-    pair = ctx.platform.start_beside(service, ref, operation_id=ctx.operation_id)
+    holders = _resolver_containers(ctx, params.get("proxies", []))
+    hold = _Hold(ctx, holders) if holders else None
+    pair = ctx.platform.start_beside(service, ref, operation_id=ctx.operation_id,
+                                     on_join=hold.on_join if hold else None)
     if not pair.old:
+        _take_down(ctx, holders, hold_label(ctx.operation_id))  # nothing else serves it
         return {"skipped": f"{service} had no container of another image to replace",
                 "new": pair.new}
-    return {"new": pair.new, "old": list(pair.old), "started_at": pair.started_at}
+    return {"new": pair.new, "old": list(pair.old), "started_at": pair.started_at,
+            **(hold.report() if hold else {})}
+
+
+class _Hold:
+    """Keeps a starting container out of reach of the nginx that re-resolve through
+    Docker's DNS until it is ready: Docker's DNS names it from its start, and such an
+    nginx would send it requests (answered late, or with errors, or by a release that
+    never gets ready at all) as soon as its cached answer expires. A fence in each of
+    those nginx's namespaces refuses their new connections to it at once, so nginx
+    passes each request to the old container. Put up from start_beside's thread the
+    moment the container joins a network; taken down once it is ready (``_ready``), or
+    after it is removed (``_abort``)."""
+
+    def __init__(self, ctx: RunContext, holders: list[str]) -> None:
+        self.ctx, self.holders = ctx, holders
+        self.label = hold_label(ctx.operation_id)
+        self.why: str | None = ctx.platform.fence_problem()
+        if self.why is None:
+            # written here, before the first rule, by this thread (the journal's own)
+            fact = _fence_fact(self.label)
+            earlier = ctx.store.fact(fact) or []
+            ctx.store.set_fact(fact, sorted(set(holders) | set(earlier)))
+        self.held: list[str] = []
+
+    def on_join(self, container_id: str, addresses: Sequence[str]) -> None:
+        if self.why is not None:
+            return
+        try:
+            why = self.ctx.platform.fence(self.holders, [container_id], label=self.label,
+                                          addresses=addresses)
+        except BackoutError as exc:  # a rule could not be put up: taken down with the rest
+            why = exc.message
+        if why is None:
+            self.held.append(container_id)
+        elif not self.held:
+            self.why = why
+
+    def report(self) -> dict[str, Any]:
+        if self.held:
+            return {"held_from": self.holders}
+        return {"not_held": self.why or "the new container was never seen joining"}
 
 
 def _ready(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> Any:
     started = _started(results, params)
+    holders = _resolver_containers(ctx, params.get("proxies", []))
     if started is None:
+        _take_down(ctx, holders, hold_label(ctx.operation_id))
         return {"skipped": "nothing was started"}
     service, new = params["service"], started["new"]
     intr = interrupt.current()
@@ -228,7 +280,10 @@ def _ready(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
             raise UnhealthyError(f"the new container of {service} is {watch.describe(c)}; "
                                  f"{KEPT_SERVING}")
         if watch.ready(c, time.monotonic()) and _probe_ok(ctx, new, params.get("probe")):
-            return {"ready": new, "health": c.health}
+            # ready: the nginx held off it may reach it now (and the reloads tell them)
+            released = _take_down(ctx, holders, hold_label(ctx.operation_id))
+            return {"ready": new, "health": c.health,
+                    **({"released_rules": released} if released else {})}
         if time.monotonic() > deadline:
             raise UnhealthyError(f"the new container of {service} did not become ready in "
                                  f"{params['timeout']:.0f}s ({watch.describe(c)}); "
@@ -360,6 +415,13 @@ def _resolvers(fronts: list[dict[str, Any]]) -> set[str]:
     return {p["service"] for p in fronts if p["mode"] == "nginx-resolver"}
 
 
+def _resolver_containers(ctx: RunContext, fronts: list[dict[str, Any]]) -> list[str]:
+    """The running containers of the nginx in front that re-resolve through Docker's
+    DNS (a static one learns of the new container only from the reload after it is
+    ready; a label-driven proxy follows its health itself)."""
+    return _containers(_reloads(ctx, [f for f in fronts if f["mode"] == "nginx-resolver"]))
+
+
 def _containers(reloads: list[tuple[str, str, list[str]]]) -> list[str]:
     """The proxy containers a round of reloads reaches, each once."""
     return sorted({cid for _p, cid, _a in reloads})
@@ -482,8 +544,15 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
 
 
 def fence_label(operation_id: int) -> str:
-    """The tag of the fences one operation puts up (no spaces: rules print it bare)."""
+    """The tag of the fences one operation's drains put up (no spaces: rules print it
+    bare)."""
     return f"backout-op-{operation_id}"
+
+
+def hold_label(operation_id: int) -> str:
+    """The tag of the fences that hold a starting container off (``_Hold``): apart from
+    the drain's, as they come down at another time."""
+    return f"backout-op-{operation_id}-new"
 
 
 def _fence_fact(label: str) -> str:
@@ -579,7 +648,11 @@ def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     label = fence_label(ctx.operation_id)
     if ctx.store.fact(_fence_fact(label)):
         _take_down(ctx, _containers(_reloads(ctx, params["proxies"])), label)
-    return _keep_one(ctx, params, results)
+    kept = _keep_one(ctx, params, results)
+    # The new container never got ready: held off until it is gone (its address would
+    # be the next container's), then the hold comes down.
+    _take_down(ctx, _resolver_containers(ctx, params["proxies"]), hold_label(ctx.operation_id))
+    return kept
 
 
 def _definition_image(ctx: RunContext, service: str) -> str | None:

@@ -220,6 +220,29 @@ def test_start_first_behind_nginx_with_a_resolver(sw: SwitchStack) -> None:
     assert fence_rules(sw) == [], "a fence was left up in nginx's network namespace"
 
 
+def test_a_resolver_nginx_sends_nothing_to_the_new_one_before_it_is_ready(
+        sw: SwitchStack) -> None:
+    """Docker's DNS names the new container from its start, and this nginx asks it
+    every 2 s: unheld, it would pass requests to a release that never gets ready (this
+    one answers them, with its version). Held off by a fence in nginx's namespace from
+    the moment it joins the network until it is removed, it answers none."""
+    start_at(sw, "v1", "nginx-resolver.conf", "nginx-resolver")
+    with Load(sw.url("/")) as load:
+        time.sleep(0.5)
+        result = rollback(sw, "never")
+        time.sleep(0.5)
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    last = Store(sw.dir / ".backout").last_operation()
+    assert last is not None
+    answered = {s.version for s in load.samples}
+    assert answered == {"v1"}, sorted(answered)
+    assert load.failed == [], load.failed[:5]
+    start = step_detail(sw, last["id"], "switch-start:app")
+    assert len(start.get("held_from", [])) == 1, start
+    assert fence_rules(sw) == [], "a fence was left up in nginx's network namespace"
+    one_app(sw, "v1")
+
+
 def step_detail(sw: SwitchStack, op_id: int, key: str) -> dict[str, Any]:
     detail = next(r["detail"] for r in Store(sw.dir / ".backout").operation_steps(op_id)
                   if r["key"] == key)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from backout.errors import UnhealthyError
-from backout.platforms.base import ContainerInfo, SwitchPair
+from backout.platforms.base import ContainerInfo, OnJoin, SwitchPair
 from tests.support.fakes import FakePlatform
 
 
@@ -82,7 +82,7 @@ class SwitchFakePlatform(FakePlatform):
         self.boxes.append(Box(f"c-{service}-1", service, image_id))
 
     def start_beside(self, service: str, image_ref: str | None, *,
-                     operation_id: int) -> SwitchPair:
+                     operation_id: int, on_join: OnJoin | None = None) -> SwitchPair:
         self._call("start_beside", service, image_ref)
         ref = image_ref or str(self.stack["services"][service].get("image"))
         target = self._has_image(ref)
@@ -96,11 +96,17 @@ class SwitchFakePlatform(FakePlatform):
             mine = [Box(f"c-{service}-{number}", service, target, started_at=2000.0,
                         scripted=True)]
             self.boxes.append(mine[0])
+        if on_join is not None:
+            on_join(mine[0].id, [self.address(mine[0].id)])
         return SwitchPair(new=mine[0].id, old=old, started_at=mine[0].started_at)
+
+    @staticmethod
+    def address(container_id: str) -> str:
+        return f"10.9.0.{len(container_id)}"
 
     def container_address(self, container_id: str, port: int) -> str | None:
         self._call("container_address", container_id, port)
-        return f"10.9.0.{len(container_id)}:{port}"
+        return f"{self.address(container_id)}:{port}"
 
     def processes(self, container_id: str) -> list[str]:
         self._call("processes", container_id)
@@ -110,7 +116,7 @@ class SwitchFakePlatform(FakePlatform):
         return self.cannot_fence
 
     def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
-              label: str) -> str | None:
+              label: str, addresses: Sequence[str] | None = None) -> str | None:
         self._call("fence", tuple(proxy_ids), tuple(container_ids), label)
         if self.cannot_fence is not None:
             return self.cannot_fence

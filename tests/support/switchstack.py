@@ -108,6 +108,7 @@ class Sample:
     start: float
     end: float
     status: int  # 0: no HTTP answer
+    version: str = ""  # the app's SWITCH_VERSION, when it answered with one
 
 
 @dataclass
@@ -126,15 +127,20 @@ class Load:
     @staticmethod
     def get(url: str, timeout: float = 30) -> Sample:
         start = time.time()
+        body = b""
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
-                resp.read()
+                body = resp.read()
                 status = int(resp.status)
         except urllib.error.HTTPError as exc:
             status = exc.code
         except (urllib.error.URLError, OSError, http.client.HTTPException):
             status = 0  # no answer, or one cut short: a failed request
-        return Sample(start, time.time(), status)
+        try:
+            answer = json.loads(body) if body.startswith(b"{") else {}
+        except ValueError:
+            answer = {}
+        return Sample(start, time.time(), status, str(answer.get("version") or ""))
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -92,8 +92,8 @@ def test_what_cannot_be_fenced_says_why_and_changes_nothing(
     plat = platform(tmp_path, OLD, OLD6, NGINX, STOPPED)
     assert plat.fence_problem() is None
     assert plat.fence(["ngx"], ["old6"], label="l") == \
-        "the old container has an IPv6 address (only IPv4 is fenced)"
-    assert plat.fence(["ngx"], ["gone"], label="l") == "the old container has no address left"
+        "the container to fence has an IPv6 address (only IPv4 is fenced)"
+    assert plat.fence(["ngx"], ["gone"], label="l") == "the container to fence has no address (left)"
     assert plat.fence(["ngx3"], ["old"], label="l") == "no proxy container in front is running"
     monkeypatch.setattr(compose_platform.netfence, "unavailable",
                         lambda: "backout is not running as root")
@@ -123,3 +123,88 @@ def test_a_rule_that_cannot_be_put_up_raises(tmp_path: Path, fences: Fences) -> 
     with pytest.raises(CommandFailedError, match="Chain 'OUTPUT' does not exist"):
         plat.fence(["ngx", "ngx2"], ["old"], label="backout-op-7")
     assert [p for p, _a, _l in fences.up] == [4242]  # the drain's take-down clears it
+
+
+# -- the hold's word of a starting container (start_beside's on_join) ----------------
+
+
+class Stream:
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events, self.closed = events, False
+
+    def __iter__(self) -> Any:
+        return iter(self.events)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class JoinEngine(Engine):
+    """Network connect events, the stack's containers as listed, each network's
+    members: what _joins reads while Compose starts the new container."""
+
+    def __init__(self, events: list[dict[str, Any]], listed: list[dict[str, Any]],
+                 members: dict[str, dict[str, list[str]]]) -> None:
+        super().__init__()
+        self.stream = Stream(events)
+        self.listed, self.members = listed, members
+        self.filters: list[Any] = []
+
+    def events(self, filters: Any) -> Stream:
+        self.filters.append(filters)
+        return self.stream
+
+    def list_containers(self, _labels: Any) -> list[dict[str, Any]]:
+        return self.listed
+
+    def network_addresses(self, network_id: str, container_id: str) -> list[str]:
+        return self.members.get(network_id, {}).get(container_id, [])
+
+
+def connect(network: str, container: str) -> dict[str, Any]:
+    return {"Type": "network", "Action": "connect",
+            "Actor": {"ID": network, "Attributes": {"container": container, "name": network}}}
+
+
+def test_a_starting_container_is_told_on_each_network_it_joins(tmp_path: Path) -> None:
+    plat = platform_for_looks(tmp_path)
+    plat._project = "p"  # as Compose named it (not asked of it here)
+    web = {"com.docker.compose.project": "p", "com.docker.compose.service": "web"}
+    engine = JoinEngine(
+        [connect("n1", "old"), connect("n1", "job"), connect("n1", "db"),
+         connect("n1", "new"), connect("n2", "new")],
+        [{"Id": "old", "Labels": web}, {"Id": "new", "Labels": web},
+         {"Id": "job", "Labels": {**web, "com.docker.compose.oneoff": "True"}}],
+        {"n1": {"new": ["172.18.0.9"]}, "n2": {"new": ["172.19.0.4"]}})
+    plat.engine = engine  # type: ignore[assignment]
+    told: set[str] = set()
+    heard: list[tuple[str, list[str]]] = []
+    with plat._joins("web", {"old"}, lambda cid, a: heard.append((cid, list(a))), told):
+        pass
+    # the running one, a one-off job and another service's container are not it
+    assert heard == [("new", ["172.18.0.9"]), ("new", ["172.19.0.4"])]
+    assert told == {"new"} and engine.stream.closed
+    assert engine.filters == [{"type": ["network"], "event": ["connect"]}]
+
+
+def test_a_failure_of_the_callers_word_is_raised_in_its_thread(tmp_path: Path) -> None:
+    plat = platform_for_looks(tmp_path)
+    plat._project = "p"  # as Compose named it (not asked of it here)
+    web = {"com.docker.compose.project": "p", "com.docker.compose.service": "web"}
+    plat.engine = JoinEngine([connect("n1", "new")], [{"Id": "new", "Labels": web}],  # type: ignore[assignment]
+                             {"n1": {"new": ["172.18.0.9"]}})
+
+    def broken(_cid: str, _a: Any) -> None:
+        raise ExternalError("iptables: the xtables lock is held")
+
+    with pytest.raises(ExternalError, match="xtables"), \
+            plat._joins("web", set(), broken, set()):
+        pass
+
+
+def test_the_fence_of_a_starting_container_takes_the_addresses_it_is_given(
+        tmp_path: Path, fences: Fences) -> None:
+    plat = platform(tmp_path, NGINX)  # the new one is not inspected: its start holds it
+    assert plat.fence(["ngx"], ["new"], label="backout-op-7-new",
+                      addresses=["172.18.0.9", "172.18.0.9"]) is None
+    assert fences.up == [(4242, ("172.18.0.9",), "backout-op-7-new")]

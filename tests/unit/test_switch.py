@@ -492,7 +492,9 @@ def test_the_drain_fences_the_old_address_from_before_its_stop_until_the_end(
     assert fenced_at == [("workers 0", set()), ("retire", up),
                          (f"workers {switching.OLD_WORKERS_LIMIT:g}", up)]
     assert platform.fences[label] == set()
-    assert platform.called("fence") == [(("c-nginx-1",), ("c-web-1",), label)]
+    # the first: the new one held off while it started (test_the_start_holds_...)
+    assert platform.called("fence") == [(("c-nginx-1",), ("c-web-2",), f"{label}-new"),
+                                        (("c-nginx-1",), ("c-web-1",), label)]
     assert outcome.results["switch-drain:web"]["fenced"] == ["nginx"]
 
 
@@ -511,7 +513,7 @@ def test_a_fence_half_put_up_is_reported_and_taken_down(tmp_path: Path) -> None:
     config, store, platform = stack(tmp_path, proxy="nginx-reload")
     real_fence = platform.fence
 
-    def half(proxies: Any, old: Any, *, label: str) -> str | None:
+    def half(proxies: Any, old: Any, *, label: str, addresses: Any = None) -> str | None:
         real_fence(proxies, old, label=label)
         raise ExternalError("iptables: Chain 'OUTPUT' does not exist")
 
@@ -535,7 +537,11 @@ def killed_with_the_fence_up(store: Store, plan: Plan, config: Config,
             raise Crash("killed while the old one drains")
         return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
 
-    def killed(*_a: Any, **_k: Any) -> int:
+    real_unfence = platform.unfence
+
+    def killed(proxies: Any, *, label: str) -> int:
+        if label != switching.fence_label(1):  # the hold's, once the new one is ready
+            return real_unfence(proxies, label=label)
         raise Crash("no except clause runs under SIGKILL")
 
     platform.retire = retire  # type: ignore[method-assign]
@@ -668,6 +674,143 @@ def test_a_fence_that_cannot_be_taken_down_fails_the_drain_naming_the_fix(
     again = run(store, plan, config, platform, 1)
     assert again.results["switch-abort:web"]["kept"] == ["c-web-2"]
     assert platform.fences[switching.fence_label(1)] == set()
+
+
+def watch_holds(platform: SwitchFakePlatform, label: str) -> list[set[tuple[str, str]]]:
+    """The hold's fences at each look at web's containers (the ready wait's looks)."""
+    seen: list[set[tuple[str, str]]] = []
+    real_containers = platform.containers
+
+    def containers(*services: str) -> list[Any]:
+        if services == ("web",):
+            seen.append(set(platform.fences.get(label, set())))
+        return real_containers(*services)
+
+    platform.containers = containers  # type: ignore[method-assign]
+    return seen
+
+
+def test_the_start_holds_the_new_one_off_a_resolver_nginx_until_it_is_ready(
+        tmp_path: Path) -> None:
+    """Docker's DNS names the new container from its start: an nginx that re-resolves
+    would send it requests before it is ready. Its new connections to it are refused
+    from the moment it joins until the ready wait has seen it ready."""
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver",
+                                    new_health=["starting", "starting", "healthy"])
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    assert "until it is ready, nginx's new connections to it are refused" in plan.steps[0].reason
+    hold = switching.hold_label(1)
+    seen = watch_holds(platform, hold)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    held = {("c-nginx-1", "c-web-2")}
+    # the ready wait's three looks (the last saw it healthy), then the verify's
+    assert seen == [held, held, held, set()] and platform.fences[hold] == set()
+    assert platform.called("fence")[0] == (("c-nginx-1",), ("c-web-2",), hold)
+    assert outcome.results["switch-start:web"]["held_from"] == ["c-nginx-1"]
+    assert outcome.results["switch-ready:web"]["released_rules"] == 1
+    assert store.fact(switching._fence_fact(hold)) is None
+    # released before the reloads (which tell nginx about the new one)
+    calls = [c[0] for c in platform.calls if c[0] in ("unfence", "processes")]
+    assert calls[0] == "unfence"
+
+
+def test_a_static_nginx_or_labels_need_no_hold(tmp_path: Path) -> None:
+    for proxy in ("nginx-reload", "labels"):
+        config, store, platform = stack(tmp_path / proxy, proxy=proxy)
+        plan = service_rollback.plan(store, platform, "web", None, config=config)
+        assert "until it is ready" not in plan.steps[0].reason
+        outcome = run(store, plan, config, platform)
+        assert outcome.status == "succeeded", outcome.error
+        assert not [c for c in platform.called("fence") if c[2].endswith("-new")]
+        assert not {"held_from", "not_held"} & set(outcome.results["switch-start:web"])
+
+
+def test_a_new_one_that_never_gets_ready_is_removed_before_its_hold_comes_down(
+        tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver", new_health=["unhealthy"])
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    hold = switching.hold_label(1)
+    real_retire = platform.retire
+    at_retire: list[set[tuple[str, str]]] = []
+
+    def retire(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
+        at_retire.append(set(platform.fences[hold]))
+        return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
+
+    platform.retire = retire  # type: ignore[method-assign]
+    outcome = run(store, plan, config, platform)
+    assert outcome.failed_step == "wait until the new web is ready"
+    assert outcome.results["switch-abort:web"]["removed"] == ["c-web-2"]
+    assert at_retire == [{("c-nginx-1", "c-web-2")}]  # nginx never reached it
+    assert platform.fences[hold] == set() and store.fact(switching._fence_fact(hold)) is None
+    assert [b.id for b in platform.of("web")] == ["c-web-1"]
+
+
+def test_without_a_fence_the_start_says_why_it_holds_nothing(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    platform.cannot_fence = "backout is not running as root"
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.results["switch-start:web"]["not_held"] == "backout is not running as root"
+    assert platform.called("fence") == [] and platform.called("unfence") == []
+    assert store.fact(switching._fence_fact(switching.hold_label(1))) is None
+
+
+def test_a_hold_that_fails_to_go_up_is_reported_and_the_switch_goes_on(
+        tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    platform.fail_on("fence", ExternalError("iptables: the xtables lock is held"))
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.results["switch-start:web"]["not_held"] == \
+        "iptables: the xtables lock is held"
+    # the note was written before the rule: the ready step looked and took down
+    assert platform.called("unfence")[0] == (("c-nginx-1",), switching.hold_label(1))
+    assert store.fact(switching._fence_fact(switching.hold_label(1))) is None
+
+
+def test_a_kill_while_held_then_resume_releases_it_once_ready(tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    hold = switching.hold_label(1)
+    ex = Executor(store, run_context(store, config, platform))
+    op_id = ex.start(plan)
+    real_containers = platform.containers
+
+    def containers(*services: str) -> list[Any]:
+        if services == ("web",):  # the ready wait's first look
+            raise Crash("killed while waiting")
+        return real_containers(*services)
+
+    platform.containers = containers  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        ex.run(plan, op_id)
+    assert platform.fences[hold] == {("c-nginx-1", "c-web-2")}
+    del platform.containers  # type: ignore[method-assign]  # the class's
+    resumed = run(store, plan, config, platform, op_id)
+    assert resumed.status == "succeeded", resumed.error
+    assert platform.fences[hold] == set() and store.fact(switching._fence_fact(hold)) is None
+    assert [b.id for b in platform.of("web")] == ["c-web-2"]
+
+
+def test_a_hold_that_cannot_come_down_waits_for_resume(tmp_path: Path) -> None:
+    """Ready, but its hold cannot be taken down: not on to the drain (nginx could reach
+    neither container); the old one serves and a resume finishes."""
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver")
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    platform.fail_on("unfence", ExternalError("iptables: the xtables lock is held"))
+    platform.fail_on("unfence", ExternalError("iptables: the xtables lock is held"))
+    outcome = run(store, plan, config, platform)
+    assert outcome.failed_step == "wait until the new web is ready"
+    assert isinstance(outcome.error, switching.FenceLeftError)
+    assert platform.called("retire") == [(("c-web-2",), 20.0)]  # the old one never stopped
+    assert [b.id for b in platform.of("web")] == ["c-web-1"]
+    again = run(store, plan, config, platform, 1)
+    assert platform.fences[switching.hold_label(1)] == set()
+    assert [b.id for b in platform.of("web")] == ["c-web-1"], again.results
 
 
 def test_abort_after_the_old_one_is_gone_keeps_the_new_one(tmp_path: Path) -> None:

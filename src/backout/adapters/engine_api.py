@@ -293,6 +293,16 @@ class EngineAPI:
         """Inspected concurrently, in the order given; those gone meanwhile left out."""
         return [raw for raw in self.concurrently(self.inspect_container, ids) if raw is not None]
 
+    def network_addresses(self, network_id: str, container_id: str) -> list[str]:
+        """The container's addresses (IPv4, then IPv6; no prefix length) on one network,
+        from the network's own inspect: it answers while the container is still
+        starting (the container's inspect waits until its start is done)."""
+        data = self._json(f"/networks/{network_id}", missing_ok=True)
+        members = (data.get("Containers") or {}) if isinstance(data, dict) else {}
+        entry = members.get(container_id) or {}
+        return [str(a).split("/", 1)[0] for a in (entry.get("IPv4Address"),
+                                                  entry.get("IPv6Address")) if a]
+
     def _post_or_delete(self, method: str, path: str, query: Mapping[str, Any], *,
                         timeout: float, what: str) -> bool:
         """False when the container is gone (404); an error answer raises."""

@@ -127,6 +127,10 @@ class ImageInfo:
     labels: dict[str, str]
 
 
+# start_beside's word of the new container: (its ID, its addresses) -- see there
+OnJoin = Callable[[str, Sequence[str]], object]
+
+
 @dataclass(frozen=True)
 class SwitchPair:
     """A start-first switch of one service: the container started beside the running
@@ -274,12 +278,15 @@ class Platform(Protocol):
 
     # -- switching one service start-first (issue 14) ---------------------------------
     def start_beside(self, service: str, image_ref: str | None, *,
-                     operation_id: int) -> SwitchPair:
+                     operation_id: int, on_join: OnJoin | None = None) -> SwitchPair:
         """Start one more container of ``service`` from ``image_ref`` (None: the image
         the definition names) beside the running one, as the platform would have made
         it (name, labels, networks, aliases), touching no other container and not
         waiting for it. Repeated (a resumed switch), it finds the container it
-        started instead of starting another."""
+        started instead of starting another. ``on_join(container, addresses)``: the
+        new container's addresses as soon as the platform gives them out, before its
+        process runs where the platform can tell (Compose: the engine's network
+        events), else once it is started; from another thread."""
         ...
 
     def container_address(self, container_id: str, port: int) -> str | None:
@@ -304,13 +311,15 @@ class Platform(Protocol):
         ...
 
     def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
-              label: str) -> str | None:
+              label: str, addresses: Sequence[str] | None = None) -> str | None:
         """From the proxy containers ``proxy_ids``, every new TCP connection to the
-        addresses of ``container_ids`` fails at once (rules tagged ``label``), so a
-        proxy passes the request to another address of its upstream instead of waiting
-        out its connect timeout once those addresses are gone. None once fenced; why
-        not when there was nothing to fence (nothing changed); raises when a rule
-        could not be put up (some may be: ``unfence`` takes them down)."""
+        addresses of ``container_ids`` (``addresses`` when the caller has them: a
+        starting container's, from ``on_join``) fails at once (rules tagged ``label``),
+        so a proxy passes the request to another address of its upstream: instead of
+        waiting out its connect timeout once those addresses are gone, or instead of
+        reaching a container not ready yet. None once fenced; why not when there was
+        nothing to fence (nothing changed); raises when a rule could not be put up
+        (some may be: ``unfence`` takes them down)."""
         ...
 
     def unfence(self, proxy_ids: Sequence[str], *, label: str) -> int:

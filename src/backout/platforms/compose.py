@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -19,6 +21,7 @@ from backout.adapters.engine_api import EventStream as EngineEventStream
 from backout.config import Config
 from backout.environment import Environment
 from backout.errors import (
+    BackoutError,
     CommandFailedError,
     DockerUnavailableError,
     ExternalError,
@@ -30,6 +33,7 @@ from backout.platforms.base import (
     EngineEvent,
     EventStream,
     ImageInfo,
+    OnJoin,
     Platform,
     ReadyWatch,
     SwitchPair,
@@ -447,7 +451,7 @@ class ComposePlatform:
 
     # -- switching one service start-first (issue 14) ---------------------------------
     def start_beside(self, service: str, image_ref: str | None, *,
-                     operation_id: int) -> SwitchPair:
+                     operation_id: int, on_join: OnJoin | None = None) -> SwitchPair:
         # Compose itself makes the new container: `up --scale N+1 --no-recreate` adds
         # one more (project-service-<next number>) with Compose's labels, networks and
         # aliases, from the same override file a stop-first rollback uses, and leaves
@@ -459,15 +463,75 @@ class ComposePlatform:
         current = self.containers(service)
         mine = [c for c in current if c.image_id == target and c.state != "exited"]
         old = tuple(c.id for c in current if c.image_id != target)
+        told: set[str] = set()
         if not mine:
-            compose.run("up", "-d", "--no-deps", "--no-recreate", "--no-build", "--pull", "never",
-                        "--scale", f"{service}={len(current) + 1}", service,
-                        timeout=300, what=f"docker compose up --scale ({service} beside)")
+            with self._joins(service, {c.id for c in current}, on_join, told):
+                compose.run("up", "-d", "--no-deps", "--no-recreate", "--no-build", "--pull",
+                            "never", "--scale", f"{service}={len(current) + 1}", service,
+                            timeout=300, what=f"docker compose up --scale ({service} beside)")
             mine = [c for c in self.containers(service)
                     if c.image_id == target and c.id not in old]
         if not mine:
             raise UnhealthyError(f"Compose started no new container of {service}")
-        return SwitchPair(new=mine[0].id, old=old, started_at=_epoch(mine[0].started_at))
+        new = mine[0]
+        if on_join is not None and new.id not in told:
+            # no event seen (or no engine to watch; or found from an earlier run): late
+            on_join(new.id, self._container_addresses(new.id))
+        return SwitchPair(new=new.id, old=old, started_at=_epoch(new.started_at))
+
+    @contextlib.contextmanager
+    def _joins(self, service: str, known: set[str], on_join: OnJoin | None,
+               told: set[str]) -> Iterator[None]:
+        """While the body starts containers: ``on_join`` for each new container of
+        ``service`` the moment the engine connects it to a network (the engine's
+        event; the address from the network's inspect), before its process runs: Docker's
+        DNS names it from then on. The containers told go into ``told``."""
+        if on_join is None or self.engine is None:
+            yield
+            return
+        engine = self.engine
+        try:
+            stream = engine.events({"type": ["network"], "event": ["connect"]})
+        except BackoutError as exc:  # the caller is told late instead
+            self.env.log_external(f"  no event stream: {exc.message}")
+            yield
+            return
+        errors: list[BaseException] = []
+        others: set[str] = set(known)
+
+        def watch() -> None:
+            for event in stream:
+                actor = event.get("Actor") or {}
+                cid = str((actor.get("Attributes") or {}).get("container") or "")
+                if not cid or cid in others:
+                    continue
+                try:
+                    if cid not in {c["Id"] for c in self._listed([service])
+                                   if not is_one_off(c.get("Labels") or {})}:
+                        others.add(cid)  # another service's, or a one-off job
+                        continue
+                    told.add(cid)
+                    # one call per network it joins: an address on each
+                    on_join(cid, engine.network_addresses(str(actor.get("ID") or ""), cid))
+                except BaseException as exc:  # raised again in the caller's thread
+                    errors.append(exc)
+                    return
+
+        thread = threading.Thread(target=watch, name="backout-joins", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stream.close()
+            thread.join(timeout=30)
+        if errors:
+            raise errors[0]
+
+    def _container_addresses(self, container_id: str) -> list[str]:
+        if self.engine is None:
+            return self.docker.addresses(container_id)
+        raw = self.engine.inspect_container(container_id)
+        return _addresses(raw) if raw is not None else []
 
     def _target_image(self, service: str, image_ref: str | None) -> str:
         if image_ref is None:
@@ -528,19 +592,21 @@ class ComposePlatform:
         return netfence.unavailable()
 
     def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
-              label: str) -> str | None:
+              label: str, addresses: Sequence[str] | None = None) -> str | None:
         why = self.fence_problem()
         if why is not None:
             return why
         assert self.engine is not None
-        addresses = sorted({a for raw in self.engine.inspect_containers(list(container_ids))
-                            for a in _addresses(raw)})
+        if addresses is None:
+            addresses = [a for raw in self.engine.inspect_containers(list(container_ids))
+                         for a in _addresses(raw)]
+        addresses = sorted(set(addresses))
         if not addresses:
-            return "the old container has no address left"
+            return "the container to fence has no address (left)"
         if any(":" in a for a in addresses):
             # nginx may reach it over IPv6 too; only IPv4 is fenced (ip6tables is not
             # on every host): no fence rather than half of one
-            return "the old container has an IPv6 address (only IPv4 is fenced)"
+            return "the container to fence has an IPv6 address (only IPv4 is fenced)"
         namespaces, refused = self._namespaces(proxy_ids)
         if refused:  # every proxy looked at before the first rule: nothing changed
             return refused[0]

@@ -43,6 +43,7 @@ from backout.platforms.base import (
     ContainerInfo,
     EventStream,
     ImageInfo,
+    OnJoin,
     Platform,
     SwitchPair,
     newest_running,
@@ -630,7 +631,7 @@ class SwarmPlatform:
 
     # -- switching: Swarm's own (switches_itself) -------------------------------------
     def start_beside(self, service: str, image_ref: str | None, *,
-                     operation_id: int) -> SwitchPair:
+                     operation_id: int, on_join: OnJoin | None = None) -> SwitchPair:
         raise UsageError(f"{service}: a Swarm switches start-first itself "
                          "(update_config.order); backout does not start tasks beside it",
                          fix="set deploy.update_config.order: start-first in the compose file")
@@ -652,7 +653,7 @@ class SwarmPlatform:
         return "a Swarm retires its tasks itself (backout switches nothing beside them)"
 
     def fence(self, proxy_ids: Sequence[str], container_ids: Sequence[str], *,
-              label: str) -> str | None:
+              label: str, addresses: Sequence[str] | None = None) -> str | None:
         return self.fence_problem()
 
     def unfence(self, proxy_ids: Sequence[str], *, label: str) -> int:
