@@ -210,7 +210,7 @@ def _start(ctx: RunContext, params: dict[str, Any], _r: dict[str, Any]) -> Any:
                                  "on this host", fix="pick another release")
         ctx.platform.tag(params["image_id"], ref)
     holders = _resolver_containers(ctx, params.get("proxies", []))
-    hold = _Hold(ctx, holders) if holders else None
+    hold = _Hold(ctx, holders, _resolvers(params.get("proxies", []))) if holders else None
     pair = ctx.platform.start_beside(service, ref, operation_id=ctx.operation_id,
                                      on_join=hold.on_join if hold else None)
     if not pair.old:
@@ -231,8 +231,8 @@ class _Hold:
     moment the container joins a network; taken down once it is ready (``_ready``), or
     after it is removed (``_abort``)."""
 
-    def __init__(self, ctx: RunContext, holders: list[str]) -> None:
-        self.ctx, self.holders = ctx, holders
+    def __init__(self, ctx: RunContext, holders: list[str], names: Collection[str]) -> None:
+        self.ctx, self.holders, self.names = ctx, holders, sorted(names)
         self.label = hold_label(ctx.operation_id)
         self.why: str | None = ctx.platform.fence_problem()
         if self.why is None:
@@ -257,7 +257,7 @@ class _Hold:
 
     def report(self) -> dict[str, Any]:
         if self.held:
-            return {"held_from": self.holders}
+            return {"held_from": self.names}
         return {"not_held": self.why or "the new container was never seen joining"}
 
 

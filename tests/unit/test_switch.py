@@ -707,7 +707,7 @@ def test_the_start_holds_the_new_one_off_a_resolver_nginx_until_it_is_ready(
     # the ready wait's three looks (the last saw it healthy), then the verify's
     assert seen == [held, held, held, set()] and platform.fences[hold] == set()
     assert platform.called("fence")[0] == (("c-nginx-1",), ("c-web-2",), hold)
-    assert outcome.results["switch-start:web"]["held_from"] == ["c-nginx-1"]
+    assert outcome.results["switch-start:web"]["held_from"] == ["nginx"]
     assert outcome.results["switch-ready:web"]["released_rules"] == 1
     assert store.fact(switching._fence_fact(hold)) is None
     # released before the reloads (which tell nginx about the new one)
