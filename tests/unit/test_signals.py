@@ -370,3 +370,44 @@ def test_p95_of_a_histogram_only_service_is_its_new_process_s(server: str,
     assert (p95(102, page(4800, 0)) or 1) <= 0.1  # all fast
     slow = p95(104, page(0, 20))  # started again: its 20 requests slow (the old 800 fast)
     assert slow is not None and slow > 0.5
+
+
+def test_an_evaluation_asks_every_service_at_once(tmp_path: Any) -> None:
+    """Three health URLs that answer only once all three are asked (a barrier in the
+    server): asked one after the other, each would wait out the barrier and fail."""
+    from pathlib import Path
+
+    from backout.config import Config
+    from backout.monitor.collect import Collector
+    from tests.support.fakes import FakePlatform
+
+    barrier = threading.Barrier(3, timeout=5)
+
+    class Together(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            try:
+                barrier.wait()
+                status = 200
+            except threading.BrokenBarrierError:
+                status = 503
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Together)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/health"
+        names = ("api", "web", "model")
+        config = Config(path=Path(tmp_path) / "backout.toml", project_dir=Path(tmp_path),
+                        services={n: ServiceConfig(n, health_url=url) for n in names})
+        collector = Collector(Environment(), config,
+                              FakePlatform(running={n: "sha256:x" for n in names}))
+        _snapshot, views = collector.collect(t=100.0)
+    finally:
+        srv.shutdown()
+    assert [views[n].probe.split(" ")[0] for n in names] == ["200", "200", "200"]
+    assert collector.probes.consecutive == {"api": 0, "web": 0, "model": 0}

@@ -20,12 +20,13 @@ Signals (``name{service=NAME}``, see backout.policy.rules):
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from backout.adapters import http
 from backout.backup.freshness import freshness
-from backout.config import Config
+from backout.config import Config, ServiceConfig
 from backout.environment import Environment
 from backout.errors import BackoutError
 from backout.platforms.base import Platform
@@ -62,6 +63,21 @@ class ServiceView:
     last_errors: list[str] = field(default_factory=list)
 
 
+# Threads one evaluation asks on at most: the engine's figures and every service's
+# answers at once on a usual stack; a larger one queues the rest.
+MAX_FETCHES = 16
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One service's answers to an evaluation: health URL and /metrics (None: none
+    configured), and whether its new log lines could be read."""
+
+    health: http.Probe | None
+    metrics: http.Probe | None
+    logs_read: bool
+
+
 @dataclass
 class Collector:
     env: Environment
@@ -89,16 +105,26 @@ class Collector:
         started = self.probes.clock()  # the probes' failures are spaced from here
         signals: dict[str, float | None] = {}
         views: dict[str, ServiceView] = {}
-        try:
-            engine = container_signals(self.platform, self.stats, self._stats_failed)
-        except BackoutError as exc:
-            self.env.warn(f"engine signals unavailable: {exc.one_line()}")
-            engine = {}
+        watched = {name: svc for name, svc in self.config.services.items()
+                   if svc.kind != "database"}
+        # Every service's health URL, /metrics and new log lines, and the engine's
+        # figures, asked at once: an evaluation waits for the slowest answer, not for
+        # the sum of them. What they say is then read in order, below.
+        with ThreadPoolExecutor(max_workers=min(MAX_FETCHES, 1 + len(watched)),
+                                thread_name_prefix="backout-collect") as pool:
+            engine_read = pool.submit(container_signals, self.platform, self.stats,
+                                      self._stats_failed)
+            fetches = {name: pool.submit(self._fetch, svc) for name, svc in watched.items()}
+            try:
+                engine = engine_read.result()
+            except BackoutError as exc:
+                self.env.warn(f"engine signals unavailable: {exc.one_line()}")
+                engine = {}
+            fetched = {name: f.result() for name, f in fetches.items()}
         if engine:
             self.images = {name: c.image_id for name, c in engine.items() if c.running}
-        for name, svc in self.config.services.items():
-            if svc.kind == "database":
-                continue
+        for name, svc in watched.items():
+            got = fetched[name]
             view = views[name] = ServiceView(name)
             c = engine.get(name)
             failures = 0
@@ -121,27 +147,39 @@ class Collector:
                     base = self.restarts_at_start[name] = c.restart_count
                 signals[signal_key("restarts", name)] = float(c.restart_count - base)
                 failures = c.failing_streak
-            if svc.health_url:
-                probe = self.probes.probe(self.env, svc, at=started)
+            if got.health is not None:
+                probe = self.probes.judge(svc, got.health, at=started)
                 view.probe, view.latency_ms = probe.detail, probe.latency * 1000
                 failures = max(failures, self.probes.consecutive.get(name, 0))
             elif c is not None and not c.running:
                 failures = max(failures, 1)
             if svc.health_url or c is not None:
                 signals[signal_key("health_consecutive_failures", name)] = float(failures)
-            if svc.metrics_url:
-                self._scrape(name, svc.metrics_url, t, signals)
-            try:
-                self.logs.read(self.platform, svc)
+            if got.metrics is not None:
+                self._scrape(name, got.metrics, t, signals)
+            if got.logs_read:
                 view.log_errors = self.logs.errors_in(name, self.window)
                 view.last_errors = self.logs.last_lines(name)
                 signals[signal_key("log_errors", name)] = float(view.log_errors)
-            except BackoutError:
+            else:
                 signals[signal_key("log_errors", name)] = None
         self._external(signals)
         if self.state is not None and self.config.backups.rpo_hours > 0:
             signals["backup_rpo_ratio"] = self._rpo_ratio(t)
         return Snapshot(t, signals), views
+
+    def _fetch(self, svc: ServiceConfig) -> Fetched:
+        """One service's answers (on a thread of the evaluation's pool): its health URL,
+        its /metrics page, its log lines since the last read (into ``self.logs``, whose
+        state is the service's own)."""
+        health = http.get(self.env, svc.health_url, timeout=5) if svc.health_url else None
+        metrics = http.get(self.env, svc.metrics_url, timeout=5) if svc.metrics_url else None
+        try:
+            self.logs.read(self.platform, svc)
+            logs_read = True
+        except BackoutError:
+            logs_read = False
+        return Fetched(health, metrics, logs_read)
 
     def _stats_failed(self, exc: BackoutError) -> None:
         self.env.warn(f"memory and CPU figures unavailable this evaluation: {exc.one_line()}")
@@ -166,9 +204,10 @@ class Collector:
             assert mon.prometheus_url is not None
             signals[signal] = promql(self.env, mon.prometheus_url, query)
 
-    def _scrape(self, name: str, url: str, t: float, signals: dict[str, float | None]) -> None:
+    def _scrape(self, name: str, probe: http.Probe, t: float,
+                signals: dict[str, float | None]) -> None:
+        """The service's /metrics answer ``probe`` into the series, and its signals."""
         assert self.store is not None
-        probe = http.get(self.env, url, timeout=5)
         if probe.status == 200:
             page = promtext.parse(probe.body.decode(errors="replace"))
             self.store.add(name, t, page.samples, only_grows=page.only_grows)

@@ -39,7 +39,11 @@ class ProbeTracker:
         """``at``: when the evaluation started (this tracker's clock): failures are spaced
         by evaluation, not by when a slow answer or an earlier probe let this one end."""
         assert svc.health_url is not None
-        p = http.get(env, svc.health_url, timeout=timeout)
+        return self.judge(svc, http.get(env, svc.health_url, timeout=timeout), at=at)
+
+    def judge(self, svc: ServiceConfig, p: http.Probe, *, at: float | None = None) -> ProbeResult:
+        """The answer ``p`` to the service's health URL, counted as ``probe`` counts it
+        (fetched elsewhere: the collector asks every service at once)."""
         ok = p.status == svc.health_status and (
             not svc.health_body or svc.health_body.encode() in p.body)
         self.count(svc.name, ok, at=at)
