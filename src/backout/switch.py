@@ -128,6 +128,14 @@ def _proxy_words(fronts: list[dict[str, Any]]) -> str:
     return "; ".join(words[p["mode"]].format(s=p["service"], v=p["valid"]) for p in fronts)
 
 
+def _pre_stop_words(pre_stop: Sequence[str], wait: int) -> str:
+    if not pre_stop:
+        return ""
+    return (f"first run `{' '.join(pre_stop)}` in it and wait until the engine reports it "
+            f"unhealthy (at most {wait}s), so a proxy that follows health (Traefik) drops "
+            "it before it is told to stop; then ")
+
+
 def steps(config: Config, definition: dict[str, Any], service: str, *,
           image_id: str | None, ref: str | None, order: SwitchOrder) -> list[Step]:
     """The start-first switch of ``service`` as keyed steps. ``ref`` is the reference
@@ -143,6 +151,8 @@ def steps(config: Config, definition: dict[str, Any], service: str, *,
     what = f"image {image_id[7:19]}" if image_id else "the image the compose files name"
     timeout = policy.ready_timeout(spec, svc_cfg.ready_timeout_seconds if svc_cfg else None)
     probe = svc_cfg.readiness_url if svc_cfg else None
+    pre_stop = svc_cfg.pre_stop if svc_cfg else ()
+    pre_wait = svc_cfg.pre_stop_wait_seconds if svc_cfg else 0
     return [
         Step(f"start a new {service} beside the old one", "switch.start",
              f"{order.describe()}; a second container of {service} from {what}, made by "
@@ -160,13 +170,15 @@ def steps(config: Config, definition: dict[str, Any], service: str, *,
         Step(f"let the proxies see the new {service}", "switch.proxies", _proxy_words(fronts),
              common, key=f"switch-proxies:{service}"),
         Step(f"drain the old {service}", "switch.drain",
+             _pre_stop_words(pre_stop, pre_wait) +
              f"stop it with its stop_grace_period ({grace:g}s) so requests in flight finish, "
              "then remove it" + ("; meanwhile nginx's new connections to it are refused at "
                                  "once (a rule in nginx's network namespace, taken down after; "
                                  "needs root), so nginx passes them to the new one; reload "
                                  "the proxies so none keeps its address" if any(
                  p["mode"] in RELOADED for p in fronts) else ""),
-             common, key=f"switch-drain:{service}"),
+             {**common, "pre_stop": list(pre_stop), "pre_stop_wait": pre_wait},
+             key=f"switch-drain:{service}"),
         Step(f"keep one {service} if the switch failed", "switch.abort",
              "while the old container runs, the new one is removed and " + KEPT_SERVING
              + "; once the old one is gone, the new one stays", common,
@@ -509,6 +521,7 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     # connections to the old address are refused at once where the platform can
     # fence it: nginx passes each such request to the new container instead of
     # waiting out its connect timeout in the instant between the stop and the reload.
+    before = _pre_stop(ctx, params, started["old"]) if params.get("pre_stop") else {}
     reloads = _reloads(ctx, params["proxies"])
     fronts = _containers(reloads)
     label = fence_label(ctx.operation_id)
@@ -539,8 +552,41 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     _take_down(ctx, fronts, label)
     fence = ({"fenced": sorted({p for p, _c, _a in reloads})} if fronts and not_fenced is None
              else {"not_fenced": not_fenced} if not_fenced else {})
-    return {"retired": retired, "serving": started["new"], "old_workers_s": waited,
+    return {**before, "retired": retired, "serving": started["new"], "old_workers_s": waited,
             **report, **fence}
+
+
+def _pre_stop(ctx: RunContext, params: dict[str, Any], old: list[str]) -> dict[str, Any]:
+    """The service's pre_stop command in each old container still running, then wait
+    until the engine reports each unhealthy (a label-driven proxy drops a container at
+    that event; it would otherwise pass it requests until it has exited), at most
+    pre_stop_wait seconds. A container without a healthcheck has nothing to wait for.
+    The command failing stops the drain: the abort keeps the old container serving."""
+    service, argv = params["service"], list(params["pre_stop"])
+    running = {c.id: c for c in ctx.platform.containers(service)
+               if c.id in old and c.state == "running"}
+    for cid in running:
+        done = proc.run(ctx.env, ctx.platform.container_exec_argv(cid, argv), timeout=60,
+                        check=False, what=f"pre_stop in the old {service}")
+        if not done.ok:
+            raise UnhealthyError(
+                f"the pre_stop command of {service} failed in its old container (exit "
+                f"{done.returncode}: {ctx.env.redact(done.stderr.strip()[-200:]) or 'no output'}); "
+                f"{KEPT_SERVING}",
+                fix=f"fix [services.{service}] pre_stop in backout.toml, then run again")
+    waiting = {cid for cid, c in running.items() if c.health is not None}
+    began = time.monotonic()
+    deadline = began + float(params["pre_stop_wait"])
+    intr = interrupt.current()
+    while waiting and time.monotonic() < deadline and not intr.stop_now:
+        now = {c.id: c.health for c in ctx.platform.containers(service)}
+        waiting = {cid for cid in waiting if cid in now and now[cid] != "unhealthy"}
+        if waiting:
+            intr.sleep(POLL)
+    out: dict[str, Any] = {"pre_stop_s": round(time.monotonic() - began, 3)}
+    if waiting:
+        out["not_unhealthy"] = sorted(waiting)  # stopped anyway, as without pre_stop
+    return out
 
 
 def fence_label(operation_id: int) -> str:
@@ -626,6 +672,16 @@ def _keep_one(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) 
         new = [c.id for c in containers if c.id == started["new"]]
         old = [c.id for c in containers if c.id in started["old"]]
     running_old = [c.id for c in containers if c.id in old and c.state == "running"]
+    ready_new = [c.id for c in containers if c.id in new and c.state == "running"
+                 and c.health == "healthy"]
+    if running_old and ready_new and all(
+            c.health == "unhealthy" for c in containers if c.id in running_old):
+        # The old one reports unhealthy (its pre_stop ran: a proxy that follows health
+        # has dropped it; or it broke) while the new one is healthy: keeping the old
+        # one would leave nothing such a proxy sends requests to.
+        leftovers = ctx.platform.retire(running_old, grace_seconds=float(params["grace"]))
+        return {"kept": ready_new, "removed": leftovers,
+                "said": f"the new {service} serves (the old one was unhealthy)"}
     if running_old and new:
         # Proxies that saw the new one forget its address the moment it has stopped;
         # a cleanup step: a proxy that cannot reload is reported, not fatal.

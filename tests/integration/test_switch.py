@@ -243,6 +243,41 @@ def test_a_resolver_nginx_sends_nothing_to_the_new_one_before_it_is_ready(
     one_app(sw, "v1")
 
 
+def test_behind_a_label_driven_proxy_pre_stop_drains_the_old_one_first(
+        sw: SwitchStack) -> None:
+    """A label-driven proxy (a stand-in following Traefik's Docker provider: it drops a
+    container at its health or exit event, not when it is told to stop, and retries
+    nothing) behind which the old container is made unhealthy by its pre_stop hook
+    before it is stopped: no request fails."""
+    start_at(sw, "v1")
+    toml = (sw.dir / "backout.toml").read_text()
+    assert "[services.app]\n" in toml
+    (sw.dir / "backout.toml").write_text(
+        toml.replace("[services.app]\n", "[services.app]\npre_stop = [\"touch\", "
+                     "\"/tmp/drain\"]\npre_stop_wait_seconds = 30\n", 1)
+        + '\n[services.labelproxy]\nkind = "proxy"\nproxy = "labels"\n')
+    with (sw.dir / ".env").open("a") as env:  # the next start_at writes it afresh
+        env.write("COMPOSE_PROFILES=labels\n")
+    sw.compose("up", "-d", "labelproxy")
+    url = f"http://127.0.0.1:{sw.labelproxy_port}/"
+    try:
+        wait_for(lambda: Load.get(url, timeout=2).status == 200, timeout=60, interval=0.2,
+                 message="the label-driven proxy answering")
+        with Load(url) as load:
+            time.sleep(0.5)
+            result = ok(rollback(sw, "v2"))
+            time.sleep(1)
+    finally:
+        sw.compose("rm", "-sf", "labelproxy", check=False)
+    assert load.failed == [], [(f.status, round(f.start - load.samples[0].start, 2))
+                               for f in load.failed[:5]]
+    data = json.loads(result.stdout)
+    drain = step_detail(sw, data["operation_id"], "switch-drain:app")
+    assert "pre_stop_s" in drain and "not_unhealthy" not in drain, drain
+    assert {s.version for s in load.samples} == {"v1", "v2"}
+    one_app(sw, "v2")
+
+
 def step_detail(sw: SwitchStack, op_id: int, key: str) -> dict[str, Any]:
     detail = next(r["detail"] for r in Store(sw.dir / ".backout").operation_steps(op_id)
                   if r["key"] == key)

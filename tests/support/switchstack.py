@@ -61,13 +61,14 @@ class SwitchStack:
         shutil.copytree(SOURCE, self.dir)
         self.run_id = f"backout-test-{os.getpid()}-sw{time.monotonic_ns() % 100000}"
         self.project = self.run_id.replace("backout-test-", "bsw-")
-        self.port = free_ports(1)[0]
+        self.port, self.labelproxy_port = free_ports(2)
         self.configure("nginx-static.conf", "nginx-reload")
 
     def configure(self, nginx_conf: str, proxy: str, app_tag: str = "v1") -> None:
         (self.dir / ".env").write_text(
             f"COMPOSE_PROJECT_NAME={self.project}\nBACKOUT_TEST_RUN={self.run_id}\n"
-            f"NGINX_PORT={self.port}\nNGINX_CONF={nginx_conf}\nAPP_TAG={app_tag}\n")
+            f"NGINX_PORT={self.port}\nNGINX_CONF={nginx_conf}\nAPP_TAG={app_tag}\n"
+            f"LABELPROXY_PORT={self.labelproxy_port}\n")
         (self.dir / "backout.toml").write_text(BACKOUT_TOML.format(port=self.port, proxy=proxy, project=self.project))
 
     def compose(self, *args: str, check: bool = True,

@@ -6,6 +6,7 @@ step, then resume, ends with exactly one container on the target image."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -811,6 +812,99 @@ def test_a_hold_that_cannot_come_down_waits_for_resume(tmp_path: Path) -> None:
     again = run(store, plan, config, platform, 1)
     assert platform.fences[switching.hold_label(1)] == set()
     assert [b.id for b in platform.of("web")] == ["c-web-1"], again.results
+
+
+def with_pre_stop(config: Config, wait: int = 30) -> Config:
+    web = dataclasses.replace(config.services["web"], pre_stop=("touch", "/tmp/drain"),
+                              pre_stop_wait_seconds=wait)
+    return dataclasses.replace(config, services={**config.services, "web": web})
+
+
+def drained_by_touch(monkeypatch: pytest.MonkeyPatch, platform: SwitchFakePlatform,
+                     *, turns: bool = True, exit_code: int = 0) -> list[list[str]]:
+    """proc.run as the fixture's, and the pre_stop command in a container makes its
+    healthcheck fail (``turns``): the engine reports it unhealthy from then on."""
+    ran: list[list[str]] = []
+
+    def fake_run(_env: Any, argv: list[str], **_kw: Any) -> proc.Result:
+        ran.append(list(argv))
+        if argv[:1] == ["fake-exec"] and "touch" in argv and turns:
+            for b in platform.boxes:
+                if b.id == argv[1]:
+                    b.health = "unhealthy"
+        return proc.Result(list(argv), exit_code if "touch" in argv else 0, "",
+                           "touch: read-only file system" if exit_code else "", 0.0)
+
+    monkeypatch.setattr(switching.proc, "run", fake_run)
+    return ran
+
+
+def test_pre_stop_runs_in_the_old_one_and_its_stop_waits_until_it_is_unhealthy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A label-driven proxy (Traefik) drops a container at its health event, not when
+    it is told to stop: the drain first makes it unhealthy, then stops it."""
+    config, store, platform = stack(tmp_path, proxy="labels")
+    config = with_pre_stop(config)
+    ran = drained_by_touch(monkeypatch, platform)
+    real_retire = platform.retire
+    at_stop: list[tuple[str, str | None]] = []
+
+    def retire(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
+        at_stop.extend((b.id, b.health) for b in platform.boxes if b.id in ids)
+        return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
+
+    platform.retire = retire  # type: ignore[method-assign]
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    assert "first run `touch /tmp/drain` in it and wait until" in plan.steps[3].reason
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    assert ["fake-exec", "c-web-1", "touch", "/tmp/drain"] in ran
+    assert at_stop == [("c-web-1", "unhealthy")]
+    drain = outcome.results["switch-drain:web"]
+    assert "pre_stop_s" in drain and "not_unhealthy" not in drain
+
+
+def test_an_old_one_that_never_turns_unhealthy_is_stopped_after_the_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, store, platform = stack(tmp_path, proxy="labels")
+    config = with_pre_stop(config, wait=0)
+    drained_by_touch(monkeypatch, platform, turns=False)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.results["switch-drain:web"]["not_unhealthy"] == ["c-web-1"]
+    assert [b.id for b in platform.of("web")] == ["c-web-2"]
+
+
+def test_a_pre_stop_that_fails_keeps_the_old_one_serving(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, store, platform = stack(tmp_path, proxy="labels")
+    config = with_pre_stop(config)
+    drained_by_touch(monkeypatch, platform, turns=False, exit_code=1)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.failed_step == "drain the old web"
+    assert "pre_stop command of web failed" in outcome.error.message
+    assert "read-only file system" in outcome.error.message
+    assert outcome.results["switch-abort:web"]["kept"] == ["c-web-1"]
+    assert [b.id for b in platform.of("web")] == ["c-web-1"]
+
+
+def test_a_drain_failing_after_the_pre_stop_keeps_the_new_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old one already reports unhealthy (a proxy that follows health has dropped
+    it): the abort keeps the ready new one rather than leave that proxy nothing."""
+    config, store, platform = stack(tmp_path, proxy="labels")
+    config = with_pre_stop(config)
+    drained_by_touch(monkeypatch, platform)
+    platform.fail_on("retire", ExternalError("docker stop: the engine did not answer"),
+                     first_arg=("c-web-1",))
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.failed_step == "drain the old web"
+    abort = outcome.results["switch-abort:web"]
+    assert abort["kept"] == ["c-web-2"] and abort["removed"] == ["c-web-1"]
+    assert [b.id for b in platform.of("web")] == ["c-web-2"]
 
 
 def test_abort_after_the_old_one_is_gone_keeps_the_new_one(tmp_path: Path) -> None:

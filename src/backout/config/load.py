@@ -86,6 +86,8 @@ SERVICE_KEYS = {
     "proxy": Key(str, choices=switch_policy.PROXY_MODES),
     "proxy_reload": Key(list, list_of=str),
     "proxy_dns_valid_seconds": Key(int, minimum=0),
+    "pre_stop": Key(list, list_of=str),
+    "pre_stop_wait_seconds": Key(int, minimum=0),
 }
 DATABASE_KEYS = {
     "type": Key(str, required=True, choices=engines.names()),
@@ -284,6 +286,11 @@ def parse_document(file: str, text: str, project_dir: Path) -> Config:
                 raise ConfigError(file, f"services.{name}.proxy_reload",
                                   "must name a command (e.g. [\"nginx\", \"-s\", \"reload\"])")
             fields["proxy_reload"] = tuple(fields["proxy_reload"])
+        if "pre_stop" in fields:
+            if not fields["pre_stop"]:
+                raise ConfigError(file, f"services.{name}.pre_stop",
+                                  "must name a command (e.g. [\"touch\", \"/tmp/drain\"])")
+            fields["pre_stop"] = tuple(fields["pre_stop"])
         services[name] = ServiceConfig(name=name, **fields)
 
     databases: dict[str, DatabaseConfig] = {}

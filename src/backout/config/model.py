@@ -59,6 +59,12 @@ class ServiceConfig:
     proxy: str | None = None
     proxy_reload: tuple[str, ...] = ("nginx", "-s", "reload")
     proxy_dns_valid_seconds: int = 5
+    # Run in the old container before a start-first switch stops it (e.g. ["touch",
+    # "/tmp/drain"], which its healthcheck reads), then wait until the engine reports
+    # it unhealthy, at most pre_stop_wait_seconds: a label-driven proxy (Traefik) drops
+    # a container at that health event, not when it is told to stop.
+    pre_stop: tuple[str, ...] = ()
+    pre_stop_wait_seconds: int = 30
 
 
 @dataclass(frozen=True)

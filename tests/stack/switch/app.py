@@ -2,7 +2,8 @@
 image built FROM the test stack's backend image (python3 is there).
 
 GET /health      200 once ready (READY_AFTER seconds after start), else 503;
-                 never 200 when SWITCH_HEALTHY=0 (a release that never gets healthy)
+                 never 200 when SWITCH_HEALTHY=0 (a release that never gets healthy),
+                 nor once /tmp/drain exists (a pre_stop hook drains it)
 GET /slow?s=N    answers after N seconds (an in-flight request during a switch)
 GET /            {"version": ..., "container": hostname}
 
@@ -31,6 +32,7 @@ HEALTHY = os.environ.get("SWITCH_HEALTHY", "1") != "0"
 READY_AFTER = float(os.environ.get("READY_AFTER", "0.5"))
 DIES_AFTER = os.environ.get("SWITCH_DIES_AFTER")
 STARTED = time.monotonic()
+DRAIN_FILE = "/tmp/drain"  # a pre_stop hook's `touch`: /health says 503 from then on
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -42,7 +44,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path, _, query = self.path.partition("?")
         if path == "/health":
-            ready = HEALTHY and time.monotonic() - STARTED >= READY_AFTER
+            ready = (HEALTHY and time.monotonic() - STARTED >= READY_AFTER
+                     and not os.path.exists(DRAIN_FILE))
             return self.answer(200 if ready else 503, {"ready": ready})
         if path == "/slow":
             seconds = float(dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("s", 5))
