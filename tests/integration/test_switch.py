@@ -98,7 +98,8 @@ def release_branch(sw: SwitchStack, tag: str, *, healthcheck: bool = True) -> st
     text = text.replace("switch-app:${APP_TAG:-v1}", f"switch-app:{tag}")
     if not healthcheck:
         text, n = re.subn(r"\n    healthcheck:\n(      .*\n)+",
-                          "\n    healthcheck:\n      disable: true  # the image has one\n", text)
+                          "\n    healthcheck:\n      disable: true  # the image has one\n", text,
+                          count=1)  # app's: the first service (labelproxy has one too)
         assert n == 1
         text = text.replace("condition: service_healthy", "condition: service_started")
     compose.write_text(text)

@@ -632,6 +632,19 @@ def test_a_drain_that_fails_takes_its_fence_down_before_the_old_one_serves_again
     assert [b.id for b in platform.of("web")] == ["c-web-1"]
 
 
+def fences_at_retire(platform: SwitchFakePlatform, label: str) -> list[set[tuple[str, str]]]:
+    """The fences tagged ``label`` at each call of retire (as it is called)."""
+    seen: list[set[tuple[str, str]]] = []
+    real_retire = platform.retire
+
+    def retire(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
+        seen.append(set(platform.fences.get(label, set())))
+        return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
+
+    platform.retire = retire  # type: ignore[method-assign]
+    return seen
+
+
 def test_the_abort_takes_a_left_fence_down_before_it_keeps_the_old_one(
         tmp_path: Path) -> None:
     """A drain killed with its fence up, then resumed into a failure before the old
@@ -643,14 +656,7 @@ def test_the_abort_takes_a_left_fence_down_before_it_keeps_the_old_one(
     label = switching.fence_label(op_id)
     platform.fail_on("retire", ExternalError("docker stop: the engine did not answer"),
                      first_arg=("c-web-1",))
-    real_retire = platform.retire
-    seen: list[set[tuple[str, str]]] = []
-
-    def retire(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
-        seen.append(set(platform.fences[label]))
-        return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
-
-    platform.retire = retire  # type: ignore[method-assign]
+    seen = fences_at_retire(platform, label)
     resumed = run(store, plan, config, platform, op_id)
     assert resumed.failed_step == "drain the old web"
     assert seen == [{("c-nginx-1", "c-web-1")}, set()]  # the drain's stop; the abort's
@@ -732,14 +738,7 @@ def test_a_new_one_that_never_gets_ready_is_removed_before_its_hold_comes_down(
     config, store, platform = stack(tmp_path, proxy="nginx-resolver", new_health=["unhealthy"])
     plan = service_rollback.plan(store, platform, "web", None, config=config)
     hold = switching.hold_label(1)
-    real_retire = platform.retire
-    at_retire: list[set[tuple[str, str]]] = []
-
-    def retire(ids: Any, *, grace_seconds: float, after_stop: Any = None) -> list[str]:
-        at_retire.append(set(platform.fences[hold]))
-        return real_retire(ids, grace_seconds=grace_seconds, after_stop=after_stop)
-
-    platform.retire = retire  # type: ignore[method-assign]
+    at_retire = fences_at_retire(platform, hold)
     outcome = run(store, plan, config, platform)
     assert outcome.failed_step == "wait until the new web is ready"
     assert outcome.results["switch-abort:web"]["removed"] == ["c-web-2"]
