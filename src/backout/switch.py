@@ -552,6 +552,8 @@ def _drain(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     _take_down(ctx, fronts, label)
     fence = ({"fenced": sorted({p for p, _c, _a in reloads})} if fronts and not_fenced is None
              else {"not_fenced": not_fenced} if not_fenced else {})
+    if before:
+        ctx.store.set_fact(_pre_stop_fact(ctx, params["service"]), None)
     return {**before, "retired": retired, "serving": started["new"], "old_workers_s": waited,
             **report, **fence}
 
@@ -561,20 +563,24 @@ def _pre_stop(ctx: RunContext, params: dict[str, Any], old: list[str]) -> dict[s
     until the engine reports each unhealthy (a label-driven proxy drops a container at
     that event; it would otherwise pass it requests until it has exited), at most
     pre_stop_wait seconds. A container without a healthcheck has nothing to wait for.
-    The command failing stops the drain: the abort keeps the old container serving."""
+    A command that fails is reported, and the container stopped anyway."""
     service, argv = params["service"], list(params["pre_stop"])
     running = {c.id: c for c in ctx.platform.containers(service)
                if c.id in old and c.state == "running"}
+    # Written before the first command: from here on the old containers may be
+    # draining, which cannot be undone, so a failed drain is finished by the abort
+    # (the new one, ready, kept) instead of undone (see _keep_one).
+    ctx.store.set_fact(_pre_stop_fact(ctx, service), sorted(running))
+    failed: dict[str, str] = {}
     for cid in running:
         done = proc.run(ctx.env, ctx.platform.container_exec_argv(cid, argv), timeout=60,
                         check=False, what=f"pre_stop in the old {service}")
         if not done.ok:
-            raise UnhealthyError(
-                f"the pre_stop command of {service} failed in its old container (exit "
-                f"{done.returncode}: {ctx.env.redact(done.stderr.strip()[-200:]) or 'no output'}); "
-                f"{KEPT_SERVING}",
-                fix=f"fix [services.{service}] pre_stop in backout.toml, then run again")
-    waiting = {cid for cid, c in running.items() if c.health is not None}
+            # stopped anyway, as without pre_stop (a proxy may pass it requests until
+            # it has exited), with no wait for a health change it will not make
+            failed[cid] = (f"{cid[:12]}: exit {done.returncode} "
+                           f"{ctx.env.redact(done.stderr.strip()[-200:])}".strip())
+    waiting = {cid for cid, c in running.items() if c.health is not None and cid not in failed}
     began = time.monotonic()
     deadline = began + float(params["pre_stop_wait"])
     intr = interrupt.current()
@@ -586,7 +592,15 @@ def _pre_stop(ctx: RunContext, params: dict[str, Any], old: list[str]) -> dict[s
     out: dict[str, Any] = {"pre_stop_s": round(time.monotonic() - began, 3)}
     if waiting:
         out["not_unhealthy"] = sorted(waiting)  # stopped anyway, as without pre_stop
+    if failed:
+        out["pre_stop_failed"] = sorted(failed.values())
     return out
+
+
+def _pre_stop_fact(ctx: RunContext, service: str) -> str:
+    """The journal's note that the old containers of ``service`` ran (or were running)
+    their pre_stop command in this operation."""
+    return f"pre_stop ran: op-{ctx.operation_id} {service}"
 
 
 def fence_label(operation_id: int) -> str:
@@ -672,16 +686,17 @@ def _keep_one(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) 
         new = [c.id for c in containers if c.id == started["new"]]
         old = [c.id for c in containers if c.id in started["old"]]
     running_old = [c.id for c in containers if c.id in old and c.state == "running"]
-    ready_new = [c.id for c in containers if c.id in new and c.state == "running"
-                 and c.health == "healthy"]
-    if running_old and ready_new and all(
-            c.health == "unhealthy" for c in containers if c.id in running_old):
-        # The old one reports unhealthy (its pre_stop ran: a proxy that follows health
-        # has dropped it; or it broke) while the new one is healthy: keeping the old
-        # one would leave nothing such a proxy sends requests to.
-        leftovers = ctx.platform.retire(running_old, grace_seconds=float(params["grace"]))
-        return {"kept": ready_new, "removed": leftovers,
-                "said": f"the new {service} serves (the old one was unhealthy)"}
+    drained = started is not None and ctx.store.fact(_pre_stop_fact(ctx, service))
+    if drained and old and [c for c in containers if c.id in new and c.state == "running"]:
+        # The drain had begun: the old containers ran their pre_stop (a proxy that
+        # follows health drops them, or will: it cannot be undone), and the new one
+        # was ready by then. The drain is finished instead of undone.
+        reloads = _reloads(ctx, params["proxies"])
+        removed, reloaded = _retire_then_reload(ctx, old, params, reloads, {})
+        ctx.store.set_fact(_pre_stop_fact(ctx, service), None)
+        return {"kept": new, "removed": removed,
+                "said": f"the new {service} serves (the old one had been drained)",
+                **_reported(reloaded, reloads)}
     if running_old and new:
         # Proxies that saw the new one forget its address the moment it has stopped;
         # a cleanup step: a proxy that cannot reload is reported, not fatal.
@@ -704,10 +719,20 @@ def _abort(ctx: RunContext, params: dict[str, Any], results: dict[str, Any]) -> 
     label = fence_label(ctx.operation_id)
     if ctx.store.fact(_fence_fact(label)):
         _take_down(ctx, _containers(_reloads(ctx, params["proxies"])), label)
-    kept = _keep_one(ctx, params, results)
+    hold = hold_label(ctx.operation_id)
+    try:
+        kept = _keep_one(ctx, params, results)
+    except BackoutError as exc:
+        if ctx.store.fact(_fence_fact(hold)):
+            # the hold stays while the new container may be there; a resume retries
+            raise FenceLeftError(
+                f"the new {params['service']} was not removed ({exc.message}), and the "
+                f"fence holding it off nginx stays up until it is",
+                fix="fix that, then run `backout resume`") from exc
+        raise
     # The new container never got ready: held off until it is gone (its address would
     # be the next container's), then the hold comes down.
-    _take_down(ctx, _resolver_containers(ctx, params["proxies"]), hold_label(ctx.operation_id))
+    _take_down(ctx, _resolver_containers(ctx, params["proxies"]), hold)
     return kept
 
 

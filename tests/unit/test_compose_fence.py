@@ -208,3 +208,22 @@ def test_the_fence_of_a_starting_container_takes_the_addresses_it_is_given(
     assert plat.fence(["ngx"], ["new"], label="backout-op-7-new",
                       addresses=["172.18.0.9", "172.18.0.9"]) is None
     assert fences.up == [(4242, ("172.18.0.9",), "backout-op-7-new")]
+
+
+def test_an_engine_that_does_not_describe_the_joining_container_leaves_it_to_the_caller(
+        tmp_path: Path) -> None:
+    plat = platform_for_looks(tmp_path)
+    plat._project = "p"
+    web = {"com.docker.compose.project": "p", "com.docker.compose.service": "web"}
+    engine = JoinEngine([connect("n1", "new")], [{"Id": "new", "Labels": web}], {})
+
+    def no_answer(_network: str, _container: str) -> list[str]:
+        raise ExternalError("Docker Engine API GET /networks/n1: 500 oops")
+
+    engine.network_addresses = no_answer  # type: ignore[method-assign]
+    plat.engine = engine  # type: ignore[assignment]
+    told: set[str] = set()
+    heard: list[str] = []
+    with plat._joins("web", set(), lambda cid, _a: heard.append(cid), told):
+        pass
+    assert heard == [] and told == set()  # start_beside tells it late

@@ -875,17 +875,54 @@ def test_an_old_one_that_never_turns_unhealthy_is_stopped_after_the_wait(
     assert [b.id for b in platform.of("web")] == ["c-web-2"]
 
 
-def test_a_pre_stop_that_fails_keeps_the_old_one_serving(
+def test_a_pre_stop_that_fails_is_reported_and_the_old_one_stopped_anyway(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config, store, platform = stack(tmp_path, proxy="labels")
     config = with_pre_stop(config)
     drained_by_touch(monkeypatch, platform, turns=False, exit_code=1)
     plan = service_rollback.plan(store, platform, "web", None, config=config)
     outcome = run(store, plan, config, platform)
-    assert outcome.failed_step == "drain the old web"
-    assert "pre_stop command of web failed" in outcome.error.message
-    assert "read-only file system" in outcome.error.message
+    assert outcome.status == "succeeded", outcome.error
+    drain = outcome.results["switch-drain:web"]
+    assert drain["pre_stop_failed"] == ["c-web-1: exit 1 touch: read-only file system"]
+    assert [b.id for b in platform.of("web")] == ["c-web-2"]
+    assert store.fact(switching._pre_stop_fact(run_context(store, config, platform), "web")) \
+        is None
+
+
+def test_a_failed_reload_keeps_an_unhealthy_old_one_without_pre_stop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a drain that has begun (pre_stop ran) is finished by the abort: a switch
+    that fails before it keeps the old container, healthy or not (a static nginx
+    knows only its address)."""
+    config, store, platform = stack(tmp_path, proxy="nginx-reload")
+    platform.boxes[0].health = "unhealthy"  # the release being rolled back from
+
+    def reload_fails(_env: Any, argv: list[str], **_kw: Any) -> proc.Result:
+        return proc.Result(list(argv), 1 if "reload" in argv else 0, "", "emerg", 0.0)
+
+    monkeypatch.setattr(switching.proc, "run", reload_fails)
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    outcome = run(store, plan, config, platform)
+    assert outcome.failed_step == "let the proxies see the new web"
     assert outcome.results["switch-abort:web"]["kept"] == ["c-web-1"]
+    assert [b.id for b in platform.of("web")] == ["c-web-1"]
+
+
+def test_an_abort_that_cannot_remove_a_held_new_one_keeps_the_hold_and_waits(
+        tmp_path: Path) -> None:
+    config, store, platform = stack(tmp_path, proxy="nginx-resolver", new_health=["unhealthy"])
+    plan = service_rollback.plan(store, platform, "web", None, config=config)
+    hold = switching.hold_label(1)
+    platform.fail_on("retire", UnhealthyError("docker stop: the engine did not answer"),
+                     first_arg=("c-web-2",))
+    outcome = run(store, plan, config, platform)
+    assert outcome.failed_step == "wait until the new web is ready"
+    assert platform.fences[hold] == {("c-nginx-1", "c-web-2")}  # the broken one held off
+    assert store.fact(switching._fence_fact(hold)) is not None
+    again = run(store, plan, config, platform, 1)
+    assert again.results["switch-abort:web"]["removed"] == ["c-web-2"]
+    assert platform.fences[hold] == set() and store.fact(switching._fence_fact(hold)) is None
     assert [b.id for b in platform.of("web")] == ["c-web-1"]
 
 

@@ -284,8 +284,8 @@ class Platform(Protocol):
         it (name, labels, networks, aliases), touching no other container and not
         waiting for it. Repeated (a resumed switch), it finds the container it
         started instead of starting another. ``on_join(container, addresses)``: the
-        new container's addresses as soon as the platform gives them out, before its
-        process runs where the platform can tell (Compose: the engine's network
+        new container's addresses as soon as the platform gives them out, as a rule
+        before its process has started where the platform can tell (Compose: the engine's network
         events), else once it is started; from another thread."""
         ...
 

@@ -484,8 +484,9 @@ class ComposePlatform:
                told: set[str]) -> Iterator[None]:
         """While the body starts containers: ``on_join`` for each new container of
         ``service`` the moment the engine connects it to a network (the engine's
-        event; the address from the network's inspect), before its process runs: Docker's
-        DNS names it from then on. The containers told go into ``told``."""
+        event; the address from the network's inspect), as a rule before its process
+        has started: Docker's DNS names it from then on. The containers told go into
+        ``told``; one the engine does not describe is told late, by the caller."""
         if on_join is None or self.engine is None:
             yield
             return
@@ -510,9 +511,14 @@ class ComposePlatform:
                                    if not is_one_off(c.get("Labels") or {})}:
                         others.add(cid)  # another service's, or a one-off job
                         continue
+                    addresses = engine.network_addresses(str(actor.get("ID") or ""), cid)
+                except BackoutError as exc:
+                    # the engine did not answer: the caller is told late instead
+                    self.env.log_external(f"  no word of the joining container: {exc.message}")
+                    return
+                try:
                     told.add(cid)
-                    # one call per network it joins: an address on each
-                    on_join(cid, engine.network_addresses(str(actor.get("ID") or ""), cid))
+                    on_join(cid, addresses)  # one call per network it joins
                 except BaseException as exc:  # raised again in the caller's thread
                     errors.append(exc)
                     return
@@ -523,7 +529,9 @@ class ComposePlatform:
             yield
         finally:
             stream.close()
-            thread.join(timeout=30)
+            # no timeout: an on_join still running (a fence going up, its commands
+            # bounded by their own timeouts) must be done before the caller goes on
+            thread.join()
         if errors:
             raise errors[0]
 
