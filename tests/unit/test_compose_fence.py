@@ -172,10 +172,11 @@ def test_a_starting_container_is_told_on_each_network_it_joins(tmp_path: Path) -
     web = {"com.docker.compose.project": "p", "com.docker.compose.service": "web"}
     engine = JoinEngine(
         [connect("n1", "old"), connect("n1", "job"), connect("n1", "db"),
-         connect("n1", "new"), connect("n2", "new")],
+         connect("n3", "new"), connect("n1", "new"), connect("n2", "new")],
         [{"Id": "old", "Labels": web}, {"Id": "new", "Labels": web},
          {"Id": "job", "Labels": {**web, "com.docker.compose.oneoff": "True"}}],
-        {"n1": {"new": ["172.18.0.9"]}, "n2": {"new": ["172.19.0.4"]}})
+        # n3 does not list it yet: nothing told for n3
+        {"n1": {"new": ["172.18.0.9"]}, "n2": {"new": ["172.19.0.4"]}, "n3": {}})
     plat.engine = engine  # type: ignore[assignment]
     told: set[str] = set()
     heard: list[tuple[str, list[str]]] = []

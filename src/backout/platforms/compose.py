@@ -516,6 +516,8 @@ class ComposePlatform:
                     # the engine did not answer: the caller is told late instead
                     self.env.log_external(f"  no word of the joining container: {exc.message}")
                     return
+                if not addresses:
+                    continue  # not in the network's list yet: told on another, or late
                 try:
                     told.add(cid)
                     on_join(cid, addresses)  # one call per network it joins
