@@ -249,9 +249,7 @@ class _Hold:
         self.why: str | None = ctx.platform.fence_problem()
         if self.why is None:
             # written here, before the first rule, by this thread (the journal's own)
-            fact = _fence_fact(self.label)
-            earlier = ctx.store.fact(fact) or []
-            ctx.store.set_fact(fact, sorted(set(holders) | set(earlier)))
+            _note_fences(ctx, self.label, holders)
         self.held: list[str] = []
 
     def on_join(self, container_id: str, addresses: Sequence[str]) -> None:
@@ -629,16 +627,24 @@ def _fence(ctx: RunContext, fronts: list[str], old: list[str], label: str) -> st
     why = ctx.platform.fence_problem()
     if why is not None:
         return why
-    fact = _fence_fact(label)
-    earlier = ctx.store.fact(fact)  # a killed run's: its rules may be up
-    ctx.store.set_fact(fact, sorted(set(fronts) | set(earlier or ())))
+    earlier = _note_fences(ctx, label, fronts)
     try:
         why = ctx.platform.fence(fronts, old, label=label)
     except BackoutError as exc:  # a rule could not be put up (others may be)
         return exc.message
     if why is not None and not earlier:
-        ctx.store.set_fact(fact, None)  # nothing to fence: nothing was changed
+        ctx.store.set_fact(_fence_fact(label), None)  # nothing to fence: nothing changed
     return why
+
+
+def _note_fences(ctx: RunContext, label: str, fronts: list[str]) -> Any:
+    """Note in the journal, before the first rule, that fences tagged ``label`` may be up
+    in ``fronts``, added to an earlier note (a killed run's: its rules may be up too);
+    that earlier note."""
+    fact = _fence_fact(label)
+    earlier = ctx.store.fact(fact)
+    ctx.store.set_fact(fact, sorted(set(fronts) | set(earlier or ())))
+    return earlier
 
 
 class FenceLeftError(ExternalError):
