@@ -69,7 +69,7 @@ class MySQLDumpChecker:
             for line in data[:cut].split(b"\n"):
                 self._line(line)
         else:
-            self._block(data[:cut + 1])
+            self._block(data, cut + 1)
 
     # A dump is mostly rows: 526,315 of its 526,676 lines in the bench's (MariaDB writes
     # a row per line). Those are counted a block at a time (one regex pass, one count,
@@ -77,45 +77,62 @@ class MySQLDumpChecker:
     # through _line. `per_line` = True is the line-by-line oracle the tests compare with.
     per_line = False
 
-    def _block(self, block: bytes) -> None:
-        """Whole lines (``block`` ends with a newline), as _line would take them."""
-        pos, n = 0, len(block)
+    def _block(self, data: bytes, n: int) -> None:
+        """The whole lines ``data[:n]`` (ending with a newline), as _line would take
+        them. Read in place, by bounds: a copy of the block per step was a tenth of
+        the checker's time."""
+        pos = 0
         while pos < n:
             if self.insert_table is not None:
                 table = self.insert_table
-                end = self._insert_end(block, pos)
-                rows = block[pos:end]
-                self._count(rows, table)
-                self.lines += rows.count(b"\n")
+                end = self._insert_end(data, pos, n)
+                self._count(data, pos, end, table)
                 pos = end
                 continue
-            found = _INSERT_LINE.search(block, pos)
+            found = _INSERT_LINE.search(data, pos, n)
             stop = n if found is None else found.start()
-            for line in block[pos:stop].split(b"\n")[:-1]:
+            for line in data[pos:stop].split(b"\n")[:-1]:
                 self._line(line)
             if found is None:
                 break
-            eol = block.index(b"\n", stop)
-            self._line(block[stop:eol])
+            eol = data.index(b"\n", stop, n)
+            self._line(data[stop:eol])
             pos = eol + 1
-        tail = block.rstrip()
-        if tail:
-            self.last_line = tail[tail.rfind(b"\n") + 1:]
+        end = n  # the last line that is not blank (bytes.strip's whitespace)
+        while end > 0 and data[end - 1] in b" \t\n\r\x0b\x0c":
+            end -= 1
+        if end:
+            self.last_line = data[data.rfind(b"\n", 0, end) + 1:end]
 
-    def _insert_end(self, block: bytes, pos: int) -> int:
+    def _insert_end(self, data: bytes, pos: int, n: int) -> int:
         """Where the INSERT under way ends: after its first line ending with ';' (as
         _rows decides on the line with its strings blanked, which ends the same: a
         blanked string ends with a quote, so a final ';' is never inside one); the
-        block's end when the statement goes on."""
-        m = _SEMICOLON_AT_END.search(block, pos)
+        block's end ``n`` when the statement goes on."""
+        m = _SEMICOLON_AT_END.search(data, pos, n)
         if m is None:
-            return len(block)
+            return n
         self.insert_table = None
         return m.end() + 1
 
-    def _count(self, rows: bytes, table: str) -> None:
-        body = _LINE_STRINGS.sub(b"''", rows) if b"'" in rows else rows
+    def _count(self, data: bytes, pos: int, end: int, table: str) -> None:
+        """The rows of the whole lines ``data[pos:end]`` of an INSERT (and its lines)."""
         assert self.db is not None
+        lines = data.count(b"\n", pos, end)
+        self.lines += lines
+        # MariaDB writes a row per line, each line beginning with "(". A line's first
+        # byte is never inside a string (dumps escape newlines), so when every "(" of
+        # these lines begins one and every line begins with one, the rows are the
+        # lines: what blanking the strings and counting "(" gives, from counts in C.
+        # Blanking (the other case: a "(" in a value, MySQL's one-line INSERTs) was
+        # 0.6 of the checker's 0.9 CPU s per 96 MB of dump, on cores the dump itself
+        # keeps busy.
+        if (data.count(b"(", pos, end) == lines
+                and data.startswith(b"(", pos, end) + data.count(b"\n(", pos, end) == lines):
+            self.tables[self.db][table] += lines
+            return
+        rows = data[pos:end]
+        body = _LINE_STRINGS.sub(b"''", rows) if b"'" in rows else rows
         self.tables[self.db][table] += body.count(b"(")
 
     def _line(self, line: bytes) -> None:
