@@ -205,3 +205,24 @@ def test_asking_the_variables_starts_the_definition(tmp_path: Path,
     assert compose.variables(["DB_PASSWORD"]) == {"DB_PASSWORD": "s3cret"}
     assert started == [True]
     assert compose.variables([]) == {} and started == [True]  # nothing asked: nothing started
+
+
+def test_a_question_under_way_in_another_thread_is_waited_for_not_asked_again(
+        tmp_path: Path) -> None:
+    """load_config asks the definition in a thread while the credentials' question
+    starts the prefetch: one Compose run, not two (twice Compose's CPU at start-up)."""
+    project, env, calls = _project(tmp_path)
+    (tmp_path / "bin" / "docker").write_text(SLOW_DOCKER)
+    compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
+    answers: list[str] = []
+    asker = threading.Thread(target=lambda: answers.append(
+        compose.config()["services"]["web"]["image"]))
+    asker.start()
+    for _ in range(100):  # its run has started and not answered yet (it sleeps 0.3 s)
+        if _calls(calls):
+            break
+        threading.Event().wait(0.02)
+    compose.prefetch_config()
+    assert compose.config()["services"]["web"]["image"] == "a"
+    asker.join(10)
+    assert answers == ["a"] and _calls(calls) == 1

@@ -26,6 +26,7 @@ from backout.errors import CommandFailedError, DockerUnavailableError, ExternalE
 from backout.platforms.base import ContainerInfo
 
 CONFIG_MEMO_SECONDS = 30.0
+_MEMO_LOCK = threading.Lock()  # the memo of config answers: one question per key at a time
 VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -98,21 +99,39 @@ class Compose:
         """``docker compose config`` asked once for the same inputs: a rollback asked it
         seven times (0.15 s each). Each caller parses its own copy. An answer is kept
         CONFIG_MEMO_SECONDS: a file the fingerprint cannot see (an untracked `env_file:`
-        edited by hand) reaches a long run (the monitor) that much later at most."""
-        key = self._config_key(args)
+        edited by hand) reaches a long run (the monitor) that much later at most. A
+        question already under way (another thread's, the prefetch) is waited for,
+        not asked again: two at once were twice Compose's CPU at start-up."""
+        answer, mine = self._claim(self._config_key(args))
+        if mine:
+            self._answer(answer, args)
+        with contextlib.suppress(Exception):  # failed: asked again, its error raised
+            return answer.result(timeout=60)
+        answer, _ = self._claim(self._config_key(args), again=True)
+        self._answer(answer, args)
+        return answer.result()
+
+    def _claim(self, key: tuple[object, ...], *, again: bool = False) -> tuple[Future[str], bool]:
+        """The answer kept or under way for ``key``, or a new one this caller must give
+        (True); ``again``: a new one whatever is kept (the kept one failed)."""
         now = time.monotonic()
-        kept = self.env.memo.get(key)
-        if isinstance(kept, tuple) and now - kept[0] < CONFIG_MEMO_SECONDS:
-            if not isinstance(kept[1], Future):
-                return str(kept[1])
-            with contextlib.suppress(Exception):  # failed: asked again, its error raised
-                return str(kept[1].result(timeout=60))
-        text = self.run(*args, timeout=60).stdout
-        for old in [k for k, v in self.env.memo.items()  # a long run keeps no old answers
-                    if isinstance(v, tuple) and now - v[0] >= CONFIG_MEMO_SECONDS]:
-            del self.env.memo[old]
-        self.env.memo[key] = (now, text)
-        return text
+        with _MEMO_LOCK:
+            kept = self.env.memo.get(key)
+            if not again and isinstance(kept, tuple) and now - kept[0] < CONFIG_MEMO_SECONDS \
+                    and isinstance(kept[1], Future):
+                return kept[1], False
+            for old in [k for k, v in self.env.memo.items()  # a long run keeps no old answers
+                        if isinstance(v, tuple) and now - v[0] >= CONFIG_MEMO_SECONDS]:
+                del self.env.memo[old]
+            answer: Future[str] = Future()
+            self.env.memo[key] = (now, answer)
+            return answer, True
+
+    def _answer(self, answer: Future[str], args: Sequence[str]) -> None:
+        try:
+            answer.set_result(self.run(*args, timeout=60).stdout)
+        except BaseException as exc:  # handed to whoever waits for the answer
+            answer.set_exception(exc)
 
     def _config_key(self, args: Sequence[str]) -> tuple[object, ...]:
         return ("compose config", tuple(self.argv(*args)), self.inputs_fingerprint())
@@ -122,20 +141,10 @@ class Compose:
         the variables (its credentials) asks the definition next, and the two Compose
         runs (0.1-0.2 s each) then overlap. ``_config_text`` takes the answer."""
         args = ("config", "--format", "json")
-        key = self._config_key(args)
-        kept = self.env.memo.get(key)
-        if isinstance(kept, tuple) and time.monotonic() - kept[0] < CONFIG_MEMO_SECONDS:
-            return
-        answer: Future[str] = Future()
-        self.env.memo[key] = (time.monotonic(), answer)
-
-        def ask() -> None:
-            try:
-                answer.set_result(self.run(*args, timeout=60).stdout)
-            except BaseException as exc:  # handed to whoever waits for the answer
-                answer.set_exception(exc)
-
-        threading.Thread(target=ask, daemon=True, name="compose config").start()
+        answer, mine = self._claim(self._config_key(args))
+        if mine:
+            threading.Thread(target=self._answer, args=(answer, args), daemon=True,
+                             name="compose config").start()
 
     def inputs_fingerprint(self) -> str:
         """What the resolved configuration depends on: the compose files and the .env
