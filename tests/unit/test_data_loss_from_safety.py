@@ -183,6 +183,27 @@ def test_mysql_across_binlog_files_asks_their_sizes(live_my: type[LiveMySQL]) ->
     assert (out["binlog"]["bytes"], out["row_deltas"]) == (700, {})
 
 
+def test_mysql_the_plans_estimate_asks_its_reads_at_once(
+        live_my: type[LiveMySQL], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a safety backup (the plan's estimate) the position, the GTID and the
+    databases are asked at once (a `docker exec` each: one after the other made a
+    second of the plan): each waits here until all three are under way."""
+    import threading
+
+    together = threading.Barrier(3, timeout=5)
+    for name in ("binlog_position", "gtid_now", "user_databases"):
+        real = getattr(LiveMySQL, name)
+
+        def meet(self: LiveMySQL, _real: Any = real) -> Any:
+            together.wait()  # BrokenBarrierError when asked one after the other
+            return _real(self)
+
+        monkeypatch.setattr(LiveMySQL, name, meet)
+    out = mysql.ENGINE.data_loss(None, _my({"orders": 5}, BACKUP_AT))  # type: ignore[arg-type]
+    assert out["row_deltas"] == {"shop.orders": 6}
+    assert out["gtid"]["transactions"] == 4 and out["binlog"]["bytes"] == 1000
+
+
 class Asked(Exception):
     pass
 
