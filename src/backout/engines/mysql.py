@@ -312,6 +312,9 @@ def dump_errors(stderr: str) -> list[dict[str, str]]:
 def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict[str, Any]:
     my = MySQL(access)
     db = access.db
+    # The views of the configured databases are read beside the server's facts (a
+    # `docker exec` each, 0.1-0.15 s, on every backup); all databases: once listed.
+    views = proc.Background(lambda: my.broken_views(db.databases)) if db.databases else None
     # proves reachability and credentials before anything is written
     version, binlog, present = my.server_facts()
     wanted = list(db.databases) or present
@@ -347,7 +350,9 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
                          "no binlog position")
     # Broken views stop the dump tools; they cannot be restored either (CREATE VIEW
     # checks what it reads), so they are left out and recorded with their definition.
-    not_dumped: list[dict[str, str]] = my.broken_views(dumpable)
+    # (asked of every configured database: one that does not exist has no view)
+    not_dumped: list[dict[str, str]] = (
+        my.broken_views(dumpable) if views is None else views.result())
     name = artifact_name(db)
     what = f"{db.name} dump"
     level = ctx.config.backups.zstd_level
