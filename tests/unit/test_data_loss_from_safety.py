@@ -128,6 +128,10 @@ class LiveMySQL:
         LiveMySQL.asked.append("gtid_now")
         return "0-1-14"
 
+    def gtid_at(self, file: str, position: int) -> str:
+        LiveMySQL.asked.append(f"gtid_at {file} {position}")
+        return "0-1-9"
+
     def user_databases(self) -> list[str]:
         LiveMySQL.asked.append("databases")
         return ["shop"]
@@ -185,23 +189,27 @@ def test_mysql_across_binlog_files_asks_their_sizes(live_my: type[LiveMySQL]) ->
 
 def test_mysql_the_plans_estimate_asks_its_reads_at_once(
         live_my: type[LiveMySQL], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without a safety backup (the plan's estimate) the position, the GTID and the
-    databases are asked at once (a `docker exec` each: one after the other made a
-    second of the plan): each waits here until all three are under way."""
+    """Without a safety backup (the plan's estimate) the position, the GTIDs now and
+    at the backup (its dump did not write it) and the databases are asked at once (a
+    `docker exec` each: one after the other made a second of the plan): each waits
+    here until all four are under way."""
     import threading
 
-    together = threading.Barrier(3, timeout=5)
-    for name in ("binlog_position", "gtid_now", "user_databases"):
+    together = threading.Barrier(4, timeout=5)
+    for name in ("binlog_position", "gtid_now", "user_databases", "gtid_at"):
         real = getattr(LiveMySQL, name)
 
-        def meet(self: LiveMySQL, _real: Any = real) -> Any:
+        def meet(self: LiveMySQL, *args: Any, _real: Any = real) -> Any:
             together.wait()  # BrokenBarrierError when asked one after the other
-            return _real(self)
+            return _real(self, *args)
 
         monkeypatch.setattr(LiveMySQL, name, meet)
-    out = mysql.ENGINE.data_loss(None, _my({"orders": 5}, BACKUP_AT))  # type: ignore[arg-type]
+    without_gtid = {k: v for k, v in BACKUP_AT.items() if k != "gtid"}
+    out = mysql.ENGINE.data_loss(None, _my({"orders": 5}, without_gtid))  # type: ignore[arg-type]
     assert out["row_deltas"] == {"shop.orders": 6}
-    assert out["gtid"]["transactions"] == 4 and out["binlog"]["bytes"] == 1000
+    assert out["gtid"] == {"from": "0-1-9", "to": "0-1-14", "transactions": 5}
+    assert out["binlog"]["bytes"] == 1000
+    assert "gtid_at bin.000002 400" in live_my.asked
 
 
 class Asked(Exception):

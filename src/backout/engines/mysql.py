@@ -481,6 +481,10 @@ def _mysql(access: EngineAccess, section: dict[str, Any],
     # whatever the binlog says, so the count starts with the rest.
     counted = proc.Background(live_counts) if current is None else None
     now_gtid = proc.Background(my.gtid_now) if binlog else None
+    # the GTID at the backup's binlog position when its dump did not write it (the
+    # server reads the binlog up to there: 0.25 s at 180 MB)
+    then_gtid = (proc.Background(lambda: my.gtid_at(binlog["file"], int(binlog["position"])))
+                 if binlog and not binlog.get("gtid") else None)
     position = my.binlog_position() if binlog or current is not None else None
     now_counts = _unmoved_counts(section, current, position)
     if now_counts is not None:
@@ -495,7 +499,7 @@ def _mysql(access: EngineAccess, section: dict[str, Any],
     if binlog and position:
         out["binlog"] = {"from": binlog, "to": position,
                          "bytes": _binlog_bytes(my, binlog, position)}
-        before = binlog.get("gtid") or my.gtid_at(binlog["file"], int(binlog["position"]))
+        before = binlog.get("gtid") or (then_gtid.result() if then_gtid is not None else None)
         after = now_gtid.result() if now_gtid is not None else None
         if before is not None and after is not None:
             out["gtid"] = {"from": before, "to": after,
