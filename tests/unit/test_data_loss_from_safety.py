@@ -187,6 +187,16 @@ def test_mysql_across_binlog_files_asks_their_sizes(live_my: type[LiveMySQL]) ->
     assert (out["binlog"]["bytes"], out["row_deltas"]) == (700, {})
 
 
+def test_mysql_a_database_gone_since_the_backup_counts_as_empty_and_missing(
+        live_my: type[LiveMySQL], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its tables are asked beside the listing (which does not hold it): whatever
+    that answer holds, the database counts as gone."""
+    monkeypatch.setattr(LiveMySQL, "user_databases", lambda self: ["other"])
+    out = mysql.ENGINE.data_loss(None, _my({"orders": 5}, BACKUP_AT))  # type: ignore[arg-type]
+    assert out["databases_missing_now"] == ["shop"]
+    assert out["row_deltas"] == {"shop.orders": -5}
+
+
 def test_mysql_the_plans_estimate_asks_its_reads_at_once(
         live_my: type[LiveMySQL], monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a safety backup (the plan's estimate) the position, the GTIDs now and
