@@ -467,6 +467,7 @@ def jobs_stack(engine: Engine, states: dict[str, str]) -> dict[str, str]:
     for n in states:
         engine.routes[f"/containers/{n * 64}/json"] = (
             lambda h, q, n=n: (200, json.dumps(job_inspect(n, states[n])).encode()))
+    stopping_web(engine)  # the service's own container stops when asked
     return states
 
 
@@ -495,13 +496,70 @@ def test_stopping_a_service_stops_its_live_jobs_and_says_so(
     composed = quiet_compose(plat)
     with caplog.at_level("WARNING"):
         assert plat.stop(["web"]) == ["web"]
-    assert composed == [("stop", "web")]
+    # the service's container by the engine, with its own grace (no t: the one Compose
+    # set on it from stop_grace_period), as `docker compose stop` asks; no Compose run
+    assert composed == [] and [q for p, q in engine.requests
+                               if p == f"/v1.41/containers/{WEB['Id']}/stop"] == [{}]
     # only the live jobs, with Compose's grace; the exited one is left alone
-    assert sorted((p, q["t"]) for p, q in engine.requests if p.endswith("/stop")) == [
+    assert sorted((p, q["t"]) for p, q in engine.requests
+                  if p.endswith("/stop") and WEB["Id"] not in p) == [
         (f"/v1.41/containers/{n * 64}/stop", ["10"]) for n in ("2", "3")]
     for n in ("2", "3"):
         assert f"stopped x-web-run-{n}, a `docker compose run` job of web" in caplog.text
     assert "x-web-run-1" not in caplog.text
+
+
+def stopping_web(engine: Engine, *, stops: bool = True) -> list[dict[str, list[str]]]:
+    """The web container, running until the engine is asked to stop it (``stops``
+    False: it goes on running); returns the queries of its stops."""
+    state = {"web": "running"}
+    asked: list[dict[str, list[str]]] = []
+    listed = engine.routes["/containers/json"]
+
+    def listing(h: Any, q: Any) -> tuple[int, bytes]:
+        status, body = listed(h, q)
+        docs = [{**c, "State": state["web"]} if c["Id"] == WEB["Id"] else c
+                for c in json.loads(body)]
+        return status, json.dumps(docs).encode()
+
+    def stop(h: Any, q: dict[str, list[str]]) -> tuple[int, bytes]:
+        asked.append(q)
+        if stops:
+            state["web"] = "exited"
+        return 204, b""
+
+    engine.routes["/containers/json"] = listing
+    engine.routes[f"/containers/{WEB['Id']}/json"] = lambda h, q: (200, json.dumps(
+        {**WEB, "State": {**WEB["State"], "Status": state["web"],
+                          "Running": state["web"] == "running"}}).encode())
+    engine.routes[f"/containers/{WEB['Id']}/stop"] = stop
+    return asked
+
+
+def test_a_service_container_still_running_after_its_stop_fails_the_stop(
+        engine: Engine, tmp_path: Path) -> None:
+    """Nothing may write once the writers are stopped: a container the engine still
+    runs after its stop (a stop signal it ignores under a grace the engine did not
+    end) fails the step, named."""
+    recorded_stack(engine)
+    stopping_web(engine, stops=False)
+    plat = platform(engine, tmp_path)
+    quiet_compose(plat)
+    with pytest.raises(ExternalError, match=r"could not stop \S+-web-1$") as caught:
+        plat.stop(["web"])
+    assert caught.value.fix is not None and "docker stop" in caught.value.fix
+
+
+def test_without_the_engine_api_compose_stops_the_services(
+        engine: Engine, tmp_path: Path) -> None:
+    recorded_stack(engine)
+    plat = platform(engine, tmp_path)
+    composed = quiet_compose(plat)
+    listed = plat.containers("web")
+    plat.engine = None
+    plat.containers = lambda *services: listed  # type: ignore[method-assign]
+    plat.one_off_jobs = lambda *services: []  # type: ignore[method-assign]
+    assert plat.stop(["web"]) == ["web"] and composed == [("stop", "web")]
 
 
 def test_a_job_gone_before_its_stop_is_not_said_to_be_stopped(

@@ -314,10 +314,17 @@ class EngineAPI:
                                 f"{self.env.redact(answer.message())}")
         return True
 
-    def stop_container(self, container_id: str, *, grace_seconds: float) -> bool:
-        """SIGTERM, then SIGKILL after the grace, as ``docker stop -t``; the answer comes
-        once the container has stopped and left its networks (304: it already had).
-        False when it is gone."""
+    def stop_container(self, container_id: str, *, grace_seconds: float | None,
+                       timeout: float = 180) -> bool:
+        """Its stop signal, then SIGKILL after the grace, as ``docker stop -t``; the
+        answer comes once the container has stopped and left its networks (304: it
+        already had). ``grace_seconds`` None: the container's own (the service's
+        ``stop_grace_period``, which Compose sets on it, else the engine's 10 s), as
+        ``docker compose stop`` gives it; ``timeout`` then bounds the wait. False when
+        the container is gone."""
+        if grace_seconds is None:
+            return self._post_or_delete("POST", f"/containers/{container_id}/stop", {},
+                                        timeout=timeout, what=f"stop {container_id[:12]}")
         grace = max(0, math.ceil(grace_seconds))  # never shorter than the service asks
         return self._post_or_delete("POST", f"/containers/{container_id}/stop", {"t": grace},
                                     timeout=grace + 60, what=f"stop {container_id[:12]}")

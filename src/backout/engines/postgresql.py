@@ -449,6 +449,7 @@ def restore_postgresql(env: Environment, access: EngineAccess, artifact: Path,
             events = _bundle_events(first, zstd.stdout, what)
         globals_text: list[bytes] = []
         receiver: _Receiver | None = None
+        removals: list[proc.Background[None]] = []
         try:
             for event, kind, value in events:
                 if kind == "globals":
@@ -466,8 +467,11 @@ def restore_postgresql(env: Environment, access: EngineAccess, artifact: Path,
                     receiver.close()
                     try:
                         _restore_database(pg, receiver, jobs)
-                    finally:
+                    except BaseException:
                         receiver.remove()
+                        raise
+                    # its file removed beside what follows (a `docker exec`, 0.1 s)
+                    removals.append(proc.Background(receiver.remove))
                     databases.append(receiver.database)
                     receiver = None
         except BaseException:
@@ -477,9 +481,14 @@ def restore_postgresql(env: Environment, access: EngineAccess, artifact: Path,
             raise
     if zstd.returncode not in (0, None):
         raise IntegrityError(f"{what}: {artifact.name} does not decompress")
-    for gone in section.get("absent", []):
-        pg.drop_database(gone)
-    return {"counts": pg.table_counts(databases), "jobs": jobs}
+    try:
+        for gone in section.get("absent", []):
+            pg.drop_database(gone)
+        counts = pg.table_counts(databases)
+    finally:
+        for removal in removals:
+            removal.result()
+    return {"counts": counts, "jobs": jobs}
 
 
 def _bundle_events(first: bytes, stream: IO[bytes], what: str) -> Any:

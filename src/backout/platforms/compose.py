@@ -388,12 +388,31 @@ class ComposePlatform:
     def stop(self, services: Sequence[str], *, timeout: float = 180) -> list[str]:
         if not services:
             return []  # not "every service": no caller means the whole stack
-        running = sorted({c.service for c in self.containers(*services)
-                          if c.state in ("running", "restarting")})
-        if running:
+        live = [c for c in self.containers(*services) if c.state in ("running", "restarting")]
+        running = sorted({c.service for c in live})
+        if running and self.engine is not None:
+            self._stop_by_engine(live, timeout)
+        elif running:
             self.compose.run("stop", *running, timeout=timeout)
         self._stop_jobs(services)
         return running
+
+    def _stop_by_engine(self, live: Sequence[ContainerInfo], timeout: float) -> None:
+        # What `docker compose stop` asks of the engine (each container's own stop
+        # signal and grace, set from the service by Compose), without Compose's start
+        # and project load: 0.2-0.3 s of every `rollback db`, whose writers are stopped
+        # while nothing serves. All at once: no writer may write once the step is done,
+        # and the order among them does not change that.
+        engine = self.engine
+        assert engine is not None
+        engine.concurrently(lambda c: engine.stop_container(c.id, grace_seconds=None,
+                                                            timeout=timeout), list(live))
+        left = [c for c in self.containers(*sorted({c.service for c in live}))
+                if c.state in ("running", "restarting")]
+        if left:
+            names = " ".join(c.name for c in left)
+            raise ExternalError(f"could not stop {', '.join(c.name for c in left)}",
+                                fix=f"docker stop {names}, then run backout again")
 
     def _stop_jobs(self, services: Sequence[str]) -> None:
         # `docker compose stop` leaves `docker compose run` containers running: a job
