@@ -274,6 +274,36 @@ def calls(fake: Path) -> list[list[str]]:
     return [line.split("\x1e") for line in (fake / "calls").read_text().split("\n") if line]
 
 
+def test_the_roles_are_dumped_beside_the_facts_and_still_come_first(
+        tmp_path: Path, tools: Path) -> None:
+    """pg_dumpall --globals-only runs while the facts' psql is asked (a `docker exec`
+    each): the psql here answers only once pg_dumpall has started (or gives up after
+    5 s and says so). The bundle still holds the roles first."""
+    real = tools / "real"
+    real.mkdir()
+    for tool in ("psql", "pg_dumpall"):
+        (tools / "bin" / tool).rename(real / tool)
+    (tools / "bin" / "pg_dumpall").write_text(
+        '#!/bin/sh\ntouch "$FAKE_DIR/dumpall-started"\nexec "$FAKE_DIR/real/pg_dumpall" "$@"\n')
+    (tools / "bin" / "psql").write_text(
+        '#!/bin/sh\nfor a in "$@"; do last="$a"; done\ncase "$last" in SELECT\\ \\\'version\\\'*)\n'
+        '  i=0; while [ ! -e "$FAKE_DIR/dumpall-started" ] && [ $i -lt 50 ]; do '
+        'sleep 0.1; i=$((i+1)); done\n'
+        '  [ -e "$FAKE_DIR/dumpall-started" ] || touch "$FAKE_DIR/one-after-the-other";;\n'
+        'esac\nexec "$FAKE_DIR/real/psql" "$@"\n')
+    for f in (tools / "bin" / "pg_dumpall", tools / "bin" / "psql"):
+        f.chmod(0o755)
+    env, config, access = setup(tmp_path, tools)
+    section = ENGINE.dump(EngineContext(env, config, access.platform), access.db, tmp_path)
+    assert not (tools / "one-after-the-other").exists()
+    assert section["database"]["databases"] == {"backout_app": {
+        "tables": TABLES, "large_objects": 1, "toc_entries": 18, "archive_version": "1.14.0"}}
+    bundle = subprocess.run(["zstd", "-dc", str(tmp_path / ENGINE.artifact_name(access.db))],
+                            capture_output=True, check=True).stdout
+    assert bundle.index(b"PART globals") < bundle.index(b"PART database")
+    assert GLOBALS in bundle
+
+
 def test_dump_runs_the_tools_with_the_password_in_the_environment_only(
         tmp_path: Path, tools: Path) -> None:
     env, config, access = setup(tmp_path, tools)
