@@ -14,6 +14,7 @@ of backout never leaves a restore running behind the one ``backout resume`` star
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import re
@@ -22,9 +23,9 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypedDict, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 from backout.environment import Environment
 from backout.errors import CommandFailedError, ExternalError
@@ -182,3 +183,27 @@ class Background(Generic[T]):
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    def settle(self) -> None:
+        """Wait for it to end, its outcome unused."""
+        self._thread.join()
+
+
+@contextlib.contextmanager
+def settled() -> Iterator[list[Background[Any]]]:
+    """The Background calls put in the yielded list end before the body is left,
+    however it ends (their outcomes unused: the body took what it needed), so that
+    none runs on past the step that started it (a row count holding a table's lock
+    into the DROP that follows); except on Ctrl-C, which leaves at once (daemon
+    threads end with the process)."""
+    started: list[Background[Any]] = []
+    interrupted = False
+    try:
+        yield started
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        if not interrupted:
+            for call in started:
+                call.settle()

@@ -20,6 +20,7 @@ from typing import Any
 import bson
 import pytest
 
+from backout.engines import formats
 from backout.engines.formats import MySQLDumpChecker, RDBChecker, TarBsonChecker
 from backout.storage import crc64 as crc64_module
 from backout.storage.crc64 import CRC64, FoldingCRC64, crc64, crc64_table
@@ -471,3 +472,23 @@ def test_bad_metadata_is_refused() -> None:
 def test_a_missing_database_is_refused_in_the_tar() -> None:
     with pytest.raises(IntegrityError, match="missing from the dump: other"):
         run(TarBsonChecker(["app", "other"], "t"), make_tar({"customers": encode(DOCS)}))
+
+
+def test_a_mariadb_dump_of_rows_without_parentheses_blanks_no_string(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The block counter takes such rows as lines (two counts in C): no string is
+    blanked, and the count is the oracle's."""
+    rows = b",\n".join(b"(%d,'name %d','2026-01-01 00:00:%02d')" % (i, i, i % 60)
+                       for i in range(5000))
+    data = HEAD + b"INSERT INTO `notes` VALUES\n" + rows + b";\n" + TRAILER
+    oracle = MySQLDumpChecker(["shop"], "t")
+    oracle.per_line = True
+    want = run(oracle, data, 4096)
+
+    class NoBlanking:
+        def sub(self, *args: object) -> bytes:
+            raise AssertionError("a string was blanked")
+
+    monkeypatch.setattr(formats, "_LINE_STRINGS", NoBlanking())
+    assert run(MySQLDumpChecker(["shop"], "t"), data, 4096) == want
+    assert want["databases"]["shop"]["tables"]["notes"] == 5000

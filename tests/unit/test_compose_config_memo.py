@@ -226,3 +226,15 @@ def test_a_question_under_way_in_another_thread_is_waited_for_not_asked_again(
     assert compose.config()["services"]["web"]["image"] == "a"
     asker.join(10)
     assert answers == ["a"] and _calls(calls) == 1
+
+
+def test_a_callers_own_failing_question_is_not_asked_twice(tmp_path: Path) -> None:
+    """An invalid compose file: one Compose run and its error (a hanging one would
+    otherwise cost its timeout twice)."""
+    project, env, calls = _project(tmp_path)
+    (tmp_path / "bin" / "docker").write_text(
+        '#!/bin/sh\necho x >> "$CALLS"\necho "compose: yaml: line 3" >&2\nexit 1\n')
+    compose = Compose(env, project, ["docker-compose.yml"], "p", ".env")
+    with pytest.raises(CommandFailedError, match="yaml: line 3"):
+        compose.config()
+    assert _calls(calls) == 1

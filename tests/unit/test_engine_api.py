@@ -471,9 +471,12 @@ def jobs_stack(engine: Engine, states: dict[str, str]) -> dict[str, str]:
     return states
 
 
-def quiet_compose(plat: ComposePlatform) -> list[tuple[str, ...]]:
+def quiet_compose(plat: ComposePlatform, **web: Any) -> list[tuple[str, ...]]:
+    """Compose's runs recorded, not made; the definition: web (with ``web``'s keys)
+    and tty."""
     ran: list[tuple[str, ...]] = []
     plat.compose.run = lambda *a, **k: ran.append(a)  # type: ignore[method-assign,assignment,return-value]
+    plat.definition = lambda: {"services": {"web": web, "tty": {}}}  # type: ignore[method-assign]
     return ran
 
 
@@ -548,6 +551,21 @@ def test_a_service_container_still_running_after_its_stop_fails_the_stop(
     with pytest.raises(ExternalError, match=r"could not stop \S+-web-1$") as caught:
         plat.stop(["web"])
     assert caught.value.fix is not None and "docker stop" in caught.value.fix
+
+
+@pytest.mark.parametrize("web", [{"pre_stop": [{"command": ["./flush.sh"]}]},
+                                 {"stop_grace_period": "2m"}], ids=["pre_stop", "grace"])
+def test_a_service_with_a_pre_stop_hook_or_its_own_grace_is_stopped_by_compose(
+        engine: Engine, tmp_path: Path, web: dict[str, Any]) -> None:
+    """Compose runs a service's pre_stop hooks before the stop (a writer may flush
+    acknowledged writes there) and waits its stop_grace_period: the engine alone
+    does neither, so Compose stops it."""
+    recorded_stack(engine)
+    asked = stopping_web(engine)
+    plat = platform(engine, tmp_path)
+    composed = quiet_compose(plat, **web)
+    assert plat.stop(["web"]) == ["web"]
+    assert composed == [("stop", "web")] and asked == []
 
 
 def test_without_the_engine_api_compose_stops_the_services(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -80,3 +81,31 @@ def test_secrets_added_from_many_threads_are_all_masked() -> None:
         thread.join()
     assert all(v in redact for group in values for v in group)
     assert set(redact(text).split()) == {"******"}
+
+
+def test_settled_waits_for_its_background_calls_however_the_body_ends() -> None:
+    """A read started beside another must not run on past the step (a row count
+    holding a table's lock into the DROP that follows): it has ended when the body
+    is left, by a return or an error; not on Ctrl-C, which leaves at once."""
+    import threading
+
+    from backout import proc
+
+    def slow(gate: threading.Event) -> None:
+        gate.wait(5)
+
+    for ending in (None, ValueError("boom")):
+        gate = threading.Event()
+        threading.Timer(0.2, gate.set).start()
+        with contextlib.suppress(ValueError), proc.settled() as started:
+            call = proc.Background(lambda g=gate: slow(g))  # type: ignore[misc]
+            started.append(call)
+            if ending is not None:
+                raise ending
+        assert gate.is_set() and not call._thread.is_alive()
+    gate = threading.Event()
+    with contextlib.suppress(KeyboardInterrupt), proc.settled() as started:
+        started.append(proc.Background(lambda: slow(gate)))
+        raise KeyboardInterrupt
+    assert not gate.is_set()  # left without waiting
+    gate.set()

@@ -102,23 +102,28 @@ class Compose:
         edited by hand) reaches a long run (the monitor) that much later at most. A
         question already under way (another thread's, the prefetch) is waited for,
         not asked again: two at once were twice Compose's CPU at start-up."""
-        answer, mine = self._claim(self._config_key(args))
+        key = self._config_key(args)
+        answer, mine = self._claim(key)
         if mine:
-            self._answer(answer, args)
-        with contextlib.suppress(Exception):  # failed: asked again, its error raised
+            self._answer(key, answer, args)
+            return answer.result()  # its own failure raised as it is: not asked twice
+        with contextlib.suppress(Exception):  # another's failed: asked again, raised
             return answer.result(timeout=60)
-        answer, _ = self._claim(self._config_key(args), again=True)
-        self._answer(answer, args)
-        return answer.result()
+        answer, mine = self._claim(key, failed=answer)
+        if mine:
+            self._answer(key, answer, args)
+        return answer.result(timeout=60)
 
-    def _claim(self, key: tuple[object, ...], *, again: bool = False) -> tuple[Future[str], bool]:
+    def _claim(self, key: tuple[object, ...], *, failed: Future[str] | None = None
+               ) -> tuple[Future[str], bool]:
         """The answer kept or under way for ``key``, or a new one this caller must give
-        (True); ``again``: a new one whatever is kept (the kept one failed)."""
+        (True); ``failed``: an answer that failed, asked again unless another caller
+        already has."""
         now = time.monotonic()
         with _MEMO_LOCK:
             kept = self.env.memo.get(key)
-            if not again and isinstance(kept, tuple) and now - kept[0] < CONFIG_MEMO_SECONDS \
-                    and isinstance(kept[1], Future):
+            if isinstance(kept, tuple) and now - kept[0] < CONFIG_MEMO_SECONDS \
+                    and isinstance(kept[1], Future) and kept[1] is not failed:
                 return kept[1], False
             for old in [k for k, v in self.env.memo.items()  # a long run keeps no old answers
                         if isinstance(v, tuple) and now - v[0] >= CONFIG_MEMO_SECONDS]:
@@ -127,11 +132,17 @@ class Compose:
             self.env.memo[key] = (now, answer)
             return answer, True
 
-    def _answer(self, answer: Future[str], args: Sequence[str]) -> None:
+    def _answer(self, key: tuple[object, ...], answer: Future[str], args: Sequence[str]) -> None:
         try:
             answer.set_result(self.run(*args, timeout=60).stdout)
-        except BaseException as exc:  # handed to whoever waits for the answer
+        except Exception as exc:  # handed to whoever waits for the answer
             answer.set_exception(exc)
+        except BaseException as exc:  # Ctrl-C: not an answer to keep
+            with _MEMO_LOCK:
+                if isinstance(kept := self.env.memo.get(key), tuple) and kept[1] is answer:
+                    del self.env.memo[key]
+            answer.set_exception(exc)
+            raise
 
     def _config_key(self, args: Sequence[str]) -> tuple[object, ...]:
         return ("compose config", tuple(self.argv(*args)), self.inputs_fingerprint())
@@ -141,9 +152,10 @@ class Compose:
         the variables (its credentials) asks the definition next, and the two Compose
         runs (0.1-0.2 s each) then overlap. ``_config_text`` takes the answer."""
         args = ("config", "--format", "json")
-        answer, mine = self._claim(self._config_key(args))
+        key = self._config_key(args)
+        answer, mine = self._claim(key)
         if mine:
-            threading.Thread(target=self._answer, args=(answer, args), daemon=True,
+            threading.Thread(target=self._answer, args=(key, answer, args), daemon=True,
                              name="compose config").start()
 
     def inputs_fingerprint(self) -> str:

@@ -318,10 +318,10 @@ class EngineAPI:
                        timeout: float = 180) -> bool:
         """Its stop signal, then SIGKILL after the grace, as ``docker stop -t``; the
         answer comes once the container has stopped and left its networks (304: it
-        already had). ``grace_seconds`` None: the container's own (the service's
-        ``stop_grace_period``, which Compose sets on it, else the engine's 10 s), as
-        ``docker compose stop`` gives it; ``timeout`` then bounds the wait. False when
-        the container is gone."""
+        already had). ``grace_seconds`` None: the container's own (the engine's 10 s
+        unless Compose set the service's ``stop_grace_period`` on it), as `docker
+        compose stop` gives it; ``timeout``: how long the answer may take (a grace
+        longer than that is the caller's to avoid). False when the container is gone."""
         if grace_seconds is None:
             return self._post_or_delete("POST", f"/containers/{container_id}/stop", {},
                                         timeout=timeout, what=f"stop {container_id[:12]}")

@@ -315,44 +315,46 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
     # The views of the configured databases are read beside the server's facts (a
     # `docker exec` each, 0.1-0.15 s, on every backup); all databases: once listed.
     views = proc.Background(lambda: my.broken_views(db.databases)) if db.databases else None
-    # proves reachability and credentials before anything is written
-    version, binlog, present = my.server_facts()
-    wanted = list(db.databases) or present
-    absent = [d for d in wanted if d not in present]
-    if absent and not ctx.safety:
-        raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
-                            fix=f"correct databases.{db.name}.databases in backout.toml")
-    dumpable = [d for d in wanted if d in present]
-    user = access.user("root")
-    if user != "root":
-        # An application user (no root password in the compose file): say what it
-        # lacks for a consistent dump before dumping, rather than a partial file.
-        grants = my.grants()
-        missing = missing_dump_privileges(grants, dumpable)
-        if missing:
-            listed = "; ".join(f"{', '.join(p)} on {d}" for d, p in missing.items())
-            first = next(iter(missing))
-            raise ExternalError(
-                f"{db.name}: user {user!r} lacks what a consistent dump needs: {listed}",
-                fix=f"as root: GRANT {', '.join(DUMP_PRIVILEGES)} ON `{_ident(first)}`.* TO "
-                    f"'{_sql_str(user or '')}'@'%' (for each database), or give backout root's "
-                    "password")
-        foreign = my.foreign_definers(dumpable)
-        if foreign and not can_set_definers(grants):
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            ctx.env.warn(f"{db.name}: a restore as {user!r} will fail: {shown} must be recreated "
-                         "with another user as DEFINER, which needs SET USER (or SUPER); "
-                         "give backout root's password, or grant it")
-        if binlog and not can_read_binlog_position(grants):
-            binlog = False
-            ctx.env.warn(f"{db.name}: user {user!r} cannot read the binlog position (needs "
-                         "RELOAD and REPLICATION CLIENT/BINLOG MONITOR): the backup records "
-                         "no binlog position")
-    # Broken views stop the dump tools; they cannot be restored either (CREATE VIEW
-    # checks what it reads), so they are left out and recorded with their definition.
-    # (asked of every configured database: one that does not exist has no view)
-    not_dumped: list[dict[str, str]] = (
-        my.broken_views(dumpable) if views is None else views.result())
+    with proc.settled() as started:  # the views' read ends here, whatever happens
+        started += [views] if views is not None else []
+        # proves reachability and credentials before anything is written
+        version, binlog, present = my.server_facts()
+        wanted = list(db.databases) or present
+        absent = [d for d in wanted if d not in present]
+        if absent and not ctx.safety:
+            raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
+                                fix=f"correct databases.{db.name}.databases in backout.toml")
+        dumpable = [d for d in wanted if d in present]
+        user = access.user("root")
+        if user != "root":
+            # An application user (no root password in the compose file): say what it
+            # lacks for a consistent dump before dumping, rather than a partial file.
+            grants = my.grants()
+            missing = missing_dump_privileges(grants, dumpable)
+            if missing:
+                listed = "; ".join(f"{', '.join(p)} on {d}" for d, p in missing.items())
+                first = next(iter(missing))
+                raise ExternalError(
+                    f"{db.name}: user {user!r} lacks what a consistent dump needs: {listed}",
+                    fix=f"as root: GRANT {', '.join(DUMP_PRIVILEGES)} ON `{_ident(first)}`.* TO "
+                        f"'{_sql_str(user or '')}'@'%' (for each database), or give backout root's "
+                        "password")
+            foreign = my.foreign_definers(dumpable)
+            if foreign and not can_set_definers(grants):
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                ctx.env.warn(f"{db.name}: a restore as {user!r} will fail: {shown} must be recreated "
+                             "with another user as DEFINER, which needs SET USER (or SUPER); "
+                             "give backout root's password, or grant it")
+            if binlog and not can_read_binlog_position(grants):
+                binlog = False
+                ctx.env.warn(f"{db.name}: user {user!r} cannot read the binlog position (needs "
+                             "RELOAD and REPLICATION CLIENT/BINLOG MONITOR): the backup records "
+                             "no binlog position")
+        # Broken views stop the dump tools; they cannot be restored either (CREATE VIEW
+        # checks what it reads), so they are left out and recorded with their definition.
+        # (asked of every configured database: one that does not exist has no view)
+        not_dumped: list[dict[str, str]] = (
+            my.broken_views(dumpable) if views is None else views.result())
     name = artifact_name(db)
     what = f"{db.name} dump"
     level = ctx.config.backups.zstd_level
@@ -474,40 +476,48 @@ def _mysql(access: EngineAccess, section: dict[str, Any],
     def live_counts() -> tuple[set[str], dict[str, dict[str, int]]]:
         # the databases and their counts at once too: a database that does not exist
         # has no table to count, and its answer is left out as the listing says
-        counts = proc.Background(lambda: my.table_counts(list(section["databases"])))
-        present = set(my.user_databases())
-        return present, {d: c for d, c in counts.result().items() if d in present}
+        with proc.settled() as started:
+            counts = proc.Background(lambda: my.table_counts(list(section["databases"])))
+            started.append(counts)
+            present = set(my.user_databases())
+            return present, {d: c for d, c in counts.result().items() if d in present}
 
     # The reads are independent: asked at once (a `docker exec` each, 0.1-0.5 s, one
     # after the other made a second of every `rollback db mysql`'s plan). Without a
     # safety backup to compare with (the plan's estimate), the tables are counted
-    # whatever the binlog says, so the count starts with the rest.
-    counted = proc.Background(live_counts) if current is None else None
-    now_gtid = proc.Background(my.gtid_now) if binlog else None
-    # the GTID at the backup's binlog position when its dump did not write it (the
-    # server reads the binlog up to there: 0.25 s at 180 MB)
-    then_gtid = (proc.Background(lambda: my.gtid_at(binlog["file"], int(binlog["position"])))
-                 if binlog and not binlog.get("gtid") else None)
-    position = my.binlog_position() if binlog or current is not None else None
-    now_counts = _unmoved_counts(section, current, position)
-    if now_counts is not None:
-        assert current is not None
-        present = set(current["databases"])
-    else:
-        present, now_counts = (counted or proc.Background(live_counts)).result()
-    then = expected_counts(section)
-    deltas = count_deltas(then, {**{d: {} for d in then}, **now_counts})
-    out: dict[str, Any] = {"row_deltas": deltas, "changes": sum(abs(v) for v in deltas.values()),
-                           "databases_missing_now": sorted(set(section["databases"]) - present)}
-    if binlog and position:
-        out["binlog"] = {"from": binlog, "to": position,
-                         "bytes": _binlog_bytes(my, binlog, position)}
-        before = binlog.get("gtid") or (then_gtid.result() if then_gtid is not None else None)
-        after = now_gtid.result() if now_gtid is not None else None
-        if before is not None and after is not None:
-            out["gtid"] = {"from": before, "to": after,
-                           "transactions": _gtid_transactions(before, after)}
-    return out
+    # whatever the binlog says, so the count starts with the rest. Every read has
+    # ended when this returns or raises.
+    with proc.settled() as started:
+        counted = proc.Background(live_counts) if current is None else None
+        now_gtid = proc.Background(my.gtid_now) if binlog else None
+        # the GTID at the backup's binlog position when its dump did not write it (the
+        # server reads the binlog up to there: 0.25 s at 180 MB)
+        then_gtid = (proc.Background(lambda: my.gtid_at(binlog["file"],
+                                                        int(binlog["position"])))
+                     if binlog and not binlog.get("gtid") else None)
+        started += [call for call in (counted, now_gtid, then_gtid) if call is not None]
+        position = my.binlog_position() if binlog or current is not None else None
+        now_counts = _unmoved_counts(section, current, position)
+        if now_counts is not None:
+            assert current is not None
+            present = set(current["databases"])
+        else:
+            present, now_counts = (counted or proc.Background(live_counts)).result()
+        then = expected_counts(section)
+        deltas = count_deltas(then, {**{d: {} for d in then}, **now_counts})
+        out: dict[str, Any] = {"row_deltas": deltas,
+                               "changes": sum(abs(v) for v in deltas.values()),
+                               "databases_missing_now": sorted(set(section["databases"])
+                                                               - present)}
+        if binlog and position:
+            out["binlog"] = {"from": binlog, "to": position,
+                             "bytes": _binlog_bytes(my, binlog, position)}
+            before = binlog.get("gtid") or (then_gtid.result() if then_gtid else None)
+            after = now_gtid.result() if now_gtid is not None else None
+            if before is not None and after is not None:
+                out["gtid"] = {"from": before, "to": after,
+                               "transactions": _gtid_transactions(before, after)}
+        return out
 
 
 def _unmoved_counts(section: dict[str, Any], current: dict[str, Any] | None,

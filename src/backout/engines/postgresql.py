@@ -300,38 +300,41 @@ def _dump(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict[str, 
     what = f"{db.name} dump"
     stall = ctx.config.backups.stall_seconds
     # The roles (a few KB) are dumped beside the facts below (a `docker exec` each,
-    # 0.1 s), into memory, and go into the bundle first as before; the position that
-    # matters is the data's, taken before any database's dump starts.
+    # 0.1 s), into memory, and go into the bundle first as before. (A role made
+    # between this snapshot and a database's dump is not in it, as it was not when
+    # pg_dumpall ran right before pg_dump: the window is the facts' query longer.)
     roles = _Producer(pg, pg.tool("pg_dumpall", "--globals-only", "--no-password",
                                   # -l: the database it connects to (-d: a connection string)
                                   "-l", "postgres"), f"{what} (roles)", stall)
     roles_part = proc.Background(lambda: roles.framed(part_header("globals", "")))
-    # reachability and credentials, before anything is written; the position is
-    # taken before the dumps start: writes between it and a dump's snapshot count as
-    # "since the backup", so the data-loss window errs on the side of too large.
-    version, present, position = pg.dump_facts()
-    wanted = list(db.databases) or present
-    absent = [d for d in wanted if d not in present]
-    if absent and not ctx.safety:
-        raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
-                            fix=f"correct databases.{db.name}.databases in backout.toml")
-    dumpable = [d for d in wanted if d in present]
-    position["stats"] = {d: v for d, v in position["stats"].items() if d in dumpable}
-    name = ENGINE.artifact_name(db)
+    with proc.settled() as started:  # the roles' dump ends here, whatever happens
+        started.append(roles_part)
+        # reachability and credentials, before anything is written; the position is
+        # taken before the dumps start: writes between it and a dump's snapshot count as
+        # "since the backup", so the data-loss window errs on the side of too large.
+        version, present, position = pg.dump_facts()
+        wanted = list(db.databases) or present
+        absent = [d for d in wanted if d not in present]
+        if absent and not ctx.safety:
+            raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
+                                fix=f"correct databases.{db.name}.databases in backout.toml")
+        dumpable = [d for d in wanted if d in present]
+        position["stats"] = {d: v for d, v in position["stats"].items() if d in dumpable}
+        name = ENGINE.artifact_name(db)
 
-    def write(pipe: IO[bytes]) -> None:
-        pipe.write(BUNDLE_MAGIC)
-        pipe.write(roles_part.result())
-        for database in dumpable:
-            _Producer(pg, pg.tool("pg_dump", *DUMP_FLAGS, "-d", database),
-                      f"{what} ({database})", stall
-                      ).copy_into(pipe, part_header("database", database))
-        pipe.write(END)
+        def write(pipe: IO[bytes]) -> None:
+            pipe.write(BUNDLE_MAGIC)
+            pipe.write(roles_part.result())
+            for database in dumpable:
+                _Producer(pg, pg.tool("pg_dump", *DUMP_FLAGS, "-d", database),
+                          f"{what} ({database})", stall
+                          ).copy_into(pipe, part_header("database", database))
+            pipe.write(END)
 
-    scanned = stream_from_python(
-        ctx.env, write, set_dir / name, what=what, level=ctx.config.backups.zstd_level,
-        total=pg.data_bytes(dumpable) if ctx.env.progress and dumpable else None,
-        checker=BundleChecker(dumpable, what)).scanned
+        scanned = stream_from_python(
+            ctx.env, write, set_dir / name, what=what, level=ctx.config.backups.zstd_level,
+            total=pg.data_bytes(dumpable) if ctx.env.progress and dumpable else None,
+            checker=BundleChecker(dumpable, what)).scanned
     assert scanned is not None  # proven as it was written
     for gone in absent:
         ctx.env.warn(f"{db.name}: database {gone} does not exist (dropped?): the backup "
@@ -414,6 +417,16 @@ class _Receiver:
         proc.run(self.pg.access.env, self.pg.access.argv(["rm", "-f", self.path]), timeout=60,
                  check=False, what="remove the restore file")
 
+    def remove_or_warn(self) -> None:
+        """``remove`` in a thread of its own: what stops it is said, not lost (the file
+        holds the restored data, in the container's /tmp)."""
+        try:
+            self.remove()
+        except Exception as exc:
+            message = exc.message if isinstance(exc, BackoutError) else str(exc)
+            self.pg.access.env.warn(f"{self.pg.access.db.name}: {self.path} in the container "
+                                    f"could not be removed ({message}): remove it by hand")
+
 
 def _restore_database(pg: Postgres, receiver: _Receiver, jobs: int) -> None:
     """Drop, then pg_restore --create; cut short by an interrupt of the step. A
@@ -451,54 +464,51 @@ def restore_postgresql(env: Environment, access: EngineAccess, artifact: Path,
     jobs = restore_jobs()
     databases: list[str] = []
     what = f"{access.db.name} restore"
-    with decompressed(env, artifact, stderr=subprocess.DEVNULL) as zstd:
-        assert zstd.stdout is not None
-        first = zstd.stdout.read(len(BUNDLE_MAGIC))
-        if first.startswith(ARCHIVE_MAGIC):  # an operator's own pg_dump -Fc file
-            events = _plain_events(first, zstd.stdout, list(section["databases"]))
-        else:
-            events = _bundle_events(first, zstd.stdout, what)
-        globals_text: list[bytes] = []
-        receiver: _Receiver | None = None
-        removals: list[proc.Background[None]] = []
-        try:
-            for event, kind, value in events:
-                if kind == "globals":
-                    if event == "data":
-                        globals_text.append(value)
-                    elif event == "end":
-                        _apply_globals(env, pg, b"".join(globals_text).decode())
-                elif event == "start":
-                    receiver = _Receiver(pg, value)
-                elif event == "data":
-                    assert receiver is not None
-                    receiver.write(value)
-                else:
-                    assert receiver is not None
-                    receiver.close()
-                    try:
-                        _restore_database(pg, receiver, jobs)
-                    except BaseException:
-                        receiver.remove()
-                        raise
-                    # its file removed beside what follows (a `docker exec`, 0.1 s)
-                    removals.append(proc.Background(receiver.remove))
-                    databases.append(receiver.database)
-                    receiver = None
-        except BaseException:
-            if receiver is not None:
-                receiver.kill()
-                receiver.remove()
-            raise
-    if zstd.returncode not in (0, None):
-        raise IntegrityError(f"{what}: {artifact.name} does not decompress")
-    try:
+    # Each received file is removed beside what follows (a `docker exec`, 0.1 s); all
+    # removals have ended when this returns or raises.
+    with proc.settled() as removals:
+        with decompressed(env, artifact, stderr=subprocess.DEVNULL) as zstd:
+            assert zstd.stdout is not None
+            first = zstd.stdout.read(len(BUNDLE_MAGIC))
+            if first.startswith(ARCHIVE_MAGIC):  # an operator's own pg_dump -Fc file
+                events = _plain_events(first, zstd.stdout, list(section["databases"]))
+            else:
+                events = _bundle_events(first, zstd.stdout, what)
+            globals_text: list[bytes] = []
+            receiver: _Receiver | None = None
+            try:
+                for event, kind, value in events:
+                    if kind == "globals":
+                        if event == "data":
+                            globals_text.append(value)
+                        elif event == "end":
+                            _apply_globals(env, pg, b"".join(globals_text).decode())
+                    elif event == "start":
+                        receiver = _Receiver(pg, value)
+                    elif event == "data":
+                        assert receiver is not None
+                        receiver.write(value)
+                    else:
+                        assert receiver is not None
+                        receiver.close()
+                        try:
+                            _restore_database(pg, receiver, jobs)
+                        except BaseException:
+                            receiver.remove()
+                            raise
+                        removals.append(proc.Background(receiver.remove_or_warn))
+                        databases.append(receiver.database)
+                        receiver = None
+            except BaseException:
+                if receiver is not None:
+                    receiver.kill()
+                    receiver.remove()
+                raise
+        if zstd.returncode not in (0, None):
+            raise IntegrityError(f"{what}: {artifact.name} does not decompress")
         for gone in section.get("absent", []):
             pg.drop_database(gone)
         counts = pg.table_counts(databases)
-    finally:
-        for removal in removals:
-            removal.result()
     return {"counts": counts, "jobs": jobs}
 
 

@@ -390,19 +390,31 @@ class ComposePlatform:
             return []  # not "every service": no caller means the whole stack
         live = [c for c in self.containers(*services) if c.state in ("running", "restarting")]
         running = sorted({c.service for c in live})
-        if running and self.engine is not None:
+        if running and self.engine is not None and self._engine_stops_as_compose(running):
             self._stop_by_engine(live, timeout)
         elif running:
             self.compose.run("stop", *running, timeout=timeout)
         self._stop_jobs(services)
         return running
 
+    def _engine_stops_as_compose(self, services: Sequence[str]) -> bool:
+        """Whether a stop through the engine is all `docker compose stop` would do for
+        ``services``: none has a ``pre_stop`` hook (Compose runs it first: a writer
+        may flush acknowledged writes there) or its own ``stop_grace_period`` (a wait
+        the engine's answer might outlast). The definition is the one already read."""
+        try:
+            defined = self.definition().get("services") or {}
+        except BackoutError:
+            return False
+        return all(isinstance(defined.get(s), dict) and not defined[s].get("pre_stop")
+                   and "stop_grace_period" not in defined[s] for s in services)
+
     def _stop_by_engine(self, live: Sequence[ContainerInfo], timeout: float) -> None:
-        # What `docker compose stop` asks of the engine (each container's own stop
-        # signal and grace, set from the service by Compose), without Compose's start
-        # and project load: 0.2-0.3 s of every `rollback db`, whose writers are stopped
-        # while nothing serves. All at once: no writer may write once the step is done,
-        # and the order among them does not change that.
+        # What `docker compose stop` asks of the engine for these (each container's
+        # own stop signal, the engine's 10 s grace), without Compose's start and
+        # project load: 0.2-0.3 s of every `rollback db`, whose writers are stopped
+        # while nothing serves. All at once: no writer may write once the step is
+        # done, and the order among them does not change that.
         engine = self.engine
         assert engine is not None
         engine.concurrently(lambda c: engine.stop_container(c.id, grace_seconds=None,
