@@ -21,7 +21,7 @@ from backout.config import Config, DatabaseConfig
 from backout.engines.access import EngineAccess
 from backout.engines.images import matches, named_like, parse_image, programs_in
 from backout.environment import Environment
-from backout.errors import ExternalError
+from backout.errors import ExternalError, NotFoundError
 from backout.platforms.base import Platform
 from backout.storage.pipeline import Checker, Scanned
 
@@ -169,6 +169,19 @@ class EngineBase:
     def load_driver(self) -> None:
         """Import the Python driver the engine talks through (engines that run the
         server's own tools have none)."""
+
+
+def dumpable_databases(ctx: EngineContext, db: DatabaseConfig, present: Sequence[str]
+                       ) -> tuple[list[str], list[str]]:
+    """The databases a dump takes (configured, or every one ``present``) and those
+    configured that are not ``present``: an error in a backup asked for, recorded
+    as absent in a safety backup (a DROP DATABASE is what it must be able to undo)."""
+    wanted = list(db.databases) or list(present)
+    absent = [d for d in wanted if d not in present]
+    if absent and not ctx.safety:
+        raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
+                            fix=f"correct databases.{db.name}.databases in backout.toml")
+    return [d for d in wanted if d in present], absent
 
 
 def running_image_id(ctx: EngineContext, service: str) -> str | None:

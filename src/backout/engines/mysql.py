@@ -18,6 +18,7 @@ from backout.engines.base import (
     TrialTarget,
     artifact_entry,
     count_deltas,
+    dumpable_databases,
     run_throwaway,
     running_image_id,
     wait_ready,
@@ -25,7 +26,7 @@ from backout.engines.base import (
 from backout.engines.formats import MySQLDumpChecker
 from backout.engines.mysqlload import ClientSession, load_in_parallel
 from backout.environment import Environment
-from backout.errors import BackoutError, ExternalError, NotFoundError
+from backout.errors import BackoutError, ExternalError
 from backout.platforms.base import Platform
 from backout.storage.pipeline import (
     Checker,
@@ -319,12 +320,7 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
         started += [views] if views is not None else []
         # proves reachability and credentials before anything is written
         version, binlog, present = my.server_facts()
-        wanted = list(db.databases) or present
-        absent = [d for d in wanted if d not in present]
-        if absent and not ctx.safety:
-            raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
-                                fix=f"correct databases.{db.name}.databases in backout.toml")
-        dumpable = [d for d in wanted if d in present]
+        dumpable, absent = dumpable_databases(ctx, db, present)
         user = access.user("root")
         if user != "root":
             # An application user (no root password in the compose file): say what it

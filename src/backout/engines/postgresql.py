@@ -37,6 +37,7 @@ from backout.engines.base import (
     TrialTarget,
     artifact_entry,
     count_deltas,
+    dumpable_databases,
     run_throwaway,
     running_image_id,
     wait_ready,
@@ -53,7 +54,7 @@ from backout.engines.pgarchive import (
     part_header,
 )
 from backout.environment import Environment
-from backout.errors import BackoutError, ExternalError, NotFoundError
+from backout.errors import BackoutError, ExternalError
 from backout.operations import interrupt
 from backout.storage.pipeline import (
     CHUNK,
@@ -313,12 +314,7 @@ def _dump(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict[str, 
         # taken before the dumps start: writes between it and a dump's snapshot count as
         # "since the backup", so the data-loss window errs on the side of too large.
         version, present, position = pg.dump_facts()
-        wanted = list(db.databases) or present
-        absent = [d for d in wanted if d not in present]
-        if absent and not ctx.safety:
-            raise NotFoundError(f"{db.name}: database(s) {', '.join(absent)} do not exist on the server",
-                                fix=f"correct databases.{db.name}.databases in backout.toml")
-        dumpable = [d for d in wanted if d in present]
+        dumpable, absent = dumpable_databases(ctx, db, present)
         position["stats"] = {d: v for d, v in position["stats"].items() if d in dumpable}
         name = ENGINE.artifact_name(db)
 
