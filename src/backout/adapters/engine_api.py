@@ -322,12 +322,12 @@ class EngineAPI:
         unless Compose set the service's ``stop_grace_period`` on it), as `docker
         compose stop` gives it; ``timeout``: how long the answer may take (a grace
         longer than that is the caller's to avoid). False when the container is gone."""
-        if grace_seconds is None:
-            return self._post_or_delete("POST", f"/containers/{container_id}/stop", {},
-                                        timeout=timeout, what=f"stop {container_id[:12]}")
-        grace = max(0, math.ceil(grace_seconds))  # never shorter than the service asks
-        return self._post_or_delete("POST", f"/containers/{container_id}/stop", {"t": grace},
-                                    timeout=grace + 60, what=f"stop {container_id[:12]}")
+        query: dict[str, int] = {}
+        if grace_seconds is not None:
+            query["t"] = max(0, math.ceil(grace_seconds))  # never shorter than asked
+            timeout = query["t"] + 60
+        return self._post_or_delete("POST", f"/containers/{container_id}/stop", query,
+                                    timeout=timeout, what=f"stop {container_id[:12]}")
 
     def remove_container(self, container_id: str) -> bool:
         """As ``docker rm -f`` (its anonymous volumes kept, as the CLI keeps them)."""

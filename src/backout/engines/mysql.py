@@ -498,7 +498,7 @@ def _mysql(access: EngineAccess, section: dict[str, Any],
             assert current is not None
             present = set(current["databases"])
         else:
-            present, now_counts = (counted or proc.Background(live_counts)).result()
+            present, now_counts = counted.result() if counted else live_counts()
         then = expected_counts(section)
         deltas = count_deltas(then, {**{d: {} for d in then}, **now_counts})
         out: dict[str, Any] = {"row_deltas": deltas,

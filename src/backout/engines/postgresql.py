@@ -487,11 +487,7 @@ def restore_postgresql(env: Environment, access: EngineAccess, artifact: Path,
                     else:
                         assert receiver is not None
                         receiver.close()
-                        try:
-                            _restore_database(pg, receiver, jobs)
-                        except BaseException:
-                            receiver.remove()
-                            raise
+                        _restore_database(pg, receiver, jobs)  # failed: removed below
                         removals.append(proc.Background(receiver.remove_or_warn))
                         databases.append(receiver.database)
                         receiver = None

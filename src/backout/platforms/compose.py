@@ -95,6 +95,13 @@ def volume_users(definition: Mapping[str, Any]) -> dict[str, set[str]]:
     return users
 
 
+def _not_stopped(left: Sequence[ContainerInfo], what: str = "") -> ExternalError:
+    """The error for containers still running after their stop was asked."""
+    return ExternalError(f"could not stop {', '.join(c.name for c in left)}{what}",
+                         fix=f"docker stop {' '.join(c.name for c in left)}, then run backout "
+                             "again")
+
+
 class ComposePlatform:
     """The stack of one backout.toml, run by Docker Compose on one Docker Engine."""
 
@@ -422,9 +429,7 @@ class ComposePlatform:
         left = [c for c in self.containers(*sorted({c.service for c in live}))
                 if c.state in ("running", "restarting")]
         if left:
-            names = " ".join(c.name for c in left)
-            raise ExternalError(f"could not stop {', '.join(c.name for c in left)}",
-                                fix=f"docker stop {names}, then run backout again")
+            raise _not_stopped(left)
 
     def _stop_jobs(self, services: Sequence[str]) -> None:
         # `docker compose stop` leaves `docker compose run` containers running: a job
@@ -458,10 +463,7 @@ class ComposePlatform:
                 self.env.warn(f"stopped {job.name}, a `docker compose run` job of "
                               f"{job.service}: it is not started again")
         if left:
-            names = " ".join(c.name for c in left)
-            raise ExternalError(f"could not stop {', '.join(c.name for c in left)} "
-                                "(`docker compose run` of a service being stopped)",
-                                fix=f"docker stop {names}, then run backout again")
+            raise _not_stopped(left, " (`docker compose run` of a service being stopped)")
 
     def _live_jobs(self, services: Sequence[str]) -> list[ContainerInfo]:
         return [c for c in self.one_off_jobs(*services)
