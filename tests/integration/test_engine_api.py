@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,53 @@ def test_the_published_address_read_through_the_api_is_composes(
     assert str(api_path.published_address("probe", 8080)).rpartition(":")[2] in host_ports
     _docker(*compose, "stop", "-t", "1", "probe", timeout=120)
     assert api_path.published_address("probe", 8080) is None  # the job's ports are not
+
+
+def test_logs_since_a_moment_from_the_tail_are_what_the_engine_gives_since_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log longer than the first tail, on the real engine's json-file log: what the
+    tail-first read gives since each moment is exactly what the engine's own ``since``
+    gives, whether the tail reached back (one read of the tail) or not (two reads)."""
+    from backout.adapters.engine_api import LOG_TAIL_FIRST, EngineAPI
+
+    run_id = f"backout-test-{os.getpid()}-{secrets.token_hex(4)}"
+    script = (f"i=0; while [ $i -lt {3 * LOG_TAIL_FIRST} ]; do echo \"line $i\"; "
+              "i=$((i+1)); done; sleep 2; echo late; echo 'ERROR late' >&2; exec sleep infinity")
+    cid = _docker("run", "-d", "--init", "--label", f"{RUN_LABEL}={run_id}", IMAGE,
+                  "sh", "-c", script).stdout.strip()
+    try:
+        api = EngineAPI(Environment(project_dir=tmp_path))
+
+        def whole() -> str:
+            return api._read_logs(cid, {}, timestamps=True, tty=False) or ""
+
+        deadline = time.monotonic() + 60
+        while "ERROR late" not in whole():
+            assert time.monotonic() < deadline, "the container did not log its last line"
+            time.sleep(0.2)
+        lines = whole().splitlines(keepends=True)
+        assert len(lines) == 3 * LOG_TAIL_FIRST + 2
+
+        def unix(line: str) -> str:  # a line's stamp as Unix time, exactly
+            moment = datetime.fromisoformat(line[:26] + "+00:00")
+            return f"{int(moment.timestamp())}.{line[20:29]}"
+
+        reads: list[dict[str, str]] = []
+        real = api._read_logs
+
+        def spy(container_id: str, query: dict[str, str], **kw: bool) -> str | None:
+            reads.append(query)
+            return real(container_id, query, **kw)
+
+        monkeypatch.setattr(api, "_read_logs", spy)
+        # The first tail (1000 of 3002) does not reach back to line 500: read since it.
+        # Then the gap of 2 s before "late": the tail (twice what came) reaches back.
+        for moment, expected_reads in ((unix(lines[500]), 2), (unix(lines[-2]), 1),
+                                       (unix(lines[-1]), 1)):
+            reads.clear()
+            got = api.logs(cid, since=moment, timestamps=True, tty=False)
+            assert got == real(cid, {"since": moment}, timestamps=True, tty=False)
+            assert len(reads) == expected_reads, reads
+            assert got, "nothing since a line's own stamp: that line is kept"
+    finally:
+        remove_run(run_id)

@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -391,6 +392,113 @@ def test_logs_demultiplexed_for_a_plain_container_raw_for_a_tty(engine: Engine,
     # a container's TTY setting is read once (it never changes)
     plat.logs("web", "0")
     assert engine.paths().count(f"/v1.41/containers/{WEB['Id']}/json") == 1
+
+
+# -- logs since a moment, from the tail first ----------------------------------------
+T0 = 1796274000  # 2026-12-03T05:00:00Z
+CID = "c" * 64
+
+
+def stamped(i: int, stamp: str | None = None) -> tuple[int, str]:
+    """Entry ``i`` of a log 10 ms apart from T0, as (i, the engine's line)."""
+    text = stamp or (datetime.fromtimestamp(T0 + i // 100, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                     + f".{(i % 100) * 10_000_000:09d}Z")
+    return i, f"{text} line {i}\n"
+
+
+def log_route(entries: list[tuple[int, str]]) -> Route:
+    """A plain container's logs as Engine 20.10 answers: ``tail`` the last N entries,
+    ``since`` (Unix time) those stamped from then on, each entry one stdout frame."""
+    def route(h: Handler, q: dict[str, list[str]]) -> tuple[int, bytes]:
+        chosen = entries
+        if "since" in q:
+            cut = round((float(q["since"][0]) - T0) * 100)  # in entries, 10 ms each
+            chosen = [e for e in chosen if e[0] >= cut]
+        if "tail" in q:
+            chosen = chosen[-int(q["tail"][0]):] if int(q["tail"][0]) else []
+        return 200, b"".join(b"\x01\x00\x00\x00" + len(line.encode()).to_bytes(4, "big")
+                             + line.encode() for _, line in chosen)
+    return route
+
+
+def log_queries(engine: Engine) -> list[dict[str, str]]:
+    return [{k: v[0] for k, v in q.items() if k in ("tail", "since")}
+            for path, q in engine.requests if path.endswith("/logs")]
+
+
+def since(i: int) -> str:
+    return f"{T0 + i // 100}.{(i % 100) * 10_000:06d}"  # as unix_time gives it
+
+
+def test_logs_since_a_moment_come_from_the_tail_when_it_reaches_back(engine: Engine) -> None:
+    entries = [stamped(i) for i in range(5000)]  # 50 s of a busy log
+    engine.routes[f"/containers/{CID}/logs"] = log_route(entries)
+    client = api(engine)
+    # 1000 entries are the last 10 s: since 3 s ago they hold all, and a second more
+    text = client.logs(CID, since=since(4700), timestamps=True, tty=False)
+    assert text == "".join(line for _, line in entries[4700:])
+    assert log_queries(engine) == [{"tail": "1000"}]  # the whole log was not decoded
+    # an entry stamped at the moment itself is kept (the engine's since keeps it)
+    assert client.logs(CID, since=since(4999), timestamps=True,
+                       tty=False) == entries[4999][1]
+    assert client.logs(CID, since=since(5000), timestamps=True, tty=False) == ""
+
+
+def test_logs_since_a_moment_the_tail_does_not_reach_are_read_whole(engine: Engine) -> None:
+    entries = [stamped(i) for i in range(5000)]
+    engine.routes[f"/containers/{CID}/logs"] = log_route(entries)
+    client = api(engine)
+    text = client.logs(CID, since=since(3000), timestamps=True, tty=False)
+    assert text == "".join(line for _, line in entries[3000:])
+    assert log_queries(engine) == [{"tail": "1000"}, {"since": since(3000)}]
+    # the next tail is twice what came: 20 s of it now reach back
+    engine.requests.clear()
+    assert client.logs(CID, since=since(3500), timestamps=True,
+                       tty=False) == "".join(line for _, line in entries[3500:])
+    assert log_queries(engine) == [{"tail": "4000"}]
+    # then twice what came since the moment (1500), and back to the first size when
+    # little comes
+    engine.requests.clear()
+    client.logs(CID, since=since(4990), timestamps=True, tty=False)
+    client.logs(CID, since=since(4990), timestamps=True, tty=False)
+    assert log_queries(engine) == [{"tail": "3000"}, {"tail": "1000"}]
+
+
+def test_a_tail_must_begin_a_second_before_the_moment(engine: Engine) -> None:
+    # stdout's and stderr's entries reach the log a little out of their stamps' order
+    entries = [stamped(i) for i in range(4050, 5000)]  # the log begins 9.5 s ago
+    engine.routes[f"/containers/{CID}/logs"] = log_route(entries)
+    client = api(engine)
+    assert client.logs(CID, since=since(4100), timestamps=True,
+                       tty=False) == "".join(line for _, line in entries[50:])
+    assert log_queries(engine) == [{"tail": "1000"}, {"since": since(4100)}]
+    engine.requests.clear()
+    client.logs(CID, since=since(4151), timestamps=True, tty=False)
+    assert log_queries(engine) == [{"tail": "1800"}]  # twice the 900 read
+
+
+def test_logs_whose_stamps_are_not_utc_are_read_since_the_moment(engine: Engine) -> None:
+    entries = [stamped(i, "2026-12-03T06:00:00.000000000+01:00") for i in range(2000)]
+    engine.routes[f"/containers/{CID}/logs"] = log_route(entries)
+    client = api(engine)
+    assert client.logs(CID, since=since(1990), timestamps=True,
+                       tty=False) == "".join(line for _, line in entries[1990:])
+    client.logs(CID, since=since(1995), timestamps=True, tty=False)
+    # the tail is not asked again for this container: it cannot be checked
+    assert log_queries(engine) == [{"tail": "1000"}, {"since": since(1990)},
+                                   {"since": since(1995)}]
+
+
+def test_an_empty_log_is_one_question_and_logs_without_stamps_one_since(
+        engine: Engine) -> None:
+    engine.routes[f"/containers/{CID}/logs"] = log_route([])
+    client = api(engine)
+    assert client.logs(CID, since=since(0), timestamps=True, tty=False) == ""
+    assert log_queries(engine) == [{"tail": "1000"}]
+    engine.routes[f"/containers/{CID}/logs"] = log_route([stamped(i) for i in range(3)])
+    engine.requests.clear()
+    assert client.logs(CID, since=since(1), timestamps=False, tty=False) is not None
+    assert log_queries(engine) == [{"since": since(1)}]
 
 
 def test_logs_of_several_containers_are_one_timeline(engine: Engine, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +40,12 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 # (every call used here exists since 1.25; ``one-shot`` stats since 1.41, ignored before).
 MAX_API = (1, 43)
 POOL_SIZE = 8  # idle connections kept; also the most concurrent reads
+LOG_TAIL_FIRST = 1000  # entries: a few seconds of a busy service's log
+LOG_TAIL_MOST = 100_000
+# The engine's stamp of a log entry (RFC 3339, nanoseconds, fixed width; UTC for the
+# json-file log): compared as text, it orders as time does.
+STAMP_WIDTH = 30
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -161,6 +167,9 @@ class EngineAPI:
         self._version: str | None = None
         # Previous CPU sample per container: CPU % is a rate between two one-shot reads.
         self._cpu: dict[str, tuple[int, int]] = {}
+        # How many last log entries to ask for first, per container (grown when a tail
+        # did not reach back far enough: a container that logs more).
+        self._log_tails: dict[str, int] = {}
 
     @classmethod
     def for_environment(cls, env: Environment) -> EngineAPI | None:
@@ -387,9 +396,53 @@ class EngineAPI:
 
     def logs(self, container_id: str, *, since: str, timestamps: bool, tty: bool) -> str | None:
         """The container's stdout and stderr since ``since`` (as the CLI's ``--since``:
-        RFC 3339, Unix seconds, or a duration ago); None when the container is gone."""
-        query = {"stdout": "1", "stderr": "1", "since": unix_time(since),
-                 "timestamps": "1" if timestamps else "0"}
+        RFC 3339, Unix seconds, or a duration ago); None when the container is gone.
+
+        With ``timestamps``, the container's last entries are asked for first (the
+        engine finds a tail by reading its log file backwards, but ``since`` by decoding
+        the whole file from its start, every time, and a container's log grows for as
+        long as it runs: a monitor asking every few seconds paid for all of it each
+        time). When the tail reaches back past ``since`` it holds every entry since
+        then; when not (more was written, or the stamps are not the engine's UTC form),
+        the log is read since ``since`` as before, and the next tail is longer."""
+        since_unix = unix_time(since)
+        if timestamps:
+            return self._logs_by_tail(container_id, since_unix, tty)
+        return self._read_logs(container_id, {"since": since_unix}, timestamps=timestamps,
+                               tty=tty)
+
+    def _logs_by_tail(self, container_id: str, since: str, tty: bool) -> str | None:
+        tail = self._log_tails.get(container_id, LOG_TAIL_FIRST)
+        if tail == 0:  # its stamps are not the UTC form the tail is checked by
+            return self._read_logs(container_id, {"since": since}, timestamps=True, tty=tty)
+        text = self._read_logs(container_id, {"tail": str(tail)}, timestamps=True, tty=tty)
+        if not text:
+            return text  # gone (None), or an empty log: nothing since either
+        first = text[:STAMP_WIDTH]
+        # The engine writes stdout's and stderr's entries in the order it read them, a
+        # little out of their stamps' order at times: the tail must begin a second
+        # before ``since`` to be sure it holds every entry stamped from then on.
+        if not (_STAMP.fullmatch(first) and first < engine_stamp(since, -1)):
+            lines = self._read_logs(container_id, {"since": since}, timestamps=True, tty=tty)
+            if lines is not None:
+                self._log_tails[container_id] = (
+                    0 if not _STAMP.fullmatch(first) else
+                    min(LOG_TAIL_MOST, max(LOG_TAIL_FIRST, 2 * lines.count("\n"))))
+            return lines
+        cut = engine_stamp(since)
+        # Every entry begins a line with its stamp (the engine splits a container's
+        # output at newlines; a long line's parts each have their own): kept as the
+        # engine's ``since`` keeps one, from its stamp on; a line without one is kept.
+        *whole, rest = text.split("\n")
+        kept = [f"{line}\n" for line in whole if not _before(line, cut)]
+        # the next tail: twice what came since, so it reaches back again (and shrinks
+        # back when a burst of logging is over)
+        self._log_tails[container_id] = min(LOG_TAIL_MOST, max(LOG_TAIL_FIRST, 2 * len(kept)))
+        return "".join(kept) + ("" if _before(rest, cut) else rest)
+
+    def _read_logs(self, container_id: str, query: dict[str, str], *, timestamps: bool,
+                   tty: bool) -> str | None:
+        query = {"stdout": "1", "stderr": "1", **query, "timestamps": "1" if timestamps else "0"}
         answer = self.request("GET", f"/containers/{container_id}/logs", query, timeout=60)
         if answer.status == 404:
             return None
@@ -477,6 +530,20 @@ def unix_time(value: str, now: float | None = None) -> str:
     if moment.tzinfo is None:
         moment = moment.astimezone()  # a time without a zone is local, as for the CLI
     return f"{moment.timestamp():.6f}"
+
+
+def engine_stamp(unix: str, shift: int = 0) -> str:
+    """Unix time (``seconds[.fraction]`` as ``unix_time`` gives it), ``shift`` whole
+    seconds later, as the engine stamps a log entry in UTC: nanoseconds, fixed width."""
+    seconds, _, fraction = unix.partition(".")
+    moment = datetime.fromtimestamp(int(seconds) + shift, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{(fraction + '0' * 9)[:9]}Z"
+
+
+def _before(line: str, cut: str) -> bool:
+    """The line is an entry stamped before ``cut`` (a line without a stamp is not)."""
+    stamp = line[:STAMP_WIDTH]
+    return _STAMP.fullmatch(stamp) is not None and stamp < cut
 
 
 def demultiplex(data: bytes) -> list[tuple[int, bytes]]:
