@@ -421,6 +421,12 @@ def log_route(entries: list[tuple[int, str]]) -> Route:
     return route
 
 
+@pytest.fixture
+def first_tail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' arithmetic: a first tail of 1000 entries (10 s of their logs)."""
+    monkeypatch.setattr(engine_api, "LOG_TAIL_FIRST", 1000)
+
+
 def log_queries(engine: Engine) -> list[dict[str, str]]:
     return [{k: v[0] for k, v in q.items() if k in ("tail", "since")}
             for path, q in engine.requests if path.endswith("/logs")]
@@ -430,6 +436,7 @@ def since(i: int) -> str:
     return f"{T0 + i // 100}.{(i % 100) * 10_000:06d}"  # as unix_time gives it
 
 
+@pytest.mark.usefixtures("first_tail")
 def test_logs_since_a_moment_come_from_the_tail_when_it_reaches_back(engine: Engine) -> None:
     entries = [stamped(i) for i in range(5000)]  # 50 s of a busy log
     engine.routes[f"/containers/{CID}/logs"] = log_route(entries)
@@ -444,6 +451,7 @@ def test_logs_since_a_moment_come_from_the_tail_when_it_reaches_back(engine: Eng
     assert client.logs(CID, since=since(5000), timestamps=True, tty=False) == ""
 
 
+@pytest.mark.usefixtures("first_tail")
 def test_logs_since_a_moment_the_tail_does_not_reach_are_read_whole(engine: Engine) -> None:
     entries = [stamped(i) for i in range(5000)]
     engine.routes[f"/containers/{CID}/logs"] = log_route(entries)
@@ -464,6 +472,7 @@ def test_logs_since_a_moment_the_tail_does_not_reach_are_read_whole(engine: Engi
     assert log_queries(engine) == [{"tail": "3000"}, {"tail": "1000"}]
 
 
+@pytest.mark.usefixtures("first_tail")
 def test_a_tail_must_begin_a_second_before_the_moment(engine: Engine) -> None:
     # stdout's and stderr's entries reach the log a little out of their stamps' order
     entries = [stamped(i) for i in range(4050, 5000)]  # the log begins 9.5 s ago
@@ -477,6 +486,7 @@ def test_a_tail_must_begin_a_second_before_the_moment(engine: Engine) -> None:
     assert log_queries(engine) == [{"tail": "1800"}]  # twice the 900 read
 
 
+@pytest.mark.usefixtures("first_tail")
 def test_logs_whose_stamps_are_not_utc_are_read_since_the_moment(engine: Engine) -> None:
     entries = [stamped(i, "2026-12-03T06:00:00.000000000+01:00") for i in range(2000)]
     engine.routes[f"/containers/{CID}/logs"] = log_route(entries)
@@ -489,6 +499,7 @@ def test_logs_whose_stamps_are_not_utc_are_read_since_the_moment(engine: Engine)
                                    {"since": since(1995)}]
 
 
+@pytest.mark.usefixtures("first_tail")
 def test_an_empty_log_is_one_question_and_logs_without_stamps_one_since(
         engine: Engine) -> None:
     engine.routes[f"/containers/{CID}/logs"] = log_route([])

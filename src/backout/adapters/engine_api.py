@@ -40,7 +40,7 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 # (every call used here exists since 1.25; ``one-shot`` stats since 1.41, ignored before).
 MAX_API = (1, 43)
 POOL_SIZE = 8  # idle connections kept; also the most concurrent reads
-LOG_TAIL_FIRST = 1000  # entries: a few seconds of a busy service's log
+LOG_TAIL_FIRST = 200  # entries: what a quiet service logs in minutes (a busy one gets more)
 LOG_TAIL_MOST = 100_000
 # The engine's stamp of a log entry (RFC 3339, nanoseconds, fixed width; UTC for the
 # json-file log): compared as text, it orders as time does.
