@@ -386,8 +386,8 @@ def test_logs_demultiplexed_for_a_plain_container_raw_for_a_tty(engine: Engine,
     assert text.splitlines()[0].endswith("Z ERROR something broke")
     assert [line.split(" ", 1)[1] for line in text.splitlines()] == [
         "ERROR something broke", "starting up", "ok line"]
-    query = engine.requests[-1][1]
-    assert query["since"] == ["1796274000.000000"] and query["timestamps"] == ["1"]
+    query = engine.requests[-1][1]  # three entries: the tail was the whole log
+    assert query["tail"] == ["200"] and query["timestamps"] == ["1"]
     assert plat.logs("tty", "0", timestamps=True).rstrip().endswith("tty hello")
     # a container's TTY setting is read once (it never changes)
     plat.logs("web", "0")
@@ -399,11 +399,19 @@ T0 = 1796274000  # 2026-12-03T05:00:00Z
 CID = "c" * 64
 
 
-def stamped(i: int, stamp: str | None = None) -> tuple[int, str]:
-    """Entry ``i`` of a log 10 ms apart from T0, as (i, the engine's line)."""
-    text = stamp or (datetime.fromtimestamp(T0 + i // 100, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-                     + f".{(i % 100) * 10_000_000:09d}Z")
-    return i, f"{text} line {i}\n"
+def stamped(i: int, stamp: str | None = None, *, at: int | None = None,
+            end: str = "\n") -> tuple[int, str]:
+    """Entry ``i`` of a log 10 ms apart from T0, as (its time in entries, the engine's
+    line); ``at``: stamped as entry ``at`` instead; ``end``: "" for a part of a line."""
+    at = i if at is None else at
+    text = stamp or (datetime.fromtimestamp(T0 + at // 100, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                     + f".{(at % 100) * 10_000_000:09d}Z")
+    return at, f"{text} line {i}{end}"
+
+
+def since_read(entries: list[tuple[int, str]], i: int) -> str:
+    """What the engine's own ``since`` gives from entry ``i``'s moment."""
+    return "".join(line for at, line in entries if at >= i)
 
 
 def log_route(entries: list[tuple[int, str]]) -> Route:
@@ -475,15 +483,57 @@ def test_logs_since_a_moment_the_tail_does_not_reach_are_read_whole(engine: Engi
 @pytest.mark.usefixtures("first_tail")
 def test_a_tail_must_begin_a_second_before_the_moment(engine: Engine) -> None:
     # stdout's and stderr's entries reach the log a little out of their stamps' order
-    entries = [stamped(i) for i in range(4050, 5000)]  # the log begins 9.5 s ago
+    entries = [stamped(i) for i in range(3000, 5000)]  # the tail of 1000 begins at 40.00 s
+    engine.routes[f"/containers/{CID}/logs"] = log_route(entries)
+    for moment, queries in ((4050, [{"tail": "1000"}, {"since": since(4050)}]),
+                            # its second entry (40.01) must be before the reach too
+                            (4101, [{"tail": "1000"}, {"since": since(4101)}]),
+                            (4102, [{"tail": "1000"}])):
+        engine.requests.clear()
+        assert api(engine).logs(CID, since=since(moment), timestamps=True,
+                                tty=False) == since_read(entries, moment)
+        assert log_queries(engine) == queries, moment
+
+
+@pytest.mark.usefixtures("first_tail")
+def test_a_log_shorter_than_the_tail_is_whole(engine: Engine) -> None:
+    entries = [stamped(i) for i in range(4050, 5000)]  # 950 entries
+    engine.routes[f"/containers/{CID}/logs"] = log_route(entries)
+    assert api(engine).logs(CID, since=since(4060), timestamps=True,
+                            tty=False) == since_read(entries, 4060)
+    assert log_queries(engine) == [{"tail": "1000"}]
+
+
+@pytest.mark.usefixtures("first_tail")
+def test_a_tail_beginning_at_a_long_lines_last_part_is_not_trusted(engine: Engine) -> None:
+    # A line over 16 KB is split, every part stamped as its first (10.00 s): its last
+    # part begins the tail, after an entry of the other stream stamped 45.00 s.
+    entries = [*(stamped(i) for i in range(3000, 3999)), stamped(3999, at=4500),
+               stamped(4000, at=1000), *(stamped(i, at=i + 600) for i in range(4001, 5000))]
+    engine.routes[f"/containers/{CID}/logs"] = log_route(entries)
+    assert api(engine).logs(CID, since=since(4200), timestamps=True,
+                            tty=False) == since_read(entries, 4200)
+    assert log_queries(engine) == [{"tail": "1000"}, {"since": since(4200)}]
+
+
+@pytest.mark.usefixtures("first_tail")
+def test_a_tail_holding_parts_of_a_long_line_is_not_trusted(engine: Engine) -> None:
+    # a part without its newline: the next entry's stamp is inside the line
+    entries = [stamped(i, end="" if i == 4799 else "\n") for i in range(3000, 5000)]
     engine.routes[f"/containers/{CID}/logs"] = log_route(entries)
     client = api(engine)
-    assert client.logs(CID, since=since(4100), timestamps=True,
-                       tty=False) == "".join(line for _, line in entries[50:])
-    assert log_queries(engine) == [{"tail": "1000"}, {"since": since(4100)}]
-    engine.requests.clear()
-    client.logs(CID, since=since(4151), timestamps=True, tty=False)
-    assert log_queries(engine) == [{"tail": "1800"}]  # twice the 900 read
+    assert client.logs(CID, since=since(4800), timestamps=True,
+                       tty=False) == since_read(entries, 4800)
+    assert client.logs(CID, since=since(4800), timestamps=True, tty=False)
+    # read since the moment each time, the tail not grown for it (it reached back)
+    assert log_queries(engine) == [{"tail": "1000"}, {"since": since(4800)}] * 2
+
+
+def test_engine_stamps_are_exact() -> None:
+    assert engine_api.engine_stamp("1796274000") == "2026-12-03T05:00:00.000000000Z"
+    assert engine_api.engine_stamp("1796274000.5") == "2026-12-03T05:00:00.500000000Z"
+    assert engine_api.engine_stamp("1796274000.123456", -1) == "2026-12-03T04:59:59.123456000Z"
+    assert engine_api.engine_stamp("400.000000001") == "1970-01-01T00:06:40.000000001Z"
 
 
 @pytest.mark.usefixtures("first_tail")

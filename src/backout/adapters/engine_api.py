@@ -46,6 +46,8 @@ LOG_TAIL_MOST = 100_000
 # json-file log): compared as text, it orders as time does.
 STAMP_WIDTH = 30
 _STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
+_ENTRY = re.compile(_STAMP.pattern + " ")  # begins every entry (found: at least the entries)
+_MID_STAMP = re.compile(r"[^\n]" + _ENTRY.pattern)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -402,9 +404,10 @@ class EngineAPI:
         engine finds a tail by reading its log file backwards, but ``since`` by decoding
         the whole file from its start, every time, and a container's log grows for as
         long as it runs: a monitor asking every few seconds paid for all of it each
-        time). When the tail reaches back past ``since`` it holds every entry since
-        then; when not (more was written, or the stamps are not the engine's UTC form),
-        the log is read since ``since`` as before, and the next tail is longer."""
+        time). A tail shorter than asked for is the whole log; a tail whose first two
+        entries are a second before ``since`` holds every entry since then. Otherwise
+        (more was written: the next tail is longer; parts of a line over 16 KB in it;
+        stamps not in the engine's UTC form) the log is read since ``since`` as before."""
         since_unix = unix_time(since)
         if timestamps:
             return self._logs_by_tail(container_id, since_unix, tty)
@@ -418,27 +421,28 @@ class EngineAPI:
         text = self._read_logs(container_id, {"tail": str(tail)}, timestamps=True, tty=tty)
         if not text:
             return text  # gone (None), or an empty log: nothing since either
-        first = text[:STAMP_WIDTH]
-        # The engine writes stdout's and stderr's entries in the order it read them, a
-        # little out of their stamps' order at times: the tail must begin a second
-        # before ``since`` to be sure it holds every entry stamped from then on.
-        if not (_STAMP.fullmatch(first) and first < engine_stamp(since, -1)):
-            lines = self._read_logs(container_id, {"since": since}, timestamps=True, tty=tty)
-            if lines is not None:
-                self._log_tails[container_id] = (
-                    0 if not _STAMP.fullmatch(first) else
-                    min(LOG_TAIL_MOST, max(LOG_TAIL_FIRST, 2 * lines.count("\n"))))
-            return lines
-        cut = engine_stamp(since)
-        # Every entry begins a line with its stamp (the engine splits a container's
-        # output at newlines; a long line's parts each have their own): kept as the
-        # engine's ``since`` keeps one, from its stamp on; a line without one is kept.
+        if not _STAMP.fullmatch(text[:STAMP_WIDTH]):
+            self._log_tails[container_id] = 0
+            return self._read_logs(container_id, {"since": since}, timestamps=True, tty=tty)
         *whole, rest = text.split("\n")
-        kept = [f"{line}\n" for line in whole if not _before(line, cut)]
+        # Fewer entries than asked for: the whole log. Else the tail must reach back
+        # past ``since``. A stamp inside a line is a part of a line longer than 16 KB
+        # (the engine splits those, every part stamped as the first): such parts may
+        # sit in the log among later entries, so a tail holding one is not trusted.
+        complete = len(whole) + bool(rest) < tail or _reaches_back(whole, since)
+        if not complete or _MID_STAMP.search(text):
+            lines = self._read_logs(container_id, {"since": since}, timestamps=True, tty=tty)
+            if lines is not None and not complete:  # a longer tail reaches further back
+                self._log_tails[container_id] = min(
+                    LOG_TAIL_MOST, max(2 * tail, 2 * len(_ENTRY.findall(lines))))
+            return lines
+        # Kept as the engine's ``since`` keeps an entry: from its stamp on.
+        cut = engine_stamp(since)
+        kept = [f"{line}\n" for line in whole if line[:STAMP_WIDTH] >= cut]
         # the next tail: twice what came since, so it reaches back again (and shrinks
         # back when a burst of logging is over)
         self._log_tails[container_id] = min(LOG_TAIL_MOST, max(LOG_TAIL_FIRST, 2 * len(kept)))
-        return "".join(kept) + ("" if _before(rest, cut) else rest)
+        return "".join(kept) + (rest if rest[:STAMP_WIDTH] >= cut else "")
 
     def _read_logs(self, container_id: str, query: dict[str, str], *, timestamps: bool,
                    tty: bool) -> str | None:
@@ -540,10 +544,15 @@ def engine_stamp(unix: str, shift: int = 0) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{(fraction + '0' * 9)[:9]}Z"
 
 
-def _before(line: str, cut: str) -> bool:
-    """The line is an entry stamped before ``cut`` (a line without a stamp is not)."""
-    stamp = line[:STAMP_WIDTH]
-    return _STAMP.fullmatch(stamp) is not None and stamp < cut
+def _reaches_back(lines: list[str], since: str) -> bool:
+    """Whether a tail's first two entries (whole lines) are stamped more than a second
+    before ``since``: the engine writes stdout's and stderr's entries in the order it
+    read them, a little out of their stamps' order at times, and the last part of a
+    long line carries its first part's stamp (the entry after it then shows when the
+    tail really begins)."""
+    reach = engine_stamp(since, -1)
+    return len(lines) >= 2 and all(_STAMP.fullmatch(line[:STAMP_WIDTH]) is not None
+                                   and line[:STAMP_WIDTH] < reach for line in lines[:2])
 
 
 def demultiplex(data: bytes) -> list[tuple[int, bytes]]:
