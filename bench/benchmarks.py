@@ -403,6 +403,7 @@ def rounds(rig: Rig, p: Params, db: str, artifact: str, bare_dump: str, bare_loa
     r = Rounds()
     for i in range(p.reps):
         log(f"{what} {i + 1}/{p.reps}")
+        rig.settle()
         done = rig.backout("backup", db)
         set_id = done.json()["set_id"]
         r.raw_mb = rig.manifest(set_id)["artifacts"][artifact]["raw_bytes"] / MB
@@ -410,10 +411,13 @@ def rounds(rig: Rig, p: Params, db: str, artifact: str, bare_dump: str, bare_loa
         r.backup_s.append(done.seconds)
         r.dump_step_s.append(rig.step_seconds(int(done.json()["operation_id"]), f"dump {db}"))
         r.dump_step.append(r.raw_mb / r.dump_step_s[-1])
+        rig.settle()
         r.bare_backup.append(r.raw_mb / rig.sh(bare_dump, env={**env, "OUT": str(out)}).seconds)
         if proven_dump is not None:
+            rig.settle()
             r.proven_backup.append(
                 r.raw_mb / rig.sh(proven_dump, env={**env, "OUT": str(out)}).seconds)
+        rig.settle()
         back = rig.backout("rollback", "db", db, set_id, "--yes")
         r.restore_whole.append(r.raw_mb / back.seconds)
         r.restore_step.append(r.raw_mb / rig.step_seconds(int(back.json()["operation_id"]),
@@ -422,6 +426,7 @@ def rounds(rig: Rig, p: Params, db: str, artifact: str, bare_dump: str, bare_loa
         # like backout, the bare restore runs with the writers stopped (the app would
         # otherwise write into half-loaded tables)
         writers = " ".join(rig.writers(db))
+        rig.settle()
         stop = rig.sh(f"docker compose stop {writers}").seconds if writers else 0.0
         load = rig.sh(bare_load, env={**env, "IN": str(out)}).seconds
         start = rig.sh(f"docker compose start {writers}").seconds if writers else 0.0
@@ -544,6 +549,7 @@ def mysql_parallel_floor(rig: Rig, artifact: Path, rows: int, env: dict[str, str
     if writers:
         rig.sh(f"docker compose stop {writers}")
     try:
+        rig.settle()
         took = rig.sh(script, env=env).seconds
         # the proof backout's restore step ends with, timed: every base table counted
         # (COUNT(*), one client run); listing the tables is left untimed (backout's

@@ -128,6 +128,13 @@ class Rig:
                              f"(expected {expect}): {result.stdout[-1500:]} {result.stderr[-1500:]}")
         return result
 
+    def settle(self) -> None:
+        """Write back what earlier steps left dirty, untimed, so that a timed command does
+        not pay for the one before it: a 1 GB load leaves gigabytes of writeback (table
+        file, binlog, redo), and whichever command came next, backout's or the bare one,
+        ran slower behind it."""
+        subprocess.run(["sync"], check=True, timeout=1800)
+
     def sh(self, script: str, *, env: Mapping[str, str] | None = None,
            timeout: float = 3600) -> Timed:
         """A bare pipeline through bash -o pipefail, in the project directory, with the
