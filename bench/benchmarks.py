@@ -545,30 +545,41 @@ def mysql_parallel_floor(rig: Rig, artifact: Path, rows: int, env: dict[str, str
               f"pids=''\nfor f in {' '.join(zipped)}; do\n"
               f"  (zstd -q -dc \"$f\" | {client}) & pids=\"$pids $!\"\ndone\n"
               "for pid in $pids; do wait $pid; done")
+    # the proof backout's restore step ends with: every base table counted (COUNT(*),
+    # one client run), timed after the load; the tables are listed before it, untimed
+    # (backout's one statement lists and counts). Only bench_rows can be checked: the
+    # app's tables in this dump hold what the writers had written when it was taken
+    tables = [str(t) for (t, *_) in rig.stack.mysql_query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+        f"'{DATABASE}' AND table_type = 'BASE TABLE'", database=None)]
+    if not tables:
+        raise BenchError(f"no tables in {DATABASE} before the bare parallel load")
+    union = " UNION ALL ".join(
+        f"SELECT '{t.replace(chr(39), chr(39) * 2)}', COUNT(*) FROM "
+        f"`{DATABASE}`.`{t.replace('`', '``')}`" for t in tables)
+    count = (f"printf '%s\\n' \"$COUNT_SQL\" | {client} --default-character-set=utf8mb4 "
+             "--batch --skip-column-names")
+    count_env = {**env, "COUNT_SQL": union}
+
+    def counts(out: str) -> dict[str, int]:
+        return {name: int(n) for name, n in (line.split("\t") for line in out.splitlines() if line)}
+
     writers = " ".join(rig.writers("mysql"))
     if writers:
         rig.sh(f"docker compose stop {writers}")
     try:
         rig.settle()
         took = rig.sh(script, env=env).seconds
-        # the proof backout's restore step ends with, timed: every base table counted
-        # (COUNT(*), one client run); listing the tables is left untimed (backout's
-        # one statement does both: the floor is, if anything, kinder to the bare load)
-        tables = [t for (t, *_) in rig.stack.mysql_query(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = "
-            f"'{DATABASE}' AND table_type = 'BASE TABLE'", database=None)]
-        union = " UNION ALL ".join(f"SELECT '{t}', COUNT(*) FROM `{DATABASE}`.`{t}`"
-                                   for t in tables)
-        counted = rig.sh(f"printf '%s\\n' \"$COUNT_SQL\" | {client} --batch --skip-column-names",
-                         env={**env, "COUNT_SQL": union})
-        loaded = dict(line.split("\t") for line in counted.stdout.splitlines() if line)
+        counted = rig.sh(count, env=count_env)
+        loaded = counts(counted.stdout)
     finally:
         if writers:
             rig.sh(f"docker compose start {writers}")
         for f in [main, *parts]:
             Path(str(f) + ".zst").unlink(missing_ok=True)
-    if int(loaded.get("bench_rows", 0)) != rows:
-        raise BenchError(f"the bare parallel load left {loaded.get('bench_rows')} of {rows} rows")
+    if loaded.get("bench_rows") != rows or set(loaded) != set(tables):
+        raise BenchError(f"the bare parallel load left {loaded.get('bench_rows')} of {rows} "
+                         f"rows in bench_rows; counted {sorted(loaded)} of {sorted(tables)}")
     return {"mb_s": raw_mb / (took + counted.seconds), "seconds": round(took + counted.seconds, 2),
             "load_mb_s": raw_mb / took, "load_s": round(took, 2),
             "count_s": round(counted.seconds, 2), "tables": len(tables), "sessions": sessions}
@@ -597,8 +608,8 @@ def dump_rows(rig: Rig, r: Rounds, *, db: str, label: str, artifact: str, rows: 
         backup_floor = proof_floor(r, physical)
     restore_floor = floor(f"zstd -d {decomp:.0f} MB/s", decomp, "MB/s")
     if parallel:
-        others = "".join(f"; {t['sessions']} clients {t['mb_s']:.3g} MB/s"
-                         for t in parallel.get("tried", [])
+        others = "".join(f"; {t['sessions']} clients {t['mb_s']:.3g} MB/s (the load alone "
+                         f"{t['load_mb_s']:.3g})" for t in parallel.get("tried", [])
                          if t["sessions"] != parallel["sessions"])
         restore_floor = floor(
             f"the same dump split ahead (untimed) and loaded bare by {parallel['sessions']} "

@@ -130,9 +130,8 @@ class Rig:
 
     def settle(self) -> None:
         """Write back what earlier steps left dirty, untimed, so that a timed command does
-        not pay for the one before it: a 1 GB load leaves gigabytes of writeback (table
-        file, binlog, redo), and whichever command came next, backout's or the bare one,
-        ran slower behind it."""
+        not pay for the writeback of the one before it (a 1 GB load leaves gigabytes:
+        table file, binlog, redo)."""
         subprocess.run(["sync"], check=True, timeout=1800)
 
     def sh(self, script: str, *, env: Mapping[str, str] | None = None,
