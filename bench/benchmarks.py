@@ -439,11 +439,13 @@ def one_round(rig: Rig, r: Rounds, i: int, db: str, artifact: str, bare_dump: st
         assert proven_dump is not None
         seconds["proven"] = rig.sh(proven_dump, env={**env, "OUT": str(out)}).seconds
 
-    backups = {"backout": ours, "bare": bare, **({"proven": proof} if proven_dump else {})}
+    backups = {"backout": ours, "bare": bare,
+               **({"proven": proof} if proven_dump is not None else {})}
     for name in turn(list(backups), i):
         rig.settle()
         backups[name]()
     r.first_backup.append(turn(list(backups), i)[0])
+    rig.settle()
     r.startup_s.append(rig.backout("backup", db, "--dry-run").seconds)
     # MB/s by this round's size, known once backout's backup ran (wherever it went)
     r.backup.append(r.raw_mb / r.backup_s[-1])
@@ -508,9 +510,10 @@ def proof_floor(r: Rounds, physical: float) -> JsonDict:
                  f"{med(r.proven_backup):.3g} "
                  f"MB/s; zstd and the disk allow {physical:.0f}. backout's dump step "
                  f"alone: {med(r.dump_step):.3g} MB/s, the rest of the command a fixed "
-                 f"{fixed_seconds(r):.2f} s, of which {med(r.startup_s):.2f} s start-up "
-                 f"(`--dry-run`: Python, the config read through Compose, the plan); the "
-                 f"proven pipe plus that start-up: {with_startup(r):.3g} MB/s",
+                 f"{fixed_seconds(r):.2f} s; its start-up alone, timed apart (`--dry-run`: "
+                 f"Python, the config read through Compose, the plan), "
+                 f"{med(r.startup_s):.2f} s; the proven pipe plus that start-up: "
+                 f"{with_startup(r):.3g} MB/s",
                  min(med(r.proven_backup), physical), "MB/s")
 
 

@@ -34,6 +34,7 @@ class FakeRig:
 
     def settle(self) -> None:
         self.settles += 1
+        self.log.append("settle")
 
     def backout(self, *args: str) -> Timed:
         if args[-1] == "--dry-run":
@@ -49,8 +50,8 @@ class FakeRig:
         return Timed(8.0, 0, json.dumps({"operation_id": 200 + self.round}), "")
 
     def manifest(self, set_id: str) -> dict[str, Any]:
-        # the size grows round by round (the app writes between rounds)
-        return {"artifacts": {"mysql.sql.zst": {"raw_bytes": (10 + self.round) * MB}}}
+        # the size grows round by round (the app writes between rounds): each set's own
+        return {"artifacts": {"mysql.sql.zst": {"raw_bytes": (10 + int(set_id[3:])) * MB}}}
 
     def step_seconds(self, operation_id: int, step: str) -> float:
         return {"dump mysql": 1.0, "restore mysql": 4.0}.get(step, 0.5)
@@ -58,7 +59,7 @@ class FakeRig:
     def sh(self, script: str, *, env: dict[str, str] | None = None) -> Timed:
         self.log.append(script)
         if script.startswith("LOAD"):
-            self.round += 1  # the last command of a round in the fixed first round
+            self.round += 1  # the next backups' sizes and times are the next round's
         return Timed({"DUMP": 5.0, "PROVEN": 10.0, "LOAD": 2.0}.get(script, 1.0), 0, "", "")
 
     def writers(self, db: str) -> list[str]:
@@ -72,7 +73,12 @@ def test_rounds_turn_the_order_and_keep_each_figure_with_its_round(
     p = cast(Params, type("P", (), {"reps": 3})())
     r = rounds(cast(Any, rig), p, "mysql", "mysql.sql.zst", "DUMP", "LOAD",
                {"MYSQL_PWD": "s"}, "MySQL", proven_dump="PROVEN")
-    timed = [c for c in rig.log if not c.startswith("docker compose")]
+    # every timed command starts after a settle (the writers' stop and start are not timed)
+    untimed = ("settle", "docker compose")
+    for before, command in zip(rig.log, rig.log[1:], strict=False):
+        if not command.startswith(untimed) and command != "LOAD":
+            assert before == "settle", (before, command)
+    timed = [c for c in rig.log if not c.startswith(untimed)]
     assert timed == [
         "backout backup", "DUMP", "PROVEN", "dry run", "backout restore set0", "LOAD",
         "DUMP", "PROVEN", "backout backup", "dry run", "LOAD", "backout restore set1",
@@ -80,8 +86,8 @@ def test_rounds_turn_the_order_and_keep_each_figure_with_its_round(
     assert r.startup_s == [0.25] * 3
     assert r.first_backup == ["backout", "bare", "proven"]
     assert r.first_restore == ["backout", "bare", "backout"]
-    # a settle before each timed command: 3 backups and 2 restores a round
-    assert rig.settles == 3 * 5
+    # a settle before each timed command: 3 backups, the dry run and 2 restores a round
+    assert rig.settles == 3 * 6
     # each round's MB/s by that round's own size (10, 11, 12 MB: read from backout's
     # backup, even where the bare pipes ran before it)
     assert r.backup_s == [2.0, 3.0, 4.0]
@@ -93,3 +99,6 @@ def test_rounds_turn_the_order_and_keep_each_figure_with_its_round(
     assert with_startup(r) == pytest.approx(12 / (12 / 1.1 + 0.25))
     assert r.restore_step == pytest.approx([10 / 4.0, 11 / 4.0, 12 / 4.0])
     assert r.bare_restore == pytest.approx([10 / 2.0, 11 / 2.0, 12 / 2.0])
+    assert r.restore_whole == pytest.approx([10 / 8.0, 11 / 8.0, 12 / 8.0])
+    # the bare whole restore: stop (1 s) + load (2 s) + start (1 s)
+    assert r.bare_restore_whole == pytest.approx([10 / 4.0, 11 / 4.0, 12 / 4.0])
