@@ -407,9 +407,11 @@ def rounds(rig: Rig, p: Params, db: str, artifact: str, bare_dump: str, bare_loa
     the bare pipe with the proof in it (``proven``), timed too.
 
     Which command goes first turns round by round (``turn``): the first command after a
-    load pays for what the server still does in the background (InnoDB's page flushing
-    and purge, which no ``sync`` reaches), and with a fixed order backout's backup always
-    came right after the previous round's bare load."""
+    load can pay for what the server still does in the background (InnoDB's page
+    flushing and purge, which no ``sync`` reaches), and with a fixed order backout's
+    backup always came right after the previous round's bare load, so any such cost
+    fell on backout alone. (Round 0 still starts with backout, right after the table
+    is made.)"""
     r = Rounds()
     for i in range(p.reps):
         log(f"{what} {i + 1}/{p.reps}")
