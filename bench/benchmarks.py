@@ -443,10 +443,11 @@ def one_round(rig: Rig, r: Rounds, i: int, db: str, artifact: str, bare_dump: st
 
     backups = {"backout": ours, "bare": bare,
                **({"proven": proof} if proven_dump is not None else {})}
-    for name in turn(list(backups), i):
+    order = turn(list(backups), i)
+    for name in order:
         rig.settle()
         backups[name]()
-    r.first_backup.append(turn(list(backups), i)[0])
+    r.first_backup.append(order[0])
     rig.settle()
     r.startup_s.append(rig.backout("backup", db, "--dry-run").seconds)
     # MB/s by this round's size, known once backout's backup ran (wherever it went)
@@ -474,10 +475,11 @@ def one_round(rig: Rig, r: Rounds, i: int, db: str, artifact: str, bare_dump: st
         r.bare_restore_whole.append(r.raw_mb / (stop + load + start))
 
     restores = {"backout": restore, "bare": bare_restore}
-    for name in turn(list(restores), i):
+    order = turn(list(restores), i)
+    for name in order:
         rig.settle()
         restores[name]()
-    r.first_restore.append(turn(list(restores), i)[0])
+    r.first_restore.append(order[0])
 
 
 def turn(names: list[str], i: int) -> list[str]:
