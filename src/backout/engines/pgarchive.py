@@ -375,7 +375,7 @@ def part_header(kind: str, name: str) -> bytes:
     return f"PART {kind} {urllib.parse.quote(name, safe='') or '-'}\n".encode()
 
 
-def chunk(data: bytes) -> bytes:
+def chunk(data: bytes | memoryview) -> bytes:
     return struct.pack(">Q", len(data)) + data
 
 

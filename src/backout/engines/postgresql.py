@@ -277,6 +277,10 @@ class _Producer:
         fd = child.stdout.fileno()
         intr = interrupt.current()
         quiet_since = time.monotonic()
+        # Passed on a CHUNK at a time, from one buffer: an os.read(fd, CHUNK) per piece
+        # of the pipe (8-64 KB) made a CHUNK-sized object each time, and the bundle,
+        # the checker and zstd a pass each per piece.
+        buffer, filled = memoryview(bytearray(CHUNK)), 0
         while True:
             ready, _, _ = select.select([fd], [], [], interrupt.POLL)
             if intr.stop_now:
@@ -288,11 +292,16 @@ class _Producer:
                                        fix="check `docker info` and the database's logs; "
                                            "[backups] stall_seconds sets the limit")
                 continue
-            data = os.read(fd, CHUNK)
-            if not data:
+            size = os.readv(fd, [buffer[filled:]])
+            if not size:
+                if filled:
+                    pipe.write(chunk(buffer[:filled]))
                 return
             quiet_since = time.monotonic()
-            pipe.write(chunk(data))
+            filled += size
+            if filled == CHUNK:
+                pipe.write(chunk(buffer))
+                filled = 0
 
 
 def _dump(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict[str, Any]:
