@@ -4,7 +4,10 @@ process (a stand-in that prints the sync tokens, fails on demand)."""
 
 from __future__ import annotations
 
+import io
 import os
+import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,6 +18,7 @@ import pytest
 
 from backout.engines.mysqlload import (
     ClientSession,
+    DumpStream,
     Head,
     Main,
     Rows,
@@ -193,6 +197,55 @@ def test_a_dump_that_ends_inside_an_insert_hands_the_rest_to_the_main_session() 
     got = list(split_dump(cut.splitlines(keepends=True)))
     assert isinstance(got[-1], Main) and got[-1].barrier
     assert got[-1].text.startswith(b"INSERT INTO `items` VALUES\n(1,'a;b'),")
+
+
+def _random_rows_dump(rng: random.Random) -> tuple[bytes, list[bytes]]:
+    """DUMP with INSERTs that end where a splitter can go wrong: ';' inside strings and
+    at the end of a string on a row's line, CRLF and CR-CR-LF line ends, a statement
+    on one line, a ';' alone on the last line, a statement cut by the dump's end
+    (then no INSERTs are returned; else the INSERTs as written)."""
+    values = [b"'a;b'", b"';'", b"'x;\\''", b"NULL", b"42", b"'semi;'"]
+    blocks = []
+    for _ in range(rng.randint(1, 6)):
+        end = rng.choice([b"\n", b"\r\n", b"\r\r\n"])
+        rows = [b"(" + b",".join(rng.choice(values) for _ in range(rng.randint(1, 3))) + b")"
+                for _ in range(rng.randint(1, 8))]
+        if rng.random() < 0.3:
+            body = b",".join(rows) + b";" + end
+        elif rng.random() < 0.2:
+            body = b"\n" + (b",\n".join(rows)) + b"\n;" + end
+        else:
+            body = b"\n" + (b"," + end).join(rows) + b";" + end
+        blocks.append(b"INSERT INTO `items` VALUES" + (b" " if body[:1] == b"(" else b"")
+                      + body)
+    rows_part = b"".join(blocks)
+    data = DUMP.replace(b"INSERT INTO `items` VALUES\n(1,'a;b'),\n(2,'c');\n"
+                        b"INSERT INTO `items` VALUES (3,'d');\n", rows_part)
+    if rng.random() < 0.2:  # the dump ends inside the rows
+        return data[:data.index(b"INSERT INTO `items`") + rng.randint(20, len(rows_part))], []
+    return data, blocks
+
+
+def test_the_dump_read_a_chunk_at_a_time_splits_as_its_lines_do() -> None:
+    """DumpStream (a statement's rows found by the ';' ending a line, across reads of
+    any size) gives the events the same dump gives a line at a time."""
+    rng = random.Random(11)
+    shapes = {"rows": 0, "cut inside an insert": 0}
+    for case in range(200):
+        data, blocks = _random_rows_dump(rng)
+        expected = list(split_dump(re.findall(rb"[^\n]*\n|[^\n]+$", data)))
+        if blocks:  # whole: each INSERT is one statement of rows, as written
+            assert [e.statement for e in expected if isinstance(e, Rows)
+                    and e.table == b"items"] == blocks
+        shapes["rows"] += sum(isinstance(e, Rows) for e in expected)
+        shapes["cut inside an insert"] += any(
+            isinstance(e, Main) and e.text.startswith(b"INSERT INTO `items`") for e in expected)
+        for size in (1, 2, 3, 7, 64, 4096):
+            count = [0]
+            got = list(split_dump(DumpStream(io.BytesIO(data), count, size)))
+            assert got == expected, (case, size, data)
+            assert count[0] == len(data)
+    assert shapes["rows"] > 300 and shapes["cut inside an insert"] > 10, shapes
 
 
 class Recorder:
