@@ -1,7 +1,8 @@
 """A MySQL dump loaded by several sessions at once (issue 16: parallel restores).
 
 The dump stays one file, as mariadb-dump/mysqldump wrote it. While it is
-decompressed, :func:`split_dump` reads it a line at a time and tells apart:
+decompressed, :func:`split_dump` reads it (a line at a time, an INSERT's rows in one
+piece: :class:`DumpStream`) and tells apart:
 
 - the rows (``INSERT`` statements between ``LOCK TABLES `t` WRITE;`` and
   ``UNLOCK TABLES;``): any session may load them, in any order, once the table exists;
