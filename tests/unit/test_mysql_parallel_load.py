@@ -248,6 +248,32 @@ def test_the_dump_read_a_chunk_at_a_time_splits_as_its_lines_do() -> None:
     assert shapes["rows"] > 300 and shapes["cut inside an insert"] > 10, shapes
 
 
+class _Watched(DumpStream):
+    """A DumpStream that keeps the largest buffer it has held."""
+
+    largest = 0
+
+    def _read_on(self, keep: int, parts: list[bytes]) -> int | None:
+        moved = super()._read_on(keep, parts)
+        self.largest = max(self.largest, len(self._buf))
+        return moved
+
+
+def test_a_line_or_statement_over_many_reads_does_not_grow_the_buffer() -> None:
+    """Rows with a large value (a BLOB) span many reads, in a one-line INSERT (read as
+    a line) and a row-per-line one (gathered to its ';'): the buffer holds two reads at
+    most; the rest waits in pieces joined once (a buffer grown by every read was
+    copied whole at each: quadratic in the statement)."""
+    blob = b"x" * 5000
+    data = DUMP.replace(b"(2,'c');", b"(2,'" + blob + b"'),\n(4,'" + blob + b";" + blob
+                        + b"');").replace(b"(3,'d');", b"(3,'" + blob + b"');")
+    expected = list(split_dump(re.findall(rb"[^\n]*\n|[^\n]+$", data)))
+    assert sum(len(e.statement) > 10_000 for e in expected if isinstance(e, Rows)) == 1
+    stream = _Watched(io.BytesIO(data), [0], 64)
+    assert list(split_dump(stream)) == expected
+    assert 64 <= stream.largest <= 2 * 64
+
+
 class Recorder:
     """A session that records what it is sent; ``busy`` rows stay in its backlog."""
 

@@ -8,10 +8,14 @@ tests/integration/test_postgresql.py."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
+import random
 import stat
+import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +36,10 @@ from backout.engines.pgarchive import (
     parse_head,
     part_header,
 )
-from backout.engines.postgresql import ENGINE, _globals_sql, restore_postgresql
+from backout.engines.postgresql import ENGINE, _globals_sql, _Producer, restore_postgresql
 from backout.environment import Environment
 from backout.errors import ExternalError, NotFoundError
-from backout.storage.pipeline import IntegrityError, StalledError, scan
+from backout.storage.pipeline import CHUNK, IntegrityError, StalledError, scan
 from tests.support.fakes import FakePlatform
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "postgresql"
@@ -160,6 +164,29 @@ def test_a_table_whose_copy_data_lost_its_end_fails() -> None:
 
 
 # --------------------------------------------------------------------------- the bundle
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
+def test_a_tools_output_goes_into_the_bundle_whole_a_chunk_at_a_time(size: int) -> None:
+    """The pump reads the tool's pipe into one buffer and frames it a CHUNK at a time
+    (the last frame whatever is left at the end): the frames give back every byte."""
+    script = (f"import random, sys; d = random.Random({size}).randbytes({size})\n"
+              "w = sys.stdout.buffer\n"
+              "for i in range(0, len(d), 7000):\n    w.write(d[i:i + 7000]); w.flush()")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    producer = _Producer.__new__(_Producer)
+    producer.what, producer.stall = "roles", None
+    bundle = io.BytesIO()
+    producer._pump(child, bundle)
+    assert child.wait() == 0
+    out, frames, pos = bundle.getvalue(), [], 0
+    while pos < len(out):
+        (length,) = struct.unpack(">Q", out[pos:pos + 8])
+        frames.append(out[pos + 8:pos + 8 + length])
+        pos += 8 + length
+    assert b"".join(frames) == random.Random(size).randbytes(size)
+    assert all(len(f) == CHUNK for f in frames[:-1]) and all(frames)
+    assert len(frames) == -(-size // CHUNK)
 
 
 def test_a_bundle_is_read_part_by_part() -> None:

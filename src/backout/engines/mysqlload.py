@@ -103,7 +103,8 @@ Event = Head | Main | Rows
 
 
 class _Lines:
-    """Lines from a list (the tests): an INSERT's remaining lines gathered one by one."""
+    """Lines from any iterable (the tests give lists): an INSERT's remaining lines
+    gathered one by one."""
 
     def __init__(self, lines: Iterable[bytes]) -> None:
         self._it = iter(lines)
@@ -143,33 +144,51 @@ class DumpStream(_Lines):
         return self
 
     def __next__(self) -> bytes:
+        parts: list[bytes] = []
+        searched = self._pos  # where the line's end is looked for
         while True:
-            end = self._buf.find(b"\n", self._pos)
+            end = self._buf.find(b"\n", searched)
             if end >= 0:
                 line = self._buf[self._pos:end + 1]
                 self._pos = end + 1
-                return line
-            if not self._more():
-                if self._pos < len(self._buf):
-                    line = self._buf[self._pos:]
-                    self._pos = len(self._buf)
+                return b"".join([*parts, line]) if parts else line
+            moved = self._read_on(len(self._buf), parts)
+            if moved is None:
+                line = b"".join([*parts, self._buf[self._pos:]])
+                self._pos = len(self._buf)
+                if line:
                     return line
                 raise StopIteration
+            searched = moved
 
-    def _more(self) -> bool:
-        """Append the next read to what is left unread; False at the stream's end."""
+    def _read_on(self, keep: int, parts: list[bytes]) -> int | None:
+        """Add the next read to the buffer; what the buffer held from ``keep`` on (a
+        few bytes at most) stays in it. Returns where ``keep`` is now (the search goes
+        on from there), or None at the stream's end (nothing changed).
+
+        Unread bytes before ``keep`` stay in the buffer too while they are fewer than
+        a read (a statement over two reads: one copy); more (a long line or statement
+        over many reads) go to ``parts``, joined once by the caller: a buffer that
+        grew by every read was copied whole at each, quadratic in the statement."""
         if self._eof:
-            return False
+            return None
         data = self._stream.read(self._size)
         if not data:
             self._eof = True
-            return False
+            return None
         self._count[0] += len(data)
-        self._buf = self._buf[self._pos:] + data
+        if keep - self._pos > self._size:
+            parts.append(self._buf[self._pos:keep])
+            self._buf = self._buf[keep:] + data
+            moved = 0
+        else:
+            self._buf = self._buf[self._pos:] + data
+            moved = keep - self._pos
         self._pos = 0
-        return True
+        return moved
 
     def statement_rest(self) -> tuple[bytes, bool]:
+        parts: list[bytes] = []
         searched = self._pos  # where the next ';' is looked for
         while True:
             semicolon = self._buf.find(b";", searched)
@@ -181,19 +200,25 @@ class DumpStream(_Lines):
                     if self._buf[after] == 10:  # \n: the statement's last line
                         text = self._buf[self._pos:after + 1]
                         self._pos = after + 1
-                        return text, True
+                        return (b"".join([*parts, text]) if parts else text), True
                     searched = semicolon + 1  # a ';' inside the line
                     continue
-            # No ';' ending a line yet: read on. The buffer is cut at the statement's
-            # start; a ';' the buffer ends just after (its line end in the next read) is
-            # looked at again, else the search goes on where the buffer ended.
-            resume = semicolon if semicolon >= 0 else len(self._buf)
-            start = self._pos
-            if not self._more():
-                text = self._buf[self._pos:]
+            # No ';' ending a line yet: read on. A ';' the buffer ends just after (its
+            # line end in the next read) is looked at again.
+            moved = self._read_on(semicolon if semicolon >= 0 else len(self._buf), parts)
+            if moved is None:
+                text = b"".join([*parts, self._buf[self._pos:]])
                 self._pos = len(self._buf)
-                return text, text.rstrip(b"\r\n").endswith(b";")
-            searched = resume - start
+                return text, _ends_with_semicolon(text)
+            searched = moved
+
+
+def _ends_with_semicolon(text: bytes) -> bool:
+    """``text.rstrip(b"\\r\\n").endswith(b";")`` without a copy of ``text``."""
+    end = len(text)
+    while end and text[end - 1] in (10, 13):
+        end -= 1
+    return end > 0 and text[end - 1] == 59
 
 
 def split_dump(lines: Iterable[bytes]) -> Iterator[Event]:
