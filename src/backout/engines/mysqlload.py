@@ -118,7 +118,7 @@ class _Lines:
         gathered = []
         for line in self._it:
             gathered.append(line)
-            if line.rstrip(b"\r\n").endswith(b";"):
+            if _ends_with_semicolon(line):
                 return b"".join(gathered), True
         return b"".join(gathered), False
 
@@ -214,7 +214,8 @@ class DumpStream(_Lines):
 
 
 def _ends_with_semicolon(text: bytes) -> bool:
-    """``text.rstrip(b"\\r\\n").endswith(b";")`` without a copy of ``text``."""
+    """Does ``text`` end a statement: ';' then only line ends (``text.rstrip(b"\\r\\n")
+    .endswith(b";")`` without a copy of a long statement)?"""
     end = len(text)
     while end and text[end - 1] in (10, 13):
         end -= 1
@@ -275,7 +276,7 @@ def split_dump(lines: Iterable[bytes]) -> Iterator[Event]:
             # an INSERT goes on to the line that ends it (values never hold a raw
             # newline: the dump tools write it as \n)
             if rows_of.match(inner):
-                ended = inner.rstrip(b"\r\n").endswith(b";")
+                ended = _ends_with_semicolon(inner)
                 rows = inner
                 if not ended:
                     rest, ended = source.statement_rest()
