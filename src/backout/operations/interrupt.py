@@ -20,6 +20,8 @@ waits poll this module (``check``, ``sleep``, ``wait``) instead of blocking.
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import signal
 import subprocess
 import threading
@@ -76,25 +78,54 @@ class Interrupt:
         it) and raises InterruptedOperation when the step is to be cut short.
         ``tick`` runs at every poll (a stall watch raises from it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                return child.wait(timeout=POLL)
-            except subprocess.TimeoutExpired:
-                pass
-            if tick is not None:
-                tick()
-            if self.stop_now:
-                (on_stop or child.kill)()
-                child.wait()
-                raise InterruptedOperation(f"{what}: stopped by {self.signal}")
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(child.args, timeout or 0)
+        with exit_watch(child) as exited:
+            while (rc := exited(POLL)) is None:
+                if tick is not None:
+                    tick()
+                if self.stop_now:
+                    (on_stop or child.kill)()
+                    child.wait()
+                    raise InterruptedOperation(f"{what}: stopped by {self.signal}")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(child.args, timeout or 0)
+        return rc
 
     def enter(self, operation: tuple[int, str], step: str, *, abortable: bool) -> None:
         self.operation, self.step, self.abortable = operation, step, abortable
 
     def leave(self) -> None:
         self.step, self.abortable = None, False
+
+
+@contextlib.contextmanager
+def exit_watch(child: subprocess.Popen[Any]) -> Iterator[Callable[[float], int | None]]:
+    """``exited(seconds)``: the child's exit code once it has exited, waiting up to
+    ``seconds`` for it; None while it runs. On Linux the wait wakes when the child
+    exits (a pidfd); ``Popen.wait(timeout)`` instead looks ever less often (0.5 ms
+    doubling to 50 ms, from the start at each call): some 80 wake-ups a second, each
+    taking the GIL from the threads that move a dump's bytes. With one core taken by
+    another process, that cost a 1 GB MySQL backup 10 % of its speed (issue 16: 44 s
+    against 39.5 s). Without a pidfd (another OS, an old kernel, a child already
+    reaped), ``Popen.wait`` as before."""
+    pidfd = None
+    if child.returncode is None and hasattr(os, "pidfd_open"):
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(child.pid)
+
+    def exited(seconds: float) -> int | None:
+        if pidfd is None:
+            try:
+                return child.wait(timeout=seconds)
+            except subprocess.TimeoutExpired:
+                return None
+        select.select([pidfd], [], [], seconds)  # readable once the child has exited
+        return child.poll()
+
+    try:
+        yield exited
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 _current = Interrupt()
