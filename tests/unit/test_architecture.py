@@ -229,6 +229,9 @@ CLI_LOCAL_IMPORTS: dict[str, str] = {
     "backout.cli.common": "every command imports it: the deploy's and the backups' trees, "
                           "which only the deploy report needs, cost each start 0.1 s",
     "backout.cli.rollback": "`rollback service` need not import the data rollbacks' trees",
+    "backout.cli.backups": "a `backup` need not import what `backups verify|prune` and "
+                           "`schedule` use (the notifier's urllib, ssl and email; the "
+                           "calendar; prune; the restore test)",
 }
 CLI_FORBIDDEN = ("rmtree", "sqlite3", ".execute(", ".executemany(", ".executescript(")
 
