@@ -7,6 +7,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,8 +21,12 @@ HAS_PIDFD = hasattr(os, "pidfd_open")
 
 @pytest.fixture()
 def intr() -> Iterator[interrupt.Interrupt]:
+    """A fresh state; no descriptor (a pidfd) left open by the test's waits."""
+    fds = set(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
     yield interrupt.reset()
     interrupt.reset()
+    if fds is not None:
+        assert set(os.listdir("/proc/self/fd")) <= fds
 
 
 @pytest.fixture(params=["pidfd", "popen-wait"])
@@ -108,6 +113,24 @@ def test_the_tick_runs_between_looks_and_may_raise(intr: interrupt.Interrupt, ho
     assert calls == 3
 
 
+class _CountedPoll:
+    """select.poll, each wait recorded: (its timeout in ms, ended by a ready fd)."""
+
+    waits: list[tuple[float, bool]]
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.waits = []
+
+    def register(self, fd: int, mask: int) -> None:
+        self.real.register(fd, mask)
+
+    def poll(self, timeout: float) -> Any:
+        ready = self.real.poll(timeout)
+        self.waits.append((timeout, bool(ready)))
+        return ready
+
+
 @pytest.mark.skipif(not HAS_PIDFD, reason="no os.pidfd_open here")
 def test_the_exit_wakes_the_wait(intr: interrupt.Interrupt,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,15 +138,14 @@ def test_the_exit_wakes_the_wait(intr: interrupt.Interrupt,
     child that exits at once is seen after one wait, not after a minute, and nothing
     looks in between (Popen.wait's own polling woke ~80 times a second)."""
     monkeypatch.setattr(interrupt, "POLL", 60.0)
-    waits: list[tuple[float, bool]] = []
-    real = select.select
+    made: list[_CountedPoll] = []
+    real = select.poll
 
-    def counted(r: Any, w: Any, x: Any, timeout: float) -> Any:
-        ready = real(r, w, x, timeout)
-        waits.append((timeout, bool(ready[0])))  # ended by the exit, not the timeout
-        return ready
+    def counted() -> _CountedPoll:
+        made.append(_CountedPoll(real()))
+        return made[-1]
 
-    monkeypatch.setattr(select, "select", counted)
+    monkeypatch.setattr(select, "poll", counted)
     ticks = 0
 
     def tick() -> None:
@@ -131,5 +153,29 @@ def test_the_exit_wakes_the_wait(intr: interrupt.Interrupt,
         ticks += 1
 
     child = _child("import time, sys; time.sleep(0.2); sys.exit(7)")
-    assert intr.wait(child, None, "child", tick=tick) == 7
-    assert waits == [(60.0, True)] and ticks == 0
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(intr.wait(child, None, "child",
+                                                                  tick=tick)), daemon=True)
+    waiter.start()
+    waiter.join(20)  # a wait the exit does not end would sit out its minute
+    assert got == [7] and ticks == 0
+    assert len(made) == 1 and made[0].waits == [(60000.0, True)]
+
+
+@pytest.mark.skipif(not HAS_PIDFD, reason="no os.pidfd_open here")
+def test_a_child_another_thread_is_reaping_does_not_spin(intr: interrupt.Interrupt) -> None:
+    """The pidfd stays readable once the child has exited; while another thread holds
+    Popen's wait lock, poll() says None: the wait must not turn into a busy loop."""
+    child = _child("import sys; sys.exit(4)")
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # it has exited, unreaped
+    lock = child._waitpid_lock  # type: ignore[attr-defined]  # what Popen.wait holds
+    lock.acquire()
+    threading.Timer(0.5, lock.release).start()
+    ticks = 0
+
+    def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+
+    assert intr.wait(child, 30, "child", tick=tick) == 4
+    assert 1 <= ticks <= 10  # a look every POLL (0.1 s) while the lock is held

@@ -111,17 +111,25 @@ def exit_watch(child: subprocess.Popen[Any]) -> Iterator[Callable[[float], int |
     if child.returncode is None and hasattr(os, "pidfd_open"):
         with contextlib.suppress(OSError):
             pidfd = os.pidfd_open(child.pid)
+    try:
+        watch = None
+        if pidfd is not None:
+            watch = select.poll()  # not select(): a descriptor past 1023 is refused there
+            watch.register(pidfd, select.POLLIN)
 
-    def exited(seconds: float) -> int | None:
-        if pidfd is None:
+        def exited(seconds: float) -> int | None:
+            if watch is not None:
+                if not watch.poll(seconds * 1000):  # readable once the child has exited
+                    return child.poll()
+                if (rc := child.poll()) is not None:
+                    return rc
+                # exited, and another thread is reaping it now (Popen's wait lock): the
+                # pidfd stays readable, so waiting on it again would spin
             try:
                 return child.wait(timeout=seconds)
             except subprocess.TimeoutExpired:
                 return None
-        select.select([pidfd], [], [], seconds)  # readable once the child has exited
-        return child.poll()
 
-    try:
         yield exited
     finally:
         if pidfd is not None:
