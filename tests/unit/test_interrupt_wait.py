@@ -15,6 +15,7 @@ import pytest
 
 from backout.errors import InterruptedOperation
 from backout.operations import interrupt
+from tests.support.descriptors import high_descriptors
 
 HAS_PIDFD = hasattr(os, "pidfd_open")
 
@@ -179,3 +180,11 @@ def test_a_child_another_thread_is_reaping_does_not_spin(intr: interrupt.Interru
 
     assert intr.wait(child, 30, "child", tick=tick) == 4
     assert 1 <= ticks <= 10  # a look every POLL (0.1 s) while the lock is held
+
+
+def test_a_descriptor_past_1023(intr: interrupt.Interrupt, how: str) -> None:
+    """A long-running process may hold a thousand descriptors: the pidfd is then
+    numbered past FD_SETSIZE, which select() refuses (ValueError)."""
+    with high_descriptors():
+        child = _child("import time, sys; time.sleep(0.2); sys.exit(6)")
+        assert intr.wait(child, 30, "child") == 6

@@ -40,6 +40,7 @@ from backout.engines.postgresql import ENGINE, _globals_sql, _Producer, restore_
 from backout.environment import Environment
 from backout.errors import ExternalError, NotFoundError
 from backout.storage.pipeline import CHUNK, IntegrityError, StalledError, scan
+from tests.support.descriptors import high_descriptors
 from tests.support.fakes import FakePlatform
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "postgresql"
@@ -187,6 +188,21 @@ def test_a_tools_output_goes_into_the_bundle_whole_a_chunk_at_a_time(size: int) 
     assert b"".join(frames) == random.Random(size).randbytes(size)
     assert all(len(f) == CHUNK for f in frames[:-1]) and all(frames)
     assert len(frames) == -(-size // CHUNK)
+
+
+def test_a_tools_pipe_numbered_past_1023_is_pumped() -> None:
+    """select() refuses a descriptor past FD_SETSIZE; a long-running process (a
+    schedule) can have one for the tool's pipe."""
+    with high_descriptors():
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.write('x' * 5000)"],
+                                 stdout=subprocess.PIPE)
+        assert child.stdout is not None and child.stdout.fileno() >= 1024
+        producer = _Producer.__new__(_Producer)
+        producer.what, producer.stall = "roles", None
+        bundle = io.BytesIO()
+        producer._pump(child, bundle)
+    assert child.wait() == 0
+    assert bundle.getvalue() == struct.pack(">Q", 5000) + b"x" * 5000
 
 
 def test_a_bundle_is_read_part_by_part() -> None:

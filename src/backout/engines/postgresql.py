@@ -281,8 +281,10 @@ class _Producer:
         # of the pipe (8-64 KB) made a CHUNK-sized object each time, and the bundle,
         # the checker and zstd a pass each per piece.
         buffer, filled = memoryview(bytearray(CHUNK)), 0
+        watch = select.poll()  # not select(): a descriptor past 1023 is refused there
+        watch.register(fd, select.POLLIN)
         while True:
-            ready, _, _ = select.select([fd], [], [], interrupt.POLL)
+            ready = watch.poll(interrupt.POLL * 1000)
             if intr.stop_now:
                 intr.check(self.what)
             if not ready:
