@@ -39,6 +39,8 @@ FAKE = textwrap.dedent('''
             time.sleep(30)
         elif words[0] == "DIE":
             sys.exit(3)
+        elif words[0] == "DIE_SLOWLY":  # its pipes end before its exit code exists
+            os.close(1); os.close(2); time.sleep(0.5); os._exit(4)
         elif words[0] == "EMPTY":
             print("")
         sys.stdout.flush()
@@ -110,6 +112,16 @@ def test_a_client_that_exits_fails_the_command_instead_of_waiting(tmp_path: Path
     assert seen[0][0].returncode == 3
     with pytest.raises(Explained):  # and later questions fail at once
         s.ask("PING")
+    s.close()
+
+
+def test_the_exit_code_is_the_clients_even_when_its_pipes_end_first(tmp_path: Path) -> None:
+    """A process's pipes close as it exits, a moment before its exit code can be
+    read (under load, long enough for a poll to find none: it was reported as 1)."""
+    s, seen = _session(tmp_path)
+    with pytest.raises(Explained):
+        s.ask("DIE_SLOWLY", timeout=20)
+    assert seen[0][0].returncode == 4
     s.close()
 
 

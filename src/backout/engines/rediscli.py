@@ -13,6 +13,7 @@ redis-cli would split them); callers with such arguments use a one-off call.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import secrets
@@ -105,6 +106,10 @@ class CliSession:
                 ends += 1
                 if ends == 2:
                     self._dead = True
+                    # its pipes close as it exits, a moment before its exit code can
+                    # be read: under load a poll found none, and the code said was 1
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.proc.wait(timeout=5)
                     raise self._failure(command, "\n".join(reply))
                 continue
             if kind == "err":
