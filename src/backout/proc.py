@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypedDict, TypeVar
 
+from backout import cliplugin
 from backout.environment import Environment
 from backout.errors import CommandFailedError, ExternalError
 
@@ -120,12 +121,14 @@ def run(
     """
     argv = [str(a) for a in argv]
     label = what or describe(argv[:3])
+    child = child_env(env, secret_env, plain_env)
     start = time.monotonic()
-    try:
-        completed = subprocess.run(
-            argv,
+
+    def execute(command: list[str], variables: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command,
             cwd=cwd,
-            env=child_env(env, secret_env, plain_env),
+            env=variables,
             input=input_text,
             stdin=subprocess.DEVNULL if input_text is None else None,
             capture_output=True,
@@ -134,6 +137,17 @@ def run(
             check=False,
             **CHILD,
         )
+
+    try:
+        direct = cliplugin.exec_argv(argv, child)
+        completed = None
+        if direct is not None:
+            try:
+                completed = execute(direct[0], {**child, **direct[1]})
+            except OSError:  # gone or changed since it was found: the CLI finds it, or says so
+                cliplugin.forget()
+        if completed is None:
+            completed = execute(argv, child)
     except FileNotFoundError as exc:
         env.log_external(f"$ {describe(argv)}  (not found)")
         raise ExternalError(
@@ -153,6 +167,22 @@ def run(
             f"{label} failed (exit {result.returncode}): {last_line(env.redact(result.stderr))}"
         )
     return result
+
+
+def popen(argv: Sequence[str], *, env: dict[str, str], **options: Any
+          ) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(argv, env=env, **options)`` for a streaming child (a dump, a
+    load), a ``docker compose …`` run as the Docker CLI runs it (``cliplugin``)."""
+    direct = cliplugin.exec_argv(argv, env)
+    if direct is not None:
+        try:
+            child: subprocess.Popen[bytes] = subprocess.Popen(
+                direct[0], env={**env, **direct[1]}, **options)
+            return child
+        except OSError:  # gone or changed since it was found: the CLI finds it, or says so
+            cliplugin.forget()
+    plain: subprocess.Popen[bytes] = subprocess.Popen(list(argv), env=env, **options)
+    return plain
 
 
 def last_line(text: str) -> str:

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "backout.errors": 0,
     "backout.environment": 0,
     "backout.proc": 0,
+    "backout.cliplugin": 0,  # `docker compose` as the CLI runs it (proc runs Compose through it)
     "backout.faults": 0,
     "backout.version": 0,
     # what SIGINT/SIGTERM do: needs only errors; the streaming pipeline polls it

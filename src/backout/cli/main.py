@@ -34,6 +34,7 @@ variable, the variable over backout.toml, backout.toml over the default.
   BACKOUT_JSON=1  BACKOUT_VERBOSE=1  BACKOUT_DEBUG=1  (0/1, true/false, yes/no)
   BACKOUT_CONFIG=PATH  BACKOUT_PROJECT_DIR=PATH
   BACKOUT_ACTOR=NAME   who is recorded in the audit log (default: the login name)
+  BACKOUT_COMPOSE_DIRECT=0  Compose through the docker CLI, not its plugin directly
   NO_COLOR=1           no colour, whatever the terminal
 \b
 Shell completion (commands, services, databases, release and backup ids):

@@ -388,9 +388,9 @@ class ClientSession:
         # kept while the client runs: its last line names the failure
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=self._stderr, cwd=cwd,
-                                         env=proc.child_env(env, secret_env), **proc.CHILD)
+            self.proc = proc.popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=self._stderr, cwd=cwd,
+                                    env=proc.child_env(env, secret_env), **proc.CHILD)
         except FileNotFoundError as exc:
             raise ExternalError(f"{name}: {self.argv[0]} is not installed") from exc
         self._queue: queue.Queue[bytes | None] = queue.Queue()

@@ -248,9 +248,9 @@ class _Producer:
         argv = self.pg.argv(self.inner)
         env.log_external(f"$ {proc.describe(argv)}  (into the bundle)")
         with tempfile.TemporaryFile() as err:
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=err, env=proc.child_env(env, self.pg.secret_env()),
-                                     cwd=str(self.pg.access.config.project_dir), **proc.CHILD)
+            child = proc.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err, env=proc.child_env(env, self.pg.secret_env()),
+                                cwd=str(self.pg.access.config.project_dir), **proc.CHILD)
             assert child.stdout is not None
             try:
                 pipe.write(header)
@@ -392,9 +392,9 @@ class _Receiver:
         self.path = f"/tmp/backout-restore-{secrets.token_hex(6)}.dump"
         argv = pg.access.argv(["sh", "-c", _RECEIVE, "sh", self.path])
         self.err = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close/kill)
-        self.child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      stderr=self.err, env=proc.child_env(pg.access.env),
-                                      cwd=str(pg.access.config.project_dir), **proc.CHILD)
+        self.child = proc.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=self.err, env=proc.child_env(pg.access.env),
+                                 cwd=str(pg.access.config.project_dir), **proc.CHILD)
         self.database = database
 
     def write(self, data: bytes) -> None:
@@ -447,9 +447,9 @@ def _restore_database(pg: Postgres, receiver: _Receiver, jobs: int) -> None:
     env = pg.access.env
     env.log_external(f"$ {proc.describe(argv)}")
     with tempfile.TemporaryFile() as err:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                 stderr=err, env=proc.child_env(env, pg.secret_env()),
-                                 cwd=str(pg.access.config.project_dir), **proc.CHILD)
+        child = proc.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=err, env=proc.child_env(env, pg.secret_env()),
+                            cwd=str(pg.access.config.project_dir), **proc.CHILD)
         try:
             rc = interrupt.current().wait(child, 6 * 3600, what)
         except subprocess.TimeoutExpired as exc:

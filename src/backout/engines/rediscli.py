@@ -60,7 +60,7 @@ class CliSession:
         self._dead = False
         self._closed = False
         try:
-            self.proc = subprocess.Popen(
+            self.proc = proc.popen(
                 list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env=proc.child_env(env, secret_env), cwd=cwd, **proc.CHILD)
         except FileNotFoundError as exc:
