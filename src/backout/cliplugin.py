@@ -12,6 +12,10 @@ found where the CLI looks for it: the config's ``cliPluginsExtraDirs``, then
 ``$DOCKER_CONFIG/cli-plugins`` (``~/.docker/cli-plugins``), then the system
 directories.
 
+The plugin's metadata is not asked for (that call is part of what this saves): a
+native binary there that the CLI would refuse as a plugin runs, and fails with a
+message of its own rather than the CLI's "not a docker command".
+
 Only when ``docker`` on the PATH is the Docker CLI itself (an executable named
 ``docker`` whose file is a native binary): a wrapper script, podman standing in for
 docker (its own ``compose`` points Compose at podman's socket) or a test's stand-in
@@ -23,8 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,8 +48,9 @@ class Direct:
     docker: str  # the Docker CLI it stands in for (what the plugin is told it was run by)
 
 
-_found: dict[tuple[str | None, ...], Direct | None] = {}
+_found: dict[tuple[str | None, ...], tuple[float, Direct | None]] = {}
 _lock = threading.Lock()
+KEEP_SECONDS = 60.0  # a long run (the monitor) sees a plugin installed or moved since
 
 
 def exec_argv(argv: Sequence[str], env: Mapping[str, str]
@@ -59,13 +66,15 @@ def exec_argv(argv: Sequence[str], env: Mapping[str, str]
 
 
 def lookup(env: Mapping[str, str]) -> Direct | None:
-    """The Compose plugin the Docker CLI on ``env``'s PATH would run (kept per PATH,
-    config directory and home), or None."""
+    """The Compose plugin the Docker CLI on ``env``'s PATH would run (kept a minute per
+    PATH, config directory and home), or None."""
     key = (env.get("PATH"), env.get("DOCKER_CONFIG"), env.get("HOME"), env.get(SWITCH))
+    now = time.monotonic()
     with _lock:
-        if key not in _found:
-            _found[key] = _find(env)
-        return _found[key]
+        kept = _found.get(key)
+        if kept is None or now - kept[0] > KEEP_SECONDS:
+            kept = _found[key] = (now, _find(env))
+        return kept[1]
 
 
 def forget() -> None:
@@ -88,10 +97,14 @@ def _find(env: Mapping[str, str]) -> Direct | None:
         return None
     for directory in dirs:
         plugin = os.path.join(directory, "docker-compose")
-        if not os.path.exists(plugin):  # as the CLI's stat: a dangling link is no candidate
+        try:
+            os.stat(plugin)
+        except FileNotFoundError:  # the CLI's one reason to look further (a dangling link too)
             continue
+        except OSError:
+            return None  # a candidate for the CLI, which would then refuse it
         # the CLI takes the first candidate, valid or not: so does this (and leaves
-        # one it would refuse, or cannot judge, to the CLI and its message)
+        # one it would refuse, or that cannot be judged here, to the CLI and its message)
         if os.path.isfile(plugin) and os.access(plugin, os.X_OK) and _native(plugin):
             return Direct(plugin, docker)
         return None
@@ -100,10 +113,8 @@ def _find(env: Mapping[str, str]) -> Direct | None:
 
 def _plugin_dirs(env: Mapping[str, str]) -> list[str] | None:
     """Where the CLI looks, in its order; None when its config cannot be read as the
-    CLI would read it."""
-    config_dir = env.get("DOCKER_CONFIG") or os.path.join(env.get("HOME") or "~", ".docker")
-    config_dir = os.path.expanduser(config_dir)
-    extra: list[str] = []
+    CLI reads it (a relative directory: the CLI's would depend on where it runs)."""
+    config_dir = env.get("DOCKER_CONFIG") or os.path.join(_home(env), ".docker")
     try:
         with open(os.path.join(config_dir, "config.json"), encoding="utf-8") as fh:
             config = json.load(fh)
@@ -113,12 +124,28 @@ def _plugin_dirs(env: Mapping[str, str]) -> list[str] | None:
         return None
     if not isinstance(config, dict):
         return None
-    listed = config.get("cliPluginsExtraDirs")
-    if listed is not None:
-        if not isinstance(listed, list) or not all(isinstance(d, str) for d in listed):
-            return None
-        extra = [os.path.expanduser(d) for d in listed]
-    return [*extra, os.path.join(config_dir, "cli-plugins"), *SYSTEM_DIRS]
+    # Go's JSON decoding matches a field's name in any case
+    named = [key for key in config if key.lower() == "clipluginsextradirs"]
+    if len(named) > 1:
+        return None
+    listed = config[named[0]] if named else None
+    if listed is None:
+        listed = []
+    if not isinstance(listed, list) or not all(isinstance(d, str) for d in listed):
+        return None
+    dirs = [*listed, os.path.join(config_dir, "cli-plugins"), *SYSTEM_DIRS]
+    return dirs if all(os.path.isabs(d) for d in dirs) else None
+
+
+def _home(env: Mapping[str, str]) -> str:
+    """$HOME, else the user's home from the password database (as the CLI's)."""
+    home = env.get("HOME")
+    if home:
+        return home
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except (KeyError, OSError):
+        return ""
 
 
 def _native(path: str) -> bool:

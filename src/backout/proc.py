@@ -121,33 +121,34 @@ def run(
     """
     argv = [str(a) for a in argv]
     label = what or describe(argv[:3])
-    child = child_env(env, secret_env, plain_env)
+    variables = child_env(env, secret_env, plain_env)
     start = time.monotonic()
 
-    def execute(command: list[str], variables: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            command,
-            cwd=cwd,
-            env=variables,
-            input=input_text,
-            stdin=subprocess.DEVNULL if input_text is None else None,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            **CHILD,
-        )
+    def begin(command: list[str], extra: Mapping[str, str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            command, cwd=cwd, env={**variables, **extra}, text=True,
+            stdin=subprocess.DEVNULL if input_text is None else subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **CHILD)
 
     try:
-        direct = cliplugin.exec_argv(argv, child)
-        completed = None
+        child = None
+        direct = cliplugin.exec_argv(argv, variables)
         if direct is not None:
             try:
-                completed = execute(direct[0], {**child, **direct[1]})
+                child = begin(*direct)
             except OSError:  # gone or changed since it was found: the CLI finds it, or says so
                 cliplugin.forget()
-        if completed is None:
-            completed = execute(argv, child)
+        if child is None:
+            child = begin(argv, {})
+        # started: whatever happens now, it is not started again (subprocess.run's wait)
+        with child:
+            try:
+                stdout, stderr = child.communicate(input_text, timeout=timeout)
+            except BaseException:
+                child.kill()
+                child.wait()
+                raise
+        completed = subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
     except FileNotFoundError as exc:
         env.log_external(f"$ {describe(argv)}  (not found)")
         raise ExternalError(

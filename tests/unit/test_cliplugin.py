@@ -253,3 +253,64 @@ def test_a_plugin_that_fails_fails_the_command_as_the_cli_would(runnable: Machin
     result = proc.run(environment(runnable), ["docker", "compose", "ps"], check=False)
     assert result.returncode == 1 and result.stdout == ""
     assert os.access(plugin, os.X_OK)
+
+
+@pytest.mark.parametrize("where", ["config", "extra"])
+def test_a_relative_directory_leaves_it_to_the_cli(machine: Machine, where: str) -> None:
+    """The CLI would read a relative directory from where it runs (the project's)."""
+    machine.docker()
+    native(machine.config / "cli-plugins" / "docker-compose")
+    if where == "config":
+        machine.env["DOCKER_CONFIG"] = "config"
+    else:
+        machine.config_json({"cliPluginsExtraDirs": ["plugins"]})
+    assert cliplugin.lookup(machine.env) is None
+
+
+def test_the_config_key_in_any_case_as_go_reads_it(machine: Machine) -> None:
+    machine.docker()
+    extra = native(machine.root / "extra" / "docker-compose")
+    native(machine.config / "cli-plugins" / "docker-compose")
+    machine.config_json({"CLIPluginsExtraDirs": [str(extra.parent)]})
+    found = cliplugin.lookup(machine.env)
+    assert found is not None and found.plugin == str(extra)
+    cliplugin.forget()
+    machine.config_json({"CLIPluginsExtraDirs": [str(extra.parent)],
+                         "cliPluginsExtraDirs": []})  # which one Go takes: not guessed
+    assert cliplugin.lookup(machine.env) is None
+
+
+def test_a_candidate_that_cannot_be_looked_at_stops_the_search(machine: Machine) -> None:
+    """Not "no such file" (here a file where the CLI expects a directory): the CLI
+    takes the path as its candidate and refuses it; a later plugin is not run."""
+    machine.docker()
+    blocker = machine.root / "extra"
+    blocker.write_text("a file, not a directory")
+    machine.config_json({"cliPluginsExtraDirs": [str(blocker)]})
+    native(machine.config / "cli-plugins" / "docker-compose")
+    assert cliplugin.lookup(machine.env) is None
+
+
+def test_without_home_the_users_home_from_the_password_database(
+        machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    machine.docker()
+    del machine.env["DOCKER_CONFIG"], machine.env["HOME"]
+    plugin = native(machine.root / "pwhome" / ".docker" / "cli-plugins" / "docker-compose")
+
+    class Entry:
+        pw_dir = str(machine.root / "pwhome")
+
+    monkeypatch.setattr(cliplugin.pwd, "getpwuid", lambda uid: Entry())
+    found = cliplugin.lookup(machine.env)
+    assert found is not None and found.plugin == str(plugin)
+
+
+def test_a_long_run_looks_again_after_a_while(
+        machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    machine.docker()
+    plugin = native(machine.config / "cli-plugins" / "docker-compose")
+    assert cliplugin.lookup(machine.env) is not None
+    plugin.unlink()
+    assert cliplugin.lookup(machine.env) is not None  # within the minute: kept
+    monkeypatch.setattr(cliplugin, "KEEP_SECONDS", -1.0)
+    assert cliplugin.lookup(machine.env) is None
