@@ -114,6 +114,13 @@ class VerificationFailedError(BackoutError):
     code = "verification_failed"
 
 
+class IntegrityError(BackoutError):
+    """An artifact is missing, empty, truncated, corrupt, or not what it claims."""
+
+    exit_code = ExitCode.VERIFICATION_FAILED
+    code = "integrity"
+
+
 class InterruptedOperation(BackoutError):
     exit_code = ExitCode.INTERRUPTED
     code = "interrupted"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ from backout.engines.formats import MySQLDumpChecker
 from backout.environment import Environment
 from backout.errors import ExternalError, InterruptedOperation
 from backout.operations import interrupt
+from backout.storage import pipeline
 from backout.storage.pipeline import (
     DiskFullError,
     IntegrityError,
@@ -46,6 +49,15 @@ def _producer(path: Path, *, exit_code: int = 0) -> list[str]:
             f"open({str(path)!r}, 'rb'), sys.stdout.buffer); sys.exit({exit_code})"]
 
 
+@pytest.fixture(params=["process", "thread"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """backout's own checkers run in the proof process (``proofchild``); any other
+    (and one pickle cannot carry) in a thread: both give the same proof."""
+    if request.param == "thread":
+        monkeypatch.setattr(pipeline, "_portable", lambda checker: None)
+    return str(request.param)
+
+
 class _Counting:
     """Counts what it is fed (the fake engines' checker shape)."""
 
@@ -59,7 +71,7 @@ class _Counting:
         return {"fed": self.fed}
 
 
-def test_the_proof_made_while_writing_is_what_a_second_read_finds(tmp_path: Path) -> None:
+def test_the_proof_made_while_writing_is_what_a_second_read_finds(tmp_path: Path, mode: str) -> None:
     data = _dump(200_000)  # ~7 MB: many times the pipes' buffers
     source = tmp_path / "dump.sql"
     source.write_bytes(data)
@@ -94,7 +106,7 @@ def test_python_as_the_producer_is_proven_the_same_way(tmp_path: Path) -> None:
 
 
 def test_a_checker_objection_fails_the_backup_once_the_pipeline_ended(
-        tmp_path: Path) -> None:
+        tmp_path: Path, mode: str) -> None:
     source = tmp_path / "dump.sql"
     source.write_bytes(_dump(20_000)[:-len(TRAILER)])  # the dump tool stopped early
     with pytest.raises(IntegrityError, match="no '-- Dump completed' trailer"):
@@ -102,7 +114,7 @@ def test_a_checker_objection_fails_the_backup_once_the_pipeline_ended(
                        checker=MySQLDumpChecker(["shop"], "mysql dump"))
 
 
-def test_a_failing_producer_is_the_error_not_what_its_output_lacks(tmp_path: Path) -> None:
+def test_a_failing_producer_is_the_error_not_what_its_output_lacks(tmp_path: Path, mode: str) -> None:
     source = tmp_path / "dump.sql"
     source.write_bytes(_dump(100)[:50])
     with pytest.raises(ExternalError, match=r"mysql dump failed \(exit 3\)"):
@@ -152,7 +164,7 @@ def _fake_zstd(tmp_path: Path, script: str) -> Environment:
     return Environment(env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
 
 
-def test_a_file_that_does_not_decompress_as_written_fails_the_backup(tmp_path: Path) -> None:
+def test_a_file_that_does_not_decompress_as_written_fails_the_backup(tmp_path: Path, mode: str) -> None:
     """What is written is decompressed as it is written, against the frame checksum
     of what the checker saw: here the test refuses (as it would for a corrupt stream)."""
     env = _fake_zstd(tmp_path, 'if [ "$1" = -t ]; then echo "frame checksum mismatch" >&2; '
@@ -169,7 +181,7 @@ def test_a_file_that_does_not_decompress_as_written_fails_the_backup(tmp_path: P
 
 
 def test_the_test_decompresses_exactly_the_bytes_written_while_they_are_written(
-        tmp_path: Path) -> None:
+        tmp_path: Path, mode: str) -> None:
     """zstd -t reads what the sink writes to the file, not the file: what it was given
     is the file, byte for byte (a test reading the file back after the dump was a
     second pass of 1.2 s per GB)."""
@@ -185,7 +197,7 @@ def test_the_test_decompresses_exactly_the_bytes_written_while_they_are_written(
 
 
 def test_a_test_that_gives_up_early_fails_the_backup_and_the_file_is_still_written(
-        tmp_path: Path) -> None:
+        tmp_path: Path, mode: str) -> None:
     """A test that stops reading at the first bad frame (its stdin closes): the sink
     keeps writing the file to its end, and the backup fails as not decompressing."""
     env = _fake_zstd(tmp_path, 'if [ "$1" = -t ]; then exec 0<&-; echo "bad frame" >&2; '
@@ -200,7 +212,7 @@ def test_a_test_that_gives_up_early_fails_the_backup_and_the_file_is_still_writt
     assert out.stdout == _dump(300_000)
 
 
-def test_a_test_that_is_killed_is_no_verdict_not_corruption(tmp_path: Path) -> None:
+def test_a_test_that_is_killed_is_no_verdict_not_corruption(tmp_path: Path, mode: str) -> None:
     """zstd -t killed (the OOM killer, a timeout): the backup is not proven, and the
     message does not call the data corrupt."""
     env = _fake_zstd(tmp_path, 'if [ "$1" = -t ]; then kill -9 $$; fi\nexec "$REAL" "$@"')
@@ -214,7 +226,7 @@ def test_a_test_that_is_killed_is_no_verdict_not_corruption(tmp_path: Path) -> N
 
 
 def test_a_test_that_cannot_start_leaves_no_process_running(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     started: list[subprocess.Popen[bytes]] = []
     real = subprocess.Popen
 
@@ -231,12 +243,13 @@ def test_a_test_that_cannot_start_leaves_no_process_running(
     with pytest.raises(ExternalError, match="zstd -t could not start: Too many open files"):
         stream_to_file(Environment(), _producer(source), tmp_path / "x.zst", what="mysql dump",
                        checker=MySQLDumpChecker(["shop"], "mysql dump"))
-    assert len(started) == 2  # the producer and zstd, both ended
+    # the producer, the proof process (not in a thread) and zstd, all ended
+    assert len(started) == (3 if mode == "process" else 2)
     assert all(child.wait(10) is not None for child in started)
     assert all(child.returncode != 0 for child in started)
 
 
-def test_zstd_dying_mid_stream_fails_the_backup_without_hanging(tmp_path: Path) -> None:
+def test_zstd_dying_mid_stream_fails_the_backup_without_hanging(tmp_path: Path, mode: str) -> None:
     env = _fake_zstd(tmp_path, 'if [ "$1" = -q ]; then head -c 100000 >/dev/null; '
                                'echo "zstd: out of memory" >&2; exit 1; fi\nexec "$REAL" "$@"')
     source = tmp_path / "dump.sql"
@@ -334,3 +347,188 @@ def test_an_artifact_that_does_not_decompress_is_still_an_integrity_error(tmp_pa
                 "open('/dev/null', 'wb'))"]
     with pytest.raises(IntegrityError, match="does not decompress"):
         decompress_into(Environment(), artifact, consumer, what="t restore")
+
+
+# ------------------------------------------------------------ the proof process itself
+
+def _recording(monkeypatch: pytest.MonkeyPatch) -> list[subprocess.Popen[bytes]]:
+    started: list[subprocess.Popen[bytes]] = []
+    real = subprocess.Popen
+
+    def popen(argv: list[str], *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        child = real(argv, *args, **kwargs)
+        started.append(child)
+        return child
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    return started
+
+
+def _is_proof(child: subprocess.Popen[bytes]) -> bool:
+    return "backout.storage.proofchild" in list(child.args)  # type: ignore[arg-type]
+
+
+def test_backouts_own_checks_run_in_a_process_between_the_dump_and_zstd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checker out of backout's process: its GIL is the file's and zstd -t's."""
+    started = _recording(monkeypatch)
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(1000))
+    stream_to_file(Environment(), _producer(source), tmp_path / "x.zst", what="mysql dump",
+                   checker=MySQLDumpChecker(["shop"], "mysql dump"))
+    assert [child for child in started if _is_proof(child)] != []
+    started.clear()
+    stream_to_file(Environment(), _producer(source), tmp_path / "y.zst", what="mysql dump",
+                   checker=_Counting())  # the tests' own: a thread (the process cannot import it)
+    assert [child for child in started if _is_proof(child)] == []
+
+
+def test_a_proof_process_that_dies_fails_the_backup_and_leaves_nothing_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = _recording(monkeypatch)
+
+    def kill_it() -> None:
+        while not any(_is_proof(child) for child in started):
+            time.sleep(0.01)
+        time.sleep(0.2)
+        next(child for child in started if _is_proof(child)).kill()
+
+    killer = threading.Thread(target=kill_it, daemon=True)
+    killer.start()
+    with pytest.raises(ExternalError, match=r"the check of the dump as it was written failed "
+                                            r"\(killed by signal 9\)") as caught:
+        stream_to_file(Environment(), ["sh", "-c", "yes backout"], tmp_path / "x.zst",
+                       what="dump", checker=MySQLDumpChecker(["shop"], "dump"))
+    killer.join(10)
+    assert not isinstance(caught.value, IntegrityError)  # no verdict: not a corrupt dump
+    assert len(started) == 4 and all(child.wait(10) is not None for child in started)
+
+
+def test_an_interrupt_ends_every_process_of_the_proof(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proof process is killed too, not left to end with the stream: a producer's
+    pipe may outlive it (here `yes`, as the Compose plugin under a killed docker CLI)."""
+    started = _recording(monkeypatch)
+    intr = interrupt.reset()
+    intr.abortable = True
+    before = set(threading.enumerate())
+    timer = threading.Timer(0.5, intr.request, args=("SIGINT",))
+    timer.start()
+    try:
+        with pytest.raises(InterruptedOperation, match="stopped by SIGINT"):
+            stream_to_file(Environment(), ["sh", "-c", "yes backout & wait"],
+                           tmp_path / "x.zst", what="dump",
+                           checker=MySQLDumpChecker(["shop"], "dump"))
+    finally:
+        timer.join()
+        interrupt.reset()
+    assert [child.wait(10) for child in started if _is_proof(child)] == [-9]
+    # every one ends (killed, or its pipe broken by one killed a moment before):
+    # SIGKILL is not instant, so each is given a moment
+    assert all(child.wait(10) is not None for child in started)
+    assert started[0].returncode == -9  # the producer
+    assert set(threading.enumerate()) <= before
+
+
+def test_a_stalled_dump_is_seen_through_the_proof_process(tmp_path: Path) -> None:
+    with pytest.raises(StalledError, match="no data moved for 1s"):
+        stream_to_file(Environment(), ["sh", "-c", "echo started; exec sleep 600"],
+                       tmp_path / "x.zst", what="dump", stall=1,
+                       checker=MySQLDumpChecker(["shop"], "dump"))
+
+
+def test_a_slow_dump_that_keeps_moving_is_not_stalled_in_the_proof_process(
+        tmp_path: Path) -> None:
+    """The process reads a CHUNK before it checks; each piece it reads counts."""
+    data = _dump(20)
+    slow = [sys.executable, "-c", f"import sys, time\ndata = {data!r}\n"
+            "for i in range(0, len(data), len(data) // 8 + 1):\n"
+            "    sys.stdout.buffer.write(data[i:i + len(data) // 8 + 1]); sys.stdout.flush()\n"
+            "    time.sleep(0.3)"]
+    written = stream_to_file(Environment(), slow, tmp_path / "x.zst", what="dump", stall=1,
+                             checker=MySQLDumpChecker(["shop"], "dump"))
+    assert written.scanned is not None and written.scanned.raw_bytes == len(data)
+
+
+def test_a_checker_that_breaks_is_raised_as_itself_from_either_side(
+        tmp_path: Path, mode: str) -> None:
+    """A bug of the checker (not an objection to the dump) is raised as the bug it is,
+    whether it broke in the thread or in the process."""
+    checker = MySQLDumpChecker(["shop"], "dump")
+    checker.expected = None  # type: ignore[assignment]  # its state broken: finish() fails
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(1000))
+    with pytest.raises(TypeError):
+        stream_to_file(Environment(), _producer(source), tmp_path / "x.zst", what="dump",
+                       checker=checker)
+
+
+def test_a_backout_directory_where_it_runs_does_not_stand_in_for_backout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proof process imports the installed backout, not a `backout/` package in
+    the directory the operator runs it from."""
+    impostor = tmp_path / "cwd" / "backout"
+    impostor.mkdir(parents=True)
+    (impostor / "__init__.py").write_text("raise SystemExit('the impostor was imported')\n")
+    monkeypatch.chdir(impostor.parent)
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(100))
+    written = stream_to_file(Environment(), _producer(source), tmp_path / "x.zst",
+                             what="mysql dump", checker=MySQLDumpChecker(["shop"], "mysql dump"))
+    assert written.scanned is not None and written.scanned.raw_bytes == len(_dump(100))
+
+
+def test_a_failing_producer_is_the_error_even_when_the_checker_breaks_at_the_end(
+        tmp_path: Path, mode: str) -> None:
+    """The checker's own failure at its end is raised after the producer's exit code
+    is looked at, from the process as from the thread."""
+    checker = MySQLDumpChecker(["shop"], "mysql dump")
+    checker.expected = None  # type: ignore[assignment]  # finish() fails
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(1000))
+    with pytest.raises(ExternalError, match=r"mysql dump failed \(exit 3\)"):
+        stream_to_file(Environment(), _producer(source, exit_code=3), tmp_path / "x.zst",
+                       what="mysql dump", checker=checker)
+
+
+@pytest.mark.parametrize("written", [b"", b"not a pickle", pickle.dumps(["a", "list"]),
+                                     pickle.dumps({"raw": 1})])
+def test_a_verdict_that_cannot_be_read_is_no_proof(tmp_path: Path, written: bytes) -> None:
+    zstd = subprocess.Popen(["true"], stdout=subprocess.PIPE)
+    zstd.wait()
+    proof = pipeline._Proof(Environment(), MySQLDumpChecker(["shop"], "d"), zstd,
+                            (tmp_path / "out").open("wb"), lambda: None)
+    done = subprocess.Popen(["true"])
+    done.wait()
+    with tempfile.TemporaryFile() as channel:
+        channel.write(written)
+        with pytest.raises(pipeline.ProofProcessError, match="left no verdict that can be read"):
+            proof.take_verdict("d", done, "", channel)
+    proof.join("d", tmp_path / "out")
+
+
+def test_without_proc_io_the_stall_watch_follows_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where /proc/PID/io cannot be read (no task I/O accounting), a hung dump is still
+    stopped: by the file that does not grow."""
+    monkeypatch.setattr(pipeline, "chars_read", lambda pid: None)
+    with pytest.raises(StalledError, match="no data moved for 1s"):
+        stream_to_file(Environment(), ["sh", "-c", "echo started; exec sleep 20"],
+                       tmp_path / "x.zst", what="dump", stall=1,
+                       checker=MySQLDumpChecker(["shop"], "dump"))
+
+
+def test_a_proof_process_failure_is_its_own_error_not_the_databases(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proof process that cannot run (here its module is missing) fails the backup
+    with an error of its own, which a safety backup does not answer by forcing the
+    dump past the database's errors (it would fail the same way)."""
+    monkeypatch.setattr(pipeline, "_proof_argv",
+                        lambda channel: [sys.executable, "-c", "import sys; sys.exit("
+                                         "'No module named backout.storage.proofchild')"])
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(100))
+    with pytest.raises(pipeline.ProofProcessError,
+                       match=r"failed \(exit 1\): No module named backout.storage.proofchild"):
+        stream_to_file(Environment(), _producer(source), tmp_path / "x.zst", what="mysql dump",
+                       checker=MySQLDumpChecker(["shop"], "mysql dump"))

@@ -12,8 +12,8 @@ import re
 import struct
 from typing import Any
 
+from backout.errors import IntegrityError
 from backout.storage.crc64 import CRC64
-from backout.storage.pipeline import IntegrityError
 
 _STRINGS = re.compile(rb"'(?:[^'\\]|\\.)*'", re.S)
 # The same strings within one line: blanking a block of lines with it gives exactly

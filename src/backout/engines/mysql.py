@@ -31,6 +31,7 @@ from backout.platforms.base import Platform
 from backout.storage.pipeline import (
     Checker,
     DiskFullError,
+    ProofProcessError,
     StalledError,
     Written,
     decompress_into,
@@ -377,8 +378,9 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
         try:
             written = run_dump(force=False)
         except ExternalError as exc:
-            if not ctx.safety or isinstance(exc, (DiskFullError, StalledError)):
-                raise
+            if not ctx.safety or isinstance(exc, (DiskFullError, StalledError,
+                                                  ProofProcessError)):
+                raise  # not the damage: a forced dump would fail the same way
             # Something else the damage broke: take everything the server still gives,
             # and record what it could not.
             written = run_dump(force=True)

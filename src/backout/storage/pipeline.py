@@ -3,11 +3,14 @@
 Write path: ``producer | zstd > file``; nothing is buffered whole in memory and the
 file is fsync'd. A dump is complete only if every stage exited 0. Given a checker,
 the backup is proven in the same pass (issue 16: the second read of the file cost
-more than the dump): Python passes the producer's bytes to zstd and to the
-format-specific checker (the MySQL trailer and rows, the RDB structure and CRC, the
-tar of BSON), and zstd's output to the file and to sha256; the counts describe the
-very bytes zstd compressed. A ``zstd -t`` beside it decompresses the bytes written to
-the file, as they are written (in C), against the frame's checksum of those bytes: a
+more than the dump): the producer's bytes go through the format-specific checker
+(the MySQL trailer and rows, the RDB structure and CRC, the tar of BSON) on their
+way to zstd, and zstd's output to the file and to sha256; the counts describe the
+very bytes zstd compressed. backout's own checkers run in a process of their own
+between the producer and zstd (``proofchild``: ``producer | proof | zstd``), any
+other, and those of a producer that is Python itself, in a thread here. A ``zstd
+-t`` beside it decompresses the bytes written to the file, as they are written (in
+C), against the frame's checksum of those bytes: a
 file that does not give them back fails the backup then, not at the restore that
 needs it. (It read the file back once written, 0.12 s per 100 MB, 1.2 s per GB, on
 the wall clock after the dump; beside the dump it costs a core's spare cycles.) So
@@ -28,8 +31,10 @@ import errno
 import hashlib
 import io
 import os
+import pickle
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -40,7 +45,10 @@ from typing import IO, Any, Protocol, cast
 
 from backout import proc
 from backout.environment import Environment
-from backout.errors import BackoutError, ExitCode, ExternalError
+from backout.errors import BackoutError, ExternalError
+from backout.errors import (
+    IntegrityError as IntegrityError,  # defined there: checkers need no pipeline
+)
 from backout.operations import interrupt
 
 CHUNK = 1 << 20
@@ -48,11 +56,11 @@ STDIN = Path("-")
 TEST_TIMEOUT = 3600.0  # zstd -t of what is already written: far faster than the dump
 
 
-class IntegrityError(BackoutError):
-    """An artifact is missing, empty, truncated, corrupt, or not what it claims."""
+class ProofProcessError(ExternalError):
+    """The process checking a dump as it is written failed or gave no verdict: the
+    backup is not proven (nothing says the database is at fault)."""
 
-    exit_code = ExitCode.VERIFICATION_FAILED
-    code = "integrity"
+    code = "proof_failed"
 
 
 class StalledError(ExternalError):
@@ -132,9 +140,11 @@ class _Proof:
 
     def __init__(self, env: Environment, checker: Checker, zstd: subprocess.Popen[bytes],
                  out: IO[bytes], on_error: Callable[[], None]) -> None:
-        assert zstd.stdin is not None and zstd.stdout is not None
+        assert zstd.stdout is not None  # its stdin: fed here, or the proof process's
         self.checker = checker
         self.zstd_in = zstd.stdin
+        self.checks: dict[str, Any] | None = None  # the proof process's counts
+        self.finish_error: BaseException | None = None  # its checker's, at the end
         # `zstd -t` of what goes into the file, fed by the sink as it writes
         # (-q: its stderr is an error line at most, read once it has exited)
         try:
@@ -158,6 +168,7 @@ class _Proof:
         self._threads[0].start()
 
     def feed(self, chunk: bytes) -> None:
+        assert self.zstd_in is not None
         self.raw += len(chunk)
         if self.check_error is None:
             try:
@@ -165,6 +176,38 @@ class _Proof:
             except BackoutError as exc:
                 self.check_error = exc
         self.zstd_in.write(chunk)
+
+    def take_verdict(self, what: str, checking: subprocess.Popen[bytes], said: str,
+                     channel: IO[bytes]) -> None:
+        """The proof process's verdict (``proofchild``), once it has exited: what the
+        thread's checks would have left here (a failure of the checker's ``finish`` is
+        raised by ``scanned``, as the thread's is). A process that gave none failed the
+        backup: nothing says what its stream held."""
+        rc = checking.returncode
+        how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
+        if rc != 0:
+            raise ProofProcessError(f"{what}: the check of the dump as it was written failed "
+                                    f"({how}): {proc.last_line(said)}")
+        channel.seek(0)
+        try:
+            verdict = pickle.load(channel)
+            raw, error, failed_in = int(verdict["raw"]), verdict["error"], verdict["failed_in"]
+            checks, flowing = verdict["checks"], verdict["flowing"]
+        except Exception as exc:  # cut short or not ours: no verdict
+            raise ProofProcessError(f"{what}: the check of the dump as it was written left no "
+                                    f"verdict that can be read ({type(exc).__name__}: {exc})"
+                                    ) from exc
+        self.raw = self.received = raw
+        if isinstance(error, BackoutError):
+            self.check_error = error  # an objection to the dump
+        elif error is not None and failed_in == "feed":
+            raise error  # the checker's own failure, raised where the thread's is
+        elif error is not None:
+            self.finish_error = error
+        elif checks is None and raw and not flowing:
+            raise ProofProcessError(f"{what}: the check of the dump stopped before its end "
+                                    "(zstd stopped reading, yet exited 0)")
+        self.checks = checks
 
     def tee(self, source: IO[bytes]) -> None:
         """Pass all of ``source`` (the producer's stdout) on, in a thread."""
@@ -197,8 +240,9 @@ class _Proof:
         thread.start()
 
     def close_input(self) -> None:
-        with contextlib.suppress(OSError):
-            self.zstd_in.close()
+        if self.zstd_in is not None:
+            with contextlib.suppress(OSError):
+                self.zstd_in.close()
 
     def _sink(self, compressed: IO[bytes], out: IO[bytes]) -> None:
         try:
@@ -252,7 +296,9 @@ class _Proof:
         if self.raw == 0:
             raise IntegrityError(f"{what}: the backup of {dest.name} is empty (the dump "
                                  "wrote nothing)")
-        checks = self.checker.finish()
+        if self.finish_error is not None:
+            raise self.finish_error
+        checks = self.checker.finish() if self.checks is None else self.checks
         rc = self.tester.returncode
         if rc != 0 and (rc is None or rc < 0 or not (self.test_said or "").strip()):
             # killed (the timeout, the OOM killer) or silent: no verdict, not corruption
@@ -446,7 +492,9 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
                    checker: Checker | None = None) -> Written:
     """Run ``producer | zstd -<level>`` into ``dest`` (mode 0600) and fsync it.
     ``total``: the engine's estimate of the bytes produced, for the progress bar.
-    ``checker``: prove the stream as it is written (``Written.scanned``).
+    ``checker``: prove the stream as it is written (``Written.scanned``); one of
+    backout's own checks runs in a process of its own between the producer and zstd
+    (``proofchild``), any other in a thread of this one.
 
     The wait is cut short by an interrupt of the step (InterruptedOperation) or when
     the file stops growing for ``stall`` seconds (StalledError). ``ok_exit``: the
@@ -455,51 +503,85 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
     start = time.monotonic()
     env.log_external(f"$ {proc.describe(producer)} | zstd -{level} > {dest.name}"
                      + (" (+ zstd -t of what is written)" if checker is not None else ""))
+    recipe = None if checker is None else _portable(checker)
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with tempfile.TemporaryFile() as p_err, tempfile.TemporaryFile() as z_err, \
+            tempfile.TemporaryFile() as c_err, tempfile.TemporaryFile() as channel, \
             os.fdopen(fd, "wb") as out:
         try:
-            prod = subprocess.Popen(list(producer), stdin=stdin or subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=p_err, cwd=cwd,
-                                    env=proc.child_env(env, secret_env), **proc.CHILD)
+            prod = proc.popen(list(producer), stdin=stdin or subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=p_err, cwd=cwd,
+                              env=proc.child_env(env, secret_env), **proc.CHILD)
         except FileNotFoundError as exc:
             raise ExternalError(f"{what}: {producer[0]} is not installed") from exc
+        assert prod.stdout is not None
+        checking = None
+        if recipe is not None:
+            channel.write(recipe)
+            channel.flush()
+            try:
+                checking = subprocess.Popen(
+                    _proof_argv(channel.fileno()), stdin=prod.stdout,
+                    stdout=subprocess.PIPE, stderr=c_err, pass_fds=(channel.fileno(),),
+                    env=proc.child_env(env), **proc.CHILD)
+            except OSError as exc:
+                _reap(prod)
+                raise ProofProcessError(f"{what}: the check of the dump could not start: "
+                                        f"{exc.strerror or exc}") from exc
+            assert checking.stdout is not None
+            prod.stdout.close()  # the proof process owns the read end: its death SIGPIPEs it
+        feed: Any = subprocess.PIPE if checker is not None and checking is None else (
+            prod.stdout if checking is None else checking.stdout)
         try:
             zstd = subprocess.Popen(
-                zstd_argv(level=level),
-                stdin=prod.stdout if checker is None else subprocess.PIPE,
+                zstd_argv(level=level), stdin=feed,
                 stdout=out if checker is None else subprocess.PIPE,
                 stderr=z_err, env=proc.child_env(env), **proc.CHILD)
-        except FileNotFoundError as exc:
-            prod.kill()
-            raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
-        assert prod.stdout is not None
+        except OSError as exc:
+            _reap(prod, *([checking] if checking else []))
+            if isinstance(exc, FileNotFoundError):
+                raise ExternalError("zstd is not installed", fix="apt-get install zstd") from exc
+            raise
+        # the proof process before zstd: killed first, it cannot end by a broken pipe
+        # instead (a sign it would have gone on reading)
+        children = [prod, *([checking] if checking else []), zstd]
 
         def kill_both() -> None:
-            prod.kill()
-            zstd.kill()
+            for child in children:
+                child.kill()
 
         proof = None
         if checker is None:
             prod.stdout.close()  # zstd owns the read end; a dead zstd must SIGPIPE the producer
         else:
+            if checking is not None:
+                assert checking.stdout is not None
+                checking.stdout.close()  # zstd's now: a dead zstd ends the proof process
             try:
                 proof = _Proof(env, checker, zstd, out, kill_both)
             except BaseException:
-                _reap(prod, zstd)
+                _reap(*children)
                 raise
-            proof.tee(prod.stdout)  # closes it at the end: a dead zstd SIGPIPEs the producer
+            if checking is None:
+                proof.tee(prod.stdout)  # closes it at the end: a dead zstd SIGPIPEs the producer
 
         intr = interrupt.current()
-        # progress: the dump's own bytes when they pass through Python (zstd's output
-        # grows by its jobs, megabytes apart on data that compresses well)
-        stalled = Stall(stall, (lambda: file_size(dest)) if proof is None else
-                        (lambda: proof.received), what, kill_both)
+        # progress: the dump's own bytes as they are checked (zstd's output grows by its
+        # jobs, megabytes apart on data that compresses well)
+        progress: Callable[[], int | None] = (
+            (lambda: file_size(dest)) if proof is None else
+            (lambda: proof.received) if checking is None else
+            # where /proc/PID/io cannot be read, the file's growth
+            (lambda: chars_read(checking.pid) or file_size(dest)))
+        stalled = Stall(stall, progress, what, kill_both)
         try:
             with metered(env, what, zstd.pid, total, estimated=True):
                 z_rc = intr.wait(zstd, timeout, what, on_stop=kill_both, tick=stalled)
             p_rc = intr.wait(prod, max(1.0, timeout - (time.monotonic() - start)), what,
                              on_stop=kill_both, tick=stalled)
+            if checking is not None:  # it ends with the stream zstd has had
+                intr.wait(checking, max(1.0, timeout - (time.monotonic() - start)), what,
+                          on_stop=kill_both, tick=stalled)
         except subprocess.TimeoutExpired as exc:
             kill_both()
             _settle(proof, what, dest)
@@ -515,16 +597,46 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         p_msg = env.redact(p_err.read().decode(errors="replace"))
         z_msg = z_err.read().decode(errors="replace")
         duration = time.monotonic() - start
-        env.log_external(f"  {what}: producer exit {p_rc}, zstd exit {z_rc}, {duration:.2f}s")
+        env.log_external(f"  {what}: producer exit {p_rc}, zstd exit {z_rc}"
+                         + ("" if checking is None else f", check exit {checking.returncode}")
+                         + f", {duration:.2f}s")
         if z_rc != 0:
             if "No space left" in z_msg or _disk_full(dest):
                 raise DiskFullError.at(what, dest.parent)
             raise ExternalError(f"{what}: zstd failed (exit {z_rc}): {proc.last_line(z_msg)}")
+        if proof is not None and checking is not None:
+            c_err.seek(0)
+            proof.take_verdict(what, checking, env.redact(c_err.read().decode(errors="replace")),
+                               channel)
         if p_rc not in ok_exit:
             raise ExternalError(f"{what} failed (exit {p_rc}): {proc.last_line(p_msg)}")
         _fsync_out(out, what, dest)
     scanned = None if proof is None else proof.scanned(what, dest)
     return Written(dest, dest.stat().st_size, duration, p_rc, p_msg, scanned)
+
+
+def _proof_argv(channel: int) -> list[str]:
+    # -P: the working directory is not on its path (a `backout/` there must not stand
+    # in for the installed package)
+    return [sys.executable, "-P", "-m", "backout.storage.proofchild", str(channel)]
+
+
+# where backout's own stream checkers live: a module the proof process imports quickly
+# (no CLI, no platform): MySQL, Redis, volume and mongodump backups (PostgreSQL's
+# producer and MongoDB's driver path are Python itself: their checkers run in a thread)
+PROOF_MODULES = ("backout.engines.formats",)
+
+
+def _portable(checker: Checker) -> bytes | None:
+    """``checker`` pickled for the proof process; None: it is checked in a thread here
+    (not one of backout's own checks, which that process can import; or one pickle
+    cannot carry)."""
+    if not sys.executable or not type(checker).__module__.startswith(PROOF_MODULES):
+        return None
+    try:
+        return pickle.dumps(checker)
+    except Exception:  # any reason: the thread checks it instead
+        return None
 
 
 def _reap(*children: subprocess.Popen[bytes]) -> None:
@@ -714,9 +826,9 @@ def decompress_into(env: Environment, artifact: Path, consumer: list[str], *, wh
     env.log_external(f"$ zstd -dc {artifact.name} | {proc.describe(consumer)}")
     with tempfile.TemporaryFile() as c_err, tempfile.TemporaryFile() as z_err:
         zstd = spawn_decompress(env, artifact, stdout=subprocess.PIPE, stderr=z_err)
-        cons = subprocess.Popen(consumer, stdin=zstd.stdout, stdout=subprocess.DEVNULL,
-                                stderr=c_err, env=proc.child_env(env, secret_env), cwd=cwd,
-                                **proc.CHILD)
+        cons = proc.popen(consumer, stdin=zstd.stdout, stdout=subprocess.DEVNULL,
+                           stderr=c_err, env=proc.child_env(env, secret_env), cwd=cwd,
+                           **proc.CHILD)
         assert zstd.stdout is not None
         zstd.stdout.close()
 
