@@ -1,7 +1,8 @@
 """Bench 3's proven bare pipe: stdin to stdout unchanged, a MiB at a time, through
 the engine's own checker (format, trailer, row or key counts) and a sha256, close to
 how backout's pipeline proves a backup while it is written (backout hashes the
-compressed file, this the raw stream; this adds a process and a pipe hop).
+compressed file, this the raw stream; backout's checker runs in a process between the
+dump and zstd too, backout.storage.proofchild).
 
     <dump> | python bench/proof.py mysql backout_app | zstd -3 -T0 > file && sync file
 

@@ -7,7 +7,10 @@ again as ``docker-compose compose …`` with ``DOCKER_CLI_PLUGIN_ORIGINAL_CLI_CO
 set, passing its own environment (the plugin reads the config, the context and
 ``DOCKER_HOST`` itself). That costs 0.09-0.12 s a call here, the plugin alone
 0.04-0.05 s (issue 16: a backup's start-up asks Compose twice, a rollback a dozen
-times). ``exec_argv`` gives the argv and the variable the CLI would give the plugin,
+times). ``exec_argv`` gives the argv and the variable the CLI gives the plugin (the
+CLI's path, where the CLI passes the name it was called by; not the CLI's own
+extras: the socket of newer CLIs that tells a plugin the CLI was interrupted, which
+matters only with the CLI in between, and the OpenTelemetry attributes), the plugin
 found where the CLI looks for it: the config's ``cliPluginsExtraDirs``, then
 ``$DOCKER_CONFIG/cli-plugins`` (``~/.docker/cli-plugins``), then the system
 directories.
@@ -89,7 +92,8 @@ def _find(env: Mapping[str, str]) -> Direct | None:
     docker = shutil.which("docker", path=env.get("PATH", os.defpath))
     if docker is None:
         return None
-    docker = os.path.abspath(docker)
+    if not os.path.isabs(docker):  # a relative PATH entry: the child's would be another
+        return None
     if os.path.basename(os.path.realpath(docker)) != "docker" or not _native(docker):
         return None
     dirs = _plugin_dirs(env)

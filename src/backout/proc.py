@@ -130,12 +130,14 @@ def run(
             stdin=subprocess.DEVNULL if input_text is None else subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **CHILD)
 
+    how = ""
     try:
         child = None
         direct = cliplugin.exec_argv(argv, variables)
         if direct is not None:
             try:
                 child = begin(*direct)
+                how = f", {direct[0][0]}"  # which binary ran, in --verbose's line
             except OSError:  # gone or changed since it was found: the CLI finds it, or says so
                 cliplugin.forget()
         if child is None:
@@ -159,7 +161,7 @@ def run(
         env.log_external(f"$ {describe(argv)}  (timed out after {timeout:.0f}s)")
         raise ExternalError(f"{label}: timed out after {timeout:.0f}s") from exc
     duration = time.monotonic() - start
-    env.log_external(f"$ {describe(argv)}  ({duration:.2f}s, exit {completed.returncode})")
+    env.log_external(f"$ {describe(argv)}  ({duration:.2f}s, exit {completed.returncode}{how})")
     result = Result(
         tuple(argv), completed.returncode, completed.stdout, completed.stderr, duration
     )

@@ -4,7 +4,7 @@ looks, only under the Docker CLI itself, and the CLI again when the plugin is go
 from __future__ import annotations
 
 import json
-import os
+import logging
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -251,8 +251,18 @@ def test_a_plugin_that_fails_fails_the_command_as_the_cli_would(runnable: Machin
     plugin.unlink()
     shutil.copy(shutil.which("false") or "/bin/false", plugin)
     result = proc.run(environment(runnable), ["docker", "compose", "ps"], check=False)
-    assert result.returncode == 1 and result.stdout == ""
-    assert os.access(plugin, os.X_OK)
+    assert result.returncode == 1 and result.stdout == ""  # the stand-in CLI would say 0
+
+
+def test_verbose_names_the_binary_that_ran(runnable: Machine,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    env = environment(runnable)
+    env.verbose = True
+    with caplog.at_level(logging.INFO, logger="backout"):
+        proc.run(env, ["docker", "compose", "ps"])
+    plugin = runnable.config / "cli-plugins" / "docker-compose"
+    lines = [r.getMessage() for r in caplog.records if "docker compose ps" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith(f", exit 0, {plugin})")
 
 
 @pytest.mark.parametrize("where", ["config", "extra"])

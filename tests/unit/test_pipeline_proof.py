@@ -532,3 +532,38 @@ def test_a_proof_process_failure_is_its_own_error_not_the_databases(
                        match=r"failed \(exit 1\): No module named backout.storage.proofchild"):
         stream_to_file(Environment(), _producer(source), tmp_path / "x.zst", what="mysql dump",
                        checker=MySQLDumpChecker(["shop"], "mysql dump"))
+
+
+def test_a_checker_that_breaks_in_the_process_stops_the_dump_and_says_so(
+        tmp_path: Path) -> None:
+    """As in the thread: a failure of the checker itself (not an objection) ends the
+    pipeline at once, not after the whole dump (this producer never ends by itself)."""
+    checker = MySQLDumpChecker(["shop"], "dump")
+    checker.tables = None  # type: ignore[assignment]  # its state broken: feed() fails
+    source = tmp_path / "dump.sql"
+    source.write_bytes(_dump(200_000))  # more than a CHUNK: fed before the end
+    endless = [sys.executable, "-c", "import shutil, sys\n"
+               f"shutil.copyfileobj(open({str(source)!r}, 'rb'), sys.stdout.buffer)\n"
+               "while True: sys.stdout.buffer.write(b'-- more\\n' * 8192)"]
+    with pytest.raises(AttributeError, match="setdefault"):
+        stream_to_file(Environment(), endless, tmp_path / "x.zst", what="dump",
+                       checker=checker, timeout=60)  # a timeout fails it otherwise
+
+
+def test_a_proof_process_that_cannot_start_leaves_no_producer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = _recording(monkeypatch)
+    monkeypatch.setattr(pipeline, "_proof_argv", lambda channel: [str(tmp_path / "no-python")])
+    with pytest.raises(pipeline.ProofProcessError, match="the check of the dump could not start"):
+        stream_to_file(Environment(), ["sh", "-c", "exec yes backout"], tmp_path / "x.zst",
+                       what="dump", checker=MySQLDumpChecker(["shop"], "dump"))
+    assert [child.wait(10) for child in started] == [-9]  # the producer, killed
+
+
+def test_every_checker_of_the_formats_module_goes_to_the_proof_process() -> None:
+    """Each is pickled for the process (one that could not be would quietly stay in a
+    thread: slower, and the process mode of these tests a thread)."""
+    from backout.engines import formats
+    checkers = [formats.MySQLDumpChecker(["shop"], "d"), formats.RDBChecker("d"),
+                formats.TarBsonChecker(["shop"], "d"), formats.VolumeTarChecker("d")]
+    assert [type(c).__name__ for c in checkers if pipeline._portable(c) is None] == []

@@ -133,10 +133,12 @@ class Written:
 
 
 class _Proof:
-    """The checks of a backup made while it is written: ``feed`` passes the
-    producer's bytes to the checker and to zstd's stdin; a thread moves zstd's
-    output into the file through sha256. A checker's objection is kept (the stream
-    still flows, so the pipeline ends as it would) and raised by ``scanned``."""
+    """The checks of a backup made while it is written: a thread moves zstd's output
+    into the file through sha256 and ``zstd -t``; the producer's bytes reach zstd
+    through the checker, either here (``feed``, from the thread ``tee`` starts) or in
+    the proof process, whose verdict ``take_verdict`` reads. A checker's objection is
+    kept (the stream still flows, so the pipeline ends as it would) and raised by
+    ``scanned``."""
 
     def __init__(self, env: Environment, checker: Checker, zstd: subprocess.Popen[bytes],
                  out: IO[bytes], on_error: Callable[[], None]) -> None:
@@ -508,6 +510,9 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
     with tempfile.TemporaryFile() as p_err, tempfile.TemporaryFile() as z_err, \
             tempfile.TemporaryFile() as c_err, tempfile.TemporaryFile() as channel, \
             os.fdopen(fd, "wb") as out:
+        if recipe is not None:  # written before anything runs that a failure here must end
+            channel.write(recipe)
+            channel.flush()
         try:
             prod = proc.popen(list(producer), stdin=stdin or subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=p_err, cwd=cwd,
@@ -517,8 +522,6 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         assert prod.stdout is not None
         checking = None
         if recipe is not None:
-            channel.write(recipe)
-            channel.flush()
             try:
                 checking = subprocess.Popen(
                     _proof_argv(channel.fileno()), stdin=prod.stdout,
@@ -546,7 +549,7 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
         # instead (a sign it would have gone on reading)
         children = [prod, *([checking] if checking else []), zstd]
 
-        def kill_both() -> None:
+        def kill_all() -> None:
             for child in children:
                 child.kill()
 
@@ -558,7 +561,7 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
                 assert checking.stdout is not None
                 checking.stdout.close()  # zstd's now: a dead zstd ends the proof process
             try:
-                proof = _Proof(env, checker, zstd, out, kill_both)
+                proof = _Proof(env, checker, zstd, out, kill_all)
             except BaseException:
                 _reap(*children)
                 raise
@@ -573,21 +576,21 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
             (lambda: proof.received) if checking is None else
             # where /proc/PID/io cannot be read, the file's growth
             (lambda: chars_read(checking.pid) or file_size(dest)))
-        stalled = Stall(stall, progress, what, kill_both)
+        stalled = Stall(stall, progress, what, kill_all)
         try:
             with metered(env, what, zstd.pid, total, estimated=True):
-                z_rc = intr.wait(zstd, timeout, what, on_stop=kill_both, tick=stalled)
+                z_rc = intr.wait(zstd, timeout, what, on_stop=kill_all, tick=stalled)
             p_rc = intr.wait(prod, max(1.0, timeout - (time.monotonic() - start)), what,
-                             on_stop=kill_both, tick=stalled)
+                             on_stop=kill_all, tick=stalled)
             if checking is not None:  # it ends with the stream zstd has had
                 intr.wait(checking, max(1.0, timeout - (time.monotonic() - start)), what,
-                          on_stop=kill_both, tick=stalled)
+                          on_stop=kill_all, tick=stalled)
         except subprocess.TimeoutExpired as exc:
-            kill_both()
+            kill_all()
             _settle(proof, what, dest)
             raise ExternalError(f"{what}: timed out after {timeout:.0f}s") from exc
         except BaseException:
-            kill_both()
+            kill_all()
             _settle(proof, what, dest)
             raise
         if proof is not None:
@@ -653,7 +656,7 @@ def _reap(*children: subprocess.Popen[bytes]) -> None:
 
 
 def _settle(proof: _Proof | None, what: str, dest: Path) -> None:
-    """The threads of a pipeline being torn down end (both processes were killed);
+    """The threads of a pipeline being torn down end (its processes were killed);
     their own errors are beside the point by then. Waited for a few seconds only: a
     process the kill did not reach (the compose plugin under a killed docker CLI) may
     hold the producer's pipe open; the threads are daemons and end with it."""

@@ -8,7 +8,8 @@ goes back into that file (emptied first) once the stream has ended: the pickled 
 ``{"raw": bytes passed, "checks": finish()'s counts or None, "error": the checker's
 objection or failure or None, "failed_in": "feed" or "finish", "flowing": False when
 zstd stopped reading}``. An objection does not stop the stream (the pipeline ends as
-it would; the verdict fails the backup).
+it would; the verdict fails the backup); a failure of the checker itself ends this
+process at once, as it stops backout's pipeline when the checker runs in a thread.
 
 Why a process: in a thread of backout the checker (pure Python, ~3 CPU s per GB of
 MySQL dump) held the GIL from the thread moving zstd's output to the file, and the
@@ -43,8 +44,10 @@ def main(argv: list[str]) -> int:
         if error is None:
             try:
                 checker.feed(chunk)
-            except Exception as exc:  # the checker's objection: kept, the stream flows
+            except Exception as exc:
                 error, failed_in = exc, "feed"
+                if not _objection(exc):
+                    break  # the checker's own failure: the dump stops here (its pipe breaks)
         if flowing:
             try:
                 view = memoryview(chunk)
@@ -68,6 +71,13 @@ def main(argv: list[str]) -> int:
     while view:
         view = view[os.write(channel, view):]
     return 0
+
+
+def _objection(error: BaseException) -> bool:
+    """Is ``error`` the checker's objection to the dump (the stream flows on, the
+    verdict fails the backup), rather than a failure of the checker itself?"""
+    from backout.errors import BackoutError  # loaded with the checker already
+    return isinstance(error, BackoutError)
 
 
 def _portable(error: BaseException | None) -> BaseException | None:
