@@ -567,3 +567,17 @@ def test_every_checker_of_the_formats_module_goes_to_the_proof_process() -> None
     checkers = [formats.MySQLDumpChecker(["shop"], "d"), formats.RDBChecker("d"),
                 formats.TarBsonChecker(["shop"], "d"), formats.VolumeTarChecker("d")]
     assert [type(c).__name__ for c in checkers if pipeline._portable(c) is None] == []
+
+
+def test_an_objection_pickle_cannot_carry_is_still_an_objection() -> None:
+    from backout.errors import BackoutError
+    from backout.storage import proofchild
+
+    class Odd(BackoutError):
+        def __init__(self, a: str, b: str) -> None:  # args it cannot take again
+            super().__init__(f"{a} {b}")
+
+    carried = proofchild._portable(Odd("the dump", "is odd"))
+    assert isinstance(carried, IntegrityError) and carried.message == "the dump is odd"
+    bug = proofchild._portable(type("Weird", (Exception,), {"__reduce__": lambda self: 1/0})())
+    assert isinstance(bug, RuntimeError) and "Weird" in str(bug)

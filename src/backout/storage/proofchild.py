@@ -13,8 +13,10 @@ process at once, as it stops backout's pipeline when the checker runs in a threa
 
 Why a process: in a thread of backout the checker (pure Python, ~3 CPU s per GB of
 MySQL dump) held the GIL from the thread moving zstd's output to the file, and the
-dump lost 5-10 % against the same pipe with the same checks in a process of their
-own (bench 3's proven pipe, ``bench/proof.py``; issue 16).
+backup ran 2-10 % behind the same pipe with the same checks in processes of their
+own (bench 3's proven pipe, ``bench/proof.py``; issue 16). In this process a 1 GB
+backup took 2-5 % less time than in the thread, round by round (by hand, three
+rounds; README, "Latest figures").
 
 Only the modules the checker's class needs are imported (it is not the CLI).
 """
@@ -89,6 +91,9 @@ def _portable(error: BaseException | None) -> BaseException | None:
         pickle.loads(pickle.dumps(error))
         return error
     except Exception:
+        if _objection(error):  # still an objection to the dump, in words
+            from backout.errors import IntegrityError
+            return IntegrityError(str(getattr(error, "message", error)))
         return RuntimeError(f"{type(error).__module__}.{type(error).__qualname__}: {error}")
 
 
