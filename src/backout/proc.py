@@ -124,24 +124,11 @@ def run(
     variables = child_env(env, secret_env, plain_env)
     start = time.monotonic()
 
-    def begin(command: list[str], extra: Mapping[str, str]) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            command, cwd=cwd, env={**variables, **extra}, text=True,
-            stdin=subprocess.DEVNULL if input_text is None else subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **CHILD)
-
-    how = ""
     try:
-        child = None
-        direct = cliplugin.exec_argv(argv, variables)
-        if direct is not None:
-            try:
-                child = begin(*direct)
-                how = f", {direct[0][0]}"  # which binary ran, in --verbose's line
-            except OSError:  # gone or changed since it was found: the CLI finds it, or says so
-                cliplugin.forget()
-        if child is None:
-            child = begin(argv, {})
+        child, ran = _spawn(argv, variables, cwd=cwd, text=True,
+                            stdin=subprocess.DEVNULL if input_text is None else subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **CHILD)
+        how = "" if ran == argv[0] else f", {ran}"  # which binary ran, in --verbose's line
         # started: whatever happens now, it is not started again (subprocess.run's wait)
         with child:
             try:
@@ -176,16 +163,21 @@ def popen(argv: Sequence[str], *, env: dict[str, str], **options: Any
           ) -> subprocess.Popen[bytes]:
     """``subprocess.Popen(argv, env=env, **options)`` for a streaming child (a dump, a
     load), a ``docker compose …`` run as the Docker CLI runs it (``cliplugin``)."""
+    child: subprocess.Popen[bytes] = _spawn(argv, env, **options)[0]
+    return child
+
+
+def _spawn(argv: Sequence[str], env: Mapping[str, str], **options: Any
+           ) -> tuple[subprocess.Popen[Any], str]:
+    """``argv`` started (its Compose plugin's binary for ``docker compose …``, when
+    ``cliplugin`` finds one), and the program that runs."""
     direct = cliplugin.exec_argv(argv, env)
     if direct is not None:
         try:
-            child: subprocess.Popen[bytes] = subprocess.Popen(
-                direct[0], env={**env, **direct[1]}, **options)
-            return child
+            return subprocess.Popen(direct[0], env={**env, **direct[1]}, **options), direct[0][0]
         except OSError:  # gone or changed since it was found: the CLI finds it, or says so
             cliplugin.forget()
-    plain: subprocess.Popen[bytes] = subprocess.Popen(list(argv), env=env, **options)
-    return plain
+    return subprocess.Popen(list(argv), env=dict(env), **options), argv[0]
 
 
 def last_line(text: str) -> str:

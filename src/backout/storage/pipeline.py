@@ -199,7 +199,7 @@ class _Proof:
             raise ProofProcessError(f"{what}: the check of the dump as it was written left no "
                                     f"verdict that can be read ({type(exc).__name__}: {exc})"
                                     ) from exc
-        self.raw = self.received = raw
+        self.raw = raw
         if isinstance(error, BackoutError):
             self.check_error = error  # an objection to the dump
         elif error is not None and failed_in == "feed":
@@ -533,8 +533,11 @@ def stream_to_file(env: Environment, producer: Sequence[str], dest: Path, *, wha
                                         f"{exc.strerror or exc}") from exc
             assert checking.stdout is not None
             prod.stdout.close()  # the proof process owns the read end: its death SIGPIPEs it
-        feed: Any = subprocess.PIPE if checker is not None and checking is None else (
-            prod.stdout if checking is None else checking.stdout)
+        feed: Any = prod.stdout  # zstd's stdin: the dump itself, unless it is checked
+        if checking is not None:
+            feed = checking.stdout
+        elif checker is not None:
+            feed = subprocess.PIPE  # fed by the thread that checks
         try:
             zstd = subprocess.Popen(
                 zstd_argv(level=level), stdin=feed,
