@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -531,6 +532,124 @@ def test_backup_under_continuous_writes_is_consistent(project: Path, stack: Test
     finally:
         stack.fault("backend", reset=True)
         stack.mysql_query(f"DROP DATABASE IF EXISTS `{throwaway}`", database=None)
+
+
+# --------------------------------------------------------------------------- the dump's way
+
+HELPER = "io.backout.dump-helper"
+
+
+def _helpers_left() -> list[str]:
+    return subprocess.run(["docker", "ps", "-aq", "--filter", f"label={HELPER}"],
+                          capture_output=True, text=True, timeout=30, check=True).stdout.split()
+
+
+def _live_counts(stack: TestStack) -> dict[str, int]:
+    tables = [r[0] for r in stack.mysql_query("SHOW TABLES")]
+    return {str(t): int(stack.mysql_scalar(f"SELECT COUNT(*) FROM `{t}`") or 0) for t in tables}
+
+
+def _backup_counts(project: Path, stack: TestStack) -> tuple[subprocess.CompletedProcess[str],
+                                                              dict[str, int]]:
+    """`backup mysql --verbose`, and its counts, each between the live ones before and
+    after it (the stack's writers write on; rows are only added)."""
+    before = _live_counts(stack)
+    result = backout("--verbose", "backup", "mysql", "--json", cwd=project)
+    after = _live_counts(stack)
+    counts = manifest(project, ok_json(result)["set_id"])["databases"]["mysql"]["databases"]
+    dumped: dict[str, int] = counts[DATABASE]["tables"]
+    assert set(dumped) == set(before) == set(after)
+    assert all(before[t] <= dumped[t] <= after[t] for t in dumped), (before, dumped, after)
+    return result, dumped
+
+
+def test_the_mysql_dump_comes_from_beside_the_server_not_through_docker_exec(
+        project: Path, stack: TestStack) -> None:
+    """A client in a container of its own in the server's network namespace writes the
+    dump into a FIFO of backout's: its bytes pass no Docker Engine exec stream."""
+    result, _ = _backup_counts(project, stack)
+    dump_lines = [line for line in result.stderr.splitlines() if "mariadb-dump" in line]
+    assert len(dump_lines) == 1 and "docker run --rm --network container:" in dump_lines[0]
+    assert "--host=127.0.0.1" in dump_lines[0] and "nothing came through" not in result.stderr
+    assert _helpers_left() == []  # it removed itself
+
+
+@pytest.fixture
+def local_only_user(project: Path, stack: TestStack) -> Iterator[str]:
+    """backout configured with a MySQL user that may log in from 'localhost' only (the
+    server skips name resolution: a TCP login from 127.0.0.1 is refused)."""
+    user, password = f"local_{secrets.token_hex(3)}", secrets.token_hex(16)
+    stack.mysql_query(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}';"
+                      f"GRANT ALL PRIVILEGES ON *.* TO '{user}'@'localhost'", database=None)
+    config, env_file = project / "backout.toml", project / ".env"
+    original_config, original_env = config.read_text(), env_file.read_text()
+    text, n = re.subn(r'(\[databases\.mysql\]\n(?:.*\n)*?)user = "root"\n'
+                      r'password_env = "MYSQL_ROOT_PASSWORD"\n',
+                      rf'\1user = "{user}"\npassword_env = "LOCAL_TEST_PASSWORD"\n',
+                      original_config)
+    assert n == 1, original_config
+    try:
+        config.write_text(text)
+        env_file.write_text(original_env + f"\nLOCAL_TEST_PASSWORD={password}\n")
+        yield user
+    finally:
+        config.write_text(original_config)
+        env_file.write_text(original_env)
+        stack.mysql_query(f"DROP USER IF EXISTS '{user}'@'localhost'", database=None)
+
+
+def test_a_user_refused_over_tcp_is_dumped_through_docker_exec(
+        project: Path, stack: TestStack, local_only_user: str) -> None:
+    result, _ = _backup_counts(project, stack)
+    dump_lines = [line for line in result.stderr.splitlines()
+                  if "mariadb-dump" in line and line.lstrip().startswith("backout: $")]
+    assert len(dump_lines) == 2, dump_lines
+    assert "docker run --rm --network container:" in dump_lines[0]
+    assert "docker exec -i" in dump_lines[1] and "--host=" not in dump_lines[1]
+    assert "nothing came through" in result.stderr and "Access denied" in result.stderr
+    # exit 0 (ok_json): no warning either, the operator has nothing to do
+    assert _helpers_left() == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_a_signal_mid_dump_leaves_no_client_beside_the_server(
+        project: Path, stack: TestStack, sig: int) -> None:
+    """Ctrl-C (to the process group) or kill -9 while the client beside the server is
+    streaming: nothing published, and its container goes (removed by backout after
+    Ctrl-C; after kill -9, ended by its next write into a FIFO nobody reads)."""
+    stack.mysql_query("CREATE TABLE mid_dump (id INT PRIMARY KEY, b TEXT NOT NULL);"
+                      "INSERT INTO mid_dump SELECT seq, REPEAT(MD5(seq), 8) FROM seq_1_to_300000",
+                      timeout=300)
+    before = listed(project, show_all=True)
+    try:
+        run = subprocess.Popen([sys.executable, "-m", "backout", "backup", "mysql"], cwd=project,
+                               env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+        try:
+            wait_for(lambda: bool(_helpers_left()), timeout=60, interval=0.1,
+                     message="the dump's client")
+            time.sleep(0.3)  # streaming
+            os.killpg(run.pid, sig)
+            _, err = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+        assert run.returncode == (130 if sig == signal.SIGINT else -9), (run.returncode, err)
+        assert "Traceback" not in err
+        wait_for(lambda: _helpers_left() == [], timeout=30, message="no client left")
+        assert {k for k, usable in listed(project, show_all=True).items() if usable} == \
+            {k for k, usable in before.items() if usable}
+    finally:
+        stack.mysql_query("DROP TABLE IF EXISTS mid_dump")
+
+
+def test_without_the_switch_the_dump_goes_through_docker_exec(
+        project: Path, stack: TestStack) -> None:
+    result = backout("--verbose", "backup", "mysql", "--json", cwd=project,
+                     env=clean_env(BACKOUT_DUMP_BESIDE="0"))
+    ok_json(result)
+    dump_lines = [line for line in result.stderr.splitlines() if "mariadb-dump" in line]
+    assert len(dump_lines) == 1 and "docker exec -i" in dump_lines[0]
 
 
 # --------------------------------------------------------------------------- faults

@@ -85,6 +85,9 @@ class FakePlatform:
         self.emits_events = False
         self.event_streams: list[FakeEventStream] = []
         self.events_fail: list[BackoutError] = []  # raised by the next events() calls
+        # beside_argv(): None (no container beside a service) unless a test sets the
+        # argv's head (the inner command follows it)
+        self.beside: list[str] | None = None
 
     # -- the fake's own controls --------------------------------------------------------
     def fail_on(self, method: str, error: BackoutError | None = None, *,
@@ -239,6 +242,11 @@ class FakePlatform:
     def one_off_argv(self, service: str, *, entrypoint: str, args: Sequence[str],
                      label: str) -> list[str]:
         return ["fake-run", service, entrypoint, *args]
+
+    def beside_argv(self, service: str, inner: Sequence[str], env_names: Sequence[str] = (),
+                    *, mount: tuple[Path, str], label: str) -> list[str] | None:
+        self._call("beside_argv", service, list(inner), list(env_names), mount, label)
+        return None if self.beside is None else [*self.beside, *inner]
 
     def published_address(self, service: str, port: int) -> str | None:
         self._call("published_address", service, port)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import socketserver
+import sys
 import threading
 import time
 import urllib.parse
@@ -1020,3 +1022,47 @@ def test_exec_goes_straight_to_the_container_compose_exec_would_pick(
     listed = [q for p, q in engine.requests if p.endswith("/containers/json")]
     assert json.loads(listed[-1]["filters"][0])["label"] == [
         f"com.docker.compose.project={PROJECT}", "com.docker.compose.service=redis"]
+
+
+@pytest.mark.parametrize(("containers", "target"), [
+    ((("c1", "1", "running", "False"),), "c1"),
+    ((("run1", "1", "running", "True"), ("c1", "1", "running", "False")), "c1"),
+    ((("c1", "1", "exited", None), ("c2", "2", "running", None)), None),
+    ((), None),
+])
+def test_a_container_beside_a_service_shares_its_network_and_binds_backouts_directory(
+        engine: Engine, tmp_path: Path, containers: Any, target: str | None) -> None:
+    listed = _listed(*containers)
+    for entry in listed:
+        entry["ImageID"] = f"sha256:{entry['Id']}image"
+    engine.routes["/containers/json"] = json_route(listed)
+    argv = platform(engine, tmp_path).beside_argv(
+        "redis", ["sh", "-c", "dump > /in/x"], ["MYSQL_PWD"], mount=(tmp_path / "d", "/in"),
+        label="io.backout.dump-helper=x")
+    if target is None:
+        assert argv is None  # the caller's other way: nothing here to stand beside
+        return
+    assert argv == ["docker", "run", "--rm", "--network", f"container:{target}",
+                    "--user", f"{os.getuid()}:{os.getgid()}",
+                    "--mount", f"type=bind,src={tmp_path / 'd'},dst=/in",
+                    "--label", "io.backout.dump-helper=x", "-e", "MYSQL_PWD",
+                    "--entrypoint", "sh", f"sha256:{target}image", "-c", "dump > /in/x"]
+
+
+def test_no_container_beside_where_the_directory_could_not_be_bound(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    listed = _listed(("c1", "1", "running", None))
+    listed[0]["ImageID"] = "sha256:i"
+    engine.routes["/containers/json"] = json_route(listed)
+    beside = platform(engine, tmp_path)
+
+    def argv(directory: Path) -> list[str] | None:
+        return beside.beside_argv("redis", ["true"], mount=(directory, "/in"), label="l")
+
+    assert argv(tmp_path) is not None
+    assert argv(tmp_path / "a,b") is None  # --mount's values are comma-separated
+    monkeypatch.setattr(sys, "platform", "darwin")  # the engine in a VM: its own /tmp
+    assert argv(tmp_path) is None
+    assert ComposePlatform(Environment(env={"DOCKER_HOST": "tcp://10.0.0.1:2375", "PATH": ""}),
+                           beside.config).beside_argv(
+        "redis", ["true"], mount=(tmp_path, "/in"), label="l") is None

@@ -35,6 +35,7 @@ variable, the variable over backout.toml, backout.toml over the default.
   BACKOUT_CONFIG=PATH  BACKOUT_PROJECT_DIR=PATH
   BACKOUT_ACTOR=NAME   who is recorded in the audit log (default: the login name)
   BACKOUT_COMPOSE_DIRECT=0  Compose through the docker CLI, not its plugin directly
+  BACKOUT_DUMP_BESIDE=0     MySQL dumps through docker exec, not from beside the server
   NO_COLOR=1           no colour, whatever the terminal
 \b
 Shell completion (commands, services, databases, release and backup ids):

@@ -346,6 +346,16 @@ class Platform(Protocol):
         running ``entrypoint args``."""
         ...
 
+    def beside_argv(self, service: str, inner: Sequence[str], env_names: Sequence[str] = (),
+                    *, mount: tuple[Path, str], label: str) -> list[str] | None:
+        """argv running ``inner`` in a container of its own beside the service's running
+        container: from its image, in its network namespace (the service's localhost),
+        as backout's own user, the host directory ``mount[0]`` bound at ``mount[1]``,
+        labelled ``label``, removed when it ends. None where the platform cannot give
+        this process such a container (no engine on this machine's kernel, the
+        service not running)."""
+        ...
+
     def published_address(self, service: str, port: int) -> str | None:
         """``host:port`` where the service's ``port`` is published, or None."""
         ...

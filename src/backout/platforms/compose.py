@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -701,14 +702,37 @@ class ComposePlatform:
         """The ID of the service's container number 1 when it is running (what `docker
         compose exec` runs in); None (Compose decides and words any error) otherwise,
         or without the Engine API."""
+        listed = self._number_one(service)
+        return None if listed is None else str(listed["Id"])
+
+    def _number_one(self, service: str) -> dict[str, Any] | None:
+        """The engine's listing of the service's container number 1 when it is running;
+        None otherwise, or without the Engine API."""
         if self.engine is None:
             return None
         for listed in self._listed([service]):
             labels = listed.get("Labels") or {}
             if is_one_off(labels) or labels.get(NUMBER_LABEL) != "1":
                 continue
-            return str(listed["Id"]) if listed.get("State") == "running" else None
+            return listed if listed.get("State") == "running" else None
         return None
+
+    def beside_argv(self, service: str, inner: Sequence[str], env_names: Sequence[str] = (),
+                    *, mount: tuple[Path, str], label: str) -> list[str] | None:
+        # Only with the engine on this machine's kernel (its local socket, Linux): the
+        # directory bound in must be the one backout reads, not a namesake in a VM's
+        # or another host's file system. As backout's own user: the directory is its
+        # alone (a rootless engine maps that user elsewhere: the caller's other way).
+        # (--mount's value is comma-separated: a directory with a comma has no spelling)
+        local = sys.platform == "linux" and "," not in f"{mount[0]}{mount[1]}"
+        listed = self._number_one(service) if local else None
+        if listed is None or not listed.get("ImageID"):
+            return None
+        return ["docker", "run", "--rm", "--network", f"container:{listed['Id']}",
+                "--user", f"{os.getuid()}:{os.getgid()}",
+                "--mount", f"type=bind,src={mount[0]},dst={mount[1]}",
+                "--label", label, *_env_flags(env_names), "--entrypoint", inner[0],
+                str(listed["ImageID"]), *inner[1:]]
 
     def container_exec_argv(self, container_id: str, inner: Sequence[str],
                             env_names: Sequence[str] = ()) -> list[str]:

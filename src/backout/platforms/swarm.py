@@ -621,6 +621,10 @@ class SwarmPlatform:
         return self.node_engine(self._node_of_container(container_id)).argv(
             "exec", "-i", *_env_flags(env_names), container_id, *inner)
 
+    def beside_argv(self, service: str, inner: Sequence[str], env_names: Sequence[str] = (),
+                    *, mount: tuple[Path, str], label: str) -> list[str] | None:
+        return None  # a task runs on a node of its own: a directory here is not bound there
+
     def one_off_argv(self, service: str, *, entrypoint: str, args: Sequence[str],
                      label: str) -> list[str]:
         # On the task's node, with the task's volumes: a Swarm volume lives on one node.
