@@ -22,6 +22,7 @@ stand-in's insert/find behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -574,28 +575,50 @@ def test_the_mysql_dump_comes_from_beside_the_server_not_through_docker_exec(
     assert _helpers_left() == []  # it removed itself
 
 
-@pytest.fixture
-def local_only_user(project: Path, stack: TestStack) -> Iterator[str]:
-    """backout configured with a MySQL user that may log in from 'localhost' only (the
-    server skips name resolution: a TCP login from 127.0.0.1 is refused)."""
-    user, password = f"local_{secrets.token_hex(3)}", secrets.token_hex(16)
-    stack.mysql_query(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}';"
-                      f"GRANT ALL PRIVILEGES ON *.* TO '{user}'@'localhost'", database=None)
+@contextlib.contextmanager
+def _configured_user(project: Path, stack: TestStack, host: str,
+                     password: str) -> Iterator[str]:
+    """backout configured with a new MySQL user ``user@host`` (all privileges)."""
+    user = f"u_{secrets.token_hex(3)}"
+    quoted = password.replace("\\", "\\\\").replace("'", "\\'")
+    stack.mysql_query(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY '{quoted}';"
+                      f"GRANT ALL PRIVILEGES ON *.* TO '{user}'@'{host}'", database=None)
     config, env_file = project / "backout.toml", project / ".env"
     original_config, original_env = config.read_text(), env_file.read_text()
     text, n = re.subn(r'(\[databases\.mysql\]\n(?:.*\n)*?)user = "root"\n'
                       r'password_env = "MYSQL_ROOT_PASSWORD"\n',
-                      rf'\1user = "{user}"\npassword_env = "LOCAL_TEST_PASSWORD"\n',
+                      rf'\1user = "{user}"\npassword_env = "USER_TEST_PASSWORD"\n',
                       original_config)
     assert n == 1, original_config
     try:
         config.write_text(text)
-        env_file.write_text(original_env + f"\nLOCAL_TEST_PASSWORD={password}\n")
+        # single quotes: Compose's .env reads the value as it stands
+        env_file.write_text(original_env + f"\nUSER_TEST_PASSWORD='{password}'\n")
         yield user
     finally:
         config.write_text(original_config)
         env_file.write_text(original_env)
-        stack.mysql_query(f"DROP USER IF EXISTS '{user}'@'localhost'", database=None)
+        stack.mysql_query(f"DROP USER IF EXISTS '{user}'@'{host}'", database=None)
+
+
+@pytest.fixture
+def local_only_user(project: Path, stack: TestStack) -> Iterator[str]:
+    """A user that may log in from 'localhost' only (the server skips name
+    resolution: a TCP login from 127.0.0.1 is refused)."""
+    with _configured_user(project, stack, "localhost", secrets.token_hex(16)) as user:
+        yield user
+
+
+def test_a_password_of_every_kind_reaches_the_client_beside_the_server(
+        project: Path, stack: TestStack) -> None:
+    """Through its option file (quotes, a backslash, a comment sign, spaces, a
+    semicolon: what the file's reader would otherwise cut or change)."""
+    password = f'p "a\\s#s w;{secrets.token_hex(8)}'
+    with _configured_user(project, stack, "%", password):
+        result, _ = _backup_counts(project, stack)
+    assert "nothing came through" not in result.stderr, result.stderr[-2000:]
+    assert "docker run --rm --network container:" in result.stderr
+    assert password not in result.stderr and password not in result.stdout
 
 
 def test_a_user_refused_over_tcp_is_dumped_through_docker_exec(

@@ -1035,13 +1035,26 @@ def test_a_container_beside_a_service_shares_its_network_and_binds_backouts_dire
     listed = _listed(*containers)
     for entry in listed:
         entry["ImageID"] = f"sha256:{entry['Id']}image"
-    engine.routes["/containers/json"] = json_route(listed)
+    left = [{"Id": "left1", "Labels": {"io.backout.dump-helper": "x"}}]
+
+    def listing(h: Any, q: dict[str, list[str]]) -> tuple[int, bytes]:
+        labels = json.loads(q["filters"][0])["label"]
+        return 200, json.dumps(left if labels == ["io.backout.dump-helper=x"] else listed).encode()
+
+    engine.routes["/containers/json"] = listing
+    engine.routes["/containers/left1"] = lambda h, q: (204, b"")
     argv = platform(engine, tmp_path).beside_argv(
         "redis", ["sh", "-c", "dump > /in/x"], ["MYSQL_PWD"], mount=(tmp_path / "d", "/in"),
         label="io.backout.dump-helper=x")
     if target is None:
         assert argv is None  # the caller's other way: nothing here to stand beside
         return
+    # one left by a killed run (waiting for ever to open its FIFO) goes first, with the
+    # anonymous volumes of its image; nothing else is removed
+    removals = [(p, q) for p, q in engine.requests if "/containers/left1" in p]
+    assert [q.get("v") for _, q in removals] == [["1"]]
+    assert [m for m in engine.methods if m.startswith("DELETE")] == [
+        m for m in engine.methods if m.startswith("DELETE") and "left1" in m] != []
     assert argv == ["docker", "run", "--rm", "--network", f"container:{target}",
                     "--user", f"{os.getuid()}:{os.getgid()}",
                     "--mount", f"type=bind,src={tmp_path / 'd'},dst=/in",

@@ -340,9 +340,11 @@ class EngineAPI:
         return self._post_or_delete("POST", f"/containers/{container_id}/stop", query,
                                     timeout=timeout, what=f"stop {container_id[:12]}")
 
-    def remove_container(self, container_id: str) -> bool:
-        """As ``docker rm -f`` (its anonymous volumes kept, as the CLI keeps them)."""
-        return self._post_or_delete("DELETE", f"/containers/{container_id}", {"force": "1"},
+    def remove_container(self, container_id: str, *, volumes: bool = False) -> bool:
+        """As ``docker rm -f`` (its anonymous volumes kept, as the CLI keeps them;
+        ``volumes``: as ``docker rm -f -v``)."""
+        return self._post_or_delete("DELETE", f"/containers/{container_id}",
+                                    {"force": "1", **({"v": "1"} if volumes else {})},
                                     timeout=60, what=f"remove {container_id[:12]}")
 
     # -- images ----------------------------------------------------------------------

@@ -72,8 +72,17 @@ def _dump_flags(binlog: bool, ignore: Sequence[str], force: bool) -> list[str]:
 # in a directory of backout's bound into the client's container there; its label.
 BESIDE_MOUNT = "/backout-stream"
 BESIDE_FIFO = "dump"
+BESIDE_CNF = "client.cnf"
 DUMP_HELPER_LABEL = "io.backout.dump-helper"
 BESIDE_SWITCH = "BACKOUT_DUMP_BESIDE"
+
+
+def _option_value(text: str) -> str:
+    """``text`` as a value of a MySQL option file: double-quoted, with the escapes the
+    file's reader undoes (a backslash, a quote, line breaks, a tab)."""
+    escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+               .replace("\r", "\\r").replace("\t", "\\t"))
+    return f'"{escaped}"'
 
 
 def dump_helper_label(access: EngineAccess) -> str:
@@ -86,6 +95,8 @@ class ServerFacts:
     binlog: bool
     databases: list[str]
     tcp_port: int | None  # None: the server takes no TCP connection (skip-networking)
+    # the base tables each database has, as the account backout checked sees them
+    tables: dict[str, set[str]] = dataclasses.field(default_factory=dict)
 
 
 class MySQL:
@@ -135,14 +146,20 @@ class MySQL:
         """The version, whether binary logging is on, the user databases, the TCP port:
         what a dump asks first, in one session (a `docker exec` each cost a backup
         0.07 s)."""
+        system = ", ".join(f"'{d}'" for d in sorted(SYSTEM_DATABASES))
         rows = self.query("SELECT VERSION(), @@log_bin, @@port, @@skip_networking; "
-                          "SHOW DATABASES")
+                          "SHOW DATABASES; SELECT table_schema, table_name FROM "
+                          "information_schema.tables WHERE table_type = 'BASE TABLE' "
+                          f"AND table_schema NOT IN ({system})")
         if not rows or len(rows[0]) != 4:
             raise ExternalError(f"{self.access.db.name}: unexpected answer to SELECT VERSION()")
-        (version, log_bin, port, no_tcp), names = rows[0], rows[1:]
+        (version, log_bin, port, no_tcp), rest = rows[0], rows[1:]
+        tables: dict[str, set[str]] = {}
+        for schema, table in (r for r in rest if len(r) == 2):
+            tables.setdefault(schema, set()).add(table)
         return ServerFacts(version, log_bin == "1",
-                           [r[0] for r in names if r[0] not in SYSTEM_DATABASES],
-                           int(port) if port.isdigit() and no_tcp != "1" else None)
+                           [r[0] for r in rest if len(r) == 1 and r[0] not in SYSTEM_DATABASES],
+                           int(port) if port.isdigit() and no_tcp != "1" else None, tables)
 
     def grants(self) -> list[str]:
         return [row[0] for row in self.query("SHOW GRANTS")]
@@ -180,13 +197,23 @@ class MySQL:
         or for a server reached otherwise (over TCP from here, a throwaway's)."""
         if self.access.db.mode == "tcp" or self.access.container is not None:
             return None
+        # The password in an option file of the private directory (0600), not the
+        # container's environment: `docker run -e` keeps that in the container's
+        # configuration, on disk and in `docker inspect`, while it exists.
+        password = self.access.password()
+        defaults = []
+        if password:
+            cnf = directory / BESIDE_CNF
+            fd = os.open(cnf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(f"[client]\npassword={_option_value(password)}\n")
+            defaults = [f"--defaults-extra-file={BESIDE_MOUNT}/{BESIDE_CNF}"]  # first
         inner = _tool("mariadb-dump", "mysqldump", [
-            *self._auth_args(), "--host=127.0.0.1", f"--port={port}", "--protocol=TCP",
-            *_dump_flags(binlog, ignore, force), "--databases", *databases],
+            *defaults, *self._auth_args(), "--host=127.0.0.1", f"--port={port}",
+            "--protocol=TCP", *_dump_flags(binlog, ignore, force), "--databases", *databases],
             into=f"{BESIDE_MOUNT}/{BESIDE_FIFO}")
         return self.access.platform.beside_argv(
-            self.access.db.service, inner, ["MYSQL_PWD"] if self.secret_env() else [],
-            mount=(directory, BESIDE_MOUNT),
+            self.access.db.service, inner, mount=(directory, BESIDE_MOUNT),
             label=dump_helper_label(self.access))
 
     def broken_views(self, databases: Sequence[str]) -> list[dict[str, str]]:
@@ -366,22 +393,32 @@ def dump_errors(stderr: str) -> list[dict[str, str]]:
 OFF = frozenset({"0", "false", "no", "off"})
 
 
-def _dump_beside(env: Environment, my: MySQL,
+def _dump_beside(env: Environment, my: MySQL, set_dir: Path,
                  dump: Callable[[list[str], Path | None], Written],
-                 argv_for: Callable[[Path], list[str] | None]) -> Written | None:
+                 argv_for: Callable[[Path], list[str] | None],
+                 lacks: Callable[[Written], str | None]) -> Written | None:
     """The dump through a FIFO, from a client beside the server (``argv_for`` a
     directory of backout's own: the client's argv): its bytes pass no Docker Engine,
     whose exec stream carried them at a third of the client's speed. None where the
-    platform gives no such client, or when nothing came through (one that cannot
-    connect or log in over TCP, an engine that maps backout's user elsewhere): the
-    caller's way then (said with --verbose). Its container is removed on any
-    failure (on success it removed itself)."""
-    with tempfile.TemporaryDirectory(prefix="backout-dump-") as directory:
+    platform gives no such client, when nothing came through (one that cannot
+    connect or log in over TCP, an engine that maps backout's user elsewhere), or
+    when the dump ``lacks`` what the server has (another account over TCP than the
+    one checked, which sees less): the caller's way then (said with --verbose). Its
+    container is removed on any failure (on success it removed itself).
+
+    The directory is made in the set's (a FIFO and the client's option file): a
+    run killed here leaves it in the unfinished set, which the next run removes."""
+    with tempfile.TemporaryDirectory(prefix=".beside-", dir=set_dir) as directory:
+        fifo = Path(directory) / BESIDE_FIFO
+        try:
+            os.mkfifo(fifo, 0o600)
+        except OSError as exc:  # a file system without FIFOs (some network ones)
+            env.log_external(f"  no FIFO in {set_dir}: {exc.strerror or exc}: through "
+                             "docker exec")
+            return None
         argv = argv_for(Path(directory))
         if argv is None:
             return None
-        fifo = Path(directory) / BESIDE_FIFO
-        os.mkfifo(fifo, 0o600)
         written = None
         try:
             written = dump(argv, fifo)
@@ -390,7 +427,23 @@ def _dump_beside(env: Environment, my: MySQL,
         finally:
             if written is None:
                 remove_dump_helpers(env, my.access)
+        why = None if written is None else lacks(written)
+        if why is not None:
+            env.log_external(f"  the dump from beside the server {why}: through docker exec "
+                             "instead")
+            return None
         return written
+
+
+def _tables_missing(written: Written, expected: Mapping[str, set[str]]) -> str | None:
+    """What of ``expected`` (database -> base tables) the dump's own count lacks."""
+    dumped = (written.scanned.checks if written.scanned else {}).get("databases", {})
+    missing = sorted(f"{db}.{table}" for db, tables in expected.items()
+                     for table in tables - set(dumped.get(db, {}).get("tables", {})))
+    if not missing:
+        return None
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return f"lacks {shown}"
 
 
 def remove_dump_helpers(env: Environment, access: EngineAccess) -> None:
@@ -401,7 +454,7 @@ def remove_dump_helpers(env: Environment, access: EngineAccess) -> None:
         found = proc.run(env, ["docker", "ps", "-aq", "--filter", f"label={label}"],
                          timeout=20, check=False, what="docker ps").stdout.split()
         if found:
-            proc.run(env, ["docker", "rm", "-f", *found], timeout=30, check=False,
+            proc.run(env, ["docker", "rm", "-f", "-v", *found], timeout=30, check=False,
                      what="docker rm")
     except ExternalError:
         pass
@@ -470,9 +523,10 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
 
         def run_dump(force: bool) -> Written:
             def dump(argv: list[str], into: Path | None) -> Written:
-                return stream_to_file(
+                return stream_to_file(  # beside: its password is in its option file
                     ctx.env, argv, set_dir / name, what=what, level=level,
-                    secret_env=my.secret_env(), cwd=str(ctx.config.project_dir),
+                    secret_env=my.secret_env() if into is None else None,
+                    cwd=str(ctx.config.project_dir),
                     total=my.data_bytes(dumpable) if ctx.env.progress else None,
                     stall=ctx.config.backups.stall_seconds, ok_exit=(0, 2) if force else (0,),
                     checker=MySQLDumpChecker(dumpable, what), into=into)
@@ -480,9 +534,13 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
             if beside[0]:
                 assert facts.tcp_port is not None
                 port = facts.tcp_port
-                done = _dump_beside(ctx.env, my, dump, lambda directory: my.beside_dump_argv(
-                    dumpable, binlog=binlog, port=port, directory=directory, ignore=ignore,
-                    force=force))
+                expected = {d: facts.tables.get(d, set()) for d in dumpable}
+                done = _dump_beside(
+                    ctx.env, my, set_dir, dump,
+                    lambda directory: my.beside_dump_argv(
+                        dumpable, binlog=binlog, port=port, directory=directory,
+                        ignore=ignore, force=force),
+                    lambda written: _tables_missing(written, expected))
                 if done is not None:
                     return done
                 beside[0] = False

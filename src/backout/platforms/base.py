@@ -351,9 +351,9 @@ class Platform(Protocol):
         """argv running ``inner`` in a container of its own beside the service's running
         container: from its image, in its network namespace (the service's localhost),
         as backout's own user, the host directory ``mount[0]`` bound at ``mount[1]``,
-        labelled ``label``, removed when it ends. None where the platform cannot give
-        this process such a container (no engine on this machine's kernel, the
-        service not running)."""
+        labelled ``label``, removed when it ends (and any left with that label by an
+        earlier run, before). None where the platform cannot give this process such
+        a container (no engine on this machine's kernel, the service not running)."""
         ...
 
     def published_address(self, service: str, port: int) -> str | None:

@@ -728,6 +728,12 @@ class ComposePlatform:
         listed = self._number_one(service) if local else None
         if listed is None or not listed.get("ImageID"):
             return None
+        assert self.engine is not None
+        # One left by a run killed before its client opened what it writes into waits
+        # on that open for ever (no reader comes): gone before another starts, with the
+        # anonymous volumes the image declares (a database image's data directory).
+        for left in self.engine.list_containers([label]):
+            self.engine.remove_container(str(left["Id"]), volumes=True)
         return ["docker", "run", "--rm", "--network", f"container:{listed['Id']}",
                 "--user", f"{os.getuid()}:{os.getgid()}",
                 "--mount", f"type=bind,src={mount[0]},dst={mount[1]}",
