@@ -10,7 +10,6 @@ import os
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,6 +24,7 @@ from backout.storage.pipeline import (
     scan,
     stream_to_file,
 )
+from tests.unit.test_pipeline_proof import _recording
 
 DUMP = (b"-- MariaDB dump\nUSE `shop`;\nCREATE TABLE `t` (\n  `id` int(11)\n);\n"
         b"INSERT INTO `t` VALUES\n"
@@ -121,15 +121,7 @@ def test_a_writer_that_stops_moving_is_stalled(tmp_path: Path) -> None:
 
 def test_an_interrupt_ends_the_producer_and_the_proof(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[subprocess.Popen[bytes]] = []
-    real = subprocess.Popen
-
-    def popen(argv: list[str], *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
-        child = real(argv, *args, **kwargs)
-        started.append(child)
-        return child
-
-    monkeypatch.setattr(subprocess, "Popen", popen)
+    started = _recording(monkeypatch)
     fifo = _fifo(tmp_path)
     intr = interrupt.reset()
     intr.abortable = True
