@@ -660,6 +660,15 @@ def test_a_signal_mid_dump_leaves_no_client_beside_the_server(
         assert run.returncode == (130 if sig == signal.SIGINT else -9), (run.returncode, err)
         assert "Traceback" not in err
         wait_for(lambda: _helpers_left() == [], timeout=30, message="no client left")
+        if sig == signal.SIGKILL:
+            # the killed run's directory (the FIFO, the password's option file) is in
+            # its unfinished set: never published, whatever `resume` does with the set
+            resumed = backout("resume", "--json", cwd=project)
+            assert resumed.returncode == 0, (resumed.stdout, resumed.stderr)
+            published = [p for p in backup_dir(project).iterdir()
+                         if p.is_dir() and not p.name.startswith(".")]
+            assert [p for d in published for p in d.rglob(".beside-*")] == []
+            before = listed(project, show_all=True)  # what resume published, if anything
         assert {k for k, usable in listed(project, show_all=True).items() if usable} == \
             {k for k, usable in before.items() if usable}
     finally:

@@ -1043,6 +1043,7 @@ def test_a_container_beside_a_service_shares_its_network_and_binds_backouts_dire
 
     engine.routes["/containers/json"] = listing
     engine.routes["/containers/left1"] = lambda h, q: (204, b"")
+    engine.routes["/version"] = json_route({"KernelVersion": os.uname().release})
     argv = platform(engine, tmp_path).beside_argv(
         "redis", ["sh", "-c", "dump > /in/x"], ["MYSQL_PWD"], mount=(tmp_path / "d", "/in"),
         label="io.backout.dump-helper=x")
@@ -1066,7 +1067,9 @@ def test_no_container_beside_where_the_directory_could_not_be_bound(
         engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     listed = _listed(("c1", "1", "running", None))
     listed[0]["ImageID"] = "sha256:i"
-    engine.routes["/containers/json"] = json_route(listed)
+    engine.routes["/containers/json"] = lambda h, q: (
+        200, json.dumps([] if "label=l" in str(q) or '"l"' in str(q) else listed).encode())
+    engine.routes["/version"] = json_route({"KernelVersion": os.uname().release})
     beside = platform(engine, tmp_path)
 
     def argv(directory: Path) -> list[str] | None:
@@ -1074,6 +1077,12 @@ def test_no_container_beside_where_the_directory_could_not_be_bound(
 
     assert argv(tmp_path) is not None
     assert argv(tmp_path / "a,b") is None  # --mount's values are comma-separated
+    assert argv(tmp_path / 'a"b') is None
+    # an engine on another kernel (Docker Desktop's VM behind a local socket): its
+    # bind mounts are its file system's, the FIFO there not the one read here
+    engine.routes["/version"] = json_route({"KernelVersion": "6.10.14-linuxkit"})
+    assert platform(engine, tmp_path).beside_argv(
+        "redis", ["true"], mount=(tmp_path, "/in"), label="l") is None
     monkeypatch.setattr(sys, "platform", "darwin")  # the engine in a VM: its own /tmp
     assert argv(tmp_path) is None
     assert ComposePlatform(Environment(env={"DOCKER_HOST": "tcp://10.0.0.1:2375", "PATH": ""}),

@@ -18,7 +18,14 @@ from backout.engines import mysql
 from backout.engines.access import EngineAccess
 from backout.environment import Environment
 from backout.errors import ExternalError, InterruptedOperation
-from backout.storage.pipeline import NothingStreamedError, Scanned, Written
+from backout.storage.pipeline import (
+    DiskFullError,
+    NothingStreamedError,
+    ProofProcessError,
+    Scanned,
+    StalledError,
+    Written,
+)
 from tests.support.fakes import FakePlatform
 
 
@@ -38,6 +45,22 @@ def removed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def _written(path: Path) -> Written:
     return Written(path, 1, 0.1, 0, "", None)
+
+
+def test_a_directory_a_killed_run_left_is_not_in_the_set_any_more(
+        removed: list[str], tmp_path: Path) -> None:
+    left = tmp_path / ".beside-old"
+    left.mkdir()
+    (left / "client.cnf").write_text("[client]\npassword=x\n")
+
+    def dump(argv: list[str], into: Path | None) -> Written:
+        assert into is not None
+        (tmp_path / "mysql.sql.zst").write_bytes(b"x")
+        return _written(tmp_path / "mysql.sql.zst")
+
+    assert mysql._dump_beside(Environment(), _My(), tmp_path, dump,  # type: ignore[arg-type]
+                              lambda directory: ["client"], lambda written: None) is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["mysql.sql.zst"]
 
 
 def test_the_dump_goes_through_a_fifo_in_a_directory_of_its_own(removed: list[str],
@@ -87,9 +110,25 @@ def test_nothing_through_the_fifo_is_the_callers_way_and_its_container_goes(
     assert removed == ["io.backout.dump-helper=/srv/shop:db"]
 
 
-@pytest.mark.parametrize("error", [ExternalError("db dump failed (exit 2): table crashed"),
-                                   InterruptedOperation("db dump: stopped by SIGINT")])
-def test_a_dump_that_fails_there_fails_and_its_container_goes(
+def test_a_client_that_fails_there_is_the_callers_way_and_its_container_goes(
+        removed: list[str], tmp_path: Path) -> None:
+    """An account over TCP may do less than the one checked: docker exec answers for
+    the server (a failure there is the dump's)."""
+    def dump(argv: list[str], into: Path | None) -> Written:
+        raise ExternalError("db dump failed (exit 2): Access denied; you need RELOAD")
+
+    assert mysql._dump_beside(Environment(), _My(), tmp_path, dump,  # type: ignore[arg-type]
+                              lambda directory: ["client"], lambda written: None) is None
+    assert removed == ["io.backout.dump-helper=/srv/shop:db"]
+
+
+@pytest.mark.parametrize("error", [
+    InterruptedOperation("db dump: stopped by SIGINT"),
+    StalledError("db dump: no data moved for 600s"),
+    DiskFullError("db dump: no space left"),
+    ProofProcessError("db dump: the check of the dump as it was written failed"),
+])
+def test_a_failure_no_other_way_mends_fails_and_its_container_goes(
         removed: list[str], error: Exception, tmp_path: Path) -> None:
     def dump(argv: list[str], into: Path | None) -> Written:
         raise error
@@ -172,3 +211,31 @@ def test_no_client_beside_a_server_reached_otherwise(tmp_path: Path, fields: dic
     assert throwaway.beside_dump_argv(["shop"], binlog=False, port=3306,
                                       directory=tmp_path) is None
     assert platform.called("beside_argv") == []
+
+
+def _hex(text: str) -> str:
+    return text.encode().hex().upper()
+
+
+@pytest.mark.parametrize(("no_tcp", "port"), [("0", 3307), ("1", None)])
+def test_the_servers_facts_name_databases_and_tables_whatever_their_names_hold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_tcp: str, port: int | None) -> None:
+    """A tab or a line break in a name comes as hex: it cannot cut one row into two."""
+    asked: list[str] = []
+    odd = "shop\tb\nx"
+    rows = [["10.11.6-MariaDB", "1", "3307", no_tcp],
+            ["d", _hex("mysql")], ["d", _hex("shop")], ["d", _hex(odd)],
+            ["t", _hex("shop"), _hex("orders")], ["t", _hex(odd), _hex("t\n2")]]
+
+    def query(self: mysql.MySQL, sql: str, **kw: Any) -> list[list[str]]:
+        asked.append(sql)
+        return rows
+
+    monkeypatch.setattr(mysql.MySQL, "query", query)
+    my = mysql.MySQL(_access(tmp_path, FakePlatform()))
+    facts = my.server_facts(["shop", "it's"])
+    assert facts == mysql.ServerFacts("10.11.6-MariaDB", True, ["shop", odd], port,
+                                      {"shop": {"orders"}, odd: {"t\n2"}})
+    assert "table_schema IN ('shop', 'it\\'s')" in asked[0]
+    my.server_facts()
+    assert "table_schema NOT IN ('information_schema', 'mysql'" in asked[1]

@@ -167,6 +167,7 @@ class EngineAPI:
         self._idle: list[_UnixConnection] = []
         self._lock = threading.Lock()
         self._version: str | None = None
+        self._kernel: str | None = None
         # Previous CPU sample per container: CPU % is a rate between two one-shot reads.
         self._cpu: dict[str, tuple[int, int]] = {}
         # How many last log entries to ask for first, per container (grown when a tail
@@ -288,6 +289,13 @@ class EngineAPI:
             raise DockerUnavailableError(f"Docker Engine at unix://{self.path} gave no version",
                                          fix=ENGINE_FIX)
         return version
+
+    def kernel(self) -> str | None:
+        """The kernel the engine runs on (``/version``'s KernelVersion), asked once."""
+        if self._kernel is None:
+            data = self._json("/version")
+            self._kernel = str(data.get("KernelVersion") or "") if isinstance(data, dict) else ""
+        return self._kernel or None
 
     def list_containers(self, labels: Sequence[str]) -> list[dict[str, Any]]:
         """Every container (any state) carrying all of ``labels`` (``key=value``)."""

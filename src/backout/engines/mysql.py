@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +34,6 @@ from backout.platforms.base import Platform
 from backout.storage.pipeline import (
     Checker,
     DiskFullError,
-    NothingStreamedError,
     ProofProcessError,
     StalledError,
     Written,
@@ -56,6 +56,24 @@ def _tool(a: str, b: str, args: Sequence[str], *, into: str | None = None) -> li
     backout's own, needing no quotes) instead of its stdout."""
     return ["sh", "-c", _PICK.format(a=a, b=b) + ("" if into is None else f" > {into}"),
             "sh", *args]
+
+
+# The databases (as SHOW DATABASES lists them: those the account may see) and their
+# base tables, tagged, in hex (``server_facts``).
+FACTS_NAMES = ("SELECT 'd', HEX(schema_name) FROM information_schema.schemata "
+               "ORDER BY schema_name; SELECT 't', HEX(table_schema), HEX(table_name) FROM "
+               "information_schema.tables WHERE table_type = 'BASE TABLE' AND {within}")
+
+
+def _schemas_sql(names: Sequence[str]) -> str:
+    """``table_schema`` among ``names``, else among the user databases."""
+    if names:
+        return "table_schema IN ({})".format(", ".join(f"'{_sql_str(n)}'" for n in names))
+    return "table_schema NOT IN ({})".format(", ".join(f"'{d}'" for d in sorted(SYSTEM_DATABASES)))
+
+
+def _unhex(text: str) -> str:
+    return bytes.fromhex(text).decode("utf-8", errors="replace")
 
 
 def _dump_flags(binlog: bool, ignore: Sequence[str], force: bool) -> list[str]:
@@ -142,23 +160,25 @@ class MySQL:
     def user_databases(self) -> list[str]:
         return [r[0] for r in self.query("SHOW DATABASES") if r[0] not in SYSTEM_DATABASES]
 
-    def server_facts(self) -> ServerFacts:
-        """The version, whether binary logging is on, the user databases, the TCP port:
-        what a dump asks first, in one session (a `docker exec` each cost a backup
-        0.07 s)."""
-        system = ", ".join(f"'{d}'" for d in sorted(SYSTEM_DATABASES))
+    def server_facts(self, tables_of: Sequence[str] = ()) -> ServerFacts:
+        """The version, whether binary logging is on, the user databases, the TCP port,
+        the base tables (of ``tables_of``, else of every user database): what a dump
+        asks first, in one session (a `docker exec` each cost a backup 0.07 s). Names
+        come as hex: a tab or a line break in one cannot cut it into another row."""
         rows = self.query("SELECT VERSION(), @@log_bin, @@port, @@skip_networking; "
-                          "SHOW DATABASES; SELECT table_schema, table_name FROM "
-                          "information_schema.tables WHERE table_type = 'BASE TABLE' "
-                          f"AND table_schema NOT IN ({system})")
+                          + FACTS_NAMES.format(within=_schemas_sql(tables_of)))
         if not rows or len(rows[0]) != 4:
             raise ExternalError(f"{self.access.db.name}: unexpected answer to SELECT VERSION()")
         (version, log_bin, port, no_tcp), rest = rows[0], rows[1:]
+        databases: list[str] = []
         tables: dict[str, set[str]] = {}
-        for schema, table in (r for r in rest if len(r) == 2):
-            tables.setdefault(schema, set()).add(table)
+        for row in rest:
+            if row[0] == "d" and len(row) == 2:
+                databases.append(_unhex(row[1]))
+            elif row[0] == "t" and len(row) == 3:
+                tables.setdefault(_unhex(row[1]), set()).add(_unhex(row[2]))
         return ServerFacts(version, log_bin == "1",
-                           [r[0] for r in rest if len(r) == 1 and r[0] not in SYSTEM_DATABASES],
+                           [d for d in databases if d not in SYSTEM_DATABASES],
                            int(port) if port.isdigit() and no_tcp != "1" else None, tables)
 
     def grants(self) -> list[str]:
@@ -203,6 +223,7 @@ class MySQL:
         password = self.access.password()
         defaults = []
         if password:
+            self.access.env.redact.add(password)  # as a child's secret_env would be
             cnf = directory / BESIDE_CNF
             fd = os.open(cnf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -400,14 +421,20 @@ def _dump_beside(env: Environment, my: MySQL, set_dir: Path,
     """The dump through a FIFO, from a client beside the server (``argv_for`` a
     directory of backout's own: the client's argv): its bytes pass no Docker Engine,
     whose exec stream carried them at a third of the client's speed. None where the
-    platform gives no such client, when nothing came through (one that cannot
-    connect or log in over TCP, an engine that maps backout's user elsewhere), or
-    when the dump ``lacks`` what the server has (another account over TCP than the
-    one checked, which sees less): the caller's way then (said with --verbose). Its
-    container is removed on any failure (on success it removed itself).
+    platform gives no such client, when the client there failed or nothing came
+    through (one that cannot connect or log in over TCP, an engine that maps
+    backout's user elsewhere), or when the dump ``lacks`` what the server has
+    (another account over TCP than the one checked, which sees less): the caller's
+    way then (said with --verbose). Its container is removed on any failure (on
+    success it removed itself).
 
-    The directory is made in the set's (a FIFO and the client's option file): a
-    run killed here leaves it in the unfinished set, which the next run removes."""
+    The directory is made in the set's (a FIFO and the client's option file): one a
+    killed run left there is removed first (a resumed backup dumps into the same
+    set), an abandoned set goes whole."""
+    # one a killed run left (`backout resume` dumps into the same set): its option
+    # file holds the password and it is no part of the set to publish
+    for left in set_dir.glob(".beside-*"):
+        shutil.rmtree(left, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=".beside-", dir=set_dir) as directory:
         fifo = Path(directory) / BESIDE_FIFO
         try:
@@ -422,7 +449,11 @@ def _dump_beside(env: Environment, my: MySQL, set_dir: Path,
         written = None
         try:
             written = dump(argv, fifo)
-        except NothingStreamedError as exc:
+        except (DiskFullError, StalledError, ProofProcessError):
+            raise  # not the way's: through docker exec it would fail the same
+        except ExternalError as exc:
+            # nothing came through, or the client there failed: it may be the way (an
+            # account over TCP that may do less); docker exec answers for the server
             env.log_external(f"  {exc.message}: through docker exec instead")
         finally:
             if written is None:
@@ -469,7 +500,7 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
     with proc.settled() as started:  # the views' read ends here, whatever happens
         started += [views] if views is not None else []
         # proves reachability and credentials before anything is written
-        facts = my.server_facts()
+        facts = my.server_facts(db.databases)
         version, binlog, present = facts.version, facts.binlog, facts.databases
         dumpable, absent = dumpable_databases(ctx, db, present)
         user = access.user("root")

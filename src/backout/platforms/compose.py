@@ -719,21 +719,26 @@ class ComposePlatform:
 
     def beside_argv(self, service: str, inner: Sequence[str], env_names: Sequence[str] = (),
                     *, mount: tuple[Path, str], label: str) -> list[str] | None:
-        # Only with the engine on this machine's kernel (its local socket, Linux): the
-        # directory bound in must be the one backout reads, not a namesake in a VM's
-        # or another host's file system. As backout's own user: the directory is its
-        # alone (a rootless engine maps that user elsewhere: the caller's other way).
-        # (--mount's value is comma-separated: a directory with a comma has no spelling)
-        local = sys.platform == "linux" and "," not in f"{mount[0]}{mount[1]}"
+        # Only with the engine on this machine's kernel (its local socket, Linux, the
+        # kernel it reports ours): the FIFO bound in must be the one backout reads, not
+        # a namesake in a VM's file system (Docker Desktop's, behind a local socket),
+        # whose client would wait on it for ever. As backout's own user: the directory
+        # is its alone (a rootless engine maps that user elsewhere: the caller's other
+        # way). A comma or a quote in the directory is left to that way too (--mount's
+        # value is a CSV field, not written quoted here).
+        local = sys.platform == "linux" and not set(f"{mount[0]}{mount[1]}") & set(',"')
         listed = self._number_one(service) if local else None
         if listed is None or not listed.get("ImageID"):
             return None
         assert self.engine is not None
+        if self.engine.kernel() != os.uname().release:
+            return None
         # One left by a run killed before its client opened what it writes into waits
         # on that open for ever (no reader comes): gone before another starts, with the
         # anonymous volumes the image declares (a database image's data directory).
         for left in self.engine.list_containers([label]):
-            self.engine.remove_container(str(left["Id"]), volumes=True)
+            with contextlib.suppress(ExternalError):  # one that will not go harms no other
+                self.engine.remove_container(str(left["Id"]), volumes=True)
         return ["docker", "run", "--rm", "--network", f"container:{listed['Id']}",
                 "--user", f"{os.getuid()}:{os.getgid()}",
                 "--mount", f"type=bind,src={mount[0]},dst={mount[1]}",
