@@ -37,9 +37,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from backout.environment import switched_off
+
 ORIGINAL_CLI = "DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND"  # what the CLI sets for its plugins
 SWITCH = "BACKOUT_COMPOSE_DIRECT"
-OFF = frozenset({"0", "false", "no", "off"})
 SYSTEM_DIRS = ("/usr/local/lib/docker/cli-plugins", "/usr/local/libexec/docker/cli-plugins",
                "/usr/lib/docker/cli-plugins", "/usr/libexec/docker/cli-plugins")
 ELF = b"\x7fELF"
@@ -87,7 +88,7 @@ def forget() -> None:
 
 
 def _find(env: Mapping[str, str]) -> Direct | None:
-    if env.get(SWITCH, "").strip().lower() in OFF:
+    if switched_off(env, SWITCH):
         return None
     docker = shutil.which("docker", path=env.get("PATH", os.defpath))
     if docker is None:

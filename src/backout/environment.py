@@ -11,9 +11,18 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
+
+# What turns a BACKOUT_* switch off (BACKOUT_COMPOSE_DIRECT, BACKOUT_DUMP_BESIDE).
+SWITCHED_OFF = frozenset({"0", "false", "no", "off"})
+
+
+def switched_off(environ: Mapping[str, str], name: str) -> bool:
+    """The switch ``name`` set to 0, false, no or off (any case, spaces around)."""
+    return environ.get(name, "").strip().lower() in SWITCHED_OFF
 
 LOG = logging.getLogger("backout")
 MASK = "******"

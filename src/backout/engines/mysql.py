@@ -28,7 +28,7 @@ from backout.engines.base import (
 )
 from backout.engines.formats import MySQLDumpChecker
 from backout.engines.mysqlload import ClientSession, load_in_parallel
-from backout.environment import Environment
+from backout.environment import Environment, switched_off
 from backout.errors import BackoutError, ExternalError
 from backout.platforms.base import Platform
 from backout.storage.pipeline import (
@@ -411,9 +411,6 @@ def dump_errors(stderr: str) -> list[dict[str, str]]:
     return out
 
 
-OFF = frozenset({"0", "false", "no", "off"})
-
-
 def _dump_beside(env: Environment, my: MySQL, set_dir: Path,
                  dump: Callable[[list[str], Path | None], Written],
                  argv_for: Callable[[Path], list[str] | None],
@@ -549,8 +546,7 @@ def _dump_mysql(ctx: EngineContext, access: EngineAccess, set_dir: Path) -> dict
 
         # from beside the server while that gives a dump; else (and after it gave
         # nothing once) through `docker exec`
-        beside = [facts.tcp_port is not None
-                  and ctx.env.env.get(BESIDE_SWITCH, "").strip().lower() not in OFF]
+        beside = [facts.tcp_port is not None and not switched_off(ctx.env.env, BESIDE_SWITCH)]
 
         def run_dump(force: bool) -> Written:
             def dump(argv: list[str], into: Path | None) -> Written:
